@@ -1,0 +1,3 @@
+//! mmapd: a distributed key-value datastore. Raft consensus over memory-mapped files.
+
+pub mod raft;
