@@ -29,11 +29,15 @@ mod read_only;
 mod ready;
 mod rng;
 
+pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBugs;
-pub use config::Config;
-pub use entry::{ConfState, Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta, ENTRY_OVERHEAD_BYTES};
-pub use error::{CompactError, ConfigError, InitError, ProposeError, ReadIndexError, StepError, TransferError};
+pub use entry::{
+    ConfState, Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta, ENTRY_OVERHEAD_BYTES,
+};
+pub use error::{
+    CompactError, ConfigError, InitError, ProposeError, ReadIndexError, StepError, TransferError,
+};
 pub use message::{Message, MessageBody};
 pub use node::{InitialState, Raft};
 pub use ready::{PeerStatus, ReadState, Ready, Role, SoftState, Status};
