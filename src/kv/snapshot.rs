@@ -89,7 +89,10 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
             let key_offset = reader.offset();
             let key = read_bytes(&mut reader)?;
             if previous_key.is_some_and(|previous| previous >= key) {
-                return Err(DecodeError::Invalid { offset: key_offset, reason: "keys not strictly increasing" });
+                return Err(DecodeError::Invalid {
+                    offset: key_offset,
+                    reason: "keys not strictly increasing",
+                });
             }
             previous_key = Some(key);
             let version_offset = reader.offset();

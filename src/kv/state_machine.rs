@@ -114,7 +114,11 @@ impl StateMachine {
 
     /// Up to `limit` keys that start with `prefix`, in byte order. Costs a B-tree descent
     /// plus the entries returned.
-    pub fn list<'a>(&'a self, prefix: &'a [u8], limit: usize) -> impl Iterator<Item = (&'a Bytes, &'a Value)> {
+    pub fn list<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        limit: usize,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Value)> {
         self.map
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))

@@ -180,7 +180,10 @@ fn message_len(message: &Message) -> usize {
             MessageBody::RequestVote { .. } => 1 + 8 + 8,
             MessageBody::RequestVoteResponse { .. } => 1,
             MessageBody::AppendEntries { entries, .. } => {
-                8 + 8 + 8 + 4 + entries.iter().map(|entry| ENTRY_HEADER_BYTES + entry.data.len()).sum::<usize>()
+                8 + 8
+                    + 8
+                    + 4
+                    + entries.iter().map(|entry| ENTRY_HEADER_BYTES + entry.data.len()).sum::<usize>()
             }
             MessageBody::AppendEntriesResponse { .. } => 1 + 8 + 8 + 8,
             MessageBody::Heartbeat { .. } => 8 + 8,
