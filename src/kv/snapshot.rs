@@ -83,30 +83,30 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
     if count > (available / MIN_RECORD_BYTES) as u64 {
         return Err(DecodeError::CountTooLarge { offset: count_offset, count, available });
     }
+    // Sized from a count already bounded by the input (at most one record per
+    // `MIN_RECORD_BYTES`); collecting a `Vec` of exact size and handing it to the B-tree's
+    // bulk build avoids doubling reallocations and leaves the nodes full.
+    let mut records = Vec::with_capacity(count as usize);
     let mut previous_key: Option<&[u8]> = None;
-    let map = (0..count)
-        .map(|_| {
-            let key_offset = reader.offset();
-            let key = read_bytes(&mut reader)?;
-            if previous_key.is_some_and(|previous| previous >= key) {
-                return Err(DecodeError::Invalid {
-                    offset: key_offset,
-                    reason: "keys not strictly increasing",
-                });
-            }
-            previous_key = Some(key);
-            let version_offset = reader.offset();
-            let version = reader.u64()?;
-            if version == 0 || version > applied_index {
-                return Err(DecodeError::Invalid {
-                    offset: version_offset,
-                    reason: "version outside 1..=applied index",
-                });
-            }
-            let value = read_bytes(&mut reader)?;
-            Ok((to_bytes(key), Value { data: to_bytes(value), version }))
-        })
-        .collect::<Result<BTreeMap<Bytes, Value>, DecodeError>>()?;
+    for _ in 0..count {
+        let key_offset = reader.offset();
+        let key = read_bytes(&mut reader)?;
+        if previous_key.is_some_and(|previous| previous >= key) {
+            return Err(DecodeError::Invalid { offset: key_offset, reason: "keys not strictly increasing" });
+        }
+        previous_key = Some(key);
+        let version_offset = reader.offset();
+        let version = reader.u64()?;
+        if version == 0 || version > applied_index {
+            return Err(DecodeError::Invalid {
+                offset: version_offset,
+                reason: "version outside 1..=applied index",
+            });
+        }
+        let value = read_bytes(&mut reader)?;
+        records.push((to_bytes(key), Value { data: to_bytes(value), version }));
+    }
+    let map = BTreeMap::from_iter(records);
     if reader.remaining() != 0 {
         return Err(DecodeError::TrailingBytes { offset: reader.offset(), count: reader.remaining() });
     }
