@@ -38,7 +38,8 @@ pub enum Outcome {
         /// The key's version, `None` when it does not exist.
         current_version: Option<u64>,
     },
-    /// An unconditional delete of a key that does not exist; nothing changed.
+    /// A delete of a key that does not exist, unconditional or `Condition::Absent`
+    /// (whose condition holds, leaving nothing to delete); nothing changed.
     NotFound,
     /// An import wrote `count` pairs, all at `version`.
     Imported {

@@ -39,6 +39,32 @@ fn empty_batch_is_five_bytes() {
 }
 
 #[test]
+fn fixed_message_sizes_match_docs() {
+    let sized = |body: MessageBody, expected: usize| {
+        assert_eq!(encoded_len(&[Message { from: 1, to: 2, term: 3, body }]) - 5, expected);
+    };
+    let vote =
+        MessageBody::RequestVote { pre_vote: true, last_log_index: 1, last_log_term: 1, transfer: false };
+    sized(vote, 42);
+    sized(MessageBody::RequestVoteResponse { pre_vote: false, granted: true }, 26);
+    sized(append_entries(0, &[]).body, 53);
+    sized(append_entries(0, &[b"abc"]).body, 53 + 21 + 3);
+    let response =
+        MessageBody::AppendEntriesResponse { success: true, index: 1, conflict_term: 0, conflict_index: 0 };
+    sized(response, 50);
+    sized(MessageBody::Heartbeat { commit: 1, context: 2 }, 41);
+    sized(MessageBody::HeartbeatResponse { context: 2 }, 33);
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: 1, term: 1, conf: ConfState { voters: vec![1, 2, 3] } },
+        data: Bytes::from_static(b"data"),
+    };
+    sized(MessageBody::InstallSnapshot { snapshot }, 53 + 24 + 4);
+    sized(MessageBody::TimeoutNow, 25);
+    sized(MessageBody::ReadIndex { context: 1 }, 33);
+    sized(MessageBody::ReadIndexResponse { context: 1, index: 2 }, 41);
+}
+
+#[test]
 fn decoded_payloads_share_the_input_buffer() {
     let encoded = encode(&[append_entries(4, &[b"hello", b"world"])]);
     let decoded = decode_batch(encoded.clone()).unwrap();
