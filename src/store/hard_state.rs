@@ -265,8 +265,8 @@ mod tests {
         file.sync().unwrap();
         file.set(&hs(2, None, 0));
         file.sync().unwrap();
-        file.file.write(SLOT_OFFSETS[0] as u64 + 8, &[1]);
-        file.file.write(SLOT_OFFSETS[1] as u64 + 8, &[1]);
+        file.file.write(SLOT_OFFSETS[0] as u64 + 8, &[0xFF]);
+        file.file.write(SLOT_OFFSETS[1] as u64 + 8, &[0xFF]);
         drop(file);
         match HardStateFile::open(dir.path(), &mut Vec::new()) {
             Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, SLOT_OFFSETS[0] as u64),

@@ -22,7 +22,7 @@ use super::error::StoreError;
 use super::mapped::{page_size, sync_dir, MappedFile, RangeSync};
 use super::record::{
     decode_record, decode_segment_header, encode_record, encode_segment_header, encoded_len, RecordError,
-    RECORD_ALIGN_BYTES, SEGMENT_HEADER_BYTES,
+    RECORD_ALIGN_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_LENGTH_MULTIPLE_BYTES,
 };
 use crate::raft::Entry;
 
@@ -143,13 +143,18 @@ impl Log {
         let mut file = MappedFile::open(&path)?;
         let bytes = file.bytes();
         super::data_dir::refuse_legacy_json(&path, bytes)?;
+        if file.len() % SEGMENT_LENGTH_MULTIPLE_BYTES != 0 {
+            return Err(StoreError::corrupt(
+                &path,
+                file.len(),
+                "file length is not a multiple of 4096: truncated",
+            ));
+        }
         let header_zeros = bytes.iter().take(SEGMENT_HEADER_BYTES as usize).all(|&b| b == 0);
-        if is_last && header_zeros && bytes.iter().all(|&b| b == 0) {
-            // Created, but the crash came before its header was synced: it holds nothing.
+        if is_last && file.len() > 0 && header_zeros && bytes.iter().all(|&b| b == 0) {
+            // Created (sized and fsynced), but the crash came before its header was synced:
+            // it holds nothing. A shorter file is not something we leave behind: corrupt.
             warn(warnings, format!("{}: segment with no header, reinitialised", path.display()));
-            if file.len() < SEGMENT_HEADER_BYTES {
-                file.grow(self.options.grow_step_bytes.max(SEGMENT_HEADER_BYTES))?;
-            }
             file.write(0, &encode_segment_header(seq));
             file.sync()?;
             let end = SEGMENT_HEADER_BYTES;
@@ -216,7 +221,8 @@ impl Log {
 
     fn create_segment(&self, seq: u64) -> Result<Segment, StoreError> {
         let path = self.dir.join(segment_name(seq));
-        let mut file = MappedFile::create(&path, self.options.grow_step_bytes.max(SEGMENT_HEADER_BYTES))?;
+        let len = self.options.grow_step_bytes.next_multiple_of(SEGMENT_LENGTH_MULTIPLE_BYTES);
+        let mut file = MappedFile::create(&path, len)?;
         file.write(0, &encode_segment_header(seq));
         file.sync()?;
         let end = SEGMENT_HEADER_BYTES;
@@ -237,6 +243,12 @@ impl Log {
     pub(crate) fn term(&self, index: u64) -> Option<u64> {
         let position = index.checked_sub(self.first_index)?;
         self.locations.get(position as usize).map(|l| l.term)
+    }
+
+    /// The path of the segment written to, and where its records end.
+    pub(crate) fn tail(&self) -> (&Path, u64) {
+        let last = self.segments.last().expect("segment");
+        (last.file.path(), last.write_end)
     }
 
     /// The sequence number of the oldest segment.
@@ -284,9 +296,9 @@ impl Log {
         let segment = self.segments.last_mut().expect("segment");
         let needed = segment.write_end + record_len;
         if needed > segment.file.len() {
-            let page = page_size() as u64;
+            let granule = SEGMENT_LENGTH_MULTIPLE_BYTES.max(page_size() as u64);
             let new_len =
-                needed.max(segment.file.len() + self.options.grow_step_bytes).next_multiple_of(page);
+                needed.max(segment.file.len() + self.options.grow_step_bytes).next_multiple_of(granule);
             segment.file.grow(new_len)?;
         }
         self.scratch.clear();

@@ -107,6 +107,15 @@ impl Store {
                 }
             }
         }
+        let commit = hard_state.get().commit;
+        if commit > log.last_index().max(snapshot_index) {
+            // The hard state is synced after the log, so a durable commit index proves the
+            // entries up to it were durable: the missing ones were lost after the fact.
+            let (path, offset) = log.tail();
+            let reason =
+                format!("the hard state commits index {commit} but the log ends at {}", log.last_index());
+            return Err(StoreError::corrupt(path, offset, reason));
+        }
         log.forget_through(snapshot_index);
         if log.first_index() != snapshot_index + 1 {
             let reason =

@@ -14,6 +14,9 @@ const SEGMENT_VERSION_OFFSET: usize = 8;
 const SEGMENT_CRC_OFFSET: usize = 12;
 const SEGMENT_SEQ_OFFSET: usize = 16;
 
+/// Segment files are always a multiple of this long (created and grown in such steps), so
+/// a file of another length was truncated by someone else.
+pub const SEGMENT_LENGTH_MULTIPLE_BYTES: u64 = 4096;
 /// Size of a record header; the payload starts here.
 pub const RECORD_HEADER_BYTES: usize = 40;
 /// Records start at offsets that are multiples of this.
@@ -30,6 +33,9 @@ const RESERVED_OFFSET: usize = 33;
 
 const _: () = assert!(SEGMENT_SEQ_OFFSET + 8 <= SEGMENT_HEADER_BYTES as usize);
 const _: () = assert!(SEGMENT_HEADER_BYTES as usize % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(
+    SEGMENT_LENGTH_MULTIPLE_BYTES.is_power_of_two() && SEGMENT_HEADER_BYTES < SEGMENT_LENGTH_MULTIPLE_BYTES
+);
 const _: () = assert!(RESERVED_OFFSET + 7 == RECORD_HEADER_BYTES);
 const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
 const _: () = assert!(CRC_OFFSET == LEN_OFFSET + 4 && TERM_OFFSET == CRC_OFFSET + 4);
@@ -127,6 +133,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     }
     if u32_at(header, CRC_OFFSET) != record_crc(bytes, payload_len) {
         return Err(RecordError::Invalid("checksum mismatch"));
+    }
+    let padding = bytes.get(RECORD_HEADER_BYTES + payload_len..encoded).unwrap_or(&[]);
+    if padding.iter().any(|&b| b != 0) {
+        return Err(RecordError::Invalid("padding not zero"));
     }
     Ok(RecordView {
         term,
