@@ -118,7 +118,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
         return Err(RecordError::Invalid("payload length over the limit"));
     }
     let encoded = encoded_len(payload_len);
-    if bytes.len() < RECORD_HEADER_BYTES + payload_len {
+    if bytes.len() < encoded {
         return Err(RecordError::Invalid("record runs past the end of the file"));
     }
     // Cheap field checks first, so scanning garbage rarely pays for a checksum.
@@ -134,8 +134,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     if u32_at(header, CRC_OFFSET) != record_crc(bytes, payload_len) {
         return Err(RecordError::Invalid("checksum mismatch"));
     }
-    let padding = bytes.get(RECORD_HEADER_BYTES + payload_len..encoded).unwrap_or(&[]);
-    if padding.iter().any(|&b| b != 0) {
+    if bytes[RECORD_HEADER_BYTES + payload_len..encoded].iter().any(|&b| b != 0) {
         return Err(RecordError::Invalid("padding not zero"));
     }
     Ok(RecordView {
@@ -144,7 +143,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
         durable_end: u64_at(header, DURABLE_END_OFFSET),
         kind,
         payload: &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len],
-        encoded_len: encoded.min(bytes.len()),
+        encoded_len: encoded,
     })
 }
 
@@ -231,9 +230,17 @@ mod tests {
     proptest! {
         #[test]
         fn decoders_never_panic_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_record(&bytes);
             let _ = decode_segment_header(&bytes);
-            let _ = crate::store::snapshot::decode_snapshot(&bytes);
+            if let Ok(record) = decode_record(&bytes) {
+                let entry = Entry { term: record.term, index: record.index, kind: record.kind, data: Bytes::copy_from_slice(record.payload) };
+                let mut encoded = Vec::new();
+                encode_record(&entry, record.durable_end, &mut encoded);
+                prop_assert_eq!(&encoded[..], &bytes[..record.encoded_len]);
+            }
+            if let Ok(view) = crate::store::snapshot::decode_snapshot(&bytes) {
+                let encoded = crate::store::snapshot::encode_snapshot(&view.meta, view.first_segment_seq, view.data);
+                prop_assert_eq!(&encoded[..], &bytes[..]);
+            }
         }
 
         #[test]
