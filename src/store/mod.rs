@@ -11,6 +11,8 @@
 //! [`Store::set_hard_state`], then one [`Store::sync`] (group commit: one `msync` per file
 //! touched, however many entries), and only then send the messages that depend on them.
 
+#![deny(missing_docs)]
+
 mod data_dir;
 mod error;
 mod hard_state;
