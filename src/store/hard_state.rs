@@ -4,7 +4,12 @@
 //! sequence number; recovery takes the valid slot with the highest sequence number. So a
 //! torn update leaves the previous value, never garbage. Until the next sync every update
 //! goes to that same slot, so the synced value is never overwritten before a newer one is
-//! durable. An update is a 64-byte store into the map: cheap; the caller decides when to sync.
+//! durable.
+//!
+//! [`HardStateFile::set`] only records the value in memory (cheap enough for every commit
+//! change); [`HardStateFile::sync`] writes the slot and msyncs it. The store syncs the log
+//! first, so the value reaches the page cache only after the log it refers to is durable:
+//! background writeback can never make a commit index durable ahead of its entries.
 
 use std::path::Path;
 
@@ -44,8 +49,8 @@ pub(crate) struct HardStateFile {
     sequence: u64,
     /// The slot that holds the last synced value (or, on a fresh file, the slot not written first).
     durable_slot: usize,
-    /// Whether the other slot holds a write not yet synced.
-    pending: bool,
+    /// A value set but not yet written to the file.
+    pending: Option<HardState>,
 }
 
 #[derive(Clone, Copy)]
@@ -135,7 +140,7 @@ impl HardStateFile {
                 ));
             }
         };
-        Ok(HardStateFile { file, current, sequence, durable_slot, pending: false })
+        Ok(HardStateFile { file, current, sequence, durable_slot, pending: None })
     }
 
     /// The latest value set (synced or not).
@@ -143,26 +148,26 @@ impl HardStateFile {
         self.current
     }
 
-    /// Writes `hard_state` into the non-durable slot. Not durable until [`HardStateFile::sync`].
+    /// Records `hard_state`, in memory only, until [`HardStateFile::sync`].
     pub(crate) fn set(&mut self, hard_state: &HardState) {
-        if *hard_state == self.current {
-            return;
+        if *hard_state != self.current {
+            self.current = *hard_state;
+            self.pending = Some(*hard_state);
         }
-        self.sequence += 1;
-        let slot = 1 - self.durable_slot;
-        let bytes = encode_slot(self.sequence, hard_state);
-        self.file.write(SLOT_OFFSETS[slot] as u64, &bytes);
-        self.current = *hard_state;
-        self.pending = true;
     }
 
-    /// Makes the last `set` durable.
+    /// Writes the last value set into the slot that does not hold the synced value, and
+    /// msyncs it: one `msync`, or none if nothing changed.
     pub(crate) fn sync(&mut self) -> Result<RangeSync, StoreError> {
+        let Some(hard_state) = self.pending else {
+            return Ok(RangeSync::default());
+        };
+        self.sequence += 1;
+        let slot = 1 - self.durable_slot;
+        self.file.write(SLOT_OFFSETS[slot] as u64, &encode_slot(self.sequence, &hard_state));
         let synced = self.file.sync()?;
-        if self.pending {
-            self.durable_slot = 1 - self.durable_slot;
-            self.pending = false;
-        }
+        self.durable_slot = slot;
+        self.pending = None;
         Ok(synced)
     }
 
@@ -247,13 +252,14 @@ mod tests {
         let mut file = HardStateFile::open(dir.path(), &mut Vec::new()).unwrap();
         file.set(&hs(1, None, 0));
         file.sync().unwrap();
-        file.set(&hs(2, Some(1), 0));
         file.set(&hs(2, Some(1), 5));
-        // A crash tears the unsynced slot (slot 1): the synced slot 0 must be intact.
+        file.sync().unwrap();
+        // A crash during that sync tore its slot (slot 1): the older slot 0 must be intact.
         file.file.write(SLOT_OFFSETS[1] as u64 + 20, &[0xAB; 9]);
         drop(file);
         let mut warnings = Vec::new();
         assert_eq!(HardStateFile::open(dir.path(), &mut warnings).unwrap().get(), hs(1, None, 0));
+        assert!(warnings[0].contains("offset 8192"), "{warnings:?}");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 

@@ -17,6 +17,7 @@ mod data_dir;
 mod error;
 mod hard_state;
 mod log;
+#[allow(unsafe_code)]
 mod mapped;
 pub mod record;
 pub mod snapshot;
@@ -149,8 +150,9 @@ impl Store {
         self.log.append(entries)
     }
 
-    /// Sets the hard state: a 64-byte store into the map, cheap enough for every commit
-    /// change. Durable at the next [`Store::sync`]; a crash before it leaves the previous value.
+    /// Sets the hard state: kept in memory, cheap enough for every commit change. The next
+    /// [`Store::sync`] writes it after the log is durable; a crash before or during that
+    /// leaves the previous value.
     pub fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StoreError> {
         self.hard_state.set(hard_state);
         Ok(())
