@@ -93,19 +93,32 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
     Ok(render(command, &value))
 }
 
-async fn request(socket: &Path, method: Method, path: &str, body: Bytes) -> Result<serde_json::Value, String> {
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<serde_json::Value, String> {
     match std::fs::metadata(socket) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("no admin socket at {} (is mmapd running? try --socket or --port)", socket.display()))
+            return Err(format!(
+                "no admin socket at {} (is mmapd running? try --socket or --port)",
+                socket.display()
+            ))
         }
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(format!("permission denied on {} (are you root or in the mmapd group?)", socket.display()))
+            return Err(format!(
+                "permission denied on {} (are you root or in the mmapd group?)",
+                socket.display()
+            ))
         }
         _ => {}
     }
-    let client: Client<UnixConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(UnixConnector);
+    let client: Client<UnixConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(UnixConnector);
     let uri: hyper::Uri = Uri::new(socket, path).into();
-    let request = Request::builder().method(method).uri(uri).body(Full::new(body)).map_err(|e| e.to_string())?;
+    let request =
+        Request::builder().method(method).uri(uri).body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|error| {
         let text = format!("{error:?}");
         if text.contains("PermissionDenied") {
@@ -118,8 +131,8 @@ async fn request(socket: &Path, method: Method, path: &str, body: Bytes) -> Resu
     })?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| format!("unexpected answer ({status}): {}", String::from_utf8_lossy(&body)))?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("unexpected answer ({status}): {}", String::from_utf8_lossy(&body)))?;
     if !status.is_success() {
         return Err(value["error"].as_str().unwrap_or("request failed").to_owned());
     }
@@ -166,7 +179,9 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             value["seconds"].as_f64().unwrap_or(0.0) * 1000.0
         ),
         Command::StepDown => format!("leadership handed to {}", text(&value["new leader"])),
-        Command::Snapshot => format!("snapshot at index {} (term {})", text(&value["index"]), text(&value["term"])),
+        Command::Snapshot => {
+            format!("snapshot at index {} (term {})", text(&value["index"]), text(&value["term"]))
+        }
         Command::Import { .. } => {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }

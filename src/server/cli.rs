@@ -282,7 +282,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Args {
-        let argv = normalize_legacy_flags(std::iter::once("mmapd").chain(args.iter().copied()).map(String::from));
+        let argv =
+            normalize_legacy_flags(std::iter::once("mmapd").chain(args.iter().copied()).map(String::from));
         Args::try_parse_from(argv).unwrap()
     }
 
@@ -307,8 +308,11 @@ mod tests {
     #[test]
     fn config_json_in_working_dir_lists_members_and_self_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), r#"["127.0.0.1:3001","127.0.0.1:3002","127.0.0.1:3003"]"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"["127.0.0.1:3001","127.0.0.1:3002","127.0.0.1:3003"]"#,
+        )
+        .unwrap();
         let settings = parse(&["-port", "3002"]).resolve(dir.path()).unwrap();
         assert_eq!(settings.members.len(), 3);
     }

@@ -16,7 +16,12 @@ use super::node::NodeError;
 /// Work for the disk thread, done in order.
 pub(crate) enum DiskJob {
     /// A Ready's durable part: snapshot, then entries, then hard state; msync when `must_sync`.
-    Persist { hard_state: Option<HardState>, entries: Vec<Entry>, snapshot: Option<Snapshot>, must_sync: bool },
+    Persist {
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        snapshot: Option<Snapshot>,
+        must_sync: bool,
+    },
     /// Save a snapshot of the state machine, then drop the log it covers.
     SaveSnapshot { meta: SnapshotMeta, data: Bytes },
     /// Force an msync of everything (admin).
@@ -73,7 +78,11 @@ pub(crate) fn spawn(
                     DiskJob::Msync { reply } => {
                         let result = store
                             .sync()
-                            .map(|s| PersistStats { bytes: s.bytes, msyncs: s.msync_calls, duration: s.duration })
+                            .map(|s| PersistStats {
+                                bytes: s.bytes,
+                                msyncs: s.msync_calls,
+                                duration: s.duration,
+                            })
                             .map_err(|e| NodeError::Storage(e.to_string()));
                         let _ = reply.send(result);
                     }

@@ -143,7 +143,10 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<HttpResponse, Ap
             let applied = api.propose_here(&command).await?;
             Ok(json(StatusCode::OK, applied_to_json(&applied)))
         }
-        "/" => Ok(text(StatusCode::OK, Bytes::from_static(b"mmapd: see /status, /v1/kv/<key>, /get/<key>, /set/<key>\n"))),
+        "/" => Ok(text(
+            StatusCode::OK,
+            Bytes::from_static(b"mmapd: see /status, /v1/kv/<key>, /get/<key>, /set/<key>\n"),
+        )),
         _ => Err(ApiError::NoRoute),
     }
 }
@@ -179,7 +182,9 @@ impl Api {
 
     fn check_secret(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match &self.secret {
-            Some(secret) if !secret_matches(secret, headers.get(SECRET_HEADER)) => Err(ApiError::Unauthorized),
+            Some(secret) if !secret_matches(secret, headers.get(SECRET_HEADER)) => {
+                Err(ApiError::Unauthorized)
+            }
             _ => Ok(()),
         }
     }
@@ -189,7 +194,9 @@ impl Api {
         match query_field(query, "consistency")?.as_deref() {
             Some(b"stale") => return Ok(()),
             None | Some(b"linearizable") => {}
-            Some(_) => return Err(ApiError::BadRequest("consistency must be `linearizable` or `stale`".into())),
+            Some(_) => {
+                return Err(ApiError::BadRequest("consistency must be `linearizable` or `stale`".into()))
+            }
         }
         match tokio::time::timeout(self.request_timeout, self.node.read_barrier()).await {
             Err(_) => Err(ApiError::Timeout(self.request_timeout, "a leader to confirm the read")),
@@ -261,8 +268,9 @@ impl Api {
             .await
             .map_err(|e| ApiError::Unavailable(format!("leader {address}: {e}")))?
             .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}"))
+        })?;
         if status == StatusCode::OK {
             return applied_from_json(&value)
                 .ok_or_else(|| ApiError::Internal(format!("leader {address} answered {value}")));
@@ -281,7 +289,8 @@ impl Api {
 
     async fn kv_get(&self, key: Bytes, query: &str) -> Result<HttpResponse, ApiError> {
         self.read_barrier(query).await?;
-        let value = self.node.shared.kv.read().expect("kv lock").get(&key).cloned().ok_or(ApiError::NotFound)?;
+        let value =
+            self.node.shared.kv.read().expect("kv lock").get(&key).cloned().ok_or(ApiError::NotFound)?;
         let mut response = Response::new(Full::new(value.data));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         response.headers_mut().insert(ETAG, etag(value.version));
@@ -293,7 +302,8 @@ impl Api {
         match applied.outcome {
             Outcome::Written { version, created } => {
                 let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-                let mut response = json(status, serde_json::json!({ "version": version, "created": created }));
+                let mut response =
+                    json(status, serde_json::json!({ "version": version, "created": created }));
                 response.headers_mut().insert(ETAG, etag(version));
                 Ok(response)
             }
@@ -339,7 +349,8 @@ impl Api {
                 more = true;
                 break;
             }
-            let mut item = serde_json::json!({ "key": String::from_utf8_lossy(key), "version": value.version });
+            let mut item =
+                serde_json::json!({ "key": String::from_utf8_lossy(key), "version": value.version });
             match std::str::from_utf8(&value.data) {
                 Ok(text) => item["value"] = text.into(),
                 Err(_) => item["value_hex"] = hex(&value.data).into(),
@@ -401,7 +412,10 @@ impl Api {
                 status.applied, status.commit
             )));
         }
-        Ok(json(StatusCode::OK, serde_json::json!({ "health": "ok", "leader": self.address_of(status.leader) })))
+        Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "health": "ok", "leader": self.address_of(status.leader) }),
+        ))
     }
 
     fn metrics(&self) -> HttpResponse {
@@ -431,7 +445,9 @@ pub(crate) fn node_error(error: NodeError) -> ApiError {
     match error {
         NodeError::NotLeader(leader) => ApiError::NotLeader(format!("{leader:?}")),
         NodeError::NoLeader => ApiError::Unavailable("no leader known".into()),
-        NodeError::Dropped => ApiError::Unavailable("leadership changed before the write committed; it was not applied".into()),
+        NodeError::Dropped => {
+            ApiError::Unavailable("leadership changed before the write committed; it was not applied".into())
+        }
         NodeError::Storage(error) => ApiError::Storage(error),
         NodeError::ShuttingDown => ApiError::Unavailable("the node is shutting down".into()),
         NodeError::Invalid(reason) => ApiError::BadRequest(reason),
@@ -520,7 +536,8 @@ fn decode_component(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, ApiError
     while i < raw.len() {
         match raw[i] {
             b'%' => {
-                let digits = raw.get(i + 1..i + 3).ok_or_else(|| ApiError::BadRequest("truncated %-escape".into()))?;
+                let digits =
+                    raw.get(i + 1..i + 3).ok_or_else(|| ApiError::BadRequest("truncated %-escape".into()))?;
                 let high = hex_value(digits[0]);
                 let low = hex_value(digits[1]);
                 match (high, low) {
@@ -569,13 +586,19 @@ fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
 
 fn applied_to_json(applied: &Applied) -> serde_json::Value {
     let outcome = match applied.outcome {
-        Outcome::Written { version, created } => serde_json::json!({ "written": { "version": version, "created": created } }),
-        Outcome::Deleted { previous_version } => serde_json::json!({ "deleted": { "previous_version": previous_version } }),
+        Outcome::Written { version, created } => {
+            serde_json::json!({ "written": { "version": version, "created": created } })
+        }
+        Outcome::Deleted { previous_version } => {
+            serde_json::json!({ "deleted": { "previous_version": previous_version } })
+        }
         Outcome::PreconditionFailed { current_version } => {
             serde_json::json!({ "precondition_failed": { "current_version": current_version } })
         }
         Outcome::NotFound => serde_json::json!("not_found"),
-        Outcome::Imported { count, version } => serde_json::json!({ "imported": { "count": count, "version": version } }),
+        Outcome::Imported { count, version } => {
+            serde_json::json!({ "imported": { "count": count, "version": version } })
+        }
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }

@@ -1,7 +1,6 @@
 //! Process lifecycle: sd-notify readiness, status and watchdog, and termination signals.
 //! Without `NOTIFY_SOCKET` (not under systemd) every notification is a no-op.
 
-
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -58,4 +57,3 @@ pub async fn wait_for_termination() {
         _ = interrupt.recv() => tracing::info!("SIGINT"),
     }
 }
-

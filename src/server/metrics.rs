@@ -25,8 +25,9 @@ impl Counter {
 }
 
 /// Bucket upper bounds in seconds, from 50 µs to 10 s.
-const BUCKETS_SECONDS: [f64; 16] =
-    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS_SECONDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// A latency histogram with fixed buckets (lock-free).
 #[derive(Debug, Default)]
@@ -41,7 +42,8 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation, in seconds.
     pub fn observe(&self, seconds: f64) {
-        let slot = BUCKETS_SECONDS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS_SECONDS.len());
+        let slot =
+            BUCKETS_SECONDS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS_SECONDS.len());
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
@@ -105,10 +107,20 @@ impl Metrics {
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         };
-        gauge(&mut out, "mmapd_role", "0 follower, 1 pre-candidate, 2 candidate, 3 leader", gauges.role as u64);
+        gauge(
+            &mut out,
+            "mmapd_role",
+            "0 follower, 1 pre-candidate, 2 candidate, 3 leader",
+            gauges.role as u64,
+        );
         gauge(&mut out, "mmapd_term", "Current Raft term", gauges.term);
         gauge(&mut out, "mmapd_commit_index", "Raft commit index", gauges.commit_index);
-        gauge(&mut out, "mmapd_applied_index", "Index applied to the key-value state machine", gauges.applied_index);
+        gauge(
+            &mut out,
+            "mmapd_applied_index",
+            "Index applied to the key-value state machine",
+            gauges.applied_index,
+        );
         gauge(&mut out, "mmapd_mapped_bytes", "Bytes of memory-mapped files", gauges.mapped_bytes);
         gauge(&mut out, "mmapd_keys", "Keys in the state machine", gauges.keys);
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {

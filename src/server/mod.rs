@@ -28,7 +28,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Semaphore};
 
 use crate::kv::StateMachine;
-use crate::raft::{Config, ConfState, InitialState, NodeId, Raft, Snapshot, SnapshotMeta};
+use crate::raft::{ConfState, Config, InitialState, NodeId, Raft, Snapshot, SnapshotMeta};
 use crate::store::{detect_legacy_json, Identity, Store, StoreError, StoreOptions};
 
 use cli::{node_id, Settings};
@@ -203,7 +203,11 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     Ok(())
 }
 
-async fn accept_http(listener: tokio::net::TcpListener, api: Arc<http::Api>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_http(
+    listener: tokio::net::TcpListener,
+    api: Arc<http::Api>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -244,11 +248,17 @@ async fn accept_http(listener: tokio::net::TcpListener, api: Arc<http::Api>, mut
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(3), async { while connections.join_next().await.is_some() {} })
-        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
-async fn accept_admin(listener: tokio::net::UnixListener, api: Arc<http::Api>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_admin(
+    listener: tokio::net::UnixListener,
+    api: Arc<http::Api>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -158,8 +158,13 @@ pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<
     let id = parts.raft.id();
     let initial_role = (parts.raft.role(), parts.raft.term(), parts.raft.leader());
     let (role_tx, role_rx) = watch::channel(initial_role);
-    let handle =
-        NodeHandle { requests: requests_tx, peer_inbox: peer_tx, shared: parts.shared.clone(), id, role: role_rx };
+    let handle = NodeHandle {
+        requests: requests_tx,
+        peer_inbox: peer_tx,
+        shared: parts.shared.clone(),
+        id,
+        role: role_rx,
+    };
     let driver = Driver {
         raft: parts.raft,
         tick: parts.tick,
@@ -188,6 +193,9 @@ pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<
     let task = tokio::spawn(driver.run());
     (handle, task)
 }
+
+/// Where an answer goes.
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 /// A Ready whose state the disk thread is writing.
 struct InFlight {
@@ -223,7 +231,8 @@ struct Driver {
     /// Reads that found no leader, retried on every tick.
     reads_waiting_leader: Vec<oneshot::Sender<Result<(), NodeError>>>,
     next_read_context: u64,
-    step_downs: Vec<(NodeId, Instant, oneshot::Sender<Result<NodeId, NodeError>>)>,
+    /// Leadership transfers under way: (target, started, reply).
+    step_downs: Vec<(NodeId, Instant, Reply<NodeId>)>,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, NodeError>>>,
     /// A disk failure: the node stops serving writes.
     fatal: Option<String>,
@@ -461,7 +470,9 @@ impl Driver {
             }
             // The bytes were checksummed by the transport; a leader's snapshot that does
             // not decode is a bug we cannot recover from safely.
-            Err(error) => panic!("node {}: snapshot from the leader does not decode: {error}", self.raft.id()),
+            Err(error) => {
+                panic!("node {}: snapshot from the leader does not decode: {error}", self.raft.id())
+            }
         }
     }
 
@@ -516,7 +527,9 @@ impl Driver {
         if self.snapshot_in_progress {
             return;
         }
-        if applied <= self.snapshot_index || (!forced && applied - self.snapshot_index < self.snapshot_entries) {
+        if applied <= self.snapshot_index
+            || (!forced && applied - self.snapshot_index < self.snapshot_entries)
+        {
             if forced {
                 let meta = SnapshotMeta { index: self.snapshot_index, ..Default::default() };
                 for reply in self.snapshot_waiters.drain(..) {
@@ -539,7 +552,8 @@ impl Driver {
             }
         };
         let data = Bytes::from(data);
-        *self.shared.snapshot.lock().expect("snapshot lock") = Some(Snapshot { meta: meta.clone(), data: data.clone() });
+        *self.shared.snapshot.lock().expect("snapshot lock") =
+            Some(Snapshot { meta: meta.clone(), data: data.clone() });
         self.snapshot_in_progress = true;
         let _ = self.disk_jobs.send(DiskJob::SaveSnapshot { meta, data });
     }
@@ -583,4 +597,3 @@ pub(crate) fn split_ready_reads<T>(waiting: &mut Vec<(u64, T)>, applied: u64) ->
     }
     ready
 }
-

@@ -82,7 +82,8 @@ pub fn start(
     for (&id, &address) in peers {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         queues.insert(id, tx);
-        let sender = PeerSender { address, client: client.clone(), secret: secret.clone(), shared: shared.clone() };
+        let sender =
+            PeerSender { address, client: client.clone(), secret: secret.clone(), shared: shared.clone() };
         tokio::spawn(sender.run(rx));
     }
     Outbox { peers: Arc::new(queues) }
@@ -115,7 +116,8 @@ impl PeerSender {
                 .uri(uri.clone())
                 .header(CONTENT_TYPE, "application/octet-stream");
             if let Some(secret) = &self.secret {
-                request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+                request =
+                    request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
             }
             let request = request.body(Full::new(Bytes::copy_from_slice(&body))).expect("valid request");
             match self.client.request(request).await {
