@@ -162,7 +162,7 @@ fn second_store_on_a_directory_is_refused() {
 #[test]
 fn legacy_json_in_the_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("db.json"), b"\n  {\"k\": \"v\"}").unwrap();
+    fs::write(dir.path().join("raft.log"), b"\n  [{\"term\": 1}]").unwrap();
     let error = Store::open(dir.path(), small()).err().unwrap();
     assert!(matches!(error, StoreError::LegacyFormat { .. }), "{error}");
     assert!(error.to_string().contains("mmapd-admin import FILE"));
