@@ -231,6 +231,8 @@ impl Store {
     /// then the log is reset to continue after `meta.index`. If the log holds the entry at
     /// `meta.index` with `meta.term`, the entries after it are kept; otherwise the whole log
     /// is discarded (§7).
+    ///
+    /// Panics if `meta.index` is not beyond the current snapshot.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
         assert!(
             meta.index > self.snapshot_index,
