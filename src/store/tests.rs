@@ -252,8 +252,9 @@ fn flipped_bits_fail_open_or_cut_only_the_torn_last_record() {
     let original = fs::read(source.path().join(&segment_name)).unwrap();
     let end = original.iter().rposition(|&b| b != 0).unwrap() + 1;
     let last_batch_start = 64 + 6 * RECORD;
+    // One directory for all flips (its hard state stays empty, so only the records decide).
+    let dir = tempfile::tempdir().unwrap();
     for offset in 0..end {
-        let dir = tempfile::tempdir().unwrap();
         let segment = dir.path().join(&segment_name);
         let mut bytes = original.clone();
         bytes[offset] ^= 1 << (offset % 8);
