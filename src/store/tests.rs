@@ -528,3 +528,40 @@ fn kill_minus_nine_mid_batch_loses_nothing_acknowledged() {
         assert_eq!(recovered.entries[..acknowledged as usize], entries(1..acknowledged + 1, 1)[..]);
     }
 }
+
+#[test]
+fn old_segments_left_by_an_interrupted_log_reset_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..120, 1)).unwrap();
+    store.sync().unwrap();
+    let saved: Vec<_> = segment_paths(dir.path()).into_iter().map(|p| (fs::read(&p).unwrap(), p)).collect();
+    store.install_snapshot(&meta(60, 2), b"leader state").unwrap();
+    store.append(&entries(61..64, 2)).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    // A crash before the deletions reached the disk brings the old log back.
+    for (bytes, path) in &saved {
+        fs::write(path, bytes).unwrap();
+    }
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.entries, entries(61..64, 2));
+    assert!(recovered.warnings.iter().any(|w| w.contains("removed segment")), "{:?}", recovered.warnings);
+}
+
+#[test]
+fn a_segment_left_by_an_interrupted_compaction_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..301, 1)).unwrap();
+    store.sync().unwrap();
+    let saved: Vec<_> = segment_paths(dir.path()).into_iter().map(|p| (fs::read(&p).unwrap(), p)).collect();
+    store.save_snapshot(&meta(250, 1), b"s").unwrap();
+    store.compact(250).unwrap();
+    drop(store);
+    // Only the second of the deleted segments came back: a hole before the live segments.
+    let (bytes, path) = &saved[1];
+    assert!(!path.exists());
+    fs::write(path, bytes).unwrap();
+    assert_eq!(reopen(dir.path()).entries, entries(251..301, 1));
+}
