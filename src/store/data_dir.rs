@@ -63,18 +63,22 @@ impl DataDir {
         }
         fs::create_dir_all(path).map_err(|e| StoreError::io(path, "create directory", e))?;
         let lock_path = path.join(LOCK_FILE_NAME);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(&lock_path, "open", e))?;
+        let (lock_file, created) = match OpenOptions::new().write(true).create_new(true).open(&lock_path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let file = OpenOptions::new().write(true).open(&lock_path);
+                (file.map_err(|e| StoreError::io(&lock_path, "open", e))?, false)
+            }
+            Err(e) => return Err(StoreError::io(&lock_path, "create", e)),
+        };
         let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { dir: path.to_path_buf() }),
             Err((_, errno)) => return Err(StoreError::errno(&lock_path, "flock", errno)),
         };
-        sync_dir(path)?;
+        if created {
+            sync_dir(path)?;
+        }
         Ok(DataDir { path: path.to_path_buf(), _lock: lock })
     }
 

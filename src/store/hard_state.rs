@@ -64,13 +64,17 @@ impl HardStateFile {
     /// Opens or creates the file in `dir`, returning it and the recovered hard state.
     pub(crate) fn open(dir: &Path, warnings: &mut Vec<String>) -> Result<HardStateFile, StoreError> {
         let path = dir.join(HARD_STATE_FILE_NAME);
-        let mut file = if path.exists() {
+        let temp = dir.join(format!("{HARD_STATE_FILE_NAME}.tmp"));
+        if path.exists() && temp.exists() {
+            let warning = format!("removed unfinished {}", temp.display());
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+            std::fs::remove_file(&temp).map_err(|e| StoreError::io(&temp, "remove", e))?;
+        }
+        let file = if path.exists() {
             MappedFile::open(&path)?
         } else {
-            let mut file = MappedFile::create(&path, HARD_STATE_FILE_BYTES as u64)?;
-            file.write(0, &encode_header());
-            file.sync()?;
-            file
+            MappedFile::create_with_header(&path, HARD_STATE_FILE_BYTES as u64, &encode_header())?
         };
         let bytes = file.bytes();
         super::data_dir::refuse_legacy_json(&path, bytes)?;
@@ -81,16 +85,6 @@ impl HardStateFile {
                 "hard-state file has the wrong length",
             ));
         }
-        if bytes.iter().all(|&b| b == 0) {
-            // Crash between creating the file and syncing its header: nothing was ever stored.
-            let warning =
-                format!("{}: empty hard-state file from an interrupted start, reinitialised", path.display());
-            tracing::warn!("{warning}");
-            warnings.push(warning);
-            file.write(0, &encode_header());
-            file.sync()?;
-        }
-        let bytes = file.bytes();
         if let Err((offset, reason)) = decode_header(bytes) {
             return Err(StoreError::corrupt(&path, offset, reason));
         }

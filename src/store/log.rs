@@ -89,8 +89,14 @@ impl Log {
         let mut seqs = Vec::new();
         for item in fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
             let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
-            if let Some(seq) = item.file_name().to_str().and_then(parse_segment_name) {
+            let name = item.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if let Some(seq) = parse_segment_name(name) {
                 seqs.push(seq);
+            } else if name.strip_suffix(".tmp").and_then(parse_segment_name).is_some() {
+                let path = item.path();
+                warn(warnings, format!("removed unfinished segment {}", path.display()));
+                fs::remove_file(&path).map_err(|e| StoreError::io(&path, "remove", e))?;
             }
         }
         seqs.sort_unstable();
@@ -149,16 +155,6 @@ impl Log {
                 file.len(),
                 "file length is not a multiple of 4096: truncated",
             ));
-        }
-        let header_zeros = bytes.iter().take(SEGMENT_HEADER_BYTES as usize).all(|&b| b == 0);
-        if is_last && file.len() > 0 && header_zeros && bytes.iter().all(|&b| b == 0) {
-            // Created (sized and fsynced), but the crash came before its header was synced:
-            // it holds nothing. A shorter file is not something we leave behind: corrupt.
-            warn(warnings, format!("{}: segment with no header, reinitialised", path.display()));
-            file.write(0, &encode_segment_header(seq));
-            file.sync()?;
-            let end = SEGMENT_HEADER_BYTES;
-            return Ok(Segment { seq, file, write_end: end, durable_end: end });
         }
         match decode_segment_header(bytes) {
             Ok(found) if found == seq => {}
@@ -222,9 +218,7 @@ impl Log {
     fn create_segment(&self, seq: u64) -> Result<Segment, StoreError> {
         let path = self.dir.join(segment_name(seq));
         let len = self.options.grow_step_bytes.next_multiple_of(SEGMENT_LENGTH_MULTIPLE_BYTES);
-        let mut file = MappedFile::create(&path, len)?;
-        file.write(0, &encode_segment_header(seq));
-        file.sync()?;
+        let file = MappedFile::create_with_header(&path, len, &encode_segment_header(seq))?;
         let end = SEGMENT_HEADER_BYTES;
         Ok(Segment { seq, file, write_end: end, durable_end: end })
     }

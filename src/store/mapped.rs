@@ -60,9 +60,36 @@ pub(crate) struct RangeSync {
 }
 
 impl MappedFile {
-    /// Creates `path` (which must not exist) with `len_bytes` zero bytes, durably
-    /// (file fsynced, directory fsynced), and maps it.
-    pub(crate) fn create(path: &Path, len_bytes: u64) -> Result<MappedFile, StoreError> {
+    /// Creates `path` with `len_bytes` bytes starting with `header`, atomically: the file is
+    /// built as `<path>.tmp` (sized, header written and msynced, fsynced), then renamed into
+    /// place and the directory fsynced. So a file under its final name always has its header.
+    pub(crate) fn create_with_header(
+        path: &Path,
+        len_bytes: u64,
+        header: &[u8],
+    ) -> Result<MappedFile, StoreError> {
+        let mut temp_name = path.as_os_str().to_owned();
+        temp_name.push(".tmp");
+        let temp = PathBuf::from(temp_name);
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io(&temp, "remove", e))
+            }
+            _ => {}
+        }
+        let mut file = MappedFile::create(&temp, len_bytes)?;
+        file.write(0, header);
+        file.sync()?;
+        std::fs::rename(&temp, path).map_err(|e| StoreError::io(path, "rename", e))?;
+        file.path = path.to_path_buf();
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(file)
+    }
+
+    /// Creates `path` (which must not exist) with `len_bytes` zero bytes, fsynced, and maps it.
+    fn create(path: &Path, len_bytes: u64) -> Result<MappedFile, StoreError> {
         assert!(len_bytes > 0, "mapped files are never empty: {}", path.display());
         let file = OpenOptions::new()
             .read(true)
@@ -76,9 +103,6 @@ impl MappedFile {
             return Err(error);
         }
         file.sync_all().map_err(|e| StoreError::io(path, "fsync", e))?;
-        if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
-        }
         MappedFile::map(path, file)
     }
 

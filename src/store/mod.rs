@@ -90,8 +90,8 @@ impl Store {
     /// [`StoreError::Corrupt`] for damage that is not a torn tail.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<(Store, Recovered), StoreError> {
         let data_dir = DataDir::open(dir)?;
-        refuse_legacy_files(dir)?;
         let mut warnings = Vec::new();
+        refuse_legacy_files(dir, &mut warnings)?;
         let snapshot = snapshot::load(dir, &mut warnings)?;
         let hard_state = HardStateFile::open(dir, &mut warnings)?;
         let log_options =
@@ -231,6 +231,8 @@ impl Store {
     /// then the log is reset to continue after `meta.index`. If the log holds the entry at
     /// `meta.index` with `meta.term`, the entries after it are kept; otherwise the whole log
     /// is discarded (§7).
+    ///
+    /// Panics if `meta.index` is not beyond the current snapshot.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
         assert!(
             meta.index > self.snapshot_index,
@@ -272,14 +274,26 @@ impl Store {
     }
 }
 
-/// Refuses a data directory that holds the original's JSON files (`db.json` and the like).
-fn refuse_legacy_files(dir: &Path) -> Result<(), StoreError> {
+/// Refuses a data directory that holds the original's JSON files (`db.json`, the `-log`
+/// file); other files that are not ours are left alone, with a warning.
+fn refuse_legacy_files(dir: &Path, warnings: &mut Vec<String>) -> Result<(), StoreError> {
     for item in std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
         let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
         let path = item.path();
-        if path.extension().is_some_and(|e| e == "json") && path.is_file() && detect_legacy_json(&path)? {
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        let ours = [data_dir::LOCK_FILE_NAME, data_dir::IDENTITY_FILE_NAME, hard_state::HARD_STATE_FILE_NAME]
+            .contains(&name.as_ref())
+            || [".seg", ".snap", ".tmp"].iter().any(|suffix| name.ends_with(suffix));
+        if ours || !path.is_file() {
+            continue;
+        }
+        if detect_legacy_json(&path)? {
             return Err(StoreError::LegacyFormat { path });
         }
+        let warning = format!("ignoring unknown file {}", path.display());
+        tracing::warn!("{warning}");
+        warnings.push(warning);
     }
     Ok(())
 }

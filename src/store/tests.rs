@@ -162,7 +162,7 @@ fn second_store_on_a_directory_is_refused() {
 #[test]
 fn legacy_json_in_the_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("db.json"), b"\n  {\"k\": \"v\"}").unwrap();
+    fs::write(dir.path().join("raft.log"), b"\n  [{\"term\": 1}]").unwrap();
     let error = Store::open(dir.path(), small()).err().unwrap();
     assert!(matches!(error, StoreError::LegacyFormat { .. }), "{error}");
     assert!(error.to_string().contains("mmapd-admin import FILE"));
@@ -252,8 +252,9 @@ fn flipped_bits_fail_open_or_cut_only_the_torn_last_record() {
     let original = fs::read(source.path().join(&segment_name)).unwrap();
     let end = original.iter().rposition(|&b| b != 0).unwrap() + 1;
     let last_batch_start = 64 + 6 * RECORD;
+    // One directory for all flips (its hard state stays empty, so only the records decide).
+    let dir = tempfile::tempdir().unwrap();
     for offset in 0..end {
-        let dir = tempfile::tempdir().unwrap();
         let segment = dir.path().join(&segment_name);
         let mut bytes = original.clone();
         bytes[offset] ^= 1 << (offset % 8);
@@ -526,4 +527,41 @@ fn kill_minus_nine_mid_batch_loses_nothing_acknowledged() {
         assert!(recovered.entries.len() as u64 >= acknowledged, "round {round}: lost acknowledged entries");
         assert_eq!(recovered.entries[..acknowledged as usize], entries(1..acknowledged + 1, 1)[..]);
     }
+}
+
+#[test]
+fn old_segments_left_by_an_interrupted_log_reset_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..120, 1)).unwrap();
+    store.sync().unwrap();
+    let saved: Vec<_> = segment_paths(dir.path()).into_iter().map(|p| (fs::read(&p).unwrap(), p)).collect();
+    store.install_snapshot(&meta(60, 2), b"leader state").unwrap();
+    store.append(&entries(61..64, 2)).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    // A crash before the deletions reached the disk brings the old log back.
+    for (bytes, path) in &saved {
+        fs::write(path, bytes).unwrap();
+    }
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.entries, entries(61..64, 2));
+    assert!(recovered.warnings.iter().any(|w| w.contains("removed segment")), "{:?}", recovered.warnings);
+}
+
+#[test]
+fn a_segment_left_by_an_interrupted_compaction_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..301, 1)).unwrap();
+    store.sync().unwrap();
+    let saved: Vec<_> = segment_paths(dir.path()).into_iter().map(|p| (fs::read(&p).unwrap(), p)).collect();
+    store.save_snapshot(&meta(250, 1), b"s").unwrap();
+    store.compact(250).unwrap();
+    drop(store);
+    // Only the second of the deleted segments came back: a hole before the live segments.
+    let (bytes, path) = &saved[1];
+    assert!(!path.exists());
+    fs::write(path, bytes).unwrap();
+    assert_eq!(reopen(dir.path()).entries, entries(251..301, 1));
 }
