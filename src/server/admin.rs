@@ -23,7 +23,9 @@ use super::http::Api;
 use super::node::NodeError;
 
 /// The largest db.json accepted by import.
-const MAX_IMPORT_BYTES: usize = 256 << 20;
+const MAX_IMPORT_BYTES: usize = 1 << 30;
+/// The most bytes of pairs in one imported Raft entry.
+const IMPORT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Binds the admin socket with mode 0660, replacing a stale socket file but
 /// refusing one that a live process still serves.
@@ -99,14 +101,27 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
             for (key, value) in &pairs {
                 api.check_key_value(key.as_bytes(), value.as_bytes())?;
             }
+            // One Raft entry per chunk: entries stay small enough to replicate and store
+            // in pipelined batches. Chunks apply in order; a failure part-way leaves a
+            // prefix imported, and running the import again is harmless.
             let count = pairs.len();
-            let applied = api.write(import_command(pairs)).await?;
-            match applied.outcome {
-                Outcome::Imported { version, .. } => {
-                    Ok(json(serde_json::json!({ "imported": count, "version": version })))
+            let mut version = 0;
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0;
+            let mut pairs = pairs.into_iter().peekable();
+            while let Some((key, value)) = pairs.next() {
+                chunk_bytes += key.len() + value.len() + 8;
+                chunk.push((key, value));
+                if chunk_bytes >= IMPORT_CHUNK_BYTES || pairs.peek().is_none() {
+                    let applied = api.write(import_command(std::mem::take(&mut chunk))).await?;
+                    chunk_bytes = 0;
+                    match applied.outcome {
+                        Outcome::Imported { version: v, .. } => version = v,
+                        other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+                    }
                 }
-                other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
             }
+            Ok(json(serde_json::json!({ "imported": count, "version": version })))
         }
         _ => Err(ApiError::NoRoute),
     }
