@@ -96,7 +96,7 @@ fn start(binary: &Path, dir: &Path, port: u16) -> (Child, Duration) {
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
     notify.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let started = Instant::now();
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .args(["--port", &port.to_string(), "--request-timeout-ms", "600000"])
         .current_dir(dir)
         .env("NOTIFY_SOCKET", &notify_path)
@@ -106,7 +106,14 @@ fn start(binary: &Path, dir: &Path, port: u16) -> (Child, Duration) {
         .expect("start mmapd");
     let mut buffer = [0u8; 4096];
     loop {
-        let n = notify.recv(&mut buffer).expect("READY=1 within 120 s");
+        let n = match notify.recv(&mut buffer) {
+            Ok(n) => n,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY=1 within 120 s: {error}");
+            }
+        };
         if String::from_utf8_lossy(&buffer[..n]).lines().any(|l| l == "READY=1") {
             return (child, started.elapsed());
         }
