@@ -188,6 +188,7 @@ pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<
         next_read_context: 1,
         step_downs: Vec::new(),
         snapshot_waiters: Vec::new(),
+        unawaited_persists: 0,
         fatal: None,
     };
     let task = tokio::spawn(driver.run());
@@ -234,6 +235,9 @@ struct Driver {
     /// Leadership transfers under way: (target, started, reply).
     step_downs: Vec<(NodeId, Instant, Reply<NodeId>)>,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, NodeError>>>,
+    /// Commit-only hard state writes queued without waiting; their completions come
+    /// back first, in order, since the disk thread works through its queue in order.
+    unawaited_persists: u32,
     /// A disk failure: the node stops serving writes.
     fatal: Option<String>,
 }
@@ -403,27 +407,35 @@ impl Driver {
         }
         // 1. Messages that depend on nothing in this Ready go out at once.
         self.outbox.send(std::mem::take(&mut ready.messages));
-        // 2. Persist, on the disk thread, unless there is nothing to write.
-        let needs_disk = ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some();
-        if needs_disk {
-            let job = DiskJob::Persist {
-                hard_state: ready.hard_state,
-                entries: std::mem::take(&mut ready.entries),
-                snapshot: ready.snapshot.clone(),
-                must_sync: ready.must_sync,
-            };
-            if self.disk_jobs.send(job).is_err() {
-                self.on_fatal("disk thread stopped".into());
-                return;
-            }
+        // 2. Persist on the disk thread. A Ready that only moves the commit index need
+        // not wait: the commit index is a lower bound that may lag (RAFT-NOTES #3), so
+        // its write is queued, in order, and the Ready finishes at once.
+        let must_sync = ready.must_sync;
+        if !must_sync && ready.hard_state.is_none() {
+            self.finish_ready(ready);
+            return;
+        }
+        let job = DiskJob::Persist {
+            hard_state: ready.hard_state,
+            entries: std::mem::take(&mut ready.entries),
+            snapshot: ready.snapshot.clone(),
+            must_sync,
+        };
+        if self.disk_jobs.send(job).is_err() {
+            self.on_fatal("disk thread stopped".into());
+            return;
+        }
+        if must_sync {
             self.in_flight = Some(InFlight { ready, started: Instant::now() });
         } else {
+            self.unawaited_persists += 1;
             self.finish_ready(ready);
         }
     }
 
     fn on_disk_done(&mut self, done: DiskDone) {
         match done {
+            DiskDone::Persisted(Ok(_)) if self.unawaited_persists > 0 => self.unawaited_persists -= 1,
             DiskDone::Persisted(Ok(stats)) => {
                 let in_flight = self.in_flight.take().expect("persisted without a Ready in flight");
                 if stats.msyncs > 0 {
