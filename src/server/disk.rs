@@ -117,6 +117,6 @@ fn persist(
         // Only the commit index moved: it is a lower bound and may lag (RAFT-NOTES #3).
         return Ok(PersistStats::default());
     }
-    let stats = store.sync()?;
+    let stats = store.sync_entries_and_vote()?;
     Ok(PersistStats { bytes: stats.bytes, msyncs: stats.msync_calls, duration: stats.duration })
 }

@@ -45,6 +45,8 @@ const _: () = assert!(SLOT_CRC_OFFSET + 4 == SLOT_BYTES && SLOT_COMMIT_OFFSET + 
 pub(crate) struct HardStateFile {
     file: MappedFile,
     current: HardState,
+    /// The value in the durable slot. Invariant: durable.term <= current.term.
+    durable: HardState,
     /// Sequence number of the last written slot.
     sequence: u64,
     /// The slot that holds the last synced value (or, on a fresh file, the slot not written first).
@@ -134,7 +136,7 @@ impl HardStateFile {
                 ));
             }
         };
-        Ok(HardStateFile { file, current, sequence, durable_slot, pending: None })
+        Ok(HardStateFile { file, current, durable: current, sequence, durable_slot, pending: None })
     }
 
     /// The latest value set (synced or not).
@@ -150,6 +152,12 @@ impl HardStateFile {
         }
     }
 
+    /// True when the value set differs from the durable one in term or vote (not only
+    /// in the commit index, which may lag on disk).
+    pub(crate) fn term_or_vote_pending(&self) -> bool {
+        self.pending.is_some_and(|p| p.term != self.durable.term || p.vote != self.durable.vote)
+    }
+
     /// Writes the last value set into the slot that does not hold the synced value, and
     /// msyncs it: one `msync`, or none if nothing changed.
     pub(crate) fn sync(&mut self) -> Result<RangeSync, StoreError> {
@@ -161,6 +169,7 @@ impl HardStateFile {
         self.file.write(SLOT_OFFSETS[slot] as u64, &encode_slot(self.sequence, &hard_state));
         let synced = self.file.sync()?;
         self.durable_slot = slot;
+        self.durable = hard_state;
         self.pending = None;
         Ok(synced)
     }

@@ -56,6 +56,29 @@ fn synced_entries_and_hard_state_survive_reopen() {
 }
 
 #[test]
+fn batch_sync_makes_term_and_vote_durable_but_lets_a_commit_only_change_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..11, 1)).unwrap();
+    store.set_hard_state(&HardState { term: 1, vote: Some(2), commit: 0 }).unwrap();
+    assert_eq!(store.sync_entries_and_vote().unwrap().msync_calls, 2, "log and vote");
+    store.append(&entries(11..21, 1)).unwrap();
+    store.set_hard_state(&HardState { term: 1, vote: Some(2), commit: 15 }).unwrap();
+    assert_eq!(store.sync_entries_and_vote().unwrap().msync_calls, 1, "the log only");
+    drop(store);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.entries, entries(1..21, 1));
+    // The commit index is a lower bound: it may lag, never lead.
+    assert_eq!(recovered.hard_state, HardState { term: 1, vote: Some(2), commit: 0 });
+
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.set_hard_state(&HardState { term: 2, vote: None, commit: 20 }).unwrap();
+    store.sync_entries_and_vote().unwrap();
+    drop(store);
+    assert_eq!(reopen(dir.path()).hard_state, HardState { term: 2, vote: None, commit: 20 });
+}
+
+#[test]
 fn one_sync_is_one_msync_per_file_however_many_entries() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) =
