@@ -41,3 +41,6 @@ pub use error::{
 pub use message::{Message, MessageBody};
 pub use node::{InitialState, Raft};
 pub use ready::{PeerStatus, ReadState, Ready, Role, SoftState, Status};
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,20 @@
-//! The Raft state machine (placeholder surface; implementation in progress).
-#![allow(unused)]
+//! The Raft state machine. It reads like the paper: roles, elections (§5.2, thesis
+//! §9.6), replication (§5.3), commitment (§5.4.2), reads (thesis §6.4), leadership
+//! transfer (thesis §3.10) and snapshots (§7).
 
-use super::*;
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
+
+use super::config::Config;
+use super::entry::{Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta};
+use super::error::{CompactError, InitError, ProposeError, ReadIndexError, StepError, TransferError};
+use super::log::RaftLog;
+use super::message::{Message, MessageBody};
+use super::progress::{majority, quorum_value, Progress, ProgressState};
+use super::read_only::ReadOnly;
+use super::ready::{PeerStatus, ReadState, Ready, Role, SoftState, Status};
+use super::rng::SplitMix64;
 
 /// What a node starts from: what its storage holds.
 #[derive(Clone, Debug, Default)]
@@ -19,63 +31,1085 @@ pub struct InitialState {
 /// One Raft node.
 pub struct Raft {
     id: NodeId,
+    config: Config,
+    /// The voters, sorted. Invariant: contains `id`.
+    voters: Vec<NodeId>,
+
+    /// Latest term seen. Invariant: never decreases.
+    term: u64,
+    /// Vote in `term`.
+    vote: Option<NodeId>,
+    role: Role,
+    /// The leader of `term`, once known.
+    leader: Option<NodeId>,
+    log: RaftLog,
+
+    /// Leader only: one entry per other voter.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Candidate and pre-candidate: answers received in this election.
+    votes: BTreeMap<NodeId, bool>,
+
+    /// Ticks since the last election timeout reset (followers: since hearing from a leader).
+    election_elapsed: u32,
+    /// Leader only: ticks since the last heartbeat.
+    heartbeat_elapsed: u32,
+    /// Election timeout for this round, in [T, 2T).
+    randomized_election_ticks: u32,
+    rng: SplitMix64,
+
+    /// Leader only: the follower leadership is being handed to.
+    transfer_target: Option<NodeId>,
+    read_only: ReadOnly,
+    /// Leader only: reads that arrived before an entry of this term was committed.
+    reads_waiting_for_commit: Vec<(u64, NodeId)>,
+
+    /// Leader only: entries were appended or the commit index moved since the last flush.
+    replication_wanted: bool,
+    commit_changed: bool,
+
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    read_states: Vec<ReadState>,
+    /// The hard and soft state last handed out in a Ready.
+    last_hard_state: HardState,
+    last_soft_state: SoftState,
+    /// A Ready was handed out and not yet advanced.
+    ready_outstanding: bool,
 }
 
 impl Raft {
     /// Starts a node from its persisted state. Applied starts at the snapshot's
     /// index: committed entries after it come out again in `Ready::committed_entries`.
     pub fn new(config: Config, initial: InitialState) -> Result<Raft, InitError> {
-        todo!()
+        config.validate()?;
+        let InitialState { hard_state, snapshot, entries } = initial;
+        let mut voters = snapshot.conf.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if !voters.contains(&config.id) {
+            return Err(InitError::NotAVoter { id: config.id, voters });
+        }
+        let mut previous_term = snapshot.term;
+        for (offset, entry) in entries.iter().enumerate() {
+            let expected = snapshot.index + 1 + offset as u64;
+            if entry.index != expected {
+                return Err(InitError::Gap { snapshot_index: snapshot.index, expected, found: entry.index });
+            }
+            if entry.term < previous_term || entry.term > hard_state.term {
+                return Err(InitError::TermOrder {
+                    index: entry.index,
+                    term: entry.term,
+                    previous_term,
+                    current_term: hard_state.term,
+                });
+            }
+            previous_term = entry.term;
+        }
+        let last_index = entries.last().map_or(snapshot.index, |e| e.index);
+        if hard_state.commit > last_index {
+            return Err(InitError::CommitBeyondLog { commit: hard_state.commit, last_index });
+        }
+        let log = RaftLog::restore(
+            SnapshotMeta { conf: super::entry::ConfState { voters: voters.clone() }, ..snapshot },
+            entries,
+            hard_state.commit,
+        );
+        let mut rng = SplitMix64::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9));
+        let randomized_election_ticks =
+            config.election_ticks + rng.below(config.election_ticks as u64) as u32;
+        let soft = SoftState { role: Role::Follower, leader: None, term: hard_state.term };
+        Ok(Raft {
+            id: config.id,
+            voters,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks,
+            rng,
+            transfer_target: None,
+            read_only: ReadOnly::default(),
+            reads_waiting_for_commit: Vec::new(),
+            replication_wanted: false,
+            commit_changed: false,
+            messages: Vec::new(),
+            persisted_messages: Vec::new(),
+            read_states: Vec::new(),
+            last_hard_state: hard_state,
+            last_soft_state: soft,
+            ready_outstanding: false,
+            config,
+        })
     }
-    /// Advances time by one tick.
-    pub fn tick(&mut self) {
-        todo!()
-    }
-    /// Handles a message from a peer.
-    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
-        todo!()
-    }
-    /// Starts an election now (pre-vote first if configured).
-    pub fn campaign(&mut self) {
-        todo!()
-    }
-    /// Appends a command to the leader's log; returns the entry's (term, index). The
-    /// command succeeded when an entry with that index *and term* is committed.
-    pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), ProposeError> {
-        todo!()
-    }
-    /// Asks for a linearizable read; a `ReadState` with this context comes out in a
-    /// later Ready (or never, if leadership is lost: callers time out).
-    pub fn read_index(&mut self, context: u64) -> Result<(), ReadIndexError> {
-        todo!()
-    }
-    /// Hands leadership to `to` (thesis §3.10).
-    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
-        todo!()
-    }
-    /// Says a snapshot of the state machine up to `index` (<= applied) is durable:
-    /// the log up to it may be dropped. Returns the snapshot's metadata.
-    pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
-        todo!()
-    }
-    /// True when `ready` would return something.
-    pub fn has_ready(&self) -> bool {
-        todo!()
-    }
-    /// Takes what needs doing. See `Ready` for the order.
-    pub fn ready(&mut self) -> Ready {
-        todo!()
-    }
-    /// Says the last Ready has been fully handled.
-    pub fn advance(&mut self) {
-        todo!()
-    }
-    /// The node's state.
-    pub fn status(&self) -> Status {
-        todo!()
-    }
+
+    // ---------------------------------------------------------------- accessors
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.log.committed
+    }
+
+    /// The applied index (as of the last `advance`).
+    pub fn applied_index(&self) -> u64 {
+        self.log.applied
+    }
+
+    /// The last log index.
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+
+    /// The voters.
+    pub fn voters(&self) -> &[NodeId] {
+        &self.voters
+    }
+
+    /// The follower with the highest match index: the natural target of a step-down.
+    pub fn most_up_to_date_follower(&self) -> Option<NodeId> {
+        self.progress
+            .iter()
+            .max_by_key(|(id, pr)| (pr.match_index, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// The node's state.
+    pub fn status(&self) -> Status {
+        let peers = self
+            .progress
+            .iter()
+            .map(|(id, pr)| PeerStatus {
+                id: *id,
+                match_index: pr.match_index,
+                next_index: pr.next_index,
+                state: pr.state_name(),
+                recently_active: pr.recently_active,
+            })
+            .collect();
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.committed,
+            applied: self.log.applied,
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            persisted_index: self.log.stable_index(),
+            peers,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState { role: self.role, leader: self.leader, term: self.term }
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+    }
+
+    fn is_single_voter(&self) -> bool {
+        self.voters.len() == 1
+    }
+
+    // ---------------------------------------------------------------- role changes
+
+    fn reset(&mut self, term: u64) {
+        if term != self.term {
+            assert!(term > self.term, "node {}: term {} going back to {term}", self.id, self.term);
+            self.term = term;
+            self.vote = None;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.randomized_election_ticks =
+            self.config.election_ticks + self.rng.below(self.config.election_ticks as u64) as u32;
+        self.votes.clear();
+        self.progress.clear();
+        self.transfer_target = None;
+        self.read_only.clear();
+        self.reads_waiting_for_commit.clear();
+        self.replication_wanted = false;
+        self.commit_changed = false;
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+    }
+
+    /// Thesis §9.6: ask first, in term + 1, without changing our own term.
+    fn become_pre_candidate(&mut self) {
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "node {} term {}: leader cannot pre-campaign",
+            self.id,
+            self.term
+        );
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::PreCandidate;
+    }
+
+    /// §5.2: increment the term and vote for self.
+    fn become_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader, "node {} term {}: leader cannot campaign", self.id, self.term);
+        self.reset(self.term + 1);
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+    }
+
+    /// §5.2, §8: a new leader tracks every follower and appends a no-op of its term,
+    /// so entries of earlier terms commit promptly (§5.4.2).
+    fn become_leader(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "node {} term {}: leader from {:?}",
+            self.id,
+            self.term,
+            self.role
+        );
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        let next = self.log.last_index() + 1;
+        for &peer in self.voters.iter().filter(|&&v| v != self.id) {
+            let pr = Progress::new(next, self.config.max_inflight_messages, self.config.max_inflight_bytes);
+            self.progress.insert(peer, pr);
+        }
+        self.log.append_new(Entry { term, index: next, kind: EntryKind::Noop, data: Bytes::new() });
+        self.replication_wanted = true;
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.randomized_election_ticks {
+            self.election_elapsed = 0;
+            self.campaign();
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            // Thesis §6.2: a leader that has not heard from a majority steps down.
+            if self.config.check_quorum && !self.quorum_recently_active() {
+                let term = self.term;
+                self.become_follower(term, None);
+                return;
+            }
+            for pr in self.progress.values_mut() {
+                pr.recently_active = false;
+            }
+            // Thesis §3.10: a transfer that has not finished in an election timeout is abandoned.
+            self.transfer_target = None;
+        }
+        for pr in self.progress.values_mut() {
+            if let ProgressState::Snapshot { .. } = pr.state {
+                pr.snapshot_ticks += 1;
+                if pr.snapshot_ticks > self.config.election_ticks {
+                    pr.become_probe(); // the snapshot or its answer was lost: try again
+                    self.replication_wanted = true;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn quorum_recently_active(&self) -> bool {
+        let active = 1 + self.progress.values().filter(|pr| pr.recently_active).count();
+        active >= majority(self.voters.len())
+    }
+
+    // ---------------------------------------------------------------- elections
+
+    /// Starts an election now (pre-vote first if configured).
+    pub fn campaign(&mut self) {
+        let kind = if self.config.pre_vote { Election::PreVote } else { Election::Real { transfer: false } };
+        self.start_election(kind);
+    }
+
+    fn start_election(&mut self, kind: Election) {
+        if self.role == Role::Leader {
+            return;
+        }
+        let (pre_vote, transfer, request_term) = match kind {
+            Election::PreVote => {
+                self.become_pre_candidate();
+                (true, false, self.term + 1)
+            }
+            Election::Real { transfer } => {
+                self.become_candidate();
+                (false, transfer, self.term)
+            }
+        };
+        self.votes.insert(self.id, true);
+        if self.poll_election() {
+            return;
+        }
+        let body = MessageBody::RequestVote {
+            pre_vote,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            transfer,
+        };
+        for &peer in &self.voters {
+            if peer != self.id {
+                let message = Message { from: self.id, to: peer, term: request_term, body: body.clone() };
+                // A real RequestVote carries our new term and self-vote: durable first.
+                if pre_vote {
+                    self.messages.push(message);
+                } else {
+                    self.persisted_messages.push(message);
+                }
+            }
+        }
+    }
+
+    /// Counts the answers; moves on when an election is won or lost. Returns true when decided.
+    fn poll_election(&mut self) -> bool {
+        let granted = self.votes.values().filter(|&&g| g).count();
+        let rejected = self.votes.len() - granted;
+        let needed = majority(self.voters.len());
+        if granted >= needed {
+            match self.role {
+                Role::PreCandidate => self.start_election(Election::Real { transfer: false }),
+                Role::Candidate => self.become_leader(),
+                _ => unreachable!("poll_election as {:?}", self.role),
+            }
+            true
+        } else if rejected >= needed {
+            let term = self.term;
+            self.become_follower(term, None);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn handle_vote_request(&mut self, m: &Message, pre_vote: bool, last_log_index: u64, last_log_term: u64) {
+        // etcd's rule: we may vote if we already voted for this candidate, or have no
+        // vote and no leader in this term; a pre-vote for a later term always may.
+        let can_vote = self.vote == Some(m.from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre_vote && m.term > self.term);
+        let log_ok =
+            self.log.is_up_to_date(last_log_index, last_log_term) || self.planted_vote_without_log_check();
+        let granted = can_vote && log_ok;
+        if granted && !pre_vote {
+            self.election_elapsed = 0;
+            self.vote = Some(m.from);
+        }
+        // A granted pre-vote answers in the term it asked about, so the pre-candidate
+        // does not mistake it for a newer term (thesis §9.6).
+        let term = if pre_vote && granted { m.term } else { self.term };
+        let reply = Message {
+            from: self.id,
+            to: m.from,
+            term,
+            body: MessageBody::RequestVoteResponse { pre_vote, granted },
+        };
+        if pre_vote || self.planted_vote_before_persist() {
+            self.messages.push(reply);
+        } else {
+            // Fig. 2: term and vote are durable before the vote is sent.
+            self.persisted_messages.push(reply);
+        }
+    }
+
+    fn handle_vote_response(&mut self, m: &Message, pre_vote: bool, granted: bool) {
+        let expected = match self.role {
+            Role::PreCandidate => pre_vote && m.term == self.term + 1,
+            Role::Candidate => !pre_vote && m.term == self.term,
+            _ => false,
+        };
+        if expected {
+            self.votes.entry(m.from).or_insert(granted);
+            self.poll_election();
+        }
+    }
+
+    // ---------------------------------------------------------------- messages
+
+    /// Handles a message from a peer. A malformed message is refused and changes nothing.
+    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
+        self.validate(&m)?;
+        if m.term > self.term {
+            match m.body {
+                MessageBody::RequestVote { pre_vote, transfer, .. } => {
+                    // Thesis §4.2.3: a node that heard from a leader within the minimum
+                    // election timeout ignores (pre-)votes, unless they follow a
+                    // leadership transfer (thesis §3.10).
+                    let in_lease = self.config.check_quorum
+                        && self.leader.is_some()
+                        && self.election_elapsed < self.config.election_ticks;
+                    if in_lease && !transfer {
+                        return Ok(());
+                    }
+                    if !pre_vote {
+                        self.become_follower(m.term, None);
+                    }
+                }
+                MessageBody::RequestVoteResponse { pre_vote: true, granted: true } => {
+                    // Answers our pre-vote in the term we would campaign in; not a newer term.
+                }
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, Some(m.from)),
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            self.handle_stale_message(&m);
+            return Ok(());
+        }
+
+        match m.body {
+            MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, .. } => {
+                self.handle_vote_request(&m, pre_vote, last_log_index, last_log_term)
+            }
+            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+                self.handle_vote_response(&m, pre_vote, granted)
+            }
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::TimeoutNow
+            | MessageBody::ReadIndexResponse { .. } => self.step_from_leader(m),
+            MessageBody::AppendEntriesResponse { .. } | MessageBody::HeartbeatResponse { .. } => {
+                if self.role == Role::Leader {
+                    self.step_leader_response(m);
+                }
+            }
+            MessageBody::ReadIndex { context } => {
+                if self.role == Role::Leader {
+                    self.leader_read_index(context, m.from);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message from an older term. A deposed leader is told the newer term so it
+    /// steps down; a pre-vote is refused so the pre-candidate learns our term.
+    fn handle_stale_message(&mut self, m: &Message) {
+        let reply_body = match m.body {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => MessageBody::AppendEntriesResponse {
+                success: false,
+                index: 0,
+                conflict_term: 0,
+                conflict_index: 0,
+            },
+            MessageBody::RequestVote { pre_vote: true, .. } => {
+                MessageBody::RequestVoteResponse { pre_vote: true, granted: false }
+            }
+            _ => return,
+        };
+        self.messages.push(Message { from: self.id, to: m.from, term: self.term, body: reply_body });
+    }
+
+    fn validate(&self, m: &Message) -> Result<(), StepError> {
+        if m.to != self.id {
+            return Err(StepError::WrongReceiver { to: m.to, me: self.id });
+        }
+        if m.from == self.id || self.voters.binary_search(&m.from).is_err() {
+            return Err(StepError::UnknownSender(m.from));
+        }
+        let malformed = |reason| Err(StepError::Malformed { kind: m.body.name(), from: m.from, reason });
+        match &m.body {
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } => {
+                let mut expected_index = *prev_log_index;
+                let mut previous_term = *prev_log_term;
+                for entry in entries {
+                    expected_index = match expected_index.checked_add(1) {
+                        Some(i) => i,
+                        None => return malformed("index overflow"),
+                    };
+                    if entry.index != expected_index {
+                        return malformed("entries not consecutive after prev_log_index");
+                    }
+                    if entry.term < previous_term || entry.term > m.term || entry.term == 0 {
+                        return malformed("entry terms out of order");
+                    }
+                    previous_term = entry.term;
+                }
+                if *prev_log_term > m.term {
+                    return malformed("prev_log_term beyond the message's term");
+                }
+            }
+            MessageBody::InstallSnapshot { snapshot }
+                if snapshot.meta.index == 0 || snapshot.meta.term == 0 || snapshot.meta.term > m.term =>
+            {
+                return malformed("snapshot index or term out of range");
+            }
+            MessageBody::RequestVote { last_log_term, .. } if *last_log_term > m.term => {
+                return malformed("last_log_term beyond the candidate's term");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Messages only a leader sends, received in our term.
+    fn step_from_leader(&mut self, m: Message) {
+        if self.role == Role::Leader {
+            // Election safety (§5.2): there is one leader per term. Another one means a bug.
+            if let MessageBody::ReadIndexResponse { .. } = m.body {
+                return;
+            }
+            panic!(
+                "node {} term {}: leader received {} from node {} in its own term",
+                self.id,
+                self.term,
+                m.body.name(),
+                m.from
+            );
+        }
+        if matches!(m.body, MessageBody::TimeoutNow) {
+            // Thesis §3.10: the leader asks us to start an election now, bypassing pre-vote.
+            self.start_election(Election::Real { transfer: true });
+            return;
+        }
+        if let MessageBody::ReadIndexResponse { context, index } = m.body {
+            self.read_states.push(ReadState { context, index });
+            return;
+        }
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, Some(m.from));
+        }
+        self.election_elapsed = 0;
+        self.leader = Some(m.from);
+        match m.body {
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+                self.handle_append_entries(m.from, prev_log_index, prev_log_term, entries, leader_commit)
+            }
+            MessageBody::Heartbeat { commit, context } => {
+                self.log.commit_to(commit.min(self.log.last_index()));
+                self.send_now(m.from, MessageBody::HeartbeatResponse { context });
+            }
+            MessageBody::InstallSnapshot { snapshot } => self.handle_install_snapshot(m.from, snapshot),
+            _ => unreachable!(),
+        }
+    }
+
+    /// §5.3, Fig. 2 AppendEntries receiver rules.
+    fn handle_append_entries(
+        &mut self,
+        from: NodeId,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        entries: Vec<Entry>,
+        leader_commit: u64,
+    ) {
+        if prev_log_index < self.log.committed {
+            // Everything up to our commit index matches the leader's log (§5.4.3).
+            let index = self.log.committed;
+            self.send_after_persist(from, success_response(index));
+            return;
+        }
+        if !self.log.matches(prev_log_index, prev_log_term) {
+            // Rule 2, with fast back-off (§5.3, end; RAFT-NOTES #7).
+            let (conflict_term, conflict_index) = match self.log.term(prev_log_index) {
+                None => (0, self.log.last_index() + 1),
+                Some(term) => (term, self.log.first_index_of_term(term, prev_log_index)),
+            };
+            let body = MessageBody::AppendEntriesResponse {
+                success: false,
+                index: prev_log_index,
+                conflict_term,
+                conflict_index,
+            };
+            self.send_after_persist(from, body);
+            return;
+        }
+        // Rules 3 and 4: truncate only on a real conflict, append what is new.
+        let last_new = self.log.merge(prev_log_index, entries);
+        // Rule 5: commit up to min(leaderCommit, index of the last new entry) (RAFT-NOTES #5).
+        self.log.commit_to(leader_commit.min(last_new));
+        // Fig. 2: the entries are durable before we say so.
+        self.send_after_persist(from, success_response(last_new));
+    }
+
+    /// §7 InstallSnapshot receiver rules.
+    fn handle_install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        if index <= self.log.committed {
+            let committed = self.log.committed;
+            self.send_after_persist(from, success_response(committed));
+            return;
+        }
+        if self.log.matches(index, snapshot.meta.term) {
+            // We hold the snapshot's last entry: keep our log, commit up to it (RAFT-NOTES #16).
+            self.log.commit_to(index);
+        } else {
+            self.log.restore_snapshot(snapshot);
+        }
+        self.send_after_persist(from, success_response(index));
+    }
+
+    fn step_leader_response(&mut self, m: Message) {
+        let from = m.from;
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recently_active = true;
+        match m.body {
+            MessageBody::AppendEntriesResponse { success: true, index, .. } => {
+                if index > self.log.last_index() {
+                    return; // not an index we sent: ignore rather than trust
+                }
+                if pr.update_match(index) {
+                    match pr.state {
+                        ProgressState::Probe => pr.become_replicate(),
+                        ProgressState::Snapshot { index: snapshot_index }
+                            if pr.match_index >= snapshot_index =>
+                        {
+                            pr.become_replicate()
+                        }
+                        ProgressState::Replicate => pr.inflights.free_to(index),
+                        ProgressState::Snapshot { .. } => {}
+                    }
+                    self.maybe_commit();
+                    if self.transfer_target == Some(from)
+                        && self.progress[&from].match_index == self.log.last_index()
+                    {
+                        self.send_now(from, MessageBody::TimeoutNow);
+                    }
+                } else if pr.state == ProgressState::Replicate {
+                    pr.inflights.free_to(index);
+                }
+                self.replication_wanted = true;
+            }
+            MessageBody::AppendEntriesResponse { success: false, index, conflict_term, conflict_index } => {
+                // Fast back-off: skip past the follower's whole conflicting term.
+                let hint = if conflict_term == 0 {
+                    conflict_index
+                } else {
+                    let i = self.log.last_index_with_term_at_most(conflict_term, index);
+                    if self.log.term(i) == Some(conflict_term) {
+                        i + 1
+                    } else {
+                        conflict_index
+                    }
+                };
+                let pr = self.progress.get_mut(&from).expect("checked above");
+                let was_replicate = pr.state == ProgressState::Replicate;
+                if pr.maybe_decrease_to(index, hint) {
+                    if was_replicate {
+                        pr.state = ProgressState::Probe;
+                        pr.probe_sent = false;
+                        pr.inflights.clear();
+                    }
+                    self.replication_wanted = true;
+                }
+            }
+            MessageBody::HeartbeatResponse { context } => {
+                pr.read_round_acked = pr.read_round_acked.max(context);
+                pr.probe_sent = false;
+                if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
+                    pr.inflights.free_first();
+                }
+                if pr.match_index < self.log.last_index() {
+                    // The follower lags: entries or their answers may have been lost. An
+                    // append now (empty if everything is in flight) draws a rejection that
+                    // resets it to probing, so replication resumes.
+                    self.send_append(from, true);
+                }
+                self.release_confirmed_reads();
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    // ---------------------------------------------------------------- replication
+
+    /// Appends a command to the leader's log; returns the entry's (term, index). The
+    /// command succeeded when an entry with that index *and term* is committed.
+    pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        if self.transfer_target.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        let index = self.log.last_index() + 1;
+        self.log.append_new(Entry { term: self.term, index, kind: EntryKind::Normal, data });
+        self.replication_wanted = true;
+        Ok((self.term, index))
+    }
+
+    /// §5.4.2: commit the highest index a majority holds, but only by counting
+    /// replicas of an entry of the current term; earlier ones commit with it (Figure 8).
+    /// The leader counts itself only up to what it has made durable (thesis §10.2.1).
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|v| if *v == self.id { self.log.stable_index() } else { self.progress[v].match_index })
+            .collect();
+        let index = quorum_value(&mut matched);
+        if index <= self.log.committed {
+            return;
+        }
+        if self.log.term(index) == Some(self.term) || self.planted_commit_earlier_term() {
+            self.log.commit_to(index);
+            self.commit_changed = true;
+            self.replication_wanted = true;
+            self.serve_reads_waiting_for_commit();
+        }
+    }
+
+    /// Sends what each follower is ready for: pipelined batches in Replicate, one
+    /// probe in Probe, a snapshot where the entries are compacted.
+    fn flush_replication(&mut self) {
+        if self.role != Role::Leader || !self.replication_wanted {
+            return;
+        }
+        self.replication_wanted = false;
+        let send_empty = std::mem::take(&mut self.commit_changed);
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, send_empty);
+        }
+    }
+
+    fn send_append(&mut self, peer: NodeId, send_empty: bool) {
+        let mut sent_any = false;
+        loop {
+            let pr = &self.progress[&peer];
+            if pr.is_paused() {
+                return;
+            }
+            let next = pr.next_index;
+            let prev = next - 1;
+            let prev_term = match self.log.term(prev) {
+                Some(term) if next >= self.log.first_index() => term,
+                _ => {
+                    self.send_snapshot(peer);
+                    return;
+                }
+            };
+            let entries = if next <= self.log.last_index() {
+                self.log.slice(next, self.log.last_index(), self.config.max_message_bytes)
+            } else {
+                Vec::new()
+            };
+            if entries.is_empty() && (sent_any || !send_empty) && pr.state == ProgressState::Replicate {
+                return;
+            }
+            let count = entries.len();
+            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            let last = prev + count as u64;
+            let body = MessageBody::AppendEntries {
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                entries,
+                leader_commit: self.log.committed,
+            };
+            self.send_now(peer, body);
+            sent_any = true;
+            let pr = self.progress.get_mut(&peer).expect("peer exists");
+            pr.sent_entries(last, bytes, count);
+            if pr.state != ProgressState::Replicate || count == 0 {
+                return;
+            }
+        }
+    }
+
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let meta = self.log.snapshot_meta().clone();
+        let index = meta.index;
+        self.send_now(peer, MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data: Bytes::new() } });
+        self.progress.get_mut(&peer).expect("peer exists").become_snapshot(index);
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let context = self.read_only.round();
+        let targets: Vec<(NodeId, u64)> =
+            self.progress.iter().map(|(id, pr)| (*id, pr.match_index.min(self.log.committed))).collect();
+        for (peer, commit) in targets {
+            self.send_now(peer, MessageBody::Heartbeat { commit, context });
+        }
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Asks for a linearizable read; a `ReadState` with this context comes out in a
+    /// later Ready (or never, if leadership is lost: callers time out).
+    pub fn read_index(&mut self, context: u64) -> Result<(), ReadIndexError> {
+        match (self.role, self.leader) {
+            (Role::Leader, _) => {
+                self.leader_read_index(context, self.id);
+                Ok(())
+            }
+            (_, Some(leader)) => {
+                self.send_now(leader, MessageBody::ReadIndex { context });
+                Ok(())
+            }
+            (_, None) => Err(ReadIndexError::NoLeader),
+        }
+    }
+
+    /// Thesis §6.4: the commit index is only trusted once an entry of this term has
+    /// committed; then it is recorded and confirmed by a majority heartbeat round.
+    fn leader_read_index(&mut self, context: u64, from: NodeId) {
+        if !self.committed_in_current_term() {
+            self.reads_waiting_for_commit.push((context, from));
+            return;
+        }
+        let index = self.log.committed;
+        if self.is_single_voter() || self.planted_read_without_heartbeat() {
+            self.answer_read(context, from, index);
+            return;
+        }
+        self.read_only.add(context, from, index);
+    }
+
+    fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.committed) == Some(self.term)
+    }
+
+    fn serve_reads_waiting_for_commit(&mut self) {
+        if self.reads_waiting_for_commit.is_empty() || !self.committed_in_current_term() {
+            return;
+        }
+        for (context, from) in std::mem::take(&mut self.reads_waiting_for_commit) {
+            self.leader_read_index(context, from);
+        }
+    }
+
+    fn release_confirmed_reads(&mut self) {
+        if self.read_only.is_empty() {
+            return;
+        }
+        let mut acked: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|v| if *v == self.id { self.read_only.round() } else { self.progress[v].read_round_acked })
+            .collect();
+        let confirmed = quorum_value(&mut acked);
+        for read in self.read_only.confirm(confirmed) {
+            self.answer_read(read.context, read.from, read.index);
+        }
+    }
+
+    fn answer_read(&mut self, context: u64, from: NodeId, index: u64) {
+        if from == self.id {
+            self.read_states.push(ReadState { context, index });
+        } else {
+            self.send_now(from, MessageBody::ReadIndexResponse { context, index });
+        }
+    }
+
+    // ---------------------------------------------------------------- transfer and compaction
+
+    /// Hands leadership to `to` (thesis §3.10): bring it up to date, then send
+    /// TimeoutNow. Proposals are refused meanwhile; the transfer is abandoned after
+    /// an election timeout.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader { leader: self.leader });
+        }
+        if to == self.id || !self.progress.contains_key(&to) {
+            return Err(TransferError::InvalidTarget(to));
+        }
+        if self.transfer_target == Some(to) {
+            return Ok(());
+        }
+        self.transfer_target = Some(to);
+        self.election_elapsed = 0;
+        if self.progress[&to].match_index == self.log.last_index() {
+            self.send_now(to, MessageBody::TimeoutNow);
+        } else {
+            self.replication_wanted = true;
+        }
+        Ok(())
+    }
+
+    /// Says a snapshot of the state machine up to `index` (<= applied) is durable:
+    /// the log up to it may be dropped. Returns the snapshot's metadata.
+    pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
+        if index > self.log.applied {
+            return Err(CompactError::NotApplied { index, applied: self.log.applied });
+        }
+        let snapshot_index = self.log.snapshot_meta().index;
+        if index <= snapshot_index {
+            return Err(CompactError::AlreadyCompacted { snapshot_index });
+        }
+        Ok(self.log.compact(index))
+    }
+
+    // ---------------------------------------------------------------- ready
+
+    fn send_now(&mut self, to: NodeId, body: MessageBody) {
+        self.messages.push(Message { from: self.id, to, term: self.term, body });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        self.persisted_messages.push(Message { from: self.id, to, term: self.term, body });
+    }
+
+    /// True when `ready` would return something.
+    pub fn has_ready(&self) -> bool {
+        if self.ready_outstanding {
+            return false;
+        }
+        self.soft_state() != self.last_soft_state
+            || self.hard_state() != self.last_hard_state
+            || self.log.has_unstable()
+            || self.log.pending_snapshot.is_some()
+            || !self.messages.is_empty()
+            || !self.persisted_messages.is_empty()
+            || self.log.has_committed_to_apply()
+            || !self.read_states.is_empty()
+            || (self.role == Role::Leader && (self.replication_wanted || self.read_only.round_wanted()))
+    }
+
+    /// Takes what needs doing. See `Ready` for the order. Panics if the previous
+    /// Ready has not been advanced.
+    pub fn ready(&mut self) -> Ready {
+        assert!(!self.ready_outstanding, "node {} term {}: ready() before advance()", self.id, self.term);
+        if self.role == Role::Leader {
+            self.flush_replication();
+            if self.read_only.round_wanted() {
+                self.read_only.start_round();
+                self.broadcast_heartbeat();
+            }
+        }
+        let soft = self.soft_state();
+        let soft_state = (soft != self.last_soft_state).then_some(soft);
+        self.last_soft_state = soft;
+        let hard = self.hard_state();
+        let previous_hard = self.last_hard_state;
+        let hard_state = (hard != previous_hard).then_some(hard);
+        self.last_hard_state = hard;
+        let snapshot = self.log.pending_snapshot.take();
+        let entries = self.log.take_unstable();
+        let committed_entries = self.log.take_committed(self.config.max_apply_bytes);
+        let must_sync = hard.term != previous_hard.term
+            || hard.vote != previous_hard.vote
+            || !entries.is_empty()
+            || snapshot.is_some();
+        self.ready_outstanding = true;
+        Ready {
+            soft_state,
+            hard_state,
+            snapshot,
+            entries,
+            messages: std::mem::take(&mut self.messages),
+            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            must_sync,
+        }
+    }
+
+    /// Says the last Ready has been fully handled: persisted, sent and applied.
+    pub fn advance(&mut self) {
+        assert!(self.ready_outstanding, "node {} term {}: advance() without ready()", self.id, self.term);
+        self.ready_outstanding = false;
+        self.log.advance();
+        if self.role == Role::Leader {
+            // Our own write is durable now: it counts toward commitment.
+            self.maybe_commit();
+        }
+    }
+
+    // ---------------------------------------------------------------- planted bugs
+
+    #[cfg(feature = "planted-bugs")]
+    fn planted_vote_without_log_check(&self) -> bool {
+        self.config.planted_bugs.vote_without_log_check
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_vote_without_log_check(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_commit_earlier_term(&self) -> bool {
+        self.config.planted_bugs.commit_earlier_term_by_counting
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_commit_earlier_term(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_vote_before_persist(&self) -> bool {
+        self.config.planted_bugs.vote_before_persist
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_vote_before_persist(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_read_without_heartbeat(&self) -> bool {
+        self.config.planted_bugs.read_index_without_heartbeat
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_read_without_heartbeat(&self) -> bool {
+        false
+    }
+}
+
+/// Which round of an election to start.
+#[derive(Clone, Copy, Debug)]
+enum Election {
+    /// Thesis §9.6: ask without changing terms.
+    PreVote,
+    /// §5.2; `transfer` when it follows TimeoutNow (thesis §3.10).
+    Real { transfer: bool },
+}
+
+fn success_response(index: u64) -> MessageBody {
+    MessageBody::AppendEntriesResponse { success: true, index, conflict_term: 0, conflict_index: 0 }
 }

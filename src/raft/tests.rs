@@ -1,0 +1,1024 @@
+//! Paper tests: one or more per rule of the paper's Figure 2 and per feature of the
+//! core, named for the behaviour and citing the paper ("§") or Ongaro's thesis.
+//! The randomized evidence is the cluster simulator in `tests/simulation.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::*;
+
+/// What one node has made durable.
+#[derive(Clone, Debug, Default)]
+struct Disk {
+    hard_state: HardState,
+    snapshot: SnapshotMeta,
+    entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn persist(&mut self, ready: &Ready) {
+        if let Some(snapshot) = &ready.snapshot {
+            self.entries.retain(|e| e.index > snapshot.meta.index);
+            self.snapshot = snapshot.meta.clone();
+        }
+        if let Some(first) = ready.entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(ready.entries.iter().cloned());
+        }
+        if let Some(hard_state) = ready.hard_state {
+            self.hard_state = hard_state;
+        }
+    }
+}
+
+/// A cluster wired by a perfect, synchronous network that can drop chosen links.
+struct Cluster {
+    nodes: BTreeMap<NodeId, Raft>,
+    disks: BTreeMap<NodeId, Disk>,
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    reads: BTreeMap<NodeId, Vec<ReadState>>,
+    queue: VecDeque<Message>,
+    /// Links (from, to) that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Every message ever delivered or dropped, for assertions.
+    sent: Vec<Message>,
+}
+
+fn config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 1;
+    config
+}
+
+fn voters(n: u64) -> Vec<NodeId> {
+    (1..=n).collect()
+}
+
+fn new_node(id: NodeId, n: u64) -> Raft {
+    let initial = InitialState {
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters(n) }, ..Default::default() },
+        ..Default::default()
+    };
+    Raft::new(config(id), initial).unwrap()
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry { term, index, kind: EntryKind::Normal, data: Bytes::from(format!("{term}/{index}")) }
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        let nodes = (1..=n).map(|id| (id, new_node(id, n))).collect();
+        Cluster {
+            nodes,
+            disks: (1..=n).map(|id| (id, Disk::default())).collect(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Raft {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    fn isolate(&mut self, id: NodeId) {
+        for &other in self.nodes.keys() {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Processes one node's Ready the way the daemon does.
+    fn handle_ready(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if !node.has_ready() {
+            return;
+        }
+        let ready = node.ready();
+        self.queue.extend(ready.messages.iter().cloned());
+        self.disks.get_mut(&id).unwrap().persist(&ready);
+        self.queue.extend(ready.persisted_messages.iter().cloned());
+        self.applied.entry(id).or_default().extend(ready.committed_entries.iter().cloned());
+        self.reads.entry(id).or_default().extend(ready.read_states.iter().copied());
+        self.nodes.get_mut(&id).unwrap().advance();
+    }
+
+    /// Delivers messages and handles Readys until nothing moves.
+    fn stabilize(&mut self) {
+        for _ in 0..10_000 {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.handle_ready(id);
+            }
+            if self.queue.is_empty() && self.nodes.values().all(|n| !n.has_ready()) {
+                return;
+            }
+            while let Some(m) = self.queue.pop_front() {
+                self.sent.push(m.clone());
+                if self.cut.contains(&(m.from, m.to)) || !self.nodes.contains_key(&m.to) {
+                    continue;
+                }
+                self.nodes.get_mut(&m.to).unwrap().step(m).unwrap();
+            }
+        }
+        panic!("cluster did not stabilize");
+    }
+
+    fn tick_all(&mut self, ticks: u32) {
+        for _ in 0..ticks {
+            for node in self.nodes.values_mut() {
+                node.tick();
+            }
+            self.stabilize();
+        }
+    }
+
+    fn elect(&mut self, id: NodeId) {
+        self.node(id).campaign();
+        self.stabilize();
+        assert_eq!(self.nodes[&id].role(), Role::Leader, "node {id} did not win");
+    }
+
+    fn propose(&mut self, id: NodeId, data: &str) -> (u64, u64) {
+        let result = self.node(id).propose(Bytes::from(data.to_owned())).unwrap();
+        self.stabilize();
+        result
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes.values().filter(|n| n.role() == Role::Leader).map(|n| n.id()).collect()
+    }
+
+    /// Restarts a node from what it persisted.
+    fn restart(&mut self, id: NodeId) {
+        let disk = self.disks[&id].clone();
+        let n = self.nodes.len() as u64;
+        let mut snapshot = disk.snapshot.clone();
+        snapshot.conf = ConfState { voters: voters(n) };
+        let initial = InitialState { hard_state: disk.hard_state, snapshot, entries: disk.entries.clone() };
+        self.nodes.insert(id, Raft::new(config(id), initial).unwrap());
+        self.applied.remove(&id);
+    }
+}
+
+fn take_ready(node: &mut Raft) -> Ready {
+    let ready = node.ready();
+    node.advance();
+    ready
+}
+
+fn vote_request(from: NodeId, to: NodeId, term: u64, last_log_index: u64, last_log_term: u64) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: MessageBody::RequestVote { pre_vote: false, last_log_index, last_log_term, transfer: false },
+    }
+}
+
+fn append(
+    from: NodeId,
+    to: NodeId,
+    term: u64,
+    prev: (u64, u64),
+    entries: Vec<Entry>,
+    commit: u64,
+) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: MessageBody::AppendEntries {
+            prev_log_index: prev.0,
+            prev_log_term: prev.1,
+            entries,
+            leader_commit: commit,
+        },
+    }
+}
+
+/// A follower whose persisted log holds the given (term, index) entries.
+fn follower_with_log(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Raft {
+    let initial = InitialState {
+        hard_state: HardState { term, vote: None, commit: 0 },
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters(n) }, ..Default::default() },
+        entries,
+    };
+    Raft::new(config(id), initial).unwrap()
+}
+
+/// Wins an election for `leader` by answering its pre-vote and vote requests as node 2.
+fn elect_by_hand(leader: &mut Raft) {
+    let mut pre_voted = false;
+    leader.campaign();
+    for _ in 0..2 {
+        let ready = take_ready(leader);
+        for m in ready.messages.iter().chain(ready.persisted_messages.iter()) {
+            if let MessageBody::RequestVote { pre_vote, .. } = m.body {
+                if m.to == 2 {
+                    pre_voted |= pre_vote;
+                    let body = MessageBody::RequestVoteResponse { pre_vote, granted: true };
+                    leader.step(Message { from: 2, to: 1, term: m.term, body }).unwrap();
+                }
+            }
+        }
+    }
+    assert!(pre_voted);
+    assert_eq!(leader.role(), Role::Leader);
+}
+
+fn responses(ready: &Ready) -> Vec<&MessageBody> {
+    ready.messages.iter().chain(ready.persisted_messages.iter()).map(|m| &m.body).collect()
+}
+
+// ------------------------------------------------------------------ elections
+
+/// A three-node cluster elects exactly one leader, and every node learns it.
+/// Reference: §5.2
+#[test]
+fn three_nodes_elect_one_leader_that_all_know() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick_all(30);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1);
+    for node in cluster.nodes.values() {
+        assert_eq!(node.leader(), Some(leaders[0]));
+    }
+}
+
+/// A single-node cluster elects itself at once and commits its no-op.
+/// Reference: §5.2, §8
+#[test]
+fn single_node_elects_itself_and_commits_alone() {
+    let mut node = new_node(1, 1);
+    node.campaign();
+    assert_eq!(node.role(), Role::Leader);
+    let mut cluster = Cluster::new(1);
+    cluster.elect(1);
+    let (_, index) = cluster.propose(1, "x");
+    assert_eq!(cluster.nodes[&1].commit_index(), index);
+    assert_eq!(cluster.applied[&1].last().unwrap().data, Bytes::from("x"));
+}
+
+/// Term and vote are handed out for persisting, and the vote is only sent once
+/// they are durable.
+/// Reference: §5.1, §5.2, Fig. 2 "Persistent state"
+#[test]
+fn vote_is_sent_only_after_term_and_vote_are_persisted() {
+    let mut node = new_node(2, 3);
+    node.step(vote_request(1, 2, 1, 0, 0)).unwrap();
+    let ready = node.ready();
+    assert_eq!(ready.hard_state, Some(HardState { term: 1, vote: Some(1), commit: 0 }));
+    assert!(ready.must_sync);
+    assert!(ready.messages.is_empty(), "vote sent before persisting: {:?}", ready.messages);
+    assert!(matches!(
+        ready.persisted_messages[0].body,
+        MessageBody::RequestVoteResponse { pre_vote: false, granted: true }
+    ));
+}
+
+/// A candidate's own RequestVote goes out only after its new term and self-vote are durable.
+/// Reference: §5.2, Fig. 2
+#[test]
+fn candidate_requests_votes_only_after_persisting_its_term() {
+    let mut config = config(1);
+    config.pre_vote = false;
+    let initial = InitialState {
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        ..Default::default()
+    };
+    let mut node = Raft::new(config, initial).unwrap();
+    node.campaign();
+    let ready = node.ready();
+    assert_eq!(ready.hard_state.unwrap().vote, Some(1));
+    assert!(ready.messages.is_empty());
+    assert_eq!(ready.persisted_messages.len(), 2);
+}
+
+/// Each node votes for at most one candidate in a term, first come first served.
+/// Reference: §5.2
+#[test]
+fn node_votes_for_at_most_one_candidate_per_term() {
+    let mut node = new_node(3, 3);
+    node.step(vote_request(1, 3, 1, 0, 0)).unwrap();
+    node.step(vote_request(2, 3, 1, 0, 0)).unwrap();
+    let ready = node.ready();
+    let grants: Vec<_> = ready
+        .persisted_messages
+        .iter()
+        .map(|m| (m.to, matches!(m.body, MessageBody::RequestVoteResponse { granted: true, .. })))
+        .collect();
+    assert_eq!(grants, vec![(1, true), (2, false)]);
+}
+
+/// The up-to-date check compares the last term first: a longer log with an older
+/// last term loses to a shorter log with a newer one.
+/// Reference: §5.4.1 (RAFT-NOTES #9)
+#[test]
+fn vote_compares_last_term_before_last_index() {
+    // Voter's log: terms [1, 1, 1]. Candidate: one entry of term 2.
+    let mut voter = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(1, 2), entry(1, 3)]);
+    voter.step(vote_request(1, 2, 3, 1, 2)).unwrap();
+    let ready = take_ready(&mut voter);
+    assert!(matches!(responses(&ready)[0], MessageBody::RequestVoteResponse { granted: true, .. }));
+
+    // Voter's log: terms [1, 2]. Candidate: three entries of term 1: refused.
+    let mut voter = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(2, 2)]);
+    voter.step(vote_request(1, 2, 3, 3, 1)).unwrap();
+    let ready = take_ready(&mut voter);
+    assert!(matches!(responses(&ready)[0], MessageBody::RequestVoteResponse { granted: false, .. }));
+}
+
+/// With equal last terms, the longer log wins.
+/// Reference: §5.4.1
+#[test]
+fn vote_refused_to_candidate_with_shorter_log_of_same_last_term() {
+    let mut voter = follower_with_log(2, 3, 1, vec![entry(1, 1), entry(1, 2)]);
+    voter.step(vote_request(1, 2, 2, 1, 1)).unwrap();
+    let ready = take_ready(&mut voter);
+    assert!(matches!(responses(&ready)[0], MessageBody::RequestVoteResponse { granted: false, .. }));
+    assert_eq!(voter.status().vote, None);
+}
+
+/// Election timeouts are drawn from [T, 2T).
+/// Reference: §5.2, RAFT-NOTES #13
+#[test]
+fn election_timeout_is_randomized_between_t_and_2t() {
+    let mut seen = BTreeSet::new();
+    for seed in 0..200 {
+        let mut config = config(1);
+        config.seed = seed;
+        config.pre_vote = false;
+        let initial = InitialState {
+            snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+            ..Default::default()
+        };
+        let mut node = Raft::new(config, initial).unwrap();
+        let mut ticks = 0;
+        while node.role() == Role::Follower {
+            node.tick();
+            ticks += 1;
+            assert!(ticks < 20, "no election within 2T");
+        }
+        assert!(ticks >= 10, "election after {ticks} ticks, before T");
+        seen.insert(ticks);
+    }
+    assert!(seen.len() >= 5, "timeouts not spread: {seen:?}");
+}
+
+/// Pre-vote: a partitioned node campaigns again and again without raising its term,
+/// and a node answering a pre-vote changes neither its term nor its vote.
+/// Reference: thesis §9.6 (RAFT-NOTES #10)
+#[test]
+fn pre_vote_changes_no_term_on_either_side() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let term = cluster.nodes[&1].term();
+    cluster.isolate(3);
+    cluster.tick_all(100);
+    assert_eq!(cluster.nodes[&3].term(), term, "isolated node raised its term");
+    assert_eq!(cluster.nodes[&3].role(), Role::PreCandidate);
+
+    // Answering a pre-vote: no term or vote change.
+    let mut voter = new_node(2, 3);
+    let pre_vote = Message {
+        from: 1,
+        to: 2,
+        term: 5,
+        body: MessageBody::RequestVote {
+            pre_vote: true,
+            last_log_index: 0,
+            last_log_term: 0,
+            transfer: false,
+        },
+    };
+    voter.step(pre_vote).unwrap();
+    assert_eq!(voter.term(), 0);
+    assert_eq!(voter.status().vote, None);
+    let ready = take_ready(&mut voter);
+    let reply = &ready.messages[0];
+    assert_eq!(reply.term, 5, "a granted pre-vote answers in the asked term");
+    assert!(matches!(reply.body, MessageBody::RequestVoteResponse { pre_vote: true, granted: true }));
+}
+
+/// The original project's headline bug: a node that was away rejoins and must not
+/// depose a healthy leader. Followers that heard from the leader ignore its votes.
+/// Reference: thesis §4.2.3, §9.6 (RAFT-NOTES #11)
+#[test]
+fn returning_node_cannot_depose_a_healthy_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    let term = cluster.nodes[&1].term();
+    cluster.isolate(3);
+    cluster.tick_all(50);
+    cluster.heal();
+    cluster.node(3).campaign();
+    cluster.stabilize();
+    cluster.tick_all(5);
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert_eq!(cluster.nodes[&1].term(), term);
+    assert_eq!(cluster.nodes[&3].leader(), Some(1));
+}
+
+/// Even a real (non-pre) vote with a higher term is ignored by a follower in its lease,
+/// and does not raise the follower's term.
+/// Reference: thesis §4.2.3
+#[test]
+fn follower_in_lease_ignores_higher_term_vote_requests() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let term = cluster.nodes[&2].term();
+    cluster.node(2).step(vote_request(3, 2, term + 5, 100, term)).unwrap();
+    assert_eq!(cluster.nodes[&2].term(), term);
+    assert!(!cluster.nodes[&2].has_ready() || cluster.node(2).ready().persisted_messages.is_empty());
+}
+
+/// A vote triggered by a leadership transfer bypasses leader stickiness.
+/// Reference: thesis §3.10 (RAFT-NOTES #11, exception)
+#[test]
+fn leadership_transfer_vote_bypasses_the_lease() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.node(1).transfer_leadership(2).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.leaders(), vec![2]);
+    assert!(cluster.sent.iter().any(|m| matches!(m.body, MessageBody::TimeoutNow)));
+}
+
+/// A transfer first brings a lagging target up to date, then sends TimeoutNow;
+/// proposals are refused meanwhile.
+/// Reference: thesis §3.10
+#[test]
+fn transfer_catches_up_the_target_and_refuses_proposals_meanwhile() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.propose(1, "a");
+    cluster.propose(1, "b");
+    cluster.node(1).transfer_leadership(3).unwrap();
+    assert_eq!(cluster.node(1).propose(Bytes::from("c")), Err(ProposeError::TransferInProgress));
+    cluster.stabilize();
+    assert_eq!(cluster.leaders(), vec![1], "transfer completed while target unreachable");
+    cluster.heal();
+    cluster.tick_all(1); // heartbeat answer shows 3 lags: it is caught up, then told to campaign
+    assert_eq!(cluster.leaders(), vec![3]);
+    assert_eq!(cluster.nodes[&3].last_index(), cluster.nodes[&1].last_index());
+}
+
+/// A transfer that cannot finish is abandoned after an election timeout.
+/// Reference: thesis §3.10
+#[test]
+fn transfer_is_abandoned_after_an_election_timeout() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.cut.insert((1, 3));
+    cluster.propose(1, "a");
+    cluster.node(1).transfer_leadership(3).unwrap();
+    cluster.tick_all(11);
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert!(cluster.node(1).propose(Bytes::from("b")).is_ok());
+}
+
+/// Check-quorum: a leader cut off from a majority steps down within an election
+/// timeout, so a partitioned leader stops serving.
+/// Reference: thesis §6.2 (RAFT-NOTES #12)
+#[test]
+fn leader_without_quorum_steps_down() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.tick_all(21);
+    assert_eq!(cluster.nodes[&1].role(), Role::Follower);
+    assert_eq!(cluster.node(1).read_index(7), Err(ReadIndexError::NoLeader));
+}
+
+// ------------------------------------------------------------------ replication
+
+/// A new leader appends a no-op of its own term, which commits earlier entries.
+/// Reference: §5.4.2, §8 (RAFT-NOTES #8)
+#[test]
+fn new_leader_appends_and_commits_a_noop() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let noop = cluster.applied[&1].last().unwrap().clone();
+    assert_eq!(noop.kind, EntryKind::Noop);
+    assert_eq!(noop.term, cluster.nodes[&1].term());
+    assert_eq!(cluster.nodes[&1].commit_index(), noop.index);
+}
+
+/// Entries a leader accepts reach every follower's log and state machine, in order.
+/// Reference: §5.3
+#[test]
+fn proposals_replicate_and_apply_in_order_everywhere() {
+    let mut cluster = Cluster::new(5);
+    cluster.elect(2);
+    for i in 0..20 {
+        cluster.propose(2, &format!("v{i}"));
+    }
+    cluster.tick_all(2);
+    let expected: Vec<Bytes> = cluster.applied[&2].iter().map(|e| e.data.clone()).collect();
+    assert_eq!(expected.len(), 21);
+    for id in 1..=5 {
+        let got: Vec<Bytes> = cluster.applied[&id].iter().map(|e| e.data.clone()).collect();
+        assert_eq!(got, expected, "node {id}");
+    }
+}
+
+/// Consistency check: a follower refuses entries whose predecessor it lacks, and
+/// says how far back to go (fast back-off).
+/// Reference: §5.3, Fig. 2 AppendEntries rule 2 (RAFT-NOTES #7)
+#[test]
+fn follower_rejects_mismatched_prev_and_reports_the_conflicting_term() {
+    let mut follower = follower_with_log(2, 3, 3, vec![entry(1, 1), entry(2, 2), entry(2, 3), entry(2, 4)]);
+    follower.step(append(1, 2, 3, (4, 3), vec![entry(3, 5)], 0)).unwrap();
+    let ready = take_ready(&mut follower);
+    assert_eq!(
+        responses(&ready)[0],
+        &MessageBody::AppendEntriesResponse { success: false, index: 4, conflict_term: 2, conflict_index: 2 }
+    );
+    // A shorter log reports its length.
+    follower.step(append(1, 2, 3, (9, 3), vec![], 0)).unwrap();
+    let ready = take_ready(&mut follower);
+    assert_eq!(
+        responses(&ready)[0],
+        &MessageBody::AppendEntriesResponse { success: false, index: 9, conflict_term: 0, conflict_index: 5 }
+    );
+}
+
+/// A conflicting suffix is cut and replaced by the leader's entries.
+/// Reference: §5.3, Fig. 2 AppendEntries rule 3
+#[test]
+fn follower_replaces_a_conflicting_suffix() {
+    let mut follower = follower_with_log(2, 3, 3, vec![entry(1, 1), entry(2, 2), entry(2, 3)]);
+    follower.step(append(1, 2, 3, (1, 1), vec![entry(3, 2)], 0)).unwrap();
+    let ready = take_ready(&mut follower);
+    assert_eq!(ready.entries, vec![entry(3, 2)]);
+    assert_eq!(follower.last_index(), 2);
+}
+
+/// A duplicated or reordered old AppendEntries whose entries all match does not
+/// truncate the newer entries behind them.
+/// Reference: Fig. 2 AppendEntries rule 3, "if an existing entry conflicts" (RAFT-NOTES #4)
+#[test]
+fn stale_append_with_matching_entries_does_not_truncate() {
+    let mut follower = follower_with_log(2, 3, 1, vec![entry(1, 1), entry(1, 2), entry(1, 3)]);
+    follower.step(append(1, 2, 1, (0, 0), vec![entry(1, 1)], 0)).unwrap();
+    assert_eq!(follower.last_index(), 3);
+    let ready = take_ready(&mut follower);
+    assert!(ready.entries.is_empty());
+    // It still answers with the index this message proves, not the whole log.
+    assert_eq!(
+        responses(&ready)[0],
+        &MessageBody::AppendEntriesResponse { success: true, index: 1, conflict_term: 0, conflict_index: 0 }
+    );
+}
+
+/// Follower commit = min(leaderCommit, index of the last new entry), never its own
+/// last index: a stale tail the leader never had must not commit.
+/// Reference: Fig. 2 AppendEntries rule 5 (RAFT-NOTES #5)
+#[test]
+fn follower_commit_is_bounded_by_the_last_new_entry() {
+    // Follower holds a stale entry of term 1 at index 3, the leader's log has 3 entries of term 2.
+    let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(1, 2), entry(1, 3)]);
+    follower.step(append(1, 2, 2, (1, 1), vec![entry(1, 2)], 3)).unwrap();
+    assert_eq!(follower.commit_index(), 2, "committed the stale entry at 3");
+}
+
+/// An AppendEntries success is only sent once the entries are durable.
+/// Reference: Fig. 2 "respond after persisting" (RAFT-NOTES #1)
+#[test]
+fn append_success_is_sent_only_after_persisting() {
+    let mut follower = new_node(2, 3);
+    follower.step(append(1, 2, 1, (0, 0), vec![entry(1, 1)], 0)).unwrap();
+    let ready = follower.ready();
+    assert_eq!(ready.entries, vec![entry(1, 1)]);
+    assert!(ready.messages.is_empty());
+    assert!(matches!(
+        ready.persisted_messages[0].body,
+        MessageBody::AppendEntriesResponse { success: true, .. }
+    ));
+}
+
+/// Figure 8: a leader does not commit an entry of an earlier term by counting
+/// replicas, only once an entry of its own term is on a majority.
+/// Reference: §5.4.2, Figure 8 (RAFT-NOTES #8)
+#[test]
+fn leader_never_commits_an_earlier_term_entry_by_counting_replicas() {
+    // Node 1 was leader in term 2 and wrote index 2 (term 2) only to itself; it is
+    // now leader of term 4 after its no-op, holding the old entry.
+    let disk_log = vec![entry(1, 1), entry(2, 2)];
+    let initial = InitialState {
+        hard_state: HardState { term: 3, vote: None, commit: 1 },
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        entries: disk_log,
+    };
+    let mut leader = Raft::new(config(1), initial).unwrap();
+    elect_by_hand(&mut leader);
+    assert_eq!(leader.role(), Role::Leader);
+    let term = leader.term();
+    take_ready(&mut leader); // persists the no-op at index 3
+                             // Node 2 acknowledges index 2 only (the old-term entry): a majority holds it.
+    let ack = |index| Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendEntriesResponse {
+            success: true,
+            index,
+            conflict_term: 0,
+            conflict_index: 0,
+        },
+    };
+    leader.step(ack(2)).unwrap();
+    assert_eq!(leader.commit_index(), 1, "committed an earlier term's entry by counting");
+    leader.step(ack(3)).unwrap();
+    assert_eq!(leader.commit_index(), 3, "the no-op commits it indirectly");
+}
+
+/// The leader may send entries before its own write finishes, but counts itself
+/// toward a commit only once its write is durable.
+/// Reference: thesis §10.2.1 (RAFT-NOTES #2)
+#[test]
+fn leader_counts_itself_only_after_its_write_is_durable() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let (_, index) = cluster.node(1).propose(Bytes::from("x")).unwrap();
+    let ready = cluster.node(1).ready();
+    assert_eq!(ready.entries.last().unwrap().index, index);
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(&m.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())),
+        "leader did not send while writing"
+    );
+    // One follower acknowledges before the leader's own write is done: 1 of 3 is not a majority.
+    let term = cluster.nodes[&1].term();
+    let ack = Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendEntriesResponse {
+            success: true,
+            index,
+            conflict_term: 0,
+            conflict_index: 0,
+        },
+    };
+    cluster.node(1).step(ack).unwrap();
+    assert!(cluster.nodes[&1].commit_index() < index, "leader counted its own unpersisted write");
+    cluster.node(1).advance();
+    assert_eq!(cluster.nodes[&1].commit_index(), index);
+}
+
+/// Stale and reordered answers: a late rejection does not rewind next_index to or
+/// below match_index, and match_index never decreases.
+/// Reference: §5.3 (RAFT-NOTES #6)
+#[test]
+fn late_rejection_and_old_success_do_not_rewind_progress() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    for i in 0..5 {
+        cluster.propose(1, &format!("{i}"));
+    }
+    let term = cluster.nodes[&1].term();
+    let before = cluster.nodes[&1].status().peers[0].clone();
+    assert_eq!(before.match_index, 6);
+    let reject = Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendEntriesResponse {
+            success: false,
+            index: 3,
+            conflict_term: 0,
+            conflict_index: 2,
+        },
+    };
+    cluster.node(1).step(reject).unwrap();
+    let old_success = Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendEntriesResponse {
+            success: true,
+            index: 2,
+            conflict_term: 0,
+            conflict_index: 0,
+        },
+    };
+    cluster.node(1).step(old_success).unwrap();
+    let after = cluster.nodes[&1].status().peers[0].clone();
+    assert_eq!(after.match_index, 6);
+    assert!(after.next_index > after.match_index);
+    assert_eq!(after.state, "replicate");
+}
+
+/// Fast back-off: a follower whose tail is a whole term the leader never had is
+/// repaired in a couple of round trips, not one per entry.
+/// Reference: §5.3 (end) (RAFT-NOTES #7)
+#[test]
+fn fast_backoff_skips_a_whole_conflicting_term() {
+    // Indexes 1..=10 of term 1 are common. Node 3 then led term 2 alone and wrote 40
+    // entries no one else has; nodes 1 and 2 hold two entries of term 3.
+    let common: Vec<Entry> = (1..=10).map(|i| entry(1, i)).collect();
+    let mut stale = common.clone();
+    stale.extend((11..=50).map(|i| entry(2, i)));
+    let mut current = common;
+    current.extend([entry(3, 11), entry(3, 12)]);
+    let mut cluster = Cluster::new(3);
+    for (id, log) in [(1, current.clone()), (2, current), (3, stale)] {
+        cluster.nodes.insert(id, follower_with_log(id, 3, 3, log.clone()));
+        cluster.disks.get_mut(&id).unwrap().entries = log;
+    }
+    cluster.elect(1);
+    let rejections = cluster
+        .sent
+        .iter()
+        .filter(|m| {
+            m.from == 3 && matches!(m.body, MessageBody::AppendEntriesResponse { success: false, .. })
+        })
+        .count();
+    assert_eq!(rejections, 1, "one rejection skips the whole of term 2");
+    assert_eq!(cluster.nodes[&3].last_index(), cluster.nodes[&1].last_index());
+    assert_eq!(cluster.disks[&3].entries.len() as u64, cluster.nodes[&1].last_index());
+}
+
+/// Pipelining: in Replicate state a leader keeps several AppendEntries in flight
+/// without waiting, bounded by max_inflight_messages, and splits by max_message_bytes.
+/// Reference: thesis §10.2.2
+#[test]
+fn replication_is_pipelined_and_bounded() {
+    let mut cluster = Cluster::new(3);
+    for node in cluster.nodes.values_mut() {
+        node.config_mut().max_message_bytes = 100;
+        node.config_mut().max_inflight_messages = 3;
+    }
+    cluster.elect(1);
+    cluster.cut.insert((2, 1)); // node 2's answers are lost: nothing frees its inflights
+    for i in 0..10 {
+        cluster.node(1).propose(Bytes::from(vec![i as u8; 60])).unwrap();
+    }
+    cluster.stabilize();
+    let appends_to_2: Vec<usize> = cluster
+        .sent
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries { entries, .. } if m.to == 2 && !entries.is_empty() => {
+                Some(entries.len())
+            }
+            _ => None,
+        })
+        .collect();
+    // The no-op (acknowledged before the cut), then 3 in flight, each within 100 bytes
+    // (one 84-byte entry each), then nothing until answers come.
+    assert_eq!(appends_to_2.len(), 4, "{appends_to_2:?}");
+    assert!(appends_to_2.iter().all(|&n| n <= 1));
+    // Node 3 answers, so it gets everything.
+    assert_eq!(cluster.nodes[&1].commit_index(), 11);
+}
+
+/// Group commit: proposals made between two Readys go out as one batch and one write.
+/// Reference: thesis §10.2.1
+#[test]
+fn proposals_between_readys_are_batched() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    for i in 0..50 {
+        cluster.node(1).propose(Bytes::from(format!("{i}"))).unwrap();
+    }
+    let ready = cluster.node(1).ready();
+    assert_eq!(ready.entries.len(), 50);
+    let appends: Vec<_> = ready.messages.iter().filter(|m| m.to == 2).collect();
+    assert_eq!(appends.len(), 1);
+    cluster.node(1).advance();
+}
+
+/// After a restart a node applies only what it learns is committed; the persisted
+/// commit index is a lower bound.
+/// Reference: §5.3, RAFT-NOTES #3
+#[test]
+fn restarted_node_applies_only_committed_entries() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.isolate(1);
+    cluster.node(1).propose(Bytes::from("uncommitted")).unwrap();
+    cluster.stabilize();
+    cluster.restart(1);
+    cluster.stabilize();
+    let applied: Vec<Bytes> = cluster.applied[&1].iter().map(|e| e.data.clone()).collect();
+    assert!(!applied.contains(&Bytes::from("uncommitted")));
+    assert!(applied.contains(&Bytes::from("a")));
+}
+
+// ------------------------------------------------------------------ reads
+
+/// ReadIndex: the leader answers a read only after a majority acknowledges a
+/// heartbeat round started after the read arrived.
+/// Reference: thesis §6.4 (RAFT-NOTES #14)
+#[test]
+fn read_index_waits_for_a_majority_heartbeat_round() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.isolate(1);
+    cluster.node(1).read_index(42).unwrap();
+    cluster.stabilize();
+    assert!(cluster.reads.get(&1).is_none_or(|r| r.is_empty()), "read answered without a quorum");
+    cluster.heal();
+    cluster.tick_all(1);
+    let commit = cluster.nodes[&1].commit_index();
+    assert_eq!(cluster.reads[&1], vec![ReadState { context: 42, index: commit }]);
+}
+
+/// A new leader does not answer reads until an entry of its term has committed:
+/// before that its commit index may be stale.
+/// Reference: thesis §6.4 step 1
+#[test]
+fn read_index_waits_for_the_leaders_first_commit() {
+    let initial = InitialState {
+        hard_state: HardState { term: 1, vote: None, commit: 1 },
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        entries: vec![entry(1, 1), entry(1, 2)],
+    };
+    let mut leader = Raft::new(config(1), initial).unwrap();
+    elect_by_hand(&mut leader);
+    let term = leader.term();
+    take_ready(&mut leader); // persists the no-op at index 3
+    leader.read_index(9).unwrap();
+    let ready = take_ready(&mut leader);
+    assert!(ready.read_states.is_empty());
+    assert!(!ready.messages.iter().any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+    // Node 2 acknowledges the no-op: commit reaches this term, the read starts its round.
+    let ack =
+        MessageBody::AppendEntriesResponse { success: true, index: 3, conflict_term: 0, conflict_index: 0 };
+    leader.step(Message { from: 2, to: 1, term, body: ack }).unwrap();
+    let ready = take_ready(&mut leader);
+    let round = ready
+        .messages
+        .iter()
+        .find_map(|m| match m.body {
+            MessageBody::Heartbeat { context, .. } if m.to == 2 => Some(context),
+            _ => None,
+        })
+        .expect("heartbeat round for the read");
+    leader
+        .step(Message { from: 2, to: 1, term, body: MessageBody::HeartbeatResponse { context: round } })
+        .unwrap();
+    let ready = take_ready(&mut leader);
+    assert_eq!(ready.read_states, vec![ReadState { context: 9, index: 3 }]);
+}
+
+/// A follower asks the leader for the read index and gets the leader's commit.
+/// Reference: thesis §6.4
+#[test]
+fn follower_read_index_goes_through_the_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.node(3).read_index(7).unwrap();
+    cluster.stabilize();
+    let commit = cluster.nodes[&1].commit_index();
+    assert_eq!(cluster.reads[&3], vec![ReadState { context: 7, index: commit }]);
+    assert!(cluster.nodes[&3].applied_index() >= commit);
+}
+
+/// Reads issued between two Readys share one heartbeat round.
+/// Reference: thesis §6.4, "batching"
+#[test]
+fn reads_between_readys_share_one_heartbeat_round() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let before = cluster.sent.len();
+    for context in 0..100 {
+        cluster.node(1).read_index(context).unwrap();
+    }
+    cluster.stabilize();
+    let heartbeats =
+        cluster.sent[before..].iter().filter(|m| matches!(m.body, MessageBody::Heartbeat { .. })).count();
+    assert_eq!(heartbeats, 2, "one round to two followers");
+    assert_eq!(cluster.reads[&1].len(), 100);
+}
+
+// ------------------------------------------------------------------ snapshots
+
+/// A leader whose log is compacted past a follower's needs sends a snapshot; the
+/// follower discards its log, installs the snapshot, and catches up after it.
+/// Reference: §7
+#[test]
+fn lagging_follower_gets_a_snapshot_and_catches_up() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.isolate(3);
+    for i in 0..10 {
+        cluster.propose(1, &format!("{i}"));
+    }
+    let applied = cluster.nodes[&1].applied_index();
+    cluster.node(1).compact(applied).unwrap();
+    cluster.heal();
+    cluster.tick_all(1);
+    assert!(cluster.sent.iter().any(|m| m.to == 3 && matches!(m.body, MessageBody::InstallSnapshot { .. })));
+    cluster.propose(1, "after");
+    assert_eq!(cluster.nodes[&3].last_index(), cluster.nodes[&1].last_index());
+    assert_eq!(cluster.disks[&3].snapshot.index, applied);
+    assert_eq!(cluster.applied[&3].last().unwrap().data, Bytes::from("after"));
+}
+
+/// A follower that already holds the snapshot's last entry keeps its log after it.
+/// Reference: §7, RAFT-NOTES #16
+#[test]
+fn snapshot_matching_an_entry_keeps_the_log_after_it() {
+    let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(1, 2), entry(2, 3)]);
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: 2, term: 1, conf: ConfState { voters: voters(3) } },
+        data: Bytes::new(),
+    };
+    follower
+        .step(Message { from: 1, to: 2, term: 2, body: MessageBody::InstallSnapshot { snapshot } })
+        .unwrap();
+    let ready = take_ready(&mut follower);
+    assert!(ready.snapshot.is_none());
+    assert_eq!(follower.last_index(), 3);
+    assert_eq!(follower.commit_index(), 2);
+
+    let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(1, 2), entry(2, 3)]);
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: 5, term: 2, conf: ConfState { voters: voters(3) } },
+        data: Bytes::from("state"),
+    };
+    follower
+        .step(Message { from: 1, to: 2, term: 2, body: MessageBody::InstallSnapshot { snapshot } })
+        .unwrap();
+    let ready = take_ready(&mut follower);
+    assert_eq!(ready.snapshot.unwrap().data, Bytes::from("state"));
+    assert_eq!(follower.last_index(), 5);
+    assert_eq!(follower.status().first_index, 6);
+}
+
+/// Compaction only covers what was applied.
+/// Reference: §7
+#[test]
+fn compaction_is_refused_beyond_applied() {
+    let mut cluster = Cluster::new(1);
+    cluster.elect(1);
+    let applied = cluster.nodes[&1].applied_index();
+    assert_eq!(
+        cluster.node(1).compact(applied + 1),
+        Err(CompactError::NotApplied { index: applied + 1, applied })
+    );
+}
+
+// ------------------------------------------------------------------ bad input
+
+/// Malformed or misaddressed messages are refused with a typed error and change nothing.
+#[test]
+fn malformed_messages_are_refused_without_effect() {
+    let mut follower = new_node(2, 3);
+    let gap = append(1, 2, 1, (0, 0), vec![entry(1, 2)], 0);
+    assert!(matches!(follower.step(gap), Err(StepError::Malformed { .. })));
+    let future_term = append(1, 2, 1, (0, 0), vec![entry(5, 1)], 0);
+    assert!(matches!(follower.step(future_term), Err(StepError::Malformed { .. })));
+    let stranger = append(9, 2, 1, (0, 0), vec![], 0);
+    assert_eq!(follower.step(stranger), Err(StepError::UnknownSender(9)));
+    let misaddressed = append(1, 3, 1, (0, 0), vec![], 0);
+    assert_eq!(follower.step(misaddressed), Err(StepError::WrongReceiver { to: 3, me: 2 }));
+    assert_eq!(follower.term(), 0);
+    assert!(!follower.has_ready());
+}
+
+/// Persisted state that breaks the log's rules is refused at start.
+#[test]
+fn inconsistent_persisted_state_is_refused() {
+    let initial = |entries, commit| InitialState {
+        hard_state: HardState { term: 2, vote: None, commit },
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        entries,
+    };
+    assert!(matches!(
+        Raft::new(config(1), initial(vec![entry(1, 2)], 0)),
+        Err(InitError::Gap { expected: 1, found: 2, .. })
+    ));
+    assert!(matches!(
+        Raft::new(config(1), initial(vec![entry(2, 1), entry(1, 2)], 0)),
+        Err(InitError::TermOrder { .. })
+    ));
+    assert!(matches!(
+        Raft::new(config(1), initial(vec![entry(1, 1)], 5)),
+        Err(InitError::CommitBeyondLog { .. })
+    ));
+    assert!(matches!(Raft::new(config(7), initial(vec![], 0)), Err(InitError::NotAVoter { .. })));
+}
