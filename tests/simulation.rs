@@ -91,8 +91,20 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
         report(&format!("simulation: {inconclusive} linearizability checks ran out of budget\n"));
     }
     if replay && failed.is_empty() {
+        let run = &reports[0];
+        if std::env::var_os("MMAPD_SIM_TRACE").is_some() {
+            report(&format!("last trace lines:\n  {}\n", run.trace.join("\n  ")));
+        }
         report(&format!("seed {} passed\n", seeds[0]));
     }
+    let sum = |field: fn(&RunReport) -> u64| reports.iter().map(field).sum::<u64>();
+    report(&format!(
+        "simulation: {} entries committed, {} writes acknowledged, {} reads served, {} leaders elected\n",
+        sum(|run| run.committed),
+        sum(|run| run.writes),
+        sum(|run| run.reads),
+        sum(|run| run.leaders)
+    ));
     report(&format!(
         "simulation: {} seeds, {} steps, {} faults, {} violations ({:.1}s)\n",
         seeds.len(),

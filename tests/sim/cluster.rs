@@ -96,6 +96,13 @@ pub struct RunReport {
     pub faults: u64,
     /// Linearizability searches that ran out of budget (not violations).
     pub inconclusive: u64,
+    /// Entries committed, client writes that completed, reads served, terms with a leader.
+    pub committed: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub leaders: u64,
+    /// The last trace lines (kept for replays).
+    pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
     pub violation: Option<Violation>,
 }
@@ -1356,7 +1363,19 @@ impl Sim {
         }));
         let Some(mut sim) = sim else {
             let violation = Violation { kind: "panic", detail: "the core panicked at start".into(), trace: Vec::new() };
-            return RunReport { seed, nodes, steps: 0, faults: 0, inconclusive: 0, violation: Some(violation) };
+            return RunReport {
+                seed,
+                nodes,
+                steps: 0,
+                faults: 0,
+                inconclusive: 0,
+                committed: 0,
+                writes: 0,
+                reads: 0,
+                leaders: 0,
+                trace: Vec::new(),
+                violation: Some(violation),
+            };
         };
         if let Err(panic) = outcome {
             let message = panic
@@ -1372,6 +1391,12 @@ impl Sim {
             steps: sim.step,
             faults: sim.faults,
             inconclusive: sim.inconclusive,
+            committed: sim.committed.len() as u64,
+            writes: sim.history.iter().filter(|e| matches!(e.operation, Operation::Write(_)) && e.complete.is_some()).count()
+                as u64,
+            reads: sim.history.iter().filter(|e| matches!(e.operation, Operation::Read(_))).count() as u64,
+            leaders: sim.leaders.len() as u64,
+            trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }
     }
