@@ -34,6 +34,9 @@ const MAX_PENDING_WRITES: usize = 6;
 const MAX_PENDING_READS: usize = 6;
 /// A client gives up on a read after this many ticks (the read then counts as failed).
 const READ_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
+/// A client stops waiting for a write after this many ticks; its outcome stays unknown
+/// until the entry's index is committed (by it or by another entry).
+const WRITE_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
 /// Budget of the linearizability search per key.
 const MAX_LINEARIZABILITY_STATES: usize = 2_000_000;
 
@@ -219,6 +222,8 @@ struct Weather {
 /// A proposal whose outcome is not known yet.
 struct PendingWrite {
     history_index: usize,
+    /// After this tick the client stops waiting (the outcome stays unknown unless seen).
+    give_up_tick: u64,
     term: u64,
     index: u64,
 }
@@ -616,6 +621,11 @@ impl Sim {
     /// leave once what it promises is on the sender's disk.
     fn check_durable(&mut self, from: usize, message: &Message, after_persist: bool) {
         let disk = &self.nodes[from].disk;
+        if disk.hard_state.term > message.term {
+            // Superseded in the same Ready: the sender has durably moved to a later term,
+            // which is as if it had persisted and replied, then moved on.
+            return;
+        }
         let when = if after_persist { "after persisting" } else { "before persisting" };
         match message.body {
             MessageBody::RequestVoteResponse { pre_vote: false, granted: true } => {
@@ -678,10 +688,9 @@ impl Sim {
             let disk = self.nodes[i].disk.hard_state;
             hard.term != disk.term || hard.vote != disk.vote
         });
-        let appends_own_entries = ready
-            .entries
-            .iter()
-            .any(|entry| entry.kind == EntryKind::Normal && self.leaders.get(&entry.term) == Some(&id));
+        // Includes the no-op a new leader appends: crashing before it spreads leaves an
+        // uncommitted entry of a newer term behind (Figure 8).
+        let appends_own_entries = ready.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id));
         let crash_now = self.faults_active
             && ((self.nodes[i].crash_after_send_armed && vote_changed)
                 || (self.nodes[i].crash_after_append_armed && appends_own_entries));
@@ -1035,7 +1044,8 @@ impl Sim {
                     // committed with another entry, so this proposal has failed.
                     self.failed_writes.insert(history_index);
                 } else {
-                    self.pending_writes.insert(op, PendingWrite { history_index, term, index });
+                    let give_up_tick = self.tick + WRITE_TIMEOUT_TICKS;
+                    self.pending_writes.insert(op, PendingWrite { history_index, give_up_tick, term, index });
                 }
                 self.trace(|| format!("client: put key {key} = {op} via n{id} -> ({index}, t{term})"));
             }
@@ -1108,7 +1118,9 @@ impl Sim {
     }
 
     fn clients_act(&mut self) {
-        if self.rng.chance(self.weather.propose_per_million) && self.pending_writes.len() < MAX_PENDING_WRITES {
+        let tick = self.tick;
+        let waiting = self.pending_writes.values().filter(|write| write.give_up_tick > tick).count();
+        if self.rng.chance(self.weather.propose_per_million) && waiting < MAX_PENDING_WRITES {
             let target = if self.rng.chance(800_000) { None } else { Some(self.rng.index(self.nodes.len())) };
             let key = self.rng.below(KEYS);
             self.client_write(target, key);
@@ -1119,7 +1131,6 @@ impl Sim {
         if self.faults_active && self.rng.chance(self.weather.transfer_per_million) {
             self.client_transfer();
         }
-        let tick = self.tick;
         self.pending_reads.retain(|read| read.deadline_tick > tick);
     }
 
