@@ -76,7 +76,7 @@ impl Options {
         Options {
             seed,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
-            fault_ticks: 400,
+            fault_ticks: 2000,
             liveness_ticks: 20 * u64::from(ELECTION_TICKS),
             faults: true,
             clients: true,
@@ -175,6 +175,9 @@ struct Node {
     crash_after_send_armed: bool,
     /// Crash as soon as it appends entries of its own term as leader.
     crash_after_append_armed: bool,
+    /// Crash right after its commit index next advances (as leader), before the
+    /// followers hear of it.
+    crash_after_commit_armed: bool,
 }
 
 /// A message on the wire.
@@ -391,6 +394,7 @@ impl Sim {
                 restart_at_tick: None,
                 crash_after_send_armed: false,
                 crash_after_append_armed: false,
+                crash_after_commit_armed: false,
             })
             .collect();
         let faults_active = options.faults;
@@ -435,7 +439,7 @@ impl Sim {
         config.seed = self.options.seed.wrapping_mul(31).wrapping_add(id);
         // Small messages split a leader's catch-up into one entry per message, so
         // followers acknowledge earlier terms' entries before the leader's own (Figure 8).
-        config.max_message_bytes = if self.options.seed % 3 == 0 { 4096 } else { 64 };
+        config.max_message_bytes = if self.options.seed % 3 == 0 { 4096 } else { 1 };
         config.max_inflight_messages = 1 + (self.options.seed % 7) as usize;
         #[cfg(feature = "planted-bugs")]
         {
@@ -499,6 +503,7 @@ impl Sim {
         self.nodes[i].unpersisted_ready = None;
         self.nodes[i].crash_after_send_armed = false;
         self.nodes[i].crash_after_append_armed = false;
+        self.nodes[i].crash_after_commit_armed = false;
         self.pending_reads.retain(|read| read.node != i);
         let disk = &self.nodes[i].disk;
         let (term, vote, last) = (disk.hard_state.term, disk.hard_state.vote, disk.last_index());
@@ -695,6 +700,21 @@ impl Sim {
             && ((self.nodes[i].crash_after_send_armed && vote_changed)
                 || (self.nodes[i].crash_after_append_armed && appends_own_entries));
         let messages = std::mem::take(&mut ready.messages);
+        let leading = self.leaders.get(&self.max_term) == Some(&id);
+        if self.faults_active && self.nodes[i].crash_after_commit_armed && leading && !ready.committed_entries.is_empty() {
+            // The leader learns of a commit, applies it and crashes; what it meant to send
+            // dies in its buffers, so the followers do not hear of the commit (nor of any
+            // entry it sent alongside).
+            let lost = messages.len() + ready.persisted_messages.len();
+            ready.persisted_messages.clear();
+            self.finish_ready(i, ready);
+            self.trace(|| format!("n{id} crashes right after its commit advanced ({lost} messages lost)"));
+            self.faults += 1;
+            self.crash(id);
+            let downtime = self.rng.between(5, 60);
+            self.nodes[i].restart_at_tick = Some(self.tick + downtime);
+            return;
+        }
         if crash_now {
             // The crash interrupts the send: some messages leave, the rest never do; the
             // write may or may not have reached the disk.
@@ -1144,7 +1164,7 @@ impl Sim {
         let n = self.nodes.len();
         let leader = self.leader().map(|(id, _)| (id - 1) as usize);
         self.faults += 1;
-        match self.rng.below(12) {
+        match self.rng.below(14) {
             0 | 1 => {
                 if self.live_count() <= 1 {
                     return;
@@ -1215,6 +1235,11 @@ impl Sim {
                 self.nodes[leader].crash_after_append_armed = true;
                 self.trace(|| format!("ARM leader n{} to crash right after appending", leader + 1));
             }
+            11 | 12 => {
+                let Some(leader) = leader else { return };
+                self.nodes[leader].crash_after_commit_armed = true;
+                self.trace(|| format!("ARM leader n{} to crash right after its commit advances", leader + 1));
+            }
             _ => {
                 let Some(crashed) = (0..n).find(|&i| self.nodes[i].raft.is_none()) else { return };
                 self.restart(self.nodes[crashed].id);
@@ -1240,6 +1265,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.nodes[i].crash_after_send_armed = false;
             self.nodes[i].crash_after_append_armed = false;
+            self.nodes[i].crash_after_commit_armed = false;
             if self.nodes[i].raft.is_none() {
                 self.restart(self.nodes[i].id);
             }
