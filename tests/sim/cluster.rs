@@ -76,7 +76,7 @@ impl Options {
         Options {
             seed,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
-            fault_ticks: 2000,
+            fault_ticks: 8000,
             liveness_ticks: 20 * u64::from(ELECTION_TICKS),
             faults: true,
             clients: true,
@@ -171,6 +171,9 @@ struct Node {
     /// A Ready taken and whose `messages` were sent, not yet persisted: a crash loses it.
     unpersisted_ready: Option<Ready>,
     restart_at_tick: Option<u64>,
+    /// Its clock is stalled (a paused VM, a slow timer) until this tick: it handles
+    /// messages and requests but is not ticked.
+    clock_stalled_until_tick: u64,
     /// Crash as soon as a Ready changes term or vote, after sending, before persisting.
     crash_after_send_armed: bool,
     /// Crash as soon as it appends entries of its own term as leader.
@@ -392,6 +395,7 @@ impl Sim {
                 applied: 0,
                 unpersisted_ready: None,
                 restart_at_tick: None,
+                clock_stalled_until_tick: 0,
                 crash_after_send_armed: false,
                 crash_after_append_armed: false,
                 crash_after_commit_armed: false,
@@ -1198,8 +1202,15 @@ impl Sim {
                         self.blocked[other][leader] = true;
                     }
                 }
-                self.heal_at_tick = Some(self.tick + self.rng.between(10, 80));
-                self.trace(|| format!("PARTITION isolate leader n{}", leader + 1));
+                let until = self.tick + self.rng.between(10, 80);
+                self.heal_at_tick = Some(until);
+                let stalled = self.rng.chance(500_000);
+                if stalled {
+                    // Its clock stalls too, so it does not notice it lost its quorum
+                    // (check-quorum, thesis §6.2) while the others elect a new leader.
+                    self.nodes[leader].clock_stalled_until_tick = until;
+                }
+                self.trace(|| format!("PARTITION isolate leader n{} (clock stalled: {stalled})", leader + 1));
             }
             4 => {
                 for from in 0..n {
@@ -1266,6 +1277,7 @@ impl Sim {
             self.nodes[i].crash_after_send_armed = false;
             self.nodes[i].crash_after_append_armed = false;
             self.nodes[i].crash_after_commit_armed = false;
+            self.nodes[i].clock_stalled_until_tick = 0;
             if self.nodes[i].raft.is_none() {
                 self.restart(self.nodes[i].id);
             }
@@ -1301,6 +1313,9 @@ impl Sim {
                     self.restart(self.nodes[i].id);
                 }
                 self.maybe_compact(i);
+                if self.nodes[i].clock_stalled_until_tick > self.tick {
+                    continue;
+                }
                 if let Some(raft) = self.nodes[i].raft.as_mut() {
                     raft.tick();
                 }
