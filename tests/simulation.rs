@@ -47,7 +47,9 @@ fn run_seeds(seeds: &[u64], stop_at_first: bool, options: impl Fn(u64) -> Option
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let position = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if position >= seeds.len() || (stop_at_first && found.load(Ordering::Relaxed) < position as u64) {
+                if position >= seeds.len()
+                    || (stop_at_first && found.load(Ordering::Relaxed) < position as u64)
+                {
                     return;
                 }
                 let run = Sim::run_seed(options(seeds[position]));
@@ -201,7 +203,11 @@ mod planted_bugs {
     // Reference: §5.4.1 (election restriction), §5.4.3.
     #[test]
     fn simulator_finds_vote_granted_without_log_check() {
-        find("(a) vote_without_log_check", PlantedBugs { vote_without_log_check: true, ..Default::default() }, true);
+        find(
+            "(a) vote_without_log_check",
+            PlantedBugs { vote_without_log_check: true, ..Default::default() },
+            true,
+        );
     }
 
     /// (b) Committing an earlier term's entry by counting replicas (Figure 8).

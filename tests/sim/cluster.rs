@@ -12,8 +12,8 @@ use bytes::Bytes;
 #[cfg(feature = "planted-bugs")]
 use mmapd::raft::PlantedBugs;
 use mmapd::raft::{
-    Config, ConfState, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId,
-    ProposeError, Raft, Ready, Role, Snapshot, SnapshotMeta,
+    ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, ProposeError,
+    Raft, Ready, Role, Snapshot, SnapshotMeta,
 };
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -316,7 +316,9 @@ fn encode_kv(kv: &BTreeMap<u64, u64>) -> Bytes {
 fn decode_kv(bytes: &[u8]) -> BTreeMap<u64, u64> {
     bytes
         .chunks_exact(16)
-        .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap())))
+        .map(|c| {
+            (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap()))
+        })
         .collect()
 }
 
@@ -332,19 +334,27 @@ fn decode_put(data: &[u8]) -> Option<(u64, u64)> {
     if data.len() != 16 {
         return None;
     }
-    Some((u64::from_le_bytes(data[..8].try_into().unwrap()), u64::from_le_bytes(data[8..].try_into().unwrap())))
+    Some((
+        u64::from_le_bytes(data[..8].try_into().unwrap()),
+        u64::from_le_bytes(data[8..].try_into().unwrap()),
+    ))
 }
 
 fn describe(message: &Message) -> String {
     let head = format!("n{}->n{} t{} {}", message.from, message.to, message.term, message.body.name());
     match &message.body {
         MessageBody::RequestVote { last_log_index, last_log_term, transfer, .. } => {
-            format!("{head} last=({last_log_index},t{last_log_term}){}", if *transfer { " transfer" } else { "" })
+            format!(
+                "{head} last=({last_log_index},t{last_log_term}){}",
+                if *transfer { " transfer" } else { "" }
+            )
         }
         MessageBody::RequestVoteResponse { granted, .. } => format!("{head} granted={granted}"),
         MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
             let span = match (entries.first(), entries.last()) {
-                (Some(first), Some(last)) => format!(" [{}..={}] t{}..t{}", first.index, last.index, first.term, last.term),
+                (Some(first), Some(last)) => {
+                    format!(" [{}..={}] t{}..t{}", first.index, last.index, first.term, last.term)
+                }
                 _ => String::new(),
             };
             format!("{head} prev=({prev_log_index},t{prev_log_term}){span} commit={leader_commit}")
@@ -390,7 +400,11 @@ impl Sim {
             .map(|&id| Node {
                 id,
                 raft: None,
-                disk: Disk { hard_state: HardState::default(), snapshot: empty_snapshot.clone(), entries: Vec::new() },
+                disk: Disk {
+                    hard_state: HardState::default(),
+                    snapshot: empty_snapshot.clone(),
+                    entries: Vec::new(),
+                },
                 kv: BTreeMap::new(),
                 applied: 0,
                 unpersisted_ready: None,
@@ -688,7 +702,9 @@ impl Sim {
             if soft.role == Role::Leader {
                 self.saw_leader(id, soft.term);
             }
-            self.trace(|| format!("n{id} is {} in term {} (leader {:?})", soft.role.as_str(), soft.term, soft.leader));
+            self.trace(|| {
+                format!("n{id} is {} in term {} (leader {:?})", soft.role.as_str(), soft.term, soft.leader)
+            });
         }
         if let Some(hard) = ready.hard_state {
             self.max_term = self.max_term.max(hard.term);
@@ -699,13 +715,18 @@ impl Sim {
         });
         // Includes the no-op a new leader appends: crashing before it spreads leaves an
         // uncommitted entry of a newer term behind (Figure 8).
-        let appends_own_entries = ready.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id));
+        let appends_own_entries =
+            ready.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id));
         let crash_now = self.faults_active
             && ((self.nodes[i].crash_after_send_armed && vote_changed)
                 || (self.nodes[i].crash_after_append_armed && appends_own_entries));
         let messages = std::mem::take(&mut ready.messages);
         let leading = self.leaders.get(&self.max_term) == Some(&id);
-        if self.faults_active && self.nodes[i].crash_after_commit_armed && leading && !ready.committed_entries.is_empty() {
+        if self.faults_active
+            && self.nodes[i].crash_after_commit_armed
+            && leading
+            && !ready.committed_entries.is_empty()
+        {
             // The leader learns of a commit, applies it and crashes; what it meant to send
             // dies in its buffers, so the followers do not hear of the commit (nor of any
             // entry it sent alongside).
@@ -733,7 +754,8 @@ impl Sim {
             self.trace(|| format!("n{id} crashes mid-Ready ({sent} messages sent, persisted: {persisted})"));
             self.faults += 1;
             self.crash(id);
-            let downtime = if self.rng.chance(600_000) { self.rng.between(1, 4) } else { self.rng.between(10, 60) };
+            let downtime =
+                if self.rng.chance(600_000) { self.rng.between(1, 4) } else { self.rng.between(10, 60) };
             self.nodes[i].restart_at_tick = Some(self.tick + downtime);
             return;
         }
@@ -766,8 +788,10 @@ impl Sim {
             }
         }
         for read_state in &ready.read_states {
-            if let Some(read) =
-                self.pending_reads.iter_mut().find(|read| read.node == i && read.context == read_state.context)
+            if let Some(read) = self
+                .pending_reads
+                .iter_mut()
+                .find(|read| read.node == i && read.context == read_state.context)
             {
                 read.read_index = Some(read_state.index);
             }
@@ -794,7 +818,9 @@ impl Sim {
         }
         if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
             let (first_index, last_index, last_term) = (first.index, last.index, last.term);
-            self.trace(|| format!("n{id} persists entries [{first_index}..={last_index}] up to t{last_term}"));
+            self.trace(|| {
+                format!("n{id} persists entries [{first_index}..={last_index}] up to t{last_term}")
+            });
         }
         for entry in &ready.entries {
             let disk = &mut self.nodes[i].disk;
@@ -897,7 +923,10 @@ impl Sim {
         }
         if index < self.nodes[i].applied {
             let applied = self.nodes[i].applied;
-            self.violate("snapshot", format!("n{id} installed snapshot at {index} below its applied index {applied}"));
+            self.violate(
+                "snapshot",
+                format!("n{id} installed snapshot at {index} below its applied index {applied}"),
+            );
         }
         self.nodes[i].kv = kv;
         self.nodes[i].applied = index;
@@ -920,7 +949,10 @@ impl Sim {
                     node.kv.insert(key, op);
                 }
                 None => {
-                    self.violate("apply", format!("n{id} applied an entry with foreign data at {}", entry.index));
+                    self.violate(
+                        "apply",
+                        format!("n{id} applied an entry with foreign data at {}", entry.index),
+                    );
                     return;
                 }
             }
@@ -952,7 +984,8 @@ impl Sim {
 
     /// A client learns the outcome of its writes the first time anyone applies an index.
     fn on_first_apply(&mut self, entry: &Entry) {
-        let applied_op = if entry.kind == EntryKind::Normal { decode_put(&entry.data).map(|(op, _)| op) } else { None };
+        let applied_op =
+            if entry.kind == EntryKind::Normal { decode_put(&entry.data).map(|(op, _)| op) } else { None };
         if let Some(op) = applied_op {
             if let Some(pending) = self.pending_writes.remove(&op) {
                 if (pending.term, pending.index) != (entry.term, entry.index) {
@@ -992,9 +1025,16 @@ impl Sim {
         for (key, invoke, context) in served {
             let value = self.nodes[i].kv.get(&key).copied();
             self.clock += 1;
-            self.history.push(Event { key, invoke, complete: Some(self.clock), operation: Operation::Read(value) });
+            self.history.push(Event {
+                key,
+                invoke,
+                complete: Some(self.clock),
+                operation: Operation::Read(value),
+            });
             let id = self.nodes[i].id;
-            self.trace(|| format!("read {context} served by n{id} at applied {applied}: key {key} = {value:?}"));
+            self.trace(|| {
+                format!("read {context} served by n{id} at applied {applied}: key {key} = {value:?}")
+            });
         }
     }
 
@@ -1003,7 +1043,10 @@ impl Sim {
     fn saw_leader(&mut self, id: NodeId, term: u64) {
         match self.leaders.get(&term) {
             Some(&other) if other != id => {
-                self.violate("election safety", format!("n{id} and n{other} are both leaders of term {term}"));
+                self.violate(
+                    "election safety",
+                    format!("n{id} and n{other} are both leaders of term {term}"),
+                );
             }
             Some(_) => {}
             None => {
@@ -1038,7 +1081,11 @@ impl Sim {
             Verdict::NotLinearizable { key } => {
                 let mut detail = format!("the history of key {key} has no linearization:");
                 for event in events.iter().filter(|event| event.key == key) {
-                    let _ = write!(detail, "\n    {:?} invoked {} completed {:?}", event.operation, event.invoke, event.complete);
+                    let _ = write!(
+                        detail,
+                        "\n    {:?} invoked {} completed {:?}",
+                        event.operation, event.invoke, event.complete
+                    );
                 }
                 self.violate("linearizability", detail);
             }
@@ -1062,7 +1109,12 @@ impl Sim {
             Ok((term, index)) => {
                 self.clock += 1;
                 let history_index = self.history.len();
-                self.history.push(Event { key, invoke: self.clock, complete: None, operation: Operation::Write(op) });
+                self.history.push(Event {
+                    key,
+                    invoke: self.clock,
+                    complete: None,
+                    operation: Operation::Write(op),
+                });
                 if index <= self.committed.len() as u64 {
                     // A deposed leader that does not know it yet: the index is already
                     // committed with another entry, so this proposal has failed.
@@ -1128,7 +1180,8 @@ impl Sim {
             Ok(meta) => {
                 let known = self.committed.get((applied - 1) as usize).map(|c| c.term);
                 if meta.index != applied || Some(meta.term) != known {
-                    let detail = format!("n{id} compacted to {applied} but got meta ({}, t{})", meta.index, meta.term);
+                    let detail =
+                        format!("n{id} compacted to {applied} but got meta ({}, t{})", meta.index, meta.term);
                     self.violate("compact", detail);
                 }
                 let disk = &mut self.nodes[i].disk;
@@ -1177,7 +1230,8 @@ impl Sim {
                     Some(leader) if self.rng.chance(600_000) => leader,
                     _ => self.rng.index(n),
                 };
-                let downtime = if self.rng.chance(500_000) { self.rng.between(1, 5) } else { self.rng.between(10, 80) };
+                let downtime =
+                    if self.rng.chance(500_000) { self.rng.between(1, 5) } else { self.rng.between(10, 80) };
                 self.crash(self.nodes[victim].id);
                 self.nodes[victim].restart_at_tick = Some(self.tick + downtime);
             }
@@ -1232,7 +1286,9 @@ impl Sim {
                 self.trace(|| {
                     format!(
                         "NETWORK loss {} dup {} long delays {} per million",
-                        weather.loss_per_million, weather.duplicate_per_million, weather.long_delay_per_million
+                        weather.loss_per_million,
+                        weather.duplicate_per_million,
+                        weather.long_delay_per_million
                     )
                 });
             }
@@ -1392,7 +1448,8 @@ impl Sim {
             }
         }
         if !settled {
-            let still: Vec<&u64> = unresolved.iter().filter(|op| self.pending_writes.contains_key(op)).collect();
+            let still: Vec<&u64> =
+                unresolved.iter().filter(|op| self.pending_writes.contains_key(op)).collect();
             let detail = format!(
                 "{} ticks after faults stopped: leader {:?}, settled {}, unresolved proposals {still:?}",
                 self.tick - start_tick,
@@ -1414,7 +1471,8 @@ impl Sim {
             sim.insert(Sim::new(options)).run();
         }));
         let Some(mut sim) = sim else {
-            let violation = Violation { kind: "panic", detail: "the core panicked at start".into(), trace: Vec::new() };
+            let violation =
+                Violation { kind: "panic", detail: "the core panicked at start".into(), trace: Vec::new() };
             return RunReport {
                 seed,
                 nodes,
@@ -1444,8 +1502,11 @@ impl Sim {
             faults: sim.faults,
             inconclusive: sim.inconclusive,
             committed: sim.committed.len() as u64,
-            writes: sim.history.iter().filter(|e| matches!(e.operation, Operation::Write(_)) && e.complete.is_some()).count()
-                as u64,
+            writes: sim
+                .history
+                .iter()
+                .filter(|e| matches!(e.operation, Operation::Write(_)) && e.complete.is_some())
+                .count() as u64,
             reads: sim.history.iter().filter(|e| matches!(e.operation, Operation::Read(_))).count() as u64,
             leaders: sim.leaders.len() as u64,
             trace: sim.trace.iter().cloned().collect(),

@@ -159,7 +159,11 @@ fn prune<V: Clone + Eq + Hash>(ops: &[RegisterOp<V>]) -> Vec<Op<V>> {
             Operation::Read(_) => op.complete.is_some(),
             Operation::Write(v) => op.complete.is_some() || read_values.contains(v),
         })
-        .map(|op| Op { invoke: op.invoke, complete: op.complete.unwrap_or(u64::MAX), operation: op.operation.clone() })
+        .map(|op| Op {
+            invoke: op.invoke,
+            complete: op.complete.unwrap_or(u64::MAX),
+            operation: op.operation.clone(),
+        })
         .collect();
     kept.sort_by_key(|op| (op.invoke, op.complete));
     kept
@@ -244,7 +248,11 @@ impl<V: Clone + Eq + Hash> Search<'_, V> {
     /// The earliest completion among operations not yet linearized: an operation may
     /// be linearized next only if it was invoked before that.
     fn frontier(&self) -> u64 {
-        (0..self.ops.len()).filter(|&i| !self.is_done(i)).map(|i| self.ops[i].complete).min().unwrap_or(u64::MAX)
+        (0..self.ops.len())
+            .filter(|&i| !self.is_done(i))
+            .map(|i| self.ops[i].complete)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -296,10 +304,12 @@ mod tests {
     #[test]
     fn value_cannot_go_back_between_sequential_reads() {
         // Two concurrent writes; a later read sees 2, a still later read sees 1.
-        let ops = [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(2)), read(13, 14, Some(1))];
+        let ops =
+            [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(2)), read(13, 14, Some(1))];
         assert_eq!(verdict(&ops), RegisterVerdict::NotLinearizable);
         // Either order alone is fine.
-        let ops = [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(1)), read(13, 14, Some(1))];
+        let ops =
+            [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(1)), read(13, 14, Some(1))];
         assert_eq!(verdict(&ops), RegisterVerdict::Linearizable);
     }
 
