@@ -101,19 +101,20 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
     }
     let sum = |field: fn(&RunReport) -> u64| reports.iter().map(field).sum::<u64>();
     report(&format!(
-        "simulation: {} entries committed, {} writes acknowledged, {} reads served, {} leaders elected\n",
+        "simulation: {} entries committed, {} writes acknowledged, {} reads served, {} leaders elected, {} snapshots installed\n",
         sum(|run| run.committed),
         sum(|run| run.writes),
         sum(|run| run.reads),
-        sum(|run| run.leaders)
+        sum(|run| run.leaders),
+        sum(|run| run.snapshots_installed)
     ));
+    report(&format!("simulation: took {:.1}s\n", started.elapsed().as_secs_f64()));
     report(&format!(
-        "simulation: {} seeds, {} steps, {} faults, {} violations ({:.1}s)\n",
+        "simulation: {} seeds, {} steps, {} faults, {} violations\n",
         seeds.len(),
         steps,
         faults,
-        failed.len(),
-        started.elapsed().as_secs_f64()
+        failed.len()
     ));
     let failed_seeds: Vec<u64> = failed.iter().map(|run| run.seed).collect();
     assert!(failed.is_empty(), "violations at seeds {failed_seeds:?}");

@@ -104,6 +104,8 @@ pub struct RunReport {
     pub writes: u64,
     pub reads: u64,
     pub leaders: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -289,6 +291,7 @@ pub struct Sim {
     // Results.
     pub faults: u64,
     pub inconclusive: u64,
+    snapshots_installed: u64,
     violation: Option<Violation>,
     trace: VecDeque<String>,
 }
@@ -440,6 +443,7 @@ impl Sim {
             believed_leader: 0,
             faults: 0,
             inconclusive: 0,
+            snapshots_installed: 0,
             violation: None,
             trace: VecDeque::with_capacity(TRACE_LINES),
             options,
@@ -930,6 +934,7 @@ impl Sim {
         }
         self.nodes[i].kv = kv;
         self.nodes[i].applied = index;
+        self.snapshots_installed += 1;
         self.trace(|| format!("n{id} installs snapshot ({index},t{term})"));
     }
 
@@ -1483,6 +1488,7 @@ impl Sim {
                 writes: 0,
                 reads: 0,
                 leaders: 0,
+                snapshots_installed: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -1509,6 +1515,7 @@ impl Sim {
                 .count() as u64,
             reads: sim.history.iter().filter(|e| matches!(e.operation, Operation::Read(_))).count() as u64,
             leaders: sim.leaders.len() as u64,
+            snapshots_installed: sim.snapshots_installed,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }
