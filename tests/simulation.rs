@@ -175,17 +175,31 @@ mod planted_bugs {
 
     fn find(name: &str, bugs: PlantedBugs, check_durable_replies: bool) {
         let budget = env_u64("MMAPD_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
-        let seeds: Vec<u64> = (0..budget).collect();
-        let reports = run_seeds(&seeds, true, |seed| {
+        let replay = env_u64("MMAPD_SIM_SEED");
+        let seeds: Vec<u64> = match replay {
+            Some(seed) => vec![seed],
+            None => (0..budget).collect(),
+        };
+        // MMAPD_SIM_COUNT_ALL runs the whole budget to measure how often the bug shows.
+        let count_all = std::env::var_os("MMAPD_SIM_COUNT_ALL").is_some();
+        let reports = run_seeds(&seeds, !count_all, |seed| {
             let mut options = Options::for_seed(seed);
             options.bugs.planted = bugs;
             options.check_durable_replies = check_durable_replies;
             options
         });
         let first = reports.iter().find(|run| run.violation.is_some());
+        if count_all {
+            let found: Vec<u64> =
+                reports.iter().filter(|run| run.violation.is_some()).map(|run| run.seed).collect();
+            report(&format!("planted bug {name}: found at {} of {budget} seeds: {found:?}\n", found.len()));
+        }
         match first {
             Some(run) => {
                 let violation = run.violation.as_ref().unwrap();
+                if replay.is_some() {
+                    report(&format!("{violation}\n"));
+                }
                 report(&format!(
                     "planted bug {name}: found at seed {} ({} nodes) after {} seeds: {}: {}\n",
                     run.seed,

@@ -76,7 +76,7 @@ impl Options {
         Options {
             seed,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
-            fault_ticks: 8000,
+            fault_ticks: 16_000,
             liveness_ticks: 20 * u64::from(ELECTION_TICKS),
             faults: true,
             clients: true,
@@ -225,6 +225,10 @@ struct Weather {
     transfer_per_million: u32,
     /// Compact when this many entries were applied since the last snapshot.
     compact_every: u64,
+    /// Chance that a new leader is armed to crash at a bad moment (right after it
+    /// appends, or right after its commit advances): leader churn with uncommitted
+    /// entries of several terms is what Figure 8 is made of.
+    leader_churn_per_million: u32,
 }
 
 /// A proposal whose outcome is not known yet.
@@ -391,6 +395,11 @@ impl Sim {
             read_per_million: rng.between(10_000, 60_000) as u32,
             transfer_per_million: rng.between(0, 1_500) as u32,
             compact_every: rng.between(5, 40),
+            leader_churn_per_million: if rng.chance(500_000) {
+                rng.between(50_000, 400_000) as u32
+            } else {
+                0
+            },
         };
         let count = options.nodes;
         let voters: Vec<NodeId> = (1..=count as u64).collect();
@@ -705,6 +714,13 @@ impl Sim {
             self.max_term = self.max_term.max(soft.term);
             if soft.role == Role::Leader {
                 self.saw_leader(id, soft.term);
+                if self.faults_active && self.rng.chance(self.weather.leader_churn_per_million) {
+                    if self.rng.chance(500_000) {
+                        self.nodes[i].crash_after_append_armed = true;
+                    } else {
+                        self.nodes[i].crash_after_commit_armed = true;
+                    }
+                }
             }
             self.trace(|| {
                 format!("n{id} is {} in term {} (leader {:?})", soft.role.as_str(), soft.term, soft.leader)
@@ -747,11 +763,11 @@ impl Sim {
         if crash_now {
             // The crash interrupts the send: some messages leave, the rest never do; the
             // write may or may not have reached the disk.
-            let sent = self.rng.index(messages.len() + 1);
+            let sent = if self.rng.chance(500_000) { 0 } else { self.rng.index(messages.len() + 1) };
             for message in messages.into_iter().take(sent) {
                 self.send(i, message, false);
             }
-            let persisted = self.rng.chance(400_000) && !vote_changed;
+            let persisted = self.rng.chance(700_000) && !vote_changed;
             if persisted {
                 self.persist(i, &ready);
             }
