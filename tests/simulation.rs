@@ -165,6 +165,51 @@ fn restarted_former_leader_does_not_take_leadership_back_and_gets_missed_entries
     assert!(applied >= before + 5);
 }
 
+/// The stale-read scenario of thesis §6.4: the leader is cut off and its clock stalls, so
+/// it does not notice (check-quorum cannot fire); the others elect a new leader, which
+/// commits a new value. A read asked of the old leader must not return the old value: it
+/// must wait for a heartbeat round that can never complete (and time out), or see the new
+/// value.
+fn stale_read_scenario(options: Options) -> (Sim, Option<u64>, u64) {
+    let mut sim = Sim::new(options);
+    let timeout = 20 * u64::from(ELECTION_TICKS);
+    assert!(sim.run_until(timeout, |s| s.leader().is_some() && s.is_settled()), "no first leader");
+    let (old_leader, _) = sim.leader().unwrap();
+    sim.client_write(Some((old_leader - 1) as usize), 0);
+    assert!(sim.run_until(timeout, |s| s.committed_index() >= 2 && s.is_settled()), "first write");
+    sim.isolate_with_stalled_clock(old_leader, 30 * u64::from(ELECTION_TICKS));
+    assert!(
+        sim.run_until(timeout, |s| s.leader().is_some_and(|(id, _)| id != old_leader)),
+        "the majority elected no new leader"
+    );
+    let (new_leader, _) = sim.leader().unwrap();
+    let old_value = sim.applied_of(new_leader).1[&0];
+    sim.client_write(Some((new_leader - 1) as usize), 0);
+    assert!(
+        sim.run_until(timeout, |s| s.applied_of(new_leader).1[&0] != old_value),
+        "the new leader did not commit the new value"
+    );
+    let new_value = sim.applied_of(new_leader).1[&0];
+    let context = sim.client_read_on((old_leader - 1) as usize, 0);
+    sim.run_ticks(5 * u64::from(ELECTION_TICKS));
+    let result = context.and_then(|context| sim.read_result(context)).flatten();
+    (sim, result, new_value)
+}
+
+// Reference: thesis §6.4 (ReadIndex confirms leadership with a heartbeat round), §6.2.
+#[test]
+fn deposed_leader_with_stalled_clock_does_not_serve_stale_reads() {
+    let mut options = Options::for_seed(7);
+    options.faults = false;
+    options.clients = false;
+    let (mut sim, result, new_value) = stale_read_scenario(options);
+    if let Some(value) = result {
+        assert_eq!(value, new_value, "the old leader served a stale read");
+    }
+    sim.check_linearizability();
+    assert!(sim.violation().is_none(), "{}", sim.violation().unwrap());
+}
+
 #[cfg(feature = "planted-bugs")]
 mod planted_bugs {
     //! Each planted bug must be found within the CI seed budget: proof that the checks
@@ -249,6 +294,20 @@ mod planted_bugs {
     fn durability_check_flags_vote_sent_before_persisting() {
         let bugs = PlantedBugs { vote_before_persist: true, ..Default::default() };
         find("(c) vote_before_persist (durability check)", bugs, true);
+    }
+
+    /// The scenario test above sees bug (d) too: the old leader answers from its stale state.
+    // Reference: thesis §6.4.
+    #[test]
+    fn stale_read_scenario_sees_read_index_without_heartbeat() {
+        let mut options = Options::for_seed(7);
+        options.faults = false;
+        options.clients = false;
+        options.bugs.planted = PlantedBugs { read_index_without_heartbeat: true, ..Default::default() };
+        let (mut sim, result, new_value) = stale_read_scenario(options);
+        assert!(result.is_some_and(|value| value != new_value), "expected a stale read, got {result:?}");
+        sim.check_linearizability();
+        assert_eq!(sim.violation().map(|v| v.kind), Some("linearizability"));
     }
 
     /// (d) ReadIndex without a heartbeat round: a deposed leader serves stale reads.

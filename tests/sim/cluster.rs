@@ -291,6 +291,7 @@ pub struct Sim {
     failed_writes: HashSet<usize>,
     pending_writes: HashMap<u64, PendingWrite>,
     pending_reads: Vec<PendingRead>,
+    served_reads: HashMap<u64, Option<u64>>,
     believed_leader: usize,
     // Results.
     pub faults: u64,
@@ -449,6 +450,7 @@ impl Sim {
             failed_writes: HashSet::new(),
             pending_writes: HashMap::new(),
             pending_reads: Vec::new(),
+            served_reads: HashMap::new(),
             believed_leader: 0,
             faults: 0,
             inconclusive: 0,
@@ -1045,6 +1047,7 @@ impl Sim {
         });
         for (key, invoke, context) in served {
             let value = self.nodes[i].kv.get(&key).copied();
+            self.served_reads.insert(context, value);
             self.clock += 1;
             self.history.push(Event {
                 key,
@@ -1159,10 +1162,17 @@ impl Sim {
     fn client_read(&mut self) {
         let i = self.rng.index(self.nodes.len());
         let key = self.rng.below(KEYS);
+        self.client_read_on(i, key);
+    }
+
+    /// A client asks node `i` (0-based) for a linearizable read of `key`; returns the
+    /// read's context if the node accepted it.
+    pub fn client_read_on(&mut self, i: usize, key: u64) -> Option<u64> {
         let context = self.next_op;
         self.next_op += 1;
-        let Some(raft) = self.nodes[i].raft.as_mut() else { return };
-        if raft.read_index(context).is_ok() {
+        let raft = self.nodes[i].raft.as_mut()?;
+        let accepted = raft.read_index(context).is_ok();
+        if accepted {
             self.clock += 1;
             let id = self.nodes[i].id;
             self.trace(|| format!("client: read {context} of key {key} via n{id}"));
@@ -1174,6 +1184,35 @@ impl Sim {
                 deadline_tick: self.tick + READ_TIMEOUT_TICKS,
                 read_index: None,
             });
+        }
+        accepted.then_some(context)
+    }
+
+    /// The value a served read returned (`Some(None)`: the key was absent).
+    pub fn read_result(&self, context: u64) -> Option<Option<u64>> {
+        self.served_reads.get(&context).copied()
+    }
+
+    /// Cuts node `id` off from every peer (clients still reach it) and stalls its clock,
+    /// for `ticks` ticks.
+    pub fn isolate_with_stalled_clock(&mut self, id: NodeId, ticks: u64) {
+        let i = (id - 1) as usize;
+        for other in 0..self.nodes.len() {
+            if other != i {
+                self.blocked[i][other] = true;
+                self.blocked[other][i] = true;
+            }
+        }
+        self.heal_at_tick = Some(self.tick + ticks);
+        self.nodes[i].clock_stalled_until_tick = self.tick + ticks;
+        self.trace(|| format!("PARTITION isolate n{id} with its clock stalled for {ticks} ticks"));
+    }
+
+    /// Heals partitions and clock stalls now.
+    pub fn heal(&mut self) {
+        self.heal_partitions();
+        for node in &mut self.nodes {
+            node.clock_stalled_until_tick = 0;
         }
     }
 
@@ -1377,13 +1416,11 @@ impl Sim {
         }
         if self.step % STEPS_PER_TICK == 0 {
             self.tick += 1;
-            if self.faults_active {
-                if self.rng.chance(self.weather.fault_per_million) {
-                    self.inject_fault();
-                }
-                if self.heal_at_tick.is_some_and(|at| at <= self.tick) {
-                    self.heal_partitions();
-                }
+            if self.faults_active && self.rng.chance(self.weather.fault_per_million) {
+                self.inject_fault();
+            }
+            if self.heal_at_tick.is_some_and(|at| at <= self.tick) {
+                self.heal_partitions();
             }
             for i in 0..self.nodes.len() {
                 if self.nodes[i].restart_at_tick.is_some_and(|at| at <= self.tick) {
