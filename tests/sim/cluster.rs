@@ -1208,13 +1208,6 @@ impl Sim {
         self.trace(|| format!("PARTITION isolate n{id} with its clock stalled for {ticks} ticks"));
     }
 
-    /// Heals partitions and clock stalls now.
-    pub fn heal(&mut self) {
-        self.heal_partitions();
-        for node in &mut self.nodes {
-            node.clock_stalled_until_tick = 0;
-        }
-    }
 
     fn client_transfer(&mut self) {
         let Some((leader, _)) = self.leader() else { return };
