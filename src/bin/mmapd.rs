@@ -1,1 +1,62 @@
-fn main() {}
+//! `mmapd`: one node of the cluster. See `mmapd --help` and man mmapd(8).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mmapd::server::{self, cli};
+
+fn main() -> ExitCode {
+    let argv = cli::normalize_legacy_flags(std::env::args());
+    let args = cli::Args::parse_from(argv);
+    init_tracing();
+    let working_dir = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("mmapd: cannot read the working directory: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match args.resolve(&working_dir) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("mmapd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let opened = match server::open(settings) {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("mmapd: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mmapd: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(server::serve(opened)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("mmapd: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs to stderr; under journald (JOURNAL_STREAM set) without timestamps, which the
+/// journal adds itself. `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,189 @@
+//! `mmapd-admin`: local administration of an mmapd node over its Unix socket.
+//! See `mmapd-admin --help` and man mmapd-admin(8).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use hyperlocal::{UnixConnector, Uri};
+
+/// Administer a local mmapd node through its admin socket.
+#[derive(Parser, Debug)]
+#[command(name = "mmapd-admin", version, about)]
+struct Args {
+    /// Path of the admin socket.
+    #[arg(long, env = "MMAPD_ADMIN_SOCKET", conflicts_with = "port")]
+    socket: Option<PathBuf>,
+    /// The node's port: means /run/mmapd/PORT/admin.sock (the systemd layout).
+    #[arg(long)]
+    port: Option<u16>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the node's role, term, indexes and peers.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Force an msync of every mapped file.
+    Msync,
+    /// Hand leadership to the most up-to-date follower (on the leader).
+    StepDown,
+    /// Take a snapshot now and compact the log.
+    Snapshot,
+    /// Load the original mmapd's db.json (a JSON object of strings) through Raft.
+    Import {
+        /// The db.json file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let socket = socket_path(&args);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match runtime.block_on(run(&socket, &args.command)) {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("mmapd-admin: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn socket_path(args: &Args) -> PathBuf {
+    if let Some(socket) = &args.socket {
+        return socket.clone();
+    }
+    if let Some(port) = args.port {
+        return PathBuf::from(format!("/run/mmapd/{port}/admin.sock"));
+    }
+    let systemd = PathBuf::from("/run/mmapd/3001/admin.sock");
+    if systemd.exists() {
+        systemd
+    } else {
+        PathBuf::from("mmapd-3001/admin.sock")
+    }
+}
+
+async fn run(socket: &Path, command: &Command) -> Result<String, String> {
+    let (method, path, body) = match command {
+        Command::Status { .. } => (Method::GET, "/status", Bytes::new()),
+        Command::Msync => (Method::POST, "/msync", Bytes::new()),
+        Command::StepDown => (Method::POST, "/step-down", Bytes::new()),
+        Command::Snapshot => (Method::POST, "/snapshot", Bytes::new()),
+        Command::Import { file } => {
+            let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            (Method::POST, "/import", Bytes::from(bytes))
+        }
+    };
+    let value = request(socket, method, path, body).await?;
+    Ok(render(command, &value))
+}
+
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<serde_json::Value, String> {
+    match std::fs::metadata(socket) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "no admin socket at {} (is mmapd running? try --socket or --port)",
+                socket.display()
+            ))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "permission denied on {} (are you root or in the mmapd group?)",
+                socket.display()
+            ))
+        }
+        _ => {}
+    }
+    let client: Client<UnixConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(UnixConnector);
+    let uri: hyper::Uri = Uri::new(socket, path).into();
+    let request =
+        Request::builder().method(method).uri(uri).body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|error| {
+        let text = format!("{error:?}");
+        if text.contains("PermissionDenied") {
+            format!("permission denied on {} (are you root or in the mmapd group?)", socket.display())
+        } else if text.contains("ConnectionRefused") {
+            format!("nothing listens on {} (is mmapd running?)", socket.display())
+        } else {
+            format!("cannot reach {}: {error}", socket.display())
+        }
+    })?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("unexpected answer ({status}): {}", String::from_utf8_lossy(&body)))?;
+    if !status.is_success() {
+        return Err(value["error"].as_str().unwrap_or("request failed").to_owned());
+    }
+    Ok(value)
+}
+
+fn render(command: &Command, value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "none".into(),
+        other => other.to_string(),
+    };
+    match command {
+        Command::Status { json: true } => value.to_string(),
+        Command::Status { json: false } => {
+            let mut out = format!(
+                "node {} ({})\nstate: {}\nterm: {}\nleader: {}\ncommit index: {}\nlast applied: {}\nlog: {}..{}",
+                text(&value["id"]),
+                text(&value["node id"]),
+                text(&value["state"]),
+                text(&value["term"]),
+                text(&value["leader"]),
+                text(&value["commit index"]),
+                text(&value["last applied"]),
+                text(&value["first index"]),
+                text(&value["last index"]),
+            );
+            for peer in value["peers"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\npeer {}: match {}, next {}, {}{}",
+                    text(&peer["id"]),
+                    text(&peer["match index"]),
+                    text(&peer["next index"]),
+                    text(&peer["state"]),
+                    if peer["recently active"] == true { "" } else { ", not recently active" },
+                ));
+            }
+            out
+        }
+        Command::Msync => format!(
+            "msynced {} bytes in {} calls, {:.3} ms",
+            text(&value["bytes"]),
+            text(&value["msyncs"]),
+            value["seconds"].as_f64().unwrap_or(0.0) * 1000.0
+        ),
+        Command::StepDown => format!("leadership handed to {}", text(&value["new leader"])),
+        Command::Snapshot => {
+            format!("snapshot at index {} (term {})", text(&value["index"]), text(&value["term"]))
+        }
+        Command::Import { .. } => {
+            format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
+        }
+    }
+}

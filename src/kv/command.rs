@@ -1,0 +1,223 @@
+//! The commands the state machine applies, and their binary encoding (the payload of a
+//! `Normal` Raft entry).
+//!
+//! Layout (integers little-endian; `bytes` = u32 length, then that many bytes):
+//!
+//! | offset | size | field                                              |
+//! |--------|------|----------------------------------------------------|
+//! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import               |
+//!
+//! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
+//! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
+//! tag byte (0 = None, 1 = VersionEquals followed by a u64 version, 2 = Absent).
+//! Nothing may follow the command.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::DecodeError;
+use crate::byte_reader::ByteReader;
+
+/// The first byte of every encoded command.
+pub const COMMAND_FORMAT_VERSION: u8 = 1;
+
+const TAG_PUT: u8 = 1;
+const TAG_DELETE: u8 = 2;
+const TAG_IMPORT: u8 = 3;
+
+const CONDITION_NONE: u8 = 0;
+const CONDITION_VERSION_EQUALS: u8 = 1;
+const CONDITION_ABSENT: u8 = 2;
+
+/// The smallest encoded import pair: two empty length-prefixed byte strings.
+const MIN_PAIR_BYTES: usize = 8;
+
+/// A precondition on the key's current state, checked when the command is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// Unconditional.
+    #[default]
+    None,
+    /// HTTP `If-Match`: the key exists and its version (ETag) is this one.
+    VersionEquals(u64),
+    /// HTTP `If-None-Match: *`: the key does not exist (create-only).
+    Absent,
+}
+
+/// A change to the key-value map. Decoded from requests at the edge, replicated through
+/// the log, applied by `StateMachine::apply`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Sets `key` to `value` if `condition` holds.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+        /// Checked against the key's current state.
+        condition: Condition,
+    },
+    /// Removes `key` if `condition` holds.
+    Delete {
+        /// The key.
+        key: Bytes,
+        /// Checked against the key's current state.
+        condition: Condition,
+    },
+    /// Bulk load (the original's `db.json`): sets every pair, in order, unconditionally.
+    /// A key listed twice ends with its last value.
+    Import {
+        /// Key, value pairs.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+}
+
+impl Command {
+    /// An unconditional put.
+    pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Command {
+        Command::Put { key: key.into(), value: value.into(), condition: Condition::None }
+    }
+
+    /// An unconditional delete.
+    pub fn delete(key: impl Into<Bytes>) -> Command {
+        Command::Delete { key: key.into(), condition: Condition::None }
+    }
+
+    /// The binary encoding (see the module doc).
+    ///
+    /// Panics if a key, value or pair count exceeds `u32::MAX`: the edge bounds request
+    /// sizes long before that, so reaching it is a bug.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        out.put_u8(COMMAND_FORMAT_VERSION);
+        match self {
+            Command::Put { key, value, condition } => {
+                out.put_u8(TAG_PUT);
+                put_condition(&mut out, *condition);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            Command::Delete { key, condition } => {
+                out.put_u8(TAG_DELETE);
+                put_condition(&mut out, *condition);
+                put_bytes(&mut out, key);
+            }
+            Command::Import { pairs } => {
+                out.put_u8(TAG_IMPORT);
+                out.put_u32_le(u32_len(pairs.len()));
+                for (key, value) in pairs {
+                    put_bytes(&mut out, key);
+                    put_bytes(&mut out, value);
+                }
+            }
+        }
+        debug_assert_eq!(out.len(), self.encoded_len());
+        out.freeze()
+    }
+
+    /// Decodes an encoded command, copying `data` once. Never panics; allocates at most
+    /// one copy of the input plus a pair vector no longer than the input could hold.
+    pub fn decode(data: &[u8]) -> Result<Command, DecodeError> {
+        Command::decode_shared(&Bytes::copy_from_slice(data))
+    }
+
+    /// Decodes an encoded command whose keys and values are slices of `data` (no copy):
+    /// the form to use on an entry's payload.
+    pub fn decode_shared(data: &Bytes) -> Result<Command, DecodeError> {
+        let mut reader = ByteReader::new(data);
+        let version = reader.u8()?;
+        if version != COMMAND_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion { offset: 0, version });
+        }
+        let tag_offset = reader.offset();
+        let command = match reader.u8()? {
+            TAG_PUT => {
+                let condition = read_condition(&mut reader)?;
+                let key = data.slice_ref(read_bytes(&mut reader)?);
+                let value = data.slice_ref(read_bytes(&mut reader)?);
+                Command::Put { key, value, condition }
+            }
+            TAG_DELETE => {
+                let condition = read_condition(&mut reader)?;
+                let key = data.slice_ref(read_bytes(&mut reader)?);
+                Command::Delete { key, condition }
+            }
+            TAG_IMPORT => {
+                let count_offset = reader.offset();
+                let count = reader.u32()?;
+                let available = reader.remaining();
+                if count as usize > available / MIN_PAIR_BYTES {
+                    return Err(DecodeError::CountTooLarge {
+                        offset: count_offset,
+                        count: count.into(),
+                        available,
+                    });
+                }
+                let mut pairs = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let key = data.slice_ref(read_bytes(&mut reader)?);
+                    let value = data.slice_ref(read_bytes(&mut reader)?);
+                    pairs.push((key, value));
+                }
+                Command::Import { pairs }
+            }
+            tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
+        };
+        if reader.remaining() != 0 {
+            return Err(DecodeError::TrailingBytes { offset: reader.offset(), count: reader.remaining() });
+        }
+        Ok(command)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let header = 2;
+        let condition_len = |condition: &Condition| match condition {
+            Condition::VersionEquals(_) => 9,
+            Condition::None | Condition::Absent => 1,
+        };
+        match self {
+            Command::Put { key, value, condition } => {
+                header + condition_len(condition) + 8 + key.len() + value.len()
+            }
+            Command::Delete { key, condition } => header + condition_len(condition) + 4 + key.len(),
+            Command::Import { pairs } => {
+                header + 4 + pairs.iter().map(|(key, value)| 8 + key.len() + value.len()).sum::<usize>()
+            }
+        }
+    }
+}
+
+fn u32_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or_else(|_| panic!("command field of {len} bytes exceeds u32::MAX"))
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32_le(u32_len(bytes.len()));
+    out.put_slice(bytes);
+}
+
+fn put_condition(out: &mut BytesMut, condition: Condition) {
+    match condition {
+        Condition::None => out.put_u8(CONDITION_NONE),
+        Condition::VersionEquals(version) => {
+            out.put_u8(CONDITION_VERSION_EQUALS);
+            out.put_u64_le(version);
+        }
+        Condition::Absent => out.put_u8(CONDITION_ABSENT),
+    }
+}
+
+fn read_bytes<'a>(reader: &mut ByteReader<'a>) -> Result<&'a [u8], DecodeError> {
+    let len = reader.u32()?;
+    Ok(reader.bytes(len.into())?)
+}
+
+fn read_condition(reader: &mut ByteReader<'_>) -> Result<Condition, DecodeError> {
+    let offset = reader.offset();
+    match reader.u8()? {
+        CONDITION_NONE => Ok(Condition::None),
+        CONDITION_VERSION_EQUALS => Ok(Condition::VersionEquals(reader.u64()?)),
+        CONDITION_ABSENT => Ok(Condition::Absent),
+        tag => Err(DecodeError::UnknownTag { offset, what: "condition", tag }),
+    }
+}

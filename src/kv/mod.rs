@@ -1,0 +1,27 @@
+//! The key-value state machine.
+//!
+//! - `command`: `Command` and `Condition`, and their binary encoding (a Raft entry's payload);
+//! - `state_machine`: `StateMachine`, the ordered map committed commands are applied to,
+//!   with each key's version (ETag) being the log index that last wrote it;
+//! - `snapshot`: the map's binary snapshot payload, written and loaded;
+//! - `legacy`: import of the original's `db.json`;
+//! - `error`: `DecodeError`, shared by command and snapshot decoding.
+//!
+//! Applying is deterministic: the same committed log gives the same map on every node.
+
+#![deny(missing_docs)]
+
+mod command;
+mod error;
+mod legacy;
+mod snapshot;
+mod state_machine;
+
+pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
+pub use error::DecodeError;
+pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};
+pub use snapshot::SNAPSHOT_FORMAT_VERSION;
+pub use state_machine::{Outcome, StateMachine, Value, PER_KEY_OVERHEAD_BYTES};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! The key-value state machine: an ordered in-memory map that committed commands are
+//! applied to, in log order, identically on every node.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::command::{Command, Condition};
+
+/// A stored value and the version the API exposes as its ETag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The value's bytes.
+    pub data: Bytes,
+    /// The Raft log index of the command that last wrote the key. Invariant: >= 1 and
+    /// <= the state machine's applied index.
+    pub version: u64,
+}
+
+/// What applying one command did, for the client waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The key now holds the new value at `version` (the applying index).
+    Written {
+        /// The key's new version.
+        version: u64,
+        /// True when the key did not exist before.
+        created: bool,
+    },
+    /// The key was removed.
+    Deleted {
+        /// The version it had.
+        previous_version: u64,
+    },
+    /// The condition did not hold; nothing changed.
+    PreconditionFailed {
+        /// The key's version, `None` when it does not exist.
+        current_version: Option<u64>,
+    },
+    /// A delete of a key that does not exist, unconditional or `Condition::Absent`
+    /// (whose condition holds, leaving nothing to delete); nothing changed.
+    NotFound,
+    /// An import wrote `count` pairs, all at `version`.
+    Imported {
+        /// Pairs written (duplicates counted each time).
+        count: usize,
+        /// The version every imported key now has.
+        version: u64,
+    },
+}
+
+/// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
+/// handles, the version, and the B-tree node's share (measured in `bench/kv_restart.rs`).
+pub const PER_KEY_OVERHEAD_BYTES: u64 = 96;
+
+/// The map and how far into the log it has been applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    map: BTreeMap<Bytes, Value>,
+    /// The index of the last entry applied. Invariant: strictly increases with each apply;
+    /// every value's version is <= it.
+    applied_index: u64,
+    /// Sum of key and value lengths. Invariant: equals the sum over `map`.
+    payload_bytes: u64,
+}
+
+impl StateMachine {
+    /// An empty state machine that has applied nothing.
+    pub fn new() -> StateMachine {
+        StateMachine::default()
+    }
+
+    /// Builds a state machine from parts already validated by the snapshot loader.
+    pub(super) fn from_parts(map: BTreeMap<Bytes, Value>, applied_index: u64) -> StateMachine {
+        let payload_bytes = map.iter().map(|(key, value)| (key.len() + value.data.len()) as u64).sum();
+        StateMachine { map, applied_index, payload_bytes }
+    }
+
+    /// Applies the command of log entry `index`.
+    ///
+    /// Panics if `index` is not greater than `applied_index()`: entries are applied once,
+    /// in order, and anything else is a bug in the caller.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        self.advance_applied(index);
+        match command {
+            Command::Put { key, value, condition } => self.put(index, key, value, *condition),
+            Command::Delete { key, condition } => self.delete(key, *condition),
+            Command::Import { pairs } => {
+                for (key, value) in pairs {
+                    self.insert(key.clone(), Value { data: value.clone(), version: index });
+                }
+                Outcome::Imported { count: pairs.len(), version: index }
+            }
+        }
+    }
+
+    /// Records that entry `index` was applied without a command (a `Noop` or `Config`
+    /// entry), so `applied_index()` keeps up with the log.
+    ///
+    /// Panics if `index` is not greater than `applied_index()`.
+    pub fn advance_applied(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "kv: apply index {index} does not follow applied index {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+        self.map.get(key)
+    }
+
+    /// Up to `limit` keys that start with `prefix`, in byte order. Costs a B-tree descent
+    /// plus the entries returned.
+    pub fn list<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        limit: usize,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Value)> {
+        self.map
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .take(limit)
+    }
+
+    /// Every key and value in byte order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Value)> {
+        self.map.iter()
+    }
+
+    /// The index of the last entry applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Estimated memory held: key and value bytes plus `PER_KEY_OVERHEAD_BYTES` per key.
+    pub fn approximate_bytes(&self) -> u64 {
+        self.payload_bytes + self.map.len() as u64 * PER_KEY_OVERHEAD_BYTES
+    }
+
+    fn put(&mut self, index: u64, key: &Bytes, value: &Bytes, condition: Condition) -> Outcome {
+        let current_version = self.map.get(key.as_ref()).map(|value| value.version);
+        if !condition_holds(condition, current_version) {
+            return Outcome::PreconditionFailed { current_version };
+        }
+        self.insert(key.clone(), Value { data: value.clone(), version: index });
+        Outcome::Written { version: index, created: current_version.is_none() }
+    }
+
+    fn delete(&mut self, key: &[u8], condition: Condition) -> Outcome {
+        let current_version = self.map.get(key).map(|value| value.version);
+        if !condition_holds(condition, current_version) {
+            return Outcome::PreconditionFailed { current_version };
+        }
+        match self.map.remove_entry(key) {
+            Some((key, value)) => {
+                self.payload_bytes -= (key.len() + value.data.len()) as u64;
+                Outcome::Deleted { previous_version: value.version }
+            }
+            None => Outcome::NotFound,
+        }
+    }
+
+    fn insert(&mut self, key: Bytes, value: Value) {
+        let key_len = key.len() as u64;
+        let added = key_len + value.data.len() as u64;
+        if let Some(old) = self.map.insert(key, value) {
+            self.payload_bytes -= key_len + old.data.len() as u64;
+        }
+        self.payload_bytes += added;
+    }
+}
+
+/// Whether `condition` holds for a key whose current version is `current_version`.
+fn condition_holds(condition: Condition, current_version: Option<u64>) -> bool {
+    match condition {
+        Condition::None => true,
+        Condition::VersionEquals(expected) => current_version == Some(expected),
+        Condition::Absent => current_version.is_none(),
+    }
+}

@@ -1,0 +1,443 @@
+//! Behaviour of the state machine, its command encoding and its snapshot payload.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+fn put_if(key: &str, value: &str, condition: Condition) -> Command {
+    Command::Put {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        condition,
+    }
+}
+
+fn delete_if(key: &str, condition: Condition) -> Command {
+    Command::Delete { key: Bytes::copy_from_slice(key.as_bytes()), condition }
+}
+
+fn value_of(state: &StateMachine, key: &str) -> Option<(Vec<u8>, u64)> {
+    state.get(key.as_bytes()).map(|value| (value.data.to_vec(), value.version))
+}
+
+fn snapshot_bytes(state: &StateMachine) -> Vec<u8> {
+    let mut out = Vec::new();
+    let written = state.write_snapshot(&mut out).unwrap();
+    assert_eq!(written, out.len() as u64);
+    out
+}
+
+#[test]
+fn put_sets_version_to_the_applying_index() {
+    let mut state = StateMachine::new();
+    assert_eq!(state.apply(3, &Command::put("a", "1")), Outcome::Written { version: 3, created: true });
+    assert_eq!(state.apply(7, &Command::put("a", "2")), Outcome::Written { version: 7, created: false });
+    assert_eq!(value_of(&state, "a"), Some((b"2".to_vec(), 7)));
+    assert_eq!(state.applied_index(), 7);
+}
+
+#[test]
+fn if_match_put_succeeds_only_on_the_current_version() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    assert_eq!(
+        state.apply(2, &put_if("a", "stale", Condition::VersionEquals(9))),
+        Outcome::PreconditionFailed { current_version: Some(1) }
+    );
+    assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 1)));
+    assert_eq!(
+        state.apply(3, &put_if("a", "fresh", Condition::VersionEquals(1))),
+        Outcome::Written { version: 3, created: false }
+    );
+    assert_eq!(value_of(&state, "a"), Some((b"fresh".to_vec(), 3)));
+}
+
+#[test]
+fn if_match_put_on_a_missing_key_fails_without_creating_it() {
+    let mut state = StateMachine::new();
+    assert_eq!(
+        state.apply(1, &put_if("a", "1", Condition::VersionEquals(1))),
+        Outcome::PreconditionFailed { current_version: None }
+    );
+    assert!(state.is_empty());
+    assert_eq!(state.applied_index(), 1, "a failed command still consumes its index");
+}
+
+#[test]
+fn if_none_match_put_creates_only() {
+    let mut state = StateMachine::new();
+    assert_eq!(
+        state.apply(1, &put_if("a", "1", Condition::Absent)),
+        Outcome::Written { version: 1, created: true }
+    );
+    assert_eq!(
+        state.apply(2, &put_if("a", "2", Condition::Absent)),
+        Outcome::PreconditionFailed { current_version: Some(1) }
+    );
+    assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 1)));
+}
+
+#[test]
+fn conditional_delete_removes_only_the_matching_version() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    assert_eq!(
+        state.apply(2, &delete_if("a", Condition::VersionEquals(5))),
+        Outcome::PreconditionFailed { current_version: Some(1) }
+    );
+    assert_eq!(
+        state.apply(3, &delete_if("a", Condition::Absent)),
+        Outcome::PreconditionFailed { current_version: Some(1) }
+    );
+    assert_eq!(
+        state.apply(4, &delete_if("a", Condition::VersionEquals(1))),
+        Outcome::Deleted { previous_version: 1 }
+    );
+    assert_eq!(state.get(b"a"), None);
+    assert_eq!(
+        state.apply(5, &delete_if("a", Condition::VersionEquals(1))),
+        Outcome::PreconditionFailed { current_version: None }
+    );
+}
+
+#[test]
+fn unconditional_delete_of_a_missing_key_is_not_found() {
+    let mut state = StateMachine::new();
+    assert_eq!(state.apply(1, &Command::delete("nope")), Outcome::NotFound);
+    assert_eq!(state.apply(2, &delete_if("nope", Condition::Absent)), Outcome::NotFound);
+}
+
+#[test]
+fn import_writes_every_pair_at_one_version_and_last_duplicate_wins() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("keep", "old"));
+    let pairs = vec![("b", "1"), ("a", "2"), ("b", "3")];
+    let pairs = pairs.into_iter().map(|(key, value)| (Bytes::from(key), Bytes::from(value))).collect();
+    assert_eq!(state.apply(2, &Command::Import { pairs }), Outcome::Imported { count: 3, version: 2 });
+    assert_eq!(value_of(&state, "a"), Some((b"2".to_vec(), 2)));
+    assert_eq!(value_of(&state, "b"), Some((b"3".to_vec(), 2)));
+    assert_eq!(value_of(&state, "keep"), Some((b"old".to_vec(), 1)));
+    assert_eq!(state.len(), 3);
+}
+
+#[test]
+fn prefix_listing_is_ordered_bounded_and_stops_at_the_prefix() {
+    let mut state = StateMachine::new();
+    for (index, key) in ["user/3", "user/1", "users", "user/2", "usea", "user0", "v"].iter().enumerate() {
+        state.apply(index as u64 + 1, &Command::put(*key, "x"));
+    }
+    let keys =
+        |prefix: &[u8], limit| state.list(prefix, limit).map(|(key, _)| key.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(b"user/", 10), vec!["user/1", "user/2", "user/3"]);
+    assert_eq!(keys(b"user/", 2), vec!["user/1", "user/2"]);
+    assert_eq!(keys(b"user", 10), vec!["user/1", "user/2", "user/3", "user0", "users"]);
+    assert_eq!(keys(b"", 3), vec!["usea", "user/1", "user/2"]);
+    assert_eq!(keys(b"w", 10), Vec::<Bytes>::new());
+    assert_eq!(keys(b"user/", 0), Vec::<Bytes>::new());
+}
+
+#[test]
+#[should_panic(expected = "does not follow applied index")]
+fn applying_an_index_twice_panics() {
+    let mut state = StateMachine::new();
+    state.apply(5, &Command::put("a", "1"));
+    state.apply(5, &Command::put("a", "2"));
+}
+
+#[test]
+fn advance_applied_moves_the_index_without_changing_the_map() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.advance_applied(2);
+    assert_eq!(state.applied_index(), 2);
+    assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 1)));
+}
+
+#[test]
+fn approximate_bytes_tracks_keys_and_values() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("ab", "1234"));
+    assert_eq!(state.approximate_bytes(), 6 + PER_KEY_OVERHEAD_BYTES);
+    state.apply(2, &Command::put("ab", "1"));
+    assert_eq!(state.approximate_bytes(), 3 + PER_KEY_OVERHEAD_BYTES);
+    state.apply(3, &Command::delete("ab"));
+    assert_eq!(state.approximate_bytes(), 0);
+}
+
+#[test]
+fn snapshot_round_trip_equals_the_map() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &Command::put("", ""));
+    state.apply(4, &Command::put(vec![0u8, 255], vec![7u8; 300]));
+    state.advance_applied(9);
+    let bytes = snapshot_bytes(&state);
+    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), state);
+    assert_eq!(StateMachine::load_snapshot_shared(&Bytes::from(bytes)).unwrap(), state);
+}
+
+#[test]
+fn snapshot_of_an_empty_machine_is_the_header_only() {
+    let bytes = snapshot_bytes(&StateMachine::new());
+    assert_eq!(bytes.len(), 17);
+    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), StateMachine::new());
+}
+
+#[test]
+fn snapshot_with_unsorted_keys_is_rejected_at_the_second_key() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", ""));
+    state.apply(2, &Command::put("b", ""));
+    let mut bytes = snapshot_bytes(&state);
+    // Records start at 17; each is 4 + 1 + 8 + 4 bytes here. Rename "b" to "a".
+    bytes[17 + 17 + 4] = b'a';
+    assert_eq!(
+        StateMachine::load_snapshot(&bytes),
+        Err(DecodeError::Invalid { offset: 34, reason: "keys not strictly increasing" })
+    );
+}
+
+#[test]
+fn snapshot_with_a_version_beyond_the_applied_index_is_rejected() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", ""));
+    let mut bytes = snapshot_bytes(&state);
+    bytes[1] = 0; // applied index 0 < version 1
+    assert_eq!(
+        StateMachine::load_snapshot(&bytes),
+        Err(DecodeError::Invalid { offset: 22, reason: "version outside 1..=applied index" })
+    );
+}
+
+#[test]
+fn snapshot_with_a_huge_count_is_rejected_before_allocating() {
+    let mut bytes = snapshot_bytes(&StateMachine::new());
+    bytes[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(
+        StateMachine::load_snapshot(&bytes),
+        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 0 })
+    );
+}
+
+#[test]
+fn every_truncation_of_a_snapshot_is_an_error() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("key", "value"));
+    state.apply(2, &Command::put("other", ""));
+    let bytes = snapshot_bytes(&state);
+    for len in 0..bytes.len() {
+        assert!(StateMachine::load_snapshot(&bytes[..len]).is_err(), "prefix of {len} bytes loaded");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(
+        StateMachine::load_snapshot(&longer),
+        Err(DecodeError::TrailingBytes { offset: bytes.len(), count: 1 })
+    );
+}
+
+#[test]
+fn command_encoding_has_version_and_tag_bytes() {
+    let encoded = Command::put("k", "v").encode();
+    assert_eq!(&encoded[..], &[1, 1, 0, 1, 0, 0, 0, b'k', 1, 0, 0, 0, b'v']);
+}
+
+#[test]
+fn command_decode_rejects_bad_tags_versions_and_trailing_bytes() {
+    assert_eq!(Command::decode(&[]), Err(DecodeError::Truncated { offset: 0, needed: 1, available: 0 }));
+    assert_eq!(Command::decode(&[2, 1]), Err(DecodeError::UnsupportedVersion { offset: 0, version: 2 }));
+    assert_eq!(Command::decode(&[1, 9]), Err(DecodeError::UnknownTag { offset: 1, what: "command", tag: 9 }));
+    assert_eq!(
+        Command::decode(&[1, 2, 7, 0, 0, 0, 0]),
+        Err(DecodeError::UnknownTag { offset: 2, what: "condition", tag: 7 })
+    );
+    assert_eq!(
+        Command::decode(&[1, 2, 0, 0, 0, 0, 0, 42]),
+        Err(DecodeError::TrailingBytes { offset: 7, count: 1 })
+    );
+    assert_eq!(
+        Command::decode(&[1, 3, 255, 255, 255, 255]),
+        Err(DecodeError::CountTooLarge { offset: 2, count: u32::MAX as u64, available: 0 })
+    );
+}
+
+#[test]
+fn legacy_db_json_parses_a_string_object_sorted_by_key() {
+    let pairs = parse_legacy_db_json(br#"{"b": "2", "a": "1", "b": "3"}"#).unwrap();
+    assert_eq!(pairs, vec![("a".to_string(), "1".to_string()), ("b".to_string(), "3".to_string())]);
+    assert_eq!(parse_legacy_db_json(b"{}").unwrap(), vec![]);
+    let command = import_command(pairs);
+    assert_eq!(Command::decode(&command.encode()), Ok(command));
+}
+
+#[test]
+fn legacy_db_json_rejects_anything_but_an_object_of_strings() {
+    let error = parse_legacy_db_json(b"[1]").unwrap_err();
+    assert!(matches!(error, LegacyImportError::NotAnObject { found: "an array" }), "{error}");
+    let error = parse_legacy_db_json(br#"{"k": 1}"#).unwrap_err();
+    assert!(matches!(&error, LegacyImportError::ValueNotAString { key, found: "a number" } if key == "k"));
+    assert_eq!(error.to_string(), "db.json value of key \"k\" must be a string, found a number");
+    assert!(matches!(parse_legacy_db_json(b"{\"k\": "), Err(LegacyImportError::NotJson(_))));
+}
+
+fn arb_condition() -> impl Strategy<Value = Condition> {
+    prop_oneof![Just(Condition::None), Just(Condition::Absent), (0u64..40).prop_map(Condition::VersionEquals),]
+}
+
+/// Small key alphabet so commands collide on keys.
+fn arb_key() -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(0u8..3, 0..3).prop_map(Bytes::from)
+}
+
+fn arb_value() -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from)
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        4 => (arb_key(), arb_value(), arb_condition())
+            .prop_map(|(key, value, condition)| Command::Put { key, value, condition }),
+        2 => (arb_key(), arb_condition()).prop_map(|(key, condition)| Command::Delete { key, condition }),
+        1 => prop::collection::vec((arb_key(), arb_value()), 0..4).prop_map(|pairs| Command::Import { pairs }),
+    ]
+}
+
+/// The model: a hash map, with conditions spelled out case by case.
+#[derive(Default)]
+struct Model {
+    map: HashMap<Bytes, (Bytes, u64)>,
+}
+
+impl Model {
+    fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        match command {
+            Command::Put { key, value, condition } => {
+                let current = self.map.get(key).map(|(_, version)| *version);
+                let allowed = match (condition, current) {
+                    (Condition::None, _) => true,
+                    (Condition::Absent, None) => true,
+                    (Condition::Absent, Some(_)) => false,
+                    (Condition::VersionEquals(expected), Some(version)) => *expected == version,
+                    (Condition::VersionEquals(_), None) => false,
+                };
+                if !allowed {
+                    return Outcome::PreconditionFailed { current_version: current };
+                }
+                self.map.insert(key.clone(), (value.clone(), index));
+                Outcome::Written { version: index, created: current.is_none() }
+            }
+            Command::Delete { key, condition } => {
+                let current = self.map.get(key).map(|(_, version)| *version);
+                match (condition, current) {
+                    (Condition::None, None) | (Condition::Absent, None) => Outcome::NotFound,
+                    (Condition::None, Some(version)) => {
+                        self.map.remove(key);
+                        Outcome::Deleted { previous_version: version }
+                    }
+                    (Condition::VersionEquals(expected), Some(version)) if *expected == version => {
+                        self.map.remove(key);
+                        Outcome::Deleted { previous_version: version }
+                    }
+                    _ => Outcome::PreconditionFailed { current_version: current },
+                }
+            }
+            Command::Import { pairs } => {
+                for (key, value) in pairs {
+                    self.map.insert(key.clone(), (value.clone(), index));
+                }
+                Outcome::Imported { count: pairs.len(), version: index }
+            }
+        }
+    }
+}
+
+fn arb_history() -> impl Strategy<Value = Vec<(u64, Command)>> {
+    prop::collection::vec((1u64..3, arb_command()), 0..60).prop_map(|steps| {
+        let mut index = 0;
+        steps
+            .into_iter()
+            .map(|(gap, command)| {
+                index += gap;
+                (index, command)
+            })
+            .collect()
+    })
+}
+
+fn applied(history: &[(u64, Command)]) -> StateMachine {
+    let mut state = StateMachine::new();
+    for (index, command) in history {
+        state.apply(*index, command);
+    }
+    state
+}
+
+proptest! {
+    #[test]
+    fn state_machine_agrees_with_the_model(history in arb_history(), prefix in arb_key(), limit in 0usize..6) {
+        let mut state = StateMachine::new();
+        let mut model = Model::default();
+        for (index, command) in &history {
+            prop_assert_eq!(state.apply(*index, command), model.apply(*index, command));
+        }
+        prop_assert_eq!(state.len(), model.map.len());
+        for (key, (value, version)) in &model.map {
+            prop_assert_eq!(state.get(key), Some(&Value { data: value.clone(), version: *version }));
+        }
+        let payload: usize = model.map.iter().map(|(key, (value, _))| key.len() + value.len()).sum();
+        prop_assert_eq!(state.approximate_bytes(), payload as u64 + PER_KEY_OVERHEAD_BYTES * state.len() as u64);
+        let mut expected: Vec<&Bytes> = model.map.keys().filter(|key| key.starts_with(&prefix)).collect();
+        expected.sort();
+        expected.truncate(limit);
+        let listed: Vec<&Bytes> = state.list(&prefix, limit).map(|(key, _)| key).collect();
+        prop_assert_eq!(listed, expected);
+    }
+
+    #[test]
+    fn snapshot_load_preserves_everything(history in arb_history()) {
+        let state = applied(&history);
+        let bytes = snapshot_bytes(&state);
+        prop_assert_eq!(&StateMachine::load_snapshot(&bytes).unwrap(), &state);
+        prop_assert_eq!(&StateMachine::load_snapshot_shared(&Bytes::from(bytes)).unwrap(), &state);
+    }
+
+    #[test]
+    fn command_encoding_round_trips(command in arb_command()) {
+        let encoded = command.encode();
+        prop_assert_eq!(&Command::decode(&encoded).unwrap(), &command);
+        prop_assert_eq!(&Command::decode_shared(&encoded).unwrap(), &command);
+        for len in 0..encoded.len() {
+            prop_assert!(Command::decode(&encoded[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_command_decode(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = Command::decode(&bytes);
+        // Bias towards valid headers so the decoder gets past the first bytes.
+        let mut headed = vec![COMMAND_FORMAT_VERSION, 1 + bytes.first().copied().unwrap_or(0) % 3];
+        headed.extend_from_slice(&bytes);
+        let _ = Command::decode(&headed);
+    }
+
+    #[test]
+    fn random_bytes_never_panic_snapshot_load(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+        let _ = StateMachine::load_snapshot(&bytes);
+        let mut headed = vec![SNAPSHOT_FORMAT_VERSION];
+        headed.extend_from_slice(&u64::MAX.to_le_bytes());
+        headed.extend_from_slice(&((bytes.len() / 16) as u64).to_le_bytes());
+        headed.extend_from_slice(&bytes);
+        let _ = StateMachine::load_snapshot_shared(&Bytes::from(headed));
+    }
+
+    #[test]
+    fn corrupting_one_byte_of_a_snapshot_never_panics(history in arb_history(), position in any::<usize>(), byte in any::<u8>()) {
+        let mut bytes = snapshot_bytes(&applied(&history));
+        let position = position % bytes.len();
+        bytes[position] = byte;
+        let _ = StateMachine::load_snapshot(&bytes);
+    }
+}

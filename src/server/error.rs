@@ -1,0 +1,149 @@
+//! The daemon's errors and the one place they become HTTP status codes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use thiserror::Error;
+
+/// Everything a request can fail with, from parsing to consensus.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The request is malformed (bad percent-encoding, bad form, bad header).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The key or value is larger than allowed.
+    #[error("{what} is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// "key" or "value" or "body".
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// No such key.
+    #[error("key not found")]
+    NotFound,
+    /// No such route.
+    #[error("no such route")]
+    NoRoute,
+    /// The route exists but not with this method.
+    #[error("method not allowed; allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    /// If-Match / If-None-Match did not hold.
+    #[error("precondition failed (current version: {current:?})")]
+    PreconditionFailed {
+        /// The key's version, if it exists.
+        current: Option<u64>,
+    },
+    /// A peer request without the right cluster secret.
+    #[error("peer request without a valid cluster secret")]
+    Unauthorized,
+    /// No leader, no quorum, or the node is shutting down: try again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request waited its whole budget.
+    #[error("timed out after {0:?} waiting for {1}; the write may or may not have been applied")]
+    Timeout(Duration, &'static str),
+    /// Not the leader, on a route that only the leader serves (admin step-down).
+    #[error("not the leader (leader: {0})")]
+    NotLeader(String),
+    /// The disk failed under the write: it was not acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A bug or an unexpected failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) | ApiError::Timeout(..) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotLeader(_) => StatusCode::CONFLICT,
+            ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::NotFound => "not_found",
+            ApiError::NoRoute => "no_route",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PreconditionFailed { .. } => "precondition_failed",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Timeout(..) => "timeout",
+            ApiError::NotLeader(_) => "not_leader",
+            ApiError::Storage(_) => "storage",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON error response: `{"error": "...", "code": "..."}`.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self {
+            ApiError::Unavailable(_) | ApiError::Timeout(..) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::MethodNotAllowed(allowed) => {
+                headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allowed));
+            }
+            ApiError::PreconditionFailed { current: Some(version) } => {
+                if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
+                    headers.insert(hyper::header::ETAG, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_answers_503_with_retry_after() {
+        let response = ApiError::Unavailable("no leader".into()).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn every_error_has_a_4xx_or_5xx_status() {
+        let errors = [
+            ApiError::BadRequest("x".into()),
+            ApiError::TooLarge { what: "key", size: 2, limit: 1 },
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed("GET"),
+            ApiError::PreconditionFailed { current: None },
+            ApiError::Unauthorized,
+            ApiError::Timeout(Duration::from_secs(5), "commit"),
+        ];
+        for error in errors {
+            let status = error.status();
+            assert!(status.is_client_error() || status.is_server_error(), "{error}: {status}");
+        }
+    }
+}

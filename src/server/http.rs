@@ -1,0 +1,659 @@
+//! The public HTTP API and the peer routes, on one TCP port.
+//!
+//! Requests are decoded into commands here, at the edge; the state machine only
+//! applies them. Every error leaves through `ApiError::into_response`.
+//!
+//! Routes: the original's `POST /set/<key>`, `GET /get/<key>`, `GET /status`; the
+//! `/v1/kv` API; `GET /metrics`, `GET /health`; and, for peers only,
+//! `POST /raft/messages` and `POST /raft/propose`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::kv::{Command, Condition, Outcome};
+use crate::raft::{NodeId, Role};
+
+use super::error::ApiError;
+use super::metrics::Gauges;
+use super::node::{Applied, NodeError, NodeHandle};
+use super::transport::{decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER};
+
+/// The most bytes a peer batch may carry (snapshots included).
+const MAX_PEER_BODY_BYTES: usize = 1 << 30;
+/// The default and largest number of keys a listing returns.
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// What the API needs besides the node.
+pub struct Api {
+    /// The Raft driver.
+    pub node: NodeHandle,
+    /// Every member's id and address (this node included).
+    pub members: HashMap<NodeId, SocketAddr>,
+    /// This node's advertised address.
+    pub address: SocketAddr,
+    /// The peer client, for forwarding writes to the leader.
+    pub client: PeerClient,
+    /// The cluster secret, if configured.
+    pub secret: Option<Arc<Vec<u8>>>,
+    /// How long a request may wait for a leader, quorum or commit.
+    pub request_timeout: Duration,
+    /// Key size limit.
+    pub max_key_bytes: usize,
+    /// Value size limit.
+    pub max_value_bytes: usize,
+    /// Bytes mapped by the store, for /metrics.
+    pub mapped_bytes: Arc<AtomicU64>,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Serves one request; never fails at the HTTP level.
+pub async fn serve(api: Arc<Api>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+    api.node.shared.metrics.http_requests.inc();
+    Ok(match route(&api, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    })
+}
+
+async fn route(api: &Api, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let method = request.method().clone();
+    if let Some(raw_key) = path.strip_prefix("/set/") {
+        // The original's write: POST /set/<key> with a form or query field `value`.
+        allow(&method, &[Method::POST, Method::PUT], "POST, PUT")?;
+        let key = api.decode_key(raw_key)?;
+        let body = read_body(request, api.max_value_bytes * 3 + 1024).await?;
+        let value = form_field(&body, "value")?.or(query_field(&query, "value")?).ok_or_else(|| {
+            ApiError::BadRequest("missing field `value` (form body or query string)".into())
+        })?;
+        api.check_value(&value)?;
+        let value = Bytes::from(value);
+        api.write(Command::Put { key, value: value.clone(), condition: Condition::None }).await?;
+        return Ok(text(StatusCode::OK, value));
+    }
+    if let Some(raw_key) = path.strip_prefix("/get/") {
+        allow(&method, &[Method::GET], "GET")?;
+        let key = api.decode_key(raw_key)?;
+        api.read_barrier(&query).await?;
+        let value = api.node.shared.kv.read().expect("kv lock").get(&key).map(|v| v.data.clone());
+        return value.map(|v| text(StatusCode::OK, v)).ok_or(ApiError::NotFound);
+    }
+    if let Some(raw_key) = path.strip_prefix("/v1/kv/") {
+        let key = api.decode_key(raw_key)?;
+        return match method {
+            Method::GET | Method::HEAD => api.kv_get(key, &query).await,
+            Method::PUT | Method::POST => {
+                let condition = condition(request.headers())?;
+                let value = read_body(request, api.max_value_bytes).await?;
+                api.check_value(&value)?;
+                api.kv_put(key, value, condition).await
+            }
+            Method::DELETE => {
+                let condition = condition(request.headers())?;
+                api.kv_delete(key, condition).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, POST, DELETE")),
+        };
+    }
+    match path.as_str() {
+        "/v1/kv" | "/v1/kv/" => {
+            allow(&method, &[Method::GET], "GET")?;
+            api.kv_list(&query).await
+        }
+        "/status" | "/v1/status" => {
+            allow(&method, &[Method::GET], "GET")?;
+            Ok(json(StatusCode::OK, api.status_json()))
+        }
+        "/health" => {
+            allow(&method, &[Method::GET], "GET")?;
+            api.health()
+        }
+        "/metrics" => {
+            allow(&method, &[Method::GET], "GET")?;
+            Ok(api.metrics())
+        }
+        "/raft/messages" => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            let body = read_body(request, MAX_PEER_BODY_BYTES).await?;
+            let messages = decode_peer_batch(body).map_err(ApiError::BadRequest)?;
+            api.node.deliver(messages).await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+        "/raft/propose" => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            let body = read_body(request, api.max_value_bytes * 2 + api.max_key_bytes + 1024).await?;
+            let command = Command::decode_shared(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let applied = api.propose_here(&command).await?;
+            Ok(json(StatusCode::OK, applied_to_json(&applied)))
+        }
+        "/" => Ok(text(
+            StatusCode::OK,
+            Bytes::from_static(b"mmapd: see /status, /v1/kv/<key>, /get/<key>, /set/<key>\n"),
+        )),
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+impl Api {
+    fn decode_key(&self, raw: &str) -> Result<Bytes, ApiError> {
+        let key = percent_decode(raw)?;
+        if key.is_empty() {
+            return Err(ApiError::BadRequest("empty key".into()));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(ApiError::TooLarge { what: "key", size: key.len(), limit: self.max_key_bytes });
+        }
+        if std::str::from_utf8(&key).is_err() {
+            return Err(ApiError::BadRequest("key is not UTF-8".into()));
+        }
+        Ok(Bytes::from(key))
+    }
+
+    pub(crate) fn check_key_value(&self, key: &[u8], value: &[u8]) -> Result<(), ApiError> {
+        if key.is_empty() || key.len() > self.max_key_bytes {
+            return Err(ApiError::TooLarge { what: "key", size: key.len(), limit: self.max_key_bytes });
+        }
+        self.check_value(value)
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), ApiError> {
+        if value.len() > self.max_value_bytes {
+            return Err(ApiError::TooLarge { what: "value", size: value.len(), limit: self.max_value_bytes });
+        }
+        Ok(())
+    }
+
+    fn check_secret(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match &self.secret {
+            Some(secret) if !secret_matches(secret, headers.get(SECRET_HEADER)) => {
+                Err(ApiError::Unauthorized)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for a linearizable read point, unless `consistency=stale` was asked.
+    async fn read_barrier(&self, query: &str) -> Result<(), ApiError> {
+        match query_field(query, "consistency")?.as_deref() {
+            Some(b"stale") => return Ok(()),
+            None | Some(b"linearizable") => {}
+            Some(_) => {
+                return Err(ApiError::BadRequest("consistency must be `linearizable` or `stale`".into()))
+            }
+        }
+        match tokio::time::timeout(self.request_timeout, self.node.read_barrier()).await {
+            Err(_) => Err(ApiError::Timeout(self.request_timeout, "a leader to confirm the read")),
+            Ok(result) => result.map_err(node_error),
+        }
+    }
+
+    /// Proposes a command, forwarding to the leader when this node is not it, and
+    /// retries while no leader is known, within the request timeout.
+    pub(crate) async fn write(&self, command: Command) -> Result<Applied, ApiError> {
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
+        let encoded = command.encode();
+        loop {
+            let attempt = async {
+                match self.node.propose(&command).await {
+                    Err(NodeError::NotLeader(Some(leader))) => self.forward(leader, encoded.clone()).await,
+                    other => other.map_err(node_error),
+                }
+            };
+            match tokio::time::timeout_at(deadline.into(), attempt).await {
+                Err(_) => return Err(ApiError::Timeout(self.request_timeout, "the write to commit")),
+                Ok(Ok(applied)) => {
+                    self.node.shared.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    return Ok(applied);
+                }
+                // Not applied anywhere: safe to try again.
+                Ok(Err(ApiError::Unavailable(_))) => {
+                    if Instant::now() + Duration::from_millis(10) >= deadline {
+                        return Err(ApiError::Timeout(self.request_timeout, "a leader"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Err(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Proposes on this node only (the leader's side of a forwarded write).
+    async fn propose_here(&self, command: &Command) -> Result<Applied, ApiError> {
+        match tokio::time::timeout(self.request_timeout, self.node.propose(command)).await {
+            Err(_) => Err(ApiError::Timeout(self.request_timeout, "the write to commit")),
+            Ok(Err(NodeError::NotLeader(_))) => Err(ApiError::Unavailable("not the leader any more".into())),
+            Ok(result) => result.map_err(node_error),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, command: Bytes) -> Result<Applied, ApiError> {
+        let Some(address) = self.members.get(&leader) else {
+            return Err(ApiError::Unavailable(format!("leader {leader} has no known address")));
+        };
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{address}/raft/propose"))
+            .header(CONTENT_TYPE, "application/octet-stream");
+        if let Some(secret) = &self.secret {
+            request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+        }
+        let request = request.body(Full::new(command)).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("leader {address} unreachable: {e}")))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("leader {address}: {e}")))?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}"))
+        })?;
+        if status == StatusCode::OK {
+            return applied_from_json(&value)
+                .ok_or_else(|| ApiError::Internal(format!("leader {address} answered {value}")));
+        }
+        let message = value["error"].as_str().unwrap_or("unknown").to_owned();
+        Err(match status {
+            StatusCode::SERVICE_UNAVAILABLE if value["code"] == "timeout" => {
+                ApiError::Timeout(self.request_timeout, "the leader to commit")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(message),
+            StatusCode::INSUFFICIENT_STORAGE => ApiError::Storage(message),
+            StatusCode::UNAUTHORIZED => ApiError::Internal("the leader refused our cluster secret".into()),
+            _ => ApiError::Internal(format!("leader {address} answered {status}: {message}")),
+        })
+    }
+
+    async fn kv_get(&self, key: Bytes, query: &str) -> Result<HttpResponse, ApiError> {
+        self.read_barrier(query).await?;
+        let value =
+            self.node.shared.kv.read().expect("kv lock").get(&key).cloned().ok_or(ApiError::NotFound)?;
+        let mut response = Response::new(Full::new(value.data));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        response.headers_mut().insert(ETAG, etag(value.version));
+        Ok(response)
+    }
+
+    async fn kv_put(&self, key: Bytes, value: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
+        let applied = self.write(Command::Put { key, value, condition }).await?;
+        match applied.outcome {
+            Outcome::Written { version, created } => {
+                let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+                let mut response =
+                    json(status, serde_json::json!({ "version": version, "created": created }));
+                response.headers_mut().insert(ETAG, etag(version));
+                Ok(response)
+            }
+            Outcome::PreconditionFailed { current_version } => {
+                Err(ApiError::PreconditionFailed { current: current_version })
+            }
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn kv_delete(&self, key: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
+        let applied = self.write(Command::Delete { key, condition }).await?;
+        match applied.outcome {
+            Outcome::Deleted { previous_version } => Ok(json(
+                StatusCode::OK,
+                serde_json::json!({ "deleted": true, "previous_version": previous_version, "index": applied.index }),
+            )),
+            Outcome::NotFound => Err(ApiError::NotFound),
+            Outcome::PreconditionFailed { current_version } => {
+                Err(ApiError::PreconditionFailed { current: current_version })
+            }
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn kv_list(&self, query: &str) -> Result<HttpResponse, ApiError> {
+        let prefix = query_field(query, "prefix")?.unwrap_or_default();
+        let limit = match query_field(query, "limit")? {
+            None => DEFAULT_LIST_LIMIT,
+            Some(raw) => std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| ApiError::BadRequest("limit must be a positive integer".into()))?
+                .min(MAX_LIST_LIMIT),
+        };
+        self.read_barrier(query).await?;
+        let kv = self.node.shared.kv.read().expect("kv lock");
+        let mut items = Vec::new();
+        let mut more = false;
+        for (key, value) in kv.list(&prefix, limit + 1) {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let mut item =
+                serde_json::json!({ "key": String::from_utf8_lossy(key), "version": value.version });
+            match std::str::from_utf8(&value.data) {
+                Ok(text) => item["value"] = text.into(),
+                Err(_) => item["value_hex"] = hex(&value.data).into(),
+            }
+            items.push(item);
+        }
+        drop(kv);
+        Ok(json(StatusCode::OK, serde_json::json!({ "items": items, "more": more })))
+    }
+
+    fn address_of(&self, id: Option<NodeId>) -> serde_json::Value {
+        match id.and_then(|id| self.members.get(&id)) {
+            Some(address) => address.to_string().into(),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    /// The original's /status keys, plus the leader and replication progress.
+    pub(crate) fn status_json(&self) -> serde_json::Value {
+        let status = self.node.shared.status.lock().expect("status lock").clone();
+        let peers: Vec<serde_json::Value> = status
+            .peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": self.address_of(Some(p.id)),
+                    "node id": p.id,
+                    "match index": p.match_index,
+                    "next index": p.next_index,
+                    "state": p.state,
+                    "recently active": p.recently_active,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.address.to_string(),
+            "node id": status.id,
+            "state": status.role.as_str(),
+            "term": status.term,
+            "voted for": self.address_of(status.vote),
+            "commit index": status.commit,
+            "last applied": status.applied,
+            "leader": self.address_of(status.leader),
+            "first index": status.first_index,
+            "last index": status.last_index,
+            "persisted index": status.persisted_index,
+            "peers": peers,
+        })
+    }
+
+    fn health(&self) -> Result<HttpResponse, ApiError> {
+        let status = self.node.shared.status.lock().expect("status lock").clone();
+        if status.leader.is_none() {
+            return Err(ApiError::Unavailable("no leader known".into()));
+        }
+        if status.applied < status.commit {
+            return Err(ApiError::Unavailable(format!(
+                "applied {} of {} committed entries",
+                status.applied, status.commit
+            )));
+        }
+        Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "health": "ok", "leader": self.address_of(status.leader) }),
+        ))
+    }
+
+    fn metrics(&self) -> HttpResponse {
+        let status = self.node.shared.status.lock().expect("status lock").clone();
+        let keys = self.node.shared.kv.read().expect("kv lock").len() as u64;
+        let gauges = Gauges {
+            role: match status.role {
+                Role::Follower => 0,
+                Role::PreCandidate => 1,
+                Role::Candidate => 2,
+                Role::Leader => 3,
+            },
+            term: status.term,
+            commit_index: status.commit,
+            applied_index: status.applied,
+            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
+            keys,
+        };
+        let mut response = Response::new(Full::new(Bytes::from(self.node.shared.metrics.render(&gauges))));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        response
+    }
+}
+
+/// Maps the driver's errors to API errors.
+pub(crate) fn node_error(error: NodeError) -> ApiError {
+    match error {
+        NodeError::NotLeader(leader) => ApiError::NotLeader(format!("{leader:?}")),
+        NodeError::NoLeader => ApiError::Unavailable("no leader known".into()),
+        NodeError::Dropped => {
+            ApiError::Unavailable("leadership changed before the write committed; it was not applied".into())
+        }
+        NodeError::Storage(error) => ApiError::Storage(error),
+        NodeError::ShuttingDown => ApiError::Unavailable("the node is shutting down".into()),
+        NodeError::Invalid(reason) => ApiError::BadRequest(reason),
+    }
+}
+
+fn allow(method: &Method, allowed: &[Method], names: &'static str) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(names))
+    }
+}
+
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(length) = request.headers().get(CONTENT_LENGTH) {
+        let length: usize = length
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::BadRequest("bad Content-Length".into()))?;
+        if length > limit {
+            return Err(ApiError::TooLarge { what: "body", size: length, limit });
+        }
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::TooLarge { what: "body", size: limit + 1, limit })
+        }
+        Err(error) => Err(ApiError::BadRequest(format!("reading the body: {error}"))),
+    }
+}
+
+/// `If-Match: "<version>"` is a compare-and-swap; `If-None-Match: *` is create-only.
+fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
+    let if_match = headers.get(hyper::header::IF_MATCH);
+    let if_none_match = headers.get(hyper::header::IF_NONE_MATCH);
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest("If-Match and If-None-Match together".into())),
+        (Some(value), None) => {
+            let text = value.to_str().map_err(|_| ApiError::BadRequest("bad If-Match".into()))?.trim();
+            let text = text.strip_prefix("W/").unwrap_or(text);
+            let version = text
+                .trim_matches('"')
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("If-Match must be a version: \"<index>\"".into()))?;
+            Ok(Condition::VersionEquals(version))
+        }
+        (None, Some(value)) if value.as_bytes() == b"*" => Ok(Condition::Absent),
+        (None, Some(_)) => Err(ApiError::BadRequest("only If-None-Match: * is supported".into())),
+        (None, None) => Ok(Condition::None),
+    }
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
+}
+
+fn text(status: StatusCode, body: Bytes) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Strict percent-decoding: `%` must be followed by two hex digits.
+pub fn percent_decode(raw: &str) -> Result<Vec<u8>, ApiError> {
+    decode_component(raw.as_bytes(), false)
+}
+
+fn decode_component(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => {
+                let digits =
+                    raw.get(i + 1..i + 3).ok_or_else(|| ApiError::BadRequest("truncated %-escape".into()))?;
+                let high = hex_value(digits[0]);
+                let low = hex_value(digits[1]);
+                match (high, low) {
+                    (Some(h), Some(l)) => out.push(h << 4 | l),
+                    _ => return Err(ApiError::BadRequest("bad %-escape".into())),
+                }
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The value of `name` in an `application/x-www-form-urlencoded` string.
+fn query_field(query: &str, name: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    form_field(query.as_bytes(), name)
+}
+
+fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    for pair in body.split(|&b| b == b'&') {
+        let mut parts = pair.splitn(2, |&b| b == b'=');
+        let key = decode_component(parts.next().unwrap_or_default(), true)?;
+        if key == name.as_bytes() {
+            return decode_component(parts.next().unwrap_or_default(), true).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn applied_to_json(applied: &Applied) -> serde_json::Value {
+    let outcome = match applied.outcome {
+        Outcome::Written { version, created } => {
+            serde_json::json!({ "written": { "version": version, "created": created } })
+        }
+        Outcome::Deleted { previous_version } => {
+            serde_json::json!({ "deleted": { "previous_version": previous_version } })
+        }
+        Outcome::PreconditionFailed { current_version } => {
+            serde_json::json!({ "precondition_failed": { "current_version": current_version } })
+        }
+        Outcome::NotFound => serde_json::json!("not_found"),
+        Outcome::Imported { count, version } => {
+            serde_json::json!({ "imported": { "count": count, "version": version } })
+        }
+    };
+    serde_json::json!({ "index": applied.index, "outcome": outcome })
+}
+
+fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
+    let index = value["index"].as_u64()?;
+    let outcome = &value["outcome"];
+    let outcome = if let Some(w) = outcome.get("written") {
+        Outcome::Written { version: w["version"].as_u64()?, created: w["created"].as_bool()? }
+    } else if let Some(d) = outcome.get("deleted") {
+        Outcome::Deleted { previous_version: d["previous_version"].as_u64()? }
+    } else if let Some(p) = outcome.get("precondition_failed") {
+        Outcome::PreconditionFailed { current_version: p["current_version"].as_u64() }
+    } else if outcome == "not_found" {
+        Outcome::NotFound
+    } else if let Some(i) = outcome.get("imported") {
+        Outcome::Imported { count: i["count"].as_u64()? as usize, version: i["version"].as_u64()? }
+    } else {
+        return None;
+    };
+    Some(Applied { index, outcome })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("a%20b").unwrap(), b"a b");
+        assert_eq!(percent_decode("a+b").unwrap(), b"a+b", "+ is literal in paths");
+        assert!(percent_decode("a%2").is_err());
+        assert!(percent_decode("a%zz").is_err());
+    }
+
+    #[test]
+    fn form_fields_decode_plus_and_escapes() {
+        assert_eq!(form_field(b"x=1&value=hello+world%21", "value").unwrap(), Some(b"hello world!".to_vec()));
+        assert_eq!(form_field(b"x=1", "value").unwrap(), None);
+        assert!(form_field(b"value=%G0", "value").is_err());
+    }
+
+    #[test]
+    fn outcomes_survive_the_forwarding_encoding() {
+        let outcomes = [
+            Outcome::Written { version: 7, created: true },
+            Outcome::Deleted { previous_version: 3 },
+            Outcome::PreconditionFailed { current_version: Some(4) },
+            Outcome::PreconditionFailed { current_version: None },
+            Outcome::NotFound,
+            Outcome::Imported { count: 10, version: 9 },
+        ];
+        for outcome in outcomes {
+            let applied = Applied { index: 12, outcome };
+            assert_eq!(applied_from_json(&applied_to_json(&applied)), Some(applied));
+        }
+    }
+}

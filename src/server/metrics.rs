@@ -1,0 +1,164 @@
+//! Counters and histograms, rendered in the Prometheus text format at `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Bucket upper bounds in seconds, from 50 µs to 10 s.
+const BUCKETS_SECONDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A latency histogram with fixed buckets (lock-free).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket counts (not cumulative); the last slot is +Inf.
+    buckets: [AtomicU64; BUCKETS_SECONDS.len() + 1],
+    count: AtomicU64,
+    /// Sum in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        let slot =
+            BUCKETS_SECONDS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS_SECONDS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (slot, bound) in BUCKETS_SECONDS.iter().enumerate() {
+            cumulative += self.buckets[slot].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
+}
+
+/// Everything the node counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Proposals accepted by this node as leader.
+    pub proposals: Counter,
+    /// Entries applied to the state machine.
+    pub applied_entries: Counter,
+    /// Peer messages the core refused as malformed.
+    pub peer_messages_refused: Counter,
+    /// Disk failures.
+    pub storage_errors: Counter,
+    /// HTTP requests served, by any route.
+    pub http_requests: Counter,
+    /// Time from a write request to its commit and apply.
+    pub commit_seconds: Histogram,
+    /// Time of one msync batch.
+    pub msync_seconds: Histogram,
+    /// Time from handing a Ready to the disk thread until it is durable.
+    pub persist_seconds: Histogram,
+}
+
+/// Gauges read from the node at render time.
+pub struct Gauges {
+    /// 0 follower, 1 pre-candidate, 2 candidate, 3 leader.
+    pub role: u8,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Bytes mapped by the store.
+    pub mapped_bytes: u64,
+    /// Keys in the state machine.
+    pub keys: u64,
+}
+
+impl Metrics {
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge(
+            &mut out,
+            "mmapd_role",
+            "0 follower, 1 pre-candidate, 2 candidate, 3 leader",
+            gauges.role as u64,
+        );
+        gauge(&mut out, "mmapd_term", "Current Raft term", gauges.term);
+        gauge(&mut out, "mmapd_commit_index", "Raft commit index", gauges.commit_index);
+        gauge(
+            &mut out,
+            "mmapd_applied_index",
+            "Index applied to the key-value state machine",
+            gauges.applied_index,
+        );
+        gauge(&mut out, "mmapd_mapped_bytes", "Bytes of memory-mapped files", gauges.mapped_bytes);
+        gauge(&mut out, "mmapd_keys", "Keys in the state machine", gauges.keys);
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        counter(&mut out, "mmapd_proposals_total", "Proposals accepted as leader", self.proposals.get());
+        counter(&mut out, "mmapd_applied_entries_total", "Entries applied", self.applied_entries.get());
+        counter(
+            &mut out,
+            "mmapd_peer_messages_refused_total",
+            "Malformed peer messages refused",
+            self.peer_messages_refused.get(),
+        );
+        counter(&mut out, "mmapd_storage_errors_total", "Disk failures", self.storage_errors.get());
+        counter(&mut out, "mmapd_http_requests_total", "HTTP requests", self.http_requests.get());
+        self.commit_seconds.render("mmapd_commit_seconds", "Write request to commit and apply", &mut out);
+        self.msync_seconds.render("mmapd_msync_seconds", "One msync batch", &mut out);
+        self.persist_seconds.render("mmapd_persist_seconds", "Ready handed to disk until durable", &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_everything() {
+        let metrics = Metrics::default();
+        metrics.msync_seconds.observe(0.0002);
+        metrics.msync_seconds.observe(0.003);
+        metrics.msync_seconds.observe(100.0);
+        let gauges = Gauges { role: 3, term: 2, commit_index: 9, applied_index: 9, mapped_bytes: 0, keys: 1 };
+        let text = metrics.render(&gauges);
+        assert!(text.contains("mmapd_msync_seconds_bucket{le=\"0.00025\"} 1"), "{text}");
+        assert!(text.contains("mmapd_msync_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("mmapd_msync_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("mmapd_msync_seconds_count 3"));
+        assert!(text.contains("mmapd_role 3"));
+    }
+}

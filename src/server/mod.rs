@@ -1,0 +1,301 @@
+//! The `mmapd` daemon: the Raft core and the store driven by tokio, serving the
+//! HTTP API and peer RPC on one TCP port and admin commands on a Unix socket.
+//!
+//! Layout: `cli` (flags, the original's included), `node` (the Raft driver task),
+//! `disk` (the store's thread), `transport` (peer RPC), `http` (public API and peer
+//! routes), `admin` (the Unix socket), `error` (errors to HTTP statuses, in one
+//! place), `metrics`, `lifecycle` (sd-notify, signals, the watchdog).
+
+pub mod admin;
+pub mod cli;
+mod disk;
+pub mod error;
+pub mod http;
+mod lifecycle;
+pub mod metrics;
+pub mod node;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use thiserror::Error;
+use tokio::sync::{watch, Semaphore};
+
+use crate::kv::StateMachine;
+use crate::raft::{ConfState, Config, InitialState, NodeId, Raft, Snapshot, SnapshotMeta};
+use crate::store::{detect_legacy_json, Identity, Store, StoreError, StoreOptions};
+
+use cli::{node_id, Settings};
+use node::{DriverParts, Shared};
+
+/// The most client connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 8192;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Bad flags or configuration.
+    #[error(transparent)]
+    Cli(#[from] cli::CliError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The persisted state is inconsistent.
+    #[error("persisted Raft state in {dir} is inconsistent: {error}")]
+    State {
+        /// The data directory.
+        dir: String,
+        /// What is wrong.
+        error: crate::raft::InitError,
+    },
+    /// The snapshot payload does not decode.
+    #[error("snapshot in {dir} does not decode: {error}")]
+    Snapshot {
+        /// The data directory.
+        dir: String,
+        /// What is wrong.
+        error: crate::kv::DecodeError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {error}")]
+    Bind {
+        /// The address or path.
+        what: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+/// A node's durable state, opened and checked, ready to serve.
+pub struct Opened {
+    settings: Settings,
+    store: Store,
+    raft: Raft,
+    kv: StateMachine,
+    snapshot: Option<Snapshot>,
+    members: HashMap<NodeId, SocketAddr>,
+}
+
+/// Opens the data directory and restores the node. Blocking: call before serving.
+pub fn open(settings: Settings) -> Result<Opened, ServerError> {
+    for file in [&settings.db_file, &settings.log_file].into_iter().flatten() {
+        if file.is_file() && detect_legacy_json(file)? {
+            return Err(StoreError::LegacyFormat { path: file.clone() }.into());
+        }
+    }
+    let (store, recovered) = Store::open(&settings.data_dir, StoreOptions::default())?;
+    for warning in &recovered.warnings {
+        tracing::warn!("{warning}");
+    }
+    let id = node_id(&settings.listen);
+    let members: HashMap<NodeId, SocketAddr> = settings.members.iter().map(|a| (node_id(a), *a)).collect();
+    let mut voters: Vec<NodeId> = members.keys().copied().collect();
+    voters.sort_unstable();
+    let identity = Identity { cluster_id: cluster_id(&settings.members), node_id: id };
+    store.data_dir().write_identity(identity)?;
+
+    let dir = settings.data_dir.display().to_string();
+    let (snapshot_meta, kv, snapshot) = match recovered.snapshot {
+        Some((meta, data)) => {
+            let kv = StateMachine::load_snapshot_shared(&data)
+                .map_err(|error| ServerError::Snapshot { dir: dir.clone(), error })?;
+            let snapshot = Snapshot { meta: meta.clone(), data };
+            (meta, kv, Some(snapshot))
+        }
+        None => (SnapshotMeta::default(), StateMachine::new(), None),
+    };
+    let mut config = Config::new(id);
+    config.election_ticks = settings.election_ticks;
+    config.heartbeat_ticks = settings.heartbeat_ticks;
+    config.seed = id ^ std::process::id() as u64 ^ nanos_now();
+    let initial = InitialState {
+        hard_state: recovered.hard_state,
+        snapshot: SnapshotMeta { conf: ConfState { voters }, ..snapshot_meta },
+        entries: recovered.entries,
+    };
+    let mut raft = Raft::new(config, initial).map_err(|error| ServerError::State { dir, error })?;
+    if members.len() == 1 {
+        // A one-node cluster needs no election timeout to find out it is alone.
+        raft.campaign();
+    }
+    Ok(Opened { settings, store, raft, kv, snapshot, members })
+}
+
+/// Serves until SIGTERM or SIGINT; then stops accepting, finishes, msyncs and returns.
+pub async fn serve(opened: Opened) -> Result<(), ServerError> {
+    let Opened { settings, store, raft, kv, snapshot, members } = opened;
+    let id = raft.id();
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|error| ServerError::Bind { what: settings.listen.to_string(), error })?;
+    let admin_listener = admin::bind(&settings.admin_socket)
+        .await
+        .map_err(|error| ServerError::Bind { what: settings.admin_socket.display().to_string(), error })?;
+
+    let snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
+    let shared = Arc::new(Shared {
+        kv: RwLock::new(kv),
+        status: Mutex::new(raft.status()),
+        snapshot: Mutex::new(snapshot),
+        metrics: Default::default(),
+    });
+    let mapped_bytes = Arc::new(AtomicU64::new(store.mapped_bytes()));
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (disk_jobs, disk_thread) = disk::spawn(store, done_tx, mapped_bytes.clone());
+    let secret = settings.cluster_secret.clone().map(Arc::new);
+    let client = transport::client();
+    let peers: HashMap<NodeId, SocketAddr> =
+        members.iter().filter(|(peer, _)| **peer != id).map(|(k, v)| (*k, *v)).collect();
+    let outbox = transport::start(&peers, client.clone(), secret.clone(), shared.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (node, driver) = node::spawn(DriverParts {
+        raft,
+        tick: settings.tick,
+        snapshot_entries: settings.snapshot_entries,
+        snapshot_index,
+        disk_jobs,
+        disk_done: done_rx,
+        outbox,
+        shared,
+        shutdown: shutdown_rx.clone(),
+    });
+    let api = Arc::new(http::Api {
+        node: node.clone(),
+        members,
+        address: settings.listen,
+        client,
+        secret,
+        request_timeout: settings.request_timeout,
+        max_key_bytes: settings.max_key_bytes,
+        max_value_bytes: settings.max_value_bytes,
+        mapped_bytes,
+    });
+
+    let http_task = tokio::spawn(accept_http(listener, api.clone(), shutdown_rx.clone()));
+    let admin_task = tokio::spawn(accept_admin(admin_listener, api.clone(), shutdown_rx.clone()));
+    tracing::info!(address = %settings.listen, node_id = id, data_dir = %settings.data_dir.display(),
+        admin_socket = %settings.admin_socket.display(), members = settings.members.len(), "mmapd ready");
+    lifecycle::notify_ready();
+    let watchdog = tokio::spawn(lifecycle::watchdog(node.clone()));
+    let status = tokio::spawn(lifecycle::report_status(node.clone()));
+
+    lifecycle::wait_for_termination().await;
+    tracing::info!("stopping: no new requests; finishing those in flight");
+    lifecycle::notify_stopping();
+    let _ = shutdown_tx.send(true);
+    let _ = http_task.await;
+    let _ = admin_task.await;
+    watchdog.abort();
+    status.abort();
+    let _ = driver.await;
+    drop(node);
+    drop(api);
+    // The disk thread msyncs everything before it ends.
+    let _ = tokio::task::spawn_blocking(move || disk_thread.join()).await;
+    let _ = std::fs::remove_file(&settings.admin_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_http(
+    listener: tokio::net::TcpListener,
+    api: Arc<http::Api>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let api = api.clone();
+        let mut shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| http::serve(api.clone(), request));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+                }
+            }
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn accept_admin(
+    listener: tokio::net::UnixListener,
+    api: Arc<http::Api>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| admin::serve(api.clone(), request));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = connection.await;
+        });
+    }
+}
+
+/// The cluster's id: a hash of its sorted member list, the same on every member.
+fn cluster_id(members: &[SocketAddr]) -> u64 {
+    let mut sorted = members.to_vec();
+    sorted.sort();
+    let joined = sorted.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in joined.bytes() {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn nanos_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}

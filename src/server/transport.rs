@@ -1,0 +1,194 @@
+//! Peer RPC: Raft messages travel in batches as `POST /raft/messages` over one
+//! keep-alive HTTP/1.1 connection per peer; a follower forwards a client's write to
+//! the leader with `POST /raft/propose`.
+//!
+//! One task per peer sends one request at a time, so messages stay in order; while a
+//! request is in flight the next batch accumulates (pipelining by batching). Messages
+//! for a peer that is down are dropped when its queue is full: Raft retries.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::transport::codec::{decode_batch, encode_batch};
+
+use super::node::Shared;
+
+/// The header that carries the cluster secret on peer requests.
+pub const SECRET_HEADER: &str = "x-mmapd-cluster-secret";
+/// The most messages one peer's queue holds before new ones are dropped.
+const PEER_QUEUE_BATCHES: usize = 4096;
+/// The most messages sent in one request.
+const MAX_BATCH_MESSAGES: usize = 8192;
+
+/// The HTTP client used for peers, with keep-alive connections.
+pub type PeerClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Builds the peer HTTP client.
+pub fn client() -> PeerClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector)
+}
+
+/// Where outgoing messages go: one queue per peer.
+#[derive(Clone)]
+pub struct Outbox {
+    peers: Arc<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
+}
+
+impl Outbox {
+    /// Queues messages for their peers, without waiting.
+    pub fn send(&self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut by_peer: HashMap<NodeId, Vec<Message>> = HashMap::new();
+        for message in messages {
+            by_peer.entry(message.to).or_default().push(message);
+        }
+        for (peer, batch) in by_peer {
+            match self.peers.get(&peer) {
+                Some(queue) => {
+                    if queue.try_send(batch).is_err() {
+                        tracing::debug!(peer, "peer queue full or closed: messages dropped");
+                    }
+                }
+                None => tracing::warn!(peer, "message for unknown peer dropped"),
+            }
+        }
+    }
+}
+
+/// Starts one sender task per peer; returns the outbox feeding them.
+pub fn start(
+    peers: &HashMap<NodeId, SocketAddr>,
+    client: PeerClient,
+    secret: Option<Arc<Vec<u8>>>,
+    shared: Arc<Shared>,
+) -> Outbox {
+    let mut queues = HashMap::new();
+    for (&id, &address) in peers {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+        queues.insert(id, tx);
+        let sender =
+            PeerSender { address, client: client.clone(), secret: secret.clone(), shared: shared.clone() };
+        tokio::spawn(sender.run(rx));
+    }
+    Outbox { peers: Arc::new(queues) }
+}
+
+struct PeerSender {
+    address: SocketAddr,
+    client: PeerClient,
+    secret: Option<Arc<Vec<u8>>>,
+    shared: Arc<Shared>,
+}
+
+impl PeerSender {
+    async fn run(self, mut queue: mpsc::Receiver<Vec<Message>>) {
+        let uri: hyper::Uri = format!("http://{}/raft/messages", self.address).parse().expect("valid uri");
+        let mut failures = 0u32;
+        let mut body = Vec::new();
+        while let Some(mut batch) = queue.recv().await {
+            while batch.len() < MAX_BATCH_MESSAGES {
+                match queue.try_recv() {
+                    Ok(more) => batch.extend(more),
+                    Err(_) => break,
+                }
+            }
+            self.attach_snapshots(&mut batch);
+            body.clear();
+            encode_batch(&batch, &mut body);
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(uri.clone())
+                .header(CONTENT_TYPE, "application/octet-stream");
+            if let Some(secret) = &self.secret {
+                request =
+                    request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+            }
+            let request = request.body(Full::new(Bytes::copy_from_slice(&body))).expect("valid request");
+            match self.client.request(request).await {
+                Ok(response) if response.status() == StatusCode::NO_CONTENT => {
+                    failures = 0;
+                    let _ = response.into_body().collect().await;
+                }
+                Ok(response) => {
+                    failures += 1;
+                    let status = response.status();
+                    let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(peer = %self.address, %status, body = %String::from_utf8_lossy(&text), "peer refused messages");
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::debug!(peer = %self.address, %error, "peer unreachable");
+                    }
+                    // Do not spin against a node that is down; Raft resends what matters.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    while queue.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+
+    /// The core emits InstallSnapshot without data: attach the latest snapshot.
+    fn attach_snapshots(&self, batch: &mut [Message]) {
+        for message in batch.iter_mut() {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
+                if let Some(latest) = self.shared.snapshot.lock().expect("snapshot lock").as_ref() {
+                    if latest.meta.index >= snapshot.meta.index {
+                        *snapshot = latest.clone();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compares a presented secret with ours in constant time.
+pub fn secret_matches(expected: &[u8], presented: Option<&HeaderValue>) -> bool {
+    let Some(presented) = presented else { return false };
+    let presented = presented.as_bytes();
+    if presented.len() != expected.len() {
+        return false;
+    }
+    let mut difference = 0u8;
+    for (a, b) in expected.iter().zip(presented) {
+        difference |= a ^ b;
+    }
+    difference == 0
+}
+
+/// Decodes a peer batch, naming the error for the 400 answer.
+pub fn decode_peer_batch(body: Bytes) -> Result<Vec<Message>, String> {
+    decode_batch(body).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison_needs_the_exact_bytes() {
+        let expected = b"s3cret";
+        assert!(secret_matches(expected, Some(&HeaderValue::from_static("s3cret"))));
+        assert!(!secret_matches(expected, Some(&HeaderValue::from_static("s3creT"))));
+        assert!(!secret_matches(expected, Some(&HeaderValue::from_static("s3cre"))));
+        assert!(!secret_matches(expected, None));
+    }
+}

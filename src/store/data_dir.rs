@@ -1,0 +1,240 @@
+//! The data directory: one node's files, the exclusive lock that makes this process their
+//! only user, the node's identity, and the refusal of the original's JSON files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use super::error::StoreError;
+use super::mapped::sync_dir;
+use super::record::{u32_at, u64_at};
+use crate::raft::NodeId;
+
+/// The lock file's name. Holding an exclusive `flock` on it is what entitles a process to
+/// touch the other files (see `mapped`'s module doc).
+pub const LOCK_FILE_NAME: &str = "LOCK";
+/// The identity file's name.
+pub const IDENTITY_FILE_NAME: &str = "identity";
+/// First bytes of the identity file.
+pub const IDENTITY_MAGIC: [u8; 8] = *b"MMAPDIDN";
+/// Identity file format version.
+pub const IDENTITY_VERSION: u32 = 1;
+/// Size of the identity file.
+pub const IDENTITY_BYTES: usize = 32;
+const IDENTITY_CRC_OFFSET: usize = 12;
+const IDENTITY_CLUSTER_OFFSET: usize = 16;
+const IDENTITY_NODE_OFFSET: usize = 24;
+const _: () = assert!(IDENTITY_NODE_OFFSET + 8 == IDENTITY_BYTES);
+
+/// How many leading bytes are examined to recognise a legacy JSON file.
+const LEGACY_SNIFF_BYTES: usize = 4096;
+
+/// Which cluster and node a data directory belongs to, written at first start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's id, the same on every member.
+    pub cluster_id: u64,
+    /// This node's id. Never 0.
+    pub node_id: NodeId,
+}
+
+/// An open, exclusively locked data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    /// Held for the lifetime of the `DataDir`; dropping it releases the lock.
+    _lock: Flock<File>,
+}
+
+impl DataDir {
+    /// Opens (creating if missing) and locks `path`. A second opener, in this or another
+    /// process, gets [`StoreError::Locked`]; a legacy JSON file at `path` gets
+    /// [`StoreError::LegacyFormat`].
+    pub fn open(path: &Path) -> Result<DataDir, StoreError> {
+        if path.is_file() {
+            if detect_legacy_json(path)? {
+                return Err(StoreError::LegacyFormat { path: path.to_path_buf() });
+            }
+            let error = std::io::Error::from(Errno::ENOTDIR);
+            return Err(StoreError::io(path, "open data directory", error));
+        }
+        fs::create_dir_all(path).map_err(|e| StoreError::io(path, "create directory", e))?;
+        let lock_path = path.join(LOCK_FILE_NAME);
+        let (lock_file, created) = match OpenOptions::new().write(true).create_new(true).open(&lock_path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let file = OpenOptions::new().write(true).open(&lock_path);
+                (file.map_err(|e| StoreError::io(&lock_path, "open", e))?, false)
+            }
+            Err(e) => return Err(StoreError::io(&lock_path, "create", e)),
+        };
+        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { dir: path.to_path_buf() }),
+            Err((_, errno)) => return Err(StoreError::errno(&lock_path, "flock", errno)),
+        };
+        if created {
+            sync_dir(path)?;
+        }
+        Ok(DataDir { path: path.to_path_buf(), _lock: lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The identity written at first start, or `None` for a directory that never had one
+    /// (a new, empty node: RAFT-NOTES #18, the daemon must not join as a voter with it).
+    pub fn identity(&self) -> Result<Option<Identity>, StoreError> {
+        let path = self.path.join(IDENTITY_FILE_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, "read", e)),
+        };
+        refuse_legacy_json(&path, &bytes)?;
+        decode_identity(&bytes)
+            .map(Some)
+            .map_err(|(offset, reason)| StoreError::corrupt(&path, offset, reason))
+    }
+
+    /// Records the identity durably. Writing the same identity again is a no-op; a
+    /// different one is refused with [`StoreError::IdentityMismatch`].
+    pub fn write_identity(&self, identity: Identity) -> Result<(), StoreError> {
+        assert!(identity.node_id != 0, "node id 0 is reserved");
+        if let Some(existing) = self.identity()? {
+            if existing == identity {
+                return Ok(());
+            }
+            let reason = format!("directory holds {existing:?}, asked to write {identity:?}");
+            return Err(StoreError::IdentityMismatch { dir: self.path.clone(), reason });
+        }
+        let temp = self.path.join("identity.tmp");
+        let mut file = File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
+        file.write_all(&encode_identity(identity)).map_err(|e| StoreError::io(&temp, "write", e))?;
+        file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
+        let path = self.path.join(IDENTITY_FILE_NAME);
+        fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
+        sync_dir(&self.path)
+    }
+}
+
+fn identity_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&bytes[..IDENTITY_CRC_OFFSET]), &bytes[IDENTITY_CLUSTER_OFFSET..])
+}
+
+fn encode_identity(identity: Identity) -> [u8; IDENTITY_BYTES] {
+    let mut bytes = [0; IDENTITY_BYTES];
+    bytes[..8].copy_from_slice(&IDENTITY_MAGIC);
+    bytes[8..12].copy_from_slice(&IDENTITY_VERSION.to_le_bytes());
+    bytes[IDENTITY_CLUSTER_OFFSET..IDENTITY_NODE_OFFSET].copy_from_slice(&identity.cluster_id.to_le_bytes());
+    bytes[IDENTITY_NODE_OFFSET..].copy_from_slice(&identity.node_id.to_le_bytes());
+    let crc = identity_crc(&bytes);
+    bytes[IDENTITY_CRC_OFFSET..IDENTITY_CLUSTER_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(decode_identity(&bytes), Ok(identity));
+    bytes
+}
+
+fn decode_identity(bytes: &[u8]) -> Result<Identity, (u64, &'static str)> {
+    if bytes.len() != IDENTITY_BYTES {
+        return Err((bytes.len().min(IDENTITY_BYTES) as u64, "identity file has the wrong length"));
+    }
+    if bytes[..8] != IDENTITY_MAGIC {
+        return Err((0, "bad identity magic"));
+    }
+    if u32_at(bytes, 8) != IDENTITY_VERSION {
+        return Err((8, "unsupported identity version"));
+    }
+    if u32_at(bytes, IDENTITY_CRC_OFFSET) != identity_crc(bytes) {
+        return Err((IDENTITY_CRC_OFFSET as u64, "identity checksum mismatch"));
+    }
+    Ok(Identity {
+        cluster_id: u64_at(bytes, IDENTITY_CLUSTER_OFFSET),
+        node_id: u64_at(bytes, IDENTITY_NODE_OFFSET),
+    })
+}
+
+/// Whether `bytes` look like the original mmapd's JSON files (`-db FILE`, `-log FILE`):
+/// the first byte after ASCII whitespace is `{` or `[`.
+pub fn looks_like_legacy_json(bytes: &[u8]) -> bool {
+    let sniffed = &bytes[..bytes.len().min(LEGACY_SNIFF_BYTES)];
+    matches!(sniffed.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['))
+}
+
+/// Whether the file at `path` is in the original mmapd's JSON format.
+pub fn detect_legacy_json(path: &Path) -> Result<bool, StoreError> {
+    let mut file = File::open(path).map_err(|e| StoreError::io(path, "open", e))?;
+    let mut head = Vec::with_capacity(LEGACY_SNIFF_BYTES);
+    Read::by_ref(&mut file)
+        .take(LEGACY_SNIFF_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| StoreError::io(path, "read", e))?;
+    Ok(looks_like_legacy_json(&head))
+}
+
+/// Fails with [`StoreError::LegacyFormat`] if `bytes` (the start of `path`) look like JSON.
+pub(crate) fn refuse_legacy_json(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    if looks_like_legacy_json(bytes) {
+        return Err(StoreError::LegacyFormat { path: path.to_path_buf() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_opener_of_a_directory_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataDir::open(dir.path()).unwrap();
+        match DataDir::open(dir.path()) {
+            Err(error @ StoreError::Locked { .. }) => {
+                assert!(error.to_string().contains(&dir.path().display().to_string()))
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lock_is_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DataDir::open(dir.path()).unwrap());
+        DataDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn identity_is_absent_then_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data_dir.identity().unwrap(), None);
+        let identity = Identity { cluster_id: 77, node_id: 2 };
+        data_dir.write_identity(identity).unwrap();
+        data_dir.write_identity(identity).unwrap();
+        assert_eq!(data_dir.identity().unwrap(), Some(identity));
+        let other = Identity { cluster_id: 78, node_id: 2 };
+        assert!(matches!(data_dir.write_identity(other), Err(StoreError::IdentityMismatch { .. })));
+    }
+
+    #[test]
+    fn legacy_json_is_recognised() {
+        assert!(looks_like_legacy_json(b"  \n{\"key\": \"value\"}"));
+        assert!(looks_like_legacy_json(b"[]"));
+        assert!(!looks_like_legacy_json(b"MMAPDSEG"));
+        assert!(!looks_like_legacy_json(b""));
+    }
+
+    #[test]
+    fn legacy_db_file_given_as_data_dir_is_refused_with_import_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.json");
+        fs::write(&db, b"{\"a\":\"1\"}").unwrap();
+        let error = DataDir::open(&db).unwrap_err();
+        assert!(matches!(error, StoreError::LegacyFormat { .. }));
+        assert!(error.to_string().contains("mmapd-admin import FILE"));
+    }
+}

@@ -1,0 +1,279 @@
+//! Snapshot files: a pure decoder (fuzzable) and the durable save/load around it.
+//!
+//! A snapshot is written to `snapshot.tmp`, fsynced, renamed to
+//! `snapshot-<index, 20 digits>.snap`, and the directory fsynced; only then are older
+//! snapshot files removed. So a crash leaves the previous snapshot or the new one, whole.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::error::StoreError;
+use super::mapped::sync_dir;
+use super::record::{u32_at, u64_at};
+use crate::raft::{ConfState, SnapshotMeta};
+
+/// First bytes of a snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"MMAPDSNP";
+/// Snapshot format version.
+pub const SNAPSHOT_VERSION: u32 = 1;
+/// Size of the fixed snapshot header; the voters follow it.
+pub const SNAPSHOT_HEADER_BYTES: usize = 56;
+/// The most voters a snapshot may list.
+pub const MAX_VOTERS: usize = 1024;
+const VERSION_OFFSET: usize = 8;
+const VOTER_COUNT_OFFSET: usize = 12;
+const INDEX_OFFSET: usize = 16;
+const TERM_OFFSET: usize = 24;
+const FIRST_SEGMENT_OFFSET: usize = 32;
+const DATA_LEN_OFFSET: usize = 40;
+const DATA_CRC_OFFSET: usize = 48;
+const HEADER_CRC_OFFSET: usize = 52;
+const _: () = assert!(HEADER_CRC_OFFSET + 4 == SNAPSHOT_HEADER_BYTES);
+const _: () = assert!(DATA_CRC_OFFSET + 4 == HEADER_CRC_OFFSET && DATA_LEN_OFFSET + 8 == DATA_CRC_OFFSET);
+
+const TEMP_NAME: &str = "snapshot.tmp";
+
+/// A decoded snapshot file; the data borrows from the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotView<'a> {
+    /// Where the snapshot stands in the log.
+    pub meta: SnapshotMeta,
+    /// The first log segment that belongs after this snapshot; older segments are ignored.
+    pub first_segment_seq: u64,
+    /// The state machine bytes.
+    pub data: &'a [u8],
+    /// Where `data` starts in the file.
+    pub data_offset: usize,
+}
+
+/// Why bytes are not a snapshot file: the offset of the bad field and the reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotError {
+    /// Byte offset of the bad field.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+fn bad(offset: usize, reason: &'static str) -> SnapshotError {
+    SnapshotError { offset: offset as u64, reason }
+}
+
+/// Encodes a whole snapshot file. Asserts it decodes back.
+pub fn encode_snapshot(meta: &SnapshotMeta, first_segment_seq: u64, data: &[u8]) -> Vec<u8> {
+    assert!(meta.conf.voters.len() <= MAX_VOTERS, "snapshot at {} lists too many voters", meta.index);
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 8 * meta.conf.voters.len() + data.len());
+    out.extend_from_slice(&SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(meta.conf.voters.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta.index.to_le_bytes());
+    out.extend_from_slice(&meta.term.to_le_bytes());
+    out.extend_from_slice(&first_segment_seq.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    for voter in &meta.conf.voters {
+        out.extend_from_slice(&voter.to_le_bytes());
+    }
+    let header_crc = header_crc(&out);
+    out[HEADER_CRC_OFFSET..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(data);
+    let back = decode_snapshot(&out).expect("a snapshot we just encoded must decode");
+    assert!(back.meta == *meta && back.data == data);
+    out
+}
+
+/// Covers the fixed header (without its checksum field) and the voters.
+fn header_crc(header_and_voters: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&header_and_voters[..HEADER_CRC_OFFSET]);
+    crc32c::crc32c_append(crc, &header_and_voters[SNAPSHOT_HEADER_BYTES..])
+}
+
+/// Decodes a whole snapshot file.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotView<'_>, SnapshotError> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(bad(bytes.len(), "file shorter than the snapshot header"));
+    }
+    if bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(bad(0, "bad snapshot magic"));
+    }
+    if u32_at(bytes, VERSION_OFFSET) != SNAPSHOT_VERSION {
+        return Err(bad(VERSION_OFFSET, "unsupported snapshot version"));
+    }
+    let voter_count = u32_at(bytes, VOTER_COUNT_OFFSET) as usize;
+    if voter_count > MAX_VOTERS {
+        return Err(bad(VOTER_COUNT_OFFSET, "too many voters"));
+    }
+    let data_offset = SNAPSHOT_HEADER_BYTES + 8 * voter_count;
+    if bytes.len() < data_offset {
+        return Err(bad(bytes.len(), "file ends inside the voter list"));
+    }
+    if u32_at(bytes, HEADER_CRC_OFFSET) != header_crc(&bytes[..data_offset]) {
+        return Err(bad(HEADER_CRC_OFFSET, "snapshot header checksum mismatch"));
+    }
+    let data_len = u64_at(bytes, DATA_LEN_OFFSET);
+    if data_len != (bytes.len() - data_offset) as u64 {
+        return Err(bad(bytes.len().min(data_offset), "file length does not match the data length"));
+    }
+    let data = &bytes[data_offset..];
+    if u32_at(bytes, DATA_CRC_OFFSET) != crc32c::crc32c(data) {
+        return Err(bad(data_offset, "snapshot data checksum mismatch"));
+    }
+    let voters = (0..voter_count).map(|i| u64_at(bytes, SNAPSHOT_HEADER_BYTES + 8 * i)).collect();
+    let meta = SnapshotMeta {
+        index: u64_at(bytes, INDEX_OFFSET),
+        term: u64_at(bytes, TERM_OFFSET),
+        conf: ConfState { voters },
+    };
+    Ok(SnapshotView { meta, first_segment_seq: u64_at(bytes, FIRST_SEGMENT_OFFSET), data, data_offset })
+}
+
+/// A snapshot read back from disk.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadedSnapshot {
+    pub meta: SnapshotMeta,
+    pub first_segment_seq: u64,
+    pub data: Bytes,
+}
+
+fn file_name(index: u64) -> String {
+    format!("snapshot-{index:020}.snap")
+}
+
+fn parse_file_name(name: &str) -> Option<u64> {
+    name.strip_prefix("snapshot-")?.strip_suffix(".snap")?.parse().ok()
+}
+
+/// Writes a snapshot durably (see the module doc), then removes older snapshot files.
+pub(crate) fn save(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    first_segment_seq: u64,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let bytes = encode_snapshot(meta, first_segment_seq, data);
+    let temp = dir.join(TEMP_NAME);
+    let mut file = fs::File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
+    file.write_all(&bytes).map_err(|e| StoreError::io(&temp, "write", e))?;
+    file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
+    drop(file);
+    let target = dir.join(file_name(meta.index));
+    fs::rename(&temp, &target).map_err(|e| StoreError::io(&target, "rename", e))?;
+    sync_dir(dir)?;
+    remove_older_than(dir, meta.index)
+}
+
+fn remove_older_than(dir: &Path, index: u64) -> Result<(), StoreError> {
+    let mut removed = false;
+    for (older, path) in list(dir)? {
+        if older != index {
+            fs::remove_file(&path).map_err(|e| StoreError::io(&path, "remove", e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut found = Vec::new();
+    for item in fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
+        let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
+        if let Some(index) = item.file_name().to_str().and_then(parse_file_name) {
+            found.push((index, item.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Loads the newest snapshot, verifying its checksums; removes a leftover temp file and
+/// snapshots older than the newest (a crash between rename and cleanup leaves them).
+pub(crate) fn load(dir: &Path, warnings: &mut Vec<String>) -> Result<Option<LoadedSnapshot>, StoreError> {
+    let temp = dir.join(TEMP_NAME);
+    if temp.exists() {
+        let warning = format!("removed unfinished snapshot {}", temp.display());
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+        fs::remove_file(&temp).map_err(|e| StoreError::io(&temp, "remove", e))?;
+    }
+    let Some((index, path)) = list(dir)?.pop() else {
+        return Ok(None);
+    };
+    let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, "read", e))?;
+    super::data_dir::refuse_legacy_json(&path, &bytes)?;
+    let view = decode_snapshot(&bytes).map_err(|e| StoreError::corrupt(&path, e.offset, e.reason))?;
+    if view.meta.index != index {
+        return Err(StoreError::corrupt(&path, INDEX_OFFSET as u64, "index does not match the file name"));
+    }
+    let (meta, first_segment_seq, data_offset) = (view.meta, view.first_segment_seq, view.data_offset);
+    let loaded = LoadedSnapshot { meta, first_segment_seq, data: Bytes::from(bytes).slice(data_offset..) };
+    remove_older_than(dir, index)?;
+    Ok(Some(loaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta { index: 12, term: 3, conf: ConfState { voters: vec![1, 2, 3] } }
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &meta(), 4, b"state machine").unwrap();
+        let loaded = load(dir.path(), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(
+            (loaded.meta, loaded.first_segment_seq, &loaded.data[..]),
+            (meta(), 4, &b"state machine"[..])
+        );
+    }
+
+    #[test]
+    fn newer_snapshot_replaces_older_only_after_it_is_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &meta(), 1, b"old").unwrap();
+        let newer = SnapshotMeta { index: 20, ..meta() };
+        save(dir.path(), &newer, 1, b"new").unwrap();
+        assert_eq!(list(dir.path()).unwrap().len(), 1);
+        assert_eq!(&load(dir.path(), &mut Vec::new()).unwrap().unwrap().data[..], b"new");
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_of_a_snapshot_is_detected() {
+        let bytes = encode_snapshot(&meta(), 1, b"0123456789");
+        for len in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..len]).is_err(), "truncation to {len} not detected");
+        }
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_snapshot(&flipped).is_err(), "flip of bit {bit} not detected");
+        }
+    }
+
+    #[test]
+    fn corrupt_snapshot_file_fails_load_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &meta(), 1, b"state").unwrap();
+        let path = dir.path().join(file_name(12));
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        match load(dir.path(), &mut Vec::new()) {
+            Err(StoreError::Corrupt { path: p, offset, .. }) => {
+                assert_eq!(p, path);
+                assert_eq!(offset, (SNAPSHOT_HEADER_BYTES + 24) as u64);
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
