@@ -1208,7 +1208,6 @@ impl Sim {
         self.trace(|| format!("PARTITION isolate n{id} with its clock stalled for {ticks} ticks"));
     }
 
-
     fn client_transfer(&mut self) {
         let Some((leader, _)) = self.leader() else { return };
         let to = self.rng.between(1, self.nodes.len() as u64);
