@@ -101,12 +101,13 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
     }
     let sum = |field: fn(&RunReport) -> u64| reports.iter().map(field).sum::<u64>();
     report(&format!(
-        "simulation: {} entries committed, {} writes acknowledged, {} reads served, {} leaders elected, {} snapshots installed\n",
+        "simulation: {} entries committed, {} writes acknowledged, {} reads served, {} leaders elected, {} snapshots installed, {} leadership transfers\n",
         sum(|run| run.committed),
         sum(|run| run.writes),
         sum(|run| run.reads),
         sum(|run| run.leaders),
-        sum(|run| run.snapshots_installed)
+        sum(|run| run.snapshots_installed),
+        sum(|run| run.transfers)
     ));
     report(&format!("simulation: took {:.1}s\n", started.elapsed().as_secs_f64()));
     report(&format!(

@@ -106,6 +106,8 @@ pub struct RunReport {
     pub leaders: u64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: u64,
+    /// Leadership transfers the leader accepted.
+    pub transfers: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -297,6 +299,7 @@ pub struct Sim {
     pub faults: u64,
     pub inconclusive: u64,
     snapshots_installed: u64,
+    transfers: u64,
     violation: Option<Violation>,
     trace: VecDeque<String>,
 }
@@ -455,6 +458,7 @@ impl Sim {
             faults: 0,
             inconclusive: 0,
             snapshots_installed: 0,
+            transfers: 0,
             violation: None,
             trace: VecDeque::with_capacity(TRACE_LINES),
             options,
@@ -1213,6 +1217,7 @@ impl Sim {
         let to = self.rng.between(1, self.nodes.len() as u64);
         let i = (leader - 1) as usize;
         if self.nodes[i].raft.as_mut().unwrap().transfer_leadership(to).is_ok() {
+            self.transfers += 1;
             self.trace(|| format!("client: transfer leadership n{leader} -> n{to}"));
         }
     }
@@ -1534,6 +1539,7 @@ impl Sim {
                 reads: 0,
                 leaders: 0,
                 snapshots_installed: 0,
+                transfers: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -1561,6 +1567,7 @@ impl Sim {
             reads: sim.history.iter().filter(|e| matches!(e.operation, Operation::Read(_))).count() as u64,
             leaders: sim.leaders.len() as u64,
             snapshots_installed: sim.snapshots_installed,
+            transfers: sim.transfers,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }
