@@ -129,6 +129,7 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
 #[test]
 fn restarted_former_leader_does_not_take_leadership_back_and_gets_missed_entries() {
     let mut options = Options::for_seed(42);
+    options.pre_vote = true;
     options.nodes = 3;
     options.faults = false;
     options.clients = false;
@@ -201,6 +202,7 @@ fn stale_read_scenario(options: Options) -> (Sim, Option<u64>, u64) {
 #[test]
 fn deposed_leader_with_stalled_clock_does_not_serve_stale_reads() {
     let mut options = Options::for_seed(7);
+    options.pre_vote = true;
     options.faults = false;
     options.clients = false;
     let (mut sim, result, new_value) = stale_read_scenario(options);
@@ -302,6 +304,7 @@ mod planted_bugs {
     #[test]
     fn stale_read_scenario_sees_read_index_without_heartbeat() {
         let mut options = Options::for_seed(7);
+        options.pre_vote = true;
         options.faults = false;
         options.clients = false;
         options.bugs.planted = PlantedBugs { read_index_without_heartbeat: true, ..Default::default() };

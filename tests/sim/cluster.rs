@@ -66,6 +66,8 @@ pub struct Options {
     /// Check at send time that votes and acknowledgements are backed by the sender's disk
     /// (Fig. 2: durable before reply). Off, a bug there must show through its effects.
     pub check_durable_replies: bool,
+    /// Run pre-vote (thesis §9.6); off on a quarter of the seeds to exercise plain elections.
+    pub pre_vote: bool,
     /// Bugs to plant.
     pub bugs: Bugs,
 }
@@ -81,6 +83,7 @@ impl Options {
             faults: true,
             clients: true,
             check_durable_replies: true,
+            pre_vote: seed % 4 != 3,
             bugs: Bugs::default(),
         }
     }
@@ -473,6 +476,7 @@ impl Sim {
         let mut config = Config::new(id);
         config.election_ticks = ELECTION_TICKS;
         config.heartbeat_ticks = HEARTBEAT_TICKS;
+        config.pre_vote = self.options.pre_vote;
         config.seed = self.options.seed.wrapping_mul(31).wrapping_add(id);
         // Small messages split a leader's catch-up into one entry per message, so
         // followers acknowledge earlier terms' entries before the leader's own (Figure 8).
