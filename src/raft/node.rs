@@ -1019,13 +1019,7 @@ impl Raft {
     /// Ready has not been advanced.
     pub fn ready(&mut self) -> Ready {
         assert!(!self.ready_outstanding, "node {} term {}: ready() before advance()", self.id, self.term);
-        if self.role == Role::Leader {
-            self.flush_replication();
-            if self.read_only.round_wanted() {
-                self.read_only.start_round();
-                self.broadcast_heartbeat();
-            }
-        }
+        let messages = self.take_messages();
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft_state).then_some(soft);
         self.last_soft_state = soft;
@@ -1046,12 +1040,28 @@ impl Raft {
             hard_state,
             snapshot,
             entries,
-            messages: std::mem::take(&mut self.messages),
+            messages,
             persisted_messages: std::mem::take(&mut self.persisted_messages),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
             must_sync,
         }
+    }
+
+    /// Takes only the messages that may be sent at once (a leader's replication and
+    /// heartbeats, pre-votes, heartbeat answers), flushing pending replication first.
+    /// Callable while a Ready is outstanding: a leader keeps replicating new entries to
+    /// its followers while its own write of the previous batch is still in progress
+    /// (thesis §10.2.1), and ReadIndex rounds do not wait for the disk.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        if self.role == Role::Leader {
+            self.flush_replication();
+            if self.read_only.round_wanted() {
+                self.read_only.start_round();
+                self.broadcast_heartbeat();
+            }
+        }
+        std::mem::take(&mut self.messages)
     }
 
     /// Says the last Ready has been fully handled: persisted, sent and applied.

@@ -791,6 +791,44 @@ fn replication_is_pipelined_and_bounded() {
     assert_eq!(cluster.nodes[&1].commit_index(), 11);
 }
 
+/// While the leader's own write of one batch is in progress, the next batch already
+/// goes to the followers, and may commit on them alone.
+/// Reference: thesis §10.2.1
+#[test]
+fn leader_replicates_the_next_batch_while_its_write_is_in_progress() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.node(1).propose(Bytes::from("first")).unwrap();
+    let outstanding = cluster.node(1).ready();
+    assert_eq!(outstanding.entries.len(), 1);
+    let (_, second) = cluster.node(1).propose(Bytes::from("second")).unwrap();
+    let messages = cluster.node(1).take_messages();
+    let carried: Vec<u64> = messages
+        .iter()
+        .filter(|m| m.to == 2)
+        .flat_map(|m| match &m.body {
+            MessageBody::AppendEntries { entries, .. } => entries.iter().map(|e| e.index).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert!(carried.contains(&second), "second batch not sent during the write: {carried:?}");
+    // Both followers acknowledge: a majority without the leader's own write commits it.
+    for m in outstanding.messages.iter().chain(messages.iter()) {
+        let follower = m.to;
+        cluster.node(follower).step(m.clone()).unwrap();
+    }
+    for follower in [2, 3] {
+        cluster.handle_ready(follower);
+    }
+    while let Some(m) = cluster.queue.pop_front() {
+        if m.to == 1 {
+            cluster.node(1).step(m).unwrap();
+        }
+    }
+    assert_eq!(cluster.nodes[&1].commit_index(), second);
+    cluster.node(1).advance();
+}
+
 /// Group commit: proposals made between two Readys go out as one batch and one write.
 /// Reference: thesis §10.2.1
 #[test]

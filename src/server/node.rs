@@ -268,8 +268,18 @@ impl Driver {
                 _ = ticker.tick() => self.on_tick(),
                 _ = self.shutdown.changed() => break,
             }
-            if self.in_flight.is_none() && self.fatal.is_none() && self.raft.has_ready() {
-                self.handle_ready();
+            if self.fatal.is_some() {
+                continue;
+            }
+            if self.in_flight.is_none() {
+                if self.raft.has_ready() {
+                    self.handle_ready();
+                }
+            } else {
+                // The disk is busy with the previous batch: replication, heartbeats and
+                // read rounds do not wait for it (thesis §10.2.1).
+                let messages = self.raft.take_messages();
+                self.outbox.send(messages);
             }
         }
         self.fail_all(NodeError::ShuttingDown);
