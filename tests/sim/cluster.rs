@@ -711,6 +711,12 @@ impl Sim {
                 self.finish_ready(i, ready);
             } else {
                 self.nodes[i].unpersisted_ready = Some(ready);
+                // While its write is in progress a node may still send what depends on
+                // nothing persisted (thesis §10.2.1).
+                let messages = self.nodes[i].raft.as_mut().unwrap().take_messages();
+                for message in messages {
+                    self.send(i, message, false);
+                }
             }
             return;
         }
