@@ -1,0 +1,1585 @@
+//! A deterministic simulation of a Raft cluster: the real core, a simulated network and
+//! disks, clients of a key-value map, faults, and safety and liveness checks.
+//!
+//! Time is counted in steps; every `STEPS_PER_TICK` steps every live node is ticked. In
+//! one step the simulator delivers the messages that are due (in a random order), lets
+//! every node hand out and handle its `Ready`, lets clients act, injects faults, and
+//! then checks. All randomness comes from one `Rng`, so a seed replays a run exactly.
+
+use super::linearizability::{check_history, Event, Operation, Verdict};
+use super::rng::Rng;
+use bytes::Bytes;
+#[cfg(feature = "planted-bugs")]
+use mmapd::raft::PlantedBugs;
+use mmapd::raft::{
+    ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, ProposeError,
+    Raft, Ready, Role, Snapshot, SnapshotMeta,
+};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+
+/// The minimum election timeout T, in ticks.
+pub const ELECTION_TICKS: u32 = 10;
+/// Ticks between heartbeats.
+pub const HEARTBEAT_TICKS: u32 = 2;
+/// Steps (message deliveries and Ready rounds) per tick.
+pub const STEPS_PER_TICK: u64 = 4;
+/// Trace lines kept per run, printed when a check fails.
+const TRACE_LINES: usize = 300;
+/// Keys of the key-value map: few, so operations conflict.
+const KEYS: u64 = 4;
+/// Client operations in flight at once, so histories stay checkable.
+const MAX_PENDING_WRITES: usize = 6;
+const MAX_PENDING_READS: usize = 6;
+/// A client gives up on a read after this many ticks (the read then counts as failed).
+const READ_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
+/// A client stops waiting for a write after this many ticks; its outcome stays unknown
+/// until the entry's index is committed (by it or by another entry).
+const WRITE_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
+/// Budget of the linearizability search per key.
+const MAX_LINEARIZABILITY_STATES: usize = 2_000_000;
+
+/// Which bugs to plant in every node's core (only with the `planted-bugs` feature).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bugs {
+    #[cfg(feature = "planted-bugs")]
+    pub planted: PlantedBugs,
+}
+
+/// What one run does.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Ticks with faults, before healing everything.
+    pub fault_ticks: u64,
+    /// After healing, the bound within which a leader must be elected and every pending
+    /// proposal resolved.
+    pub liveness_ticks: u64,
+    /// Inject faults (crashes, partitions, loss, duplication, long delays).
+    pub faults: bool,
+    /// Clients act on their own (random proposals, reads, transfers).
+    pub clients: bool,
+    /// Check at send time that votes and acknowledgements are backed by the sender's disk
+    /// (Fig. 2: durable before reply). Off, a bug there must show through its effects.
+    pub check_durable_replies: bool,
+    /// Run pre-vote (thesis §9.6); off on a quarter of the seeds to exercise plain elections.
+    pub pre_vote: bool,
+    /// Bugs to plant.
+    pub bugs: Bugs,
+}
+
+impl Options {
+    /// The CI mix: seeds alternate 3 and 5 nodes.
+    pub fn for_seed(seed: u64) -> Options {
+        Options {
+            seed,
+            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            fault_ticks: 16_000,
+            liveness_ticks: 20 * u64::from(ELECTION_TICKS),
+            faults: true,
+            clients: true,
+            check_durable_replies: true,
+            pre_vote: seed % 4 != 3,
+            bugs: Bugs::default(),
+        }
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Steps simulated.
+    pub steps: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Linearizability searches that ran out of budget (not violations).
+    pub inconclusive: u64,
+    /// Entries committed, client writes that completed, reads served, terms with a leader.
+    pub committed: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub leaders: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
+    /// Leadership transfers the leader accepted.
+    pub transfers: u64,
+    /// The last trace lines (kept for replays).
+    pub trace: Vec<String>,
+    /// The first violation, with the trace that led to it.
+    pub violation: Option<Violation>,
+}
+
+/// A broken check.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// Which property: "election safety", "log matching", ...
+    pub kind: &'static str,
+    /// What exactly.
+    pub detail: String,
+    /// The last trace lines before it.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "VIOLATION ({}): {}", self.kind, self.detail)?;
+        writeln!(f, "last {} trace lines:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a node's disk holds: only what was persisted survives a crash.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    pub hard_state: HardState,
+    /// The latest snapshot, meta and state machine bytes.
+    pub snapshot: Snapshot,
+    /// Entries after the snapshot. Invariant: consecutive from `snapshot.meta.index + 1`.
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn last_index(&self) -> u64 {
+        self.snapshot.meta.index + self.entries.len() as u64
+    }
+
+    fn term_at(&self, index: u64) -> Option<u64> {
+        let snapshot_index = self.snapshot.meta.index;
+        if index == snapshot_index {
+            return Some(self.snapshot.meta.term);
+        }
+        if index < snapshot_index || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(index - snapshot_index - 1) as usize].term)
+    }
+}
+
+/// One simulated server: its core (None while crashed), its disk and state machine.
+struct Node {
+    id: NodeId,
+    raft: Option<Raft>,
+    disk: Disk,
+    /// The key-value state machine: key -> value. Values are the writing op's id.
+    kv: BTreeMap<u64, u64>,
+    /// Invariant: the state machine reflects exactly the entries up to here.
+    applied: u64,
+    /// A Ready taken and whose `messages` were sent, not yet persisted: a crash loses it.
+    unpersisted_ready: Option<Ready>,
+    restart_at_tick: Option<u64>,
+    /// Its clock is stalled (a paused VM, a slow timer) until this tick: it handles
+    /// messages and requests but is not ticked.
+    clock_stalled_until_tick: u64,
+    /// Crash as soon as a Ready changes term or vote, after sending, before persisting.
+    crash_after_send_armed: bool,
+    /// Crash as soon as it appends entries of its own term as leader.
+    crash_after_append_armed: bool,
+    /// Crash right after its commit index next advances (as leader), before the
+    /// followers hear of it.
+    crash_after_commit_armed: bool,
+}
+
+/// A message on the wire.
+struct InFlight {
+    deliver_at_step: u64,
+    order: u64,
+    message: Message,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deliver_at_step, self.order) == (other.deliver_at_step, other.order)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.deliver_at_step, self.order).cmp(&(other.deliver_at_step, other.order))
+    }
+}
+
+/// How hostile the network and the operator are in this run (drawn per seed).
+#[derive(Clone, Debug, Default)]
+struct Weather {
+    loss_per_million: u32,
+    duplicate_per_million: u32,
+    long_delay_per_million: u32,
+    max_latency_steps: u64,
+    /// Chance per tick of a fault.
+    fault_per_million: u32,
+    /// Chance that a Ready is persisted in a later step than its messages were sent.
+    split_ready_per_million: u32,
+    propose_per_million: u32,
+    read_per_million: u32,
+    transfer_per_million: u32,
+    /// Compact when this many entries were applied since the last snapshot.
+    compact_every: u64,
+    /// Chance that a new leader is armed to crash at a bad moment (right after it
+    /// appends, or right after its commit advances): leader churn with uncommitted
+    /// entries of several terms is what Figure 8 is made of.
+    leader_churn_per_million: u32,
+}
+
+/// A proposal whose outcome is not known yet.
+struct PendingWrite {
+    history_index: usize,
+    /// After this tick the client stops waiting (the outcome stays unknown unless seen).
+    give_up_tick: u64,
+    term: u64,
+    index: u64,
+}
+
+/// A read in flight.
+struct PendingRead {
+    node: usize,
+    context: u64,
+    key: u64,
+    invoke: u64,
+    deadline_tick: u64,
+    read_index: Option<u64>,
+}
+
+/// What is known of the entry committed at one index (committed = applied by someone).
+struct Committed {
+    term: u64,
+    kind: EntryKind,
+    data: Bytes,
+    /// Hash of the state machine after applying it.
+    state_hash: u64,
+    /// The highest term any node had when it was first applied: it was committed in a
+    /// term <= this, so every leader of a later term must hold it.
+    term_bound: u64,
+}
+
+/// The simulator.
+pub struct Sim {
+    options: Options,
+    rng: Rng,
+    weather: Weather,
+    faults_active: bool,
+    /// Current tick and step.
+    pub tick: u64,
+    pub step: u64,
+    /// The history's clock: every invocation and completion gets the next value.
+    clock: u64,
+    nodes: Vec<Node>,
+    network: BinaryHeap<Reverse<InFlight>>,
+    /// blocked[from][to]: the link drops messages.
+    blocked: Vec<Vec<bool>>,
+    heal_at_tick: Option<u64>,
+    // Checks.
+    leaders: HashMap<u64, NodeId>,
+    max_term: u64,
+    committed: Vec<Committed>,
+    /// (index, term) of every persisted entry -> (kind, data, term of the entry before).
+    persisted_entries: HashMap<(u64, u64), (EntryKind, Bytes, u64)>,
+    completeness_checked: HashSet<u64>,
+    // Clients.
+    next_op: u64,
+    history: Vec<Event<u64, u64>>,
+    failed_writes: HashSet<usize>,
+    pending_writes: HashMap<u64, PendingWrite>,
+    pending_reads: Vec<PendingRead>,
+    served_reads: HashMap<u64, Option<u64>>,
+    believed_leader: usize,
+    // Results.
+    pub faults: u64,
+    pub inconclusive: u64,
+    snapshots_installed: u64,
+    transfers: u64,
+    violation: Option<Violation>,
+    trace: VecDeque<String>,
+}
+
+fn kv_hash(kv: &BTreeMap<u64, u64>) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for (key, value) in kv {
+        for word in [*key, *value] {
+            hash ^= word;
+            hash = hash.wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+        }
+    }
+    hash
+}
+
+fn encode_kv(kv: &BTreeMap<u64, u64>) -> Bytes {
+    let mut bytes = Vec::with_capacity(kv.len() * 16);
+    for (key, value) in kv {
+        bytes.extend_from_slice(&key.to_le_bytes());
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
+    Bytes::from(bytes)
+}
+
+fn decode_kv(bytes: &[u8]) -> BTreeMap<u64, u64> {
+    bytes
+        .chunks_exact(16)
+        .map(|c| {
+            (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap()))
+        })
+        .collect()
+}
+
+/// A put command: (op id, key). The value written is the op id, so values are unique.
+fn encode_put(op: u64, key: u64) -> Bytes {
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(&op.to_le_bytes());
+    bytes.extend_from_slice(&key.to_le_bytes());
+    Bytes::from(bytes)
+}
+
+fn decode_put(data: &[u8]) -> Option<(u64, u64)> {
+    if data.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_le_bytes(data[..8].try_into().unwrap()),
+        u64::from_le_bytes(data[8..].try_into().unwrap()),
+    ))
+}
+
+fn describe(message: &Message) -> String {
+    let head = format!("n{}->n{} t{} {}", message.from, message.to, message.term, message.body.name());
+    match &message.body {
+        MessageBody::RequestVote { last_log_index, last_log_term, transfer, .. } => {
+            format!(
+                "{head} last=({last_log_index},t{last_log_term}){}",
+                if *transfer { " transfer" } else { "" }
+            )
+        }
+        MessageBody::RequestVoteResponse { granted, .. } => format!("{head} granted={granted}"),
+        MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+            let span = match (entries.first(), entries.last()) {
+                (Some(first), Some(last)) => {
+                    format!(" [{}..={}] t{}..t{}", first.index, last.index, first.term, last.term)
+                }
+                _ => String::new(),
+            };
+            format!("{head} prev=({prev_log_index},t{prev_log_term}){span} commit={leader_commit}")
+        }
+        MessageBody::AppendEntriesResponse { success, index, conflict_term, conflict_index } => {
+            format!("{head} success={success} index={index} conflict=({conflict_index},t{conflict_term})")
+        }
+        MessageBody::Heartbeat { commit, context } => format!("{head} commit={commit} ctx={context}"),
+        MessageBody::HeartbeatResponse { context } => format!("{head} ctx={context}"),
+        MessageBody::InstallSnapshot { snapshot } => {
+            format!("{head} snapshot=({},t{})", snapshot.meta.index, snapshot.meta.term)
+        }
+        MessageBody::TimeoutNow => head,
+        MessageBody::ReadIndex { context } => format!("{head} ctx={context}"),
+        MessageBody::ReadIndexResponse { context, index } => format!("{head} ctx={context} index={index}"),
+    }
+}
+
+impl Sim {
+    /// A fresh cluster: every node starts empty with the same voters.
+    pub fn new(options: Options) -> Sim {
+        let mut rng = Rng::new(options.seed);
+        let weather = Weather {
+            loss_per_million: 0,
+            duplicate_per_million: 0,
+            long_delay_per_million: 0,
+            max_latency_steps: rng.between(1, 6),
+            fault_per_million: rng.between(30_000, 120_000) as u32,
+            split_ready_per_million: rng.between(50_000, 300_000) as u32,
+            propose_per_million: rng.between(20_000, 80_000) as u32,
+            read_per_million: rng.between(10_000, 60_000) as u32,
+            transfer_per_million: rng.between(0, 1_500) as u32,
+            compact_every: rng.between(5, 40),
+            leader_churn_per_million: if rng.chance(500_000) {
+                rng.between(50_000, 400_000) as u32
+            } else {
+                0
+            },
+        };
+        let count = options.nodes;
+        let voters: Vec<NodeId> = (1..=count as u64).collect();
+        let empty_snapshot = Snapshot {
+            meta: SnapshotMeta { index: 0, term: 0, conf: ConfState { voters: voters.clone() } },
+            data: encode_kv(&BTreeMap::new()),
+        };
+        let nodes = voters
+            .iter()
+            .map(|&id| Node {
+                id,
+                raft: None,
+                disk: Disk {
+                    hard_state: HardState::default(),
+                    snapshot: empty_snapshot.clone(),
+                    entries: Vec::new(),
+                },
+                kv: BTreeMap::new(),
+                applied: 0,
+                unpersisted_ready: None,
+                restart_at_tick: None,
+                clock_stalled_until_tick: 0,
+                crash_after_send_armed: false,
+                crash_after_append_armed: false,
+                crash_after_commit_armed: false,
+            })
+            .collect();
+        let faults_active = options.faults;
+        let mut sim = Sim {
+            rng,
+            weather,
+            faults_active,
+            tick: 0,
+            step: 0,
+            clock: 0,
+            nodes,
+            network: BinaryHeap::new(),
+            blocked: vec![vec![false; count]; count],
+            heal_at_tick: None,
+            leaders: HashMap::new(),
+            max_term: 0,
+            committed: Vec::new(),
+            persisted_entries: HashMap::new(),
+            completeness_checked: HashSet::new(),
+            next_op: 1,
+            history: Vec::new(),
+            failed_writes: HashSet::new(),
+            pending_writes: HashMap::new(),
+            pending_reads: Vec::new(),
+            served_reads: HashMap::new(),
+            believed_leader: 0,
+            faults: 0,
+            inconclusive: 0,
+            snapshots_installed: 0,
+            transfers: 0,
+            violation: None,
+            trace: VecDeque::with_capacity(TRACE_LINES),
+            options,
+        };
+        for i in 0..count {
+            sim.start_node(i);
+        }
+        sim
+    }
+
+    fn config(&self, id: NodeId) -> Config {
+        let mut config = Config::new(id);
+        config.election_ticks = ELECTION_TICKS;
+        config.heartbeat_ticks = HEARTBEAT_TICKS;
+        config.pre_vote = self.options.pre_vote;
+        config.seed = self.options.seed.wrapping_mul(31).wrapping_add(id);
+        // Small messages split a leader's catch-up into one entry per message, so
+        // followers acknowledge earlier terms' entries before the leader's own (Figure 8).
+        config.max_message_bytes = if self.options.seed % 3 == 0 { 4096 } else { 1 };
+        config.max_inflight_messages = 1 + (self.options.seed % 7) as usize;
+        #[cfg(feature = "planted-bugs")]
+        {
+            config.planted_bugs = self.options.bugs.planted;
+        }
+        config
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.trace.len() == TRACE_LINES {
+            self.trace.pop_front();
+        }
+        let text = line();
+        let prefix = format!("[tick {} step {}] ", self.tick, self.step);
+        self.trace.push_back(prefix + &text);
+    }
+
+    fn violate(&mut self, kind: &'static str, detail: String) {
+        if self.violation.is_none() {
+            self.trace(|| format!("VIOLATION {kind}: {detail}"));
+            self.violation = Some(Violation { kind, detail, trace: self.trace.iter().cloned().collect() });
+        }
+    }
+
+    /// The first violation found so far.
+    pub fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+
+    // ---------------------------------------------------------------- nodes
+
+    fn start_node(&mut self, i: usize) {
+        let config = self.config(self.nodes[i].id);
+        let node = &mut self.nodes[i];
+        let initial = InitialState {
+            hard_state: node.disk.hard_state,
+            snapshot: node.disk.snapshot.meta.clone(),
+            entries: node.disk.entries.clone(),
+        };
+        node.kv = decode_kv(&node.disk.snapshot.data);
+        node.applied = node.disk.snapshot.meta.index;
+        node.restart_at_tick = None;
+        node.unpersisted_ready = None;
+        match Raft::new(config, initial) {
+            Ok(raft) => node.raft = Some(raft),
+            Err(error) => {
+                let id = node.id;
+                self.violate("restart", format!("n{id} refused its own persisted state: {error}"));
+            }
+        }
+    }
+
+    /// Crashes node `id` (1-based): everything not on its disk is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        if self.nodes[i].raft.is_none() {
+            return;
+        }
+        let lost = self.nodes[i].unpersisted_ready.as_ref().map_or(0, |rd| rd.entries.len());
+        self.nodes[i].raft = None;
+        self.nodes[i].unpersisted_ready = None;
+        self.nodes[i].crash_after_send_armed = false;
+        self.nodes[i].crash_after_append_armed = false;
+        self.nodes[i].crash_after_commit_armed = false;
+        self.pending_reads.retain(|read| read.node != i);
+        let disk = &self.nodes[i].disk;
+        let (term, vote, last) = (disk.hard_state.term, disk.hard_state.vote, disk.last_index());
+        self.trace(|| {
+            format!("CRASH n{id} (disk: term {term} vote {vote:?} last index {last}; unpersisted entries lost: {lost})")
+        });
+    }
+
+    /// Restarts a crashed node `id` from its disk.
+    pub fn restart(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        if self.nodes[i].raft.is_some() {
+            return;
+        }
+        self.trace(|| format!("RESTART n{id}"));
+        self.start_node(i);
+    }
+
+    fn raft(&mut self, i: usize) -> Option<&mut Raft> {
+        self.nodes[i].raft.as_mut()
+    }
+
+    /// Role, term and commit of a live node.
+    pub fn role_of(&self, id: NodeId) -> Option<(Role, u64)> {
+        self.nodes[(id - 1) as usize].raft.as_ref().map(|raft| {
+            let status = raft.status();
+            (status.role, status.term)
+        })
+    }
+
+    /// The state machine's applied index and contents of node `id`.
+    pub fn applied_of(&self, id: NodeId) -> (u64, BTreeMap<u64, u64>) {
+        let node = &self.nodes[(id - 1) as usize];
+        (node.applied, node.kv.clone())
+    }
+
+    /// The highest index committed (applied by anyone).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.len() as u64
+    }
+
+    /// The live leader with the highest term, if any.
+    pub fn leader(&self) -> Option<(NodeId, u64)> {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.raft.as_ref().map(|raft| raft.status()))
+            .filter(|status| status.role == Role::Leader)
+            .map(|status| (status.id, status.term))
+            .max_by_key(|&(_, term)| term)
+    }
+
+    // ------------------------------------------------------------- network
+
+    fn send(&mut self, from: usize, mut message: Message, after_persist: bool) {
+        if self.options.check_durable_replies {
+            self.check_durable(from, &message, after_persist);
+        }
+        if matches!(message.body, MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }) {
+            self.saw_leader(message.from, message.term);
+        }
+        if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
+            // The transport attaches the sender's latest snapshot.
+            *snapshot = self.nodes[from].disk.snapshot.clone();
+        }
+        let to = (message.to - 1) as usize;
+        if to >= self.nodes.len() || message.from != self.nodes[from].id {
+            self.violate("message", format!("n{} emitted a bad address: {}", from + 1, describe(&message)));
+            return;
+        }
+        if self.blocked[from][to] {
+            self.trace(|| format!("send {} (dropped: partition)", describe(&message)));
+            return;
+        }
+        if self.weather.loss_per_million > 0 && self.rng.chance(self.weather.loss_per_million) {
+            self.trace(|| format!("send {} (lost)", describe(&message)));
+            return;
+        }
+        self.trace(|| format!("send {}", describe(&message)));
+        if self.weather.duplicate_per_million > 0 && self.rng.chance(self.weather.duplicate_per_million) {
+            let copy = message.clone();
+            self.enqueue(copy);
+        }
+        self.enqueue(message);
+    }
+
+    fn enqueue(&mut self, message: Message) {
+        let mut latency = self.rng.between(1, self.weather.max_latency_steps);
+        if self.weather.long_delay_per_million > 0 && self.rng.chance(self.weather.long_delay_per_million) {
+            latency += self.rng.between(1, 4 * STEPS_PER_TICK * u64::from(ELECTION_TICKS));
+        }
+        let order = self.rng.next_u64();
+        self.network.push(Reverse(InFlight { deliver_at_step: self.step + latency, order, message }));
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some(Reverse(next)) = self.network.peek() {
+            if next.deliver_at_step > self.step {
+                break;
+            }
+            let Reverse(InFlight { message, .. }) = self.network.pop().unwrap();
+            let from = (message.from - 1) as usize;
+            let to = (message.to - 1) as usize;
+            if self.blocked[from][to] {
+                self.trace(|| format!("drop {} (partition)", describe(&message)));
+                continue;
+            }
+            if self.nodes[to].raft.is_none() {
+                continue;
+            }
+            self.trace(|| format!("deliver {}", describe(&message)));
+            let name = message.body.name();
+            let result = self.raft(to).unwrap().step(message);
+            if let Err(error) = result {
+                self.violate("step", format!("n{} refused a {name} from a correct peer: {error}", to + 1));
+            }
+        }
+    }
+
+    /// Fig. 2, "Persistent state": a granted vote or a successful acknowledgement may only
+    /// leave once what it promises is on the sender's disk.
+    fn check_durable(&mut self, from: usize, message: &Message, after_persist: bool) {
+        let disk = &self.nodes[from].disk;
+        if disk.hard_state.term > message.term {
+            // Superseded in the same Ready: the sender has durably moved to a later term,
+            // which is as if it had persisted and replied, then moved on.
+            return;
+        }
+        let when = if after_persist { "after persisting" } else { "before persisting" };
+        match message.body {
+            MessageBody::RequestVoteResponse { pre_vote: false, granted: true } => {
+                let hard_state = disk.hard_state;
+                if hard_state.term != message.term || hard_state.vote != Some(message.to) {
+                    self.violate(
+                        "durable before reply",
+                        format!(
+                            "n{} granted its vote to n{} in term {} ({when}) while its disk holds term {} vote {:?}",
+                            message.from, message.to, message.term, hard_state.term, hard_state.vote
+                        ),
+                    );
+                }
+            }
+            MessageBody::AppendEntriesResponse { success: true, index, .. } if index > disk.last_index() => {
+                let last = disk.last_index();
+                self.violate(
+                    "durable before reply",
+                    format!(
+                        "n{} acknowledged index {index} to n{} ({when}) while its disk ends at {last}",
+                        message.from, message.to
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // --------------------------------------------------------------- ready
+
+    fn handle_ready(&mut self, i: usize) {
+        if self.nodes[i].raft.is_none() {
+            return;
+        }
+        if let Some(ready) = self.nodes[i].unpersisted_ready.take() {
+            if self.rng.chance(500_000) {
+                self.finish_ready(i, ready);
+            } else {
+                self.nodes[i].unpersisted_ready = Some(ready);
+                // While its write is in progress a node may still send what depends on
+                // nothing persisted (thesis §10.2.1).
+                let messages = self.nodes[i].raft.as_mut().unwrap().take_messages();
+                for message in messages {
+                    self.send(i, message, false);
+                }
+            }
+            return;
+        }
+        let raft = self.nodes[i].raft.as_mut().unwrap();
+        if !raft.has_ready() {
+            return;
+        }
+        let mut ready = raft.ready();
+        let id = self.nodes[i].id;
+        if let Some(soft) = ready.soft_state {
+            self.max_term = self.max_term.max(soft.term);
+            if soft.role == Role::Leader {
+                self.saw_leader(id, soft.term);
+                if self.faults_active && self.rng.chance(self.weather.leader_churn_per_million) {
+                    if self.rng.chance(500_000) {
+                        self.nodes[i].crash_after_append_armed = true;
+                    } else {
+                        self.nodes[i].crash_after_commit_armed = true;
+                    }
+                }
+            }
+            self.trace(|| {
+                format!("n{id} is {} in term {} (leader {:?})", soft.role.as_str(), soft.term, soft.leader)
+            });
+        }
+        if let Some(hard) = ready.hard_state {
+            self.max_term = self.max_term.max(hard.term);
+        }
+        let vote_changed = ready.hard_state.is_some_and(|hard| {
+            let disk = self.nodes[i].disk.hard_state;
+            hard.term != disk.term || hard.vote != disk.vote
+        });
+        // Includes the no-op a new leader appends: crashing before it spreads leaves an
+        // uncommitted entry of a newer term behind (Figure 8).
+        let appends_own_entries =
+            ready.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id));
+        let crash_now = self.faults_active
+            && ((self.nodes[i].crash_after_send_armed && vote_changed)
+                || (self.nodes[i].crash_after_append_armed && appends_own_entries));
+        let messages = std::mem::take(&mut ready.messages);
+        let leading = self.leaders.get(&self.max_term) == Some(&id);
+        if self.faults_active
+            && self.nodes[i].crash_after_commit_armed
+            && leading
+            && !ready.committed_entries.is_empty()
+        {
+            // The leader learns of a commit, applies it and crashes; what it meant to send
+            // dies in its buffers, so the followers do not hear of the commit (nor of any
+            // entry it sent alongside).
+            let lost = messages.len() + ready.persisted_messages.len();
+            ready.persisted_messages.clear();
+            self.finish_ready(i, ready);
+            self.trace(|| format!("n{id} crashes right after its commit advanced ({lost} messages lost)"));
+            self.faults += 1;
+            self.crash(id);
+            let downtime = self.rng.between(5, 60);
+            self.nodes[i].restart_at_tick = Some(self.tick + downtime);
+            return;
+        }
+        if crash_now {
+            // The crash interrupts the send: some messages leave, the rest never do; the
+            // write may or may not have reached the disk.
+            let sent = if self.rng.chance(500_000) { 0 } else { self.rng.index(messages.len() + 1) };
+            for message in messages.into_iter().take(sent) {
+                self.send(i, message, false);
+            }
+            let persisted = self.rng.chance(700_000) && !vote_changed;
+            if persisted {
+                self.persist(i, &ready);
+            }
+            self.trace(|| format!("n{id} crashes mid-Ready ({sent} messages sent, persisted: {persisted})"));
+            self.faults += 1;
+            self.crash(id);
+            let downtime =
+                if self.rng.chance(600_000) { self.rng.between(1, 4) } else { self.rng.between(10, 60) };
+            self.nodes[i].restart_at_tick = Some(self.tick + downtime);
+            return;
+        }
+        for message in messages {
+            self.send(i, message, false);
+        }
+        if self.faults_active && self.rng.chance(self.weather.split_ready_per_million) {
+            self.nodes[i].unpersisted_ready = Some(ready);
+        } else {
+            self.finish_ready(i, ready);
+        }
+    }
+
+    /// Persists, sends what waited for it, applies, answers reads, advances.
+    fn finish_ready(&mut self, i: usize, mut ready: Ready) {
+        self.persist(i, &ready);
+        if self.violation.is_some() {
+            return;
+        }
+        for message in std::mem::take(&mut ready.persisted_messages) {
+            self.send(i, message, true);
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.install_snapshot(i, snapshot);
+        }
+        for entry in &ready.committed_entries {
+            self.apply(i, entry);
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        for read_state in &ready.read_states {
+            if let Some(read) = self
+                .pending_reads
+                .iter_mut()
+                .find(|read| read.node == i && read.context == read_state.context)
+            {
+                read.read_index = Some(read_state.index);
+            }
+        }
+        self.serve_reads(i);
+        self.nodes[i].raft.as_mut().unwrap().advance();
+    }
+
+    fn persist(&mut self, i: usize, ready: &Ready) {
+        let id = self.nodes[i].id;
+        if let Some(snapshot) = &ready.snapshot {
+            let disk = &mut self.nodes[i].disk;
+            let meta = &snapshot.meta;
+            // §7: keep the log after the snapshot only if it holds the snapshot's last entry.
+            if disk.term_at(meta.index) == Some(meta.term) && meta.index >= disk.snapshot.meta.index {
+                let drop = (meta.index - disk.snapshot.meta.index) as usize;
+                disk.entries.drain(..drop);
+            } else {
+                disk.entries.clear();
+            }
+            disk.snapshot = snapshot.clone();
+            let (index, term) = (meta.index, meta.term);
+            self.trace(|| format!("n{id} persists snapshot ({index},t{term})"));
+        }
+        if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
+            let (first_index, last_index, last_term) = (first.index, last.index, last.term);
+            self.trace(|| {
+                format!("n{id} persists entries [{first_index}..={last_index}] up to t{last_term}")
+            });
+        }
+        for entry in &ready.entries {
+            let disk = &mut self.nodes[i].disk;
+            let snapshot_index = disk.snapshot.meta.index;
+            if entry.index <= snapshot_index || entry.index > disk.last_index() + 1 {
+                let last = disk.last_index();
+                self.violate(
+                    "log",
+                    format!(
+                        "n{id} was asked to persist entry {} but its disk holds ({snapshot_index}, {last}]",
+                        entry.index
+                    ),
+                );
+                return;
+            }
+            disk.entries.truncate((entry.index - snapshot_index - 1) as usize);
+            let previous_term = disk.term_at(entry.index - 1).unwrap();
+            disk.entries.push(entry.clone());
+            self.check_log_matching(id, entry, previous_term);
+        }
+        if let Some(hard) = ready.hard_state {
+            let disk = &mut self.nodes[i].disk;
+            if hard.term < disk.hard_state.term {
+                let old = disk.hard_state.term;
+                self.violate("hard state", format!("n{id} persisted term {} after term {old}", hard.term));
+            }
+            self.nodes[i].disk.hard_state = hard;
+        }
+        self.check_leader_completeness(i, &ready.entries);
+    }
+
+    /// Log matching (§5.3), checked incrementally: one (index, term) must always name the
+    /// same entry, preceded by an entry of the same term. By induction two logs that share
+    /// an (index, term) are then identical up to it.
+    fn check_log_matching(&mut self, id: NodeId, entry: &Entry, previous_term: u64) {
+        let key = (entry.index, entry.term);
+        match self.persisted_entries.get(&key) {
+            None => {
+                self.persisted_entries.insert(key, (entry.kind, entry.data.clone(), previous_term));
+            }
+            Some((kind, data, previous)) => {
+                if *kind != entry.kind || *data != entry.data || *previous != previous_term {
+                    let detail = format!(
+                        "n{id} persisted entry ({}, t{}) {:?} after a t{previous_term} entry; elsewhere it is {kind:?} after a t{previous} entry (data equal: {})",
+                        entry.index,
+                        entry.term,
+                        entry.kind,
+                        *data == entry.data
+                    );
+                    self.violate("log matching", detail);
+                }
+            }
+        }
+    }
+
+    /// Leader completeness (§5.4): when a leader's first entry of its term reaches its
+    /// disk, the log before it must hold every entry committed in earlier terms.
+    fn check_leader_completeness(&mut self, i: usize, entries: &[Entry]) {
+        let id = self.nodes[i].id;
+        let Some(own) = entries.iter().find(|entry| self.leaders.get(&entry.term) == Some(&id)) else {
+            return;
+        };
+        if !self.completeness_checked.insert(own.term) {
+            return;
+        }
+        let (term, own_index) = (own.term, own.index);
+        let disk = &self.nodes[i].disk;
+        for (position, committed) in self.committed.iter().enumerate() {
+            let index = position as u64 + 1;
+            if committed.term_bound >= term || index <= disk.snapshot.meta.index {
+                continue;
+            }
+            let held = if index < own_index { disk.term_at(index) } else { None };
+            if held != Some(committed.term) {
+                let detail = format!(
+                    "n{id}, leader of term {term}, appended at {own_index} but holds {held:?} at committed index {index} (committed term {})",
+                    committed.term
+                );
+                self.violate("leader completeness", detail);
+                return;
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, i: usize, snapshot: &Snapshot) {
+        let id = self.nodes[i].id;
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let kv = decode_kv(&snapshot.data);
+        match self.committed.get((index as usize).wrapping_sub(1)) {
+            Some(committed) if committed.term == term && committed.state_hash == kv_hash(&kv) => {}
+            _ if index == 0 => {}
+            other => {
+                let known = other.map(|c| c.term);
+                self.violate(
+                    "snapshot",
+                    format!("n{id} received snapshot ({index},t{term}) that does not match what was committed (t{known:?})"),
+                );
+                return;
+            }
+        }
+        if index < self.nodes[i].applied {
+            let applied = self.nodes[i].applied;
+            self.violate(
+                "snapshot",
+                format!("n{id} installed snapshot at {index} below its applied index {applied}"),
+            );
+        }
+        self.nodes[i].kv = kv;
+        self.nodes[i].applied = index;
+        self.snapshots_installed += 1;
+        self.trace(|| format!("n{id} installs snapshot ({index},t{term})"));
+    }
+
+    /// Applies one committed entry; state machine safety (§5.4.3) is checked against the
+    /// first node that applied each index.
+    fn apply(&mut self, i: usize, entry: &Entry) {
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        if entry.index != node.applied + 1 {
+            let applied = node.applied;
+            self.violate("apply", format!("n{id} was handed entry {} to apply after {applied}", entry.index));
+            return;
+        }
+        if entry.kind == EntryKind::Normal {
+            match decode_put(&entry.data) {
+                Some((op, key)) => {
+                    node.kv.insert(key, op);
+                }
+                None => {
+                    self.violate(
+                        "apply",
+                        format!("n{id} applied an entry with foreign data at {}", entry.index),
+                    );
+                    return;
+                }
+            }
+        }
+        node.applied = entry.index;
+        let state_hash = kv_hash(&node.kv);
+        let position = (entry.index - 1) as usize;
+        if let Some(committed) = self.committed.get(position) {
+            if committed.term != entry.term || committed.kind != entry.kind || committed.data != entry.data {
+                let detail = format!(
+                    "n{id} applied ({}, t{}, {:?}) where another node applied (t{}, {:?})",
+                    entry.index, entry.term, entry.kind, committed.term, committed.kind
+                );
+                self.violate("state machine safety", detail);
+            } else if committed.state_hash != state_hash {
+                self.violate("state machine safety", format!("n{id}'s state after {} differs", entry.index));
+            }
+            return;
+        }
+        self.committed.push(Committed {
+            term: entry.term,
+            kind: entry.kind,
+            data: entry.data.clone(),
+            state_hash,
+            term_bound: self.max_term,
+        });
+        self.on_first_apply(entry);
+    }
+
+    /// A client learns the outcome of its writes the first time anyone applies an index.
+    fn on_first_apply(&mut self, entry: &Entry) {
+        let applied_op =
+            if entry.kind == EntryKind::Normal { decode_put(&entry.data).map(|(op, _)| op) } else { None };
+        if let Some(op) = applied_op {
+            if let Some(pending) = self.pending_writes.remove(&op) {
+                if (pending.term, pending.index) != (entry.term, entry.index) {
+                    let detail = format!(
+                        "op {op} was proposed as ({}, t{}) but committed as ({}, t{})",
+                        pending.index, pending.term, entry.index, entry.term
+                    );
+                    self.violate("proposal", detail);
+                }
+                self.clock += 1;
+                self.history[pending.history_index].complete = Some(self.clock);
+            }
+        }
+        // A proposal whose index now holds another entry definitely failed.
+        let failed: Vec<u64> = self
+            .pending_writes
+            .iter()
+            .filter(|(_, pending)| pending.index <= entry.index)
+            .map(|(&op, _)| op)
+            .collect();
+        for op in failed {
+            let pending = self.pending_writes.remove(&op).unwrap();
+            self.failed_writes.insert(pending.history_index);
+        }
+    }
+
+    fn serve_reads(&mut self, i: usize) {
+        let applied = self.nodes[i].applied;
+        let mut served = Vec::new();
+        self.pending_reads.retain(|read| {
+            let ready = read.node == i && read.read_index.is_some_and(|index| index <= applied);
+            if ready {
+                served.push((read.key, read.invoke, read.context));
+            }
+            !ready
+        });
+        for (key, invoke, context) in served {
+            let value = self.nodes[i].kv.get(&key).copied();
+            self.served_reads.insert(context, value);
+            self.clock += 1;
+            self.history.push(Event {
+                key,
+                invoke,
+                complete: Some(self.clock),
+                operation: Operation::Read(value),
+            });
+            let id = self.nodes[i].id;
+            self.trace(|| {
+                format!("read {context} served by n{id} at applied {applied}: key {key} = {value:?}")
+            });
+        }
+    }
+
+    // -------------------------------------------------------------- checks
+
+    fn saw_leader(&mut self, id: NodeId, term: u64) {
+        match self.leaders.get(&term) {
+            Some(&other) if other != id => {
+                self.violate(
+                    "election safety",
+                    format!("n{id} and n{other} are both leaders of term {term}"),
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.leaders.insert(term, id);
+            }
+        }
+    }
+
+    fn check_roles(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(raft) = self.nodes[i].raft.as_ref() else { continue };
+            let status = raft.status();
+            self.max_term = self.max_term.max(status.term);
+            if status.role == Role::Leader {
+                self.saw_leader(status.id, status.term);
+            }
+        }
+    }
+
+    /// Linearizability of the clients' history (per key, Wing–Gong–Lowe).
+    pub fn check_linearizability(&mut self) {
+        let events: Vec<Event<u64, u64>> = self
+            .history
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.failed_writes.contains(index))
+            .map(|(_, event)| event.clone())
+            .collect();
+        match check_history(&events, MAX_LINEARIZABILITY_STATES) {
+            Verdict::Linearizable => {}
+            Verdict::Inconclusive { .. } => self.inconclusive += 1,
+            Verdict::NotLinearizable { key } => {
+                let mut detail = format!("the history of key {key} has no linearization:");
+                for event in events.iter().filter(|event| event.key == key) {
+                    let _ = write!(
+                        detail,
+                        "\n    {:?} invoked {} completed {:?}",
+                        event.operation, event.invoke, event.complete
+                    );
+                }
+                self.violate("linearizability", detail);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------- clients
+
+    /// A client proposes a put on node `id` (or where it believes the leader is).
+    pub fn client_write(&mut self, target: Option<usize>, key: u64) {
+        let i = target.unwrap_or(self.believed_leader);
+        let op = self.next_op;
+        self.next_op += 1;
+        let Some(raft) = self.nodes[i].raft.as_mut() else {
+            self.believed_leader = self.rng.index(self.nodes.len());
+            return;
+        };
+        let result = raft.propose(encode_put(op, key));
+        let id = self.nodes[i].id;
+        match result {
+            Ok((term, index)) => {
+                self.clock += 1;
+                let history_index = self.history.len();
+                self.history.push(Event {
+                    key,
+                    invoke: self.clock,
+                    complete: None,
+                    operation: Operation::Write(op),
+                });
+                if index <= self.committed.len() as u64 {
+                    // A deposed leader that does not know it yet: the index is already
+                    // committed with another entry, so this proposal has failed.
+                    self.failed_writes.insert(history_index);
+                } else {
+                    let give_up_tick = self.tick + WRITE_TIMEOUT_TICKS;
+                    self.pending_writes.insert(op, PendingWrite { history_index, give_up_tick, term, index });
+                }
+                self.trace(|| format!("client: put key {key} = {op} via n{id} -> ({index}, t{term})"));
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                self.believed_leader = match leader {
+                    Some(leader) => (leader - 1) as usize,
+                    None => self.rng.index(self.nodes.len()),
+                };
+            }
+            Err(ProposeError::TransferInProgress) => {}
+        }
+    }
+
+    fn client_read(&mut self) {
+        let i = self.rng.index(self.nodes.len());
+        let key = self.rng.below(KEYS);
+        self.client_read_on(i, key);
+    }
+
+    /// A client asks node `i` (0-based) for a linearizable read of `key`; returns the
+    /// read's context if the node accepted it.
+    pub fn client_read_on(&mut self, i: usize, key: u64) -> Option<u64> {
+        let context = self.next_op;
+        self.next_op += 1;
+        let raft = self.nodes[i].raft.as_mut()?;
+        let accepted = raft.read_index(context).is_ok();
+        if accepted {
+            self.clock += 1;
+            let id = self.nodes[i].id;
+            self.trace(|| format!("client: read {context} of key {key} via n{id}"));
+            self.pending_reads.push(PendingRead {
+                node: i,
+                context,
+                key,
+                invoke: self.clock,
+                deadline_tick: self.tick + READ_TIMEOUT_TICKS,
+                read_index: None,
+            });
+        }
+        accepted.then_some(context)
+    }
+
+    /// The value a served read returned (`Some(None)`: the key was absent).
+    pub fn read_result(&self, context: u64) -> Option<Option<u64>> {
+        self.served_reads.get(&context).copied()
+    }
+
+    /// Cuts node `id` off from every peer (clients still reach it) and stalls its clock,
+    /// for `ticks` ticks.
+    pub fn isolate_with_stalled_clock(&mut self, id: NodeId, ticks: u64) {
+        let i = (id - 1) as usize;
+        for other in 0..self.nodes.len() {
+            if other != i {
+                self.blocked[i][other] = true;
+                self.blocked[other][i] = true;
+            }
+        }
+        self.heal_at_tick = Some(self.tick + ticks);
+        self.nodes[i].clock_stalled_until_tick = self.tick + ticks;
+        self.trace(|| format!("PARTITION isolate n{id} with its clock stalled for {ticks} ticks"));
+    }
+
+    fn client_transfer(&mut self) {
+        let Some((leader, _)) = self.leader() else { return };
+        let to = self.rng.between(1, self.nodes.len() as u64);
+        let i = (leader - 1) as usize;
+        if self.nodes[i].raft.as_mut().unwrap().transfer_leadership(to).is_ok() {
+            self.transfers += 1;
+            self.trace(|| format!("client: transfer leadership n{leader} -> n{to}"));
+        }
+    }
+
+    fn maybe_compact(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        if node.raft.is_none()
+            || node.unpersisted_ready.is_some()
+            || node.applied < node.disk.snapshot.meta.index + self.weather.compact_every
+        {
+            return;
+        }
+        let applied = node.applied;
+        let id = node.id;
+        let data = encode_kv(&node.kv);
+        match self.nodes[i].raft.as_mut().unwrap().compact(applied) {
+            Ok(meta) => {
+                let known = self.committed.get((applied - 1) as usize).map(|c| c.term);
+                if meta.index != applied || Some(meta.term) != known {
+                    let detail =
+                        format!("n{id} compacted to {applied} but got meta ({}, t{})", meta.index, meta.term);
+                    self.violate("compact", detail);
+                }
+                let disk = &mut self.nodes[i].disk;
+                let drop = (meta.index - disk.snapshot.meta.index) as usize;
+                disk.entries.drain(..drop.min(disk.entries.len()));
+                disk.snapshot = Snapshot { meta, data };
+                self.trace(|| format!("n{id} compacts its log to {applied}"));
+            }
+            Err(error) => self.trace(|| format!("n{id} compact({applied}) refused: {error}")),
+        }
+    }
+
+    fn clients_act(&mut self) {
+        let tick = self.tick;
+        let waiting = self.pending_writes.values().filter(|write| write.give_up_tick > tick).count();
+        if self.rng.chance(self.weather.propose_per_million) && waiting < MAX_PENDING_WRITES {
+            let target = if self.rng.chance(800_000) { None } else { Some(self.rng.index(self.nodes.len())) };
+            let key = self.rng.below(KEYS);
+            self.client_write(target, key);
+        }
+        if self.rng.chance(self.weather.read_per_million) && self.pending_reads.len() < MAX_PENDING_READS {
+            self.client_read();
+        }
+        if self.faults_active && self.rng.chance(self.weather.transfer_per_million) {
+            self.client_transfer();
+        }
+        self.pending_reads.retain(|read| read.deadline_tick > tick);
+    }
+
+    // -------------------------------------------------------------- faults
+
+    fn live_count(&self) -> usize {
+        self.nodes.iter().filter(|node| node.raft.is_some()).count()
+    }
+
+    fn inject_fault(&mut self) {
+        let n = self.nodes.len();
+        let leader = self.leader().map(|(id, _)| (id - 1) as usize);
+        self.faults += 1;
+        match self.rng.below(14) {
+            0 | 1 => {
+                if self.live_count() <= 1 {
+                    return;
+                }
+                let victim = match leader {
+                    Some(leader) if self.rng.chance(600_000) => leader,
+                    _ => self.rng.index(n),
+                };
+                let downtime =
+                    if self.rng.chance(500_000) { self.rng.between(1, 5) } else { self.rng.between(10, 80) };
+                self.crash(self.nodes[victim].id);
+                self.nodes[victim].restart_at_tick = Some(self.tick + downtime);
+            }
+            2 => {
+                let mut sides: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
+                sides[self.rng.index(n)] = true;
+                let other = self.rng.index(n);
+                sides[other] = !sides[other] || sides.iter().all(|&s| s);
+                for from in 0..n {
+                    for to in 0..n {
+                        self.blocked[from][to] = sides[from] != sides[to];
+                    }
+                }
+                self.heal_at_tick = Some(self.tick + self.rng.between(5, 80));
+                self.trace(|| format!("PARTITION symmetric {sides:?}"));
+            }
+            3 => {
+                let Some(leader) = leader else { return };
+                for other in 0..n {
+                    if other != leader {
+                        self.blocked[leader][other] = true;
+                        self.blocked[other][leader] = true;
+                    }
+                }
+                let until = self.tick + self.rng.between(10, 80);
+                self.heal_at_tick = Some(until);
+                let stalled = self.rng.chance(500_000);
+                if stalled {
+                    // Its clock stalls too, so it does not notice it lost its quorum
+                    // (check-quorum, thesis §6.2) while the others elect a new leader.
+                    self.nodes[leader].clock_stalled_until_tick = until;
+                }
+                self.trace(|| format!("PARTITION isolate leader n{} (clock stalled: {stalled})", leader + 1));
+            }
+            4 => {
+                for from in 0..n {
+                    for to in 0..n {
+                        if from != to && self.rng.chance(300_000) {
+                            self.blocked[from][to] = true;
+                        }
+                    }
+                }
+                self.heal_at_tick = Some(self.tick + self.rng.between(5, 80));
+                self.trace(|| "PARTITION one-way links".to_string());
+            }
+            5 => self.heal_partitions(),
+            6 => {
+                self.weather.loss_per_million = self.rng.between(0, 200_000) as u32;
+                self.weather.duplicate_per_million = self.rng.between(0, 100_000) as u32;
+                self.weather.long_delay_per_million = self.rng.between(0, 30_000) as u32;
+                let weather = self.weather.clone();
+                self.trace(|| {
+                    format!(
+                        "NETWORK loss {} dup {} long delays {} per million",
+                        weather.loss_per_million,
+                        weather.duplicate_per_million,
+                        weather.long_delay_per_million
+                    )
+                });
+            }
+            7 | 8 => {
+                let i = self.rng.index(n);
+                self.nodes[i].crash_after_send_armed = true;
+                self.trace(|| format!("ARM n{} to crash after sending a vote, before persisting", i + 1));
+            }
+            9 | 10 => {
+                let Some(leader) = leader else { return };
+                self.nodes[leader].crash_after_append_armed = true;
+                self.trace(|| format!("ARM leader n{} to crash right after appending", leader + 1));
+            }
+            11 | 12 => {
+                let Some(leader) = leader else { return };
+                self.nodes[leader].crash_after_commit_armed = true;
+                self.trace(|| format!("ARM leader n{} to crash right after its commit advances", leader + 1));
+            }
+            _ => {
+                let Some(crashed) = (0..n).find(|&i| self.nodes[i].raft.is_none()) else { return };
+                self.restart(self.nodes[crashed].id);
+            }
+        }
+    }
+
+    fn heal_partitions(&mut self) {
+        for row in &mut self.blocked {
+            row.iter_mut().for_each(|link| *link = false);
+        }
+        self.heal_at_tick = None;
+        self.trace(|| "HEAL partitions".to_string());
+    }
+
+    /// Stops all faults: heals partitions, restarts crashed nodes, stops loss.
+    pub fn heal_all(&mut self) {
+        self.faults_active = false;
+        self.heal_partitions();
+        self.weather.loss_per_million = 0;
+        self.weather.duplicate_per_million = 0;
+        self.weather.long_delay_per_million = 0;
+        for i in 0..self.nodes.len() {
+            self.nodes[i].crash_after_send_armed = false;
+            self.nodes[i].crash_after_append_armed = false;
+            self.nodes[i].crash_after_commit_armed = false;
+            self.nodes[i].clock_stalled_until_tick = 0;
+            if self.nodes[i].raft.is_none() {
+                self.restart(self.nodes[i].id);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- loop
+
+    /// One step: deliver, handle Readies, clients, faults, ticks, checks.
+    pub fn run_step(&mut self) {
+        self.step += 1;
+        self.deliver_due();
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        self.rng.shuffle(&mut order);
+        for &i in &order {
+            self.handle_ready(i);
+        }
+        if self.options.clients {
+            self.clients_act();
+        }
+        if self.step % STEPS_PER_TICK == 0 {
+            self.tick += 1;
+            if self.faults_active && self.rng.chance(self.weather.fault_per_million) {
+                self.inject_fault();
+            }
+            if self.heal_at_tick.is_some_and(|at| at <= self.tick) {
+                self.heal_partitions();
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].restart_at_tick.is_some_and(|at| at <= self.tick) {
+                    self.restart(self.nodes[i].id);
+                }
+                self.maybe_compact(i);
+                if self.nodes[i].clock_stalled_until_tick > self.tick {
+                    continue;
+                }
+                if let Some(raft) = self.nodes[i].raft.as_mut() {
+                    raft.tick();
+                }
+            }
+        }
+        self.check_roles();
+    }
+
+    /// Runs `ticks` ticks, stopping early at a violation.
+    pub fn run_ticks(&mut self, ticks: u64) {
+        for _ in 0..ticks * STEPS_PER_TICK {
+            self.run_step();
+            if self.violation.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Runs until `done` holds (checked every tick) or `ticks` pass; true if it held.
+    pub fn run_until(&mut self, ticks: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        for _ in 0..ticks {
+            if done(self) {
+                return true;
+            }
+            self.run_ticks(1);
+            if self.violation.is_some() {
+                return false;
+            }
+        }
+        done(self)
+    }
+
+    /// True when every node is up, agrees on one leader and term, and has applied what
+    /// the leader committed.
+    pub fn is_settled(&self) -> bool {
+        let Some((leader, term)) = self.leader() else { return false };
+        let leader_commit = self.nodes[(leader - 1) as usize].raft.as_ref().unwrap().status().commit;
+        self.nodes.iter().all(|node| {
+            node.raft.as_ref().is_some_and(|raft| {
+                let status = raft.status();
+                status.term == term && status.leader == Some(leader) && node.applied >= leader_commit
+            })
+        })
+    }
+
+    /// The whole run: faults, then healing and the liveness bound, then linearizability.
+    pub fn run(&mut self) {
+        self.run_ticks(self.options.fault_ticks);
+        if self.violation.is_some() {
+            return;
+        }
+        // Liveness: once faults stop, a leader emerges and every proposal made so far is
+        // resolved (committed, or overwritten by a committed entry) within the bound.
+        self.heal_all();
+        self.trace(|| "--- faults stop: liveness phase ---".to_string());
+        let unresolved: Vec<u64> = self.pending_writes.keys().copied().collect();
+        let start_tick = self.tick;
+        let first_new_op = self.next_op;
+        let mut settled = false;
+        for _ in 0..self.options.liveness_ticks {
+            self.run_ticks(1);
+            if self.violation.is_some() {
+                return;
+            }
+            let new_write_done = self.committed.iter().any(|c| {
+                c.kind == EntryKind::Normal && decode_put(&c.data).is_some_and(|(op, _)| op >= first_new_op)
+            });
+            if new_write_done
+                && unresolved.iter().all(|op| !self.pending_writes.contains_key(op))
+                && self.is_settled()
+            {
+                settled = true;
+                break;
+            }
+        }
+        if !settled {
+            let still: Vec<&u64> =
+                unresolved.iter().filter(|op| self.pending_writes.contains_key(op)).collect();
+            let detail = format!(
+                "{} ticks after faults stopped: leader {:?}, settled {}, unresolved proposals {still:?}",
+                self.tick - start_tick,
+                self.leader(),
+                self.is_settled()
+            );
+            self.violate("liveness", detail);
+            return;
+        }
+        self.check_linearizability();
+    }
+
+    /// Runs the whole of `options` and reports.
+    pub fn run_seed(options: Options) -> RunReport {
+        let seed = options.seed;
+        let nodes = options.nodes;
+        let mut sim = None;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sim.insert(Sim::new(options)).run();
+        }));
+        let Some(mut sim) = sim else {
+            let violation =
+                Violation { kind: "panic", detail: "the core panicked at start".into(), trace: Vec::new() };
+            return RunReport {
+                seed,
+                nodes,
+                steps: 0,
+                faults: 0,
+                inconclusive: 0,
+                committed: 0,
+                writes: 0,
+                reads: 0,
+                leaders: 0,
+                snapshots_installed: 0,
+                transfers: 0,
+                trace: Vec::new(),
+                violation: Some(violation),
+            };
+        };
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            sim.violate("panic", format!("the core panicked: {message}"));
+        }
+        RunReport {
+            seed,
+            nodes,
+            steps: sim.step,
+            faults: sim.faults,
+            inconclusive: sim.inconclusive,
+            committed: sim.committed.len() as u64,
+            writes: sim
+                .history
+                .iter()
+                .filter(|e| matches!(e.operation, Operation::Write(_)) && e.complete.is_some())
+                .count() as u64,
+            reads: sim.history.iter().filter(|e| matches!(e.operation, Operation::Read(_))).count() as u64,
+            leaders: sim.leaders.len() as u64,
+            snapshots_installed: sim.snapshots_installed,
+            transfers: sim.transfers,
+            trace: sim.trace.iter().cloned().collect(),
+            violation: sim.violation.take(),
+        }
+    }
+}
