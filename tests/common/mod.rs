@@ -389,3 +389,44 @@ impl Cluster {
         (0..self.nodes.len()).filter(|&i| i != node && self.nodes[i].is_running()).collect()
     }
 }
+
+/// One node in its own temporary directory, with the fast timings.
+pub struct Single {
+    pub node: Daemon,
+    pub dir: tempfile::TempDir,
+}
+
+impl Single {
+    /// Starts `mmapd --port P --data-dir DIR/data` with the fast timings and `extra`.
+    pub fn start(extra: &[&str]) -> Single {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let port = free_ports(1)[0];
+            let port_text = port.to_string();
+            let data_dir = dir.path().join("data");
+            let mut args = vec!["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+            args.extend(FAST_TIMINGS);
+            args.extend(extra);
+            let mut node = Daemon::new(dir.path(), port, &args);
+            match node.start() {
+                Ok(()) => {
+                    wait_for(Duration::from_secs(5), "the node to lead", || {
+                        (node.status()?["state"] == "leader").then_some(())
+                    });
+                    return Single { node, dir };
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("node did not start: {last_error}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.node.port
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("data/admin.sock")
+    }
+}
