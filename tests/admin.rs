@@ -74,8 +74,14 @@ fn status_msync_snapshot_and_import_work_and_the_socket_is_mode_0660() {
     assert_eq!(get(port, "/get/a").text(), "1");
     assert_eq!(get(port, "/v1/kv/b").text(), "2");
 
+    std::fs::write(&db, r#"{"":"empty key"}"#).unwrap();
+    let output = admin(&["--socket", socket.to_str().unwrap(), "import", db.to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "empty key");
+
     // Everything survives a restart from the snapshot plus the log after it.
     single.node.kill9();
+    let output = admin(&["--socket", socket.to_str().unwrap(), "status"]);
+    assert_fails_with_one_line(&output, "nothing listens");
     single.node.start().unwrap();
     wait_for(Duration::from_secs(5), "the node to lead again", || {
         (status(port)?["state"] == "leader").then_some(())
@@ -104,6 +110,7 @@ fn step_down_moves_leadership_from_the_leader_and_fails_clearly_on_a_follower() 
 
     let output = admin(&["--socket", socket_of(follower).to_str().unwrap(), "step-down"]);
     assert_fails_with_one_line(&output, "not the leader");
+    assert_fails_with_one_line(&output, &cluster.nodes[leader].address());
     assert_eq!(cluster.agreed_leader_and_term(), Some((leader, term)), "a refused step-down moved nothing");
 
     let text = admin_ok(&socket_of(leader), &["step-down"]);
@@ -124,4 +131,25 @@ fn step_down_moves_leadership_from_the_leader_and_fails_clearly_on_a_follower() 
         assert_eq!(get(cluster.port(node), "/get/a").text(), "1", "node {node}");
         assert_eq!(get(cluster.port(node), "/get/b").text(), "2", "node {node}");
     }
+}
+
+/// A regular file where the admin socket goes (a mistyped --admin-socket) is neither
+/// deleted nor replaced: mmapd refuses to start and names it.
+#[test]
+fn a_regular_file_at_the_admin_socket_path_is_kept_and_mmapd_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "do not delete").unwrap();
+    let port = free_ports(1)[0];
+    let mut node = Daemon::new(
+        dir.path(),
+        port,
+        &["--port", &port.to_string(), "--admin-socket", precious.to_str().unwrap()],
+    );
+    node.spawn();
+    let exit = node.wait_exit(Duration::from_secs(10));
+    assert!(!exit.success());
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "do not delete");
+    let log = node.log_text();
+    assert!(log.contains("precious.txt") && log.contains("not a socket"), "{log}");
 }
