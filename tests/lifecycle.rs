@@ -32,6 +32,18 @@ fn receive_until(
     }
 }
 
+/// Collects every notify datagram that arrives within `duration`.
+fn receive_for(socket: &UnixDatagram, seen: &mut Vec<String>, duration: Duration) {
+    let deadline = Instant::now() + duration;
+    let mut buffer = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+        socket.set_read_timeout(Some(left)).unwrap();
+        if let Ok(length) = socket.recv(&mut buffer) {
+            seen.push(String::from_utf8_lossy(&buffer[..length]).into_owned());
+        }
+    }
+}
+
 /// Under a (fake) systemd: READY=1 only once the port accepts connections, then
 /// WATCHDOG=1 repeatedly at half of WATCHDOG_USEC, a STATUS= line, and on SIGTERM
 /// STOPPING=1 and exit code 0.
@@ -58,10 +70,7 @@ fn sd_notify_ready_when_serving_then_watchdog_status_and_stopping_on_sigterm() {
 
     // Pings come every 100 ms (half of 200 ms); in 800 ms at least 4 must arrive.
     let after_ready = seen.len();
-    let window = Instant::now();
-    receive_until(&socket, &mut seen, Duration::from_secs(5), |_| {
-        window.elapsed() >= Duration::from_millis(800)
-    });
+    receive_for(&socket, &mut seen, Duration::from_millis(800));
     let pings = seen[after_ready..].iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
     assert!(pings >= 4, "{pings} watchdog pings in 800 ms: {seen:?}");
     let status = seen.iter().flat_map(|m| m.lines()).find(|l| l.starts_with("STATUS="));
@@ -72,6 +81,30 @@ fn sd_notify_ready_when_serving_then_watchdog_status_and_stopping_on_sigterm() {
     let exit = node.wait_exit(Duration::from_secs(10));
     assert_eq!(exit.code(), Some(0), "exit status {exit}");
     assert!(!data_dir.join("admin.sock").exists(), "the admin socket is removed on a clean stop");
+}
+
+/// WATCHDOG_PID naming another process means the watchdog is not ours: no pings.
+#[test]
+fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let port = free_ports(1)[0];
+    let data_dir = dir.path().join("data");
+    let mut node = Daemon::new(
+        dir.path(),
+        port,
+        &["--port", &port.to_string(), "--data-dir", data_dir.to_str().unwrap()],
+    )
+    .env("NOTIFY_SOCKET", &socket_path)
+    .env("WATCHDOG_USEC", "200000")
+    .env("WATCHDOG_PID", "1");
+    node.spawn();
+    let mut seen = Vec::new();
+    receive_until(&socket, &mut seen, Duration::from_secs(10), |m| m.lines().any(|l| l == "READY=1"));
+    receive_for(&socket, &mut seen, Duration::from_millis(500));
+    let pings = seen.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
+    assert_eq!(pings, 0, "{seen:?}");
 }
 
 /// `mmapd --port P` with nothing else, in an empty directory: a one-node cluster that
