@@ -5,7 +5,7 @@
 //! (`mmapd` under systemd) may use it; nobody else can connect.
 
 use std::convert::Infallible;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,7 +33,14 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    if path.exists() {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        // Only a stale socket is replaced: a mistyped --admin-socket must not delete a file.
+        if !metadata.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -72,7 +79,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
         }
         "/msync" => {
             expect(Method::POST, "POST")?;
-            let stats = api.node.msync().await.map_err(admin_error)?;
+            let stats = api.node.msync().await.map_err(|e| admin_error(api, e))?;
             Ok(json(serde_json::json!({
                 "bytes": stats.bytes,
                 "msyncs": stats.msyncs,
@@ -81,13 +88,13 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
         }
         "/step-down" => {
             expect(Method::POST, "POST")?;
-            let leader = api.node.step_down().await.map_err(admin_error)?;
+            let leader = api.node.step_down().await.map_err(|e| admin_error(api, e))?;
             let address = api.members.get(&leader).map(|a| a.to_string());
             Ok(json(serde_json::json!({ "new leader": address, "node id": leader })))
         }
         "/snapshot" => {
             expect(Method::POST, "POST")?;
-            let meta = api.node.snapshot().await.map_err(admin_error)?;
+            let meta = api.node.snapshot().await.map_err(|e| admin_error(api, e))?;
             Ok(json(serde_json::json!({ "index": meta.index, "term": meta.term })))
         }
         "/import" => {
@@ -127,10 +134,13 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
     }
 }
 
-fn admin_error(error: NodeError) -> ApiError {
+fn admin_error(api: &Api, error: NodeError) -> ApiError {
     match error {
         NodeError::NotLeader(leader) => ApiError::NotLeader(match leader {
-            Some(id) => format!("node {id}"),
+            Some(id) => match api.members.get(&id) {
+                Some(address) => address.to_string(),
+                None => format!("node {id}"),
+            },
             None => "none known".into(),
         }),
         other => super::http::node_error(other),

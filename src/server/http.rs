@@ -167,7 +167,10 @@ impl Api {
     }
 
     pub(crate) fn check_key_value(&self, key: &[u8], value: &[u8]) -> Result<(), ApiError> {
-        if key.is_empty() || key.len() > self.max_key_bytes {
+        if key.is_empty() {
+            return Err(ApiError::BadRequest("empty key".into()));
+        }
+        if key.len() > self.max_key_bytes {
             return Err(ApiError::TooLarge { what: "key", size: key.len(), limit: self.max_key_bytes });
         }
         self.check_value(value)

@@ -553,7 +553,11 @@ impl Driver {
             || (!forced && applied - self.snapshot_index < self.snapshot_entries)
         {
             if forced {
-                let meta = SnapshotMeta { index: self.snapshot_index, ..Default::default() };
+                // Nothing new to snapshot: answer with the latest snapshot's own meta.
+                let latest =
+                    self.shared.snapshot.lock().expect("snapshot lock").as_ref().map(|s| s.meta.clone());
+                let meta = latest
+                    .unwrap_or_else(|| SnapshotMeta { index: self.snapshot_index, ..Default::default() });
                 for reply in self.snapshot_waiters.drain(..) {
                     let _ = reply.send(Ok(meta.clone()));
                 }
@@ -570,9 +574,14 @@ impl Driver {
             Ok(meta) => meta,
             Err(error) => {
                 tracing::warn!(%error, "compaction refused");
+                for reply in self.snapshot_waiters.drain(..) {
+                    let _ = reply.send(Err(NodeError::Invalid(format!("compaction refused: {error}"))));
+                }
                 return;
             }
         };
+        // The log's first index moved: /status shows it now, not at the next Ready.
+        *self.shared.status.lock().expect("status lock") = self.raft.status();
         let data = Bytes::from(data);
         *self.shared.snapshot.lock().expect("snapshot lock") =
             Some(Snapshot { meta: meta.clone(), data: data.clone() });

@@ -1,0 +1,271 @@
+//! Hostile and malformed input against a real node: every one is refused with the
+//! right status (or the connection is dropped), and afterwards the node still serves
+//! and its earlier data is intact.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mmapd::raft::{Message, MessageBody};
+use mmapd::transport::codec::encode_batch;
+
+const SECRET: &str = "s3cret-of-the-cluster";
+const MAX_VALUE_BYTES: usize = 1024;
+
+/// A one-node cluster with a cluster secret and a 1 KiB value limit, holding seed keys.
+fn seeded_node() -> Single {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let limit = MAX_VALUE_BYTES.to_string();
+    let single =
+        Single::start(&["--cluster-secret-file", secret.to_str().unwrap(), "--max-value-bytes", &limit]);
+    // The secret file is read at start; its directory may go now.
+    drop(dir);
+    for i in 0..5 {
+        assert_eq!(put(single.port(), &format!("/v1/kv/seed-{i}"), format!("s{i}").as_bytes()).status, 201);
+    }
+    single
+}
+
+/// The node answers, is healthy, and the seed keys are there with their values.
+fn assert_alive_and_intact(single: &Single) {
+    let port = single.port();
+    assert_eq!(get(port, "/health").status, 200, "node unhealthy");
+    for i in 0..5 {
+        let response = get(port, &format!("/v1/kv/seed-{i}"));
+        assert_eq!((response.status, response.text()), (200, format!("s{i}")), "seed-{i}");
+    }
+    assert_eq!(put(port, "/v1/kv/still-writable", b"yes").status / 100, 2);
+}
+
+/// Writes `bytes` on a fresh connection and returns whatever comes back before the
+/// server closes it (nothing if it resets it).
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+fn status_line(answer: &[u8]) -> String {
+    String::from_utf8_lossy(answer).lines().next().unwrap_or("").to_owned()
+}
+
+fn assert_refused(answer: &[u8], allowed: &[u16], what: &str) {
+    let line = status_line(answer);
+    let status = line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
+    assert!(
+        answer.is_empty() || status.is_some_and(|s| allowed.contains(&s)),
+        "{what}: expected the connection closed or one of {allowed:?}, got {line:?}"
+    );
+}
+
+#[test]
+fn oversized_values_and_keys_are_refused_with_413() {
+    let single = seeded_node();
+    let port = single.port();
+    let at_limit = vec![b'v'; MAX_VALUE_BYTES];
+    let over_limit = vec![b'v'; MAX_VALUE_BYTES + 1];
+    assert_eq!(put(port, "/v1/kv/big", &at_limit).status, 201, "a value at the limit is fine");
+    assert_eq!(put(port, "/v1/kv/big", &over_limit).status, 413);
+    let form = format!("/set/big?value={}", "v".repeat(MAX_VALUE_BYTES + 1));
+    assert_eq!(request(port, "POST", &form, &[], b"").unwrap().status, 413);
+    let body = format!("value={}", "v".repeat(MAX_VALUE_BYTES + 1));
+    assert_eq!(request(port, "POST", "/set/big", &[], body.as_bytes()).unwrap().status, 413);
+    assert_eq!(get(port, "/v1/kv/big").body, at_limit, "the refused writes changed nothing");
+
+    let key_at_limit = "k".repeat(4096);
+    let key_over_limit = "k".repeat(4097);
+    assert_eq!(put(port, &format!("/v1/kv/{key_at_limit}"), b"x").status, 201);
+    assert_eq!(put(port, &format!("/v1/kv/{key_over_limit}"), b"x").status, 413);
+    assert_eq!(get(port, &format!("/v1/kv/{key_over_limit}")).status, 413);
+    assert_eq!(get(port, &format!("/get/{key_over_limit}")).status, 413);
+    assert_eq!(
+        request(port, "POST", &format!("/set/{key_over_limit}?value=x"), &[], b"").unwrap().status,
+        413
+    );
+    // The limit applies after percent-decoding: 4096 escapes are 4096 bytes.
+    assert_eq!(get(port, &format!("/v1/kv/{}", "%6b".repeat(4096))).text(), "x");
+    assert_eq!(get(port, &format!("/v1/kv/{}", "%6b".repeat(4097))).status, 413);
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn malformed_keys_and_unknown_methods_are_refused_with_400_and_405() {
+    let single = seeded_node();
+    let port = single.port();
+    for path in ["/v1/kv/%zz", "/v1/kv/%2", "/v1/kv/a%", "/v1/kv/%ff%fe", "/get/%zz"] {
+        assert_eq!(get(port, path).status, 400, "GET {path}");
+    }
+    assert_eq!(put(port, "/v1/kv/%zz", b"x").status, 400);
+    // Empty keys, through every route.
+    assert_eq!(put(port, "/v1/kv/", b"x").status, 400);
+    assert_eq!(request(port, "DELETE", "/v1/kv/", &[], b"").unwrap().status, 400);
+    assert_eq!(request(port, "POST", "/set/?value=x", &[], b"").unwrap().status, 400);
+    assert_eq!(get(port, "/get/").status, 400);
+    // Methods.
+    let response = request(port, "PATCH", "/v1/kv/seed-0", &[], b"x").unwrap();
+    assert_eq!(response.status, 405);
+    assert!(response.header("Allow").is_some_and(|a| a.contains("PUT")), "{:?}", response.headers);
+    assert_eq!(request(port, "DELETE", "/get/seed-0", &[], b"").unwrap().status, 405);
+    assert_eq!(request(port, "GET", "/set/seed-0?value=x", &[], b"").unwrap().status, 405);
+    assert_eq!(request(port, "POST", "/status", &[], b"").unwrap().status, 405);
+    assert_eq!(request(port, "GET", "/raft/messages", &[], b"").unwrap().status, 405);
+    assert_eq!(request(port, "FOO", "/v1/kv/seed-0", &[], b"").unwrap().status, 405);
+    // Bad fields and headers.
+    assert_eq!(request(port, "POST", "/set/k", &[], b"other=1").unwrap().status, 400, "no value field");
+    assert_eq!(request(port, "POST", "/set/k", &[], b"value=%zz").unwrap().status, 400);
+    assert_eq!(get(port, "/v1/kv/seed-0?consistency=sometimes").status, 400);
+    assert_eq!(get(port, "/v1/kv?limit=0").status, 400);
+    assert_eq!(request(port, "PUT", "/v1/kv/seed-0", &[("If-Match", "nope")], b"x").unwrap().status, 400);
+    assert_eq!(get(port, "/no/such/route").status, 404);
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn garbage_bytes_on_the_tcp_port_are_refused_and_the_node_lives_on() {
+    let single = seeded_node();
+    let port = single.port();
+    let mut noise = vec![0u8; 64 * 1024];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for byte in &mut noise {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    let huge_header =
+        format!("GET /get/seed-0 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary noise", noise),
+        ("NUL bytes and a blank line", b"\0\0\0\x01\xff\xfe\r\n\r\n".to_vec()),
+        ("a request line without a version", b"GET /get/seed-0\r\n\r\n".to_vec()),
+        ("a header without a colon", b"GET /get/seed-0 HTTP/1.1\r\nno colon here\r\n\r\n".to_vec()),
+        ("a megabyte of header", huge_header.into_bytes()),
+        ("a bad Content-Length", b"PUT /v1/kv/x HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec()),
+        ("a bad chunk", b"PUT /v1/kv/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let answer = raw_exchange(port, &bytes);
+        assert_refused(&answer, &[400, 413, 431], what);
+        assert_eq!(get(port, "/get/seed-0").text(), "s0", "after {what}");
+    }
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn huge_content_length_with_a_tiny_body_is_refused_at_once() {
+    let single = seeded_node();
+    let port = single.port();
+    for path in ["/v1/kv/x", "/set/x", "/raft/messages", "/raft/propose"] {
+        let started = Instant::now();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n{}: {SECRET}\r\n\r\ntiny",
+            "X-Mmapd-Cluster-Secret"
+        );
+        let answer = raw_exchange(port, head.as_bytes());
+        assert_eq!(status_line(&answer), "HTTP/1.1 413 Payload Too Large", "{path}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}: answered after {:?}", started.elapsed());
+    }
+    let overflow = b"PUT /v1/kv/x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\nx";
+    assert_refused(&raw_exchange(port, overflow), &[400], "a Content-Length beyond u64");
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn slow_partial_requests_do_not_stop_the_node_serving_others() {
+    let single = seeded_node();
+    let port = single.port();
+    let mut slow = Vec::new();
+    for i in 0..40 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let partial: &[u8] = if i % 2 == 0 {
+            b"GET /get/seed-0 HTTP/1.1\r\nHost: x\r\nX-Slow: aaaa"
+        } else {
+            b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a few bytes"
+        };
+        stream.write_all(partial).unwrap();
+        slow.push(stream);
+    }
+    let started = Instant::now();
+    for i in 0..20 {
+        let response = get(port, &format!("/v1/kv/seed-{}", i % 5));
+        assert_eq!(response.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "20 requests took {:?}", started.elapsed());
+    assert_alive_and_intact(&single);
+    // The half-sent body was never applied.
+    assert_eq!(get(port, "/v1/kv/slow").status, 404);
+    drop(slow);
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn peer_route_refuses_garbage_and_truncated_batches_with_400() {
+    let single = seeded_node();
+    let port = single.port();
+    let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
+    let node_id = single.node.status().unwrap()["node id"].as_u64().unwrap();
+    // A well-formed batch: a stale (term 0) heartbeat answer from a node nobody knows.
+    let message =
+        Message { from: 4242, to: node_id, term: 0, body: MessageBody::HeartbeatResponse { context: 7 } };
+    let mut batch = Vec::new();
+    encode_batch(&[message.clone(), message], &mut batch);
+    let response = request(port, "POST", "/raft/messages", &secret, &batch).unwrap();
+    assert_eq!(response.status, 204, "the untruncated batch is accepted: {}", response.text());
+
+    for cut in [1, 5, batch.len() / 2, batch.len() - 1] {
+        let response = request(port, "POST", "/raft/messages", &secret, &batch[..cut]).unwrap();
+        assert_eq!(response.status, 400, "batch cut to {cut} of {} bytes", batch.len());
+    }
+    let mut trailing = batch.clone();
+    trailing.push(0);
+    assert_eq!(request(port, "POST", "/raft/messages", &secret, &trailing).unwrap().status, 400);
+    for garbage in [&b""[..], b"garbage", &[0xff; 64]] {
+        assert_eq!(request(port, "POST", "/raft/messages", &secret, garbage).unwrap().status, 400);
+        assert_eq!(request(port, "POST", "/raft/propose", &secret, garbage).unwrap().status, 400);
+    }
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn peer_routes_refuse_a_missing_or_wrong_cluster_secret_with_401() {
+    let single = seeded_node();
+    let port = single.port();
+    let wrong = [("X-Mmapd-Cluster-Secret", "s3cret-of-the-clusteR")];
+    let short = [("X-Mmapd-Cluster-Secret", "s3cret")];
+    for path in ["/raft/messages", "/raft/propose"] {
+        assert_eq!(request(port, "POST", path, &[], b"garbage").unwrap().status, 401, "{path} without");
+        assert_eq!(request(port, "POST", path, &wrong, b"garbage").unwrap().status, 401, "{path} wrong");
+        assert_eq!(request(port, "POST", path, &short, b"garbage").unwrap().status, 401, "{path} short");
+    }
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn garbage_on_the_admin_socket_is_refused_and_the_node_lives_on() {
+    let single = seeded_node();
+    let socket = single.admin_socket();
+    for bytes in [
+        &b"\0\xff\xfe garbage\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"POST /import HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n{\"a\":",
+    ] {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = stream.write_all(bytes);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert_refused(&answer, &[400, 404, 405], &format!("{:?}", String::from_utf8_lossy(bytes)));
+    }
+    let output = admin(&["--socket", socket.to_str().unwrap(), "status"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_alive_and_intact(&single);
+}

@@ -1,0 +1,146 @@
+//! The daemon's life: sd-notify readiness, watchdog, status and stopping under a fake
+//! NOTIFY_SOCKET; a node with no configuration at all; refusing the original's files.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Receives notify datagrams until `until` returns true for one, or panics at `timeout`.
+fn receive_until(
+    socket: &UnixDatagram,
+    seen: &mut Vec<String>,
+    timeout: Duration,
+    until: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out; notifications so far: {seen:?}");
+        socket.set_read_timeout(Some(left)).unwrap();
+        if let Ok(length) = socket.recv(&mut buffer) {
+            let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+            seen.push(message.clone());
+            if until(&message) {
+                return;
+            }
+        }
+    }
+}
+
+/// Collects every notify datagram that arrives within `duration`.
+fn receive_for(socket: &UnixDatagram, seen: &mut Vec<String>, duration: Duration) {
+    let deadline = Instant::now() + duration;
+    let mut buffer = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+        socket.set_read_timeout(Some(left)).unwrap();
+        if let Ok(length) = socket.recv(&mut buffer) {
+            seen.push(String::from_utf8_lossy(&buffer[..length]).into_owned());
+        }
+    }
+}
+
+/// Under a (fake) systemd: READY=1 only once the port accepts connections, then
+/// WATCHDOG=1 repeatedly at half of WATCHDOG_USEC, a STATUS= line, and on SIGTERM
+/// STOPPING=1 and exit code 0.
+#[test]
+fn sd_notify_ready_when_serving_then_watchdog_status_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let port = free_ports(1)[0];
+    let data_dir = dir.path().join("data");
+    let mut node = Daemon::new(
+        dir.path(),
+        port,
+        &["--port", &port.to_string(), "--data-dir", data_dir.to_str().unwrap()],
+    )
+    .env("NOTIFY_SOCKET", &socket_path)
+    .env("WATCHDOG_USEC", "200000");
+    node.spawn();
+
+    let mut seen = Vec::new();
+    receive_until(&socket, &mut seen, Duration::from_secs(10), |m| m.lines().any(|l| l == "READY=1"));
+    assert!(accepts_connections(port), "READY=1 came before the port accepted connections");
+    assert_eq!(get(port, "/status").status, 200);
+
+    // Pings come every 100 ms (half of 200 ms); in 800 ms at least 4 must arrive.
+    let after_ready = seen.len();
+    receive_for(&socket, &mut seen, Duration::from_millis(800));
+    let pings = seen[after_ready..].iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
+    assert!(pings >= 4, "{pings} watchdog pings in 800 ms: {seen:?}");
+    let status = seen.iter().flat_map(|m| m.lines()).find(|l| l.starts_with("STATUS="));
+    assert!(status.is_some_and(|s| s.contains("leader")), "no STATUS= naming the role: {seen:?}");
+
+    node.signal(Signal::SIGTERM);
+    receive_until(&socket, &mut seen, Duration::from_secs(5), |m| m.lines().any(|l| l == "STOPPING=1"));
+    let exit = node.wait_exit(Duration::from_secs(10));
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    assert!(!data_dir.join("admin.sock").exists(), "the admin socket is removed on a clean stop");
+}
+
+/// WATCHDOG_PID naming another process means the watchdog is not ours: no pings.
+#[test]
+fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let port = free_ports(1)[0];
+    let data_dir = dir.path().join("data");
+    let mut node = Daemon::new(
+        dir.path(),
+        port,
+        &["--port", &port.to_string(), "--data-dir", data_dir.to_str().unwrap()],
+    )
+    .env("NOTIFY_SOCKET", &socket_path)
+    .env("WATCHDOG_USEC", "200000")
+    .env("WATCHDOG_PID", "1");
+    node.spawn();
+    let mut seen = Vec::new();
+    receive_until(&socket, &mut seen, Duration::from_secs(10), |m| m.lines().any(|l| l == "READY=1"));
+    receive_for(&socket, &mut seen, Duration::from_millis(500));
+    let pings = seen.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
+    assert_eq!(pings, 0, "{seen:?}");
+}
+
+/// `mmapd --port P` with nothing else, in an empty directory: a one-node cluster that
+/// serves a write at once, with its files in ./mmapd-P.
+#[test]
+fn single_node_without_configuration_serves_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let mut node = Daemon::new(dir.path(), port, &["--port", &port.to_string()]);
+    let started = Instant::now();
+    node.start().unwrap();
+    let response = put(port, "/v1/kv/first", b"1");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert!(elapsed < Duration::from_secs(2), "first write answered after {elapsed:?}");
+    assert_eq!(get(port, "/get/first").text(), "1");
+    let status = status(port).unwrap();
+    assert_eq!(status["state"], "leader");
+    assert_eq!(status["leader"], format!("127.0.0.1:{port}"));
+    assert!(dir.path().join(format!("mmapd-{port}")).is_dir(), "no ./mmapd-{port}");
+    assert!(dir.path().join(format!("mmapd-{port}/admin.sock")).exists());
+}
+
+/// The original's db.json given as -db is refused: mmapd exits non-zero, naming the
+/// file and the command that imports it, and does not start serving.
+#[test]
+fn legacy_json_db_file_is_refused_naming_the_file_and_the_import_command() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("legacy-db.json"), r#"{"k":"v"}"#).unwrap();
+    let port = free_ports(1)[0];
+    let mut node = Daemon::new(dir.path(), port, &["-port", &port.to_string(), "-db", "legacy-db.json"]);
+    node.spawn();
+    let exit = node.wait_exit(Duration::from_secs(10));
+    assert!(!exit.success(), "mmapd started on a legacy db.json");
+    let log = node.log_text();
+    assert!(log.contains("legacy-db.json"), "message does not name the file: {log}");
+    assert!(log.contains("mmapd-admin import"), "message does not mention mmapd-admin import: {log}");
+    assert!(!accepts_connections(port));
+}
