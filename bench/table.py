@@ -138,6 +138,8 @@ def build(args):
         for line in open(args.memory):
             system, node, kb = line.rstrip("\n").split("\t")
             by_system[system].append((node, int(kb)))
+        for nodes in by_system.values():
+            nodes.sort(key=lambda node: not node[0].endswith("leader"))
         for (m_node, m_kb), (e_node, e_kb) in zip(by_system["mmapd"], by_system["etcd"]):
             role = m_node.split()[1] if m_node.split()[1] == e_node.split()[1] else f"{m_node} / {e_node}"
             memory.append(f"| {role} | {m_kb / 1024:.0f} MB | {e_kb / 1024:.0f} MB |")
