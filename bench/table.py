@@ -52,6 +52,12 @@ def errors(runs):
     return ", ".join(parts)
 
 
+def mb(kb):
+    """VmRSS, with RssAnon + RssFile when recorded."""
+    rss, anon, file = kb[:3]
+    return f"{rss / 1024:.0f} MB" + (f" ({anon / 1024:.0f} + {file / 1024:.0f})" if anon or file else "")
+
+
 def build(args):
     order, runs = parse_results(args.results)
     rows = []
@@ -132,18 +138,18 @@ def build(args):
         goals.append(goal(f"local reads c=64: >= 1.5x etcd ({s['ratio_rps']:.2f}x) and >= 0.5x the hyper "
                           f"ceiling ({of_ceiling:.2f}x)", s["ratio_rps"] >= 1.5 and of_ceiling >= 0.5))
 
-    memory = ["| node | mmapd VmRSS | etcd VmRSS |", "|---|--:|--:|"]
+    memory = ["| node | mmapd VmRSS (anon + file) | etcd VmRSS (anon + file) |", "|---|--:|--:|"]
     if args.memory:
         by_system = defaultdict(list)
         for line in open(args.memory):
-            system, node, kb = line.rstrip("\n").split("\t")
-            by_system[system].append((node, int(kb)))
+            system, node, *kb = line.rstrip("\n").split("\t")
+            by_system[system].append((node, [int(k) for k in kb] + [0, 0]))
         for nodes in by_system.values():
             nodes.sort(key=lambda node: not node[0].endswith("leader"))
         for (m_node, m_kb), (e_node, e_kb) in zip(by_system["mmapd"], by_system["etcd"]):
             role = m_node.split()[1] if m_node.split()[1] == e_node.split()[1] else f"{m_node} / {e_node}"
-            memory.append(f"| {role} | {m_kb / 1024:.0f} MB | {e_kb / 1024:.0f} MB |")
-        totals = [sum(kb for _, kb in by_system[s]) / 1024 for s in ("mmapd", "etcd")]
+            memory.append(f"| {role} | {mb(m_kb)} | {mb(e_kb)} |")
+        totals = [sum(kb[0] for _, kb in by_system[s]) / 1024 for s in ("mmapd", "etcd")]
         memory.append(f"| total | {totals[0]:.0f} MB | {totals[1]:.0f} MB |")
 
     return "\n".join(lines), "\n".join(goals), "\n".join(memory), notes, spread
