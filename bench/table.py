@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Turns bench/run's results into the "## mmapd vs etcd" section of BENCHMARKS.md.
+
+Input: results.tsv lines `round<TAB>workload<TAB>system<TAB>rps=.. p50_us=.. p99_us=..
+requests=.. non2xx=.. socket_errors=..` and memory.tsv lines `system<TAB>node<TAB>VmRSS kB`.
+Figures are medians over rounds; ratios are mmapd / etcd of those medians.
+"""
+
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+SECTION = "## mmapd vs etcd"
+
+
+def parse_results(path):
+    runs = defaultdict(list)  # (workload, system) -> [dict]
+    order = []
+    for line in open(path):
+        round_, workload, system, fields = line.rstrip("\n").split("\t")
+        values = {k: float(v) for k, v in re.findall(r"(\w+)=(-?[\d.]+)", fields)}
+        if round_ == "profile":
+            continue
+        if workload not in order:
+            order.append(workload)
+        runs[(workload, system)].append(values)
+    return order, runs
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs) if runs else None
+
+
+def ms(us):
+    return "-" if us is None else (f"{us / 1000:.2f} ms" if us < 100_000 else f"{us / 1000:.0f} ms")
+
+
+def rate(rps):
+    return "-" if rps is None else f"{rps:,.0f}"
+
+
+def errors(runs):
+    non2xx = sum(int(r["non2xx"]) for r in runs)
+    socket = sum(int(r["socket_errors"]) for r in runs)
+    parts = []
+    if non2xx:
+        parts.append(f"{non2xx} non-2xx")
+    if socket:
+        parts.append(f"{socket} socket errors" if socket > 0 else "no result")
+    return ", ".join(parts)
+
+
+def mb(kb):
+    """VmRSS, with RssAnon + RssFile when recorded."""
+    rss, anon, file = kb[:3]
+    return f"{rss / 1024:.0f} MB" + (f" ({anon / 1024:.0f} + {file / 1024:.0f})" if anon or file else "")
+
+
+def build(args):
+    order, runs = parse_results(args.results)
+    rows = []
+    summary = {}
+    for workload in order:
+        m, e = runs.get((workload, "mmapd"), []), runs.get((workload, "etcd"), [])
+        if not m or not e:
+            continue
+        m_rps, e_rps = median(m, "rps"), median(e, "rps")
+        m_p50, e_p50 = median(m, "p50_us"), median(e, "p50_us")
+        m_p99, e_p99 = median(m, "p99_us"), median(e, "p99_us")
+        ratio_rps = m_rps / e_rps if e_rps else float("nan")
+        ratio_p99 = m_p99 / e_p99 if e_p99 else float("nan")
+        notes = []
+        if errors(m):
+            notes.append("mmapd: " + errors(m))
+        if errors(e):
+            notes.append("etcd: " + errors(e))
+        name = workload + (" **(errors)**" if notes else "")
+        rows.append(
+            f"| {name} | {rate(m_rps)} | {ms(m_p50)} | {ms(m_p99)} | {rate(e_rps)} | {ms(e_p50)} | "
+            f"{ms(e_p99)} | {ratio_rps:.2f}x | {ratio_p99:.2f}x |"
+        )
+        summary[workload] = dict(
+            m_rps=m_rps, e_rps=e_rps, m_p50=m_p50, e_p50=e_p50, m_p99=m_p99, e_p99=e_p99,
+            ratio_rps=ratio_rps, ratio_p99=ratio_p99, notes=notes,
+            m_all=[r["rps"] for r in m], e_all=[r["rps"] for r in e],
+        )
+    ceiling = runs.get(("local read c=64", "ceiling"), [])
+    ceiling_rps = median(ceiling, "rps")
+    if ceiling:
+        rows.append(
+            f"| hyper ceiling (GET, c=64) | {rate(ceiling_rps)} | {ms(median(ceiling, 'p50_us'))} | "
+            f"{ms(median(ceiling, 'p99_us'))} | | | | | |"
+        )
+
+    lines = [
+        "| workload | mmapd req/s | p50 | p99 | etcd req/s | p50 | p99 | req/s mmapd/etcd | p99 mmapd/etcd |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        *rows,
+    ]
+
+    notes = [f"- {w}: {'; '.join(s['notes'])}" for w, s in summary.items() if s["notes"]]
+    spread = [
+        f"- {w}: mmapd {', '.join(rate(x) for x in s['m_all'])}; etcd {', '.join(rate(x) for x in s['e_all'])}"
+        for w, s in summary.items()
+    ]
+
+    def goal(text, ok):
+        return f"| {text} | {'met' if ok else '**not met**'} |"
+
+    def get(workload, key):
+        return summary.get(workload, {}).get(key)
+
+    goals = ["| goal | result |", "|---|---|"]
+    w64, w1, w256 = "write c=64", "write c=1", "write c=256"
+    lin, loc = "linearizable read c=64", "local read c=64"
+    if w64 in summary:
+        s = summary[w64]
+        goals.append(goal(f"writes c=64: >= 3x etcd req/s ({s['ratio_rps']:.2f}x) and p99 <= 0.5x "
+                          f"({s['ratio_p99']:.2f}x)", s["ratio_rps"] >= 3 and s["ratio_p99"] <= 0.5))
+    if w1 in summary:
+        s = summary[w1]
+        r = s["m_p50"] / s["e_p50"]
+        goals.append(goal(f"writes c=1: p50 <= 0.5x etcd's ({r:.2f}x)", r <= 0.5))
+    if w256 in summary:
+        s = summary[w256]
+        goals.append(goal(f"writes c=256: >= 3x etcd req/s ({s['ratio_rps']:.2f}x), no errors "
+                          f"({'none' if not s['notes'] else '; '.join(s['notes'])})",
+                          s["ratio_rps"] >= 3 and not s["notes"]))
+    if lin in summary:
+        s = summary[lin]
+        goals.append(goal(f"linearizable reads c=64: >= 3x etcd quorum reads ({s['ratio_rps']:.2f}x)",
+                          s["ratio_rps"] >= 3))
+    if loc in summary:
+        s = summary[loc]
+        of_ceiling = s["m_rps"] / ceiling_rps if ceiling_rps else float("nan")
+        goals.append(goal(f"local reads c=64: >= 1.5x etcd ({s['ratio_rps']:.2f}x) and >= 0.5x the hyper "
+                          f"ceiling ({of_ceiling:.2f}x)", s["ratio_rps"] >= 1.5 and of_ceiling >= 0.5))
+
+    memory = ["| node | mmapd VmRSS (anon + file) | etcd VmRSS (anon + file) |", "|---|--:|--:|"]
+    if args.memory:
+        by_system = defaultdict(list)
+        for line in open(args.memory):
+            system, node, *kb = line.rstrip("\n").split("\t")
+            by_system[system].append((node, [int(k) for k in kb] + [0, 0]))
+        for nodes in by_system.values():
+            nodes.sort(key=lambda node: not node[0].endswith("leader"))
+        for (m_node, m_kb), (e_node, e_kb) in zip(by_system["mmapd"], by_system["etcd"]):
+            role = m_node.split()[1] if m_node.split()[1] == e_node.split()[1] else f"{m_node} / {e_node}"
+            memory.append(f"| {role} | {mb(m_kb)} | {mb(e_kb)} |")
+        totals = [sum(kb[0] for _, kb in by_system[s]) / 1024 for s in ("mmapd", "etcd")]
+        memory.append(f"| total | {totals[0]:.0f} MB | {totals[1]:.0f} MB |")
+
+    return "\n".join(lines), "\n".join(goals), "\n".join(memory), notes, spread
+
+
+def section(args, table, goals, memory, notes, spread):
+    body = f"""{SECTION}
+
+Both clusters run 3 nodes on loopback on this one machine, data directories under one
+temporary directory on the same disk; each acknowledges a write once it is durable on a
+majority (mmapd: msync; etcd 3.4: WAL fsync). Load goes to the leader (except the
+"via follower" row) with the same wrk scripts (`bench/wrk/`): 100-byte values over
+10,000 keys (prefilled on both before the first run), random keys, wrk `--timeout 10s`.
+Writes: mmapd `POST /set/<key>` vs etcd `PUT /v2/keys/<key>`, both form `value=`.
+Linearizable reads: mmapd `GET /v1/kv/<key>` vs etcd `GET /v2/keys/<key>?quorum=true`.
+Local reads: mmapd `?consistency=stale` vs etcd's default GET. The mix is 90% linearizable
+reads, 10% writes. The ceiling is `examples/ceiling.rs`, a hyper 1 server answering 200
+without work, driven by the local-read script.
+
+Command: `bench/run` ({args.rounds} rounds x {args.seconds} s per run, systems alternating
+within each workload and the first system alternating between rounds; {args.elapsed} s of
+load in all). Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1 and
+p99 below 1 favour mmapd). p50 and p99 are wrk's latency percentiles.
+
+Machine: {args.machine}.
+
+{table}
+
+Goals (from this run):
+
+{goals}
+
+Resident memory (VmRSS) after the write runs of round 1 (10,000 keys prefilled, then
+overwritten by the write runs at 1 to 256 connections):
+
+{memory}
+
+Req/s per round (to judge the noise):
+
+{chr(10).join(spread)}
+"""
+    if notes:
+        body += "\nErrors (summed over rounds):\n\n" + "\n".join(notes) + "\n"
+    return body
+
+
+def replace_section(path, text):
+    try:
+        current = open(path).read()
+    except FileNotFoundError:
+        current = "# Benchmarks\n"
+    lines = current.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        new = current.rstrip("\n") + "\n\n" + text
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start]) + ("\n" if start else "") + text + "\n" + "\n".join(lines[end:])
+    open(path, "w").write(new.rstrip("\n") + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--memory")
+    parser.add_argument("--rounds", default="?")
+    parser.add_argument("--seconds", default="?")
+    parser.add_argument("--elapsed", default="?")
+    parser.add_argument("--machine", default="unknown")
+    parser.add_argument("--markdown", help="BENCHMARKS.md to update")
+    args = parser.parse_args()
+    table, goals, memory, notes, spread = build(args)
+    text = section(args, table, goals, memory, notes, spread)
+    print(text)
+    if args.markdown:
+        replace_section(args.markdown, text)
+        print(f"updated {args.markdown}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
