@@ -185,24 +185,30 @@ fn one_run(seed: u64, nodes: usize, fault_seconds: u64, report_dir: &std::path::
                     })
                     .collect();
                 let timeline = nemesis::run(fault_seconds, &mut rng, network.as_ref(), &mut cluster, &shared);
-                nemesis::heal(network.as_ref(), &mut cluster)?;
-                let healed = Instant::now();
-                let serving = wait_until_all_serve(nodes, Duration::from_secs(30));
-                match serving {
-                    Some(waited) if waited <= RECOVERY => {}
-                    Some(waited) => anomalies.push((
-                        None,
-                        format!("after healing, all nodes served only after {:.1} s (limit {RECOVERY:?})", waited.as_secs_f64()),
-                    )),
-                    None => anomalies.push((None, "after healing, the cluster did not serve within 30 s".into())),
+                // Heal and stop the clients whatever happened, so the scope can end.
+                let healed = nemesis::heal(network.as_ref(), &mut cluster);
+                if healed.is_ok() {
+                    match wait_until_all_serve(nodes, Duration::from_secs(30)) {
+                        Some(waited) if waited <= RECOVERY => {}
+                        Some(waited) => anomalies.push((
+                            None,
+                            format!(
+                                "after healing, all nodes served only after {:.1} s (limit {RECOVERY:?})",
+                                waited.as_secs_f64()
+                            ),
+                        )),
+                        None => anomalies.push((None, "after healing, the cluster did not serve within 30 s".into())),
+                    }
                 }
-                let _ = healed;
                 shared.stop.store(true, Ordering::Relaxed);
-                for client in clients {
-                    client.join().map_err(|_| "a client thread panicked".to_string())?;
+                let joined = clients.into_iter().map(|c| c.join()).filter(Result::is_err).count();
+                healed?;
+                if joined > 0 {
+                    return Err(format!("{joined} client threads panicked"));
                 }
+                let timeline = timeline?;
                 final_reads(&shared);
-                timeline
+                Ok(timeline)
             })
             .join()
             .map_err(|_| "the controller thread panicked".to_string())?
