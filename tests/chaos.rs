@@ -92,7 +92,8 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         // A replay runs one seed for MMAPD_CHAOS_SECONDS, or as long as a CI run's seed.
         Some(seed) => (vec![seed], env_u64("MMAPD_CHAOS_SECONDS").unwrap_or(30)),
         None => {
-            let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() * 1000;
+            let base =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() * 1000;
             let runs = total_seconds.div_ceil(per_run);
             ((0..runs).map(|i| base + i).collect(), per_run)
         }
@@ -121,7 +122,10 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         }
     }
     if totals.inconclusive > 0 {
-        eprintln!("chaos: {} keys inconclusive (search budget exceeded), not counted as anomalies", totals.inconclusive);
+        eprintln!(
+            "chaos: {} keys inconclusive (search budget exceeded), not counted as anomalies",
+            totals.inconclusive
+        );
     }
     let line = format!(
         "chaos: {} s of faults, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies",
@@ -136,7 +140,11 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
     );
     eprintln!("{line}");
     println!("{line}");
-    assert!(failures.is_empty(), "chaos: anomalies in seeds {failures:?} (reports in {})", report_dir.display());
+    assert!(
+        failures.is_empty(),
+        "chaos: anomalies in seeds {failures:?} (reports in {})",
+        report_dir.display()
+    );
 }
 
 fn nix_is_root() -> bool {
@@ -145,7 +153,12 @@ fn nix_is_root() -> bool {
 }
 
 /// One run: start, load, faults, heal, check. Err only when the harness itself fails.
-fn one_run(seed: u64, nodes: usize, fault_seconds: u64, report_dir: &std::path::Path) -> Result<Totals, String> {
+fn one_run(
+    seed: u64,
+    nodes: usize,
+    fault_seconds: u64,
+    report_dir: &std::path::Path,
+) -> Result<Totals, String> {
     let mut rng = Rng::new(seed);
     let network = if net::LOOPBACK.load(Ordering::Relaxed) { None } else { Some(Network::create(nodes)?) };
     let run_dir = report_dir.join(format!("run-{seed}"));
@@ -197,7 +210,8 @@ fn one_run(seed: u64, nodes: usize, fault_seconds: u64, report_dir: &std::path::
                                 waited.as_secs_f64()
                             ),
                         )),
-                        None => anomalies.push((None, "after healing, the cluster did not serve within 30 s".into())),
+                        None => anomalies
+                            .push((None, "after healing, the cluster did not serve within 30 s".into())),
                     }
                 }
                 shared.stop.store(true, Ordering::Relaxed);
@@ -247,7 +261,14 @@ fn one_run(seed: u64, nodes: usize, fault_seconds: u64, report_dir: &std::path::
     if anomalies.is_empty() {
         let _ = std::fs::remove_dir_all(&run_dir);
     } else {
-        let run = report::Run { seed, nodes, history: &history, timeline: &timeline, anomalies: &anomalies, logs: &logs };
+        let run = report::Run {
+            seed,
+            nodes,
+            history: &history,
+            timeline: &timeline,
+            anomalies: &anomalies,
+            logs: &logs,
+        };
         let path = report::write(report_dir, &run).map_err(|e| format!("writing the report: {e}"))?;
         for (_, anomaly) in &anomalies {
             eprintln!("chaos: seed {seed}: ANOMALY: {anomaly}");

@@ -56,7 +56,9 @@ pub fn check(history: &[Event]) -> Findings {
     for (&key, events) in &by_key {
         let ops: Vec<RegisterOp> = events
             .iter()
-            .filter_map(|e| operation(e).map(|(complete, operation)| RegisterOp { invoke: e.invoke, complete, operation }))
+            .filter_map(|e| {
+                operation(e).map(|(complete, operation)| RegisterOp { invoke: e.invoke, complete, operation })
+            })
             .collect();
         match check_register(&ops, MAX_STATES_PER_KEY) {
             RegisterVerdict::Linearizable => {}
@@ -82,7 +84,10 @@ fn check_last_write(key: u64, events: &[&Event], findings: &mut Findings) {
     let Some(last) = changes.iter().filter(|e| e.outcome == Outcome::Ok).max_by_key(|e| e.invoke) else {
         return;
     };
-    if changes.iter().any(|e| e.invoke != last.invoke && (e.outcome == Outcome::Unknown || e.complete >= last.invoke)) {
+    if changes
+        .iter()
+        .any(|e| e.invoke != last.invoke && (e.outcome == Outcome::Unknown || e.complete >= last.invoke))
+    {
         return;
     }
     let expected = match last.request {

@@ -234,16 +234,30 @@ pub fn client_loop(id: usize, shared: Arc<Shared>, mut rng: Rng) {
     }
 }
 
+/// `MMAPD_CHAOS_STALE_READS=1` makes the clients read with `?consistency=stale`: a planted
+/// bug (stale reads are not linearizable) that the checker must catch, to prove itself.
+/// The final reads stay linearizable.
+fn stale_reads() -> bool {
+    std::env::var("MMAPD_CHAOS_STALE_READS").is_ok_and(|v| v == "1")
+}
+
 /// Performs one request and records it.
 pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: Request) -> Event {
     let path = format!("/v1/kv/k{key}");
     let invoke = shared.now();
     let answer = match &request {
+        Request::Read if client != usize::MAX && stale_reads() => {
+            self::request(node, "GET", &format!("{path}?consistency=stale"), &[], b"")
+        }
         Request::Read => self::request(node, "GET", &path, &[], b""),
         Request::Write(v) => self::request(node, "PUT", &path, &[], v.to_string().as_bytes()),
-        Request::Swap { version, new, .. } => {
-            self::request(node, "PUT", &path, &[("If-Match", format!("\"{version}\""))], new.to_string().as_bytes())
-        }
+        Request::Swap { version, new, .. } => self::request(
+            node,
+            "PUT",
+            &path,
+            &[("If-Match", format!("\"{version}\""))],
+            new.to_string().as_bytes(),
+        ),
         Request::Create(v) => {
             self::request(node, "PUT", &path, &[("If-None-Match", "*".into())], v.to_string().as_bytes())
         }

@@ -233,7 +233,11 @@ impl Search<'_> {
     /// The earliest completion among operations not yet linearized: an operation may
     /// be linearized next only if it was invoked before that.
     fn frontier(&self) -> u64 {
-        (0..self.ops.len()).filter(|&i| !self.is_done(i)).map(|i| self.ops[i].complete).min().unwrap_or(u64::MAX)
+        (0..self.ops.len())
+            .filter(|&i| !self.is_done(i))
+            .map(|i| self.ops[i].complete)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -277,9 +281,11 @@ mod tests {
 
     #[test]
     fn value_cannot_go_back_between_sequential_reads() {
-        let ops = [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(2)), read(13, 14, Some(1))];
+        let ops =
+            [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(2)), read(13, 14, Some(1))];
         assert_eq!(verdict(&ops), NotLinearizable);
-        let ops = [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(1)), read(13, 14, Some(1))];
+        let ops =
+            [write(1, Some(10), 1), write(2, Some(10), 2), read(11, 12, Some(1)), read(13, 14, Some(1))];
         assert_eq!(verdict(&ops), Linearizable);
     }
 
@@ -300,7 +306,10 @@ mod tests {
     fn compare_and_swap_needs_its_expected_value() {
         let swap = |i, c, e, n| op(i, Some(c), Operation::Swap { expected: e, new: n });
         // 1, then swap 1 -> 2: fine; swap 3 -> 4 never held 3.
-        assert_eq!(verdict(&[write(1, Some(2), 1), swap(3, 4, Some(1), 2), read(5, 6, Some(2))]), Linearizable);
+        assert_eq!(
+            verdict(&[write(1, Some(2), 1), swap(3, 4, Some(1), 2), read(5, 6, Some(2))]),
+            Linearizable
+        );
         assert_eq!(verdict(&[write(1, Some(2), 1), swap(3, 4, Some(3), 4)]), NotLinearizable);
         // Two creates that both succeed, one after the other, with no delete between.
         assert_eq!(verdict(&[swap(1, 2, None, 1), swap(3, 4, None, 2)]), NotLinearizable);
@@ -314,7 +323,10 @@ mod tests {
         // A swap on 1 that failed while 1 was the only value.
         assert_eq!(verdict(&[write(1, Some(2), 1), not_equal(3, 4, Some(1))]), NotLinearizable);
         // An unknown write that nobody read may explain the failure.
-        assert_eq!(verdict(&[write(1, Some(2), 1), write(3, None, 9), not_equal(5, 6, Some(1))]), Linearizable);
+        assert_eq!(
+            verdict(&[write(1, Some(2), 1), write(3, None, 9), not_equal(5, 6, Some(1))]),
+            Linearizable
+        );
     }
 
     #[test]
@@ -322,7 +334,10 @@ mod tests {
         let delete = |i, c, existed| op(i, Some(c), Operation::Delete { existed });
         assert_eq!(verdict(&[delete(1, 2, true)]), NotLinearizable);
         assert_eq!(verdict(&[write(1, Some(2), 1), delete(3, 4, true), read(5, 6, None)]), Linearizable);
-        assert_eq!(verdict(&[write(1, Some(2), 1), delete(3, 4, true), read(5, 6, Some(1))]), NotLinearizable);
+        assert_eq!(
+            verdict(&[write(1, Some(2), 1), delete(3, 4, true), read(5, 6, Some(1))]),
+            NotLinearizable
+        );
         // An unknown delete may explain a later absent read.
         let unknown_delete = op(3, None, Operation::Delete { existed: false });
         assert_eq!(verdict(&[write(1, Some(2), 1), unknown_delete, read(5, 6, None)]), Linearizable);

@@ -20,8 +20,18 @@ pub struct FaultRecord {
 }
 
 /// The kinds of fault, drawn with equal weight.
-const KINDS: [&str; 10] =
-    ["majority", "isolate-leader", "bridge", "ring", "one-way", "kill", "kill-leader", "pause", "delay", "loss"];
+const KINDS: [&str; 10] = [
+    "majority",
+    "isolate-leader",
+    "bridge",
+    "ring",
+    "one-way",
+    "kill",
+    "kill-leader",
+    "pause",
+    "delay",
+    "loss",
+];
 
 /// Applies faults until `seconds` have passed; returns the timeline.
 pub fn run(
@@ -41,6 +51,7 @@ pub fn run(
         let active = Duration::from_millis(rng.between(1000, 4000));
         let start = shared.now();
         let description = apply(kind, rng, network, cluster, n)?;
+        eprintln!("chaos:   {:6.2} s {description} for {:.1} s", start as f64 / 1e6, active.as_secs_f64());
         std::thread::sleep(active);
         heal(network, cluster)?;
         timeline.push(FaultRecord { start, end: shared.now(), description });
@@ -57,7 +68,13 @@ pub fn heal(network: Option<&Network>, cluster: &mut Cluster) -> Result<(), Stri
     cluster.heal()
 }
 
-fn apply(kind: &str, rng: &mut Rng, network: Option<&Network>, cluster: &mut Cluster, n: usize) -> Result<String, String> {
+fn apply(
+    kind: &str,
+    rng: &mut Rng,
+    network: Option<&Network>,
+    cluster: &mut Cluster,
+    n: usize,
+) -> Result<String, String> {
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         order.swap(i, rng.index(i + 1));
@@ -75,7 +92,11 @@ fn apply(kind: &str, rng: &mut Rng, network: Option<&Network>, cluster: &mut Clu
         ("isolate-leader", Some(net)) => {
             let others: Vec<usize> = (0..n).filter(|&i| i != leader_or_random).collect();
             partition(net, &[leader_or_random], &others)?;
-            Ok(format!("isolate leader n{} ({})", leader_or_random + 1, if leader.is_some() { "found" } else { "none found, random" }))
+            Ok(format!(
+                "isolate leader n{} ({})",
+                leader_or_random + 1,
+                if leader.is_some() { "found" } else { "none found, random" }
+            ))
         }
         ("bridge", Some(net)) => {
             // Two sides that only the middle node hears both of.

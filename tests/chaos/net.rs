@@ -110,7 +110,10 @@ impl Network {
         for (i, node) in network.nodes.clone().iter().enumerate() {
             let port = format!("vn{}", i + 1);
             run("ip", &["netns", "add", node])?;
-            run("ip", &["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", node])?;
+            run(
+                "ip",
+                &["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", node],
+            )?;
             run("ip", &["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
             run("ip", &["-n", node, "link", "set", "lo", "up"])?;
             run("ip", &["-n", node, "addr", "add", &format!("{}/24", node_ip(i)), "dev", "eth0"])?;
@@ -142,12 +145,21 @@ impl Network {
         if self.netem {
             let delay = format!("{delay_ms}ms");
             let jitter = format!("{}ms", delay_ms / 2);
-            run("tc", &["-n", ns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, &jitter])
-                .map(drop)
+            run(
+                "tc",
+                &["-n", ns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, &jitter],
+            )
+            .map(drop)
         } else {
             let latency = format!("{}ms", delay_ms * 4);
-            run("tc", &["-n", ns, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "256kbit", "burst", "4kb", "latency", &latency])
-                .map(drop)
+            run(
+                "tc",
+                &[
+                    "-n", ns, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "256kbit", "burst",
+                    "4kb", "latency", &latency,
+                ],
+            )
+            .map(drop)
         }
     }
 

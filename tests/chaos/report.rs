@@ -49,18 +49,33 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
 
     let mut text = String::new();
     for fault in run.timeline {
-        let _ = writeln!(text, "fault {:.3}..{:.3} s: {}", fault.start as f64 / 1e6, fault.end as f64 / 1e6, fault.description);
+        let _ = writeln!(
+            text,
+            "fault {:.3}..{:.3} s: {}",
+            fault.start as f64 / 1e6,
+            fault.end as f64 / 1e6,
+            fault.description
+        );
     }
     let mut sorted: Vec<&Event> = run.history.iter().collect();
     sorted.sort_by_key(|e| (e.key, e.invoke));
     for event in &sorted {
-        let client = if event.client == usize::MAX { "final".to_owned() } else { format!("c{}", event.client) };
+        let client =
+            if event.client == usize::MAX { "final".to_owned() } else { format!("c{}", event.client) };
         let _ = writeln!(text, "{client} {}", describe(event));
     }
     std::fs::write(&text_path, text)?;
 
-    let end = run.history.iter().map(|e| e.complete).chain(run.timeline.iter().map(|f| f.end)).max().unwrap_or(1).max(1);
-    let clients = run.history.iter().filter(|e| e.client != usize::MAX).map(|e| e.client + 1).max().unwrap_or(0) + 1;
+    let end = run
+        .history
+        .iter()
+        .map(|e| e.complete)
+        .chain(run.timeline.iter().map(|f| f.end))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let clients =
+        run.history.iter().filter(|e| e.client != usize::MAX).map(|e| e.client + 1).max().unwrap_or(0) + 1;
     let width = 1800.0;
     let lane = 18.0;
     let top = 30.0 + 16.0 * run.timeline.len().min(1) as f64;
@@ -81,7 +96,12 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
         );
     }
     for second in 0..=end / 1_000_000 {
-        let _ = write!(svg, "<text x='{:.1}' y='{:.1}' fill='#888'>{second}s</text>", x(second * 1_000_000), height - 4.0);
+        let _ = write!(
+            svg,
+            "<text x='{:.1}' y='{:.1}' fill='#888'>{second}s</text>",
+            x(second * 1_000_000),
+            height - 4.0
+        );
     }
     for c in 0..clients {
         let label = if c + 1 == clients { "final".to_owned() } else { format!("c{c}") };
@@ -128,7 +148,13 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
     }
     let _ = write!(html, "</ul><h2>Timeline</h2><div style='overflow-x:auto'>{svg}</div><h2>Faults</h2><ol>");
     for fault in run.timeline {
-        let _ = write!(html, "<li>{:.3}..{:.3} s: {}</li>", fault.start as f64 / 1e6, fault.end as f64 / 1e6, escape(&fault.description));
+        let _ = write!(
+            html,
+            "<li>{:.3}..{:.3} s: {}</li>",
+            fault.start as f64 / 1e6,
+            fault.end as f64 / 1e6,
+            escape(&fault.description)
+        );
     }
     html.push_str("</ol>");
     let mut shown = bad_keys.clone();
@@ -136,7 +162,8 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
     for key in shown {
         let _ = write!(html, "<h2>History of k{key}</h2><pre>");
         for event in sorted.iter().filter(|e| e.key == key) {
-            let client = if event.client == usize::MAX { "final".to_owned() } else { format!("c{}", event.client) };
+            let client =
+                if event.client == usize::MAX { "final".to_owned() } else { format!("c{}", event.client) };
             let _ = writeln!(html, "{client:>5} {}", escape(&describe(event)));
         }
         html.push_str("</pre>");
