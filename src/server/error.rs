@@ -42,9 +42,15 @@ pub enum ApiError {
     /// A peer request without the right cluster secret.
     #[error("peer request without a valid cluster secret")]
     Unauthorized,
-    /// No leader, no quorum, or the node is shutting down: try again.
+    /// No leader or no quorum, and the write was certainly not applied: retrying it
+    /// is safe (the daemon retries itself within the request timeout).
     #[error("{0}")]
     Unavailable(String),
+    /// The write may or may not have been applied (the leader went away after it was
+    /// sent, or the node is shutting down). Never retried automatically: a retry could
+    /// apply a conditional write twice.
+    #[error("{0}; the write may or may not have been applied")]
+    OutcomeUnknown(String),
     /// The request waited its whole budget.
     #[error("timed out after {0:?} waiting for {1}; the write may or may not have been applied")]
     Timeout(Duration, &'static str),
@@ -69,7 +75,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Unavailable(_) | ApiError::Timeout(..) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Timeout(..) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::NotLeader(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +95,7 @@ impl ApiError {
             ApiError::PreconditionFailed { .. } => "precondition_failed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Timeout(..) => "timeout",
             ApiError::NotLeader(_) => "not_leader",
             ApiError::Storage(_) => "storage",
@@ -102,7 +111,7 @@ impl ApiError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match &self {
-            ApiError::Unavailable(_) | ApiError::Timeout(..) => {
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Timeout(..) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::MethodNotAllowed(allowed) => {

@@ -226,7 +226,8 @@ impl Api {
                     self.node.shared.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                     return Ok(applied);
                 }
-                // Not applied anywhere: safe to try again.
+                // Certainly not applied anywhere (no leader, refused, or replaced by
+                // another leader's entry at its index): safe to try again.
                 Ok(Err(ApiError::Unavailable(_))) => {
                     if Instant::now() + Duration::from_millis(10) >= deadline {
                         return Err(ApiError::Timeout(self.request_timeout, "a leader"));
@@ -259,17 +260,21 @@ impl Api {
             request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
         }
         let request = request.body(Full::new(command)).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("leader {address} unreachable: {e}")))?;
+        // Only a failure to connect proves the leader never saw the write; once it was
+        // sent, a lost answer leaves the outcome unknown and it must not be retried.
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                ApiError::Unavailable(format!("leader {address} unreachable: {e}"))
+            } else {
+                ApiError::OutcomeUnknown(format!("leader {address} did not answer: {e}"))
+            }
+        })?;
         let status = response.status();
         let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| ApiError::Unavailable(format!("leader {address}: {e}")))?
+            .map_err(|e| ApiError::OutcomeUnknown(format!("leader {address}: {e}")))?
             .to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}"))
@@ -283,7 +288,10 @@ impl Api {
             StatusCode::SERVICE_UNAVAILABLE if value["code"] == "timeout" => {
                 ApiError::Timeout(self.request_timeout, "the leader to commit")
             }
-            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(message),
+            StatusCode::SERVICE_UNAVAILABLE if value["code"] == "unavailable" => {
+                ApiError::Unavailable(message)
+            }
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::OutcomeUnknown(message),
             StatusCode::INSUFFICIENT_STORAGE => ApiError::Storage(message),
             StatusCode::UNAUTHORIZED => ApiError::Internal("the leader refused our cluster secret".into()),
             _ => ApiError::Internal(format!("leader {address} answered {status}: {message}")),
@@ -452,7 +460,7 @@ pub(crate) fn node_error(error: NodeError) -> ApiError {
             ApiError::Unavailable("leadership changed before the write committed; it was not applied".into())
         }
         NodeError::Storage(error) => ApiError::Storage(error),
-        NodeError::ShuttingDown => ApiError::Unavailable("the node is shutting down".into()),
+        NodeError::ShuttingDown => ApiError::OutcomeUnknown("the node is shutting down".into()),
         NodeError::Invalid(reason) => ApiError::BadRequest(reason),
     }
 }
@@ -642,6 +650,17 @@ mod tests {
         assert_eq!(form_field(b"x=1&value=hello+world%21", "value").unwrap(), Some(b"hello world!".to_vec()));
         assert_eq!(form_field(b"x=1", "value").unwrap(), None);
         assert!(form_field(b"value=%G0", "value").is_err());
+    }
+
+    /// Only errors that prove a write was not applied may be retried: a retry after an
+    /// unknown outcome applied a DELETE twice in the chaos test (the second answered 404).
+    #[test]
+    fn only_writes_certainly_not_applied_are_retryable() {
+        assert!(matches!(node_error(NodeError::NoLeader), ApiError::Unavailable(_)));
+        assert!(matches!(node_error(NodeError::Dropped), ApiError::Unavailable(_)));
+        assert!(matches!(node_error(NodeError::ShuttingDown), ApiError::OutcomeUnknown(_)));
+        assert!(matches!(node_error(NodeError::Storage("eio".into())), ApiError::Storage(_)));
+        assert_eq!(ApiError::OutcomeUnknown("x".into()).status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
