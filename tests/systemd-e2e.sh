@@ -19,7 +19,6 @@
 # nsenter into its init (machinectl/systemd-run -M need the host's machined).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 
 ROOT_KEY="bookworm-minbase-systemd,systemd-sysv,dbus,curl-1"
 MIRROR=${MMAPD_E2E_MIRROR:-http://deb.debian.org/debian}
@@ -177,7 +176,8 @@ chroot "$root" dpkg -i /tmp/mmapd.deb || fail "dpkg -i failed"
 chroot "$root" getent passwd mmapd >/dev/null || fail "postinst did not create the mmapd user"
 chroot "$root" useradd --create-home --groups mmapd alice || fail "useradd alice"
 chroot "$root" useradd --create-home bob || fail "useradd bob"
-[ -x "$root/usr/sbin/mmapd" ] && [ -x "$root/usr/bin/mmapd-admin" ] || fail "binaries not installed"
+[ -x "$root/usr/sbin/mmapd" ] || fail "/usr/sbin/mmapd not installed"
+[ -x "$root/usr/bin/mmapd-admin" ] || fail "/usr/bin/mmapd-admin not installed"
 [ -f "$root/usr/share/man/man8/mmapd.8.gz" ] || fail "man page not installed gzipped"
 if [ -e "$root/etc/systemd/system/multi-user.target.wants/mmapd@3001.service" ]; then
     fail "the package enabled an instance"
