@@ -239,16 +239,19 @@ for port in "${PORTS[@]}"; do
     [ "$(unit_property "$port" ActiveState)" = active ] || fail "mmapd@$port is not active"
     [ "$(unit_property "$port" Type)" = notify ] || fail "mmapd@$port is not Type=notify"
     curl -fsS "http://127.0.0.1:$port/status" >/dev/null || fail "mmapd@$port active but its API does not answer"
-    [ -S "$root/run/mmapd/$port/admin.sock" ] || fail "mmapd@$port active but no admin socket"
+    inside test -S "/run/mmapd/$port/admin.sock" || fail "mmapd@$port active but no admin socket"
     [ -n "$(unit_property "$port" StatusText)" ] || fail "mmapd@$port sent no STATUS="
     say "mmapd@$port active: $(unit_property "$port" StatusText)"
 done
-[ "$(stat -c '%a %U:%G' "$root/run/mmapd/3001")" = "750 mmapd:mmapd" ] ||
-    fail "/run/mmapd/3001 is $(stat -c '%a %U:%G' "$root/run/mmapd/3001"), want 750 mmapd:mmapd"
-[ "$(stat -c '%a %U:%G' "$root/run/mmapd/3001/admin.sock")" = "660 mmapd:mmapd" ] ||
-    fail "admin.sock is $(stat -c '%a %U:%G' "$root/run/mmapd/3001/admin.sock"), want 660 mmapd:mmapd"
-[ "$(stat -c '%a %U' "$root/var/lib/mmapd/3001")" = "700 mmapd" ] ||
-    fail "/var/lib/mmapd/3001 is $(stat -c '%a %U' "$root/var/lib/mmapd/3001"), want 700 mmapd"
+# /run inside the container is nspawn's tmpfs, not $root/run: look from inside.
+check_mode() {
+    local found
+    found=$(inside stat -c '%a %U:%G' "$1")
+    [ "$found" = "$2" ] || fail "$1 is $found, want $2"
+}
+check_mode /run/mmapd/3001 "750 mmapd:mmapd"
+check_mode /run/mmapd/3001/admin.sock "660 mmapd:mmapd"
+check_mode /var/lib/mmapd/3001 "700 mmapd:mmapd"
 journal_of_this_run() { inside journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID="$(unit_property "$1" InvocationID)"; }
 journal_of_this_run 3001 | grep -q 'running without a cluster secret' ||
     fail "no warning about the blank cluster-secret credential"
@@ -320,14 +323,14 @@ inside systemctl stop mmapd@3003 || fail "systemctl stop failed"
 [ "$(unit_property 3003 Result)" = success ] || fail "stop result is $(unit_property 3003 Result)"
 [ "$(unit_property 3003 ExecMainStatus)" = 0 ] || fail "exit status $(unit_property 3003 ExecMainStatus)"
 [ -d "$root/var/lib/mmapd/3003" ] || fail "stop removed the data directory"
-[ ! -e "$root/run/mmapd/3003" ] || fail "stop left /run/mmapd/3003"
-[ -S "$root/run/mmapd/3001/admin.sock" ] || fail "stopping 3003 removed 3001's socket"
+inside test ! -e /run/mmapd/3003 || fail "stop left /run/mmapd/3003"
+inside test -S /run/mmapd/3001/admin.sock || fail "stopping 3003 removed 3001's socket"
 inside systemctl start mmapd@3003 || fail "start after stop"
 
 say "systemctl kill -s KILL: systemd restarts the node"
 pid_before=$(unit_property 3001 MainPID)
 restarts_before=$(unit_property 3001 NRestarts)
-inside systemctl kill -s KILL mmapd@3001
+inside systemctl kill -s KILL mmapd@3001 || fail "systemctl kill -s KILL"
 restarted() {
     [ "$(unit_property 3001 NRestarts)" -gt "$restarts_before" ] &&
         [ "$(unit_property 3001 ActiveState)" = active ] &&
@@ -348,7 +351,7 @@ sleep 4 # several watchdog periods: a healthy node keeps feeding it
 restarts_before=$(unit_property 3002 NRestarts)
 pid_before=$(unit_property 3002 MainPID)
 [ "$(unit_property 3002 ActiveState)" = active ] || fail "mmapd@3002 did not survive 4 s of WatchdogSec=2s"
-inside kill -STOP "$pid_before"
+inside systemctl kill --kill-who=main -s STOP mmapd@3002 || fail "SIGSTOP to mmapd@3002"
 restarted_2() {
     [ "$(unit_property 3002 NRestarts)" -gt "$restarts_before" ] &&
         [ "$(unit_property 3002 ActiveState)" = active ]
