@@ -21,10 +21,8 @@ fn long_flags(help: &str) -> BTreeSet<String> {
         if start > 0 && !help[..start].ends_with(|c: char| c.is_whitespace() || c == ',' || c == '[') {
             continue;
         }
-        let name: String = help[start + 2..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
+        let name: String =
+            help[start + 2..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
         if !name.is_empty() {
             flags.insert(name);
         }
@@ -53,9 +51,7 @@ fn missing_flags(page_text: &str, flags: &BTreeSet<String>) -> Vec<String> {
     let roff_escaped = |name: &str| format!("\\-\\-{}", name.replace('-', "\\-"));
     flags
         .iter()
-        .filter(|flag| {
-            !page_text.contains(&roff_escaped(flag)) && !page_text.contains(&format!("--{flag}"))
-        })
+        .filter(|flag| !page_text.contains(&roff_escaped(flag)) && !page_text.contains(&format!("--{flag}")))
         .cloned()
         .collect()
 }

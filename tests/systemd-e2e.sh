@@ -145,6 +145,17 @@ if grep -q '^E:' <<<"$lintian_out"; then
     fail "lintian reports errors"
 fi
 
+if command -v systemd-analyze >/dev/null; then
+    say "systemd-analyze security --offline=yes (host, the unit as packaged)"
+    unit_dir=$(mktemp -d)
+    cp systemd/mmapd@.service "$unit_dir/mmapd@3001.service"
+    offline=$(cd "$unit_dir" && systemd-analyze security --offline=yes mmapd@3001.service 2>&1 | tail -n 1)
+    rm -r "$unit_dir"
+    echo "$offline"
+    grep -qE 'exposure level for mmapd@3001.service: (0\.[0-9]|1\.[0-5]) ' <<<"$offline" ||
+        fail "offline exposure level above 1.5: $offline"
+fi
+
 # ---- the root file system -----------------------------------------------------------
 
 cached="$CACHE/root-$ROOT_KEY"
@@ -361,6 +372,10 @@ inside journalctl --no-pager -u mmapd@3002 | grep -E "Watchdog timeout|result 'w
     fail "no watchdog timeout in the journal"
 rm -r "$root/etc/systemd/system/mmapd@3002.service.d"
 inside systemctl daemon-reload
+
+say "systemd-analyze verify mmapd@3001.service (inside the container; --man=no: no man-db there)"
+verify=$(inside systemd-analyze verify --man=no mmapd@3001.service 2>&1) || fail "systemd-analyze verify failed: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify printed: $verify"
 
 say "systemd-analyze security mmapd@3001.service (inside the container)"
 security=$(inside systemd-analyze security --no-pager mmapd@3001.service 2>&1) || true
