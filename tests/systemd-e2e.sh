@@ -388,8 +388,16 @@ say "all three still active; stopping"
 for port in "${PORTS[@]}"; do
     [ "$(unit_property "$port" ActiveState)" = active ] || fail "mmapd@$port is not active at the end"
 done
-inside systemctl stop mmapd@3001 mmapd@3002 mmapd@3003
-for port in "${PORTS[@]}"; do
+inside systemctl stop mmapd@3001 mmapd@3002
+for port in 3001 3002; do
     [ "$(unit_property "$port" Result)" = success ] || fail "mmapd@$port stop result $(unit_property "$port" Result)"
 done
+
+say "dpkg -r stops the last instance and keeps the data; dpkg -P deletes it"
+inside dpkg -r mmapd >/dev/null || fail "dpkg -r mmapd"
+[ "$(unit_property 3003 ActiveState)" = inactive ] || fail "prerm left mmapd@3003 $(unit_property 3003 ActiveState)"
+[ -d "$root/var/lib/mmapd/3003" ] || fail "dpkg -r removed /var/lib/mmapd"
+[ -f "$root/etc/default/mmapd" ] || fail "dpkg -r removed the conffile /etc/default/mmapd"
+inside dpkg -P mmapd >/dev/null || fail "dpkg -P mmapd"
+[ ! -e "$root/var/lib/mmapd" ] || fail "dpkg -P left /var/lib/mmapd"
 outcome=PASS
