@@ -219,9 +219,10 @@ impl Args {
         let data_dir =
             self.data_dir.clone().unwrap_or_else(|| working_dir.join(format!("mmapd-{}", self.port)));
         let admin_socket = self.admin_socket.clone().unwrap_or_else(|| data_dir.join("admin.sock"));
+        let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let cluster_secret = match &self.cluster_secret_file {
             None => None,
-            Some(path) => Some(read_secret(path)?),
+            Some(path) => read_secret(path, credentials_dir.as_deref())?,
         };
         Ok(Settings {
             listen,
@@ -256,14 +257,24 @@ fn resolve_peer(name: &str) -> Result<SocketAddr, CliError> {
     addresses.next().ok_or_else(|| error("resolves to no address".into()))
 }
 
-fn read_secret(path: &Path) -> Result<Vec<u8>, CliError> {
+/// Reads the cluster secret. An empty file is an error, except a systemd credential
+/// (a file in `credentials_dir`, i.e. `$CREDENTIALS_DIRECTORY`): the unit's
+/// `SetCredential=` fallback is blank when no secret file exists, and means "no secret".
+fn read_secret(path: &Path, credentials_dir: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
     let error = |reason: String| CliError::Secret { path: path.to_owned(), reason };
     let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     let secret = bytes.trim_ascii().to_vec();
-    if secret.is_empty() {
-        return Err(error("is empty".into()));
+    if !secret.is_empty() {
+        return Ok(Some(secret));
     }
-    Ok(secret)
+    if credentials_dir.is_some_and(|dir| path.starts_with(dir)) {
+        tracing::warn!(
+            path = %path.display(),
+            "the cluster-secret credential is blank: running without a cluster secret"
+        );
+        return Ok(None);
+    }
+    Err(error("is empty".into()))
 }
 
 /// A node's id: a stable hash of its advertised address, never 0.
@@ -331,6 +342,24 @@ mod tests {
         let settings =
             parse(&["--peers", "127.0.0.1:3001,127.0.0.1:3002,127.0.0.1:3003"]).resolve(dir.path()).unwrap();
         assert_eq!(settings.members.len(), 3);
+    }
+
+    #[test]
+    fn blank_secret_file_is_refused_but_blank_systemd_credential_means_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::create_dir(&credentials).unwrap();
+        std::fs::write(dir.path().join("secret"), "\n").unwrap();
+        std::fs::write(credentials.join("cluster-secret"), "\n").unwrap();
+        assert!(read_secret(&dir.path().join("secret"), Some(&credentials)).is_err());
+        assert!(read_secret(&dir.path().join("secret"), None).is_err());
+        assert_eq!(read_secret(&credentials.join("cluster-secret"), Some(&credentials)).unwrap(), None);
+        std::fs::write(credentials.join("cluster-secret"), "s3cret\n").unwrap();
+        assert_eq!(
+            read_secret(&credentials.join("cluster-secret"), Some(&credentials)).unwrap(),
+            Some(b"s3cret".to_vec())
+        );
+        assert!(read_secret(&credentials.join("absent"), Some(&credentials)).is_err());
     }
 
     #[test]

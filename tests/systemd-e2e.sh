@@ -1,0 +1,403 @@
+#!/usr/bin/env bash
+# End-to-end test of the Debian package under a real systemd: builds the .deb, installs
+# it in a fresh Debian bookworm root, boots that root with systemd-nspawn and drives three
+# mmapd@<port> instances through systemctl, curl and mmapd-admin.
+#
+#   bash tests/systemd-e2e.sh        (as root; prints PASS or FAIL or SKIP as its last line)
+#
+# Exit status: 0 passed, 1 failed, 77 this machine cannot run it (the reason is printed).
+#
+# The bookworm root is made once with debootstrap and cached under $MMAPD_E2E_CACHE
+# (default /var/cache/mmapd-e2e), keyed by ROOT_KEY below; each run boots a fresh copy.
+# The container shares the host's network namespace (nspawn's default without
+# --private-network), so 127.0.0.1:3001 inside is the host's loopback: the ports 3001-3003
+# must be free on the host.
+#
+# Host without systemd as PID 1: nspawn normally asks the host's systemd (over D-Bus) for
+# a scope unit and registers with machined. --register=no --keep-unit skips both, so it
+# runs on a machine whose PID 1 is not systemd; commands go into the container with
+# nsenter into its init (machinectl/systemd-run -M need the host's machined).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROOT_KEY="bookworm-minbase-systemd,systemd-sysv,dbus,curl-1"
+MIRROR=${MMAPD_E2E_MIRROR:-http://deb.debian.org/debian}
+CACHE=${MMAPD_E2E_CACHE:-/var/cache/mmapd-e2e}
+PEERS=127.0.0.1:3001,127.0.0.1:3002,127.0.0.1:3003
+PORTS=(3001 3002 3003)
+
+started=$(date +%s)
+run_dir=""
+nspawn_pid=""
+init_pid=""
+outcome="FAIL"
+
+say() { echo "[e2e $(($(date +%s) - started))s] $*"; }
+
+skip() {
+    echo "SKIP: systemd end-to-end test cannot run on this machine: $*"
+    outcome="SKIP"
+    exit 77
+}
+
+fail() {
+    echo "FAIL: $*" >&2
+    if [ -n "$init_pid" ] && [ -d "/proc/$init_pid" ]; then
+        echo "---- journalctl -u 'mmapd@*' -n 50 ----" >&2
+        inside journalctl --no-pager -u 'mmapd@*' -n 50 >&2 || true
+        echo "---- systemctl list-units 'mmapd@*' ----" >&2
+        inside systemctl --no-pager list-units --all 'mmapd@*' >&2 || true
+    elif [ -n "$run_dir" ] && [ -f "$run_dir/console.log" ]; then
+        echo "---- container console (last 50 lines) ----" >&2
+        tail -n 50 "$run_dir/console.log" >&2
+    fi
+    exit 1
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        # nspawn turns SIGTERM into a clean poweroff of a booted container.
+        kill -TERM "$nspawn_pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do
+            kill -0 "$nspawn_pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -KILL "$nspawn_pid" 2>/dev/null || true
+        wait "$nspawn_pid" 2>/dev/null || true
+    fi
+    if [ -n "$run_dir" ]; then
+        rm -rf "$run_dir"
+    fi
+    if [ "$status" -eq 0 ]; then
+        echo "PASS: systemd end-to-end test ($(($(date +%s) - started)) s)"
+    elif [ "$outcome" = SKIP ]; then
+        :
+    else
+        echo "FAIL: systemd end-to-end test ($(($(date +%s) - started)) s)"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'fail "interrupted"' INT TERM
+
+# Runs a command inside the booted container, as root, with a clean environment.
+inside() {
+    nsenter -t "$init_pid" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root LANG=C.UTF-8 SYSTEMD_PAGER=cat "$@"
+}
+
+# Runs a command inside the container as USER (with USER's supplementary groups).
+inside_as() {
+    local user=$1
+    shift
+    inside runuser -u "$user" -- "$@"
+}
+
+# Waits up to $1 seconds for the command after it to succeed.
+wait_for() {
+    local seconds=$1
+    shift
+    local deadline=$(($(date +%s) + seconds))
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$deadline" ] || return 1
+        sleep 0.5
+    done
+}
+
+unit_property() { inside systemctl show -p "$2" --value "mmapd@$1.service"; }
+
+# ---- preconditions ------------------------------------------------------------------
+
+[ "$(id -u)" -eq 0 ] || skip "it must run as root (debootstrap, chroot, systemd-nspawn)"
+for port in "${PORTS[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        skip "port $port is in use on the host (the container shares the host's network)"
+    fi
+done
+
+missing=()
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+command -v lintian >/dev/null || missing+=(lintian)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null || skip "apt-get update failed: cannot install ${missing[*]}"
+    apt-get install -y -q "${missing[@]}" >/dev/null || skip "cannot install ${missing[*]}"
+fi
+
+# ---- the package --------------------------------------------------------------------
+
+mkdir -p "$CACHE"
+say "building the package"
+deb=$(packaging/build-deb 2>"$CACHE/build-deb.log" | tail -n 1) || {
+    tail -n 30 "$CACHE/build-deb.log" >&2
+    fail "packaging/build-deb failed (log: $CACHE/build-deb.log)"
+}
+say "package: $deb"
+
+say "lintian"
+lintian_out=$(lintian --info "$deb" 2>&1 || true)
+echo "$lintian_out"
+if grep -q '^E:' <<<"$lintian_out"; then
+    fail "lintian reports errors"
+fi
+
+if command -v systemd-analyze >/dev/null; then
+    say "systemd-analyze security --offline=yes (host, the unit as packaged)"
+    unit_dir=$(mktemp -d)
+    cp systemd/mmapd@.service "$unit_dir/mmapd@3001.service"
+    offline=$(cd "$unit_dir" && systemd-analyze security --offline=yes mmapd@3001.service 2>&1 | tail -n 1)
+    rm -r "$unit_dir"
+    echo "$offline"
+    grep -qE 'exposure level for mmapd@3001.service: (0\.[0-9]|1\.[0-5]) ' <<<"$offline" ||
+        fail "offline exposure level above 1.5: $offline"
+fi
+
+# ---- the root file system -----------------------------------------------------------
+
+cached="$CACHE/root-$ROOT_KEY"
+if [ ! -f "$cached/.complete" ]; then
+    say "debootstrap bookworm into $cached (once; cached)"
+    rm -rf "$cached.partial"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl \
+        bookworm "$cached.partial" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 || {
+        tail -n 20 "$CACHE/debootstrap.log" >&2
+        skip "debootstrap failed (is $MIRROR reachable?); log in $CACHE/debootstrap.log"
+    }
+    # A container boots without a console login and without a network to wait for.
+    echo mmapd-e2e >"$cached.partial/etc/hostname"
+    ln -sf /dev/null "$cached.partial/etc/systemd/system/console-getty.service"
+    ln -sf /dev/null "$cached.partial/etc/systemd/system/systemd-networkd-wait-online.service"
+    touch "$cached.partial/.complete"
+    mv "$cached.partial" "$cached"
+fi
+
+run_dir=$(mktemp -d "$CACHE/run.XXXXXX")
+root="$run_dir/root"
+say "copying the cached root"
+cp -a "$cached" "$root"
+rm -f "$root/.complete"
+
+say "installing the package in the root (dpkg -i in a chroot)"
+cp "$deb" "$root/tmp/mmapd.deb"
+chroot "$root" dpkg -i /tmp/mmapd.deb || fail "dpkg -i failed"
+chroot "$root" getent passwd mmapd >/dev/null || fail "postinst did not create the mmapd user"
+chroot "$root" useradd --create-home --groups mmapd alice || fail "useradd alice"
+chroot "$root" useradd --create-home bob || fail "useradd bob"
+[ -x "$root/usr/sbin/mmapd" ] || fail "/usr/sbin/mmapd not installed"
+[ -x "$root/usr/bin/mmapd-admin" ] || fail "/usr/bin/mmapd-admin not installed"
+[ -f "$root/usr/share/man/man8/mmapd.8.gz" ] || fail "man page not installed gzipped"
+if [ -e "$root/etc/systemd/system/multi-user.target.wants/mmapd@3001.service" ]; then
+    fail "the package enabled an instance"
+fi
+echo "MMAPD_PEERS=$PEERS" >>"$root/etc/default/mmapd"
+
+# ---- boot ---------------------------------------------------------------------------
+
+say "booting the container"
+systemd-nspawn --quiet --register=no --keep-unit --console=passive -b -D "$root" \
+    --machine=mmapd-e2e systemd.firstboot=off >"$run_dir/console.log" 2>&1 &
+nspawn_pid=$!
+
+find_init() {
+    local pid
+    for pid in $(pgrep -P "$nspawn_pid" 2>/dev/null); do
+        if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$root/usr/lib/systemd/systemd" ] ||
+            [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ]; then
+            init_pid=$pid
+            return 0
+        fi
+    done
+    return 1
+}
+if ! wait_for 30 find_init; then
+    if ! kill -0 "$nspawn_pid" 2>/dev/null; then
+        tail -n 30 "$run_dir/console.log" >&2
+        skip "systemd-nspawn exited before the container's systemd started (console above)"
+    fi
+    skip "no systemd process appeared under systemd-nspawn within 30 s"
+fi
+say "container init is host pid $init_pid"
+state=""
+for _ in $(seq 1 120); do
+    state=$(inside systemctl is-system-running 2>/dev/null || true)
+    case "$state" in running | degraded) break ;; esac
+    sleep 0.5
+done
+case "$state" in
+    running) ;;
+    degraded)
+        say "system is degraded; failed units:"
+        inside systemctl --no-pager --failed || true
+        ;;
+    *)
+        tail -n 30 "$run_dir/console.log" >&2
+        skip "the container's systemd did not finish booting within 60 s (state: '${state:-none}')"
+        ;;
+esac
+say "booted ($state)"
+
+# ---- three instances ----------------------------------------------------------------
+
+say "systemctl start mmapd@3001 mmapd@3002 mmapd@3003"
+inside systemctl start mmapd@3001 mmapd@3002 mmapd@3003 || fail "systemctl start failed"
+for port in "${PORTS[@]}"; do
+    # Type=notify: systemctl start returns once READY=1 arrived, and mmapd sends it only
+    # after both listeners are bound: so the API and the admin socket must answer now.
+    [ "$(unit_property "$port" ActiveState)" = active ] || fail "mmapd@$port is not active"
+    [ "$(unit_property "$port" Type)" = notify ] || fail "mmapd@$port is not Type=notify"
+    curl -fsS "http://127.0.0.1:$port/status" >/dev/null || fail "mmapd@$port active but its API does not answer"
+    inside test -S "/run/mmapd/$port/admin.sock" || fail "mmapd@$port active but no admin socket"
+    [ -n "$(unit_property "$port" StatusText)" ] || fail "mmapd@$port sent no STATUS="
+    say "mmapd@$port active: $(unit_property "$port" StatusText)"
+done
+# /run inside the container is nspawn's tmpfs, not $root/run: look from inside.
+check_mode() {
+    local found
+    found=$(inside stat -c '%a %U:%G' "$1")
+    [ "$found" = "$2" ] || fail "$1 is $found, want $2"
+}
+check_mode /run/mmapd/3001 "750 mmapd:mmapd"
+check_mode /run/mmapd/3001/admin.sock "660 mmapd:mmapd"
+check_mode /var/lib/mmapd/3001 "700 mmapd:mmapd"
+journal_of_this_run() { inside journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID="$(unit_property "$1" InvocationID)"; }
+journal_of_this_run 3001 | grep -q 'running without a cluster secret' ||
+    fail "no warning about the blank cluster-secret credential"
+status=$(curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:3001/raft/messages --data-binary x)
+[ "$status" != 401 ] || fail "a peer request was refused for its secret, but no secret is configured"
+
+healthy() { curl -fsS "http://127.0.0.1:$1/health"; }
+for port in "${PORTS[@]}"; do
+    wait_for 30 healthy "$port" || fail "mmapd@$port not healthy (no leader) within 30 s"
+done
+
+say "curl: set on 3001, get on 3002"
+[ "$(curl -fsS -X POST http://127.0.0.1:3001/set/greeting -d value=hello)" = hello ] || fail "set on 3001"
+[ "$(curl -fsS http://127.0.0.1:3002/get/greeting)" = hello ] || fail "get on 3002"
+curl -fsS -X PUT http://127.0.0.1:3003/v1/kv/color --data-binary blue >/dev/null || fail "PUT on 3003"
+[ "$(curl -fsS http://127.0.0.1:3001/v1/kv/color)" = blue ] || fail "GET /v1/kv on 3001"
+
+leader_port() {
+    local port
+    for port in "${PORTS[@]}"; do
+        if inside mmapd-admin --port "$port" status --json 2>/dev/null | grep -q '"state":"leader"'; then
+            echo "$port"
+            return 0
+        fi
+    done
+    return 1
+}
+
+say "mmapd-admin as root"
+inside mmapd-admin --port 3001 status || fail "mmapd-admin status as root"
+inside mmapd-admin --port 3001 msync || fail "mmapd-admin msync as root"
+leader=$(leader_port) || fail "no leader found through mmapd-admin"
+inside mmapd-admin --port "$leader" step-down || fail "mmapd-admin step-down as root on $leader"
+
+say "mmapd-admin as alice (group mmapd)"
+inside_as alice mmapd-admin --port 3002 status || fail "mmapd-admin status as a member of group mmapd"
+inside_as alice mmapd-admin --port 3002 msync || fail "mmapd-admin msync as a member of group mmapd"
+wait_for 20 leader_port || fail "no leader after step-down"
+leader=$(leader_port)
+inside_as alice mmapd-admin --port "$leader" step-down || fail "mmapd-admin step-down as alice on $leader"
+
+say "mmapd-admin as bob (not in group mmapd) is refused"
+if bob_out=$(inside_as bob mmapd-admin --port 3001 status 2>&1); then
+    fail "mmapd-admin status succeeded for a user outside group mmapd: $bob_out"
+fi
+echo "$bob_out"
+grep -q 'permission denied' <<<"$bob_out" || fail "bob was refused, but not with 'permission denied': $bob_out"
+
+say "systemctl restart of all three keeps the data (now with a cluster secret)"
+mkdir -p "$root/etc/mmapd"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$root/etc/mmapd/cluster-secret"
+chmod 600 "$root/etc/mmapd/cluster-secret"
+inside systemctl restart mmapd@3001 mmapd@3002 mmapd@3003 || fail "systemctl restart failed"
+for port in "${PORTS[@]}"; do
+    wait_for 30 healthy "$port" || fail "mmapd@$port not healthy after restart"
+done
+[ "$(curl -fsS http://127.0.0.1:3003/get/greeting)" = hello ] || fail "greeting lost by restart"
+[ "$(curl -fsS http://127.0.0.1:3002/v1/kv/color)" = blue ] || fail "color lost by restart"
+[ "$(curl -fsS -X POST http://127.0.0.1:3002/set/after -d value=secret)" = secret ] ||
+    fail "no write with the cluster secret configured"
+if journal_of_this_run 3001 | grep -q 'running without a cluster secret'; then
+    fail "the cluster secret file was not used after the restart"
+fi
+status=$(curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:3001/raft/messages --data-binary x)
+[ "$status" = 401 ] || fail "a peer request without the secret got HTTP $status, want 401"
+
+say "systemctl stop ends with result success"
+inside systemctl stop mmapd@3003 || fail "systemctl stop failed"
+[ "$(unit_property 3003 Result)" = success ] || fail "stop result is $(unit_property 3003 Result)"
+[ "$(unit_property 3003 ExecMainStatus)" = 0 ] || fail "exit status $(unit_property 3003 ExecMainStatus)"
+[ -d "$root/var/lib/mmapd/3003" ] || fail "stop removed the data directory"
+inside test ! -e /run/mmapd/3003 || fail "stop left /run/mmapd/3003"
+inside test -S /run/mmapd/3001/admin.sock || fail "stopping 3003 removed 3001's socket"
+inside systemctl start mmapd@3003 || fail "start after stop"
+
+say "systemctl kill -s KILL: systemd restarts the node"
+pid_before=$(unit_property 3001 MainPID)
+restarts_before=$(unit_property 3001 NRestarts)
+inside systemctl kill -s KILL mmapd@3001 || fail "systemctl kill -s KILL"
+restarted() {
+    [ "$(unit_property 3001 NRestarts)" -gt "$restarts_before" ] &&
+        [ "$(unit_property 3001 ActiveState)" = active ] &&
+        [ "$(unit_property 3001 MainPID)" != "$pid_before" ]
+}
+wait_for 30 restarted || fail "mmapd@3001 was not restarted after SIGKILL"
+say "mmapd@3001: pid $pid_before killed, now $(unit_property 3001 MainPID)"
+wait_for 30 healthy 3001 || fail "mmapd@3001 not healthy after its restart"
+[ "$(curl -fsS http://127.0.0.1:3001/get/after)" = secret ] || fail "data lost after SIGKILL"
+
+say "a stalled event loop trips the watchdog (WatchdogSec=2s drop-in, SIGSTOP)"
+mkdir -p "$root/etc/systemd/system/mmapd@3002.service.d"
+printf '[Service]\nWatchdogSec=2s\n' >"$root/etc/systemd/system/mmapd@3002.service.d/watchdog.conf"
+inside systemctl daemon-reload
+inside systemctl restart mmapd@3002 || fail "restart with the watchdog drop-in"
+[ "$(unit_property 3002 WatchdogUSec)" = 2s ] || fail "drop-in not applied: $(unit_property 3002 WatchdogUSec)"
+sleep 4 # several watchdog periods: a healthy node keeps feeding it
+restarts_before=$(unit_property 3002 NRestarts)
+pid_before=$(unit_property 3002 MainPID)
+[ "$(unit_property 3002 ActiveState)" = active ] || fail "mmapd@3002 did not survive 4 s of WatchdogSec=2s"
+inside systemctl kill --kill-who=main -s STOP mmapd@3002 || fail "SIGSTOP to mmapd@3002"
+restarted_2() {
+    [ "$(unit_property 3002 NRestarts)" -gt "$restarts_before" ] &&
+        [ "$(unit_property 3002 ActiveState)" = active ]
+}
+wait_for 40 restarted_2 || fail "the watchdog did not restart the stopped mmapd@3002"
+inside journalctl --no-pager -u mmapd@3002 | grep -E "Watchdog timeout|result 'watchdog'" ||
+    fail "no watchdog timeout in the journal"
+rm -r "$root/etc/systemd/system/mmapd@3002.service.d"
+inside systemctl daemon-reload
+
+say "systemd-analyze verify mmapd@3001.service (inside the container; --man=no: no man-db there)"
+verify=$(inside systemd-analyze verify --man=no mmapd@3001.service 2>&1) || fail "systemd-analyze verify failed: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify printed: $verify"
+
+say "systemd-analyze security mmapd@3001.service (inside the container)"
+security=$(inside systemd-analyze security --no-pager mmapd@3001.service 2>&1) || true
+echo "$security"
+exposure=$(sed -n 's/.*Overall exposure level for mmapd@3001.service: \([0-9.]*\).*/\1/p' <<<"$security")
+[ -n "$exposure" ] || fail "no exposure level in systemd-analyze security's output"
+awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }' || fail "exposure level $exposure is above 1.5"
+
+say "all three still active; stopping"
+for port in "${PORTS[@]}"; do
+    [ "$(unit_property "$port" ActiveState)" = active ] || fail "mmapd@$port is not active at the end"
+done
+inside systemctl stop mmapd@3001 mmapd@3002
+for port in 3001 3002; do
+    [ "$(unit_property "$port" Result)" = success ] || fail "mmapd@$port stop result $(unit_property "$port" Result)"
+done
+
+say "dpkg -r stops the last instance and keeps the data; dpkg -P deletes it"
+inside dpkg -r mmapd >/dev/null || fail "dpkg -r mmapd"
+[ "$(unit_property 3003 ActiveState)" = inactive ] || fail "prerm left mmapd@3003 $(unit_property 3003 ActiveState)"
+[ -d "$root/var/lib/mmapd/3003" ] || fail "dpkg -r removed /var/lib/mmapd"
+[ -f "$root/etc/default/mmapd" ] || fail "dpkg -r removed the conffile /etc/default/mmapd"
+inside dpkg -P mmapd >/dev/null || fail "dpkg -P mmapd"
+[ ! -e "$root/var/lib/mmapd" ] || fail "dpkg -P left /var/lib/mmapd"
+outcome=PASS
