@@ -223,6 +223,12 @@ impl RaftLog {
         self.applying < self.committed
     }
 
+    /// The caller applied everything handed out up to `index`.
+    pub(crate) fn applied_to(&mut self, index: u64) {
+        assert!(index <= self.applying, "applied {index} beyond what was handed out ({})", self.applying);
+        self.applied = self.applied.max(index);
+    }
+
     /// The caller has made durable everything handed out, and applied what it was given.
     pub(crate) fn advance(&mut self) {
         self.stable = self.in_progress;

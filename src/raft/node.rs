@@ -75,6 +75,9 @@ pub struct Raft {
     last_soft_state: SoftState,
     /// A Ready was handed out and not yet advanced.
     ready_outstanding: bool,
+    /// The outstanding Ready carries a snapshot or committed entries: nothing after
+    /// them may be applied before the caller has installed or applied them, in order.
+    apply_outstanding: bool,
 }
 
 impl Raft {
@@ -143,6 +146,7 @@ impl Raft {
             last_hard_state: hard_state,
             last_soft_state: soft,
             ready_outstanding: false,
+            apply_outstanding: false,
             config,
         })
     }
@@ -1035,6 +1039,7 @@ impl Raft {
             || !entries.is_empty()
             || snapshot.is_some();
         self.ready_outstanding = true;
+        self.apply_outstanding = snapshot.is_some() || !committed_entries.is_empty();
         Ready {
             soft_state,
             hard_state,
@@ -1064,10 +1069,28 @@ impl Raft {
         std::mem::take(&mut self.messages)
     }
 
+    /// Takes committed entries to apply now, while a Ready is outstanding: an entry
+    /// committed by a majority need not wait for this node's own write in progress.
+    /// Apply them in order, then call `applied_to` with the last one's index. Empty
+    /// while the outstanding Ready carries a snapshot or committed entries of its own,
+    /// which must be installed and applied first.
+    pub fn take_committed_entries(&mut self) -> Vec<Entry> {
+        if self.apply_outstanding || self.log.pending_snapshot.is_some() {
+            return Vec::new();
+        }
+        self.log.take_committed(self.config.max_apply_bytes)
+    }
+
+    /// Says the entries taken by `take_committed_entries` up to `index` are applied.
+    pub fn applied_to(&mut self, index: u64) {
+        self.log.applied_to(index);
+    }
+
     /// Says the last Ready has been fully handled: persisted, sent and applied.
     pub fn advance(&mut self) {
         assert!(self.ready_outstanding, "node {} term {}: advance() without ready()", self.id, self.term);
         self.ready_outstanding = false;
+        self.apply_outstanding = false;
         self.log.advance();
         if self.role == Role::Leader {
             // Our own write is durable now: it counts toward commitment.

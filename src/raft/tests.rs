@@ -826,7 +826,51 @@ fn leader_replicates_the_next_batch_while_its_write_is_in_progress() {
         }
     }
     assert_eq!(cluster.nodes[&1].commit_index(), second);
+    // Committed on a majority: it may be applied before the leader's own write ends.
+    let applied: Vec<u64> = cluster.node(1).take_committed_entries().iter().map(|e| e.index).collect();
+    assert_eq!(applied, vec![second - 1, second]);
+    cluster.node(1).applied_to(second);
+    assert_eq!(cluster.nodes[&1].applied_index(), second);
     cluster.node(1).advance();
+    assert!(cluster.node(1).ready().committed_entries.is_empty(), "applied twice");
+}
+
+/// Entries committed while a Ready that carries committed entries is outstanding wait
+/// for those to be applied first: applying stays in log order. (The daemon once applied
+/// 664 and 665 early, then the Ready's 660 to 663: found by the chaos test.)
+#[test]
+fn early_apply_never_overtakes_the_outstanding_readys_entries() {
+    let mut follower = follower_with_log(2, 3, 1, vec![entry(1, 1), entry(1, 2)]);
+    follower.step(append(1, 2, 1, (2, 1), vec![entry(1, 3)], 2)).unwrap();
+    let ready = follower.ready();
+    let indexes = |entries: &[Entry]| entries.iter().map(|e| e.index).collect::<Vec<_>>();
+    assert_eq!(indexes(&ready.committed_entries), vec![1, 2]);
+    // Entries 3 and 4 commit while the Ready (with 1 and 2 to apply) is outstanding.
+    follower.step(append(1, 2, 1, (3, 1), vec![entry(1, 4)], 4)).unwrap();
+    assert!(follower.take_committed_entries().is_empty(), "3 and 4 would be applied before 1 and 2");
+    follower.advance();
+    assert_eq!(indexes(&follower.ready().committed_entries), vec![3, 4]);
+}
+
+/// A follower installing a snapshot applies nothing after it until the snapshot is
+/// installed, even if later entries commit meanwhile.
+/// Reference: §7
+#[test]
+fn nothing_is_applied_past_a_snapshot_not_yet_installed() {
+    let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1)]);
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: 5, term: 2, conf: ConfState { voters: voters(3) } },
+        data: Bytes::from("state"),
+    };
+    follower
+        .step(Message { from: 1, to: 2, term: 2, body: MessageBody::InstallSnapshot { snapshot } })
+        .unwrap();
+    let ready = follower.ready();
+    assert!(ready.snapshot.is_some());
+    follower.step(append(1, 2, 2, (5, 2), vec![entry(2, 6)], 6)).unwrap();
+    assert!(follower.take_committed_entries().is_empty());
+    follower.advance();
+    assert_eq!(follower.ready().committed_entries, vec![entry(2, 6)]);
 }
 
 /// Group commit: proposals made between two Readys go out as one batch and one write.

@@ -62,6 +62,9 @@ pub enum ServerError {
         /// What is wrong.
         error: crate::kv::DecodeError,
     },
+    /// The Raft driver stopped unexpectedly (a bug: its panic is in the log).
+    #[error("{0}")]
+    Driver(String),
     /// A listener could not be bound.
     #[error("cannot listen on {what}: {error}")]
     Bind {
@@ -185,7 +188,21 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let watchdog = tokio::spawn(lifecycle::watchdog(node.clone()));
     let status = tokio::spawn(lifecycle::report_status(node.clone()));
 
-    lifecycle::wait_for_termination().await;
+    let mut driver = driver;
+    let driver_failed = tokio::select! {
+        () = lifecycle::wait_for_termination() => None,
+        // The driver only ends on shutdown: ending earlier means a broken invariant
+        // panicked it. Exit non-zero (systemd restarts us) rather than hang unserved.
+        result = &mut driver => Some(match result {
+            Ok(()) => "the Raft driver stopped".to_owned(),
+            Err(error) => format!("the Raft driver failed: {error}"),
+        }),
+    };
+    if let Some(reason) = driver_failed {
+        tracing::error!("{reason}; exiting");
+        lifecycle::notify_stopping();
+        return Err(ServerError::Driver(reason));
+    }
     tracing::info!("stopping: no new requests; finishing those in flight");
     lifecycle::notify_stopping();
     let _ = shutdown_tx.send(true);

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::kv::{Command, Outcome, StateMachine};
 use crate::raft::{
-    EntryKind, Message, NodeId, ProposeError, Raft, Ready, Role, Snapshot, SnapshotMeta, Status,
+    Entry, EntryKind, Message, NodeId, ProposeError, Raft, Ready, Role, Snapshot, SnapshotMeta, Status,
 };
 
 use super::disk::{DiskDone, DiskJob, PersistStats};
@@ -284,6 +284,14 @@ impl Driver {
                 // read rounds do not wait for it (thesis §10.2.1).
                 let messages = self.raft.take_messages();
                 self.outbox.send(messages);
+                // Entries a majority holds durably are committed: apply and answer them
+                // without waiting for this node's own write.
+                let committed = self.raft.take_committed_entries();
+                if let Some(last) = committed.last().map(|e| e.index) {
+                    self.apply(&committed);
+                    self.raft.applied_to(last);
+                    self.release_reads();
+                }
             }
         }
         self.fail_all(NodeError::ShuttingDown);
@@ -471,7 +479,7 @@ impl Driver {
         if let Some(snapshot) = ready.snapshot.take() {
             self.install_snapshot(snapshot);
         }
-        self.apply(&ready);
+        self.apply(&ready.committed_entries);
         for read in &ready.read_states {
             if let Some(reply) = self.reads_by_context.remove(&read.context) {
                 self.reads_waiting_apply.push((read.index, reply));
@@ -498,12 +506,12 @@ impl Driver {
         }
     }
 
-    fn apply(&mut self, ready: &Ready) {
-        if ready.committed_entries.is_empty() {
+    fn apply(&mut self, committed: &[Entry]) {
+        if committed.is_empty() {
             return;
         }
         let mut kv = self.shared.kv.write().expect("kv lock");
-        for entry in &ready.committed_entries {
+        for entry in committed {
             let outcome = match entry.kind {
                 EntryKind::Normal => match Command::decode_shared(&entry.data) {
                     Ok(command) => Ok(kv.apply(entry.index, &command)),
@@ -534,7 +542,7 @@ impl Driver {
                 let _ = reply.send(result);
             }
         }
-        self.shared.metrics.applied_entries.add(ready.committed_entries.len() as u64);
+        self.shared.metrics.applied_entries.add(committed.len() as u64);
     }
 
     fn release_reads(&mut self) {

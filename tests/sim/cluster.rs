@@ -15,6 +15,7 @@ use mmapd::raft::{
     ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, ProposeError,
     Raft, Ready, Role, Snapshot, SnapshotMeta,
 };
+use mmapd::store::{Store, StoreOptions};
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -70,6 +71,10 @@ pub struct Options {
     pub pre_vote: bool,
     /// Bugs to plant.
     pub bugs: Bugs,
+    /// Mirror every node's disk into the real mmap store (`mmapd::store`) in a temp
+    /// directory, and restart crashed nodes from what the store recovers, checked
+    /// against the simulated disk.
+    pub real_store: bool,
 }
 
 impl Options {
@@ -85,6 +90,7 @@ impl Options {
             check_durable_replies: true,
             pre_vote: seed % 4 != 3,
             bugs: Bugs::default(),
+            real_store: false,
         }
     }
 }
@@ -188,6 +194,17 @@ struct Node {
     /// Crash right after its commit index next advances (as leader), before the
     /// followers hear of it.
     crash_after_commit_armed: bool,
+    /// The real store mirroring `disk`, when `Options::real_store`.
+    real: Option<RealDisk>,
+}
+
+/// Small segments, so compaction deletes segments and appends roll over often.
+const REAL_STORE_OPTIONS: StoreOptions = StoreOptions { segment_bytes: 256 << 10, grow_step_bytes: 64 << 10 };
+
+/// A real mmap store in a temp directory; `store` is `None` while the node is down.
+struct RealDisk {
+    dir: tempfile::TempDir,
+    store: Option<Store>,
 }
 
 /// A message on the wire.
@@ -432,6 +449,11 @@ impl Sim {
                 crash_after_send_armed: false,
                 crash_after_append_armed: false,
                 crash_after_commit_armed: false,
+                real: options.real_store.then(|| {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let store = Store::open(dir.path(), REAL_STORE_OPTIONS).expect("open store").0;
+                    RealDisk { dir, store: Some(store) }
+                }),
             })
             .collect();
         let faults_active = options.faults;
@@ -514,6 +536,9 @@ impl Sim {
 
     fn start_node(&mut self, i: usize) {
         let config = self.config(self.nodes[i].id);
+        if self.nodes[i].real.is_some() {
+            self.reopen_real_store(i);
+        }
         let node = &mut self.nodes[i];
         let initial = InitialState {
             hard_state: node.disk.hard_state,
@@ -533,6 +558,69 @@ impl Sim {
         }
     }
 
+    /// Reopens node `i`'s real store and checks it recovered exactly the simulated disk:
+    /// what was synced is there, and nothing else.
+    fn reopen_real_store(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        let real = self.nodes[i].real.as_mut().expect("real store");
+        real.store = None;
+        let (store, recovered) = match Store::open(real.dir.path(), REAL_STORE_OPTIONS) {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.violate("real store", format!("n{id}: reopening failed: {error}"));
+                return;
+            }
+        };
+        real.store = Some(store);
+        let disk = &self.nodes[i].disk;
+        let snapshot = recovered.snapshot.as_ref().map(|(meta, data)| (meta.index, meta.term, data.clone()));
+        let expected_snapshot = (disk.snapshot.meta.index > 0)
+            .then(|| (disk.snapshot.meta.index, disk.snapshot.meta.term, disk.snapshot.data.clone()));
+        let mut problems = Vec::new();
+        if recovered.hard_state != disk.hard_state {
+            problems.push(format!("hard state {:?}, simulated {:?}", recovered.hard_state, disk.hard_state));
+        }
+        if snapshot != expected_snapshot {
+            problems.push(format!(
+                "snapshot {:?}, simulated {:?}",
+                snapshot.map(|s| (s.0, s.1)),
+                expected_snapshot.map(|s| (s.0, s.1))
+            ));
+        }
+        if recovered.entries != disk.entries {
+            let got = recovered.entries.last().map(|e| (e.index, e.term));
+            let want = disk.entries.last().map(|e| (e.index, e.term));
+            problems.push(format!(
+                "{} entries ending at {got:?}, simulated {} ending at {want:?}",
+                recovered.entries.len(),
+                disk.entries.len()
+            ));
+        }
+        if !problems.is_empty() {
+            self.violate("real store", format!("n{id} recovered {}", problems.join("; ")));
+        }
+    }
+
+    /// Mirrors what `persist` just wrote to the simulated disk into the real store.
+    fn persist_real(&mut self, i: usize, ready: &Ready) {
+        let id = self.nodes[i].id;
+        let Some(store) = self.nodes[i].real.as_mut().and_then(|r| r.store.as_mut()) else { return };
+        let mut result = Ok(());
+        if let Some(snapshot) = &ready.snapshot {
+            result = result.and_then(|()| store.install_snapshot(&snapshot.meta, &snapshot.data));
+        }
+        if !ready.entries.is_empty() {
+            result = result.and_then(|()| store.append(&ready.entries));
+        }
+        if let Some(hard_state) = &ready.hard_state {
+            result = result.and_then(|()| store.set_hard_state(hard_state));
+        }
+        // The simulated disk keeps the commit index too, so sync everything.
+        if let Err(error) = result.and_then(|()| store.sync().map(|_| ())) {
+            self.violate("real store", format!("n{id}: persisting failed: {error}"));
+        }
+    }
+
     /// Crashes node `id` (1-based): everything not on its disk is lost.
     pub fn crash(&mut self, id: NodeId) {
         let i = (id - 1) as usize;
@@ -542,6 +630,9 @@ impl Sim {
         let lost = self.nodes[i].unpersisted_ready.as_ref().map_or(0, |rd| rd.entries.len());
         self.nodes[i].raft = None;
         self.nodes[i].unpersisted_ready = None;
+        if let Some(real) = self.nodes[i].real.as_mut() {
+            real.store = None; // everything it was asked to keep was synced
+        }
         self.nodes[i].crash_after_send_armed = false;
         self.nodes[i].crash_after_append_armed = false;
         self.nodes[i].crash_after_commit_armed = false;
@@ -717,6 +808,18 @@ impl Sim {
                 for message in messages {
                     self.send(i, message, false);
                 }
+                // Entries committed by a majority need not wait for this node's write.
+                let committed = self.nodes[i].raft.as_mut().unwrap().take_committed_entries();
+                for entry in &committed {
+                    self.apply(i, entry);
+                    if self.violation.is_some() {
+                        return;
+                    }
+                }
+                if let Some(last) = committed.last() {
+                    self.nodes[i].raft.as_mut().unwrap().applied_to(last.index);
+                    self.serve_reads(i);
+                }
             }
             return;
         }
@@ -886,6 +989,9 @@ impl Sim {
             self.nodes[i].disk.hard_state = hard;
         }
         self.check_leader_completeness(i, &ready.entries);
+        if self.violation.is_none() {
+            self.persist_real(i, ready);
+        }
     }
 
     /// Log matching (§5.3), checked incrementally: one (index, term) must always name the
@@ -1254,6 +1360,14 @@ impl Sim {
                 let disk = &mut self.nodes[i].disk;
                 let drop = (meta.index - disk.snapshot.meta.index) as usize;
                 disk.entries.drain(..drop.min(disk.entries.len()));
+                let saved = match self.nodes[i].real.as_mut().and_then(|r| r.store.as_mut()) {
+                    Some(store) => store.save_snapshot(&meta, &data).and_then(|()| store.compact(meta.index)),
+                    None => Ok(()),
+                };
+                if let Err(error) = saved {
+                    self.violate("real store", format!("n{id}: snapshot failed: {error}"));
+                }
+                let disk = &mut self.nodes[i].disk;
                 disk.snapshot = Snapshot { meta, data };
                 self.trace(|| format!("n{id} compacts its log to {applied}"));
             }
