@@ -155,7 +155,10 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let client = transport::client();
     let peers: HashMap<NodeId, SocketAddr> =
         members.iter().filter(|(peer, _)| **peer != id).map(|(k, v)| (*k, *v)).collect();
-    let outbox = transport::start(&peers, client.clone(), secret.clone(), shared.clone());
+    // Twice the election timeout: a peer that cannot take a batch in that time is
+    // treated as unreachable, and its connection is replaced.
+    let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
+    let outbox = transport::start(&peers, client.clone(), secret.clone(), shared.clone(), peer_timeout);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (node, driver) = node::spawn(DriverParts {
         raft,

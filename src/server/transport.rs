@@ -72,18 +72,28 @@ impl Outbox {
 }
 
 /// Starts one sender task per peer; returns the outbox feeding them.
+///
+/// `timeout` bounds each request: a connection into a partition can swallow a request
+/// without an error for minutes, and everything queued behind it would be lost. Batches
+/// that carry a snapshot get `SNAPSHOT_TIMEOUT` instead.
 pub fn start(
     peers: &HashMap<NodeId, SocketAddr>,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
     shared: Arc<Shared>,
+    timeout: Duration,
 ) -> Outbox {
     let mut queues = HashMap::new();
     for (&id, &address) in peers {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         queues.insert(id, tx);
-        let sender =
-            PeerSender { address, client: client.clone(), secret: secret.clone(), shared: shared.clone() };
+        let sender = PeerSender {
+            address,
+            client: client.clone(),
+            secret: secret.clone(),
+            shared: shared.clone(),
+            timeout,
+        };
         tokio::spawn(sender.run(rx));
     }
     Outbox { peers: Arc::new(queues) }
@@ -94,7 +104,11 @@ struct PeerSender {
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
     shared: Arc<Shared>,
+    timeout: Duration,
 }
+
+/// How long a batch carrying a snapshot may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl PeerSender {
     async fn run(self, mut queue: mpsc::Receiver<Vec<Message>>) {
@@ -108,7 +122,7 @@ impl PeerSender {
                     Err(_) => break,
                 }
             }
-            self.attach_snapshots(&mut batch);
+            let timeout = if self.attach_snapshots(&mut batch) { SNAPSHOT_TIMEOUT } else { self.timeout };
             body.clear();
             encode_batch(&batch, &mut body);
             let mut request = Request::builder()
@@ -119,16 +133,25 @@ impl PeerSender {
                 request =
                     request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
             }
-            let request = request.body(Full::new(Bytes::copy_from_slice(&body))).expect("valid request");
-            match self.client.request(request).await {
-                Ok(response) if response.status() == StatusCode::NO_CONTENT => {
+            let request =
+                request.body(Full::new(Bytes::from(std::mem::take(&mut body)))).expect("valid request");
+            let answer = tokio::time::timeout(timeout, async {
+                let response = self.client.request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                Ok::<_, hyper_util::client::legacy::Error>((status, body))
+            })
+            .await;
+            let answer = match answer {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            match answer {
+                Ok((status, _)) if status == StatusCode::NO_CONTENT => {
                     failures = 0;
-                    let _ = response.into_body().collect().await;
                 }
-                Ok(response) => {
+                Ok((status, text)) => {
                     failures += 1;
-                    let status = response.status();
-                    let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(peer = %self.address, %status, body = %String::from_utf8_lossy(&text), "peer refused messages");
                     }
@@ -147,7 +170,9 @@ impl PeerSender {
     }
 
     /// The core emits InstallSnapshot without data: attach the latest snapshot.
-    fn attach_snapshots(&self, batch: &mut [Message]) {
+    /// Returns true when the batch carries one.
+    fn attach_snapshots(&self, batch: &mut [Message]) -> bool {
+        let mut attached = false;
         for message in batch.iter_mut() {
             if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
                 if let Some(latest) = self.shared.snapshot.lock().expect("snapshot lock").as_ref() {
@@ -155,8 +180,10 @@ impl PeerSender {
                         *snapshot = latest.clone();
                     }
                 }
+                attached = true;
             }
         }
+        attached
     }
 }
 
