@@ -138,8 +138,13 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         totals.keys,
         totals.anomalies
     );
-    eprintln!("{line}");
-    println!("{line}");
+    // Straight to stderr, past the test harness's capture, so CI's log shows it.
+    {
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "{line}");
+        let _ = stderr.flush();
+    }
     assert!(
         failures.is_empty(),
         "chaos: anomalies in seeds {failures:?} (reports in {})",
