@@ -50,11 +50,11 @@ pub struct Applied {
 
 /// Requests from HTTP handlers and the admin socket to the driver.
 pub(crate) enum Request {
-    Propose { command: Bytes, reply: oneshot::Sender<Result<Applied, NodeError>> },
-    Read { reply: oneshot::Sender<Result<(), NodeError>> },
-    StepDown { reply: oneshot::Sender<Result<NodeId, NodeError>> },
-    Snapshot { reply: oneshot::Sender<Result<SnapshotMeta, NodeError>> },
-    Msync { reply: oneshot::Sender<Result<PersistStats, NodeError>> },
+    Propose { command: Bytes, reply: Reply<Applied> },
+    Read { reply: Reply<()> },
+    StepDown { reply: Reply<NodeId> },
+    Snapshot { reply: Reply<SnapshotMeta> },
+    Msync { reply: Reply<PersistStats> },
     Ping { reply: oneshot::Sender<()> },
 }
 
@@ -87,38 +87,29 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Proposes a command and waits until it is committed and applied here.
     pub async fn propose(&self, command: &Command) -> Result<Applied, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Propose { command: command.encode(), reply }).await?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        let command = command.encode();
+        self.ask(|reply| Request::Propose { command, reply }).await
     }
 
     /// Waits until a linearizable read may be served from the local state machine
     /// (thesis §6.4: the read index is confirmed and applied here).
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Read { reply }).await?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        self.ask(|reply| Request::Read { reply }).await
     }
 
     /// Transfers leadership to the most up-to-date follower; returns it.
     pub async fn step_down(&self) -> Result<NodeId, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::StepDown { reply }).await?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        self.ask(|reply| Request::StepDown { reply }).await
     }
 
     /// Takes a snapshot now and compacts the log.
     pub async fn snapshot(&self) -> Result<SnapshotMeta, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Snapshot { reply }).await?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        self.ask(|reply| Request::Snapshot { reply }).await
     }
 
     /// Forces an msync of every mapped file.
     pub async fn msync(&self) -> Result<PersistStats, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Msync { reply }).await?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        self.ask(|reply| Request::Msync { reply }).await
     }
 
     /// Answers once the driver's event loop has come round: the watchdog's proof of life.
@@ -131,6 +122,14 @@ impl NodeHandle {
     /// Hands messages from a peer to the core. Waits when the driver is behind.
     pub async fn deliver(&self, messages: Vec<Message>) -> Result<(), NodeError> {
         self.peer_inbox.send(messages).await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Sends a request carrying its reply channel and waits for the answer. A dropped
+    /// reply means the driver stopped.
+    async fn ask<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(request(reply)).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
     async fn send(&self, request: Request) -> Result<(), NodeError> {
@@ -364,7 +363,7 @@ impl Driver {
         }
     }
 
-    fn start_proposal(&mut self, command: Bytes, reply: oneshot::Sender<Result<Applied, NodeError>>) {
+    fn start_proposal(&mut self, command: Bytes, reply: Reply<Applied>) {
         match self.raft.propose(command.clone()) {
             Ok((term, index)) => {
                 self.shared.metrics.proposals.inc();
@@ -379,7 +378,7 @@ impl Driver {
         }
     }
 
-    fn start_read(&mut self, reply: oneshot::Sender<Result<(), NodeError>>) {
+    fn start_read(&mut self, reply: Reply<()>) {
         let context = self.next_read_context;
         match self.raft.read_index(context) {
             Ok(()) => {
@@ -390,7 +389,7 @@ impl Driver {
         }
     }
 
-    fn start_step_down(&mut self, reply: oneshot::Sender<Result<NodeId, NodeError>>) {
+    fn start_step_down(&mut self, reply: Reply<NodeId>) {
         if self.raft.role() != Role::Leader {
             let _ = reply.send(Err(NodeError::NotLeader(self.raft.leader())));
             return;
