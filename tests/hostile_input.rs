@@ -235,13 +235,85 @@ fn peer_route_refuses_garbage_and_truncated_batches_with_400() {
     assert_alive_and_intact(&single);
 }
 
+/// Opens a peer stream by hand: the upgrade request, then the server's 101 head.
+fn open_peer_stream(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST /raft/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: upgrade\r\n\
+         Upgrade: mmapd-peer/1\r\nX-Mmapd-Cluster-Secret: {SECRET}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the server closed during the upgrade: {answer:?}");
+        answer.push(byte[0]);
+    }
+    assert_eq!(status_line(&answer), "HTTP/1.1 101 Switching Protocols");
+    stream
+}
+
+/// Reads until the server closes the connection (EOF or reset); false on timeout.
+fn server_closes(mut stream: TcpStream) -> bool {
+    let mut sink = [0u8; 64];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock || error.kind() == std::io::ErrorKind::TimedOut => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn peer_stream_drops_malformed_frames_and_the_node_lives_on() {
+    let single = seeded_node();
+    let port = single.port();
+    let node_id = single.node.status().unwrap()["node id"].as_u64().unwrap();
+    // Without the Upgrade header the route refuses with 400.
+    let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
+    assert_eq!(request(port, "POST", "/raft/stream", &secret, b"").unwrap().status, 400);
+
+    let message =
+        Message { from: 4242, to: node_id, term: 0, body: MessageBody::HeartbeatResponse { context: 7 } };
+    let mut batch = Vec::new();
+    encode_batch(&[message], &mut batch);
+    let mut good = (batch.len() as u32).to_le_bytes().to_vec();
+    good.extend_from_slice(&batch);
+    let mut bad_version = good.clone();
+    bad_version[4] = 99;
+    let mut short_length = good.clone();
+    short_length[0] -= 1; // the frame ends one byte before its batch does
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("bad batch version", [good.clone(), bad_version].concat()),
+        ("frame shorter than its batch", short_length),
+        ("length beyond the limit", [good.clone(), u32::MAX.to_le_bytes().to_vec()].concat()),
+        ("text instead of frames", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let mut stream = open_peer_stream(port);
+        stream.write_all(&bytes).unwrap();
+        assert!(server_closes(stream), "{what}: the server kept the stream open");
+    }
+    // Well-formed frames and keepalives keep it open.
+    let mut stream = open_peer_stream(port);
+    stream.write_all(&[good.clone(), 0u32.to_le_bytes().to_vec(), good].concat()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(!server_closes(stream), "a good stream was closed");
+    assert_alive_and_intact(&single);
+}
+
 #[test]
 fn peer_routes_refuse_a_missing_or_wrong_cluster_secret_with_401() {
     let single = seeded_node();
     let port = single.port();
     let wrong = [("X-Mmapd-Cluster-Secret", "s3cret-of-the-clusteR")];
     let short = [("X-Mmapd-Cluster-Secret", "s3cret")];
-    for path in ["/raft/messages", "/raft/propose"] {
+    for path in ["/raft/messages", "/raft/propose", "/raft/stream"] {
         assert_eq!(request(port, "POST", path, &[], b"garbage").unwrap().status, 401, "{path} without");
         assert_eq!(request(port, "POST", path, &wrong, b"garbage").unwrap().status, 401, "{path} wrong");
         assert_eq!(request(port, "POST", path, &short, b"garbage").unwrap().status, 401, "{path} short");

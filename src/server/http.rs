@@ -5,7 +5,8 @@
 //!
 //! Routes: the original's `POST /set/<key>`, `GET /get/<key>`, `GET /status`; the
 //! `/v1/kv` API; `GET /metrics`, `GET /health`; and, for peers only,
-//! `POST /raft/messages` and `POST /raft/propose`.
+//! `POST /raft/stream` (upgraded to the peer stream), `POST /raft/messages` and
+//! `POST /raft/propose`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::kv::{Command, Condition, Outcome};
@@ -26,6 +27,7 @@ use crate::raft::{NodeId, Role};
 use super::error::ApiError;
 use super::metrics::Gauges;
 use super::node::{Applied, NodeError, NodeHandle};
+use super::peer_stream::{self, StreamEnd};
 use super::transport::{decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER};
 
 /// The most bytes a peer batch may carry (snapshots included).
@@ -67,7 +69,7 @@ pub async fn serve(api: Arc<Api>, request: Request<Incoming>) -> Result<HttpResp
     })
 }
 
-async fn route(api: &Api, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let method = request.method().clone();
@@ -133,6 +135,33 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<HttpResponse, Ap
             api.node.deliver(messages).await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+        peer_stream::PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            let wanted = request.headers().get(UPGRADE).and_then(|v| v.to_str().ok());
+            if wanted != Some(peer_stream::PROTOCOL) {
+                return Err(ApiError::BadRequest(format!(
+                    "{} needs `Upgrade: {}`",
+                    peer_stream::PATH,
+                    peer_stream::PROTOCOL
+                )));
+            }
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let node = api.node.clone();
+            tokio::spawn(async move {
+                match peer_stream::receive(on_upgrade, node).await {
+                    StreamEnd::Malformed(why) => {
+                        tracing::warn!(%why, "peer stream closed: malformed frame");
+                    }
+                    end => tracing::debug!(?end, "peer stream ended"),
+                }
+            });
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            response.headers_mut().insert(UPGRADE, HeaderValue::from_static(peer_stream::PROTOCOL));
             Ok(response)
         }
         "/raft/propose" => {

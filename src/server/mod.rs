@@ -14,6 +14,7 @@ pub mod http;
 mod lifecycle;
 pub mod metrics;
 pub mod node;
+pub mod peer_stream;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -254,7 +255,8 @@ async fn accept_http(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}

@@ -1,15 +1,17 @@
-//! Peer RPC: Raft messages travel in batches as `POST /raft/messages` over one
-//! keep-alive HTTP/1.1 connection per peer; a follower forwards a client's write to
-//! the leader with `POST /raft/propose`.
+//! Peer RPC: Raft messages travel in batches on one long-lived peer stream per peer
+//! (`peer_stream`: `POST /raft/stream` upgraded to length-prefixed frames); batches
+//! that carry a snapshot, and batches for a peer that does not speak the stream, go as
+//! `POST /raft/messages` on a keep-alive HTTP/1.1 connection. A follower forwards a
+//! client's write to the leader with `POST /raft/propose`.
 //!
-//! One task per peer sends one request at a time, so messages stay in order; while a
-//! request is in flight the next batch accumulates (pipelining by batching). Messages
+//! One task per peer sends one batch at a time, so messages stay in order; while a
+//! write is under way the next batch accumulates (pipelining by batching). Messages
 //! for a peer that is down are dropped when its queue is full: Raft retries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -23,6 +25,15 @@ use crate::raft::{Message, MessageBody, NodeId};
 use crate::transport::codec::{decode_batch, encode_batch};
 
 use super::node::Shared;
+use super::peer_stream::{self, StreamError, StreamSender};
+
+/// Why a batch did not reach a peer.
+enum Failure {
+    /// The peer answered with an error.
+    Refused(StatusCode, String),
+    /// No connection, or no answer in time.
+    Unreachable(String),
+}
 
 /// The header that carries the cluster secret on peer requests.
 pub const SECRET_HEADER: &str = "x-mmapd-cluster-secret";
@@ -109,54 +120,86 @@ struct PeerSender {
 
 /// How long a batch carrying a snapshot may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to use `POST /raft/messages` after a peer refused the stream upgrade (an
+/// older version during a rolling upgrade), before trying the stream again.
+const POST_FALLBACK: Duration = Duration::from_secs(30);
 
 impl PeerSender {
+    /// Sends batches in order: on the peer stream when it is up, by `POST` when the
+    /// batch carries a snapshot (a long transfer must not hold up heartbeats, and
+    /// gets its own timeout) or when the peer does not speak the stream.
     async fn run(self, mut queue: mpsc::Receiver<Vec<Message>>) {
         let uri: hyper::Uri = format!("http://{}/raft/messages", self.address).parse().expect("valid uri");
         let mut failures = 0u32;
-        let mut body = Vec::new();
-        while let Some(mut batch) = queue.recv().await {
+        let mut stream: Option<StreamSender> = None;
+        let mut post_until: Option<Instant> = None;
+        let keepalive = peer_stream::KEEPALIVE.min(self.timeout / 2);
+        loop {
+            let mut batch = match tokio::time::timeout(keepalive, queue.recv()).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(_) => {
+                    if let Some(open) = &mut stream {
+                        if let Err(error) = open.send(&[]).await {
+                            tracing::debug!(peer = %self.address, %error, "peer stream keepalive failed");
+                            stream = None;
+                        }
+                    }
+                    continue;
+                }
+            };
             while batch.len() < MAX_BATCH_MESSAGES {
                 match queue.try_recv() {
                     Ok(more) => batch.extend(more),
                     Err(_) => break,
                 }
             }
-            let timeout = if self.attach_snapshots(&mut batch) { SNAPSHOT_TIMEOUT } else { self.timeout };
-            body.clear();
-            encode_batch(&batch, &mut body);
-            let mut request = Request::builder()
-                .method(Method::POST)
-                .uri(uri.clone())
-                .header(CONTENT_TYPE, "application/octet-stream");
-            if let Some(secret) = &self.secret {
-                request =
-                    request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
-            }
-            let request =
-                request.body(Full::new(Bytes::from(std::mem::take(&mut body)))).expect("valid request");
-            let answer = tokio::time::timeout(timeout, async {
-                let response = self.client.request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                Ok::<_, hyper_util::client::legacy::Error>((status, body))
-            })
-            .await;
-            let answer = match answer {
-                Ok(answer) => answer.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-            };
-            match answer {
-                Ok((status, _)) if status == StatusCode::NO_CONTENT => {
-                    failures = 0;
-                }
-                Ok((status, text)) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(peer = %self.address, %status, body = %String::from_utf8_lossy(&text), "peer refused messages");
+            let snapshot = self.attach_snapshots(&mut batch);
+            let use_post = snapshot || post_until.is_some_and(|until| Instant::now() < until);
+            let result = if use_post {
+                let timeout = if snapshot { SNAPSHOT_TIMEOUT } else { self.timeout };
+                self.post(&uri, &batch, timeout).await
+            } else {
+                if stream.is_none() {
+                    match StreamSender::connect(self.address, self.secret.as_deref().map(|s| &s[..]), self.timeout)
+                        .await
+                    {
+                        Ok(open) => {
+                            tracing::debug!(peer = %self.address, "peer stream open");
+                            stream = Some(open);
+                        }
+                        Err(StreamError::Refused { status, body })
+                            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+                        {
+                            tracing::info!(peer = %self.address, %status, %body,
+                                "peer does not speak the peer stream; sending by POST for now");
+                            post_until = Some(Instant::now() + POST_FALLBACK);
+                        }
+                        Err(error) => {
+                            tracing::debug!(peer = %self.address, %error, "peer stream connect failed");
+                        }
                     }
                 }
-                Err(error) => {
+                match &mut stream {
+                    Some(open) => open.send(&batch).await.map_err(|e| {
+                        stream = None;
+                        Failure::Unreachable(e.to_string())
+                    }),
+                    None if post_until.is_some_and(|until| Instant::now() < until) => {
+                        self.post(&uri, &batch, self.timeout).await
+                    }
+                    None => Err(Failure::Unreachable("no stream".into())),
+                }
+            };
+            match result {
+                Ok(()) => failures = 0,
+                Err(Failure::Refused(status, text)) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(peer = %self.address, %status, body = %text, "peer refused messages");
+                    }
+                }
+                Err(Failure::Unreachable(error)) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::debug!(peer = %self.address, %error, "peer unreachable");
@@ -166,6 +209,31 @@ impl PeerSender {
                     while queue.try_recv().is_ok() {}
                 }
             }
+        }
+    }
+
+    /// Sends one batch as `POST /raft/messages` and waits for its `204`.
+    async fn post(&self, uri: &hyper::Uri, batch: &[Message], timeout: Duration) -> Result<(), Failure> {
+        let mut body = Vec::new();
+        encode_batch(batch, &mut body);
+        let mut request =
+            Request::builder().method(Method::POST).uri(uri.clone()).header(CONTENT_TYPE, "application/octet-stream");
+        if let Some(secret) = &self.secret {
+            request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+        }
+        let request = request.body(Full::new(Bytes::from(body))).expect("valid request");
+        let answer = tokio::time::timeout(timeout, async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Ok::<_, hyper_util::client::legacy::Error>((status, body))
+        })
+        .await;
+        match answer {
+            Ok(Ok((status, _))) if status == StatusCode::NO_CONTENT => Ok(()),
+            Ok(Ok((status, text))) => Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned())),
+            Ok(Err(error)) => Err(Failure::Unreachable(error.to_string())),
+            Err(_) => Err(Failure::Unreachable(format!("no answer within {timeout:?}"))),
         }
     }
 
