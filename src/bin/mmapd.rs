@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use mmapd::server::{self, cli};
 
+/// mimalloc instead of glibc malloc: per-request allocations (hyper buffers, oneshot
+/// channels, batches) were 10.7% of the leader's CPU samples under write load
+/// (BENCHMARKS.md, "Profile of the write path"), and glibc's per-thread arenas held
+/// freed peer batches as resident memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let argv = cli::normalize_legacy_flags(std::env::args());
     let args = cli::Args::parse_from(argv);
