@@ -261,7 +261,10 @@ fn server_closes(mut stream: TcpStream) -> bool {
         match stream.read(&mut sink) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock || error.kind() == std::io::ErrorKind::TimedOut => {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::WouldBlock
+                    || error.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false
             }
             Err(_) => return true,

@@ -108,12 +108,17 @@ impl StreamSender {
                     HeaderValue::from_bytes(secret).map_err(|e| StreamError::Upgrade(e.to_string()))?,
                 );
             }
-            let request = request.body(Empty::<Bytes>::new()).map_err(|e| StreamError::Upgrade(e.to_string()))?;
-            let response = sender.send_request(request).await.map_err(|e| StreamError::Upgrade(e.to_string()))?;
+            let request =
+                request.body(Empty::<Bytes>::new()).map_err(|e| StreamError::Upgrade(e.to_string()))?;
+            let response =
+                sender.send_request(request).await.map_err(|e| StreamError::Upgrade(e.to_string()))?;
             let status = response.status();
             if status != StatusCode::SWITCHING_PROTOCOLS {
                 let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                return Err(StreamError::Refused { status, body: String::from_utf8_lossy(&body).into_owned() });
+                return Err(StreamError::Refused {
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
             }
             hyper::upgrade::on(response).await.map_err(|e| StreamError::Upgrade(e.to_string()))
         };
@@ -134,7 +139,9 @@ impl StreamSender {
             let length = u32::try_from(self.frame.len() - 4)
                 .ok()
                 .filter(|&n| n as usize <= MAX_FRAME_BYTES)
-                .ok_or_else(|| StreamError::Write(format!("batch of {} bytes is too large", self.frame.len())))?;
+                .ok_or_else(|| {
+                    StreamError::Write(format!("batch of {} bytes is too large", self.frame.len()))
+                })?;
             self.frame[..4].copy_from_slice(&length.to_le_bytes());
         }
         let write = async {
@@ -204,7 +211,9 @@ where
         let mut frame = BytesMut::zeroed(length);
         match tokio::time::timeout(idle, reader.read_exact(&mut frame)).await {
             Err(_) => return StreamEnd::Idle,
-            Ok(Err(error)) => return StreamEnd::Closed(format!("inside the frame at stream offset {offset}: {error}")),
+            Ok(Err(error)) => {
+                return StreamEnd::Closed(format!("inside the frame at stream offset {offset}: {error}"))
+            }
             Ok(Ok(_)) => {}
         }
         let messages = match decode_batch(frame.freeze()) {

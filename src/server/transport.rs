@@ -161,15 +161,20 @@ impl PeerSender {
                 self.post(&uri, &batch, timeout).await
             } else {
                 if stream.is_none() {
-                    match StreamSender::connect(self.address, self.secret.as_deref().map(|s| &s[..]), self.timeout)
-                        .await
+                    match StreamSender::connect(
+                        self.address,
+                        self.secret.as_deref().map(|s| &s[..]),
+                        self.timeout,
+                    )
+                    .await
                     {
                         Ok(open) => {
                             tracing::debug!(peer = %self.address, "peer stream open");
                             stream = Some(open);
                         }
                         Err(StreamError::Refused { status, body })
-                            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+                            if status == StatusCode::NOT_FOUND
+                                || status == StatusCode::METHOD_NOT_ALLOWED =>
                         {
                             tracing::info!(peer = %self.address, %status, %body,
                                 "peer does not speak the peer stream; sending by POST for now");
@@ -216,8 +221,10 @@ impl PeerSender {
     async fn post(&self, uri: &hyper::Uri, batch: &[Message], timeout: Duration) -> Result<(), Failure> {
         let mut body = Vec::new();
         encode_batch(batch, &mut body);
-        let mut request =
-            Request::builder().method(Method::POST).uri(uri.clone()).header(CONTENT_TYPE, "application/octet-stream");
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri.clone())
+            .header(CONTENT_TYPE, "application/octet-stream");
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
         }
@@ -231,7 +238,9 @@ impl PeerSender {
         .await;
         match answer {
             Ok(Ok((status, _))) if status == StatusCode::NO_CONTENT => Ok(()),
-            Ok(Ok((status, text))) => Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned())),
+            Ok(Ok((status, text))) => {
+                Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned()))
+            }
             Ok(Err(error)) => Err(Failure::Unreachable(error.to_string())),
             Err(_) => Err(Failure::Unreachable(format!("no answer within {timeout:?}"))),
         }
