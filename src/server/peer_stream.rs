@@ -317,6 +317,96 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
+    /// A peer that accepts connections, reads the upgrade request and then, if
+    /// `upgrade`, answers 101; after that it holds the connection and reads nothing,
+    /// like a host behind a partition whose kernel still has the socket.
+    async fn black_hole(upgrade: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8];
+                while !head.ends_with(b"\r\n\r\n") && socket.read_exact(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                if upgrade {
+                    let answer = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {PROTOCOL}\r\n\r\n"
+                    );
+                    socket.write_all(answer.as_bytes()).await.unwrap();
+                }
+                held.push(socket);
+            }
+        });
+        (address, task)
+    }
+
+    // Regression (chaos finding 3): a peer request into a partition hung on its
+    // keep-alive connection with no timeout, and everything queued behind it waited;
+    // a follower stayed pre-candidate for 13 s after the partition healed.
+    #[tokio::test]
+    async fn connecting_to_a_peer_that_never_answers_fails_within_the_timeout() {
+        let (address, server) = black_hole(false).await;
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            StreamSender::connect(address, None, Duration::from_millis(300)),
+        )
+        .await
+        .expect("connect hung for 10 s");
+        assert!(matches!(result, Err(StreamError::Upgrade(_))), "connect should fail");
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn writing_to_a_peer_that_stopped_reading_fails_within_the_timeout() {
+        let (address, server) = black_hole(true).await;
+        let timeout = Duration::from_millis(300);
+        let mut sender = StreamSender::connect(address, None, timeout).await.expect("upgrade");
+        // 1,000 entries of 1 KiB per frame: the socket buffers fill within a few frames.
+        let entries = (1..=1000)
+            .map(|index| crate::raft::Entry {
+                term: 1,
+                index,
+                kind: crate::raft::EntryKind::Normal,
+                data: Bytes::from(vec![7u8; 1024]),
+            })
+            .collect();
+        let batch = [Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries,
+                leader_commit: 0,
+            },
+        }];
+        let started = std::time::Instant::now();
+        let mut frames = 0;
+        let writes = async {
+            loop {
+                match sender.send(&batch).await {
+                    Ok(()) => frames += 1,
+                    Err(error) => break error,
+                }
+                assert!(frames < 10_000, "10 GB written to a peer that reads nothing");
+            }
+        };
+        let error =
+            tokio::time::timeout(Duration::from_secs(10), writes).await.expect("a write hung for 10 s");
+        assert!(matches!(error, StreamError::Write(_)), "{error}");
+        // Each write is bounded, by the write timeout and by TCP_USER_TIMEOUT (which
+        // also ends zero-window probing): either alone passes this test, and with
+        // both removed it fails at the 10 s guard (checked by planting it).
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        server.abort();
+    }
+
     #[tokio::test]
     async fn a_stopped_driver_ends_the_stream() {
         let bytes = frame(&[heartbeat(1)]);
