@@ -94,6 +94,24 @@ fn status_msync_snapshot_and_import_work_and_the_socket_is_mode_0660() {
 }
 
 #[test]
+fn admin_gives_up_on_a_socket_that_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    // A stuck node: the socket accepts connections and never answers.
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let holder = std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let output = admin(&["--socket", path.to_str().unwrap(), "--timeout", "1", "status"]);
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+    assert_fails_with_one_line(&output, "no answer");
+    drop(holder);
+}
+
+#[test]
 fn admin_without_a_socket_fails_with_one_line() {
     let output = admin(&["--socket", "/nonexistent/admin.sock", "status"]);
     assert_fails_with_one_line(&output, "/nonexistent/admin.sock");

@@ -208,6 +208,34 @@ fn slow_partial_requests_do_not_stop_the_node_serving_others() {
 }
 
 #[test]
+fn a_body_that_stops_arriving_gets_408_and_nothing_is_written() {
+    let single = Single::start(&["--body-timeout-ms", "300"]);
+    let port = single.port();
+    for (path, form) in [("/v1/kv/half", false), ("/set/half", true)] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = if form {
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nvalue=only")
+        } else {
+            format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a few bytes")
+        };
+        stream.write_all(head.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert_eq!(
+            status_line(&answer),
+            "HTTP/1.1 408 Request Timeout",
+            "{path}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}: answered after {:?}", started.elapsed());
+    }
+    assert_eq!(get(port, "/v1/kv/half").status, 404);
+    assert_eq!(get(port, "/get/half").status, 404);
+}
+
+#[test]
 fn peer_route_refuses_garbage_and_truncated_batches_with_400() {
     let single = seeded_node();
     let port = single.port();

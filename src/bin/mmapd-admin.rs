@@ -22,6 +22,10 @@ struct Args {
     /// The node's port: means /run/mmapd/PORT/admin.sock (the systemd layout).
     #[arg(long)]
     port: Option<u16>,
+    /// Give up after this many seconds without a complete answer (exit status 1). An
+    /// import of a large file takes longer than the default: raise it.
+    #[arg(long, env = "MMAPD_ADMIN_TIMEOUT", default_value_t = 60)]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +55,18 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let socket = socket_path(&args);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    match runtime.block_on(run(&socket, &args.command)) {
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let answer = runtime.block_on(async {
+        match tokio::time::timeout(timeout, run(&socket, &args.command)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!(
+                "no answer from {} within {} s (the node may be stuck or busy; see --timeout)",
+                socket.display(),
+                args.timeout
+            )),
+        }
+    });
+    match answer {
         Ok(output) => {
             println!("{output}");
             ExitCode::SUCCESS

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let opened = match server::open(settings) {
         Ok(opened) => opened,
         Err(error) => {
-            tracing::error!("{error}");
+            // One line, on stderr (the journal under systemd); the log would repeat it.
             eprintln!("mmapd: {error}");
             return ExitCode::from(1);
         }
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     match runtime.block_on(server::serve(opened)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
+            // One line, on stderr (the journal under systemd); the log would repeat it.
             eprintln!("mmapd: {error}");
             ExitCode::from(1)
         }

@@ -70,6 +70,10 @@ pub struct Args {
     #[arg(long, env = "MMAPD_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
 
+    /// How long a client may take to send a request body once its headers are in; 408 after.
+    #[arg(long, env = "MMAPD_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
     /// Largest key accepted, in bytes after percent-decoding.
     #[arg(long, env = "MMAPD_MAX_KEY_BYTES", default_value_t = 4096)]
     pub max_key_bytes: usize,
@@ -178,6 +182,8 @@ pub struct Settings {
     pub heartbeat_ticks: u32,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// Request body timeout.
+    pub body_timeout: Duration,
     /// Key size limit.
     pub max_key_bytes: usize,
     /// Value size limit.
@@ -236,6 +242,7 @@ impl Args {
             election_ticks,
             heartbeat_ticks,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
             max_key_bytes: self.max_key_bytes,
             max_value_bytes: self.max_value_bytes,
             snapshot_entries: self.snapshot_entries.max(1),

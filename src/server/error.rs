@@ -24,6 +24,9 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The client did not send its whole body in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     /// No such key.
     #[error("key not found")]
     NotFound,
@@ -71,6 +74,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
@@ -89,6 +93,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::TooLarge { .. } => "too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::NotFound => "not_found",
             ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",

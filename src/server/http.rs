@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::metrics::Gauges;
 use super::node::{Applied, NodeError, NodeHandle};
 use super::peer_stream::{self, StreamEnd};
-use super::transport::{decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER};
+use super::transport::{decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER, SNAPSHOT_TIMEOUT};
 
 /// The most bytes a peer batch may carry (snapshots included).
 const MAX_PEER_BODY_BYTES: usize = 1 << 30;
@@ -50,6 +50,9 @@ pub struct Api {
     pub secret: Option<Arc<Vec<u8>>>,
     /// How long a request may wait for a leader, quorum or commit.
     pub request_timeout: Duration,
+    /// How long a client may take to send a body once its headers are in (hyper bounds
+    /// the headers): a client that stops mid-body gets 408.
+    pub body_timeout: Duration,
     /// Key size limit.
     pub max_key_bytes: usize,
     /// Value size limit.
@@ -77,7 +80,7 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
         // The original's write: POST /set/<key> with a form or query field `value`.
         allow(&method, &[Method::POST, Method::PUT], "POST, PUT")?;
         let key = api.decode_key(raw_key)?;
-        let body = read_body(request, api.max_value_bytes * 3 + 1024).await?;
+        let body = read_body(request, api.max_value_bytes * 3 + 1024, api.body_timeout).await?;
         let value = form_field(&body, "value")?.or(query_field(&query, "value")?).ok_or_else(|| {
             ApiError::BadRequest("missing field `value` (form body or query string)".into())
         })?;
@@ -99,7 +102,7 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
             Method::GET | Method::HEAD => api.kv_get(key, &query).await,
             Method::PUT | Method::POST => {
                 let condition = condition(request.headers())?;
-                let value = read_body(request, api.max_value_bytes).await?;
+                let value = read_body(request, api.max_value_bytes, api.body_timeout).await?;
                 api.check_value(&value)?;
                 api.kv_put(key, value, condition).await
             }
@@ -130,7 +133,9 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
         "/raft/messages" => {
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
-            let body = read_body(request, MAX_PEER_BODY_BYTES).await?;
+            // Batches carrying a snapshot may take as long as the sender allows them.
+            let body =
+                read_body(request, MAX_PEER_BODY_BYTES, api.body_timeout.max(SNAPSHOT_TIMEOUT)).await?;
             let messages = decode_peer_batch(body).map_err(ApiError::BadRequest)?;
             api.node.deliver(messages).await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
             let mut response = Response::new(Full::new(Bytes::new()));
@@ -167,7 +172,9 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
         "/raft/propose" => {
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
-            let body = read_body(request, api.max_value_bytes * 2 + api.max_key_bytes + 1024).await?;
+            let body =
+                read_body(request, api.max_value_bytes * 2 + api.max_key_bytes + 1024, api.body_timeout)
+                    .await?;
             let command = Command::decode_shared(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             let applied = api.propose_here(&command).await?;
             Ok(json(StatusCode::OK, applied_to_json(&applied)))
@@ -502,7 +509,7 @@ fn allow(method: &Method, allowed: &[Method], names: &'static str) -> Result<(),
     }
 }
 
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(request: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     if let Some(length) = request.headers().get(CONTENT_LENGTH) {
         let length: usize = length
             .to_str()
@@ -513,7 +520,10 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
             return Err(ApiError::TooLarge { what: "body", size: length, limit });
         }
     }
-    match Limited::new(request.into_body(), limit).collect().await {
+    let collect = Limited::new(request.into_body(), limit).collect();
+    let collected =
+        tokio::time::timeout(timeout, collect).await.map_err(|_| ApiError::BodyTimeout(timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::TooLarge { what: "body", size: limit + 1, limit })

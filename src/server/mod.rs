@@ -179,6 +179,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         client,
         secret,
         request_timeout: settings.request_timeout,
+        body_timeout: settings.body_timeout,
         max_key_bytes: settings.max_key_bytes,
         max_value_bytes: settings.max_value_bytes,
         mapped_bytes,

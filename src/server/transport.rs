@@ -119,7 +119,7 @@ struct PeerSender {
 }
 
 /// How long a batch carrying a snapshot may take.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to use `POST /raft/messages` after a peer refused the stream upgrade (an
 /// older version during a rolling upgrade), before trying the stream again.
 const POST_FALLBACK: Duration = Duration::from_secs(30);
