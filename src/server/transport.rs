@@ -160,6 +160,7 @@ impl PeerSender {
                 let timeout = if snapshot { SNAPSHOT_TIMEOUT } else { self.timeout };
                 self.post(&uri, &batch, timeout).await
             } else {
+                let mut connect_failure = None;
                 if stream.is_none() {
                     match StreamSender::connect(
                         self.address,
@@ -180,9 +181,12 @@ impl PeerSender {
                                 "peer does not speak the peer stream; sending by POST for now");
                             post_until = Some(Instant::now() + POST_FALLBACK);
                         }
-                        Err(error) => {
-                            tracing::debug!(peer = %self.address, %error, "peer stream connect failed");
+                        // Any other answer (401: the secrets differ) is a refusal, logged
+                        // as a warning like a refused POST.
+                        Err(StreamError::Refused { status, body }) => {
+                            connect_failure = Some(Failure::Refused(status, body));
                         }
+                        Err(error) => connect_failure = Some(Failure::Unreachable(error.to_string())),
                     }
                 }
                 match &mut stream {
@@ -193,7 +197,7 @@ impl PeerSender {
                     None if post_until.is_some_and(|until| Instant::now() < until) => {
                         self.post(&uri, &batch, self.timeout).await
                     }
-                    None => Err(Failure::Unreachable("no stream".into())),
+                    None => Err(connect_failure.unwrap_or_else(|| Failure::Unreachable("no stream".into()))),
                 }
             };
             match result {
