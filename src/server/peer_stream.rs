@@ -12,7 +12,8 @@
 //! - the sender bounds every write (`write_timeout`) and sets `TCP_USER_TIMEOUT` to the
 //!   same bound, so a connection into a partition fails instead of swallowing batches
 //!   and backing off its retransmissions for longer than an election timeout;
-//! - an idle sender writes an empty frame every `KEEPALIVE`, and the receiver drops a
+//! - an idle sender writes an empty frame every `KEEPALIVE` or half the write bound,
+//!   whichever is shorter, and the receiver drops a
 //!   connection that sent nothing for `RECEIVE_IDLE` (a sender that reconnected after a
 //!   partition leaves its old connection behind).
 
@@ -38,7 +39,8 @@ use super::transport::SECRET_HEADER;
 pub const PROTOCOL: &str = "mmapd-peer/1";
 /// The path a sender upgrades.
 pub const PATH: &str = "/raft/stream";
-/// An idle sender writes an empty frame this often.
+/// An idle sender writes an empty frame at least this often (more often when half its
+/// peer timeout is shorter).
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
 /// A receiver drops a connection that sent nothing (not even a keepalive) for this long.
 pub const RECEIVE_IDLE: Duration = Duration::from_secs(30);

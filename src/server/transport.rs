@@ -155,50 +155,43 @@ impl PeerSender {
                 }
             }
             let snapshot = self.attach_snapshots(&mut batch);
-            let use_post = snapshot || post_until.is_some_and(|until| Instant::now() < until);
-            let result = if use_post {
-                let timeout = if snapshot { SNAPSHOT_TIMEOUT } else { self.timeout };
-                self.post(&uri, &batch, timeout).await
-            } else {
-                let mut connect_failure = None;
-                if stream.is_none() {
-                    match StreamSender::connect(
-                        self.address,
-                        self.secret.as_deref().map(|s| &s[..]),
-                        self.timeout,
-                    )
-                    .await
+            let mut connect_failure = None;
+            if stream.is_none() && !snapshot && !post_until.is_some_and(|until| Instant::now() < until) {
+                post_until = None;
+                match StreamSender::connect(
+                    self.address,
+                    self.secret.as_deref().map(|s| &s[..]),
+                    self.timeout,
+                )
+                .await
+                {
+                    Ok(open) => {
+                        tracing::debug!(peer = %self.address, "peer stream open");
+                        stream = Some(open);
+                    }
+                    Err(StreamError::Refused { status, body })
+                        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
                     {
-                        Ok(open) => {
-                            tracing::debug!(peer = %self.address, "peer stream open");
-                            stream = Some(open);
-                        }
-                        Err(StreamError::Refused { status, body })
-                            if status == StatusCode::NOT_FOUND
-                                || status == StatusCode::METHOD_NOT_ALLOWED =>
-                        {
-                            tracing::info!(peer = %self.address, %status, %body,
-                                "peer does not speak the peer stream; sending by POST for now");
-                            post_until = Some(Instant::now() + POST_FALLBACK);
-                        }
-                        // Any other answer (401: the secrets differ) is a refusal, logged
-                        // as a warning like a refused POST.
-                        Err(StreamError::Refused { status, body }) => {
-                            connect_failure = Some(Failure::Refused(status, body));
-                        }
-                        Err(error) => connect_failure = Some(Failure::Unreachable(error.to_string())),
+                        tracing::info!(peer = %self.address, %status, %body,
+                            "peer does not speak the peer stream; sending by POST for now");
+                        post_until = Some(Instant::now() + POST_FALLBACK);
                     }
-                }
-                match &mut stream {
-                    Some(open) => open.send(&batch).await.map_err(|e| {
-                        stream = None;
-                        Failure::Unreachable(e.to_string())
-                    }),
-                    None if post_until.is_some_and(|until| Instant::now() < until) => {
-                        self.post(&uri, &batch, self.timeout).await
+                    // Any other answer (401: the secrets differ) is a refusal, logged as a
+                    // warning like a refused POST.
+                    Err(StreamError::Refused { status, body }) => {
+                        connect_failure = Some(Failure::Refused(status, body));
                     }
-                    None => Err(connect_failure.unwrap_or_else(|| Failure::Unreachable("no stream".into()))),
+                    Err(error) => connect_failure = Some(Failure::Unreachable(error.to_string())),
                 }
+            }
+            let result = match &mut stream {
+                _ if snapshot => self.post(&uri, &batch, SNAPSHOT_TIMEOUT).await,
+                _ if post_until.is_some() => self.post(&uri, &batch, self.timeout).await,
+                Some(open) => open.send(&batch).await.map_err(|e| {
+                    stream = None;
+                    Failure::Unreachable(e.to_string())
+                }),
+                None => Err(connect_failure.unwrap_or_else(|| Failure::Unreachable("no stream".into()))),
             };
             match result {
                 Ok(()) => failures = 0,
