@@ -188,6 +188,11 @@ impl Raft {
         self.log.last_index()
     }
 
+    /// The last index the caller has made durable (as of the last `advance`).
+    pub fn stable_index(&self) -> u64 {
+        self.log.stable_index()
+    }
+
     /// The voters.
     pub fn voters(&self) -> &[NodeId] {
         &self.voters

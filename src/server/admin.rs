@@ -18,9 +18,9 @@ use tokio::net::UnixListener;
 
 use crate::kv::{import_command, parse_legacy_db_json, Outcome};
 
+use super::driver::NodeError;
 use super::error::ApiError;
 use super::http::Api;
-use super::node::NodeError;
 
 /// The largest db.json accepted by import.
 const MAX_IMPORT_BYTES: usize = 1 << 30;

@@ -85,6 +85,11 @@ pub struct Args {
     /// Take a snapshot and compact the log after this many applied entries.
     #[arg(long, env = "MMAPD_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
     pub snapshot_entries: u64,
+
+    /// Take a snapshot and compact the log after this many bytes of applied entries,
+    /// whatever their count: bounds the log kept in memory.
+    #[arg(long, env = "MMAPD_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
+    pub snapshot_bytes: u64,
 }
 
 /// A bad command line or configuration file.
@@ -190,6 +195,8 @@ pub struct Settings {
     pub max_value_bytes: usize,
     /// Entries between snapshots.
     pub snapshot_entries: u64,
+    /// Applied entry bytes between snapshots.
+    pub snapshot_bytes: u64,
 }
 
 impl Args {
@@ -246,6 +253,7 @@ impl Args {
             max_key_bytes: self.max_key_bytes,
             max_value_bytes: self.max_value_bytes,
             snapshot_entries: self.snapshot_entries.max(1),
+            snapshot_bytes: self.snapshot_bytes.max(1),
         })
     }
 }

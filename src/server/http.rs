@@ -24,9 +24,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
 
+use super::driver::{Applied, DeliverError, NodeError, NodeHandle};
 use super::error::ApiError;
 use super::metrics::Gauges;
-use super::node::{Applied, NodeError, NodeHandle};
 use super::peer_stream::{self, StreamEnd};
 use super::transport::{decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER, SNAPSHOT_TIMEOUT};
 
@@ -137,7 +137,13 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
             let body =
                 read_body(request, MAX_PEER_BODY_BYTES, api.body_timeout.max(SNAPSHOT_TIMEOUT)).await?;
             let messages = decode_peer_batch(body).map_err(ApiError::BadRequest)?;
-            api.node.deliver(messages).await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+            api.node.deliver(messages).await.map_err(|error| match error {
+                DeliverError::ShuttingDown => ApiError::Unavailable("shutting down".into()),
+                DeliverError::Refused(reason) => {
+                    tracing::warn!(%reason, "refused a peer message");
+                    ApiError::BadRequest(reason)
+                }
+            })?;
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)
@@ -444,12 +450,16 @@ impl Api {
             "first index": status.first_index,
             "last index": status.last_index,
             "persisted index": status.persisted_index,
+            "disk full": self.node.shared.disk_full.lock().expect("disk_full lock").clone(),
             "peers": peers,
         })
     }
 
     fn health(&self) -> Result<HttpResponse, ApiError> {
         let status = self.node.shared.status.lock().expect("status lock").clone();
+        if let Some(error) = self.node.shared.disk_full.lock().expect("disk_full lock").clone() {
+            return Err(ApiError::Unavailable(format!("disk full, writes are refused: {error}")));
+        }
         if status.leader.is_none() {
             return Err(ApiError::Unavailable("no leader known".into()));
         }
@@ -496,6 +506,8 @@ pub(crate) fn node_error(error: NodeError) -> ApiError {
             ApiError::Unavailable("leadership changed before the write committed; it was not applied".into())
         }
         NodeError::Storage(error) => ApiError::Storage(error),
+        NodeError::DiskFull(error) => ApiError::Storage(error),
+        NodeError::OutcomeUnknown(reason) => ApiError::OutcomeUnknown(reason),
         NodeError::ShuttingDown => ApiError::OutcomeUnknown("the node is shutting down".into()),
         NodeError::Invalid(reason) => ApiError::BadRequest(reason),
     }

@@ -4,7 +4,7 @@
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::node::NodeHandle;
+use super::driver::NodeHandle;
 
 /// READY=1: state loaded, both listeners bound.
 pub fn notify_ready() {

@@ -8,12 +8,11 @@
 
 pub mod admin;
 pub mod cli;
-mod disk;
+pub mod driver;
 pub mod error;
 pub mod http;
 mod lifecycle;
 pub mod metrics;
-pub mod node;
 pub mod peer_stream;
 pub mod transport;
 
@@ -33,7 +32,8 @@ use crate::raft::{ConfState, Config, InitialState, NodeId, Raft, Snapshot, Snaps
 use crate::store::{detect_legacy_json, Identity, Store, StoreError, StoreOptions};
 
 use cli::{node_id, Settings};
-use node::{DriverParts, Shared};
+use driver::core::{DriverConfig, DriverCore};
+use driver::shell::{DriverParts, Shared};
 
 /// The most client connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 8192;
@@ -142,16 +142,17 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         .await
         .map_err(|error| ServerError::Bind { what: settings.admin_socket.display().to_string(), error })?;
 
-    let snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
+    let kv = Arc::new(RwLock::new(kv));
     let shared = Arc::new(Shared {
-        kv: RwLock::new(kv),
+        kv: kv.clone(),
         status: Mutex::new(raft.status()),
-        snapshot: Mutex::new(snapshot),
+        disk_full: Mutex::new(None),
         metrics: Default::default(),
     });
     let mapped_bytes = Arc::new(AtomicU64::new(store.mapped_bytes()));
-    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (disk_jobs, disk_thread) = disk::spawn(store, done_tx, mapped_bytes.clone());
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(driver::disk::DISK_QUEUE + 1);
+    let (disk_jobs, disk_thread) = driver::disk::spawn(store, done_tx, mapped_bytes.clone())
+        .map_err(|error| ServerError::Driver(format!("cannot start the disk thread: {error}")))?;
     let secret = settings.cluster_secret.clone().map(Arc::new);
     let client = transport::client();
     let peers: HashMap<NodeId, SocketAddr> =
@@ -159,16 +160,21 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     // Twice the election timeout: a peer that cannot take a batch in that time is
     // treated as unreachable, and its connection is replaced.
     let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
-    let outbox = transport::start(&peers, client.clone(), secret.clone(), shared.clone(), peer_timeout);
+    let outbox = transport::start(&peers, client.clone(), secret.clone(), peer_timeout);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (node, driver) = node::spawn(DriverParts {
-        raft,
-        tick: settings.tick,
+    let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
-        snapshot_index,
+        snapshot_bytes: settings.snapshot_bytes,
+        step_down_timeout_ticks: u64::from(settings.election_ticks) * 2,
+        ..DriverConfig::default()
+    };
+    let core = DriverCore::new(raft, kv, snapshot, driver_config);
+    let (node, driver) = driver::shell::spawn(DriverParts {
+        core,
+        tick: settings.tick,
         disk_jobs,
         disk_done: done_rx,
-        outbox,
+        outbox: Box::new(outbox),
         shared,
         shutdown: shutdown_rx.clone(),
     });
@@ -199,7 +205,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         // The driver only ends on shutdown: ending earlier means a broken invariant
         // panicked it. Exit non-zero (systemd restarts us) rather than hang unserved.
         result = &mut driver => Some(match result {
-            Ok(()) => "the Raft driver stopped".to_owned(),
+            Ok(Ok(())) => "the Raft driver stopped".to_owned(),
+            Ok(Err(error)) => format!("the Raft driver stopped: {error}"),
             Err(error) => format!("the Raft driver failed: {error}"),
         }),
     };

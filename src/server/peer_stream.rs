@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use crate::raft::Message;
 use crate::transport::codec::{decode_batch, encode_batch};
 
-use super::node::NodeHandle;
+use super::driver::{DeliverError, NodeHandle};
 use super::transport::SECRET_HEADER;
 
 /// The protocol named in the `Upgrade` header.
@@ -181,7 +181,16 @@ pub async fn receive(on_upgrade: OnUpgrade, node: NodeHandle) -> StreamEnd {
     };
     receive_frames(TokioIo::new(upgraded), RECEIVE_IDLE, |messages| {
         let node = node.clone();
-        async move { node.deliver(messages).await.is_ok() }
+        async move {
+            match node.deliver(messages).await {
+                Ok(()) => true,
+                Err(DeliverError::Refused(reason)) => {
+                    tracing::warn!(%reason, "refused a peer message on the stream");
+                    true
+                }
+                Err(DeliverError::ShuttingDown) => false,
+            }
+        }
     })
     .await
 }

@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::transport::codec::{decode_batch, encode_batch};
 
-use super::node::Shared;
 use super::peer_stream::{self, StreamError, StreamSender};
 
 /// Why a batch did not reach a peer.
@@ -59,9 +58,9 @@ pub struct Outbox {
     peers: Arc<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
 }
 
-impl Outbox {
+impl super::driver::Outbox for Outbox {
     /// Queues messages for their peers, without waiting.
-    pub fn send(&self, messages: Vec<Message>) {
+    fn send(&self, messages: Vec<Message>) {
         if messages.is_empty() {
             return;
         }
@@ -91,20 +90,13 @@ pub fn start(
     peers: &HashMap<NodeId, SocketAddr>,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
-    shared: Arc<Shared>,
     timeout: Duration,
 ) -> Outbox {
     let mut queues = HashMap::new();
     for (&id, &address) in peers {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         queues.insert(id, tx);
-        let sender = PeerSender {
-            address,
-            client: client.clone(),
-            secret: secret.clone(),
-            shared: shared.clone(),
-            timeout,
-        };
+        let sender = PeerSender { address, client: client.clone(), secret: secret.clone(), timeout };
         tokio::spawn(sender.run(rx));
     }
     Outbox { peers: Arc::new(queues) }
@@ -114,7 +106,6 @@ struct PeerSender {
     address: SocketAddr,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
-    shared: Arc<Shared>,
     timeout: Duration,
 }
 
@@ -243,21 +234,9 @@ impl PeerSender {
         }
     }
 
-    /// The core emits InstallSnapshot without data: attach the latest snapshot.
-    /// Returns true when the batch carries one.
+    /// True when the batch carries a snapshot (the driver core attached its data).
     fn attach_snapshots(&self, batch: &mut [Message]) -> bool {
-        let mut attached = false;
-        for message in batch.iter_mut() {
-            if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
-                if let Some(latest) = self.shared.snapshot.lock().expect("snapshot lock").as_ref() {
-                    if latest.meta.index >= snapshot.meta.index {
-                        *snapshot = latest.clone();
-                    }
-                }
-                attached = true;
-            }
-        }
-        attached
+        batch.iter().any(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }))
     }
 }
 

@@ -1,5 +1,8 @@
-//! A deterministic simulation of a Raft cluster: the real core, a simulated network and
-//! disks, clients of a key-value map, faults, and safety and liveness checks.
+//! A deterministic simulation of a Raft cluster: the daemon's own driver core
+//! (`mmapd::server::driver::core`, around the real Raft core and the real key-value
+//! state machine), a simulated network and disks, clients, faults, and safety and
+//! liveness checks. The simulator carries out the core's actions as the daemon's tokio
+//! shell does (send, persist, save a snapshot, answer) and holds no driver logic.
 //!
 //! Time is counted in steps; every `STEPS_PER_TICK` steps every live node is ticked. In
 //! one step the simulator delivers the messages that are due (in a random order), lets
@@ -9,16 +12,19 @@
 use super::linearizability::{check_history, Event, Operation, Verdict};
 use super::rng::Rng;
 use bytes::Bytes;
+use mmapd::kv::{Command, StateMachine};
 #[cfg(feature = "planted-bugs")]
 use mmapd::raft::PlantedBugs;
 use mmapd::raft::{
-    ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, ProposeError,
-    Raft, Ready, Role, Snapshot, SnapshotMeta,
+    ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, Raft, Role,
+    Snapshot, SnapshotMeta,
 };
+use mmapd::server::driver::core::{Action, Answer, DriverConfig, DriverCore, NodeError, PersistJob, Token};
 use mmapd::store::{Store, StoreOptions};
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
 
 /// The minimum election timeout T, in ticks.
 pub const ELECTION_TICKS: u32 = 10;
@@ -172,22 +178,21 @@ impl Disk {
     }
 }
 
-/// One simulated server: its core (None while crashed), its disk and state machine.
+/// One simulated server: its driver core (None while crashed) and its disk.
 struct Node {
     id: NodeId,
-    raft: Option<Raft>,
+    core: Option<DriverCore>,
     disk: Disk,
-    /// The key-value state machine: key -> value. Values are the writing op's id.
-    kv: BTreeMap<u64, u64>,
-    /// Invariant: the state machine reflects exactly the entries up to here.
-    applied: u64,
-    /// A Ready taken and whose `messages` were sent, not yet persisted: a crash loses it.
-    unpersisted_ready: Option<Ready>,
+    /// Writes the core handed out that are not on the disk yet, oldest first: a crash
+    /// loses them.
+    unpersisted: VecDeque<PersistJob>,
+    /// A snapshot the core asked to save, not saved yet: a crash loses it.
+    unsaved_snapshot: Option<Snapshot>,
     restart_at_tick: Option<u64>,
     /// Its clock is stalled (a paused VM, a slow timer) until this tick: it handles
     /// messages and requests but is not ticked.
     clock_stalled_until_tick: u64,
-    /// Crash as soon as a Ready changes term or vote, after sending, before persisting.
+    /// Crash as soon as a write changes term or vote, after sending, before persisting.
     crash_after_send_armed: bool,
     /// Crash as soon as it appends entries of its own term as leader.
     crash_after_append_armed: bool,
@@ -196,6 +201,21 @@ struct Node {
     crash_after_commit_armed: bool,
     /// The real store mirroring `disk`, when `Options::real_store`.
     real: Option<RealDisk>,
+}
+
+impl Node {
+    fn raft(&self) -> Option<&Raft> {
+        self.core.as_ref().map(|core| core.raft())
+    }
+
+    /// The state machine's applied index and contents, as key -> op id.
+    fn state(&self) -> (u64, BTreeMap<u64, u64>) {
+        let Some(core) = &self.core else { return (0, BTreeMap::new()) };
+        let kv = core.kv().read().unwrap();
+        let state =
+            kv.iter().filter_map(|(key, value)| Some((parse_key(key)?, parse_op(&value.data)?))).collect();
+        (kv.applied_index(), state)
+    }
 }
 
 /// Small segments, so compaction deletes segments and appends roll over often.
@@ -247,6 +267,10 @@ struct Weather {
     transfer_per_million: u32,
     /// Compact when this many entries were applied since the last snapshot.
     compact_every: u64,
+    /// ... or this many bytes of entries.
+    compact_bytes: u64,
+    /// Chance per step that an operator asks a node for a snapshot.
+    admin_snapshot_per_million: u32,
     /// Chance that a new leader is armed to crash at a bad moment (right after it
     /// appends, or right after its commit advances): leader churn with uncommitted
     /// entries of several terms is what Figure 8 is made of.
@@ -258,18 +282,16 @@ struct PendingWrite {
     history_index: usize,
     /// After this tick the client stops waiting (the outcome stays unknown unless seen).
     give_up_tick: u64,
-    term: u64,
-    index: u64,
+    /// Where the core proposed it, once it did.
+    proposed: Option<(u64, u64)>,
+    node: usize,
 }
 
-/// A read in flight.
-struct PendingRead {
-    node: usize,
-    context: u64,
-    key: u64,
-    invoke: u64,
-    deadline_tick: u64,
-    read_index: Option<u64>,
+/// A request a client has in flight with a node's core.
+enum Request {
+    Write { op: u64 },
+    Read { key: u64, invoke: u64, deadline_tick: u64 },
+    Other,
 }
 
 /// What is known of the entry committed at one index (committed = applied by someone).
@@ -277,8 +299,8 @@ struct Committed {
     term: u64,
     kind: EntryKind,
     data: Bytes,
-    /// Hash of the state machine after applying it.
-    state_hash: u64,
+    /// Hash of the state machine right after applying it, when a node was seen there.
+    state_hash: Option<u64>,
     /// The highest term any node had when it was first applied: it was committed in a
     /// term <= this, so every leader of a later term must hold it.
     term_bound: u64,
@@ -312,7 +334,11 @@ pub struct Sim {
     history: Vec<Event<u64, u64>>,
     failed_writes: HashSet<usize>,
     pending_writes: HashMap<u64, PendingWrite>,
-    pending_reads: Vec<PendingRead>,
+    /// Ops a core said were not applied (`Dropped`, `NotLeader`).
+    failed_ops: HashSet<u64>,
+    /// Requests in flight, by token; tokens are unique across nodes.
+    requests: HashMap<Token, (usize, Request)>,
+    next_token: Token,
     served_reads: HashMap<u64, Option<u64>>,
     believed_leader: usize,
     // Results.
@@ -324,51 +350,39 @@ pub struct Sim {
     trace: VecDeque<String>,
 }
 
-fn kv_hash(kv: &BTreeMap<u64, u64>) -> u64 {
+/// A hash of a state machine's contents (keys, values and versions).
+fn kv_hash(kv: &StateMachine) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for (key, value) in kv {
-        for word in [*key, *value] {
-            hash ^= word;
-            hash = hash.wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+    for (key, value) in kv.iter() {
+        for byte in key.iter().chain(value.data.iter()).chain(value.version.to_le_bytes().iter()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
+        hash = hash.rotate_left(17);
     }
     hash
 }
 
-fn encode_kv(kv: &BTreeMap<u64, u64>) -> Bytes {
-    let mut bytes = Vec::with_capacity(kv.len() * 16);
-    for (key, value) in kv {
-        bytes.extend_from_slice(&key.to_le_bytes());
-        bytes.extend_from_slice(&value.to_le_bytes());
-    }
-    Bytes::from(bytes)
-}
-
-fn decode_kv(bytes: &[u8]) -> BTreeMap<u64, u64> {
-    bytes
-        .chunks_exact(16)
-        .map(|c| {
-            (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap()))
-        })
-        .collect()
-}
-
-/// A put command: (op id, key). The value written is the op id, so values are unique.
+/// A client's put, as the daemon's API encodes it: key `k<key>`, value the op id, so
+/// values are unique.
 fn encode_put(op: u64, key: u64) -> Bytes {
-    let mut bytes = Vec::with_capacity(16);
-    bytes.extend_from_slice(&op.to_le_bytes());
-    bytes.extend_from_slice(&key.to_le_bytes());
-    Bytes::from(bytes)
+    Command::put(format!("k{key}"), op.to_string()).encode()
 }
 
-fn decode_put(data: &[u8]) -> Option<(u64, u64)> {
-    if data.len() != 16 {
-        return None;
+/// The (op, key) of an entry written by `encode_put`.
+fn decode_put(data: &Bytes) -> Option<(u64, u64)> {
+    match Command::decode_shared(data).ok()? {
+        Command::Put { key, value, .. } => Some((parse_op(&value)?, parse_key(&key)?)),
+        _ => None,
     }
-    Some((
-        u64::from_le_bytes(data[..8].try_into().unwrap()),
-        u64::from_le_bytes(data[8..].try_into().unwrap()),
-    ))
+}
+
+fn parse_key(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.strip_prefix(b"k")?).ok()?.parse().ok()
+}
+
+fn parse_op(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 fn describe(message: &Message) -> String {
@@ -419,6 +433,8 @@ impl Sim {
             read_per_million: rng.between(10_000, 60_000) as u32,
             transfer_per_million: rng.between(0, 1_500) as u32,
             compact_every: rng.between(5, 40),
+            compact_bytes: rng.between(200, 4000),
+            admin_snapshot_per_million: rng.between(0, 3000) as u32,
             leader_churn_per_million: if rng.chance(500_000) {
                 rng.between(50_000, 400_000) as u32
             } else {
@@ -429,21 +445,20 @@ impl Sim {
         let voters: Vec<NodeId> = (1..=count as u64).collect();
         let empty_snapshot = Snapshot {
             meta: SnapshotMeta { index: 0, term: 0, conf: ConfState { voters: voters.clone() } },
-            data: encode_kv(&BTreeMap::new()),
+            data: Bytes::new(),
         };
         let nodes = voters
             .iter()
             .map(|&id| Node {
                 id,
-                raft: None,
+                core: None,
                 disk: Disk {
                     hard_state: HardState::default(),
                     snapshot: empty_snapshot.clone(),
                     entries: Vec::new(),
                 },
-                kv: BTreeMap::new(),
-                applied: 0,
-                unpersisted_ready: None,
+                unpersisted: VecDeque::new(),
+                unsaved_snapshot: None,
                 restart_at_tick: None,
                 clock_stalled_until_tick: 0,
                 crash_after_send_armed: false,
@@ -477,7 +492,9 @@ impl Sim {
             history: Vec::new(),
             failed_writes: HashSet::new(),
             pending_writes: HashMap::new(),
-            pending_reads: Vec::new(),
+            failed_ops: HashSet::new(),
+            requests: HashMap::new(),
+            next_token: 1,
             served_reads: HashMap::new(),
             believed_leader: 0,
             faults: 0,
@@ -539,22 +556,41 @@ impl Sim {
         if self.nodes[i].real.is_some() {
             self.reopen_real_store(i);
         }
+        let driver_config = DriverConfig {
+            snapshot_entries: self.weather.compact_every,
+            snapshot_bytes: self.weather.compact_bytes,
+            step_down_timeout_ticks: 2 * u64::from(ELECTION_TICKS),
+            retry_initial_ticks: 2,
+            retry_max_ticks: 20,
+        };
         let node = &mut self.nodes[i];
         let initial = InitialState {
             hard_state: node.disk.hard_state,
             snapshot: node.disk.snapshot.meta.clone(),
             entries: node.disk.entries.clone(),
         };
-        node.kv = decode_kv(&node.disk.snapshot.data);
-        node.applied = node.disk.snapshot.meta.index;
         node.restart_at_tick = None;
-        node.unpersisted_ready = None;
-        match Raft::new(config, initial) {
-            Ok(raft) => node.raft = Some(raft),
+        node.unpersisted.clear();
+        node.unsaved_snapshot = None;
+        let snapshot = (node.disk.snapshot.meta.index > 0).then(|| node.disk.snapshot.clone());
+        let kv = match &snapshot {
+            Some(snapshot) => StateMachine::load_snapshot_shared(&snapshot.data),
+            None => Ok(StateMachine::new()),
+        };
+        let id = node.id;
+        let kv = match kv {
+            Ok(kv) => kv,
             Err(error) => {
-                let id = node.id;
-                self.violate("restart", format!("n{id} refused its own persisted state: {error}"));
+                self.violate("restart", format!("n{id}'s snapshot does not decode: {error}"));
+                return;
             }
+        };
+        match Raft::new(config, initial) {
+            Ok(raft) => {
+                let kv = Arc::new(RwLock::new(kv));
+                self.nodes[i].core = Some(DriverCore::new(raft, kv, snapshot, driver_config));
+            }
+            Err(error) => self.violate("restart", format!("n{id} refused its own persisted state: {error}")),
         }
     }
 
@@ -602,7 +638,7 @@ impl Sim {
     }
 
     /// Mirrors what `persist` just wrote to the simulated disk into the real store.
-    fn persist_real(&mut self, i: usize, ready: &Ready) {
+    fn persist_real(&mut self, i: usize, ready: &PersistJob) {
         let id = self.nodes[i].id;
         let Some(store) = self.nodes[i].real.as_mut().and_then(|r| r.store.as_mut()) else { return };
         let mut result = Ok(());
@@ -624,19 +660,22 @@ impl Sim {
     /// Crashes node `id` (1-based): everything not on its disk is lost.
     pub fn crash(&mut self, id: NodeId) {
         let i = (id - 1) as usize;
-        if self.nodes[i].raft.is_none() {
+        if self.nodes[i].core.is_none() {
             return;
         }
-        let lost = self.nodes[i].unpersisted_ready.as_ref().map_or(0, |rd| rd.entries.len());
-        self.nodes[i].raft = None;
-        self.nodes[i].unpersisted_ready = None;
+        let lost: usize = self.nodes[i].unpersisted.iter().map(|job| job.entries.len()).sum();
+        self.nodes[i].core = None;
+        self.nodes[i].unpersisted.clear();
+        self.nodes[i].unsaved_snapshot = None;
         if let Some(real) = self.nodes[i].real.as_mut() {
             real.store = None; // everything it was asked to keep was synced
         }
         self.nodes[i].crash_after_send_armed = false;
         self.nodes[i].crash_after_append_armed = false;
         self.nodes[i].crash_after_commit_armed = false;
-        self.pending_reads.retain(|read| read.node != i);
+        // Its clients' requests die with it; a write it proposed may still commit.
+        self.requests.retain(|_, (node, _)| *node != i);
+        self.pending_writes.retain(|_, write| write.node != i || write.proposed.is_some());
         let disk = &self.nodes[i].disk;
         let (term, vote, last) = (disk.hard_state.term, disk.hard_state.vote, disk.last_index());
         self.trace(|| {
@@ -647,20 +686,16 @@ impl Sim {
     /// Restarts a crashed node `id` from its disk.
     pub fn restart(&mut self, id: NodeId) {
         let i = (id - 1) as usize;
-        if self.nodes[i].raft.is_some() {
+        if self.nodes[i].core.is_some() {
             return;
         }
         self.trace(|| format!("RESTART n{id}"));
         self.start_node(i);
     }
 
-    fn raft(&mut self, i: usize) -> Option<&mut Raft> {
-        self.nodes[i].raft.as_mut()
-    }
-
     /// Role, term and commit of a live node.
     pub fn role_of(&self, id: NodeId) -> Option<(Role, u64)> {
-        self.nodes[(id - 1) as usize].raft.as_ref().map(|raft| {
+        self.nodes[(id - 1) as usize].raft().map(|raft| {
             let status = raft.status();
             (status.role, status.term)
         })
@@ -668,8 +703,7 @@ impl Sim {
 
     /// The state machine's applied index and contents of node `id`.
     pub fn applied_of(&self, id: NodeId) -> (u64, BTreeMap<u64, u64>) {
-        let node = &self.nodes[(id - 1) as usize];
-        (node.applied, node.kv.clone())
+        self.nodes[(id - 1) as usize].state()
     }
 
     /// The highest index committed (applied by anyone).
@@ -681,7 +715,7 @@ impl Sim {
     pub fn leader(&self) -> Option<(NodeId, u64)> {
         self.nodes
             .iter()
-            .filter_map(|node| node.raft.as_ref().map(|raft| raft.status()))
+            .filter_map(|node| node.raft().map(|raft| raft.status()))
             .filter(|status| status.role == Role::Leader)
             .map(|status| (status.id, status.term))
             .max_by_key(|&(_, term)| term)
@@ -689,16 +723,12 @@ impl Sim {
 
     // ------------------------------------------------------------- network
 
-    fn send(&mut self, from: usize, mut message: Message, after_persist: bool) {
+    fn send(&mut self, from: usize, message: Message) {
         if self.options.check_durable_replies {
-            self.check_durable(from, &message, after_persist);
+            self.check_durable(from, &message);
         }
         if matches!(message.body, MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }) {
             self.saw_leader(message.from, message.term);
-        }
-        if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
-            // The transport attaches the sender's latest snapshot.
-            *snapshot = self.nodes[from].disk.snapshot.clone();
         }
         let to = (message.to - 1) as usize;
         if to >= self.nodes.len() || message.from != self.nodes[from].id {
@@ -742,28 +772,23 @@ impl Sim {
                 self.trace(|| format!("drop {} (partition)", describe(&message)));
                 continue;
             }
-            if self.nodes[to].raft.is_none() {
-                continue;
-            }
+            let Some(core) = self.nodes[to].core.as_mut() else { continue };
+            // Refusals come back as actions, checked in `drive`.
+            core.step(vec![message.clone()]);
             self.trace(|| format!("deliver {}", describe(&message)));
-            let name = message.body.name();
-            let result = self.raft(to).unwrap().step(message);
-            if let Err(error) = result {
-                self.violate("step", format!("n{} refused a {name} from a correct peer: {error}", to + 1));
-            }
         }
     }
 
     /// Fig. 2, "Persistent state": a granted vote or a successful acknowledgement may only
     /// leave once what it promises is on the sender's disk.
-    fn check_durable(&mut self, from: usize, message: &Message, after_persist: bool) {
+    fn check_durable(&mut self, from: usize, message: &Message) {
         let disk = &self.nodes[from].disk;
         if disk.hard_state.term > message.term {
             // Superseded in the same Ready: the sender has durably moved to a later term,
             // which is as if it had persisted and replied, then moved on.
             return;
         }
-        let when = if after_persist { "after persisting" } else { "before persisting" };
+        let when = "when sent";
         match message.body {
             MessageBody::RequestVoteResponse { pre_vote: false, granted: true } => {
                 let hard_state = disk.hard_state;
@@ -793,153 +818,184 @@ impl Sim {
 
     // --------------------------------------------------------------- ready
 
-    fn handle_ready(&mut self, i: usize) {
-        if self.nodes[i].raft.is_none() {
-            return;
-        }
-        if let Some(ready) = self.nodes[i].unpersisted_ready.take() {
-            if self.rng.chance(500_000) {
-                self.finish_ready(i, ready);
-            } else {
-                self.nodes[i].unpersisted_ready = Some(ready);
-                // While its write is in progress a node may still send what depends on
-                // nothing persisted (thesis §10.2.1).
-                let messages = self.nodes[i].raft.as_mut().unwrap().take_messages();
-                for message in messages {
-                    self.send(i, message, false);
-                }
-                // Entries committed by a majority need not wait for this node's write.
-                let committed = self.nodes[i].raft.as_mut().unwrap().take_committed_entries();
-                for entry in &committed {
-                    self.apply(i, entry);
-                    if self.violation.is_some() {
-                        return;
-                    }
-                }
-                if let Some(last) = committed.last() {
-                    self.nodes[i].raft.as_mut().unwrap().applied_to(last.index);
-                    self.serve_reads(i);
-                }
+    /// Lets node `i`'s core hand out what it has ready and carries out its actions, as
+    /// the daemon's shell does, with faults: a write may reach the disk steps later
+    /// than the messages sent with it, and a crash may cut a round of actions short.
+    fn drive(&mut self, i: usize) {
+        // A write handed out in an earlier step reaches the disk now, or later.
+        if !self.nodes[i].unpersisted.is_empty() && self.rng.chance(500_000) {
+            let job = self.nodes[i].unpersisted.pop_front().unwrap();
+            self.persist(i, &job);
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                core.persisted(Ok(()));
             }
-            return;
         }
-        let raft = self.nodes[i].raft.as_mut().unwrap();
-        if !raft.has_ready() {
-            return;
+        if self.nodes[i].unsaved_snapshot.is_some() && self.rng.chance(300_000) {
+            self.save_snapshot(i);
         }
-        let mut ready = raft.ready();
+        for _ in 0..64 {
+            let Some(core) = self.nodes[i].core.as_mut() else { return };
+            core.poll();
+            let actions = core.take_actions();
+            if actions.is_empty() || self.violation.is_some() {
+                return;
+            }
+            if !self.carry_out(i, actions) {
+                return;
+            }
+        }
+    }
+
+    /// Carries out one round of actions; false when the node crashed doing it.
+    fn carry_out(&mut self, i: usize, actions: Vec<Action>) -> bool {
         let id = self.nodes[i].id;
-        if let Some(soft) = ready.soft_state {
-            self.max_term = self.max_term.max(soft.term);
-            if soft.role == Role::Leader {
-                self.saw_leader(id, soft.term);
-                if self.faults_active && self.rng.chance(self.weather.leader_churn_per_million) {
-                    if self.rng.chance(500_000) {
-                        self.nodes[i].crash_after_append_armed = true;
-                    } else {
-                        self.nodes[i].crash_after_commit_armed = true;
+        if self.faults_active && self.crash_mid_round(i, &actions) {
+            return false;
+        }
+        let mut written_now = 0;
+        for action in actions {
+            match action {
+                Action::RoleChanged(soft) => {
+                    self.max_term = self.max_term.max(soft.term);
+                    if soft.role == Role::Leader {
+                        self.saw_leader(id, soft.term);
+                        if self.faults_active && self.rng.chance(self.weather.leader_churn_per_million) {
+                            if self.rng.chance(500_000) {
+                                self.nodes[i].crash_after_append_armed = true;
+                            } else {
+                                self.nodes[i].crash_after_commit_armed = true;
+                            }
+                        }
+                    }
+                    self.trace(|| {
+                        format!(
+                            "n{id} is {} in term {} (leader {:?})",
+                            soft.role.as_str(),
+                            soft.term,
+                            soft.leader
+                        )
+                    });
+                }
+                Action::Send(messages) => {
+                    for message in messages {
+                        self.send(i, message);
                     }
                 }
+                Action::Persist(job) => {
+                    if let Some(hard) = job.hard_state {
+                        self.max_term = self.max_term.max(hard.term);
+                    }
+                    let split = self.faults_active && self.rng.chance(self.weather.split_ready_per_million);
+                    if split || !self.nodes[i].unpersisted.is_empty() {
+                        self.nodes[i].unpersisted.push_back(job);
+                    } else {
+                        self.persist(i, &job);
+                        written_now += 1;
+                    }
+                }
+                Action::SaveSnapshot { meta, data } => {
+                    self.check_snapshot_save(i, &meta);
+                    self.nodes[i].unsaved_snapshot = Some(Snapshot { meta, data });
+                    if self.rng.chance(500_000) {
+                        self.save_snapshot(i);
+                    }
+                }
+                Action::Answer(token, answer) => self.on_answer(i, token, answer),
+                Action::Applied(entries) => self.on_applied(i, &entries),
+                Action::InstalledSnapshot(snapshot) => self.on_installed_snapshot(i, &snapshot),
+                Action::Proposed { token, term, index } => self.on_proposed(token, term, index),
+                Action::Refused { from, kind, reason } => {
+                    self.violate(
+                        "step",
+                        format!("n{id} refused a {kind} from correct peer n{from}: {reason}"),
+                    );
+                }
+                Action::Fatal(error) => self.violate("storage", format!("n{id} stopped: {error}")),
             }
-            self.trace(|| {
-                format!("n{id} is {} in term {} (leader {:?})", soft.role.as_str(), soft.term, soft.leader)
-            });
+            if self.violation.is_some() {
+                return false;
+            }
         }
-        if let Some(hard) = ready.hard_state {
-            self.max_term = self.max_term.max(hard.term);
+        // Writes done at once are reported after the round, as the disk thread reports
+        // them after the shell queued them.
+        for _ in 0..written_now {
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                core.persisted(Ok(()));
+            }
         }
-        let vote_changed = ready.hard_state.is_some_and(|hard| {
-            let disk = self.nodes[i].disk.hard_state;
-            hard.term != disk.term || hard.vote != disk.vote
+        true
+    }
+
+    /// Armed crashes that interrupt a round of actions. True when the node crashed.
+    fn crash_mid_round(&mut self, i: usize, actions: &[Action]) -> bool {
+        let id = self.nodes[i].id;
+        let disk_hard_state = self.nodes[i].disk.hard_state;
+        let persist = actions.iter().find_map(|action| match action {
+            Action::Persist(job) => Some(job),
+            _ => None,
         });
+        let vote_changed = persist
+            .and_then(|job| job.hard_state)
+            .is_some_and(|hard| hard.term != disk_hard_state.term || hard.vote != disk_hard_state.vote);
         // Includes the no-op a new leader appends: crashing before it spreads leaves an
         // uncommitted entry of a newer term behind (Figure 8).
-        let appends_own_entries =
-            ready.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id));
-        let crash_now = self.faults_active
-            && ((self.nodes[i].crash_after_send_armed && vote_changed)
-                || (self.nodes[i].crash_after_append_armed && appends_own_entries));
-        let messages = std::mem::take(&mut ready.messages);
+        let appends_own_entries = persist
+            .is_some_and(|job| job.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id)));
+        let node = &self.nodes[i];
+        let crash_now = (node.crash_after_send_armed && vote_changed)
+            || (node.crash_after_append_armed && appends_own_entries);
         let leading = self.leaders.get(&self.max_term) == Some(&id);
-        if self.faults_active
-            && self.nodes[i].crash_after_commit_armed
-            && leading
-            && !ready.committed_entries.is_empty()
-        {
-            // The leader learns of a commit, applies it and crashes; what it meant to send
-            // dies in its buffers, so the followers do not hear of the commit (nor of any
-            // entry it sent alongside).
-            let lost = messages.len() + ready.persisted_messages.len();
-            ready.persisted_messages.clear();
-            self.finish_ready(i, ready);
+        let applies = actions.iter().any(|action| matches!(action, Action::Applied(_)));
+        if node.crash_after_commit_armed && leading && applies {
+            // The leader learns of a commit, applies it and crashes; what it meant to
+            // send dies in its buffers, so the followers do not hear of the commit.
+            let mut lost = 0;
+            for action in actions {
+                match action {
+                    Action::Applied(entries) => self.on_applied(i, entries),
+                    Action::Send(messages) => lost += messages.len(),
+                    _ => {}
+                }
+            }
             self.trace(|| format!("n{id} crashes right after its commit advanced ({lost} messages lost)"));
             self.faults += 1;
             self.crash(id);
             let downtime = self.rng.between(5, 60);
             self.nodes[i].restart_at_tick = Some(self.tick + downtime);
-            return;
+            return true;
         }
-        if crash_now {
-            // The crash interrupts the send: some messages leave, the rest never do; the
-            // write may or may not have reached the disk.
-            let sent = if self.rng.chance(500_000) { 0 } else { self.rng.index(messages.len() + 1) };
-            for message in messages.into_iter().take(sent) {
-                self.send(i, message, false);
-            }
-            let persisted = self.rng.chance(700_000) && !vote_changed;
-            if persisted {
-                self.persist(i, &ready);
-            }
-            self.trace(|| format!("n{id} crashes mid-Ready ({sent} messages sent, persisted: {persisted})"));
-            self.faults += 1;
-            self.crash(id);
-            let downtime =
-                if self.rng.chance(600_000) { self.rng.between(1, 4) } else { self.rng.between(10, 60) };
-            self.nodes[i].restart_at_tick = Some(self.tick + downtime);
-            return;
+        if !crash_now {
+            return false;
         }
-        for message in messages {
-            self.send(i, message, false);
+        // The crash interrupts the send: some messages leave, the rest never do; the
+        // write may or may not have reached the disk.
+        let messages: Vec<Message> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Send(messages) => Some(messages.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let sent = if self.rng.chance(500_000) { 0 } else { self.rng.index(messages.len() + 1) };
+        for message in messages.into_iter().take(sent) {
+            self.send(i, message);
         }
-        if self.faults_active && self.rng.chance(self.weather.split_ready_per_million) {
-            self.nodes[i].unpersisted_ready = Some(ready);
-        } else {
-            self.finish_ready(i, ready);
+        let persisted = self.rng.chance(700_000) && !vote_changed && self.nodes[i].unpersisted.is_empty();
+        if persisted {
+            let job = persist.unwrap().clone();
+            self.persist(i, &job);
         }
+        self.trace(|| format!("n{id} crashes mid-round ({sent} messages sent, persisted: {persisted})"));
+        self.faults += 1;
+        self.crash(id);
+        let downtime =
+            if self.rng.chance(600_000) { self.rng.between(1, 4) } else { self.rng.between(10, 60) };
+        self.nodes[i].restart_at_tick = Some(self.tick + downtime);
+        true
     }
 
-    /// Persists, sends what waited for it, applies, answers reads, advances.
-    fn finish_ready(&mut self, i: usize, mut ready: Ready) {
-        self.persist(i, &ready);
-        if self.violation.is_some() {
-            return;
-        }
-        for message in std::mem::take(&mut ready.persisted_messages) {
-            self.send(i, message, true);
-        }
-        if let Some(snapshot) = &ready.snapshot {
-            self.install_snapshot(i, snapshot);
-        }
-        for entry in &ready.committed_entries {
-            self.apply(i, entry);
-            if self.violation.is_some() {
-                return;
-            }
-        }
-        for read_state in &ready.read_states {
-            if let Some(read) = self
-                .pending_reads
-                .iter_mut()
-                .find(|read| read.node == i && read.context == read_state.context)
-            {
-                read.read_index = Some(read_state.index);
-            }
-        }
-        self.serve_reads(i);
-        self.nodes[i].raft.as_mut().unwrap().advance();
-    }
-
-    fn persist(&mut self, i: usize, ready: &Ready) {
+    fn persist(&mut self, i: usize, ready: &PersistJob) {
         let id = self.nodes[i].id;
         if let Some(snapshot) = &ready.snapshot {
             let disk = &mut self.nodes[i].disk;
@@ -1047,82 +1103,216 @@ impl Sim {
         }
     }
 
-    fn install_snapshot(&mut self, i: usize, snapshot: &Snapshot) {
+    /// The core may only compact what this node's disk holds: a snapshot past the
+    /// durable log would drop entries that were never written.
+    fn check_snapshot_save(&mut self, i: usize, meta: &SnapshotMeta) {
+        let id = self.nodes[i].id;
+        let disk = &self.nodes[i].disk;
+        let (index, last) = (meta.index, disk.last_index());
+        if index > last {
+            self.violate(
+                "compaction",
+                format!("n{id} snapshots at {index} but its disk holds entries only to {last}"),
+            );
+            return;
+        }
+        let known = self.committed.get((index - 1) as usize).map(|c| c.term);
+        if Some(meta.term) != known {
+            self.violate(
+                "compaction",
+                format!("n{id} snapshots ({index}, t{}) but t{known:?} was committed", meta.term),
+            );
+        }
+    }
+
+    /// The snapshot the core asked for reaches the disk; the log it covers is dropped.
+    fn save_snapshot(&mut self, i: usize) {
+        let Some(snapshot) = self.nodes[i].unsaved_snapshot.take() else { return };
+        let id = self.nodes[i].id;
+        let meta = snapshot.meta.clone();
+        let disk = &mut self.nodes[i].disk;
+        if meta.index <= disk.snapshot.meta.index {
+            // An InstallSnapshot from the leader overtook it.
+        } else if meta.index > disk.last_index() {
+            let last = disk.last_index();
+            self.violate(
+                "compaction",
+                format!("n{id} saves a snapshot at {} past its disk's {last}", meta.index),
+            );
+            return;
+        } else {
+            let drop = (meta.index - disk.snapshot.meta.index) as usize;
+            disk.entries.drain(..drop);
+            let saved = match self.nodes[i].real.as_mut().and_then(|r| r.store.as_mut()) {
+                Some(store) => {
+                    store.save_snapshot(&meta, &snapshot.data).and_then(|()| store.compact(meta.index))
+                }
+                None => Ok(()),
+            };
+            if let Err(error) = saved {
+                self.violate("real store", format!("n{id}: snapshot failed: {error}"));
+            }
+            self.nodes[i].disk.snapshot = snapshot;
+            let index = meta.index;
+            self.trace(|| format!("n{id} saved a snapshot at {index} and compacted its log"));
+        }
+        if let Some(core) = self.nodes[i].core.as_mut() {
+            core.snapshot_saved(Ok(meta));
+        }
+    }
+
+    fn on_proposed(&mut self, token: Token, term: u64, index: u64) {
+        let Some((_, Request::Write { op })) = self.requests.get(&token) else { return };
+        let op = *op;
+        let Some(pending) = self.pending_writes.get_mut(&op) else { return };
+        pending.proposed = Some((term, index));
+        self.trace(|| format!("op {op} proposed at ({index}, t{term})"));
+        if index <= self.committed.len() as u64 {
+            // A deposed leader that does not know it yet: the index is already
+            // committed with another entry, so this proposal has failed.
+            let pending = self.pending_writes.remove(&op).unwrap();
+            self.failed_writes.insert(pending.history_index);
+        }
+    }
+
+    fn on_answer(&mut self, i: usize, token: Token, answer: Answer) {
+        let Some((_, request)) = self.requests.remove(&token) else { return };
+        let id = self.nodes[i].id;
+        match (request, answer) {
+            (Request::Write { op }, Answer::Proposal(result)) => match result {
+                Ok(applied) => {
+                    self.trace(|| format!("op {op} applied at {} (answer from n{id})", applied.index))
+                }
+                Err(NodeError::Dropped) | Err(NodeError::NotLeader(_)) => {
+                    if let Err(NodeError::NotLeader(leader)) = &result {
+                        self.believed_leader = match leader {
+                            Some(leader) => (leader - 1) as usize,
+                            None => self.rng.index(self.nodes.len()),
+                        };
+                    }
+                    // The core says it did not take effect: that must stay true.
+                    self.failed_ops.insert(op);
+                    if self.committed.iter().any(|c| decode_put(&c.data).is_some_and(|(o, _)| o == op)) {
+                        self.violate(
+                            "proposal",
+                            format!("n{id} answered {result:?} for op {op}, which was applied"),
+                        );
+                    }
+                    if let Some(pending) = self.pending_writes.remove(&op) {
+                        self.failed_writes.insert(pending.history_index);
+                    }
+                }
+                Err(error) => self.trace(|| format!("op {op}: outcome unknown ({error:?})")),
+            },
+            (Request::Read { key, invoke, deadline_tick }, Answer::Read(result)) => {
+                if result.is_err() || deadline_tick <= self.tick {
+                    return;
+                }
+                let core = self.nodes[i].core.as_ref().unwrap();
+                let kv = core.kv().read().unwrap();
+                let applied = kv.applied_index();
+                let value = kv.get(format!("k{key}").as_bytes()).and_then(|v| parse_op(&v.data));
+                drop(kv);
+                self.served_reads.insert(token, value);
+                self.clock += 1;
+                self.history.push(Event {
+                    key,
+                    invoke,
+                    complete: Some(self.clock),
+                    operation: Operation::Read(value),
+                });
+                self.trace(|| {
+                    format!("read {token} served by n{id} at applied {applied}: key {key} = {value:?}")
+                });
+            }
+            (Request::Other, Answer::StepDown(Ok(_))) => self.transfers += 1,
+            (Request::Other, _) => {}
+            (_, answer) => self.violate("answer", format!("n{id} answered request {token} with {answer:?}")),
+        }
+    }
+
+    fn on_installed_snapshot(&mut self, i: usize, snapshot: &Snapshot) {
         let id = self.nodes[i].id;
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        let kv = decode_kv(&snapshot.data);
+        // The state it installed (the state machine may have moved on in the same round).
+        let hash = match StateMachine::load_snapshot_shared(&snapshot.data) {
+            Ok(kv) => kv_hash(&kv),
+            Err(error) => {
+                self.violate("snapshot", format!("n{id} installed a snapshot that does not decode: {error}"));
+                return;
+            }
+        };
         match self.committed.get((index as usize).wrapping_sub(1)) {
-            Some(committed) if committed.term == term && committed.state_hash == kv_hash(&kv) => {}
-            _ if index == 0 => {}
+            Some(committed) if committed.term == term && committed.state_hash.is_none_or(|h| h == hash) => {}
             other => {
-                let known = other.map(|c| c.term);
+                let known = other.map(|c| (c.term, c.state_hash == Some(hash)));
                 self.violate(
                     "snapshot",
-                    format!("n{id} received snapshot ({index},t{term}) that does not match what was committed (t{known:?})"),
+                    format!("n{id} installed snapshot ({index},t{term}) that does not match what was committed (term, same state: {known:?})"),
                 );
                 return;
             }
         }
-        if index < self.nodes[i].applied {
-            let applied = self.nodes[i].applied;
-            self.violate(
-                "snapshot",
-                format!("n{id} installed snapshot at {index} below its applied index {applied}"),
-            );
+        if let Some(committed) = self.committed.get_mut((index - 1) as usize) {
+            committed.state_hash.get_or_insert(hash);
         }
-        self.nodes[i].kv = kv;
-        self.nodes[i].applied = index;
         self.snapshots_installed += 1;
-        self.trace(|| format!("n{id} installs snapshot ({index},t{term})"));
+        self.trace(|| format!("n{id} installed snapshot ({index},t{term})"));
     }
 
-    /// Applies one committed entry; state machine safety (§5.4.3) is checked against the
-    /// first node that applied each index.
-    fn apply(&mut self, i: usize, entry: &Entry) {
-        let node = &mut self.nodes[i];
-        let id = node.id;
-        if entry.index != node.applied + 1 {
-            let applied = node.applied;
-            self.violate("apply", format!("n{id} was handed entry {} to apply after {applied}", entry.index));
-            return;
-        }
-        if entry.kind == EntryKind::Normal {
-            match decode_put(&entry.data) {
-                Some((op, key)) => {
-                    node.kv.insert(key, op);
-                }
-                None => {
-                    self.violate(
-                        "apply",
-                        format!("n{id} applied an entry with foreign data at {}", entry.index),
+    /// Entries node `i` applied, in order; state machine safety (§5.4.3) is checked
+    /// against the first node that applied each index.
+    fn on_applied(&mut self, i: usize, entries: &[Entry]) {
+        let id = self.nodes[i].id;
+        for entry in entries {
+            let position = (entry.index - 1) as usize;
+            if let Some(committed) = self.committed.get(position) {
+                if committed.term != entry.term
+                    || committed.kind != entry.kind
+                    || committed.data != entry.data
+                {
+                    let detail = format!(
+                        "n{id} applied ({}, t{}, {:?}) where another node applied (t{}, {:?})",
+                        entry.index, entry.term, entry.kind, committed.term, committed.kind
                     );
+                    self.violate("state machine safety", detail);
                     return;
                 }
+                continue;
             }
-        }
-        node.applied = entry.index;
-        let state_hash = kv_hash(&node.kv);
-        let position = (entry.index - 1) as usize;
-        if let Some(committed) = self.committed.get(position) {
-            if committed.term != entry.term || committed.kind != entry.kind || committed.data != entry.data {
-                let detail = format!(
-                    "n{id} applied ({}, t{}, {:?}) where another node applied (t{}, {:?})",
-                    entry.index, entry.term, entry.kind, committed.term, committed.kind
+            if position != self.committed.len() {
+                self.violate(
+                    "apply",
+                    format!("n{id} applied {} before anyone applied {}", entry.index, position),
                 );
-                self.violate("state machine safety", detail);
-            } else if committed.state_hash != state_hash {
-                self.violate("state machine safety", format!("n{id}'s state after {} differs", entry.index));
+                return;
             }
+            self.committed.push(Committed {
+                term: entry.term,
+                kind: entry.kind,
+                data: entry.data.clone(),
+                state_hash: None,
+                term_bound: self.max_term,
+            });
+            self.on_first_apply(entry);
+        }
+        // The state after the round's last entry, when the state machine is still there.
+        let Some(last) = entries.last() else { return };
+        let core = self.nodes[i].core.as_ref().unwrap();
+        let kv = core.kv().read().unwrap();
+        if kv.applied_index() != last.index {
             return;
         }
-        self.committed.push(Committed {
-            term: entry.term,
-            kind: entry.kind,
-            data: entry.data.clone(),
-            state_hash,
-            term_bound: self.max_term,
-        });
-        self.on_first_apply(entry);
+        let hash = kv_hash(&kv);
+        drop(kv);
+        let committed = &mut self.committed[(last.index - 1) as usize];
+        match committed.state_hash {
+            None => committed.state_hash = Some(hash),
+            Some(known) if known != hash => {
+                self.violate("state machine safety", format!("n{id}'s state after {} differs", last.index));
+            }
+            Some(_) => {}
+        }
     }
 
     /// A client learns the outcome of its writes the first time anyone applies an index.
@@ -1130,13 +1320,22 @@ impl Sim {
         let applied_op =
             if entry.kind == EntryKind::Normal { decode_put(&entry.data).map(|(op, _)| op) } else { None };
         if let Some(op) = applied_op {
+            if self.failed_ops.contains(&op) {
+                self.violate(
+                    "proposal",
+                    format!("op {op} was answered as not applied, but was applied at {}", entry.index),
+                );
+                return;
+            }
             if let Some(pending) = self.pending_writes.remove(&op) {
-                if (pending.term, pending.index) != (entry.term, entry.index) {
-                    let detail = format!(
-                        "op {op} was proposed as ({}, t{}) but committed as ({}, t{})",
-                        pending.index, pending.term, entry.index, entry.term
-                    );
-                    self.violate("proposal", detail);
+                if let Some((term, index)) = pending.proposed {
+                    if (term, index) != (entry.term, entry.index) {
+                        let detail = format!(
+                            "op {op} was proposed as ({index}, t{term}) but committed as ({}, t{})",
+                            entry.index, entry.term
+                        );
+                        self.violate("proposal", detail);
+                    }
                 }
                 self.clock += 1;
                 self.history[pending.history_index].complete = Some(self.clock);
@@ -1146,39 +1345,12 @@ impl Sim {
         let failed: Vec<u64> = self
             .pending_writes
             .iter()
-            .filter(|(_, pending)| pending.index <= entry.index)
+            .filter(|(_, pending)| pending.proposed.is_some_and(|(_, index)| index <= entry.index))
             .map(|(&op, _)| op)
             .collect();
         for op in failed {
             let pending = self.pending_writes.remove(&op).unwrap();
             self.failed_writes.insert(pending.history_index);
-        }
-    }
-
-    fn serve_reads(&mut self, i: usize) {
-        let applied = self.nodes[i].applied;
-        let mut served = Vec::new();
-        self.pending_reads.retain(|read| {
-            let ready = read.node == i && read.read_index.is_some_and(|index| index <= applied);
-            if ready {
-                served.push((read.key, read.invoke, read.context));
-            }
-            !ready
-        });
-        for (key, invoke, context) in served {
-            let value = self.nodes[i].kv.get(&key).copied();
-            self.served_reads.insert(context, value);
-            self.clock += 1;
-            self.history.push(Event {
-                key,
-                invoke,
-                complete: Some(self.clock),
-                operation: Operation::Read(value),
-            });
-            let id = self.nodes[i].id;
-            self.trace(|| {
-                format!("read {context} served by n{id} at applied {applied}: key {key} = {value:?}")
-            });
         }
     }
 
@@ -1201,7 +1373,7 @@ impl Sim {
 
     fn check_roles(&mut self) {
         for i in 0..self.nodes.len() {
-            let Some(raft) = self.nodes[i].raft.as_ref() else { continue };
+            let Some(raft) = self.nodes[i].raft() else { continue };
             let status = raft.status();
             self.max_term = self.max_term.max(status.term);
             if status.role == Role::Leader {
@@ -1243,40 +1415,21 @@ impl Sim {
         let i = target.unwrap_or(self.believed_leader);
         let op = self.next_op;
         self.next_op += 1;
-        let Some(raft) = self.nodes[i].raft.as_mut() else {
+        if self.nodes[i].core.is_none() {
             self.believed_leader = self.rng.index(self.nodes.len());
             return;
-        };
-        let result = raft.propose(encode_put(op, key));
-        let id = self.nodes[i].id;
-        match result {
-            Ok((term, index)) => {
-                self.clock += 1;
-                let history_index = self.history.len();
-                self.history.push(Event {
-                    key,
-                    invoke: self.clock,
-                    complete: None,
-                    operation: Operation::Write(op),
-                });
-                if index <= self.committed.len() as u64 {
-                    // A deposed leader that does not know it yet: the index is already
-                    // committed with another entry, so this proposal has failed.
-                    self.failed_writes.insert(history_index);
-                } else {
-                    let give_up_tick = self.tick + WRITE_TIMEOUT_TICKS;
-                    self.pending_writes.insert(op, PendingWrite { history_index, give_up_tick, term, index });
-                }
-                self.trace(|| format!("client: put key {key} = {op} via n{id} -> ({index}, t{term})"));
-            }
-            Err(ProposeError::NotLeader { leader }) => {
-                self.believed_leader = match leader {
-                    Some(leader) => (leader - 1) as usize,
-                    None => self.rng.index(self.nodes.len()),
-                };
-            }
-            Err(ProposeError::TransferInProgress) => {}
         }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.clock += 1;
+        let history_index = self.history.len();
+        self.history.push(Event { key, invoke: self.clock, complete: None, operation: Operation::Write(op) });
+        let give_up_tick = self.tick + WRITE_TIMEOUT_TICKS;
+        self.pending_writes.insert(op, PendingWrite { history_index, give_up_tick, proposed: None, node: i });
+        self.requests.insert(token, (i, Request::Write { op }));
+        let id = self.nodes[i].id;
+        self.trace(|| format!("client: put key {key} = {op} via n{id}"));
+        self.nodes[i].core.as_mut().unwrap().propose(token, encode_put(op, key));
     }
 
     fn client_read(&mut self) {
@@ -1286,26 +1439,19 @@ impl Sim {
     }
 
     /// A client asks node `i` (0-based) for a linearizable read of `key`; returns the
-    /// read's context if the node accepted it.
+    /// read's token if the node is up.
     pub fn client_read_on(&mut self, i: usize, key: u64) -> Option<u64> {
-        let context = self.next_op;
-        self.next_op += 1;
-        let raft = self.nodes[i].raft.as_mut()?;
-        let accepted = raft.read_index(context).is_ok();
-        if accepted {
-            self.clock += 1;
-            let id = self.nodes[i].id;
-            self.trace(|| format!("client: read {context} of key {key} via n{id}"));
-            self.pending_reads.push(PendingRead {
-                node: i,
-                context,
-                key,
-                invoke: self.clock,
-                deadline_tick: self.tick + READ_TIMEOUT_TICKS,
-                read_index: None,
-            });
-        }
-        accepted.then_some(context)
+        self.nodes[i].core.as_ref()?;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.clock += 1;
+        let id = self.nodes[i].id;
+        self.trace(|| format!("client: read {token} of key {key} via n{id}"));
+        let request =
+            Request::Read { key, invoke: self.clock, deadline_tick: self.tick + READ_TIMEOUT_TICKS };
+        self.requests.insert(token, (i, request));
+        self.nodes[i].core.as_mut().unwrap().read(token);
+        Some(token)
     }
 
     /// The value a served read returned (`Some(None)`: the key was absent).
@@ -1330,49 +1476,24 @@ impl Sim {
 
     fn client_transfer(&mut self) {
         let Some((leader, _)) = self.leader() else { return };
-        let to = self.rng.between(1, self.nodes.len() as u64);
         let i = (leader - 1) as usize;
-        if self.nodes[i].raft.as_mut().unwrap().transfer_leadership(to).is_ok() {
-            self.transfers += 1;
-            self.trace(|| format!("client: transfer leadership n{leader} -> n{to}"));
-        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.requests.insert(token, (i, Request::Other));
+        self.trace(|| format!("client: n{leader}, step down"));
+        self.nodes[i].core.as_mut().unwrap().step_down(token);
     }
 
-    fn maybe_compact(&mut self, i: usize) {
-        let node = &self.nodes[i];
-        if node.raft.is_none()
-            || node.unpersisted_ready.is_some()
-            || node.applied < node.disk.snapshot.meta.index + self.weather.compact_every
-        {
-            return;
-        }
-        let applied = node.applied;
-        let id = node.id;
-        let data = encode_kv(&node.kv);
-        match self.nodes[i].raft.as_mut().unwrap().compact(applied) {
-            Ok(meta) => {
-                let known = self.committed.get((applied - 1) as usize).map(|c| c.term);
-                if meta.index != applied || Some(meta.term) != known {
-                    let detail =
-                        format!("n{id} compacted to {applied} but got meta ({}, t{})", meta.index, meta.term);
-                    self.violate("compact", detail);
-                }
-                let disk = &mut self.nodes[i].disk;
-                let drop = (meta.index - disk.snapshot.meta.index) as usize;
-                disk.entries.drain(..drop.min(disk.entries.len()));
-                let saved = match self.nodes[i].real.as_mut().and_then(|r| r.store.as_mut()) {
-                    Some(store) => store.save_snapshot(&meta, &data).and_then(|()| store.compact(meta.index)),
-                    None => Ok(()),
-                };
-                if let Err(error) = saved {
-                    self.violate("real store", format!("n{id}: snapshot failed: {error}"));
-                }
-                let disk = &mut self.nodes[i].disk;
-                disk.snapshot = Snapshot { meta, data };
-                self.trace(|| format!("n{id} compacts its log to {applied}"));
-            }
-            Err(error) => self.trace(|| format!("n{id} compact({applied}) refused: {error}")),
-        }
+    /// An operator asks node `i` for a snapshot now (`mmapd-admin snapshot`).
+    fn client_snapshot(&mut self) {
+        let i = self.rng.index(self.nodes.len());
+        let Some(core) = self.nodes[i].core.as_mut() else { return };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.requests.insert(token, (i, Request::Other));
+        core.snapshot(token);
+        let id = self.nodes[i].id;
+        self.trace(|| format!("admin: n{id}, snapshot now"));
     }
 
     fn clients_act(&mut self) {
@@ -1383,19 +1504,27 @@ impl Sim {
             let key = self.rng.below(KEYS);
             self.client_write(target, key);
         }
-        if self.rng.chance(self.weather.read_per_million) && self.pending_reads.len() < MAX_PENDING_READS {
+        let reads = self.requests.values().filter(|(_, r)| matches!(r, Request::Read { .. })).count();
+        if self.rng.chance(self.weather.read_per_million) && reads < MAX_PENDING_READS {
             self.client_read();
         }
         if self.faults_active && self.rng.chance(self.weather.transfer_per_million) {
             self.client_transfer();
         }
-        self.pending_reads.retain(|read| read.deadline_tick > tick);
+        if self.faults_active && self.rng.chance(self.weather.admin_snapshot_per_million) {
+            self.client_snapshot();
+        }
+        // Reads whose client gave up: their answer, if it comes, is not served.
+        self.requests.retain(|_, (_, request)| match request {
+            Request::Read { deadline_tick, .. } => *deadline_tick > tick,
+            _ => true,
+        });
     }
 
     // -------------------------------------------------------------- faults
 
     fn live_count(&self) -> usize {
-        self.nodes.iter().filter(|node| node.raft.is_some()).count()
+        self.nodes.iter().filter(|node| node.core.is_some()).count()
     }
 
     fn inject_fault(&mut self) {
@@ -1489,7 +1618,7 @@ impl Sim {
                 self.trace(|| format!("ARM leader n{} to crash right after its commit advances", leader + 1));
             }
             _ => {
-                let Some(crashed) = (0..n).find(|&i| self.nodes[i].raft.is_none()) else { return };
+                let Some(crashed) = (0..n).find(|&i| self.nodes[i].core.is_none()) else { return };
                 self.restart(self.nodes[crashed].id);
             }
         }
@@ -1515,7 +1644,7 @@ impl Sim {
             self.nodes[i].crash_after_append_armed = false;
             self.nodes[i].crash_after_commit_armed = false;
             self.nodes[i].clock_stalled_until_tick = 0;
-            if self.nodes[i].raft.is_none() {
+            if self.nodes[i].core.is_none() {
                 self.restart(self.nodes[i].id);
             }
         }
@@ -1530,7 +1659,7 @@ impl Sim {
         let mut order: Vec<usize> = (0..self.nodes.len()).collect();
         self.rng.shuffle(&mut order);
         for &i in &order {
-            self.handle_ready(i);
+            self.drive(i);
         }
         if self.options.clients {
             self.clients_act();
@@ -1547,12 +1676,11 @@ impl Sim {
                 if self.nodes[i].restart_at_tick.is_some_and(|at| at <= self.tick) {
                     self.restart(self.nodes[i].id);
                 }
-                self.maybe_compact(i);
                 if self.nodes[i].clock_stalled_until_tick > self.tick {
                     continue;
                 }
-                if let Some(raft) = self.nodes[i].raft.as_mut() {
-                    raft.tick();
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    core.tick();
                 }
             }
         }
@@ -1587,11 +1715,11 @@ impl Sim {
     /// the leader committed.
     pub fn is_settled(&self) -> bool {
         let Some((leader, term)) = self.leader() else { return false };
-        let leader_commit = self.nodes[(leader - 1) as usize].raft.as_ref().unwrap().status().commit;
+        let leader_commit = self.nodes[(leader - 1) as usize].raft().unwrap().status().commit;
         self.nodes.iter().all(|node| {
-            node.raft.as_ref().is_some_and(|raft| {
+            node.raft().is_some_and(|raft| {
                 let status = raft.status();
-                status.term == term && status.leader == Some(leader) && node.applied >= leader_commit
+                status.term == term && status.leader == Some(leader) && node.state().0 >= leader_commit
             })
         })
     }

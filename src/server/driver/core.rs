@@ -1,0 +1,915 @@
+//! The driver core: every decision the daemon makes around the Raft core, with no IO,
+//! no clock and no threads. The tokio shell (`driver::shell`) and the simulator
+//! (`tests/sim`) both run exactly this code.
+//!
+//! Events go in as method calls (`tick`, `step`, `propose`, `read`, `step_down`,
+//! `snapshot`, `persisted`, `snapshot_saved`, `abandon`); `poll` hands the Raft core's
+//! Ready out as actions; `take_actions` returns what the caller must carry out, in
+//! order: send messages, persist (one awaited write at a time), save a snapshot,
+//! answer a request. Time is the tick count.
+//!
+//! What it decides, following `Ready`'s contract (see `raft::Ready`):
+//! - a Ready's messages go out at once; its state is persisted; only when that is
+//!   durable do its `persisted_messages` go out, its snapshot get installed, its
+//!   entries get applied and its reads get answered, then `advance`;
+//! - while the disk writes, replication and ReadIndex rounds continue and entries a
+//!   majority committed are applied early (thesis §10.2.1);
+//! - a read is answered only once the *state machine* (not the core's applied index,
+//!   which an installed snapshot moves at once) holds everything up to its read index;
+//! - a proposal resolves when its index is applied: with its outcome if the entry is
+//!   the one proposed, `Dropped` if another entry took its index, `OutcomeUnknown` if
+//!   a snapshot covered it (the forwarder must never retry those);
+//! - snapshots are taken on applied entries or applied bytes, never past what this
+//!   node's log holds durably, retried with back-off after a failure;
+//! - a received snapshot is decoded before it is stepped, so one that does not decode
+//!   is refused and never persisted;
+//! - a storage failure stops the node: `Action::Fatal` (the shell exits, systemd
+//!   restarts it, recovery runs); a full disk instead fails writes and retries the
+//!   write with back-off until space is freed.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::kv::{Command, Outcome, StateMachine};
+use crate::raft::{
+    Entry, EntryKind, HardState, Message, MessageBody, NodeId, ProposeError, Raft, Role, Snapshot,
+    SnapshotMeta, SoftState, Status,
+};
+
+/// The caller's name for a request, unique among those in flight.
+pub type Token = u64;
+
+/// The key-value state machine, shared with readers; written only by the core.
+pub type SharedKv = Arc<RwLock<StateMachine>>;
+
+/// Why the driver could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    /// Another node leads; forward there.
+    NotLeader(Option<NodeId>),
+    /// No leader is known yet (or a transfer is in progress): retry later.
+    NoLeader,
+    /// The entry was overwritten by another leader's: it did not take effect.
+    Dropped,
+    /// The write may or may not have taken effect (a snapshot covered its index, or
+    /// the node stopped): it must not be retried blindly.
+    OutcomeUnknown(String),
+    /// The disk is full: nothing new is acknowledged until space is freed.
+    DiskFull(String),
+    /// The disk failed: nothing was acknowledged.
+    Storage(String),
+    /// The node is shutting down.
+    ShuttingDown,
+    /// A command is refused as invalid.
+    Invalid(String),
+}
+
+/// The answer to a committed proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The log index of the entry.
+    pub index: u64,
+    /// What applying it did.
+    pub outcome: Outcome,
+}
+
+/// An answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// To `propose`.
+    Proposal(Result<Applied, NodeError>),
+    /// To `read`: the state machine may now be read linearizably.
+    Read(Result<(), NodeError>),
+    /// To `step_down`: the new leader.
+    StepDown(Result<NodeId, NodeError>),
+    /// To `snapshot`.
+    Snapshot(Result<SnapshotMeta, NodeError>),
+}
+
+/// A write for the disk: snapshot, then entries, then hard state.
+#[derive(Debug, Clone)]
+pub struct PersistJob {
+    /// A snapshot received from the leader: install it, dropping the log it covers.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append (an existing index is replaced with everything after it).
+    pub entries: Vec<Entry>,
+    /// The hard state, when it changed.
+    pub hard_state: Option<HardState>,
+    /// Make it durable (msync) before reporting. False when only the commit index
+    /// moved: a lower bound that may lag (RAFT-NOTES #3); the core does not wait.
+    pub must_sync: bool,
+}
+
+/// How a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageFailure {
+    /// No space left: recoverable once space is freed.
+    DiskFull(String),
+    /// Anything else: the node must stop and recover from its files.
+    Other(String),
+}
+
+/// What the caller must do, in the order given.
+#[derive(Debug)]
+pub enum Action {
+    /// The role, term or leader changed.
+    RoleChanged(SoftState),
+    /// Send these messages (InstallSnapshot messages carry the snapshot's data).
+    Send(Vec<Message>),
+    /// Persist this; report each job, in order, with `persisted`.
+    Persist(PersistJob),
+    /// Save a snapshot of the state machine, then drop the log up to it; report with
+    /// `snapshot_saved`.
+    SaveSnapshot {
+        /// Its metadata.
+        meta: SnapshotMeta,
+        /// The state machine's snapshot payload.
+        data: Bytes,
+    },
+    /// Answer a request.
+    Answer(Token, Answer),
+    /// A write entered the log at (term, index); its answer comes when it applies.
+    Proposed {
+        /// The request.
+        token: Token,
+        /// Its entry's term.
+        term: u64,
+        /// Its entry's index.
+        index: u64,
+    },
+    /// These committed entries were applied to the state machine, in order.
+    Applied(Vec<Entry>),
+    /// A snapshot from the leader replaced the state machine.
+    InstalledSnapshot(Snapshot),
+    /// A peer message was refused (logged by the caller with its sender).
+    Refused {
+        /// The sender it claims.
+        from: NodeId,
+        /// The message kind.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Storage failed in a way the node cannot continue from: stop the process.
+    Fatal(String),
+}
+
+/// The core's settings.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Take a snapshot after this many entries applied since the last one.
+    pub snapshot_entries: u64,
+    /// ... or after this many bytes of applied entry data since the last one, so the
+    /// log held in memory stays bounded in bytes, not only in entries.
+    pub snapshot_bytes: u64,
+    /// A leadership transfer not done after this many ticks is reported failed.
+    pub step_down_timeout_ticks: u64,
+    /// The first wait after a failed snapshot or a full disk; doubled per failure.
+    pub retry_initial_ticks: u64,
+    /// The longest wait between retries.
+    pub retry_max_ticks: u64,
+}
+
+impl Default for DriverConfig {
+    fn default() -> DriverConfig {
+        DriverConfig {
+            snapshot_entries: 100_000,
+            snapshot_bytes: 256 << 20,
+            step_down_timeout_ticks: 100,
+            retry_initial_ticks: 10,
+            retry_max_ticks: 1000,
+        }
+    }
+}
+
+/// A write the core handed out and waits for (`must_sync`).
+struct InFlight {
+    ready: crate::raft::Ready,
+    /// Kept to write again while the disk is full.
+    job: PersistJob,
+}
+
+/// Back-off for a retried operation.
+#[derive(Clone, Copy, Debug, Default)]
+struct Backoff {
+    /// Failures in a row.
+    failures: u32,
+    /// Not before this tick.
+    next_tick: u64,
+}
+
+impl Backoff {
+    fn fail(&mut self, now: u64, config: &DriverConfig) {
+        let wait = config
+            .retry_initial_ticks
+            .saturating_mul(1u64 << self.failures.min(20))
+            .min(config.retry_max_ticks);
+        self.failures = self.failures.saturating_add(1);
+        self.next_tick = now + wait;
+    }
+}
+
+/// The driver core of one node.
+pub struct DriverCore {
+    raft: Raft,
+    config: DriverConfig,
+    kv: SharedKv,
+    actions: Vec<Action>,
+    /// Ticks since start: the core's only clock.
+    now_tick: u64,
+    /// The Ready being persisted. Invariant: at most one, as the Raft core requires.
+    in_flight: Option<InFlight>,
+    /// Jobs handed out that the core did not wait for, reported before `in_flight`'s
+    /// (the disk works through its queue in order, and none is queued while one is
+    /// in flight).
+    unawaited_persists: u32,
+    /// The latest snapshot, durable or being saved; attached to InstallSnapshot.
+    latest_snapshot: Option<Snapshot>,
+    /// The index of the latest durable snapshot.
+    snapshot_index: u64,
+    /// Bytes of entry data applied since `snapshot_index`.
+    applied_bytes_since_snapshot: u64,
+    snapshot_in_progress: bool,
+    snapshot_backoff: Backoff,
+    /// Received snapshots already decoded (by the caller off the loop, or by `step`),
+    /// with the bytes they were decoded from.
+    decoded_snapshots: VecDeque<DecodedSnapshot>,
+    /// Set while the disk is full: writes are refused, the write is retried.
+    disk_full: Option<String>,
+    disk_backoff: Backoff,
+    /// A storage failure: the node does nothing more.
+    fatal: Option<String>,
+    /// Proposals waiting for their entry to apply: index -> (term, token).
+    proposals: BTreeMap<u64, (u64, Token)>,
+    /// Proposals that found no leader, retried on every tick until abandoned.
+    proposals_waiting_leader: Vec<(Bytes, Token)>,
+    /// Reads waiting for their read index, by context.
+    reads_by_context: HashMap<u64, Token>,
+    /// Reads whose index is known, waiting for the state machine to reach it.
+    reads_waiting_apply: Vec<(u64, Token)>,
+    /// Reads that found no leader, retried on every tick.
+    reads_waiting_leader: Vec<Token>,
+    next_read_context: u64,
+    /// Leadership transfers under way: (target, started tick, token).
+    step_downs: Vec<(NodeId, u64, Token)>,
+    snapshot_waiters: Vec<Token>,
+}
+
+/// A received snapshot's state machine, decoded from `data`.
+struct DecodedSnapshot {
+    index: u64,
+    term: u64,
+    data: Bytes,
+    machine: StateMachine,
+}
+
+impl DecodedSnapshot {
+    fn is_of(&self, snapshot: &Snapshot) -> bool {
+        let data = &snapshot.data;
+        self.index == snapshot.meta.index
+            && self.term == snapshot.meta.term
+            && self.data.len() == data.len()
+            && (self.data.as_ptr() == data.as_ptr() || self.data == *data)
+    }
+}
+
+/// Most received snapshots kept decoded while their message is stepped.
+const MAX_DECODED_SNAPSHOTS: usize = 2;
+
+/// Commit-only writes handed out without waiting, at most; past it the core waits for
+/// the disk, so the disk's queue stays bounded.
+pub const MAX_UNAWAITED_PERSISTS: u32 = 64;
+
+impl DriverCore {
+    /// A core around `raft`, whose state machine `kv` holds what `raft` has applied.
+    pub fn new(
+        raft: Raft,
+        kv: SharedKv,
+        latest_snapshot: Option<Snapshot>,
+        config: DriverConfig,
+    ) -> DriverCore {
+        let snapshot_index = latest_snapshot.as_ref().map_or(0, |s| s.meta.index);
+        DriverCore {
+            raft,
+            config,
+            kv,
+            actions: Vec::new(),
+            now_tick: 0,
+            in_flight: None,
+            unawaited_persists: 0,
+            latest_snapshot,
+            snapshot_index,
+            applied_bytes_since_snapshot: 0,
+            snapshot_in_progress: false,
+            snapshot_backoff: Backoff::default(),
+            decoded_snapshots: VecDeque::new(),
+            disk_full: None,
+            disk_backoff: Backoff::default(),
+            fatal: None,
+            proposals: BTreeMap::new(),
+            proposals_waiting_leader: Vec::new(),
+            reads_by_context: HashMap::new(),
+            reads_waiting_apply: Vec::new(),
+            reads_waiting_leader: Vec::new(),
+            next_read_context: 1,
+            step_downs: Vec::new(),
+            snapshot_waiters: Vec::new(),
+        }
+    }
+
+    /// The Raft core, to read its state.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The core's status.
+    pub fn status(&self) -> Status {
+        self.raft.status()
+    }
+
+    /// The state machine.
+    pub fn kv(&self) -> &SharedKv {
+        &self.kv
+    }
+
+    /// Why the disk refuses writes, while it does.
+    pub fn disk_full(&self) -> Option<&str> {
+        self.disk_full.as_deref()
+    }
+
+    /// The storage failure that stopped the node, if any.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// True while a write the core waits for is with the disk.
+    pub fn persist_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The index of the latest durable snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    /// What the caller must do now, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    // ------------------------------------------------------------------ events
+
+    /// One tick of the clock.
+    pub fn tick(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
+        self.now_tick += 1;
+        self.raft.tick();
+        for token in std::mem::take(&mut self.reads_waiting_leader) {
+            self.start_read(token);
+        }
+        for (command, token) in std::mem::take(&mut self.proposals_waiting_leader) {
+            self.start_proposal(command, token);
+        }
+        let role = self.raft.role();
+        for (target, started, token) in std::mem::take(&mut self.step_downs) {
+            if role != Role::Leader {
+                let leader = self.raft.leader().unwrap_or(target);
+                self.answer(token, Answer::StepDown(Ok(leader)));
+            } else if self.now_tick.saturating_sub(started) > self.config.step_down_timeout_ticks {
+                self.answer(token, Answer::StepDown(Err(NodeError::NoLeader)));
+            } else {
+                self.step_downs.push((target, started, token));
+            }
+        }
+        if self.disk_full.is_some() && self.now_tick >= self.disk_backoff.next_tick {
+            if let Some(in_flight) = &self.in_flight {
+                // Write the same job again: the disk may have space now.
+                self.actions.push(Action::Persist(in_flight.job.clone()));
+                self.disk_backoff.next_tick = u64::MAX;
+            }
+        }
+        if !self.snapshot_waiters.is_empty() || self.snapshot_backoff.failures > 0 {
+            self.maybe_snapshot(!self.snapshot_waiters.is_empty());
+        }
+    }
+
+    /// Messages from peers. A message the Raft core refuses, or an InstallSnapshot
+    /// whose data does not decode, is refused: `Action::Refused`.
+    pub fn step(&mut self, messages: Vec<Message>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        for message in messages {
+            let (from, kind) = (message.from, message.body.name());
+            if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                if let Err(reason) = self.check_snapshot(snapshot) {
+                    self.actions.push(Action::Refused { from, kind, reason });
+                    continue;
+                }
+            }
+            if let Err(error) = self.raft.step(message) {
+                self.actions.push(Action::Refused { from, kind, reason: error.to_string() });
+            }
+        }
+    }
+
+    /// Steps an InstallSnapshot whose data the caller already decoded into `machine`
+    /// (off the loop, as decoding a large snapshot takes a while).
+    pub fn step_decoded_snapshot(&mut self, message: Message, machine: StateMachine) {
+        if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+            if machine.applied_index() == snapshot.meta.index {
+                self.remember_decoded(snapshot, machine);
+            }
+        }
+        self.step(vec![message]);
+    }
+
+    /// A client's write: the encoded `kv::Command`. Answered with `Answer::Proposal`.
+    pub fn propose(&mut self, token: Token, command: Bytes) {
+        if let Some(error) = self.refusal() {
+            self.answer(token, Answer::Proposal(Err(error)));
+            return;
+        }
+        self.start_proposal(command, token);
+    }
+
+    /// A linearizable read (thesis §6.4). Answered with `Answer::Read` once the state
+    /// machine may be read.
+    pub fn read(&mut self, token: Token) {
+        if let Some(error) = self.refusal() {
+            self.answer(token, Answer::Read(Err(error)));
+            return;
+        }
+        self.start_read(token);
+    }
+
+    /// Hands leadership to the most up-to-date follower (thesis §3.10).
+    pub fn step_down(&mut self, token: Token) {
+        if let Some(error) = &self.fatal {
+            let error = NodeError::Storage(error.clone());
+            self.answer(token, Answer::StepDown(Err(error)));
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            let leader = self.raft.leader();
+            self.answer(token, Answer::StepDown(Err(NodeError::NotLeader(leader))));
+            return;
+        }
+        let Some(target) = self.raft.most_up_to_date_follower() else {
+            let error = NodeError::Invalid("no follower to hand leadership to".into());
+            self.answer(token, Answer::StepDown(Err(error)));
+            return;
+        };
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => self.step_downs.push((target, self.now_tick, token)),
+            Err(error) => self.answer(token, Answer::StepDown(Err(NodeError::Invalid(error.to_string())))),
+        }
+    }
+
+    /// Takes a snapshot now (or as soon as the log allows) and compacts the log.
+    pub fn snapshot(&mut self, token: Token) {
+        if let Some(error) = &self.fatal {
+            let error = NodeError::Storage(error.clone());
+            self.answer(token, Answer::Snapshot(Err(error)));
+            return;
+        }
+        self.snapshot_waiters.push(token);
+        self.maybe_snapshot(true);
+    }
+
+    /// The caller no longer waits for these requests (their clients went away).
+    pub fn abandon_all(&mut self, tokens: &HashSet<Token>) {
+        self.proposals.retain(|_, (_, token)| !tokens.contains(token));
+        self.proposals_waiting_leader.retain(|(_, token)| !tokens.contains(token));
+        self.reads_by_context.retain(|_, token| !tokens.contains(token));
+        self.reads_waiting_apply.retain(|(_, token)| !tokens.contains(token));
+        self.reads_waiting_leader.retain(|token| !tokens.contains(token));
+    }
+
+    /// The oldest `Action::Persist` not yet reported is done.
+    pub fn persisted(&mut self, result: Result<(), StorageFailure>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        match result {
+            Ok(()) if self.unawaited_persists > 0 => self.unawaited_persists -= 1,
+            Ok(()) => {
+                let Some(in_flight) = self.in_flight.take() else {
+                    self.on_fatal("the disk reported a write the driver did not hand out".into());
+                    return;
+                };
+                if self.disk_full.take().is_some() {
+                    self.disk_backoff = Backoff::default();
+                }
+                self.finish_ready(in_flight.ready);
+            }
+            Err(StorageFailure::DiskFull(error))
+                if self.unawaited_persists == 0 && self.in_flight.is_some() =>
+            {
+                self.on_disk_full(error);
+            }
+            // A commit-only write that failed for lack of space: the next write
+            // carries the commit index again.
+            Err(StorageFailure::DiskFull(_)) if self.unawaited_persists > 0 => {
+                self.unawaited_persists -= 1;
+            }
+            Err(StorageFailure::DiskFull(error)) | Err(StorageFailure::Other(error)) => self.on_fatal(error),
+        }
+    }
+
+    /// The snapshot of the last `Action::SaveSnapshot` is durable (or failed).
+    pub fn snapshot_saved(&mut self, result: Result<SnapshotMeta, StorageFailure>) {
+        self.snapshot_in_progress = false;
+        match result {
+            Ok(meta) => {
+                self.snapshot_index = self.snapshot_index.max(meta.index);
+                self.snapshot_backoff = Backoff::default();
+                for token in std::mem::take(&mut self.snapshot_waiters) {
+                    self.answer(token, Answer::Snapshot(Ok(meta.clone())));
+                }
+            }
+            Err(failure) => {
+                let error = match failure {
+                    StorageFailure::DiskFull(error) | StorageFailure::Other(error) => error,
+                };
+                // The snapshot is a copy of what the log holds: failing to save it loses
+                // nothing; the log stays until a later snapshot succeeds.
+                self.snapshot_backoff.fail(self.now_tick, &self.config);
+                for token in std::mem::take(&mut self.snapshot_waiters) {
+                    self.answer(token, Answer::Snapshot(Err(NodeError::Storage(error.clone()))));
+                }
+            }
+        }
+    }
+
+    /// Hands out what the Raft core has ready. Call after every batch of events.
+    pub fn poll(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
+        if self.in_flight.is_none() {
+            if self.raft.has_ready() {
+                self.handle_ready();
+            }
+            return;
+        }
+        // The disk is busy with the previous batch: replication, heartbeats and read
+        // rounds do not wait for it (thesis §10.2.1).
+        let messages = self.raft.take_messages();
+        self.send(messages);
+        // Entries a majority holds durably are committed: apply and answer them
+        // without waiting for this node's own write.
+        let committed = self.raft.take_committed_entries();
+        if let Some(last) = committed.last().map(|e| e.index) {
+            self.apply(committed);
+            self.raft.applied_to(last);
+            self.release_reads();
+        }
+    }
+
+    // ------------------------------------------------------------ the Ready loop
+
+    fn handle_ready(&mut self) {
+        let mut ready = self.raft.ready();
+        if let Some(soft) = ready.soft_state {
+            self.actions.push(Action::RoleChanged(soft));
+        }
+        // 1. Messages that depend on nothing in this Ready go out at once.
+        let messages = std::mem::take(&mut ready.messages);
+        self.send(messages);
+        // 2. Persist. A Ready that only moves the commit index need not wait: the
+        // commit index is a lower bound that may lag (RAFT-NOTES #3), so its write is
+        // queued, in order, and the Ready finishes at once.
+        if !ready.must_sync && ready.hard_state.is_none() {
+            self.finish_ready(ready);
+            return;
+        }
+        let job = PersistJob {
+            snapshot: ready.snapshot.clone(),
+            entries: std::mem::take(&mut ready.entries),
+            hard_state: ready.hard_state,
+            must_sync: ready.must_sync,
+        };
+        if job.must_sync || self.unawaited_persists >= MAX_UNAWAITED_PERSISTS {
+            self.actions.push(Action::Persist(job.clone()));
+            self.in_flight = Some(InFlight { ready, job });
+        } else {
+            self.actions.push(Action::Persist(job));
+            self.unawaited_persists += 1;
+            self.finish_ready(ready);
+        }
+    }
+
+    /// Steps 3 to 5 of the Ready contract, once the state is durable.
+    fn finish_ready(&mut self, mut ready: crate::raft::Ready) {
+        let persisted_messages = std::mem::take(&mut ready.persisted_messages);
+        self.send(persisted_messages);
+        if let Some(snapshot) = ready.snapshot.take() {
+            self.install_snapshot(snapshot);
+        }
+        let committed = std::mem::take(&mut ready.committed_entries);
+        self.apply(committed);
+        for read in &ready.read_states {
+            if let Some(token) = self.reads_by_context.remove(&read.context) {
+                self.reads_waiting_apply.push((read.index, token));
+            }
+        }
+        self.raft.advance();
+        self.release_reads();
+        self.maybe_snapshot(false);
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) {
+        let decoded = self.decoded_snapshots.iter().position(|d| d.is_of(&snapshot));
+        let decoded = decoded.and_then(|position| self.decoded_snapshots.remove(position));
+        self.decoded_snapshots.clear();
+        let machine = match decoded {
+            Some(decoded) => decoded.machine,
+            None => match StateMachine::load_snapshot_shared(&snapshot.data) {
+                Ok(machine) => machine,
+                Err(error) => {
+                    // `step` decoded these bytes before the Raft core accepted them.
+                    panic!(
+                        "node {} term {}: an accepted snapshot at {} no longer decodes: {error}",
+                        self.raft.id(),
+                        self.raft.term(),
+                        snapshot.meta.index
+                    )
+                }
+            },
+        };
+        let index = snapshot.meta.index;
+        *self.kv.write().expect("kv lock") = machine;
+        self.snapshot_index = self.snapshot_index.max(index);
+        self.applied_bytes_since_snapshot = 0;
+        // Proposals the snapshot covers: whether theirs is the entry at their index is
+        // not known here. Never "not applied" (a forwarder would retry: a double apply).
+        let covered: Vec<u64> = self.proposals.range(..=index).map(|(i, _)| *i).collect();
+        for proposal_index in covered {
+            if let Some((_, token)) = self.proposals.remove(&proposal_index) {
+                let error = NodeError::OutcomeUnknown(format!(
+                    "a snapshot from the leader at index {index} covered the write's index {proposal_index}"
+                ));
+                self.answer(token, Answer::Proposal(Err(error)));
+            }
+        }
+        self.actions.push(Action::InstalledSnapshot(snapshot.clone()));
+        self.latest_snapshot = Some(snapshot);
+    }
+
+    fn apply(&mut self, committed: Vec<Entry>) {
+        if committed.is_empty() {
+            return;
+        }
+        let mut answers = Vec::new();
+        {
+            let mut kv = self.kv.write().expect("kv lock");
+            for entry in &committed {
+                assert_eq!(
+                    entry.index,
+                    kv.applied_index() + 1,
+                    "node {} term {}: committed entries must apply in order",
+                    self.raft.id(),
+                    self.raft.term()
+                );
+                self.applied_bytes_since_snapshot += entry.data.len() as u64;
+                let outcome = match entry.kind {
+                    EntryKind::Normal => match Command::decode_shared(&entry.data) {
+                        Ok(command) => Ok(kv.apply(entry.index, &command)),
+                        Err(error) => {
+                            // Commands are validated before proposing; every node skips
+                            // the same entry the same way, so the replicas stay identical.
+                            kv.advance_applied(entry.index);
+                            Err(NodeError::Invalid(format!("committed entry does not decode: {error}")))
+                        }
+                    },
+                    EntryKind::Noop | EntryKind::Config => {
+                        kv.advance_applied(entry.index);
+                        continue;
+                    }
+                };
+                // Waiters at or below this index whose entry was replaced are resolved too.
+                while let Some(waiter) = self.proposals.first_entry() {
+                    if *waiter.key() > entry.index {
+                        break;
+                    }
+                    let (index, (term, token)) = waiter.remove_entry();
+                    let result = if index == entry.index && term == entry.term {
+                        outcome.clone().map(|outcome| Applied { index, outcome })
+                    } else {
+                        Err(NodeError::Dropped)
+                    };
+                    answers.push((token, Answer::Proposal(result)));
+                }
+            }
+        }
+        for (token, answer) in answers {
+            self.answer(token, answer);
+        }
+        self.actions.push(Action::Applied(committed));
+    }
+
+    fn release_reads(&mut self) {
+        // The state machine's own index: the core's applied index moves at once when a
+        // snapshot is accepted, before the state machine holds it.
+        let applied = self.kv.read().expect("kv lock").applied_index();
+        let mut index = 0;
+        while index < self.reads_waiting_apply.len() {
+            if self.reads_waiting_apply[index].0 <= applied {
+                let (_, token) = self.reads_waiting_apply.swap_remove(index);
+                self.answer(token, Answer::Read(Ok(())));
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self, forced: bool) {
+        if self.snapshot_in_progress || self.fatal.is_some() {
+            return;
+        }
+        let kv = self.kv.clone();
+        let kv = kv.read().expect("kv lock");
+        let applied = kv.applied_index();
+        if applied <= self.snapshot_index {
+            if forced {
+                // Nothing new to snapshot: answer with the latest snapshot's own meta.
+                let meta = self
+                    .latest_snapshot
+                    .as_ref()
+                    .map(|s| s.meta.clone())
+                    .unwrap_or_else(|| SnapshotMeta { index: self.snapshot_index, ..Default::default() });
+                for token in std::mem::take(&mut self.snapshot_waiters) {
+                    self.answer(token, Answer::Snapshot(Ok(meta.clone())));
+                }
+            }
+            return;
+        }
+        let due = applied - self.snapshot_index >= self.config.snapshot_entries
+            || self.applied_bytes_since_snapshot >= self.config.snapshot_bytes;
+        if !(forced || due) || self.now_tick < self.snapshot_backoff.next_tick {
+            return;
+        }
+        // Compaction never passes what this node's log holds durably: entries applied
+        // early (committed by a majority, not yet written here) are still needed.
+        if applied > self.raft.stable_index() {
+            return;
+        }
+        let mut data = Vec::new();
+        kv.write_snapshot(&mut data).expect("writing to a Vec cannot fail");
+        drop(kv);
+        let meta = match self.raft.compact(applied) {
+            Ok(meta) => meta,
+            Err(error) => {
+                let reason = format!("compaction refused: {error}");
+                for token in std::mem::take(&mut self.snapshot_waiters) {
+                    self.answer(token, Answer::Snapshot(Err(NodeError::Invalid(reason.clone()))));
+                }
+                self.snapshot_backoff.fail(self.now_tick, &self.config);
+                return;
+            }
+        };
+        let data = Bytes::from(data);
+        self.applied_bytes_since_snapshot = 0;
+        self.latest_snapshot = Some(Snapshot { meta: meta.clone(), data: data.clone() });
+        self.snapshot_in_progress = true;
+        self.actions.push(Action::SaveSnapshot { meta, data });
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    fn start_proposal(&mut self, command: Bytes, token: Token) {
+        match self.raft.propose(command.clone()) {
+            Ok((term, index)) => {
+                self.proposals.insert(index, (term, token));
+                self.actions.push(Action::Proposed { token, term, index });
+            }
+            Err(ProposeError::NotLeader { leader: Some(leader) }) => {
+                self.answer(token, Answer::Proposal(Err(NodeError::NotLeader(Some(leader)))));
+            }
+            Err(ProposeError::NotLeader { leader: None }) | Err(ProposeError::TransferInProgress) => {
+                self.proposals_waiting_leader.push((command, token));
+            }
+        }
+    }
+
+    fn start_read(&mut self, token: Token) {
+        let context = self.next_read_context;
+        match self.raft.read_index(context) {
+            Ok(()) => {
+                self.next_read_context += 1;
+                self.reads_by_context.insert(context, token);
+            }
+            Err(_) => self.reads_waiting_leader.push(token),
+        }
+    }
+
+    /// Why new requests are refused now, if they are.
+    fn refusal(&self) -> Option<NodeError> {
+        if let Some(error) = &self.fatal {
+            return Some(NodeError::Storage(error.clone()));
+        }
+        self.disk_full.as_ref().map(|error| NodeError::DiskFull(error.clone()))
+    }
+
+    /// Attaches the latest snapshot to InstallSnapshot messages, then sends.
+    fn send(&mut self, mut messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        for message in &mut messages {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
+                if let Some(latest) = &self.latest_snapshot {
+                    if latest.meta.index >= snapshot.meta.index {
+                        *snapshot = latest.clone();
+                    }
+                }
+            }
+        }
+        self.actions.push(Action::Send(messages));
+    }
+
+    /// A received snapshot must decode before the core may accept it.
+    fn check_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        if self.decoded_snapshots.iter().any(|d| d.is_of(snapshot)) {
+            return Ok(());
+        }
+        match StateMachine::load_snapshot_shared(&snapshot.data) {
+            Ok(machine) if machine.applied_index() == snapshot.meta.index => {
+                self.remember_decoded(snapshot, machine);
+                Ok(())
+            }
+            Ok(machine) => Err(format!(
+                "snapshot at index {} holds a state machine applied to {}",
+                snapshot.meta.index,
+                machine.applied_index()
+            )),
+            Err(error) => Err(format!("snapshot data does not decode: {error}")),
+        }
+    }
+
+    fn remember_decoded(&mut self, snapshot: &Snapshot, machine: StateMachine) {
+        if self.decoded_snapshots.len() >= MAX_DECODED_SNAPSHOTS {
+            self.decoded_snapshots.pop_front();
+        }
+        let (index, term, data) = (snapshot.meta.index, snapshot.meta.term, snapshot.data.clone());
+        self.decoded_snapshots.push_back(DecodedSnapshot { index, term, data, machine });
+    }
+
+    fn answer(&mut self, token: Token, answer: Answer) {
+        self.actions.push(Action::Answer(token, answer));
+    }
+
+    fn on_disk_full(&mut self, error: String) {
+        if self.disk_full.is_none() {
+            self.fail_waiting(NodeError::DiskFull(error.clone()));
+        }
+        self.disk_full = Some(error);
+        self.disk_backoff.fail(self.now_tick, &self.config);
+    }
+
+    fn on_fatal(&mut self, error: String) {
+        self.fatal = Some(error.clone());
+        self.fail_waiting(NodeError::Storage(error.clone()));
+        for token in std::mem::take(&mut self.snapshot_waiters) {
+            self.answer(token, Answer::Snapshot(Err(NodeError::Storage(error.clone()))));
+        }
+        for (_, _, token) in std::mem::take(&mut self.step_downs) {
+            self.answer(token, Answer::StepDown(Err(NodeError::Storage(error.clone()))));
+        }
+        self.actions.push(Action::Fatal(error));
+    }
+
+    /// Fails every waiting read and proposal. Proposals already in the log may still
+    /// commit: their outcome is unknown, not failed.
+    fn fail_waiting(&mut self, error: NodeError) {
+        for (_, (_, token)) in std::mem::take(&mut self.proposals) {
+            let unknown = NodeError::OutcomeUnknown(format!("{error:?}; the write may still commit"));
+            self.answer(token, Answer::Proposal(Err(unknown)));
+        }
+        for (_, token) in std::mem::take(&mut self.proposals_waiting_leader) {
+            self.answer(token, Answer::Proposal(Err(error.clone())));
+        }
+        let mut reads: Vec<Token> = self.reads_by_context.drain().map(|(_, token)| token).collect();
+        reads.extend(self.reads_waiting_apply.drain(..).map(|(_, token)| token));
+        reads.append(&mut self.reads_waiting_leader);
+        for token in reads {
+            self.answer(token, Answer::Read(Err(error.clone())));
+        }
+    }
+
+    /// Fails everything still waiting, as the node stops.
+    pub fn shut_down(&mut self) {
+        self.fail_waiting(NodeError::ShuttingDown);
+        for token in std::mem::take(&mut self.snapshot_waiters) {
+            self.answer(token, Answer::Snapshot(Err(NodeError::ShuttingDown)));
+        }
+        for (_, _, token) in std::mem::take(&mut self.step_downs) {
+            self.answer(token, Answer::StepDown(Err(NodeError::ShuttingDown)));
+        }
+    }
+}

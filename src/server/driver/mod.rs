@@ -1,0 +1,15 @@
+//! The driver: everything between the Raft core and the rest of the daemon.
+//!
+//! - `core`: the IO-free driver core (events in, actions out), which the simulator
+//!   runs as it is;
+//! - `shell`: the tokio task that owns the core and carries out its actions, and the
+//!   `NodeHandle` the API, the peer transport and the admin socket talk to it with;
+//! - `disk`: the thread that owns the store and does every blocking write.
+
+pub mod core;
+pub(crate) mod disk;
+pub mod shell;
+
+pub use self::core::{Applied, NodeError};
+pub use disk::PersistStats;
+pub use shell::{DeliverError, NodeHandle, Outbox, Shared};

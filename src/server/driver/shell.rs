@@ -1,0 +1,452 @@
+//! The tokio shell around the driver core: one task owns the `DriverCore`, feeds it
+//! ticks, peer messages and requests, and carries out its actions (messages to the
+//! transport, writes to the disk thread, answers to waiting handlers). It makes no
+//! decision of its own: those are in `core`, which the simulator runs as it is.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::kv::{Command, StateMachine};
+use crate::raft::{Message, MessageBody, NodeId, Role, SnapshotMeta, Status};
+
+use super::core::{Action, Answer, Applied, DriverCore, NodeError, SharedKv, Token};
+use super::disk::{DiskDone, DiskJob, PersistStats};
+use crate::server::metrics::Metrics;
+
+/// Where the driver's outgoing messages go (the peer transport).
+pub trait Outbox: Send + 'static {
+    /// Queues `messages` for their peers; never waits.
+    fn send(&self, messages: Vec<Message>);
+}
+
+/// Requests from HTTP handlers and the admin socket to the driver.
+pub(crate) enum Request {
+    Propose { command: Bytes, reply: Reply<Applied> },
+    Read { reply: Reply<()> },
+    StepDown { reply: Reply<NodeId> },
+    Snapshot { reply: Reply<SnapshotMeta> },
+    Msync { reply: Reply<PersistStats> },
+    Ping { reply: oneshot::Sender<()> },
+}
+
+/// What arrives from peers.
+enum Inbound {
+    Messages(Vec<Message>),
+    /// An InstallSnapshot whose data was decoded off the driver's loop.
+    Snapshot(Box<Message>, StateMachine),
+}
+
+/// State shared with the handlers, updated by the driver.
+pub struct Shared {
+    /// The key-value state machine. Written only by the driver core, in log order;
+    /// never held across an await.
+    pub kv: SharedKv,
+    /// The core's status after the last round of the loop.
+    pub status: Mutex<Status>,
+    /// Why the disk refuses writes, while it does (shown by /health and /status).
+    pub disk_full: Mutex<Option<String>>,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+}
+
+/// A cheap handle to the driver.
+#[derive(Clone)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<Request>,
+    peer_inbox: mpsc::Sender<Inbound>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// This node's id.
+    pub id: NodeId,
+    /// The role, watched by sd-notify and step-down.
+    pub role: watch::Receiver<(Role, u64, Option<NodeId>)>,
+}
+
+/// Why a peer's messages were not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// The node is shutting down.
+    ShuttingDown,
+    /// A message is impossible: refused before the core saw it.
+    Refused(String),
+}
+
+impl NodeHandle {
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn propose(&self, command: &Command) -> Result<Applied, NodeError> {
+        let command = command.encode();
+        self.ask(|reply| Request::Propose { command, reply }).await
+    }
+
+    /// Waits until a linearizable read may be served from the local state machine
+    /// (thesis §6.4: the read index is confirmed and applied here).
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        self.ask(|reply| Request::Read { reply }).await
+    }
+
+    /// Transfers leadership to the most up-to-date follower; returns it.
+    pub async fn step_down(&self) -> Result<NodeId, NodeError> {
+        self.ask(|reply| Request::StepDown { reply }).await
+    }
+
+    /// Takes a snapshot now and compacts the log.
+    pub async fn snapshot(&self) -> Result<SnapshotMeta, NodeError> {
+        self.ask(|reply| Request::Snapshot { reply }).await
+    }
+
+    /// Forces an msync of every mapped file.
+    pub async fn msync(&self) -> Result<PersistStats, NodeError> {
+        self.ask(|reply| Request::Msync { reply }).await
+    }
+
+    /// Answers once the driver's event loop has come round: the watchdog's proof of life.
+    pub async fn ping(&self) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Ping { reply }).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Hands messages from a peer to the core. Waits when the driver is behind. The
+    /// data of an InstallSnapshot is decoded here, off the driver's loop; one that does
+    /// not decode is refused and never reaches the core or the disk.
+    pub async fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError> {
+        let mut plain = Vec::with_capacity(messages.len());
+        for message in messages {
+            let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+                plain.push(message);
+                continue;
+            };
+            let data = snapshot.data.clone();
+            let index = snapshot.meta.index;
+            let decoded = tokio::task::spawn_blocking(move || StateMachine::load_snapshot_shared(&data))
+                .await
+                .map_err(|_| DeliverError::ShuttingDown)?;
+            let machine = match decoded {
+                Ok(machine) if machine.applied_index() == index => machine,
+                Ok(machine) => {
+                    return Err(DeliverError::Refused(format!(
+                        "InstallSnapshot at index {index} holds a state machine applied to {}",
+                        machine.applied_index()
+                    )))
+                }
+                Err(error) => {
+                    return Err(DeliverError::Refused(format!(
+                        "InstallSnapshot data does not decode: {error}"
+                    )))
+                }
+            };
+            if !plain.is_empty() {
+                self.push(Inbound::Messages(std::mem::take(&mut plain))).await?;
+            }
+            self.push(Inbound::Snapshot(Box::new(message), machine)).await?;
+        }
+        if !plain.is_empty() {
+            self.push(Inbound::Messages(plain)).await?;
+        }
+        Ok(())
+    }
+
+    async fn push(&self, inbound: Inbound) -> Result<(), DeliverError> {
+        self.peer_inbox.send(inbound).await.map_err(|_| DeliverError::ShuttingDown)
+    }
+
+    /// Sends a request carrying its reply channel and waits for the answer. A dropped
+    /// reply means the driver stopped.
+    async fn ask<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(request(reply)).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    async fn send(&self, request: Request) -> Result<(), NodeError> {
+        self.requests.send(request).await.map_err(|_| NodeError::ShuttingDown)
+    }
+}
+
+/// Everything the driver needs to start.
+pub(crate) struct DriverParts {
+    pub core: DriverCore,
+    pub tick: Duration,
+    pub disk_jobs: std::sync::mpsc::SyncSender<DiskJob>,
+    pub disk_done: mpsc::Receiver<DiskDone>,
+    pub outbox: Box<dyn Outbox>,
+    pub shared: Arc<Shared>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Requests queued for the driver at most.
+const REQUEST_QUEUE: usize = 65_536;
+/// Peer deliveries queued for the driver at most.
+const PEER_QUEUE: usize = 1024;
+/// Requests taken in one round of the loop, so one Ready and one write serve them all.
+const REQUESTS_PER_ROUND: usize = 4096;
+/// Ticks between scans for requests whose client went away.
+const ABANDON_SCAN_TICKS: u64 = 10;
+
+/// Starts the driver task; returns its handle and the task. The task ends with an
+/// error when storage failed in a way the node cannot continue from.
+pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
+    let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+    let (peer_tx, peer_inbox) = mpsc::channel(PEER_QUEUE);
+    let raft = parts.core.raft();
+    let id = raft.id();
+    let (role_tx, role_rx) = watch::channel((raft.role(), raft.term(), raft.leader()));
+    let handle = NodeHandle {
+        requests: requests_tx,
+        peer_inbox: peer_tx,
+        shared: parts.shared.clone(),
+        id,
+        role: role_rx,
+    };
+    let shell = Shell {
+        core: parts.core,
+        tick: parts.tick,
+        ticks: 0,
+        disk_jobs: parts.disk_jobs,
+        disk_done: parts.disk_done,
+        persists_started: VecDeque::new(),
+        outbox: parts.outbox,
+        shared: parts.shared,
+        requests,
+        peer_inbox,
+        role_tx,
+        shutdown: parts.shutdown,
+        next_token: 1,
+        waiting: HashMap::new(),
+    };
+    (handle, tokio::spawn(shell.run()))
+}
+
+/// Where an answer goes.
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// A request the core has not answered yet.
+enum Waiting {
+    Proposal(Reply<Applied>),
+    Read(Reply<()>),
+    StepDown(Reply<NodeId>),
+    Snapshot(Reply<SnapshotMeta>),
+}
+
+impl Waiting {
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiting::Proposal(reply) => reply.is_closed(),
+            Waiting::Read(reply) => reply.is_closed(),
+            Waiting::StepDown(reply) => reply.is_closed(),
+            Waiting::Snapshot(reply) => reply.is_closed(),
+        }
+    }
+}
+
+struct Shell {
+    core: DriverCore,
+    tick: Duration,
+    ticks: u64,
+    disk_jobs: std::sync::mpsc::SyncSender<DiskJob>,
+    disk_done: mpsc::Receiver<DiskDone>,
+    /// When each write handed to the disk was queued, oldest first.
+    persists_started: VecDeque<Instant>,
+    outbox: Box<dyn Outbox>,
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Request>,
+    peer_inbox: mpsc::Receiver<Inbound>,
+    role_tx: watch::Sender<(Role, u64, Option<NodeId>)>,
+    shutdown: watch::Receiver<bool>,
+    next_token: Token,
+    waiting: HashMap<Token, Waiting>,
+}
+
+impl Shell {
+    async fn run(mut self) -> Result<(), String> {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                done = self.disk_done.recv() => match done {
+                    Some(done) => self.on_disk_done(done),
+                    None => return Err("the disk thread stopped".into()),
+                },
+                Some(inbound) = self.peer_inbox.recv() => {
+                    self.on_inbound(inbound);
+                    while let Ok(more) = self.peer_inbox.try_recv() {
+                        self.on_inbound(more);
+                    }
+                }
+                Some(request) = self.requests.recv() => {
+                    self.on_request(request);
+                    for _ in 0..REQUESTS_PER_ROUND {
+                        match self.requests.try_recv() {
+                            Ok(request) => self.on_request(request),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+                _ = self.shutdown.changed() => break,
+            }
+            self.core.poll();
+            if let Err(error) = self.carry_out() {
+                self.core.shut_down();
+                let _ = self.carry_out();
+                return Err(error);
+            }
+        }
+        self.core.shut_down();
+        let _ = self.carry_out();
+        Ok(())
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Messages(messages) => self.core.step(messages),
+            Inbound::Snapshot(message, machine) => self.core.step_decoded_snapshot(*message, machine),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.core.tick();
+        if self.ticks % ABANDON_SCAN_TICKS == 0 {
+            let gone: HashSet<Token> =
+                self.waiting.iter().filter(|(_, w)| w.is_closed()).map(|(token, _)| *token).collect();
+            if !gone.is_empty() {
+                self.waiting.retain(|token, _| !gone.contains(token));
+                self.core.abandon_all(&gone);
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request) {
+        let token = self.next_token;
+        self.next_token += 1;
+        match request {
+            Request::Propose { command, reply } => {
+                self.shared.metrics.proposals.inc();
+                self.waiting.insert(token, Waiting::Proposal(reply));
+                self.core.propose(token, command);
+            }
+            Request::Read { reply } => {
+                self.waiting.insert(token, Waiting::Read(reply));
+                self.core.read(token);
+            }
+            Request::StepDown { reply } => {
+                self.waiting.insert(token, Waiting::StepDown(reply));
+                self.core.step_down(token);
+            }
+            Request::Snapshot { reply } => {
+                self.waiting.insert(token, Waiting::Snapshot(reply));
+                self.core.snapshot(token);
+            }
+            Request::Msync { reply } => {
+                if let Err(std::sync::mpsc::TrySendError::Full(DiskJob::Msync { reply })) =
+                    self.disk_jobs.try_send(DiskJob::Msync { reply })
+                {
+                    let _ = reply.send(Err(NodeError::Storage("the disk queue is full; retry".into())));
+                }
+            }
+            Request::Ping { reply } => drop(reply.send(())),
+        }
+    }
+
+    fn on_disk_done(&mut self, done: DiskDone) {
+        match done {
+            DiskDone::Persisted(result) => {
+                if let Some(started) = self.persists_started.pop_front() {
+                    self.shared.metrics.persist_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                if let Ok(stats) = &result {
+                    if stats.msyncs > 0 {
+                        self.shared.metrics.msync_seconds.observe(stats.duration.as_secs_f64());
+                    }
+                }
+                self.core.persisted(result.map(|_| ()));
+            }
+            DiskDone::SnapshotSaved(result) => self.core.snapshot_saved(result),
+        }
+    }
+
+    /// Carries out the core's actions. Err: storage failed for good.
+    fn carry_out(&mut self) -> Result<(), String> {
+        let actions = self.core.take_actions();
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let mut fatal = None;
+        for action in actions {
+            match action {
+                Action::RoleChanged(soft) => {
+                    tracing::info!(role = soft.role.as_str(), term = soft.term, leader = ?soft.leader, "role changed");
+                    let _ = self.role_tx.send((soft.role, soft.term, soft.leader));
+                }
+                Action::Send(messages) => self.outbox.send(messages),
+                Action::Persist(job) => {
+                    self.persists_started.push_back(Instant::now());
+                    if self.disk_jobs.send(DiskJob::Persist(job)).is_err() {
+                        fatal = Some("the disk thread stopped".to_owned());
+                    }
+                }
+                Action::SaveSnapshot { meta, data } => {
+                    tracing::info!(
+                        index = meta.index,
+                        term = meta.term,
+                        bytes = data.len(),
+                        "saving a snapshot"
+                    );
+                    if self.disk_jobs.send(DiskJob::SaveSnapshot { meta, data }).is_err() {
+                        fatal = Some("the disk thread stopped".to_owned());
+                    }
+                }
+                Action::Answer(token, answer) => self.answer(token, answer),
+                Action::Proposed { .. } => {}
+                Action::Applied(entries) => self.shared.metrics.applied_entries.add(entries.len() as u64),
+                Action::InstalledSnapshot(snapshot) => {
+                    let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+                    tracing::info!(index, term, "installed a snapshot from the leader");
+                }
+                Action::Refused { from, kind, reason } => {
+                    tracing::warn!(from, kind, %reason, "refused a peer message");
+                    self.shared.metrics.peer_messages_refused.inc();
+                }
+                Action::Fatal(error) => {
+                    tracing::error!(%error, "storage failed: stopping so that recovery runs on restart");
+                    self.shared.metrics.storage_errors.inc();
+                    fatal = Some(error);
+                }
+            }
+        }
+        *self.shared.status.lock().expect("status lock") = self.core.status();
+        let disk_full = self.core.disk_full().map(str::to_owned);
+        let mut shown = self.shared.disk_full.lock().expect("disk_full lock");
+        if *shown != disk_full {
+            match &disk_full {
+                Some(error) => {
+                    tracing::error!(%error, "disk full: writes are refused until space is freed");
+                    self.shared.metrics.storage_errors.inc();
+                }
+                None => tracing::info!("disk space is back: writes are accepted again"),
+            }
+            *shown = disk_full;
+        }
+        drop(shown);
+        fatal.map_or(Ok(()), Err)
+    }
+
+    fn answer(&mut self, token: Token, answer: Answer) {
+        let Some(waiting) = self.waiting.remove(&token) else { return };
+        match (waiting, answer) {
+            (Waiting::Proposal(reply), Answer::Proposal(result)) => drop(reply.send(result)),
+            (Waiting::Read(reply), Answer::Read(result)) => drop(reply.send(result)),
+            (Waiting::StepDown(reply), Answer::StepDown(result)) => drop(reply.send(result)),
+            (Waiting::Snapshot(reply), Answer::Snapshot(result)) => drop(reply.send(result)),
+            (_, answer) => {
+                panic!("node {}: answer {answer:?} to a request of another kind", self.core.raft().id())
+            }
+        }
+    }
+}
