@@ -1243,7 +1243,8 @@ impl Sim {
             }
         };
         match self.committed.get((index as usize).wrapping_sub(1)) {
-            Some(committed) if committed.term == term && committed.state_hash.is_none_or(|h| h == hash) => {}
+            Some(committed) if committed.term == term && committed.state_hash.map_or(true, |h| h == hash) => {
+            }
             other => {
                 let known = other.map(|c| (c.term, c.state_hash == Some(hash)));
                 self.violate(
