@@ -254,8 +254,20 @@ mod planted_bugs {
 
     use super::*;
     use mmapd::raft::PlantedBugs;
+    use mmapd::server::driver::core::DriverBugs;
 
     fn find(name: &str, bugs: PlantedBugs, check_durable_replies: bool) {
+        find_with(name, |options| {
+            options.bugs.planted = bugs;
+            options.check_durable_replies = check_durable_replies;
+        });
+    }
+
+    fn find_driver_bug(name: &str, bugs: DriverBugs) {
+        find_with(name, |options| options.bugs.driver = bugs);
+    }
+
+    fn find_with(name: &str, plant: impl Fn(&mut Options) + Sync) {
         let budget = env_u64("MMAPD_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
         let replay = env_u64("MMAPD_SIM_SEED");
         let seeds: Vec<u64> = match replay {
@@ -266,8 +278,7 @@ mod planted_bugs {
         let count_all = std::env::var_os("MMAPD_SIM_COUNT_ALL").is_some();
         let reports = run_seeds(&seeds, !count_all, |seed| {
             let mut options = Options::for_seed(seed);
-            options.bugs.planted = bugs;
-            options.check_durable_replies = check_durable_replies;
+            plant(&mut options);
             options
         });
         let first = reports.iter().find(|run| run.violation.is_some());
@@ -354,5 +365,35 @@ mod planted_bugs {
     fn simulator_finds_read_index_without_heartbeat() {
         let bugs = PlantedBugs { read_index_without_heartbeat: true, ..Default::default() };
         find("(d) read_index_without_heartbeat", bugs, true);
+    }
+
+    /// (e) Compacting to the applied index while entries applied early (committed by a
+    /// majority, not yet written here) are not durable drops entries never persisted:
+    /// the daemon panicked "snapshot at N beyond the log" (issue 11, finding 1).
+    // Reference: §7 (a snapshot replaces only committed, stored entries), thesis §10.2.1.
+    #[test]
+    fn simulator_finds_compaction_past_the_durable_log() {
+        find_driver_bug(
+            "(e) compact_past_stable",
+            DriverBugs { compact_past_stable: true, ..Default::default() },
+        );
+    }
+
+    /// (f) Releasing reads against the Raft core's applied index, which an accepted
+    /// snapshot moves before the state machine holds it: a stale linearizable read.
+    // Reference: thesis §6.4 (serve once the state machine has applied the read index).
+    #[test]
+    fn simulator_finds_reads_released_before_the_state_machine_has_the_snapshot() {
+        let bugs = DriverBugs { release_reads_by_core_applied: true, ..Default::default() };
+        find_driver_bug("(f) release_reads_by_core_applied", bugs);
+    }
+
+    /// (g) Answering a proposal that a snapshot covered as "not applied": the forwarder
+    /// retries it, and a write that did apply applies twice (chaos finding 1).
+    // Reference: thesis §6.3 (a client must not be told a write failed when it may not have).
+    #[test]
+    fn simulator_finds_covered_proposals_answered_as_dropped() {
+        let bugs = DriverBugs { drop_covered_proposals: true, ..Default::default() };
+        find_driver_bug("(g) drop_covered_proposals", bugs);
     }
 }

@@ -19,6 +19,8 @@ use mmapd::raft::{
     ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, Raft, Role,
     Snapshot, SnapshotMeta,
 };
+#[cfg(feature = "planted-bugs")]
+use mmapd::server::driver::core::DriverBugs;
 use mmapd::server::driver::core::{Action, Answer, DriverConfig, DriverCore, NodeError, PersistJob, Token};
 use mmapd::store::{Store, StoreOptions};
 use std::cmp::{Ordering, Reverse};
@@ -52,6 +54,9 @@ const MAX_LINEARIZABILITY_STATES: usize = 2_000_000;
 pub struct Bugs {
     #[cfg(feature = "planted-bugs")]
     pub planted: PlantedBugs,
+    /// Bugs planted in every node's driver core.
+    #[cfg(feature = "planted-bugs")]
+    pub driver: DriverBugs,
 }
 
 /// What one run does.
@@ -289,8 +294,17 @@ struct PendingWrite {
 
 /// A request a client has in flight with a node's core.
 enum Request {
-    Write { op: u64 },
-    Read { key: u64, invoke: u64, deadline_tick: u64 },
+    Write {
+        op: u64,
+    },
+    /// `known_committed`: the highest index some node had applied when the read was
+    /// invoked; a linearizable read must see at least that.
+    Read {
+        key: u64,
+        invoke: u64,
+        deadline_tick: u64,
+        known_committed: u64,
+    },
     Other,
 }
 
@@ -562,6 +576,8 @@ impl Sim {
             step_down_timeout_ticks: 2 * u64::from(ELECTION_TICKS),
             retry_initial_ticks: 2,
             retry_max_ticks: 20,
+            #[cfg(feature = "planted-bugs")]
+            planted_bugs: self.options.bugs.driver,
         };
         let node = &mut self.nodes[i];
         let initial = InitialState {
@@ -1204,13 +1220,21 @@ impl Sim {
                 }
                 Err(error) => self.trace(|| format!("op {op}: outcome unknown ({error:?})")),
             },
-            (Request::Read { key, invoke, deadline_tick }, Answer::Read(result)) => {
+            (Request::Read { key, invoke, deadline_tick, known_committed }, Answer::Read(result)) => {
                 if result.is_err() || deadline_tick <= self.tick {
                     return;
                 }
                 let core = self.nodes[i].core.as_ref().unwrap();
                 let kv = core.kv().read().unwrap();
                 let applied = kv.applied_index();
+                if applied < known_committed {
+                    drop(kv);
+                    let detail = format!(
+                        "n{id} answered read {token} from a state machine at {applied}, but {known_committed} was committed before the read began"
+                    );
+                    self.violate("stale read", detail);
+                    return;
+                }
                 let value = kv.get(format!("k{key}").as_bytes()).and_then(|v| parse_op(&v.data));
                 drop(kv);
                 self.served_reads.insert(token, value);
@@ -1448,8 +1472,12 @@ impl Sim {
         self.clock += 1;
         let id = self.nodes[i].id;
         self.trace(|| format!("client: read {token} of key {key} via n{id}"));
-        let request =
-            Request::Read { key, invoke: self.clock, deadline_tick: self.tick + READ_TIMEOUT_TICKS };
+        let request = Request::Read {
+            key,
+            invoke: self.clock,
+            deadline_tick: self.tick + READ_TIMEOUT_TICKS,
+            known_committed: self.committed.len() as u64,
+        };
         self.requests.insert(token, (i, request));
         self.nodes[i].core.as_mut().unwrap().read(token);
         Some(token)

@@ -170,6 +170,22 @@ pub struct DriverConfig {
     pub retry_initial_ticks: u64,
     /// The longest wait between retries.
     pub retry_max_ticks: u64,
+    /// Bugs to plant, so the simulator can prove it catches them.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bugs: DriverBugs,
+}
+
+/// Known driver bugs (each was in the daemon once), compiled only for the simulator's
+/// proofs.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DriverBugs {
+    /// Compact up to the applied index even past what this node's log holds durably.
+    pub compact_past_stable: bool,
+    /// Release reads against the Raft core's applied index, not the state machine's.
+    pub release_reads_by_core_applied: bool,
+    /// Answer proposals covered by an installed snapshot with `Dropped`.
+    pub drop_covered_proposals: bool,
 }
 
 impl Default for DriverConfig {
@@ -180,6 +196,8 @@ impl Default for DriverConfig {
             step_down_timeout_ticks: 100,
             retry_initial_ticks: 10,
             retry_max_ticks: 1000,
+            #[cfg(feature = "planted-bugs")]
+            planted_bugs: DriverBugs::default(),
         }
     }
 }
@@ -651,9 +669,12 @@ impl DriverCore {
         let covered: Vec<u64> = self.proposals.range(..=index).map(|(i, _)| *i).collect();
         for proposal_index in covered {
             if let Some((_, token)) = self.proposals.remove(&proposal_index) {
-                let error = NodeError::OutcomeUnknown(format!(
+                let mut error = NodeError::OutcomeUnknown(format!(
                     "a snapshot from the leader at index {index} covered the write's index {proposal_index}"
                 ));
+                if self.planted_drop_covered_proposals() {
+                    error = NodeError::Dropped;
+                }
                 self.answer(token, Answer::Proposal(Err(error)));
             }
         }
@@ -716,7 +737,10 @@ impl DriverCore {
     fn release_reads(&mut self) {
         // The state machine's own index: the core's applied index moves at once when a
         // snapshot is accepted, before the state machine holds it.
-        let applied = self.kv.read().expect("kv lock").applied_index();
+        let mut applied = self.kv.read().expect("kv lock").applied_index();
+        if self.planted_release_reads_by_core_applied() {
+            applied = self.raft.applied_index();
+        }
         let mut index = 0;
         while index < self.reads_waiting_apply.len() {
             if self.reads_waiting_apply[index].0 <= applied {
@@ -756,7 +780,7 @@ impl DriverCore {
         }
         // Compaction never passes what this node's log holds durably: entries applied
         // early (committed by a majority, not yet written here) are still needed.
-        if applied > self.raft.stable_index() {
+        if applied > self.raft.stable_index() && !self.planted_compact_past_stable() {
             return;
         }
         let mut data = Vec::new();
@@ -781,6 +805,31 @@ impl DriverCore {
     }
 
     // ------------------------------------------------------------------ helpers
+
+    #[cfg(feature = "planted-bugs")]
+    fn planted_compact_past_stable(&self) -> bool {
+        self.config.planted_bugs.compact_past_stable
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_compact_past_stable(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_release_reads_by_core_applied(&self) -> bool {
+        self.config.planted_bugs.release_reads_by_core_applied
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_release_reads_by_core_applied(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_drop_covered_proposals(&self) -> bool {
+        self.config.planted_bugs.drop_covered_proposals
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_drop_covered_proposals(&self) -> bool {
+        false
+    }
 
     fn start_proposal(&mut self, command: Bytes, token: Token) {
         match self.raft.propose(command.clone()) {
