@@ -1,10 +1,11 @@
 //! The `mmapd` daemon: the Raft core and the store driven by tokio, serving the
 //! HTTP API and peer RPC on one TCP port and admin commands on a Unix socket.
 //!
-//! Layout: `cli` (flags, the original's included), `node` (the Raft driver task),
-//! `disk` (the store's thread), `transport` (peer RPC), `http` (public API and peer
-//! routes), `admin` (the Unix socket), `error` (errors to HTTP statuses, in one
-//! place), `metrics`, `lifecycle` (sd-notify, signals, the watchdog).
+//! Layout: `cli` (flags, the original's included), `driver` (the IO-free driver core,
+//! its tokio shell and the disk thread), `transport` and `peer_stream` (peer RPC),
+//! `http` (public API and peer routes), `admin` (the Unix socket), `error` (errors to
+//! HTTP statuses, in one place), `metrics`, `lifecycle` (sd-notify, signals, the
+//! watchdog).
 
 pub mod admin;
 pub mod cli;
