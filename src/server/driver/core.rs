@@ -638,7 +638,8 @@ impl DriverCore {
         }
         self.raft.advance();
         self.release_reads();
-        self.maybe_snapshot(false);
+        // An operator's snapshot deferred until the log was durable is taken now.
+        self.maybe_snapshot(!self.snapshot_waiters.is_empty());
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot) {
@@ -962,3 +963,6 @@ impl DriverCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! The driver core on its own, one node at a time: what a peer, a full disk or a
+//! snapshot does to it. The randomized evidence is the cluster simulator
+//! (`tests/simulation.rs`), which runs this core on every simulated node.
+
+use super::*;
+use crate::raft::{ConfState, Config, InitialState};
+
+fn core_with(id: NodeId, voters: &[NodeId]) -> DriverCore {
+    let mut config = Config::new(id);
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 1;
+    let initial = InitialState {
+        hard_state: HardState::default(),
+        snapshot: SnapshotMeta { index: 0, term: 0, conf: ConfState { voters: voters.to_vec() } },
+        entries: Vec::new(),
+    };
+    let raft = Raft::new(config, initial).expect("a fresh node");
+    let kv = Arc::new(RwLock::new(StateMachine::new()));
+    let config = DriverConfig { retry_initial_ticks: 2, retry_max_ticks: 8, ..DriverConfig::default() };
+    DriverCore::new(raft, kv, None, config)
+}
+
+/// A one-node cluster that has elected itself and applied its no-op.
+fn leader() -> DriverCore {
+    let mut core = core_with(1, &[1]);
+    core.raft.campaign();
+    settle(&mut core);
+    assert_eq!(core.raft().role(), Role::Leader);
+    core
+}
+
+/// Polls and reports every write as durable until nothing is left to do; returns the
+/// answers given.
+fn settle(core: &mut DriverCore) -> Vec<(Token, Answer)> {
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        core.poll();
+        let actions = core.take_actions();
+        if actions.is_empty() {
+            return answers;
+        }
+        let mut writes = 0;
+        for action in actions {
+            match action {
+                Action::Persist(_) => writes += 1,
+                Action::SaveSnapshot { meta, .. } => core.snapshot_saved(Ok(meta)),
+                Action::Answer(token, answer) => answers.push((token, answer)),
+                _ => {}
+            }
+        }
+        for _ in 0..writes {
+            core.persisted(Ok(()));
+        }
+    }
+    panic!("the core did not settle");
+}
+
+fn put(key: &str) -> Bytes {
+    Command::put(key.to_owned(), "v").encode()
+}
+
+fn install_snapshot(from: NodeId, to: NodeId, term: u64, index: u64, data: Bytes) -> Message {
+    let meta = SnapshotMeta { index, term, conf: ConfState { voters: vec![1, 2, 3] } };
+    Message { from, to, term, body: MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data } } }
+}
+
+fn snapshot_data(index: u64) -> Bytes {
+    let mut machine = StateMachine::new();
+    machine.apply(index, &Command::put("k", "from the leader"));
+    let mut data = Vec::new();
+    machine.write_snapshot(&mut data).unwrap();
+    Bytes::from(data)
+}
+
+fn persist_jobs(actions: &[Action]) -> Vec<PersistJob> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Persist(job) => Some(job.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_whose_data_does_not_decode_is_refused_and_never_persisted() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.step(vec![install_snapshot(1, 2, 1, 10, Bytes::from_static(b"not a snapshot"))]);
+    core.poll();
+    let actions = core.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Refused { from: 1, kind: "InstallSnapshot", .. })),
+        "{actions:?}"
+    );
+    assert!(
+        persist_jobs(&actions).iter().all(|job| job.snapshot.is_none()),
+        "a snapshot that does not decode reached the disk: {actions:?}"
+    );
+    assert_eq!(core.raft().commit_index(), 0, "the Raft core saw it");
+}
+
+#[test]
+fn a_snapshot_that_decodes_is_persisted_then_installed() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.step(vec![install_snapshot(1, 2, 1, 10, snapshot_data(10))]);
+    core.poll();
+    let actions = core.take_actions();
+    assert!(persist_jobs(&actions).iter().any(|job| job.snapshot.is_some()), "{actions:?}");
+    assert_eq!(core.kv().read().unwrap().applied_index(), 0, "installed before it was durable");
+    core.persisted(Ok(()));
+    let actions = core.take_actions();
+    assert!(actions.iter().any(|a| matches!(a, Action::InstalledSnapshot(_))), "{actions:?}");
+    let kv = core.kv().read().unwrap();
+    assert_eq!(kv.applied_index(), 10);
+    assert_eq!(kv.get(b"k").unwrap().data, Bytes::from_static(b"from the leader"));
+}
+
+#[test]
+fn a_decoded_snapshot_is_reused_only_for_the_bytes_it_was_decoded_from() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.step(vec![install_snapshot(1, 2, 1, 10, snapshot_data(10))]);
+    core.take_actions();
+    core.step(vec![install_snapshot(1, 2, 1, 10, Bytes::from_static(b"garbage"))]);
+    let actions = core.take_actions();
+    assert!(actions.iter().any(|a| matches!(a, Action::Refused { .. })), "{actions:?}");
+}
+
+fn append(term: u64, prev: u64, entries: &[u64], commit: u64) -> Message {
+    let entries = entries
+        .iter()
+        .map(|&index| Entry { term, index, kind: EntryKind::Normal, data: put(&format!("k{index}")) })
+        .collect();
+    let prev_log_term = if prev == 0 { 0 } else { term };
+    let body =
+        MessageBody::AppendEntries { prev_log_index: prev, prev_log_term, entries, leader_commit: commit };
+    Message { from: 1, to: 2, term, body }
+}
+
+/// Entries a majority committed apply before this node's own write of them is
+/// durable (thesis §10.2.1); a snapshot then must wait: compacting to the applied
+/// index would drop entries this node never wrote ("snapshot at N beyond the log").
+// Reference: §7 (a snapshot replaces only entries the server has stored).
+#[test]
+fn a_follower_never_compacts_past_its_durable_log() {
+    follower_snapshot_during_early_apply(core_with(2, &[1, 2, 3]));
+}
+
+/// The test above fails when the fix is planted out.
+#[cfg(feature = "planted-bugs")]
+#[test]
+#[should_panic(expected = "while only")]
+fn a_follower_compacting_past_its_durable_log_is_caught() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.config.planted_bugs.compact_past_stable = true;
+    follower_snapshot_during_early_apply(core);
+}
+
+fn follower_snapshot_during_early_apply(mut core: DriverCore) {
+    core.step(vec![append(1, 0, &[], 0)]);
+    settle(&mut core);
+    core.step(vec![append(1, 0, &[1, 2], 0)]);
+    core.poll();
+    let actions = core.take_actions();
+    assert_eq!(persist_jobs(&actions).len(), 1, "entries 1 and 2 go to the disk: {actions:?}");
+    // While that write is in flight, the leader says 1..=3 are committed.
+    core.step(vec![append(1, 2, &[3], 3)]);
+    core.poll();
+    core.take_actions();
+    assert_eq!(core.kv().read().unwrap().applied_index(), 3, "applied early");
+    assert_eq!(core.raft().stable_index(), 0);
+    core.snapshot(9);
+    let mut answered = None;
+    // Entries 1 and 2 are still with the disk. `durable` is what the disk holds, as the
+    // test reports it (compaction itself must not be trusted to say).
+    let mut outstanding = 1;
+    let mut durable = 0;
+    for _ in 0..10 {
+        core.poll();
+        for action in core.take_actions() {
+            match action {
+                Action::SaveSnapshot { meta, .. } => {
+                    assert!(
+                        meta.index <= durable,
+                        "snapshot at {} while only {durable} is durable",
+                        meta.index
+                    );
+                    core.snapshot_saved(Ok(meta));
+                }
+                Action::Persist(_) => outstanding += 1,
+                Action::Answer(9, answer) => answered = Some(answer),
+                _ => {}
+            }
+        }
+        if outstanding > 0 {
+            outstanding -= 1;
+            core.persisted(Ok(()));
+            durable = core.raft().stable_index();
+        }
+    }
+    assert!(matches!(answered, Some(Answer::Snapshot(Ok(ref meta))) if meta.index == 3), "{answered:?}");
+}
+
+#[test]
+fn snapshots_are_taken_on_applied_bytes_as_well_as_entries() {
+    let mut core = leader();
+    core.config.snapshot_entries = 1_000_000;
+    core.config.snapshot_bytes = 4096;
+    core.propose(1, Command::put("big", vec![7u8; 5000]).encode());
+    let mut saved = false;
+    for _ in 0..10 {
+        core.poll();
+        for action in core.take_actions() {
+            match action {
+                Action::Persist(_) => core.persisted(Ok(())),
+                Action::SaveSnapshot { meta, .. } => {
+                    saved = true;
+                    core.snapshot_saved(Ok(meta));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(saved, "5,000 bytes applied past a 4,096-byte limit and no snapshot");
+}
+
+#[test]
+fn a_failed_snapshot_is_retried_after_a_back_off_not_on_every_ready() {
+    let mut core = leader();
+    core.config.snapshot_entries = 1;
+    core.propose(1, put("a"));
+    let mut saves = 0;
+    for step in 0..40 {
+        if step % 4 == 0 {
+            core.tick();
+        }
+        core.propose(100 + step, put("b"));
+        core.poll();
+        for action in core.take_actions() {
+            match action {
+                Action::Persist(_) => core.persisted(Ok(())),
+                Action::SaveSnapshot { .. } => {
+                    saves += 1;
+                    core.snapshot_saved(Err(StorageFailure::Other("EIO on the snapshot file".into())));
+                }
+                _ => {}
+            }
+        }
+    }
+    // 10 ticks with back-off 2, 4, 8, 8: a handful of attempts, not one per Ready (40).
+    assert!((1..=6).contains(&saves), "{saves} snapshot attempts");
+}
+
+#[test]
+fn a_full_disk_refuses_writes_retries_the_write_and_resumes_once_space_is_freed() {
+    let mut core = leader();
+    core.propose(1, put("a"));
+    core.poll();
+    let job = persist_jobs(&core.take_actions()).pop().expect("a write");
+    core.persisted(Err(StorageFailure::DiskFull("no space left on device".into())));
+    let actions = core.take_actions();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Answer(1, Answer::Proposal(Err(NodeError::OutcomeUnknown(_)))))),
+        "a write already in the log may still commit: its outcome is unknown, {actions:?}"
+    );
+    assert!(core.disk_full().is_some());
+    core.propose(2, put("b"));
+    let actions = core.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Answer(2, Answer::Proposal(Err(NodeError::DiskFull(_)))))),
+        "{actions:?}"
+    );
+    // The same write is handed out again after the back-off.
+    let mut retried = None;
+    for _ in 0..10 {
+        core.tick();
+        if let Some(job) = persist_jobs(&core.take_actions()).pop() {
+            retried = Some(job);
+            break;
+        }
+    }
+    let retried = retried.expect("the write was not retried");
+    assert_eq!(retried.entries, job.entries);
+    core.persisted(Ok(()));
+    assert!(core.disk_full().is_none(), "space is back");
+    settle(&mut core);
+    core.propose(3, put("c"));
+    let answers = settle(&mut core);
+    assert!(answers.iter().any(|(t, a)| *t == 3 && matches!(a, Answer::Proposal(Ok(_)))), "{answers:?}");
+}
+
+#[test]
+fn any_other_storage_failure_stops_the_node() {
+    let mut core = leader();
+    core.propose(1, put("a"));
+    core.poll();
+    core.take_actions();
+    core.persisted(Err(StorageFailure::Other("EIO".into())));
+    let actions = core.take_actions();
+    assert!(actions.iter().any(|a| matches!(a, Action::Fatal(_))), "{actions:?}");
+    core.tick();
+    core.poll();
+    core.propose(2, put("b"));
+    let actions = core.take_actions();
+    assert!(
+        actions.iter().all(|a| matches!(a, Action::Answer(2, Answer::Proposal(Err(NodeError::Storage(_)))))),
+        "a stopped node does nothing but refuse: {actions:?}"
+    );
+}
