@@ -1074,10 +1074,217 @@ fn malformed_messages_are_refused_without_effect() {
     assert!(matches!(follower.step(gap), Err(StepError::Malformed { .. })));
     let future_term = append(1, 2, 1, (0, 0), vec![entry(5, 1)], 0);
     assert!(matches!(follower.step(future_term), Err(StepError::Malformed { .. })));
-    let stranger = append(9, 2, 1, (0, 0), vec![], 0);
-    assert_eq!(follower.step(stranger), Err(StepError::UnknownSender(9)));
     let misaddressed = append(1, 3, 1, (0, 0), vec![], 0);
-    assert_eq!(follower.step(misaddressed), Err(StepError::WrongReceiver { to: 3, me: 2 }));
+    assert_eq!(
+        follower.step(misaddressed),
+        Err(StepError::WrongReceiver { kind: "AppendEntries", from: 1, to: 3, me: 2 })
+    );
+    let from_zero = append(0, 2, 1, (0, 0), vec![], 0);
+    assert_eq!(follower.step(from_zero), Err(StepError::ZeroSender { kind: "AppendEntries" }));
+    let from_self = append(2, 2, 1, (0, 0), vec![], 0);
+    assert_eq!(follower.step(from_self), Err(StepError::FromSelf { kind: "AppendEntries", me: 2 }));
+    assert_eq!(follower.term(), 0);
+    assert!(!follower.has_ready());
+}
+
+/// A leader of three nodes with a committed entry, and nothing outstanding.
+fn leader_of_three() -> Raft {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "x");
+    cluster.nodes.remove(&1).unwrap()
+}
+
+/// A leader hearing a leader's message from another node in its own term refuses it
+/// and stays leader, unchanged: one forged message must not kill or depose it. (It
+/// used to panic on AppendEntries, Heartbeat, InstallSnapshot and TimeoutNow.)
+/// Reference: §5.2 (at most one leader per term)
+#[test]
+fn leader_refuses_leader_messages_from_another_node_in_its_term() {
+    let mut leader = leader_of_three();
+    let term = leader.term();
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: 9, term, conf: ConfState { voters: voters(3) } },
+        data: Bytes::new(),
+    };
+    let bodies = [
+        MessageBody::AppendEntries {
+            prev_log_index: 2,
+            prev_log_term: term,
+            entries: vec![],
+            leader_commit: 2,
+        },
+        MessageBody::Heartbeat { commit: 2, context: 0 },
+        MessageBody::InstallSnapshot { snapshot },
+        MessageBody::TimeoutNow,
+        MessageBody::ReadIndexResponse { context: 1, index: 2 },
+    ];
+    let status = leader.status();
+    for body in bodies {
+        let kind = body.name();
+        let result = leader.step(Message { from: 2, to: 1, term, body });
+        assert_eq!(result, Err(StepError::NotTheLeader { kind, from: 2, term, leader: 1 }));
+        let text = result.unwrap_err().to_string();
+        assert!(text.contains(kind) && text.contains("node 2"), "{text}");
+    }
+    assert_eq!(leader.status(), status);
+    assert!(!leader.has_ready());
+}
+
+/// A follower that knows its term's leader refuses a leader's message from anyone
+/// else in that term, instead of switching to the impostor.
+/// Reference: §5.2
+#[test]
+fn follower_refuses_a_second_leader_in_its_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let mut follower = cluster.nodes.remove(&2).unwrap();
+    let term = follower.term();
+    let status = follower.status();
+    let impostor = append(3, 2, term, (1, term), vec![entry(term, 2)], 2);
+    assert_eq!(
+        follower.step(impostor),
+        Err(StepError::NotTheLeader { kind: "AppendEntries", from: 3, term, leader: 1 })
+    );
+    assert_eq!(follower.status(), status);
+    // In a later term node 3 may well lead.
+    follower.step(append(3, 2, term + 1, (1, term), vec![], 1)).unwrap();
+    assert_eq!(follower.leader(), Some(3));
+}
+
+/// A node follows a leader it does not know yet (a new member hears from the leader
+/// before it learns the configuration) and answers its vote requests, but a leader
+/// or candidate refuses answers from a node that is not a voter: it cannot count them.
+/// Reference: thesis §4.1
+#[test]
+fn answers_from_non_voters_are_refused_but_leader_messages_are_not() {
+    let mut follower = new_node(2, 3);
+    follower.step(append(9, 2, 1, (0, 0), vec![entry(1, 1)], 0)).unwrap();
+    assert_eq!(follower.leader(), Some(9));
+    follower.step(vote_request(8, 2, 2, 1, 1)).unwrap();
+
+    let mut leader = leader_of_three();
+    let term = leader.term();
+    let status = leader.status();
+    let answers = [
+        MessageBody::AppendEntriesResponse { success: true, index: 1, conflict_term: 0, conflict_index: 0 },
+        MessageBody::HeartbeatResponse { context: 0 },
+        MessageBody::RequestVoteResponse { pre_vote: false, granted: true },
+    ];
+    for body in answers {
+        let kind = body.name();
+        let result = leader.step(Message { from: 9, to: 1, term, body });
+        assert_eq!(result, Err(StepError::ResponseFromNonVoter { kind, from: 9 }));
+    }
+    assert_eq!(leader.status(), status);
+}
+
+/// A leader refuses an AppendEntries answer naming an index it never sent (beyond its
+/// log: it would count toward a commit), and a heartbeat answer echoing a read round
+/// it has not started (it would confirm reads no majority acknowledged).
+/// Reference: §5.3, thesis §6.4
+#[test]
+fn leader_refuses_answers_beyond_its_log_or_read_round() {
+    let mut leader = leader_of_three();
+    let term = leader.term();
+    let last_index = leader.last_index();
+    let status = leader.status();
+    for success in [true, false] {
+        let body = MessageBody::AppendEntriesResponse {
+            success,
+            index: last_index + 1,
+            conflict_term: 0,
+            conflict_index: 0,
+        };
+        assert_eq!(
+            leader.step(Message { from: 2, to: 1, term, body }),
+            Err(StepError::IndexBeyondLog {
+                kind: "AppendEntriesResponse",
+                from: 2,
+                index: last_index + 1,
+                last_index
+            })
+        );
+    }
+    leader.read_index(7).unwrap();
+    let round = 0; // the read's round has not started: its heartbeats are not out yet
+    for from in [2, 3] {
+        let body = MessageBody::HeartbeatResponse { context: round + 1 };
+        assert_eq!(
+            leader.step(Message { from, to: 1, term, body }),
+            Err(StepError::RoundBeyondLatest { kind: "HeartbeatResponse", from, context: 1, round })
+        );
+    }
+    assert_eq!(leader.status(), status);
+    let ready = take_ready(&mut leader);
+    assert!(ready.read_states.is_empty(), "a read was confirmed by forged acknowledgements");
+}
+
+/// Terms and indexes near u64::MAX are refused: a node that adopted term u64::MAX
+/// would overflow its next `term + 1` (a campaign after TimeoutNow panicked).
+/// Reference: §5.1
+#[test]
+fn terms_and_indexes_near_u64_max_are_refused() {
+    let limit = MAX_TERM_OR_INDEX;
+    let mut follower = new_node(2, 3);
+    let huge_term = Message { from: 1, to: 2, term: u64::MAX, body: MessageBody::TimeoutNow };
+    assert_eq!(
+        follower.step(huge_term),
+        Err(StepError::OutOfRange { kind: "TimeoutNow", from: 1, field: "term", value: u64::MAX, limit })
+    );
+    let huge_index = append(1, 2, 1, (limit, 1), vec![entry(1, limit + 1)], 0);
+    assert_eq!(
+        follower.step(huge_index),
+        Err(StepError::OutOfRange {
+            kind: "AppendEntries",
+            from: 1,
+            field: "last entry index",
+            value: limit + 1,
+            limit
+        })
+    );
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: u64::MAX, term: 1, conf: ConfState { voters: voters(3) } },
+        data: Bytes::new(),
+    };
+    let huge_snapshot = Message { from: 1, to: 2, term: 1, body: MessageBody::InstallSnapshot { snapshot } };
+    assert!(matches!(
+        follower.step(huge_snapshot),
+        Err(StepError::OutOfRange { field: "snapshot index", value: u64::MAX, .. })
+    ));
+    assert_eq!(follower.term(), 0);
+    assert!(!follower.has_ready());
+    // The largest accepted term still leaves room to campaign.
+    follower.step(Message { from: 1, to: 2, term: limit, body: MessageBody::TimeoutNow }).unwrap();
+    assert_eq!((follower.role(), follower.term()), (Role::Candidate, limit + 1));
+}
+
+/// A snapshot whose metadata no leader could send (index 0, term 0, a term beyond the
+/// message's, no voters, node 0 as a voter) is refused before anything is installed.
+/// Reference: §7
+#[test]
+fn inconsistent_snapshot_metadata_is_refused() {
+    let mut follower = new_node(2, 3);
+    let metas = [
+        SnapshotMeta { index: 0, term: 1, conf: ConfState { voters: voters(3) } },
+        SnapshotMeta { index: 5, term: 0, conf: ConfState { voters: voters(3) } },
+        SnapshotMeta { index: 5, term: 3, conf: ConfState { voters: voters(3) } },
+        SnapshotMeta { index: 5, term: 1, conf: ConfState { voters: vec![] } },
+        SnapshotMeta { index: 5, term: 1, conf: ConfState { voters: vec![0, 1, 2] } },
+    ];
+    for meta in metas {
+        let snapshot = Snapshot { meta: meta.clone(), data: Bytes::new() };
+        let result = follower.step(Message {
+            from: 1,
+            to: 2,
+            term: 2,
+            body: MessageBody::InstallSnapshot { snapshot },
+        });
+        assert!(
+            matches!(result, Err(StepError::Malformed { kind: "InstallSnapshot", from: 1, .. })),
+            "{meta:?}"
+        );
+    }
     assert_eq!(follower.term(), 0);
     assert!(!follower.has_ready());
 }
