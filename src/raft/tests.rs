@@ -1311,3 +1311,356 @@ fn inconsistent_persisted_state_is_refused() {
     ));
     assert!(matches!(Raft::new(config(7), initial(vec![], 0)), Err(InitError::NotAVoter { .. })));
 }
+
+// ------------------------------------------------------------------ hostile peers
+
+/// A property test: whatever a buggy or hostile peer sends, the core never panics,
+/// keeps its invariants, and a refused message changes nothing.
+mod arbitrary_messages {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The node under test, in each role, in clusters of 1 and 3 nodes. Each has a log
+    /// with a compacted prefix, so snapshot and back-off paths are reachable.
+    #[derive(Clone, Copy, Debug)]
+    enum Setup {
+        SingleFollower,
+        SingleLeader,
+        Follower,
+        PreCandidate,
+        Candidate,
+        Leader,
+    }
+
+    fn node_in(setup: Setup) -> Raft {
+        let n = match setup {
+            Setup::SingleFollower | Setup::SingleLeader => 1,
+            _ => 3,
+        };
+        let mut cluster = Cluster::new(n);
+        cluster.elect(1);
+        for i in 0..4 {
+            cluster.propose(1, &format!("{i}"));
+        }
+        let applied = cluster.nodes[&1].applied_index();
+        cluster.node(1).compact(applied - 2).unwrap();
+        let id = match setup {
+            Setup::SingleFollower => {
+                cluster.restart(1);
+                1
+            }
+            Setup::SingleLeader | Setup::Leader => 1,
+            Setup::Follower => 2,
+            Setup::PreCandidate => {
+                cluster.node(2).campaign();
+                2
+            }
+            Setup::Candidate => {
+                cluster.node(2).config_mut().pre_vote = false;
+                cluster.node(2).campaign();
+                2
+            }
+        };
+        let mut node = cluster.nodes.remove(&id).unwrap();
+        if node.has_ready() {
+            take_ready(&mut node);
+        }
+        node
+    }
+
+    /// A value near a real one (a term, an index): 0, u64::MAX, or within 2 of it.
+    #[derive(Clone, Copy, Debug)]
+    enum Near {
+        Zero,
+        Max,
+        Offset(i8),
+    }
+
+    impl Near {
+        fn at(self, base: u64) -> u64 {
+            match self {
+                Near::Zero => 0,
+                Near::Max => u64::MAX,
+                Near::Offset(d) => base.saturating_add_signed(d as i64),
+            }
+        }
+    }
+
+    /// Mostly the real value, where the interesting cases are.
+    fn near() -> impl Strategy<Value = Near> {
+        prop_oneof![
+            1 => Just(Near::Zero),
+            1 => Just(Near::Max),
+            4 => Just(Near::Offset(0)),
+            6 => (-2i8..=2).prop_map(Near::Offset),
+        ]
+    }
+
+    /// A sender or receiver, relative to the node under test.
+    #[derive(Clone, Copy, Debug)]
+    enum Who {
+        /// The node itself.
+        Me,
+        /// Another voter (in a one-node cluster: node 2, a stranger).
+        Peer(u8),
+        /// Any id, 0 and u64::MAX included.
+        Id(NodeId),
+    }
+
+    impl Who {
+        fn id(self, node: &Raft) -> NodeId {
+            match self {
+                Who::Me => node.id(),
+                Who::Peer(k) => {
+                    let others: Vec<NodeId> =
+                        node.voters().iter().copied().filter(|&v| v != node.id()).collect();
+                    others.get(k as usize % others.len().max(1)).copied().unwrap_or(2)
+                }
+                Who::Id(id) => id,
+            }
+        }
+    }
+
+    fn sender() -> impl Strategy<Value = Who> {
+        prop_oneof![
+            8 => any::<u8>().prop_map(Who::Peer),
+            1 => Just(Who::Me),
+            1 => prop_oneof![Just(0), 1u64..=4, Just(u64::MAX)].prop_map(Who::Id),
+        ]
+    }
+
+    fn receiver() -> impl Strategy<Value = Who> {
+        prop_oneof![8 => Just(Who::Me), 1 => sender()]
+    }
+
+    /// Every field any message body can have; `kind` picks the body.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        kind: u8,
+        from: Who,
+        to: Who,
+        term: Near,
+        flags: (bool, bool),
+        index: Near,
+        log_term: Near,
+        commit: Near,
+        context: Near,
+        /// Well-formed entries (consecutive, terms in order) or raw (index, term) pairs.
+        consecutive: bool,
+        entries: Vec<(Near, Near)>,
+        voters: Vec<NodeId>,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        let voters = prop_oneof![
+            Just(vec![1, 2, 3]),
+            Just(vec![1]),
+            Just(vec![]),
+            Just(vec![0, 1]),
+            Just(vec![2, 3]),
+            Just(vec![3, 2, 1, 1]),
+        ];
+        (
+            (0u8..10, sender(), receiver(), near(), any::<(bool, bool)>()),
+            (near(), near(), near(), near()),
+            (prop::bool::weighted(0.8), prop::collection::vec((near(), near()), 0..4), voters),
+        )
+            .prop_map(|((kind, from, to, term, flags), (index, log_term, commit, context), rest)| {
+                let (consecutive, entries, voters) = rest;
+                Spec {
+                    kind,
+                    from,
+                    to,
+                    term,
+                    flags,
+                    index,
+                    log_term,
+                    commit,
+                    context,
+                    consecutive,
+                    entries,
+                    voters,
+                }
+            })
+    }
+
+    impl Spec {
+        /// The message, with its values placed around the node's real ones.
+        fn message(&self, node: &Raft) -> Message {
+            let term = self.term.at(node.term());
+            let index = self.index.at(node.last_index());
+            let log_term = self.log_term.at(node.term());
+            let commit = self.commit.at(node.commit_index());
+            let context = self.context.at(1);
+            let (a, b) = self.flags;
+            let body = match self.kind {
+                0 => MessageBody::RequestVote {
+                    pre_vote: a,
+                    last_log_index: index,
+                    last_log_term: log_term,
+                    transfer: b,
+                },
+                1 => MessageBody::RequestVoteResponse { pre_vote: a, granted: b },
+                2 => MessageBody::AppendEntries {
+                    prev_log_index: index,
+                    prev_log_term: log_term,
+                    entries: self.entries(index, log_term, term),
+                    leader_commit: commit,
+                },
+                3 => MessageBody::AppendEntriesResponse {
+                    success: a,
+                    index,
+                    conflict_term: log_term,
+                    conflict_index: commit,
+                },
+                4 => MessageBody::Heartbeat { commit, context },
+                5 => MessageBody::HeartbeatResponse { context },
+                6 => MessageBody::InstallSnapshot {
+                    snapshot: Snapshot {
+                        meta: SnapshotMeta {
+                            index,
+                            term: log_term,
+                            conf: ConfState { voters: self.voters.clone() },
+                        },
+                        data: Bytes::from_static(b"state"),
+                    },
+                },
+                7 => MessageBody::TimeoutNow,
+                8 => MessageBody::ReadIndex { context },
+                _ => MessageBody::ReadIndexResponse { context, index: commit },
+            };
+            Message { from: self.from.id(node), to: self.to.id(node), term, body }
+        }
+
+        fn entries(&self, prev_index: u64, prev_term: u64, term: u64) -> Vec<Entry> {
+            let mut out = Vec::new();
+            let mut previous_term = prev_term;
+            for (i, (index, entry_term)) in self.entries.iter().enumerate() {
+                let entry = if self.consecutive {
+                    let Some(index) = prev_index.checked_add(i as u64 + 1) else { break };
+                    let entry_term = entry_term.at(term).clamp(previous_term.min(term), term);
+                    previous_term = entry_term;
+                    super::entry(entry_term, index)
+                } else {
+                    super::entry(entry_term.at(term), index.at(prev_index))
+                };
+                out.push(entry);
+            }
+            out
+        }
+    }
+
+    /// What the driver does between messages.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Step(Spec),
+        /// Takes a Ready and leaves it outstanding (if none is).
+        Ready,
+        /// Advances the outstanding Ready (if any).
+        Advance,
+        Tick,
+        /// Early apply, as the daemon does while a Ready is outstanding.
+        ApplyEarly,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => spec().prop_map(Op::Step),
+            1 => Just(Op::Ready),
+            1 => Just(Op::Advance),
+            1 => Just(Op::Tick),
+            1 => Just(Op::ApplyEarly),
+        ]
+    }
+
+    /// The node's own invariants, as its status shows them.
+    fn check_invariants(node: &Raft) {
+        let status = node.status();
+        assert!(status.applied <= status.commit, "{status:?}");
+        assert!(status.commit <= status.last_index, "{status:?}");
+        assert!(status.persisted_index <= status.last_index, "{status:?}");
+        assert!(status.first_index <= status.last_index + 1, "{status:?}");
+        assert_eq!(status.role == Role::Leader, status.leader == Some(status.id), "{status:?}");
+    }
+
+    fn check_ready(node: &Raft, ready: &Ready) {
+        for m in ready.messages.iter().chain(&ready.persisted_messages) {
+            assert_eq!(m.from, node.id(), "{m:?}");
+            assert!(m.to != node.id() && m.to != 0, "{m:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Reference: §5.1 (terms never go back), Fig. 2; issue 11 ("no peer input panics a node").
+        #[test]
+        fn arbitrary_peer_messages_never_panic_any_role(
+            setup in prop_oneof![
+                Just(Setup::SingleFollower),
+                Just(Setup::SingleLeader),
+                Just(Setup::Follower),
+                Just(Setup::PreCandidate),
+                Just(Setup::Candidate),
+                Just(Setup::Leader),
+            ],
+            ops in prop::collection::vec(op(), 1..16),
+        ) {
+            let mut node = node_in(setup);
+            let mut outstanding = false;
+            for op in ops {
+                let term_before = node.term();
+                match op {
+                    Op::Step(spec) => {
+                        let message = spec.message(&node);
+                        let status_before = node.status();
+                        let has_ready_before = node.has_ready();
+                        if let Err(error) = node.step(message.clone()) {
+                            prop_assert_eq!(node.status(), status_before, "{} changed the node", error);
+                            prop_assert_eq!(node.has_ready(), has_ready_before, "{} changed the node", error);
+                            let text = error.to_string();
+                            prop_assert!(text.contains(message.body.name()), "{} does not name the kind", text);
+                            prop_assert!(
+                                text.contains(&format!("node {}", message.from)) || text.contains("this node"),
+                                "{} does not name the sender",
+                                text
+                            );
+                        }
+                    }
+                    Op::Ready if !outstanding => {
+                        let ready = node.ready();
+                        check_ready(&node, &ready);
+                        outstanding = true;
+                    }
+                    Op::Advance if outstanding => {
+                        node.advance();
+                        outstanding = false;
+                    }
+                    Op::Tick => node.tick(),
+                    Op::ApplyEarly => {
+                        if let Some(last) = node.take_committed_entries().last() {
+                            node.applied_to(last.index);
+                        }
+                    }
+                    Op::Ready | Op::Advance => {}
+                }
+                prop_assert!(node.term() >= term_before, "term went back from {} to {}", term_before, node.term());
+                check_invariants(&node);
+            }
+            // The driver's loop still works: the node drains to quiet.
+            if outstanding {
+                node.advance();
+            }
+            for _ in 0..4 {
+                if !node.has_ready() {
+                    break;
+                }
+                let ready = node.ready();
+                check_ready(&node, &ready);
+                node.advance();
+                check_invariants(&node);
+            }
+        }
+    }
+}
