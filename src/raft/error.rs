@@ -224,6 +224,15 @@ pub enum CompactError {
         /// The applied index.
         applied: u64,
     },
+    /// The index is beyond what this node has made durable: with early apply
+    /// (`take_committed_entries`) applied may run ahead of this node's own write.
+    #[error("cannot compact to {index}: only {stable} durable in this node's log")]
+    NotDurable {
+        /// The index asked for.
+        index: u64,
+        /// The last index this node has made durable (as of the last `advance`).
+        stable: u64,
+    },
     /// The log is already compacted to that index or further.
     #[error("already compacted to {snapshot_index}")]
     AlreadyCompacted {

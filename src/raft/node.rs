@@ -1058,11 +1058,19 @@ impl Raft {
         Ok(())
     }
 
-    /// Says a snapshot of the state machine up to `index` (<= applied) is durable:
-    /// the log up to it may be dropped. Returns the snapshot's metadata.
+    /// Says a snapshot of the state machine up to `index` is durable: the log up to it
+    /// may be dropped. Returns the snapshot's metadata. Refused unless `index` is
+    /// applied and within this node's durable log (persisted and advanced): with early
+    /// apply (`take_committed_entries`) applied may pass what this node has written,
+    /// and dropping entries its storage never held leaves the storage's log ending
+    /// before the snapshot.
     pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
         if index > self.log.applied {
             return Err(CompactError::NotApplied { index, applied: self.log.applied });
+        }
+        let stable = self.log.stable_index();
+        if index > stable {
+            return Err(CompactError::NotDurable { index, stable });
         }
         let snapshot_index = self.log.snapshot_meta().index;
         if index <= snapshot_index {

@@ -1064,6 +1064,28 @@ fn compaction_is_refused_beyond_applied() {
     );
 }
 
+/// With early apply, applied may pass what this node has persisted; compaction waits
+/// until the entries are durable here too, or the storage would be asked for a
+/// snapshot beyond its log (issue 11: "snapshot at N beyond the log").
+/// Reference: §7, thesis §10.2.1
+#[test]
+fn compaction_waits_until_applied_entries_are_durable() {
+    let mut follower = new_node(2, 3);
+    follower.step(append(1, 2, 1, (0, 0), vec![entry(1, 1), entry(1, 2), entry(1, 3)], 0)).unwrap();
+    let ready = follower.ready();
+    assert_eq!(ready.entries.len(), 3);
+    // The other follower made them durable: the leader commits and says so while our
+    // own write of them is still in progress.
+    follower.step(append(1, 2, 1, (3, 1), vec![], 3)).unwrap();
+    let applied = follower.take_committed_entries();
+    assert_eq!(applied.len(), 3);
+    follower.applied_to(3);
+    assert_eq!(follower.compact(3), Err(CompactError::NotDurable { index: 3, stable: 0 }));
+    assert_eq!(follower.status().first_index, 1);
+    follower.advance();
+    assert_eq!(follower.compact(3).map(|meta| (meta.index, meta.term)), Ok((3, 1)));
+}
+
 // ------------------------------------------------------------------ bad input
 
 /// Malformed or misaddressed messages are refused with a typed error and change nothing.
