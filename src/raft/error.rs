@@ -68,20 +68,100 @@ pub enum InitError {
     },
 }
 
-/// Why a message was refused. Refused messages change nothing.
+/// Why a message was refused: no correct peer could have sent it to this node now.
+/// A refused message changes nothing; each error names the message's kind and sender,
+/// for the driver's log line.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StepError {
     /// The message names another node as its receiver.
-    #[error("message for node {to} delivered to node {me}")]
+    #[error("{kind} from node {from} is addressed to node {to}, not to this node ({me})")]
     WrongReceiver {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
         /// The receiver named.
         to: NodeId,
         /// This node.
         me: NodeId,
     },
-    /// The sender is not a member.
-    #[error("message from unknown node {0}")]
-    UnknownSender(NodeId),
+    /// The sender is 0, which is no node's id.
+    #[error("{kind} from node 0: node ids start at 1")]
+    ZeroSender {
+        /// The message kind.
+        kind: &'static str,
+    },
+    /// The message claims to come from this node itself.
+    #[error("{kind} claims to come from this node ({me}) itself")]
+    FromSelf {
+        /// The message kind.
+        kind: &'static str,
+        /// This node.
+        me: NodeId,
+    },
+    /// An answer (to AppendEntries, a heartbeat or a vote request) from a node that is
+    /// not a voter: only voters' answers count toward a commit, a read or an election.
+    #[error("{kind} from node {from}, which is not a voter")]
+    ResponseFromNonVoter {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+    },
+    /// A message only a leader sends, from another node in a term whose leader this
+    /// node already knows (or is): a term has at most one leader (§5.2).
+    #[error("{kind} from node {from} in term {term}, whose leader is node {leader}")]
+    NotTheLeader {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+        /// The term, ours and the message's.
+        term: u64,
+        /// The leader this node knows for that term.
+        leader: NodeId,
+    },
+    /// A term or index so large that counting on from it would overflow.
+    #[error("{kind} from node {from}: {field} {value} is beyond the largest accepted, {limit}")]
+    OutOfRange {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The largest value accepted.
+        limit: u64,
+    },
+    /// An answer to AppendEntries or InstallSnapshot naming an index this leader never
+    /// sent: it is beyond the leader's log.
+    #[error("{kind} from node {from} names index {index}, beyond this leader's last index {last_index}")]
+    IndexBeyondLog {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+        /// The index named.
+        index: u64,
+        /// The leader's last index.
+        last_index: u64,
+    },
+    /// A heartbeat answer echoing a ReadIndex round this leader has not started.
+    #[error(
+        "{kind} from node {from} echoes read round {context}, beyond this leader's latest round {round}"
+    )]
+    RoundBeyondLatest {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+        /// The round echoed.
+        context: u64,
+        /// The latest round started.
+        round: u64,
+    },
     /// The message is malformed (for example entries that are not consecutive).
     #[error("malformed {kind} from node {from}: {reason}")]
     Malformed {
@@ -143,6 +223,15 @@ pub enum CompactError {
         index: u64,
         /// The applied index.
         applied: u64,
+    },
+    /// The index is beyond what this node has made durable: with early apply
+    /// (`take_committed_entries`) applied may run ahead of this node's own write.
+    #[error("cannot compact to {index}: only {stable} durable in this node's log")]
+    NotDurable {
+        /// The index asked for.
+        index: u64,
+        /// The last index this node has made durable (as of the last `advance`).
+        stable: u64,
     },
     /// The log is already compacted to that index or further.
     #[error("already compacted to {snapshot_index}")]

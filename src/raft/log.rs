@@ -235,9 +235,9 @@ impl RaftLog {
         self.applied = self.applying;
     }
 
-    /// Drops entries up to `index` (<= applied) after the caller saved a snapshot.
+    /// Drops entries up to `index` (<= applied, <= stable) after the caller saved a snapshot.
     pub(crate) fn compact(&mut self, index: u64) -> SnapshotMeta {
-        assert!(index <= self.applied && index > self.snapshot.index);
+        assert!(index <= self.applied && index <= self.stable && index > self.snapshot.index);
         let term = self.term(index).expect("compact index within log");
         let drop = (index - self.snapshot.index) as usize;
         self.entries.drain(..drop);

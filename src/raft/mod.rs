@@ -39,7 +39,7 @@ pub use error::{
     CompactError, ConfigError, InitError, ProposeError, ReadIndexError, StepError, TransferError,
 };
 pub use message::{Message, MessageBody};
-pub use node::{InitialState, Raft};
+pub use node::{InitialState, Raft, MAX_TERM_OR_INDEX};
 pub use ready::{PeerStatus, ReadState, Ready, Role, SoftState, Status};
 
 #[cfg(test)]

@@ -16,6 +16,11 @@ use super::read_only::ReadOnly;
 use super::ready::{PeerStatus, ReadState, Ready, Role, SoftState, Status};
 use super::rng::SplitMix64;
 
+/// The largest term or log index accepted from a peer. No cluster counts that far
+/// (2^63 elections or entries), and the headroom above it means `term + 1` and
+/// `index + 1` never overflow, however large a value a peer sends.
+pub const MAX_TERM_OR_INDEX: u64 = u64::MAX / 2;
+
 /// What a node starts from: what its storage holds.
 #[derive(Clone, Debug, Default)]
 pub struct InitialState {
@@ -490,7 +495,23 @@ impl Raft {
 
     // ---------------------------------------------------------------- messages
 
-    /// Handles a message from a peer. A malformed message is refused and changes nothing.
+    /// Handles a message from a peer.
+    ///
+    /// A message that no correct peer could send to this node now is refused with a
+    /// `StepError` naming its kind and sender, and changes nothing; the caller logs it
+    /// and carries on. Refused are: a message addressed to another node, from node 0 or
+    /// from this node itself; an answer (AppendEntriesResponse, HeartbeatResponse, vote
+    /// responses) from a node that is not a voter; a leader's message (AppendEntries,
+    /// Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse) in this node's term from
+    /// a node other than the leader it knows, itself included (§5.2: one leader per term);
+    /// a term or index beyond `MAX_TERM_OR_INDEX`; a leader's AppendEntriesResponse
+    /// naming an index beyond its log, or a HeartbeatResponse echoing a read round not
+    /// started; and malformed bodies (entries not consecutive or out of term order, a
+    /// snapshot at index 0, of term 0, or with no voters).
+    ///
+    /// A leader's message or a vote request from a node that is not among this node's
+    /// voters is *not* refused: a new member hears from a leader it does not know yet
+    /// (thesis §4.1). Messages from older terms are answered or dropped (§5.1), not refused.
     pub fn step(&mut self, m: Message) -> Result<(), StepError> {
         self.validate(&m)?;
         if m.term > self.term {
@@ -522,6 +543,7 @@ impl Raft {
             return Ok(());
         }
 
+        let from = m.from;
         match m.body {
             MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, .. } => {
                 self.handle_vote_request(&m, pre_vote, last_log_index, last_log_term)
@@ -529,19 +551,37 @@ impl Raft {
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(&m, pre_vote, granted)
             }
-            MessageBody::AppendEntries { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. }
-            | MessageBody::TimeoutNow
-            | MessageBody::ReadIndexResponse { .. } => self.step_from_leader(m),
-            MessageBody::AppendEntriesResponse { .. } | MessageBody::HeartbeatResponse { .. } => {
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+                self.follow(from);
+                self.handle_append_entries(from, prev_log_index, prev_log_term, entries, leader_commit)
+            }
+            MessageBody::Heartbeat { commit, context } => {
+                self.follow(from);
+                self.log.commit_to(commit.min(self.log.last_index()));
+                self.send_now(from, MessageBody::HeartbeatResponse { context });
+            }
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.follow(from);
+                self.handle_install_snapshot(from, snapshot)
+            }
+            // Thesis §3.10: the leader asks us to start an election now, bypassing pre-vote.
+            MessageBody::TimeoutNow => self.start_election(Election::Real { transfer: true }),
+            MessageBody::ReadIndexResponse { context, index } => {
+                self.read_states.push(ReadState { context, index })
+            }
+            MessageBody::AppendEntriesResponse { success, index, conflict_term, conflict_index } => {
                 if self.role == Role::Leader {
-                    self.step_leader_response(m);
+                    self.handle_append_response(from, success, index, conflict_term, conflict_index);
+                }
+            }
+            MessageBody::HeartbeatResponse { context } => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(from, context);
                 }
             }
             MessageBody::ReadIndex { context } => {
                 if self.role == Role::Leader {
-                    self.leader_read_index(context, m.from);
+                    self.leader_read_index(context, from);
                 }
             }
         }
@@ -568,24 +608,89 @@ impl Raft {
         self.messages.push(Message { from: self.id, to: m.from, term: self.term, body: reply_body });
     }
 
+    /// Refuses what no correct peer could send to this node now (see `step`). Takes
+    /// `&self`: a refused message cannot have changed anything.
     fn validate(&self, m: &Message) -> Result<(), StepError> {
+        let (kind, from) = (m.body.name(), m.from);
         if m.to != self.id {
-            return Err(StepError::WrongReceiver { to: m.to, me: self.id });
+            return Err(StepError::WrongReceiver { kind, from, to: m.to, me: self.id });
         }
-        if m.from == self.id || self.voters.binary_search(&m.from).is_err() {
-            return Err(StepError::UnknownSender(m.from));
+        if from == 0 {
+            return Err(StepError::ZeroSender { kind });
         }
-        let malformed = |reason| Err(StepError::Malformed { kind: m.body.name(), from: m.from, reason });
+        if from == self.id {
+            return Err(StepError::FromSelf { kind, me: self.id });
+        }
+        let is_response = matches!(
+            m.body,
+            MessageBody::AppendEntriesResponse { .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::RequestVoteResponse { .. }
+        );
+        if is_response && self.voters.binary_search(&from).is_err() {
+            return Err(StepError::ResponseFromNonVoter { kind, from });
+        }
+        let out_of_range =
+            |field, value| Err(StepError::OutOfRange { kind, from, field, value, limit: MAX_TERM_OR_INDEX });
+        if m.term > MAX_TERM_OR_INDEX {
+            return out_of_range("term", m.term);
+        }
+        self.validate_body(m)?;
+        if m.term != self.term {
+            return Ok(()); // a newer term is news; an older one is answered or dropped
+        }
+        let from_leader = matches!(
+            m.body,
+            MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow
+                | MessageBody::ReadIndexResponse { .. }
+        );
+        match self.leader {
+            // Election safety (§5.2): at most one leader per term.
+            Some(leader) if from_leader && leader != from => {
+                return Err(StepError::NotTheLeader { kind, from, term: m.term, leader });
+            }
+            _ => {}
+        }
+        if self.role == Role::Leader {
+            match m.body {
+                MessageBody::AppendEntriesResponse { index, .. } if index > self.log.last_index() => {
+                    // The leader's log only grows in its term: it never sent this index.
+                    let last_index = self.log.last_index();
+                    return Err(StepError::IndexBeyondLog { kind, from, index, last_index });
+                }
+                MessageBody::HeartbeatResponse { context } if context > self.read_only.round() => {
+                    // It would confirm reads whose heartbeat round has not even started.
+                    let round = self.read_only.round();
+                    return Err(StepError::RoundBeyondLatest { kind, from, context, round });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that need only the message itself.
+    fn validate_body(&self, m: &Message) -> Result<(), StepError> {
+        let (kind, from) = (m.body.name(), m.from);
+        let malformed = |reason| Err(StepError::Malformed { kind, from, reason });
+        let out_of_range =
+            |field, value| Err(StepError::OutOfRange { kind, from, field, value, limit: MAX_TERM_OR_INDEX });
         match &m.body {
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } => {
-                let mut expected_index = *prev_log_index;
+                // Bounded, so the indexes below cannot overflow.
+                let last = prev_log_index.saturating_add(entries.len() as u64);
+                if last > MAX_TERM_OR_INDEX {
+                    return out_of_range("last entry index", last);
+                }
+                if *prev_log_term > m.term {
+                    return malformed("prev_log_term beyond the message's term");
+                }
                 let mut previous_term = *prev_log_term;
-                for entry in entries {
-                    expected_index = match expected_index.checked_add(1) {
-                        Some(i) => i,
-                        None => return malformed("index overflow"),
-                    };
-                    if entry.index != expected_index {
+                for (offset, entry) in entries.iter().enumerate() {
+                    if entry.index != prev_log_index + 1 + offset as u64 {
                         return malformed("entries not consecutive after prev_log_index");
                     }
                     if entry.term < previous_term || entry.term > m.term || entry.term == 0 {
@@ -593,14 +698,18 @@ impl Raft {
                     }
                     previous_term = entry.term;
                 }
-                if *prev_log_term > m.term {
-                    return malformed("prev_log_term beyond the message's term");
-                }
             }
-            MessageBody::InstallSnapshot { snapshot }
-                if snapshot.meta.index == 0 || snapshot.meta.term == 0 || snapshot.meta.term > m.term =>
-            {
-                return malformed("snapshot index or term out of range");
+            MessageBody::InstallSnapshot { snapshot } => {
+                let meta = &snapshot.meta;
+                if meta.index > MAX_TERM_OR_INDEX {
+                    return out_of_range("snapshot index", meta.index);
+                }
+                if meta.index == 0 || meta.term == 0 || meta.term > m.term {
+                    return malformed("snapshot index or term out of range");
+                }
+                if meta.conf.voters.is_empty() || meta.conf.voters.contains(&0) {
+                    return malformed("snapshot configuration without voters, or naming node 0");
+                }
             }
             MessageBody::RequestVote { last_log_term, .. } if *last_log_term > m.term => {
                 return malformed("last_log_term beyond the candidate's term");
@@ -610,47 +719,14 @@ impl Raft {
         Ok(())
     }
 
-    /// Messages only a leader sends, received in our term.
-    fn step_from_leader(&mut self, m: Message) {
-        if self.role == Role::Leader {
-            // Election safety (§5.2): there is one leader per term. Another one means a bug.
-            if let MessageBody::ReadIndexResponse { .. } = m.body {
-                return;
-            }
-            panic!(
-                "node {} term {}: leader received {} from node {} in its own term",
-                self.id,
-                self.term,
-                m.body.name(),
-                m.from
-            );
-        }
-        if matches!(m.body, MessageBody::TimeoutNow) {
-            // Thesis §3.10: the leader asks us to start an election now, bypassing pre-vote.
-            self.start_election(Election::Real { transfer: true });
-            return;
-        }
-        if let MessageBody::ReadIndexResponse { context, index } = m.body {
-            self.read_states.push(ReadState { context, index });
-            return;
-        }
+    /// A leader's message in our term: it leads, and we follow it (§5.2).
+    fn follow(&mut self, leader: NodeId) {
         if self.role != Role::Follower {
             let term = self.term;
-            self.become_follower(term, Some(m.from));
+            self.become_follower(term, Some(leader));
         }
         self.election_elapsed = 0;
-        self.leader = Some(m.from);
-        match m.body {
-            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
-                self.handle_append_entries(m.from, prev_log_index, prev_log_term, entries, leader_commit)
-            }
-            MessageBody::Heartbeat { commit, context } => {
-                self.log.commit_to(commit.min(self.log.last_index()));
-                self.send_now(m.from, MessageBody::HeartbeatResponse { context });
-            }
-            MessageBody::InstallSnapshot { snapshot } => self.handle_install_snapshot(m.from, snapshot),
-            _ => unreachable!(),
-        }
+        self.leader = Some(leader);
     }
 
     /// §5.3, Fig. 2 AppendEntries receiver rules.
@@ -708,76 +784,78 @@ impl Raft {
         self.send_after_persist(from, success_response(index));
     }
 
-    fn step_leader_response(&mut self, m: Message) {
-        let from = m.from;
+    /// The answer to an AppendEntries or InstallSnapshot (§5.3, §7).
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: u64,
+        conflict_term: u64,
+        conflict_index: u64,
+    ) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recently_active = true;
-        match m.body {
-            MessageBody::AppendEntriesResponse { success: true, index, .. } => {
-                if index > self.log.last_index() {
-                    return; // not an index we sent: ignore rather than trust
-                }
-                if pr.update_match(index) {
-                    match pr.state {
-                        ProgressState::Probe => pr.become_replicate(),
-                        ProgressState::Snapshot { index: snapshot_index }
-                            if pr.match_index >= snapshot_index =>
-                        {
-                            pr.become_replicate()
-                        }
-                        ProgressState::Replicate => pr.inflights.free_to(index),
-                        ProgressState::Snapshot { .. } => {}
+        if success {
+            if pr.update_match(index) {
+                match pr.state {
+                    ProgressState::Probe => pr.become_replicate(),
+                    ProgressState::Snapshot { index: snapshot_index } if pr.match_index >= snapshot_index => {
+                        pr.become_replicate()
                     }
-                    self.maybe_commit();
-                    if self.transfer_target == Some(from)
-                        && self.progress[&from].match_index == self.log.last_index()
-                    {
-                        self.send_now(from, MessageBody::TimeoutNow);
-                    }
-                } else if pr.state == ProgressState::Replicate {
-                    pr.inflights.free_to(index);
+                    ProgressState::Replicate => pr.inflights.free_to(index),
+                    ProgressState::Snapshot { .. } => {}
                 }
-                self.replication_wanted = true;
+                self.maybe_commit();
+                if self.transfer_target == Some(from)
+                    && self.progress[&from].match_index == self.log.last_index()
+                {
+                    self.send_now(from, MessageBody::TimeoutNow);
+                }
+            } else if pr.state == ProgressState::Replicate {
+                pr.inflights.free_to(index);
             }
-            MessageBody::AppendEntriesResponse { success: false, index, conflict_term, conflict_index } => {
-                // Fast back-off: skip past the follower's whole conflicting term.
-                let hint = if conflict_term == 0 {
-                    conflict_index
-                } else {
-                    let i = self.log.last_index_with_term_at_most(conflict_term, index);
-                    if self.log.term(i) == Some(conflict_term) {
-                        i + 1
-                    } else {
-                        conflict_index
-                    }
-                };
-                let pr = self.progress.get_mut(&from).expect("checked above");
-                let was_replicate = pr.state == ProgressState::Replicate;
-                if pr.maybe_decrease_to(index, hint) {
-                    if was_replicate {
-                        pr.state = ProgressState::Probe;
-                        pr.probe_sent = false;
-                        pr.inflights.clear();
-                    }
-                    self.replication_wanted = true;
-                }
-            }
-            MessageBody::HeartbeatResponse { context } => {
-                pr.read_round_acked = pr.read_round_acked.max(context);
-                pr.probe_sent = false;
-                if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
-                    pr.inflights.free_first();
-                }
-                if pr.match_index < self.log.last_index() {
-                    // The follower lags: entries or their answers may have been lost. An
-                    // append now (empty if everything is in flight) draws a rejection that
-                    // resets it to probing, so replication resumes.
-                    self.send_append(from, true);
-                }
-                self.release_confirmed_reads();
-            }
-            _ => unreachable!(),
+            self.replication_wanted = true;
+            return;
         }
+        // Fast back-off: skip past the follower's whole conflicting term.
+        let hint = if conflict_term == 0 {
+            conflict_index
+        } else {
+            let i = self.log.last_index_with_term_at_most(conflict_term, index);
+            if self.log.term(i) == Some(conflict_term) {
+                i + 1
+            } else {
+                conflict_index
+            }
+        };
+        let pr = self.progress.get_mut(&from).expect("checked above");
+        let was_replicate = pr.state == ProgressState::Replicate;
+        if pr.maybe_decrease_to(index, hint) {
+            if was_replicate {
+                pr.state = ProgressState::Probe;
+                pr.probe_sent = false;
+                pr.inflights.clear();
+            }
+            self.replication_wanted = true;
+        }
+    }
+
+    /// The answer to a heartbeat: liveness, and an acknowledgement of read round `context`.
+    fn handle_heartbeat_response(&mut self, from: NodeId, context: u64) {
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recently_active = true;
+        pr.read_round_acked = pr.read_round_acked.max(context);
+        pr.probe_sent = false;
+        if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
+            pr.inflights.free_first();
+        }
+        if pr.match_index < self.log.last_index() {
+            // The follower lags: entries or their answers may have been lost. An
+            // append now (empty if everything is in flight) draws a rejection that
+            // resets it to probing, so replication resumes.
+            self.send_append(from, true);
+        }
+        self.release_confirmed_reads();
     }
 
     // ---------------------------------------------------------------- replication
@@ -985,11 +1063,19 @@ impl Raft {
         Ok(())
     }
 
-    /// Says a snapshot of the state machine up to `index` (<= applied) is durable:
-    /// the log up to it may be dropped. Returns the snapshot's metadata.
+    /// Says a snapshot of the state machine up to `index` is durable: the log up to it
+    /// may be dropped. Returns the snapshot's metadata. Refused unless `index` is
+    /// applied and within this node's durable log (persisted and advanced): with early
+    /// apply (`take_committed_entries`) applied may pass what this node has written,
+    /// and dropping entries its storage never held leaves the storage's log ending
+    /// before the snapshot.
     pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
         if index > self.log.applied {
             return Err(CompactError::NotApplied { index, applied: self.log.applied });
+        }
+        let stable = self.log.stable_index();
+        if index > stable {
+            return Err(CompactError::NotDurable { index, stable });
         }
         let snapshot_index = self.log.snapshot_meta().index;
         if index <= snapshot_index {

@@ -1064,6 +1064,28 @@ fn compaction_is_refused_beyond_applied() {
     );
 }
 
+/// With early apply, applied may pass what this node has persisted; compaction waits
+/// until the entries are durable here too, or the storage would be asked for a
+/// snapshot beyond its log (issue 11: "snapshot at N beyond the log").
+/// Reference: §7, thesis §10.2.1
+#[test]
+fn compaction_waits_until_applied_entries_are_durable() {
+    let mut follower = new_node(2, 3);
+    follower.step(append(1, 2, 1, (0, 0), vec![entry(1, 1), entry(1, 2), entry(1, 3)], 0)).unwrap();
+    let ready = follower.ready();
+    assert_eq!(ready.entries.len(), 3);
+    // The other follower made them durable: the leader commits and says so while our
+    // own write of them is still in progress.
+    follower.step(append(1, 2, 1, (3, 1), vec![], 3)).unwrap();
+    let applied = follower.take_committed_entries();
+    assert_eq!(applied.len(), 3);
+    follower.applied_to(3);
+    assert_eq!(follower.compact(3), Err(CompactError::NotDurable { index: 3, stable: 0 }));
+    assert_eq!(follower.status().first_index, 1);
+    follower.advance();
+    assert_eq!(follower.compact(3).map(|meta| (meta.index, meta.term)), Ok((3, 1)));
+}
+
 // ------------------------------------------------------------------ bad input
 
 /// Malformed or misaddressed messages are refused with a typed error and change nothing.
@@ -1074,10 +1096,217 @@ fn malformed_messages_are_refused_without_effect() {
     assert!(matches!(follower.step(gap), Err(StepError::Malformed { .. })));
     let future_term = append(1, 2, 1, (0, 0), vec![entry(5, 1)], 0);
     assert!(matches!(follower.step(future_term), Err(StepError::Malformed { .. })));
-    let stranger = append(9, 2, 1, (0, 0), vec![], 0);
-    assert_eq!(follower.step(stranger), Err(StepError::UnknownSender(9)));
     let misaddressed = append(1, 3, 1, (0, 0), vec![], 0);
-    assert_eq!(follower.step(misaddressed), Err(StepError::WrongReceiver { to: 3, me: 2 }));
+    assert_eq!(
+        follower.step(misaddressed),
+        Err(StepError::WrongReceiver { kind: "AppendEntries", from: 1, to: 3, me: 2 })
+    );
+    let from_zero = append(0, 2, 1, (0, 0), vec![], 0);
+    assert_eq!(follower.step(from_zero), Err(StepError::ZeroSender { kind: "AppendEntries" }));
+    let from_self = append(2, 2, 1, (0, 0), vec![], 0);
+    assert_eq!(follower.step(from_self), Err(StepError::FromSelf { kind: "AppendEntries", me: 2 }));
+    assert_eq!(follower.term(), 0);
+    assert!(!follower.has_ready());
+}
+
+/// A leader of three nodes with a committed entry, and nothing outstanding.
+fn leader_of_three() -> Raft {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, "x");
+    cluster.nodes.remove(&1).unwrap()
+}
+
+/// A leader hearing a leader's message from another node in its own term refuses it
+/// and stays leader, unchanged: one forged message must not kill or depose it. (It
+/// used to panic on AppendEntries, Heartbeat, InstallSnapshot and TimeoutNow.)
+/// Reference: §5.2 (at most one leader per term)
+#[test]
+fn leader_refuses_leader_messages_from_another_node_in_its_term() {
+    let mut leader = leader_of_three();
+    let term = leader.term();
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: 9, term, conf: ConfState { voters: voters(3) } },
+        data: Bytes::new(),
+    };
+    let bodies = [
+        MessageBody::AppendEntries {
+            prev_log_index: 2,
+            prev_log_term: term,
+            entries: vec![],
+            leader_commit: 2,
+        },
+        MessageBody::Heartbeat { commit: 2, context: 0 },
+        MessageBody::InstallSnapshot { snapshot },
+        MessageBody::TimeoutNow,
+        MessageBody::ReadIndexResponse { context: 1, index: 2 },
+    ];
+    let status = leader.status();
+    for body in bodies {
+        let kind = body.name();
+        let result = leader.step(Message { from: 2, to: 1, term, body });
+        assert_eq!(result, Err(StepError::NotTheLeader { kind, from: 2, term, leader: 1 }));
+        let text = result.unwrap_err().to_string();
+        assert!(text.contains(kind) && text.contains("node 2"), "{text}");
+    }
+    assert_eq!(leader.status(), status);
+    assert!(!leader.has_ready());
+}
+
+/// A follower that knows its term's leader refuses a leader's message from anyone
+/// else in that term, instead of switching to the impostor.
+/// Reference: §5.2
+#[test]
+fn follower_refuses_a_second_leader_in_its_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let mut follower = cluster.nodes.remove(&2).unwrap();
+    let term = follower.term();
+    let status = follower.status();
+    let impostor = append(3, 2, term, (1, term), vec![entry(term, 2)], 2);
+    assert_eq!(
+        follower.step(impostor),
+        Err(StepError::NotTheLeader { kind: "AppendEntries", from: 3, term, leader: 1 })
+    );
+    assert_eq!(follower.status(), status);
+    // In a later term node 3 may well lead.
+    follower.step(append(3, 2, term + 1, (1, term), vec![], 1)).unwrap();
+    assert_eq!(follower.leader(), Some(3));
+}
+
+/// A node follows a leader it does not know yet (a new member hears from the leader
+/// before it learns the configuration) and answers its vote requests, but a leader
+/// or candidate refuses answers from a node that is not a voter: it cannot count them.
+/// Reference: thesis §4.1
+#[test]
+fn answers_from_non_voters_are_refused_but_leader_messages_are_not() {
+    let mut follower = new_node(2, 3);
+    follower.step(append(9, 2, 1, (0, 0), vec![entry(1, 1)], 0)).unwrap();
+    assert_eq!(follower.leader(), Some(9));
+    follower.step(vote_request(8, 2, 2, 1, 1)).unwrap();
+
+    let mut leader = leader_of_three();
+    let term = leader.term();
+    let status = leader.status();
+    let answers = [
+        MessageBody::AppendEntriesResponse { success: true, index: 1, conflict_term: 0, conflict_index: 0 },
+        MessageBody::HeartbeatResponse { context: 0 },
+        MessageBody::RequestVoteResponse { pre_vote: false, granted: true },
+    ];
+    for body in answers {
+        let kind = body.name();
+        let result = leader.step(Message { from: 9, to: 1, term, body });
+        assert_eq!(result, Err(StepError::ResponseFromNonVoter { kind, from: 9 }));
+    }
+    assert_eq!(leader.status(), status);
+}
+
+/// A leader refuses an AppendEntries answer naming an index it never sent (beyond its
+/// log: it would count toward a commit), and a heartbeat answer echoing a read round
+/// it has not started (it would confirm reads no majority acknowledged).
+/// Reference: §5.3, thesis §6.4
+#[test]
+fn leader_refuses_answers_beyond_its_log_or_read_round() {
+    let mut leader = leader_of_three();
+    let term = leader.term();
+    let last_index = leader.last_index();
+    let status = leader.status();
+    for success in [true, false] {
+        let body = MessageBody::AppendEntriesResponse {
+            success,
+            index: last_index + 1,
+            conflict_term: 0,
+            conflict_index: 0,
+        };
+        assert_eq!(
+            leader.step(Message { from: 2, to: 1, term, body }),
+            Err(StepError::IndexBeyondLog {
+                kind: "AppendEntriesResponse",
+                from: 2,
+                index: last_index + 1,
+                last_index
+            })
+        );
+    }
+    leader.read_index(7).unwrap();
+    let round = 0; // the read's round has not started: its heartbeats are not out yet
+    for from in [2, 3] {
+        let body = MessageBody::HeartbeatResponse { context: round + 1 };
+        assert_eq!(
+            leader.step(Message { from, to: 1, term, body }),
+            Err(StepError::RoundBeyondLatest { kind: "HeartbeatResponse", from, context: 1, round })
+        );
+    }
+    assert_eq!(leader.status(), status);
+    let ready = take_ready(&mut leader);
+    assert!(ready.read_states.is_empty(), "a read was confirmed by forged acknowledgements");
+}
+
+/// Terms and indexes near u64::MAX are refused: a node that adopted term u64::MAX
+/// would overflow its next `term + 1` (a campaign after TimeoutNow panicked).
+/// Reference: §5.1
+#[test]
+fn terms_and_indexes_near_u64_max_are_refused() {
+    let limit = MAX_TERM_OR_INDEX;
+    let mut follower = new_node(2, 3);
+    let huge_term = Message { from: 1, to: 2, term: u64::MAX, body: MessageBody::TimeoutNow };
+    assert_eq!(
+        follower.step(huge_term),
+        Err(StepError::OutOfRange { kind: "TimeoutNow", from: 1, field: "term", value: u64::MAX, limit })
+    );
+    let huge_index = append(1, 2, 1, (limit, 1), vec![entry(1, limit + 1)], 0);
+    assert_eq!(
+        follower.step(huge_index),
+        Err(StepError::OutOfRange {
+            kind: "AppendEntries",
+            from: 1,
+            field: "last entry index",
+            value: limit + 1,
+            limit
+        })
+    );
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index: u64::MAX, term: 1, conf: ConfState { voters: voters(3) } },
+        data: Bytes::new(),
+    };
+    let huge_snapshot = Message { from: 1, to: 2, term: 1, body: MessageBody::InstallSnapshot { snapshot } };
+    assert!(matches!(
+        follower.step(huge_snapshot),
+        Err(StepError::OutOfRange { field: "snapshot index", value: u64::MAX, .. })
+    ));
+    assert_eq!(follower.term(), 0);
+    assert!(!follower.has_ready());
+    // The largest accepted term still leaves room to campaign.
+    follower.step(Message { from: 1, to: 2, term: limit, body: MessageBody::TimeoutNow }).unwrap();
+    assert_eq!((follower.role(), follower.term()), (Role::Candidate, limit + 1));
+}
+
+/// A snapshot whose metadata no leader could send (index 0, term 0, a term beyond the
+/// message's, no voters, node 0 as a voter) is refused before anything is installed.
+/// Reference: §7
+#[test]
+fn inconsistent_snapshot_metadata_is_refused() {
+    let mut follower = new_node(2, 3);
+    let metas = [
+        SnapshotMeta { index: 0, term: 1, conf: ConfState { voters: voters(3) } },
+        SnapshotMeta { index: 5, term: 0, conf: ConfState { voters: voters(3) } },
+        SnapshotMeta { index: 5, term: 3, conf: ConfState { voters: voters(3) } },
+        SnapshotMeta { index: 5, term: 1, conf: ConfState { voters: vec![] } },
+        SnapshotMeta { index: 5, term: 1, conf: ConfState { voters: vec![0, 1, 2] } },
+    ];
+    for meta in metas {
+        let snapshot = Snapshot { meta: meta.clone(), data: Bytes::new() };
+        let result = follower.step(Message {
+            from: 1,
+            to: 2,
+            term: 2,
+            body: MessageBody::InstallSnapshot { snapshot },
+        });
+        assert!(
+            matches!(result, Err(StepError::Malformed { kind: "InstallSnapshot", from: 1, .. })),
+            "{meta:?}"
+        );
+    }
     assert_eq!(follower.term(), 0);
     assert!(!follower.has_ready());
 }
@@ -1103,4 +1332,357 @@ fn inconsistent_persisted_state_is_refused() {
         Err(InitError::CommitBeyondLog { .. })
     ));
     assert!(matches!(Raft::new(config(7), initial(vec![], 0)), Err(InitError::NotAVoter { .. })));
+}
+
+// ------------------------------------------------------------------ hostile peers
+
+/// A property test: whatever a buggy or hostile peer sends, the core never panics,
+/// keeps its invariants, and a refused message changes nothing.
+mod arbitrary_messages {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The node under test, in each role, in clusters of 1 and 3 nodes. Each has a log
+    /// with a compacted prefix, so snapshot and back-off paths are reachable.
+    #[derive(Clone, Copy, Debug)]
+    enum Setup {
+        SingleFollower,
+        SingleLeader,
+        Follower,
+        PreCandidate,
+        Candidate,
+        Leader,
+    }
+
+    fn node_in(setup: Setup) -> Raft {
+        let n = match setup {
+            Setup::SingleFollower | Setup::SingleLeader => 1,
+            _ => 3,
+        };
+        let mut cluster = Cluster::new(n);
+        cluster.elect(1);
+        for i in 0..4 {
+            cluster.propose(1, &format!("{i}"));
+        }
+        let applied = cluster.nodes[&1].applied_index();
+        cluster.node(1).compact(applied - 2).unwrap();
+        let id = match setup {
+            Setup::SingleFollower => {
+                cluster.restart(1);
+                1
+            }
+            Setup::SingleLeader | Setup::Leader => 1,
+            Setup::Follower => 2,
+            Setup::PreCandidate => {
+                cluster.node(2).campaign();
+                2
+            }
+            Setup::Candidate => {
+                cluster.node(2).config_mut().pre_vote = false;
+                cluster.node(2).campaign();
+                2
+            }
+        };
+        let mut node = cluster.nodes.remove(&id).unwrap();
+        if node.has_ready() {
+            take_ready(&mut node);
+        }
+        node
+    }
+
+    /// A value near a real one (a term, an index): 0, u64::MAX, or within 2 of it.
+    #[derive(Clone, Copy, Debug)]
+    enum Near {
+        Zero,
+        Max,
+        Offset(i8),
+    }
+
+    impl Near {
+        fn at(self, base: u64) -> u64 {
+            match self {
+                Near::Zero => 0,
+                Near::Max => u64::MAX,
+                Near::Offset(d) => base.saturating_add_signed(d as i64),
+            }
+        }
+    }
+
+    /// Mostly the real value, where the interesting cases are.
+    fn near() -> impl Strategy<Value = Near> {
+        prop_oneof![
+            1 => Just(Near::Zero),
+            1 => Just(Near::Max),
+            4 => Just(Near::Offset(0)),
+            6 => (-2i8..=2).prop_map(Near::Offset),
+        ]
+    }
+
+    /// A sender or receiver, relative to the node under test.
+    #[derive(Clone, Copy, Debug)]
+    enum Who {
+        /// The node itself.
+        Me,
+        /// Another voter (in a one-node cluster: node 2, a stranger).
+        Peer(u8),
+        /// Any id, 0 and u64::MAX included.
+        Id(NodeId),
+    }
+
+    impl Who {
+        fn id(self, node: &Raft) -> NodeId {
+            match self {
+                Who::Me => node.id(),
+                Who::Peer(k) => {
+                    let others: Vec<NodeId> =
+                        node.voters().iter().copied().filter(|&v| v != node.id()).collect();
+                    others.get(k as usize % others.len().max(1)).copied().unwrap_or(2)
+                }
+                Who::Id(id) => id,
+            }
+        }
+    }
+
+    fn sender() -> impl Strategy<Value = Who> {
+        prop_oneof![
+            8 => any::<u8>().prop_map(Who::Peer),
+            1 => Just(Who::Me),
+            1 => prop_oneof![Just(0), 1u64..=4, Just(u64::MAX)].prop_map(Who::Id),
+        ]
+    }
+
+    fn receiver() -> impl Strategy<Value = Who> {
+        prop_oneof![8 => Just(Who::Me), 1 => sender()]
+    }
+
+    /// Every field any message body can have; `kind` picks the body.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        kind: u8,
+        from: Who,
+        to: Who,
+        term: Near,
+        flags: (bool, bool),
+        index: Near,
+        log_term: Near,
+        commit: Near,
+        context: Near,
+        /// Well-formed entries (consecutive, terms in order) or raw (index, term) pairs.
+        consecutive: bool,
+        entries: Vec<(Near, Near)>,
+        voters: Vec<NodeId>,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        let voters = prop_oneof![
+            Just(vec![1, 2, 3]),
+            Just(vec![1]),
+            Just(vec![]),
+            Just(vec![0, 1]),
+            Just(vec![2, 3]),
+            Just(vec![3, 2, 1, 1]),
+        ];
+        (
+            (0u8..10, sender(), receiver(), near(), any::<(bool, bool)>()),
+            (near(), near(), near(), near()),
+            (prop::bool::weighted(0.8), prop::collection::vec((near(), near()), 0..4), voters),
+        )
+            .prop_map(|((kind, from, to, term, flags), (index, log_term, commit, context), rest)| {
+                let (consecutive, entries, voters) = rest;
+                Spec {
+                    kind,
+                    from,
+                    to,
+                    term,
+                    flags,
+                    index,
+                    log_term,
+                    commit,
+                    context,
+                    consecutive,
+                    entries,
+                    voters,
+                }
+            })
+    }
+
+    impl Spec {
+        /// The message, with its values placed around the node's real ones.
+        fn message(&self, node: &Raft) -> Message {
+            let term = self.term.at(node.term());
+            let index = self.index.at(node.last_index());
+            let log_term = self.log_term.at(node.term());
+            let commit = self.commit.at(node.commit_index());
+            let context = self.context.at(1);
+            let (a, b) = self.flags;
+            let body = match self.kind {
+                0 => MessageBody::RequestVote {
+                    pre_vote: a,
+                    last_log_index: index,
+                    last_log_term: log_term,
+                    transfer: b,
+                },
+                1 => MessageBody::RequestVoteResponse { pre_vote: a, granted: b },
+                2 => MessageBody::AppendEntries {
+                    prev_log_index: index,
+                    prev_log_term: log_term,
+                    entries: self.entries(index, log_term, term),
+                    leader_commit: commit,
+                },
+                3 => MessageBody::AppendEntriesResponse {
+                    success: a,
+                    index,
+                    conflict_term: log_term,
+                    conflict_index: commit,
+                },
+                4 => MessageBody::Heartbeat { commit, context },
+                5 => MessageBody::HeartbeatResponse { context },
+                6 => MessageBody::InstallSnapshot {
+                    snapshot: Snapshot {
+                        meta: SnapshotMeta {
+                            index,
+                            term: log_term,
+                            conf: ConfState { voters: self.voters.clone() },
+                        },
+                        data: Bytes::from_static(b"state"),
+                    },
+                },
+                7 => MessageBody::TimeoutNow,
+                8 => MessageBody::ReadIndex { context },
+                _ => MessageBody::ReadIndexResponse { context, index: commit },
+            };
+            Message { from: self.from.id(node), to: self.to.id(node), term, body }
+        }
+
+        fn entries(&self, prev_index: u64, prev_term: u64, term: u64) -> Vec<Entry> {
+            let mut out = Vec::new();
+            let mut previous_term = prev_term;
+            for (i, (index, entry_term)) in self.entries.iter().enumerate() {
+                let entry = if self.consecutive {
+                    let Some(index) = prev_index.checked_add(i as u64 + 1) else { break };
+                    let entry_term = entry_term.at(term).clamp(previous_term.min(term), term);
+                    previous_term = entry_term;
+                    super::entry(entry_term, index)
+                } else {
+                    super::entry(entry_term.at(term), index.at(prev_index))
+                };
+                out.push(entry);
+            }
+            out
+        }
+    }
+
+    /// What the driver does between messages.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Step(Spec),
+        /// Takes a Ready and leaves it outstanding (if none is).
+        Ready,
+        /// Advances the outstanding Ready (if any).
+        Advance,
+        Tick,
+        /// Early apply, as the daemon does while a Ready is outstanding.
+        ApplyEarly,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => spec().prop_map(Op::Step),
+            1 => Just(Op::Ready),
+            1 => Just(Op::Advance),
+            1 => Just(Op::Tick),
+            1 => Just(Op::ApplyEarly),
+        ]
+    }
+
+    /// The node's own invariants, as its status shows them.
+    fn check_invariants(node: &Raft) {
+        let status = node.status();
+        assert!(status.applied <= status.commit, "{status:?}");
+        assert!(status.commit <= status.last_index, "{status:?}");
+        assert!(status.persisted_index <= status.last_index, "{status:?}");
+        assert!(status.first_index <= status.last_index + 1, "{status:?}");
+        assert_eq!(status.role == Role::Leader, status.leader == Some(status.id), "{status:?}");
+    }
+
+    fn check_ready(node: &Raft, ready: &Ready) {
+        for m in ready.messages.iter().chain(&ready.persisted_messages) {
+            assert_eq!(m.from, node.id(), "{m:?}");
+            assert!(m.to != node.id() && m.to != 0, "{m:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Reference: §5.1 (terms never go back), Fig. 2; issue 11 ("no peer input panics a node").
+        #[test]
+        fn arbitrary_peer_messages_never_panic_any_role(
+            setup in prop_oneof![
+                Just(Setup::SingleFollower),
+                Just(Setup::SingleLeader),
+                Just(Setup::Follower),
+                Just(Setup::PreCandidate),
+                Just(Setup::Candidate),
+                Just(Setup::Leader),
+            ],
+            ops in prop::collection::vec(op(), 1..16),
+        ) {
+            let mut node = node_in(setup);
+            let mut outstanding = false;
+            for op in ops {
+                let term_before = node.term();
+                match op {
+                    Op::Step(spec) => {
+                        let message = spec.message(&node);
+                        let status_before = node.status();
+                        let has_ready_before = node.has_ready();
+                        if let Err(error) = node.step(message.clone()) {
+                            prop_assert_eq!(node.status(), status_before, "{} changed the node", error);
+                            prop_assert_eq!(node.has_ready(), has_ready_before, "{} changed the node", error);
+                            let text = error.to_string();
+                            prop_assert!(text.contains(message.body.name()), "{} does not name the kind", text);
+                            prop_assert!(
+                                text.contains(&format!("node {}", message.from)) || text.contains("this node"),
+                                "{} does not name the sender",
+                                text
+                            );
+                        }
+                    }
+                    Op::Ready if !outstanding => {
+                        let ready = node.ready();
+                        check_ready(&node, &ready);
+                        outstanding = true;
+                    }
+                    Op::Advance if outstanding => {
+                        node.advance();
+                        outstanding = false;
+                    }
+                    Op::Tick => node.tick(),
+                    Op::ApplyEarly => {
+                        if let Some(last) = node.take_committed_entries().last() {
+                            node.applied_to(last.index);
+                        }
+                    }
+                    Op::Ready | Op::Advance => {}
+                }
+                prop_assert!(node.term() >= term_before, "term went back from {} to {}", term_before, node.term());
+                check_invariants(&node);
+            }
+            // The driver's loop still works: the node drains to quiet.
+            if outstanding {
+                node.advance();
+            }
+            for _ in 0..4 {
+                if !node.has_ready() {
+                    break;
+                }
+                let ready = node.ready();
+                check_ready(&node, &ready);
+                node.advance();
+                check_invariants(&node);
+            }
+        }
+    }
 }
