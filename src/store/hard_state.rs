@@ -10,6 +10,12 @@
 //! change); [`HardStateFile::sync`] writes the slot and msyncs it. The store syncs the log
 //! first, so the value reaches the page cache only after the log it refers to is durable:
 //! background writeback can never make a commit index durable ahead of its entries.
+//!
+//! The one write that comes *before* the log is [`HardStateFile::make_term_durable`]: the
+//! store calls it before entries (or a snapshot) of a term the durable value has not reached
+//! go into the log's map, so that the term is durable no later than any record of it. It
+//! writes the new term with the *durable* commit index, so it never moves a commit ahead of
+//! the log either.
 
 use std::path::Path;
 
@@ -164,13 +170,40 @@ impl HardStateFile {
         let Some(hard_state) = self.pending else {
             return Ok(RangeSync::default());
         };
+        let synced = self.write_durably(&hard_state)?;
+        self.pending = None;
+        Ok(synced)
+    }
+
+    /// Makes a term of at least `term` durable now, if the durable value's term is lower:
+    /// one `msync`, or none. Called before a record of `term` is written anywhere.
+    ///
+    /// Writes the term and vote set (if the value set has reached `term`; otherwise `term`
+    /// with no vote, which is safe: a vote in `term` is sent only once it is durable, so none
+    /// was sent) with the *durable* commit index, which the durable log already covers. The
+    /// value set stays pending if it differs from what was written.
+    pub(crate) fn make_term_durable(&mut self, term: u64) -> Result<RangeSync, StoreError> {
+        if self.durable.term >= term {
+            return Ok(RangeSync::default());
+        }
+        if self.current.term < term {
+            self.current = HardState { term, vote: None, commit: self.current.commit };
+        }
+        let early = HardState { commit: self.durable.commit, ..self.current };
+        let synced = self.write_durably(&early)?;
+        self.pending = (self.current != early).then_some(self.current);
+        Ok(synced)
+    }
+
+    /// Writes `hard_state` into the slot that does not hold the durable value, with the next
+    /// sequence number, and msyncs it.
+    fn write_durably(&mut self, hard_state: &HardState) -> Result<RangeSync, StoreError> {
         self.sequence += 1;
         let slot = 1 - self.durable_slot;
-        self.file.write(SLOT_OFFSETS[slot] as u64, &encode_slot(self.sequence, &hard_state));
+        self.file.write(SLOT_OFFSETS[slot] as u64, &encode_slot(self.sequence, hard_state));
         let synced = self.file.sync()?;
         self.durable_slot = slot;
-        self.durable = hard_state;
-        self.pending = None;
+        self.durable = *hard_state;
         Ok(synced)
     }
 

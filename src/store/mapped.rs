@@ -211,6 +211,10 @@ impl MappedFile {
             "msync range out of the map of {}",
             self.path.display()
         );
+        #[cfg(test)]
+        if fault::msync_fails() {
+            return Err(StoreError::errno(&self.path, "msync", nix::errno::Errno::EIO));
+        }
         let base = NonNull::new(self.map.as_mut_ptr()).expect("a non-empty mapping has a non-null address");
         // SAFETY: `start` is page aligned and `start..end` lies inside our live mapping, so
         // the address range is mapped for the whole call; msync does not write to memory.
@@ -255,13 +259,37 @@ pub(crate) fn page_size() -> usize {
     })
 }
 
-/// Test-only fault injection: make the next grow fail as a full disk would.
+/// Test-only fault injection: make the next grow fail as a full disk would, or cut the
+/// power at an msync.
 #[cfg(test)]
 pub(crate) mod fault {
     use std::cell::Cell;
 
     thread_local! {
         static FAIL_NEXT_GROW: Cell<Option<nix::errno::Errno>> = const { Cell::new(None) };
+        static MSYNCS_BEFORE_POWER_CUT: Cell<Option<u32>> = const { Cell::new(None) };
+    }
+
+    /// On this thread, `msyncs` more msyncs succeed; every one after them fails with `EIO`
+    /// without writing anything, as if the power went off there, until [`power_back_on`].
+    pub(crate) fn cut_power_after_msyncs(msyncs: u32) {
+        MSYNCS_BEFORE_POWER_CUT.with(|c| c.set(Some(msyncs)));
+    }
+
+    /// Ends [`cut_power_after_msyncs`].
+    pub(crate) fn power_back_on() {
+        MSYNCS_BEFORE_POWER_CUT.with(|c| c.set(None));
+    }
+
+    pub(super) fn msync_fails() -> bool {
+        MSYNCS_BEFORE_POWER_CUT.with(|c| match c.get() {
+            None => false,
+            Some(0) => true,
+            Some(left) => {
+                c.set(Some(left - 1));
+                false
+            }
+        })
     }
 
     /// The next grow or create on this thread fails with `errno`.

@@ -10,6 +10,13 @@
 //! The path of a `Ready` through the store: [`Store::append`] its entries,
 //! [`Store::set_hard_state`], then one [`Store::sync`] (group commit: one `msync` per file
 //! touched, however many entries), and only then send the messages that depend on them.
+//!
+//! Durability order (`docs/format.md`, "Write order"): the hard state's term is durable no
+//! later than any entry or snapshot of that term (an entry of a newer term makes
+//! [`Store::append`] msync the term first, because mapped log bytes may reach the disk at
+//! any moment after they are written), and the log is durable before any commit index that
+//! covers it (the hard state is written after the log's msync). So a crash at any point
+//! leaves a state that [`crate::raft::Raft::new`] accepts.
 
 #![deny(missing_docs)]
 
@@ -93,7 +100,7 @@ impl Store {
         let mut warnings = Vec::new();
         refuse_legacy_files(dir, &mut warnings)?;
         let snapshot = snapshot::load(dir, &mut warnings)?;
-        let hard_state = HardStateFile::open(dir, &mut warnings)?;
+        let mut hard_state = HardStateFile::open(dir, &mut warnings)?;
         let log_options =
             LogOptions { segment_bytes: options.segment_bytes, grow_step_bytes: options.grow_step_bytes };
         let first_segment_seq = snapshot.as_ref().map_or(0, |s| s.first_segment_seq);
@@ -126,6 +133,22 @@ impl Store {
             return Err(StoreError::corrupt(dir, 0, reason));
         }
         let entries = log.entries(log.first_index(), log.last_index() + 1)?;
+        let newest_term =
+            entries.last().map(|e| e.term).max(snapshot.as_ref().map(|s| s.meta.term)).unwrap_or(0);
+        if newest_term > hard_state.get().term {
+            // Only a store written before the hard state's term was synced ahead of the log
+            // gets here. The node had reached that term (it held a record of it), and it had
+            // sent no vote in it (a vote is sent only once durable, and none is).
+            let warning = format!(
+                "{}: the log holds term {newest_term} but the hard state only term {}: raised the \
+                 hard state to term {newest_term} with no vote",
+                dir.display(),
+                hard_state.get().term
+            );
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+            hard_state.make_term_durable(newest_term)?;
+        }
         let recovered = Recovered {
             hard_state: hard_state.get(),
             snapshot: snapshot.map(|s| (s.meta, s.data)),
@@ -144,15 +167,23 @@ impl Store {
     /// entry and all after it are replaced. Not durable until [`Store::sync`]; on error
     /// (e.g. [`StoreError::DiskFull`]) the log is unchanged.
     ///
+    /// If an entry has a term the durable hard state has not reached, that term is made
+    /// durable first (one msync; see [`Store`]'s write order): the records go into the
+    /// mapped log, which background writeback, a segment roll or a killed process's page
+    /// cache can make durable before any [`Store::sync`].
+    ///
     /// Panics if the entries are not consecutive or would leave a gap or overwrite
     /// entries covered by the snapshot: the Raft core never asks for that.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        if let Some(newest_term) = entries.iter().map(|e| e.term).max() {
+            self.hard_state.make_term_durable(newest_term)?;
+        }
         self.log.append(entries)
     }
 
     /// Sets the hard state: kept in memory, cheap enough for every commit change. The next
     /// [`Store::sync`] writes it after the log is durable; a crash before or during that
-    /// leaves the previous value.
+    /// leaves the previous value (or the term [`Store::append`] made durable early).
     pub fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StoreError> {
         self.hard_state.set(hard_state);
         Ok(())
@@ -248,6 +279,9 @@ impl Store {
     /// `meta.index` with `meta.term`, the entries after it are kept; otherwise the whole log
     /// is discarded (§7).
     ///
+    /// As with [`Store::append`], a term the durable hard state has not reached is made
+    /// durable before the snapshot.
+    ///
     /// Panics if `meta.index` is not beyond the current snapshot.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
         assert!(
@@ -256,6 +290,7 @@ impl Store {
             meta.index,
             self.snapshot_index
         );
+        self.hard_state.make_term_durable(meta.term)?;
         let dir = self.data_dir.path().to_path_buf();
         if self.log.term(meta.index) == Some(meta.term) {
             snapshot::save(&dir, meta, self.log.first_segment_seq(), data)?;

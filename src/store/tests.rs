@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::raft::{ConfState, EntryKind};
+use crate::raft::{ConfState, Config, EntryKind, InitError, InitialState, Raft};
 
 /// Small segments so that tests cross segment boundaries and grow files often.
 fn small() -> StoreOptions {
@@ -35,6 +35,45 @@ const RECORD: usize = 64;
 
 fn reopen(dir: &Path) -> Recovered {
     Store::open(dir, small()).unwrap().1
+}
+
+/// Starts node 1 of `voters` from what the store recovered, as the daemon does.
+fn start_raft(recovered: &Recovered, voters: &[u64]) -> Result<Raft, InitError> {
+    let snapshot = recovered.snapshot.as_ref().map_or_else(SnapshotMeta::default, |(meta, _)| meta.clone());
+    let initial = InitialState {
+        hard_state: recovered.hard_state,
+        snapshot: SnapshotMeta { conf: ConfState { voters: voters.to_vec() }, ..snapshot },
+        entries: recovered.entries.clone(),
+    };
+    Raft::new(Config::new(1), initial)
+}
+
+/// The warning `Store::open` gives when it has to raise the hard state's term to the log's.
+const RAISED_TERM_WARNING: &str = "raised the hard state to term";
+
+/// Checks that Raft starts from the recovered state, that the hard state's term is at least
+/// every recovered entry's and the snapshot's, and that it got there without the repair at open.
+fn assert_starts(recovered: &Recovered, voters: &[u64], context: &str) {
+    if let Err(error) = start_raft(recovered, voters) {
+        panic!("{context}: Raft refused the recovered state: {error}");
+    }
+    let newest_term = recovered
+        .entries
+        .iter()
+        .map(|e| e.term)
+        .chain(recovered.snapshot.as_ref().map(|(meta, _)| meta.term))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        recovered.hard_state.term >= newest_term,
+        "{context}: hard state {:?} behind a record of term {newest_term}",
+        recovered.hard_state
+    );
+    assert!(
+        !recovered.warnings.iter().any(|w| w.contains(RAISED_TERM_WARNING)),
+        "{context}: the term had to be repaired: {:?}",
+        recovered.warnings
+    );
 }
 
 #[test]
@@ -76,6 +115,159 @@ fn batch_sync_makes_term_and_vote_durable_but_lets_a_commit_only_change_lag() {
     store.sync_entries_and_vote().unwrap();
     drop(store);
     assert_eq!(reopen(dir.path()).hard_state, HardState { term: 2, vote: None, commit: 20 });
+}
+
+/// What the disk thread persists for one Ready (`src/server/disk.rs`, `persist`).
+struct ReadyToPersist {
+    snapshot: Option<SnapshotMeta>,
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    /// `Store::sync` (the simulator) rather than `Store::sync_entries_and_vote` (the daemon).
+    full_sync: bool,
+}
+
+fn persist(store: &mut Store, ready: &ReadyToPersist) -> Result<(), StoreError> {
+    if let Some(meta) = &ready.snapshot {
+        store.install_snapshot(meta, b"leader state")?;
+    }
+    if !ready.entries.is_empty() {
+        store.append(&ready.entries)?;
+    }
+    store.set_hard_state(&ready.hard_state)?;
+    if ready.full_sync {
+        store.sync()?;
+    } else {
+        store.sync_entries_and_vote()?;
+    }
+    Ok(())
+}
+
+/// Cuts the power at each msync in turn while `ready` is persisted on a store prepared by
+/// `setup`, lets each unsynced page reach the disk or not (`crash`, several seeds), and
+/// checks that every store so left opens and that Raft starts from it.
+fn check_power_cut_at_every_msync(setup: impl Fn(&mut Store), ready: &ReadyToPersist, voters: &[u64]) {
+    for msyncs_before_cut in 0.. {
+        let mut persisted = false;
+        for seed in 0..12u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+            setup(&mut store);
+            let before = store.hard_state();
+            mapped::fault::cut_power_after_msyncs(msyncs_before_cut);
+            persisted = persist(&mut store, ready).is_ok();
+            mapped::fault::power_back_on();
+            let unsynced = store.unsynced_ranges();
+            drop(store);
+            crash(&unsynced, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let context = format!("power cut after {msyncs_before_cut} msyncs, seed {seed}");
+            let recovered = match Store::open(dir.path(), small()) {
+                Ok((_, recovered)) => recovered,
+                Err(error) => panic!("{context}: the store does not open: {error}"),
+            };
+            let term = recovered.hard_state.term;
+            assert!(before.term <= term && term <= ready.hard_state.term, "{context}: term {term}");
+            assert_starts(&recovered, voters, &context);
+        }
+        if persisted {
+            return;
+        }
+    }
+}
+
+/// A power cut between the msyncs of a follower's first batch of a new term (whose commit
+/// index covers the new entries) leaves a store that starts: the term is never behind the
+/// log, the commit index never ahead of it. Reference: Raft paper Fig. 2, "Persistent state".
+#[test]
+fn power_cut_at_any_msync_of_a_first_batch_of_a_new_term_leaves_a_store_that_starts() {
+    let setup = |store: &mut Store| {
+        store.append(&entries(1..6, 1)).unwrap();
+        store.set_hard_state(&HardState { term: 1, vote: Some(2), commit: 3 }).unwrap();
+        store.sync().unwrap();
+    };
+    for full_sync in [false, true] {
+        let ready = ReadyToPersist {
+            snapshot: None,
+            entries: entries(6..9, 2),
+            hard_state: HardState { term: 2, vote: None, commit: 8 },
+            full_sync,
+        };
+        check_power_cut_at_every_msync(setup, &ready, &[1, 2, 3]);
+    }
+}
+
+/// A one-node cluster's start persists its vote for itself and its first entry in one
+/// Ready; a power cut at any msync of it leaves a store that starts.
+#[test]
+fn power_cut_at_any_msync_of_a_one_node_clusters_start_leaves_a_store_that_starts() {
+    let first = Entry { index: 1, term: 1, kind: EntryKind::Noop, data: Bytes::new() };
+    for full_sync in [false, true] {
+        let ready = ReadyToPersist {
+            snapshot: None,
+            entries: vec![first.clone()],
+            hard_state: HardState { term: 1, vote: Some(1), commit: 0 },
+            full_sync,
+        };
+        check_power_cut_at_every_msync(|_| {}, &ready, &[1]);
+    }
+}
+
+/// A snapshot of a newer term is no more durable than that term either.
+#[test]
+fn power_cut_at_any_msync_of_installing_a_newer_terms_snapshot_leaves_a_store_that_starts() {
+    let setup = |store: &mut Store| {
+        store.append(&entries(1..6, 1)).unwrap();
+        store.set_hard_state(&HardState { term: 1, vote: Some(2), commit: 3 }).unwrap();
+        store.sync().unwrap();
+    };
+    for (snapshot, entries) in [(meta(100, 3), vec![]), (meta(4, 3), entries(5..7, 3))] {
+        let ready = ReadyToPersist {
+            snapshot: Some(snapshot),
+            entries,
+            hard_state: HardState { term: 3, vote: None, commit: 4 },
+            full_sync: false,
+        };
+        check_power_cut_at_every_msync(setup, &ready, &[1, 2, 3]);
+    }
+}
+
+/// A data directory written by a version that synced the hard state after the log can hold
+/// entries of a term its hard state never reached; it is repaired at open, durably.
+#[test]
+fn a_log_ahead_of_the_hard_states_term_is_repaired_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..6, 1)).unwrap();
+    store.set_hard_state(&HardState { term: 1, vote: Some(2), commit: 3 }).unwrap();
+    store.sync().unwrap();
+    // The old order, cut between the log's msync and the hard state's.
+    store.log.append(&entries(6..9, 2)).unwrap();
+    store.log.sync().unwrap();
+    drop(store);
+    let recovered = reopen(dir.path());
+    assert!(recovered.warnings.iter().any(|w| w.contains(RAISED_TERM_WARNING)), "{:?}", recovered.warnings);
+    assert_eq!(recovered.hard_state, HardState { term: 2, vote: None, commit: 3 });
+    start_raft(&recovered, &[1, 2, 3]).unwrap();
+    let recovered = reopen(dir.path());
+    assert!(recovered.warnings.is_empty(), "the repair was not durable: {:?}", recovered.warnings);
+    assert_eq!(recovered.hard_state, HardState { term: 2, vote: None, commit: 3 });
+}
+
+/// The same for a snapshot of a term the hard state never reached.
+#[test]
+fn a_snapshot_ahead_of_the_hard_states_term_is_repaired_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+    store.append(&entries(1..6, 1)).unwrap();
+    store.set_hard_state(&HardState { term: 1, vote: Some(2), commit: 3 }).unwrap();
+    store.sync().unwrap();
+    let seq = store.log.begin_reset().unwrap();
+    snapshot::save(dir.path(), &meta(100, 3), seq, b"leader state").unwrap();
+    store.log.finish_reset(seq, 101).unwrap();
+    drop(store);
+    let recovered = reopen(dir.path());
+    assert!(recovered.warnings.iter().any(|w| w.contains(RAISED_TERM_WARNING)), "{:?}", recovered.warnings);
+    assert_eq!(recovered.hard_state, HardState { term: 3, vote: None, commit: 3 });
+    start_raft(&recovered, &[1, 2, 3]).unwrap();
 }
 
 #[test]
@@ -466,7 +658,17 @@ proptest! {
             matched |= recovered.entries == candidate;
         }
         prop_assert!(matched, "recovered {} entries, not the acknowledged log plus a prefix of the rest", recovered.entries.len());
-        prop_assert!(recovered.hard_state == acknowledged_hard_state || recovered.hard_state == latest_hard_state);
+        // The acknowledged hard state, or a newer term (made durable ahead of its entries,
+        // with or without the vote set for it); never behind a recovered entry.
+        let recovered_hard_state = recovered.hard_state;
+        prop_assert!(
+            recovered_hard_state == acknowledged_hard_state
+                || (recovered_hard_state.term > acknowledged_hard_state.term
+                    && recovered_hard_state.term <= latest_hard_state.term
+                    && recovered_hard_state.commit == 0),
+            "hard state {:?}, acknowledged {:?}, latest {:?}", recovered_hard_state, acknowledged_hard_state, latest_hard_state
+        );
+        assert_starts(&recovered, &[1, 2, 3], "crash after unsynced batches");
     }
 }
 
@@ -499,9 +701,19 @@ fn crash(unsynced: &[(std::path::PathBuf, std::ops::Range<u64>)], seed: u64) {
 
 const KILL_WRITER_DIR: &str = "MMAPD_TEST_KILL_WRITER_DIR";
 
+/// The term of entry `index` in the kill -9 test: a new term every 8 entries, so that
+/// most batches start one, as a follower's first batch after an election does.
+fn kill_test_term(index: u64) -> u64 {
+    index / 8 + 1
+}
+
+fn kill_test_entries(range: std::ops::Range<u64>) -> Vec<Entry> {
+    range.map(|i| entry(i, kill_test_term(i))).collect()
+}
+
 /// The child side of `kill_minus_nine_mid_batch_loses_nothing_acknowledged`: appends and
-/// syncs batches forever, printing the last index of each synced batch. Does nothing when
-/// run as an ordinary test.
+/// syncs batches forever, with the hard state of their term, printing the last index of
+/// each synced batch. Does nothing when run as an ordinary test.
 #[test]
 fn kill_writer_child() {
     let Some(dir) = std::env::var_os(KILL_WRITER_DIR) else { return };
@@ -509,9 +721,11 @@ fn kill_writer_child() {
     let mut size = 1;
     loop {
         let start = store.last_index() + 1;
-        store.append(&entries(start..start + size, 1)).unwrap();
+        let last = start + size - 1;
+        store.append(&kill_test_entries(start..last + 1)).unwrap();
+        store.set_hard_state(&HardState { term: kill_test_term(last), vote: Some(1), commit: 0 }).unwrap();
         store.sync().unwrap();
-        println!("acked {}", start + size - 1);
+        println!("acked {last}");
         size = size % 37 + 1;
     }
 }
@@ -548,7 +762,8 @@ fn kill_minus_nine_mid_batch_loses_nothing_acknowledged() {
         child.wait().unwrap();
         let recovered = reopen(dir.path());
         assert!(recovered.entries.len() as u64 >= acknowledged, "round {round}: lost acknowledged entries");
-        assert_eq!(recovered.entries[..acknowledged as usize], entries(1..acknowledged + 1, 1)[..]);
+        assert_eq!(recovered.entries[..acknowledged as usize], kill_test_entries(1..acknowledged + 1)[..]);
+        assert_starts(&recovered, &[1, 2, 3], &format!("kill -9 in round {round}"));
     }
 }
 

@@ -8,6 +8,11 @@
 //! Decoding is strict and total: any malformed input (unknown tag, a length or count the
 //! buffer cannot hold, a limit exceeded, bytes left over) is a `CodecError` naming the
 //! byte offset, never a panic. Payloads are `Bytes::slice`s of the input, not copies.
+//!
+//! An `InstallSnapshot` carries a CRC-32C of its metadata and data (kind tag 10), checked
+//! while decoding: a damaged snapshot is refused here, before the Raft core or the disk sees
+//! it. The unchecked form of earlier versions (tag 6) is still decoded, so that a rolling
+//! upgrade keeps working, but never sent.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -39,10 +44,13 @@ const TAG_APPEND_ENTRIES: u8 = 2;
 const TAG_APPEND_ENTRIES_RESPONSE: u8 = 3;
 const TAG_HEARTBEAT: u8 = 4;
 const TAG_HEARTBEAT_RESPONSE: u8 = 5;
-const TAG_INSTALL_SNAPSHOT: u8 = 6;
+/// `InstallSnapshot` without a checksum, as earlier versions send it: decoded, never encoded.
+const TAG_INSTALL_SNAPSHOT_UNCHECKED: u8 = 6;
 const TAG_TIMEOUT_NOW: u8 = 7;
 const TAG_READ_INDEX: u8 = 8;
 const TAG_READ_INDEX_RESPONSE: u8 = 9;
+/// `InstallSnapshot` with a CRC-32C of its metadata and data.
+const TAG_INSTALL_SNAPSHOT: u8 = 10;
 
 /// `RequestVote` flags.
 const FLAG_PRE_VOTE: u8 = 0b01;
@@ -111,6 +119,24 @@ pub enum CodecError {
         offset: usize,
         /// The rule it breaks.
         reason: &'static str,
+    },
+    /// An `InstallSnapshot`'s metadata and data do not match its checksum: damaged on the
+    /// way (or by the sender). Nothing of it may be used.
+    #[error(
+        "snapshot at bytes {offset}..{end} has CRC-32C {computed:#010x}, \
+         its checksum at byte {checksum_offset} says {expected:#010x}"
+    )]
+    SnapshotChecksumMismatch {
+        /// Where the checksummed snapshot starts (its `meta.index`).
+        offset: usize,
+        /// Where its data ends.
+        end: usize,
+        /// Where the checksum field is (it is not part of what it covers).
+        checksum_offset: usize,
+        /// The checksum the message carries.
+        expected: u32,
+        /// The checksum of the bytes received.
+        computed: u32,
     },
     /// Bytes follow the last message.
     #[error("{count} trailing bytes at byte {offset}")]
@@ -189,7 +215,7 @@ fn message_len(message: &Message) -> usize {
             MessageBody::Heartbeat { .. } => 8 + 8,
             MessageBody::HeartbeatResponse { .. } => 8,
             MessageBody::InstallSnapshot { snapshot } => {
-                8 + 8 + 4 + 8 * snapshot.meta.conf.voters.len() + 8 + snapshot.data.len()
+                8 + 8 + 4 + 8 * snapshot.meta.conf.voters.len() + 8 + 4 + snapshot.data.len()
             }
             MessageBody::TimeoutNow => 0,
             MessageBody::ReadIndex { .. } => 8,
@@ -260,6 +286,7 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
         }
         MessageBody::InstallSnapshot { snapshot } => {
             out.push(TAG_INSTALL_SNAPSHOT);
+            let start = out.len();
             put_u64(out, snapshot.meta.index);
             put_u64(out, snapshot.meta.term);
             let voters = &snapshot.meta.conf.voters;
@@ -269,6 +296,7 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
                 put_u64(out, *voter);
             }
             put_u64(out, snapshot.data.len() as u64);
+            put_u32(out, snapshot_checksum(&out[start..], &snapshot.data));
             out.extend_from_slice(&snapshot.data);
         }
         MessageBody::TimeoutNow => out.push(TAG_TIMEOUT_NOW),
@@ -282,6 +310,12 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
             put_u64(out, *index);
         }
     }
+}
+
+/// The CRC-32C of an `InstallSnapshot`'s fields from `meta.index` through the data length
+/// (`meta`), then its data.
+fn snapshot_checksum(meta: &[u8], data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(meta), data)
 }
 
 fn payload_len(data: &[u8]) -> u32 {
@@ -374,7 +408,8 @@ impl Decoder<'_> {
                 MessageBody::Heartbeat { commit: self.reader.u64()?, context: self.reader.u64()? }
             }
             TAG_HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse { context: self.reader.u64()? },
-            TAG_INSTALL_SNAPSHOT => self.install_snapshot()?,
+            TAG_INSTALL_SNAPSHOT => self.install_snapshot(true)?,
+            TAG_INSTALL_SNAPSHOT_UNCHECKED => self.install_snapshot(false)?,
             TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
             TAG_READ_INDEX => MessageBody::ReadIndex { context: self.reader.u64()? },
             TAG_READ_INDEX_RESPONSE => {
@@ -431,7 +466,9 @@ impl Decoder<'_> {
         Ok(MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit })
     }
 
-    fn install_snapshot(&mut self) -> Result<MessageBody, CodecError> {
+    /// Decodes an `InstallSnapshot`'s fields; `checked`: with a checksum, verified here.
+    fn install_snapshot(&mut self, checked: bool) -> Result<MessageBody, CodecError> {
+        let start = self.reader.offset();
         let index = self.reader.u64()?;
         let term = self.reader.u64()?;
         let count = self.count("voter", MAX_VOTERS, 8)?;
@@ -445,7 +482,23 @@ impl Decoder<'_> {
             voters.push(voter);
         }
         let len = self.reader.u64()?;
-        let data = self.data.slice_ref(self.reader.bytes(len)?);
+        let checksum_offset = self.reader.offset();
+        let expected = if checked { Some(self.reader.u32()?) } else { None };
+        let data = self.reader.bytes(len)?;
+        if let Some(expected) = expected {
+            let computed = snapshot_checksum(&self.data[start..checksum_offset], data);
+            if computed != expected {
+                let end = self.reader.offset();
+                return Err(CodecError::SnapshotChecksumMismatch {
+                    offset: start,
+                    end,
+                    checksum_offset,
+                    expected,
+                    computed,
+                });
+            }
+        }
+        let data = self.data.slice_ref(data);
         let meta = SnapshotMeta { index, term, conf: ConfState { voters } };
         Ok(MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data } })
     }
