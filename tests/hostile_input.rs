@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mmapd::kv::Command;
 use mmapd::raft::{Message, MessageBody};
 use mmapd::transport::codec::encode_batch;
 
@@ -52,6 +53,14 @@ fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     answer
+}
+
+/// The value of an unlabelled gauge or counter in `/metrics`.
+fn metric(port: u16, name: &str) -> u64 {
+    let text = get(port, "/metrics").text();
+    let line = text.lines().find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')));
+    let line = line.unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"));
+    line[name.len() + 1..].parse().unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
 fn status_line(answer: &[u8]) -> String {
@@ -371,4 +380,207 @@ fn garbage_on_the_admin_socket_is_refused_and_the_node_lives_on() {
     let output = admin(&["--socket", socket.to_str().unwrap(), "status"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_alive_and_intact(&single);
+}
+
+#[test]
+fn forwarded_writes_get_the_same_key_and_value_limits_as_the_public_api() {
+    let single = seeded_node();
+    let port = single.port();
+    let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
+    let keys_before = metric(port, "mmapd_keys");
+    let cases: [(&str, Command, u16); 6] = [
+        ("an empty key", Command::put("", "x"), 400),
+        ("a 5,000-byte key", Command::put("k".repeat(5000), "x"), 413),
+        ("a key that is not UTF-8", Command::put(vec![b'k', 0xff, 0xfe], "x"), 400),
+        ("a value over the limit", Command::put("big", vec![b'v'; MAX_VALUE_BYTES + 1]), 413),
+        ("a delete of the empty key", Command::delete(""), 400),
+        (
+            "an import with one pair that is not UTF-8",
+            Command::Import { pairs: vec![("fine".into(), "x".into()), (vec![0xc3].into(), "x".into())] },
+            400,
+        ),
+    ];
+    for (what, command, status) in cases {
+        let response = request(port, "POST", "/raft/propose", &secret, &command.encode()).unwrap();
+        assert_eq!(response.status, status, "{what}: {}", response.text());
+    }
+    assert_eq!(metric(port, "mmapd_keys"), keys_before, "a refused forwarded write was stored");
+    assert_eq!(get(port, "/v1/kv/fine").status, 404, "a refused import stored a prefix");
+    let log = single.node.log_text();
+    assert!(
+        log.lines().any(|line| line.contains("forwarded write refused") && line.contains("127.0.0.1:")),
+        "refusals are not logged with the sender's address:\n{log}"
+    );
+    // A forwarded write within the limits still applies.
+    let ok =
+        request(port, "POST", "/raft/propose", &secret, &Command::put("forwarded", "ok").encode()).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(get(port, "/v1/kv/forwarded").text(), "ok");
+    assert_alive_and_intact(&single);
+}
+
+#[test]
+fn a_cluster_secret_that_is_not_a_header_value_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("random-secret");
+    // As from `head -c 32 /dev/urandom`: control bytes and bytes above 0x7e.
+    std::fs::write(&secret, [0x8f, 0x00, 0x41, 0x0a, 0x42, 0x7f, 0xe2, 0x13]).unwrap();
+    let port = free_ports(1)[0].to_string();
+    let data_dir = dir.path().join("data");
+    let args = ["--port", &port, "--data-dir", data_dir.to_str().unwrap()];
+    let mut node = Daemon::new(dir.path(), port.parse().unwrap(), &args)
+        .env("MMAPD_CLUSTER_SECRET_FILE", secret.as_os_str());
+    node.spawn();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "mmapd started with a secret no header can carry");
+    let log = node.log_text();
+    assert!(
+        log.contains(secret.to_str().unwrap()) && log.contains("header"),
+        "the error does not name the file: {log}"
+    );
+}
+
+#[test]
+fn writes_past_the_quota_get_507_quota_and_deletes_make_room() {
+    // Each key below costs 2 + 1000 bytes plus 96 of overhead: three fit in 4096.
+    let single = Single::start(&["--quota-bytes", "4096"]);
+    let port = single.port();
+    let value = "v".repeat(1000);
+    for i in 0..3 {
+        assert_eq!(put(port, &format!("/v1/kv/k{i}"), value.as_bytes()).status, 201, "k{i}");
+    }
+    assert_eq!(metric(port, "mmapd_quota_bytes"), 4096);
+    assert_eq!(metric(port, "mmapd_kv_data_bytes"), 3 * (2 + 1000 + 96));
+
+    let refused = put(port, "/v1/kv/k3", value.as_bytes());
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert_eq!(refused.json()["code"], "quota");
+    assert!(refused.json()["error"].as_str().unwrap().contains("quota of 4096 bytes"), "{}", refused.text());
+    let form = request(port, "POST", "/set/k3", &[], format!("value={value}").as_bytes()).unwrap();
+    assert_eq!(form.status, 507, "the original's /set: {}", form.text());
+    assert!(form.text().contains("quota"), "{}", form.text());
+    // The leader's side of a forwarded write refuses it too.
+    let forwarded =
+        request(port, "POST", "/raft/propose", &[], &Command::put("k3", value.clone()).encode()).unwrap();
+    assert_eq!(
+        (forwarded.status, forwarded.json()["code"].as_str()),
+        (507, Some("quota")),
+        "{}",
+        forwarded.text()
+    );
+    assert_eq!(get(port, "/v1/kv/k3").status, 404, "a refused write was stored");
+    // A write that does not grow the data is not refused.
+    assert_eq!(put(port, "/v1/kv/k0", b"short").status, 200);
+
+    let deleted = request(port, "DELETE", "/v1/kv/k1", &[], b"").unwrap();
+    assert_eq!(deleted.status, 200, "deletes work past the quota: {}", deleted.text());
+    assert_eq!(put(port, "/v1/kv/k3", value.as_bytes()).status, 201, "the delete made room");
+    assert_eq!(metric(port, "mmapd_kv_data_bytes"), (2 + 5 + 96) + 2 * (2 + 1000 + 96));
+}
+
+/// `field=<number>` in a log line (tracing's format, with or without colours).
+fn log_field(line: &str, field: &str) -> u64 {
+    let clean: String = strip_ansi(line);
+    let start =
+        clean.find(&format!("{field}=")).unwrap_or_else(|| panic!("no {field} in {clean}")) + field.len() + 1;
+    clean[start..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_connection_flood_past_the_descriptor_limit_waits_while_snapshots_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let port_text = port.to_string();
+    let data_dir = dir.path().join("data");
+    let mut args = vec!["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    // A soft limit below the hard one, as under a login shell: the node raises it.
+    let mut node = Daemon::new(dir.path(), port, &args).nofile_limit(200, 320);
+    node.start().unwrap();
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (node.status()?["state"] == "leader").then_some(())
+    });
+    let log = strip_ansi(&node.log_text());
+    let line = log
+        .lines()
+        .find(|line| line.contains("connection limit derived"))
+        .expect("no connection limit logged");
+    let descriptor_limit = log_field(line, "descriptor_limit") as usize;
+    assert_eq!(descriptor_limit, 320, "the soft limit was not raised to the hard: {line}");
+    let limit = log_field(line, "client_connections") as usize;
+    assert!((32..descriptor_limit).contains(&limit), "{line}");
+    for i in 0..20 {
+        assert_eq!(put(port, &format!("/v1/kv/before-{i}"), b"x").status, 201);
+    }
+
+    // More idle connections than the node has descriptors: it serves `limit` of them,
+    // and the kernel queues the rest (the listen backlog is 1024).
+    let flood: Vec<TcpStream> = (0..descriptor_limit + 100)
+        .map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A snapshot (a temporary file, fsync, rename, the directory's fsync) and the admin
+    // socket still have descriptors, at once: not only once hyper's 10 s header timeout
+    // has closed idle connections.
+    let socket = data_dir.join("admin.sock");
+    let snapshot = admin(&["--socket", socket.to_str().unwrap(), "--timeout", "5", "snapshot"]);
+    assert!(
+        snapshot.status.success(),
+        "snapshot during the flood: {}",
+        String::from_utf8_lossy(&snapshot.stderr)
+    );
+    let status = admin(&["--socket", socket.to_str().unwrap(), "--timeout", "5", "status"]);
+    assert!(status.status.success(), "status during the flood: {}", String::from_utf8_lossy(&status.stderr));
+
+    drop(flood);
+    wait_for(Duration::from_secs(10), "a write after the flood", || {
+        (request(port, "PUT", "/v1/kv/after", &[], b"yes").ok()?.status == 201).then_some(())
+    });
+    assert_eq!(get(port, "/v1/kv/before-7").text(), "x");
+    assert!(node.is_running());
+    let log = node.log_text();
+    assert!(!log.contains("Too many open files"), "the node ran out of descriptors:\n{log}");
+}
+
+#[test]
+fn a_descriptor_limit_too_low_for_the_reserve_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let port_text = port.to_string();
+    let data_dir = dir.path().join("data");
+    let args = ["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+    let mut node = Daemon::new(dir.path(), port, &args).nofile_limit(150, 150);
+    node.spawn();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "mmapd started with 150 descriptors");
+    let log = node.log_text();
+    assert!(log.contains("RLIMIT_NOFILE") && log.contains("150"), "no clear error: {log}");
+}
+
+#[test]
+fn the_unit_sets_a_descriptor_limit_that_leaves_the_full_connection_cap() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/mmapd@.service")).unwrap();
+    let values: Vec<&str> = unit.lines().filter_map(|line| line.strip_prefix("LimitNOFILE=")).collect();
+    assert_eq!(values.len(), 1, "one LimitNOFILE= in the unit: {values:?}");
+    let limit: u64 = values[0].parse().expect("LimitNOFILE= is one number: soft and hard alike");
+    // 8192 client connections plus the reserve of a 7-node cluster (about 500).
+    assert!(limit >= 8192 + 1024, "LimitNOFILE={limit} caps the connections below 8192");
 }

@@ -147,8 +147,27 @@ impl StateMachine {
     }
 
     /// Estimated memory held: key and value bytes plus `PER_KEY_OVERHEAD_BYTES` per key.
+    /// O(1): kept up to date by every apply and by the snapshot loader. This is what
+    /// the daemon's `--quota-bytes` limits, so that many tiny keys count what they cost.
     pub fn approximate_bytes(&self) -> u64 {
         self.payload_bytes + self.map.len() as u64 * PER_KEY_OVERHEAD_BYTES
+    }
+
+    /// The most that applying `command` now could add to `approximate_bytes()`: the new
+    /// key's bytes and overhead, or a longer value's extra bytes; 0 for a delete or a
+    /// shorter value. Conditions are assumed to hold, and an import that lists a key
+    /// twice counts it twice, so this never underestimates. Costs one lookup per key:
+    /// the quota check before a proposal.
+    pub fn growth_bytes(&self, command: &Command) -> u64 {
+        let growth = |key: &[u8], value: &[u8]| match self.map.get(key) {
+            Some(old) => (value.len() as u64).saturating_sub(old.data.len() as u64),
+            None => (key.len() + value.len()) as u64 + PER_KEY_OVERHEAD_BYTES,
+        };
+        match command {
+            Command::Put { key, value, .. } => growth(key, value),
+            Command::Delete { .. } => 0,
+            Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
+        }
     }
 
     fn put(&mut self, index: u64, key: &Bytes, value: &Bytes, condition: Condition) -> Outcome {

@@ -168,6 +168,40 @@ fn approximate_bytes_tracks_keys_and_values() {
 }
 
 #[test]
+fn data_bytes_follow_overwrites_deletes_imports_and_a_snapshot_round_trip() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("key", "12345"));
+    state.apply(2, &Command::put("other", "x"));
+    assert_eq!(state.approximate_bytes(), 8 + 6 + 2 * PER_KEY_OVERHEAD_BYTES);
+    state.apply(3, &Command::put("key", "123456789"));
+    assert_eq!(state.approximate_bytes(), 12 + 6 + 2 * PER_KEY_OVERHEAD_BYTES, "a longer value");
+    state.apply(4, &put_if("key", "1", Condition::VersionEquals(1)));
+    assert_eq!(state.approximate_bytes(), 12 + 6 + 2 * PER_KEY_OVERHEAD_BYTES, "a failed condition");
+    state
+        .apply(5, &Command::Import { pairs: vec![("other".into(), "yy".into()), ("new".into(), "".into())] });
+    assert_eq!(state.approximate_bytes(), 12 + 7 + 3 + 3 * PER_KEY_OVERHEAD_BYTES, "an import");
+    let loaded = StateMachine::load_snapshot(&snapshot_bytes(&state)).unwrap();
+    assert_eq!(loaded.approximate_bytes(), state.approximate_bytes(), "after a snapshot round trip");
+    let shared = StateMachine::load_snapshot_shared(&Bytes::from(snapshot_bytes(&state))).unwrap();
+    assert_eq!(shared.approximate_bytes(), state.approximate_bytes());
+    state.apply(6, &Command::delete("key"));
+    state.apply(7, &Command::delete("absent"));
+    assert_eq!(state.approximate_bytes(), 7 + 3 + 2 * PER_KEY_OVERHEAD_BYTES, "after deletes");
+}
+
+#[test]
+fn growth_bytes_is_what_a_write_would_add() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("key", "12345"));
+    assert_eq!(state.growth_bytes(&Command::put("new", "1")), 4 + PER_KEY_OVERHEAD_BYTES, "a new key");
+    assert_eq!(state.growth_bytes(&Command::put("key", "1234567")), 2, "a longer value");
+    assert_eq!(state.growth_bytes(&Command::put("key", "1")), 0, "a shorter value");
+    assert_eq!(state.growth_bytes(&Command::delete("key")), 0, "a delete");
+    let import = Command::Import { pairs: vec![("key".into(), "123456".into()), ("a".into(), "b".into())] };
+    assert_eq!(state.growth_bytes(&import), 1 + 2 + PER_KEY_OVERHEAD_BYTES);
+}
+
+#[test]
 fn snapshot_round_trip_equals_the_map() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("a", "1"));
@@ -394,6 +428,16 @@ proptest! {
         expected.truncate(limit);
         let listed: Vec<&Bytes> = state.list(&prefix, limit).map(|(key, _)| key).collect();
         prop_assert_eq!(listed, expected);
+    }
+
+    #[test]
+    fn growth_bytes_never_underestimates_an_apply(history in arb_history(), command in arb_command()) {
+        let mut state = applied(&history);
+        let before = state.approximate_bytes();
+        let growth = state.growth_bytes(&command);
+        let next = state.applied_index() + 1;
+        state.apply(next, &command);
+        prop_assert!(state.approximate_bytes() <= before + growth, "{} > {} + {}", state.approximate_bytes(), before, growth);
     }
 
     #[test]

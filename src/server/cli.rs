@@ -90,7 +90,15 @@ pub struct Args {
     /// whatever their count: bounds the log kept in memory.
     #[arg(long, env = "MMAPD_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
     pub snapshot_bytes: u64,
+    /// Most bytes of key-value data (keys, values and 96 bytes per key); a write that
+    /// would pass it gets 507 `quota`, deletes still work. Default: a quarter of
+    /// physical memory (2 GiB if unknown).
+    #[arg(long, env = "MMAPD_QUOTA_BYTES")]
+    pub quota_bytes: Option<u64>,
 }
+
+/// The quota when physical memory cannot be read: etcd's default.
+const FALLBACK_QUOTA_BYTES: u64 = 2 << 30;
 
 /// A bad command line or configuration file.
 #[derive(Debug, Error)]
@@ -144,6 +152,7 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "max-key-bytes",
         "max-value-bytes",
         "snapshot-entries",
+        "quota-bytes",
         "help",
         "version",
     ];
@@ -197,6 +206,8 @@ pub struct Settings {
     pub snapshot_entries: u64,
     /// Applied entry bytes between snapshots.
     pub snapshot_bytes: u64,
+    /// The key-value data quota, as `StateMachine::approximate_bytes` counts it.
+    pub quota_bytes: u64,
 }
 
 impl Args {
@@ -254,6 +265,7 @@ impl Args {
             max_value_bytes: self.max_value_bytes,
             snapshot_entries: self.snapshot_entries.max(1),
             snapshot_bytes: self.snapshot_bytes.max(1),
+            quota_bytes: self.quota_bytes.unwrap_or_else(default_quota_bytes),
         })
     }
 }
@@ -272,6 +284,21 @@ fn resolve_peer(name: &str) -> Result<SocketAddr, CliError> {
     addresses.next().ok_or_else(|| error("resolves to no address".into()))
 }
 
+/// A quarter of physical memory. The map lives in memory, and a snapshot is a second,
+/// serialized copy while it is written, held and sent; the log holds recent values a
+/// third time. A quarter leaves room for those and for the rest of the machine.
+fn default_quota_bytes() -> u64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    let pages = sysconf(SysconfVar::_PHYS_PAGES).ok().flatten();
+    let page_bytes = sysconf(SysconfVar::PAGE_SIZE).ok().flatten();
+    match (pages, page_bytes) {
+        (Some(pages), Some(page_bytes)) if pages > 0 && page_bytes > 0 => {
+            (pages as u64).saturating_mul(page_bytes as u64) / 4
+        }
+        _ => FALLBACK_QUOTA_BYTES,
+    }
+}
+
 /// Reads the cluster secret. An empty file is an error, except a systemd credential
 /// (a file in `credentials_dir`, i.e. `$CREDENTIALS_DIRECTORY`): the unit's
 /// `SetCredential=` fallback is blank when no secret file exists, and means "no secret".
@@ -280,6 +307,15 @@ fn read_secret(path: &Path, credentials_dir: Option<&Path>) -> Result<Option<Vec
     let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     let secret = bytes.trim_ascii().to_vec();
     if !secret.is_empty() {
+        // Peers send it as a header: bytes a header cannot carry would make every peer
+        // request fail, and the cluster would never elect a leader.
+        if let Some(offset) = secret.iter().position(|&b| !(b == b'\t' || (0x20..=0x7e).contains(&b))) {
+            return Err(error(format!(
+                "byte {offset} is {:#04x}: the secret is sent as an HTTP header value and may hold \
+                 only printable ASCII (e.g. `openssl rand -hex 32`)",
+                secret[offset]
+            )));
+        }
         return Ok(Some(secret));
     }
     if credentials_dir.is_some_and(|dir| path.starts_with(dir)) {
@@ -375,6 +411,29 @@ mod tests {
             Some(b"s3cret".to_vec())
         );
         assert!(read_secret(&credentials.join("absent"), Some(&credentials)).is_err());
+    }
+
+    #[test]
+    fn a_secret_that_is_not_a_header_value_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        for bad in
+            [&b"s3cr\x00et"[..], b"line one\nline two", b"\x7f", "sécret".as_bytes(), &[0xa7, 0x11, 0xfe]]
+        {
+            std::fs::write(&path, bad).unwrap();
+            let error = read_secret(&path, None).unwrap_err().to_string();
+            assert!(error.contains(path.to_str().unwrap()) && error.contains("header"), "{bad:?}: {error}");
+        }
+        std::fs::write(&path, "0123456789abcdef ok\tok\n").unwrap();
+        assert_eq!(read_secret(&path, None).unwrap(), Some(b"0123456789abcdef ok\tok".to_vec()));
+    }
+
+    #[test]
+    fn quota_defaults_to_a_quarter_of_memory_and_the_flag_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = parse(&[]).resolve(dir.path()).unwrap().quota_bytes;
+        assert!(default >= 1 << 20, "{default}");
+        assert_eq!(parse(&["--quota-bytes", "4096"]).resolve(dir.path()).unwrap().quota_bytes, 4096);
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub enum ApiError {
     /// The disk failed under the write: it was not acknowledged.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The write would take the key-value data past `--quota-bytes`; it was not
+    /// proposed. Deletes still work.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,7 +87,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::NotLeader(_) => StatusCode::CONFLICT,
-            ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +108,7 @@ impl ApiError {
             ApiError::Timeout(..) => "timeout",
             ApiError::NotLeader(_) => "not_leader",
             ApiError::Storage(_) => "storage",
+            ApiError::QuotaExceeded(_) => "quota",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -145,6 +150,13 @@ mod tests {
     }
 
     #[test]
+    fn quota_exceeded_answers_507_with_code_quota() {
+        let error = ApiError::QuotaExceeded("the data would pass the quota".into());
+        assert_eq!((error.status(), error.code()), (StatusCode::INSUFFICIENT_STORAGE, "quota"));
+        assert!(error.to_string().starts_with("quota exceeded: "), "{error}");
+    }
+
+    #[test]
     fn every_error_has_a_4xx_or_5xx_status() {
         let errors = [
             ApiError::BadRequest("x".into()),
@@ -154,6 +166,7 @@ mod tests {
             ApiError::PreconditionFailed { current: None },
             ApiError::Unauthorized,
             ApiError::Timeout(Duration::from_secs(5), "commit"),
+            ApiError::QuotaExceeded("x".into()),
         ];
         for error in errors {
             let status = error.status();

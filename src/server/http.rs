@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
@@ -35,6 +36,10 @@ const MAX_PEER_BODY_BYTES: usize = 1 << 30;
 /// The default and largest number of keys a listing returns.
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 10_000;
+/// The most writes this node forwards to the leader at once: each holds a connection
+/// (a descriptor) to it until the leader answers. More wait for a turn, within their
+/// request timeout.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 
 /// What the API needs besides the node.
 pub struct Api {
@@ -59,20 +64,42 @@ pub struct Api {
     pub max_value_bytes: usize,
     /// Bytes mapped by the store, for /metrics.
     pub mapped_bytes: Arc<AtomicU64>,
+    /// Most key-value data, as `StateMachine::approximate_bytes` counts it.
+    pub quota_bytes: u64,
+    /// Turns to forward a write: `MAX_FORWARDS_IN_FLIGHT` of them.
+    pub forwards: Semaphore,
+}
+
+/// The client connection a request arrived on.
+#[derive(Clone)]
+pub struct Connection {
+    /// The other end, for logs.
+    pub remote: SocketAddr,
+    /// The connection's share of the connection limit. A peer stream keeps it after its
+    /// upgrade, when hyper has let go of the connection but the socket stays open.
+    pub permit: Arc<OwnedSemaphorePermit>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Serves one request; never fails at the HTTP level.
-pub async fn serve(api: Arc<Api>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+pub async fn serve(
+    api: Arc<Api>,
+    connection: Connection,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
     api.node.shared.metrics.http_requests.inc();
-    Ok(match route(&api, request).await {
+    Ok(match route(&api, &connection, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     })
 }
 
-async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn route(
+    api: &Api,
+    connection: &Connection,
+    mut request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let method = request.method().clone();
@@ -161,8 +188,11 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
             }
             let on_upgrade = hyper::upgrade::on(&mut request);
             let node = api.node.clone();
+            let permit = connection.permit.clone();
             tokio::spawn(async move {
-                match peer_stream::receive(on_upgrade, node).await {
+                let end = peer_stream::receive(on_upgrade, node).await;
+                drop(permit);
+                match end {
                     StreamEnd::Malformed(why) => {
                         tracing::warn!(%why, "peer stream closed: malformed frame");
                     }
@@ -182,6 +212,12 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
                 read_body(request, api.max_value_bytes * 2 + api.max_key_bytes + 1024, api.body_timeout)
                     .await?;
             let command = Command::decode_shared(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            // The sender should have checked; a peer with other limits, an older
+            // version or a forger may not have.
+            if let Err(error) = api.check_command(&command).and_then(|()| api.check_quota(&command)) {
+                tracing::warn!(peer = %connection.remote, %error, "forwarded write refused");
+                return Err(error);
+            }
             let applied = api.propose_here(&command).await?;
             Ok(json(StatusCode::OK, applied_to_json(&applied)))
         }
@@ -196,26 +232,57 @@ async fn route(api: &Api, mut request: Request<Incoming>) -> Result<HttpResponse
 impl Api {
     fn decode_key(&self, raw: &str) -> Result<Bytes, ApiError> {
         let key = percent_decode(raw)?;
-        if key.is_empty() {
-            return Err(ApiError::BadRequest("empty key".into()));
-        }
-        if key.len() > self.max_key_bytes {
-            return Err(ApiError::TooLarge { what: "key", size: key.len(), limit: self.max_key_bytes });
-        }
-        if std::str::from_utf8(&key).is_err() {
-            return Err(ApiError::BadRequest("key is not UTF-8".into()));
-        }
+        self.check_key(&key)?;
         Ok(Bytes::from(key))
     }
 
-    pub(crate) fn check_key_value(&self, key: &[u8], value: &[u8]) -> Result<(), ApiError> {
+    /// Keys are non-empty UTF-8 of at most `max_key_bytes`.
+    fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
         if key.is_empty() {
             return Err(ApiError::BadRequest("empty key".into()));
         }
         if key.len() > self.max_key_bytes {
             return Err(ApiError::TooLarge { what: "key", size: key.len(), limit: self.max_key_bytes });
         }
+        if std::str::from_utf8(key).is_err() {
+            return Err(ApiError::BadRequest("key is not UTF-8".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_key_value(&self, key: &[u8], value: &[u8]) -> Result<(), ApiError> {
+        self.check_key(key)?;
         self.check_value(value)
+    }
+
+    /// The key and value rules, for a command from any edge: the public routes, the
+    /// admin import, and a peer's forwarded write alike.
+    fn check_command(&self, command: &Command) -> Result<(), ApiError> {
+        match command {
+            Command::Put { key, value, .. } => self.check_key_value(key, value),
+            Command::Delete { key, .. } => self.check_key(key),
+            Command::Import { pairs } => {
+                pairs.iter().try_for_each(|(key, value)| self.check_key_value(key, value))
+            }
+        }
+    }
+
+    /// Refuses a write that would take the key-value data past the quota, before it is
+    /// proposed (as etcd does). Deletes always pass. Writes in flight are not counted,
+    /// so concurrent writes can pass the quota by what they carry together.
+    fn check_quota(&self, command: &Command) -> Result<(), ApiError> {
+        let (data_bytes, growth_bytes) = {
+            let kv = self.node.shared.kv.read().expect("kv lock");
+            (kv.approximate_bytes(), kv.growth_bytes(command))
+        };
+        if growth_bytes == 0 || data_bytes.saturating_add(growth_bytes) <= self.quota_bytes {
+            return Ok(());
+        }
+        Err(ApiError::QuotaExceeded(format!(
+            "the write would add {growth_bytes} bytes to {data_bytes} bytes of key-value data, past the \
+             quota of {} bytes (--quota-bytes); delete keys to make room",
+            self.quota_bytes
+        )))
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), ApiError> {
@@ -252,6 +319,8 @@ impl Api {
     /// Proposes a command, forwarding to the leader when this node is not it, and
     /// retries while no leader is known, within the request timeout.
     pub(crate) async fn write(&self, command: Command) -> Result<Applied, ApiError> {
+        self.check_command(&command)?;
+        self.check_quota(&command)?;
         let started = Instant::now();
         let deadline = started + self.request_timeout;
         let encoded = command.encode();
@@ -294,6 +363,8 @@ impl Api {
         let Some(address) = self.members.get(&leader) else {
             return Err(ApiError::Unavailable(format!("leader {leader} has no known address")));
         };
+        // Waiting for a turn is inside the caller's request timeout; nothing was sent yet.
+        let _turn = self.forwards.acquire().await.expect("the forward semaphore is never closed");
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(format!("http://{address}/raft/propose"))
@@ -325,19 +396,7 @@ impl Api {
             return applied_from_json(&value)
                 .ok_or_else(|| ApiError::Internal(format!("leader {address} answered {value}")));
         }
-        let message = value["error"].as_str().unwrap_or("unknown").to_owned();
-        Err(match status {
-            StatusCode::SERVICE_UNAVAILABLE if value["code"] == "timeout" => {
-                ApiError::Timeout(self.request_timeout, "the leader to commit")
-            }
-            StatusCode::SERVICE_UNAVAILABLE if value["code"] == "unavailable" => {
-                ApiError::Unavailable(message)
-            }
-            StatusCode::SERVICE_UNAVAILABLE => ApiError::OutcomeUnknown(message),
-            StatusCode::INSUFFICIENT_STORAGE => ApiError::Storage(message),
-            StatusCode::UNAUTHORIZED => ApiError::Internal("the leader refused our cluster secret".into()),
-            _ => ApiError::Internal(format!("leader {address} answered {status}: {message}")),
-        })
+        Err(leader_refusal(status, &value, address, self.request_timeout))
     }
 
     async fn kv_get(&self, key: Bytes, query: &str) -> Result<HttpResponse, ApiError> {
@@ -477,7 +536,10 @@ impl Api {
 
     fn metrics(&self) -> HttpResponse {
         let status = self.node.shared.status.lock().expect("status lock").clone();
-        let keys = self.node.shared.kv.read().expect("kv lock").len() as u64;
+        let (keys, kv_data_bytes) = {
+            let kv = self.node.shared.kv.read().expect("kv lock");
+            (kv.len() as u64, kv.approximate_bytes())
+        };
         let gauges = Gauges {
             role: match status.role {
                 Role::Follower => 0,
@@ -490,10 +552,41 @@ impl Api {
             applied_index: status.applied,
             mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
             keys,
+            kv_data_bytes,
+            quota_bytes: self.quota_bytes,
         };
         let mut response = Response::new(Full::new(Bytes::from(self.node.shared.metrics.render(&gauges))));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
         response
+    }
+}
+
+/// What a leader's error answer to a forwarded write means for our client.
+fn leader_refusal(
+    status: StatusCode,
+    value: &serde_json::Value,
+    address: &SocketAddr,
+    request_timeout: Duration,
+) -> ApiError {
+    let message = value["error"].as_str().unwrap_or("unknown").to_owned();
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE if value["code"] == "timeout" => {
+            ApiError::Timeout(request_timeout, "the leader to commit")
+        }
+        StatusCode::SERVICE_UNAVAILABLE if value["code"] == "unavailable" => ApiError::Unavailable(message),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::OutcomeUnknown(message),
+        // The leader's data is nearer the quota than ours was.
+        StatusCode::INSUFFICIENT_STORAGE if value["code"] == "quota" => {
+            let message = message.strip_prefix("quota exceeded: ").unwrap_or(&message);
+            ApiError::QuotaExceeded(message.to_owned())
+        }
+        StatusCode::INSUFFICIENT_STORAGE => ApiError::Storage(message),
+        // The leader runs with smaller key or value limits than ours.
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::BadRequest(format!("the leader {address} refused the write: {message}"))
+        }
+        StatusCode::UNAUTHORIZED => ApiError::Internal("the leader refused our cluster secret".into()),
+        _ => ApiError::Internal(format!("leader {address} answered {status}: {message}")),
     }
 }
 
@@ -712,6 +805,25 @@ mod tests {
         assert!(matches!(node_error(NodeError::ShuttingDown), ApiError::OutcomeUnknown(_)));
         assert!(matches!(node_error(NodeError::Storage("eio".into())), ApiError::Storage(_)));
         assert_eq!(ApiError::OutcomeUnknown("x".into()).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_leader_refusing_a_forwarded_write_for_its_quota_is_a_quota_error_here() {
+        let address: SocketAddr = "127.0.0.1:3001".parse().unwrap();
+        let timeout = Duration::from_secs(5);
+        let refusal = |status: StatusCode, error: &ApiError| {
+            let value = serde_json::json!({ "error": error.to_string(), "code": error.code() });
+            leader_refusal(status, &value, &address, timeout)
+        };
+        let quota = ApiError::QuotaExceeded("past the quota of 10 bytes".into());
+        match refusal(quota.status(), &quota) {
+            ApiError::QuotaExceeded(message) => assert_eq!(message, "past the quota of 10 bytes"),
+            other => panic!("{other:?}"),
+        }
+        let storage = ApiError::Storage("ENOSPC".into());
+        assert!(matches!(refusal(storage.status(), &storage), ApiError::Storage(_)));
+        let too_large = ApiError::TooLarge { what: "value", size: 9, limit: 8 };
+        assert!(matches!(refusal(too_large.status(), &too_large), ApiError::BadRequest(_)));
     }
 
     #[test]

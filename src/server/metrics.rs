@@ -98,6 +98,10 @@ pub struct Gauges {
     pub mapped_bytes: u64,
     /// Keys in the state machine.
     pub keys: u64,
+    /// Key-value data as the quota counts it (`StateMachine::approximate_bytes`).
+    pub kv_data_bytes: u64,
+    /// `--quota-bytes`.
+    pub quota_bytes: u64,
 }
 
 impl Metrics {
@@ -123,6 +127,13 @@ impl Metrics {
         );
         gauge(&mut out, "mmapd_mapped_bytes", "Bytes of memory-mapped files", gauges.mapped_bytes);
         gauge(&mut out, "mmapd_keys", "Keys in the state machine", gauges.keys);
+        gauge(
+            &mut out,
+            "mmapd_kv_data_bytes",
+            "Key and value bytes plus 96 per key, as the quota counts them",
+            gauges.kv_data_bytes,
+        );
+        gauge(&mut out, "mmapd_quota_bytes", "Most key-value data bytes (--quota-bytes)", gauges.quota_bytes);
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         };
@@ -153,12 +164,22 @@ mod tests {
         metrics.msync_seconds.observe(0.0002);
         metrics.msync_seconds.observe(0.003);
         metrics.msync_seconds.observe(100.0);
-        let gauges = Gauges { role: 3, term: 2, commit_index: 9, applied_index: 9, mapped_bytes: 0, keys: 1 };
+        let gauges = Gauges {
+            role: 3,
+            term: 2,
+            commit_index: 9,
+            applied_index: 9,
+            mapped_bytes: 0,
+            keys: 1,
+            kv_data_bytes: 100,
+            quota_bytes: 4096,
+        };
         let text = metrics.render(&gauges);
         assert!(text.contains("mmapd_msync_seconds_bucket{le=\"0.00025\"} 1"), "{text}");
         assert!(text.contains("mmapd_msync_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("mmapd_msync_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("mmapd_msync_seconds_count 3"));
         assert!(text.contains("mmapd_role 3"));
+        assert!(text.contains("mmapd_kv_data_bytes 100\n") && text.contains("mmapd_quota_bytes 4096\n"));
     }
 }

@@ -36,8 +36,28 @@ use cli::{node_id, Settings};
 use driver::core::{DriverConfig, DriverCore};
 use driver::shell::{DriverParts, Shared};
 
-/// The most client connections served at once; more wait in the accept queue.
+/// The most client connections served at once, whatever the descriptor limit allows:
+/// each costs memory (hyper's buffers, a task). More wait in the accept queue.
 const MAX_CONNECTIONS: usize = 8192;
+/// Fewer client connections than this and the node refuses to start: raise the limit.
+const MIN_CONNECTIONS: u64 = 32;
+
+// The descriptor budget. Client connections get what the descriptor limit leaves after
+// the descriptors open at start (standard streams, the runtime, the listeners, the
+// store's open segments and files) and these reserves, so that a connection flood makes
+// clients wait in the accept queue but never leaves the node without a descriptor for
+// its own work.
+/// The store's growth until the next snapshot compacts the log: a new segment file every
+/// 64 MiB of log (128 segments: 8 GiB), the snapshot's temporary file, directory
+/// descriptors for fsync; plus sd-notify's socket and reading `/proc`.
+const STORE_RESERVE_DESCRIPTORS: u64 = 160;
+/// Per peer: the outgoing peer stream and the pooled connection that carries snapshots,
+/// with room for one of each being replaced.
+const PER_PEER_DESCRIPTORS: u64 = 4;
+/// Connections the kernel queues for `accept` (capped by net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 1024;
+/// Admin socket connections served at once; more wait in the socket's backlog.
+const MAX_ADMIN_CONNECTIONS: usize = 16;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, Error)]
@@ -67,6 +87,22 @@ pub enum ServerError {
     /// The Raft driver stopped unexpectedly (a bug: its panic is in the log).
     #[error("{0}")]
     Driver(String),
+    /// The descriptor limit leaves too few client connections.
+    #[error(
+        "the descriptor limit (RLIMIT_NOFILE) is {limit}, {open} are open and {reserved} are kept \
+         for the store, peers and the admin socket: that leaves {clients} client connections, fewer \
+         than {MIN_CONNECTIONS}; raise it (ulimit -n, or LimitNOFILE= in the unit)"
+    )]
+    Descriptors {
+        /// The soft limit after raising it.
+        limit: u64,
+        /// Descriptors open at start.
+        open: u64,
+        /// The reserve.
+        reserved: u64,
+        /// What is left for clients.
+        clients: u64,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {what}: {error}")]
     Bind {
@@ -79,6 +115,8 @@ pub enum ServerError {
 
 /// A node's durable state, opened and checked, ready to serve.
 pub struct Opened {
+    /// The soft descriptor limit, raised to the hard limit if it could be.
+    descriptor_limit: u64,
     settings: Settings,
     store: Store,
     raft: Raft,
@@ -89,6 +127,8 @@ pub struct Opened {
 
 /// Opens the data directory and restores the node. Blocking: call before serving.
 pub fn open(settings: Settings) -> Result<Opened, ServerError> {
+    // First: the store opens one descriptor per log segment.
+    let descriptor_limit = raise_descriptor_limit();
     for file in [&settings.db_file, &settings.log_file].into_iter().flatten() {
         if file.is_file() && detect_legacy_json(file)? {
             return Err(StoreError::LegacyFormat { path: file.clone() }.into());
@@ -129,19 +169,75 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
         // A one-node cluster needs no election timeout to find out it is alone.
         raft.campaign();
     }
-    Ok(Opened { settings, store, raft, kv, snapshot, members })
+    Ok(Opened { descriptor_limit, settings, store, raft, kv, snapshot, members })
+}
+
+/// Raises the soft descriptor limit to the hard limit, as most servers do (the soft
+/// limit is often 1024 for compatibility with `select`, which mmapd does not use), and
+/// returns the soft limit in force.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(errno) => {
+            tracing::warn!(%errno, "cannot read the descriptor limit; assuming 1024");
+            return 1024;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    // Fails for an unlimited hard limit above the kernel's nr_open, and under a seccomp
+    // filter without @resources (the unit sets both limits, so it never needs to raise).
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(errno) => {
+            tracing::warn!(%errno, soft, hard, "cannot raise the descriptor limit to the hard limit");
+            soft
+        }
+    }
+}
+
+/// Descriptors open now (`/proc/self/fd`); 64 if that cannot be read.
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(64, |entries| entries.count() as u64)
+}
+
+/// How many client connections the descriptor limit allows, after the reserves.
+fn client_connection_limit(descriptor_limit: u64, peers: usize) -> Result<usize, ServerError> {
+    let open = open_descriptors();
+    let forwards = if peers == 0 { 0 } else { http::MAX_FORWARDS_IN_FLIGHT as u64 };
+    let reserved = STORE_RESERVE_DESCRIPTORS
+        + PER_PEER_DESCRIPTORS * peers as u64
+        + forwards
+        + MAX_ADMIN_CONNECTIONS as u64;
+    let clients = descriptor_limit.saturating_sub(open).saturating_sub(reserved);
+    if clients < MIN_CONNECTIONS {
+        return Err(ServerError::Descriptors { limit: descriptor_limit, open, reserved, clients });
+    }
+    let connections = clients.min(MAX_CONNECTIONS as u64) as usize;
+    tracing::info!(
+        descriptor_limit,
+        open_descriptors = open,
+        reserved_descriptors = reserved,
+        client_connections = connections,
+        "connection limit derived from the descriptor limit"
+    );
+    Ok(connections)
 }
 
 /// Serves until SIGTERM or SIGINT; then stops accepting, finishes, msyncs and returns.
 pub async fn serve(opened: Opened) -> Result<(), ServerError> {
-    let Opened { settings, store, raft, kv, snapshot, members } = opened;
+    let Opened { descriptor_limit, settings, store, raft, kv, snapshot, members } = opened;
     let id = raft.id();
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
+    let listener = bind_tcp(settings.listen)
         .map_err(|error| ServerError::Bind { what: settings.listen.to_string(), error })?;
     let admin_listener = admin::bind(&settings.admin_socket)
         .await
         .map_err(|error| ServerError::Bind { what: settings.admin_socket.display().to_string(), error })?;
+    // Counted now that the listeners, the runtime and the store are open.
+    let peer_count = members.keys().filter(|&&member| member != id).count();
+    let max_connections = client_connection_limit(descriptor_limit, peer_count)?;
 
     let kv = Arc::new(RwLock::new(kv));
     let shared = Arc::new(Shared {
@@ -190,9 +286,11 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         max_key_bytes: settings.max_key_bytes,
         max_value_bytes: settings.max_value_bytes,
         mapped_bytes,
+        quota_bytes: settings.quota_bytes,
+        forwards: Semaphore::new(http::MAX_FORWARDS_IN_FLIGHT),
     });
 
-    let http_task = tokio::spawn(accept_http(listener, api.clone(), shutdown_rx.clone()));
+    let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
     let admin_task = tokio::spawn(accept_admin(admin_listener, api.clone(), shutdown_rx.clone()));
     tracing::info!(address = %settings.listen, node_id = id, data_dir = %settings.data_dir.display(),
         admin_socket = %settings.admin_socket.display(), members = settings.members.len(), "mmapd ready");
@@ -233,19 +331,33 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Binds the TCP port with a listen backlog of `LISTEN_BACKLOG`: connections past the
+/// connection limit wait there, instead of in SYN retries once a backlog of 128 (the
+/// standard library's) is full.
+fn bind_tcp(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_http(
     listener: tokio::net::TcpListener,
     api: Arc<http::Api>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
             _ = shutdown.changed() => break,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -259,8 +371,9 @@ async fn accept_http(
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         let mut shutdown = shutdown.clone();
+        let client = http::Connection { remote, permit: Arc::new(permit) };
         connections.spawn(async move {
-            let service = service_fn(move |request| http::serve(api.clone(), request));
+            let service = service_fn(move |request| http::serve(api.clone(), client.clone(), request));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -274,7 +387,6 @@ async fn accept_http(
                     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
                 }
             }
-            drop(permit);
         });
         while connections.try_join_next().is_some() {}
     }
@@ -290,7 +402,12 @@ async fn accept_admin(
     api: Arc<http::Api>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -310,6 +427,7 @@ async fn accept_admin(
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             let _ = connection.await;
+            drop(permit);
         });
     }
 }

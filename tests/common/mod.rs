@@ -177,6 +177,8 @@ pub struct Daemon {
     pub cwd: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    /// `RLIMIT_NOFILE` (soft, hard) to run with, set by the shell that execs it.
+    nofile_limit: Option<(u64, u64)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -189,6 +191,7 @@ impl Daemon {
             cwd: cwd.to_owned(),
             args: args.iter().map(OsString::from).collect(),
             envs: vec![("RUST_LOG".into(), "info".into())],
+            nofile_limit: None,
             log: cwd.join(format!("mmapd-{port}.log")),
             child: None,
         }
@@ -199,11 +202,27 @@ impl Daemon {
         self
     }
 
+    /// Runs the process with these descriptor limits (`ulimit -S -n`, `ulimit -H -n`).
+    pub fn nofile_limit(mut self, soft: u64, hard: u64) -> Daemon {
+        self.nofile_limit = Some((soft, hard));
+        self
+    }
+
     /// Starts the process (again) without waiting for it.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "node {} is already running", self.port);
         let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
-        let child = Command::new(MMAPD)
+        let mut command = match self.nofile_limit {
+            None => Command::new(MMAPD),
+            // The shell sets the limits and execs mmapd in its place: same pid.
+            Some((soft, hard)) => {
+                let mut shell = Command::new("sh");
+                let script = format!("ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" \"$@\"");
+                shell.args(["-c", &script, MMAPD]);
+                shell
+            }
+        };
+        let child = command
             .args(&self.args)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
