@@ -6,16 +6,24 @@
 //! random nodes, recording when each operation was invoked and when it completed. A
 //! nemesis (`chaos/nemesis.rs`) follows a seeded schedule: partitions (majority/minority,
 //! isolated leader, bridge, ring, one-way), SIGKILL and restart, SIGSTOP/SIGCONT, delay
-//! and packet loss, each healed before the next. Then everything is healed and the run is
-//! checked (`chaos/checks.rs`): every node serves within 5 s, each key's history with the
-//! final reads from every node is linearizable (`chaos/linearizability.rs`), the last
-//! acknowledged write of each key is visible, versions name one value, no node panicked
-//! or exited. A failed run writes an HTML timeline and prints its seed and path.
+//! and packet loss, each healed before the next. Half the runs (chosen by the seed) start
+//! the nodes with a small `--snapshot-entries`, kill followers long enough to need
+//! InstallSnapshot, and take admin snapshots at random moments. A side nemesis sends
+//! forged peer messages at random moments (`chaos/forge.rs`). Then everything is healed
+//! and the run is checked (`chaos/checks.rs`): every node serves within 5 s, each key's
+//! history with the final reads from every node is linearizable
+//! (`chaos/linearizability.rs`), the last acknowledged write of each key is visible,
+//! versions name one value, no node's log holds a panic and no node exited without being
+//! killed. A failed run writes an HTML timeline and prints its seed and path.
 //!
-//! `cargo test --release --test chaos`: 120 s of faults over 4 runs (3 and 5 nodes).
-//! `MMAPD_CHAOS_SECONDS=1800`: a soak. `MMAPD_CHAOS_SEED=S` (with `MMAPD_CHAOS_NODES=N`)
-//! replays one run's schedule. Needs root (namespaces, nftables); without namespaces it
-//! falls back to loopback addresses with process faults only.
+//! `cargo test --release --test chaos`: 120 s of faults over 4 runs (3 and 5 nodes, with
+//! and without snapshots). `MMAPD_CHAOS_SECONDS=1800`: a soak. `MMAPD_CHAOS_SEED=S` (with
+//! `MMAPD_CHAOS_NODES=N`) replays one run's schedule. `MMAPD_CHAOS_SNAPSHOTS=seed|all|none`
+//! and `MMAPD_CHAOS_FORGE=all|none|garbage|impossible|<kinds>` narrow the faults.
+//!
+//! Needs root (namespaces, nftables): when it cannot run it FAILS, saying why.
+//! `MMAPD_CHAOS_SKIP=1` (never set by CI) skips it explicitly; `MMAPD_CHAOS_LOOPBACK=1`
+//! runs it without namespaces, on loopback addresses, with process faults only.
 
 #[path = "chaos/checks.rs"]
 mod checks;
@@ -23,6 +31,8 @@ mod checks;
 mod client;
 #[path = "chaos/cluster.rs"]
 mod cluster;
+#[path = "chaos/forge.rs"]
+mod forge;
 #[path = "chaos/linearizability.rs"]
 mod linearizability;
 #[path = "chaos/nemesis.rs"]
@@ -41,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use client::{Outcome, Request, Shared};
 use cluster::Cluster;
+use nemesis::{Plan, Stats};
 use net::Network;
 use rng::Rng;
 
@@ -50,6 +61,8 @@ const CLIENTS: usize = 8;
 const DEFAULT_SECONDS: u64 = 120;
 /// How long after healing every node must serve.
 const RECOVERY: Duration = Duration::from_secs(5);
+/// The range `--snapshot-entries` is drawn from in snapshot runs.
+const SNAPSHOT_ENTRIES: (u64, u64) = (50, 500);
 
 /// What one run did.
 #[derive(Default)]
@@ -62,29 +75,103 @@ struct Totals {
     keys: usize,
     inconclusive: usize,
     anomalies: usize,
+    /// Snapshot and forgery counts.
+    stats: Stats,
+    /// Peer messages the nodes' cores refused (`mmapd_peer_messages_refused_total` at the
+    /// end; counters restart with a node).
+    refused_by_core: u64,
+}
+
+impl Totals {
+    fn add(&mut self, run: &Totals) {
+        self.fault_seconds += run.fault_seconds;
+        self.ok += run.ok;
+        self.failed += run.failed;
+        self.unknown += run.unknown;
+        self.faults += run.faults;
+        self.keys += run.keys;
+        self.inconclusive += run.inconclusive;
+        self.anomalies += run.anomalies;
+        self.stats.add(&run.stats);
+        self.refused_by_core += run.refused_by_core;
+    }
+
+    /// The snapshot and forgery part of a summary line.
+    fn faults_summary(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "snapshots: {} admin ({} failed), {} compactions seen, {} rejoining followers needed \
+             InstallSnapshot ({} seen installed); forged: {} sent ({} accepted, {} refused, {} unanswered, \
+             {} skipped), {} refused by the nodes' cores",
+            s.admin_snapshots,
+            s.admin_snapshot_failures,
+            s.compactions_seen,
+            s.installs_needed,
+            s.installs_confirmed,
+            s.forged,
+            s.forged_accepted,
+            s.forged_refused,
+            s.forged_unanswered,
+            s.forged_skipped,
+            self.refused_by_core
+        )
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
 }
 
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// Whether the test can run with network namespaces here; why not.
+fn preflight() -> Result<(), String> {
+    if !nix_is_root() {
+        return Err("it needs root (network namespaces, nftables)".into());
+    }
+    net::ensure_tools()?;
+    net::namespaces_work().map_err(|why| format!("network namespaces do not work here: {why}"))
+}
+
+/// The run's plan: snapshots per `MMAPD_CHAOS_SNAPSHOTS` (`seed`, the default: when bit 1
+/// of the seed is set, so CI's four consecutive seeds cover 3 and 5 nodes each with and
+/// without), and the forged kinds; with `--snapshot-entries` drawn from the seed.
+fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<u64>) {
+    let snapshots = match std::env::var("MMAPD_CHAOS_SNAPSHOTS").as_deref() {
+        Err(_) | Ok("seed") => seed & 2 != 0,
+        Ok("all") => true,
+        Ok("none") => false,
+        Ok(other) => panic!("MMAPD_CHAOS_SNAPSHOTS={other}: expected seed, all or none"),
+    };
+    // Its own generator, so the choice leaves the fault schedule's draws alone.
+    let entries = Rng::new(seed ^ 0x5A95_4A90).between(SNAPSHOT_ENTRIES.0, SNAPSHOT_ENTRIES.1);
+    (Plan { snapshots, forgeries: forgeries.to_vec() }, snapshots.then_some(entries))
+}
+
 #[test]
 fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
-    if !nix_is_root() {
-        eprintln!("chaos: SKIPPED: needs root (network namespaces, nftables)");
+    if env_flag("MMAPD_CHAOS_SKIP") {
+        eprintln!("chaos: SKIPPED: MMAPD_CHAOS_SKIP=1 is set (unset it to run the chaos test)");
         return;
     }
-    let mode = match net::ensure_tools().and_then(|()| net::namespaces_work()) {
-        Ok(()) => {
-            net::remove_leftovers();
-            "namespaces"
+    let mode = if env_flag("MMAPD_CHAOS_LOOPBACK") {
+        eprintln!("chaos: MMAPD_CHAOS_LOOPBACK=1: loopback addresses, SIGKILL/SIGSTOP faults only");
+        net::LOOPBACK.store(true, Ordering::Relaxed);
+        "loopback"
+    } else {
+        if let Err(why) = preflight() {
+            panic!(
+                "chaos: CANNOT RUN: {why}. This is a failure, not a skip: run it as root on Linux with \
+                 iproute2 and nftables, or set MMAPD_CHAOS_LOOPBACK=1 (process faults only) or \
+                 MMAPD_CHAOS_SKIP=1 (skip it) explicitly"
+            );
         }
-        Err(why) => {
-            eprintln!("chaos: network namespaces unavailable ({why}); falling back to loopback with SIGKILL/SIGSTOP faults only");
-            net::LOOPBACK.store(true, Ordering::Relaxed);
-            "loopback"
-        }
+        net::remove_leftovers();
+        "namespaces"
     };
+    let forgeries = forge::enabled().unwrap_or_else(|e| panic!("chaos: {e}"));
     let total_seconds = env_u64("MMAPD_CHAOS_SECONDS").unwrap_or(DEFAULT_SECONDS);
     let forced_nodes = env_u64("MMAPD_CHAOS_NODES").map(|n| n as usize);
     let per_run = if total_seconds > 300 { 60 } else { 30 }.min(total_seconds.max(1));
@@ -103,20 +190,18 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
     let mut failures = Vec::new();
     for seed in seeds {
         let nodes = forced_nodes.unwrap_or(if seed % 2 == 0 { 3 } else { 5 });
-        eprintln!("chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults");
-        match one_run(seed, nodes, per_run, &report_dir) {
+        let (plan, snapshot_entries) = plan(seed, &forgeries);
+        eprintln!(
+            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, forging: {}",
+            snapshot_entries.map_or("default snapshots".to_owned(), |n| format!("--snapshot-entries {n}")),
+            forge::describe(&plan.forgeries)
+        );
+        match one_run(seed, nodes, per_run, &plan, snapshot_entries, &report_dir) {
             Ok(run) => {
                 if run.anomalies > 0 {
                     failures.push(seed);
                 }
-                totals.fault_seconds += run.fault_seconds;
-                totals.ok += run.ok;
-                totals.failed += run.failed;
-                totals.unknown += run.unknown;
-                totals.faults += run.faults;
-                totals.keys += run.keys;
-                totals.inconclusive += run.inconclusive;
-                totals.anomalies += run.anomalies;
+                totals.add(&run);
             }
             Err(error) => panic!("chaos: seed {seed}: the harness failed: {error}"),
         }
@@ -128,7 +213,8 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         );
     }
     let line = format!(
-        "chaos: {} s of faults, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies",
+        "chaos: {} s of faults, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies\n\
+         chaos: {}",
         totals.fault_seconds,
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
@@ -136,7 +222,8 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         totals.unknown,
         totals.faults,
         totals.keys,
-        totals.anomalies
+        totals.anomalies,
+        totals.faults_summary()
     );
     // Straight to stderr, past the test harness's capture, so CI's log shows it.
     {
@@ -162,6 +249,8 @@ fn one_run(
     seed: u64,
     nodes: usize,
     fault_seconds: u64,
+    plan: &Plan,
+    snapshot_entries: Option<u64>,
     report_dir: &std::path::Path,
 ) -> Result<Totals, String> {
     let mut rng = Rng::new(seed);
@@ -169,9 +258,14 @@ fn one_run(
     let run_dir = report_dir.join(format!("run-{seed}"));
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-    let mut cluster = Cluster::start(nodes, network.as_ref(), &run_dir)?;
+    let start = Instant::now();
+    let mut cluster = Cluster::start(nodes, network.as_ref(), &run_dir, snapshot_entries, start)?;
+    let sockets: Vec<PathBuf> = (0..nodes).map(|i| cluster.admin_socket(i)).collect();
+    let mut stats = Stats::default();
+    let mut side_stats = Stats::default();
+    let side_stop = AtomicBool::new(false);
     let shared = Arc::new(Shared {
-        start: Instant::now(),
+        start,
         stop: AtomicBool::new(false),
         begun: AtomicU64::new(0),
         history: Mutex::new(Vec::new()),
@@ -202,19 +296,40 @@ fn one_run(
                         })
                     })
                     .collect();
-                let timeline = nemesis::run(fault_seconds, &mut rng, network.as_ref(), &mut cluster, &shared);
+                let mut side_rng = rng.fork();
+                let (sockets, side_shared, side_stop, side_stats, enter) =
+                    (&sockets, &*shared, &side_stop, &mut side_stats, &enter_hub);
+                let side = scope.spawn(move || {
+                    enter().expect("enter hub namespace");
+                    nemesis::side_run(&mut side_rng, plan, sockets, side_shared, side_stop, side_stats)
+                });
+                let timeline = nemesis::run(
+                    fault_seconds,
+                    &mut rng,
+                    plan,
+                    network.as_ref(),
+                    &mut cluster,
+                    &shared,
+                    &mut stats,
+                );
+                side_stop.store(true, Ordering::Relaxed);
+                let side_timeline = side.join().map_err(|_| "the side nemesis panicked".to_string())?;
                 // Heal and stop the clients whatever happened, so the scope can end.
                 let healed = nemesis::heal(network.as_ref(), &mut cluster);
+                let mut recovered = false;
                 if healed.is_ok() {
                     match wait_until_all_serve(nodes, Duration::from_secs(30)) {
-                        Some(waited) if waited <= RECOVERY => {}
-                        Some(waited) => anomalies.push((
-                            None,
-                            format!(
-                                "after healing, all nodes served only after {:.1} s (limit {RECOVERY:?})",
-                                waited.as_secs_f64()
-                            ),
-                        )),
+                        Some(waited) if waited <= RECOVERY => recovered = true,
+                        Some(waited) => {
+                            recovered = true;
+                            anomalies.push((
+                                None,
+                                format!(
+                                    "after healing, all nodes served only after {:.1} s (limit {RECOVERY:?})",
+                                    waited.as_secs_f64()
+                                ),
+                            ))
+                        }
                         None => anomalies
                             .push((None, "after healing, the cluster did not serve within 30 s".into())),
                     }
@@ -226,21 +341,30 @@ fn one_run(
                     return Err(format!("{joined} client threads panicked"));
                 }
                 let timeline = timeline?;
-                final_reads(&shared);
-                Ok(timeline)
+                if recovered {
+                    final_reads(&shared);
+                } else {
+                    // Already a failure; reads from nodes that do not serve would only time out.
+                    eprintln!("chaos: seed {seed}: final reads skipped: the cluster did not recover");
+                }
+                Ok((timeline, side_timeline))
             })
             .join()
             .map_err(|_| "the controller thread panicked".to_string())?
     })?;
 
-    for i in 0..nodes {
-        if let Some(status) = cluster.exited(i) {
-            anomalies.push((None, format!("node n{} exited on its own: {status}", i + 1)));
-        }
-    }
+    let (timeline, side_timeline) = timeline;
+    stats.add(&side_stats);
+    let refused_by_core: u64 = (0..nodes).filter_map(|i| refused_peer_messages(network.as_ref(), i)).sum();
+    cluster.reap();
+    anomalies.extend(exit_anomalies(cluster.exits(), nodes));
     drop(cluster);
-    for (node, line) in panics(&run_dir, nodes) {
-        anomalies.push((None, format!("node n{} panicked: {line}", node + 1)));
+    for (node, count, lines) in panics(&run_dir, nodes) {
+        anomalies.push((None, format!("node n{}'s log holds a panic ({}): {lines}", node + 1, times(count))));
+    }
+    if plan.snapshots && stats.admin_snapshots == 0 && stats.compactions_seen == 0 {
+        anomalies
+            .push((None, "a snapshot run in which no snapshot was seen: the fault did not happen".into()));
     }
     let history = std::mem::take(&mut *shared.history.lock().expect("history lock"));
     let findings = checks::check(&history);
@@ -253,8 +377,13 @@ fn one_run(
         keys: findings.keys,
         inconclusive: findings.inconclusive.len(),
         anomalies: anomalies.len(),
+        stats,
+        refused_by_core,
         ..Totals::default()
     };
+    let mut timeline = timeline;
+    timeline.extend(side_timeline);
+    timeline.sort_by_key(|fault| fault.start);
     for event in client_ops {
         match event.outcome {
             Outcome::Failed => totals.failed += 1,
@@ -269,6 +398,7 @@ fn one_run(
         let run = report::Run {
             seed,
             nodes,
+            replay_env: replay_env(plan),
             history: &history,
             timeline: &timeline,
             anomalies: &anomalies,
@@ -286,14 +416,15 @@ fn one_run(
         );
     }
     eprintln!(
-        "chaos: seed {seed}: {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies",
+        "chaos: seed {seed}: {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies; {}",
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
         totals.failed,
         totals.unknown,
         totals.faults,
         totals.keys,
-        totals.anomalies
+        totals.anomalies,
+        totals.faults_summary()
     );
     drop(network);
     Ok(totals)
@@ -316,33 +447,118 @@ fn wait_until_all_serve(nodes: usize, limit: Duration) -> Option<Duration> {
 }
 
 /// Reads every key the clients touched from every node, retrying failures, and adds the
-/// reads to the history (client `usize::MAX`).
+/// reads to the history (client `usize::MAX`). A node that failed every attempt on one
+/// key gets one attempt per key after that (a dead node must not stall the run).
 fn final_reads(shared: &Shared) {
     let mut keys: Vec<u64> = shared.history.lock().expect("history lock").iter().map(|e| e.key).collect();
     keys.sort_unstable();
     keys.dedup();
+    let mut unreachable = vec![false; shared.nodes];
     for key in keys {
-        for node in 0..shared.nodes {
-            for _attempt in 0..10 {
+        for (node, unreachable) in unreachable.iter_mut().enumerate() {
+            let attempts = if *unreachable { 1 } else { 10 };
+            let mut done = false;
+            for attempt in 0..attempts {
                 let event = client::perform(shared, usize::MAX, node, key, Request::Read);
-                let done = event.outcome != Outcome::Failed;
+                done = event.outcome != Outcome::Failed;
                 shared.history.lock().expect("history lock").push(event);
                 if done {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                if attempt + 1 < attempts {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
+            *unreachable = !done;
         }
     }
 }
 
-/// Lines of the nodes' stderr files that report a panic.
-fn panics(run_dir: &std::path::Path, nodes: usize) -> Vec<(usize, String)> {
-    let mut found = Vec::new();
+/// The replay line's variables beyond the seed and node count.
+fn replay_env(plan: &Plan) -> String {
+    let mut env = format!("MMAPD_CHAOS_FORGE={}", forge::describe(&plan.forgeries));
+    if let Ok(snapshots) = std::env::var("MMAPD_CHAOS_SNAPSHOTS") {
+        env.push_str(&format!(" MMAPD_CHAOS_SNAPSHOTS={snapshots}"));
+    }
+    if env_flag("MMAPD_CHAOS_LOOPBACK") {
+        env.push_str(" MMAPD_CHAOS_LOOPBACK=1");
+    }
+    env
+}
+
+/// Node `node`'s `mmapd_peer_messages_refused_total`, read from the hub namespace.
+fn refused_peer_messages(network: Option<&Network>, node: usize) -> Option<u64> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(network) = network {
+                    net::enter(&network.hub).ok()?;
+                }
+                let answer = client::request(node, "GET", "/metrics", &[], b"").ok()?;
+                let text = String::from_utf8_lossy(&answer.body).into_owned();
+                text.lines()
+                    .find_map(|line| line.strip_prefix("mmapd_peer_messages_refused_total "))
+                    .and_then(|value| value.trim().parse().ok())
+            })
+            .join()
+            .ok()
+            .flatten()
+    })
+}
+
+/// One anomaly per node that exited without being killed: how often, and its log's last
+/// lines when first found.
+fn exit_anomalies(exits: &[cluster::Exit], nodes: usize) -> Vec<(Option<u64>, String)> {
+    let mut anomalies = Vec::new();
+    for node in 0..nodes {
+        let mine: Vec<&cluster::Exit> = exits.iter().filter(|e| e.node == node).collect();
+        let (Some(first), Some(last)) = (mine.first(), mine.last()) else { continue };
+        let mut text = format!(
+            "node n{} exited without being killed {} (first found at {:.1} s: {}); its last log lines \
+             then:\n{}",
+            node + 1,
+            times(mine.len()),
+            first.found_at,
+            first.status,
+            first.last_lines
+        );
+        if mine.len() > 1 {
+            // A node that cannot start again (bricked) says why at the end of its log.
+            let tail: Vec<&str> = last.last_lines.lines().collect();
+            let tail = tail[tail.len().saturating_sub(3)..].join("\n");
+            text.push_str(&format!(
+                "\nand at the last exit (found at {:.1} s: {}):\n{tail}",
+                last.found_at, last.status
+            ));
+        }
+        anomalies.push((None, text));
+    }
+    anomalies
+}
+
+fn times(count: usize) -> String {
+    if count == 1 {
+        "once".into()
+    } else {
+        format!("{count} times")
+    }
+}
+
+/// Panics in the nodes' stderr files: per node, distinct `panicked at` lines (with the
+/// message on the line after), how often each occurred, and the text.
+fn panics(run_dir: &std::path::Path, nodes: usize) -> Vec<(usize, usize, String)> {
+    let mut found: Vec<(usize, usize, String)> = Vec::new();
     for node in 0..nodes {
         let text = std::fs::read(run_dir.join(format!("n{}.stderr", node + 1))).unwrap_or_default();
-        for line in String::from_utf8_lossy(&text).lines().filter(|l| l.contains("panicked")) {
-            found.push((node, line.to_owned()));
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.contains("panicked at")) {
+            let message = lines.get(i + 1).copied().unwrap_or("");
+            let panic = format!("{} {}", line.trim(), message.trim());
+            match found.iter_mut().find(|(n, _, p)| *n == node && *p == panic) {
+                Some(entry) => entry.1 += 1,
+                None => found.push((node, 1, panic)),
+            }
         }
     }
     found

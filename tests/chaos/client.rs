@@ -53,12 +53,24 @@ pub fn request(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<Answer, NoAnswer> {
+    request_within(node, method, path, headers, body, ANSWER_TIMEOUT)
+}
+
+/// `request`, waiting at most `timeout` for the answer.
+pub fn request_within(
+    node: usize,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, NoAnswer> {
     let address = SocketAddr::from((node_ip(node), PORT));
-    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
+    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT.min(timeout))
         .map_err(|e| NoAnswer::NotSent(format!("connect {address}: {e}")))?;
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let lost = |e: std::io::Error| NoAnswer::Lost(format!("{address}: {e}"));
-    stream.set_write_timeout(Some(ANSWER_TIMEOUT)).map_err(lost)?;
+    stream.set_write_timeout(Some(timeout)).map_err(lost)?;
     let _ = stream.set_nodelay(true);
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -76,7 +88,7 @@ pub fn request(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(NoAnswer::Lost(format!("{address}: no answer in {ANSWER_TIMEOUT:?}")));
+            return Err(NoAnswer::Lost(format!("{address}: no answer in {timeout:?}")));
         }
         stream.set_read_timeout(Some(left)).map_err(lost)?;
         match stream.read(&mut buffer) {

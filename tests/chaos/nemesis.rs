@@ -1,12 +1,83 @@
 //! The nemesis: a seeded schedule of faults, applied one at a time for a random while,
 //! each followed by a heal and a quiet gap. Every fault is recorded on the timeline.
+//!
+//! In runs that take snapshots (`Plan::snapshots`), one fault in four is a long kill: a
+//! follower stays down 4–8 s while the clients write, and before it comes back the leader
+//! takes a snapshot, so it must be sent InstallSnapshot (§7). Alongside the faults, a side
+//! nemesis (`side_run`) acts at random moments: admin snapshots (`mmapd-admin snapshot`)
+//! in snapshot runs, and forged peer messages (`forge.rs`).
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::client::{request, Shared};
 use super::cluster::Cluster;
+use super::forge::{self, Forgery, View};
 use super::net::Network;
 use super::rng::Rng;
+
+/// How long a status query from the nemesis waits.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a rejoining follower has to show the leader's snapshot before the nemesis
+/// stops watching (not a failure: the final checks judge recovery).
+const INSTALL_WATCH: Duration = Duration::from_secs(3);
+
+/// What the faults of one run include besides the schedule's kinds.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The nodes run with a small `--snapshot-entries`: take admin snapshots and make
+    /// long kills that need InstallSnapshot.
+    pub snapshots: bool,
+    /// The forged-message kinds the side nemesis sends.
+    pub forgeries: Vec<Forgery>,
+}
+
+/// Counts of what the nemeses did, for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Admin snapshots that answered with an index.
+    pub admin_snapshots: usize,
+    /// Admin snapshots that failed (node down, paused, not leader of anything...).
+    pub admin_snapshot_failures: usize,
+    /// Times a node's first log index was seen to move forward (a snapshot taken or
+    /// installed, and the log compacted): a lower bound, seen by sampling `/status`.
+    pub compactions_seen: usize,
+    /// Long kills whose follower came back behind the leader's snapshot (its log ended
+    /// before the leader's first index): it needs InstallSnapshot.
+    pub installs_needed: usize,
+    /// Of those, followers whose own first index reached the leader's within a few
+    /// seconds of restarting (the snapshot arrived).
+    pub installs_confirmed: usize,
+    /// Forged bodies and streams sent.
+    pub forged: usize,
+    /// Of those, answered 204 (decoded and handed to the node), or streams upgraded (101)
+    /// and written.
+    pub forged_accepted: usize,
+    /// Of those, refused (400 for what does not decode).
+    pub forged_refused: usize,
+    /// Of those, unanswered (node down, paused, cut off).
+    pub forged_unanswered: usize,
+    /// Forgeries not sent for want of a leader or follower to send them to.
+    pub forged_skipped: usize,
+}
+
+impl Stats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Stats) {
+        self.admin_snapshots += other.admin_snapshots;
+        self.admin_snapshot_failures += other.admin_snapshot_failures;
+        self.compactions_seen += other.compactions_seen;
+        self.installs_needed += other.installs_needed;
+        self.installs_confirmed += other.installs_confirmed;
+        self.forged += other.forged;
+        self.forged_accepted += other.forged_accepted;
+        self.forged_refused += other.forged_refused;
+        self.forged_unanswered += other.forged_unanswered;
+        self.forged_skipped += other.forged_skipped;
+    }
+}
 
 /// One fault as it happened, for the report.
 #[derive(Clone, Debug)]
@@ -33,31 +104,212 @@ const KINDS: [&str; 10] = [
     "loss",
 ];
 
+/// The long kill of a follower, for a snapshot run.
+const LONG_KILL: &str = "kill-follower-long";
+
+/// A long kill in progress: who, and where its log ended.
+struct LongKill {
+    victim: usize,
+    last_index: Option<u64>,
+}
+
 /// Applies faults until `seconds` have passed; returns the timeline.
 pub fn run(
     seconds: u64,
     rng: &mut Rng,
+    plan: &Plan,
     network: Option<&Network>,
     cluster: &mut Cluster,
     shared: &Shared,
+    stats: &mut Stats,
 ) -> Result<Vec<FaultRecord>, String> {
     let mut timeline = Vec::new();
     let end = shared.start.elapsed() + Duration::from_secs(seconds);
     let n = cluster.len();
     while shared.start.elapsed() < end {
+        cluster.reap();
         // Without namespaces only process faults are possible.
         let kinds: &[&str] = if network.is_some() { &KINDS } else { &KINDS[5..8] };
         let kind = kinds[rng.index(kinds.len())];
-        let active = Duration::from_millis(rng.between(1000, 4000));
+        let mut active = Duration::from_millis(rng.between(1000, 4000));
+        // Drawn every time, so the schedule does not depend on timing.
+        let (long_roll, long_active) = (rng.below(4), Duration::from_millis(rng.between(4000, 8000)));
+        let remaining = end.saturating_sub(shared.start.elapsed());
+        let kind = if plan.snapshots && long_roll == 0 && remaining >= long_active {
+            active = long_active;
+            LONG_KILL
+        } else {
+            kind
+        };
         let start = shared.now();
-        let description = apply(kind, rng, network, cluster, n)?;
+        let (mut description, long_kill) = apply(kind, rng, network, cluster, n)?;
         eprintln!("chaos:   {:6.2} s {description} for {:.1} s", start as f64 / 1e6, active.as_secs_f64());
         std::thread::sleep(active);
+        let leader_snapshot = long_kill.as_ref().map(|_| snapshot_leader(cluster, n, stats));
         heal(network, cluster)?;
+        if let (Some(long), Some(note)) = (long_kill, leader_snapshot) {
+            let outcome = watch_rejoin(&long, note, n, stats);
+            eprintln!("chaos:   {:6.2} s n{} back: {outcome}", shared.now() as f64 / 1e6, long.victim + 1);
+            description = format!("{description}; {outcome}");
+        }
         timeline.push(FaultRecord { start, end: shared.now(), description });
         std::thread::sleep(Duration::from_millis(rng.between(300, 1500)));
     }
     Ok(timeline)
+}
+
+/// Before a long-killed follower comes back: the leader takes a snapshot (so that its
+/// log starts past the follower's); the leader and its first index, or why not.
+fn snapshot_leader(cluster: &Cluster, n: usize, stats: &mut Stats) -> Result<(usize, u64), String> {
+    let leader = find_leader(n).ok_or("no leader found")?;
+    let taken = admin_snapshot(&cluster.admin_socket(leader));
+    match &taken {
+        Ok(_) => stats.admin_snapshots += 1,
+        Err(_) => stats.admin_snapshot_failures += 1,
+    }
+    let view = forge::view(leader, n, STATUS_TIMEOUT).ok_or("the leader's status did not answer")?;
+    taken
+        .map(|_| (leader, view.first_index))
+        .map_err(|e| format!("leader n{} snapshot failed: {e}", leader + 1))
+}
+
+/// After a long kill: whether the follower needed InstallSnapshot, and whether it got it.
+fn watch_rejoin(
+    long: &LongKill,
+    leader: Result<(usize, u64), String>,
+    n: usize,
+    stats: &mut Stats,
+) -> String {
+    let (leader, leader_first) = match leader {
+        Ok(found) => found,
+        Err(why) => return format!("no leader snapshot ({why})"),
+    };
+    let Some(last) = long.last_index else {
+        return format!(
+            "leader n{} log starts at {leader_first}; the follower's log end is unknown",
+            leader + 1
+        );
+    };
+    if leader_first <= last + 1 {
+        return format!(
+            "leader n{} log starts at {leader_first}, the follower's ended at {last}: entries suffice",
+            leader + 1
+        );
+    }
+    stats.installs_needed += 1;
+    let started = Instant::now();
+    while started.elapsed() < INSTALL_WATCH {
+        if forge::view(long.victim, n, STATUS_TIMEOUT).is_some_and(|v| v.first_index >= leader_first) {
+            stats.installs_confirmed += 1;
+            return format!(
+                "its log ended at {last}, leader n{}'s starts at {leader_first}: InstallSnapshot needed, \
+                 received within {:.1} s",
+                leader + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!(
+        "its log ended at {last}, leader n{}'s starts at {leader_first}: InstallSnapshot needed, \
+         not seen within {INSTALL_WATCH:?}",
+        leader + 1
+    )
+}
+
+/// `mmapd-admin --socket <socket> snapshot`: the snapshot's index, or the tool's error.
+pub fn admin_snapshot(socket: &Path) -> Result<String, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_mmapd-admin"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--timeout", "3", "snapshot"])
+        .output()
+        .map_err(|e| format!("mmapd-admin: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// The side nemesis: until `stop`, at random moments (0.2–1.5 s apart), an admin
+/// snapshot of a random node (in snapshot runs, one action in three) or a forged
+/// message; and each time, every node's status is sampled to count compactions. The
+/// kind and target of each action come from `rng`; their contents from a generator
+/// forked for each, so a seed replays the same schedule whatever the nodes answered.
+pub fn side_run(
+    rng: &mut Rng,
+    plan: &Plan,
+    sockets: &[PathBuf],
+    shared: &Shared,
+    stop: &AtomicBool,
+    stats: &mut Stats,
+) -> Vec<FaultRecord> {
+    let n = sockets.len();
+    let mut timeline = Vec::new();
+    let mut first_seen = vec![0u64; n];
+    if !plan.snapshots && plan.forgeries.is_empty() {
+        return timeline;
+    }
+    loop {
+        let pause = Duration::from_millis(rng.between(200, 1500));
+        let snapshot_roll = rng.below(3);
+        let kind = if plan.forgeries.is_empty() {
+            None
+        } else {
+            Some(plan.forgeries[rng.index(plan.forgeries.len())])
+        };
+        let target = rng.index(n);
+        let mut content = rng.fork();
+        let deadline = Instant::now() + pause;
+        while Instant::now() < deadline {
+            if stop.load(Ordering::Relaxed) {
+                return timeline;
+            }
+            std::thread::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        let views: Vec<Option<View>> = (0..n).map(|i| forge::view(i, n, STATUS_TIMEOUT)).collect();
+        for (seen, view) in first_seen.iter_mut().zip(&views) {
+            if let Some(view) = view {
+                if view.first_index > *seen {
+                    if *seen > 0 {
+                        stats.compactions_seen += 1;
+                    }
+                    *seen = view.first_index;
+                }
+            }
+        }
+        let start = shared.now();
+        let description = match kind {
+            Some(kind) if !(plan.snapshots && snapshot_roll == 0) => {
+                let sent = forge::send(kind, &mut content, target, &views);
+                match sent.answer {
+                    forge::Answer::Skipped => stats.forged_skipped += 1,
+                    forge::Answer::Delivered | forge::Answer::Streamed => stats.forged_accepted += 1,
+                    forge::Answer::Refused(_) => stats.forged_refused += 1,
+                    forge::Answer::Unanswered(_) => stats.forged_unanswered += 1,
+                }
+                if sent.answer != forge::Answer::Skipped {
+                    stats.forged += 1;
+                }
+                sent.description
+            }
+            _ => match admin_snapshot(&sockets[target]) {
+                Ok(answer) => {
+                    stats.admin_snapshots += 1;
+                    format!("admin snapshot n{}: {answer}", target + 1)
+                }
+                Err(error) => {
+                    stats.admin_snapshot_failures += 1;
+                    format!("admin snapshot n{}: failed: {error}", target + 1)
+                }
+            },
+        };
+        eprintln!("chaos:   {:6.2} s {description}", start as f64 / 1e6);
+        timeline.push(FaultRecord { start, end: start, description });
+    }
 }
 
 /// Removes every fault: network rules, paused and killed nodes.
@@ -69,6 +321,27 @@ pub fn heal(network: Option<&Network>, cluster: &mut Cluster) -> Result<(), Stri
 }
 
 fn apply(
+    kind: &str,
+    rng: &mut Rng,
+    network: Option<&Network>,
+    cluster: &mut Cluster,
+    n: usize,
+) -> Result<(String, Option<LongKill>), String> {
+    if kind == LONG_KILL {
+        let leader = find_leader(n);
+        let offset = rng.index(n);
+        let victim = (0..n).map(|i| (i + offset) % n).find(|&i| Some(i) != leader).unwrap_or(offset);
+        let last_index = forge::view(victim, n, STATUS_TIMEOUT).map(|v| v.last_index);
+        cluster.kill(victim);
+        let log = last_index.map_or("unknown".to_owned(), |i| i.to_string());
+        let description =
+            format!("SIGKILL follower n{} for long (log ends at {log}; restart at heal)", victim + 1);
+        return Ok((description, Some(LongKill { victim, last_index })));
+    }
+    apply_short(kind, rng, network, cluster, n).map(|description| (description, None))
+}
+
+fn apply_short(
     kind: &str,
     rng: &mut Rng,
     network: Option<&Network>,

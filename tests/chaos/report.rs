@@ -14,6 +14,8 @@ pub struct Run<'a> {
     pub seed: u64,
     /// Its node count.
     pub nodes: usize,
+    /// The other variables a replay needs (`NAME=value ...`).
+    pub replay_env: String,
     /// Every operation.
     pub history: &'a [Event],
     /// Every fault.
@@ -84,7 +86,16 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
     let bad_keys: Vec<u64> = run.anomalies.iter().filter_map(|(k, _)| *k).collect();
 
     let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='monospace' font-size='11'>");
-    for fault in run.timeline {
+    for fault in run.timeline.iter().filter(|f| f.end == f.start) {
+        // A moment (an admin snapshot, a forged message): a thin line, no label.
+        let _ = write!(
+            svg,
+            "<rect x='{:.1}' y='0' width='1' height='{height}' fill='#a6f'><title>{}</title></rect>",
+            x(fault.start),
+            escape(&fault.description),
+        );
+    }
+    for fault in run.timeline.iter().filter(|f| f.end > f.start) {
         let _ = write!(
             svg,
             "<rect x='{:.1}' y='0' width='{:.1}' height='{height}' fill='#fdd' opacity='0.6'><title>{}</title></rect><text x='{:.1}' y='12'>{}</text>",
@@ -132,15 +143,16 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
     let mut html = format!(
         "<!doctype html><meta charset='utf-8'><title>mmapd chaos seed {seed}</title><body style='font-family:sans-serif'>\
          <h1>mmapd chaos: seed {seed}, {nodes} nodes</h1>\
-         <p>Replay the schedule: <code>MMAPD_CHAOS_SEED={seed} MMAPD_CHAOS_NODES={nodes} cargo test --release --test chaos</code></p>\
+         <p>Replay the schedule: <code>MMAPD_CHAOS_SEED={seed} MMAPD_CHAOS_NODES={nodes} {env} cargo test --release --test chaos</code></p>\
          <p>Bars: blue read, green acknowledged, grey 412/404, red failed, orange unknown; black outline: a key with an anomaly; \
-         red bands: faults (hover for details). Full history: <code>{text}</code></p><h2>Anomalies</h2><ul>",
+         red bands: faults, purple lines: admin snapshots and forged messages (hover for details). Full history: <code>{text}</code></p><h2>Anomalies</h2><ul>",
         seed = run.seed,
         nodes = run.nodes,
+        env = escape(&run.replay_env),
         text = text_path.display()
     );
     for (_, anomaly) in run.anomalies {
-        let _ = write!(html, "<li>{}</li>", escape(anomaly));
+        let _ = write!(html, "<li style='white-space:pre-wrap'>{}</li>", escape(anomaly));
     }
     html.push_str("</ul><h2>Node logs</h2><ul>");
     for log in run.logs {
