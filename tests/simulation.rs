@@ -373,10 +373,11 @@ mod planted_bugs {
     // Reference: §7 (a snapshot replaces only committed, stored entries), thesis §10.2.1.
     #[test]
     fn simulator_finds_compaction_past_the_durable_log() {
-        find_driver_bug(
-            "(e) compact_past_stable",
-            DriverBugs { compact_past_stable: true, ..Default::default() },
-        );
+        // Both layers planted out: the driver's check and the Raft core's.
+        find_with("(e) compact_past_stable", |options| {
+            options.bugs.driver = DriverBugs { compact_past_stable: true, ..Default::default() };
+            options.bugs.planted = PlantedBugs { compact_past_stable: true, ..Default::default() };
+        });
     }
 
     /// (f) Releasing reads against the Raft core's applied index, which an accepted

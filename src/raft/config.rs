@@ -45,6 +45,8 @@ pub struct PlantedBugs {
     pub vote_before_persist: bool,
     /// (d) Answer ReadIndex without confirming leadership by a heartbeat round (thesis §6.4).
     pub read_index_without_heartbeat: bool,
+    /// (e, with the driver's) Compact past the durable log (`Raft::compact`'s check).
+    pub compact_past_stable: bool,
 }
 
 impl Config {

@@ -1074,7 +1074,7 @@ impl Raft {
             return Err(CompactError::NotApplied { index, applied: self.log.applied });
         }
         let stable = self.log.stable_index();
-        if index > stable {
+        if index > stable && !self.planted_compact_past_stable() {
             return Err(CompactError::NotDurable { index, stable });
         }
         let snapshot_index = self.log.snapshot_meta().index;
@@ -1221,6 +1221,14 @@ impl Raft {
     }
     #[cfg(not(feature = "planted-bugs"))]
     fn planted_read_without_heartbeat(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_compact_past_stable(&self) -> bool {
+        self.config.planted_bugs.compact_past_stable
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_compact_past_stable(&self) -> bool {
         false
     }
 }

@@ -145,14 +145,30 @@ fn a_follower_never_compacts_past_its_durable_log() {
     follower_snapshot_during_early_apply(core_with(2, &[1, 2, 3]));
 }
 
-/// The test above fails when the fix is planted out.
+/// The test above fails when the fix is planted out of both the driver and the Raft
+/// core (`Raft::compact` refuses an index past its stable index on its own): the
+/// Raft log's own invariant then stops the node.
 #[cfg(feature = "planted-bugs")]
 #[test]
-#[should_panic(expected = "while only")]
+#[should_panic(expected = "index <= self.stable")]
 fn a_follower_compacting_past_its_durable_log_is_caught() {
     let mut core = core_with(2, &[1, 2, 3]);
     core.config.planted_bugs.compact_past_stable = true;
+    core.raft.config_mut().planted_bugs.compact_past_stable = true;
     follower_snapshot_during_early_apply(core);
+}
+
+/// With only the driver's check planted out, the Raft core still refuses.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn the_raft_core_refuses_compaction_past_its_durable_log_on_its_own() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.config.planted_bugs.compact_past_stable = true;
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follower_snapshot_during_early_apply(core)));
+    let message = result.expect_err("the snapshot answer is a refusal");
+    let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("only 0 durable"), "{message}");
 }
 
 fn follower_snapshot_during_early_apply(mut core: DriverCore) {
