@@ -14,7 +14,7 @@
 //!   carries out its actions; the disk thread that owns the store);
 //! - `byte_reader` (private): the bounds-checked cursor both decoders read with.
 //!
-//! A write: `server::http` decodes a request into a `kv::Command` and hands it to the
+//! A write: `server::api` decodes a request into a `kv::Command` and hands it to the
 //! driver (`server::driver::shell`), whose core (`server::driver::core`) proposes
 //! `Command::encode()` to `raft`. The core turns the Ready into actions: the leader
 //! sends `AppendEntries` batches (`transport::codec`) while the disk thread

@@ -18,9 +18,9 @@ use tokio::net::UnixListener;
 
 use crate::kv::{import_command, parse_legacy_db_json, Outcome};
 
+use super::api::error::ApiError;
+use super::api::Api;
 use super::driver::NodeError;
-use super::error::ApiError;
-use super::http::Api;
 
 /// The largest db.json accepted by import.
 const MAX_IMPORT_BYTES: usize = 1 << 30;
@@ -143,7 +143,7 @@ fn admin_error(api: &Api, error: NodeError) -> ApiError {
             },
             None => "none known".into(),
         }),
-        other => super::http::node_error(other),
+        other => super::api::node_error(other),
     }
 }
 

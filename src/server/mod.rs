@@ -1,21 +1,25 @@
 //! The `mmapd` daemon: the Raft core and the store driven by tokio, serving the
 //! HTTP API and peer RPC on one TCP port and admin commands on a Unix socket.
 //!
-//! Layout: `cli` (flags, the original's included), `driver` (the IO-free driver core,
-//! its tokio shell and the disk thread), `transport` and `peer_stream` (peer RPC),
-//! `http` (public API and peer routes), `admin` (the Unix socket), `error` (errors to
-//! HTTP statuses, in one place), `metrics`, `lifecycle` (sd-notify, signals, the
-//! watchdog).
+//! Layout, one folder a part:
+//! - `api`: the public HTTP API and the routes peers call, decoding requests into
+//!   commands; `api::error` is the one place errors become HTTP statuses;
+//! - `peer`: the peer transport, both directions, and write forwarding;
+//! - `admin`: the Unix socket of `mmapd-admin`;
+//! - `driver`: the IO-free driver core, its tokio shell and the disk thread;
+//! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
+//!   signals, the watchdog).
+//!
+//! Dependencies run one way: `api` and `admin` use `peer` and `driver`; `peer` uses
+//! `driver`; `driver` uses none of them (it sends through the `driver::Outbox` trait).
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod driver;
-pub mod error;
-pub mod http;
 mod lifecycle;
 pub mod metrics;
-pub mod peer_stream;
-pub mod transport;
+pub mod peer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -206,7 +210,7 @@ fn open_descriptors() -> u64 {
 /// How many client connections the descriptor limit allows, after the reserves.
 fn client_connection_limit(descriptor_limit: u64, peers: usize) -> Result<usize, ServerError> {
     let open = open_descriptors();
-    let forwards = if peers == 0 { 0 } else { http::MAX_FORWARDS_IN_FLIGHT as u64 };
+    let forwards = if peers == 0 { 0 } else { api::MAX_FORWARDS_IN_FLIGHT as u64 };
     let reserved = STORE_RESERVE_DESCRIPTORS
         + PER_PEER_DESCRIPTORS * peers as u64
         + forwards
@@ -251,13 +255,13 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let (disk_jobs, disk_thread) = driver::disk::spawn(store, done_tx, mapped_bytes.clone())
         .map_err(|error| ServerError::Driver(format!("cannot start the disk thread: {error}")))?;
     let secret = settings.cluster_secret.clone().map(Arc::new);
-    let client = transport::client();
+    let client = peer::transport::client();
     let peers: HashMap<NodeId, SocketAddr> =
         members.iter().filter(|(peer, _)| **peer != id).map(|(k, v)| (*k, *v)).collect();
     // Twice the election timeout: a peer that cannot take a batch in that time is
     // treated as unreachable, and its connection is replaced.
     let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
-    let outbox = transport::start(&peers, client.clone(), secret.clone(), peer_timeout);
+    let outbox = peer::transport::start(&peers, client.clone(), secret.clone(), peer_timeout);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
@@ -275,7 +279,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         shared,
         shutdown: shutdown_rx.clone(),
     });
-    let api = Arc::new(http::Api {
+    let api = Arc::new(api::Api {
         node: node.clone(),
         members,
         address: settings.listen,
@@ -287,7 +291,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         max_value_bytes: settings.max_value_bytes,
         mapped_bytes,
         quota_bytes: settings.quota_bytes,
-        forwards: Semaphore::new(http::MAX_FORWARDS_IN_FLIGHT),
+        forwards: Semaphore::new(api::MAX_FORWARDS_IN_FLIGHT),
     });
 
     let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
@@ -346,7 +350,7 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 async fn accept_http(
     listener: tokio::net::TcpListener,
-    api: Arc<http::Api>,
+    api: Arc<api::Api>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -371,9 +375,9 @@ async fn accept_http(
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         let mut shutdown = shutdown.clone();
-        let client = http::Connection { remote, permit: Arc::new(permit) };
+        let client = api::Connection { remote, permit: Arc::new(permit) };
         connections.spawn(async move {
-            let service = service_fn(move |request| http::serve(api.clone(), client.clone(), request));
+            let service = service_fn(move |request| api::serve(api.clone(), client.clone(), request));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -399,7 +403,7 @@ async fn accept_http(
 
 async fn accept_admin(
     listener: tokio::net::UnixListener,
-    api: Arc<http::Api>,
+    api: Arc<api::Api>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));

@@ -117,7 +117,7 @@ fn batch_sync_makes_term_and_vote_durable_but_lets_a_commit_only_change_lag() {
     assert_eq!(reopen(dir.path()).hard_state, HardState { term: 2, vote: None, commit: 20 });
 }
 
-/// What the disk thread persists for one Ready (`src/server/disk.rs`, `persist`).
+/// What the disk thread persists for one Ready (`src/server/driver/disk.rs`, `persist`).
 struct ReadyToPersist {
     snapshot: Option<SnapshotMeta>,
     entries: Vec<Entry>,

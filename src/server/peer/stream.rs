@@ -32,8 +32,8 @@ use tokio::net::TcpStream;
 use crate::raft::Message;
 use crate::transport::codec::{decode_batch, encode_batch};
 
-use super::driver::{DeliverError, NodeHandle};
 use super::transport::SECRET_HEADER;
+use crate::server::driver::{DeliverError, NodeHandle};
 
 /// The protocol named in the `Upgrade` header.
 pub const PROTOCOL: &str = "mmapd-peer/1";

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::transport::codec::{decode_batch, encode_batch};
 
-use super::peer_stream::{self, StreamError, StreamSender};
+use super::stream::{self as peer_stream, StreamError, StreamSender};
 
 /// Why a batch did not reach a peer.
 enum Failure {
@@ -58,7 +58,7 @@ pub struct Outbox {
     peers: Arc<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
 }
 
-impl super::driver::Outbox for Outbox {
+impl crate::server::driver::Outbox for Outbox {
     /// Queues messages for their peers, without waiting.
     fn send(&self, messages: Vec<Message>) {
         if messages.is_empty() {

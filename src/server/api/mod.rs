@@ -25,11 +25,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
 
-use super::driver::{Applied, DeliverError, NodeError, NodeHandle};
-use super::error::ApiError;
-use super::metrics::Gauges;
-use super::peer_stream::{self, StreamEnd};
-use super::transport::{decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER, SNAPSHOT_TIMEOUT};
+pub mod error;
+
+use crate::server::driver::{Applied, DeliverError, NodeError, NodeHandle};
+use crate::server::metrics::Gauges;
+use crate::server::peer::stream::{self as peer_stream, StreamEnd};
+use crate::server::peer::transport::{
+    decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER, SNAPSHOT_TIMEOUT,
+};
+use error::ApiError;
 
 /// The most bytes a peer batch may carry (snapshots included).
 const MAX_PEER_BODY_BYTES: usize = 1 << 30;
