@@ -64,6 +64,9 @@ pub struct Raft {
 
     /// Leader only: the follower leadership is being handed to.
     transfer_target: Option<NodeId>,
+    /// False while the caller cannot persist (a full disk): the node neither leads nor
+    /// campaigns, since its up-to-date log would win elections it cannot serve.
+    can_lead: bool,
     read_only: ReadOnly,
     /// Leader only: reads that arrived before an entry of this term was committed.
     reads_waiting_for_commit: Vec<(u64, NodeId)>,
@@ -141,6 +144,7 @@ impl Raft {
             randomized_election_ticks,
             rng,
             transfer_target: None,
+            can_lead: true,
             read_only: ReadOnly::default(),
             reads_waiting_for_commit: Vec::new(),
             replication_wanted: false,
@@ -387,6 +391,22 @@ impl Raft {
 
     // ---------------------------------------------------------------- elections
 
+    /// Says whether this node can persist what leading needs. While it cannot (its disk
+    /// is full), a leader or candidate becomes a follower in its term, and the node
+    /// starts no election, not even on TimeoutNow; it still follows, answers and votes.
+    pub fn set_can_lead(&mut self, can_lead: bool) {
+        self.can_lead = can_lead;
+        if !can_lead && self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    /// Whether the node may lead and campaign (see `set_can_lead`).
+    pub fn can_lead(&self) -> bool {
+        self.can_lead
+    }
+
     /// Starts an election now (pre-vote first if configured).
     pub fn campaign(&mut self) {
         let kind = if self.config.pre_vote { Election::PreVote } else { Election::Real { transfer: false } };
@@ -394,7 +414,7 @@ impl Raft {
     }
 
     fn start_election(&mut self, kind: Election) {
-        if self.role == Role::Leader {
+        if self.role == Role::Leader || !self.can_lead {
             return;
         }
         let (pre_vote, transfer, request_term) = match kind {

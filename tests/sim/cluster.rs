@@ -1227,14 +1227,6 @@ impl Sim {
                 let core = self.nodes[i].core.as_ref().unwrap();
                 let kv = core.kv().read().unwrap();
                 let applied = kv.applied_index();
-                if applied < known_committed {
-                    drop(kv);
-                    let detail = format!(
-                        "n{id} answered read {token} from a state machine at {applied}, but {known_committed} was committed before the read began"
-                    );
-                    self.violate("stale read", detail);
-                    return;
-                }
                 let value = kv.get(format!("k{key}").as_bytes()).and_then(|v| parse_op(&v.data));
                 drop(kv);
                 self.served_reads.insert(token, value);
@@ -1245,6 +1237,13 @@ impl Sim {
                     complete: Some(self.clock),
                     operation: Operation::Read(value),
                 });
+                if applied < known_committed {
+                    let detail = format!(
+                        "n{id} answered read {token} from a state machine at {applied}, but {known_committed} was committed before the read began"
+                    );
+                    self.violate("stale read", detail);
+                    return;
+                }
                 self.trace(|| {
                     format!("read {token} served by n{id} at applied {applied}: key {key} = {value:?}")
                 });

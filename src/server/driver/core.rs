@@ -522,6 +522,7 @@ impl DriverCore {
                 };
                 if self.disk_full.take().is_some() {
                     self.disk_backoff = Backoff::default();
+                    self.raft.set_can_lead(true);
                 }
                 self.finish_ready(in_flight.ready);
             }
@@ -917,6 +918,9 @@ impl DriverCore {
     fn on_disk_full(&mut self, error: String) {
         if self.disk_full.is_none() {
             self.fail_waiting(NodeError::DiskFull(error.clone()));
+            // A node that cannot persist must not lead, and its up-to-date log would
+            // win the next election: it steps down and stops campaigning.
+            self.raft.set_can_lead(false);
         }
         self.disk_full = Some(error);
         self.disk_backoff.fail(self.now_tick, &self.config);

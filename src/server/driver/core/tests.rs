@@ -281,6 +281,7 @@ fn a_full_disk_refuses_writes_retries_the_write_and_resumes_once_space_is_freed(
         "a write already in the log may still commit: its outcome is unknown, {actions:?}"
     );
     assert!(core.disk_full().is_some());
+    assert_eq!(core.raft().role(), Role::Follower, "a node that cannot persist must not lead");
     core.propose(2, put("b"));
     let actions = core.take_actions();
     assert!(
@@ -297,10 +298,15 @@ fn a_full_disk_refuses_writes_retries_the_write_and_resumes_once_space_is_freed(
         }
     }
     let retried = retried.expect("the write was not retried");
+    assert_eq!(core.raft().role(), Role::Follower, "it campaigned while its disk was full");
     assert_eq!(retried.entries, job.entries);
     core.persisted(Ok(()));
     assert!(core.disk_full().is_none(), "space is back");
-    settle(&mut core);
+    for _ in 0..40 {
+        core.tick();
+        settle(&mut core);
+    }
+    assert_eq!(core.raft().role(), Role::Leader, "it campaigns again once space is back");
     core.propose(3, put("c"));
     let answers = settle(&mut core);
     assert!(answers.iter().any(|(t, a)| *t == 3 && matches!(a, Answer::Proposal(Ok(_)))), "{answers:?}");
