@@ -145,7 +145,7 @@ impl PeerSender {
                     Err(_) => break,
                 }
             }
-            let snapshot = self.attach_snapshots(&mut batch);
+            let snapshot = carries_snapshot(&batch);
             let mut connect_failure = None;
             if stream.is_none() && !snapshot && !post_until.is_some_and(|until| Instant::now() < until) {
                 post_until = None;
@@ -233,11 +233,11 @@ impl PeerSender {
             Err(_) => Err(Failure::Unreachable(format!("no answer within {timeout:?}"))),
         }
     }
+}
 
-    /// True when the batch carries a snapshot (the driver core attached its data).
-    fn attach_snapshots(&self, batch: &mut [Message]) -> bool {
-        batch.iter().any(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }))
-    }
+/// True when the batch carries a snapshot (the driver core attached its data).
+fn carries_snapshot(batch: &[Message]) -> bool {
+    batch.iter().any(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }))
 }
 
 /// Compares a presented secret with ours in constant time.
