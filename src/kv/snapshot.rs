@@ -13,10 +13,10 @@
 //! A record: u32 key length, key, u64 version, u32 value length, value. Every version is
 //! in `1..=applied index`. Nothing may follow the last record.
 
-use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 
 use bytes::Bytes;
+use imbl::OrdMap;
 
 use super::error::DecodeError;
 use super::state_machine::{StateMachine, Value};
@@ -52,6 +52,12 @@ impl StateMachine {
         Ok(written)
     }
 
+    /// The length of `write_snapshot`'s output, exactly, in O(1).
+    pub fn snapshot_len(&self) -> usize {
+        let bytes = HEADER_BYTES as u64 + self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
     /// Loads a snapshot payload, copying each key and value into its own allocation: the
     /// input can be dropped afterwards and no key pins another's memory.
     pub fn load_snapshot(data: &[u8]) -> Result<StateMachine, DecodeError> {
@@ -84,8 +90,7 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
         return Err(DecodeError::CountTooLarge { offset: count_offset, count, available });
     }
     // Sized from a count already bounded by the input (at most one record per
-    // `MIN_RECORD_BYTES`); collecting a `Vec` of exact size and handing it to the B-tree's
-    // bulk build avoids doubling reallocations and leaves the nodes full.
+    // `MIN_RECORD_BYTES`), so collecting never reallocates.
     let mut records = Vec::with_capacity(count as usize);
     let mut previous_key: Option<&[u8]> = None;
     for _ in 0..count {
@@ -106,7 +111,7 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
         let value = read_bytes(&mut reader)?;
         records.push((to_bytes(key), Value { data: to_bytes(value), version }));
     }
-    let map = BTreeMap::from_iter(records);
+    let map = OrdMap::from_iter(records);
     if reader.remaining() != 0 {
         return Err(DecodeError::TrailingBytes { offset: reader.offset(), count: reader.remaining() });
     }

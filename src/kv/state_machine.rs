@@ -1,10 +1,10 @@
 //! The key-value state machine: an ordered in-memory map that committed commands are
 //! applied to, in log order, identically on every node.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use imbl::OrdMap;
 
 use super::command::{Command, Condition};
 
@@ -55,9 +55,14 @@ pub enum Outcome {
 pub const PER_KEY_OVERHEAD_BYTES: u64 = 96;
 
 /// The map and how far into the log it has been applied.
+///
+/// `clone` costs O(1): the map is a persistent B-tree (`imbl::OrdMap`) whose nodes the
+/// copies share until one of them writes. That is how a snapshot is serialised, a
+/// backup streamed or a long list built off the driver's loop, from a copy frozen at one
+/// applied index, while the driver goes on applying to its own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
-    map: BTreeMap<Bytes, Value>,
+    map: OrdMap<Bytes, Value>,
     /// The index of the last entry applied. Invariant: strictly increases with each apply;
     /// every value's version is <= it.
     applied_index: u64,
@@ -72,7 +77,7 @@ impl StateMachine {
     }
 
     /// Builds a state machine from parts already validated by the snapshot loader.
-    pub(super) fn from_parts(map: BTreeMap<Bytes, Value>, applied_index: u64) -> StateMachine {
+    pub(super) fn from_parts(map: OrdMap<Bytes, Value>, applied_index: u64) -> StateMachine {
         let payload_bytes = map.iter().map(|(key, value)| (key.len() + value.data.len()) as u64).sum();
         StateMachine { map, applied_index, payload_bytes }
     }
@@ -121,7 +126,7 @@ impl StateMachine {
         limit: usize,
     ) -> impl Iterator<Item = (&'a Bytes, &'a Value)> {
         self.map
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, [u8]>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
             .take(limit)
     }
@@ -144,6 +149,11 @@ impl StateMachine {
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Sum of key and value lengths.
+    pub fn payload_bytes(&self) -> u64 {
+        self.payload_bytes
     }
 
     /// Estimated memory held: key and value bytes plus `PER_KEY_OVERHEAD_BYTES` per key.
@@ -184,7 +194,7 @@ impl StateMachine {
         if !condition_holds(condition, current_version) {
             return Outcome::PreconditionFailed { current_version };
         }
-        match self.map.remove_entry(key) {
+        match self.map.remove_with_key(key) {
             Some((key, value)) => {
                 self.payload_bytes -= (key.len() + value.data.len()) as u64;
                 Outcome::Deleted { previous_version: value.version }

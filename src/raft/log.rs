@@ -235,6 +235,12 @@ impl RaftLog {
         self.applied = self.applying;
     }
 
+    /// The metadata of a snapshot at `index`, an index the log holds.
+    pub(crate) fn meta_at(&self, index: u64) -> SnapshotMeta {
+        let term = self.term(index).expect("snapshot index within log");
+        SnapshotMeta { index, term, conf: self.snapshot.conf.clone() }
+    }
+
     /// Drops entries up to `index` (<= applied, <= stable) after the caller saved a snapshot.
     pub(crate) fn compact(&mut self, index: u64) -> SnapshotMeta {
         assert!(index <= self.applied && index <= self.stable && index > self.snapshot.index);

@@ -1090,6 +1090,16 @@ impl Raft {
     /// and dropping entries its storage never held leaves the storage's log ending
     /// before the snapshot.
     pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
+        let meta = self.snapshot_meta(index)?;
+        let compacted = self.log.compact(index);
+        assert_eq!(compacted, meta, "node {} term {}: compaction's snapshot metadata", self.id, self.term);
+        Ok(compacted)
+    }
+
+    /// The metadata a snapshot at `index` would have, refused as `compact` refuses it:
+    /// a snapshot may be built before the log is compacted to it (the driver serialises
+    /// the state machine off its loop, then compacts).
+    pub fn snapshot_meta(&self, index: u64) -> Result<SnapshotMeta, CompactError> {
         if index > self.log.applied {
             return Err(CompactError::NotApplied { index, applied: self.log.applied });
         }
@@ -1101,7 +1111,7 @@ impl Raft {
         if index <= snapshot_index {
             return Err(CompactError::AlreadyCompacted { snapshot_index });
         }
-        Ok(self.log.compact(index))
+        Ok(self.log.meta_at(index))
     }
 
     // ---------------------------------------------------------------- ready

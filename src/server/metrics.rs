@@ -24,6 +24,22 @@ impl Counter {
     }
 }
 
+/// The largest value seen, in nanoseconds (lock-free).
+#[derive(Debug, Default)]
+pub struct MaxSeconds(AtomicU64);
+
+impl MaxSeconds {
+    /// Records one observation, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        self.0.fetch_max((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// The largest observation, in seconds.
+    pub fn get(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
 /// Bucket upper bounds in seconds, from 50 µs to 10 s.
 const BUCKETS_SECONDS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -82,6 +98,13 @@ pub struct Metrics {
     pub msync_seconds: Histogram,
     /// Time from handing a Ready to the disk thread until it is durable.
     pub persist_seconds: Histogram,
+    /// On a follower: time between two deliveries from its leader (heartbeats come
+    /// every tick; a long gap is a leader, a network or this node's loop that stalled).
+    pub leader_contact_gap_seconds: Histogram,
+    /// The longest of those gaps since start.
+    pub leader_contact_gap_max: MaxSeconds,
+    /// Time to serialise and write a snapshot, off the driver's loop.
+    pub snapshot_build_seconds: Histogram,
 }
 
 /// Gauges read from the node at render time.
@@ -150,6 +173,22 @@ impl Metrics {
         self.commit_seconds.render("mmapd_commit_seconds", "Write request to commit and apply", &mut out);
         self.msync_seconds.render("mmapd_msync_seconds", "One msync batch", &mut out);
         self.persist_seconds.render("mmapd_persist_seconds", "Ready handed to disk until durable", &mut out);
+        self.leader_contact_gap_seconds.render(
+            "mmapd_leader_contact_gap_seconds",
+            "On a follower, time between two deliveries from the leader",
+            &mut out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mmapd_leader_contact_gap_max_seconds The longest gap between deliveries from the leader\n\
+             # TYPE mmapd_leader_contact_gap_max_seconds gauge\nmmapd_leader_contact_gap_max_seconds {}",
+            self.leader_contact_gap_max.get()
+        );
+        self.snapshot_build_seconds.render(
+            "mmapd_snapshot_build_seconds",
+            "Serialising and writing a snapshot, off the driver's loop",
+            &mut out,
+        );
         out
     }
 }

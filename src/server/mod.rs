@@ -251,6 +251,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         metrics: Default::default(),
     });
     let mapped_bytes = Arc::new(AtomicU64::new(store.mapped_bytes()));
+    let data_dir = store.dir().to_path_buf();
     let (done_tx, done_rx) = tokio::sync::mpsc::channel(driver::disk::DISK_QUEUE + 1);
     let (disk_jobs, disk_thread) = driver::disk::spawn(store, done_tx, mapped_bytes.clone())
         .map_err(|error| ServerError::Driver(format!("cannot start the disk thread: {error}")))?;
@@ -278,6 +279,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         outbox: Box::new(outbox),
         shared,
         shutdown: shutdown_rx.clone(),
+        data_dir,
     });
     let api = Arc::new(api::Api {
         node: node.clone(),

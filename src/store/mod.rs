@@ -259,6 +259,23 @@ impl Store {
     ///
     /// Panics if `meta.index` is beyond the log or older than the current snapshot.
     pub fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+        let written = snapshot::write_temp(self.data_dir.path(), meta, data)?;
+        self.adopt_snapshot(written)
+    }
+
+    /// The directory snapshot files go in, for [`snapshot::write_temp`] off the store's
+    /// thread.
+    pub fn dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Makes a snapshot written with [`snapshot::write_temp`] this node's snapshot, as
+    /// [`Store::save_snapshot`] does; the slow part (writing the data) is already done.
+    ///
+    /// Panics as `save_snapshot` does.
+    pub fn adopt_snapshot(&mut self, written: snapshot::WrittenSnapshot) -> Result<(), StoreError> {
+        let meta = written.meta().clone();
+        let meta = &meta;
         assert!(meta.index <= self.log.last_index(), "snapshot at {} beyond the log", meta.index);
         assert!(
             meta.index >= self.snapshot_index,
@@ -269,7 +286,7 @@ impl Store {
         if let Some(term) = self.log.term(meta.index) {
             assert_eq!(term, meta.term, "snapshot at {} has the wrong term", meta.index);
         }
-        snapshot::save(self.data_dir.path(), meta, self.log.first_segment_seq(), data)?;
+        snapshot::adopt(self.data_dir.path(), written, self.log.first_segment_seq())?;
         self.snapshot_index = meta.index;
         Ok(())
     }

@@ -1,8 +1,11 @@
 //! Snapshot files: a pure decoder (fuzzable) and the durable save/load around it.
 //!
-//! A snapshot is written to `snapshot.tmp`, fsynced, renamed to
-//! `snapshot-<index, 20 digits>.snap`, and the directory fsynced; only then are older
-//! snapshot files removed. So a crash leaves the previous snapshot or the new one, whole.
+//! A snapshot is written to `snapshot-<index, 20 digits>.tmp` and fsynced (possibly on
+//! another thread than the store's, `write_temp`); then its header gets the log's first
+//! segment, it is fsynced again, renamed to `snapshot-<index>.snap`, and the directory
+//! fsynced (`adopt`); only then are older snapshot files removed. So a crash leaves the
+//! previous snapshot or the new one, whole, and temporary files that the next open
+//! removes.
 
 use std::fs;
 use std::io::Write;
@@ -64,25 +67,31 @@ fn bad(offset: usize, reason: &'static str) -> SnapshotError {
 
 /// Encodes a whole snapshot file. Asserts it decodes back.
 pub fn encode_snapshot(meta: &SnapshotMeta, first_segment_seq: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = encode_header(meta, first_segment_seq, data.len() as u64, crc32c::crc32c(data));
+    out.extend_from_slice(data);
+    let back = decode_snapshot(&out).expect("a snapshot we just encoded must decode");
+    assert!(back.meta == *meta && back.data == data);
+    out
+}
+
+/// The fixed header and the voters: everything before the data.
+fn encode_header(meta: &SnapshotMeta, first_segment_seq: u64, data_len: u64, data_crc: u32) -> Vec<u8> {
     assert!(meta.conf.voters.len() <= MAX_VOTERS, "snapshot at {} lists too many voters", meta.index);
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 8 * meta.conf.voters.len() + data.len());
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 8 * meta.conf.voters.len());
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     out.extend_from_slice(&(meta.conf.voters.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta.index.to_le_bytes());
     out.extend_from_slice(&meta.term.to_le_bytes());
     out.extend_from_slice(&first_segment_seq.to_le_bytes());
-    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out.extend_from_slice(&data_crc.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     for voter in &meta.conf.voters {
         out.extend_from_slice(&voter.to_le_bytes());
     }
     let header_crc = header_crc(&out);
     out[HEADER_CRC_OFFSET..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(data);
-    let back = decode_snapshot(&out).expect("a snapshot we just encoded must decode");
-    assert!(back.meta == *meta && back.data == data);
     out
 }
 
@@ -143,6 +152,70 @@ fn file_name(index: u64) -> String {
     format!("snapshot-{index:020}.snap")
 }
 
+fn temp_name(index: u64) -> String {
+    format!("snapshot-{index:020}.tmp")
+}
+
+fn is_temp_name(name: &str) -> bool {
+    name == TEMP_NAME || (name.starts_with("snapshot-") && name.ends_with(".tmp"))
+}
+
+/// A snapshot file written and fsynced under its temporary name: not yet the node's
+/// snapshot (a crash now leaves the previous one, and the open removes this file).
+#[derive(Debug)]
+pub struct WrittenSnapshot {
+    path: PathBuf,
+    meta: SnapshotMeta,
+    data_len: u64,
+    data_crc: u32,
+}
+
+impl WrittenSnapshot {
+    /// Its metadata.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Removes the file: the snapshot will not be adopted.
+    pub fn discard(self) {
+        if let Err(error) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove an unused snapshot file");
+        }
+    }
+}
+
+/// Writes `data` as the snapshot at `meta` under a temporary name and fsyncs it. Needs
+/// no store: the daemon calls it off the disk thread, so writes do not wait for a large
+/// snapshot; `adopt` finishes it.
+pub fn write_temp(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<WrittenSnapshot, StoreError> {
+    let (data_len, data_crc) = (data.len() as u64, crc32c::crc32c(data));
+    // The first segment is not known yet: `adopt` rewrites the header.
+    let header = encode_header(meta, 0, data_len, data_crc);
+    let path = dir.join(temp_name(meta.index));
+    let mut file = fs::File::create(&path).map_err(|e| StoreError::io(&path, "create", e))?;
+    file.write_all(&header).map_err(|e| StoreError::io(&path, "write", e))?;
+    file.write_all(data).map_err(|e| StoreError::io(&path, "write", e))?;
+    file.sync_all().map_err(|e| StoreError::io(&path, "fsync", e))?;
+    Ok(WrittenSnapshot { path, meta: meta.clone(), data_len, data_crc })
+}
+
+/// Makes a written snapshot the node's snapshot (see the module doc), naming
+/// `first_segment_seq` as the first log segment that belongs after it.
+pub(crate) fn adopt(dir: &Path, written: WrittenSnapshot, first_segment_seq: u64) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let WrittenSnapshot { path, meta, data_len, data_crc } = written;
+    let header = encode_header(&meta, first_segment_seq, data_len, data_crc);
+    let file =
+        fs::OpenOptions::new().write(true).open(&path).map_err(|e| StoreError::io(&path, "open", e))?;
+    file.write_all_at(&header, 0).map_err(|e| StoreError::io(&path, "write", e))?;
+    file.sync_all().map_err(|e| StoreError::io(&path, "fsync", e))?;
+    drop(file);
+    let target = dir.join(file_name(meta.index));
+    fs::rename(&path, &target).map_err(|e| StoreError::io(&target, "rename", e))?;
+    sync_dir(dir)?;
+    remove_older_than(dir, meta.index)
+}
+
 fn parse_file_name(name: &str) -> Option<u64> {
     name.strip_prefix("snapshot-")?.strip_suffix(".snap")?.parse().ok()
 }
@@ -154,16 +227,8 @@ pub(crate) fn save(
     first_segment_seq: u64,
     data: &[u8],
 ) -> Result<(), StoreError> {
-    let bytes = encode_snapshot(meta, first_segment_seq, data);
-    let temp = dir.join(TEMP_NAME);
-    let mut file = fs::File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
-    file.write_all(&bytes).map_err(|e| StoreError::io(&temp, "write", e))?;
-    file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
-    drop(file);
-    let target = dir.join(file_name(meta.index));
-    fs::rename(&temp, &target).map_err(|e| StoreError::io(&target, "rename", e))?;
-    sync_dir(dir)?;
-    remove_older_than(dir, meta.index)
+    let written = write_temp(dir, meta, data)?;
+    adopt(dir, written, first_segment_seq)
 }
 
 fn remove_older_than(dir: &Path, index: u64) -> Result<(), StoreError> {
@@ -195,8 +260,12 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 /// Loads the newest snapshot, verifying its checksums; removes a leftover temp file and
 /// snapshots older than the newest (a crash between rename and cleanup leaves them).
 pub(crate) fn load(dir: &Path, warnings: &mut Vec<String>) -> Result<Option<LoadedSnapshot>, StoreError> {
-    let temp = dir.join(TEMP_NAME);
-    if temp.exists() {
+    for item in fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
+        let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
+        if !item.file_name().to_str().is_some_and(is_temp_name) {
+            continue;
+        }
+        let temp = item.path();
         let warning = format!("removed unfinished snapshot {}", temp.display());
         tracing::warn!("{warning}");
         warnings.push(warning);
@@ -244,6 +313,29 @@ mod tests {
         save(dir.path(), &newer, 1, b"new").unwrap();
         assert_eq!(list(dir.path()).unwrap().len(), 1);
         assert_eq!(&load(dir.path(), &mut Vec::new()).unwrap().unwrap().data[..], b"new");
+    }
+
+    #[test]
+    fn a_snapshot_written_but_not_adopted_is_not_loaded_and_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &meta(), 1, b"adopted").unwrap();
+        let newer = SnapshotMeta { index: 20, ..meta() };
+        let written = write_temp(dir.path(), &newer, b"written only").unwrap();
+        drop(written); // a crash before `adopt`
+        let mut warnings = Vec::new();
+        let loaded = load(dir.path(), &mut warnings).unwrap().unwrap();
+        assert_eq!((loaded.meta.index, &loaded.data[..]), (12, &b"adopted"[..]));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(!dir.path().join(temp_name(20)).exists());
+    }
+
+    #[test]
+    fn an_adopted_snapshot_names_the_first_segment_given_at_adoption() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_temp(dir.path(), &meta(), b"state").unwrap();
+        adopt(dir.path(), written, 7).unwrap();
+        let loaded = load(dir.path(), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!((loaded.meta, loaded.first_segment_seq, &loaded.data[..]), (meta(), 7, &b"state"[..]));
     }
 
     #[test]

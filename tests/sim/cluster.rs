@@ -193,6 +193,8 @@ struct Node {
     unpersisted: VecDeque<PersistJob>,
     /// A snapshot the core asked to save, not saved yet: a crash loses it.
     unsaved_snapshot: Option<Snapshot>,
+    /// A snapshot the core asked to build (off its loop), not built yet.
+    unbuilt_snapshot: Option<(SnapshotMeta, StateMachine)>,
     restart_at_tick: Option<u64>,
     /// Its clock is stalled (a paused VM, a slow timer) until this tick: it handles
     /// messages and requests but is not ticked.
@@ -473,6 +475,7 @@ impl Sim {
                 },
                 unpersisted: VecDeque::new(),
                 unsaved_snapshot: None,
+                unbuilt_snapshot: None,
                 restart_at_tick: None,
                 clock_stalled_until_tick: 0,
                 crash_after_send_armed: false,
@@ -588,6 +591,7 @@ impl Sim {
         node.restart_at_tick = None;
         node.unpersisted.clear();
         node.unsaved_snapshot = None;
+        node.unbuilt_snapshot = None;
         let snapshot = (node.disk.snapshot.meta.index > 0).then(|| node.disk.snapshot.clone());
         let kv = match &snapshot {
             Some(snapshot) => StateMachine::load_snapshot_shared(&snapshot.data),
@@ -683,6 +687,7 @@ impl Sim {
         self.nodes[i].core = None;
         self.nodes[i].unpersisted.clear();
         self.nodes[i].unsaved_snapshot = None;
+        self.nodes[i].unbuilt_snapshot = None;
         if let Some(real) = self.nodes[i].real.as_mut() {
             real.store = None; // everything it was asked to keep was synced
         }
@@ -849,6 +854,9 @@ impl Sim {
         if self.nodes[i].unsaved_snapshot.is_some() && self.rng.chance(300_000) {
             self.save_snapshot(i);
         }
+        if self.nodes[i].unbuilt_snapshot.is_some() && self.rng.chance(300_000) {
+            self.build_snapshot(i);
+        }
         for _ in 0..64 {
             let Some(core) = self.nodes[i].core.as_mut() else { return };
             core.poll();
@@ -909,6 +917,14 @@ impl Sim {
                         written_now += 1;
                     }
                 }
+                Action::BuildSnapshot { meta, machine } => {
+                    // Built off the loop: now, or later while the node goes on.
+                    self.nodes[i].unbuilt_snapshot = Some((meta, machine));
+                    if self.rng.chance(500_000) {
+                        self.build_snapshot(i);
+                    }
+                }
+                Action::DropOffLoop(_) => {}
                 Action::SaveSnapshot { meta, data } => {
                     self.check_snapshot_save(i, &meta);
                     self.nodes[i].unsaved_snapshot = Some(Snapshot { meta, data });
@@ -1141,6 +1157,30 @@ impl Sim {
         }
     }
 
+    /// The snapshot the core asked to build is serialised from its frozen copy, which
+    /// must hold exactly what was committed up to its index, whatever the node applied
+    /// since.
+    fn build_snapshot(&mut self, i: usize) {
+        let Some((meta, machine)) = self.nodes[i].unbuilt_snapshot.take() else { return };
+        let id = self.nodes[i].id;
+        let index = meta.index;
+        let hash = kv_hash(&machine);
+        let expected = self.committed.get((index as usize).wrapping_sub(1)).and_then(|c| c.state_hash);
+        if machine.applied_index() != index || expected.is_some_and(|expected| expected != hash) {
+            self.violate(
+                "snapshot",
+                format!("n{id} builds a snapshot at {index} from a state machine applied to {} that differs from what was committed", machine.applied_index()),
+            );
+            return;
+        }
+        let mut data = Vec::new();
+        machine.write_snapshot(&mut data).expect("writing to a Vec cannot fail");
+        self.trace(|| format!("n{id} built a snapshot at {index}"));
+        if let Some(core) = self.nodes[i].core.as_mut() {
+            core.snapshot_built(meta, Ok(Bytes::from(data)));
+        }
+    }
+
     /// The snapshot the core asked for reaches the disk; the log it covers is dropped.
     fn save_snapshot(&mut self, i: usize) {
         let Some(snapshot) = self.nodes[i].unsaved_snapshot.take() else { return };
@@ -1266,8 +1306,7 @@ impl Sim {
             }
         };
         match self.committed.get((index as usize).wrapping_sub(1)) {
-            Some(committed) if committed.term == term && committed.state_hash.map_or(true, |h| h == hash) => {
-            }
+            Some(committed) if committed.term == term && committed.state_hash.is_none_or(|h| h == hash) => {}
             other => {
                 let known = other.map(|c| (c.term, c.state_hash == Some(hash)));
                 self.violate(

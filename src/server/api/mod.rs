@@ -457,7 +457,8 @@ impl Api {
                 .min(MAX_LIST_LIMIT),
         };
         self.read_barrier(query).await?;
-        let kv = self.node.shared.kv.read().expect("kv lock");
+        // An O(1) copy: the list is built without holding the lock the driver applies under.
+        let kv = self.node.shared.kv.read().expect("kv lock").clone();
         let mut items = Vec::new();
         let mut more = false;
         for (key, value) in kv.list(&prefix, limit + 1) {

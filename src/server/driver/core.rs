@@ -3,10 +3,10 @@
 //! (`tests/sim`) both run exactly this code.
 //!
 //! Events go in as method calls (`tick`, `step`, `propose`, `read`, `step_down`,
-//! `snapshot`, `persisted`, `snapshot_saved`, `abandon`); `poll` hands the Raft core's
-//! Ready out as actions; `take_actions` returns what the caller must carry out, in
-//! order: send messages, persist (one awaited write at a time), save a snapshot,
-//! answer a request. Time is the tick count.
+//! `snapshot`, `persisted`, `snapshot_built`, `snapshot_saved`, `abandon`); `poll`
+//! hands the Raft core's Ready out as actions; `take_actions` returns what the caller
+//! must carry out, in order: send messages, persist (one awaited write at a time),
+//! build and save a snapshot, answer a request. Time is the tick count.
 //!
 //! What it decides, following `Ready`'s contract (see `raft::Ready`):
 //! - a Ready's messages go out at once; its state is persisted; only when that is
@@ -20,7 +20,11 @@
 //!   the one proposed, `Dropped` if another entry took its index, `OutcomeUnknown` if
 //!   a snapshot covered it (the forwarder must never retry those);
 //! - snapshots are taken on applied entries or applied bytes, never past what this
-//!   node's log holds durably, retried with back-off after a failure;
+//!   node's log holds durably, retried with back-off after a failure. The core hands
+//!   out a frozen copy of the state machine (an O(1) clone) to be serialised and written
+//!   off the loop (`Action::BuildSnapshot`); only when that is done does it compact the
+//!   Raft log and attach the new snapshot to InstallSnapshot messages, so neither
+//!   heartbeats nor writes wait for a large snapshot;
 //! - a received snapshot is decoded before it is stepped, so one that does not decode
 //!   is refused and never persisted;
 //! - a storage failure stops the node: `Action::Fatal` (the shell exits, systemd
@@ -34,8 +38,8 @@ use bytes::Bytes;
 
 use crate::kv::{Command, Outcome, StateMachine};
 use crate::raft::{
-    Entry, EntryKind, HardState, Message, MessageBody, NodeId, ProposeError, Raft, Role, Snapshot,
-    SnapshotMeta, SoftState, Status,
+    CompactError, Entry, EntryKind, HardState, Message, MessageBody, NodeId, ProposeError, Raft, Role,
+    Snapshot, SnapshotMeta, SoftState, Status,
 };
 
 /// The caller's name for a request, unique among those in flight.
@@ -120,8 +124,17 @@ pub enum Action {
     Send(Vec<Message>),
     /// Persist this; report each job, in order, with `persisted`.
     Persist(PersistJob),
-    /// Save a snapshot of the state machine, then drop the log up to it; report with
-    /// `snapshot_saved`.
+    /// Serialise `machine` (a frozen copy of the state machine at `meta.index`) and
+    /// write it to a file, off the loop; report with `snapshot_built`.
+    BuildSnapshot {
+        /// The snapshot's metadata.
+        meta: SnapshotMeta,
+        /// The state machine as of `meta.index`.
+        machine: StateMachine,
+    },
+    /// Make the snapshot last reported built durable as the node's snapshot, then drop
+    /// the log up to it; report with `snapshot_saved`. Follows `snapshot_built` in the
+    /// same round of actions, or never (a leader's snapshot overtook it: discard it).
     SaveSnapshot {
         /// Its metadata.
         meta: SnapshotMeta,
@@ -143,6 +156,8 @@ pub enum Action {
     Applied(Vec<Entry>),
     /// A snapshot from the leader replaced the state machine.
     InstalledSnapshot(Snapshot),
+    /// Drop this off the loop: freeing a large map takes a while.
+    DropOffLoop(StateMachine),
     /// A peer message was refused (logged by the caller with its sender).
     Refused {
         /// The sender it claims.
@@ -540,6 +555,48 @@ impl DriverCore {
         }
     }
 
+    /// The snapshot of the last `Action::BuildSnapshot` is serialised (`data`) and
+    /// written, not yet durable as the node's snapshot (or building it failed). The
+    /// Raft log is compacted to it now, and it is what InstallSnapshot sends from now
+    /// on; `Action::SaveSnapshot` follows, unless a snapshot from the leader installed
+    /// meanwhile covers it.
+    pub fn snapshot_built(&mut self, meta: SnapshotMeta, result: Result<Bytes, StorageFailure>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let data = match result {
+            Ok(data) => data,
+            Err(failure) => return self.snapshot_saved(Err(failure)),
+        };
+        match self.raft.compact(meta.index) {
+            Ok(compacted) => {
+                assert_eq!(
+                    compacted,
+                    meta,
+                    "node {} term {}: the log changed under a snapshot being built",
+                    self.raft.id(),
+                    self.raft.term()
+                );
+                self.latest_snapshot = Some(Snapshot { meta: meta.clone(), data: data.clone() });
+                self.actions.push(Action::SaveSnapshot { meta, data });
+            }
+            Err(error @ (CompactError::NotApplied { .. } | CompactError::NotDurable { .. })) => {
+                // Applied and durable indexes only grow: not expected, but nothing is lost
+                // by not compacting; retried later.
+                self.snapshot_saved(Err(StorageFailure::Other(format!("compaction refused: {error}"))));
+            }
+            Err(CompactError::AlreadyCompacted { .. }) => {
+                // A snapshot from the leader installed while this one was built covers
+                // it: nothing to save; the installed one answers the waiters.
+                self.snapshot_in_progress = false;
+                let latest = self.latest_snapshot.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
+                for token in std::mem::take(&mut self.snapshot_waiters) {
+                    self.answer(token, Answer::Snapshot(Ok(latest.clone())));
+                }
+            }
+        }
+    }
+
     /// The snapshot of the last `Action::SaveSnapshot` is durable (or failed).
     pub fn snapshot_saved(&mut self, result: Result<SnapshotMeta, StorageFailure>) {
         self.snapshot_in_progress = false;
@@ -663,7 +720,8 @@ impl DriverCore {
             },
         };
         let index = snapshot.meta.index;
-        *self.kv.write().expect("kv lock") = machine;
+        let replaced = std::mem::replace(&mut *self.kv.write().expect("kv lock"), machine);
+        self.actions.push(Action::DropOffLoop(replaced));
         self.snapshot_index = self.snapshot_index.max(index);
         self.applied_bytes_since_snapshot = 0;
         // Proposals the snapshot covers: whether theirs is the entry at their index is
@@ -785,12 +843,10 @@ impl DriverCore {
         if applied > self.raft.stable_index() && !self.planted_compact_past_stable() {
             return;
         }
-        let mut data = Vec::new();
-        kv.write_snapshot(&mut data).expect("writing to a Vec cannot fail");
-        drop(kv);
-        let meta = match self.raft.compact(applied) {
+        let meta = match self.raft.snapshot_meta(applied) {
             Ok(meta) => meta,
             Err(error) => {
+                drop(kv);
                 let reason = format!("compaction refused: {error}");
                 for token in std::mem::take(&mut self.snapshot_waiters) {
                     self.answer(token, Answer::Snapshot(Err(NodeError::Invalid(reason.clone()))));
@@ -799,11 +855,13 @@ impl DriverCore {
                 return;
             }
         };
-        let data = Bytes::from(data);
+        // O(1): the copy shares the map's nodes; the driver's next write copies the
+        // nodes it touches.
+        let machine = kv.clone();
+        drop(kv);
         self.applied_bytes_since_snapshot = 0;
-        self.latest_snapshot = Some(Snapshot { meta: meta.clone(), data: data.clone() });
         self.snapshot_in_progress = true;
-        self.actions.push(Action::SaveSnapshot { meta, data });
+        self.actions.push(Action::BuildSnapshot { meta, machine });
     }
 
     // ------------------------------------------------------------------ helpers

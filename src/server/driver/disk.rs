@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::SnapshotMeta;
+use crate::store::snapshot::WrittenSnapshot;
 use crate::store::{Store, StoreError};
 
 use super::core::{NodeError, PersistJob, StorageFailure};
@@ -22,8 +22,9 @@ pub(crate) const DISK_QUEUE: usize = 256;
 pub(crate) enum DiskJob {
     /// A Ready's durable part.
     Persist(PersistJob),
-    /// Save a snapshot of the state machine, then drop the log it covers.
-    SaveSnapshot { meta: SnapshotMeta, data: Bytes },
+    /// Adopt a snapshot already written off this thread, then drop the log it covers:
+    /// a rename and a header rewrite, so writes queued behind it wait for no more.
+    AdoptSnapshot(WrittenSnapshot),
     /// Force an msync of everything (admin).
     Msync { reply: oneshot::Sender<Result<PersistStats, NodeError>> },
 }
@@ -60,12 +61,14 @@ pub(crate) fn spawn(
                     mapped_bytes.store(store.mapped_bytes(), Ordering::Relaxed);
                     DiskDone::Persisted(result)
                 }
-                DiskJob::SaveSnapshot { meta, data } => {
+                DiskJob::AdoptSnapshot(written) => {
+                    let meta = written.meta().clone();
                     let result = store
-                        .save_snapshot(&meta, &data)
+                        .adopt_snapshot(written)
                         .and_then(|()| store.compact(meta.index))
                         .map(|()| meta)
                         .map_err(failure);
+                    mapped_bytes.store(store.mapped_bytes(), Ordering::Relaxed);
                     DiskDone::SnapshotSaved(result)
                 }
                 DiskJob::Msync { reply } => {
@@ -91,7 +94,21 @@ pub(crate) fn spawn(
     Ok((jobs_tx, thread))
 }
 
-fn failure(error: StoreError) -> StorageFailure {
+/// Serialises a frozen copy of the state machine and writes it as a snapshot file, off
+/// the driver's loop and off the disk thread; blocking.
+pub(crate) fn build_snapshot(
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    machine: crate::kv::StateMachine,
+) -> Result<(bytes::Bytes, WrittenSnapshot), StorageFailure> {
+    let mut data = Vec::with_capacity(machine.snapshot_len());
+    machine.write_snapshot(&mut data).expect("writing to a Vec cannot fail");
+    drop(machine);
+    let written = crate::store::snapshot::write_temp(dir, meta, &data).map_err(failure)?;
+    Ok((bytes::Bytes::from(data), written))
+}
+
+pub(crate) fn failure(error: StoreError) -> StorageFailure {
     match error {
         StoreError::DiskFull { .. } => StorageFailure::DiskFull(error.to_string()),
         other => StorageFailure::Other(other.to_string()),

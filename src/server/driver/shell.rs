@@ -13,9 +13,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::kv::{Command, StateMachine};
 use crate::raft::{Message, MessageBody, NodeId, Role, SnapshotMeta, Status};
 
+use super::core::StorageFailure;
 use super::core::{Action, Answer, Applied, DriverCore, NodeError, SharedKv, Token};
 use super::disk::{DiskDone, DiskJob, PersistStats};
 use crate::server::metrics::Metrics;
+use crate::store::snapshot::WrittenSnapshot;
 
 /// Where the driver's outgoing messages go (the peer transport).
 pub trait Outbox: Send + 'static {
@@ -176,7 +178,12 @@ pub(crate) struct DriverParts {
     pub outbox: Box<dyn Outbox>,
     pub shared: Arc<Shared>,
     pub shutdown: watch::Receiver<bool>,
+    /// Where snapshot files are written (the store's directory).
+    pub data_dir: std::path::PathBuf,
 }
+
+/// A snapshot built off the loop: its data and its file, or why it failed.
+type Built = (SnapshotMeta, Result<(Bytes, WrittenSnapshot), StorageFailure>);
 
 /// Requests queued for the driver at most.
 const REQUEST_QUEUE: usize = 65_536;
@@ -192,6 +199,8 @@ const ABANDON_SCAN_TICKS: u64 = 10;
 pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let (peer_tx, peer_inbox) = mpsc::channel(PEER_QUEUE);
+    // The core builds one snapshot at a time.
+    let (built_tx, built_rx) = mpsc::channel(1);
     let raft = parts.core.raft();
     let id = raft.id();
     let (role_tx, role_rx) = watch::channel((raft.role(), raft.term(), raft.leader()));
@@ -217,6 +226,11 @@ pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<
         shutdown: parts.shutdown,
         next_token: 1,
         waiting: HashMap::new(),
+        data_dir: parts.data_dir,
+        built_tx,
+        built_rx,
+        built: None,
+        last_from_leader: None,
     };
     (handle, tokio::spawn(shell.run()))
 }
@@ -259,6 +273,13 @@ struct Shell {
     shutdown: watch::Receiver<bool>,
     next_token: Token,
     waiting: HashMap<Token, Waiting>,
+    data_dir: std::path::PathBuf,
+    built_tx: mpsc::Sender<Built>,
+    built_rx: mpsc::Receiver<Built>,
+    /// The file of the snapshot just reported built, until the core saves or drops it.
+    built: Option<WrittenSnapshot>,
+    /// When a delivery from the leader last arrived, while following it.
+    last_from_leader: Option<(NodeId, Instant)>,
 }
 
 impl Shell {
@@ -272,6 +293,7 @@ impl Shell {
                     Some(done) => self.on_disk_done(done),
                     None => return Err("the disk thread stopped".into()),
                 },
+                Some(built) = self.built_rx.recv() => self.on_snapshot_built(built),
                 Some(inbound) = self.peer_inbox.recv() => {
                     self.on_inbound(inbound);
                     while let Ok(more) = self.peer_inbox.try_recv() {
@@ -303,10 +325,52 @@ impl Shell {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
+        self.note_leader_contact(&inbound);
         match inbound {
             Inbound::Messages(messages) => self.core.step(messages),
             Inbound::Snapshot(message, machine) => self.core.step_decoded_snapshot(*message, machine),
         }
+    }
+
+    /// Measures gaps between deliveries from the leader this node follows.
+    fn note_leader_contact(&mut self, inbound: &Inbound) {
+        let from = match inbound {
+            Inbound::Messages(messages) => messages.first().map(|m| m.from),
+            Inbound::Snapshot(message, _) => Some(message.from),
+        };
+        let status = self.shared.status.lock().expect("status lock");
+        let following = status.role == Role::Follower && status.leader.is_some() && from == status.leader;
+        drop(status);
+        let (Some(from), true) = (from, following) else { return };
+        let now = Instant::now();
+        if let Some((leader, last)) = self.last_from_leader {
+            if leader == from {
+                let gap = now.duration_since(last).as_secs_f64();
+                self.shared.metrics.leader_contact_gap_seconds.observe(gap);
+                self.shared.metrics.leader_contact_gap_max.observe(gap);
+            }
+        }
+        self.last_from_leader = Some((from, now));
+    }
+
+    fn on_snapshot_built(&mut self, (meta, result): Built) {
+        let result = result.map(|(data, written)| {
+            self.built = Some(written);
+            data
+        });
+        self.core.snapshot_built(meta, result);
+    }
+
+    /// Serialises and writes a snapshot on a blocking thread, then reports back.
+    fn build_snapshot(&self, meta: SnapshotMeta, machine: StateMachine) {
+        let (dir, done, metrics) = (self.data_dir.clone(), self.built_tx.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = super::disk::build_snapshot(&dir, &meta, machine);
+            metrics.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
+            // The loop is gone if this fails: nothing waits for the snapshot.
+            let _ = done.blocking_send((meta, result));
+        });
     }
 
     fn on_tick(&mut self) {
@@ -374,6 +438,17 @@ impl Shell {
     /// Carries out the core's actions. Err: storage failed for good.
     fn carry_out(&mut self) -> Result<(), String> {
         let actions = self.core.take_actions();
+        let result = self.carry_out_actions(actions);
+        // A built snapshot the core did not save in the round that reported it (one
+        // from the leader covered it) is not needed.
+        if let Some(unused) = self.built.take() {
+            tracing::info!(index = unused.meta().index, "dropping a snapshot overtaken by the leader's");
+            unused.discard();
+        }
+        result
+    }
+
+    fn carry_out_actions(&mut self, actions: Vec<Action>) -> Result<(), String> {
         if actions.is_empty() {
             return Ok(());
         }
@@ -391,6 +466,7 @@ impl Shell {
                         fatal = Some("the disk thread stopped".to_owned());
                     }
                 }
+                Action::BuildSnapshot { meta, machine } => self.build_snapshot(meta, machine),
                 Action::SaveSnapshot { meta, data } => {
                     tracing::info!(
                         index = meta.index,
@@ -398,10 +474,19 @@ impl Shell {
                         bytes = data.len(),
                         "saving a snapshot"
                     );
-                    if self.disk_jobs.send(DiskJob::SaveSnapshot { meta, data }).is_err() {
+                    let written = self.built.take().filter(|w| w.meta().index == meta.index);
+                    let written = written.unwrap_or_else(|| {
+                        panic!(
+                            "node {}: the core saves a snapshot at {} it did not build",
+                            self.core.raft().id(),
+                            meta.index
+                        )
+                    });
+                    if self.disk_jobs.send(DiskJob::AdoptSnapshot(written)).is_err() {
                         fatal = Some("the disk thread stopped".to_owned());
                     }
                 }
+                Action::DropOffLoop(machine) => drop(tokio::task::spawn_blocking(move || drop(machine))),
                 Action::Answer(token, answer) => self.answer(token, answer),
                 Action::Proposed { .. } => {}
                 Action::Applied(entries) => self.shared.metrics.applied_entries.add(entries.len() as u64),

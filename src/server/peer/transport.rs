@@ -147,7 +147,7 @@ impl PeerSender {
             }
             let snapshot = carries_snapshot(&batch);
             let mut connect_failure = None;
-            if stream.is_none() && !snapshot && !post_until.is_some_and(|until| Instant::now() < until) {
+            if stream.is_none() && !snapshot && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
                 match StreamSender::connect(
                     self.address,

@@ -42,6 +42,9 @@ fn settle(core: &mut DriverCore) -> Vec<(Token, Answer)> {
         let mut writes = 0;
         for action in actions {
             match action {
+                Action::BuildSnapshot { meta, machine } => {
+                    core.snapshot_built(meta, Ok(serialized(&machine)))
+                }
                 Action::Persist(_) => writes += 1,
                 Action::SaveSnapshot { meta, .. } => core.snapshot_saved(Ok(meta)),
                 Action::Answer(token, answer) => answers.push((token, answer)),
@@ -67,6 +70,12 @@ fn install_snapshot(from: NodeId, to: NodeId, term: u64, index: u64, data: Bytes
 fn snapshot_data(index: u64) -> Bytes {
     let mut machine = StateMachine::new();
     machine.apply(index, &Command::put("k", "from the leader"));
+    let mut data = Vec::new();
+    machine.write_snapshot(&mut data).unwrap();
+    Bytes::from(data)
+}
+
+fn serialized(machine: &StateMachine) -> Bytes {
     let mut data = Vec::new();
     machine.write_snapshot(&mut data).unwrap();
     Bytes::from(data)
@@ -194,6 +203,9 @@ fn follower_snapshot_during_early_apply(mut core: DriverCore) {
         core.poll();
         for action in core.take_actions() {
             match action {
+                Action::BuildSnapshot { meta, machine } => {
+                    core.snapshot_built(meta, Ok(serialized(&machine)))
+                }
                 Action::SaveSnapshot { meta, .. } => {
                     assert!(
                         meta.index <= durable,
@@ -227,6 +239,9 @@ fn snapshots_are_taken_on_applied_bytes_as_well_as_entries() {
         core.poll();
         for action in core.take_actions() {
             match action {
+                Action::BuildSnapshot { meta, machine } => {
+                    core.snapshot_built(meta, Ok(serialized(&machine)))
+                }
                 Action::Persist(_) => core.persisted(Ok(())),
                 Action::SaveSnapshot { meta, .. } => {
                     saved = true;
@@ -253,6 +268,9 @@ fn a_failed_snapshot_is_retried_after_a_back_off_not_on_every_ready() {
         core.poll();
         for action in core.take_actions() {
             match action {
+                Action::BuildSnapshot { meta, machine } => {
+                    core.snapshot_built(meta, Ok(serialized(&machine)))
+                }
                 Action::Persist(_) => core.persisted(Ok(())),
                 Action::SaveSnapshot { .. } => {
                     saves += 1;
@@ -328,5 +346,101 @@ fn any_other_storage_failure_stops_the_node() {
     assert!(
         actions.iter().all(|a| matches!(a, Action::Answer(2, Answer::Proposal(Err(NodeError::Storage(_)))))),
         "a stopped node does nothing but refuse: {actions:?}"
+    );
+}
+
+/// Takes the one `Action::BuildSnapshot` of a round, leaving the other actions.
+fn take_build(actions: Vec<Action>) -> (SnapshotMeta, StateMachine) {
+    let mut builds = actions.into_iter().filter_map(|action| match action {
+        Action::BuildSnapshot { meta, machine } => Some((meta, machine)),
+        _ => None,
+    });
+    let build = builds.next().expect("a snapshot to build");
+    assert!(builds.next().is_none(), "two snapshots built at once");
+    build
+}
+
+/// A snapshot is serialised from a frozen copy, off the loop: writes go on applying
+/// while it is built, the copy does not see them, and the Raft log is compacted (and
+/// the snapshot offered to followers) only once it is built.
+#[test]
+fn writes_apply_while_a_snapshot_is_built_and_the_log_is_compacted_only_after() {
+    let mut core = leader();
+    core.propose(1, put("a"));
+    settle(&mut core);
+    core.snapshot(7);
+    core.poll();
+    let (meta, machine) = take_build(core.take_actions());
+    assert_eq!(machine.applied_index(), meta.index);
+    for token in 10..20 {
+        core.propose(token, put(&format!("later{token}")));
+    }
+    let answers = settle(&mut core);
+    assert_eq!(answers.len(), 10, "writes wait for the snapshot being built: {answers:?}");
+    assert!(core.kv().read().unwrap().get(b"later19").is_some());
+    assert!(machine.get(b"later19").is_none(), "the frozen copy saw a later write");
+    assert!(
+        core.raft().snapshot_meta(meta.index).is_ok(),
+        "the log was compacted before the snapshot was built"
+    );
+    core.snapshot_built(meta.clone(), Ok(serialized(&machine)));
+    let actions = core.take_actions();
+    let saved = actions.iter().find_map(|a| match a {
+        Action::SaveSnapshot { meta, data } => Some((meta.clone(), data.clone())),
+        _ => None,
+    });
+    let (saved_meta, data) = saved.expect("the built snapshot is saved");
+    assert_eq!(saved_meta, meta);
+    assert_eq!(StateMachine::load_snapshot(&data).unwrap(), machine);
+    assert!(
+        matches!(core.raft().snapshot_meta(meta.index), Err(CompactError::AlreadyCompacted { .. })),
+        "the log is compacted once the snapshot is built"
+    );
+    core.snapshot_saved(Ok(meta.clone()));
+    let actions = core.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Answer(7, Answer::Snapshot(Ok(m))) if *m == meta)),
+        "{actions:?}"
+    );
+}
+
+/// A follower building its own snapshot when the leader's arrives: the leader's wins,
+/// the one being built is not saved over it, and the operator's request is answered.
+#[test]
+fn a_snapshot_being_built_when_the_leaders_is_installed_is_dropped() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.step(vec![append(1, 0, &[], 0)]);
+    settle(&mut core);
+    core.step(vec![append(1, 0, &[1, 2, 3], 3)]);
+    settle(&mut core);
+    assert_eq!(core.kv().read().unwrap().applied_index(), 3);
+    core.snapshot(9);
+    core.poll();
+    let (meta, machine) = take_build(core.take_actions());
+    assert_eq!(meta.index, 3);
+    core.step(vec![install_snapshot(1, 2, 1, 10, snapshot_data(10))]);
+    settle(&mut core);
+    assert_eq!(core.kv().read().unwrap().applied_index(), 10);
+    core.snapshot_built(meta, Ok(serialized(&machine)));
+    let actions = core.take_actions();
+    assert!(!actions.iter().any(|a| matches!(a, Action::SaveSnapshot { .. })), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Answer(9, Answer::Snapshot(Ok(m))) if m.index == 10)),
+        "{actions:?}"
+    );
+}
+
+/// The map a snapshot from the leader replaces is handed out to be freed off the loop.
+#[test]
+fn the_state_machine_a_snapshot_replaces_is_dropped_off_the_loop() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.step(vec![install_snapshot(1, 2, 1, 10, snapshot_data(10))]);
+    core.poll();
+    core.take_actions();
+    core.persisted(Ok(()));
+    let actions = core.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::DropOffLoop(old) if old.applied_index() == 0)),
+        "{actions:?}"
     );
 }
