@@ -347,6 +347,38 @@ fn peer_stream_drops_malformed_frames_and_the_node_lives_on() {
     assert_alive_and_intact(&single);
 }
 
+/// One connection speaks for one node: a batch or a stream whose messages claim
+/// different senders is refused (400, or the stream closed), and the node lives on.
+#[test]
+fn a_peer_connection_whose_messages_claim_different_senders_is_refused() {
+    let single = seeded_node();
+    let port = single.port();
+    let node_id = single.node.status().unwrap()["node id"].as_u64().unwrap();
+    let from =
+        |from| Message { from, to: node_id, term: 0, body: MessageBody::HeartbeatResponse { context: 7 } };
+    let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
+    let mut mixed = Vec::new();
+    encode_batch(&[from(4242), from(4243)], &mut mixed);
+    let response = request(port, "POST", "/raft/messages", &secret, &mixed).unwrap();
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(response.text().contains("speaks for node 4242"), "{}", response.text());
+
+    let frame = |message: Message| {
+        let mut batch = Vec::new();
+        encode_batch(&[message], &mut batch);
+        [(batch.len() as u32).to_le_bytes().to_vec(), batch].concat()
+    };
+    let mut stream = open_peer_stream(port);
+    stream.write_all(&[frame(from(4242)), frame(from(4242))].concat()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut same = stream.try_clone().unwrap();
+    assert!(!server_closes(stream), "a stream speaking for one node was closed");
+    same.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    same.write_all(&frame(from(4243))).unwrap();
+    assert!(server_closes(same), "a stream that changed its sender was kept open");
+    assert_alive_and_intact(&single);
+}
+
 #[test]
 fn peer_routes_refuse_a_missing_or_wrong_cluster_secret_with_401() {
     let single = seeded_node();

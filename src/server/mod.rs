@@ -377,7 +377,7 @@ async fn accept_http(
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         let mut shutdown = shutdown.clone();
-        let client = api::Connection { remote, permit: Arc::new(permit) };
+        let client = api::Connection { remote, permit: Arc::new(permit), sender: Default::default() };
         connections.spawn(async move {
             let service = service_fn(move |request| api::serve(api.clone(), client.clone(), request));
             let connection = hyper::server::conn::http1::Builder::new()

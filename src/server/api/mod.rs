@@ -82,6 +82,8 @@ pub struct Connection {
     /// The connection's share of the connection limit. A peer stream keeps it after its
     /// upgrade, when hyper has let go of the connection but the socket stays open.
     pub permit: Arc<OwnedSemaphorePermit>,
+    /// The node a peer connection speaks for (`peer::check_sender`).
+    pub sender: Arc<std::sync::OnceLock<NodeId>>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -168,10 +170,14 @@ async fn route(
             let body =
                 read_body(request, MAX_PEER_BODY_BYTES, api.body_timeout.max(SNAPSHOT_TIMEOUT)).await?;
             let messages = decode_peer_batch(body).map_err(ApiError::BadRequest)?;
+            if let Err(reason) = crate::server::peer::check_sender(&connection.sender, &messages) {
+                tracing::warn!(peer = %connection.remote, %reason, "refused a peer batch");
+                return Err(ApiError::BadRequest(reason));
+            }
             api.node.deliver(messages).await.map_err(|error| match error {
                 DeliverError::ShuttingDown => ApiError::Unavailable("shutting down".into()),
                 DeliverError::Refused(reason) => {
-                    tracing::warn!(%reason, "refused a peer message");
+                    tracing::warn!(peer = %connection.remote, %reason, "refused a peer message");
                     ApiError::BadRequest(reason)
                 }
             })?;
@@ -193,12 +199,13 @@ async fn route(
             let on_upgrade = hyper::upgrade::on(&mut request);
             let node = api.node.clone();
             let permit = connection.permit.clone();
+            let remote = connection.remote;
             tokio::spawn(async move {
-                let end = peer_stream::receive(on_upgrade, node).await;
+                let end = peer_stream::receive(on_upgrade, node, remote).await;
                 drop(permit);
                 match end {
                     StreamEnd::Malformed(why) => {
-                        tracing::warn!(%why, "peer stream closed: malformed frame");
+                        tracing::warn!(peer = %remote, %why, "peer stream closed: malformed frame");
                     }
                     end => tracing::debug!(?end, "peer stream ended"),
                 }

@@ -7,3 +7,25 @@
 
 pub mod stream;
 pub mod transport;
+
+use std::sync::OnceLock;
+
+use crate::raft::{Message, NodeId};
+
+/// Binds a connection to the one node it speaks for: the first message's sender.
+/// Every later message on it must come from the same node, or the batch is refused
+/// and the connection closed. (Which node that is may only be proven with mutual TLS,
+/// the security issue's; this stops a buggy peer or a confused proxy from mixing
+/// identities on one connection.)
+pub(crate) fn check_sender(bound: &OnceLock<NodeId>, messages: &[Message]) -> Result<(), String> {
+    let Some(first) = messages.first() else { return Ok(()) };
+    let speaks_for = *bound.get_or_init(|| first.from);
+    match messages.iter().find(|message| message.from != speaks_for) {
+        None => Ok(()),
+        Some(message) => Err(format!(
+            "{} from node {} on a connection that speaks for node {speaks_for}",
+            message.body.name(),
+            message.from
+        )),
+    }
+}

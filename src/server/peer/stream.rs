@@ -174,25 +174,38 @@ pub enum StreamEnd {
 /// Receives frames from one upgraded connection and hands their messages to the
 /// driver, in order, until the stream ends. Backpressure: while the driver's inbox is
 /// full, this stops reading and TCP flow control slows the sender.
-pub async fn receive(on_upgrade: OnUpgrade, node: NodeHandle) -> StreamEnd {
+pub async fn receive(on_upgrade: OnUpgrade, node: NodeHandle, remote: std::net::SocketAddr) -> StreamEnd {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => return StreamEnd::Closed(format!("upgrade failed: {error}")),
     };
-    receive_frames(TokioIo::new(upgraded), RECEIVE_IDLE, |messages| {
+    let sender = std::sync::OnceLock::new();
+    let mut mixed = None;
+    let end = receive_frames(TokioIo::new(upgraded), RECEIVE_IDLE, |messages| {
+        let checked = super::check_sender(&sender, &messages);
         let node = node.clone();
+        if let Err(reason) = &checked {
+            mixed = Some(reason.clone());
+        }
         async move {
+            if checked.is_err() {
+                return false;
+            }
             match node.deliver(messages).await {
                 Ok(()) => true,
                 Err(DeliverError::Refused(reason)) => {
-                    tracing::warn!(%reason, "refused a peer message on the stream");
+                    tracing::warn!(peer = %remote, %reason, "refused a peer message on the stream");
                     true
                 }
                 Err(DeliverError::ShuttingDown) => false,
             }
         }
     })
-    .await
+    .await;
+    match mixed {
+        Some(reason) => StreamEnd::Malformed(reason),
+        None => end,
+    }
 }
 
 /// The receiving loop over any byte stream, for `receive` and its tests.
