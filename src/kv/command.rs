@@ -6,11 +6,13 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
-//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import               |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember |
 //!
 //! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
 //! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
-//! tag byte (0 = None, 1 = VersionEquals followed by a u64 version, 2 = Absent).
+//! tag byte (0 = None, 1 = VersionEquals followed by a u64 version, 2 = Absent). For
+//! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
+//! UpdateMember: u64 id, address bytes.
 //! Nothing may follow the command.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -24,6 +26,8 @@ pub const COMMAND_FORMAT_VERSION: u8 = 1;
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_IMPORT: u8 = 3;
+const TAG_BOOTSTRAP: u8 = 4;
+const TAG_UPDATE_MEMBER: u8 = 5;
 
 const CONDITION_NONE: u8 = 0;
 const CONDITION_VERSION_EQUALS: u8 = 1;
@@ -70,6 +74,21 @@ pub enum Command {
         /// Key, value pairs.
         pairs: Vec<(Bytes, Bytes)>,
     },
+    /// The first leader's record of the cluster: its random id and first members.
+    /// Applies once; a later one changes nothing.
+    Bootstrap {
+        /// The cluster's id, never 0.
+        cluster_id: u64,
+        /// The first members (voters) and their addresses.
+        members: Vec<(u64, String)>,
+    },
+    /// A member now listens at another address.
+    UpdateMember {
+        /// The member.
+        id: u64,
+        /// Its new address.
+        address: String,
+    },
 }
 
 impl Command {
@@ -109,6 +128,16 @@ impl Command {
                     put_bytes(&mut out, key);
                     put_bytes(&mut out, value);
                 }
+            }
+            Command::Bootstrap { cluster_id, members } => {
+                out.put_u8(TAG_BOOTSTRAP);
+                out.put_u64_le(*cluster_id);
+                super::cluster::encode_members(&mut out, members);
+            }
+            Command::UpdateMember { id, address } => {
+                out.put_u8(TAG_UPDATE_MEMBER);
+                out.put_u64_le(*id);
+                put_bytes(&mut out, address.as_bytes());
             }
         }
         debug_assert_eq!(out.len(), self.encoded_len());
@@ -161,6 +190,18 @@ impl Command {
                 }
                 Command::Import { pairs }
             }
+            TAG_BOOTSTRAP => {
+                let cluster_id = reader.u64()?;
+                let members = super::cluster::decode_members(&mut reader)?;
+                Command::Bootstrap { cluster_id, members }
+            }
+            TAG_UPDATE_MEMBER => {
+                let id = reader.u64()?;
+                let offset = reader.offset();
+                let address = std::str::from_utf8(read_bytes(&mut reader)?)
+                    .map_err(|_| DecodeError::Invalid { offset, reason: "member address is not UTF-8" })?;
+                Command::UpdateMember { id, address: address.to_owned() }
+            }
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
         };
         if reader.remaining() != 0 {
@@ -183,6 +224,8 @@ impl Command {
             Command::Import { pairs } => {
                 header + 4 + pairs.iter().map(|(key, value)| 8 + key.len() + value.len()).sum::<usize>()
             }
+            Command::Bootstrap { members, .. } => header + 8 + super::cluster::members_len(members),
+            Command::UpdateMember { address, .. } => header + 8 + 4 + address.len(),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - `state_machine`: `StateMachine`, the ordered map committed commands are applied to,
 //!   with each key's version (ETag) being the log index that last wrote it;
 //! - `snapshot`: the map's binary snapshot payload, written and loaded;
+//! - `cluster`: the cluster's own record (its id, members' addresses, removed ids),
+//!   changed by committed entries like the keys;
 //! - `legacy`: import of the original's `db.json`;
 //! - `error`: `DecodeError`, shared by command and snapshot decoding.
 //!
@@ -11,12 +13,14 @@
 
 #![deny(missing_docs)]
 
+mod cluster;
 mod command;
 mod error;
 mod legacy;
 mod snapshot;
 mod state_machine;
 
+pub use cluster::{Cluster, ClusterError, Member, MemberChange, MemberId, MemberRole};
 pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
 pub use error::DecodeError;
 pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};

@@ -5,25 +5,31 @@
 //!
 //! | offset | size | field                                            |
 //! |--------|------|--------------------------------------------------|
-//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (1)     |
+//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (2; 1 still loads) |
 //! | 1      | 8    | applied index                                    |
 //! | 9      | 8    | key count                                        |
 //! | 17     | ...  | `count` records, keys in strictly increasing byte order |
 //!
 //! A record: u32 key length, key, u64 version, u32 value length, value. Every version is
-//! in `1..=applied index`. Nothing may follow the last record.
+//! in `1..=applied index`. In version 2 the cluster's record follows the last record
+//! (`kv::cluster`: id, members, removed ids); version 1 ends with the last record and
+//! loads with an empty cluster record. Nothing may follow.
 
 use std::io::{self, BufWriter, Write};
 
 use bytes::Bytes;
 use imbl::OrdMap;
 
+use super::cluster::Cluster;
 use super::error::DecodeError;
 use super::state_machine::{StateMachine, Value};
 use crate::byte_reader::ByteReader;
 
 /// The first byte of every snapshot payload.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+
+/// The version before the cluster record was added; still loaded.
+const SNAPSHOT_FORMAT_VERSION_1: u8 = 1;
 
 /// Header: version byte, applied index, key count.
 const HEADER_BYTES: usize = 1 + 8 + 8;
@@ -48,13 +54,20 @@ impl StateMachine {
             out.write_all(&value.data)?;
             written += (MIN_RECORD_BYTES + key.len() + value.data.len()) as u64;
         }
+        let mut cluster = Vec::new();
+        self.cluster().encode(&mut cluster);
+        out.write_all(&cluster)?;
+        written += cluster.len() as u64;
         out.flush()?;
         Ok(written)
     }
 
     /// The length of `write_snapshot`'s output, exactly, in O(1).
     pub fn snapshot_len(&self) -> usize {
-        let bytes = HEADER_BYTES as u64 + self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
+        let mut cluster = Vec::new();
+        self.cluster().encode(&mut cluster);
+        let records = self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
+        let bytes = HEADER_BYTES as u64 + records + cluster.len() as u64;
         usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
@@ -79,7 +92,7 @@ fn record_len(bytes: &[u8]) -> u32 {
 fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<StateMachine, DecodeError> {
     let mut reader = ByteReader::new(data);
     let version = reader.u8()?;
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_1 {
         return Err(DecodeError::UnsupportedVersion { offset: 0, version });
     }
     let applied_index = reader.u64()?;
@@ -112,10 +125,12 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
         records.push((to_bytes(key), Value { data: to_bytes(value), version }));
     }
     let map = OrdMap::from_iter(records);
+    let cluster =
+        if version == SNAPSHOT_FORMAT_VERSION_1 { Cluster::default() } else { Cluster::decode(&mut reader)? };
     if reader.remaining() != 0 {
         return Err(DecodeError::TrailingBytes { offset: reader.offset(), count: reader.remaining() });
     }
-    Ok(StateMachine::from_parts(map, applied_index))
+    Ok(StateMachine::from_parts(map, applied_index, cluster))
 }
 
 fn read_bytes<'a>(reader: &mut ByteReader<'a>) -> Result<&'a [u8], DecodeError> {

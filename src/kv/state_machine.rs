@@ -6,6 +6,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 use imbl::OrdMap;
 
+use super::cluster::{Cluster, ClusterError, MemberChange};
 use super::command::{Command, Condition};
 
 /// A stored value and the version the API exposes as its ETag.
@@ -48,6 +49,12 @@ pub enum Outcome {
         /// The version every imported key now has.
         version: u64,
     },
+    /// A change to the cluster's record: applied, or refused (already bootstrapped, an
+    /// unknown member, an address taken) with nothing changed.
+    Cluster {
+        /// True if it changed the record.
+        applied: bool,
+    },
 }
 
 /// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
@@ -68,6 +75,8 @@ pub struct StateMachine {
     applied_index: u64,
     /// Sum of key and value lengths. Invariant: equals the sum over `map`.
     payload_bytes: u64,
+    /// The cluster's own record.
+    cluster: Cluster,
 }
 
 impl StateMachine {
@@ -77,9 +86,25 @@ impl StateMachine {
     }
 
     /// Builds a state machine from parts already validated by the snapshot loader.
-    pub(super) fn from_parts(map: OrdMap<Bytes, Value>, applied_index: u64) -> StateMachine {
+    pub(super) fn from_parts(
+        map: OrdMap<Bytes, Value>,
+        applied_index: u64,
+        cluster: Cluster,
+    ) -> StateMachine {
         let payload_bytes = map.iter().map(|(key, value)| (key.len() + value.data.len()) as u64).sum();
-        StateMachine { map, applied_index, payload_bytes }
+        StateMachine { map, applied_index, payload_bytes, cluster }
+    }
+
+    /// The cluster's record.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Applies a membership change committed at `index` (a configuration entry), or
+    /// refuses it and changes nothing but the applied index.
+    pub fn apply_member_change(&mut self, index: u64, change: &MemberChange) -> Result<(), ClusterError> {
+        self.advance_applied(index);
+        self.cluster.apply(change)
     }
 
     /// Applies the command of log entry `index`.
@@ -96,6 +121,13 @@ impl StateMachine {
                     self.insert(key.clone(), Value { data: value.clone(), version: index });
                 }
                 Outcome::Imported { count: pairs.len(), version: index }
+            }
+            Command::Bootstrap { cluster_id, members } => {
+                Outcome::Cluster { applied: self.cluster.bootstrap(*cluster_id, members).is_ok() }
+            }
+            Command::UpdateMember { id, address } => {
+                let change = MemberChange::UpdateAddress { id: *id, address: address.clone() };
+                Outcome::Cluster { applied: self.cluster.apply(&change).is_ok() }
             }
         }
     }
@@ -175,7 +207,7 @@ impl StateMachine {
         };
         match command {
             Command::Put { key, value, .. } => growth(key, value),
-            Command::Delete { .. } => 0,
+            Command::Delete { .. } | Command::Bootstrap { .. } | Command::UpdateMember { .. } => 0,
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
         }
     }

@@ -214,10 +214,51 @@ fn snapshot_round_trip_equals_the_map() {
 }
 
 #[test]
-fn snapshot_of_an_empty_machine_is_the_header_only() {
+fn snapshot_of_an_empty_machine_is_the_header_and_an_empty_cluster_record() {
     let bytes = snapshot_bytes(&StateMachine::new());
-    assert_eq!(bytes.len(), 17);
+    assert_eq!(bytes.len(), 17 + 16);
+    assert_eq!(bytes.len(), StateMachine::new().snapshot_len());
     assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), StateMachine::new());
+}
+
+#[test]
+fn a_version_1_snapshot_still_loads_with_an_empty_cluster_record() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("k", "v"));
+    let mut bytes = snapshot_bytes(&state);
+    bytes.truncate(bytes.len() - 16);
+    bytes[0] = 1;
+    let loaded = StateMachine::load_snapshot(&bytes).unwrap();
+    assert_eq!(loaded, state);
+    assert_eq!(loaded.cluster().id(), 0);
+}
+
+#[test]
+fn the_cluster_record_survives_a_snapshot_and_is_applied_once() {
+    let mut state = StateMachine::new();
+    let members = vec![(1, "10.0.0.1:3001".to_owned()), (2, "10.0.0.2:3001".to_owned())];
+    let bootstrap = Command::Bootstrap { cluster_id: 0xc1, members };
+    assert_eq!(Command::decode(&bootstrap.encode()).unwrap(), bootstrap);
+    assert_eq!(state.apply(1, &bootstrap), Outcome::Cluster { applied: true });
+    let again = Command::Bootstrap { cluster_id: 0xc2, members: vec![(5, "x:1".to_owned())] };
+    assert_eq!(state.apply(2, &again), Outcome::Cluster { applied: false });
+    let moved = Command::UpdateMember { id: 2, address: "10.0.0.9:3001".to_owned() };
+    assert_eq!(Command::decode(&moved.encode()).unwrap(), moved);
+    assert_eq!(state.apply(3, &moved), Outcome::Cluster { applied: true });
+    state
+        .apply_member_change(4, &MemberChange::AddLearner { id: 7, address: "10.0.0.7:3001".into() })
+        .unwrap();
+    state.apply_member_change(5, &MemberChange::Remove { id: 1 }).unwrap();
+    let bytes = snapshot_bytes(&state);
+    assert_eq!(bytes.len(), state.snapshot_len());
+    let loaded = StateMachine::load_snapshot(&bytes).unwrap();
+    assert_eq!(loaded, state);
+    let cluster = loaded.cluster();
+    assert_eq!(cluster.id(), 0xc1);
+    assert_eq!(cluster.members()[&2].address, "10.0.0.9:3001");
+    assert_eq!(cluster.members()[&7].role, MemberRole::Learner);
+    assert!(cluster.is_removed(1));
+    assert_eq!(loaded.applied_index(), 5);
 }
 
 #[test]
@@ -252,7 +293,8 @@ fn snapshot_with_a_huge_count_is_rejected_before_allocating() {
     bytes[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 0 })
+        // What follows the header is the empty cluster record.
+        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 16 })
     );
 }
 
@@ -348,6 +390,10 @@ struct Model {
 impl Model {
     fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
+            // The model is of the keys; the cluster record has its own tests.
+            Command::Bootstrap { .. } | Command::UpdateMember { .. } => {
+                unreachable!("arb_command makes no cluster commands")
+            }
             Command::Put { key, value, condition } => {
                 let current = self.map.get(key).map(|(_, version)| *version);
                 let allowed = match (condition, current) {

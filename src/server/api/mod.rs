@@ -270,6 +270,9 @@ impl Api {
     /// admin import, and a peer's forwarded write alike.
     fn check_command(&self, command: &Command) -> Result<(), ApiError> {
         match command {
+            Command::Bootstrap { .. } | Command::UpdateMember { .. } => Err(ApiError::BadRequest(
+                "cluster commands are proposed by the leader, never forwarded".into(),
+            )),
             Command::Put { key, value, .. } => self.check_key_value(key, value),
             Command::Delete { key, .. } => self.check_key(key),
             Command::Import { pairs } => {
@@ -766,6 +769,7 @@ fn applied_to_json(applied: &Applied) -> serde_json::Value {
         Outcome::Imported { count, version } => {
             serde_json::json!({ "imported": { "count": count, "version": version } })
         }
+        Outcome::Cluster { applied } => serde_json::json!({ "cluster": { "applied": applied } }),
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }
@@ -783,6 +787,8 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
         Outcome::NotFound
     } else if let Some(i) = outcome.get("imported") {
         Outcome::Imported { count: i["count"].as_u64()? as usize, version: i["version"].as_u64()? }
+    } else if let Some(c) = outcome.get("cluster") {
+        Outcome::Cluster { applied: c["applied"].as_bool()? }
     } else {
         return None;
     };
@@ -847,6 +853,8 @@ mod tests {
             Outcome::PreconditionFailed { current_version: None },
             Outcome::NotFound,
             Outcome::Imported { count: 10, version: 9 },
+            Outcome::Cluster { applied: true },
+            Outcome::Cluster { applied: false },
         ];
         for outcome in outcomes {
             let applied = Applied { index: 12, outcome };
