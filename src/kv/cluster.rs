@@ -42,6 +42,8 @@ pub struct Member {
     pub address: String,
     /// Whether it votes.
     pub role: MemberRole,
+    /// A learner the leader promotes once it has caught up (added without `--learner`).
+    pub promote_when_caught_up: bool,
 }
 
 /// A change to the member list, applied when its entry commits.
@@ -53,6 +55,8 @@ pub enum MemberChange {
         id: MemberId,
         /// Its address.
         address: String,
+        /// Promote it once it has caught up.
+        promote_when_caught_up: bool,
     },
     /// A learner becomes a voter.
     Promote {
@@ -152,7 +156,9 @@ impl Cluster {
         next.id = id;
         for (member, address) in members {
             next.check_new(*member, address)?;
-            next.members.insert(*member, Member { address: address.clone(), role: MemberRole::Voter });
+            let member_record =
+                Member { address: address.clone(), role: MemberRole::Voter, promote_when_caught_up: false };
+            next.members.insert(*member, member_record);
         }
         *self = next;
         Ok(())
@@ -161,7 +167,7 @@ impl Cluster {
     /// Whether `change` would apply, without applying it.
     pub fn check(&self, change: &MemberChange) -> Result<(), ClusterError> {
         match change {
-            MemberChange::AddLearner { id, address } => self.check_new(*id, address),
+            MemberChange::AddLearner { id, address, .. } => self.check_new(*id, address),
             MemberChange::Promote { id } | MemberChange::Remove { id } => {
                 self.members.get(id).map(|_| ()).ok_or(ClusterError::NotAMember(*id))
             }
@@ -183,12 +189,18 @@ impl Cluster {
     pub fn apply(&mut self, change: &MemberChange) -> Result<(), ClusterError> {
         self.check(change)?;
         match change {
-            MemberChange::AddLearner { id, address } => {
-                self.members.insert(*id, Member { address: address.clone(), role: MemberRole::Learner });
+            MemberChange::AddLearner { id, address, promote_when_caught_up } => {
+                let member = Member {
+                    address: address.clone(),
+                    role: MemberRole::Learner,
+                    promote_when_caught_up: *promote_when_caught_up,
+                };
+                self.members.insert(*id, member);
             }
             MemberChange::Promote { id } => {
                 if let Some(member) = self.members.get_mut(id) {
                     member.role = MemberRole::Voter;
+                    member.promote_when_caught_up = false;
                 }
             }
             MemberChange::Remove { id } => {
@@ -221,17 +233,18 @@ impl Cluster {
     }
 
     /// Appends the record's snapshot section: u64 id, u32 member count, per member u64
-    /// id, u8 role (0 voter, 1 learner), u32 length and address bytes; u32 removed count,
-    /// u64 per removed id.
+    /// id, u8 role (0 voter, 1 learner, 2 learner to promote once caught up), u32 length
+    /// and address bytes; u32 removed count, u64 per removed id.
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         let mut buf = BytesMut::new();
         buf.put_u64_le(self.id);
         buf.put_u32_le(self.members.len() as u32);
         for (id, member) in &self.members {
             buf.put_u64_le(*id);
-            buf.put_u8(match member.role {
-                MemberRole::Voter => 0,
-                MemberRole::Learner => 1,
+            buf.put_u8(match (member.role, member.promote_when_caught_up) {
+                (MemberRole::Voter, _) => 0,
+                (MemberRole::Learner, false) => 1,
+                (MemberRole::Learner, true) => 2,
             });
             buf.put_u32_le(member.address.len() as u32);
             buf.put_slice(member.address.as_bytes());
@@ -259,9 +272,10 @@ impl Cluster {
         for _ in 0..count {
             let offset = reader.offset();
             let member = reader.u64()?;
-            let role = match reader.u8()? {
-                0 => MemberRole::Voter,
-                1 => MemberRole::Learner,
+            let (role, promote_when_caught_up) = match reader.u8()? {
+                0 => (MemberRole::Voter, false),
+                1 => (MemberRole::Learner, false),
+                2 => (MemberRole::Learner, true),
                 tag => return Err(DecodeError::UnknownTag { offset: offset + 8, what: "member role", tag }),
             };
             let len = reader.u32()?;
@@ -272,7 +286,7 @@ impl Cluster {
                 offset,
                 reason: "member id 0, repeated, or address taken",
             })?;
-            cluster.members.insert(member, Member { address, role });
+            cluster.members.insert(member, Member { address, role, promote_when_caught_up });
         }
         let count_offset = reader.offset();
         let count = reader.u32()?;
@@ -351,7 +365,7 @@ mod tests {
     fn a_removed_id_never_comes_back() {
         let mut cluster = three();
         cluster.apply(&MemberChange::Remove { id: 3 }).unwrap();
-        let again = MemberChange::AddLearner { id: 3, address: "c:1".into() };
+        let again = MemberChange::AddLearner { id: 3, address: "c:1".into(), promote_when_caught_up: true };
         assert_eq!(cluster.apply(&again), Err(ClusterError::Removed(3)));
         assert!(cluster.is_removed(3));
         assert!(!cluster.members().contains_key(&3));
@@ -360,7 +374,7 @@ mod tests {
     #[test]
     fn no_address_is_listed_twice() {
         let mut cluster = three();
-        let change = MemberChange::AddLearner { id: 9, address: "b:1".into() };
+        let change = MemberChange::AddLearner { id: 9, address: "b:1".into(), promote_when_caught_up: false };
         assert_eq!(cluster.apply(&change), Err(ClusterError::AddressTaken { id: 2, address: "b:1".into() }));
         let moved = MemberChange::UpdateAddress { id: 1, address: "c:1".into() };
         assert_eq!(cluster.apply(&moved), Err(ClusterError::AddressTaken { id: 3, address: "c:1".into() }));
@@ -370,8 +384,11 @@ mod tests {
     #[test]
     fn a_learner_is_promoted_to_voter() {
         let mut cluster = three();
-        cluster.apply(&MemberChange::AddLearner { id: 7, address: "d:1".into() }).unwrap();
+        cluster
+            .apply(&MemberChange::AddLearner { id: 7, address: "d:1".into(), promote_when_caught_up: true })
+            .unwrap();
         assert_eq!(cluster.members()[&7].role, MemberRole::Learner);
+        assert!(cluster.members()[&7].promote_when_caught_up);
         cluster.apply(&MemberChange::Promote { id: 7 }).unwrap();
         assert_eq!(cluster.members()[&7].role, MemberRole::Voter);
     }
@@ -389,7 +406,12 @@ mod tests {
     #[test]
     fn the_snapshot_section_round_trips_and_every_truncation_is_refused() {
         let mut cluster = three();
-        cluster.apply(&MemberChange::AddLearner { id: 7, address: "d:1".into() }).unwrap();
+        cluster
+            .apply(&MemberChange::AddLearner { id: 7, address: "d:1".into(), promote_when_caught_up: true })
+            .unwrap();
+        cluster
+            .apply(&MemberChange::AddLearner { id: 8, address: "e:1".into(), promote_when_caught_up: false })
+            .unwrap();
         cluster.apply(&MemberChange::Remove { id: 2 }).unwrap();
         let mut bytes = Vec::new();
         cluster.encode(&mut bytes);

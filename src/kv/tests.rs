@@ -245,9 +245,9 @@ fn the_cluster_record_survives_a_snapshot_and_is_applied_once() {
     let moved = Command::UpdateMember { id: 2, address: "10.0.0.9:3001".to_owned() };
     assert_eq!(Command::decode(&moved.encode()).unwrap(), moved);
     assert_eq!(state.apply(3, &moved), Outcome::Cluster { applied: true });
-    state
-        .apply_member_change(4, &MemberChange::AddLearner { id: 7, address: "10.0.0.7:3001".into() })
-        .unwrap();
+    let learner =
+        MemberChange::AddLearner { id: 7, address: "10.0.0.7:3001".into(), promote_when_caught_up: true };
+    state.apply_member_change(4, &learner).unwrap();
     state.apply_member_change(5, &MemberChange::Remove { id: 1 }).unwrap();
     let bytes = snapshot_bytes(&state);
     assert_eq!(bytes.len(), state.snapshot_len());
