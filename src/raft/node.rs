@@ -50,6 +50,11 @@ pub struct Raft {
     /// Leader only: the index of the latest configuration change, or, on election, the
     /// last index then (RAFT-NOTES #19). No change is proposed while it is uncommitted.
     pending_conf_index: u64,
+    /// Leader only: a follower this leader removed, and the index of its removal. Until
+    /// the removal commits, and for the rest of that check-quorum round, the leader keeps
+    /// replicating to it and accepts its answers (never counting them), so that it learns
+    /// its removal committed and can stop (`is_removed`).
+    departing: Option<(NodeId, u64)>,
 
     /// Latest term seen. Invariant: never decreases.
     term: u64,
@@ -151,6 +156,7 @@ impl Raft {
             id: config.id,
             membership,
             pending_conf_index: 0,
+            departing: None,
             term: hard_state.term,
             vote: hard_state.vote,
             role: Role::Follower,
@@ -322,6 +328,7 @@ impl Raft {
         self.votes.clear();
         self.progress.clear();
         self.transfer_target = None;
+        self.departing = None;
         self.read_only.clear();
         self.reads_waiting_for_commit.clear();
         self.replication_wanted = false;
@@ -373,6 +380,7 @@ impl Raft {
         self.leader = Some(self.id);
         // RAFT-NOTES #19: anything up to the last index may be an uncommitted change.
         self.pending_conf_index = self.log.last_index();
+        self.departing = None;
         self.sync_progress();
         let next = self.log.last_index() + 1;
         self.log.append_new(Entry { term, index: next, kind: EntryKind::Noop, data: Bytes::new() });
@@ -412,6 +420,7 @@ impl Raft {
                 pr.active_in_previous_round = pr.recently_active;
                 pr.recently_active = false;
             }
+            self.release_departing();
             // Thesis §3.10: a transfer that has not finished in an election timeout is abandoned.
             self.transfer_target = None;
         }
@@ -578,7 +587,8 @@ impl Raft {
     /// `StepError` naming its kind and sender, and changes nothing; the caller logs it
     /// and carries on. Refused are: a message addressed to another node, from node 0 or
     /// from this node itself; an answer (AppendEntriesResponse, HeartbeatResponse, vote
-    /// responses) from a node that is neither a voter nor a learner; a vote or pre-vote
+    /// responses) from a node that is neither a voter nor a learner (nor, at a leader,
+    /// the follower whose removal is not committed yet); a vote or pre-vote
     /// request from such a node (see below); a leader's message (AppendEntries,
     /// Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse) in this node's term from
     /// a node other than the leader it knows, itself included (§5.2: one leader per term);
@@ -717,7 +727,7 @@ impl Raft {
                 | MessageBody::HeartbeatResponse { .. }
                 | MessageBody::RequestVoteResponse { .. }
         );
-        if is_response && !self.conf().is_member(from) {
+        if is_response && !self.conf().is_member(from) && !self.is_departing(from) {
             return Err(StepError::ResponseFromNonMember { kind, from });
         }
         if matches!(m.body, MessageBody::RequestVote { .. }) && !self.conf().is_member(from) {
@@ -996,12 +1006,12 @@ impl Raft {
     /// index counts as one, RAFT-NOTES #19); the change applies (AddLearner of a
     /// non-member, Promote of a learner, Remove of a member other than the last voter);
     /// a promoted learner's match index is within `Config::promote_margin_entries` of the
-    /// last index (thesis §4.2.1); and, except for AddLearner, a majority of the new
-    /// configuration's voters is reachable: the leader itself if it stays a voter, and
-    /// those that answered within the last one or two election timeouts (the
-    /// check-quorum activity, kept one round longer so a fresh round does not read as
-    /// silence). Removing a dead member only shrinks the set, and so passes whenever the
-    /// cluster has a reachable quorum at all.
+    /// last index (thesis §4.2.1); and, when the voters change (not for adding or
+    /// removing a learner), a majority of the new configuration's voters is reachable:
+    /// the leader itself if it stays a voter, and those that answered within the last
+    /// one or two election timeouts (the check-quorum activity, kept one round longer so
+    /// a fresh round does not read as silence). Removing a dead member only shrinks the
+    /// set, and so passes whenever the cluster has a reachable quorum at all.
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<(u64, u64), ConfChangeError> {
         if self.role != Role::Leader {
             return Err(ConfChangeError::NotLeader { leader: self.leader });
@@ -1047,7 +1057,7 @@ impl Raft {
             _ => {}
         }
         let next = change.apply_to(conf).expect("checked above that the change applies");
-        if change.kind != ConfChangeKind::AddLearner {
+        if next.voters != conf.voters {
             let reachable = next.voters.iter().filter(|&&v| self.is_reachable(v)).count();
             let needed = majority(next.voters.len());
             if reachable < needed {
@@ -1060,6 +1070,9 @@ impl Raft {
         assert!(changed, "node {} term {}: checked change {change:?} changed nothing", self.id, self.term);
         self.log.append_new(Entry { term: self.term, index, kind: EntryKind::Config, data });
         self.pending_conf_index = index;
+        if change.kind == ConfChangeKind::Remove && node != self.id {
+            self.departing = Some((node, index));
+        }
         self.replication_wanted = true;
         self.on_leader_conf_change();
         Ok((self.term, index))
@@ -1084,10 +1097,13 @@ impl Raft {
         }
     }
 
-    /// Leader only: track exactly the other members. A new one starts probing at
-    /// the last index + 1.
+    /// Leader only: track exactly the other members, and a departing follower. A new
+    /// member starts probing at the last index + 1.
     fn sync_progress(&mut self) {
-        let members: Vec<NodeId> = self.conf().members().filter(|&m| m != self.id).collect();
+        let departing = self.departing.map(|(node, _)| node);
+        let mut members: Vec<NodeId> =
+            self.conf().members().chain(departing).filter(|&m| m != self.id).collect();
+        members.sort_unstable();
         self.progress.retain(|id, _| members.binary_search(id).is_ok());
         let next = self.log.last_index() + 1;
         for member in members {
@@ -1108,6 +1124,19 @@ impl Raft {
         if self.role == Role::Leader {
             self.release_confirmed_reads();
         }
+    }
+
+    /// At the end of a check-quorum round: a departing follower whose removal committed
+    /// has had the commit index in appends and heartbeats for a while; stop tracking it.
+    fn release_departing(&mut self) {
+        if self.departing.is_some_and(|(_, index)| index <= self.log.committed) {
+            self.departing = None;
+            self.sync_progress();
+        }
+    }
+
+    fn is_departing(&self, id: NodeId) -> bool {
+        self.role == Role::Leader && self.departing.is_some_and(|(node, _)| node == id)
     }
 
     /// Thesis §4.2.2: a leader whose removal committed steps down. It first tells the

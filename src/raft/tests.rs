@@ -43,6 +43,9 @@ struct Cluster {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Every message ever delivered or dropped, for assertions.
     sent: Vec<Message>,
+    /// When set, refused messages are recorded in `refusals` instead of failing the test.
+    tolerate_refusals: bool,
+    refusals: Vec<StepError>,
 }
 
 fn config(id: NodeId) -> Config {
@@ -79,6 +82,8 @@ impl Cluster {
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             sent: Vec::new(),
+            tolerate_refusals: false,
+            refusals: Vec::new(),
         }
     }
 
@@ -129,10 +134,19 @@ impl Cluster {
                 if self.cut.contains(&(m.from, m.to)) || !self.nodes.contains_key(&m.to) {
                     continue;
                 }
-                self.nodes.get_mut(&m.to).unwrap().step(m).unwrap();
+                self.deliver(m);
             }
         }
         panic!("cluster did not stabilize");
+    }
+
+    fn deliver(&mut self, m: Message) {
+        let to = m.to;
+        match self.nodes.get_mut(&to).unwrap().step(m) {
+            Ok(()) => {}
+            Err(error) if self.tolerate_refusals => self.refusals.push(error),
+            Err(error) => panic!("node {to} refused a message: {error:?}"),
+        }
     }
 
     fn tick_all(&mut self, ticks: u32) {
@@ -1705,3 +1719,6 @@ mod arbitrary_messages {
         }
     }
 }
+
+#[path = "tests_membership.rs"]
+mod membership;
