@@ -26,6 +26,9 @@ pub struct Config {
     pub max_inflight_bytes: u64,
     /// The most bytes of committed entries handed out in one Ready.
     pub max_apply_bytes: u64,
+    /// A learner is promoted only when its match index is within this many entries of
+    /// the leader's last index (thesis §4.2.1).
+    pub promote_margin_entries: u64,
     /// Seeds the election jitter. The core has no other source of randomness.
     pub seed: u64,
     /// Bugs to plant, for proving that the simulator catches them.
@@ -47,6 +50,11 @@ pub struct PlantedBugs {
     pub read_index_without_heartbeat: bool,
     /// (e, with the driver's) Compact past the durable log (`Raft::compact`'s check).
     pub compact_past_stable: bool,
+    /// (e, membership) Propose a configuration change before the leader has committed an
+    /// entry of its term (thesis §4.1, the 2015 correction).
+    pub conf_change_before_commit_in_term: bool,
+    /// (f, membership) Allow a second configuration change while one is not committed.
+    pub conf_change_while_pending: bool,
 }
 
 impl Config {
@@ -62,6 +70,7 @@ impl Config {
             max_inflight_messages: 256,
             max_inflight_bytes: 32 << 20,
             max_apply_bytes: 16 << 20,
+            promote_margin_entries: 1000,
             seed: id,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: PlantedBugs::default(),

@@ -13,8 +13,9 @@ pub enum EntryKind {
     Normal = 0,
     /// The empty entry a new leader appends to commit earlier terms (§5.4.2, §8).
     Noop = 1,
-    /// A configuration (the voters). Membership is static for now, but configuration
-    /// travels in the log so single-server changes (thesis §4.1) can come without a rewrite.
+    /// A single-server configuration change (thesis §4.1): the data is an encoded
+    /// `ConfChange`. It takes effect when appended, not when committed. Data that does not
+    /// decode (no build ever wrote such entries, but a log is input) changes nothing.
     Config = 2,
 }
 
@@ -66,11 +67,61 @@ pub struct HardState {
     pub commit: u64,
 }
 
-/// The voters of the cluster.
+/// The members of the cluster: voters, and learners (who receive the log but never
+/// count toward a commit, a read or an election).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfState {
-    /// Node ids of the voting members, sorted, without duplicates.
+    /// Node ids of the voting members, sorted, without duplicates, no 0.
     pub voters: Vec<NodeId>,
+    /// Node ids of the learners, sorted, without duplicates, no 0, none a voter.
+    pub learners: Vec<NodeId>,
+}
+
+impl ConfState {
+    /// A configuration of voters only, sorted and deduplicated.
+    pub fn with_voters(mut voters: Vec<NodeId>) -> ConfState {
+        voters.sort_unstable();
+        voters.dedup();
+        ConfState { voters, learners: Vec::new() }
+    }
+
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a learner.
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.is_learner(id)
+    }
+
+    /// Voters and learners, in id order.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let mut all: Vec<NodeId> = self.voters.iter().chain(self.learners.iter()).copied().collect();
+        all.sort_unstable();
+        all.into_iter()
+    }
+
+    /// Why this is not a valid configuration, if it is not: both lists sorted without
+    /// duplicates, no node 0, no node in both.
+    pub fn invalid_reason(&self) -> Option<&'static str> {
+        let strictly_increasing = |ids: &[NodeId]| ids.windows(2).all(|w| w[0] < w[1]);
+        if !strictly_increasing(&self.voters) || !strictly_increasing(&self.learners) {
+            return Some("voters or learners not strictly increasing");
+        }
+        if self.voters.first() == Some(&0) || self.learners.first() == Some(&0) {
+            return Some("configuration names node 0");
+        }
+        if self.learners.iter().any(|&l| self.is_voter(l)) {
+            return Some("a node is both voter and learner");
+        }
+        None
+    }
 }
 
 /// Where a snapshot stands in the log.

@@ -1,6 +1,7 @@
 //! The Raft core's typed errors. A broken invariant is not an error: it panics.
 
-use super::entry::NodeId;
+use super::conf_change::ConfChangeKind;
+use super::entry::{ConfState, NodeId};
 use thiserror::Error;
 
 /// A bad `Config`.
@@ -28,13 +29,13 @@ pub enum InitError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// This node is not one of the voters.
-    #[error("node {id} is not among the voters {voters:?}")]
-    NotAVoter {
-        /// Our id.
-        id: NodeId,
-        /// The voters.
-        voters: Vec<NodeId>,
+    /// The snapshot's configuration breaks `ConfState`'s rules, or has no voter.
+    #[error("invalid configuration {conf:?}: {reason}")]
+    InvalidConf {
+        /// The configuration found.
+        conf: ConfState,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// The entries do not follow the snapshot consecutively.
     #[error("log entries are not consecutive after snapshot index {snapshot_index}: found index {found} where {expected} was expected")]
@@ -100,9 +101,19 @@ pub enum StepError {
         me: NodeId,
     },
     /// An answer (to AppendEntries, a heartbeat or a vote request) from a node that is
-    /// not a voter: only voters' answers count toward a commit, a read or an election.
-    #[error("{kind} from node {from}, which is not a voter")]
-    ResponseFromNonVoter {
+    /// neither a voter nor a learner in this node's configuration: it was never asked.
+    #[error("{kind} from node {from}, which is not a member")]
+    ResponseFromNonMember {
+        /// The message kind.
+        kind: &'static str,
+        /// The sender.
+        from: NodeId,
+    },
+    /// A vote or pre-vote request from a node that is not a member of this node's
+    /// configuration: most likely a removed server, which must not disrupt the cluster
+    /// (thesis §4.2.3). See `Raft::step` for why this is safe for new members.
+    #[error("{kind} from node {from}, which is not a member")]
+    VoteRequestFromNonMember {
         /// The message kind.
         kind: &'static str,
         /// The sender.
@@ -186,6 +197,86 @@ pub enum ProposeError {
     /// A leadership transfer is in progress (thesis §3.10).
     #[error("leadership transfer in progress")]
     TransferInProgress,
+}
+
+/// Why a configuration change was refused. A refusal changes nothing.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfChangeError {
+    /// Only the leader changes the configuration; `leader` is who this node thinks leads.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The known leader, if any.
+        leader: Option<NodeId>,
+    },
+    /// A leadership transfer is in progress (thesis §3.10).
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    /// The leader has not committed an entry of its own term yet, so a change of an
+    /// earlier term it does not know of may still commit (thesis §4.1, the 2015 correction).
+    #[error("the leader has not committed an entry of its term yet; retry shortly")]
+    NotCommittedInTerm,
+    /// Another change, at `index`, is not committed yet: one change at a time (thesis §4.1).
+    #[error("the configuration change at index {index} is not committed yet")]
+    ChangePending {
+        /// The pending change's index (for a new leader: its last index at election).
+        index: u64,
+    },
+    /// AddLearner for a node that is already a voter or learner.
+    #[error("node {node} is already a member")]
+    AlreadyMember {
+        /// The node.
+        node: NodeId,
+    },
+    /// Remove for a node that is not a member.
+    #[error("node {node} is not a member")]
+    NotAMember {
+        /// The node.
+        node: NodeId,
+    },
+    /// Promote for a node that is not a learner.
+    #[error("node {node} is not a learner")]
+    NotALearner {
+        /// The node.
+        node: NodeId,
+    },
+    /// Removing the only voter would leave nobody to commit anything.
+    #[error("node {node} is the last voter")]
+    LastVoter {
+        /// The node.
+        node: NodeId,
+    },
+    /// A learner is promoted only once its log is close to the leader's (thesis §4.2.1).
+    #[error("learner has matched up to index {match_index} of the leader's {last_index}: not caught up yet")]
+    LearnerNotCaughtUp {
+        /// The learner's match index.
+        match_index: u64,
+        /// The leader's last index.
+        last_index: u64,
+    },
+    /// After the change, fewer voters than a quorum of the new configuration would be
+    /// reachable (heard from within the last election timeout or two, or the leader itself).
+    #[error("{kind} would leave {reachable} reachable voters where {needed} are needed")]
+    WouldLoseQuorum {
+        /// The change refused.
+        kind: &'static str,
+        /// Voters of the new configuration that are reachable.
+        reachable: usize,
+        /// A majority of the new configuration.
+        needed: usize,
+    },
+    /// Node ids start at 1.
+    #[error("node id must not be 0")]
+    ZeroNode,
+    /// The context exceeds `MAX_CONTEXT_BYTES`.
+    #[error("{kind:?} context of {len} bytes exceeds the limit of {max}")]
+    ContextTooLarge {
+        /// The change.
+        kind: ConfChangeKind,
+        /// The context's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Why a read index request was refused.

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use super::entry::{Entry, SnapshotMeta};
+use super::entry::{ConfState, Entry, SnapshotMeta};
 
 /// The log of one node.
 #[derive(Debug)]
@@ -150,8 +150,10 @@ impl RaftLog {
 
     /// Merges entries from the leader that follow `prev_index` (which matched): skips
     /// those we already hold with the same term and truncates only at a real conflict
-    /// (Fig. 2, receiver rule 3; RAFT-NOTES #4). Returns the index of the last new entry.
-    pub(crate) fn merge(&mut self, prev_index: u64, entries: Vec<Entry>) -> u64 {
+    /// (Fig. 2, receiver rule 3; RAFT-NOTES #4). Returns the index of the last new entry,
+    /// and the index from which entries were appended (after truncating any suffix
+    /// there), if any were.
+    pub(crate) fn merge(&mut self, prev_index: u64, entries: Vec<Entry>) -> (u64, Option<u64>) {
         let last_new = prev_index + entries.len() as u64;
         let mut iter = entries.into_iter().peekable();
         // Skip entries already held (or compacted: a compacted entry is committed and so matches).
@@ -163,7 +165,7 @@ impl RaftLog {
             }
         }
         let Some(first_new) = iter.peek().map(|e| e.index) else {
-            return last_new;
+            return (last_new, None);
         };
         if first_new <= self.last_index() {
             assert!(
@@ -176,7 +178,7 @@ impl RaftLog {
         for entry in iter {
             self.append_new(entry);
         }
-        last_new
+        (last_new, Some(first_new))
     }
 
     fn truncate_from(&mut self, index: u64) {
@@ -235,19 +237,21 @@ impl RaftLog {
         self.applied = self.applying;
     }
 
-    /// The metadata of a snapshot at `index`, an index the log holds.
-    pub(crate) fn meta_at(&self, index: u64) -> SnapshotMeta {
+    /// The metadata of a snapshot at `index`, an index the log holds, whose
+    /// configuration (as of `index`) is `conf`.
+    pub(crate) fn meta_at(&self, index: u64, conf: ConfState) -> SnapshotMeta {
         let term = self.term(index).expect("snapshot index within log");
-        SnapshotMeta { index, term, conf: self.snapshot.conf.clone() }
+        SnapshotMeta { index, term, conf }
     }
 
-    /// Drops entries up to `index` (<= applied, <= stable) after the caller saved a snapshot.
-    pub(crate) fn compact(&mut self, index: u64) -> SnapshotMeta {
+    /// Drops entries up to `index` (<= applied, <= stable) after the caller saved a
+    /// snapshot; `conf` is the configuration as of `index`.
+    pub(crate) fn compact(&mut self, index: u64, conf: ConfState) -> SnapshotMeta {
         assert!(index <= self.applied && index <= self.stable && index > self.snapshot.index);
         let term = self.term(index).expect("compact index within log");
         let drop = (index - self.snapshot.index) as usize;
         self.entries.drain(..drop);
-        self.snapshot = SnapshotMeta { index, term, conf: self.snapshot.conf.clone() };
+        self.snapshot = SnapshotMeta { index, term, conf };
         self.stable = self.stable.max(index);
         self.in_progress = self.in_progress.max(index);
         self.snapshot.clone()

@@ -16,12 +16,16 @@
 //!
 //! Layout: `entry` and `message` are the data; `log` is the in-memory log with its
 //! stable/unstable split; `progress` tracks followers for a leader; `read_only` the
-//! ReadIndex rounds; `node` is the state machine itself and reads like the paper.
+//! ReadIndex rounds; `conf_change` the single-server membership changes and
+//! `membership` the configurations the log holds; `node` is the state machine itself
+//! and reads like the paper.
 
+mod conf_change;
 mod config;
 mod entry;
 mod error;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;
@@ -29,6 +33,9 @@ mod read_only;
 mod ready;
 mod rng;
 
+pub use conf_change::{
+    ConfChange, ConfChangeDecodeError, ConfChangeKind, CONF_CHANGE_VERSION, MAX_CONTEXT_BYTES,
+};
 pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBugs;
@@ -36,7 +43,8 @@ pub use entry::{
     ConfState, Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta, ENTRY_OVERHEAD_BYTES,
 };
 pub use error::{
-    CompactError, ConfigError, InitError, ProposeError, ReadIndexError, StepError, TransferError,
+    CompactError, ConfChangeError, ConfigError, InitError, ProposeError, ReadIndexError, StepError,
+    TransferError,
 };
 pub use message::{Message, MessageBody};
 pub use node::{InitialState, Raft, MAX_TERM_OR_INDEX};

@@ -1,15 +1,20 @@
 //! The Raft state machine. It reads like the paper: roles, elections (§5.2, thesis
 //! §9.6), replication (§5.3), commitment (§5.4.2), reads (thesis §6.4), leadership
-//! transfer (thesis §3.10) and snapshots (§7).
+//! transfer (thesis §3.10), snapshots (§7) and single-server membership changes
+//! (thesis chapter 4).
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::conf_change::{ConfChange, ConfChangeKind, MAX_CONTEXT_BYTES};
 use super::config::Config;
-use super::entry::{Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta};
-use super::error::{CompactError, InitError, ProposeError, ReadIndexError, StepError, TransferError};
+use super::entry::{ConfState, Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta};
+use super::error::{
+    CompactError, ConfChangeError, InitError, ProposeError, ReadIndexError, StepError, TransferError,
+};
 use super::log::RaftLog;
+use super::membership::Membership;
 use super::message::{Message, MessageBody};
 use super::progress::{majority, quorum_value, Progress, ProgressState};
 use super::read_only::ReadOnly;
@@ -26,8 +31,11 @@ pub const MAX_TERM_OR_INDEX: u64 = u64::MAX / 2;
 pub struct InitialState {
     /// The persisted hard state (default for a new node).
     pub hard_state: HardState,
-    /// The latest snapshot's metadata; `conf.voters` is the cluster's membership
-    /// (for a new node: index 0, term 0, and the configured voters).
+    /// The latest snapshot's metadata; `conf` is the cluster's membership as of its
+    /// index (for a new node: index 0, term 0, and the bootstrap voters). The
+    /// configuration in force is `conf` with every `Config` entry of `entries` applied.
+    /// This node need not be a member: a node joining the cluster starts with the
+    /// configuration it was given and learns that it was added from the leader's log.
     pub snapshot: SnapshotMeta,
     /// The log entries after the snapshot, consecutive from `snapshot.index + 1`.
     pub entries: Vec<Entry>,
@@ -37,8 +45,16 @@ pub struct InitialState {
 pub struct Raft {
     id: NodeId,
     config: Config,
-    /// The voters, sorted. Invariant: contains `id`.
-    voters: Vec<NodeId>,
+    /// The configurations in the log; the latest is in force (thesis §4.1).
+    membership: Membership,
+    /// Leader only: the index of the latest configuration change, or, on election, the
+    /// last index then (RAFT-NOTES #19). No change is proposed while it is uncommitted.
+    pending_conf_index: u64,
+    /// Leader only: a follower this leader removed, and the index of its removal. Until
+    /// the removal commits, and for the rest of that check-quorum round, the leader keeps
+    /// replicating to it and accepts its answers (never counting them), so that it learns
+    /// its removal committed and can stop (`is_removed`).
+    departing: Option<(NodeId, u64)>,
 
     /// Latest term seen. Invariant: never decreases.
     term: u64,
@@ -49,7 +65,8 @@ pub struct Raft {
     leader: Option<NodeId>,
     log: RaftLog,
 
-    /// Leader only: one entry per other voter.
+    /// Leader only: one entry per other member, voter or learner.
+    /// Invariant: keys == members of the current configuration except `id`.
     progress: BTreeMap<NodeId, Progress>,
     /// Candidate and pre-candidate: answers received in this election.
     votes: BTreeMap<NodeId, bool>,
@@ -93,12 +110,17 @@ impl Raft {
     /// index: committed entries after it come out again in `Ready::committed_entries`.
     pub fn new(config: Config, initial: InitialState) -> Result<Raft, InitError> {
         config.validate()?;
-        let InitialState { hard_state, snapshot, entries } = initial;
-        let mut voters = snapshot.conf.voters.clone();
-        voters.sort_unstable();
-        voters.dedup();
-        if !voters.contains(&config.id) {
-            return Err(InitError::NotAVoter { id: config.id, voters });
+        let InitialState { hard_state, mut snapshot, entries } = initial;
+        let conf = &mut snapshot.conf;
+        conf.voters.sort_unstable();
+        conf.voters.dedup();
+        conf.learners.sort_unstable();
+        conf.learners.dedup();
+        if conf.voters.is_empty() {
+            return Err(InitError::InvalidConf { conf: conf.clone(), reason: "no voters" });
+        }
+        if let Some(reason) = conf.invalid_reason() {
+            return Err(InitError::InvalidConf { conf: conf.clone(), reason });
         }
         let mut previous_term = snapshot.term;
         for (offset, entry) in entries.iter().enumerate() {
@@ -120,18 +142,21 @@ impl Raft {
         if hard_state.commit > last_index {
             return Err(InitError::CommitBeyondLog { commit: hard_state.commit, last_index });
         }
-        let log = RaftLog::restore(
-            SnapshotMeta { conf: super::entry::ConfState { voters: voters.clone() }, ..snapshot },
-            entries,
-            hard_state.commit,
-        );
+        // Thesis §4.1: the configuration is the latest in the log, committed or not.
+        let mut membership = Membership::new(config.id, snapshot.conf.clone(), snapshot.index);
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::Config) {
+            membership.append(entry.index, &entry.data);
+        }
+        let log = RaftLog::restore(snapshot, entries, hard_state.commit);
         let mut rng = SplitMix64::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9));
         let randomized_election_ticks =
             config.election_ticks + rng.below(config.election_ticks as u64) as u32;
         let soft = SoftState { role: Role::Follower, leader: None, term: hard_state.term };
         Ok(Raft {
             id: config.id,
-            voters,
+            membership,
+            pending_conf_index: 0,
+            departing: None,
             term: hard_state.term,
             vote: hard_state.vote,
             role: Role::Follower,
@@ -202,15 +227,36 @@ impl Raft {
         self.log.stable_index()
     }
 
-    /// The voters.
+    /// The voters of the configuration in force (the latest in the log, thesis §4.1).
     pub fn voters(&self) -> &[NodeId] {
-        &self.voters
+        &self.conf().voters
     }
 
-    /// The follower with the highest match index: the natural target of a step-down.
+    /// The learners of the configuration in force.
+    pub fn learners(&self) -> &[NodeId] {
+        &self.conf().learners
+    }
+
+    /// The configuration in force: the latest in the log, committed or not (thesis §4.1).
+    pub fn conf_state(&self) -> &ConfState {
+        self.membership.current()
+    }
+
+    /// True once a *committed* configuration no longer holds this node (neither voter
+    /// nor learner), although an earlier committed one did: the node has been removed
+    /// and should stop. A node that was never a committed member (one waiting to be
+    /// added) is not removed. After a restart, a node whose snapshot already excludes it
+    /// and whose log holds no configuration naming it cannot tell "removed" from "not
+    /// added yet", and says false: the daemon must remember a removal itself.
+    pub fn is_removed(&self) -> bool {
+        self.membership.is_removed(self.log.committed)
+    }
+
+    /// The voter with the highest match index: the natural target of a step-down.
     pub fn most_up_to_date_follower(&self) -> Option<NodeId> {
         self.progress
             .iter()
+            .filter(|(id, _)| self.conf().is_voter(**id))
             .max_by_key(|(id, pr)| (pr.match_index, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)
     }
@@ -226,6 +272,7 @@ impl Raft {
                 next_index: pr.next_index,
                 state: pr.state_name(),
                 recently_active: pr.recently_active,
+                learner: self.conf().is_learner(*id),
             })
             .collect();
         Status {
@@ -240,6 +287,7 @@ impl Raft {
             last_index: self.log.last_index(),
             persisted_index: self.log.stable_index(),
             peers,
+            removed: self.is_removed(),
         }
     }
 
@@ -256,8 +304,12 @@ impl Raft {
         HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
 
+    fn conf(&self) -> &ConfState {
+        self.membership.current()
+    }
+
     fn is_single_voter(&self) -> bool {
-        self.voters.len() == 1
+        self.conf().voters == [self.id]
     }
 
     // ---------------------------------------------------------------- role changes
@@ -276,6 +328,7 @@ impl Raft {
         self.votes.clear();
         self.progress.clear();
         self.transfer_target = None;
+        self.departing = None;
         self.read_only.clear();
         self.reads_waiting_for_commit.clear();
         self.replication_wanted = false;
@@ -325,11 +378,11 @@ impl Raft {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        // RAFT-NOTES #19: anything up to the last index may be an uncommitted change.
+        self.pending_conf_index = self.log.last_index();
+        self.departing = None;
+        self.sync_progress();
         let next = self.log.last_index() + 1;
-        for &peer in self.voters.iter().filter(|&&v| v != self.id) {
-            let pr = Progress::new(next, self.config.max_inflight_messages, self.config.max_inflight_bytes);
-            self.progress.insert(peer, pr);
-        }
         self.log.append_new(Entry { term, index: next, kind: EntryKind::Noop, data: Bytes::new() });
         self.replication_wanted = true;
     }
@@ -364,8 +417,10 @@ impl Raft {
                 return;
             }
             for pr in self.progress.values_mut() {
+                pr.active_in_previous_round = pr.recently_active;
                 pr.recently_active = false;
             }
+            self.release_departing();
             // Thesis §3.10: a transfer that has not finished in an election timeout is abandoned.
             self.transfer_target = None;
         }
@@ -384,9 +439,15 @@ impl Raft {
         }
     }
 
+    /// Thesis §6.2: a majority of the voters (the leader counts if it is one) answered
+    /// within this election timeout. Learners do not count.
     fn quorum_recently_active(&self) -> bool {
-        let active = 1 + self.progress.values().filter(|pr| pr.recently_active).count();
-        active >= majority(self.voters.len())
+        let voters = &self.conf().voters;
+        let active = voters
+            .iter()
+            .filter(|&&v| v == self.id || self.progress.get(&v).is_some_and(|pr| pr.recently_active))
+            .count();
+        active >= majority(voters.len())
     }
 
     // ---------------------------------------------------------------- elections
@@ -413,8 +474,10 @@ impl Raft {
         self.start_election(kind);
     }
 
+    /// Only a voter campaigns: a learner or a node outside its configuration never
+    /// becomes a (pre-)candidate (thesis §4.2.1).
     fn start_election(&mut self, kind: Election) {
-        if self.role == Role::Leader || !self.can_lead {
+        if self.role == Role::Leader || !self.can_lead || !self.conf().is_voter(self.id) {
             return;
         }
         let (pre_vote, transfer, request_term) = match kind {
@@ -437,7 +500,8 @@ impl Raft {
             last_log_term: self.log.last_term(),
             transfer,
         };
-        for &peer in &self.voters {
+        let voters = self.conf().voters.clone();
+        for peer in voters {
             if peer != self.id {
                 let message = Message { from: self.id, to: peer, term: request_term, body: body.clone() };
                 // A real RequestVote carries our new term and self-vote: durable first.
@@ -451,10 +515,11 @@ impl Raft {
     }
 
     /// Counts the answers; moves on when an election is won or lost. Returns true when decided.
+    /// Only voters' answers are recorded (`handle_vote_response`).
     fn poll_election(&mut self) -> bool {
         let granted = self.votes.values().filter(|&&g| g).count();
         let rejected = self.votes.len() - granted;
-        let needed = majority(self.voters.len());
+        let needed = majority(self.conf().voters.len());
         if granted >= needed {
             match self.role {
                 Role::PreCandidate => self.start_election(Election::Real { transfer: false }),
@@ -507,7 +572,8 @@ impl Raft {
             Role::Candidate => !pre_vote && m.term == self.term,
             _ => false,
         };
-        if expected {
+        // A learner's answer counts for nothing: it is not a voter here (thesis §4.2.1).
+        if expected && self.conf().is_voter(m.from) {
             self.votes.entry(m.from).or_insert(granted);
             self.poll_election();
         }
@@ -521,17 +587,31 @@ impl Raft {
     /// `StepError` naming its kind and sender, and changes nothing; the caller logs it
     /// and carries on. Refused are: a message addressed to another node, from node 0 or
     /// from this node itself; an answer (AppendEntriesResponse, HeartbeatResponse, vote
-    /// responses) from a node that is not a voter; a leader's message (AppendEntries,
+    /// responses) from a node that is neither a voter nor a learner (nor, at a leader,
+    /// the follower whose removal is not committed yet); a vote or pre-vote
+    /// request from such a node (see below); a leader's message (AppendEntries,
     /// Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse) in this node's term from
     /// a node other than the leader it knows, itself included (§5.2: one leader per term);
     /// a term or index beyond `MAX_TERM_OR_INDEX`; a leader's AppendEntriesResponse
     /// naming an index beyond its log, or a HeartbeatResponse echoing a read round not
     /// started; and malformed bodies (entries not consecutive or out of term order, a
-    /// snapshot at index 0, of term 0, or with no voters).
+    /// snapshot at index 0, of term 0, with no voters or an invalid configuration).
     ///
-    /// A leader's message or a vote request from a node that is not among this node's
-    /// voters is *not* refused: a new member hears from a leader it does not know yet
-    /// (thesis §4.1). Messages from older terms are answered or dropped (§5.1), not refused.
+    /// Membership (thesis §4.1 against RAFT-NOTES #22, settled so): a leader's message
+    /// (AppendEntries, Heartbeat, InstallSnapshot) from a node outside this node's
+    /// configuration is *not* refused: a new member hears from a leader it does not know
+    /// yet, and learns its configuration from that leader's log; the term rules (§5.1,
+    /// §5.2) protect it from a stale one. A vote request from a non-member *is* refused,
+    /// before its term can touch ours: the sender is either removed, and must not disrupt
+    /// the cluster by forcing terms up (thesis §4.2.3), or was added in a suffix of the
+    /// log this node has not received; then it is a voter only if its promotion
+    /// committed, and another up-to-date voter can still win this node's vote; once a
+    /// leader's log reaches this node, it knows the new member. A learner's vote request
+    /// is answered: in a log this node has not received yet it may have been promoted,
+    /// and only the candidate decides whose votes count. Answers from learners are
+    /// accepted (they update the learner's progress) but never count toward a commit, a
+    /// read or an election. Messages from older terms are answered or dropped (§5.1),
+    /// not refused.
     pub fn step(&mut self, m: Message) -> Result<(), StepError> {
         self.validate(&m)?;
         if m.term > self.term {
@@ -647,8 +727,11 @@ impl Raft {
                 | MessageBody::HeartbeatResponse { .. }
                 | MessageBody::RequestVoteResponse { .. }
         );
-        if is_response && self.voters.binary_search(&from).is_err() {
-            return Err(StepError::ResponseFromNonVoter { kind, from });
+        if is_response && !self.conf().is_member(from) && !self.is_departing(from) {
+            return Err(StepError::ResponseFromNonMember { kind, from });
+        }
+        if matches!(m.body, MessageBody::RequestVote { .. }) && !self.conf().is_member(from) {
+            return Err(StepError::VoteRequestFromNonMember { kind, from });
         }
         let out_of_range =
             |field, value| Err(StepError::OutOfRange { kind, from, field, value, limit: MAX_TERM_OR_INDEX });
@@ -730,6 +813,9 @@ impl Raft {
                 if meta.conf.voters.is_empty() || meta.conf.voters.contains(&0) {
                     return malformed("snapshot configuration without voters, or naming node 0");
                 }
+                if let Some(reason) = meta.conf.invalid_reason() {
+                    return malformed(reason);
+                }
             }
             MessageBody::RequestVote { last_log_term, .. } if *last_log_term > m.term => {
                 return malformed("last_log_term beyond the candidate's term");
@@ -780,7 +866,10 @@ impl Raft {
             return;
         }
         // Rules 3 and 4: truncate only on a real conflict, append what is new.
-        let last_new = self.log.merge(prev_log_index, entries);
+        let (last_new, appended_from) = self.log.merge(prev_log_index, entries);
+        if let Some(first) = appended_from {
+            self.appended_from(first);
+        }
         // Rule 5: commit up to min(leaderCommit, index of the last new entry) (RAFT-NOTES #5).
         self.log.commit_to(leader_commit.min(last_new));
         // Fig. 2: the entries are durable before we say so.
@@ -799,7 +888,13 @@ impl Raft {
             // We hold the snapshot's last entry: keep our log, commit up to it (RAFT-NOTES #16).
             self.log.commit_to(index);
         } else {
+            self.membership.restore(snapshot.meta.conf.clone(), index);
             self.log.restore_snapshot(snapshot);
+            // Whatever log the snapshot left (none, as restore_snapshot is only reached
+            // without a matching entry) holds configurations too.
+            if self.log.last_index() > index {
+                self.appended_from(index + 1);
+            }
         }
         self.send_after_persist(from, success_response(index));
     }
@@ -826,6 +921,9 @@ impl Raft {
                     ProgressState::Snapshot { .. } => {}
                 }
                 self.maybe_commit();
+                if self.role != Role::Leader {
+                    return; // it committed its own removal and stepped down (thesis §4.2.2)
+                }
                 if self.transfer_target == Some(from)
                     && self.progress[&from].match_index == self.log.last_index()
                 {
@@ -895,11 +993,178 @@ impl Raft {
         Ok((self.term, index))
     }
 
+    // ---------------------------------------------------------------- membership
+
+    /// Proposes a single-server configuration change (thesis §4.1); returns the entry's
+    /// (term, index). It takes effect as soon as it is appended, here and on each
+    /// follower; it succeeded when an entry with that index and term is committed.
+    ///
+    /// Refused, changing nothing, unless: this node leads and no leadership transfer is
+    /// in progress; it has committed an entry of its own term (the 2015 correction: an
+    /// uncommitted change of an earlier leader it does not know of could otherwise still
+    /// commit); no earlier change is uncommitted (on election, everything up to the last
+    /// index counts as one, RAFT-NOTES #19); the change applies (AddLearner of a
+    /// non-member, Promote of a learner, Remove of a member other than the last voter);
+    /// a promoted learner's match index is within `Config::promote_margin_entries` of the
+    /// last index (thesis §4.2.1); and, when the voters change (not for adding or
+    /// removing a learner), a majority of the new configuration's voters is reachable:
+    /// the leader itself if it stays a voter, and those that answered within the last
+    /// one or two election timeouts (the check-quorum activity, kept one round longer so
+    /// a fresh round does not read as silence). Removing a dead member only shrinks the
+    /// set, and so passes whenever the cluster has a reachable quorum at all.
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<(u64, u64), ConfChangeError> {
+        if self.role != Role::Leader {
+            return Err(ConfChangeError::NotLeader { leader: self.leader });
+        }
+        if self.transfer_target.is_some() {
+            return Err(ConfChangeError::TransferInProgress);
+        }
+        if change.node == 0 {
+            return Err(ConfChangeError::ZeroNode);
+        }
+        if change.context.len() > MAX_CONTEXT_BYTES {
+            let (kind, len) = (change.kind, change.context.len());
+            return Err(ConfChangeError::ContextTooLarge { kind, len, max: MAX_CONTEXT_BYTES });
+        }
+        if !self.committed_in_current_term() && !self.planted_conf_change_before_commit_in_term() {
+            return Err(ConfChangeError::NotCommittedInTerm);
+        }
+        if self.pending_conf_index > self.log.committed && !self.planted_conf_change_while_pending() {
+            return Err(ConfChangeError::ChangePending { index: self.pending_conf_index });
+        }
+        let node = change.node;
+        let conf = self.conf();
+        match change.kind {
+            ConfChangeKind::AddLearner if conf.is_member(node) => {
+                return Err(ConfChangeError::AlreadyMember { node })
+            }
+            ConfChangeKind::Promote if !conf.is_learner(node) => {
+                return Err(ConfChangeError::NotALearner { node })
+            }
+            ConfChangeKind::Promote => {
+                let match_index = self.progress.get(&node).map_or(0, |pr| pr.match_index);
+                let last_index = self.log.last_index();
+                if last_index.saturating_sub(match_index) > self.config.promote_margin_entries {
+                    return Err(ConfChangeError::LearnerNotCaughtUp { match_index, last_index });
+                }
+            }
+            ConfChangeKind::Remove if !conf.is_member(node) => {
+                return Err(ConfChangeError::NotAMember { node })
+            }
+            ConfChangeKind::Remove if conf.voters == [node] => {
+                return Err(ConfChangeError::LastVoter { node })
+            }
+            _ => {}
+        }
+        let next = change.apply_to(conf).expect("checked above that the change applies");
+        if next.voters != conf.voters {
+            let reachable = next.voters.iter().filter(|&&v| self.is_reachable(v)).count();
+            let needed = majority(next.voters.len());
+            if reachable < needed {
+                return Err(ConfChangeError::WouldLoseQuorum { kind: change.kind.name(), reachable, needed });
+            }
+        }
+        let index = self.log.last_index() + 1;
+        let data = change.encode();
+        let changed = self.membership.append(index, &data);
+        assert!(changed, "node {} term {}: checked change {change:?} changed nothing", self.id, self.term);
+        self.log.append_new(Entry { term: self.term, index, kind: EntryKind::Config, data });
+        self.pending_conf_index = index;
+        if change.kind == ConfChangeKind::Remove && node != self.id {
+            self.departing = Some((node, index));
+        }
+        self.replication_wanted = true;
+        self.on_leader_conf_change();
+        Ok((self.term, index))
+    }
+
+    /// Leader only: `id` is this node, or answered within the last one or two election timeouts.
+    fn is_reachable(&self, id: NodeId) -> bool {
+        id == self.id
+            || self.progress.get(&id).is_some_and(|pr| pr.recently_active || pr.active_in_previous_round)
+    }
+
+    /// Entries from `first` on were appended to a follower's log, after truncating any
+    /// suffix there: the configurations follow (thesis §4.1, RAFT-NOTES #20).
+    fn appended_from(&mut self, first: u64) {
+        self.membership.truncate_from(first);
+        for index in first..=self.log.last_index() {
+            let entry = self.log.entry(index).expect("appended entry within log");
+            if entry.kind == EntryKind::Config {
+                let data = entry.data.clone();
+                self.membership.append(index, &data);
+            }
+        }
+    }
+
+    /// Leader only: track exactly the other members, and a departing follower. A new
+    /// member starts probing at the last index + 1.
+    fn sync_progress(&mut self) {
+        let departing = self.departing.map(|(node, _)| node);
+        let mut members: Vec<NodeId> =
+            self.conf().members().chain(departing).filter(|&m| m != self.id).collect();
+        members.sort_unstable();
+        self.progress.retain(|id, _| members.binary_search(id).is_ok());
+        let next = self.log.last_index() + 1;
+        for member in members {
+            self.progress.entry(member).or_insert_with(|| {
+                Progress::new(next, self.config.max_inflight_messages, self.config.max_inflight_bytes)
+            });
+        }
+    }
+
+    /// Leader only: the configuration changed. The quorum may have shrunk, so commits
+    /// and reads may be released.
+    fn on_leader_conf_change(&mut self) {
+        self.sync_progress();
+        if self.transfer_target.is_some_and(|t| !self.conf().is_voter(t)) {
+            self.transfer_target = None;
+        }
+        self.maybe_commit();
+        if self.role == Role::Leader {
+            self.release_confirmed_reads();
+        }
+    }
+
+    /// At the end of a check-quorum round: a departing follower whose removal committed
+    /// has had the commit index in appends and heartbeats for a while; stop tracking it.
+    fn release_departing(&mut self) {
+        if self.departing.is_some_and(|(_, index)| index <= self.log.committed) {
+            self.departing = None;
+            self.sync_progress();
+        }
+    }
+
+    fn is_departing(&self, id: NodeId) -> bool {
+        self.role == Role::Leader && self.departing.is_some_and(|(node, _)| node == id)
+    }
+
+    /// Thesis §4.2.2: a leader whose removal committed steps down. It first tells the
+    /// followers the new commit index, and hands leadership to an up-to-date voter if
+    /// there is one, so the cluster need not wait an election timeout.
+    fn step_down_removed(&mut self) {
+        self.flush_replication();
+        let last_index = self.log.last_index();
+        let successor = self
+            .progress
+            .iter()
+            .filter(|(id, pr)| self.conf().is_voter(**id) && pr.match_index == last_index)
+            .map(|(id, _)| *id)
+            .next();
+        if let Some(successor) = successor {
+            self.send_now(successor, MessageBody::TimeoutNow);
+        }
+        let term = self.term;
+        self.become_follower(term, None);
+    }
+
     /// §5.4.2: commit the highest index a majority holds, but only by counting
     /// replicas of an entry of the current term; earlier ones commit with it (Figure 8).
     /// The leader counts itself only up to what it has made durable (thesis §10.2.1).
     fn maybe_commit(&mut self) {
+        // Thesis §4.2.2: a leader that is not in its own configuration does not count itself.
         let mut matched: Vec<u64> = self
+            .conf()
             .voters
             .iter()
             .map(|v| if *v == self.id { self.log.stable_index() } else { self.progress[v].match_index })
@@ -913,6 +1178,9 @@ impl Raft {
             self.commit_changed = true;
             self.replication_wanted = true;
             self.serve_reads_waiting_for_commit();
+            if self.is_removed() {
+                self.step_down_removed();
+            }
         }
     }
 
@@ -1040,6 +1308,7 @@ impl Raft {
             return;
         }
         let mut acked: Vec<u64> = self
+            .conf()
             .voters
             .iter()
             .map(|v| if *v == self.id { self.read_only.round() } else { self.progress[v].read_round_acked })
@@ -1067,7 +1336,7 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader { leader: self.leader });
         }
-        if to == self.id || !self.progress.contains_key(&to) {
+        if to == self.id || !self.conf().is_voter(to) || !self.progress.contains_key(&to) {
             return Err(TransferError::InvalidTarget(to));
         }
         if self.transfer_target == Some(to) {
@@ -1091,7 +1360,9 @@ impl Raft {
     /// before the snapshot.
     pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
         let meta = self.snapshot_meta(index)?;
-        let compacted = self.log.compact(index);
+        let conf = self.membership.at(index).clone();
+        let compacted = self.log.compact(index, conf);
+        self.membership.compact_to(index);
         assert_eq!(compacted, meta, "node {} term {}: compaction's snapshot metadata", self.id, self.term);
         Ok(compacted)
     }
@@ -1111,7 +1382,7 @@ impl Raft {
         if index <= snapshot_index {
             return Err(CompactError::AlreadyCompacted { snapshot_index });
         }
-        Ok(self.log.meta_at(index))
+        Ok(self.log.meta_at(index, self.membership.at(index).clone()))
     }
 
     // ---------------------------------------------------------------- ready
@@ -1251,6 +1522,22 @@ impl Raft {
     }
     #[cfg(not(feature = "planted-bugs"))]
     fn planted_read_without_heartbeat(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_conf_change_before_commit_in_term(&self) -> bool {
+        self.config.planted_bugs.conf_change_before_commit_in_term
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_conf_change_before_commit_in_term(&self) -> bool {
+        false
+    }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_conf_change_while_pending(&self) -> bool {
+        self.config.planted_bugs.conf_change_while_pending
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_conf_change_while_pending(&self) -> bool {
         false
     }
     #[cfg(feature = "planted-bugs")]

@@ -83,6 +83,8 @@ pub(crate) struct Progress {
     pub(crate) inflights: Inflights,
     /// Answered anything since the last check-quorum round.
     pub(crate) recently_active: bool,
+    /// `recently_active` as the last check-quorum round ended.
+    pub(crate) active_in_previous_round: bool,
     /// The latest ReadIndex round this follower acknowledged in this term.
     pub(crate) read_round_acked: u64,
     /// Ticks spent in the Snapshot state; the snapshot is resent after an election timeout.
@@ -98,6 +100,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(max_messages, max_bytes),
             recently_active: false,
+            active_in_previous_round: false,
             read_round_acked: 0,
             snapshot_ticks: 0,
         }

@@ -112,6 +112,8 @@ pub struct PeerStatus {
     pub state: &'static str,
     /// Whether it answered within the last election timeout.
     pub recently_active: bool,
+    /// Whether it is a learner (else a voter).
+    pub learner: bool,
 }
 
 /// A snapshot of a node's state for `/status`.
@@ -137,6 +139,8 @@ pub struct Status {
     pub last_index: u64,
     /// Its last durable log index.
     pub persisted_index: u64,
-    /// Per-follower progress, when leader.
+    /// Per-follower progress, when leader (learners included).
     pub peers: Vec<PeerStatus>,
+    /// A committed configuration no longer holds this node (`Raft::is_removed`).
+    pub removed: bool,
 }

@@ -43,6 +43,9 @@ struct Cluster {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Every message ever delivered or dropped, for assertions.
     sent: Vec<Message>,
+    /// When set, refused messages are recorded in `refusals` instead of failing the test.
+    tolerate_refusals: bool,
+    refusals: Vec<StepError>,
 }
 
 fn config(id: NodeId) -> Config {
@@ -58,7 +61,7 @@ fn voters(n: u64) -> Vec<NodeId> {
 
 fn new_node(id: NodeId, n: u64) -> Raft {
     let initial = InitialState {
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters(n) }, ..Default::default() },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(n)), ..Default::default() },
         ..Default::default()
     };
     Raft::new(config(id), initial).unwrap()
@@ -79,6 +82,8 @@ impl Cluster {
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             sent: Vec::new(),
+            tolerate_refusals: false,
+            refusals: Vec::new(),
         }
     }
 
@@ -129,10 +134,19 @@ impl Cluster {
                 if self.cut.contains(&(m.from, m.to)) || !self.nodes.contains_key(&m.to) {
                     continue;
                 }
-                self.nodes.get_mut(&m.to).unwrap().step(m).unwrap();
+                self.deliver(m);
             }
         }
         panic!("cluster did not stabilize");
+    }
+
+    fn deliver(&mut self, m: Message) {
+        let to = m.to;
+        match self.nodes.get_mut(&to).unwrap().step(m) {
+            Ok(()) => {}
+            Err(error) if self.tolerate_refusals => self.refusals.push(error),
+            Err(error) => panic!("node {to} refused a message: {error:?}"),
+        }
     }
 
     fn tick_all(&mut self, ticks: u32) {
@@ -165,7 +179,7 @@ impl Cluster {
         let disk = self.disks[&id].clone();
         let n = self.nodes.len() as u64;
         let mut snapshot = disk.snapshot.clone();
-        snapshot.conf = ConfState { voters: voters(n) };
+        snapshot.conf = ConfState::with_voters(voters(n));
         let initial = InitialState { hard_state: disk.hard_state, snapshot, entries: disk.entries.clone() };
         self.nodes.insert(id, Raft::new(config(id), initial).unwrap());
         self.applied.remove(&id);
@@ -212,7 +226,7 @@ fn append(
 fn follower_with_log(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Raft {
     let initial = InitialState {
         hard_state: HardState { term, vote: None, commit: 0 },
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters(n) }, ..Default::default() },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(n)), ..Default::default() },
         entries,
     };
     Raft::new(config(id), initial).unwrap()
@@ -295,7 +309,7 @@ fn candidate_requests_votes_only_after_persisting_its_term() {
     let mut config = config(1);
     config.pre_vote = false;
     let initial = InitialState {
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(3)), ..Default::default() },
         ..Default::default()
     };
     let mut node = Raft::new(config, initial).unwrap();
@@ -361,7 +375,7 @@ fn election_timeout_is_randomized_between_t_and_2t() {
         config.seed = seed;
         config.pre_vote = false;
         let initial = InitialState {
-            snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+            snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(3)), ..Default::default() },
             ..Default::default()
         };
         let mut node = Raft::new(config, initial).unwrap();
@@ -622,7 +636,7 @@ fn leader_never_commits_an_earlier_term_entry_by_counting_replicas() {
     let disk_log = vec![entry(1, 1), entry(2, 2)];
     let initial = InitialState {
         hard_state: HardState { term: 3, vote: None, commit: 1 },
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(3)), ..Default::default() },
         entries: disk_log,
     };
     let mut leader = Raft::new(config(1), initial).unwrap();
@@ -859,7 +873,7 @@ fn early_apply_never_overtakes_the_outstanding_readys_entries() {
 fn nothing_is_applied_past_a_snapshot_not_yet_installed() {
     let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1)]);
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 5, term: 2, conf: ConfState { voters: voters(3) } },
+        meta: SnapshotMeta { index: 5, term: 2, conf: ConfState::with_voters(voters(3)) },
         data: Bytes::from("state"),
     };
     follower
@@ -934,7 +948,7 @@ fn read_index_waits_for_a_majority_heartbeat_round() {
 fn read_index_waits_for_the_leaders_first_commit() {
     let initial = InitialState {
         hard_state: HardState { term: 1, vote: None, commit: 1 },
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(3)), ..Default::default() },
         entries: vec![entry(1, 1), entry(1, 2)],
     };
     let mut leader = Raft::new(config(1), initial).unwrap();
@@ -1026,7 +1040,7 @@ fn lagging_follower_gets_a_snapshot_and_catches_up() {
 fn snapshot_matching_an_entry_keeps_the_log_after_it() {
     let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(1, 2), entry(2, 3)]);
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 2, term: 1, conf: ConfState { voters: voters(3) } },
+        meta: SnapshotMeta { index: 2, term: 1, conf: ConfState::with_voters(voters(3)) },
         data: Bytes::new(),
     };
     follower
@@ -1039,7 +1053,7 @@ fn snapshot_matching_an_entry_keeps_the_log_after_it() {
 
     let mut follower = follower_with_log(2, 3, 2, vec![entry(1, 1), entry(1, 2), entry(2, 3)]);
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 5, term: 2, conf: ConfState { voters: voters(3) } },
+        meta: SnapshotMeta { index: 5, term: 2, conf: ConfState::with_voters(voters(3)) },
         data: Bytes::from("state"),
     };
     follower
@@ -1126,7 +1140,7 @@ fn leader_refuses_leader_messages_from_another_node_in_its_term() {
     let mut leader = leader_of_three();
     let term = leader.term();
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 9, term, conf: ConfState { voters: voters(3) } },
+        meta: SnapshotMeta { index: 9, term, conf: ConfState::with_voters(voters(3)) },
         data: Bytes::new(),
     };
     let bodies = [
@@ -1175,15 +1189,20 @@ fn follower_refuses_a_second_leader_in_its_term() {
 }
 
 /// A node follows a leader it does not know yet (a new member hears from the leader
-/// before it learns the configuration) and answers its vote requests, but a leader
-/// or candidate refuses answers from a node that is not a voter: it cannot count them.
-/// Reference: thesis §4.1
+/// before it learns the configuration), but refuses vote requests from non-members
+/// (thesis §4.2.3), and a leader or candidate refuses answers from a node that is not
+/// a member: it never asked it.
+/// Reference: thesis §4.1, §4.2.3
 #[test]
-fn answers_from_non_voters_are_refused_but_leader_messages_are_not() {
+fn answers_from_non_members_are_refused_but_leader_messages_are_not() {
     let mut follower = new_node(2, 3);
     follower.step(append(9, 2, 1, (0, 0), vec![entry(1, 1)], 0)).unwrap();
     assert_eq!(follower.leader(), Some(9));
-    follower.step(vote_request(8, 2, 2, 1, 1)).unwrap();
+    assert_eq!(
+        follower.step(vote_request(8, 2, 2, 1, 1)),
+        Err(StepError::VoteRequestFromNonMember { kind: "RequestVote", from: 8 })
+    );
+    assert_eq!(follower.term(), 1);
 
     let mut leader = leader_of_three();
     let term = leader.term();
@@ -1196,7 +1215,7 @@ fn answers_from_non_voters_are_refused_but_leader_messages_are_not() {
     for body in answers {
         let kind = body.name();
         let result = leader.step(Message { from: 9, to: 1, term, body });
-        assert_eq!(result, Err(StepError::ResponseFromNonVoter { kind, from: 9 }));
+        assert_eq!(result, Err(StepError::ResponseFromNonMember { kind, from: 9 }));
     }
     assert_eq!(leader.status(), status);
 }
@@ -1266,7 +1285,7 @@ fn terms_and_indexes_near_u64_max_are_refused() {
         })
     );
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: u64::MAX, term: 1, conf: ConfState { voters: voters(3) } },
+        meta: SnapshotMeta { index: u64::MAX, term: 1, conf: ConfState::with_voters(voters(3)) },
         data: Bytes::new(),
     };
     let huge_snapshot = Message { from: 1, to: 2, term: 1, body: MessageBody::InstallSnapshot { snapshot } };
@@ -1288,11 +1307,11 @@ fn terms_and_indexes_near_u64_max_are_refused() {
 fn inconsistent_snapshot_metadata_is_refused() {
     let mut follower = new_node(2, 3);
     let metas = [
-        SnapshotMeta { index: 0, term: 1, conf: ConfState { voters: voters(3) } },
-        SnapshotMeta { index: 5, term: 0, conf: ConfState { voters: voters(3) } },
-        SnapshotMeta { index: 5, term: 3, conf: ConfState { voters: voters(3) } },
-        SnapshotMeta { index: 5, term: 1, conf: ConfState { voters: vec![] } },
-        SnapshotMeta { index: 5, term: 1, conf: ConfState { voters: vec![0, 1, 2] } },
+        SnapshotMeta { index: 0, term: 1, conf: ConfState::with_voters(voters(3)) },
+        SnapshotMeta { index: 5, term: 0, conf: ConfState::with_voters(voters(3)) },
+        SnapshotMeta { index: 5, term: 3, conf: ConfState::with_voters(voters(3)) },
+        SnapshotMeta { index: 5, term: 1, conf: ConfState::with_voters(vec![]) },
+        SnapshotMeta { index: 5, term: 1, conf: ConfState::with_voters(vec![0, 1, 2]) },
     ];
     for meta in metas {
         let snapshot = Snapshot { meta: meta.clone(), data: Bytes::new() };
@@ -1316,7 +1335,7 @@ fn inconsistent_snapshot_metadata_is_refused() {
 fn inconsistent_persisted_state_is_refused() {
     let initial = |entries, commit| InitialState {
         hard_state: HardState { term: 2, vote: None, commit },
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters(3) }, ..Default::default() },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters(3)), ..Default::default() },
         entries,
     };
     assert!(matches!(
@@ -1331,7 +1350,21 @@ fn inconsistent_persisted_state_is_refused() {
         Raft::new(config(1), initial(vec![entry(1, 1)], 5)),
         Err(InitError::CommitBeyondLog { .. })
     ));
-    assert!(matches!(Raft::new(config(7), initial(vec![], 0)), Err(InitError::NotAVoter { .. })));
+    let no_voters = InitialState { snapshot: SnapshotMeta::default(), ..initial(vec![], 0) };
+    assert!(matches!(
+        Raft::new(config(1), no_voters),
+        Err(InitError::InvalidConf { reason: "no voters", .. })
+    ));
+    let mut both = initial(vec![], 0);
+    both.snapshot.conf.learners = vec![2];
+    assert!(matches!(Raft::new(config(1), both), Err(InitError::InvalidConf { .. })));
+    // A node outside its configuration (one waiting to be added) starts, and never campaigns.
+    let mut outsider = Raft::new(config(7), initial(vec![], 0)).unwrap();
+    for _ in 0..100 {
+        outsider.tick();
+    }
+    assert_eq!(outsider.role(), Role::Follower);
+    assert!(!outsider.is_removed());
 }
 
 // ------------------------------------------------------------------ hostile peers
@@ -1543,7 +1576,7 @@ mod arbitrary_messages {
                         meta: SnapshotMeta {
                             index,
                             term: log_term,
-                            conf: ConfState { voters: self.voters.clone() },
+                            conf: ConfState::with_voters(self.voters.clone()),
                         },
                         data: Bytes::from_static(b"state"),
                     },
@@ -1686,3 +1719,6 @@ mod arbitrary_messages {
         }
     }
 }
+
+#[path = "tests_membership.rs"]
+mod membership;

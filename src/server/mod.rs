@@ -165,7 +165,7 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
     config.seed = id ^ std::process::id() as u64 ^ nanos_now();
     let initial = InitialState {
         hard_state: recovered.hard_state,
-        snapshot: SnapshotMeta { conf: ConfState { voters }, ..snapshot_meta },
+        snapshot: SnapshotMeta { conf: ConfState { voters, learners: Vec::new() }, ..snapshot_meta },
         entries: recovered.entries,
     };
     let mut raft = Raft::new(config, initial).map_err(|error| ServerError::State { dir, error })?;

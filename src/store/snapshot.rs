@@ -20,12 +20,18 @@ use crate::raft::{ConfState, SnapshotMeta};
 
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"MMAPDSNP";
-/// Snapshot format version.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot format version written. Version 2 lists learners after the voters.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The version before learners: still read, as a configuration without learners.
+pub const SNAPSHOT_VERSION_WITHOUT_LEARNERS: u32 = 1;
 /// Size of the fixed snapshot header; the voters follow it.
 pub const SNAPSHOT_HEADER_BYTES: usize = 56;
 /// The most voters a snapshot may list.
 pub const MAX_VOTERS: usize = 1024;
+/// The most learners a snapshot may list.
+pub const MAX_LEARNERS: usize = 1024;
+/// Version 2: the learner count (u32) and a reserved u32 (0) after the voters.
+const LEARNER_COUNT_BYTES: usize = 8;
 const VERSION_OFFSET: usize = 8;
 const VOTER_COUNT_OFFSET: usize = 12;
 const INDEX_OFFSET: usize = 16;
@@ -74,10 +80,13 @@ pub fn encode_snapshot(meta: &SnapshotMeta, first_segment_seq: u64, data: &[u8])
     out
 }
 
-/// The fixed header and the voters: everything before the data.
+/// The fixed header, the voters and the learners: everything before the data.
 fn encode_header(meta: &SnapshotMeta, first_segment_seq: u64, data_len: u64, data_crc: u32) -> Vec<u8> {
-    assert!(meta.conf.voters.len() <= MAX_VOTERS, "snapshot at {} lists too many voters", meta.index);
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 8 * meta.conf.voters.len());
+    let conf = &meta.conf;
+    assert!(conf.voters.len() <= MAX_VOTERS, "snapshot at {} lists too many voters", meta.index);
+    assert!(conf.learners.len() <= MAX_LEARNERS, "snapshot at {} lists too many learners", meta.index);
+    let lists = 8 * conf.voters.len() + LEARNER_COUNT_BYTES + 8 * conf.learners.len();
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + lists);
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     out.extend_from_slice(&(meta.conf.voters.len() as u32).to_le_bytes());
@@ -87,18 +96,24 @@ fn encode_header(meta: &SnapshotMeta, first_segment_seq: u64, data_len: u64, dat
     out.extend_from_slice(&data_len.to_le_bytes());
     out.extend_from_slice(&data_crc.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    for voter in &meta.conf.voters {
+    for voter in &conf.voters {
         out.extend_from_slice(&voter.to_le_bytes());
+    }
+    out.extend_from_slice(&(conf.learners.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    for learner in &conf.learners {
+        out.extend_from_slice(&learner.to_le_bytes());
     }
     let header_crc = header_crc(&out);
     out[HEADER_CRC_OFFSET..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
     out
 }
 
-/// Covers the fixed header (without its checksum field) and the voters.
-fn header_crc(header_and_voters: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&header_and_voters[..HEADER_CRC_OFFSET]);
-    crc32c::crc32c_append(crc, &header_and_voters[SNAPSHOT_HEADER_BYTES..])
+/// Covers the fixed header (without its checksum field), the voters and (version 2)
+/// the learner count and learners.
+fn header_crc(header_and_lists: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&header_and_lists[..HEADER_CRC_OFFSET]);
+    crc32c::crc32c_append(crc, &header_and_lists[SNAPSHOT_HEADER_BYTES..])
 }
 
 /// Decodes a whole snapshot file.
@@ -109,16 +124,36 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotView<'_>, SnapshotError> 
     if bytes[..8] != SNAPSHOT_MAGIC {
         return Err(bad(0, "bad snapshot magic"));
     }
-    if u32_at(bytes, VERSION_OFFSET) != SNAPSHOT_VERSION {
+    let version = u32_at(bytes, VERSION_OFFSET);
+    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WITHOUT_LEARNERS {
         return Err(bad(VERSION_OFFSET, "unsupported snapshot version"));
     }
     let voter_count = u32_at(bytes, VOTER_COUNT_OFFSET) as usize;
     if voter_count > MAX_VOTERS {
         return Err(bad(VOTER_COUNT_OFFSET, "too many voters"));
     }
-    let data_offset = SNAPSHOT_HEADER_BYTES + 8 * voter_count;
-    if bytes.len() < data_offset {
+    let voters_end = SNAPSHOT_HEADER_BYTES + 8 * voter_count;
+    if bytes.len() < voters_end {
         return Err(bad(bytes.len(), "file ends inside the voter list"));
+    }
+    let (learner_count, learners_offset) = if version == SNAPSHOT_VERSION {
+        if bytes.len() < voters_end + LEARNER_COUNT_BYTES {
+            return Err(bad(bytes.len(), "file ends inside the learner count"));
+        }
+        let count = u32_at(bytes, voters_end) as usize;
+        if count > MAX_LEARNERS {
+            return Err(bad(voters_end, "too many learners"));
+        }
+        if u32_at(bytes, voters_end + 4) != 0 {
+            return Err(bad(voters_end + 4, "reserved field after the learner count is not 0"));
+        }
+        (count, voters_end + LEARNER_COUNT_BYTES)
+    } else {
+        (0, voters_end)
+    };
+    let data_offset = learners_offset + 8 * learner_count;
+    if bytes.len() < data_offset {
+        return Err(bad(bytes.len(), "file ends inside the learner list"));
     }
     if u32_at(bytes, HEADER_CRC_OFFSET) != header_crc(&bytes[..data_offset]) {
         return Err(bad(HEADER_CRC_OFFSET, "snapshot header checksum mismatch"));
@@ -132,10 +167,11 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotView<'_>, SnapshotError> 
         return Err(bad(data_offset, "snapshot data checksum mismatch"));
     }
     let voters = (0..voter_count).map(|i| u64_at(bytes, SNAPSHOT_HEADER_BYTES + 8 * i)).collect();
+    let learners = (0..learner_count).map(|i| u64_at(bytes, learners_offset + 8 * i)).collect();
     let meta = SnapshotMeta {
         index: u64_at(bytes, INDEX_OFFSET),
         term: u64_at(bytes, TERM_OFFSET),
-        conf: ConfState { voters },
+        conf: ConfState { voters, learners },
     };
     Ok(SnapshotView { meta, first_segment_seq: u64_at(bytes, FIRST_SEGMENT_OFFSET), data, data_offset })
 }
@@ -291,7 +327,48 @@ mod tests {
     use super::*;
 
     fn meta() -> SnapshotMeta {
-        SnapshotMeta { index: 12, term: 3, conf: ConfState { voters: vec![1, 2, 3] } }
+        SnapshotMeta { index: 12, term: 3, conf: ConfState { voters: vec![1, 2, 3], learners: vec![4, 9] } }
+    }
+
+    /// A version-1 file, as builds before learners wrote it: header, voters, data.
+    fn encode_version_1(meta: &SnapshotMeta, first_segment_seq: u64, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION_WITHOUT_LEARNERS.to_le_bytes());
+        out.extend_from_slice(&(meta.conf.voters.len() as u32).to_le_bytes());
+        out.extend_from_slice(&meta.index.to_le_bytes());
+        out.extend_from_slice(&meta.term.to_le_bytes());
+        out.extend_from_slice(&first_segment_seq.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for voter in &meta.conf.voters {
+            out.extend_from_slice(&voter.to_le_bytes());
+        }
+        let crc = header_crc(&out);
+        out[HEADER_CRC_OFFSET..SNAPSHOT_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn a_version_1_snapshot_decodes_without_learners() {
+        let old = SnapshotMeta { conf: ConfState::with_voters(vec![1, 2, 3]), ..meta() };
+        let bytes = encode_version_1(&old, 5, b"state");
+        let view = decode_snapshot(&bytes).unwrap();
+        assert_eq!((view.meta, view.first_segment_seq, view.data), (old, 5, &b"state"[..]));
+        for len in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..len]).is_err(), "truncation to {len} not detected");
+        }
+    }
+
+    #[test]
+    fn learners_are_covered_by_the_header_checksum() {
+        let bytes = encode_snapshot(&meta(), 1, b"data");
+        let learners_at = SNAPSHOT_HEADER_BYTES + 8 * 3 + LEARNER_COUNT_BYTES;
+        let mut forged = bytes.clone();
+        forged[learners_at] ^= 1; // learner 4 becomes 5
+        assert_eq!(decode_snapshot(&forged).unwrap_err().offset, HEADER_CRC_OFFSET as u64);
     }
 
     #[test]
@@ -363,7 +440,7 @@ mod tests {
         match load(dir.path(), &mut Vec::new()) {
             Err(StoreError::Corrupt { path: p, offset, .. }) => {
                 assert_eq!(p, path);
-                assert_eq!(offset, (SNAPSHOT_HEADER_BYTES + 24) as u64);
+                assert_eq!(offset, (SNAPSHOT_HEADER_BYTES + 24 + LEARNER_COUNT_BYTES + 16) as u64);
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }

@@ -27,7 +27,7 @@ fn entries(range: std::ops::Range<u64>, term: u64) -> Vec<Entry> {
 }
 
 fn meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { index, term, conf: ConfState { voters: vec![1, 2, 3] } }
+    SnapshotMeta { index, term, conf: ConfState::with_voters(vec![1, 2, 3]) }
 }
 
 /// Encoded size of the records `entry` makes for indexes 1..=9 (17-byte payloads).
@@ -42,7 +42,7 @@ fn start_raft(recovered: &Recovered, voters: &[u64]) -> Result<Raft, InitError> 
     let snapshot = recovered.snapshot.as_ref().map_or_else(SnapshotMeta::default, |(meta, _)| meta.clone());
     let initial = InitialState {
         hard_state: recovered.hard_state,
-        snapshot: SnapshotMeta { conf: ConfState { voters: voters.to_vec() }, ..snapshot },
+        snapshot: SnapshotMeta { conf: ConfState::with_voters(voters.to_vec()), ..snapshot },
         entries: recovered.entries.clone(),
     };
     Raft::new(Config::new(1), initial)

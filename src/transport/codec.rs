@@ -12,7 +12,9 @@
 //! An `InstallSnapshot` carries a CRC-32C of its metadata and data (kind tag 10), checked
 //! while decoding: a damaged snapshot is refused here, before the Raft core or the disk sees
 //! it. The unchecked form of earlier versions (tag 6) is still decoded, so that a rolling
-//! upgrade keeps working, but never sent.
+//! upgrade keeps working, but never sent. A snapshot whose configuration has learners
+//! travels as tag 11 (tag 10 with a learner list after the voters); one without learners
+//! still travels as tag 10, so builds that predate learners keep decoding it.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -28,6 +30,8 @@ pub const MAX_MESSAGES_PER_BATCH: u32 = 65_536;
 pub const MAX_ENTRIES_PER_BATCH: u64 = 1 << 20;
 /// Most voters a snapshot's configuration may list.
 pub const MAX_VOTERS: u32 = 1024;
+/// Most learners a snapshot's configuration may list.
+pub const MAX_LEARNERS: u32 = 1024;
 
 /// Batch header: version byte and message count.
 const BATCH_HEADER_BYTES: usize = 1 + 4;
@@ -51,6 +55,8 @@ const TAG_READ_INDEX: u8 = 8;
 const TAG_READ_INDEX_RESPONSE: u8 = 9;
 /// `InstallSnapshot` with a CRC-32C of its metadata and data.
 const TAG_INSTALL_SNAPSHOT: u8 = 10;
+/// `InstallSnapshot` with a CRC-32C, whose configuration lists learners too.
+const TAG_INSTALL_SNAPSHOT_WITH_LEARNERS: u8 = 11;
 
 /// `RequestVote` flags.
 const FLAG_PRE_VOTE: u8 = 0b01;
@@ -215,7 +221,9 @@ fn message_len(message: &Message) -> usize {
             MessageBody::Heartbeat { .. } => 8 + 8,
             MessageBody::HeartbeatResponse { .. } => 8,
             MessageBody::InstallSnapshot { snapshot } => {
-                8 + 8 + 4 + 8 * snapshot.meta.conf.voters.len() + 8 + 4 + snapshot.data.len()
+                let conf = &snapshot.meta.conf;
+                let learners = if conf.learners.is_empty() { 0 } else { 4 + 8 * conf.learners.len() };
+                8 + 8 + 4 + 8 * conf.voters.len() + learners + 8 + 4 + snapshot.data.len()
             }
             MessageBody::TimeoutNow => 0,
             MessageBody::ReadIndex { .. } => 8,
@@ -285,7 +293,12 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
             put_u64(out, *context);
         }
         MessageBody::InstallSnapshot { snapshot } => {
-            out.push(TAG_INSTALL_SNAPSHOT);
+            let learners = &snapshot.meta.conf.learners;
+            out.push(if learners.is_empty() {
+                TAG_INSTALL_SNAPSHOT
+            } else {
+                TAG_INSTALL_SNAPSHOT_WITH_LEARNERS
+            });
             let start = out.len();
             put_u64(out, snapshot.meta.index);
             put_u64(out, snapshot.meta.term);
@@ -294,6 +307,17 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
             put_u32(out, voters.len() as u32);
             for voter in voters {
                 put_u64(out, *voter);
+            }
+            if !learners.is_empty() {
+                assert!(
+                    learners.len() <= MAX_LEARNERS as usize,
+                    "codec: {} learners exceed the limit",
+                    learners.len()
+                );
+                put_u32(out, learners.len() as u32);
+                for learner in learners {
+                    put_u64(out, *learner);
+                }
             }
             put_u64(out, snapshot.data.len() as u64);
             put_u32(out, snapshot_checksum(&out[start..], &snapshot.data));
@@ -408,8 +432,9 @@ impl Decoder<'_> {
                 MessageBody::Heartbeat { commit: self.reader.u64()?, context: self.reader.u64()? }
             }
             TAG_HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse { context: self.reader.u64()? },
-            TAG_INSTALL_SNAPSHOT => self.install_snapshot(true)?,
-            TAG_INSTALL_SNAPSHOT_UNCHECKED => self.install_snapshot(false)?,
+            TAG_INSTALL_SNAPSHOT => self.install_snapshot(true, false)?,
+            TAG_INSTALL_SNAPSHOT_WITH_LEARNERS => self.install_snapshot(true, true)?,
+            TAG_INSTALL_SNAPSHOT_UNCHECKED => self.install_snapshot(false, false)?,
             TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
             TAG_READ_INDEX => MessageBody::ReadIndex { context: self.reader.u64()? },
             TAG_READ_INDEX_RESPONSE => {
@@ -466,21 +491,26 @@ impl Decoder<'_> {
         Ok(MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit })
     }
 
-    /// Decodes an `InstallSnapshot`'s fields; `checked`: with a checksum, verified here.
-    fn install_snapshot(&mut self, checked: bool) -> Result<MessageBody, CodecError> {
+    /// Decodes an `InstallSnapshot`'s fields; `checked`: with a checksum, verified here;
+    /// `with_learners`: a learner list follows the voters (tag 11).
+    fn install_snapshot(&mut self, checked: bool, with_learners: bool) -> Result<MessageBody, CodecError> {
         let start = self.reader.offset();
         let index = self.reader.u64()?;
         let term = self.reader.u64()?;
-        let count = self.count("voter", MAX_VOTERS, 8)?;
-        let mut voters = Vec::with_capacity(count);
-        for _ in 0..count {
+        let voters = self.node_list("voter", MAX_VOTERS, "voters not strictly increasing")?;
+        let learners = if with_learners {
             let offset = self.reader.offset();
-            let voter = self.node_id()?;
-            if voters.last().is_some_and(|&last| last >= voter) {
-                return Err(CodecError::Invalid { offset, reason: "voters not strictly increasing" });
+            let learners = self.node_list("learner", MAX_LEARNERS, "learners not strictly increasing")?;
+            if learners.is_empty() {
+                return Err(CodecError::Invalid { offset, reason: "tag 11 snapshot without learners" });
             }
-            voters.push(voter);
-        }
+            if learners.iter().any(|l| voters.binary_search(l).is_ok()) {
+                return Err(CodecError::Invalid { offset, reason: "a learner is also a voter" });
+            }
+            learners
+        } else {
+            Vec::new()
+        };
         let len = self.reader.u64()?;
         let checksum_offset = self.reader.offset();
         let expected = if checked { Some(self.reader.u32()?) } else { None };
@@ -499,8 +529,28 @@ impl Decoder<'_> {
             }
         }
         let data = self.data.slice_ref(data);
-        let meta = SnapshotMeta { index, term, conf: ConfState { voters } };
+        let meta = SnapshotMeta { index, term, conf: ConfState { voters, learners } };
         Ok(MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data } })
+    }
+
+    /// A u32 count (at most `limit`) of node ids, strictly increasing, none 0.
+    fn node_list(
+        &mut self,
+        what: &'static str,
+        limit: u32,
+        unordered: &'static str,
+    ) -> Result<Vec<u64>, CodecError> {
+        let count = self.count(what, limit, 8)?;
+        let mut ids: Vec<u64> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let offset = self.reader.offset();
+            let id = self.node_id()?;
+            if ids.last().is_some_and(|&last| last >= id) {
+                return Err(CodecError::Invalid { offset, reason: unordered });
+            }
+            ids.push(id);
+        }
+        Ok(ids)
     }
 }
 

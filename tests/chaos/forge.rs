@@ -445,7 +445,7 @@ fn snapshot_for(rng: &mut Rng, view: &View, nodes: usize) -> Snapshot {
     let mut voters: Vec<u64> = (0..nodes).map(member_id).collect();
     voters.sort_unstable();
     Snapshot {
-        meta: SnapshotMeta { index, term: view.term, conf: ConfState { voters } },
+        meta: SnapshotMeta { index, term: view.term, conf: ConfState::with_voters(voters) },
         data: Bytes::from(data),
     }
 }

@@ -460,7 +460,7 @@ impl Sim {
         let count = options.nodes;
         let voters: Vec<NodeId> = (1..=count as u64).collect();
         let empty_snapshot = Snapshot {
-            meta: SnapshotMeta { index: 0, term: 0, conf: ConfState { voters: voters.clone() } },
+            meta: SnapshotMeta { index: 0, term: 0, conf: ConfState::with_voters(voters.clone()) },
             data: Bytes::new(),
         };
         let nodes = voters

@@ -55,7 +55,7 @@ fn fixed_message_sizes_match_docs() {
     sized(MessageBody::Heartbeat { commit: 1, context: 2 }, 41);
     sized(MessageBody::HeartbeatResponse { context: 2 }, 33);
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 1, term: 1, conf: ConfState { voters: vec![1, 2, 3] } },
+        meta: SnapshotMeta { index: 1, term: 1, conf: ConfState::with_voters(vec![1, 2, 3]) },
         data: Bytes::from_static(b"data"),
     };
     sized(MessageBody::InstallSnapshot { snapshot }, 57 + 24 + 4);
@@ -89,7 +89,7 @@ fn heartbeat_layout_matches_docs() {
 }
 
 fn install_snapshot(data: &'static [u8]) -> Message {
-    let meta = SnapshotMeta { index: 7, term: 3, conf: ConfState { voters: vec![1, 2, 3] } };
+    let meta = SnapshotMeta { index: 7, term: 3, conf: ConfState::with_voters(vec![1, 2, 3]) };
     let snapshot = Snapshot { meta, data: Bytes::from_static(data) };
     Message { from: 1, to: 2, term: 3, body: MessageBody::InstallSnapshot { snapshot } }
 }
@@ -307,7 +307,7 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
         prop::collection::vec(any::<u8>(), 0..32),
     )
         .prop_map(|(index, term, voters, data)| Snapshot {
-            meta: SnapshotMeta { index, term, conf: ConfState { voters: voters.into_iter().collect() } },
+            meta: SnapshotMeta { index, term, conf: ConfState::with_voters(voters.into_iter().collect()) },
             data: Bytes::from(data),
         })
 }

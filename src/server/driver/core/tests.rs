@@ -11,7 +11,7 @@ fn core_with(id: NodeId, voters: &[NodeId]) -> DriverCore {
     config.heartbeat_ticks = 1;
     let initial = InitialState {
         hard_state: HardState::default(),
-        snapshot: SnapshotMeta { index: 0, term: 0, conf: ConfState { voters: voters.to_vec() } },
+        snapshot: SnapshotMeta { index: 0, term: 0, conf: ConfState::with_voters(voters.to_vec()) },
         entries: Vec::new(),
     };
     let raft = Raft::new(config, initial).expect("a fresh node");
@@ -63,7 +63,7 @@ fn put(key: &str) -> Bytes {
 }
 
 fn install_snapshot(from: NodeId, to: NodeId, term: u64, index: u64, data: Bytes) -> Message {
-    let meta = SnapshotMeta { index, term, conf: ConfState { voters: vec![1, 2, 3] } };
+    let meta = SnapshotMeta { index, term, conf: ConfState::with_voters(vec![1, 2, 3]) };
     Message { from, to, term, body: MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data } } }
 }
 
