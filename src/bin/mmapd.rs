@@ -47,6 +47,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(server::serve(opened)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error @ server::ServerError::Removed) => {
+            eprintln!("mmapd: {error}");
+            ExitCode::from(server::EXIT_REMOVED)
+        }
         Err(error) => {
             // One line, on stderr (the journal under systemd); the log would repeat it.
             eprintln!("mmapd: {error}");

@@ -63,6 +63,10 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// Admin socket connections served at once; more wait in the socket's backlog.
 const MAX_ADMIN_CONNECTIONS: usize = 16;
 
+/// The exit status of a node that a committed configuration removed: the unit does not
+/// restart it (`RestartPreventExitStatus=`).
+pub const EXIT_REMOVED: u8 = 10;
+
 /// Why the daemon could not start or run.
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -91,6 +95,12 @@ pub enum ServerError {
     /// The Raft driver stopped unexpectedly (a bug: its panic is in the log).
     #[error("{0}")]
     Driver(String),
+    /// A committed configuration removed this node: it must not come back.
+    #[error(
+        "{}; remove its data directory, or start it anew with --join under a new id",
+        driver::shell::REMOVED
+    )]
+    Removed,
     /// The descriptor limit leaves too few client connections.
     #[error(
         "the descriptor limit (RLIMIT_NOFILE) is {limit}, {open} are open and {reserved} are kept \
@@ -310,6 +320,10 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         // The driver only ends on shutdown: ending earlier means a broken invariant
         // panicked it. Exit non-zero (systemd restarts us) rather than hang unserved.
         result = &mut driver => Some(match result {
+            Ok(Err(error)) if error == driver::shell::REMOVED => {
+                lifecycle::notify_stopping();
+                return Err(ServerError::Removed);
+            }
             Ok(Ok(())) => "the Raft driver stopped".to_owned(),
             Ok(Err(error)) => format!("the Raft driver stopped: {error}"),
             Err(error) => format!("the Raft driver failed: {error}"),

@@ -579,6 +579,13 @@ impl Sim {
             step_down_timeout_ticks: 2 * u64::from(ELECTION_TICKS),
             retry_initial_ticks: 2,
             retry_max_ticks: 20,
+            // As `--peers` does: every initial member may record the bootstrap; the
+            // first applied wins and the rest change nothing.
+            bootstrap: Some((
+                0x5eed,
+                (1..=self.nodes.len() as u64).map(|id| (id, format!("n{id}:3001"))).collect(),
+            )),
+            promote_every_ticks: 10,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: self.options.bugs.driver,
         };
@@ -924,7 +931,10 @@ impl Sim {
                         self.build_snapshot(i);
                     }
                 }
-                Action::DropOffLoop(_) => {}
+                Action::DropOffLoop(_) | Action::MembersChanged(_) => {}
+                Action::Removed => {
+                    self.violate("membership", format!("n{id} was removed, but the simulator removes no one"))
+                }
                 Action::SaveSnapshot { meta, data } => {
                     self.check_snapshot_save(i, &meta);
                     self.nodes[i].unsaved_snapshot = Some(Snapshot { meta, data });

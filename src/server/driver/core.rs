@@ -36,10 +36,10 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::kv::{Command, Outcome, StateMachine};
+use crate::kv::{Command, MemberChange, Outcome, StateMachine};
 use crate::raft::{
-    CompactError, Entry, EntryKind, HardState, Message, MessageBody, NodeId, ProposeError, Raft, Role,
-    Snapshot, SnapshotMeta, SoftState, Status,
+    CompactError, ConfChange, ConfChangeError, ConfChangeKind, Entry, EntryKind, HardState, Message,
+    MessageBody, NodeId, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState, Status,
 };
 
 /// The caller's name for a request, unique among those in flight.
@@ -169,6 +169,12 @@ pub enum Action {
     },
     /// Storage failed in a way the node cannot continue from: stop the process.
     Fatal(String),
+    /// The cluster's record (its id, members, addresses) changed: peers to reach,
+    /// names to show. Also handed out once at the first `poll`.
+    MembersChanged(crate::kv::Cluster),
+    /// A committed configuration removed this node: it stops for good (the shell
+    /// exits with `EXIT_REMOVED`, which the unit does not restart).
+    Removed,
 }
 
 /// The core's settings.
@@ -185,6 +191,12 @@ pub struct DriverConfig {
     pub retry_initial_ticks: u64,
     /// The longest wait between retries.
     pub retry_max_ticks: u64,
+    /// What a leader records as the cluster's bootstrap (a random cluster id chosen at
+    /// start, and the first members with their addresses) if the state machine has no
+    /// cluster record yet. `None`: never bootstrap (a node that joined).
+    pub bootstrap: Option<(u64, Vec<(NodeId, String)>)>,
+    /// Ticks between a leader's attempts to promote caught-up learners.
+    pub promote_every_ticks: u64,
     /// Bugs to plant, so the simulator can prove it catches them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: DriverBugs,
@@ -211,6 +223,8 @@ impl Default for DriverConfig {
             step_down_timeout_ticks: 100,
             retry_initial_ticks: 10,
             retry_max_ticks: 1000,
+            bootstrap: None,
+            promote_every_ticks: 10,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: DriverBugs::default(),
         }
@@ -288,6 +302,40 @@ pub struct DriverCore {
     /// Leadership transfers under way: (target, started tick, token).
     step_downs: Vec<(NodeId, u64, Token)>,
     snapshot_waiters: Vec<Token>,
+    /// The term in which this node last proposed the bootstrap record, as leader.
+    bootstrap_proposed_term: u64,
+    /// The cluster record last handed out with `Action::MembersChanged`.
+    members_shown: Option<crate::kv::Cluster>,
+    /// `Action::Removed` was handed out.
+    removed_reported: bool,
+}
+
+/// The token of requests the core makes itself (the bootstrap record, promotions):
+/// their answers go nowhere. Callers' tokens start at 1.
+pub const INTERNAL_TOKEN: Token = 0;
+
+/// The context of a configuration entry: what the cluster record needs besides the id.
+/// Byte 0: flags (bit 0: promote once caught up); then the member's address, UTF-8.
+fn member_context(address: &str, promote_when_caught_up: bool) -> Bytes {
+    let mut context = Vec::with_capacity(1 + address.len());
+    context.push(u8::from(promote_when_caught_up));
+    context.extend_from_slice(address.as_bytes());
+    Bytes::from(context)
+}
+
+/// The cluster record's change for a configuration entry, `None` if its context does
+/// not decode (then only the Raft configuration changes; the record keeps its state).
+fn member_change_of(change: &ConfChange) -> Option<MemberChange> {
+    let id = change.node;
+    match change.kind {
+        ConfChangeKind::AddLearner => {
+            let (&flags, address) = change.context.split_first()?;
+            let address = std::str::from_utf8(address).ok()?.to_owned();
+            Some(MemberChange::AddLearner { id, address, promote_when_caught_up: flags & 1 == 1 })
+        }
+        ConfChangeKind::Promote => Some(MemberChange::Promote { id }),
+        ConfChangeKind::Remove => Some(MemberChange::Remove { id }),
+    }
 }
 
 /// A received snapshot's state machine, decoded from `data`.
@@ -349,6 +397,9 @@ impl DriverCore {
             next_read_context: 1,
             step_downs: Vec::new(),
             snapshot_waiters: Vec::new(),
+            bootstrap_proposed_term: 0,
+            members_shown: None,
+            removed_reported: false,
         }
     }
 
@@ -427,6 +478,105 @@ impl DriverCore {
         }
         if !self.snapshot_waiters.is_empty() || self.snapshot_backoff.failures > 0 {
             self.maybe_snapshot(!self.snapshot_waiters.is_empty());
+        }
+        if role == Role::Leader {
+            self.maybe_bootstrap();
+            if self.config.promote_every_ticks > 0 && self.now_tick % self.config.promote_every_ticks == 0 {
+                self.promote_caught_up_learners();
+            }
+        }
+    }
+
+    /// A change to the membership (thesis §4.1: one server at a time), answered with
+    /// `Answer::Proposal` once its entry is applied (`Outcome::Cluster`). Refused at once
+    /// when the cluster record or the Raft core would refuse it.
+    pub fn propose_member_change(&mut self, token: Token, change: MemberChange) {
+        if let Some(error) = self.refusal() {
+            self.answer(token, Answer::Proposal(Err(error)));
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            let leader = self.raft.leader();
+            self.answer(token, Answer::Proposal(Err(NodeError::NotLeader(leader))));
+            return;
+        }
+        let checked = self.kv.read().expect("kv lock").cluster().check(&change);
+        if let Err(error) = checked {
+            self.answer(token, Answer::Proposal(Err(NodeError::Invalid(error.to_string()))));
+            return;
+        }
+        let change = match change {
+            MemberChange::UpdateAddress { id, address } => {
+                return self.start_proposal(Command::UpdateMember { id, address }.encode(), token);
+            }
+            MemberChange::AddLearner { id, address, promote_when_caught_up } => ConfChange {
+                kind: ConfChangeKind::AddLearner,
+                node: id,
+                context: member_context(&address, promote_when_caught_up),
+            },
+            MemberChange::Promote { id } => {
+                ConfChange { kind: ConfChangeKind::Promote, node: id, context: Bytes::new() }
+            }
+            MemberChange::Remove { id } => {
+                ConfChange { kind: ConfChangeKind::Remove, node: id, context: Bytes::new() }
+            }
+        };
+        match self.raft.propose_conf_change(change) {
+            Ok((term, index)) => {
+                self.proposals.insert(index, (term, token));
+                self.actions.push(Action::Proposed { token, term, index });
+            }
+            Err(ConfChangeError::NotLeader { leader }) => {
+                self.answer(token, Answer::Proposal(Err(NodeError::NotLeader(leader))));
+            }
+            Err(error) => self.answer(token, Answer::Proposal(Err(NodeError::Invalid(error.to_string())))),
+        }
+    }
+
+    /// A leader records the cluster's bootstrap once per term while the record is empty:
+    /// the first one applied wins, later ones change nothing.
+    fn maybe_bootstrap(&mut self) {
+        let Some((cluster_id, members)) = self.config.bootstrap.clone() else { return };
+        let term = self.raft.term();
+        if self.bootstrap_proposed_term == term || self.kv.read().expect("kv lock").cluster().id() != 0 {
+            return;
+        }
+        self.bootstrap_proposed_term = term;
+        self.start_proposal(Command::Bootstrap { cluster_id, members }.encode(), INTERNAL_TOKEN);
+    }
+
+    /// Proposes the promotion of one learner marked to be promoted, if the Raft core
+    /// finds it caught up (thesis §4.2.1); refusals (not caught up, a change pending)
+    /// are tried again later.
+    fn promote_caught_up_learners(&mut self) {
+        let candidates: Vec<NodeId> = {
+            let kv = self.kv.read().expect("kv lock");
+            kv.cluster()
+                .members()
+                .iter()
+                .filter(|(id, m)| m.promote_when_caught_up && self.raft.learners().contains(id))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in candidates {
+            let change = ConfChange { kind: ConfChangeKind::Promote, node: id, context: Bytes::new() };
+            if let Ok((term, index)) = self.raft.propose_conf_change(change) {
+                self.proposals.insert(index, (term, INTERNAL_TOKEN));
+                return;
+            }
+        }
+    }
+
+    /// Hands out the cluster record when it changed, and `Removed` once removed.
+    fn report_membership(&mut self) {
+        let cluster = self.kv.read().expect("kv lock").cluster().clone();
+        if self.members_shown.as_ref() != Some(&cluster) {
+            self.members_shown = Some(cluster.clone());
+            self.actions.push(Action::MembersChanged(cluster));
+        }
+        if self.raft.is_removed() && !self.removed_reported {
+            self.removed_reported = true;
+            self.actions.push(Action::Removed);
         }
     }
 
@@ -627,6 +777,11 @@ impl DriverCore {
         if self.fatal.is_some() {
             return;
         }
+        self.poll_raft();
+        self.report_membership();
+    }
+
+    fn poll_raft(&mut self) {
         if self.in_flight.is_none() {
             if self.raft.has_ready() {
                 self.handle_ready();
@@ -768,7 +923,19 @@ impl DriverCore {
                             Err(NodeError::Invalid(format!("committed entry does not decode: {error}")))
                         }
                     },
-                    EntryKind::Noop | EntryKind::Config => {
+                    EntryKind::Config => {
+                        match ConfChange::decode(&entry.data).ok().as_ref().and_then(member_change_of) {
+                            // Every node refuses the same change the same way: the records stay identical.
+                            Some(change) => Ok(Outcome::Cluster {
+                                applied: kv.apply_member_change(entry.index, &change).is_ok(),
+                            }),
+                            None => {
+                                kv.advance_applied(entry.index);
+                                Ok(Outcome::Cluster { applied: false })
+                            }
+                        }
+                    }
+                    EntryKind::Noop => {
                         kv.advance_applied(entry.index);
                         continue;
                     }

@@ -25,9 +25,13 @@ pub trait Outbox: Send + 'static {
     fn send(&self, messages: Vec<Message>);
 }
 
+/// The driver's error when a committed configuration removed this node.
+pub const REMOVED: &str = "this node was removed from the cluster by a committed configuration";
+
 /// Requests from HTTP handlers and the admin socket to the driver.
 pub(crate) enum Request {
     Propose { command: Bytes, reply: Reply<Applied> },
+    ChangeMembers { change: crate::kv::MemberChange, reply: Reply<Applied> },
     Read { reply: Reply<()> },
     StepDown { reply: Reply<NodeId> },
     Snapshot { reply: Reply<SnapshotMeta> },
@@ -82,6 +86,11 @@ impl NodeHandle {
     pub async fn propose(&self, command: &Command) -> Result<Applied, NodeError> {
         let command = command.encode();
         self.ask(|reply| Request::Propose { command, reply }).await
+    }
+
+    /// Proposes a membership change (on the leader) and waits until it is applied here.
+    pub async fn change_members(&self, change: crate::kv::MemberChange) -> Result<Applied, NodeError> {
+        self.ask(|reply| Request::ChangeMembers { change, reply }).await
     }
 
     /// Waits until a linearizable read may be served from the local state machine
@@ -395,6 +404,10 @@ impl Shell {
                 self.waiting.insert(token, Waiting::Proposal(reply));
                 self.core.propose(token, command);
             }
+            Request::ChangeMembers { change, reply } => {
+                self.waiting.insert(token, Waiting::Proposal(reply));
+                self.core.propose_member_change(token, change);
+            }
             Request::Read { reply } => {
                 self.waiting.insert(token, Waiting::Read(reply));
                 self.core.read(token);
@@ -497,6 +510,18 @@ impl Shell {
                 Action::Refused { from, kind, reason } => {
                     tracing::warn!(from, kind, %reason, "refused a peer message");
                     self.shared.metrics.peer_messages_refused.inc();
+                }
+                Action::MembersChanged(cluster) => {
+                    let members: Vec<String> =
+                        cluster.members().iter().map(|(id, m)| format!("{id:016x}={}", m.address)).collect();
+                    tracing::info!(cluster_id = %format!("{:016x}", cluster.id()), members = %members.join(","), "cluster record");
+                }
+                Action::Removed => {
+                    tracing::error!(
+                        "{REMOVED}: stopping for good (exit status {})",
+                        crate::server::EXIT_REMOVED
+                    );
+                    fatal = Some(REMOVED.to_owned());
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "storage failed: stopping so that recovery runs on restart");

@@ -444,3 +444,106 @@ fn the_state_machine_a_snapshot_replaces_is_dropped_off_the_loop() {
         "{actions:?}"
     );
 }
+
+fn bootstrapped_leader() -> DriverCore {
+    let mut core = core_with(1, &[1]);
+    core.config.bootstrap = Some((0xc1, vec![(1, "10.0.0.1:3001".to_owned())]));
+    core.raft.campaign();
+    settle(&mut core);
+    core.tick();
+    settle(&mut core);
+    core
+}
+
+/// The first leader records the cluster's random id and its members, once: a later
+/// leader (or a later term) finds the record and proposes nothing.
+#[test]
+fn a_leader_records_the_bootstrap_once_with_its_random_cluster_id() {
+    let mut core = bootstrapped_leader();
+    {
+        let kv = core.kv().read().unwrap();
+        assert_eq!(kv.cluster().id(), 0xc1);
+        assert_eq!(kv.cluster().members()[&1].address, "10.0.0.1:3001");
+    }
+    let applied = core.kv().read().unwrap().applied_index();
+    for _ in 0..5 {
+        core.tick();
+        settle(&mut core);
+    }
+    assert_eq!(core.kv().read().unwrap().applied_index(), applied, "the bootstrap was proposed again");
+}
+
+/// A membership change goes through the log as a configuration entry: the Raft core's
+/// configuration and the cluster record both change, and the caller gets the outcome.
+// Reference: §4.1
+#[test]
+fn a_member_change_applies_to_the_configuration_and_the_cluster_record() {
+    let mut core = bootstrapped_leader();
+    let change =
+        MemberChange::AddLearner { id: 9, address: "10.0.0.9:3001".into(), promote_when_caught_up: false };
+    core.propose_member_change(5, change);
+    let answers = settle(&mut core);
+    let answer = answers.iter().find(|(token, _)| *token == 5).map(|(_, a)| a.clone());
+    assert!(
+        matches!(
+            answer,
+            Some(Answer::Proposal(Ok(Applied { outcome: Outcome::Cluster { applied: true }, .. })))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(core.raft().learners(), &[9]);
+    let kv = core.kv().read().unwrap();
+    assert_eq!(kv.cluster().members()[&9].role, crate::kv::MemberRole::Learner);
+}
+
+/// A change the cluster record refuses (an address another member has) is answered at
+/// once and never reaches the log.
+#[test]
+fn a_member_change_the_cluster_record_refuses_never_reaches_the_log() {
+    let mut core = bootstrapped_leader();
+    let last = core.raft().last_index();
+    let change =
+        MemberChange::AddLearner { id: 9, address: "10.0.0.1:3001".into(), promote_when_caught_up: false };
+    core.propose_member_change(5, change);
+    let actions = core.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Answer(5, Answer::Proposal(Err(NodeError::Invalid(m)))) if m.contains("already has address"))),
+        "{actions:?}"
+    );
+    assert_eq!(core.raft().last_index(), last);
+}
+
+/// A follower that applies its own committed removal stops for good.
+// Reference: §4.2.2
+#[test]
+fn a_node_whose_removal_commits_is_told_to_stop() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.step(vec![append(1, 0, &[], 0)]);
+    settle(&mut core);
+    let removal = ConfChange { kind: ConfChangeKind::Remove, node: 2, context: Bytes::new() };
+    let entry = Entry { term: 1, index: 1, kind: EntryKind::Config, data: removal.encode() };
+    let body = MessageBody::AppendEntries {
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: vec![entry],
+        leader_commit: 0,
+    };
+    core.step(vec![Message { from: 1, to: 2, term: 1, body }]);
+    settle(&mut core);
+    let actions = core.take_actions();
+    assert!(!actions.iter().any(|a| matches!(a, Action::Removed)), "removed before the removal committed");
+    core.step(vec![append(1, 1, &[], 1)]);
+    core.poll();
+    let mut removed = false;
+    for _ in 0..5 {
+        for action in core.take_actions() {
+            match action {
+                Action::Removed => removed = true,
+                Action::Persist(_) => core.persisted(Ok(())),
+                _ => {}
+            }
+        }
+        core.poll();
+    }
+    assert!(removed, "the committed removal did not stop the node");
+}
