@@ -211,6 +211,43 @@ fn acknowledged_writes_survive_a_whole_cluster_kill_9() {
     );
 }
 
+/// SIGTERM to the leader (`systemctl stop`, a reboot) hands leadership over before the
+/// process exits (thesis §3.10), so a planned restart costs no election timeout: with
+/// a 3 s election timeout, a follower that had to time out could not lead within
+/// 1.5 s, yet one does, one term later, with every acknowledged write.
+#[test]
+fn sigterm_to_the_leader_hands_leadership_over_without_waiting_for_an_election() {
+    let slow_elections = ["--tick-ms", "5", "--heartbeat-interval-ms", "25", "--election-timeout-ms", "3000"];
+    let mut cluster = Cluster::start_with_timings(3, &slow_elections, &[]);
+    let (old, term) = wait_for(Duration::from_secs(10), "a leader", || cluster.agreed_leader_and_term());
+    for i in 0..20 {
+        let response = put(cluster.port(old), &format!("/v1/kv/before-stop-{i}"), format!("b{i}").as_bytes());
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+    let others = cluster.others(old);
+    let ports: Vec<u16> = others.iter().map(|&i| cluster.port(i)).collect();
+
+    cluster.nodes[old].signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = Instant::now();
+    let new_leader = wait_for(Duration::from_secs(10), "a new leader", || {
+        ports.iter().copied().find(|&port| status(port).is_some_and(|s| s["state"] == "leader"))
+    });
+    let handover = stopped.elapsed();
+    assert!(cluster.nodes[old].wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        handover < Duration::from_millis(1500),
+        "a new leader after {handover:?}: an election, not a hand-over"
+    );
+    let status = status(new_leader).unwrap();
+    assert_eq!(status["term"].as_u64(), Some(term + 1), "{status}");
+    for i in 0..20 {
+        let response = get(new_leader, &format!("/v1/kv/before-stop-{i}"));
+        assert_eq!((response.status, response.text()), (200, format!("b{i}")), "before-stop-{i}");
+    }
+    let log = cluster.nodes[old].log_text();
+    assert!(log.contains("handed leadership over"), "{log}");
+}
+
 /// Nodes bound to every interface (`--ip 0.0.0.0`) without `--advertise` find their
 /// own entry in `--peers` (the one with their port on an address of this machine) and
 /// advertise it: no phantom `0.0.0.0` member, the leader is named by its real address,

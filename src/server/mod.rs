@@ -321,8 +321,11 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         lifecycle::notify_stopping();
         return Err(ServerError::Driver(reason));
     }
-    tracing::info!("stopping: no new requests; finishing those in flight");
     lifecycle::notify_stopping();
+    if peer_count > 0 {
+        lifecycle::hand_over_leadership(&node, settings.tick * settings.election_ticks).await;
+    }
+    tracing::info!("stopping: no new requests; finishing those in flight");
     let _ = shutdown_tx.send(true);
     let _ = http_task.await;
     let _ = admin_task.await;
