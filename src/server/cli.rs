@@ -293,13 +293,18 @@ fn read_config_file(path: &Path) -> Result<Vec<String>, CliError> {
         .map_err(|e| error(format!("expected a JSON array of \"host:port\" strings: {e}")))
 }
 
+/// `--ip` as an IP address (`::1` or `[::1]`), if it is one.
+fn ip_literal(ip: &str) -> Option<IpAddr> {
+    let ip = ip.trim();
+    ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip).parse().ok()
+}
+
 /// The address to bind: `--ip` (an IP address, or a host name resolved now) and `--port`.
 fn bind_address(ip: &str, port: u16) -> Result<SocketAddr, CliError> {
-    let ip = ip.trim();
-    let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
-    if let Ok(ip) = ip.parse::<IpAddr>() {
+    if let Some(ip) = ip_literal(ip) {
         return Ok(SocketAddr::new(ip, port));
     }
+    let ip = ip.trim();
     let error = |reason: String| CliError::Address(format!("--ip {ip}: {reason}"));
     let mut addresses = (ip, port).to_socket_addrs().map_err(|e| error(e.to_string()))?;
     addresses.next().ok_or_else(|| error("resolves to no address".into()))
@@ -363,6 +368,8 @@ impl Args {
         let advertise = match &self.advertise {
             Some(text) => Some(member_address(text)?),
             None if listen.ip().is_unspecified() => None,
+            // An IP address as `SocketAddr` prints it (`[::1]:3001`); a host name as given.
+            None if ip_literal(&self.ip).is_some() => Some(listen.to_string()),
             None => Some(member_address(&format!("{}:{}", self.ip.trim(), self.port))?),
         };
         let port = advertise
@@ -669,6 +676,15 @@ mod tests {
             error.to_string().contains("several") && error.to_string().contains("--advertise"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn an_ipv6_bind_address_is_advertised_as_socket_addr_prints_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            parse(&["--ip", "::1", "--peers", "[::1]:3001,[::1]:3002"]).resolve(dir.path()).unwrap();
+        assert_eq!(settings.advertise, "[::1]:3001");
+        assert_eq!(settings.members, vec!["[::1]:3001", "[::1]:3002"]);
     }
 
     #[test]
