@@ -54,7 +54,7 @@ fn status_msync_snapshot_and_import_work_and_the_socket_is_mode_0660() {
     let text = admin_ok(&socket, &["msync"]);
     assert!(text.starts_with("msynced "), "{text}");
 
-    let commit = status(port).unwrap()["commit index"].as_u64().unwrap();
+    let commit = status(port).unwrap()["commit_index"].as_u64().unwrap();
     let text = admin_ok(&socket, &["snapshot"]);
     let index: u64 = text
         .strip_prefix("snapshot at index ")
@@ -63,7 +63,7 @@ fn status_msync_snapshot_and_import_work_and_the_socket_is_mode_0660() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(index >= commit, "snapshot at {index}, commit was {commit}");
     let json: serde_json::Value = serde_json::from_str(&admin_ok(&socket, &["status", "--json"])).unwrap();
-    assert!(json["first index"].as_u64().unwrap() > index, "log not compacted, or /status stale: {json}");
+    assert!(json["first_index"].as_u64().unwrap() > index, "log not compacted, or /status stale: {json}");
     let again = admin_ok(&socket, &["snapshot"]);
     assert_eq!(again, text, "a snapshot with nothing new must report the latest one, term included");
 

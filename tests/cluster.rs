@@ -95,13 +95,13 @@ fn killed_leader_is_replaced_and_on_restart_neither_disrupts_nor_misses_entries(
         let response = put(port, &format!("/v1/kv/missed-{i}"), format!("m{i}").as_bytes());
         assert_eq!(response.status, 201, "{}", response.text());
     }
-    let commit = cluster.nodes[new].status().unwrap()["commit index"].as_u64().unwrap();
+    let commit = cluster.nodes[new].status().unwrap()["commit_index"].as_u64().unwrap();
 
     cluster.nodes[old].start().unwrap();
     let old_port = cluster.port(old);
     wait_for(Duration::from_secs(5), "the old leader to catch up", || {
         let status = status(old_port)?;
-        (status["last applied"].as_u64()? >= commit).then_some(())
+        (status["last_applied"].as_u64()? >= commit).then_some(())
     });
     // Give the returning node several election timeouts to misbehave.
     std::thread::sleep(Duration::from_millis(1200));
@@ -209,4 +209,149 @@ fn acknowledged_writes_survive_a_whole_cluster_kill_9() {
         missing.len(),
         acknowledged.len()
     );
+}
+
+/// SIGTERM to the leader (`systemctl stop`, a reboot) hands leadership over before the
+/// process exits (thesis §3.10), so a planned restart costs no election timeout: with
+/// a 3 s election timeout, a follower that had to time out could not lead within
+/// 1.5 s, yet one does, one term later, with every acknowledged write.
+#[test]
+fn sigterm_to_the_leader_hands_leadership_over_without_waiting_for_an_election() {
+    let slow_elections = ["--tick-ms", "5", "--heartbeat-interval-ms", "25", "--election-timeout-ms", "3000"];
+    let mut cluster = Cluster::start_with_timings(3, &slow_elections, &[]);
+    let (old, term) = wait_for(Duration::from_secs(10), "a leader", || cluster.agreed_leader_and_term());
+    for i in 0..20 {
+        let response = put(cluster.port(old), &format!("/v1/kv/before-stop-{i}"), format!("b{i}").as_bytes());
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+    let others = cluster.others(old);
+    let ports: Vec<u16> = others.iter().map(|&i| cluster.port(i)).collect();
+
+    cluster.nodes[old].signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = Instant::now();
+    let new_leader = wait_for(Duration::from_secs(10), "a new leader", || {
+        ports.iter().copied().find(|&port| status(port).is_some_and(|s| s["state"] == "leader"))
+    });
+    let handover = stopped.elapsed();
+    assert!(cluster.nodes[old].wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        handover < Duration::from_millis(1500),
+        "a new leader after {handover:?}: an election, not a hand-over"
+    );
+    let status = status(new_leader).unwrap();
+    assert_eq!(status["term"].as_u64(), Some(term + 1), "{status}");
+    for i in 0..20 {
+        let response = get(new_leader, &format!("/v1/kv/before-stop-{i}"));
+        assert_eq!((response.status, response.text()), (200, format!("b{i}")), "before-stop-{i}");
+    }
+    let log = cluster.nodes[old].log_text();
+    assert!(log.contains("handed leadership over"), "{log}");
+}
+
+/// Nodes bound to every interface (`--ip 0.0.0.0`) without `--advertise` find their
+/// own entry in `--peers` (the one with their port on an address of this machine) and
+/// advertise it: no phantom `0.0.0.0` member, the leader is named by its real address,
+/// and writes replicate.
+#[test]
+fn nodes_bound_to_every_interface_advertise_their_entry_in_peers() {
+    let cluster = Cluster::start(3, &["--ip", "0.0.0.0"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    for node in 0..3 {
+        let status = cluster.nodes[node].status().unwrap();
+        assert_eq!(status["address"], cluster.nodes[node].address(), "{status}");
+        assert_eq!(status["leader"], cluster.nodes[leader].address(), "{status}");
+    }
+    let peers = cluster.nodes[leader].status().unwrap()["peers"].clone();
+    let mut addresses: Vec<String> =
+        peers.as_array().unwrap().iter().map(|p| p["address"].as_str().unwrap().to_owned()).collect();
+    addresses.sort();
+    let mut expected: Vec<String> =
+        cluster.others(leader).iter().map(|&i| cluster.nodes[i].address()).collect();
+    expected.sort();
+    assert_eq!(addresses, expected, "the leader's followers: {peers}");
+    assert_eq!(put(cluster.port((leader + 1) % 3), "/v1/kv/k", b"v").status, 201);
+    for node in 0..3 {
+        assert_eq!(get(cluster.port(node), "/v1/kv/k").text(), "v");
+    }
+}
+
+/// Members may be named by host name: `localhost:PORT` in `--peers` is resolved when
+/// the peers connect, the node's name is its `--peers` entry, and /status and the
+/// leader's per-peer gauges use those names.
+#[test]
+fn members_named_by_host_name_form_a_cluster_and_are_shown_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers = ports.iter().map(|p| format!("localhost:{p}")).collect::<Vec<_>>().join(",");
+    let mut nodes: Vec<Daemon> = ports
+        .iter()
+        .map(|&port| {
+            let data_dir = dir.path().join(format!("node-{port}"));
+            let port_text = port.to_string();
+            let mut args =
+                vec!["--port", &port_text, "--peers", &peers, "--data-dir", data_dir.to_str().unwrap()];
+            args.extend(FAST_TIMINGS);
+            Daemon::new(dir.path(), port, &args)
+        })
+        .collect();
+    nodes.iter_mut().for_each(Daemon::spawn);
+    for node in &mut nodes {
+        node.wait_started().unwrap();
+    }
+    let leader = wait_for(Duration::from_secs(10), "a leader named localhost:PORT", || {
+        let leaders: Vec<String> =
+            ports.iter().map(|&p| status(p)?["leader"].as_str().map(str::to_owned)).collect::<Option<_>>()?;
+        (leaders.iter().all(|l| l == &leaders[0])).then(|| leaders[0].clone())
+    });
+    assert!(leader.starts_with("localhost:"), "{leader}");
+    let leader_port: u16 = leader.trim_start_matches("localhost:").parse().unwrap();
+    assert_eq!(status(leader_port).unwrap()["address"], leader);
+    assert_eq!(put(ports[0], "/v1/kv/named", b"yes").status, 201);
+    for &port in &ports {
+        assert_eq!(get(port, "/v1/kv/named").text(), "yes");
+    }
+    let metrics = wait_for(Duration::from_secs(5), "per-peer gauges", || {
+        let text = get(leader_port, "/metrics").text();
+        (text.matches("mmapd_peer_last_contact_seconds{peer=\"localhost:").count() == 2).then_some(text)
+    });
+    assert_eq!(metrics.matches("mmapd_peer_match_index{peer=\"localhost:").count(), 2, "{metrics}");
+}
+
+/// A leader whose follower stops answering logs it once (warn), not at every failed
+/// send, and once more (info) when it answers again; its gauges name the follower by
+/// address, and its last contact grows while it is down.
+#[test]
+fn a_silent_peer_is_logged_once_and_again_when_it_returns_and_its_gauges_name_it() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(5));
+    let follower = cluster.others(leader)[0];
+    let (leader_port, follower_address) = (cluster.port(leader), cluster.nodes[follower].address());
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        let prefix = format!("{name}{{peer=\"{follower_address}\"}} ");
+        text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
+    };
+    assert_eq!(put(leader_port, "/v1/kv/k", b"v").status, 201);
+    let before = wait_for(Duration::from_secs(5), "the follower's match index", || {
+        let text = get(leader_port, "/metrics").text();
+        gauge(&text, "mmapd_peer_match_index").is_some_and(|m| m >= 2.0).then_some(text)
+    });
+    assert!(gauge(&before, "mmapd_peer_last_contact_seconds").is_some_and(|s| s < 1.0), "{before}");
+
+    cluster.nodes[follower].kill9();
+    // Heartbeats every 25 ms: a second of silence is dozens of failed sends.
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = get(leader_port, "/metrics").text();
+    assert!(gauge(&during, "mmapd_peer_last_contact_seconds").is_some_and(|s| s >= 0.5), "{during}");
+    let silent = "peer not answering";
+    let count = |log: &str, what: &str| {
+        log.lines().filter(|l| l.contains(what) && l.contains(&follower_address)).count()
+    };
+    assert_eq!(count(&cluster.nodes[leader].log_text(), silent), 1, "{}", cluster.nodes[leader].log_text());
+
+    cluster.nodes[follower].start().unwrap();
+    let log = wait_for(Duration::from_secs(5), "the return to be logged", || {
+        let log = cluster.nodes[leader].log_text();
+        (count(&log, "peer answering again") == 1).then_some(log)
+    });
+    assert_eq!(count(&log, silent), 1, "{log}");
 }

@@ -249,7 +249,8 @@ fn peer_route_refuses_garbage_and_truncated_batches_with_400() {
     let single = seeded_node();
     let port = single.port();
     let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
-    let node_id = single.node.status().unwrap()["node id"].as_u64().unwrap();
+    let node_id =
+        u64::from_str_radix(single.node.status().unwrap()["node_id"].as_str().unwrap(), 16).unwrap();
     // A well-formed batch: a stale (term 0) heartbeat answer from a node nobody knows.
     let message =
         Message { from: 4242, to: node_id, term: 0, body: MessageBody::HeartbeatResponse { context: 7 } };
@@ -313,7 +314,8 @@ fn server_closes(mut stream: TcpStream) -> bool {
 fn peer_stream_drops_malformed_frames_and_the_node_lives_on() {
     let single = seeded_node();
     let port = single.port();
-    let node_id = single.node.status().unwrap()["node id"].as_u64().unwrap();
+    let node_id =
+        u64::from_str_radix(single.node.status().unwrap()["node_id"].as_str().unwrap(), 16).unwrap();
     // Without the Upgrade header the route refuses with 400.
     let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
     assert_eq!(request(port, "POST", "/raft/stream", &secret, b"").unwrap().status, 400);
@@ -353,7 +355,8 @@ fn peer_stream_drops_malformed_frames_and_the_node_lives_on() {
 fn a_peer_connection_whose_messages_claim_different_senders_is_refused() {
     let single = seeded_node();
     let port = single.port();
-    let node_id = single.node.status().unwrap()["node id"].as_u64().unwrap();
+    let node_id =
+        u64::from_str_radix(single.node.status().unwrap()["node_id"].as_str().unwrap(), 16).unwrap();
     let from =
         |from| Message { from, to: node_id, term: 0, body: MessageBody::HeartbeatResponse { context: 7 } };
     let secret = [("X-Mmapd-Cluster-Secret", SECRET)];

@@ -144,3 +144,57 @@ fn legacy_json_db_file_is_refused_naming_the_file_and_the_import_command() {
     assert!(log.contains("mmapd-admin import"), "message does not mention mmapd-admin import: {log}");
     assert!(!accepts_connections(port));
 }
+
+/// A node bound to every interface that cannot tell which `--peers` entry is itself
+/// refuses to start, saying to pass `--advertise`, instead of joining as a phantom
+/// `0.0.0.0` member no peer can reach.
+#[test]
+fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_advertise() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let peers = format!("198.51.100.1:{port},198.51.100.2:{port}");
+    let data_dir = dir.path().join("data");
+    let args = ["--ip", "0.0.0.0", "--port", &port.to_string(), "--peers", &peers];
+    let mut node = Daemon::new(dir.path(), port, &args).env("MMAPD_DATA_DIR", &data_dir);
+    node.spawn();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{}", node.log_text());
+    assert!(node.log_text().contains("--advertise"), "{}", node.log_text());
+
+    // With --advertise it starts, and /status names it by the advertised address.
+    let advertise = format!("198.51.100.1:{port}");
+    let mut node = Daemon::new(dir.path(), port, &args)
+        .env("MMAPD_DATA_DIR", &data_dir)
+        .env("MMAPD_ADVERTISE", &advertise);
+    node.start().unwrap();
+    assert_eq!(node.status().unwrap()["address"], advertise);
+}
+
+/// A peer whose host name does not resolve is not fatal: the node starts and serves,
+/// logs the failure once (not at every retry), and keeps trying.
+#[test]
+fn a_peer_name_that_does_not_resolve_is_logged_once_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let peers = format!("127.0.0.1:{port},no-such-node.invalid:{port}");
+    let data_dir = dir.path().join("data");
+    let mut args = vec!["--port".to_owned(), port.to_string(), "--peers".into(), peers];
+    args.extend(["--data-dir".to_owned(), data_dir.to_str().unwrap().to_owned()]);
+    args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = Daemon::new(dir.path(), port, &args);
+    node.start().unwrap();
+    assert_eq!(get(port, "/status").status, 200);
+    let unresolved = |log: &str| {
+        log.lines().filter(|l| l.contains("no-such-node.invalid") && l.contains("not answering")).count()
+    };
+    wait_for(Duration::from_secs(20), "the failed lookup to be logged", || {
+        (unresolved(&node.log_text()) > 0).then_some(())
+    });
+    // Pre-votes go out every election timeout (250 ms): many more lookups fail.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = node.log_text();
+    assert_eq!(unresolved(&log), 1, "{log}");
+    assert!(log.contains("resolve"), "{log}");
+    assert_eq!(get(port, "/status").status, 200, "still serving");
+}

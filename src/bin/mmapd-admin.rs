@@ -165,24 +165,24 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
         Command::Status { json: false } => {
             let mut out = format!(
                 "node {} ({})\nstate: {}\nterm: {}\nleader: {}\ncommit index: {}\nlast applied: {}\nlog: {}..{}",
-                text(&value["id"]),
-                text(&value["node id"]),
+                text(&value["address"]),
+                text(&value["node_id"]),
                 text(&value["state"]),
                 text(&value["term"]),
                 text(&value["leader"]),
-                text(&value["commit index"]),
-                text(&value["last applied"]),
-                text(&value["first index"]),
-                text(&value["last index"]),
+                text(&value["commit_index"]),
+                text(&value["last_applied"]),
+                text(&value["first_index"]),
+                text(&value["last_index"]),
             );
             for peer in value["peers"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "\npeer {}: match {}, next {}, {}{}",
-                    text(&peer["id"]),
-                    text(&peer["match index"]),
-                    text(&peer["next index"]),
+                    text(&peer["address"]),
+                    text(&peer["match_index"]),
+                    text(&peer["next_index"]),
                     text(&peer["state"]),
-                    if peer["recently active"] == true { "" } else { ", not recently active" },
+                    if peer["recently_active"] == true { "" } else { ", not recently active" },
                 ));
             }
             out
@@ -193,7 +193,7 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             text(&value["msyncs"]),
             value["seconds"].as_f64().unwrap_or(0.0) * 1000.0
         ),
-        Command::StepDown => format!("leadership handed to {}", text(&value["new leader"])),
+        Command::StepDown => format!("leadership handed to {}", text(&value["new_leader"])),
         Command::Snapshot => {
             format!("snapshot at index {} (term {})", text(&value["index"]), text(&value["term"]))
         }

@@ -89,8 +89,13 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
         "/step-down" => {
             expect(Method::POST, "POST")?;
             let leader = api.node.step_down().await.map_err(|e| admin_error(api, e))?;
-            let address = api.members.get(&leader).map(|a| a.to_string());
-            Ok(json(serde_json::json!({ "new leader": address, "node id": leader })))
+            let address = api.node.shared.address_of(leader);
+            Ok(json(serde_json::json!({
+                "new_leader": address,
+                "node_id": format!("{leader:016x}"),
+                "new leader": address,
+                "node id": leader,
+            })))
         }
         "/snapshot" => {
             expect(Method::POST, "POST")?;
@@ -137,10 +142,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
 fn admin_error(api: &Api, error: NodeError) -> ApiError {
     match error {
         NodeError::NotLeader(leader) => ApiError::NotLeader(match leader {
-            Some(id) => match api.members.get(&id) {
-                Some(address) => address.to_string(),
-                None => format!("node {id}"),
-            },
+            Some(id) => api.node.shared.name(id),
             None => "none known".into(),
         }),
         other => super::api::node_error(other),

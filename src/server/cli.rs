@@ -2,7 +2,7 @@
 //! original Go program's single-dash flags (`-port 3001 -db db.json -log log.json
 //! -config config.json`), which keep working as written.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,12 +17,20 @@ pub struct Args {
     #[arg(long, env = "MMAPD_PORT", default_value_t = 3001)]
     pub port: u16,
 
-    /// Address to bind and to advertise to peers.
+    /// Address (or host name) to bind; also the address advertised to peers and
+    /// clients unless --advertise says otherwise. 0.0.0.0 or :: bind every interface.
     #[arg(long, env = "MMAPD_IP", default_value = "127.0.0.1")]
-    pub ip: IpAddr,
+    pub ip: String,
+
+    /// The address (HOST:PORT) this node tells peers and clients, when it binds another
+    /// (e.g. --ip 0.0.0.0). It is this node's name in the member list: the one the
+    /// other nodes list in --peers. Default: this node's entry in --peers, else IP:PORT.
+    #[arg(long, env = "MMAPD_ADVERTISE")]
+    pub advertise: Option<String>,
 
     /// The cluster's members as host:port,... (an entry equal to this node is ignored,
-    /// so one list serves every node). Empty: a one-node cluster.
+    /// so one list serves every node). Host names are resolved at each connection.
+    /// Empty: a one-node cluster.
     #[arg(long, env = "MMAPD_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
 
@@ -122,6 +130,9 @@ pub enum CliError {
     /// The timings do not fit together.
     #[error("timings: {0}")]
     Timing(String),
+    /// The address to bind, or to advertise, cannot be worked out.
+    #[error("{0}")]
+    Address(String),
     /// The cluster secret file is unreadable or empty.
     #[error("cluster secret file {path}: {reason}")]
     Secret {
@@ -138,6 +149,7 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
     const LONG: &[&str] = &[
         "port",
         "ip",
+        "advertise",
         "peers",
         "config",
         "data-dir",
@@ -174,10 +186,13 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
 /// The settings the node runs with, resolved from `Args`.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Address to bind (and advertise).
+    /// Address to bind.
     pub listen: SocketAddr,
-    /// Every member's advertised address, this node included, sorted.
-    pub members: Vec<SocketAddr>,
+    /// This node's advertised address (`member_address` form): its name in `members`.
+    pub advertise: String,
+    /// Every member's advertised address (`member_address` form), this node included,
+    /// in `member_order`.
+    pub members: Vec<String>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Snapshot file override (the original's -db).
@@ -213,7 +228,7 @@ pub struct Settings {
 impl Args {
     /// Resolves defaults, the -config file and peer addresses.
     pub fn resolve(&self, working_dir: &Path) -> Result<Settings, CliError> {
-        let listen = SocketAddr::new(self.ip, self.port);
+        let listen = bind_address(&self.ip, self.port)?;
         let mut peer_names = self.peers.iter().filter(|p| !p.trim().is_empty()).cloned().collect::<Vec<_>>();
         let config = match &self.config {
             Some(path) => Some(path.clone()),
@@ -222,14 +237,14 @@ impl Args {
         if let Some(path) = config {
             peer_names.extend(read_config_file(&path)?);
         }
-        let mut members = vec![listen];
+        let mut peers = Vec::new();
         for name in peer_names {
-            let address = resolve_peer(&name)?;
-            if !members.contains(&address) {
-                members.push(address);
+            let address = member_address(&name)?;
+            if !peers.contains(&address) {
+                peers.push(address);
             }
         }
-        members.sort();
+        let (advertise, members) = self.members(listen, peers)?;
         if self.tick_ms == 0 || self.heartbeat_interval_ms < self.tick_ms {
             return Err(CliError::Timing("need 0 < tick-ms <= heartbeat-interval-ms".into()));
         }
@@ -250,6 +265,7 @@ impl Args {
         };
         Ok(Settings {
             listen,
+            advertise,
             members,
             data_dir,
             db_file: self.db.clone(),
@@ -277,11 +293,161 @@ fn read_config_file(path: &Path) -> Result<Vec<String>, CliError> {
         .map_err(|e| error(format!("expected a JSON array of \"host:port\" strings: {e}")))
 }
 
-fn resolve_peer(name: &str) -> Result<SocketAddr, CliError> {
-    let name = name.trim();
-    let error = |reason: String| CliError::Peer { address: name.to_owned(), reason };
-    let mut addresses = name.to_socket_addrs().map_err(|e| error(e.to_string()))?;
+/// `--ip` as an IP address (`::1` or `[::1]`), if it is one.
+fn ip_literal(ip: &str) -> Option<IpAddr> {
+    let ip = ip.trim();
+    ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip).parse().ok()
+}
+
+/// The address to bind: `--ip` (an IP address, or a host name resolved now) and `--port`.
+fn bind_address(ip: &str, port: u16) -> Result<SocketAddr, CliError> {
+    if let Some(ip) = ip_literal(ip) {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let ip = ip.trim();
+    let error = |reason: String| CliError::Address(format!("--ip {ip}: {reason}"));
+    let mut addresses = (ip, port).to_socket_addrs().map_err(|e| error(e.to_string()))?;
     addresses.next().ok_or_else(|| error("resolves to no address".into()))
+}
+
+/// A member's address in the one spelling its node id is derived from: an IP address
+/// and port as `SocketAddr` prints it (so `127.0.0.1:3001` keeps the id it always had),
+/// or a host name in lower case and a port. Host names are not resolved here.
+pub fn member_address(text: &str) -> Result<String, CliError> {
+    let text = text.trim();
+    let error = |reason: &str| CliError::Peer { address: text.to_owned(), reason: reason.to_owned() };
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address.to_string());
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| error("expected HOST:PORT"))?;
+    let port: u16 = port.parse().map_err(|_| error("the port is not a number from 0 to 65535"))?;
+    let is_name = |host: &str| {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            && !host.starts_with(['-', '.'])
+    };
+    if !is_name(host) {
+        return Err(error("the host is neither an IP address nor a host name"));
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// The order members are listed and hashed in: IP addresses first, in `SocketAddr`
+/// order (as before host names were accepted, so cluster ids do not change), then
+/// host names.
+pub fn member_order(address: &str) -> (bool, Option<SocketAddr>, String) {
+    match address.parse::<SocketAddr>() {
+        Ok(ip) => (false, Some(ip), String::new()),
+        Err(_) => (true, None, address.to_owned()),
+    }
+}
+
+/// Resolves a `member_address` now, for start-up checks only (connections resolve
+/// again each time): empty when it does not resolve.
+fn resolve_now(address: &str) -> Vec<SocketAddr> {
+    address.to_socket_addrs().map(Iterator::collect).unwrap_or_default()
+}
+
+/// True when `ip` is an address of this machine (a socket can be bound to it).
+fn is_local(ip: IpAddr) -> bool {
+    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+impl Args {
+    /// This node's advertised address and the member list, from `--advertise`, the
+    /// bind address and `peers` (already in `member_address` form).
+    ///
+    /// Every node must name a member the same way (its id is a hash of the name), so
+    /// this node's own entry in `peers` is its name: found by spelling, or as the one
+    /// entry with the advertised port that resolves to the bind address (to an address
+    /// of this machine when binding every interface). Without `--advertise`, a node
+    /// bound to 0.0.0.0 or :: whose entry cannot be found this way refuses to start:
+    /// a name no peer can reach would make a phantom member.
+    fn members(&self, listen: SocketAddr, peers: Vec<String>) -> Result<(String, Vec<String>), CliError> {
+        let advertise = match &self.advertise {
+            Some(text) => Some(member_address(text)?),
+            None if listen.ip().is_unspecified() => None,
+            // An IP address as `SocketAddr` prints it (`[::1]:3001`); a host name as given.
+            None if ip_literal(&self.ip).is_some() => Some(listen.to_string()),
+            None => Some(member_address(&format!("{}:{}", self.ip.trim(), self.port))?),
+        };
+        let port = advertise
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':'))
+            .map_or(self.port.to_string(), |(_, p)| p.to_owned());
+        let same_port = |peer: &&String| peer.rsplit_once(':').is_some_and(|(_, p)| p == port);
+        let advertise = match advertise {
+            Some(advertise) if peers.contains(&advertise) => advertise,
+            Some(advertise) => {
+                // The node's own entry may be spelled differently (a host name for its IP).
+                let targets: Vec<SocketAddr> =
+                    if self.advertise.is_some() { resolve_now(&advertise) } else { vec![listen] };
+                let spelled: Vec<&String> = peers
+                    .iter()
+                    .filter(same_port)
+                    .filter(|peer| resolve_now(peer).iter().any(|a| targets.contains(a)))
+                    .collect();
+                match spelled.as_slice() {
+                    [] => advertise,
+                    [one] if self.advertise.is_none() => (*one).clone(),
+                    _ => {
+                        let names = spelled.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                        return Err(CliError::Address(format!(
+                            "--peers names this node as {names} but it advertises {advertise}: every \
+                             node must list a member under the same name (node ids are derived from \
+                             it); use that name in --advertise, or in --peers"
+                        )));
+                    }
+                }
+            }
+            None if peers.is_empty() => {
+                // A one-node cluster: no peer needs to reach it, and its id stays the
+                // one it always had.
+                let advertise = listen.to_string();
+                tracing::warn!(%advertise, "bound to every interface without --advertise: a one-node \
+                    cluster that advertises {advertise}; pass --advertise HOST:PORT before adding members");
+                advertise
+            }
+            None => {
+                let local: Vec<&String> = peers
+                    .iter()
+                    .filter(same_port)
+                    .filter(|peer| resolve_now(peer).iter().any(|a| is_local(a.ip())))
+                    .collect();
+                match local.as_slice() {
+                    [one] => {
+                        tracing::info!(advertise = %one, "bound to every interface: advertising this \
+                            node's entry in --peers");
+                        (*one).clone()
+                    }
+                    [] => {
+                        return Err(CliError::Address(format!(
+                            "--ip {} binds every interface, and no --peers entry with port {port} is an \
+                             address of this machine: pass --advertise HOST:PORT, the address the \
+                             other nodes list for this node",
+                            self.ip.trim()
+                        )))
+                    }
+                    several => {
+                        let names = several.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                        return Err(CliError::Address(format!(
+                            "--ip {} binds every interface, and several --peers entries are addresses \
+                             of this machine ({names}): pass --advertise HOST:PORT to say which is \
+                             this node",
+                            self.ip.trim()
+                        )));
+                    }
+                }
+            }
+        };
+        let mut members = peers;
+        if !members.contains(&advertise) {
+            members.push(advertise.clone());
+        }
+        members.sort_by_key(|m| member_order(m));
+        Ok((advertise, members))
+    }
 }
 
 /// A quarter of physical memory. The map lives in memory, and a snapshot is a second,
@@ -328,11 +494,11 @@ fn read_secret(path: &Path, credentials_dir: Option<&Path>) -> Result<Option<Vec
     Err(error("is empty".into()))
 }
 
-/// A node's id: a stable hash of its advertised address, never 0.
-pub fn node_id(address: &SocketAddr) -> u64 {
+/// A node's id: a stable hash of its advertised address (`member_address` form), never 0.
+pub fn node_id(address: &str) -> u64 {
     // FNV-1a, 64 bits: stable across builds and platforms.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in address.to_string().bytes() {
+    for byte in address.bytes() {
         hash ^= byte as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -362,7 +528,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = parse(&[]).resolve(dir.path()).unwrap();
         assert_eq!(settings.listen.port(), 3001);
-        assert_eq!(settings.members, vec![settings.listen]);
+        assert_eq!(settings.advertise, "127.0.0.1:3001");
+        assert_eq!(settings.members, vec![settings.advertise.clone()]);
         assert_eq!(settings.data_dir, dir.path().join("mmapd-3001"));
         assert_eq!(settings.admin_socket, dir.path().join("mmapd-3001/admin.sock"));
     }
@@ -438,10 +605,104 @@ mod tests {
 
     #[test]
     fn node_ids_are_stable_and_distinct() {
-        let a: SocketAddr = "127.0.0.1:3001".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:3002".parse().unwrap();
-        assert_eq!(node_id(&a), node_id(&a));
-        assert_ne!(node_id(&a), node_id(&b));
-        assert_ne!(node_id(&a), 0);
+        assert_eq!(node_id("127.0.0.1:3001"), node_id("127.0.0.1:3001"));
+        assert_ne!(node_id("127.0.0.1:3001"), node_id("127.0.0.1:3002"));
+        assert_ne!(node_id("127.0.0.1:3001"), 0);
+        // The id an IP address always had: FNV-1a of its `SocketAddr` spelling.
+        assert_eq!(node_id("127.0.0.1:3001"), 0x10f1_1e0a_a333_ceec);
+    }
+
+    #[test]
+    fn member_addresses_keep_ip_spelling_and_accept_host_names() {
+        assert_eq!(member_address(" 127.0.0.1:3001 ").unwrap(), "127.0.0.1:3001");
+        assert_eq!(member_address("[0:0::1]:3001").unwrap(), "[::1]:3001");
+        assert_eq!(member_address("Node-1.Example.com:3001").unwrap(), "node-1.example.com:3001");
+        for bad in ["node1", "node1:", ":3001", "node1:99999", "no de:3001", "a\"b:1", "-x:1"] {
+            assert!(member_address(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn host_names_in_peers_are_kept_as_names_and_not_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = parse(&["--peers", "127.0.0.1:3001,db2.invalid:3002,db3.invalid:3003"])
+            .resolve(dir.path())
+            .unwrap();
+        assert_eq!(settings.members, vec!["127.0.0.1:3001", "db2.invalid:3002", "db3.invalid:3003"]);
+    }
+
+    #[test]
+    fn advertise_names_this_node_when_it_binds_every_interface() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = parse(&[
+            "--ip",
+            "0.0.0.0",
+            "--advertise",
+            "10.1.2.3:3001",
+            "--peers",
+            "10.1.2.3:3001,10.1.2.4:3001,10.1.2.5:3001",
+        ])
+        .resolve(dir.path())
+        .unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:3001".parse().unwrap());
+        assert_eq!(settings.advertise, "10.1.2.3:3001");
+        assert_eq!(settings.members, vec!["10.1.2.3:3001", "10.1.2.4:3001", "10.1.2.5:3001"]);
+        let from_env_name = parse(&["-advertise=10.1.2.3:3001"]);
+        assert_eq!(from_env_name.advertise.as_deref(), Some("10.1.2.3:3001"));
+    }
+
+    #[test]
+    fn binding_every_interface_finds_this_node_in_peers_by_a_local_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            parse(&["--ip", "0.0.0.0", "--peers", "127.0.0.1:3001,198.51.100.1:3001,198.51.100.2:3001"])
+                .resolve(dir.path())
+                .unwrap();
+        assert_eq!(settings.advertise, "127.0.0.1:3001");
+        assert_eq!(settings.members.len(), 3, "no phantom 0.0.0.0 member: {:?}", settings.members);
+    }
+
+    #[test]
+    fn binding_every_interface_without_a_findable_entry_refuses_and_names_advertise() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = parse(&["--ip", "0.0.0.0", "--peers", "198.51.100.1:3001,198.51.100.2:3001"])
+            .resolve(dir.path())
+            .unwrap_err();
+        assert!(error.to_string().contains("--advertise"), "{error}");
+        let error = parse(&["--ip", "0.0.0.0", "--peers", "127.0.0.1:3001,127.0.0.2:3001"])
+            .resolve(dir.path())
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("several") && error.to_string().contains("--advertise"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_bind_address_is_advertised_as_socket_addr_prints_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            parse(&["--ip", "::1", "--peers", "[::1]:3001,[::1]:3002"]).resolve(dir.path()).unwrap();
+        assert_eq!(settings.advertise, "[::1]:3001");
+        assert_eq!(settings.members, vec!["[::1]:3001", "[::1]:3002"]);
+    }
+
+    #[test]
+    fn a_one_node_cluster_on_every_interface_keeps_its_old_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = parse(&["--ip", "0.0.0.0"]).resolve(dir.path()).unwrap();
+        assert_eq!(settings.members, vec!["0.0.0.0:3001"]);
+    }
+
+    #[test]
+    fn this_nodes_entry_under_a_host_name_is_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = parse(&["--peers", "localhost:3001,localhost:3002"]).resolve(dir.path()).unwrap();
+        assert_eq!(settings.advertise, "localhost:3001");
+        assert_eq!(settings.members, vec!["localhost:3001", "localhost:3002"]);
+        let error = parse(&["--advertise", "127.0.0.1:3001", "--peers", "localhost:3001,localhost:3002"])
+            .resolve(dir.path())
+            .unwrap_err();
+        assert!(error.to_string().contains("same name"), "{error}");
     }
 }

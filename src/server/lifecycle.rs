@@ -1,10 +1,13 @@
 //! Process lifecycle: sd-notify readiness, status and watchdog, and termination signals.
 //! Without `NOTIFY_SOCKET` (not under systemd) every notification is a no-op.
 
+use std::time::{Duration, Instant};
+
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::driver::NodeHandle;
+use super::driver::{NodeError, NodeHandle};
+use crate::raft::Role;
 
 /// READY=1: state loaded, both listeners bound.
 pub fn notify_ready() {
@@ -55,5 +58,26 @@ pub async fn wait_for_termination() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM"),
         _ = interrupt.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// A leader that is stopping hands leadership to its most up-to-date follower first
+/// (thesis §3.10), so a planned restart costs the cluster no election timeout. Waits
+/// at most `timeout` (one election timeout): a stop is never held up for long.
+pub async fn hand_over_leadership(node: &NodeHandle, timeout: Duration) {
+    if node.role.borrow().0 != Role::Leader {
+        return;
+    }
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, node.step_down()).await {
+        Ok(Ok(leader)) => {
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let leader = node.shared.name(leader);
+            tracing::info!(%leader, elapsed_ms, "stopping: handed leadership over");
+        }
+        // A one-node cluster has no one to hand it to.
+        Ok(Err(NodeError::Invalid(reason))) => tracing::debug!(%reason, "stopping as leader"),
+        Ok(Err(error)) => tracing::warn!(?error, "stopping: could not hand leadership over"),
+        Err(_) => tracing::warn!(?timeout, "stopping: leadership not handed over in time"),
     }
 }

@@ -1,7 +1,12 @@
 //! Counters and histograms, rendered in the Prometheus text format at `GET /metrics`.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::raft::NodeId;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -105,6 +110,18 @@ pub struct Metrics {
     pub leader_contact_gap_max: MaxSeconds,
     /// Time to serialise and write a snapshot, off the driver's loop.
     pub snapshot_build_seconds: Histogram,
+    /// When a delivery from each peer last arrived.
+    peer_contact: Mutex<HashMap<NodeId, Instant>>,
+}
+
+/// One follower's replication, as the leader sees it, for the per-peer gauges.
+pub struct PeerGauge {
+    /// Its advertised address (the `peer` label).
+    pub address: String,
+    /// The highest index known to be replicated on it.
+    pub match_index: u64,
+    /// Time since a message from it last arrived; None: never since start.
+    pub last_contact: Option<Duration>,
 }
 
 /// Gauges read from the node at render time.
@@ -125,9 +142,21 @@ pub struct Gauges {
     pub kv_data_bytes: u64,
     /// `--quota-bytes`.
     pub quota_bytes: u64,
+    /// On the leader, its followers; empty otherwise.
+    pub peers: Vec<PeerGauge>,
 }
 
 impl Metrics {
+    /// Records that messages from `peer` arrived now.
+    pub fn note_peer_contact(&self, peer: NodeId) {
+        self.peer_contact.lock().expect("peer contact lock").insert(peer, Instant::now());
+    }
+
+    /// Time since messages from `peer` last arrived; None if they never did.
+    pub fn peer_last_contact(&self, peer: NodeId) -> Option<Duration> {
+        self.peer_contact.lock().expect("peer contact lock").get(&peer).map(Instant::elapsed)
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
@@ -157,6 +186,7 @@ impl Metrics {
             gauges.kv_data_bytes,
         );
         gauge(&mut out, "mmapd_quota_bytes", "Most key-value data bytes (--quota-bytes)", gauges.quota_bytes);
+        render_peers(&gauges.peers, &mut out);
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         };
@@ -193,6 +223,34 @@ impl Metrics {
     }
 }
 
+/// The leader's per-follower gauges, labelled with the follower's address. A follower
+/// never heard from since start has a last contact of +Inf, so that `> N` alerts fire.
+fn render_peers(peers: &[PeerGauge], out: &mut String) {
+    if peers.is_empty() {
+        return;
+    }
+    let label = |address: &str| address.replace('\\', "\\\\").replace('"', "\\\"");
+    let _ = writeln!(
+        out,
+        "# HELP mmapd_peer_match_index On the leader, the highest index known replicated on the peer\n\
+         # TYPE mmapd_peer_match_index gauge"
+    );
+    for peer in peers {
+        let _ =
+            writeln!(out, "mmapd_peer_match_index{{peer=\"{}\"}} {}", label(&peer.address), peer.match_index);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP mmapd_peer_last_contact_seconds On the leader, time since a message from the peer arrived\n\
+         # TYPE mmapd_peer_last_contact_seconds gauge"
+    );
+    for peer in peers {
+        let seconds = peer.last_contact.map_or("+Inf".to_owned(), |ago| format!("{:.3}", ago.as_secs_f64()));
+        let _ =
+            writeln!(out, "mmapd_peer_last_contact_seconds{{peer=\"{}\"}} {seconds}", label(&peer.address));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +270,7 @@ mod tests {
             keys: 1,
             kv_data_bytes: 100,
             quota_bytes: 4096,
+            peers: Vec::new(),
         };
         let text = metrics.render(&gauges);
         assert!(text.contains("mmapd_msync_seconds_bucket{le=\"0.00025\"} 1"), "{text}");
@@ -220,5 +279,34 @@ mod tests {
         assert!(text.contains("mmapd_msync_seconds_count 3"));
         assert!(text.contains("mmapd_role 3"));
         assert!(text.contains("mmapd_kv_data_bytes 100\n") && text.contains("mmapd_quota_bytes 4096\n"));
+        assert!(!text.contains("mmapd_peer_match_index"), "per-peer gauges only on a leader with followers");
+    }
+
+    #[test]
+    fn per_peer_gauges_are_labelled_by_address_and_never_heard_from_is_infinite() {
+        let gauges = Gauges {
+            role: 3,
+            term: 2,
+            commit_index: 9,
+            applied_index: 9,
+            mapped_bytes: 0,
+            keys: 1,
+            kv_data_bytes: 100,
+            quota_bytes: 4096,
+            peers: vec![
+                PeerGauge {
+                    address: "127.0.0.1:3002".into(),
+                    match_index: 9,
+                    last_contact: Some(Duration::from_millis(1500)),
+                },
+                PeerGauge { address: "db3.example:3003".into(), match_index: 0, last_contact: None },
+            ],
+        };
+        let text = Metrics::default().render(&gauges);
+        assert!(text.contains("mmapd_peer_match_index{peer=\"127.0.0.1:3002\"} 9\n"), "{text}");
+        assert!(text.contains("mmapd_peer_match_index{peer=\"db3.example:3003\"} 0\n"));
+        assert!(text.contains("mmapd_peer_last_contact_seconds{peer=\"127.0.0.1:3002\"} 1.500\n"));
+        assert!(text.contains("mmapd_peer_last_contact_seconds{peer=\"db3.example:3003\"} +Inf\n"));
+        assert_eq!(text.matches("# TYPE mmapd_peer_match_index gauge").count(), 1);
     }
 }

@@ -136,7 +136,8 @@ pub struct Opened {
     raft: Raft,
     kv: StateMachine,
     snapshot: Option<Snapshot>,
-    members: HashMap<NodeId, SocketAddr>,
+    /// Every member's id and advertised address.
+    members: HashMap<NodeId, String>,
 }
 
 /// Opens the data directory and restores the node. Blocking: call before serving.
@@ -152,8 +153,8 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
     for warning in &recovered.warnings {
         tracing::warn!("{warning}");
     }
-    let id = node_id(&settings.listen);
-    let members: HashMap<NodeId, SocketAddr> = settings.members.iter().map(|a| (node_id(a), *a)).collect();
+    let id = node_id(&settings.advertise);
+    let members: HashMap<NodeId, String> = settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
     let mut voters: Vec<NodeId> = members.keys().copied().collect();
     voters.sort_unstable();
     let identity = Identity { cluster_id: cluster_id(&settings.members), node_id: id };
@@ -257,6 +258,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         kv: kv.clone(),
         status: Mutex::new(raft.status()),
+        members: RwLock::new(members.clone()),
         disk_full: Mutex::new(None),
         metrics: Default::default(),
     });
@@ -267,8 +269,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         .map_err(|error| ServerError::Driver(format!("cannot start the disk thread: {error}")))?;
     let secret = settings.cluster_secret.clone().map(Arc::new);
     let client = peer::transport::client();
-    let peers: HashMap<NodeId, SocketAddr> =
-        members.iter().filter(|(peer, _)| **peer != id).map(|(k, v)| (*k, *v)).collect();
+    let peers: HashMap<NodeId, String> =
+        members.iter().filter(|(peer, _)| **peer != id).map(|(k, v)| (*k, v.clone())).collect();
     // Twice the election timeout: a peer that cannot take a batch in that time is
     // treated as unreachable, and its connection is replaced.
     let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
@@ -293,8 +295,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     });
     let api = Arc::new(api::Api {
         node: node.clone(),
-        members,
-        address: settings.listen,
+        address: settings.advertise.clone(),
         client,
         secret,
         request_timeout: settings.request_timeout,
@@ -308,7 +309,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
 
     let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
     let admin_task = tokio::spawn(accept_admin(admin_listener, api.clone(), shutdown_rx.clone()));
-    tracing::info!(address = %settings.listen, node_id = id, data_dir = %settings.data_dir.display(),
+    tracing::info!(address = %settings.advertise, listen = %settings.listen, node_id = %format!("{id:016x}"), data_dir = %settings.data_dir.display(),
         admin_socket = %settings.admin_socket.display(), members = settings.members.len(), "mmapd ready");
     lifecycle::notify_ready();
     let watchdog = tokio::spawn(lifecycle::watchdog(node.clone()));
@@ -334,8 +335,11 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         lifecycle::notify_stopping();
         return Err(ServerError::Driver(reason));
     }
-    tracing::info!("stopping: no new requests; finishing those in flight");
     lifecycle::notify_stopping();
+    if peer_count > 0 {
+        lifecycle::hand_over_leadership(&node, settings.tick * settings.election_ticks).await;
+    }
+    tracing::info!("stopping: no new requests; finishing those in flight");
     let _ = shutdown_tx.send(true);
     let _ = http_task.await;
     let _ = admin_task.await;
@@ -453,10 +457,10 @@ async fn accept_admin(
 }
 
 /// The cluster's id: a hash of its sorted member list, the same on every member.
-fn cluster_id(members: &[SocketAddr]) -> u64 {
+fn cluster_id(members: &[String]) -> u64 {
     let mut sorted = members.to_vec();
-    sorted.sort();
-    let joined = sorted.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    sorted.sort_by_key(|m| cli::member_order(m));
+    let joined = sorted.join(",");
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in joined.bytes() {
         hash ^= byte as u64;
@@ -467,4 +471,25 @@ fn cluster_id(members: &[SocketAddr]) -> u64 {
 
 fn nanos_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Host names in the member list must not change the cluster id of a cluster of IP
+    /// addresses: they are hashed in `SocketAddr` order (port 3001 before 10000), as
+    /// they always were.
+    #[test]
+    fn cluster_ids_of_ip_address_members_are_unchanged() {
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let members = vec!["127.0.0.1:10000".to_owned(), "127.0.0.1:3001".to_owned()];
+        assert_eq!(cluster_id(&members), fnv("127.0.0.1:3001,127.0.0.1:10000"));
+        let named = vec!["b.example:1".to_owned(), "10.0.0.1:1".to_owned(), "a.example:1".to_owned()];
+        assert_eq!(cluster_id(&named), fnv("10.0.0.1:1,a.example:1,b.example:1"));
+    }
 }

@@ -129,7 +129,7 @@ pub fn describe(kinds: &[Forgery]) -> String {
 
 /// Node `index`'s Raft id (as the daemon derives it from its address).
 pub fn member_id(index: usize) -> u64 {
-    mmapd::server::cli::node_id(&SocketAddr::from((node_ip(index), PORT)))
+    mmapd::server::cli::node_id(&SocketAddr::from((node_ip(index), PORT)).to_string())
 }
 
 /// What a node's `/status` says, as far as forging and the snapshot checks need it.
@@ -161,9 +161,9 @@ pub fn view(node: usize, nodes: usize, timeout: Duration) -> Option<View> {
         term: status["term"].as_u64()?,
         leader: status["state"] == "leader",
         known_leader: (0..nodes).find(|&i| format!("{}:{PORT}", node_ip(i)) == leader_address),
-        first_index: status["first index"].as_u64()?,
-        last_index: status["last index"].as_u64()?,
-        commit: status["commit index"].as_u64()?,
+        first_index: status["first_index"].as_u64()?,
+        last_index: status["last_index"].as_u64()?,
+        commit: status["commit_index"].as_u64()?,
     })
 }
 

@@ -342,6 +342,11 @@ impl Cluster {
     /// Starts `size` nodes with the fast timings and `extra` flags, and waits until a
     /// leader is known to all of them. Retries with new ports if one is taken meanwhile.
     pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_timings(size, FAST_TIMINGS, extra)
+    }
+
+    /// `start` with other Raft timings than `FAST_TIMINGS`.
+    pub fn start_with_timings(size: usize, timings: &[&str], extra: &[&str]) -> Cluster {
         let mut last_error = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -354,7 +359,7 @@ impl Cluster {
                     let data_dir = dir.path().join(format!("node-{port}"));
                     let mut args = vec!["--port", &port_text, "--peers", &peers];
                     args.extend(["--data-dir", data_dir.to_str().unwrap()]);
-                    args.extend(FAST_TIMINGS);
+                    args.extend(timings);
                     args.extend(extra);
                     Daemon::new(dir.path(), port, &args)
                 })

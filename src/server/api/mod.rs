@@ -8,7 +8,6 @@
 //! `POST /raft/stream` (upgraded to the peer stream), `POST /raft/messages` and
 //! `POST /raft/propose`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +27,7 @@ use crate::raft::{NodeId, Role};
 pub mod error;
 
 use crate::server::driver::{Applied, DeliverError, NodeError, NodeHandle};
-use crate::server::metrics::Gauges;
+use crate::server::metrics::{Gauges, PeerGauge};
 use crate::server::peer::stream::{self as peer_stream, StreamEnd};
 use crate::server::peer::transport::{
     decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER, SNAPSHOT_TIMEOUT,
@@ -49,10 +48,8 @@ pub const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 pub struct Api {
     /// The Raft driver.
     pub node: NodeHandle,
-    /// Every member's id and address (this node included).
-    pub members: HashMap<NodeId, SocketAddr>,
     /// This node's advertised address.
-    pub address: SocketAddr,
+    pub address: String,
     /// The peer client, for forwarding writes to the leader.
     pub client: PeerClient,
     /// The cluster secret, if configured.
@@ -326,6 +323,9 @@ impl Api {
         }
         match tokio::time::timeout(self.request_timeout, self.node.read_barrier()).await {
             Err(_) => Err(ApiError::Timeout(self.request_timeout, "a leader to confirm the read")),
+            Ok(Err(NodeError::NotLeader(leader))) => Err(ApiError::NotLeader(
+                leader.map_or_else(|| "none known".to_owned(), |id| self.node.shared.name(id)),
+            )),
             Ok(result) => result.map_err(node_error),
         }
     }
@@ -374,9 +374,10 @@ impl Api {
     }
 
     async fn forward(&self, leader: NodeId, command: Bytes) -> Result<Applied, ApiError> {
-        let Some(address) = self.members.get(&leader) else {
-            return Err(ApiError::Unavailable(format!("leader {leader} has no known address")));
+        let Some(address) = self.node.shared.address_of(leader) else {
+            return Err(ApiError::Unavailable(format!("leader {leader:016x} has no known address")));
         };
+        let address = &address;
         // Waiting for a turn is inside the caller's request timeout; nothing was sent yet.
         let _turn = self.forwards.acquire().await.expect("the forward semaphore is never closed");
         let mut request = Request::builder()
@@ -489,43 +490,65 @@ impl Api {
     }
 
     fn address_of(&self, id: Option<NodeId>) -> serde_json::Value {
-        match id.and_then(|id| self.members.get(&id)) {
-            Some(address) => address.to_string().into(),
+        match id.and_then(|id| self.node.shared.address_of(id)) {
+            Some(address) => address.into(),
             None => serde_json::Value::Null,
         }
     }
 
-    /// The original's /status keys, plus the leader and replication progress.
+    /// `/status`: the node, the leader and replication progress, members named by
+    /// address. Keys are snake_case; the original's spaced keys ("commit index", ...)
+    /// are kept alongside for one release (README, "Status"), then removed.
     pub(crate) fn status_json(&self) -> serde_json::Value {
         let status = self.node.shared.status.lock().expect("status lock").clone();
+        let metrics = &self.node.shared.metrics;
         let peers: Vec<serde_json::Value> = status
             .peers
             .iter()
             .map(|p| {
+                let last_contact_ms = metrics.peer_last_contact(p.id).map(|ago| ago.as_millis() as u64);
                 serde_json::json!({
                     "id": self.address_of(Some(p.id)),
+                    "address": self.address_of(Some(p.id)),
+                    "node_id": format!("{:016x}", p.id),
+                    "match_index": p.match_index,
+                    "next_index": p.next_index,
+                    "state": p.state,
+                    "recently_active": p.recently_active,
+                    "last_contact_ms": last_contact_ms,
+                    // Deprecated spellings, removed in the next release.
                     "node id": p.id,
                     "match index": p.match_index,
                     "next index": p.next_index,
-                    "state": p.state,
                     "recently active": p.recently_active,
                 })
             })
             .collect();
+        let disk_full = self.node.shared.disk_full.lock().expect("disk_full lock").clone();
         serde_json::json!({
-            "id": self.address.to_string(),
-            "node id": status.id,
+            "id": self.address,
+            "address": self.address,
+            "node_id": format!("{:016x}", status.id),
             "state": status.role.as_str(),
             "term": status.term,
+            "voted_for": self.address_of(status.vote),
+            "commit_index": status.commit,
+            "last_applied": status.applied,
+            "leader": self.address_of(status.leader),
+            "first_index": status.first_index,
+            "last_index": status.last_index,
+            "persisted_index": status.persisted_index,
+            "disk_full": disk_full,
+            "peers": peers,
+            // Deprecated spellings, removed in the next release.
+            "node id": status.id,
             "voted for": self.address_of(status.vote),
             "commit index": status.commit,
             "last applied": status.applied,
-            "leader": self.address_of(status.leader),
             "first index": status.first_index,
             "last index": status.last_index,
             "persisted index": status.persisted_index,
-            "disk full": self.node.shared.disk_full.lock().expect("disk_full lock").clone(),
-            "peers": peers,
+            "disk full": disk_full,
         })
     }
 
@@ -549,6 +572,18 @@ impl Api {
         ))
     }
 
+    fn peer_gauges(&self, peers: &[crate::raft::PeerStatus]) -> Vec<PeerGauge> {
+        let shared = &self.node.shared;
+        peers
+            .iter()
+            .map(|p| PeerGauge {
+                address: shared.name(p.id),
+                match_index: p.match_index,
+                last_contact: shared.metrics.peer_last_contact(p.id),
+            })
+            .collect()
+    }
+
     fn metrics(&self) -> HttpResponse {
         let status = self.node.shared.status.lock().expect("status lock").clone();
         let (keys, kv_data_bytes) = {
@@ -569,6 +604,7 @@ impl Api {
             keys,
             kv_data_bytes,
             quota_bytes: self.quota_bytes,
+            peers: if status.role == Role::Leader { self.peer_gauges(&status.peers) } else { Vec::new() },
         };
         let mut response = Response::new(Full::new(Bytes::from(self.node.shared.metrics.render(&gauges))));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -580,7 +616,7 @@ impl Api {
 fn leader_refusal(
     status: StatusCode,
     value: &serde_json::Value,
-    address: &SocketAddr,
+    address: &str,
     request_timeout: Duration,
 ) -> ApiError {
     let message = value["error"].as_str().unwrap_or("unknown").to_owned();
@@ -827,11 +863,11 @@ mod tests {
 
     #[test]
     fn a_leader_refusing_a_forwarded_write_for_its_quota_is_a_quota_error_here() {
-        let address: SocketAddr = "127.0.0.1:3001".parse().unwrap();
+        let address = "127.0.0.1:3001";
         let timeout = Duration::from_secs(5);
         let refusal = |status: StatusCode, error: &ApiError| {
             let value = serde_json::json!({ "error": error.to_string(), "code": error.code() });
-            leader_refusal(status, &value, &address, timeout)
+            leader_refusal(status, &value, address, timeout)
         };
         let quota = ApiError::QuotaExceeded("past the quota of 10 bytes".into());
         match refusal(quota.status(), &quota) {

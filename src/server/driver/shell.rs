@@ -4,7 +4,7 @@
 //! decision of its own: those are in `core`, which the simulator runs as it is.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,10 +53,25 @@ pub struct Shared {
     pub kv: SharedKv,
     /// The core's status after the last round of the loop.
     pub status: Mutex<Status>,
+    /// Every member's advertised address by id, this node included: how logs, /status
+    /// and /metrics name members.
+    pub members: RwLock<HashMap<NodeId, String>>,
     /// Why the disk refuses writes, while it does (shown by /health and /status).
     pub disk_full: Mutex<Option<String>>,
     /// Counters and histograms.
     pub metrics: Metrics,
+}
+
+impl Shared {
+    /// A member's advertised address, if it is a member.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.members.read().expect("members lock").get(&id).cloned()
+    }
+
+    /// How logs name a node: its address, or its id in hex when it is not a member.
+    pub fn name(&self, id: NodeId) -> String {
+        self.address_of(id).unwrap_or_else(|| format!("{id:016x}"))
+    }
 }
 
 /// A cheap handle to the driver.
@@ -125,6 +140,9 @@ impl NodeHandle {
     /// data of an InstallSnapshot is decoded here, off the driver's loop; one that does
     /// not decode is refused and never reaches the core or the disk.
     pub async fn deliver(&self, messages: Vec<Message>) -> Result<(), DeliverError> {
+        if let Some(first) = messages.first() {
+            self.shared.metrics.note_peer_contact(first.from);
+        }
         let mut plain = Vec::with_capacity(messages.len());
         for message in messages {
             let MessageBody::InstallSnapshot { snapshot } = &message.body else {
@@ -469,7 +487,13 @@ impl Shell {
         for action in actions {
             match action {
                 Action::RoleChanged(soft) => {
-                    tracing::info!(role = soft.role.as_str(), term = soft.term, leader = ?soft.leader, "role changed");
+                    let leader = soft.leader.map(|id| self.shared.name(id));
+                    tracing::info!(
+                        role = soft.role.as_str(),
+                        term = soft.term,
+                        leader = leader.as_deref().unwrap_or("none"),
+                        "role changed"
+                    );
                     let _ = self.role_tx.send((soft.role, soft.term, soft.leader));
                 }
                 Action::Send(messages) => self.outbox.send(messages),
@@ -508,7 +532,7 @@ impl Shell {
                     tracing::info!(index, term, "installed a snapshot from the leader");
                 }
                 Action::Refused { from, kind, reason } => {
-                    tracing::warn!(from, kind, %reason, "refused a peer message");
+                    tracing::warn!(peer = %self.shared.name(from), kind, %reason, "refused a peer message");
                     self.shared.metrics.peer_messages_refused.inc();
                 }
                 Action::MembersChanged(cluster) => {

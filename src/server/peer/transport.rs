@@ -7,6 +7,12 @@
 //! One task per peer sends one batch at a time, so messages stay in order; while a
 //! write is under way the next batch accumulates (pipelining by batching). Messages
 //! for a peer that is down are dropped when its queue is full: Raft retries.
+//!
+//! A peer is named by its member address, an IP address or a host name and a port,
+//! resolved again whenever a connection is made (never on the driver's loop), so a
+//! peer whose name moves to another IP is reached there. A peer that stops answering,
+//! or whose name stops resolving, is logged once (warn) and again when it answers
+//! (info), not at every failed send.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +38,16 @@ enum Failure {
     Refused(StatusCode, String),
     /// No connection, or no answer in time.
     Unreachable(String),
+}
+
+/// Whether a peer answers, as its sender last saw; changes are logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reachability {
+    /// Nothing sent yet.
+    Unknown,
+    Answering,
+    /// Not answering since then.
+    Silent(Instant),
 }
 
 /// The header that carries the cluster secret on peer requests.
@@ -75,7 +91,7 @@ impl crate::server::driver::Outbox for Outbox {
                         tracing::debug!(peer, "peer queue full or closed: messages dropped");
                     }
                 }
-                None => tracing::warn!(peer, "message for unknown peer dropped"),
+                None => tracing::warn!(peer = %format!("{peer:016x}"), "message for unknown peer dropped"),
             }
         }
     }
@@ -87,23 +103,35 @@ impl crate::server::driver::Outbox for Outbox {
 /// without an error for minutes, and everything queued behind it would be lost. Batches
 /// that carry a snapshot get `SNAPSHOT_TIMEOUT` instead.
 pub fn start(
-    peers: &HashMap<NodeId, SocketAddr>,
+    peers: &HashMap<NodeId, String>,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
     timeout: Duration,
 ) -> Outbox {
     let mut queues = HashMap::new();
-    for (&id, &address) in peers {
+    for (&id, address) in peers {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         queues.insert(id, tx);
-        let sender = PeerSender { address, client: client.clone(), secret: secret.clone(), timeout };
+        let sender = PeerSender {
+            address: address.clone(),
+            resolved: None,
+            reachability: Reachability::Unknown,
+            client: client.clone(),
+            secret: secret.clone(),
+            timeout,
+        };
         tokio::spawn(sender.run(rx));
     }
     Outbox { peers: Arc::new(queues) }
 }
 
 struct PeerSender {
-    address: SocketAddr,
+    /// The member address, as configured: a host name is resolved at each connection.
+    address: String,
+    /// What `address` resolved to for the connection in use; None after a failure, so
+    /// the next connection resolves again.
+    resolved: Option<SocketAddr>,
+    reachability: Reachability,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
     timeout: Duration,
@@ -119,8 +147,7 @@ impl PeerSender {
     /// Sends batches in order: on the peer stream when it is up, by `POST` when the
     /// batch carries a snapshot (a long transfer must not hold up heartbeats, and
     /// gets its own timeout) or when the peer does not speak the stream.
-    async fn run(self, mut queue: mpsc::Receiver<Vec<Message>>) {
-        let uri: hyper::Uri = format!("http://{}/raft/messages", self.address).parse().expect("valid uri");
+    async fn run(mut self, mut queue: mpsc::Receiver<Vec<Message>>) {
         let mut failures = 0u32;
         let mut stream: Option<StreamSender> = None;
         let mut post_until: Option<Instant> = None;
@@ -147,14 +174,19 @@ impl PeerSender {
             }
             let snapshot = carries_snapshot(&batch);
             let mut connect_failure = None;
+            let resolved = match self.resolve().await {
+                Ok(resolved) => resolved,
+                Err(failure) => {
+                    self.failed(&failure);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    while queue.try_recv().is_ok() {}
+                    continue;
+                }
+            };
             if stream.is_none() && !snapshot && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
-                match StreamSender::connect(
-                    self.address,
-                    self.secret.as_deref().map(|s| &s[..]),
-                    self.timeout,
-                )
-                .await
+                match StreamSender::connect(resolved, self.secret.as_deref().map(|s| &s[..]), self.timeout)
+                    .await
                 {
                     Ok(open) => {
                         tracing::debug!(peer = %self.address, "peer stream open");
@@ -175,6 +207,7 @@ impl PeerSender {
                     Err(error) => connect_failure = Some(Failure::Unreachable(error.to_string())),
                 }
             }
+            let uri: hyper::Uri = format!("http://{resolved}/raft/messages").parse().expect("valid uri");
             let result = match &mut stream {
                 _ if snapshot => self.post(&uri, &batch, SNAPSHOT_TIMEOUT).await,
                 _ if post_until.is_some() => self.post(&uri, &batch, self.timeout).await,
@@ -185,23 +218,75 @@ impl PeerSender {
                 None => Err(connect_failure.unwrap_or_else(|| Failure::Unreachable("no stream".into()))),
             };
             match result {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    self.answered();
+                }
                 Err(Failure::Refused(status, text)) => {
+                    // It answered: reachable, but it refuses (a different secret).
+                    self.answered();
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(peer = %self.address, %status, body = %text, "peer refused messages");
                     }
                 }
-                Err(Failure::Unreachable(error)) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::debug!(peer = %self.address, %error, "peer unreachable");
-                    }
+                Err(failure @ Failure::Unreachable(_)) => {
+                    self.failed(&failure);
                     // Do not spin against a node that is down; Raft resends what matters.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     while queue.try_recv().is_ok() {}
                 }
             }
+        }
+    }
+
+    /// The address to connect to: the one in use, or `address` resolved now (an IP
+    /// address resolves to itself without a lookup). Err: the name does not resolve.
+    async fn resolve(&mut self) -> Result<SocketAddr, Failure> {
+        if let Some(resolved) = self.resolved {
+            return Ok(resolved);
+        }
+        let lookup = tokio::time::timeout(self.timeout, tokio::net::lookup_host(self.address.as_str())).await;
+        let resolved = match lookup {
+            Ok(Ok(mut addresses)) => addresses.next(),
+            Ok(Err(error)) => return Err(Failure::Unreachable(format!("does not resolve: {error}"))),
+            Err(_) => {
+                return Err(Failure::Unreachable(format!("does not resolve within {:?}", self.timeout)))
+            }
+        };
+        let resolved = resolved.ok_or_else(|| Failure::Unreachable("resolves to no address".into()))?;
+        tracing::debug!(peer = %self.address, %resolved, "peer address resolved");
+        self.resolved = Some(resolved);
+        Ok(resolved)
+    }
+
+    /// A batch reached the peer: log its return if it was silent.
+    fn answered(&mut self) {
+        if let Reachability::Silent(since) = self.reachability {
+            let silent_ms = since.elapsed().as_millis() as u64;
+            tracing::info!(peer = %self.address, silent_ms, "peer answering again");
+        }
+        self.reachability = Reachability::Answering;
+    }
+
+    /// A batch did not reach the peer: log the first failure of an outage only, and
+    /// resolve its name again before the next connection.
+    fn failed(&mut self, failure: &Failure) {
+        self.resolved = None;
+        let error = match failure {
+            Failure::Unreachable(error) => error.as_str(),
+            Failure::Refused(_, body) => body.as_str(),
+        };
+        match self.reachability {
+            Reachability::Silent(_) => {
+                tracing::warn!(peer = %self.address, %error, "peer still not answering")
+            }
+            Reachability::Answering | Reachability::Unknown => {
+                tracing::warn!(peer = %self.address, %error, "peer not answering")
+            }
+        }
+        if !matches!(self.reachability, Reachability::Silent(_)) {
+            self.reachability = Reachability::Silent(Instant::now());
         }
     }
 
