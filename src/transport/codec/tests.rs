@@ -58,7 +58,10 @@ fn fixed_message_sizes_match_docs() {
         meta: SnapshotMeta { index: 1, term: 1, conf: ConfState::with_voters(vec![1, 2, 3]) },
         data: Bytes::from_static(b"data"),
     };
-    sized(MessageBody::InstallSnapshot { snapshot }, 57 + 24 + 4);
+    sized(MessageBody::InstallSnapshot { snapshot: snapshot.clone() }, 57 + 24 + 4);
+    let mut with_learners = snapshot;
+    with_learners.meta.conf.learners = vec![4, 5];
+    sized(MessageBody::InstallSnapshot { snapshot: with_learners }, 61 + 24 + 16 + 4);
     sized(MessageBody::TimeoutNow, 25);
     sized(MessageBody::ReadIndex { context: 1 }, 33);
     sized(MessageBody::ReadIndexResponse { context: 1, index: 2 }, 41);
@@ -117,6 +120,68 @@ fn install_snapshot_layout_matches_docs() {
     expected.extend_from_slice(b"state");
     assert_eq!(&encoded[SNAPSHOT_START..], &expected[..]);
     assert_eq!(&encoded[SNAPSHOT_DATA_OFFSET..], b"state");
+}
+
+fn install_snapshot_with_learners(learners: Vec<u64>) -> Message {
+    let mut message = install_snapshot(b"state");
+    let MessageBody::InstallSnapshot { snapshot } = &mut message.body else { unreachable!() };
+    snapshot.meta.conf.learners = learners;
+    message
+}
+
+/// A configuration with learners travels as tag 11, learners after the voters, under
+/// the checksum; one without learners stays tag 10, which builds before learners read.
+#[test]
+fn install_snapshot_with_learners_layout_matches_docs() {
+    let message = install_snapshot_with_learners(vec![4, 9]);
+    let encoded = encode(std::slice::from_ref(&message));
+    assert_eq!(encoded[29], 11, "kind tag");
+    let mut expected = Vec::new();
+    for field in [7u64, 3] {
+        expected.extend_from_slice(&field.to_le_bytes());
+    }
+    expected.extend_from_slice(&3u32.to_le_bytes());
+    for voter in [1u64, 2, 3] {
+        expected.extend_from_slice(&voter.to_le_bytes());
+    }
+    expected.extend_from_slice(&2u32.to_le_bytes());
+    for learner in [4u64, 9] {
+        expected.extend_from_slice(&learner.to_le_bytes());
+    }
+    expected.extend_from_slice(&5u64.to_le_bytes());
+    let checksum = crc32c::crc32c_append(crc32c::crc32c(&expected), b"state");
+    expected.extend_from_slice(&checksum.to_le_bytes());
+    expected.extend_from_slice(b"state");
+    assert_eq!(&encoded[SNAPSHOT_START..], &expected[..]);
+    assert_eq!(decode_batch(encoded), Ok(vec![message]));
+    assert_eq!(encode(&[install_snapshot(b"state")])[29], 10);
+}
+
+/// A tag-11 learner list must be non-empty, strictly increasing, and hold no voter.
+#[test]
+fn bad_learner_lists_are_refused() {
+    for (learners, reason) in [
+        (vec![5, 4], "learners not strictly increasing"),
+        (vec![3, 4], "a learner is also a voter"),
+        (vec![], "tag 11 snapshot without learners"),
+    ] {
+        // Built by hand, with a correct checksum, so that only the rule is broken.
+        let encoded = encode(&[install_snapshot_with_learners(vec![4])]);
+        let count_at = SNAPSHOT_START + 8 + 8 + 4 + 3 * 8;
+        let mut forged = encoded[..count_at].to_vec();
+        forged.extend_from_slice(&(learners.len() as u32).to_le_bytes());
+        for learner in &learners {
+            forged.extend_from_slice(&learner.to_le_bytes());
+        }
+        forged.extend_from_slice(&5u64.to_le_bytes());
+        let checksum = crc32c::crc32c_append(crc32c::crc32c(&forged[SNAPSHOT_START..]), b"state");
+        forged.extend_from_slice(&checksum.to_le_bytes());
+        forged.extend_from_slice(b"state");
+        match decode_batch(Bytes::from(forged)) {
+            Err(CodecError::Invalid { reason: found, .. }) => assert_eq!(found, reason),
+            other => panic!("{learners:?}: expected Invalid({reason}), got {other:?}"),
+        }
+    }
 }
 
 /// A damaged snapshot never reaches the Raft core (and so never the disk): any flipped
@@ -304,11 +369,13 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
         any::<u64>(),
         any::<u64>(),
         prop::collection::btree_set(1u64..=u64::MAX, 0..6),
+        prop::collection::btree_set(1u64..=u64::MAX, 0..4),
         prop::collection::vec(any::<u8>(), 0..32),
     )
-        .prop_map(|(index, term, voters, data)| Snapshot {
-            meta: SnapshotMeta { index, term, conf: ConfState::with_voters(voters.into_iter().collect()) },
-            data: Bytes::from(data),
+        .prop_map(|(index, term, voters, learners, data)| {
+            let learners = learners.difference(&voters).copied().collect();
+            let conf = ConfState { voters: voters.into_iter().collect(), learners };
+            Snapshot { meta: SnapshotMeta { index, term, conf }, data: Bytes::from(data) }
         })
 }
 
