@@ -279,7 +279,7 @@ impl PeerSender {
         };
         match self.reachability {
             Reachability::Silent(_) => {
-                tracing::warn!(peer = %self.address, %error, "peer still not answering")
+                tracing::debug!(peer = %self.address, %error, "peer still not answering")
             }
             Reachability::Answering | Reachability::Unknown => {
                 tracing::warn!(peer = %self.address, %error, "peer not answering")

@@ -171,7 +171,7 @@ fn bad_learner_lists_are_refused() {
         let mut forged = encoded[..count_at].to_vec();
         forged.extend_from_slice(&(learners.len() as u32).to_le_bytes());
         for learner in &learners {
-            forged.extend_from_slice(&learner.to_le_bytes());
+            forged.extend_from_slice(&u64::to_le_bytes(*learner));
         }
         forged.extend_from_slice(&5u64.to_le_bytes());
         let checksum = crc32c::crc32c_append(crc32c::crc32c(&forged[SNAPSHOT_START..]), b"state");
