@@ -198,3 +198,37 @@ fn a_peer_name_that_does_not_resolve_is_logged_once_and_retried() {
     assert!(log.contains("resolve"), "{log}");
     assert_eq!(get(port, "/status").status, 200, "still serving");
 }
+
+/// Once a node has a snapshot, the members in its data directory win: restarted with a
+/// `--peers` that names another member, a one-node cluster stays one node (and goes on
+/// serving), and says once that `--peers` was not obeyed.
+#[test]
+fn peers_only_bootstrap_a_node_with_a_snapshot_keeps_its_members_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let (port, phantom) = (ports[0], ports[1]);
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap().to_owned();
+    let me = format!("127.0.0.1:{port}");
+    let socket = data_dir.join("admin.sock");
+    let args = ["--port", &port.to_string(), "--data-dir", &data, "--peers", &me];
+    let mut node = Daemon::new(dir.path(), port, &args);
+    node.start().unwrap();
+    assert_eq!(put(port, "/v1/kv/k", b"v").status, 201);
+    let output = admin(&["--socket", socket.to_str().unwrap(), "snapshot"]);
+    assert!(output.status.success(), "{output:?}");
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    node.wait_exit(Duration::from_secs(10));
+
+    let peers = format!("{me},127.0.0.1:{phantom}");
+    let mut args: Vec<&str> = vec!["--port", "", "--data-dir", &data, "--peers", &peers];
+    let port_text = port.to_string();
+    args[1] = &port_text;
+    args.extend(FAST_TIMINGS);
+    let mut node = Daemon::new(dir.path(), port, &args);
+    node.start().unwrap();
+    let response = put(port, "/v1/kv/after", b"2");
+    assert_eq!(response.status, 201, "a phantom member from --peers took the quorum: {}", response.text());
+    let log = node.log_text();
+    assert_eq!(log.matches("differ from --peers").count(), 1, "{log}");
+}

@@ -157,8 +157,15 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
     let members: HashMap<NodeId, String> = settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
     let mut voters: Vec<NodeId> = members.keys().copied().collect();
     voters.sort_unstable();
-    let identity = Identity { cluster_id: cluster_id(&settings.members), node_id: id };
-    store.data_dir().write_identity(identity)?;
+    let bootstrap_identity = Identity { cluster_id: cluster_id(&settings.members), node_id: id };
+    let has_snapshot = recovered.snapshot.is_some();
+    match store.data_dir().identity()? {
+        // --peers changed since this directory was bootstrapped. With a snapshot, the
+        // members it holds are used (with a warning, below); without one they are not
+        // known apart from --peers, so the node refuses rather than obey the new list.
+        Some(existing) if existing.node_id == id && existing != bootstrap_identity && has_snapshot => {}
+        _ => store.data_dir().write_identity(bootstrap_identity)?,
+    }
 
     let dir = settings.data_dir.display().to_string();
     let (snapshot_meta, kv, snapshot) = match recovered.snapshot {
@@ -174,9 +181,32 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
     config.election_ticks = settings.election_ticks;
     config.heartbeat_ticks = settings.heartbeat_ticks;
     config.seed = id ^ std::process::id() as u64 ^ nanos_now();
+    // Once a node has a snapshot, the configuration in its data directory wins:
+    // `--peers` and config.json only bootstrap a new cluster (membership changes since
+    // then are in the snapshot and the log).
+    let peers_conf = ConfState { voters, learners: Vec::new() };
+    let conf = if snapshot_meta.index > 0 {
+        if snapshot_meta.conf != peers_conf {
+            let name = |ids: &[NodeId]| {
+                ids.iter()
+                    .map(|id| members.get(id).cloned().unwrap_or_else(|| format!("{id:016x}")))
+                    .collect::<Vec<_>>()
+            };
+            tracing::warn!(
+                data_dir_voters = ?name(&snapshot_meta.conf.voters),
+                data_dir_learners = ?name(&snapshot_meta.conf.learners),
+                peers = ?name(&peers_conf.voters),
+                "the members in the data directory differ from --peers; the data directory's are used \
+                 (--peers only bootstraps a new cluster)"
+            );
+        }
+        snapshot_meta.conf.clone()
+    } else {
+        peers_conf
+    };
     let initial = InitialState {
         hard_state: recovered.hard_state,
-        snapshot: SnapshotMeta { conf: ConfState { voters, learners: Vec::new() }, ..snapshot_meta },
+        snapshot: SnapshotMeta { conf, ..snapshot_meta },
         entries: recovered.entries,
     };
     let mut raft = Raft::new(config, initial).map_err(|error| ServerError::State { dir, error })?;
