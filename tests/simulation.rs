@@ -212,7 +212,11 @@ fn stale_read_scenario(options: Options) -> (Sim, Option<u64>, u64) {
     assert!(sim.run_until(timeout, |s| s.leader().is_some() && s.is_settled()), "no first leader");
     let (old_leader, _) = sim.leader().unwrap();
     sim.client_write(Some((old_leader - 1) as usize), 0);
-    assert!(sim.run_until(timeout, |s| s.committed_index() >= 2 && s.is_settled()), "first write");
+    // Wait for the write itself: the leader's no-op and its bootstrap record come first.
+    assert!(
+        sim.run_until(timeout, |s| s.applied_of(old_leader).1.contains_key(&0) && s.is_settled()),
+        "first write"
+    );
     sim.isolate_with_stalled_clock(old_leader, 30 * u64::from(ELECTION_TICKS));
     assert!(
         sim.run_until(timeout, |s| s.leader().is_some_and(|(id, _)| id != old_leader)),

@@ -310,6 +310,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         snapshot_entries: settings.snapshot_entries,
         snapshot_bytes: settings.snapshot_bytes,
         step_down_timeout_ticks: u64::from(settings.election_ticks) * 2,
+        read_context_start: nanos_now(),
         ..DriverConfig::default()
     };
     let core = DriverCore::new(raft, kv, snapshot, driver_config);

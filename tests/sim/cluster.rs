@@ -579,13 +579,13 @@ impl Sim {
             step_down_timeout_ticks: 2 * u64::from(ELECTION_TICKS),
             retry_initial_ticks: 2,
             retry_max_ticks: 20,
-            // As `--peers` does: every initial member may record the bootstrap; the
-            // first applied wins and the rest change nothing.
             bootstrap: Some((
                 0x5eed,
                 (1..=self.nodes.len() as u64).map(|id| (id, format!("n{id}:3001"))).collect(),
             )),
             promote_every_ticks: 10,
+            // Unique per incarnation, as the daemon's start time is.
+            read_context_start: (self.step << 24) + 1,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: self.options.bugs.driver,
         };

@@ -197,6 +197,12 @@ pub struct DriverConfig {
     pub bootstrap: Option<(u64, Vec<(NodeId, String)>)>,
     /// Ticks between a leader's attempts to promote caught-up learners.
     pub promote_every_ticks: u64,
+    /// The first ReadIndex context this incarnation uses; must differ from every
+    /// context an earlier incarnation of this node used, since a delayed
+    /// ReadIndexResponse from before a restart would otherwise answer a new read with
+    /// an old index (a stale read; the simulator found it). The daemon passes the
+    /// start time in nanoseconds.
+    pub read_context_start: u64,
     /// Bugs to plant, so the simulator can prove it catches them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: DriverBugs,
@@ -225,6 +231,7 @@ impl Default for DriverConfig {
             retry_max_ticks: 1000,
             bootstrap: None,
             promote_every_ticks: 10,
+            read_context_start: 1,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: DriverBugs::default(),
         }
@@ -372,6 +379,7 @@ impl DriverCore {
         config: DriverConfig,
     ) -> DriverCore {
         let snapshot_index = latest_snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let read_context_start = config.read_context_start.max(1);
         DriverCore {
             raft,
             config,
@@ -394,7 +402,7 @@ impl DriverCore {
             reads_by_context: HashMap::new(),
             reads_waiting_apply: Vec::new(),
             reads_waiting_leader: Vec::new(),
-            next_read_context: 1,
+            next_read_context: read_context_start,
             step_downs: Vec::new(),
             snapshot_waiters: Vec::new(),
             bootstrap_proposed_term: 0,
