@@ -311,8 +311,10 @@ pub struct DriverCore {
     snapshot_waiters: Vec<Token>,
     /// The term in which this node last proposed the bootstrap record, as leader.
     bootstrap_proposed_term: u64,
-    /// The cluster record last handed out with `Action::MembersChanged`.
-    members_shown: Option<crate::kv::Cluster>,
+    /// The cluster record may have changed since the last `Action::MembersChanged`
+    /// (a cluster entry applied, or a snapshot installed): checked once per `poll`
+    /// instead of copying the record on every round of the loop.
+    members_changed: bool,
     /// `Action::Removed` was handed out.
     removed_reported: bool,
 }
@@ -406,7 +408,7 @@ impl DriverCore {
             step_downs: Vec::new(),
             snapshot_waiters: Vec::new(),
             bootstrap_proposed_term: 0,
-            members_shown: None,
+            members_changed: true,
             removed_reported: false,
         }
     }
@@ -544,11 +546,14 @@ impl DriverCore {
     /// A leader records the cluster's bootstrap once per term while the record is empty:
     /// the first one applied wins, later ones change nothing.
     fn maybe_bootstrap(&mut self) {
-        let Some((cluster_id, members)) = self.config.bootstrap.clone() else { return };
         let term = self.raft.term();
-        if self.bootstrap_proposed_term == term || self.kv.read().expect("kv lock").cluster().id() != 0 {
+        if self.config.bootstrap.is_none()
+            || self.bootstrap_proposed_term == term
+            || self.kv.read().expect("kv lock").cluster().id() != 0
+        {
             return;
         }
+        let Some((cluster_id, members)) = self.config.bootstrap.clone() else { return };
         self.bootstrap_proposed_term = term;
         self.start_proposal(Command::Bootstrap { cluster_id, members }.encode(), INTERNAL_TOKEN);
     }
@@ -577,9 +582,8 @@ impl DriverCore {
 
     /// Hands out the cluster record when it changed, and `Removed` once removed.
     fn report_membership(&mut self) {
-        let cluster = self.kv.read().expect("kv lock").cluster().clone();
-        if self.members_shown.as_ref() != Some(&cluster) {
-            self.members_shown = Some(cluster.clone());
+        if std::mem::take(&mut self.members_changed) {
+            let cluster = self.kv.read().expect("kv lock").cluster().clone();
             self.actions.push(Action::MembersChanged(cluster));
         }
         if self.raft.is_removed() && !self.removed_reported {
@@ -885,6 +889,7 @@ impl DriverCore {
         let index = snapshot.meta.index;
         let replaced = std::mem::replace(&mut *self.kv.write().expect("kv lock"), machine);
         self.actions.push(Action::DropOffLoop(replaced));
+        self.members_changed = true;
         self.snapshot_index = self.snapshot_index.max(index);
         self.applied_bytes_since_snapshot = 0;
         // Proposals the snapshot covers: whether theirs is the entry at their index is
@@ -948,6 +953,9 @@ impl DriverCore {
                         continue;
                     }
                 };
+                if matches!(outcome, Ok(Outcome::Cluster { applied: true })) {
+                    self.members_changed = true;
+                }
                 // Waiters at or below this index whose entry was replaced are resolved too.
                 while let Some(waiter) = self.proposals.first_entry() {
                     if *waiter.key() > entry.index {

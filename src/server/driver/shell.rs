@@ -365,9 +365,9 @@ impl Shell {
             Inbound::Messages(messages) => messages.first().map(|m| m.from),
             Inbound::Snapshot(message, _) => Some(message.from),
         };
-        let status = self.shared.status.lock().expect("status lock");
-        let following = status.role == Role::Follower && status.leader.is_some() && from == status.leader;
-        drop(status);
+        // The core's own view: no lock on the shared status on every delivery.
+        let raft = self.core.raft();
+        let following = raft.role() == Role::Follower && raft.leader().is_some() && from == raft.leader();
         let (Some(from), true) = (from, following) else { return };
         let now = Instant::now();
         if let Some((leader, last)) = self.last_from_leader {
