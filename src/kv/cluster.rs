@@ -44,6 +44,10 @@ pub struct Member {
     pub role: MemberRole,
     /// A learner the leader promotes once it has caught up (added without `--learner`).
     pub promote_when_caught_up: bool,
+    /// The leader saw it hold the log (it acknowledged entries). From then on it may have
+    /// voted and counted for commits, so a node with an empty data directory must never
+    /// come back under this id (RAFT-NOTES #18): it is removed and joins anew.
+    pub started: bool,
 }
 
 /// A change to the member list, applied when its entry commits.
@@ -74,6 +78,11 @@ pub enum MemberChange {
         id: MemberId,
         /// Its new address.
         address: String,
+    },
+    /// The leader saw the member hold the log (see `Member::started`).
+    Started {
+        /// The member.
+        id: MemberId,
     },
 }
 
@@ -157,7 +166,7 @@ impl Cluster {
         for (member, address) in members {
             next.check_new(*member, address)?;
             let member_record =
-                Member { address: address.clone(), role: MemberRole::Voter, promote_when_caught_up: false };
+                Member { address: address.clone(), role: MemberRole::Voter, promote_when_caught_up: false, started: false };
             next.members.insert(*member, member_record);
         }
         *self = next;
@@ -168,7 +177,7 @@ impl Cluster {
     pub fn check(&self, change: &MemberChange) -> Result<(), ClusterError> {
         match change {
             MemberChange::AddLearner { id, address, .. } => self.check_new(*id, address),
-            MemberChange::Promote { id } | MemberChange::Remove { id } => {
+            MemberChange::Promote { id } | MemberChange::Remove { id } | MemberChange::Started { id } => {
                 self.members.get(id).map(|_| ()).ok_or(ClusterError::NotAMember(*id))
             }
             MemberChange::UpdateAddress { id, address } => {
@@ -194,6 +203,7 @@ impl Cluster {
                     address: address.clone(),
                     role: MemberRole::Learner,
                     promote_when_caught_up: *promote_when_caught_up,
+                    started: false,
                 };
                 self.members.insert(*id, member);
             }
@@ -210,6 +220,11 @@ impl Cluster {
             MemberChange::UpdateAddress { id, address } => {
                 if let Some(member) = self.members.get_mut(id) {
                     member.address = address.clone();
+                }
+            }
+            MemberChange::Started { id } => {
+                if let Some(member) = self.members.get_mut(id) {
+                    member.started = true;
                 }
             }
         }
@@ -233,19 +248,21 @@ impl Cluster {
     }
 
     /// Appends the record's snapshot section: u64 id, u32 member count, per member u64
-    /// id, u8 role (0 voter, 1 learner, 2 learner to promote once caught up), u32 length
-    /// and address bytes; u32 removed count, u64 per removed id.
+    /// id, u8 role (low bits: 0 voter, 1 learner, 2 learner to promote once caught up;
+    /// bit 7: started), u32 length and address bytes; u32 removed count, u64 per
+    /// removed id.
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         let mut buf = BytesMut::new();
         buf.put_u64_le(self.id);
         buf.put_u32_le(self.members.len() as u32);
         for (id, member) in &self.members {
             buf.put_u64_le(*id);
-            buf.put_u8(match (member.role, member.promote_when_caught_up) {
+            let role = match (member.role, member.promote_when_caught_up) {
                 (MemberRole::Voter, _) => 0,
                 (MemberRole::Learner, false) => 1,
                 (MemberRole::Learner, true) => 2,
-            });
+            };
+            buf.put_u8(role | if member.started { STARTED_BIT } else { 0 });
             buf.put_u32_le(member.address.len() as u32);
             buf.put_slice(member.address.as_bytes());
         }
@@ -272,7 +289,9 @@ impl Cluster {
         for _ in 0..count {
             let offset = reader.offset();
             let member = reader.u64()?;
-            let (role, promote_when_caught_up) = match reader.u8()? {
+            let role_byte = reader.u8()?;
+            let started = role_byte & STARTED_BIT != 0;
+            let (role, promote_when_caught_up) = match role_byte & !STARTED_BIT {
                 0 => (MemberRole::Voter, false),
                 1 => (MemberRole::Learner, false),
                 2 => (MemberRole::Learner, true),
@@ -286,7 +305,7 @@ impl Cluster {
                 offset,
                 reason: "member id 0, repeated, or address taken",
             })?;
-            cluster.members.insert(member, Member { address, role, promote_when_caught_up });
+            cluster.members.insert(member, Member { address, role, promote_when_caught_up, started });
         }
         let count_offset = reader.offset();
         let count = reader.u32()?;
@@ -310,6 +329,9 @@ impl Cluster {
         Ok(cluster)
     }
 }
+
+/// The role byte's bit for `Member::started`.
+const STARTED_BIT: u8 = 0x80;
 
 /// Encodes `members` for a bootstrap command: u32 count, then per member u64 id and the
 /// address as u32 length and bytes.
@@ -413,6 +435,8 @@ mod tests {
             .apply(&MemberChange::AddLearner { id: 8, address: "e:1".into(), promote_when_caught_up: false })
             .unwrap();
         cluster.apply(&MemberChange::Remove { id: 2 }).unwrap();
+        cluster.apply(&MemberChange::Started { id: 7 }).unwrap();
+        cluster.apply(&MemberChange::Started { id: 1 }).unwrap();
         let mut bytes = Vec::new();
         cluster.encode(&mut bytes);
         let mut reader = ByteReader::new(&bytes);

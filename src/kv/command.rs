@@ -6,13 +6,13 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
-//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted |
 //!
 //! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
 //! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
 //! tag byte (0 = None, 1 = VersionEquals followed by a u64 version, 2 = Absent). For
 //! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
-//! UpdateMember: u64 id, address bytes.
+//! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id.
 //! Nothing may follow the command.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,6 +28,7 @@ const TAG_DELETE: u8 = 2;
 const TAG_IMPORT: u8 = 3;
 const TAG_BOOTSTRAP: u8 = 4;
 const TAG_UPDATE_MEMBER: u8 = 5;
+const TAG_MEMBER_STARTED: u8 = 6;
 
 const CONDITION_NONE: u8 = 0;
 const CONDITION_VERSION_EQUALS: u8 = 1;
@@ -89,6 +90,12 @@ pub enum Command {
         /// Its new address.
         address: String,
     },
+    /// The leader saw a member hold the log: its id must never come back with an empty
+    /// data directory (`kv::Member::started`).
+    MemberStarted {
+        /// The member.
+        id: u64,
+    },
 }
 
 impl Command {
@@ -138,6 +145,10 @@ impl Command {
                 out.put_u8(TAG_UPDATE_MEMBER);
                 out.put_u64_le(*id);
                 put_bytes(&mut out, address.as_bytes());
+            }
+            Command::MemberStarted { id } => {
+                out.put_u8(TAG_MEMBER_STARTED);
+                out.put_u64_le(*id);
             }
         }
         debug_assert_eq!(out.len(), self.encoded_len());
@@ -202,6 +213,7 @@ impl Command {
                     .map_err(|_| DecodeError::Invalid { offset, reason: "member address is not UTF-8" })?;
                 Command::UpdateMember { id, address: address.to_owned() }
             }
+            TAG_MEMBER_STARTED => Command::MemberStarted { id: reader.u64()? },
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
         };
         if reader.remaining() != 0 {
@@ -226,6 +238,7 @@ impl Command {
             }
             Command::Bootstrap { members, .. } => header + 8 + super::cluster::members_len(members),
             Command::UpdateMember { address, .. } => header + 8 + 4 + address.len(),
+            Command::MemberStarted { .. } => header + 8,
         }
     }
 }

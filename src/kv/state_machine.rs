@@ -129,6 +129,10 @@ impl StateMachine {
                 let change = MemberChange::UpdateAddress { id: *id, address: address.clone() };
                 Outcome::Cluster { applied: self.cluster.apply(&change).is_ok() }
             }
+            Command::MemberStarted { id } => {
+                let change = MemberChange::Started { id: *id };
+                Outcome::Cluster { applied: self.cluster.apply(&change).is_ok() }
+            }
         }
     }
 
@@ -207,7 +211,10 @@ impl StateMachine {
         };
         match command {
             Command::Put { key, value, .. } => growth(key, value),
-            Command::Delete { .. } | Command::Bootstrap { .. } | Command::UpdateMember { .. } => 0,
+            Command::Delete { .. }
+            | Command::Bootstrap { .. }
+            | Command::UpdateMember { .. }
+            | Command::MemberStarted { .. } => 0,
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
         }
     }

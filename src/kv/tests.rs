@@ -249,6 +249,10 @@ fn the_cluster_record_survives_a_snapshot_and_is_applied_once() {
         MemberChange::AddLearner { id: 7, address: "10.0.0.7:3001".into(), promote_when_caught_up: true };
     state.apply_member_change(4, &learner).unwrap();
     state.apply_member_change(5, &MemberChange::Remove { id: 1 }).unwrap();
+    let started = Command::MemberStarted { id: 2 };
+    assert_eq!(Command::decode(&started.encode()).unwrap(), started);
+    assert_eq!(state.apply(6, &started), Outcome::Cluster { applied: true });
+    assert_eq!(state.apply(7, &Command::MemberStarted { id: 1 }), Outcome::Cluster { applied: false });
     let bytes = snapshot_bytes(&state);
     assert_eq!(bytes.len(), state.snapshot_len());
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
@@ -258,7 +262,8 @@ fn the_cluster_record_survives_a_snapshot_and_is_applied_once() {
     assert_eq!(cluster.members()[&2].address, "10.0.0.9:3001");
     assert_eq!(cluster.members()[&7].role, MemberRole::Learner);
     assert!(cluster.is_removed(1));
-    assert_eq!(loaded.applied_index(), 5);
+    assert!(cluster.members()[&2].started && !cluster.members()[&7].started);
+    assert_eq!(loaded.applied_index(), 7);
 }
 
 #[test]
@@ -391,7 +396,7 @@ impl Model {
     fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
             // The model is of the keys; the cluster record has its own tests.
-            Command::Bootstrap { .. } | Command::UpdateMember { .. } => {
+            Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => {
                 unreachable!("arb_command makes no cluster commands")
             }
             Command::Put { key, value, condition } => {

@@ -34,6 +34,11 @@ impl Membership {
         self.history.last().map_or(&self.base, |(_, conf)| conf)
     }
 
+    /// The configuration as of `base_index`.
+    pub(crate) fn base(&self) -> &ConfState {
+        &self.base
+    }
+
     /// The configuration in force at `index` (the latest at or before it). Panics below
     /// the snapshot: that history is gone, and no caller needs it.
     pub(crate) fn at(&self, index: u64) -> &ConfState {

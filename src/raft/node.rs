@@ -242,6 +242,13 @@ impl Raft {
         self.membership.current()
     }
 
+    /// The configuration as of the start of the log (the snapshot's, or the one the node
+    /// was created with): what a node that joins with an empty log must start from, so
+    /// that the configuration entries it then receives apply to the right base.
+    pub fn log_start_conf(&self) -> &ConfState {
+        self.membership.base()
+    }
+
     /// True once a *committed* configuration no longer holds this node (neither voter
     /// nor learner), although an earlier committed one did: the node has been removed
     /// and should stop. A node that was never a committed member (one waiting to be
@@ -250,6 +257,18 @@ impl Raft {
     /// added yet", and says false: the daemon must remember a removal itself.
     pub fn is_removed(&self) -> bool {
         self.membership.is_removed(self.log.committed)
+    }
+
+    /// On a leader, the highest index known replicated on `id` (this node's own last
+    /// index for itself); `None` on a follower or for a node outside the configuration.
+    pub fn match_index(&self, id: NodeId) -> Option<u64> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        if id == self.id {
+            return Some(self.log.last_index());
+        }
+        self.progress.get(&id).map(|pr| pr.match_index)
     }
 
     /// The voter with the highest match index: the natural target of a step-down.

@@ -267,7 +267,7 @@ impl Api {
     /// admin import, and a peer's forwarded write alike.
     fn check_command(&self, command: &Command) -> Result<(), ApiError> {
         match command {
-            Command::Bootstrap { .. } | Command::UpdateMember { .. } => Err(ApiError::BadRequest(
+            Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => Err(ApiError::BadRequest(
                 "cluster commands are proposed by the leader, never forwarded".into(),
             )),
             Command::Put { key, value, .. } => self.check_key_value(key, value),

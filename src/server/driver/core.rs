@@ -90,6 +90,33 @@ pub enum Answer {
     StepDown(Result<NodeId, NodeError>),
     /// To `snapshot`.
     Snapshot(Result<SnapshotMeta, NodeError>),
+    /// To `join`.
+    Join(Result<Joined, NodeError>),
+}
+
+/// A node with an empty data directory asks to join (on the leader).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The address it advertises.
+    pub address: String,
+    /// Stay a learner (else promoted once caught up).
+    pub learner: bool,
+    /// A fresh random id the caller drew: taken if the node is new to the cluster.
+    pub candidate_id: NodeId,
+}
+
+/// What a joining node needs to start: who it is and where the log starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The id the node takes.
+    pub id: NodeId,
+    /// The configuration as of the leader's log start (`Raft::log_start_conf`): the
+    /// base the joining node's empty log starts from.
+    pub base: crate::raft::ConfState,
+    /// Every member and its address.
+    pub members: Vec<(NodeId, String)>,
 }
 
 /// A write for the disk: snapshot, then entries, then hard state.
@@ -219,6 +246,9 @@ pub struct DriverBugs {
     pub release_reads_by_core_applied: bool,
     /// Answer proposals covered by an installed snapshot with `Dropped`.
     pub drop_covered_proposals: bool,
+    /// Let a node with an empty data directory start under an id the cluster saw hold
+    /// the log (a wiped member rejoining as its old self: RAFT-NOTES #18).
+    pub wiped_node_rejoins_as_itself: bool,
 }
 
 impl Default for DriverConfig {
@@ -317,6 +347,10 @@ pub struct DriverCore {
     members_changed: bool,
     /// `Action::Removed` was handed out.
     removed_reported: bool,
+    /// The term, and the members whose `MemberStarted` this leader proposed in it.
+    started_proposed: (u64, HashSet<NodeId>),
+    /// Joins waiting for their learner's entry to apply: token -> the id given.
+    joins: HashMap<Token, NodeId>,
 }
 
 /// The token of requests the core makes itself (the bootstrap record, promotions):
@@ -410,6 +444,8 @@ impl DriverCore {
             bootstrap_proposed_term: 0,
             members_changed: true,
             removed_reported: false,
+            started_proposed: (0, HashSet::new()),
+            joins: HashMap::new(),
         }
     }
 
@@ -492,6 +528,7 @@ impl DriverCore {
         if role == Role::Leader {
             self.maybe_bootstrap();
             if self.config.promote_every_ticks > 0 && self.now_tick % self.config.promote_every_ticks == 0 {
+                self.mark_started_members();
                 self.promote_caught_up_learners();
             }
         }
@@ -519,6 +556,9 @@ impl DriverCore {
             MemberChange::UpdateAddress { id, address } => {
                 return self.start_proposal(Command::UpdateMember { id, address }.encode(), token);
             }
+            MemberChange::Started { id } => {
+                return self.start_proposal(Command::MemberStarted { id }.encode(), token);
+            }
             MemberChange::AddLearner { id, address, promote_when_caught_up } => ConfChange {
                 kind: ConfChangeKind::AddLearner,
                 node: id,
@@ -543,6 +583,98 @@ impl DriverCore {
         }
     }
 
+    /// A node asks to join (thesis §4.2.1: it joins as a learner and is promoted once
+    /// caught up, unless it asked to stay a learner). Answered with `Answer::Join`.
+    ///
+    /// Join is idempotent for a node that never held the log: a learner at the same
+    /// address that the leader never saw hold entries (added by `member add`, or an
+    /// earlier join whose node did not start) is answered with its id. An address a
+    /// member that held the log has is refused: that member must be removed first, as
+    /// a node with an empty data directory must never come back under an id that may
+    /// have voted or counted for commits (RAFT-NOTES #18).
+    pub fn join(&mut self, token: Token, request: JoinRequest) {
+        if let Some(error) = self.refusal() {
+            self.answer(token, Answer::Join(Err(error)));
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            let leader = self.raft.leader();
+            self.answer(token, Answer::Join(Err(NodeError::NotLeader(leader))));
+            return;
+        }
+        let existing = {
+            let kv = self.kv.read().expect("kv lock");
+            if kv.cluster().id() == 0 {
+                drop(kv);
+                self.answer(token, Answer::Join(Err(NodeError::NoLeader)));
+                return;
+            }
+            kv.cluster().by_address(&request.address).map(|(id, member)| (id, member.clone()))
+        };
+        match existing {
+            Some((id, member))
+                if !member.started
+                    && member.role == crate::kv::MemberRole::Learner
+                    && !self.raft.match_index(id).is_some_and(|index| index > 0) =>
+            {
+                let joined = self.joined(id);
+                self.answer(token, Answer::Join(Ok(joined)));
+            }
+            Some((id, _)) => {
+                let reason = format!(
+                    "member {id:016x} already has address {} and has held the log: remove it first \
+                     (mmapd-admin member remove {id:016x}), then join again",
+                    request.address
+                );
+                self.answer(token, Answer::Join(Err(NodeError::Invalid(reason))));
+            }
+            None => {
+                let change = MemberChange::AddLearner {
+                    id: request.candidate_id,
+                    address: request.address,
+                    promote_when_caught_up: !request.learner,
+                };
+                self.joins.insert(token, request.candidate_id);
+                self.propose_member_change(token, change);
+            }
+        }
+    }
+
+    /// The answer to a join that gave the node `id`.
+    fn joined(&self, id: NodeId) -> Joined {
+        let kv = self.kv.read().expect("kv lock");
+        let cluster = kv.cluster();
+        Joined {
+            cluster_id: cluster.id(),
+            id,
+            base: self.raft.log_start_conf().clone(),
+            members: cluster.members().iter().map(|(id, m)| (*id, m.address.clone())).collect(),
+        }
+    }
+
+    /// What this node answers a node with an empty data directory that asks, before a
+    /// `--peers` bootstrap, whether the cluster exists (`driver::start`).
+    pub fn probe_answer(&self, asker: NodeId) -> super::start::ProbeAnswer {
+        use super::start::ProbeAnswer;
+        let kv = self.kv.read().expect("kv lock");
+        let cluster = kv.cluster();
+        let cluster_id = cluster.id();
+        if cluster_id == 0 {
+            return if self.raft.last_index() == 0 && self.raft.term() == 0 {
+                ProbeAnswer::NoCluster
+            } else {
+                ProbeAnswer::Pending
+            };
+        }
+        if cluster.is_removed(asker) {
+            return ProbeAnswer::Removed { cluster_id };
+        }
+        match cluster.members().get(&asker) {
+            Some(member) => ProbeAnswer::Member { cluster_id, started: member.started },
+            None => ProbeAnswer::NotMember { cluster_id },
+        }
+    }
+
     /// A leader records the cluster's bootstrap once per term while the record is empty:
     /// the first one applied wins, later ones change nothing.
     fn maybe_bootstrap(&mut self) {
@@ -556,6 +688,30 @@ impl DriverCore {
         let Some((cluster_id, members)) = self.config.bootstrap.clone() else { return };
         self.bootstrap_proposed_term = term;
         self.start_proposal(Command::Bootstrap { cluster_id, members }.encode(), INTERNAL_TOKEN);
+    }
+
+    /// Records, through the log, every member this leader sees holding the log (its
+    /// match index above 0, or itself), so that a node with an empty data directory is
+    /// never accepted back under that id (`kv::Member::started`). Proposed once per
+    /// member and term; a lost proposal is proposed again in a later term.
+    fn mark_started_members(&mut self) {
+        let term = self.raft.term();
+        if self.started_proposed.0 != term {
+            self.started_proposed = (term, HashSet::new());
+        }
+        let unmarked: Vec<NodeId> = {
+            let kv = self.kv.read().expect("kv lock");
+            if kv.cluster().id() == 0 {
+                return;
+            }
+            kv.cluster().members().iter().filter(|(_, m)| !m.started).map(|(id, _)| *id).collect()
+        };
+        for id in unmarked {
+            let holds_log = self.raft.match_index(id).is_some_and(|index| index > 0);
+            if holds_log && self.started_proposed.1.insert(id) {
+                self.start_proposal(Command::MemberStarted { id }.encode(), INTERNAL_TOKEN);
+            }
+        }
     }
 
     /// Proposes the promotion of one learner marked to be promoted, if the Raft core
@@ -600,6 +756,14 @@ impl DriverCore {
         }
         for message in messages {
             let (from, kind) = (message.from, message.body.name());
+            // A removed id never comes back (thesis §4.2.3: a removed server must not
+            // disrupt the cluster); a sender merely missing from this node's
+            // configuration is heard, since that configuration may be stale (§4.1).
+            if self.kv.read().expect("kv lock").cluster().is_removed(from) {
+                let reason = format!("node {from:016x} was removed from the cluster");
+                self.actions.push(Action::Refused { from, kind, reason });
+                continue;
+            }
             if let MessageBody::InstallSnapshot { snapshot } = &message.body {
                 if let Err(reason) = self.check_snapshot(snapshot) {
                     self.actions.push(Action::Refused { from, kind, reason });
@@ -1153,6 +1317,17 @@ impl DriverCore {
     }
 
     fn answer(&mut self, token: Token, answer: Answer) {
+        let answer = match answer {
+            Answer::Proposal(result) if !self.joins.is_empty() && self.joins.contains_key(&token) => {
+                let id = self.joins.remove(&token).expect("checked");
+                Answer::Join(match result {
+                    Ok(Applied { outcome: Outcome::Cluster { applied: true }, .. }) => Ok(self.joined(id)),
+                    Ok(_) => Err(NodeError::Invalid("the cluster record refused the new member".into())),
+                    Err(error) => Err(error),
+                })
+            }
+            answer => answer,
+        };
         self.actions.push(Action::Answer(token, answer));
     }
 

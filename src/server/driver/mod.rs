@@ -4,11 +4,14 @@
 //!   runs as it is;
 //! - `shell`: the tokio task that owns the core and carries out its actions, and the
 //!   `NodeHandle` the API, the peer transport and the admin socket talk to it with;
-//! - `disk`: the thread that owns the store and does every blocking write.
+//! - `disk`: the thread that owns the store and does every blocking write;
+//! - `start`: whether a node with an empty data directory may bootstrap (IO-free, run
+//!   by the simulator too).
 
 pub mod core;
 pub(crate) mod disk;
 pub mod shell;
+pub mod start;
 
 pub use self::core::{Applied, NodeError};
 pub use disk::PersistStats;
