@@ -34,6 +34,18 @@ pub struct Args {
     #[arg(long, env = "MMAPD_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
 
+    /// Join an existing cluster through any of these members (HOST:PORT,...): a node
+    /// with an empty data directory asks the leader to add it as a learner (it gets a
+    /// fresh id), catches up, and is promoted once caught up unless --learner is given.
+    /// Once the node has data this is ignored: restarting with the same flags resumes.
+    #[arg(long, env = "MMAPD_JOIN", value_delimiter = ',', conflicts_with = "peers")]
+    pub join: Vec<String>,
+
+    /// With --join: stay a learner (receives the log, serves stale reads, never votes)
+    /// instead of being promoted to voter once caught up.
+    #[arg(long, env = "MMAPD_LEARNER")]
+    pub learner: bool,
+
     /// The original's member list: a JSON array of "host:port" strings. Default:
     /// config.json in the working directory, if it exists.
     #[arg(long, env = "MMAPD_CONFIG")]
@@ -150,6 +162,8 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "port",
         "ip",
         "advertise",
+        "join",
+        "learner",
         "peers",
         "config",
         "data-dir",
@@ -193,6 +207,10 @@ pub struct Settings {
     /// Every member's advertised address (`member_address` form), this node included,
     /// in `member_order`.
     pub members: Vec<String>,
+    /// Members to ask to join through (`member_address` form); empty: no join.
+    pub join: Vec<String>,
+    /// Join as a learner that stays one.
+    pub learner: bool,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Snapshot file override (the original's -db).
@@ -230,8 +248,27 @@ impl Args {
     pub fn resolve(&self, working_dir: &Path) -> Result<Settings, CliError> {
         let listen = bind_address(&self.ip, self.port)?;
         let mut peer_names = self.peers.iter().filter(|p| !p.trim().is_empty()).cloned().collect::<Vec<_>>();
+        let mut join = Vec::new();
+        for name in self.join.iter().filter(|p| !p.trim().is_empty()) {
+            let address = member_address(name)?;
+            if !join.contains(&address) {
+                join.push(address);
+            }
+        }
+        if join.is_empty() && self.learner {
+            return Err(CliError::Address("--learner needs --join".into()));
+        }
+        if !join.is_empty() && self.advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(CliError::Address(format!(
+                "--join with --ip {} needs --advertise HOST:PORT: the cluster must be told an address \
+                 it can reach this node at",
+                self.ip
+            )));
+        }
+        // A joining node's members come from the cluster, never from a config file.
         let config = match &self.config {
             Some(path) => Some(path.clone()),
+            None if !join.is_empty() => None,
             None => Some(working_dir.join("config.json")).filter(|p| p.exists()),
         };
         if let Some(path) = config {
@@ -267,6 +304,8 @@ impl Args {
             listen,
             advertise,
             members,
+            join,
+            learner: self.learner,
             data_dir,
             db_file: self.db.clone(),
             log_file: self.log.clone(),

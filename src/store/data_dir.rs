@@ -11,7 +11,8 @@ use nix::fcntl::{Flock, FlockArg};
 use super::error::StoreError;
 use super::mapped::sync_dir;
 use super::record::{u32_at, u64_at};
-use crate::raft::NodeId;
+use crate::byte_reader::ByteReader;
+use crate::raft::{ConfState, NodeId};
 
 /// The lock file's name. Holding an exclusive `flock` on it is what entitles a process to
 /// touch the other files (see `mapped`'s module doc).
@@ -28,6 +29,34 @@ const IDENTITY_CRC_OFFSET: usize = 12;
 const IDENTITY_CLUSTER_OFFSET: usize = 16;
 const IDENTITY_NODE_OFFSET: usize = 24;
 const _: () = assert!(IDENTITY_NODE_OFFSET + 8 == IDENTITY_BYTES);
+
+/// The origin file's name: how the node's log begins (see `Origin`).
+pub const ORIGIN_FILE_NAME: &str = "origin";
+/// First bytes of the origin file.
+pub const ORIGIN_MAGIC: [u8; 8] = *b"MMAPDORG";
+/// Origin file format version.
+pub const ORIGIN_VERSION: u32 = 1;
+/// The most members an origin file lists: far above any real cluster, it bounds what
+/// a damaged count may make us allocate.
+const MAX_ORIGIN_MEMBERS: usize = 4096;
+/// The marker a node leaves when a committed configuration removed it.
+pub const REMOVED_FILE_NAME: &str = "REMOVED";
+
+/// How the log of a data directory begins, written once, before the identity, when the
+/// node first starts: from `--peers` (the bootstrap configuration) or by joining (the
+/// leader's configuration at its log start). Restarts build the Raft core's base
+/// configuration from it, never from flags that may have changed since (`--peers` and
+/// config.json only bootstrap). Data directories from before it have none: they use
+/// `--peers`, as they did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The node joined an existing cluster (else it was bootstrapped from `--peers`).
+    pub joined: bool,
+    /// The configuration the log starts from (before the first entry).
+    pub base: ConfState,
+    /// Every member's id and address as known then.
+    pub members: Vec<(NodeId, String)>,
+}
 
 /// How many leading bytes are examined to recognise a legacy JSON file.
 const LEGACY_SNIFF_BYTES: usize = 4096;
@@ -121,6 +150,130 @@ impl DataDir {
         fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
         sync_dir(&self.path)
     }
+}
+
+impl DataDir {
+    /// The origin written at first start, or `None` (a new directory, or one from before
+    /// origins were written). Damage is refused naming the file and offset.
+    pub fn origin(&self) -> Result<Option<Origin>, StoreError> {
+        let path = self.path.join(ORIGIN_FILE_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, "read", e)),
+        };
+        decode_origin(&bytes).map(Some).map_err(|(offset, reason)| StoreError::corrupt(&path, offset, reason))
+    }
+
+    /// Records the origin durably (temporary file, fsync, rename, fsync of the
+    /// directory). Written once, before the identity.
+    pub fn write_origin(&self, origin: &Origin) -> Result<(), StoreError> {
+        self.write_file(ORIGIN_FILE_NAME, &encode_origin(origin))
+    }
+
+    /// The removal marker's text, if a committed configuration removed this node.
+    pub fn removed(&self) -> Result<Option<String>, StoreError> {
+        let path = self.path.join(REMOVED_FILE_NAME);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&path, "read", e)),
+        }
+    }
+
+    /// Leaves the removal marker, durably: the node refuses to start from here again.
+    pub fn mark_removed(&self, text: &str) -> Result<(), StoreError> {
+        self.write_file(REMOVED_FILE_NAME, format!("{text}\n").as_bytes())
+    }
+
+    fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let temp = self.path.join(format!("{name}.tmp"));
+        let mut file = File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
+        file.write_all(bytes).map_err(|e| StoreError::io(&temp, "write", e))?;
+        file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
+        let path = self.path.join(name);
+        fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
+        sync_dir(&self.path)
+    }
+}
+
+/// The origin file: magic, u32 version, u32 CRC-32C of what follows, u8 flags (bit 0:
+/// joined), u32 voter count and u64 ids, u32 learner count and u64 ids, u32 member
+/// count and per member u64 id, u32 address length and UTF-8 bytes.
+fn encode_origin(origin: &Origin) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.push(u8::from(origin.joined));
+    for ids in [&origin.base.voters, &origin.base.learners] {
+        body.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for id in ids {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    body.extend_from_slice(&(origin.members.len() as u32).to_le_bytes());
+    for (id, address) in &origin.members {
+        body.extend_from_slice(&id.to_le_bytes());
+        body.extend_from_slice(&(address.len() as u32).to_le_bytes());
+        body.extend_from_slice(address.as_bytes());
+    }
+    let mut bytes = Vec::with_capacity(16 + body.len());
+    bytes.extend_from_slice(&ORIGIN_MAGIC);
+    bytes.extend_from_slice(&ORIGIN_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+fn decode_origin(bytes: &[u8]) -> Result<Origin, (u64, &'static str)> {
+    let truncated = |t: crate::byte_reader::Truncated| (t.offset as u64, "origin file is truncated");
+    if bytes.len() < 16 {
+        return Err((bytes.len() as u64, "origin file is truncated"));
+    }
+    if bytes[..8] != ORIGIN_MAGIC {
+        return Err((0, "bad origin magic"));
+    }
+    if u32_at(bytes, 8) != ORIGIN_VERSION {
+        return Err((8, "unsupported origin version"));
+    }
+    if u32_at(bytes, 12) != crc32c::crc32c(&bytes[16..]) {
+        return Err((12, "origin checksum mismatch"));
+    }
+    let mut reader = ByteReader::new(bytes);
+    reader.bytes(16).map_err(truncated)?;
+    let joined = reader.u8().map_err(truncated)? & 1 == 1;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let offset = reader.offset() as u64;
+        let count = reader.u32().map_err(truncated)? as usize;
+        if count > MAX_ORIGIN_MEMBERS || count > reader.remaining() / 8 {
+            return Err((offset, "origin member count too large"));
+        }
+        for _ in 0..count {
+            list.push(reader.u64().map_err(truncated)?);
+        }
+    }
+    let [voters, learners] = lists;
+    let base = ConfState { voters, learners };
+    let offset = reader.offset() as u64;
+    if let Some(reason) = base.invalid_reason() {
+        return Err((offset, reason));
+    }
+    let count = reader.u32().map_err(truncated)? as usize;
+    if count > MAX_ORIGIN_MEMBERS || count > reader.remaining() / 12 {
+        return Err((offset, "origin member count too large"));
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let offset = reader.offset() as u64;
+        let id = reader.u64().map_err(truncated)?;
+        let len = reader.u32().map_err(truncated)?;
+        let address = reader.bytes(len.into()).map_err(truncated)?;
+        let address = std::str::from_utf8(address).map_err(|_| (offset, "member address is not UTF-8"))?;
+        members.push((id, address.to_owned()));
+    }
+    if reader.remaining() != 0 {
+        return Err((reader.offset() as u64, "trailing bytes in the origin file"));
+    }
+    Ok(Origin { joined, base, members })
 }
 
 fn identity_crc(bytes: &[u8]) -> u32 {
@@ -218,6 +371,41 @@ mod tests {
         assert_eq!(data_dir.identity().unwrap(), Some(identity));
         let other = Identity { cluster_id: 78, node_id: 2 };
         assert!(matches!(data_dir.write_identity(other), Err(StoreError::IdentityMismatch { .. })));
+    }
+
+    #[test]
+    fn the_origin_round_trips_and_damage_is_refused_naming_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data_dir.origin().unwrap(), None);
+        let origin = Origin {
+            joined: true,
+            base: ConfState { voters: vec![1, 2, 3], learners: vec![9] },
+            members: vec![(1, "a:1".into()), (2, "b:1".into()), (3, "c:1".into()), (9, "d:1".into())],
+        };
+        data_dir.write_origin(&origin).unwrap();
+        assert_eq!(data_dir.origin().unwrap(), Some(origin.clone()));
+        let bytes = encode_origin(&origin);
+        for len in 0..bytes.len() {
+            assert!(decode_origin(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[20] ^= 1;
+        assert_eq!(decode_origin(&flipped).unwrap_err(), (12, "origin checksum mismatch"));
+        fs::write(dir.path().join(ORIGIN_FILE_NAME), &flipped).unwrap();
+        let error = data_dir.origin().unwrap_err().to_string();
+        assert!(error.contains("origin") && error.contains("12"), "{error}");
+    }
+
+    #[test]
+    fn the_removal_marker_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data_dir.removed().unwrap(), None);
+        data_dir.mark_removed("node 00000000000000aa removed from cluster 00000000000000bb").unwrap();
+        drop(data_dir);
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert!(data_dir.removed().unwrap().unwrap().contains("00000000000000aa"));
     }
 
     #[test]
