@@ -161,13 +161,49 @@ fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_adve
     assert_eq!(status.code(), Some(2), "{}", node.log_text());
     assert!(node.log_text().contains("--advertise"), "{}", node.log_text());
 
-    // With --advertise it starts, and /status names it by the advertised address.
+    // With --advertise it starts, and names itself by the advertised address. (Its
+    // data directory is empty and its peer never answers, so it waits for a majority
+    // of --peers before bootstrapping: /status says so.)
     let advertise = format!("198.51.100.1:{port}");
     let mut node = Daemon::new(dir.path(), port, &args)
         .env("MMAPD_DATA_DIR", &data_dir)
         .env("MMAPD_ADVERTISE", &advertise);
     node.start().unwrap();
-    assert_eq!(node.status().unwrap()["address"], advertise);
+    let status = get(port, "/status");
+    assert_eq!(status.status, 503, "{}", status.text());
+    let status: serde_json::Value = serde_json::from_str(&status.text()).unwrap();
+    assert_eq!(status["address"], advertise);
+    assert_eq!(status["state"], "starting");
+}
+
+/// A node with an empty data directory started with `--peers` never bootstraps on
+/// silence: it waits for a majority of its peers to answer (RAFT-NOTES #18), serving
+/// nothing but probes meanwhile, and starts once they do.
+#[test]
+fn a_new_node_waits_for_a_majority_of_its_peers_before_bootstrapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let node = |i: usize| {
+        let data = dir.path().join(format!("data-{i}"));
+        let mut args = vec!["--port".to_owned(), ports[i].to_string(), "--peers".into(), peers.clone()];
+        args.extend(["--data-dir".to_owned(), data.to_str().unwrap().to_owned()]);
+        args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::new(dir.path(), ports[i], &args)
+    };
+    let mut first = node(0);
+    first.start().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(ports[0], "/status").status, 503, "started on silence");
+    assert!(first.log_text().contains("waiting for a majority of --peers"), "{}", first.log_text());
+    assert_eq!(get(ports[0], "/raft/cluster?asker=0000000000000001").status, 200);
+    let mut second = node(1);
+    second.start().unwrap();
+    wait_for(Duration::from_secs(20), "two of three to elect a leader and take a write", || {
+        (put(ports[0], "/v1/kv/k", b"v").status == 201).then_some(())
+    });
+    assert_eq!(get(ports[1], "/v1/kv/k").text(), "v");
 }
 
 /// A peer whose host name does not resolve is not fatal: the node starts and serves,
@@ -175,26 +211,39 @@ fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_adve
 #[test]
 fn a_peer_name_that_does_not_resolve_is_logged_once_and_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let peers = format!("127.0.0.1:{port},no-such-node.invalid:{port}");
-    let data_dir = dir.path().join("data");
-    let mut args = vec!["--port".to_owned(), port.to_string(), "--peers".into(), peers];
-    args.extend(["--data-dir".to_owned(), data_dir.to_str().unwrap().to_owned()]);
-    args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = Daemon::new(dir.path(), port, &args);
-    node.start().unwrap();
-    assert_eq!(get(port, "/status").status, 200);
+    let ports = free_ports(2);
+    let port = ports[0];
+    // Two of three members answer: a new cluster may bootstrap without the third.
+    let peers = format!("127.0.0.1:{port},127.0.0.1:{},no-such-node.invalid:{port}", ports[1]);
+    let node = |port: u16, name: &str| {
+        let data_dir = dir.path().join(name);
+        let mut args = vec!["--port".to_owned(), port.to_string(), "--peers".into(), peers.clone()];
+        args.extend(["--data-dir".to_owned(), data_dir.to_str().unwrap().to_owned()]);
+        args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::new(dir.path(), port, &args)
+    };
+    let mut node_a = node(port, "a");
+    let mut node_b = node(ports[1], "b");
+    node_a.start().unwrap();
+    node_b.start().unwrap();
+    wait_for(Duration::from_secs(20), "the node to serve", || (get(port, "/status").status == 200).then_some(()));
     let unresolved = |log: &str| {
         log.lines().filter(|l| l.contains("no-such-node.invalid") && l.contains("not answering")).count()
     };
+    // The leader, whichever it is, sends heartbeats to the third member.
     wait_for(Duration::from_secs(20), "the failed lookup to be logged", || {
-        (unresolved(&node.log_text()) > 0).then_some(())
+        (unresolved(&node_a.log_text()) + unresolved(&node_b.log_text()) > 0).then_some(())
     });
-    // Pre-votes go out every election timeout (250 ms): many more lookups fail.
+    // Heartbeats go out every 50 ms: many more lookups fail.
     std::thread::sleep(Duration::from_millis(1500));
-    let log = node.log_text();
-    assert_eq!(unresolved(&log), 1, "{log}");
+    for node in [&node_a, &node_b] {
+        let log = node.log_text();
+        assert!(unresolved(&log) <= 1, "{log}");
+    }
+    // Once per node that led (a leader change may make it two).
+    let log = node_a.log_text() + &node_b.log_text();
+    assert!(unresolved(&log) >= 1, "{log}");
     assert!(log.contains("resolve"), "{log}");
     assert_eq!(get(port, "/status").status, 200, "still serving");
 }

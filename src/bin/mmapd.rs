@@ -32,6 +32,10 @@ fn main() -> ExitCode {
     };
     let opened = match server::open(settings) {
         Ok(opened) => opened,
+        Err(error @ (server::ServerError::Removed | server::ServerError::MustNotStart(_))) => {
+            eprintln!("mmapd: {error}");
+            return ExitCode::from(server::EXIT_REMOVED);
+        }
         Err(error) => {
             // One line, on stderr (the journal under systemd); the log would repeat it.
             eprintln!("mmapd: {error}");
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(server::serve(opened)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error @ server::ServerError::Removed) => {
+        Err(error @ (server::ServerError::Removed | server::ServerError::MustNotStart(_))) => {
             eprintln!("mmapd: {error}");
             ExitCode::from(server::EXIT_REMOVED)
         }

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod driver;
+mod joining;
 mod lifecycle;
 pub mod metrics;
 pub mod peer;
@@ -34,7 +35,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::kv::StateMachine;
 use crate::raft::{ConfState, Config, InitialState, NodeId, Raft, Snapshot, SnapshotMeta};
-use crate::store::{detect_legacy_json, Identity, Store, StoreError, StoreOptions};
+use crate::store::{detect_legacy_json, Identity, Origin, Store, StoreError, StoreOptions};
 
 use cli::{node_id, Settings};
 use driver::core::{DriverConfig, DriverCore};
@@ -63,8 +64,9 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// Admin socket connections served at once; more wait in the socket's backlog.
 const MAX_ADMIN_CONNECTIONS: usize = 16;
 
-/// The exit status of a node that a committed configuration removed: the unit does not
-/// restart it (`RestartPreventExitStatus=`).
+/// The exit status of a node that must not run under its id: a committed configuration
+/// removed it, or its data directory is empty and the cluster knows its id. The unit
+/// does not restart it (`RestartPreventExitStatus=`): the operator must act.
 pub const EXIT_REMOVED: u8 = 10;
 
 /// Why the daemon could not start or run.
@@ -95,6 +97,10 @@ pub enum ServerError {
     /// The Raft driver stopped unexpectedly (a bug: its panic is in the log).
     #[error("{0}")]
     Driver(String),
+    /// A node with an empty data directory must not start as this id (it was a member
+    /// that held the log, was removed, or is not listed): the operator must act.
+    #[error("refusing to start: {0}")]
+    MustNotStart(String),
     /// A committed configuration removed this node: it must not come back.
     #[error(
         "{}; remove its data directory, or start it anew with --join under a new id",
@@ -133,11 +139,24 @@ pub struct Opened {
     descriptor_limit: u64,
     settings: Settings,
     store: Store,
-    raft: Raft,
     kv: StateMachine,
     snapshot: Option<Snapshot>,
-    /// Every member's id and advertised address.
-    members: HashMap<NodeId, String>,
+    /// How the Raft core is made: at once for a node with data, after asking the
+    /// cluster for a node with an empty data directory.
+    start: Start,
+}
+
+/// What a node knows at start about who it is.
+enum Start {
+    /// The node has data: its Raft core, the members known at start (id and advertised
+    /// address) and what it records as the cluster's bootstrap if it leads before the
+    /// record exists.
+    Ready { raft: Raft, members: HashMap<NodeId, String>, bootstrap: Option<(u64, Vec<(NodeId, String)>)> },
+    /// An empty data directory started with `--peers` (or alone): asks the peers first
+    /// (`driver::start`).
+    Bootstrap { initial: InitialState },
+    /// An empty data directory started with `--join`.
+    Join { initial: InitialState },
 }
 
 /// Opens the data directory and restores the node. Blocking: call before serving.
@@ -153,21 +172,16 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
     for warning in &recovered.warnings {
         tracing::warn!("{warning}");
     }
-    let id = node_id(&settings.advertise);
-    let members: HashMap<NodeId, String> = settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
-    let mut voters: Vec<NodeId> = members.keys().copied().collect();
-    voters.sort_unstable();
-    let bootstrap_identity = Identity { cluster_id: cluster_id(&settings.members), node_id: id };
-    let has_snapshot = recovered.snapshot.is_some();
-    match store.data_dir().identity()? {
-        // --peers changed since this directory was bootstrapped. With a snapshot, the
-        // members it holds are used (with a warning, below); without one they are not
-        // known apart from --peers, so the node refuses rather than obey the new list.
-        Some(existing) if existing.node_id == id && existing != bootstrap_identity && has_snapshot => {}
-        _ => store.data_dir().write_identity(bootstrap_identity)?,
+    if let Some(marker) = store.data_dir().removed()? {
+        tracing::error!(%marker, "{}", driver::shell::REMOVED);
+        return Err(ServerError::Removed);
     }
-
     let dir = settings.data_dir.display().to_string();
+    let identity = store.data_dir().identity()?;
+    let origin = store.data_dir().origin()?;
+    let empty = recovered.snapshot.is_none()
+        && recovered.entries.is_empty()
+        && recovered.hard_state == crate::raft::HardState::default();
     let (snapshot_meta, kv, snapshot) = match recovered.snapshot {
         Some((meta, data)) => {
             let kv = StateMachine::load_snapshot_shared(&data)
@@ -177,44 +191,114 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
         }
         None => (SnapshotMeta::default(), StateMachine::new(), None),
     };
+    let initial = InitialState { hard_state: recovered.hard_state, snapshot: snapshot_meta, entries: recovered.entries };
+    let start = match (identity, origin) {
+        (None, _) if empty && !settings.join.is_empty() => Start::Join { initial },
+        (None, _) if empty => Start::Bootstrap { initial },
+        (Some(identity), Some(origin)) => {
+            if !settings.join.is_empty() && !origin.joined {
+                tracing::warn!("--join is ignored: this node has data (it was bootstrapped with --peers)");
+            }
+            let members: HashMap<NodeId, String> = origin.members.iter().cloned().collect();
+            let bootstrap = (!origin.joined).then(|| (identity.cluster_id, origin.members.clone()));
+            let raft = restore_raft(&settings, identity.node_id, origin.base, initial, &members)?;
+            Start::Ready { raft, members, bootstrap }
+        }
+        // A data directory from before origins were written: its members are --peers,
+        // as they always were, and its cluster id the hash of them.
+        (identity, _) => {
+            let (raft, members, bootstrap) = open_legacy(&settings, &store, identity, initial)?;
+            Start::Ready { raft, members, bootstrap }
+        }
+    };
+    Ok(Opened { descriptor_limit, settings, store, kv, snapshot, start })
+}
+
+/// The Raft core of a node with data: its base configuration is the snapshot's if it
+/// has one, else `base` (the origin's). A snapshot whose members differ from --peers is
+/// obeyed, with one warning: --peers and config.json only bootstrap.
+fn restore_raft(
+    settings: &Settings,
+    id: NodeId,
+    base: ConfState,
+    initial: InitialState,
+    members: &HashMap<NodeId, String>,
+) -> Result<Raft, ServerError> {
+    let peers: Vec<NodeId> = settings.members.iter().map(|a| node_id(a)).collect();
+    let peers_conf = ConfState::with_voters(peers);
+    let conf = if initial.snapshot.index > 0 { initial.snapshot.conf.clone() } else { base };
+    if settings.join.is_empty() && settings.members.len() > 1 && conf != peers_conf {
+        let name = |ids: &[NodeId]| {
+            ids.iter().map(|id| members.get(id).cloned().unwrap_or_else(|| format!("{id:016x}"))).collect::<Vec<_>>()
+        };
+        tracing::warn!(
+            data_dir_voters = ?name(&conf.voters),
+            data_dir_learners = ?name(&conf.learners),
+            peers = ?settings.members,
+            "the members in the data directory differ from --peers; the data directory's are used \
+             (--peers only bootstraps a new cluster)"
+        );
+    }
+    build_raft(settings, id, InitialState { snapshot: SnapshotMeta { conf, ..initial.snapshot }, ..initial })
+}
+
+/// A data directory without an origin file (written by an earlier version): node ids
+/// and the cluster id are hashes of --peers, and without a snapshot a changed --peers
+/// is refused, since the directory does not say what it was bootstrapped with.
+#[allow(clippy::type_complexity)]
+fn open_legacy(
+    settings: &Settings,
+    store: &Store,
+    identity: Option<Identity>,
+    initial: InitialState,
+) -> Result<(Raft, HashMap<NodeId, String>, Option<(u64, Vec<(NodeId, String)>)>), ServerError> {
+    let id = node_id(&settings.advertise);
+    let members: HashMap<NodeId, String> = settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
+    let bootstrap_identity = Identity { cluster_id: cluster_id(&settings.members), node_id: id };
+    let has_snapshot = initial.snapshot.index > 0;
+    match identity {
+        // --peers changed since this directory was bootstrapped. With a snapshot, the
+        // members it holds are used (with a warning); without one they are not known
+        // apart from --peers, so the node refuses rather than obey the new list.
+        Some(existing) if existing.node_id == id && existing != bootstrap_identity && has_snapshot => {}
+        _ => store.data_dir().write_identity(bootstrap_identity)?,
+    }
+    let base = ConfState::with_voters(members.keys().copied().collect());
+    let raft = restore_raft(settings, id, base, initial, &members)?;
+    let mut list: Vec<(NodeId, String)> = members.iter().map(|(k, v)| (*k, v.clone())).collect();
+    list.sort();
+    Ok((raft, members, Some((bootstrap_identity.cluster_id, list))))
+}
+
+/// The Raft core with the daemon's timing settings.
+fn build_raft(settings: &Settings, id: NodeId, initial: InitialState) -> Result<Raft, ServerError> {
     let mut config = Config::new(id);
     config.election_ticks = settings.election_ticks;
     config.heartbeat_ticks = settings.heartbeat_ticks;
     config.seed = id ^ std::process::id() as u64 ^ nanos_now();
-    // Once a node has a snapshot, the configuration in its data directory wins:
-    // `--peers` and config.json only bootstrap a new cluster (membership changes since
-    // then are in the snapshot and the log).
-    let peers_conf = ConfState { voters, learners: Vec::new() };
-    let conf = if snapshot_meta.index > 0 {
-        if snapshot_meta.conf != peers_conf {
-            let name = |ids: &[NodeId]| {
-                ids.iter()
-                    .map(|id| members.get(id).cloned().unwrap_or_else(|| format!("{id:016x}")))
-                    .collect::<Vec<_>>()
-            };
-            tracing::warn!(
-                data_dir_voters = ?name(&snapshot_meta.conf.voters),
-                data_dir_learners = ?name(&snapshot_meta.conf.learners),
-                peers = ?name(&peers_conf.voters),
-                "the members in the data directory differ from --peers; the data directory's are used \
-                 (--peers only bootstraps a new cluster)"
-            );
-        }
-        snapshot_meta.conf.clone()
-    } else {
-        peers_conf
-    };
-    let initial = InitialState {
-        hard_state: recovered.hard_state,
-        snapshot: SnapshotMeta { conf, ..snapshot_meta },
-        entries: recovered.entries,
-    };
+    let alone = initial.snapshot.conf.voters == [id] && initial.snapshot.conf.learners.is_empty();
+    let dir = settings.data_dir.display().to_string();
     let mut raft = Raft::new(config, initial).map_err(|error| ServerError::State { dir, error })?;
-    if members.len() == 1 {
+    if alone && raft.voters() == [id] {
         // A one-node cluster needs no election timeout to find out it is alone.
         raft.campaign();
     }
-    Ok(Opened { descriptor_limit, settings, store, raft, kv, snapshot, members })
+    Ok(raft)
+}
+
+/// A random id, never 0: a cluster's id, or a joining node's.
+pub(crate) fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        // RandomState is seeded from the OS's randomness.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(nanos_now());
+        hasher.write_u32(std::process::id());
+        let id = hasher.finish();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 /// Raises the soft descriptor limit to the hard limit, as most servers do (the soft
@@ -273,10 +357,42 @@ fn client_connection_limit(descriptor_limit: u64, peers: usize) -> Result<usize,
 
 /// Serves until SIGTERM or SIGINT; then stops accepting, finishes, msyncs and returns.
 pub async fn serve(opened: Opened) -> Result<(), ServerError> {
-    let Opened { descriptor_limit, settings, store, raft, kv, snapshot, members } = opened;
-    let id = raft.id();
+    let Opened { descriptor_limit, settings, store, kv, snapshot, start } = opened;
     let listener = bind_tcp(settings.listen)
         .map_err(|error| ServerError::Bind { what: settings.listen.to_string(), error })?;
+    let secret = settings.cluster_secret.clone().map(Arc::new);
+    let client = peer::transport::client();
+    // A node with an empty data directory asks the cluster first, answering probes
+    // meanwhile; then it is a node with data.
+    let (raft, members, bootstrap, listener) = match start {
+        Start::Ready { raft, members, bootstrap } => (raft, members, bootstrap, listener),
+        Start::Bootstrap { initial } => {
+            let (listener, outcome) =
+                joining::while_starting(listener, &settings.advertise, joining::bootstrap(&settings, &client, secret.clone())).await;
+            let cluster_candidate = outcome?;
+            let id = node_id(&settings.advertise);
+            let list: Vec<(NodeId, String)> = settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
+            let base = ConfState::with_voters(list.iter().map(|(id, _)| *id).collect());
+            store.data_dir().write_origin(&Origin { joined: false, base: base.clone(), members: list.clone() })?;
+            store.data_dir().write_identity(Identity { cluster_id: cluster_candidate, node_id: id })?;
+            let initial = InitialState { snapshot: SnapshotMeta { conf: base, ..initial.snapshot }, ..initial };
+            let raft = build_raft(&settings, id, initial)?;
+            (raft, list.iter().cloned().collect(), Some((cluster_candidate, list)), listener)
+        }
+        Start::Join { initial } => {
+            let (listener, outcome) =
+                joining::while_starting(listener, &settings.advertise, joining::join(&settings, &client, secret.clone())).await;
+            let joined = outcome?;
+            let origin = Origin { joined: true, base: joined.base.clone(), members: joined.members.clone() };
+            store.data_dir().write_origin(&origin)?;
+            store.data_dir().write_identity(Identity { cluster_id: joined.cluster_id, node_id: joined.id })?;
+            let initial = InitialState { snapshot: SnapshotMeta { conf: joined.base, ..initial.snapshot }, ..initial };
+            let mut members: HashMap<NodeId, String> = joined.members.into_iter().collect();
+            members.insert(joined.id, settings.advertise.clone());
+            (build_raft(&settings, joined.id, initial)?, members, None, listener)
+        }
+    };
+    let id = raft.id();
     let admin_listener = admin::bind(&settings.admin_socket)
         .await
         .map_err(|error| ServerError::Bind { what: settings.admin_socket.display().to_string(), error })?;
@@ -285,10 +401,12 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let max_connections = client_connection_limit(descriptor_limit, peer_count)?;
 
     let kv = Arc::new(RwLock::new(kv));
+    let cluster_id = Arc::new(AtomicU64::new(kv.read().expect("kv lock").cluster().id()));
     let shared = Arc::new(Shared {
         kv: kv.clone(),
         status: Mutex::new(raft.status()),
         members: RwLock::new(members.clone()),
+        cluster_id: cluster_id.clone(),
         disk_full: Mutex::new(None),
         metrics: Default::default(),
     });
@@ -297,20 +415,20 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let (done_tx, done_rx) = tokio::sync::mpsc::channel(driver::disk::DISK_QUEUE + 1);
     let (disk_jobs, disk_thread) = driver::disk::spawn(store, done_tx, mapped_bytes.clone())
         .map_err(|error| ServerError::Driver(format!("cannot start the disk thread: {error}")))?;
-    let secret = settings.cluster_secret.clone().map(Arc::new);
-    let client = peer::transport::client();
     let peers: HashMap<NodeId, String> =
         members.iter().filter(|(peer, _)| **peer != id).map(|(k, v)| (*k, v.clone())).collect();
     // Twice the election timeout: a peer that cannot take a batch in that time is
     // treated as unreachable, and its connection is replaced.
     let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
-    let outbox = peer::transport::start(&peers, client.clone(), secret.clone(), peer_timeout);
+    let credentials = peer::Credentials { secret: secret.clone(), node_id: id, cluster_id };
+    let outbox = peer::transport::start(&peers, client.clone(), credentials, peer_timeout);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
         snapshot_bytes: settings.snapshot_bytes,
         step_down_timeout_ticks: u64::from(settings.election_ticks) * 2,
         read_context_start: nanos_now(),
+        bootstrap,
         ..DriverConfig::default()
     };
     let core = DriverCore::new(raft, kv, snapshot, driver_config);
@@ -341,7 +459,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
     let admin_task = tokio::spawn(accept_admin(admin_listener, api.clone(), shutdown_rx.clone()));
     tracing::info!(address = %settings.advertise, listen = %settings.listen, node_id = %format!("{id:016x}"), data_dir = %settings.data_dir.display(),
-        admin_socket = %settings.admin_socket.display(), members = settings.members.len(), "mmapd ready");
+        admin_socket = %settings.admin_socket.display(), members = members.len(), "mmapd ready");
     lifecycle::notify_ready();
     let watchdog = tokio::spawn(lifecycle::watchdog(node.clone()));
     let status = tokio::spawn(lifecycle::report_status(node.clone()));
@@ -354,6 +472,11 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         result = &mut driver => Some(match result {
             Ok(Err(error)) if error == driver::shell::REMOVED => {
                 lifecycle::notify_stopping();
+                let marker = format!("node {id:016x} at {} was removed from cluster {:016x}", settings.advertise,
+                    api.node.shared.cluster_id.load(std::sync::atomic::Ordering::Relaxed));
+                if let Err(error) = crate::store::mark_removed(&settings.data_dir, &marker) {
+                    tracing::error!(%error, "cannot leave the removal marker");
+                }
                 return Err(ServerError::Removed);
             }
             Ok(Ok(())) => "the Raft driver stopped".to_owned(),

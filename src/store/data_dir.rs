@@ -183,18 +183,29 @@ impl DataDir {
 
     /// Leaves the removal marker, durably: the node refuses to start from here again.
     pub fn mark_removed(&self, text: &str) -> Result<(), StoreError> {
-        self.write_file(REMOVED_FILE_NAME, format!("{text}\n").as_bytes())
+        mark_removed(&self.path, text)
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let temp = self.path.join(format!("{name}.tmp"));
-        let mut file = File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
-        file.write_all(bytes).map_err(|e| StoreError::io(&temp, "write", e))?;
-        file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
-        let path = self.path.join(name);
-        fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
-        sync_dir(&self.path)
+        write_durably(&self.path, name, bytes)
     }
+}
+
+/// Leaves the removal marker in the data directory `dir` (whose lock this process
+/// holds), durably.
+pub fn mark_removed(dir: &Path, text: &str) -> Result<(), StoreError> {
+    write_durably(dir, REMOVED_FILE_NAME, format!("{text}\n").as_bytes())
+}
+
+/// Writes `dir/name` through a temporary file, fsync, rename and an fsync of `dir`.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let temp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
+    file.write_all(bytes).map_err(|e| StoreError::io(&temp, "write", e))?;
+    file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
+    let path = dir.join(name);
+    fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
+    sync_dir(dir)
 }
 
 /// The origin file: magic, u32 version, u32 CRC-32C of what follows, u8 flags (bit 0:

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use data_dir::{detect_legacy_json, looks_like_legacy_json, DataDir, Identity, Origin};
+pub use data_dir::{detect_legacy_json, looks_like_legacy_json, mark_removed, DataDir, Identity, Origin};
 pub use error::StoreError;
 
 use crate::raft::{Entry, HardState, SnapshotMeta};

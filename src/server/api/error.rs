@@ -67,6 +67,19 @@ pub enum ApiError {
     /// proposed. Deletes still work.
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// A peer request from a node this cluster does not accept: another cluster's, or
+    /// an id a committed configuration removed.
+    #[error("{0}")]
+    PeerRefused(String),
+    /// A join this cluster will not take (an address a member that held the log has).
+    #[error("{0}")]
+    JoinRefused(String),
+    /// A join sent to a node that is not the leader: ask the leader (`leader`, when known).
+    #[error("not the leader; ask the leader")]
+    Misdirected {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -88,6 +101,9 @@ impl ApiError {
             }
             ApiError::NotLeader(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
+            ApiError::JoinRefused(_) => StatusCode::CONFLICT,
+            ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,13 +125,19 @@ impl ApiError {
             ApiError::NotLeader(_) => "not_leader",
             ApiError::Storage(_) => "storage",
             ApiError::QuotaExceeded(_) => "quota",
+            ApiError::PeerRefused(_) => "peer_refused",
+            ApiError::JoinRefused(_) => "join_refused",
+            ApiError::Misdirected { .. } => "misdirected",
             ApiError::Internal(_) => "internal",
         }
     }
 
     /// The JSON error response: `{"error": "...", "code": "..."}`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        if let ApiError::Misdirected { leader } = &self {
+            body["leader"] = serde_json::json!(leader);
+        }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();

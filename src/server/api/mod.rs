@@ -5,8 +5,8 @@
 //!
 //! Routes: the original's `POST /set/<key>`, `GET /get/<key>`, `GET /status`; the
 //! `/v1/kv` API; `GET /metrics`, `GET /health`; and, for peers only,
-//! `POST /raft/stream` (upgraded to the peer stream), `POST /raft/messages` and
-//! `POST /raft/propose`.
+//! `POST /raft/stream` (upgraded to the peer stream), `POST /raft/messages`,
+//! `POST /raft/propose`, and `GET /raft/cluster` and `POST /raft/join` (see `join`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
 
 pub mod error;
+pub mod join;
 
 use crate::server::driver::{Applied, DeliverError, NodeError, NodeHandle};
 use crate::server::metrics::{Gauges, PeerGauge};
@@ -160,9 +161,12 @@ async fn route(
             allow(&method, &[Method::GET], "GET")?;
             Ok(api.metrics())
         }
+        join::CLUSTER_PATH => join::probe(api, &request, &query).await,
+        join::JOIN_PATH => join::join(api, connection, request).await,
         "/raft/messages" => {
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
             // Batches carrying a snapshot may take as long as the sender allows them.
             let body =
                 read_body(request, MAX_PEER_BODY_BYTES, api.body_timeout.max(SNAPSHOT_TIMEOUT)).await?;
@@ -185,6 +189,7 @@ async fn route(
         peer_stream::PATH => {
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
             let wanted = request.headers().get(UPGRADE).and_then(|v| v.to_str().ok());
             if wanted != Some(peer_stream::PROTOCOL) {
                 return Err(ApiError::BadRequest(format!(
@@ -216,6 +221,7 @@ async fn route(
         "/raft/propose" => {
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
             let body =
                 read_body(request, api.max_value_bytes * 2 + api.max_key_bytes + 1024, api.body_timeout)
                     .await?;

@@ -23,6 +23,8 @@ use crate::store::snapshot::WrittenSnapshot;
 pub trait Outbox: Send + 'static {
     /// Queues `messages` for their peers; never waits.
     fn send(&self, messages: Vec<Message>);
+    /// The peers to reach now (every member but this node, with its address).
+    fn set_peers(&self, peers: &HashMap<NodeId, String>);
 }
 
 /// The driver's error when a committed configuration removed this node.
@@ -37,6 +39,8 @@ pub(crate) enum Request {
     Snapshot { reply: Reply<SnapshotMeta> },
     Msync { reply: Reply<PersistStats> },
     Ping { reply: oneshot::Sender<()> },
+    Join { request: super::core::JoinRequest, reply: Reply<super::core::Joined> },
+    Probe { asker: NodeId, reply: oneshot::Sender<super::start::ProbeAnswer> },
 }
 
 /// What arrives from peers.
@@ -56,6 +60,9 @@ pub struct Shared {
     /// Every member's advertised address by id, this node included: how logs, /status
     /// and /metrics name members.
     pub members: RwLock<HashMap<NodeId, String>>,
+    /// The cluster's id as this node knows it (0 until the bootstrap record is applied
+    /// here): sent on peer requests, and checked on those that arrive.
+    pub cluster_id: Arc<std::sync::atomic::AtomicU64>,
     /// Why the disk refuses writes, while it does (shown by /health and /status).
     pub disk_full: Mutex<Option<String>>,
     /// Counters and histograms.
@@ -127,6 +134,18 @@ impl NodeHandle {
     /// Forces an msync of every mapped file.
     pub async fn msync(&self) -> Result<PersistStats, NodeError> {
         self.ask(|reply| Request::Msync { reply }).await
+    }
+
+    /// Asks the leader's core to add a joining node (see `DriverCore::join`).
+    pub async fn join(&self, request: super::core::JoinRequest) -> Result<super::core::Joined, NodeError> {
+        self.ask(|reply| Request::Join { request, reply }).await
+    }
+
+    /// What this node tells a node with an empty data directory about the cluster.
+    pub async fn probe_answer(&self, asker: NodeId) -> Result<super::start::ProbeAnswer, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Probe { asker, reply }).await?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)
     }
 
     /// Answers once the driver's event loop has come round: the watchdog's proof of life.
@@ -271,6 +290,7 @@ enum Waiting {
     Read(Reply<()>),
     StepDown(Reply<NodeId>),
     Snapshot(Reply<SnapshotMeta>),
+    Join(Reply<super::core::Joined>),
 }
 
 impl Waiting {
@@ -280,6 +300,7 @@ impl Waiting {
             Waiting::Read(reply) => reply.is_closed(),
             Waiting::StepDown(reply) => reply.is_closed(),
             Waiting::Snapshot(reply) => reply.is_closed(),
+            Waiting::Join(reply) => reply.is_closed(),
         }
     }
 }
@@ -446,6 +467,11 @@ impl Shell {
                 }
             }
             Request::Ping { reply } => drop(reply.send(())),
+            Request::Join { request, reply } => {
+                self.waiting.insert(token, Waiting::Join(reply));
+                self.core.join(token, request);
+            }
+            Request::Probe { asker, reply } => drop(reply.send(self.core.probe_answer(asker))),
         }
     }
 
@@ -535,11 +561,7 @@ impl Shell {
                     tracing::warn!(peer = %self.shared.name(from), kind, %reason, "refused a peer message");
                     self.shared.metrics.peer_messages_refused.inc();
                 }
-                Action::MembersChanged(cluster) => {
-                    let members: Vec<String> =
-                        cluster.members().iter().map(|(id, m)| format!("{id:016x}={}", m.address)).collect();
-                    tracing::info!(cluster_id = %format!("{:016x}", cluster.id()), members = %members.join(","), "cluster record");
-                }
+                Action::MembersChanged(cluster) => self.follow_members(&cluster),
                 Action::Removed => {
                     tracing::error!(
                         "{REMOVED}: stopping for good (exit status {})",
@@ -571,6 +593,38 @@ impl Shell {
         fatal.map_or(Ok(()), Err)
     }
 
+    /// The cluster record changed: name members by it, reach its members, present its
+    /// id. A record not bootstrapped yet (a restart before the bootstrap entry applied,
+    /// or a data directory from before the record) changes nothing: the members from
+    /// the start stay.
+    fn follow_members(&mut self, cluster: &crate::kv::Cluster) {
+        if cluster.id() == 0 {
+            return;
+        }
+        let id = self.core.raft().id();
+        let mut members: HashMap<NodeId, String> =
+            cluster.members().iter().map(|(member, m)| (*member, m.address.clone())).collect();
+        let previous = self.shared.members.read().expect("members lock").clone();
+        if let (false, Some(address)) = (members.contains_key(&id), previous.get(&id)) {
+            // A node that joins hears of itself when its learner entry reaches it.
+            members.insert(id, address.clone());
+        }
+        self.shared.cluster_id.store(cluster.id(), std::sync::atomic::Ordering::Relaxed);
+        if members == previous {
+            return;
+        }
+        let listed: Vec<String> = cluster
+            .members()
+            .iter()
+            .map(|(member, m)| format!("{member:016x}={}({})", m.address, m.role.as_str()))
+            .collect();
+        tracing::info!(cluster_id = %format!("{:016x}", cluster.id()), members = %listed.join(","), "members changed");
+        let peers: HashMap<NodeId, String> =
+            members.iter().filter(|(member, _)| **member != id).map(|(k, v)| (*k, v.clone())).collect();
+        self.outbox.set_peers(&peers);
+        *self.shared.members.write().expect("members lock") = members;
+    }
+
     fn answer(&mut self, token: Token, answer: Answer) {
         let Some(waiting) = self.waiting.remove(&token) else { return };
         match (waiting, answer) {
@@ -578,6 +632,7 @@ impl Shell {
             (Waiting::Read(reply), Answer::Read(result)) => drop(reply.send(result)),
             (Waiting::StepDown(reply), Answer::StepDown(result)) => drop(reply.send(result)),
             (Waiting::Snapshot(reply), Answer::Snapshot(result)) => drop(reply.send(result)),
+            (Waiting::Join(reply), Answer::Join(result)) => drop(reply.send(result)),
             (_, answer) => {
                 panic!("node {}: answer {answer:?} to a request of another kind", self.core.raft().id())
             }

@@ -8,9 +8,60 @@
 pub mod stream;
 pub mod transport;
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::raft::{Message, NodeId};
+
+/// The header naming the sender's cluster (16 hex digits), on every peer request once
+/// the sender knows its cluster's id.
+pub const CLUSTER_ID_HEADER: &str = "x-mmapd-cluster-id";
+/// The header naming the sending node (16 hex digits), on every peer request.
+pub const NODE_ID_HEADER: &str = "x-mmapd-node-id";
+
+/// What a node presents on every peer request: the cluster secret, if one is set, its
+/// cluster's id (0 until the bootstrap record is applied here) and its own id.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// The cluster secret.
+    pub secret: Option<Arc<Vec<u8>>>,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The cluster's id as this node knows it; updated by the driver shell.
+    pub cluster_id: Arc<AtomicU64>,
+}
+
+impl Credentials {
+    /// The headers to put on a peer request. Err: the secret is not a valid header value
+    /// (checked at start, so a bug).
+    pub fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(secret) = &self.secret {
+            let value = HeaderValue::from_bytes(secret).map_err(|e| e.to_string())?;
+            headers.push((HeaderName::from_static(transport::SECRET_HEADER), value));
+        }
+        let cluster_id = self.cluster_id.load(Ordering::Relaxed);
+        if cluster_id != 0 {
+            let value = HeaderValue::from_str(&format!("{cluster_id:016x}")).expect("hex is a valid header");
+            headers.push((HeaderName::from_static(CLUSTER_ID_HEADER), value));
+        }
+        let value = HeaderValue::from_str(&format!("{:016x}", self.node_id)).expect("hex is a valid header");
+        headers.push((HeaderName::from_static(NODE_ID_HEADER), value));
+        Ok(headers)
+    }
+}
+
+/// A 16-hex-digit id header: `Ok(None)` when absent (a peer of an older version).
+pub fn id_header(headers: &HeaderMap, name: &str) -> Result<Option<u64>, String> {
+    let Some(value) = headers.get(name) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| format!("{name} is not text"))?;
+    if text.len() != 16 {
+        return Err(format!("{name} must be 16 hex digits, got {text:?}"));
+    }
+    u64::from_str_radix(text, 16).map(Some).map_err(|_| format!("{name} must be 16 hex digits, got {text:?}"))
+}
 
 /// Binds a connection to the one node it speaks for: the first message's sender.
 /// Every later message on it must come from the same node, or the batch is refused

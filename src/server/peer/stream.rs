@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
-use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -32,7 +32,6 @@ use tokio::net::TcpStream;
 use crate::raft::Message;
 use crate::transport::codec::{decode_batch, encode_batch};
 
-use super::transport::SECRET_HEADER;
 use crate::server::driver::{DeliverError, NodeHandle};
 
 /// The protocol named in the `Upgrade` header.
@@ -82,7 +81,7 @@ impl StreamSender {
     /// `timeout`.
     pub async fn connect(
         address: SocketAddr,
-        secret: Option<&[u8]>,
+        credentials: Option<&super::Credentials>,
         timeout: Duration,
     ) -> Result<Self, StreamError> {
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
@@ -104,11 +103,10 @@ impl StreamSender {
                 .header(HOST, address.to_string())
                 .header(CONNECTION, "upgrade")
                 .header(UPGRADE, PROTOCOL);
-            if let Some(secret) = secret {
-                request = request.header(
-                    SECRET_HEADER,
-                    HeaderValue::from_bytes(secret).map_err(|e| StreamError::Upgrade(e.to_string()))?,
-                );
+            if let Some(credentials) = credentials {
+                for (name, value) in credentials.headers().map_err(StreamError::Upgrade)? {
+                    request = request.header(name, value);
+                }
             }
             let request =
                 request.body(Empty::<Bytes>::new()).map_err(|e| StreamError::Upgrade(e.to_string()))?;

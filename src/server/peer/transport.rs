@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use crate::raft::{Message, MessageBody, NodeId};
 use crate::transport::codec::{decode_batch, encode_batch};
 
 use super::stream::{self as peer_stream, StreamError, StreamSender};
+use super::Credentials;
 
 /// Why a batch did not reach a peer.
 enum Failure {
@@ -68,10 +69,22 @@ pub fn client() -> PeerClient {
     Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector)
 }
 
-/// Where outgoing messages go: one queue per peer.
+/// Where outgoing messages go: one queue per peer, and its sender task. The peers
+/// follow the cluster record (`set_peers`): a member added gets a sender, a member
+/// removed loses its own (its task ends when its queue closes), a member whose address
+/// changed gets a new one.
 #[derive(Clone)]
 pub struct Outbox {
-    peers: Arc<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
+    peers: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
+    client: PeerClient,
+    credentials: Credentials,
+    timeout: Duration,
+}
+
+/// One peer's queue, and the address its sender task reaches.
+struct PeerQueue {
+    address: String,
+    queue: mpsc::Sender<Vec<Message>>,
 }
 
 impl crate::server::driver::Outbox for Outbox {
@@ -84,16 +97,51 @@ impl crate::server::driver::Outbox for Outbox {
         for message in messages {
             by_peer.entry(message.to).or_default().push(message);
         }
+        let peers = self.peers.read().expect("peers lock");
         for (peer, batch) in by_peer {
-            match self.peers.get(&peer) {
+            match peers.get(&peer).map(|p| &p.queue) {
                 Some(queue) => {
                     if queue.try_send(batch).is_err() {
                         tracing::debug!(peer, "peer queue full or closed: messages dropped");
                     }
                 }
-                None => tracing::warn!(peer = %format!("{peer:016x}"), "message for unknown peer dropped"),
+                None => tracing::debug!(peer = %format!("{peer:016x}"), "message for unknown peer dropped"),
             }
         }
+    }
+
+    /// Follows the cluster record: `peers` is every member but this node.
+    fn set_peers(&self, peers: &HashMap<NodeId, String>) {
+        let mut current = self.peers.write().expect("peers lock");
+        current.retain(|id, queue| {
+            let keep = peers.get(id).is_some_and(|address| *address == queue.address);
+            if !keep {
+                tracing::info!(peer = %queue.address, id = %format!("{id:016x}"), "peer sender stopped");
+            }
+            keep
+        });
+        for (&id, address) in peers {
+            if !current.contains_key(&id) {
+                tracing::info!(peer = %address, id = %format!("{id:016x}"), "peer sender started");
+                current.insert(id, self.spawn_sender(address));
+            }
+        }
+    }
+}
+
+impl Outbox {
+    fn spawn_sender(&self, address: &str) -> PeerQueue {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+        let sender = PeerSender {
+            address: address.to_owned(),
+            resolved: None,
+            reachability: Reachability::Unknown,
+            client: self.client.clone(),
+            credentials: self.credentials.clone(),
+            timeout: self.timeout,
+        };
+        tokio::spawn(sender.run(rx));
+        PeerQueue { address: address.to_owned(), queue: tx }
     }
 }
 
@@ -105,24 +153,12 @@ impl crate::server::driver::Outbox for Outbox {
 pub fn start(
     peers: &HashMap<NodeId, String>,
     client: PeerClient,
-    secret: Option<Arc<Vec<u8>>>,
+    credentials: Credentials,
     timeout: Duration,
 ) -> Outbox {
-    let mut queues = HashMap::new();
-    for (&id, address) in peers {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
-        queues.insert(id, tx);
-        let sender = PeerSender {
-            address: address.clone(),
-            resolved: None,
-            reachability: Reachability::Unknown,
-            client: client.clone(),
-            secret: secret.clone(),
-            timeout,
-        };
-        tokio::spawn(sender.run(rx));
-    }
-    Outbox { peers: Arc::new(queues) }
+    let outbox = Outbox { peers: Default::default(), client, credentials, timeout };
+    crate::server::driver::Outbox::set_peers(&outbox, peers);
+    outbox
 }
 
 struct PeerSender {
@@ -133,7 +169,7 @@ struct PeerSender {
     resolved: Option<SocketAddr>,
     reachability: Reachability,
     client: PeerClient,
-    secret: Option<Arc<Vec<u8>>>,
+    credentials: Credentials,
     timeout: Duration,
 }
 
@@ -155,6 +191,7 @@ impl PeerSender {
         loop {
             let mut batch = match tokio::time::timeout(keepalive, queue.recv()).await {
                 Ok(Some(batch)) => batch,
+                // The queue closed: this member was removed, or moved to another address.
                 Ok(None) => break,
                 Err(_) => {
                     if let Some(open) = &mut stream {
@@ -185,8 +222,7 @@ impl PeerSender {
             };
             if stream.is_none() && !snapshot && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
-                match StreamSender::connect(resolved, self.secret.as_deref().map(|s| &s[..]), self.timeout)
-                    .await
+                match StreamSender::connect(resolved, Some(&self.credentials), self.timeout).await
                 {
                     Ok(open) => {
                         tracing::debug!(peer = %self.address, "peer stream open");
@@ -298,8 +334,8 @@ impl PeerSender {
             .method(Method::POST)
             .uri(uri.clone())
             .header(CONTENT_TYPE, "application/octet-stream");
-        if let Some(secret) = &self.secret {
-            request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+        for (name, value) in self.credentials.headers().map_err(Failure::Unreachable)? {
+            request = request.header(name, value);
         }
         let request = request.body(Full::new(Bytes::from(body))).expect("valid request");
         let answer = tokio::time::timeout(timeout, async {

@@ -1,0 +1,240 @@
+//! The routes a node with an empty data directory talks to, and the identity check on
+//! every peer request.
+//!
+//! - `GET /raft/cluster?asker=ID`: does the cluster exist, and what is `ID` in it (what
+//!   `DriverCore::probe_answer` says; see `driver::start`). Authenticated by the
+//!   cluster secret when one is set.
+//! - `POST /raft/join` with `{"address":"HOST:PORT","learner":false}`: the leader adds
+//!   the node as a learner under a fresh id (`DriverCore::join`) and answers what it
+//!   needs to start. Authenticated by the cluster secret; without one, accepted from a
+//!   loopback address only. A follower answers 421 naming the leader.
+//! - every peer request carries the sender's cluster id and node id
+//!   (`peer::Credentials`): another cluster's id, or a removed id, is refused with 403
+//!   and logged with the remote address. A sender missing from this node's
+//!   configuration is not refused: that configuration may be stale (thesis §4.1).
+
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{allow, json, node_error, query_field, read_body, Api, Connection, HttpResponse};
+use crate::raft::{ConfState, NodeId};
+use crate::server::driver::core::{JoinRequest, Joined};
+use crate::server::driver::start::ProbeAnswer;
+use crate::server::driver::NodeError;
+use crate::server::peer::{id_header, CLUSTER_ID_HEADER, NODE_ID_HEADER};
+
+/// The path of the probe.
+pub const CLUSTER_PATH: &str = "/raft/cluster";
+/// The path of a join.
+pub const JOIN_PATH: &str = "/raft/join";
+/// The largest join body.
+const MAX_JOIN_BODY: usize = 4096;
+
+/// Refuses a peer request from another cluster or from a removed id.
+pub(crate) fn check_peer_identity(api: &Api, connection: &Connection, headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |reason: String| {
+        tracing::warn!(peer = %connection.remote, %reason, "refused a peer request");
+        api.node.shared.metrics.peer_messages_refused.inc();
+        Err(ApiError::PeerRefused(reason))
+    };
+    let theirs = match id_header(headers, CLUSTER_ID_HEADER) {
+        Ok(id) => id,
+        Err(reason) => return refuse(reason),
+    };
+    let ours = api.node.shared.cluster_id.load(Ordering::Relaxed);
+    if let Some(theirs) = theirs {
+        if ours != 0 && theirs != 0 && theirs != ours {
+            return refuse(format!("the sender is in cluster {theirs:016x}, this node in cluster {ours:016x}"));
+        }
+    }
+    let sender = match id_header(headers, NODE_ID_HEADER) {
+        Ok(id) => id,
+        Err(reason) => return refuse(reason),
+    };
+    if let Some(sender) = sender {
+        if api.node.shared.kv.read().expect("kv lock").cluster().is_removed(sender) {
+            return refuse(format!("node {sender:016x} was removed from the cluster; a removed id never comes back"));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /raft/cluster?asker=ID`.
+pub(crate) async fn probe(api: &Api, request: &Request<Incoming>, query: &str) -> Result<HttpResponse, ApiError> {
+    allow(request.method(), &[Method::GET], "GET")?;
+    api.check_secret(request.headers())?;
+    let asker = query_field(query, "asker")?
+        .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(|text| u64::from_str_radix(text, 16).ok()))
+        .ok_or_else(|| ApiError::BadRequest("asker=ID (16 hex digits) is required".into()))?;
+    let answer = api.node.probe_answer(asker).await.map_err(node_error)?;
+    Ok(json(StatusCode::OK, probe_to_json(answer)))
+}
+
+/// A probe answer as JSON: `{"state": ..., "cluster_id": "<16 hex>"|null, "started": bool}`.
+pub fn probe_to_json(answer: ProbeAnswer) -> Value {
+    let hex = |id: u64| json!(format!("{id:016x}"));
+    match answer {
+        ProbeAnswer::NoCluster => json!({"state": "no_cluster", "cluster_id": null, "started": false}),
+        ProbeAnswer::Pending => json!({"state": "pending", "cluster_id": null, "started": false}),
+        ProbeAnswer::Member { cluster_id, started } => {
+            json!({"state": "member", "cluster_id": hex(cluster_id), "started": started})
+        }
+        ProbeAnswer::Removed { cluster_id } => {
+            json!({"state": "removed", "cluster_id": hex(cluster_id), "started": false})
+        }
+        ProbeAnswer::NotMember { cluster_id } => {
+            json!({"state": "not_member", "cluster_id": hex(cluster_id), "started": false})
+        }
+    }
+}
+
+/// Reads what `probe_to_json` wrote; `None` if it does not parse.
+pub fn probe_from_json(value: &Value) -> Option<ProbeAnswer> {
+    let cluster_id = || value.get("cluster_id")?.as_str().and_then(|t| u64::from_str_radix(t, 16).ok());
+    Some(match value.get("state")?.as_str()? {
+        "no_cluster" => ProbeAnswer::NoCluster,
+        "pending" => ProbeAnswer::Pending,
+        "member" => ProbeAnswer::Member {
+            cluster_id: cluster_id()?,
+            started: value.get("started")?.as_bool()?,
+        },
+        "removed" => ProbeAnswer::Removed { cluster_id: cluster_id()? },
+        "not_member" => ProbeAnswer::NotMember { cluster_id: cluster_id()? },
+        _ => return None,
+    })
+}
+
+/// `POST /raft/join`.
+pub(crate) async fn join(
+    api: &Api,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    allow(request.method(), &[Method::POST], "POST")?;
+    if api.secret.is_some() {
+        api.check_secret(request.headers())?;
+    } else if !connection.remote.ip().is_loopback() {
+        tracing::warn!(peer = %connection.remote, "refused a join from another host: no cluster secret is set");
+        return Err(ApiError::PeerRefused(
+            "without a cluster secret, joins are accepted from loopback only: set --cluster-secret-file on \
+             every node"
+                .into(),
+        ));
+    }
+    let body = read_body(request, MAX_JOIN_BODY, api.body_timeout).await?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("expected {{\"address\":\"HOST:PORT\"}}: {e}")))?;
+    let address = value
+        .get("address")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest("\"address\": \"HOST:PORT\" is required".into()))?;
+    let address =
+        crate::server::cli::member_address(address).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let learner = match value.get("learner") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(learner)) => *learner,
+        Some(_) => return Err(ApiError::BadRequest("\"learner\" must be true or false".into())),
+    };
+    let join = JoinRequest { address: address.clone(), learner, candidate_id: crate::server::random_id() };
+    let answer = tokio::time::timeout(api.request_timeout, api.node.join(join))
+        .await
+        .map_err(|_| ApiError::Timeout(api.request_timeout, "the new member's entry to commit"))?;
+    match answer {
+        Ok(joined) => {
+            tracing::info!(peer = %connection.remote, %address, id = %format!("{:016x}", joined.id), "a node joined as a learner");
+            Ok(json(StatusCode::OK, joined_to_json(&joined)))
+        }
+        Err(NodeError::NotLeader(leader)) => {
+            Err(ApiError::Misdirected { leader: leader.and_then(|id| api.node.shared.address_of(id)) })
+        }
+        Err(NodeError::Invalid(reason)) => Err(ApiError::JoinRefused(reason)),
+        Err(error) => Err(node_error(error)),
+    }
+}
+
+/// A join's answer as JSON.
+pub fn joined_to_json(joined: &Joined) -> Value {
+    let hex = |id: &NodeId| format!("{id:016x}");
+    json!({
+        "cluster_id": hex(&joined.cluster_id),
+        "id": hex(&joined.id),
+        "base": {
+            "voters": joined.base.voters.iter().map(hex).collect::<Vec<_>>(),
+            "learners": joined.base.learners.iter().map(hex).collect::<Vec<_>>(),
+        },
+        "members": joined.members.iter().map(|(id, address)| json!({"id": hex(id), "address": address})).collect::<Vec<_>>(),
+    })
+}
+
+/// Reads what `joined_to_json` wrote, checking it: Err names what is wrong.
+pub fn joined_from_json(value: &Value) -> Result<Joined, String> {
+    let id = |value: Option<&Value>, what: &str| -> Result<u64, String> {
+        value
+            .and_then(Value::as_str)
+            .and_then(|text| u64::from_str_radix(text, 16).ok())
+            .filter(|id| *id != 0)
+            .ok_or_else(|| format!("{what} is not a 16-hex-digit id"))
+    };
+    let ids = |value: Option<&Value>, what: &str| -> Result<Vec<u64>, String> {
+        let list = value.and_then(Value::as_array).ok_or_else(|| format!("{what} is not a list"))?;
+        list.iter().map(|item| id(Some(item), what)).collect()
+    };
+    let base = value.get("base").ok_or("base is missing")?;
+    let base = ConfState { voters: ids(base.get("voters"), "base.voters")?, learners: ids(base.get("learners"), "base.learners")? };
+    if let Some(reason) = base.invalid_reason() {
+        return Err(format!("base: {reason}"));
+    }
+    let members = value
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or("members is not a list")?
+        .iter()
+        .map(|member| {
+            let address = member.get("address").and_then(Value::as_str).ok_or("a member has no address")?;
+            Ok((id(member.get("id"), "member id")?, address.to_owned()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Joined { cluster_id: id(value.get("cluster_id"), "cluster_id")?, id: id(value.get("id"), "id")?, base, members })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_answers_round_trip_through_json() {
+        for answer in [
+            ProbeAnswer::NoCluster,
+            ProbeAnswer::Pending,
+            ProbeAnswer::Member { cluster_id: 0xabc, started: true },
+            ProbeAnswer::Member { cluster_id: 0xabc, started: false },
+            ProbeAnswer::Removed { cluster_id: 7 },
+            ProbeAnswer::NotMember { cluster_id: 7 },
+        ] {
+            assert_eq!(probe_from_json(&probe_to_json(answer)), Some(answer));
+        }
+        assert_eq!(probe_from_json(&json!({"state": "member"})), None);
+    }
+
+    #[test]
+    fn a_join_answer_round_trips_and_a_bad_one_is_refused() {
+        let joined = Joined {
+            cluster_id: 0xc1,
+            id: 0x99,
+            base: ConfState { voters: vec![1, 2, 3], learners: vec![] },
+            members: vec![(1, "a:1".into()), (2, "b:1".into()), (3, "c:1".into()), (0x99, "d:1".into())],
+        };
+        assert_eq!(joined_from_json(&joined_to_json(&joined)), Ok(joined.clone()));
+        let mut unsorted = joined_to_json(&joined);
+        unsorted["base"]["voters"] = json!(["0000000000000003", "0000000000000001"]);
+        assert!(joined_from_json(&unsorted).is_err());
+        let mut zero = joined_to_json(&joined);
+        zero["id"] = json!("0000000000000000");
+        assert!(joined_from_json(&zero).is_err());
+    }
+}
