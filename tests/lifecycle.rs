@@ -227,7 +227,9 @@ fn a_peer_name_that_does_not_resolve_is_logged_once_and_retried() {
     let mut node_b = node(ports[1], "b");
     node_a.start().unwrap();
     node_b.start().unwrap();
-    wait_for(Duration::from_secs(20), "the node to serve", || (get(port, "/status").status == 200).then_some(()));
+    wait_for(Duration::from_secs(20), "the node to serve", || {
+        (get(port, "/status").status == 200).then_some(())
+    });
     let unresolved = |log: &str| {
         log.lines().filter(|l| l.contains("no-such-node.invalid") && l.contains("not answering")).count()
     };

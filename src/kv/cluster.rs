@@ -165,8 +165,12 @@ impl Cluster {
         next.id = id;
         for (member, address) in members {
             next.check_new(*member, address)?;
-            let member_record =
-                Member { address: address.clone(), role: MemberRole::Voter, promote_when_caught_up: false, started: false };
+            let member_record = Member {
+                address: address.clone(),
+                role: MemberRole::Voter,
+                promote_when_caught_up: false,
+                started: false,
+            };
             next.members.insert(*member, member_record);
         }
         *self = next;

@@ -252,9 +252,8 @@ async fn ask(
     if body.is_some() {
         request = request.header(CONTENT_TYPE, "application/json");
     }
-    let request = request
-        .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
-        .map_err(|e| e.to_string())?;
+    let request =
+        request.body(Full::new(body.map(Bytes::from).unwrap_or_default())).map_err(|e| e.to_string())?;
     let answer = tokio::time::timeout(ASK_TIMEOUT, async {
         let response = client.request(request).await.map_err(|e| e.to_string())?;
         let status = response.status();

@@ -151,7 +151,11 @@ enum Start {
     /// The node has data: its Raft core, the members known at start (id and advertised
     /// address) and what it records as the cluster's bootstrap if it leads before the
     /// record exists.
-    Ready { raft: Raft, members: HashMap<NodeId, String>, bootstrap: Option<(u64, Vec<(NodeId, String)>)> },
+    Ready {
+        raft: Box<Raft>,
+        members: HashMap<NodeId, String>,
+        bootstrap: Option<(u64, Vec<(NodeId, String)>)>,
+    },
     /// An empty data directory started with `--peers` (or alone): asks the peers first
     /// (`driver::start`).
     Bootstrap { initial: InitialState },
@@ -191,7 +195,11 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
         }
         None => (SnapshotMeta::default(), StateMachine::new(), None),
     };
-    let initial = InitialState { hard_state: recovered.hard_state, snapshot: snapshot_meta, entries: recovered.entries };
+    let initial = InitialState {
+        hard_state: recovered.hard_state,
+        snapshot: snapshot_meta,
+        entries: recovered.entries,
+    };
     let start = match (identity, origin) {
         (None, _) if empty && !settings.join.is_empty() => Start::Join { initial },
         (None, _) if empty => Start::Bootstrap { initial },
@@ -202,13 +210,13 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
             let members: HashMap<NodeId, String> = origin.members.iter().cloned().collect();
             let bootstrap = (!origin.joined).then(|| (identity.cluster_id, origin.members.clone()));
             let raft = restore_raft(&settings, identity.node_id, origin.base, initial, &members)?;
-            Start::Ready { raft, members, bootstrap }
+            Start::Ready { raft: Box::new(raft), members, bootstrap }
         }
         // A data directory from before origins were written: its members are --peers,
         // as they always were, and its cluster id the hash of them.
         (identity, _) => {
             let (raft, members, bootstrap) = open_legacy(&settings, &store, identity, initial)?;
-            Start::Ready { raft, members, bootstrap }
+            Start::Ready { raft: Box::new(raft), members, bootstrap }
         }
     };
     Ok(Opened { descriptor_limit, settings, store, kv, snapshot, start })
@@ -229,7 +237,9 @@ fn restore_raft(
     let conf = if initial.snapshot.index > 0 { initial.snapshot.conf.clone() } else { base };
     if settings.join.is_empty() && settings.members.len() > 1 && conf != peers_conf {
         let name = |ids: &[NodeId]| {
-            ids.iter().map(|id| members.get(id).cloned().unwrap_or_else(|| format!("{id:016x}"))).collect::<Vec<_>>()
+            ids.iter()
+                .map(|id| members.get(id).cloned().unwrap_or_else(|| format!("{id:016x}")))
+                .collect::<Vec<_>>()
         };
         tracing::warn!(
             data_dir_voters = ?name(&conf.voters),
@@ -365,28 +375,45 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     // A node with an empty data directory asks the cluster first, answering probes
     // meanwhile; then it is a node with data.
     let (raft, members, bootstrap, listener) = match start {
-        Start::Ready { raft, members, bootstrap } => (raft, members, bootstrap, listener),
+        Start::Ready { raft, members, bootstrap } => (*raft, members, bootstrap, listener),
         Start::Bootstrap { initial } => {
-            let (listener, outcome) =
-                joining::while_starting(listener, &settings.advertise, joining::bootstrap(&settings, &client, secret.clone())).await;
+            let (listener, outcome) = joining::while_starting(
+                listener,
+                &settings.advertise,
+                joining::bootstrap(&settings, &client, secret.clone()),
+            )
+            .await;
             let cluster_candidate = outcome?;
             let id = node_id(&settings.advertise);
-            let list: Vec<(NodeId, String)> = settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
+            let list: Vec<(NodeId, String)> =
+                settings.members.iter().map(|a| (node_id(a), a.clone())).collect();
             let base = ConfState::with_voters(list.iter().map(|(id, _)| *id).collect());
-            store.data_dir().write_origin(&Origin { joined: false, base: base.clone(), members: list.clone() })?;
+            store.data_dir().write_origin(&Origin {
+                joined: false,
+                base: base.clone(),
+                members: list.clone(),
+            })?;
             store.data_dir().write_identity(Identity { cluster_id: cluster_candidate, node_id: id })?;
-            let initial = InitialState { snapshot: SnapshotMeta { conf: base, ..initial.snapshot }, ..initial };
+            let initial =
+                InitialState { snapshot: SnapshotMeta { conf: base, ..initial.snapshot }, ..initial };
             let raft = build_raft(&settings, id, initial)?;
             (raft, list.iter().cloned().collect(), Some((cluster_candidate, list)), listener)
         }
         Start::Join { initial } => {
-            let (listener, outcome) =
-                joining::while_starting(listener, &settings.advertise, joining::join(&settings, &client, secret.clone())).await;
+            let (listener, outcome) = joining::while_starting(
+                listener,
+                &settings.advertise,
+                joining::join(&settings, &client, secret.clone()),
+            )
+            .await;
             let joined = outcome?;
             let origin = Origin { joined: true, base: joined.base.clone(), members: joined.members.clone() };
             store.data_dir().write_origin(&origin)?;
-            store.data_dir().write_identity(Identity { cluster_id: joined.cluster_id, node_id: joined.id })?;
-            let initial = InitialState { snapshot: SnapshotMeta { conf: joined.base, ..initial.snapshot }, ..initial };
+            store
+                .data_dir()
+                .write_identity(Identity { cluster_id: joined.cluster_id, node_id: joined.id })?;
+            let initial =
+                InitialState { snapshot: SnapshotMeta { conf: joined.base, ..initial.snapshot }, ..initial };
             let mut members: HashMap<NodeId, String> = joined.members.into_iter().collect();
             members.insert(joined.id, settings.advertise.clone());
             (build_raft(&settings, joined.id, initial)?, members, None, listener)

@@ -36,7 +36,11 @@ pub const JOIN_PATH: &str = "/raft/join";
 const MAX_JOIN_BODY: usize = 4096;
 
 /// Refuses a peer request from another cluster or from a removed id.
-pub(crate) fn check_peer_identity(api: &Api, connection: &Connection, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_peer_identity(
+    api: &Api,
+    connection: &Connection,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let refuse = |reason: String| {
         tracing::warn!(peer = %connection.remote, %reason, "refused a peer request");
         api.node.shared.metrics.peer_messages_refused.inc();
@@ -49,7 +53,9 @@ pub(crate) fn check_peer_identity(api: &Api, connection: &Connection, headers: &
     let ours = api.node.shared.cluster_id.load(Ordering::Relaxed);
     if let Some(theirs) = theirs {
         if ours != 0 && theirs != 0 && theirs != ours {
-            return refuse(format!("the sender is in cluster {theirs:016x}, this node in cluster {ours:016x}"));
+            return refuse(format!(
+                "the sender is in cluster {theirs:016x}, this node in cluster {ours:016x}"
+            ));
         }
     }
     let sender = match id_header(headers, NODE_ID_HEADER) {
@@ -58,14 +64,20 @@ pub(crate) fn check_peer_identity(api: &Api, connection: &Connection, headers: &
     };
     if let Some(sender) = sender {
         if api.node.shared.kv.read().expect("kv lock").cluster().is_removed(sender) {
-            return refuse(format!("node {sender:016x} was removed from the cluster; a removed id never comes back"));
+            return refuse(format!(
+                "node {sender:016x} was removed from the cluster; a removed id never comes back"
+            ));
         }
     }
     Ok(())
 }
 
 /// `GET /raft/cluster?asker=ID`.
-pub(crate) async fn probe(api: &Api, request: &Request<Incoming>, query: &str) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn probe(
+    api: &Api,
+    request: &Request<Incoming>,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
     allow(request.method(), &[Method::GET], "GET")?;
     api.check_secret(request.headers())?;
     let asker = query_field(query, "asker")?
@@ -99,10 +111,9 @@ pub fn probe_from_json(value: &Value) -> Option<ProbeAnswer> {
     Some(match value.get("state")?.as_str()? {
         "no_cluster" => ProbeAnswer::NoCluster,
         "pending" => ProbeAnswer::Pending,
-        "member" => ProbeAnswer::Member {
-            cluster_id: cluster_id()?,
-            started: value.get("started")?.as_bool()?,
-        },
+        "member" => {
+            ProbeAnswer::Member { cluster_id: cluster_id()?, started: value.get("started")?.as_bool()? }
+        }
         "removed" => ProbeAnswer::Removed { cluster_id: cluster_id()? },
         "not_member" => ProbeAnswer::NotMember { cluster_id: cluster_id()? },
         _ => return None,
@@ -185,7 +196,10 @@ pub fn joined_from_json(value: &Value) -> Result<Joined, String> {
         list.iter().map(|item| id(Some(item), what)).collect()
     };
     let base = value.get("base").ok_or("base is missing")?;
-    let base = ConfState { voters: ids(base.get("voters"), "base.voters")?, learners: ids(base.get("learners"), "base.learners")? };
+    let base = ConfState {
+        voters: ids(base.get("voters"), "base.voters")?,
+        learners: ids(base.get("learners"), "base.learners")?,
+    };
     if let Some(reason) = base.invalid_reason() {
         return Err(format!("base: {reason}"));
     }
@@ -199,7 +213,12 @@ pub fn joined_from_json(value: &Value) -> Result<Joined, String> {
             Ok((id(member.get("id"), "member id")?, address.to_owned()))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(Joined { cluster_id: id(value.get("cluster_id"), "cluster_id")?, id: id(value.get("id"), "id")?, base, members })
+    Ok(Joined {
+        cluster_id: id(value.get("cluster_id"), "cluster_id")?,
+        id: id(value.get("id"), "id")?,
+        base,
+        members,
+    })
 }
 
 #[cfg(test)]

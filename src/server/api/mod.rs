@@ -273,9 +273,9 @@ impl Api {
     /// admin import, and a peer's forwarded write alike.
     fn check_command(&self, command: &Command) -> Result<(), ApiError> {
         match command {
-            Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => Err(ApiError::BadRequest(
-                "cluster commands are proposed by the leader, never forwarded".into(),
-            )),
+            Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => Err(
+                ApiError::BadRequest("cluster commands are proposed by the leader, never forwarded".into()),
+            ),
             Command::Put { key, value, .. } => self.check_key_value(key, value),
             Command::Delete { key, .. } => self.check_key(key),
             Command::Import { pairs } => {
@@ -520,6 +520,7 @@ impl Api {
                     "match_index": p.match_index,
                     "next_index": p.next_index,
                     "state": p.state,
+                    "learner": p.learner,
                     "recently_active": p.recently_active,
                     "last_contact_ms": last_contact_ms,
                     // Deprecated spellings, removed in the next release.

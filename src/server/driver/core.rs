@@ -615,7 +615,7 @@ impl DriverCore {
             Some((id, member))
                 if !member.started
                     && member.role == crate::kv::MemberRole::Learner
-                    && !self.raft.match_index(id).is_some_and(|index| index > 0) =>
+                    && self.raft.match_index(id).is_none_or(|index| index == 0) =>
             {
                 let joined = self.joined(id);
                 self.answer(token, Answer::Join(Ok(joined)));

@@ -91,9 +91,9 @@ pub fn decide_start(config: &DriverConfig, members: usize, answers: &[ProbeAnswe
                 return StartDecision::Refuse {
                     cluster_id,
                     reason: format!(
-                        "cluster {cluster_id:016x} removed this node's id, and a removed id never comes back: \
+                    "cluster {cluster_id:016x} removed this node's id, and a removed id never comes back: \
                          start it with an empty data directory and --join to add it under a new id"
-                    ),
+                ),
                 }
             }
             ProbeAnswer::NotMember { cluster_id } => {
@@ -162,6 +162,9 @@ mod tests {
     #[test]
     fn a_removed_or_unlisted_node_is_refused() {
         assert!(matches!(decide(3, &[ProbeAnswer::Removed { cluster_id: 1 }]), StartDecision::Refuse { .. }));
-        assert!(matches!(decide(3, &[ProbeAnswer::NotMember { cluster_id: 1 }]), StartDecision::Refuse { .. }));
+        assert!(matches!(
+            decide(3, &[ProbeAnswer::NotMember { cluster_id: 1 }]),
+            StartDecision::Refuse { .. }
+        ));
     }
 }

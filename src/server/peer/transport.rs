@@ -121,9 +121,9 @@ impl crate::server::driver::Outbox for Outbox {
             keep
         });
         for (&id, address) in peers {
-            if !current.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = current.entry(id) {
                 tracing::info!(peer = %address, id = %format!("{id:016x}"), "peer sender started");
-                current.insert(id, self.spawn_sender(address));
+                entry.insert(self.spawn_sender(address));
             }
         }
     }
@@ -222,8 +222,7 @@ impl PeerSender {
             };
             if stream.is_none() && !snapshot && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
-                match StreamSender::connect(resolved, Some(&self.credentials), self.timeout).await
-                {
+                match StreamSender::connect(resolved, Some(&self.credentials), self.timeout).await {
                     Ok(open) => {
                         tracing::debug!(peer = %self.address, "peer stream open");
                         stream = Some(open);

@@ -1,0 +1,136 @@
+//! Membership on real processes: a node joins with `--join` and is promoted once caught
+//! up; a wiped member can't come back as its old self. (The simulator checks the
+//! protocol under faults; these check the daemon's side of it.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The `--join` node's daemon, with the fast timings, in `cluster.dir`.
+fn joiner(cluster: &Cluster, port: u16, name: &str, join: &str, extra: &[&str]) -> Daemon {
+    let data_dir = cluster.dir.path().join(name);
+    let port_text = port.to_string();
+    let mut args = vec!["--port", &port_text, "--join", join, "--data-dir", data_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    args.extend(extra);
+    Daemon::new(cluster.dir.path(), port, &args)
+}
+
+/// The leader's view of `address` in its /status peers: (match index, learner).
+fn seen_by_leader(cluster: &Cluster, address: &str) -> Option<(u64, bool)> {
+    let leader = cluster.agreed_leader()?;
+    let status = cluster.nodes[leader].status()?;
+    let peer = status["peers"].as_array()?.iter().find(|p| p["address"] == address)?.clone();
+    Some((peer["match_index"].as_u64()?, peer["learner"].as_bool()?))
+}
+
+/// Reference: thesis §4.2.1 (a new server joins as a non-voting member and catches up
+/// before it counts for commit) and §4.1 (it hears from a leader it does not know yet).
+#[test]
+fn a_node_started_with_join_catches_up_is_promoted_and_resumes_after_a_restart() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    for i in 0..50 {
+        assert_eq!(put(cluster.port(leader), &format!("/v1/kv/k{i}"), b"before").status, 201);
+    }
+    let follower = cluster.others(leader)[0];
+    let port = free_ports(1)[0];
+    let address = format!("127.0.0.1:{port}");
+    let mut node = joiner(&cluster, port, "joiner", &cluster.nodes[follower].address(), &[]);
+    node.start().unwrap();
+    wait_for(Duration::from_secs(20), "the joined node to catch up", || {
+        (get(port, "/v1/kv/k49?consistency=stale").text() == "before").then_some(())
+    });
+    wait_for(Duration::from_secs(20), "the learner to be promoted", || {
+        matches!(seen_by_leader(&cluster, &address), Some((_, false))).then_some(())
+    });
+    assert!(node.log_text().contains("joined the cluster as a learner"), "{}", node.log_text());
+    // It serves writes (forwarded to the leader) and linearizable reads.
+    assert_eq!(put(port, "/v1/kv/after", b"joined").status, 201);
+    assert_eq!(get(port, "/v1/kv/after").text(), "joined");
+
+    // Restarted with the same flags, it resumes: no second join.
+    node.kill9();
+    node.start().unwrap();
+    wait_for(Duration::from_secs(20), "the restarted node to serve", || {
+        (get(port, "/v1/kv/after").text() == "joined").then_some(())
+    });
+    assert_eq!(node.log_text().matches("joined the cluster as a learner").count(), 1);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/last", b"4").status, 201);
+    cluster.nodes.push(node);
+}
+
+/// A node joined with `--learner` stays a learner: it has the data but never votes.
+#[test]
+fn a_node_joined_as_a_learner_stays_a_learner() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k", b"v").status, 201);
+    let port = free_ports(1)[0];
+    let address = format!("127.0.0.1:{port}");
+    let mut node = joiner(&cluster, port, "learner", &cluster.nodes[leader].address(), &["--learner"]);
+    node.start().unwrap();
+    wait_for(Duration::from_secs(20), "the learner to catch up", || {
+        (get(port, "/v1/kv/k?consistency=stale").text() == "v").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let (match_index, learner) = seen_by_leader(&cluster, &address).expect("the leader lists it");
+    assert!(learner, "a --learner node was promoted");
+    assert!(match_index > 0);
+}
+
+/// RAFT-NOTES #18: a member whose data directory was wiped must not come back under
+/// its old id, with --peers or with --join: it may have voted and counted for commits.
+/// It refuses to start, naming the cluster and what to do, with exit status 10 (which
+/// the unit does not restart).
+#[test]
+fn a_wiped_member_is_refused_with_peers_and_with_join() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k", b"v").status, 201);
+    let victim = cluster.others(leader)[0];
+    let address = cluster.nodes[victim].address();
+    // The leader records the members it saw hold the log.
+    wait_for(Duration::from_secs(10), "the victim to hold the log", || {
+        seen_by_leader(&cluster, &address).filter(|(m, _)| *m > 0).map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.nodes[victim].kill9();
+    let data_dir = cluster.dir.path().join(format!("node-{}", cluster.port(victim)));
+    std::fs::remove_dir_all(&data_dir).unwrap();
+
+    cluster.nodes[victim].spawn();
+    let status = cluster.nodes[victim].wait_exit(Duration::from_secs(20));
+    let log = cluster.nodes[victim].log_text();
+    assert_eq!(status.code(), Some(10), "{log}");
+    assert!(log.contains("must not come back as its old self") && log.contains("--join"), "{log}");
+
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let port = cluster.port(victim);
+    let mut again = joiner(&cluster, port, &format!("node-{port}"), &cluster.nodes[leader].address(), &[]);
+    again.spawn();
+    let status = again.wait_exit(Duration::from_secs(20));
+    let log = again.log_text();
+    assert_eq!(status.code(), Some(10), "{log}");
+    assert!(log.contains("remove it first"), "{log}");
+    // The two members left go on serving.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k2", b"v").status, 201);
+}
+
+/// A peer request naming another cluster is refused (403) and logged with its address.
+#[test]
+fn a_peer_request_from_another_cluster_is_refused() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    wait_for(Duration::from_secs(10), "the cluster record", || {
+        let headers = [("x-mmapd-cluster-id", "00000000000000aa")];
+        let response = request(cluster.port(leader), "POST", "/raft/messages", &headers, b"").ok()?;
+        (response.status == 403).then_some(())
+    });
+    let log = cluster.nodes[leader].log_text();
+    assert!(log.contains("refused a peer request") && log.contains("00000000000000aa"), "{log}");
+}
