@@ -263,3 +263,50 @@ async fn ask(
     .await;
     answer.unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}")))
 }
+
+/// Returns once a majority of the other members this node knows answer, authenticated,
+/// that the cluster removed it: the node missed its own removal (it was cut off when
+/// it committed) and must stop. A hint (a peer refusing our messages as removed) starts
+/// a round of asking; one peer's word is never enough.
+pub(crate) async fn confirm_removal(
+    mut hints: tokio::sync::mpsc::Receiver<String>,
+    shared: Arc<super::driver::Shared>,
+    me: u64,
+    client: PeerClient,
+    secret: Option<Arc<Vec<u8>>>,
+) {
+    while let Some(first) = hints.recv().await {
+        let others: Vec<String> = shared
+            .members
+            .read()
+            .expect("members lock")
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, address)| address.clone())
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for peer in others.clone() {
+            let (client, secret) = (client.clone(), secret.clone());
+            asks.spawn(async move { ask_probe(&client, secret.as_deref(), &peer, me).await });
+        }
+        let mut removed = 0;
+        while let Some(answer) = asks.join_next().await {
+            if let Ok(Ok(ProbeAnswer::Removed { .. })) = answer {
+                removed += 1;
+            }
+        }
+        let needed = others.len() / 2 + 1;
+        if removed >= needed {
+            tracing::error!(
+                removed,
+                asked = others.len(),
+                "a majority of the members answer that this node was removed"
+            );
+            return;
+        }
+        tracing::warn!(peer = %first, removed, needed, "a peer refuses this node as removed; a majority does not confirm it");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while hints.try_recv().is_ok() {}
+    }
+    std::future::pending::<()>().await
+}

@@ -448,7 +448,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     // treated as unreachable, and its connection is replaced.
     let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
     let credentials = peer::Credentials { secret: secret.clone(), node_id: id, cluster_id };
-    let outbox = peer::transport::start(&peers, client.clone(), credentials, peer_timeout);
+    let (removed_hint, removed_hints) = tokio::sync::mpsc::channel(1);
+    let outbox = peer::transport::start(&peers, client.clone(), credentials, peer_timeout, removed_hint);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
@@ -491,25 +492,39 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let watchdog = tokio::spawn(lifecycle::watchdog(node.clone()));
     let status = tokio::spawn(lifecycle::report_status(node.clone()));
 
+    let removal = joining::confirm_removal(
+        removed_hints,
+        node.shared.clone(),
+        id,
+        api.client.clone(),
+        api.secret.clone(),
+    );
     let mut driver = driver;
-    let driver_failed = tokio::select! {
+    // The driver only ends on shutdown: ending earlier means a broken invariant
+    // panicked it. Exit non-zero (systemd restarts us) rather than hang unserved.
+    let ended: Option<Result<(), String>> = tokio::select! {
         () = lifecycle::wait_for_termination() => None,
-        // The driver only ends on shutdown: ending earlier means a broken invariant
-        // panicked it. Exit non-zero (systemd restarts us) rather than hang unserved.
+        () = removal => Some(Err(driver::shell::REMOVED.to_owned())),
         result = &mut driver => Some(match result {
-            Ok(Err(error)) if error == driver::shell::REMOVED => {
-                lifecycle::notify_stopping();
-                let marker = format!("node {id:016x} at {} was removed from cluster {:016x}", settings.advertise,
-                    api.node.shared.cluster_id.load(std::sync::atomic::Ordering::Relaxed));
-                if let Err(error) = crate::store::mark_removed(&settings.data_dir, &marker) {
-                    tracing::error!(%error, "cannot leave the removal marker");
-                }
-                return Err(ServerError::Removed);
-            }
-            Ok(Ok(())) => "the Raft driver stopped".to_owned(),
-            Ok(Err(error)) => format!("the Raft driver stopped: {error}"),
-            Err(error) => format!("the Raft driver failed: {error}"),
+            Ok(Ok(())) => Err("the Raft driver stopped".to_owned()),
+            Ok(Err(error)) if error == driver::shell::REMOVED => Err(error),
+            Ok(Err(error)) => Err(format!("the Raft driver stopped: {error}")),
+            Err(error) => Err(format!("the Raft driver failed: {error}")),
         }),
+    };
+    let driver_failed = match ended {
+        Some(Err(error)) if error == driver::shell::REMOVED => {
+            lifecycle::notify_stopping();
+            let cluster = api.node.shared.cluster_id.load(std::sync::atomic::Ordering::Relaxed);
+            let marker =
+                format!("node {id:016x} at {} was removed from cluster {cluster:016x}", settings.advertise);
+            if let Err(error) = crate::store::mark_removed(&settings.data_dir, &marker) {
+                tracing::error!(%error, "cannot leave the removal marker");
+            }
+            return Err(ServerError::Removed);
+        }
+        Some(Err(reason)) => Some(reason),
+        Some(Ok(())) | None => None,
     };
     if let Some(reason) = driver_failed {
         tracing::error!("{reason}; exiting");

@@ -51,6 +51,8 @@ enum Reachability {
     Silent(Instant),
 }
 
+/// What a peer's 403 says when it holds this node's removal.
+pub const REMOVED_REFUSAL: &str = "was removed from the cluster";
 /// The header that carries the cluster secret on peer requests.
 pub const SECRET_HEADER: &str = "x-mmapd-cluster-secret";
 /// The most messages one peer's queue holds before new ones are dropped.
@@ -79,6 +81,7 @@ pub struct Outbox {
     client: PeerClient,
     credentials: Credentials,
     timeout: Duration,
+    removed_hint: mpsc::Sender<String>,
 }
 
 /// One peer's queue, and the address its sender task reaches.
@@ -139,6 +142,7 @@ impl Outbox {
             client: self.client.clone(),
             credentials: self.credentials.clone(),
             timeout: self.timeout,
+            removed_hint: self.removed_hint.clone(),
         };
         tokio::spawn(sender.run(rx));
         PeerQueue { address: address.to_owned(), queue: tx }
@@ -150,13 +154,18 @@ impl Outbox {
 /// `timeout` bounds each request: a connection into a partition can swallow a request
 /// without an error for minutes, and everything queued behind it would be lost. Batches
 /// that carry a snapshot get `SNAPSHOT_TIMEOUT` instead.
+///
+/// A peer that refuses our messages because it holds our removal sends the peer's
+/// address to `removed_hint`: one peer's word is not enough to stop (it could be
+/// wrong, or lie), so the receiver asks a majority (`joining::confirm_removal`).
 pub fn start(
     peers: &HashMap<NodeId, String>,
     client: PeerClient,
     credentials: Credentials,
     timeout: Duration,
+    removed_hint: mpsc::Sender<String>,
 ) -> Outbox {
-    let outbox = Outbox { peers: Default::default(), client, credentials, timeout };
+    let outbox = Outbox { peers: Default::default(), client, credentials, timeout, removed_hint };
     crate::server::driver::Outbox::set_peers(&outbox, peers);
     outbox
 }
@@ -171,6 +180,7 @@ struct PeerSender {
     client: PeerClient,
     credentials: Credentials,
     timeout: Duration,
+    removed_hint: mpsc::Sender<String>,
 }
 
 /// How long a batch carrying a snapshot may take.
@@ -258,8 +268,12 @@ impl PeerSender {
                     self.answered();
                 }
                 Err(Failure::Refused(status, text)) => {
-                    // It answered: reachable, but it refuses (a different secret).
+                    // It answered: reachable, but it refuses (a different secret, or
+                    // it holds this node's removal).
                     self.answered();
+                    if status == StatusCode::FORBIDDEN && text.contains(REMOVED_REFUSAL) {
+                        let _ = self.removed_hint.try_send(self.address.clone());
+                    }
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(peer = %self.address, %status, body = %text, "peer refused messages");

@@ -547,3 +547,100 @@ fn a_node_whose_removal_commits_is_told_to_stop() {
     }
     assert!(removed, "the committed removal did not stop the node");
 }
+
+fn ticks(core: &mut DriverCore, count: u64) {
+    for _ in 0..count {
+        core.tick();
+        settle(core);
+    }
+}
+
+fn join_answer(answers: &[(Token, Answer)], token: Token) -> Option<Result<Joined, NodeError>> {
+    answers.iter().find(|(t, _)| *t == token).and_then(|(_, answer)| match answer {
+        Answer::Join(result) => Some(result.clone()),
+        _ => None,
+    })
+}
+
+/// The leader records, through the log, every member it sees holding the log, so a
+/// node with an empty data directory is never accepted back under that id.
+// Reference: RAFT-NOTES #18
+#[test]
+fn a_leader_records_the_members_that_hold_the_log_and_probes_are_answered_from_it() {
+    let fresh = core_with(1, &[1, 2, 3]);
+    assert_eq!(fresh.probe_answer(2), crate::server::driver::start::ProbeAnswer::NoCluster);
+    let mut core = bootstrapped_leader();
+    assert!(!core.kv().read().unwrap().cluster().members()[&1].started);
+    let every = core.config.promote_every_ticks;
+    ticks(&mut core, every);
+    assert!(core.kv().read().unwrap().cluster().members()[&1].started, "the leader holds the log");
+    use crate::server::driver::start::ProbeAnswer;
+    assert_eq!(core.probe_answer(1), ProbeAnswer::Member { cluster_id: 0xc1, started: true });
+    assert_eq!(core.probe_answer(7), ProbeAnswer::NotMember { cluster_id: 0xc1 });
+}
+
+/// A joining node gets a fresh id as a learner, the cluster's id and the configuration
+/// its empty log must start from; asking again before it held the log gets the same
+/// id (join is idempotent); an address whose member held the log is refused.
+// Reference: §4.2.1
+#[test]
+fn a_join_adds_a_learner_once_and_an_address_that_held_the_log_is_refused() {
+    let mut core = bootstrapped_leader();
+    let request = JoinRequest { address: "10.0.0.9:3001".into(), learner: false, candidate_id: 9 };
+    core.join(5, request.clone());
+    let joined = join_answer(&settle(&mut core), 5).expect("answered").expect("joined");
+    assert_eq!((joined.id, joined.cluster_id), (9, 0xc1));
+    assert_eq!(
+        joined.base,
+        ConfState::with_voters(vec![1]),
+        "the log starts from the bootstrap configuration"
+    );
+    assert!(joined.members.contains(&(9, "10.0.0.9:3001".to_owned())));
+    assert_eq!(core.raft().learners(), &[9]);
+
+    core.join(6, JoinRequest { candidate_id: 10, ..request });
+    let again = join_answer(&settle(&mut core), 6).expect("answered").expect("joined again");
+    assert_eq!(again.id, 9, "a repeated join made a second member");
+    assert_eq!(core.raft().learners(), &[9]);
+
+    let every = core.config.promote_every_ticks;
+    ticks(&mut core, every);
+    let taken = JoinRequest { address: "10.0.0.1:3001".into(), learner: false, candidate_id: 11 };
+    core.join(7, taken);
+    match join_answer(&settle(&mut core), 7) {
+        Some(Err(NodeError::Invalid(reason))) => {
+            assert!(reason.contains("0000000000000001") && reason.contains("remove it first"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A removed id never comes back: its messages are refused.
+// Reference: §4.2.3
+#[test]
+fn messages_from_a_removed_id_are_refused() {
+    let mut core = bootstrapped_leader();
+    let add =
+        MemberChange::AddLearner { id: 9, address: "10.0.0.9:3001".into(), promote_when_caught_up: false };
+    core.propose_member_change(5, add);
+    settle(&mut core);
+    core.propose_member_change(6, MemberChange::Remove { id: 9 });
+    settle(&mut core);
+    assert!(core.kv().read().unwrap().cluster().is_removed(9));
+    let term = core.raft().term();
+    let vote = Message {
+        from: 9,
+        to: 1,
+        term: term + 1,
+        body: MessageBody::RequestVote {
+            last_log_index: 100,
+            last_log_term: term + 1,
+            pre_vote: false,
+            transfer: false,
+        },
+    };
+    core.step(vec![vote]);
+    let actions = core.take_actions();
+    assert!(actions.iter().any(|a| matches!(a, Action::Refused { from: 9, .. })), "{actions:?}");
+    assert_eq!(core.raft().term(), term, "a removed node's vote request moved the term");
+}
