@@ -627,20 +627,14 @@ fn messages_from_a_removed_id_are_refused() {
     core.propose_member_change(6, MemberChange::Remove { id: 9 });
     settle(&mut core);
     assert!(core.kv().read().unwrap().cluster().is_removed(9));
+    // A removed node that believes it leads a later term: the Raft core alone would
+    // follow it (a leader it does not know may be newer than its configuration, §4.1).
     let term = core.raft().term();
-    let vote = Message {
-        from: 9,
-        to: 1,
-        term: term + 1,
-        body: MessageBody::RequestVote {
-            last_log_index: 100,
-            last_log_term: term + 1,
-            pre_vote: false,
-            transfer: false,
-        },
-    };
-    core.step(vec![vote]);
+    let mut heartbeat = append(term + 1, 0, &[], 0);
+    (heartbeat.from, heartbeat.to) = (9, 1);
+    core.step(vec![heartbeat]);
     let actions = core.take_actions();
     assert!(actions.iter().any(|a| matches!(a, Action::Refused { from: 9, .. })), "{actions:?}");
-    assert_eq!(core.raft().term(), term, "a removed node's vote request moved the term");
+    assert_eq!(core.raft().term(), term, "a removed node's message moved the term");
+    assert_eq!(core.raft().role(), Role::Leader);
 }
