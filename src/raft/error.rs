@@ -222,25 +222,25 @@ pub enum ConfChangeError {
         index: u64,
     },
     /// AddLearner for a node that is already a voter or learner.
-    #[error("node {node} is already a member")]
+    #[error("node {node:016x} is already a member")]
     AlreadyMember {
         /// The node.
         node: NodeId,
     },
     /// Remove for a node that is not a member.
-    #[error("node {node} is not a member")]
+    #[error("node {node:016x} is not a member")]
     NotAMember {
         /// The node.
         node: NodeId,
     },
     /// Promote for a node that is not a learner.
-    #[error("node {node} is not a learner")]
+    #[error("node {node:016x} is not a learner")]
     NotALearner {
         /// The node.
         node: NodeId,
     },
     /// Removing the only voter would leave nobody to commit anything.
-    #[error("node {node} is the last voter")]
+    #[error("node {node:016x} is the last voter")]
     LastVoter {
         /// The node.
         node: NodeId,

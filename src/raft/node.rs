@@ -1024,8 +1024,8 @@ impl Raft {
     /// commit); no earlier change is uncommitted (on election, everything up to the last
     /// index counts as one, RAFT-NOTES #19); the change applies (AddLearner of a
     /// non-member, Promote of a learner, Remove of a member other than the last voter);
-    /// a promoted learner's match index is within `Config::promote_margin_entries` of the
-    /// last index (thesis §4.2.1); and, when the voters change (not for adding or
+    /// a promoted learner holds entries, answers, and its match index is within
+    /// `Config::promote_margin_entries` of the last index (thesis §4.2.1); and, when the voters change (not for adding or
     /// removing a learner), a majority of the new configuration's voters is reachable:
     /// the leader itself if it stays a voter, and those that answered within the last
     /// one or two election timeouts (the check-quorum activity, kept one round longer so
@@ -1063,7 +1063,12 @@ impl Raft {
             ConfChangeKind::Promote => {
                 let match_index = self.progress.get(&node).map_or(0, |pr| pr.match_index);
                 let last_index = self.log.last_index();
-                if last_index.saturating_sub(match_index) > self.config.promote_margin_entries {
+                // A learner that never answered has caught up with nothing, however
+                // short the log: it must hold entries and be answering now.
+                if match_index == 0
+                    || !self.is_reachable(node)
+                    || last_index.saturating_sub(match_index) > self.config.promote_margin_entries
+                {
                     return Err(ConfChangeError::LearnerNotCaughtUp { match_index, last_index });
                 }
             }
