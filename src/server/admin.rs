@@ -1,5 +1,6 @@
 //! Local administration over a Unix socket (HTTP, served by hyper): `GET /status`,
-//! `POST /msync`, `POST /step-down`, `POST /snapshot`, `POST /import`.
+//! `POST /msync`, `POST /step-down`, `POST /snapshot`, `POST /import`, and `GET /members`
+//! and `POST /members` (a change, made by the leader: see `api::members`).
 //!
 //! The socket is created with mode 0660: root and members of the socket's group
 //! (`mmapd` under systemd) may use it; nobody else can connect.
@@ -19,6 +20,7 @@ use tokio::net::UnixListener;
 use crate::kv::{import_command, parse_legacy_db_json, Outcome};
 
 use super::api::error::ApiError;
+use super::api::members;
 use super::api::Api;
 use super::driver::NodeError;
 
@@ -135,6 +137,14 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
             }
             Ok(json(serde_json::json!({ "imported": count, "version": version })))
         }
+        "/members" => match method {
+            Method::GET => Ok(json(members::list(api, true).await)),
+            Method::POST => {
+                let op = members::read_op(api, request).await?;
+                Ok(json(members::change(api, op).await?))
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+        },
         _ => Err(ApiError::NoRoute),
     }
 }

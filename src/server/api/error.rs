@@ -8,6 +8,9 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use thiserror::Error;
 
+use crate::kv::ClusterError;
+use crate::server::driver::NodeError;
+
 /// Everything a request can fail with, from parsing to consensus.
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -80,9 +83,34 @@ pub enum ApiError {
         /// The leader's address, if known.
         leader: Option<String>,
     },
+    /// The request needs a cluster secret this node does not have configured (a peer
+    /// route from another host).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No member has the id or address named.
+    #[error("{0}")]
+    NoSuchMember(String),
+    /// A membership change refused by the cluster record or the Raft core (an address
+    /// already listed, the last voter, a change pending, a learner not caught up, a
+    /// transfer in progress, ...): nothing changed.
+    #[error("{0}")]
+    MemberChangeRefused(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(error: ClusterError) -> ApiError {
+        match error {
+            ClusterError::NotAMember(_) => ApiError::NoSuchMember(error.to_string()),
+            ClusterError::ZeroId => ApiError::BadRequest(error.to_string()),
+            ClusterError::AlreadyMember(_)
+            | ClusterError::Removed(_)
+            | ClusterError::AddressTaken { .. }
+            | ClusterError::AlreadyBootstrapped(_) => ApiError::MemberChangeRefused(error.to_string()),
+        }
+    }
 }
 
 impl ApiError {
@@ -99,7 +127,9 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Timeout(..) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::NotLeader(_) => StatusCode::CONFLICT,
+            ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NoSuchMember(_) => StatusCode::NOT_FOUND,
             ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
@@ -128,7 +158,51 @@ impl ApiError {
             ApiError::PeerRefused(_) => "peer_refused",
             ApiError::JoinRefused(_) => "join_refused",
             ApiError::Misdirected { .. } => "misdirected",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NoSuchMember(_) => "no_such_member",
+            ApiError::MemberChangeRefused(_) => "member_change_refused",
             ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// A membership change's failure in the driver. The leader checked first, so
+    /// `Invalid` is the Raft core's refusal (the last voter, a change pending, not caught
+    /// up, a transfer in progress, ...). Leadership lost before the change committed
+    /// means it was not made: 503, retry.
+    pub fn from_member_change(error: NodeError) -> ApiError {
+        match error {
+            NodeError::Invalid(reason) => ApiError::MemberChangeRefused(reason),
+            NodeError::NotLeader(_) | NodeError::NoLeader | NodeError::Dropped => ApiError::Unavailable(
+                "leadership changed before the membership change committed; it was not made: retry".into(),
+            ),
+            other => super::node_error(other),
+        }
+    }
+
+    /// The leader's error answer to a forwarded membership change, as this node's.
+    pub fn from_leader(status: StatusCode, value: &serde_json::Value, address: &str) -> ApiError {
+        let message = value["error"].as_str().unwrap_or("unknown").to_owned();
+        match (status, value["code"].as_str().unwrap_or("")) {
+            (StatusCode::CONFLICT, "member_change_refused") => ApiError::MemberChangeRefused(message),
+            (StatusCode::NOT_FOUND, "no_such_member") => ApiError::NoSuchMember(message),
+            (StatusCode::BAD_REQUEST, _) => {
+                ApiError::BadRequest(format!("the leader {address} refused: {message}"))
+            }
+            (StatusCode::FORBIDDEN, _) => {
+                ApiError::Forbidden(format!("the leader {address} refused: {message}"))
+            }
+            (StatusCode::UNAUTHORIZED, _) => {
+                ApiError::Internal(format!("the leader {address} refused our cluster secret"))
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable") => ApiError::Unavailable(message),
+            // Timed out, or lost: the leader's message says the outcome is unknown.
+            (StatusCode::SERVICE_UNAVAILABLE, _) => {
+                let message =
+                    message.strip_suffix("; the write may or may not have been applied").unwrap_or(&message);
+                ApiError::OutcomeUnknown(format!("the leader {address}: {message}"))
+            }
+            (StatusCode::INSUFFICIENT_STORAGE, _) => ApiError::Storage(message),
+            _ => ApiError::Internal(format!("the leader {address} answered {status}: {message}")),
         }
     }
 
@@ -189,10 +263,57 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::Timeout(Duration::from_secs(5), "commit"),
             ApiError::QuotaExceeded("x".into()),
+            ApiError::Forbidden("x".into()),
+            ApiError::NoSuchMember("x".into()),
+            ApiError::MemberChangeRefused("x".into()),
         ];
         for error in errors {
             let status = error.status();
             assert!(status.is_client_error() || status.is_server_error(), "{error}: {status}");
         }
+    }
+
+    #[test]
+    fn refused_membership_changes_are_4xx_and_a_lost_leadership_is_503() {
+        let taken = ClusterError::AddressTaken { id: 0xab, address: "h:1".into() };
+        let error = ApiError::from(taken);
+        assert_eq!((error.status(), error.code()), (StatusCode::CONFLICT, "member_change_refused"));
+        assert_eq!(error.to_string(), "member 00000000000000ab already has address h:1; remove it first");
+        assert_eq!(ApiError::from(ClusterError::NotAMember(3)).status(), StatusCode::NOT_FOUND);
+        let last_voter = ApiError::from_member_change(NodeError::Invalid("node 1 is the last voter".into()));
+        assert_eq!(
+            (last_voter.status(), last_voter.to_string().as_str()),
+            (StatusCode::CONFLICT, "node 1 is the last voter")
+        );
+        for lost in [NodeError::NotLeader(Some(2)), NodeError::NoLeader, NodeError::Dropped] {
+            let error = ApiError::from_member_change(lost);
+            assert!(matches!(error, ApiError::Unavailable(_)), "{error:?}");
+            assert!(error.to_string().contains("it was not made"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_leader_refusing_a_forwarded_membership_change_is_the_same_refusal_here() {
+        let forwarded = |error: ApiError| {
+            let value = serde_json::json!({ "error": error.to_string(), "code": error.code() });
+            ApiError::from_leader(error.status(), &value, "127.0.0.1:3001")
+        };
+        match forwarded(ApiError::MemberChangeRefused(
+            "member 00000000000000ab already has address h:1".into(),
+        )) {
+            ApiError::MemberChangeRefused(message) => {
+                assert!(message.contains("00000000000000ab"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(forwarded(ApiError::NoSuchMember("no member".into())), ApiError::NoSuchMember(_)));
+        assert!(matches!(
+            forwarded(ApiError::Unavailable("not the leader".into())),
+            ApiError::Unavailable(_)
+        ));
+        let timeout = forwarded(ApiError::Timeout(Duration::from_secs(5), "the membership change to commit"));
+        assert!(matches!(timeout, ApiError::OutcomeUnknown(_)), "{timeout:?}");
+        assert_eq!(timeout.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(forwarded(ApiError::BadRequest("bad".into())), ApiError::BadRequest(_)));
     }
 }

@@ -4,9 +4,10 @@
 //! applies them. Every error leaves through `ApiError::into_response`.
 //!
 //! Routes: the original's `POST /set/<key>`, `GET /get/<key>`, `GET /status`; the
-//! `/v1/kv` API; `GET /metrics`, `GET /health`; and, for peers only,
-//! `POST /raft/stream` (upgraded to the peer stream), `POST /raft/messages`,
-//! `POST /raft/propose`, and `GET /raft/cluster` and `POST /raft/join` (see `join`).
+//! `/v1/kv` API; `GET /v1/members` (`members`); `GET /metrics`, `GET /health`; and,
+//! for peers only, `POST /raft/stream` (upgraded to the peer stream),
+//! `POST /raft/messages`, `POST /raft/propose`, `POST /raft/members`, and
+//! `GET /raft/cluster` and `POST /raft/join` (see `join`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::raft::{NodeId, Role};
 
 pub mod error;
 pub mod join;
+pub mod members;
 
 use crate::server::driver::{Applied, DeliverError, NodeError, NodeHandle};
 use crate::server::metrics::{Gauges, PeerGauge};
@@ -163,6 +165,18 @@ async fn route(
         }
         join::CLUSTER_PATH => join::probe(api, &request, &query).await,
         join::JOIN_PATH => join::join(api, connection, request).await,
+        members::PATH => {
+            allow(&method, &[Method::GET], "GET")?;
+            // `?local=1`: this node's own view, asking nobody (what a follower asks the leader).
+            let ask_leader = query_field(&query, "local")?.as_deref() != Some(b"1");
+            Ok(json(StatusCode::OK, members::list(api, ask_leader).await))
+        }
+        members::PEER_PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            members::check_peer(api, request.headers(), connection.remote)?;
+            let op = members::read_op(api, request).await?;
+            Ok(json(StatusCode::OK, members::change_from_peer(api, op).await?))
+        }
         "/raft/messages" => {
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
