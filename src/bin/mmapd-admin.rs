@@ -49,6 +49,49 @@ enum Command {
         /// The db.json file.
         file: PathBuf,
     },
+    /// List, add, promote, remove or update the cluster's members (changes are made by
+    /// the leader; a follower forwards them).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// List the members: id, address, role, and the leader's view of each one's match
+    /// index and last contact.
+    List {
+        /// Print the raw JSON (the same as GET /v1/members).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a learner at HOST:PORT under a fresh id; print the id and the line that
+    /// starts the node. It is promoted to voter once caught up, unless --learner.
+    Add {
+        /// Where the new node will listen (its --advertise address).
+        address: String,
+        /// Keep it a learner: never promote it automatically.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make a learner a voter (refused until it has caught up).
+    Promote {
+        /// The member: its id (16 hex digits) or its address (HOST:PORT).
+        member: String,
+    },
+    /// Remove a member for good (its id is never used again).
+    Remove {
+        /// The member: its id (16 hex digits) or its address (HOST:PORT).
+        member: String,
+    },
+    /// Record that a member now listens at another address.
+    Update {
+        /// The member's id (16 hex digits).
+        id: String,
+        /// Its new address (HOST:PORT).
+        address: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +146,8 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
             let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             (Method::POST, "/import", Bytes::from(bytes))
         }
+        Command::Member { command: MemberCommand::List { .. } } => (Method::GET, "/members", Bytes::new()),
+        Command::Member { command } => (Method::POST, "/members", member_body(command)),
     };
     let value = request(socket, method, path, body).await?;
     Ok(render(command, &value))
@@ -154,6 +199,94 @@ async fn request(
     Ok(value)
 }
 
+/// The change body of `POST /members` (see mmapd(8)); the node checks it.
+fn member_body(command: &MemberCommand) -> Bytes {
+    let body = match command {
+        MemberCommand::List { .. } => serde_json::Value::Null,
+        MemberCommand::Add { address, learner } => {
+            serde_json::json!({ "op": "add", "address": address, "learner": learner })
+        }
+        MemberCommand::Promote { member } => serde_json::json!({ "op": "promote", "member": member }),
+        MemberCommand::Remove { member } => serde_json::json!({ "op": "remove", "member": member }),
+        MemberCommand::Update { id, address } => {
+            serde_json::json!({ "op": "update", "id": id, "address": address })
+        }
+    };
+    Bytes::from(body.to_string())
+}
+
+/// The text of `member` answers.
+fn render_member(command: &MemberCommand, value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let (id, address) = (text(&value["id"]), text(&value["address"]));
+    match command {
+        MemberCommand::List { json: true } => value.to_string(),
+        MemberCommand::List { json: false } => member_table(value),
+        MemberCommand::Add { learner, .. } => {
+            let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
+            let voters: Vec<String> = value["voters"].as_array().into_iter().flatten().map(text).collect();
+            format!(
+                "added learner {id} at {address}{}\nstart it with:\n  mmapd --ip {host} --port {port} --advertise {address} --join {}{}",
+                if *learner { "" } else { " (promoted to voter once caught up)" },
+                voters.join(","),
+                if *learner { " --learner" } else { "" },
+            )
+        }
+        MemberCommand::Promote { .. } => format!("promoted {id} ({address}) to voter"),
+        MemberCommand::Remove { .. } => format!("removed {id} ({address}); its id is never used again"),
+        MemberCommand::Update { .. } => format!("member {id} is now at {address}"),
+    }
+}
+
+/// `member list` as a table: one member a line, the leader marked.
+fn member_table(value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let leader = &value["leader"];
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "ADDRESS".into(),
+        "ROLE".into(),
+        "MATCH".into(),
+        "LAST CONTACT".into(),
+        String::new(),
+    ]];
+    for member in value["members"].as_array().into_iter().flatten() {
+        let contact = match member["last_contact_ms"].as_u64() {
+            Some(ms) => format!("{ms} ms ago"),
+            None => "-".into(),
+        };
+        let is_leader = !leader.is_null() && member["id"] == *leader;
+        rows.push([
+            text(&member["id"]),
+            text(&member["address"]),
+            text(&member["role"]),
+            text(&member["match_index"]),
+            contact,
+            if is_leader { "leader".into() } else { String::new() },
+        ]);
+    }
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = format!("cluster {}", text(&value["cluster_id"]));
+    if leader.is_null() {
+        out.push_str(", no leader known");
+    }
+    for row in &rows {
+        let line: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push('\n');
+        out.push_str(line.join("  ").trim_end());
+    }
+    out
+}
+
 fn render(command: &Command, value: &serde_json::Value) -> String {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -200,5 +333,6 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
         Command::Import { .. } => {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }
+        Command::Member { command } => render_member(command, value),
     }
 }
