@@ -134,3 +134,50 @@ fn a_peer_request_from_another_cluster_is_refused() {
     let log = cluster.nodes[leader].log_text();
     assert!(log.contains("refused a peer request") && log.contains("00000000000000aa"), "{log}");
 }
+
+/// The README's three commands replace a failed node: remove it, wipe its directory,
+/// start it with --join. The removed node (here still running: it is the "failed" one
+/// coming back) stops with exit status 10 and never starts again from its directory;
+/// the replacement joins under a new id, and the cluster serves throughout.
+// Reference: §4.2.2 (a removed server stops), RAFT-NOTES #18 (a new id, never the old)
+#[test]
+fn a_removed_member_stops_for_good_and_is_replaced_under_a_new_id() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k", b"v").status, 201);
+    let victim = cluster.others(leader)[0];
+    let address = cluster.nodes[victim].address();
+    let old_id = cluster.nodes[victim].status().unwrap()["node_id"].as_str().unwrap().to_owned();
+    let socket = cluster.dir.path().join(format!("node-{}", cluster.port(leader))).join("admin.sock");
+    let output = admin(&["--socket", socket.to_str().unwrap(), "member", "remove", &address]);
+    assert!(output.status.success(), "{output:?}");
+
+    let status = cluster.nodes[victim].wait_exit(Duration::from_secs(20));
+    let log = cluster.nodes[victim].log_text();
+    assert_eq!(status.code(), Some(10), "{log}");
+    let data_dir = cluster.dir.path().join(format!("node-{}", cluster.port(victim)));
+    assert!(data_dir.join("REMOVED").exists());
+    cluster.nodes[victim].spawn();
+    let status = cluster.nodes[victim].wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(10), "a removed node started again: {}", cluster.nodes[victim].log_text());
+
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k2", b"while two").status, 201);
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let port = cluster.port(victim);
+    let mut replacement =
+        joiner(&cluster, port, &format!("node-{port}"), &cluster.nodes[leader].address(), &[]);
+    replacement.start().unwrap();
+    wait_for(Duration::from_secs(20), "the replacement to be promoted", || {
+        matches!(seen_by_leader(&cluster, &address), Some((m, false)) if m > 0).then_some(())
+    });
+    let new_id = replacement.status().unwrap()["node_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id, "the replacement took the removed id");
+    assert_eq!(get(port, "/v1/kv/k2").text(), "while two");
+    let members = get(port, "/v1/members").json();
+    let listed: Vec<&str> =
+        members["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(listed.len(), 3, "{members}");
+    assert!(!listed.contains(&old_id.as_str()), "{members}");
+    cluster.nodes[victim] = replacement;
+}
