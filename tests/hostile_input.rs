@@ -388,11 +388,50 @@ fn peer_routes_refuse_a_missing_or_wrong_cluster_secret_with_401() {
     let port = single.port();
     let wrong = [("X-Mmapd-Cluster-Secret", "s3cret-of-the-clusteR")];
     let short = [("X-Mmapd-Cluster-Secret", "s3cret")];
-    for path in ["/raft/messages", "/raft/propose", "/raft/stream"] {
+    for path in ["/raft/messages", "/raft/propose", "/raft/stream", "/raft/join", "/raft/members"] {
         assert_eq!(request(port, "POST", path, &[], b"garbage").unwrap().status, 401, "{path} without");
         assert_eq!(request(port, "POST", path, &wrong, b"garbage").unwrap().status, 401, "{path} wrong");
         assert_eq!(request(port, "POST", path, &short, b"garbage").unwrap().status, 401, "{path} short");
     }
+    assert_alive_and_intact(&single);
+}
+
+/// The membership routes a new node talks to, and the identity headers on every peer
+/// request, refuse what is malformed with a 4xx; the node lives on, unchanged.
+#[test]
+fn malformed_joins_probes_and_identity_headers_are_refused() {
+    let single = seeded_node();
+    let port = single.port();
+    let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
+    let members_before = get(port, "/v1/members").text();
+    for body in [
+        &b"garbage"[..],
+        b"{}",
+        b"{\"address\": 7}",
+        b"{\"address\": \"no port\"}",
+        b"[1,2]",
+        b"{\"address\": \"127.0.0.1:9\", \"learner\": \"yes\"}",
+    ] {
+        let answer = request(port, "POST", "/raft/join", &secret, body).unwrap();
+        assert_eq!(answer.status, 400, "{:?}: {}", String::from_utf8_lossy(body), answer.text());
+    }
+    for query in ["", "?asker=", "?asker=xyz", "?asker=1234567890abcdef0", "?other=1"] {
+        let answer = request(port, "GET", &format!("/raft/cluster{query}"), &secret, b"").unwrap();
+        assert_eq!(answer.status, 400, "{query}: {}", answer.text());
+    }
+    let probe = request(port, "GET", "/raft/cluster?asker=00000000000000ff", &secret, b"").unwrap();
+    assert_eq!(probe.status, 200);
+    assert_eq!(probe.json()["state"], "not_member");
+    for (name, value) in [
+        ("X-Mmapd-Cluster-Id", "not hex at all!"),
+        ("X-Mmapd-Cluster-Id", "12"),
+        ("X-Mmapd-Node-Id", "zzzzzzzzzzzzzzzz"),
+    ] {
+        let headers = [secret[0], (name, value)];
+        let answer = request(port, "POST", "/raft/messages", &headers, b"").unwrap();
+        assert_eq!(answer.status, 403, "{name}: {value}: {}", answer.text());
+    }
+    assert_eq!(get(port, "/v1/members").text(), members_before, "a refused request changed the members");
     assert_alive_and_intact(&single);
 }
 

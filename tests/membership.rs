@@ -181,3 +181,28 @@ fn a_removed_member_stops_for_good_and_is_replaced_under_a_new_id() {
     assert!(!listed.contains(&old_id.as_str()), "{members}");
     cluster.nodes[victim] = replacement;
 }
+
+/// A member down while its removal committed never hears of it from its log: the
+/// leader stops sending to it. When it comes back and asks for votes, every member
+/// refuses it as removed; a majority answering so (never one peer) stops it with
+/// status 10.
+// Reference: §4.2.3 (a removed server must not disrupt the cluster)
+#[test]
+fn a_member_removed_while_down_stops_once_a_majority_says_it_was_removed() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let victim = cluster.others(leader)[0];
+    let address = cluster.nodes[victim].address();
+    cluster.nodes[victim].kill9();
+    let socket = cluster.dir.path().join(format!("node-{}", cluster.port(leader))).join("admin.sock");
+    let output = admin(&["--socket", socket.to_str().unwrap(), "member", "remove", &address]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k", b"v").status, 201);
+    cluster.nodes[victim].spawn();
+    let status = cluster.nodes[victim].wait_exit(Duration::from_secs(30));
+    let log = cluster.nodes[victim].log_text();
+    assert_eq!(status.code(), Some(10), "{log}");
+    assert!(log.contains("a majority of the members answer that this node was removed"), "{log}");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/k2", b"v").status, 201);
+}
