@@ -350,8 +350,14 @@ fn refuse_legacy_files(dir: &Path, warnings: &mut Vec<String>) -> Result<(), Sto
         let path = item.path();
         let name = item.file_name();
         let name = name.to_string_lossy();
-        let ours = [data_dir::LOCK_FILE_NAME, data_dir::IDENTITY_FILE_NAME, hard_state::HARD_STATE_FILE_NAME]
-            .contains(&name.as_ref())
+        let ours = [
+            data_dir::LOCK_FILE_NAME,
+            data_dir::IDENTITY_FILE_NAME,
+            data_dir::ORIGIN_FILE_NAME,
+            data_dir::REMOVED_FILE_NAME,
+            hard_state::HARD_STATE_FILE_NAME,
+        ]
+        .contains(&name.as_ref())
             || [".seg", ".snap", ".tmp"].iter().any(|suffix| name.ends_with(suffix));
         if ours || !path.is_file() {
             continue;
