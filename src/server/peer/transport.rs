@@ -51,6 +51,8 @@ enum Reachability {
     Silent(Instant),
 }
 
+/// How long a sender waits after a peer refused its messages.
+const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 /// What a peer's 403 says when it holds this node's removal.
 pub const REMOVED_REFUSAL: &str = "was removed from the cluster";
 /// The header that carries the cluster secret on peer requests.
@@ -278,6 +280,10 @@ impl PeerSender {
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(peer = %self.address, %status, body = %text, "peer refused messages");
                     }
+                    // A refusal repeats until someone acts (a secret fixed, a removal
+                    // confirmed): do not hammer the peer meanwhile; Raft resends.
+                    tokio::time::sleep(REFUSED_PAUSE).await;
+                    while queue.try_recv().is_ok() {}
                 }
                 Err(failure @ Failure::Unreachable(_)) => {
                     self.failed(&failure);
