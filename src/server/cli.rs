@@ -38,7 +38,9 @@ pub struct Args {
     /// with an empty data directory asks the leader to add it as a learner (it gets a
     /// fresh id), catches up, and is promoted once caught up unless --learner is given.
     /// Once the node has data this is ignored: restarting with the same flags resumes.
-    #[arg(long, env = "MMAPD_JOIN", value_delimiter = ',', conflicts_with = "peers")]
+    /// It wins over --peers (which the package sets for every instance): the members
+    /// come from the cluster.
+    #[arg(long, env = "MMAPD_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
 
     /// With --join: stay a learner (receives the log, serves stale reads, never votes)
@@ -257,6 +259,12 @@ impl Args {
         }
         if join.is_empty() && self.learner {
             return Err(CliError::Address("--learner needs --join".into()));
+        }
+        if !join.is_empty() && !peer_names.is_empty() {
+            // Under systemd MMAPD_PEERS comes from /etc/default/mmapd for every instance,
+            // and MMAPD_JOIN from one instance's own file: the join is what was meant.
+            tracing::info!(join = ?join, peers = ?peer_names, "--join is given: --peers is ignored (the members come from the cluster)");
+            peer_names.clear();
         }
         if !join.is_empty() && self.advertise.is_none() && listen.ip().is_unspecified() {
             return Err(CliError::Address(format!(
@@ -583,6 +591,19 @@ mod tests {
         .unwrap();
         let settings = parse(&["-port", "3002"]).resolve(dir.path()).unwrap();
         assert_eq!(settings.members.len(), 3);
+    }
+
+    /// Under systemd every instance gets MMAPD_PEERS from /etc/default/mmapd; one that
+    /// also has MMAPD_JOIN (in its own file) joins, and --peers does not count.
+    #[test]
+    fn join_wins_over_peers_and_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"["127.0.0.1:3001","127.0.0.1:3002"]"#).unwrap();
+        let args = ["--port", "3004", "--peers", "127.0.0.1:3001,127.0.0.1:3002", "--join", "127.0.0.1:3001"];
+        let settings = parse(&args).resolve(dir.path()).unwrap();
+        assert_eq!(settings.join, vec!["127.0.0.1:3001".to_owned()]);
+        assert_eq!(settings.members, vec!["127.0.0.1:3004".to_owned()]);
+        assert!(parse(&["--learner"]).resolve(dir.path()).is_err(), "--learner without --join");
     }
 
     #[test]
