@@ -460,14 +460,9 @@ writer_pid=$!
 more_acked 20
 
 say "mmapd@3004 joins (MMAPD_JOIN in /etc/mmapd/3004.conf)"
+# /etc/default/mmapd sets MMAPD_PEERS for every instance; MMAPD_JOIN in the instance's
+# own file wins over it.
 echo "MMAPD_JOIN=$PEERS" >"$root/etc/mmapd/3004.conf"
-# Work-around: /etc/default/mmapd sets MMAPD_PEERS for every instance, an EnvironmentFile
-# cannot unset it (MMAPD_PEERS= is still "given"), and mmapd refuses --peers with --join
-# (clap conflicts_with, exit 2) even when the peer list is empty. Remove this drop-in
-# once mmapd lets a per-instance MMAPD_JOIN override the shared MMAPD_PEERS.
-mkdir -p "$root/etc/systemd/system/mmapd@3004.service.d"
-printf '[Service]\nUnsetEnvironment=MMAPD_PEERS\n' >"$root/etc/systemd/system/mmapd@3004.service.d/join.conf"
-inside systemctl daemon-reload
 inside systemctl start mmapd@3004 || fail "systemctl start mmapd@3004 failed"
 wait_for 30 lists_voter 3001 127.0.0.1:3004 ||
     fail "127.0.0.1:3004 not a voter within 30 s; members: $(members_of 3001 | tr '\n' ',')"
