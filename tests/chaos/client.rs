@@ -3,7 +3,8 @@
 //!
 //! Outcomes: a write (PUT, conditional PUT, DELETE) that got no answer (timeout, reset)
 //! or a 503 is unknown: it may or may not have happened. A connection that was never
-//! established is a definite failure (nothing was sent). Reads that fail constrain
+//! established is a definite failure (nothing was sent), and so is a 503 `starting` (a
+//! node waiting to join or bootstrap, which proposes nothing). Reads that fail constrain
 //! nothing.
 
 use std::io::{Read, Write};
@@ -253,6 +254,11 @@ fn stale_reads() -> bool {
     std::env::var("MMAPD_CHAOS_STALE_READS").is_ok_and(|v| v == "1")
 }
 
+/// True for the answer of a node that is still starting (`{"code": "starting"}`).
+fn is_starting(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|value| value["code"] == "starting")
+}
+
 /// Performs one request and records it.
 pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: Request) -> Event {
     let path = format!("/v1/kv/k{key}");
@@ -292,6 +298,8 @@ pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: R
                 (false, _, 200 | 201) => Outcome::Ok,
                 (false, _, 412) => Outcome::Rejected,
                 (false, Request::Delete, 404) => Outcome::Rejected,
+                // A node still joining or bootstrapping answers everything so, and proposes nothing.
+                (false, _, 503) if is_starting(&answer.body) => Outcome::Failed,
                 // Anything else (503, 409, 500) may have been proposed: unknown.
                 (false, _, _) => Outcome::Unknown,
             };
