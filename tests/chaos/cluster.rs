@@ -5,6 +5,9 @@
 //! The cluster knows which exits it caused (SIGKILL); any other exit it finds (by
 //! `reap`, before every kill and restart, and at the end) is recorded as an `Exit` with
 //! the node's last log lines, and the node is restarted at the next heal.
+//!
+//! The nodes share a cluster secret (`SECRET`): joins and forwarded membership changes
+//! from another host need one.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,9 @@ const TIMINGS: [&str; 8] = [
     "--request-timeout-ms",
     "2000",
 ];
+
+/// The cluster secret every node is started with (and the forger carries).
+pub const SECRET: &str = "chaos-cluster-secret";
 
 /// Log lines kept with an exit nobody caused.
 const EXIT_LOG_LINES: usize = 20;
@@ -58,6 +64,8 @@ struct Node {
 pub struct Cluster {
     nodes: Vec<Node>,
     peers: String,
+    /// The file holding `SECRET`.
+    secret_file: PathBuf,
     /// `--snapshot-entries`, when the run sets it.
     snapshot_entries: Option<u64>,
     /// When the run began.
@@ -77,6 +85,8 @@ impl Cluster {
         epoch: Instant,
     ) -> Result<Cluster, String> {
         let peers: Vec<String> = (0..count).map(|i| format!("{}:{PORT}", node_ip(i))).collect();
+        let secret_file = dir.join("cluster-secret");
+        std::fs::write(&secret_file, SECRET).map_err(|e| format!("{}: {e}", secret_file.display()))?;
         let mut cluster = Cluster {
             nodes: (0..count)
                 .map(|i| Node {
@@ -88,6 +98,7 @@ impl Cluster {
                 })
                 .collect(),
             peers: peers.join(","),
+            secret_file,
             snapshot_entries,
             epoch,
             exits: Vec::new(),
@@ -126,6 +137,8 @@ impl Cluster {
         };
         let child = command
             .args(["--ip", &ip, "--port", &port, "--peers", &self.peers, "--data-dir", &data_dir])
+            .arg("--cluster-secret-file")
+            .arg(&self.secret_file)
             .args(TIMINGS)
             .args(snapshot_entries.iter().flat_map(|n| ["--snapshot-entries", n.as_str()]))
             .env("RUST_BACKTRACE", "1")

@@ -14,7 +14,8 @@
 //! Not here on purpose: a plausible AppendEntries from a "leader" with a valid higher term
 //! and entries, a vote request from a member claiming a longer log, or a heartbeat with a
 //! plausible commit index. A correct node must act on those, so only authentication (the
-//! cluster secret) can stop them. The chaos cluster runs without a secret, so none is sent.
+//! cluster secret) can stop them. The chaos cluster runs with a secret (joins from another
+//! host need one) and the forger carries it, as a buggy member would, so none is sent.
 //!
 //! `MMAPD_CHAOS_FORGE` picks the kinds: `all` (the default), `none`, `garbage`,
 //! `impossible`, or a comma-separated list of kind names. Impossible kinds travel as a
@@ -26,10 +27,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mmapd::raft::{ConfState, Entry, EntryKind, Message, MessageBody, Snapshot, SnapshotMeta};
+use mmapd::server::peer::transport::SECRET_HEADER;
 use mmapd::transport::codec::encode_batch;
 
 use super::client::{request_within, NoAnswer};
-use super::cluster::PORT;
+use super::cluster::{PORT, SECRET};
 use super::net::node_ip;
 use super::rng::Rng;
 
@@ -127,7 +129,8 @@ pub fn describe(kinds: &[Forgery]) -> String {
     }
 }
 
-/// Node `index`'s Raft id (as the daemon derives it from its address).
+/// Node `index`'s Raft id as the daemon derives it from its address at bootstrap (a
+/// replacement has another: see `View::id`).
 pub fn member_id(index: usize) -> u64 {
     mmapd::server::cli::node_id(&SocketAddr::from((node_ip(index), PORT)).to_string())
 }
@@ -135,6 +138,8 @@ pub fn member_id(index: usize) -> u64 {
 /// What a node's `/status` says, as far as forging and the snapshot checks need it.
 #[derive(Clone, Debug)]
 pub struct View {
+    /// Its member id.
+    pub id: u64,
     /// Its current term.
     pub term: u64,
     /// It says it is the leader.
@@ -158,6 +163,7 @@ pub fn view(node: usize, nodes: usize, timeout: Duration) -> Option<View> {
     let status: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
     let leader_address = status["leader"].as_str().unwrap_or("");
     Some(View {
+        id: status["node_id"].as_str().and_then(|id| u64::from_str_radix(id, 16).ok())?,
         term: status["term"].as_u64()?,
         leader: status["state"] == "leader",
         known_leader: (0..nodes).find(|&i| format!("{}:{PORT}", node_ip(i)) == leader_address),
@@ -206,6 +212,9 @@ pub struct Sent {
 /// take any node); `views` holds each node's status, as recently read.
 pub fn send(kind: Forgery, rng: &mut Rng, target: usize, views: &[Option<View>]) -> Sent {
     let nodes = views.len();
+    // The ids the nodes report (a replaced node has a new one), else the derived ones.
+    let ids: Vec<u64> =
+        views.iter().enumerate().map(|(i, v)| v.as_ref().map_or_else(|| member_id(i), |v| v.id)).collect();
     let leader = views.iter().position(|v| v.as_ref().is_some_and(|v| v.leader));
     let other_than = |me: usize, rng: &mut Rng| (me + 1 + rng.index(nodes - 1)) % nodes;
     let skipped = |why: &str| Sent {
@@ -225,7 +234,7 @@ pub fn send(kind: Forgery, rng: &mut Rng, target: usize, views: &[Option<View>])
             let mut messages = Vec::new();
             for _ in 0..rng.between(1, 4) {
                 let from = other_than(target, rng);
-                messages.push(any_message(rng, target, from, view));
+                messages.push(any_message(rng, &ids, target, from, view));
             }
             let mut body = Vec::new();
             encode_batch(&messages, &mut body);
@@ -245,7 +254,7 @@ pub fn send(kind: Forgery, rng: &mut Rng, target: usize, views: &[Option<View>])
             }
         }
         Forgery::StreamGarbage => {
-            let (what, bytes) = garbage_frames(rng, target, views[target].as_ref(), nodes);
+            let (what, bytes) = garbage_frames(rng, target, views[target].as_ref(), &ids);
             let answer = stream(target, &bytes);
             Sent {
                 description: format!("forge stream-garbage ({what}) to n{}: {answer}", target + 1),
@@ -274,29 +283,28 @@ pub fn send(kind: Forgery, rng: &mut Rng, target: usize, views: &[Option<View>])
                     leader_commit: view.commit,
                 },
                 2 => MessageBody::TimeoutNow,
-                _ => MessageBody::InstallSnapshot { snapshot: snapshot_for(rng, view, nodes) },
+                _ => MessageBody::InstallSnapshot { snapshot: snapshot_for(rng, view, &ids) },
             };
             impossible(
                 kind,
                 rng,
-                Message { from: member_id(from), to: member_id(to), term: view.term, body },
+                Message { from: ids[from], to: ids[to], term: view.term, body },
                 to,
                 &format!("from n{}", from + 1),
             )
         }
         Forgery::BadSender => {
             let Some(view) = &views[target] else { return skipped("no status from the target") };
-            let members: Vec<u64> = (0..nodes).map(member_id).collect();
             let (from, who) = if rng.below(2) == 0 {
-                (member_id(target), "from itself".to_owned())
+                (ids[target], "from itself".to_owned())
             } else {
                 let mut id = rng.next_u64().max(1);
-                while members.contains(&id) {
+                while ids.contains(&id) {
                     id = rng.next_u64().max(1);
                 }
                 (id, format!("from unknown id {id}"))
             };
-            let mut message = any_message(rng, target, target, view);
+            let mut message = any_message(rng, &ids, target, target, view);
             message.from = from;
             impossible(kind, rng, message, target, &who)
         }
@@ -307,11 +315,11 @@ pub fn send(kind: Forgery, rng: &mut Rng, target: usize, views: &[Option<View>])
             let Some(to) = follower else { return skipped("no follower that knows its leader") };
             let view = views[to].as_ref().expect("a follower with a view");
             let from = view.known_leader.expect("it knows its leader");
-            let body = MessageBody::InstallSnapshot { snapshot: snapshot_for(rng, view, nodes) };
+            let body = MessageBody::InstallSnapshot { snapshot: snapshot_for(rng, view, &ids) };
             impossible(
                 kind,
                 rng,
-                Message { from: member_id(from), to: member_id(to), term: view.term, body },
+                Message { from: ids[from], to: ids[to], term: view.term, body },
                 to,
                 &format!("from its leader n{}", from + 1),
             )
@@ -359,7 +367,7 @@ pub fn send(kind: Forgery, rng: &mut Rng, target: usize, views: &[Option<View>])
             impossible(
                 kind,
                 rng,
-                Message { from: member_id(from), to: member_id(to), term, body },
+                Message { from: ids[from], to: ids[to], term, body },
                 to,
                 &format!("from n{}", from + 1),
             )
@@ -385,9 +393,10 @@ fn impossible(kind: Forgery, rng: &mut Rng, message: Message, to: usize, from: &
     }
 }
 
-/// Any kind of message from member `from` to member `to`, with fields that look normal for
-/// the receiver `view` (the batch is cut, or the sender is wrong, so it never counts).
-fn any_message(rng: &mut Rng, to: usize, from: usize, view: &View) -> Message {
+/// Any kind of message from member `from` to member `to` (indexes into `ids`), with fields
+/// that look normal for the receiver `view` (the batch is cut, or the sender is wrong, so
+/// it never counts).
+fn any_message(rng: &mut Rng, ids: &[u64], to: usize, from: usize, view: &View) -> Message {
     let body = match rng.below(10) {
         0 => MessageBody::Heartbeat { commit: rng.below(view.commit + 1), context: rng.next_u64() },
         1 => MessageBody::AppendEntries {
@@ -413,15 +422,15 @@ fn any_message(rng: &mut Rng, to: usize, from: usize, view: &View) -> Message {
         6 => MessageBody::TimeoutNow,
         7 => MessageBody::ReadIndex { context: rng.next_u64() },
         8 => MessageBody::ReadIndexResponse { context: rng.next_u64(), index: view.commit },
-        _ => MessageBody::InstallSnapshot { snapshot: snapshot_for(rng, view, 0) },
+        _ => MessageBody::InstallSnapshot { snapshot: snapshot_for(rng, view, &[]) },
     };
-    Message { from: member_id(from), to: member_id(to), term: view.term, body }
+    Message { from: ids[from], to: ids[to], term: view.term, body }
 }
 
 /// A snapshot past the receiver's log whose data does not decode as the key-value
 /// state machine's (nor could under any checksum): a wrong version byte, a header whose
 /// key count the data cannot hold, or a record cut short.
-fn snapshot_for(rng: &mut Rng, view: &View, nodes: usize) -> Snapshot {
+fn snapshot_for(rng: &mut Rng, view: &View, ids: &[u64]) -> Snapshot {
     let index = view.last_index.max(view.commit) + rng.between(1, 1000);
     let mut data = Vec::new();
     match rng.below(3) {
@@ -442,7 +451,7 @@ fn snapshot_for(rng: &mut Rng, view: &View, nodes: usize) -> Snapshot {
             data.extend(b"k0");
         }
     }
-    let mut voters: Vec<u64> = (0..nodes).map(member_id).collect();
+    let mut voters: Vec<u64> = ids.to_vec();
     voters.sort_unstable();
     Snapshot {
         meta: SnapshotMeta { index, term: view.term, conf: ConfState::with_voters(voters) },
@@ -468,7 +477,7 @@ fn random_batch_bytes(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Malformed frames for a peer stream, with what they are.
-fn garbage_frames(rng: &mut Rng, target: usize, view: Option<&View>, nodes: usize) -> (String, Vec<u8>) {
+fn garbage_frames(rng: &mut Rng, target: usize, view: Option<&View>, ids: &[u64]) -> (String, Vec<u8>) {
     let mut bytes = Vec::new();
     if rng.below(2) == 0 {
         bytes.extend(0u32.to_le_bytes()); // a keepalive first, as a sender would
@@ -495,6 +504,7 @@ fn garbage_frames(rng: &mut Rng, target: usize, view: Option<&View>, nodes: usiz
         _ => {
             // A frame whose length promises more than is sent before the connection closes.
             let view = view.cloned().unwrap_or(View {
+                id: ids[target],
                 term: 1,
                 leader: false,
                 known_leader: None,
@@ -502,9 +512,9 @@ fn garbage_frames(rng: &mut Rng, target: usize, view: Option<&View>, nodes: usiz
                 last_index: 0,
                 commit: 0,
             });
-            let from = (target + 1) % nodes.max(1);
+            let from = (target + 1) % ids.len().max(1);
             let mut batch = Vec::new();
-            encode_batch(&[any_message(rng, target, from, &view)], &mut batch);
+            encode_batch(&[any_message(rng, ids, target, from, &view)], &mut batch);
             let full = frame(&batch);
             let cut = rng.between(1, full.len() as u64 - 1) as usize;
             bytes.extend(&full[..cut]);
@@ -523,7 +533,8 @@ fn frame(batch: &[u8]) -> Vec<u8> {
 
 /// `POST /raft/messages` with `body`.
 fn post(node: usize, body: &[u8]) -> Answer {
-    match request_within(node, "POST", "/raft/messages", &[], body, TIMEOUT) {
+    let secret = [(SECRET_HEADER, SECRET.to_owned())];
+    match request_within(node, "POST", "/raft/messages", &secret, body, TIMEOUT) {
         Ok(answer) if answer.status == 204 => Answer::Delivered,
         Ok(answer) => Answer::Refused(answer.status),
         Err(NoAnswer::NotSent(why) | NoAnswer::Lost(why)) => Answer::Unanswered(why),
@@ -538,7 +549,8 @@ fn stream(node: usize, bytes: &[u8]) -> Answer {
         tcp.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
         tcp.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
         let head = format!(
-            "POST /raft/stream HTTP/1.1\r\nHost: {address}\r\nConnection: upgrade\r\nUpgrade: mmapd-peer/1\r\nContent-Length: 0\r\n\r\n"
+            "POST /raft/stream HTTP/1.1\r\nHost: {address}\r\nConnection: upgrade\r\nUpgrade: mmapd-peer/1\r\n\
+             {SECRET_HEADER}: {SECRET}\r\nContent-Length: 0\r\n\r\n"
         );
         tcp.write_all(head.as_bytes()).map_err(|e| format!("write: {e}"))?;
         let mut answer = Vec::new();
