@@ -9,17 +9,22 @@
 //! and packet loss, each healed before the next. Half the runs (chosen by the seed) start
 //! the nodes with a small `--snapshot-entries`, kill followers long enough to need
 //! InstallSnapshot, and take admin snapshots at random moments. A side nemesis sends
-//! forged peer messages at random moments (`chaos/forge.rs`). Then everything is healed
-//! and the run is checked (`chaos/checks.rs`): every node serves within 5 s, each key's
-//! history with the final reads from every node is linearizable
-//! (`chaos/linearizability.rs`), the last acknowledged write of each key is visible,
-//! versions name one value, no node's log holds a panic and no node exited without being
-//! killed. A failed run writes an HTML timeline and prints its seed and path.
+//! forged peer messages at random moments (`chaos/forge.rs`). One fault in eight replaces
+//! a member (`chaos/membership.rs`): removed (live, cut off, or killed first), its
+//! directory wiped, started again with `--join` under a new id, and sometimes first
+//! under its old identity, which must be refused. Then everything is healed and the run
+//! is checked (`chaos/checks.rs`): every node serves within 5 s, each key's history with
+//! the final reads from every node is linearizable (`chaos/linearizability.rs`), the last
+//! acknowledged write of each key is visible, versions name one value, every node lists
+//! one voter per address and no removed id, no node's log holds a panic and no node
+//! exited without being killed. A failed run writes an HTML timeline and prints its seed
+//! and path.
 //!
 //! `cargo test --release --test chaos`: 120 s of faults over 4 runs (3 and 5 nodes, with
 //! and without snapshots). `MMAPD_CHAOS_SECONDS=1800`: a soak. `MMAPD_CHAOS_SEED=S` (with
-//! `MMAPD_CHAOS_NODES=N`) replays one run's schedule. `MMAPD_CHAOS_SNAPSHOTS=seed|all|none`
-//! and `MMAPD_CHAOS_FORGE=all|none|garbage|impossible|<kinds>` narrow the faults.
+//! `MMAPD_CHAOS_NODES=N`) replays one run's schedule. `MMAPD_CHAOS_SNAPSHOTS=seed|all|none`,
+//! `MMAPD_CHAOS_FORGE=all|none|garbage|impossible|<kinds>` and
+//! `MMAPD_CHAOS_MEMBERSHIP=all|none` narrow the faults.
 //!
 //! Needs root (namespaces, nftables): when it cannot run it FAILS, saying why.
 //! `MMAPD_CHAOS_SKIP=1` (never set by CI) skips it explicitly; `MMAPD_CHAOS_LOOPBACK=1`
@@ -35,6 +40,8 @@ mod cluster;
 mod forge;
 #[path = "chaos/linearizability.rs"]
 mod linearizability;
+#[path = "chaos/membership.rs"]
+mod membership;
 #[path = "chaos/nemesis.rs"]
 mod nemesis;
 #[path = "chaos/net.rs"]
@@ -116,6 +123,26 @@ impl Totals {
             self.refused_by_core
         )
     }
+
+    /// The membership part of a summary line.
+    fn membership_summary(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "membership: {} members replaced under a new id ({} of them the leader, {} unfinished), {} \
+             removals given up, {} removal requests retried, {} removed members stopped only by SIGKILL, \
+             {} joins refused; old identities: {} starts refused, {} started, {} undecided",
+            s.replacements,
+            s.leader_replacements,
+            s.replacements_unfinished,
+            s.removals_failed,
+            s.removal_retries,
+            s.removals_stuck,
+            s.joins_refused,
+            s.old_identity_refused,
+            s.old_identity_started,
+            s.old_identity_undecided
+        )
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -137,7 +164,8 @@ fn preflight() -> Result<(), String> {
 
 /// The run's plan: snapshots per `MMAPD_CHAOS_SNAPSHOTS` (`seed`, the default: when bit 1
 /// of the seed is set, so CI's four consecutive seeds cover 3 and 5 nodes each with and
-/// without), and the forged kinds; with `--snapshot-entries` drawn from the seed.
+/// without), the forged kinds, and member replacements per `MMAPD_CHAOS_MEMBERSHIP`
+/// (`all`, the default, or `none`); with `--snapshot-entries` drawn from the seed.
 fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<u64>) {
     let snapshots = match std::env::var("MMAPD_CHAOS_SNAPSHOTS").as_deref() {
         Err(_) | Ok("seed") => seed & 2 != 0,
@@ -145,9 +173,14 @@ fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<u64>) {
         Ok("none") => false,
         Ok(other) => panic!("MMAPD_CHAOS_SNAPSHOTS={other}: expected seed, all or none"),
     };
+    let replacements = match std::env::var("MMAPD_CHAOS_MEMBERSHIP").as_deref() {
+        Err(_) | Ok("all") => true,
+        Ok("none") => false,
+        Ok(other) => panic!("MMAPD_CHAOS_MEMBERSHIP={other}: expected all or none"),
+    };
     // Its own generator, so the choice leaves the fault schedule's draws alone.
     let entries = Rng::new(seed ^ 0x5A95_4A90).between(SNAPSHOT_ENTRIES.0, SNAPSHOT_ENTRIES.1);
-    (Plan { snapshots, forgeries: forgeries.to_vec() }, snapshots.then_some(entries))
+    (Plan { snapshots, forgeries: forgeries.to_vec(), replacements }, snapshots.then_some(entries))
 }
 
 #[test]
@@ -192,9 +225,10 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         let nodes = forced_nodes.unwrap_or(if seed % 2 == 0 { 3 } else { 5 });
         let (plan, snapshot_entries) = plan(seed, &forgeries);
         eprintln!(
-            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, forging: {}",
+            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, forging: {}, {}",
             snapshot_entries.map_or("default snapshots".to_owned(), |n| format!("--snapshot-entries {n}")),
-            forge::describe(&plan.forgeries)
+            forge::describe(&plan.forgeries),
+            if plan.replacements { "member replacements" } else { "no member replacements" }
         );
         match one_run(seed, nodes, per_run, &plan, snapshot_entries, &report_dir) {
             Ok(run) => {
@@ -214,6 +248,7 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
     }
     let line = format!(
         "chaos: {} s of faults, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies\n\
+         chaos: {}\n\
          chaos: {}",
         totals.fault_seconds,
         totals.ok + totals.failed + totals.unknown,
@@ -223,7 +258,8 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         totals.faults,
         totals.keys,
         totals.anomalies,
-        totals.faults_summary()
+        totals.faults_summary(),
+        totals.membership_summary()
     );
     // Straight to stderr, past the test harness's capture, so CI's log shows it.
     {
@@ -343,6 +379,9 @@ fn one_run(
                 let timeline = timeline?;
                 if recovered {
                     final_reads(&shared);
+                    if let Some(problem) = membership::final_check(nodes, cluster.removed()) {
+                        anomalies.push((None, problem));
+                    }
                 } else {
                     // Already a failure; reads from nodes that do not serve would only time out.
                     eprintln!("chaos: seed {seed}: final reads skipped: the cluster did not recover");
@@ -355,6 +394,7 @@ fn one_run(
 
     let (timeline, side_timeline) = timeline;
     stats.add(&side_stats);
+    anomalies.extend(std::mem::take(&mut stats.findings).into_iter().map(|finding| (None, finding)));
     let refused_by_core: u64 = (0..nodes).filter_map(|i| refused_peer_messages(network.as_ref(), i)).sum();
     cluster.reap();
     anomalies.extend(exit_anomalies(cluster.exits(), nodes));
@@ -416,7 +456,7 @@ fn one_run(
         );
     }
     eprintln!(
-        "chaos: seed {seed}: {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies; {}",
+        "chaos: seed {seed}: {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies; {}; {}",
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
         totals.failed,
@@ -424,7 +464,8 @@ fn one_run(
         totals.faults,
         totals.keys,
         totals.anomalies,
-        totals.faults_summary()
+        totals.faults_summary(),
+        totals.membership_summary()
     );
     drop(network);
     Ok(totals)
@@ -479,6 +520,9 @@ fn replay_env(plan: &Plan) -> String {
     let mut env = format!("MMAPD_CHAOS_FORGE={}", forge::describe(&plan.forgeries));
     if let Ok(snapshots) = std::env::var("MMAPD_CHAOS_SNAPSHOTS") {
         env.push_str(&format!(" MMAPD_CHAOS_SNAPSHOTS={snapshots}"));
+    }
+    if !plan.replacements {
+        env.push_str(" MMAPD_CHAOS_MEMBERSHIP=none");
     }
     if env_flag("MMAPD_CHAOS_LOOPBACK") {
         env.push_str(" MMAPD_CHAOS_LOOPBACK=1");

@@ -4,15 +4,21 @@
 //!
 //! The cluster knows which exits it caused (SIGKILL); any other exit it finds (by
 //! `reap`, before every kill and restart, and at the end) is recorded as an `Exit` with
-//! the node's last log lines, and the node is restarted at the next heal.
+//! the node's last log lines, and the node is restarted at the next heal. An exit the
+//! nemesis waits for (`wait_exit`: a removed member stopping, a start that must be
+//! refused) is its own business, not an `Exit`.
 //!
-//! The nodes share a cluster secret (`SECRET`): joins and forwarded membership changes
-//! from another host need one.
+//! Every node starts with the bootstrap command line (`--peers`, `Launch::Peers`) until
+//! the nemesis replaces it (`membership.rs`): from then on that slot starts with
+//! `--join` (`Launch::Join`), for every later kill and restart. The nodes share a
+//! cluster secret (`SECRET`): joins and forwarded membership changes from another host
+//! need one.
 
 use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use super::net::{node_ip, Network};
 
@@ -50,6 +56,15 @@ pub struct Exit {
     pub last_lines: String,
 }
 
+/// The command line a node starts with (besides its address, data directory and timings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `--peers` with every slot's address: the bootstrap line each node first starts with.
+    Peers,
+    /// `--join` with these addresses: a replacement, which the leader adds under a new id.
+    Join(String),
+}
+
 /// A running (or killed, or paused) node.
 struct Node {
     /// `None` in the loopback fallback.
@@ -58,6 +73,8 @@ struct Node {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// How it starts: the nemesis changes it when it replaces the node.
+    launch: Launch,
 }
 
 /// The nodes of one run.
@@ -66,6 +83,8 @@ pub struct Cluster {
     peers: String,
     /// The file holding `SECRET`.
     secret_file: PathBuf,
+    /// Member ids the nemesis removed (never to be seen again).
+    removed: Vec<u64>,
     /// `--snapshot-entries`, when the run sets it.
     snapshot_entries: Option<u64>,
     /// When the run began.
@@ -84,7 +103,7 @@ impl Cluster {
         snapshot_entries: Option<u64>,
         epoch: Instant,
     ) -> Result<Cluster, String> {
-        let peers: Vec<String> = (0..count).map(|i| format!("{}:{PORT}", node_ip(i))).collect();
+        let peers: Vec<String> = (0..count).map(address).collect();
         let secret_file = dir.join("cluster-secret");
         std::fs::write(&secret_file, SECRET).map_err(|e| format!("{}: {e}", secret_file.display()))?;
         let mut cluster = Cluster {
@@ -95,10 +114,12 @@ impl Cluster {
                     log: dir.join(format!("n{}.stderr", i + 1)),
                     child: None,
                     paused: false,
+                    launch: Launch::Peers,
                 })
                 .collect(),
             peers: peers.join(","),
             secret_file,
+            removed: Vec::new(),
             snapshot_entries,
             epoch,
             exits: Vec::new(),
@@ -114,8 +135,15 @@ impl Cluster {
         self.nodes.len()
     }
 
-    /// Starts node `i` (again), appending to its stderr file.
+    /// Starts node `i` (again) with its command line, appending to its stderr file.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        let launch = self.nodes[i].launch.clone();
+        self.spawn(i, &launch)
+    }
+
+    /// Starts node `i` with `launch`, which need not be its own (a start that must be
+    /// refused); its command line stays as it was.
+    pub fn spawn(&mut self, i: usize, launch: &Launch) -> Result<(), String> {
         let snapshot_entries = self.snapshot_entries.map(|n| n.to_string());
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} restarted while running", i + 1);
@@ -135,8 +163,13 @@ impl Cluster {
             }
             None => Command::new(env!("CARGO_BIN_EXE_mmapd")),
         };
+        let members = match launch {
+            Launch::Peers => ["--peers", self.peers.as_str()],
+            Launch::Join(addresses) => ["--join", addresses.as_str()],
+        };
         let child = command
-            .args(["--ip", &ip, "--port", &port, "--peers", &self.peers, "--data-dir", &data_dir])
+            .args(["--ip", &ip, "--port", &port, "--data-dir", &data_dir])
+            .args(members)
             .arg("--cluster-secret-file")
             .arg(&self.secret_file)
             .args(TIMINGS)
@@ -152,6 +185,69 @@ impl Cluster {
         node.child = Some(child);
         node.paused = false;
         Ok(())
+    }
+
+    /// From now on node `i` starts with `launch`.
+    pub fn set_launch(&mut self, i: usize, launch: Launch) {
+        self.nodes[i].launch = launch;
+    }
+
+    /// Node `i`'s command line.
+    pub fn launch(&self, i: usize) -> &Launch {
+        &self.nodes[i].launch
+    }
+
+    /// Waits up to `limit` for node `i` to exit; its status if it did (the nemesis
+    /// expected it: it is not recorded as an `Exit`, and the node is not running after).
+    /// `None` if it is still running (or was not).
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            let child = self.nodes[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                self.nodes[i].paused = false;
+                return Some(status);
+            }
+            if started.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(limit));
+        }
+    }
+
+    /// True while node `i`'s process runs (paused or not).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.nodes[i].child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.nodes[i].data_dir
+    }
+
+    /// Node `i`'s stderr file.
+    pub fn log(&self, i: usize) -> &Path {
+        &self.nodes[i].log
+    }
+
+    /// Appends a line from the harness to node `i`'s stderr file (so its log says why it
+    /// was started the way it was).
+    pub fn note(&self, i: usize, text: &str) {
+        let at = self.epoch.elapsed().as_secs_f64();
+        if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(&self.nodes[i].log) {
+            let _ = writeln!(file, "=== chaos harness at {at:.2} s: {text} ===");
+        }
+    }
+
+    /// Records that the cluster removed member `id`.
+    pub fn record_removed(&mut self, id: u64) {
+        self.removed.push(id);
+    }
+
+    /// The member ids the nemesis removed, in order.
+    pub fn removed(&self) -> &[u64] {
+        &self.removed
     }
 
     /// SIGKILLs node `i` and reaps it (an exit before the kill is recorded first).
@@ -238,6 +334,11 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// Node `index`'s address, `IP:PORT`.
+pub fn address(index: usize) -> String {
+    format!("{}:{PORT}", node_ip(index))
 }
 
 /// The last `count` lines of a file, as text (empty when it cannot be read), leaving out

@@ -5,7 +5,9 @@
 //! follower stays down 4–8 s while the clients write, and before it comes back the leader
 //! takes a snapshot, so it must be sent InstallSnapshot (§7). Alongside the faults, a side
 //! nemesis (`side_run`) acts at random moments: admin snapshots (`mmapd-admin snapshot`)
-//! in snapshot runs, and forged peer messages (`forge.rs`).
+//! in snapshot runs, and forged peer messages (`forge.rs`). One fault in eight (when the
+//! plan has them) replaces a member instead (`membership.rs`): removed, wiped, joined
+//! again under a new id.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::client::{request, Shared};
 use super::cluster::Cluster;
 use super::forge::{self, Forgery, View};
+use super::membership;
 use super::net::Network;
 use super::rng::Rng;
 
@@ -32,6 +35,8 @@ pub struct Plan {
     pub snapshots: bool,
     /// The forged-message kinds the side nemesis sends.
     pub forgeries: Vec<Forgery>,
+    /// Replace members (remove, wipe, join again under a new id) among the faults.
+    pub replacements: bool,
 }
 
 /// Counts of what the nemeses did, for the summary.
@@ -61,6 +66,29 @@ pub struct Stats {
     pub forged_unanswered: usize,
     /// Forgeries not sent for want of a leader or follower to send them to.
     pub forged_skipped: usize,
+    /// Members replaced: removed, wiped, joined again under a new id and a voter again.
+    pub replacements: usize,
+    /// Of those, the victim was the leader.
+    pub leader_replacements: usize,
+    /// Replacements whose member was removed but not seen a voter again (a refused join, a
+    /// slow one).
+    pub replacements_unfinished: usize,
+    /// Removals given up (the member stays, with its data).
+    pub removals_failed: usize,
+    /// Removal requests made again (no leader, a change pending, an answer lost...).
+    pub removal_retries: usize,
+    /// Removed members that did not stop by themselves within a limit (then killed).
+    pub removals_stuck: usize,
+    /// Starts under an old identity refused with exit status 10.
+    pub old_identity_refused: usize,
+    /// Starts under an old identity that started (each an anomaly).
+    pub old_identity_started: usize,
+    /// Starts under an old identity neither refused nor started in time (each an anomaly).
+    pub old_identity_undecided: usize,
+    /// Replacements' joins refused (exit status 10).
+    pub joins_refused: usize,
+    /// Anomalies the member-replace nemesis found.
+    pub findings: Vec<String>,
 }
 
 impl Stats {
@@ -76,6 +104,17 @@ impl Stats {
         self.forged_refused += other.forged_refused;
         self.forged_unanswered += other.forged_unanswered;
         self.forged_skipped += other.forged_skipped;
+        self.replacements += other.replacements;
+        self.leader_replacements += other.leader_replacements;
+        self.replacements_unfinished += other.replacements_unfinished;
+        self.removals_failed += other.removals_failed;
+        self.removal_retries += other.removal_retries;
+        self.removals_stuck += other.removals_stuck;
+        self.old_identity_refused += other.old_identity_refused;
+        self.old_identity_started += other.old_identity_started;
+        self.old_identity_undecided += other.old_identity_undecided;
+        self.joins_refused += other.joins_refused;
+        self.findings.extend(other.findings.iter().cloned());
     }
 }
 
@@ -107,6 +146,11 @@ const KINDS: [&str; 10] = [
 /// The long kill of a follower, for a snapshot run.
 const LONG_KILL: &str = "kill-follower-long";
 
+/// One fault in this many is a member replacement, in plans that have them.
+const REPLACE_ONE_IN: u64 = 8;
+/// A replacement starts only with this much of the run left (it takes a few seconds).
+const REPLACE_MIN_LEFT: Duration = Duration::from_secs(6);
+
 /// A long kill in progress: who, and where its log ended.
 struct LongKill {
     victim: usize,
@@ -134,7 +178,16 @@ pub fn run(
         let mut active = Duration::from_millis(rng.between(1000, 4000));
         // Drawn every time, so the schedule does not depend on timing.
         let (long_roll, long_active) = (rng.below(4), Duration::from_millis(rng.between(4000, 8000)));
+        let replace_roll = rng.below(REPLACE_ONE_IN);
         let remaining = end.saturating_sub(shared.start.elapsed());
+        if plan.replacements && replace_roll == 0 && remaining >= REPLACE_MIN_LEFT {
+            let start = shared.now();
+            let description = membership::replace(rng, network, cluster, shared, stats)?;
+            heal(network, cluster)?;
+            timeline.push(FaultRecord { start, end: shared.now(), description });
+            std::thread::sleep(Duration::from_millis(rng.between(300, 1500)));
+            continue;
+        }
         let kind = if plan.snapshots && long_roll == 0 && remaining >= long_active {
             active = long_active;
             LONG_KILL
