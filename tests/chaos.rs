@@ -128,12 +128,13 @@ impl Totals {
     fn membership_summary(&self) -> String {
         let s = &self.stats;
         format!(
-            "membership: {} members replaced under a new id ({} of them the leader, {} unfinished), {} \
-             removals given up, {} removal requests retried, {} removed members stopped only by SIGKILL, \
+            "membership: {} members replaced under a new id ({} of them the leader, {} unfinished, {} \
+             with the leader killed as they joined), {} removals given up, {} removal requests retried, {} removed members stopped only by SIGKILL, \
              {} joins refused; old identities: {} starts refused, {} started, {} undecided",
             s.replacements,
             s.leader_replacements,
             s.replacements_unfinished,
+            s.join_leader_kills,
             s.removals_failed,
             s.removal_retries,
             s.removals_stuck,

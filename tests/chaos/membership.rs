@@ -12,6 +12,10 @@
 //!   removed, or it stays up refused by everyone (counted, then killed);
 //! - **crashed**: killed and its directory wiped first, then removed.
 //!
+//! One replacement in four also SIGKILLs the leader as soon as a member list shows the
+//! new member (a learner, usually), and restarts it a second later: the next leader must
+//! finish the promotion.
+//!
 //! With 5 nodes or more, one replacement in three also cuts a bystander (neither the
 //! victim nor the leader) off from every peer until the new member is a voter: the
 //! changes commit with the smallest quorum, and the bystander comes back to a
@@ -141,6 +145,8 @@ struct Choice {
     via: usize,
     /// The attempt, and whether it comes before the removal.
     attempt: Option<(Attempt, bool)>,
+    /// Kill the leader as the new member appears.
+    kill_leader: bool,
 }
 
 impl Choice {
@@ -165,7 +171,8 @@ impl Choice {
             (_, 0) => (Attempt::RemovedDirectory, false),
             (_, _) => (Attempt::WipedPeers, false),
         });
-        Choice { leader, offset, bystander, loss, by_id, via, attempt }
+        let kill_leader = rng.below(4) == 0;
+        Choice { leader, offset, bystander, loss, by_id, via, attempt, kill_leader }
     }
 }
 
@@ -310,7 +317,7 @@ pub fn replace(
     if let Some((Attempt::WipedPeers, false)) = choice.attempt {
         refuse_old_identity(cluster, &mut job, Attempt::WipedPeers, stats)?;
     }
-    if rejoin(cluster, &mut job, stats)? {
+    if rejoin(cluster, &mut job, choice.kill_leader, stats)? {
         stats.replacements += 1;
         if role == "leader" {
             stats.leader_replacements += 1;
@@ -524,14 +531,21 @@ fn refuse_old_identity(
 }
 
 /// Starts the wiped victim with `--join` (its command line from now on) and waits until
-/// a member list shows a new id at its address, a voter, with the old one gone. True
-/// when it did; refused joins are retried a few times.
-fn rejoin(cluster: &mut Cluster, job: &mut Replacement, stats: &mut Stats) -> Result<bool, String> {
+/// a member list shows a new id at its address, a voter, with the old one gone; with
+/// `kill_leader`, the leader is killed (and restarted a second later) as soon as a list
+/// shows the new member. True when it did; refused joins are retried a few times.
+fn rejoin(
+    cluster: &mut Cluster,
+    job: &mut Replacement,
+    kill_leader: bool,
+    stats: &mut Stats,
+) -> Result<bool, String> {
     let n = cluster.len();
     let victim = job.victim;
     let others: Vec<String> = (0..n).filter(|&i| i != victim).map(cluster::address).collect();
     cluster.set_launch(victim, Launch::Join(others.join(",")));
     let started = Instant::now();
+    let mut leader_killed = !kill_leader;
     for attempt in 1..=JOIN_TRIES {
         cluster.note(victim, "starting it with --join: a replacement, under a new id");
         cluster.restart(victim)?;
@@ -552,7 +566,22 @@ fn rejoin(cluster: &mut Cluster, job: &mut Replacement, stats: &mut Stats) -> Re
                 ));
                 return Ok(false);
             }
-            if let Some(members) = records(n, victim).into_iter().find(|members| {
+            let lists = records(n, victim);
+            let listed = |m: &Member| m.address == job.address && m.id != job.old_id;
+            if !leader_killed && lists.iter().flatten().any(listed) {
+                leader_killed = true;
+                if let Some(leader) = find_leader(n).filter(|&l| l != victim) {
+                    let new = lists.iter().flatten().find(|m| listed(m)).expect("listed");
+                    let role = if new.voter { "a voter already" } else { "a learner" };
+                    cluster.kill(leader);
+                    job.step(format!("SIGKILL leader n{} as the new member appeared ({role})", leader + 1));
+                    stats.join_leader_kills += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                    cluster.restart(leader)?;
+                    continue;
+                }
+            }
+            if let Some(members) = lists.into_iter().find(|members| {
                 members.iter().any(|m| m.address == job.address && m.id != job.old_id && m.voter)
             }) {
                 let new_id = members.iter().find(|m| m.address == job.address).expect("found").id;

@@ -87,6 +87,8 @@ pub struct Stats {
     pub old_identity_undecided: usize,
     /// Replacements' joins refused (exit status 10).
     pub joins_refused: usize,
+    /// Leaders killed as a replacement appeared in the member list (before its promotion).
+    pub join_leader_kills: usize,
     /// Anomalies the member-replace nemesis found.
     pub findings: Vec<String>,
 }
@@ -114,6 +116,7 @@ impl Stats {
         self.old_identity_started += other.old_identity_started;
         self.old_identity_undecided += other.old_identity_undecided;
         self.joins_refused += other.joins_refused;
+        self.join_leader_kills += other.join_leader_kills;
         self.findings.extend(other.findings.iter().cloned());
     }
 }
