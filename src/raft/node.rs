@@ -494,9 +494,14 @@ impl Raft {
     }
 
     /// Only a voter campaigns: a learner or a node outside its configuration never
-    /// becomes a (pre-)candidate (thesis §4.2.1).
+    /// becomes a (pre-)candidate (thesis §4.2.1). A voter of the committed configuration
+    /// whose latest one (appended, not committed) removes it still campaigns, without
+    /// counting its own vote (thesis §4.2.2): until the removal commits it may be the only
+    /// node whose log can win, and without it no leader would ever be elected again.
     fn start_election(&mut self, kind: Election) {
-        if self.role == Role::Leader || !self.can_lead || !self.conf().is_voter(self.id) {
+        let voter = self.conf().is_voter(self.id);
+        let committed_voter = self.membership.at(self.log.committed).is_voter(self.id);
+        if self.role == Role::Leader || !self.can_lead || !(voter || committed_voter) {
             return;
         }
         let (pre_vote, transfer, request_term) = match kind {
@@ -509,7 +514,9 @@ impl Raft {
                 (false, transfer, self.term)
             }
         };
-        self.votes.insert(self.id, true);
+        if voter {
+            self.votes.insert(self.id, true);
+        }
         if self.poll_election() {
             return;
         }

@@ -456,6 +456,56 @@ fn a_leader_that_removes_itself_commits_the_removal_then_steps_down() {
     assert!(!campaigned, "the removed leader campaigned");
 }
 
+/// A voter whose latest configuration, appended but not committed, removes it still
+/// campaigns, without counting its own vote: with its removal only on its own log and
+/// the dead leader's, its log is ahead of every other voter's, and without it no leader
+/// could be elected again. It wins with the others' votes, commits its removal and
+/// steps down (the simulator's membership runs wedged a cluster for good this way).
+/// Reference: thesis §4.2.2
+#[test]
+fn a_voter_whose_uncommitted_removal_is_in_its_log_still_campaigns() {
+    let mut cluster = Cluster::new(4);
+    cluster.elect(1);
+    cluster.propose(1, "x");
+    cluster.cut.insert((1, 2));
+    cluster.cut.insert((1, 3));
+    let (_, index) = cluster.node(1).propose_conf_change(remove(4)).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.nodes[&4].last_index(), index);
+    assert_eq!(cluster.conf(4).voters, voters(3), "in effect when appended");
+    assert!(cluster.nodes[&4].commit_index() < index);
+    cluster.nodes.remove(&1); // the leader dies
+    cluster.heal();
+    cluster.tick_all(60);
+    assert!(cluster.nodes[&4].is_removed(), "node 4's removal never committed");
+    assert_eq!(cluster.nodes[&4].role(), Role::Follower);
+    let leaders = cluster.leaders();
+    assert!(leaders == [2] || leaders == [3], "leaders: {leaders:?}");
+    let (_, y) = cluster.propose(leaders[0], "y");
+    assert!(cluster.nodes[&leaders[0]].commit_index() >= y);
+}
+
+/// Such a candidate does not count its own vote: it needs a majority of the voters of
+/// its latest configuration, which does not hold it.
+/// Reference: thesis §4.2.2
+#[test]
+fn a_candidate_outside_its_latest_configuration_does_not_count_its_own_vote() {
+    let log = vec![entry(1, 1), config_entry(1, 2, remove(4))];
+    let mut candidate = follower_with_log(4, 4, 1, log);
+    candidate.config_mut().pre_vote = false;
+    candidate.campaign();
+    assert_eq!(candidate.role(), Role::Candidate);
+    let ready = take_ready(&mut candidate);
+    let asked: BTreeSet<NodeId> = ready.persisted_messages.iter().map(|m| m.to).collect();
+    assert_eq!(asked, BTreeSet::from([1, 2, 3]));
+    let term = candidate.term();
+    let granted = MessageBody::RequestVoteResponse { pre_vote: false, granted: true };
+    candidate.step(Message { from: 2, to: 4, term, body: granted.clone() }).unwrap();
+    assert_eq!(candidate.role(), Role::Candidate, "its own vote made a majority of [1, 2, 3]");
+    candidate.step(Message { from: 3, to: 4, term, body: granted }).unwrap();
+    assert_eq!(candidate.role(), Role::Leader);
+}
+
 /// A removed server that never learned of its removal times out and campaigns with a
 /// higher term; the members refuse its requests, so their terms and leader stay (even
 /// without the check-quorum lease, which is off here to show it).
