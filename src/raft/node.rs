@@ -1321,7 +1321,10 @@ impl Raft {
         self.read_only.add(context, from, index);
     }
 
-    fn committed_in_current_term(&self) -> bool {
+    /// Whether an entry of the current term is committed. A new leader's commit index
+    /// may be stale until it is (thesis §6.4): what it has applied may miss entries that
+    /// an earlier leader committed.
+    pub fn committed_in_current_term(&self) -> bool {
         self.log.term(self.log.committed) == Some(self.term)
     }
 

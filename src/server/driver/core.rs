@@ -604,7 +604,12 @@ impl DriverCore {
         }
         let existing = {
             let kv = self.kv.read().expect("kv lock");
-            if kv.cluster().id() == 0 {
+            // The record must hold every change committed so far, as a linearizable
+            // read does (thesis §6.4): a new leader's may miss a removal an earlier
+            // leader committed, and would hand out the removed id again.
+            let stale =
+                !self.raft.committed_in_current_term() || kv.applied_index() < self.raft.commit_index();
+            if kv.cluster().id() == 0 || stale {
                 drop(kv);
                 self.answer(token, Answer::Join(Err(NodeError::NoLeader)));
                 return;

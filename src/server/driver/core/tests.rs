@@ -638,3 +638,77 @@ fn messages_from_a_removed_id_are_refused() {
     assert_eq!(core.raft().term(), term, "a removed node's message moved the term");
     assert_eq!(core.raft().role(), Role::Leader);
 }
+
+/// A new leader answers a join only once its cluster record holds everything committed:
+/// before it has committed an entry of its term, its record may miss a removal an
+/// earlier leader committed, and it would hand out the removed id again (the
+/// simulator's membership runs found a replacement given its dead predecessor's id).
+// Reference: thesis §6.4 (a new leader's commit index may be stale), §4.2.3.
+#[test]
+fn a_new_leader_answers_joins_only_from_a_record_that_is_up_to_date() {
+    let mut core = core_with(2, &[1, 2]);
+    let bootstrap = Command::Bootstrap {
+        cluster_id: 0xc1,
+        members: vec![(1, "10.0.0.1:3001".to_owned()), (2, "10.0.0.2:3001".to_owned())],
+    };
+    let add = ConfChange {
+        kind: ConfChangeKind::AddLearner,
+        node: 9,
+        context: member_context("10.0.0.9:3001", true),
+    };
+    let remove = ConfChange { kind: ConfChangeKind::Remove, node: 9, context: Bytes::new() };
+    let entries = vec![
+        Entry { term: 1, index: 1, kind: EntryKind::Normal, data: bootstrap.encode() },
+        Entry { term: 1, index: 2, kind: EntryKind::Config, data: add.encode() },
+        Entry { term: 1, index: 3, kind: EntryKind::Config, data: remove.encode() },
+    ];
+    // Node 1 led term 1; node 2 learns that 1 and 2 are committed, not 3 (the removal,
+    // which node 1 committed with node 2's acknowledgement just before it failed).
+    let body = MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries, leader_commit: 2 };
+    core.step(vec![Message { from: 1, to: 2, term: 1, body }]);
+    settle(&mut core);
+    assert!(core.kv().read().unwrap().cluster().members().contains_key(&9));
+    // Node 2 wins term 2.
+    core.raft.config_mut().pre_vote = false;
+    core.raft.campaign();
+    settle(&mut core);
+    let granted = MessageBody::RequestVoteResponse { pre_vote: false, granted: true };
+    core.step(vec![Message { from: 1, to: 2, term: 2, body: granted }]);
+    settle(&mut core);
+    assert_eq!(core.raft().role(), Role::Leader);
+
+    let join = JoinRequest { address: "10.0.0.9:3001".into(), learner: false, candidate_id: 77 };
+    core.join(5, join.clone());
+    let answers = settle(&mut core);
+    assert_eq!(
+        answers.iter().find(|(token, _)| *token == 5).map(|(_, answer)| answer.clone()),
+        Some(Answer::Join(Err(NodeError::NoLeader))),
+        "answered from a record that does not hold the committed removal"
+    );
+    // Node 1 acknowledges the leader's no-op: the removal applies, the address is free.
+    let last = core.raft().last_index();
+    let ack = MessageBody::AppendEntriesResponse {
+        success: true,
+        index: last,
+        conflict_term: 0,
+        conflict_index: 0,
+    };
+    core.step(vec![Message { from: 1, to: 2, term: 2, body: ack }]);
+    settle(&mut core);
+    assert!(core.kv().read().unwrap().cluster().is_removed(9));
+    core.join(6, join);
+    let mut answers = settle(&mut core);
+    let last = core.raft().last_index();
+    let ack = MessageBody::AppendEntriesResponse {
+        success: true,
+        index: last,
+        conflict_term: 0,
+        conflict_index: 0,
+    };
+    core.step(vec![Message { from: 1, to: 2, term: 2, body: ack }]);
+    answers.extend(settle(&mut core));
+    match answers.iter().find(|(token, _)| *token == 6).map(|(_, answer)| answer) {
+        Some(Answer::Join(Ok(joined))) => assert_eq!(joined.id, 77),
+        other => panic!("expected the join under the new id, got {other:?}"),
+    }
+}
