@@ -959,6 +959,13 @@ impl DriverCore {
             return;
         }
         self.poll_raft();
+        if self.members_changed && self.raft.role() == Role::Leader {
+            // A bootstrap or a new member just applied: record who holds the log now,
+            // not a promotion round later, so the window in which a wiped member could
+            // come back under its id stays as short as the leader can make it.
+            self.mark_started_members();
+            self.poll_raft();
+        }
         self.report_membership();
     }
 
