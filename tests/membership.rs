@@ -206,3 +206,65 @@ fn a_member_removed_while_down_stops_once_a_majority_says_it_was_removed() {
     let leader = cluster.wait_for_leader(Duration::from_secs(10));
     assert_eq!(put(cluster.port(leader), "/v1/kv/k2", b"v").status, 201);
 }
+
+/// The admin socket of the node on `port` in `cluster.dir`.
+fn admin_socket_of(cluster: &Cluster, port: u16) -> std::path::PathBuf {
+    cluster.dir.path().join(format!("node-{port}")).join("admin.sock")
+}
+
+/// A member that was down while its peers were replaced comes back with a stale member
+/// list: every member it knows is gone, and the leader is a node it has never heard of.
+/// It must still answer that leader (thesis §4.1: a server accepts entries from a
+/// leader not in its configuration, and its answers must reach that leader) and catch
+/// up, while the leader it does not know keeps leading.
+// Reference: §4.1
+#[test]
+fn a_member_that_missed_a_replacement_catches_up_when_the_replacement_leads() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/before", b"1").status, 201);
+    let stale = cluster.others(leader)[0];
+    let originals: Vec<usize> = (0..3).filter(|&i| i != stale).collect();
+    cluster.nodes[stale].kill9();
+
+    // Two replacements join and are promoted; then both other original members are
+    // removed (they exit), so the leader is one of the replacements.
+    let mut replacement_ports = Vec::new();
+    for _ in 0..2 {
+        let port = free_ports(1)[0];
+        let address = format!("127.0.0.1:{port}");
+        let via = cluster.nodes[originals[0]].address();
+        let mut node = joiner(&cluster, port, &format!("node-{port}"), &via, &[]);
+        node.start().unwrap();
+        wait_for(Duration::from_secs(30), "the replacement to be promoted", || {
+            matches!(seen_by_leader(&cluster, &address), Some((m, false)) if m > 0).then_some(())
+        });
+        cluster.nodes.push(node);
+        replacement_ports.push(port);
+    }
+    let socket = admin_socket_of(&cluster, replacement_ports[0]);
+    for &original in &originals {
+        let address = cluster.nodes[original].address();
+        // Refused while the previous change is pending: asked again until accepted.
+        wait_for(Duration::from_secs(20), "the removal to be accepted", || {
+            let output = admin(&["--socket", socket.to_str().unwrap(), "member", "remove", &address]);
+            output.status.success().then_some(())
+        });
+        assert_eq!(cluster.nodes[original].wait_exit(Duration::from_secs(20)).code(), Some(10));
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert!(replacement_ports.contains(&cluster.port(leader)));
+    for i in 0..20 {
+        assert_eq!(put(cluster.port(leader), &format!("/v1/kv/after{i}"), b"2").status, 201);
+    }
+
+    cluster.nodes[stale].start().unwrap();
+    let stale_port = cluster.port(stale);
+    wait_for(Duration::from_secs(30), "the stale member to catch up from a leader it did not know", || {
+        (get(stale_port, "/v1/kv/after19?consistency=stale").text() == "2").then_some(())
+    });
+    // It counts for the quorum again: a linearizable read on it sees the latest write.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_eq!(put(cluster.port(leader), "/v1/kv/last", b"3").status, 201);
+    assert_eq!(get(stale_port, "/v1/kv/last").text(), "3");
+}
