@@ -431,6 +431,22 @@ fn malformed_joins_probes_and_identity_headers_are_refused() {
         let answer = request(port, "POST", "/raft/messages", &headers, b"").unwrap();
         assert_eq!(answer.status, 403, "{name}: {value}: {}", answer.text());
     }
+    for address in ["not an address", "127.0.0.1", "host:99999", "/raft:1"] {
+        let headers = [secret[0], ("X-Mmapd-Node-Id", "00000000000000ee"), ("X-Mmapd-Node-Address", address)];
+        let answer = request(port, "POST", "/raft/messages", &headers, b"").unwrap();
+        assert_eq!(answer.status, 403, "address {address:?}: {}", answer.text());
+    }
+    // A forger naming ids this node does not know, each with an address, gets a sender
+    // for a few of them at most (`MAX_LEARNED_PEERS`), never one per request.
+    for id in 0..40u64 {
+        let node_id = format!("{:016x}", 0xf000 + id);
+        let headers =
+            [secret[0], ("X-Mmapd-Node-Id", node_id.as_str()), ("X-Mmapd-Node-Address", "127.0.0.1:9")];
+        let answer = request(port, "POST", "/raft/messages", &headers, b"").unwrap();
+        assert!(answer.status < 500, "{}", answer.text());
+    }
+    let learned = single.node.log_text().matches("member list does not name yet").count();
+    assert!((1..=8).contains(&learned), "{learned} senders learned from 40 forged ids");
     assert_eq!(get(port, "/v1/members").text(), members_before, "a refused request changed the members");
     assert_alive_and_intact(&single);
 }

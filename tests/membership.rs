@@ -263,6 +263,8 @@ fn a_member_that_missed_a_replacement_catches_up_when_the_replacement_leads() {
     wait_for(Duration::from_secs(30), "the stale member to catch up from a leader it did not know", || {
         (get(stale_port, "/v1/kv/after19?consistency=stale").text() == "2").then_some(())
     });
+    let log = cluster.nodes[stale].log_text();
+    assert!(log.contains("member list does not name yet"), "not the stale path:\n{log}");
     // It counts for the quorum again: a linearizable read on it sees the latest write.
     let leader = cluster.wait_for_leader(Duration::from_secs(10));
     assert_eq!(put(cluster.port(leader), "/v1/kv/last", b"3").status, 201);

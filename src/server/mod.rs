@@ -447,7 +447,12 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     // Twice the election timeout: a peer that cannot take a batch in that time is
     // treated as unreachable, and its connection is replaced.
     let peer_timeout = (settings.tick * settings.election_ticks * 2).max(Duration::from_millis(200));
-    let credentials = peer::Credentials { secret: secret.clone(), node_id: id, cluster_id };
+    let credentials = peer::Credentials {
+        secret: secret.clone(),
+        node_id: id,
+        address: settings.advertise.clone(),
+        cluster_id,
+    };
     let (removed_hint, removed_hints) = tokio::sync::mpsc::channel(1);
     let outbox = peer::transport::start(&peers, client.clone(), credentials, peer_timeout, removed_hint);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -465,7 +470,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         tick: settings.tick,
         disk_jobs,
         disk_done: done_rx,
-        outbox: Box::new(outbox),
+        outbox: Box::new(outbox.clone()),
         shared,
         shutdown: shutdown_rx.clone(),
         data_dir,
@@ -482,6 +487,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         mapped_bytes,
         quota_bytes: settings.quota_bytes,
         forwards: Semaphore::new(api::MAX_FORWARDS_IN_FLIGHT),
+        outbox,
     });
 
     let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));

@@ -11,7 +11,9 @@
 //! - every peer request carries the sender's cluster id and node id
 //!   (`peer::Credentials`): another cluster's id, or a removed id, is refused with 403
 //!   and logged with the remote address. A sender missing from this node's
-//!   configuration is not refused: that configuration may be stale (thesis §4.1).
+//!   configuration is not refused: that configuration may be stale (thesis §4.1); its
+//!   advertised address (`x-mmapd-node-address`) gets it a sender, so that this node's
+//!   answers reach it (`peer::transport::Outbox::learn_peer`).
 
 use std::sync::atomic::Ordering;
 
@@ -23,10 +25,11 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::{allow, json, node_error, query_field, read_body, Api, Connection, HttpResponse};
 use crate::raft::{ConfState, NodeId};
+use crate::server::cli::member_address;
 use crate::server::driver::core::{JoinRequest, Joined};
 use crate::server::driver::start::ProbeAnswer;
 use crate::server::driver::NodeError;
-use crate::server::peer::{id_header, CLUSTER_ID_HEADER, NODE_ID_HEADER};
+use crate::server::peer::{id_header, CLUSTER_ID_HEADER, NODE_ADDRESS_HEADER, NODE_ID_HEADER};
 
 /// The path of the probe.
 pub const CLUSTER_PATH: &str = "/raft/cluster";
@@ -35,7 +38,8 @@ pub const JOIN_PATH: &str = "/raft/join";
 /// The largest join body.
 const MAX_JOIN_BODY: usize = 4096;
 
-/// Refuses a peer request from another cluster or from a removed id.
+/// Refuses a peer request from another cluster or from a removed id; learns where to
+/// answer a sender this node's member list does not name.
 pub(crate) fn check_peer_identity(
     api: &Api,
     connection: &Connection,
@@ -62,11 +66,21 @@ pub(crate) fn check_peer_identity(
         Ok(id) => id,
         Err(reason) => return refuse(reason),
     };
-    if let Some(sender) = sender {
-        if api.node.shared.kv.read().expect("kv lock").cluster().is_removed(sender) {
-            return refuse(format!(
-                "node {sender:016x} was removed from the cluster; a removed id never comes back"
-            ));
+    let Some(sender) = sender else { return Ok(()) };
+    if api.node.shared.kv.read().expect("kv lock").cluster().is_removed(sender) {
+        return refuse(format!(
+            "node {sender:016x} was removed from the cluster; a removed id never comes back"
+        ));
+    }
+    if api.node.shared.address_of(sender).is_none() {
+        // Not in this node's member list, which may be stale: answer it where it says.
+        let address = headers.get(NODE_ADDRESS_HEADER).map(|value| value.to_str().map(member_address));
+        match address {
+            Some(Ok(Ok(address))) => {
+                api.outbox.learn_peer(sender, &address);
+            }
+            Some(_) => return refuse(format!("{NODE_ADDRESS_HEADER} is not HOST:PORT")),
+            None => {}
         }
     }
     Ok(())

@@ -72,6 +72,8 @@ pub struct Api {
     pub quota_bytes: u64,
     /// Turns to forward a write: `MAX_FORWARDS_IN_FLIGHT` of them.
     pub forwards: Semaphore,
+    /// The peer senders, to reach a sender this node's member list does not name yet.
+    pub outbox: crate::server::peer::transport::Outbox,
 }
 
 /// The client connection a request arrived on.

@@ -20,15 +20,21 @@ use crate::raft::{Message, NodeId};
 pub const CLUSTER_ID_HEADER: &str = "x-mmapd-cluster-id";
 /// The header naming the sending node (16 hex digits), on every peer request.
 pub const NODE_ID_HEADER: &str = "x-mmapd-node-id";
+/// The header carrying the sender's advertised address (`HOST:PORT`), on every peer
+/// request: a node whose member list is stale (down while members were replaced) can
+/// answer a leader it has not heard of yet (thesis §4.1), as etcd's `X-PeerURLs` lets it.
+pub const NODE_ADDRESS_HEADER: &str = "x-mmapd-node-address";
 
 /// What a node presents on every peer request: the cluster secret, if one is set, its
-/// cluster's id (0 until the bootstrap record is applied here) and its own id.
+/// cluster's id (0 until the bootstrap record is applied here), its own id and address.
 #[derive(Clone, Debug)]
 pub struct Credentials {
     /// The cluster secret.
     pub secret: Option<Arc<Vec<u8>>>,
     /// This node's id.
     pub node_id: NodeId,
+    /// This node's advertised address.
+    pub address: String,
     /// The cluster's id as this node knows it; updated by the driver shell.
     pub cluster_id: Arc<AtomicU64>,
 }
@@ -37,7 +43,7 @@ impl Credentials {
     /// The headers to put on a peer request. Err: the secret is not a valid header value
     /// (checked at start, so a bug).
     pub fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        let mut headers = Vec::with_capacity(3);
+        let mut headers = Vec::with_capacity(4);
         if let Some(secret) = &self.secret {
             let value = HeaderValue::from_bytes(secret).map_err(|e| e.to_string())?;
             headers.push((HeaderName::from_static(transport::SECRET_HEADER), value));
@@ -49,6 +55,8 @@ impl Credentials {
         }
         let value = HeaderValue::from_str(&format!("{:016x}", self.node_id)).expect("hex is a valid header");
         headers.push((HeaderName::from_static(NODE_ID_HEADER), value));
+        let value = HeaderValue::from_str(&self.address).map_err(|e| e.to_string())?;
+        headers.push((HeaderName::from_static(NODE_ADDRESS_HEADER), value));
         Ok(headers)
     }
 }

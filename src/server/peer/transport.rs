@@ -90,7 +90,16 @@ pub struct Outbox {
 struct PeerQueue {
     address: String,
     queue: mpsc::Sender<Vec<Message>>,
+    /// Learned from the peer's own requests (`Outbox::learn_peer`), not from the
+    /// cluster record: dropped when the record next changes, learned again if the peer
+    /// still speaks to this node.
+    learned: bool,
 }
+
+/// The most senders learned from peers' requests at once: a stale member list lacks
+/// a few members at most, and a forger must not make this node open senders without
+/// bound.
+pub const MAX_LEARNED_PEERS: usize = 8;
 
 impl crate::server::driver::Outbox for Outbox {
     /// Queues messages for their peers, without waiting.
@@ -115,11 +124,12 @@ impl crate::server::driver::Outbox for Outbox {
         }
     }
 
-    /// Follows the cluster record: `peers` is every member but this node.
+    /// Follows the cluster record: `peers` is every member but this node. Senders
+    /// learned from peers' requests are replaced by the record's.
     fn set_peers(&self, peers: &HashMap<NodeId, String>) {
         let mut current = self.peers.write().expect("peers lock");
         current.retain(|id, queue| {
-            let keep = peers.get(id).is_some_and(|address| *address == queue.address);
+            let keep = !queue.learned && peers.get(id).is_some_and(|address| *address == queue.address);
             if !keep {
                 tracing::info!(peer = %queue.address, id = %format!("{id:016x}"), "peer sender stopped");
             }
@@ -135,6 +145,29 @@ impl crate::server::driver::Outbox for Outbox {
 }
 
 impl Outbox {
+    /// A peer this node has no sender for spoke to it (authenticated, not removed):
+    /// reach it at the address it advertises, so this node's answers get back to it.
+    /// A member list is stale after this node was down while members were replaced;
+    /// its leader may be one it has not heard of yet (thesis §4.1). The record wins: an
+    /// id it names keeps its address, and the next record change drops learned senders.
+    /// Returns whether a sender was started.
+    pub fn learn_peer(&self, id: NodeId, address: &str) -> bool {
+        if id == self.credentials.node_id || self.peers.read().expect("peers lock").contains_key(&id) {
+            return false;
+        }
+        let mut current = self.peers.write().expect("peers lock");
+        if current.contains_key(&id)
+            || current.values().filter(|queue| queue.learned).count() >= MAX_LEARNED_PEERS
+        {
+            return false;
+        }
+        tracing::info!(peer = %address, id = %format!("{id:016x}"), "peer sender started for a node this node's member list does not name yet");
+        let mut queue = self.spawn_sender(address);
+        queue.learned = true;
+        current.insert(id, queue);
+        true
+    }
+
     fn spawn_sender(&self, address: &str) -> PeerQueue {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         let sender = PeerSender {
@@ -147,7 +180,7 @@ impl Outbox {
             removed_hint: self.removed_hint.clone(),
         };
         tokio::spawn(sender.run(rx));
-        PeerQueue { address: address.to_owned(), queue: tx }
+        PeerQueue { address: address.to_owned(), queue: tx, learned: false }
     }
 }
 
