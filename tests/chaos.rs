@@ -174,12 +174,9 @@ fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<u64>) {
         Ok("none") => false,
         Ok(other) => panic!("MMAPD_CHAOS_SNAPSHOTS={other}: expected seed, all or none"),
     };
-    // Default off until the known liveness bug is fixed (a node with a stale member list
-    // cannot answer a replacement that leads: tests/chaos/findings, issue 12); it made
-    // the CI run fail in 2 of 5. MMAPD_CHAOS_MEMBERSHIP=all runs them.
     let replacements = match std::env::var("MMAPD_CHAOS_MEMBERSHIP").as_deref() {
-        Ok("all") => true,
-        Err(_) | Ok("none") => false,
+        Err(_) | Ok("all") => true,
+        Ok("none") => false,
         Ok(other) => panic!("MMAPD_CHAOS_MEMBERSHIP={other}: expected all or none"),
     };
     // Its own generator, so the choice leaves the fault schedule's draws alone.
