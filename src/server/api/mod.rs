@@ -406,8 +406,9 @@ impl Api {
             .method(Method::POST)
             .uri(format!("http://{address}/raft/propose"))
             .header(CONTENT_TYPE, "application/octet-stream");
-        if let Some(secret) = &self.secret {
-            request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+        // The secret, the cluster id and this node's id and address, as on every peer request.
+        for (name, value) in self.outbox.credentials().headers().map_err(ApiError::Internal)? {
+            request = request.header(name, value);
         }
         let request = request.body(Full::new(command)).map_err(|e| ApiError::Internal(e.to_string()))?;
         // Only a failure to connect proves the leader never saw the write; once it was

@@ -145,6 +145,11 @@ impl crate::server::driver::Outbox for Outbox {
 }
 
 impl Outbox {
+    /// What this node presents on its peer requests.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// A peer this node has no sender for spoke to it (authenticated, not removed):
     /// reach it at the address it advertises, so this node's answers get back to it.
     /// A member list is stale after this node was down while members were replaced;
