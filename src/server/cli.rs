@@ -76,6 +76,12 @@ pub struct Args {
     #[arg(long, env = "MMAPD_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
 
+    /// File of client bearer tokens, one `TOKEN read|write [PREFIX]` a line: with it,
+    /// every key route needs `Authorization: Bearer TOKEN`. Reread on SIGHUP. Must not
+    /// be readable by others.
+    #[arg(long, env = "MMAPD_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+
     /// Length of one Raft tick, in milliseconds.
     #[arg(long, env = "MMAPD_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
@@ -147,6 +153,9 @@ pub enum CliError {
     /// The address to bind, or to advertise, cannot be worked out.
     #[error("{0}")]
     Address(String),
+    /// The tokens file is unreadable, readable by others, or malformed.
+    #[error("--auth-tokens {0}")]
+    AuthTokens(String),
     /// The cluster secret file is unreadable or empty.
     #[error("cluster secret file {path}: {reason}")]
     Secret {
@@ -173,6 +182,7 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "log",
         "admin-socket",
         "cluster-secret-file",
+        "auth-tokens",
         "tick-ms",
         "election-timeout-ms",
         "heartbeat-interval-ms",
@@ -223,6 +233,8 @@ pub struct Settings {
     pub admin_socket: PathBuf,
     /// Cluster secret, if configured.
     pub cluster_secret: Option<Vec<u8>>,
+    /// Client tokens, if configured (`--auth-tokens`), loaded and checked.
+    pub auth: Option<std::sync::Arc<crate::server::auth::Auth>>,
     /// Length of a tick.
     pub tick: Duration,
     /// Election timeout in ticks.
@@ -308,6 +320,12 @@ impl Args {
             None => None,
             Some(path) => read_secret(path, credentials_dir.as_deref())?,
         };
+        let auth = match &self.auth_tokens {
+            None => None,
+            Some(path) => Some(std::sync::Arc::new(
+                crate::server::auth::Auth::load(path).map_err(CliError::AuthTokens)?,
+            )),
+        };
         Ok(Settings {
             listen,
             advertise,
@@ -319,6 +337,7 @@ impl Args {
             log_file: self.log.clone(),
             admin_socket,
             cluster_secret,
+            auth,
             tick: Duration::from_millis(self.tick_ms),
             election_ticks,
             heartbeat_ticks,

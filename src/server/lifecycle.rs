@@ -51,6 +51,30 @@ pub async fn report_status(node: NodeHandle) {
     }
 }
 
+/// Rereads the client tokens on every SIGHUP (`systemctl reload`): a bad new file is
+/// logged and the tokens in force are kept. Installed before the node is ready, so a
+/// SIGHUP never ends the process (its default action).
+pub fn reload_on_hangup(
+    auth: Option<std::sync::Arc<crate::server::auth::Auth>>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            match &auth {
+                None => tracing::info!("SIGHUP: no --auth-tokens, nothing to reload"),
+                Some(auth) => match auth.reload() {
+                    Ok(tokens) => {
+                        tracing::info!(file = %auth.path().display(), tokens, "SIGHUP: tokens reloaded")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "SIGHUP: the tokens file is refused; the tokens in force are kept")
+                    }
+                },
+            }
+        }
+    })
+}
+
 /// Waits for SIGTERM or SIGINT.
 pub async fn wait_for_termination() {
     let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");

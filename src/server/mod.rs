@@ -7,6 +7,7 @@
 //! - `peer`: the peer transport, both directions, and write forwarding;
 //! - `admin`: the Unix socket of `mmapd-admin`;
 //! - `driver`: the IO-free driver core, its tokio shell and the disk thread;
+//! - `auth`: client bearer tokens (`--auth-tokens`);
 //! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
 //!   signals, the watchdog).
 //!
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod driver;
 mod joining;
@@ -370,6 +372,9 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let Opened { descriptor_limit, settings, store, kv, snapshot, start } = opened;
     let listener = bind_tcp(settings.listen)
         .map_err(|error| ServerError::Bind { what: settings.listen.to_string(), error })?;
+    let reload = lifecycle::reload_on_hangup(settings.auth.clone())
+        .map_err(|error| ServerError::Driver(format!("cannot install the SIGHUP handler: {error}")))?;
+    let reload = tokio::spawn(reload);
     let secret = settings.cluster_secret.clone().map(Arc::new);
     let client = peer::transport::client();
     // A node with an empty data directory asks the cluster first, answering probes
@@ -488,6 +493,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         quota_bytes: settings.quota_bytes,
         forwards: Semaphore::new(api::MAX_FORWARDS_IN_FLIGHT),
         outbox,
+        auth: settings.auth.clone(),
     });
 
     let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
@@ -547,6 +553,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let _ = admin_task.await;
     watchdog.abort();
     status.abort();
+    reload.abort();
     let _ = driver.await;
     drop(node);
     drop(api);

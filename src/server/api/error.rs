@@ -95,9 +95,26 @@ pub enum ApiError {
     /// transfer in progress, ...): nothing changed.
     #[error("{0}")]
     MemberChangeRefused(String),
+    /// A client request without a valid bearer token, on a node with `--auth-tokens`.
+    #[error("{0}")]
+    TokenRequired(&'static str),
+    /// A valid token without the grant the request needs.
+    #[error("{0}")]
+    TokenDenied(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::server::auth::Denied> for ApiError {
+    fn from(denied: crate::server::auth::Denied) -> ApiError {
+        use crate::server::auth::Denied;
+        match denied {
+            Denied::Missing => ApiError::TokenRequired("this node requires `Authorization: Bearer TOKEN`"),
+            Denied::Invalid => ApiError::TokenRequired("the bearer token is not valid"),
+            Denied::Outside(reason) => ApiError::TokenDenied(reason),
+        }
+    }
 }
 
 impl From<ClusterError> for ApiError {
@@ -123,7 +140,8 @@ impl ApiError {
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::TokenRequired(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TokenDenied(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Timeout(..) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -161,6 +179,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NoSuchMember(_) => "no_such_member",
             ApiError::MemberChangeRefused(_) => "member_change_refused",
+            ApiError::TokenRequired(_) => "token_required",
+            ApiError::TokenDenied(_) => "token_denied",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -223,6 +243,12 @@ impl ApiError {
             ApiError::MethodNotAllowed(allowed) => {
                 headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allowed));
             }
+            ApiError::TokenRequired(_) => {
+                headers.insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mmapd\""),
+                );
+            }
             ApiError::PreconditionFailed { current: Some(version) } => {
                 if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
                     headers.insert(hyper::header::ETAG, value);
@@ -266,6 +292,8 @@ mod tests {
             ApiError::Forbidden("x".into()),
             ApiError::NoSuchMember("x".into()),
             ApiError::MemberChangeRefused("x".into()),
+            ApiError::TokenRequired("x"),
+            ApiError::TokenDenied("x".into()),
         ];
         for error in errors {
             let status = error.status();

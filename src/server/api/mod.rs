@@ -29,6 +29,7 @@ pub mod error;
 pub mod join;
 pub mod members;
 
+use crate::server::auth::{Access, Auth, Need};
 use crate::server::driver::{Applied, DeliverError, NodeError, NodeHandle};
 use crate::server::metrics::{Gauges, PeerGauge};
 use crate::server::peer::stream::{self as peer_stream, StreamEnd};
@@ -74,6 +75,8 @@ pub struct Api {
     pub forwards: Semaphore,
     /// The peer senders, to reach a sender this node's member list does not name yet.
     pub outbox: crate::server::peer::transport::Outbox,
+    /// Client tokens (`--auth-tokens`); None: every client may do everything.
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// The client connection a request arrived on.
@@ -115,6 +118,7 @@ async fn route(
         // The original's write: POST /set/<key> with a form or query field `value`.
         allow(&method, &[Method::POST, Method::PUT], "POST, PUT")?;
         let key = api.decode_key(raw_key)?;
+        api.authorize(request.headers(), Need::Key(&key, Access::Write))?;
         let body = read_body(request, api.max_value_bytes * 3 + 1024, api.body_timeout).await?;
         let value = form_field(&body, "value")?.or(query_field(&query, "value")?).ok_or_else(|| {
             ApiError::BadRequest("missing field `value` (form body or query string)".into())
@@ -127,12 +131,15 @@ async fn route(
     if let Some(raw_key) = path.strip_prefix("/get/") {
         allow(&method, &[Method::GET], "GET")?;
         let key = api.decode_key(raw_key)?;
+        api.authorize(request.headers(), Need::Key(&key, Access::Read))?;
         api.read_barrier(&query).await?;
         let value = api.node.shared.kv.read().expect("kv lock").get(&key).map(|v| v.data.clone());
         return value.map(|v| text(StatusCode::OK, v)).ok_or(ApiError::NotFound);
     }
     if let Some(raw_key) = path.strip_prefix("/v1/kv/") {
         let key = api.decode_key(raw_key)?;
+        let access = if matches!(method, Method::GET | Method::HEAD) { Access::Read } else { Access::Write };
+        api.authorize(request.headers(), Need::Key(&key, access))?;
         return match method {
             Method::GET | Method::HEAD => api.kv_get(key, &query).await,
             Method::PUT | Method::POST => {
@@ -148,9 +155,16 @@ async fn route(
             _ => Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, POST, DELETE")),
         };
     }
+    // Peer routes are the cluster secret's, `/health` is open, a listing is checked
+    // against its prefix below; every other client route takes any valid token.
+    if !path.starts_with("/raft/") && !matches!(path.as_str(), "/health" | "/v1/kv" | "/v1/kv/") {
+        api.authorize(request.headers(), Need::AnyToken)?;
+    }
     match path.as_str() {
         "/v1/kv" | "/v1/kv/" => {
             allow(&method, &[Method::GET], "GET")?;
+            let prefix = query_field(&query, "prefix")?.unwrap_or_default();
+            api.authorize(request.headers(), Need::Prefix(&prefix, Access::Read))?;
             api.kv_list(&query).await
         }
         "/status" | "/v1/status" => {
@@ -260,6 +274,15 @@ async fn route(
 }
 
 impl Api {
+    /// Refuses a client request the tokens do not allow (401, 403); with no
+    /// `--auth-tokens`, allows everything.
+    fn authorize(&self, headers: &HeaderMap, need: Need<'_>) -> Result<(), ApiError> {
+        match &self.auth {
+            None => Ok(()),
+            Some(auth) => Ok(auth.tokens().check(headers.get(hyper::header::AUTHORIZATION), need)?),
+        }
+    }
+
     fn decode_key(&self, raw: &str) -> Result<Bytes, ApiError> {
         let key = percent_decode(raw)?;
         self.check_key(&key)?;

@@ -420,16 +420,8 @@ fn carries_snapshot(batch: &[Message]) -> bool {
 
 /// Compares a presented secret with ours in constant time.
 pub fn secret_matches(expected: &[u8], presented: Option<&HeaderValue>) -> bool {
-    let Some(presented) = presented else { return false };
-    let presented = presented.as_bytes();
-    if presented.len() != expected.len() {
-        return false;
-    }
-    let mut difference = 0u8;
-    for (a, b) in expected.iter().zip(presented) {
-        difference |= a ^ b;
-    }
-    difference == 0
+    use subtle::ConstantTimeEq;
+    presented.is_some_and(|presented| bool::from(expected.ct_eq(presented.as_bytes())))
 }
 
 /// Decodes a peer batch, naming the error for the 400 answer.
