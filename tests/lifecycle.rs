@@ -155,7 +155,10 @@ fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_adve
     let peers = format!("198.51.100.1:{port},198.51.100.2:{port}");
     let data_dir = dir.path().join("data");
     let args = ["--ip", "0.0.0.0", "--port", &port.to_string(), "--peers", &peers];
-    let mut node = Daemon::new(dir.path(), port, &args).env("MMAPD_DATA_DIR", &data_dir);
+    // Members off loopback without a secret: --insecure-peers says the network is trusted.
+    let mut node = Daemon::new(dir.path(), port, &args)
+        .env("MMAPD_DATA_DIR", &data_dir)
+        .env("MMAPD_INSECURE_PEERS", "true");
     node.spawn();
     let status = node.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(2), "{}", node.log_text());
@@ -167,6 +170,7 @@ fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_adve
     let advertise = format!("198.51.100.1:{port}");
     let mut node = Daemon::new(dir.path(), port, &args)
         .env("MMAPD_DATA_DIR", &data_dir)
+        .env("MMAPD_INSECURE_PEERS", "true")
         .env("MMAPD_ADVERTISE", &advertise);
     node.start().unwrap();
     let status = get(port, "/status");
@@ -221,7 +225,8 @@ fn a_peer_name_that_does_not_resolve_is_logged_once_and_retried() {
         args.extend(["--data-dir".to_owned(), data_dir.to_str().unwrap().to_owned()]);
         args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::new(dir.path(), port, &args)
+        // A host name counts as off loopback: no secret, so the network is declared trusted.
+        Daemon::new(dir.path(), port, &args).env("MMAPD_INSECURE_PEERS", "true")
     };
     let mut node_a = node(port, "a");
     let mut node_b = node(ports[1], "b");
@@ -282,4 +287,27 @@ fn peers_only_bootstrap_a_node_with_a_snapshot_keeps_its_members_and_warns() {
     assert_eq!(response.status, 201, "a phantom member from --peers took the quorum: {}", response.text());
     let log = node.log_text();
     assert_eq!(log.matches("differ from --peers").count(), 1, "{log}");
+}
+
+/// A node started by hand (not under the unit's `UMask=0077`) keeps its data private:
+/// the data directory 0700 and every file in it 0600, whatever the caller's umask;
+/// only the admin socket is group-accessible (0660).
+#[test]
+fn a_hand_started_node_creates_its_data_directory_and_files_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let single = Single::start(&[]);
+    nix::sys::stat::umask(previous);
+    assert_eq!(put(single.port(), "/v1/kv/k", b"v").status, 201);
+    let data_dir = single.dir.path().join("data");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700, "data directory");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let expected = if path.ends_with("admin.sock") { 0o660 } else { 0o600 };
+        assert_eq!(mode(&path), expected, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 3, "only {files} entries in the data directory");
 }

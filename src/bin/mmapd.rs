@@ -13,6 +13,10 @@ use mmapd::server::{self, cli};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Everything the daemon creates is private to its user, as `UMask=0077` makes it
+    // under the unit: a hand-started node's data must not be readable by every local
+    // user. (The admin socket is made 0660 explicitly: its group may use it.)
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let argv = cli::normalize_legacy_flags(std::env::args());
     let args = cli::Args::parse_from(argv);
     init_tracing();

@@ -82,6 +82,11 @@ pub struct Args {
     #[arg(long, env = "MMAPD_AUTH_TOKENS")]
     pub auth_tokens: Option<PathBuf>,
 
+    /// Run with peers off loopback and no cluster secret: anyone who reaches the port
+    /// can then act as a peer. Only for a network you trust.
+    #[arg(long, env = "MMAPD_INSECURE_PEERS")]
+    pub insecure_peers: bool,
+
     /// Length of one Raft tick, in milliseconds.
     #[arg(long, env = "MMAPD_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
@@ -153,6 +158,14 @@ pub enum CliError {
     /// The address to bind, or to advertise, cannot be worked out.
     #[error("{0}")]
     Address(String),
+    /// Peers off loopback without a cluster secret.
+    #[error(
+        "members {0} are not on loopback and no cluster secret is set: anyone who reaches the port \
+         could act as a peer (one forged AppendEntries makes a follower serve a value no client \
+         wrote). Set --cluster-secret-file (e.g. `openssl rand -hex 32` into a file, the same on \
+         every node), or give --insecure-peers on a network you trust"
+    )]
+    InsecurePeers(String),
     /// The tokens file is unreadable, readable by others, or malformed.
     #[error("--auth-tokens {0}")]
     AuthTokens(String),
@@ -183,6 +196,7 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "admin-socket",
         "cluster-secret-file",
         "auth-tokens",
+        "insecure-peers",
         "tick-ms",
         "election-timeout-ms",
         "heartbeat-interval-ms",
@@ -320,6 +334,14 @@ impl Args {
             None => None,
             Some(path) => read_secret(path, credentials_dir.as_deref())?,
         };
+        let clustered = members.len() > 1 || !join.is_empty();
+        if clustered && cluster_secret.is_none() && !self.insecure_peers {
+            let exposed: Vec<&str> =
+                members.iter().chain(&join).map(String::as_str).filter(|a| !is_loopback(a)).collect();
+            if !exposed.is_empty() {
+                return Err(CliError::InsecurePeers(exposed.join(",")));
+            }
+        }
         let auth = match &self.auth_tokens {
             None => None,
             Some(path) => Some(std::sync::Arc::new(
@@ -397,6 +419,15 @@ pub fn member_address(text: &str) -> Result<String, CliError> {
         return Err(error("the host is neither an IP address nor a host name"));
     }
     Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// Whether a `member_address` is on loopback: an IP in 127.0.0.0/8 or ::1, or the name
+/// `localhost`. Other names count as off loopback (they are resolved only when used).
+fn is_loopback(address: &str) -> bool {
+    match address.parse::<SocketAddr>() {
+        Ok(address) => address.ip().is_loopback(),
+        Err(_) => address.rsplit_once(':').is_some_and(|(host, _)| host == "localhost"),
+    }
 }
 
 /// The order members are listed and hashed in: IP addresses first, in `SocketAddr`
@@ -701,12 +732,39 @@ mod tests {
         }
     }
 
+    /// Without a secret, a forged AppendEntries from anyone who reaches the port makes a
+    /// follower serve a value no client wrote: peers off loopback need a secret, or the
+    /// operator's explicit --insecure-peers.
+    #[test]
+    fn peers_off_loopback_without_a_secret_are_refused_unless_insecure_peers_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        for peers in ["127.0.0.1:3001,10.0.0.2:3001", "127.0.0.1:3001,db2.example:3001"] {
+            let error = parse(&["--peers", peers]).resolve(dir.path()).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains("--cluster-secret-file") && text.contains("--insecure-peers"), "{text}");
+            assert!(!text.contains("127.0.0.1:3001"), "a loopback member is named: {text}");
+            parse(&["--peers", peers, "--insecure-peers"]).resolve(dir.path()).unwrap();
+        }
+        let error = parse(&["--port", "3005", "--join", "10.0.0.2:3001"]).resolve(dir.path()).unwrap_err();
+        assert!(matches!(error, CliError::InsecurePeers(_)), "{error}");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef").unwrap();
+        let secret = secret.to_str().unwrap();
+        parse(&["--peers", "127.0.0.1:3001,10.0.0.2:3001", "--cluster-secret-file", secret])
+            .resolve(dir.path())
+            .unwrap();
+        // Loopback peers, or none, need nothing.
+        parse(&["--peers", "127.0.0.1:3001,127.0.0.1:3002,localhost:3003"]).resolve(dir.path()).unwrap();
+        parse(&["--ip", "0.0.0.0", "--advertise", "10.0.0.9:3001"]).resolve(dir.path()).unwrap();
+    }
+
     #[test]
     fn host_names_in_peers_are_kept_as_names_and_not_resolved() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = parse(&["--peers", "127.0.0.1:3001,db2.invalid:3002,db3.invalid:3003"])
-            .resolve(dir.path())
-            .unwrap();
+        let settings =
+            parse(&["--insecure-peers", "--peers", "127.0.0.1:3001,db2.invalid:3002,db3.invalid:3003"])
+                .resolve(dir.path())
+                .unwrap();
         assert_eq!(settings.members, vec!["127.0.0.1:3001", "db2.invalid:3002", "db3.invalid:3003"]);
     }
 
@@ -714,6 +772,7 @@ mod tests {
     fn advertise_names_this_node_when_it_binds_every_interface() {
         let dir = tempfile::tempdir().unwrap();
         let settings = parse(&[
+            "--insecure-peers",
             "--ip",
             "0.0.0.0",
             "--advertise",
@@ -733,10 +792,15 @@ mod tests {
     #[test]
     fn binding_every_interface_finds_this_node_in_peers_by_a_local_address() {
         let dir = tempfile::tempdir().unwrap();
-        let settings =
-            parse(&["--ip", "0.0.0.0", "--peers", "127.0.0.1:3001,198.51.100.1:3001,198.51.100.2:3001"])
-                .resolve(dir.path())
-                .unwrap();
+        let settings = parse(&[
+            "--insecure-peers",
+            "--ip",
+            "0.0.0.0",
+            "--peers",
+            "127.0.0.1:3001,198.51.100.1:3001,198.51.100.2:3001",
+        ])
+        .resolve(dir.path())
+        .unwrap();
         assert_eq!(settings.advertise, "127.0.0.1:3001");
         assert_eq!(settings.members.len(), 3, "no phantom 0.0.0.0 member: {:?}", settings.members);
     }
