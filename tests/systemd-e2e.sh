@@ -340,6 +340,14 @@ fi
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:3001/raft/messages --data-binary x)
 [ "$status" = 401 ] || fail "a peer request without the secret got HTTP $status, want 401"
 
+say "systemctl reload (SIGHUP) keeps the node running"
+pid_before=$(unit_property 3001 MainPID)
+inside systemctl reload mmapd@3001 || fail "systemctl reload failed"
+reload_logged() { journal_of_this_run 3001 | grep -q 'SIGHUP: no --auth-tokens'; }
+wait_for 10 reload_logged || fail "mmapd@3001 did not log the SIGHUP of systemctl reload"
+[ "$(unit_property 3001 MainPID)" = "$pid_before" ] || fail "systemctl reload restarted mmapd@3001"
+[ "$(unit_property 3001 ActiveState)" = active ] || fail "mmapd@3001 not active after reload"
+
 say "systemctl stop ends with result success"
 inside systemctl stop mmapd@3003 || fail "systemctl stop failed"
 [ "$(unit_property 3003 Result)" = success ] || fail "stop result is $(unit_property 3003 Result)"
