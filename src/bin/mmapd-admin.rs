@@ -229,11 +229,17 @@ fn render_member(command: &MemberCommand, value: &serde_json::Value) -> String {
         MemberCommand::Add { learner, .. } => {
             let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
             let voters: Vec<String> = value["voters"].as_array().into_iter().flatten().map(text).collect();
+            // mmapd refuses members off loopback without a secret (or --insecure-peers).
+            let off_loopback = voters.iter().chain([&address]).any(|a| {
+                a.parse::<std::net::SocketAddr>()
+                    .map_or(!a.starts_with("localhost:"), |a| !a.ip().is_loopback())
+            });
             format!(
-                "added learner {id} at {address}{}\nstart it with:\n  mmapd --ip {host} --port {port} --advertise {address} --join {}{}",
+                "added learner {id} at {address}{}\nstart it with:\n  mmapd --ip {host} --port {port} --advertise {address} --join {}{}{}",
                 if *learner { "" } else { " (promoted to voter once caught up)" },
                 voters.join(","),
                 if *learner { " --learner" } else { "" },
+                if off_loopback { " --cluster-secret-file FILE\n(FILE: the cluster secret every member has)" } else { "" },
             )
         }
         MemberCommand::Promote { .. } => format!("promoted {id} ({address}) to voter"),
