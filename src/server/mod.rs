@@ -5,7 +5,7 @@
 //! - `api`: the public HTTP API and the routes peers call, decoding requests into
 //!   commands; `api::error` is the one place errors become HTTP statuses;
 //! - `peer`: the peer transport, both directions, and write forwarding;
-//! - `admin`: the Unix socket of `mmapd-admin`;
+//! - `admin`: the Unix socket of `mmapd-admin`; `backup` its streamed `GET /backup`;
 //! - `driver`: the IO-free driver core, its tokio shell and the disk thread;
 //! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
 //!   signals, the watchdog).
@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod driver;
 mod joining;
