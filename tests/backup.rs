@@ -183,3 +183,213 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
     let output = admin(&["backup", "--verify", single.dir.path().to_str().unwrap()]);
     assert_fails_with_one_line(&output, "");
 }
+
+/// One client's acknowledged write.
+#[derive(Clone, Debug)]
+struct Write {
+    key: String,
+    value: String,
+    version: u64,
+    acknowledged: std::time::Instant,
+}
+
+/// Writes from `clients` threads, to every node in turn, until `stop`: each its own
+/// keys (`c<client>-<n>`, written once) and one hot key overwritten in a loop
+/// (`hot-<client>`). Returns the acknowledged writes and the keys some write of which
+/// failed (whose outcome is unknown).
+fn write_load(
+    ports: Vec<u16>,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(Vec<Write>, Vec<String>)>> {
+    (0..clients)
+        .map(|client| {
+            let (ports, stop) = (ports.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut writes, mut unknown) = (Vec::new(), Vec::new());
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = if n % 3 == 0 { format!("hot-{client}") } else { format!("c{client}-{n:05}") };
+                    let value = format!("{client}/{n}");
+                    let port = ports[n % ports.len()];
+                    n += 1;
+                    match request(port, "PUT", &format!("/v1/kv/{key}"), &[], value.as_bytes()) {
+                        Ok(response) if matches!(response.status, 200 | 201) => {
+                            let version = response.json()["version"].as_u64().unwrap();
+                            let acknowledged = std::time::Instant::now();
+                            writes.push(Write { key, value, version, acknowledged });
+                        }
+                        _ => unknown.push(key),
+                    }
+                }
+                (writes, unknown)
+            })
+        })
+        .collect()
+}
+
+/// What every key holds at `revision`: the acknowledged write with the highest version
+/// not above it. Keys with a write of unknown outcome are left out.
+fn state_at(writes: &[Write], unknown: &[String], revision: u64) -> BTreeMap<String, (u64, String)> {
+    let mut state: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for write in writes.iter().filter(|w| w.version <= revision) {
+        let entry = state.entry(write.key.clone()).or_insert((0, String::new()));
+        if write.version > entry.0 {
+            *entry = (write.version, write.value.clone());
+        }
+    }
+    state.retain(|key, _| !unknown.contains(key));
+    state
+}
+
+/// Every key and value a node serves, with versions, from the list route.
+fn served(port: u16) -> BTreeMap<String, (u64, String)> {
+    let listing = get(port, "/v1/kv?limit=10000").json();
+    assert_eq!(listing["more"], false, "more than 10000 keys");
+    listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let value = item["value"].as_str().unwrap().to_owned();
+            (item["key"].as_str().unwrap().to_owned(), (item["version"].as_u64().unwrap(), value))
+        })
+        .collect()
+}
+
+/// The evidence: a backup taken on a follower while clients write holds
+/// exactly the state at its revision (every write acknowledged before it started, at
+/// its version; nothing above the revision); restored into a new data directory, a
+/// plain `mmapd --data-dir` serves that state under a new cluster id, its first write
+/// gets a version above the revision, and a node started with `--join` grows it.
+#[test]
+fn a_backup_under_load_restored_into_a_new_cluster_serves_exactly_the_state_at_its_revision() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let follower = cluster.others(leader)[0];
+    let ports: Vec<u16> = (0..3).map(|node| cluster.port(node)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = write_load(ports, 4, stop.clone());
+    std::thread::sleep(Duration::from_millis(700));
+
+    let file = cluster.dir.path().join("load.backup");
+    let socket = socket_of(&cluster, follower);
+    let started = std::time::Instant::now();
+    let line = admin_ok(&["--socket", socket.to_str().unwrap(), "backup", file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut writes, mut unknown) = (Vec::new(), Vec::new());
+    for client in clients {
+        let (w, u) = client.join().unwrap();
+        writes.extend(w);
+        unknown.extend(u);
+    }
+    let revision = summary_revision(&line);
+    let (file_revision, contents) = backup_contents(&file);
+    assert_eq!(file_revision, revision);
+    let before = writes.iter().filter(|w| w.acknowledged < started).count();
+    let after = writes.iter().filter(|w| w.version > revision).count();
+    eprintln!("{} writes: {before} acknowledged before the backup, {after} above its revision", writes.len());
+    assert!(before > 50 && after > 50, "{before} writes before the backup and {after} after: not under load");
+    for write in writes.iter().filter(|w| w.acknowledged < started) {
+        assert!(write.version <= revision, "{write:?} was acknowledged before the backup at {revision}");
+    }
+    assert!(contents.values().all(|(version, _)| *version <= revision), "a version above {revision}");
+    let mut expected = state_at(&writes, &unknown, revision);
+    let mut restorable = contents.clone();
+    restorable.retain(|key, _| !unknown.contains(key));
+    assert_eq!(restorable, expected, "the backup is not the state at revision {revision}");
+    expected = contents;
+
+    let restored_port = free_ports(1)[0];
+    let address = format!("127.0.0.1:{restored_port}");
+    let restored_dir = cluster.dir.path().join("restored");
+    let text = admin_ok(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+        "--advertise",
+        &address,
+    ]);
+    assert!(text.starts_with(&format!("restored {}", line.trim_end())), "{text}");
+    let port_text = restored_port.to_string();
+    let mut args = vec!["--port", &port_text, "--data-dir", restored_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    let mut restored = Daemon::new(cluster.dir.path(), restored_port, &args);
+    restored.start().unwrap();
+    wait_for(Duration::from_secs(5), "the restored node to lead", || {
+        (restored.status()?["state"] == "leader").then_some(())
+    });
+    assert_eq!(served(restored_port), expected, "the restored node does not serve the backup's state");
+    let old_cluster = get(cluster.port(leader), "/v1/members").json()["cluster_id"].clone();
+    let new_cluster = get(restored_port, "/v1/members").json()["cluster_id"].clone();
+    assert_ne!(old_cluster, new_cluster, "the restored cluster kept the old cluster's id");
+    let version = put_version(restored_port, "after-restore", "new");
+    assert!(
+        version > revision,
+        "the first write after restore got version {version}, the backup is at {revision}"
+    );
+
+    let joiner_port = free_ports(1)[0];
+    let joiner_text = joiner_port.to_string();
+    let joiner_dir = cluster.dir.path().join("joiner");
+    let mut args =
+        vec!["--port", &joiner_text, "--data-dir", joiner_dir.to_str().unwrap(), "--join", &address];
+    args.extend(FAST_TIMINGS);
+    let mut joiner = Daemon::new(cluster.dir.path(), joiner_port, &args);
+    joiner.start().unwrap();
+    wait_for(Duration::from_secs(10), "the joined node to be a voter", || {
+        let members = get(restored_port, "/v1/members").json();
+        let voters = members["members"].as_array()?.iter().filter(|m| m["role"] == "voter").count();
+        (voters == 2).then_some(())
+    });
+    expected.insert("after-restore".into(), (version, "new".into()));
+    wait_for(Duration::from_secs(5), "the joined node to serve the data", || {
+        (served(joiner_port) == expected).then_some(())
+    });
+}
+
+#[test]
+fn restore_refuses_a_non_empty_directory_a_damaged_backup_and_a_bad_address() {
+    let single = Single::start(&[]);
+    put_version(single.port(), "k", "v");
+    let file = single.dir.path().join("small.backup");
+    let socket = single.admin_socket();
+    admin_ok(&["--socket", socket.to_str().unwrap(), "backup", file.to_str().unwrap()]);
+    let file_arg = file.to_str().unwrap();
+
+    let occupied = single.dir.path().join("occupied");
+    std::fs::create_dir(&occupied).unwrap();
+    std::fs::write(occupied.join("something"), b"x").unwrap();
+    let output = admin(&["restore", file_arg, "--data-dir", occupied.to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "is not empty");
+    assert_eq!(std::fs::read_dir(&occupied).unwrap().count(), 1, "restore wrote into a non-empty directory");
+    let live = single.dir.path().join("data");
+    assert_fails_with_one_line(
+        &admin(&["restore", file_arg, "--data-dir", live.to_str().unwrap()]),
+        "is not empty",
+    );
+
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 40;
+    bytes[last] ^= 0x10;
+    let damaged = single.dir.path().join("damaged.backup");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let fresh = single.dir.path().join("fresh");
+    let output = admin(&["restore", damaged.to_str().unwrap(), "--data-dir", fresh.to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "damaged backup at byte offset");
+    assert!(!fresh.exists(), "restore wrote a data directory from a damaged backup");
+
+    let output =
+        admin(&["restore", file_arg, "--data-dir", fresh.to_str().unwrap(), "--advertise", "no port"]);
+    assert_fails_with_one_line(&output, "no port");
+    assert!(!fresh.exists());
+    let output = admin(&[
+        "restore",
+        single.dir.path().join("missing").to_str().unwrap(),
+        "--data-dir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_fails_with_one_line(&output, "missing");
+}

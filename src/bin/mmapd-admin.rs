@@ -63,6 +63,20 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Offline (no mmapd running): write a fresh data directory for a new one-node
+    /// cluster holding a backup's data, under a new cluster id; start it with
+    /// `mmapd --data-dir DIR`, grow it with `mmapd --join`.
+    Restore {
+        /// The backup file (written by `backup`).
+        file: PathBuf,
+        /// The data directory to write: missing or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The address the new node is recorded at, HOST:PORT: start it so that it
+        /// advertises this (mmapd's --advertise, else --ip:--port).
+        #[arg(long, default_value = mmapd::recovery::DEFAULT_ADDRESS)]
+        advertise: String,
+    },
     /// List, add, promote, remove or update the cluster's members (changes are made by
     /// the leader; a follower forwards them).
     Member {
@@ -114,6 +128,7 @@ fn main() -> ExitCode {
     let timeout = Duration::from_secs(args.timeout);
     let answer = match &args.command {
         Command::Backup { file, verify: true } => verify_backup(file),
+        Command::Restore { file, data_dir, advertise } => restore(file, data_dir, advertise),
         command => {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -165,6 +180,23 @@ fn verify_backup(file: &Path) -> Result<String, String> {
     };
     let summary = summary.map_err(|error| format!("{}: {error}", file.display()))?;
     Ok(format!("backup: {summary}"))
+}
+
+/// `restore FILE --data-dir DIR`: what was made, and how to start it.
+fn restore(file: &Path, data_dir: &Path, advertise: &str) -> Result<String, String> {
+    let restored = mmapd::recovery::restore(file, data_dir, advertise).map_err(|e| e.to_string())?;
+    let (host, port) = restored.address.rsplit_once(':').unwrap_or((&restored.address, ""));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(format!(
+        "restored backup: {}\ninto {}: a new one-node cluster {:016x}, node {:016x} at {}\nstart it with:\n  mmapd --ip {host} --port {port} --data-dir {}\nthen grow it with `mmapd --join {}` on each new node",
+        restored.backup,
+        data_dir.display(),
+        restored.cluster_id,
+        restored.node_id,
+        restored.address,
+        data_dir.display(),
+        restored.address,
+    ))
 }
 
 /// Where a backup goes: standard output, or `FILE.part` renamed to FILE once whole.
@@ -349,7 +381,7 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
             let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             (Method::POST, "/import", Bytes::from(bytes))
         }
-        Command::Backup { .. } => unreachable!("backup streams: see `backup`"),
+        Command::Backup { .. } | Command::Restore { .. } => unreachable!("offline or streamed: see `main`"),
         Command::Member { command: MemberCommand::List { .. } } => (Method::GET, "/members", Bytes::new()),
         Command::Member { command } => (Method::POST, "/members", member_body(command)),
     };
@@ -515,6 +547,6 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }
         Command::Member { command } => render_member(command, value),
-        Command::Backup { .. } => unreachable!("backup streams: see `backup`"),
+        Command::Backup { .. } | Command::Restore { .. } => unreachable!("offline or streamed: see `main`"),
     }
 }

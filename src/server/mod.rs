@@ -220,7 +220,29 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
             Start::Ready { raft: Box::new(raft), members, bootstrap }
         }
     };
+    if let Start::Ready { raft, .. } = &start {
+        warn_if_recorded_elsewhere(&settings, raft.id(), &kv);
+    }
     Ok(Opened { descriptor_limit, settings, store, kv, snapshot, start })
+}
+
+/// A node that advertises another address than the cluster records for it (started
+/// with other flags than before, or from a directory `mmapd-admin restore` wrote for
+/// another address) is told how to fix it: peers and joining nodes use the record.
+fn warn_if_recorded_elsewhere(settings: &Settings, id: NodeId, kv: &StateMachine) {
+    if let Some(member) = kv.cluster().members().get(&id) {
+        if member.address != settings.advertise {
+            tracing::warn!(
+                recorded = %member.address,
+                advertise = %settings.advertise,
+                "this node advertises another address than the cluster records for it; peers and \
+                 joining nodes use the recorded one: start it with --advertise {}, or record the new \
+                 one with `mmapd-admin member update {id:016x} {}`",
+                member.address,
+                settings.advertise,
+            );
+        }
+    }
 }
 
 /// The Raft core of a node with data: its base configuration is the snapshot's if it

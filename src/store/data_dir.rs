@@ -142,13 +142,15 @@ impl DataDir {
             let reason = format!("directory holds {existing:?}, asked to write {identity:?}");
             return Err(StoreError::IdentityMismatch { dir: self.path.clone(), reason });
         }
-        let temp = self.path.join("identity.tmp");
-        let mut file = File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
-        file.write_all(&encode_identity(identity)).map_err(|e| StoreError::io(&temp, "write", e))?;
-        file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
-        let path = self.path.join(IDENTITY_FILE_NAME);
-        fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
-        sync_dir(&self.path)
+        write_durably(&self.path, IDENTITY_FILE_NAME, &encode_identity(identity))
+    }
+
+    /// Records a new identity durably, whatever the directory held: only for a data
+    /// directory made into a new cluster offline (`mmapd-admin force-new-cluster`),
+    /// never by a running node.
+    pub fn replace_identity(&self, identity: Identity) -> Result<(), StoreError> {
+        assert!(identity.node_id != 0, "node id 0 is reserved");
+        write_durably(&self.path, IDENTITY_FILE_NAME, &encode_identity(identity))
     }
 }
 

@@ -314,6 +314,32 @@ impl Store {
             self.snapshot_index = meta.index;
             return self.log.compact(meta.index);
         }
+        self.reset_log_to_snapshot(meta, data)
+    }
+
+    /// Makes `meta` this store's snapshot and empties the log, whatever it held: the log
+    /// continues at `meta.index + 1`. For a data directory made into a new cluster
+    /// offline (`mmapd-admin restore` and `force-new-cluster`), never on a running node:
+    /// it drops entries after the snapshot. Crash-safe as [`Store::install_snapshot`]:
+    /// the old snapshot and log, or the new snapshot and an empty log.
+    ///
+    /// A term the durable hard state has not reached is made durable first. Panics if
+    /// `meta.index` is older than the current snapshot.
+    pub fn reset_to_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+        assert!(
+            meta.index >= self.snapshot_index,
+            "resetting to a snapshot at {} older than {}",
+            meta.index,
+            self.snapshot_index
+        );
+        self.hard_state.make_term_durable(meta.term)?;
+        self.reset_log_to_snapshot(meta, data)
+    }
+
+    /// A new segment first, then the snapshot naming it as the log's first, then the
+    /// older segments go: recovery ignores segments before a snapshot's first segment.
+    fn reset_log_to_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+        let dir = self.data_dir.path().to_path_buf();
         let seq = self.log.begin_reset()?;
         snapshot::save(&dir, meta, seq, data)?;
         self.snapshot_index = meta.index;
