@@ -123,6 +123,20 @@ fn refuse_unless_empty(dir: &Path) -> Result<(), RecoveryError> {
     Ok(())
 }
 
+/// Refuses a path that is not a directory mmapd has opened (it creates `LOCK` first).
+fn refuse_unless_data_dir(dir: &Path) -> Result<(), RecoveryError> {
+    if !dir.is_dir() {
+        return Err(RecoveryError::Refused(format!("{} is not a directory", dir.display())));
+    }
+    if !dir.join("LOCK").exists() {
+        return Err(RecoveryError::Refused(format!(
+            "{} is not an mmapd data directory (no LOCK file: mmapd never ran on it)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The data directory of a new one-node cluster: what `restore` and `force_new_cluster`
 /// both write.
 struct OneNodeCluster {
@@ -193,6 +207,223 @@ impl OneNodeCluster {
         let origin = store.data_dir().origin()?;
         if origin.as_ref().map(|o| (o.joined, &o.base)) != Some((false, &self.conf())) {
             return Err(differs(format!("origin {origin:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// What a data directory holds, as `mmapd-admin inspect` shows it: enough to choose the
+/// most up-to-date survivor before `force-new-cluster`, and to check a restore.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its identity, if it has one (a node that never started has none).
+    pub identity: Option<Identity>,
+    /// How its log begins.
+    pub origin: Option<Origin>,
+    /// The removal marker's text, if a committed configuration removed the node.
+    pub removed: Option<String>,
+    /// The durable hard state: term, vote, commit index.
+    pub hard_state: HardState,
+    /// The first and last index of the log, and the last entry's term (the snapshot's if
+    /// the log is empty).
+    pub first_index: u64,
+    /// See `first_index`.
+    pub last_index: u64,
+    /// See `first_index`.
+    pub last_term: u64,
+    /// The snapshot's index, term and configuration.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The configuration in force at the last index (the latest in the log, committed or
+    /// not: thesis §4.1).
+    pub conf: ConfState,
+    /// The cluster's record as of the commit index: its id, members' addresses, removed ids.
+    pub cluster: Cluster,
+    /// Number of keys as of the commit index.
+    pub keys: u64,
+    /// What a start would repair or remove (a torn tail, leftovers).
+    pub warnings: Vec<String>,
+}
+
+/// Reads `dir` without changing anything (`Store::read_only`, under a shared lock: a
+/// running node's directory is refused) and replays its committed entries on its
+/// snapshot, as a start would.
+pub fn inspect(dir: &Path) -> Result<Inspection, RecoveryError> {
+    refuse_unless_data_dir(dir)?;
+    let (data_dir, recovered) = Store::read_only(dir)?;
+    let identity = data_dir.identity()?;
+    let origin = data_dir.origin()?;
+    let removed = data_dir.removed()?;
+    let state = replay(dir, &recovered, origin.as_ref())?;
+    let snapshot = recovered.snapshot.as_ref().map(|(meta, _)| meta.clone());
+    let last_term =
+        recovered.entries.last().map(|e| e.term).or(snapshot.as_ref().map(|s| s.term)).unwrap_or(0);
+    Ok(Inspection {
+        dir: dir.to_path_buf(),
+        identity,
+        origin,
+        removed,
+        hard_state: recovered.hard_state,
+        first_index: state.first_index,
+        last_index: state.last_index,
+        last_term,
+        snapshot,
+        conf: state.conf,
+        keys: state.machine.len() as u64,
+        cluster: state.machine.cluster().clone(),
+        warnings: recovered.warnings,
+    })
+}
+
+/// A data directory's state as a start rebuilds it.
+struct Replayed {
+    /// The state machine with every committed entry applied.
+    machine: StateMachine,
+    /// The configuration in force at the last index.
+    conf: ConfState,
+    first_index: u64,
+    last_index: u64,
+}
+
+/// Builds the Raft core and the state machine from what the store recovered, as the
+/// daemon's start does (`server::open`): the snapshot's configuration (else the
+/// origin's), the snapshot's state machine, then every committed entry applied with the
+/// driver's own `apply_entry`.
+fn replay(
+    dir: &Path,
+    recovered: &crate::store::Recovered,
+    origin: Option<&Origin>,
+) -> Result<Replayed, RecoveryError> {
+    let (meta, mut machine) = match &recovered.snapshot {
+        Some((meta, data)) => {
+            let machine = StateMachine::load_snapshot(data)
+                .map_err(|error| RecoveryError::Snapshot { dir: dir.to_path_buf(), error })?;
+            (meta.clone(), machine)
+        }
+        None => (SnapshotMeta::default(), StateMachine::new()),
+    };
+    let conf =
+        if meta.index > 0 { meta.conf.clone() } else { origin.map(|o| o.base.clone()).unwrap_or_default() };
+    let initial = crate::raft::InitialState {
+        hard_state: recovered.hard_state,
+        snapshot: SnapshotMeta { conf: conf.clone(), ..meta.clone() },
+        entries: recovered.entries.clone(),
+    };
+    // An empty configuration (a directory that never started): nothing for Raft to check.
+    let conf = if conf.voters.is_empty() {
+        conf
+    } else {
+        let voter = conf.voters[0];
+        let raft = crate::raft::Raft::new(crate::raft::Config::new(voter), initial).map_err(|error| {
+            RecoveryError::Refused(format!("the Raft state in {} is inconsistent: {error}", dir.display()))
+        })?;
+        raft.conf_state().clone()
+    };
+    let commit = recovered.hard_state.commit;
+    for entry in recovered.entries.iter().filter(|e| e.index <= commit) {
+        crate::server::driver::core::apply_entry(&mut machine, entry);
+    }
+    let first_index = meta.index + 1;
+    let last_index = recovered.entries.last().map_or(meta.index, |e| e.index);
+    Ok(Replayed { machine, conf, first_index, last_index })
+}
+
+impl Inspection {
+    /// The members of the configuration in force, with their addresses (from the
+    /// record, else the origin) and roles.
+    fn members(&self) -> Vec<(NodeId, Option<String>, &'static str)> {
+        let address = |id: NodeId| {
+            self.cluster.members().get(&id).map(|m| m.address.clone()).or_else(|| {
+                self.origin.as_ref()?.members.iter().find(|(member, _)| *member == id).map(|(_, a)| a.clone())
+            })
+        };
+        let voters = self.conf.voters.iter().map(|&id| (id, address(id), "voter"));
+        let learners = self.conf.learners.iter().map(|&id| (id, address(id), "learner"));
+        voters.chain(learners).collect()
+    }
+
+    /// `mmapd-admin inspect --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let hex = |id: u64| format!("{id:016x}");
+        let members: Vec<serde_json::Value> = self
+            .members()
+            .into_iter()
+            .map(|(id, address, role)| serde_json::json!({ "id": hex(id), "address": address, "role": role }))
+            .collect();
+        serde_json::json!({
+            "data_dir": self.dir.display().to_string(),
+            "node_id": self.identity.map(|i| hex(i.node_id)),
+            "cluster_id": self.identity.map(|i| hex(i.cluster_id)),
+            "origin": self.origin.as_ref().map(|o| if o.joined { "joined" } else { "bootstrapped" }),
+            "removed": self.removed,
+            "term": self.hard_state.term,
+            "voted_for": self.hard_state.vote.map(hex),
+            "commit_index": self.hard_state.commit,
+            "first_index": self.first_index,
+            "last_index": self.last_index,
+            "last_term": self.last_term,
+            "snapshot": self.snapshot.as_ref().map(|s| serde_json::json!({ "index": s.index, "term": s.term })),
+            "configuration": {
+                "voters": self.conf.voters.iter().map(|&id| hex(id)).collect::<Vec<_>>(),
+                "learners": self.conf.learners.iter().map(|&id| hex(id)).collect::<Vec<_>>(),
+                "members": members,
+            },
+            "cluster_record": {
+                "cluster_id": hex(self.cluster.id()),
+                "removed": self.cluster.removed().iter().map(|&id| hex(id)).collect::<Vec<_>>(),
+            },
+            "keys": self.keys,
+            "warnings": self.warnings,
+        })
+    }
+}
+
+impl std::fmt::Display for Inspection {
+    /// `mmapd-admin inspect`: one fact a line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "data directory {}", self.dir.display())?;
+        match self.identity {
+            Some(identity) => {
+                writeln!(f, "node {:016x} of cluster {:016x}", identity.node_id, identity.cluster_id)?
+            }
+            None => writeln!(f, "no identity (the node never started)")?,
+        }
+        if let Some(origin) = &self.origin {
+            writeln!(
+                f,
+                "origin: {}",
+                if origin.joined { "joined an existing cluster" } else { "bootstrapped" }
+            )?;
+        }
+        if let Some(removed) = &self.removed {
+            writeln!(f, "REMOVED: {removed}")?;
+        }
+        let vote = self.hard_state.vote.map_or("none".to_owned(), |id| format!("{id:016x}"));
+        writeln!(f, "term {}, voted for {vote}", self.hard_state.term)?;
+        writeln!(f, "commit index {} (what a start applies)", self.hard_state.commit)?;
+        writeln!(
+            f,
+            "log: first index {}, last index {} (term {})",
+            self.first_index, self.last_index, self.last_term
+        )?;
+        match &self.snapshot {
+            Some(snapshot) => writeln!(f, "snapshot: index {}, term {}", snapshot.index, snapshot.term)?,
+            None => writeln!(f, "snapshot: none")?,
+        }
+        writeln!(f, "configuration at index {}:", self.last_index)?;
+        for (id, address, role) in self.members() {
+            writeln!(f, "  {id:016x}  {}  {role}", address.as_deref().unwrap_or("(no address known)"))?;
+        }
+        writeln!(
+            f,
+            "cluster record at the commit index: cluster {:016x}, {} removed ids",
+            self.cluster.id(),
+            self.cluster.removed().len()
+        )?;
+        write!(f, "keys at the commit index: {}", self.keys)?;
+        for warning in &self.warnings {
+            write!(f, "\nwarning: {warning}")?;
         }
         Ok(())
     }

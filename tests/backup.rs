@@ -393,3 +393,76 @@ fn restore_refuses_a_non_empty_directory_a_damaged_backup_and_a_bad_address() {
     ]);
     assert_fails_with_one_line(&output, "missing");
 }
+
+/// Every file under `dir` and its bytes.
+fn snapshot_of_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+fn inspect_json(dir: &Path) -> serde_json::Value {
+    let text = admin_ok(&["inspect", "--data-dir", dir.to_str().unwrap(), "--json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `inspect` of a stopped node shows the indexes and identity `/status` showed before it
+/// stopped, and changes nothing; a running node's directory is refused.
+#[test]
+fn inspect_shows_a_stopped_nodes_identity_indexes_and_configuration_and_changes_nothing() {
+    let mut single = Single::start(&[]);
+    let port = single.port();
+    let socket = single.admin_socket();
+    for i in 0..30 {
+        put_version(port, &format!("a{i}"), "x");
+    }
+    let snapshot_line = admin_ok(&["--socket", socket.to_str().unwrap(), "snapshot"]);
+    let snapshot_index: u64 = snapshot_line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    for i in 0..20 {
+        put_version(port, &format!("b{i}"), "y");
+    }
+    let data_dir = single.dir.path().join("data");
+    let output = admin(&["inspect", "--data-dir", data_dir.to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "locked by another mmapd process");
+
+    let status = single.node.status().unwrap();
+    let cluster_id = get(port, "/v1/members").json()["cluster_id"].clone();
+    single.node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(single.node.wait_exit(Duration::from_secs(10)).success());
+    let before = snapshot_of_files(&data_dir);
+    let json = inspect_json(&data_dir);
+    assert_eq!(snapshot_of_files(&data_dir), before, "inspect changed the data directory");
+    assert_eq!(json["node_id"], status["node_id"]);
+    assert_eq!(json["cluster_id"], cluster_id);
+    assert_eq!(json["cluster_record"]["cluster_id"], cluster_id);
+    assert_eq!(json["term"], status["term"]);
+    assert_eq!(json["commit_index"], status["commit_index"]);
+    assert_eq!(json["last_index"], status["last_index"]);
+    assert_eq!(json["first_index"], status["first_index"]);
+    assert_eq!(json["snapshot"]["index"], snapshot_index);
+    assert_eq!(json["keys"], 50);
+    assert_eq!(json["origin"], "bootstrapped");
+    assert_eq!(json["configuration"]["voters"], serde_json::json!([status["node_id"]]));
+    let member = &json["configuration"]["members"][0];
+    assert_eq!(
+        (member["address"].as_str(), member["role"].as_str()),
+        (Some(single.node.address().as_str()), Some("voter"))
+    );
+    assert_eq!(json["warnings"], serde_json::json!([]));
+
+    let text = admin_ok(&["inspect", "--data-dir", data_dir.to_str().unwrap()]);
+    let commit_line = format!("commit index {} ", status["commit_index"]);
+    assert!(text.contains(&commit_line), "{text}");
+    assert!(text.contains(&format!("snapshot: index {snapshot_index},")), "{text}");
+    assert!(text.contains(&single.node.address()), "{text}");
+
+    let output = admin(&["inspect", "--data-dir", single.dir.path().join("nowhere").to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "is not a directory");
+    let output = admin(&["inspect", "--data-dir", single.dir.path().to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "not an mmapd data directory");
+    single.node.start().unwrap();
+    assert_eq!(get(port, "/v1/kv/b7").text(), "y", "the node does not start again after inspect");
+}

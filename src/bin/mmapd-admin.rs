@@ -77,6 +77,16 @@ enum Command {
         #[arg(long, default_value = mmapd::recovery::DEFAULT_ADDRESS)]
         advertise: String,
     },
+    /// Offline, read only: show what a stopped node's data directory holds: identity,
+    /// term, commit index, log and snapshot indexes, configuration and member addresses.
+    Inspect {
+        /// The data directory (of a stopped node: a running one's is refused).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List, add, promote, remove or update the cluster's members (changes are made by
     /// the leader; a follower forwards them).
     Member {
@@ -129,6 +139,9 @@ fn main() -> ExitCode {
     let answer = match &args.command {
         Command::Backup { file, verify: true } => verify_backup(file),
         Command::Restore { file, data_dir, advertise } => restore(file, data_dir, advertise),
+        Command::Inspect { data_dir, json } => mmapd::recovery::inspect(data_dir)
+            .map(|inspection| if *json { inspection.to_json().to_string() } else { inspection.to_string() })
+            .map_err(|e| e.to_string()),
         command => {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -381,7 +394,9 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
             let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             (Method::POST, "/import", Bytes::from(bytes))
         }
-        Command::Backup { .. } | Command::Restore { .. } => unreachable!("offline or streamed: see `main`"),
+        Command::Backup { .. } | Command::Restore { .. } | Command::Inspect { .. } => {
+            unreachable!("offline or streamed: see `main`")
+        }
         Command::Member { command: MemberCommand::List { .. } } => (Method::GET, "/members", Bytes::new()),
         Command::Member { command } => (Method::POST, "/members", member_body(command)),
     };
@@ -547,6 +562,8 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }
         Command::Member { command } => render_member(command, value),
-        Command::Backup { .. } | Command::Restore { .. } => unreachable!("offline or streamed: see `main`"),
+        Command::Backup { .. } | Command::Restore { .. } | Command::Inspect { .. } => {
+            unreachable!("offline or streamed: see `main`")
+        }
     }
 }
