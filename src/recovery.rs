@@ -428,3 +428,98 @@ impl std::fmt::Display for Inspection {
         Ok(())
     }
 }
+
+/// What `force_new_cluster` did.
+#[derive(Clone, Debug)]
+pub struct Forced {
+    /// The directory as it was (`inspect` before the change).
+    pub before: Inspection,
+    /// The index the kept state is at: what the node had committed (its snapshot's, if
+    /// that is further). Entries after it were discarded.
+    pub kept_index: u64,
+    /// The new cluster's id.
+    pub cluster_id: u64,
+    /// The node's id (unchanged).
+    pub node_id: NodeId,
+    /// The address it is recorded at.
+    pub address: String,
+}
+
+impl Forced {
+    /// Entries of the log after `kept_index`, discarded.
+    pub fn discarded(&self) -> u64 {
+        self.before.last_index.saturating_sub(self.kept_index)
+    }
+}
+
+/// Makes a survivor's data directory the data directory of a new one-node cluster, when
+/// a quorum of the old one is lost for good: the node keeps its id, every other member
+/// is removed, the cluster gets a new random id (so the old members, should one come
+/// back, are refused), and the state is what the node had committed, the snapshot plus
+/// every entry up to its durable commit index. Entries after it are discarded: the node
+/// never learnt they were committed (a write the lost majority acknowledged may be
+/// among them, or may never have reached this node: both are lost). The node is
+/// recorded at `address` (default: the address the cluster recorded for it).
+pub fn force_new_cluster(dir: &Path, address: Option<&str>) -> Result<Forced, RecoveryError> {
+    refuse_unless_data_dir(dir)?;
+    let before = inspect(dir)?;
+    if let Some(marker) = &before.removed {
+        return Err(RecoveryError::Refused(format!(
+            "{}: this node was removed from its cluster ({marker}): its data is not the cluster's",
+            dir.display()
+        )));
+    }
+    let Some(identity) = before.identity else {
+        return Err(RecoveryError::Refused(format!(
+            "{} has no identity: the node never started, it holds no data",
+            dir.display()
+        )));
+    };
+    let address = match address {
+        Some(address) => member_address(address)?,
+        None => before
+            .members()
+            .into_iter()
+            .find(|(id, _, _)| *id == identity.node_id)
+            .and_then(|(_, address, _)| address)
+            .or_else(|| before.cluster.members().get(&identity.node_id).map(|m| m.address.clone()))
+            .ok_or_else(|| {
+                RecoveryError::Refused(format!(
+                    "no address is recorded for node {:016x}: pass --advertise HOST:PORT",
+                    identity.node_id
+                ))
+            })?,
+    };
+    // Opened for writing only now: `inspect` above held a shared lock, and a node that
+    // started meanwhile makes this fail with `Locked`.
+    let (mut store, recovered) = Store::open(dir, StoreOptions::default())?;
+    let origin = store.data_dir().origin()?;
+    let Replayed { mut machine, .. } = replay(dir, &recovered, origin.as_ref())?;
+    let kept_index = machine.applied_index();
+    if kept_index == 0 {
+        return Err(RecoveryError::Refused(format!("{} holds nothing committed", dir.display())));
+    }
+    let snapshot_term = match &recovered.snapshot {
+        Some((meta, _)) if meta.index == kept_index => meta.term,
+        _ => recovered.entries.iter().find(|e| e.index == kept_index).map(|e| e.term).ok_or_else(|| {
+            RecoveryError::Refused(format!("{}: the log does not hold index {kept_index}", dir.display()))
+        })?,
+    };
+    let cluster_id = crate::server::random_id();
+    let cluster = machine
+        .cluster()
+        .refounded(cluster_id, identity.node_id, &address)
+        .map_err(|e| RecoveryError::Refused(e.to_string()))?;
+    machine.replace_cluster(cluster);
+    let founded = OneNodeCluster {
+        cluster_id,
+        node_id: identity.node_id,
+        address: address.clone(),
+        snapshot_term,
+        term: recovered.hard_state.term.max(snapshot_term),
+    };
+    founded.write(&mut store, &machine)?;
+    drop(store);
+    founded.read_back(dir, &machine)?;
+    Ok(Forced { before, kept_index, cluster_id, node_id: identity.node_id, address })
+}

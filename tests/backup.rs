@@ -102,7 +102,7 @@ fn a_backup_on_a_lagging_follower_holds_every_write_acknowledged_before_it() {
     let (file_revision, mut contents) = backup_contents(&file);
     assert_eq!(file_revision, revision);
     assert!(contents.remove("before-pause").is_some());
-    assert_eq!(contents, acknowledged, "the follower's backup lacks acknowledged writes");
+    assert_same_state(&contents, &acknowledged, "the follower's backup lacks acknowledged writes");
     assert!(acknowledged.values().all(|(version, _)| *version <= revision));
     assert!(!cluster.dir.path().join("follower.backup.part").exists());
 
@@ -242,6 +242,25 @@ fn state_at(writes: &[Write], unknown: &[String], revision: u64) -> BTreeMap<Str
     state
 }
 
+/// Fails naming the first keys that differ (not whole maps of thousands of keys).
+fn assert_same_state(
+    actual: &BTreeMap<String, (u64, String)>,
+    expected: &BTreeMap<String, (u64, String)>,
+    what: &str,
+) {
+    if actual == expected {
+        return;
+    }
+    let keys: std::collections::BTreeSet<&String> = actual.keys().chain(expected.keys()).collect();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter(|key| actual.get(*key) != expected.get(*key))
+        .take(10)
+        .map(|key| format!("{key}: {:?}, expected {:?}", actual.get(key), expected.get(key)))
+        .collect();
+    panic!("{what} ({} keys, expected {}): {differences:#?}", actual.len(), expected.len());
+}
+
 /// Every key and value a node serves, with versions, from the list route.
 fn served(port: u16) -> BTreeMap<String, (u64, String)> {
     let listing = get(port, "/v1/kv?limit=10000").json();
@@ -298,7 +317,7 @@ fn a_backup_under_load_restored_into_a_new_cluster_serves_exactly_the_state_at_i
     let mut expected = state_at(&writes, &unknown, revision);
     let mut restorable = contents.clone();
     restorable.retain(|key, _| !unknown.contains(key));
-    assert_eq!(restorable, expected, "the backup is not the state at revision {revision}");
+    assert_same_state(&restorable, &expected, &format!("the backup is not the state at revision {revision}"));
     expected = contents;
 
     let restored_port = free_ports(1)[0];
@@ -321,7 +340,11 @@ fn a_backup_under_load_restored_into_a_new_cluster_serves_exactly_the_state_at_i
     wait_for(Duration::from_secs(5), "the restored node to lead", || {
         (restored.status()?["state"] == "leader").then_some(())
     });
-    assert_eq!(served(restored_port), expected, "the restored node does not serve the backup's state");
+    assert_same_state(
+        &served(restored_port),
+        &expected,
+        "the restored node does not serve the backup's state",
+    );
     let old_cluster = get(cluster.port(leader), "/v1/members").json()["cluster_id"].clone();
     let new_cluster = get(restored_port, "/v1/members").json()["cluster_id"].clone();
     assert_ne!(old_cluster, new_cluster, "the restored cluster kept the old cluster's id");
@@ -465,4 +488,189 @@ fn inspect_shows_a_stopped_nodes_identity_indexes_and_configuration_and_changes_
     assert_fails_with_one_line(&output, "not an mmapd data directory");
     single.node.start().unwrap();
     assert_eq!(get(port, "/v1/kv/b7").text(), "y", "the node does not start again after inspect");
+}
+
+/// The applied state a node serves without asking a leader.
+fn served_stale(port: u16) -> BTreeMap<String, (u64, String)> {
+    let listing = get(port, "/v1/kv?limit=10000&consistency=stale").json();
+    assert_eq!(listing["more"], false, "more than 10000 keys");
+    listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let value = item["value"].as_str().unwrap().to_owned();
+            (item["key"].as_str().unwrap().to_owned(), (item["version"].as_u64().unwrap(), value))
+        })
+        .collect()
+}
+
+/// The evidence: two of three nodes killed for good under writes; the stopped
+/// survivor, forced into a new cluster, serves everything it had applied, takes new
+/// writes above its old revisions, grows with `--join`, and refuses an old member that
+/// comes back.
+#[test]
+fn force_new_cluster_after_losing_two_of_three_keeps_what_the_survivor_applied_and_grows_with_join() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let survivor = cluster.others(leader)[0];
+    let lost: Vec<usize> = (0..3).filter(|&n| n != survivor).collect();
+    let ports: Vec<u16> = (0..3).map(|node| cluster.port(node)).collect();
+    let survivor_port = cluster.port(survivor);
+
+    // Phase 1: writes, then the survivor catches up: it has applied every one of them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = write_load(ports.clone(), 3, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut caught_up = Vec::new();
+    for client in clients {
+        caught_up.extend(client.join().unwrap().0);
+    }
+    let commit = cluster.nodes[leader].status().unwrap()["commit_index"].as_u64().unwrap();
+    wait_for(Duration::from_secs(5), "the survivor to apply everything", || {
+        (cluster.nodes[survivor].status()?["last_applied"].as_u64()? >= commit).then_some(())
+    });
+
+    // Phase 2: writes going on when two nodes die for good.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = write_load(ports, 3, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    for &node in &lost {
+        cluster.nodes[node].kill9();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let applied = served_stale(survivor_port);
+    assert!(applied.len() > 100, "{} keys", applied.len());
+    let revision = applied.values().map(|(version, _)| *version).max().unwrap();
+    let old_cluster = get(survivor_port, "/v1/members?local=1").json()["cluster_id"].clone();
+    let survivor_dir = cluster.dir.path().join(format!("node-{survivor_port}"));
+    let output = admin(&["force-new-cluster", "--data-dir", survivor_dir.to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "locked by another mmapd process");
+    cluster.nodes[survivor].signal(nix::sys::signal::Signal::SIGTERM);
+    cluster.nodes[survivor].wait_exit(Duration::from_secs(10));
+
+    // The operator's choice of survivor: its inspection.
+    let before = inspect_json(&survivor_dir);
+    assert!(before["commit_index"].as_u64().unwrap() >= revision, "{before}");
+    assert_eq!(before["configuration"]["voters"].as_array().unwrap().len(), 3, "{before}");
+    let text = admin_ok(&["force-new-cluster", "--data-dir", survivor_dir.to_str().unwrap()]);
+    eprintln!("{text}");
+    assert!(text.contains("kept: the state this node had committed"), "{text}");
+    let after = inspect_json(&survivor_dir);
+    assert_eq!(after["node_id"], before["node_id"], "the node keeps its id");
+    assert_ne!(after["cluster_id"], before["cluster_id"]);
+    assert_eq!(after["configuration"]["voters"], serde_json::json!([before["node_id"]]));
+    assert_eq!(after["cluster_record"]["removed"].as_array().unwrap().len(), 2, "{after}");
+    assert_eq!(after["commit_index"], after["last_index"]);
+
+    // Started as it always was (its --peers still names the lost nodes: ignored).
+    cluster.nodes[survivor].start().unwrap();
+    wait_for(Duration::from_secs(5), "the survivor to lead alone", || {
+        (cluster.nodes[survivor].status()?["state"] == "leader").then_some(())
+    });
+    assert_same_state(&served(survivor_port), &applied, "the survivor lost something it had applied");
+    for write in &caught_up {
+        let (version, _) = &applied[&write.key];
+        assert!(*version >= write.version, "{write:?} applied before the loss is gone");
+    }
+    let new_cluster = get(survivor_port, "/v1/members").json()["cluster_id"].clone();
+    assert_ne!(new_cluster, old_cluster);
+    let version = put_version(survivor_port, "after-force", "new");
+    assert!(version > revision, "a new write got version {version}, the survivor had applied {revision}");
+
+    let joiner_port = free_ports(1)[0];
+    let joiner_text = joiner_port.to_string();
+    let joiner_dir = cluster.dir.path().join("joiner");
+    let survivor_address = cluster.nodes[survivor].address();
+    let mut args =
+        vec!["--port", &joiner_text, "--data-dir", joiner_dir.to_str().unwrap(), "--join", &survivor_address];
+    args.extend(FAST_TIMINGS);
+    let mut joiner = Daemon::new(cluster.dir.path(), joiner_port, &args);
+    joiner.start().unwrap();
+    wait_for(Duration::from_secs(10), "the joined node to be a voter", || {
+        let members = get(survivor_port, "/v1/members").json();
+        let voters = members["members"].as_array()?.iter().filter(|m| m["role"] == "voter").count();
+        (voters == 2).then_some(())
+    });
+    let mut expected = applied;
+    expected.insert("after-force".into(), (version, "new".into()));
+    wait_for(Duration::from_secs(5), "the joined node to serve the data", || {
+        (served(joiner_port) == expected).then_some(())
+    });
+
+    // An old member that comes back with its old data cannot take part.
+    cluster.nodes[lost[0]].start().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let members = get(survivor_port, "/v1/members").json();
+    assert_eq!(members["members"].as_array().unwrap().len(), 2, "{members}");
+    assert!(put_version(survivor_port, "still-serving", "x") > version);
+    let stale = request(cluster.port(lost[0]), "GET", "/v1/kv/after-force?consistency=stale", &[], b"");
+    assert!(stale.map_or(true, |r| r.status == 404), "the old member got the new cluster's write");
+}
+
+/// One raw request on a Unix socket; the answer parsed.
+fn unix_request(socket: &Path, raw: &[u8]) -> Option<Response> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    parse_response(&answer)
+}
+
+#[test]
+fn malformed_backup_requests_get_a_4xx_and_bad_files_one_line() {
+    let single = Single::start(&[]);
+    put_version(single.port(), "k", "v");
+    let socket = single.admin_socket();
+    let post = unix_request(
+        &socket,
+        b"POST /backup HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(post.map(|r| r.status), Some(405));
+    let query =
+        unix_request(&socket, b"GET /backup?limit=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let query = query.unwrap();
+    assert_eq!(query.status, 400, "{}", query.text());
+    let garbage = unix_request(&socket, b"GET /backup HTTP/9.9 \x00\xff\r\n\r\n");
+    assert!(garbage.is_none_or(|r| (400..500).contains(&r.status)));
+    // HTTP/1.0: the body is not chunked, it ends with the connection.
+    let whole = unix_request(&socket, b"GET /backup HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(whole.status, 200);
+    assert!(whole.header("x-mmapd-revision").is_some());
+    let mut body: &[u8] = &whole.body;
+    let summary = mmapd::kv::verify_backup(&mut body).unwrap();
+    assert_eq!(summary.header.keys, 1);
+
+    let dir = single.dir.path();
+    for (name, bytes) in
+        [("empty", &b""[..]), ("json", &b"{\"a\":\"b\"}"[..]), ("text", &b"MMAPDBAK but not really"[..])]
+    {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        assert_fails_with_one_line(&admin(&["backup", "--verify", path.to_str().unwrap()]), "damaged backup");
+        let target = dir.join(format!("restored-{name}"));
+        let output = admin(&["restore", path.to_str().unwrap(), "--data-dir", target.to_str().unwrap()]);
+        assert_fails_with_one_line(&output, "damaged backup");
+        let output = admin(&["inspect", "--data-dir", path.to_str().unwrap()]);
+        assert_fails_with_one_line(&output, "is not a directory");
+        let output = admin(&["force-new-cluster", "--data-dir", path.to_str().unwrap()]);
+        assert_fails_with_one_line(&output, "is not a directory");
+    }
+    let never_started = dir.join("never-started");
+    std::fs::create_dir(&never_started).unwrap();
+    std::fs::write(never_started.join("LOCK"), b"").unwrap();
+    let output = admin(&["force-new-cluster", "--data-dir", never_started.to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "has no identity");
+    let missing_socket = dir.join("no.sock");
+    let output =
+        admin(&["--socket", missing_socket.to_str().unwrap(), "backup", dir.join("b").to_str().unwrap()]);
+    assert_fails_with_one_line(&output, "no admin socket");
+    assert!(!dir.join("b").exists() && !dir.join("b.part").exists());
 }

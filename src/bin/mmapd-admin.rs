@@ -87,6 +87,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Offline, one shot, the last resort when a quorum is lost for good: make a
+    /// survivor's data directory a one-node cluster under a new cluster id, keeping what
+    /// it had committed; start it normally, grow it with `mmapd --join`.
+    ForceNewCluster {
+        /// The survivor's data directory (the node stopped; choose the most up-to-date
+        /// survivor with `inspect`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Record the node at this HOST:PORT instead of the address the cluster recorded
+        /// for it.
+        #[arg(long)]
+        advertise: Option<String>,
+    },
     /// List, add, promote, remove or update the cluster's members (changes are made by
     /// the leader; a follower forwards them).
     Member {
@@ -139,6 +152,7 @@ fn main() -> ExitCode {
     let answer = match &args.command {
         Command::Backup { file, verify: true } => verify_backup(file),
         Command::Restore { file, data_dir, advertise } => restore(file, data_dir, advertise),
+        Command::ForceNewCluster { data_dir, advertise } => force_new_cluster(data_dir, advertise.as_deref()),
         Command::Inspect { data_dir, json } => mmapd::recovery::inspect(data_dir)
             .map(|inspection| if *json { inspection.to_json().to_string() } else { inspection.to_string() })
             .map_err(|e| e.to_string()),
@@ -209,6 +223,48 @@ fn restore(file: &Path, data_dir: &Path, advertise: &str) -> Result<String, Stri
         restored.address,
         data_dir.display(),
         restored.address,
+    ))
+}
+
+/// `force-new-cluster --data-dir DIR`: what was kept, what was discarded, what it is now.
+fn force_new_cluster(data_dir: &Path, advertise: Option<&str>) -> Result<String, String> {
+    let forced = mmapd::recovery::force_new_cluster(data_dir, advertise).map_err(|e| e.to_string())?;
+    let before = &forced.before;
+    let old_cluster = before.identity.map_or(0, |identity| identity.cluster_id);
+    let old_members: Vec<String> = before
+        .conf
+        .voters
+        .iter()
+        .chain(&before.conf.learners)
+        .filter(|&&id| id != forced.node_id)
+        .map(|id| format!("{id:016x}"))
+        .collect();
+    let discarded = match forced.discarded() {
+        0 => "discarded: nothing (the log held no entry after it)".to_owned(),
+        n => format!(
+            "discarded: {n} entries after it (indexes {}..={}), never known committed here",
+            forced.kept_index + 1,
+            before.last_index
+        ),
+    };
+    let (host, port) = forced.address.rsplit_once(':').unwrap_or((&forced.address, ""));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(format!(
+        "forced a new cluster in {}\n\
+         kept: the state this node had committed, up to index {}\n\
+         {discarded}\n\
+         left: cluster {old_cluster:016x}; its other members ({}) are removed and refused\n\
+         now: a one-node cluster {:016x}, node {:016x} at {}\n\
+         start it as before (e.g. mmapd --ip {host} --port {port} --data-dir {}), then grow it\n\
+         with `mmapd --join {}` on new nodes with empty data directories",
+        data_dir.display(),
+        forced.kept_index,
+        if old_members.is_empty() { "none".to_owned() } else { old_members.join(", ") },
+        forced.cluster_id,
+        forced.node_id,
+        forced.address,
+        data_dir.display(),
+        forced.address,
     ))
 }
 
@@ -394,9 +450,11 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
             let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             (Method::POST, "/import", Bytes::from(bytes))
         }
-        Command::Backup { .. } | Command::Restore { .. } | Command::Inspect { .. } => {
-            unreachable!("offline or streamed: see `main`")
-        }
+        // Streamed or offline: `main` runs them.
+        Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Inspect { .. }
+        | Command::ForceNewCluster { .. } => return Err(format!("{command:?} is not a request to a node")),
         Command::Member { command: MemberCommand::List { .. } } => (Method::GET, "/members", Bytes::new()),
         Command::Member { command } => (Method::POST, "/members", member_body(command)),
     };
@@ -562,8 +620,9 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }
         Command::Member { command } => render_member(command, value),
-        Command::Backup { .. } | Command::Restore { .. } | Command::Inspect { .. } => {
-            unreachable!("offline or streamed: see `main`")
-        }
+        Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Inspect { .. }
+        | Command::ForceNewCluster { .. } => value.to_string(),
     }
 }
