@@ -476,6 +476,13 @@ pub fn force_new_cluster(dir: &Path, address: Option<&str>) -> Result<Forced, Re
             dir.display()
         )));
     };
+    if before.conf.voters == [identity.node_id] {
+        // Alone it has its quorum: forcing again would only cut off the nodes that joined.
+        return Err(RecoveryError::Refused(format!(
+            "{} is already a cluster whose only voter is this node: it has its quorum, start it",
+            dir.display()
+        )));
+    }
     let address = match address {
         Some(address) => member_address(address)?,
         None => before

@@ -567,6 +567,13 @@ fn force_new_cluster_after_losing_two_of_three_keeps_what_the_survivor_applied_a
     assert_eq!(after["configuration"]["voters"], serde_json::json!([before["node_id"]]));
     assert_eq!(after["cluster_record"]["removed"].as_array().unwrap().len(), 2, "{after}");
     assert_eq!(after["commit_index"], after["last_index"]);
+    let again = admin(&["force-new-cluster", "--data-dir", survivor_dir.to_str().unwrap()]);
+    assert_fails_with_one_line(&again, "already a cluster whose only voter is this node");
+    assert_eq!(
+        inspect_json(&survivor_dir)["cluster_id"],
+        after["cluster_id"],
+        "a refused force changed the cluster"
+    );
 
     // Started as it always was (its --peers still names the lost nodes: ignored).
     cluster.nodes[survivor].start().unwrap();
