@@ -12,6 +12,8 @@
 //!   (`server::driver`: the IO-free driver core that decides what the node does
 //!   around the Raft core, which the simulator runs as it is; the tokio shell that
 //!   carries out its actions; the disk thread that owns the store);
+//! - `recovery`: offline work on a data directory (`mmapd-admin restore`, `inspect`,
+//!   `force-new-cluster`), through the store's own readers and writers;
 //! - `byte_reader` (private): the bounds-checked cursor both decoders read with.
 //!
 //! A write: `server::api` decodes a request into a `kv::Command` and hands it to the
@@ -29,6 +31,7 @@
 mod byte_reader;
 pub mod kv;
 pub mod raft;
+pub mod recovery;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -1,8 +1,10 @@
-//! `mmapd-admin`: local administration of an mmapd node over its Unix socket.
-//! See `mmapd-admin --help` and man mmapd-admin(8).
+//! `mmapd-admin`: local administration of an mmapd node over its Unix socket, and the
+//! offline tools of backup and recovery. See `mmapd-admin --help` and man mmapd-admin(8).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -48,6 +50,55 @@ enum Command {
     Import {
         /// The db.json file.
         file: PathBuf,
+    },
+    /// Write a backup of the key-value state at one revision (linearizable: it holds
+    /// every write acknowledged before the command started), from any member, while
+    /// writes go on; or, with --verify, check a backup file without restoring it.
+    Backup {
+        /// The backup file (- for standard output, or input with --verify). Written as
+        /// FILE.part, synced, then renamed to FILE once checked whole.
+        file: PathBuf,
+        /// Check FILE instead (offline: no node is asked); print its summary, or the
+        /// byte offset of the damage.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Offline (no mmapd running): write a fresh data directory for a new one-node
+    /// cluster holding a backup's data, under a new cluster id; start it with
+    /// `mmapd --data-dir DIR`, grow it with `mmapd --join`.
+    Restore {
+        /// The backup file (written by `backup`).
+        file: PathBuf,
+        /// The data directory to write: missing or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The address the new node is recorded at, HOST:PORT: start it so that it
+        /// advertises this (mmapd's --advertise, else --ip:--port).
+        #[arg(long, default_value = mmapd::recovery::DEFAULT_ADDRESS)]
+        advertise: String,
+    },
+    /// Offline, read only: show what a stopped node's data directory holds: identity,
+    /// term, commit index, log and snapshot indexes, configuration and member addresses.
+    Inspect {
+        /// The data directory (of a stopped node: a running one's is refused).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline, one shot, the last resort when a quorum is lost for good: make a
+    /// survivor's data directory a one-node cluster under a new cluster id, keeping what
+    /// it had committed; start it normally, grow it with `mmapd --join`.
+    ForceNewCluster {
+        /// The survivor's data directory (the node stopped; choose the most up-to-date
+        /// survivor with `inspect`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Record the node at this HOST:PORT instead of the address the cluster recorded
+        /// for it.
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// List, add, promote, remove or update the cluster's members (changes are made by
     /// the leader; a follower forwards them).
@@ -97,19 +148,35 @@ enum MemberCommand {
 fn main() -> ExitCode {
     let args = Args::parse();
     let socket = socket_path(&args);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let timeout = std::time::Duration::from_secs(args.timeout);
-    let answer = runtime.block_on(async {
-        match tokio::time::timeout(timeout, run(&socket, &args.command)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!(
-                "no answer from {} within {} s (the node may be stuck or busy; see --timeout)",
-                socket.display(),
-                args.timeout
-            )),
+    let timeout = Duration::from_secs(args.timeout);
+    let answer = match &args.command {
+        Command::Backup { file, verify: true } => verify_backup(file),
+        Command::Restore { file, data_dir, advertise } => restore(file, data_dir, advertise),
+        Command::ForceNewCluster { data_dir, advertise } => force_new_cluster(data_dir, advertise.as_deref()),
+        Command::Inspect { data_dir, json } => mmapd::recovery::inspect(data_dir)
+            .map(|inspection| if *json { inspection.to_json().to_string() } else { inspection.to_string() })
+            .map_err(|e| e.to_string()),
+        command => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                if let Command::Backup { file, .. } = command {
+                    // The whole transfer may take longer than --timeout: it bounds each wait.
+                    return backup(&socket, file, timeout).await;
+                }
+                match tokio::time::timeout(timeout, run(&socket, command)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(no_answer(&socket, timeout)),
+                }
+            })
         }
-    });
+    };
     match answer {
+        // A backup written to standard output leaves it to the data.
+        Ok(output) if matches!(&args.command, Command::Backup { file, .. } if file == Path::new("-")) => {
+            eprintln!("{output}");
+            ExitCode::SUCCESS
+        }
         Ok(output) => {
             println!("{output}");
             ExitCode::SUCCESS
@@ -118,6 +185,243 @@ fn main() -> ExitCode {
             eprintln!("mmapd-admin: {message}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn no_answer(socket: &Path, timeout: Duration) -> String {
+    format!(
+        "no answer from {} within {} s (the node may be stuck or busy; see --timeout)",
+        socket.display(),
+        timeout.as_secs()
+    )
+}
+
+/// `backup --verify FILE`: the summary line, or one line naming the damage's offset.
+fn verify_backup(file: &Path) -> Result<String, String> {
+    let summary = if file == Path::new("-") {
+        mmapd::kv::verify_backup(&mut std::io::stdin().lock())
+    } else {
+        let mut input =
+            std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        mmapd::kv::verify_backup(&mut input)
+    };
+    let summary = summary.map_err(|error| format!("{}: {error}", file.display()))?;
+    Ok(format!("backup: {summary}"))
+}
+
+/// `restore FILE --data-dir DIR`: what was made, and how to start it.
+fn restore(file: &Path, data_dir: &Path, advertise: &str) -> Result<String, String> {
+    let restored = mmapd::recovery::restore(file, data_dir, advertise).map_err(|e| e.to_string())?;
+    let (host, port) = restored.address.rsplit_once(':').unwrap_or((&restored.address, ""));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(format!(
+        "restored backup: {}\ninto {}: a new one-node cluster {:016x}, node {:016x} at {}\nstart it with:\n  mmapd --ip {host} --port {port} --data-dir {}\nthen grow it with `mmapd --join {}` on each new node",
+        restored.backup,
+        data_dir.display(),
+        restored.cluster_id,
+        restored.node_id,
+        restored.address,
+        data_dir.display(),
+        restored.address,
+    ))
+}
+
+/// `force-new-cluster --data-dir DIR`: what was kept, what was discarded, what it is now.
+fn force_new_cluster(data_dir: &Path, advertise: Option<&str>) -> Result<String, String> {
+    let forced = mmapd::recovery::force_new_cluster(data_dir, advertise).map_err(|e| e.to_string())?;
+    let before = &forced.before;
+    let old_cluster = before.identity.map_or(0, |identity| identity.cluster_id);
+    let old_members: Vec<String> = before
+        .conf
+        .voters
+        .iter()
+        .chain(&before.conf.learners)
+        .filter(|&&id| id != forced.node_id)
+        .map(|id| format!("{id:016x}"))
+        .collect();
+    let discarded = match forced.discarded() {
+        0 => "discarded: nothing (the log held no entry after it)".to_owned(),
+        n => format!(
+            "discarded: {n} entries after it (indexes {}..={}), never known committed here",
+            forced.kept_index + 1,
+            before.last_index
+        ),
+    };
+    let (host, port) = forced.address.rsplit_once(':').unwrap_or((&forced.address, ""));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(format!(
+        "forced a new cluster in {}\n\
+         kept: the state this node had committed, up to index {}\n\
+         {discarded}\n\
+         left: cluster {old_cluster:016x}; its other members ({}) are removed and refused\n\
+         now: a one-node cluster {:016x}, node {:016x} at {}\n\
+         start it as before (e.g. mmapd --ip {host} --port {port} --data-dir {}), then grow it\n\
+         with `mmapd --join {}` on new nodes with empty data directories",
+        data_dir.display(),
+        forced.kept_index,
+        if old_members.is_empty() { "none".to_owned() } else { old_members.join(", ") },
+        forced.cluster_id,
+        forced.node_id,
+        forced.address,
+        data_dir.display(),
+        forced.address,
+    ))
+}
+
+/// Where a backup goes: standard output, or `FILE.part` renamed to FILE once whole.
+enum BackupOutput {
+    Stdout(std::io::Stdout),
+    File { part: PathBuf, file: std::fs::File },
+}
+
+impl BackupOutput {
+    fn create(target: &Path) -> Result<BackupOutput, String> {
+        if target == Path::new("-") {
+            return Ok(BackupOutput::Stdout(std::io::stdout()));
+        }
+        let mut part = target.as_os_str().to_owned();
+        part.push(".part");
+        let part = PathBuf::from(part);
+        let file =
+            std::fs::File::create(&part).map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+        Ok(BackupOutput::File { part, file })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            BackupOutput::Stdout(out) => {
+                out.write_all(bytes).map_err(|e| format!("writing to standard output: {e}"))
+            }
+            BackupOutput::File { part, file } => {
+                file.write_all(bytes).map_err(|e| format!("writing {}: {e}", part.display()))
+            }
+        }
+    }
+
+    /// Makes the checked backup durable under its name.
+    fn commit(self, target: &Path) -> Result<(), String> {
+        match self {
+            BackupOutput::Stdout(mut out) => {
+                out.flush().map_err(|e| format!("writing to standard output: {e}"))
+            }
+            BackupOutput::File { part, file } => {
+                file.sync_all().map_err(|e| format!("syncing {}: {e}", part.display()))?;
+                drop(file);
+                std::fs::rename(&part, target)
+                    .map_err(|e| format!("renaming {} to {}: {e}", part.display(), target.display()))?;
+                let dir = match target.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                std::fs::File::open(dir)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(|e| format!("syncing {}: {e}", dir.display()))
+            }
+        }
+    }
+
+    /// Removes what a failed backup left.
+    fn abandon(self) {
+        if let BackupOutput::File { part, file } = self {
+            drop(file);
+            let _ = std::fs::remove_file(part);
+        }
+    }
+}
+
+/// `backup FILE`: streams `GET /backup` into FILE, checking it as it arrives (the same
+/// decoder as `--verify`), so a backup that is cut short or damaged is never left as FILE.
+async fn backup(socket: &Path, target: &Path, timeout: Duration) -> Result<String, String> {
+    check_socket(socket)?;
+    let client: Client<UnixConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(UnixConnector);
+    let uri: hyper::Uri = Uri::new(socket, "/backup").into();
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| no_answer(socket, timeout))?
+        .map_err(|error| connect_error(socket, &error))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = tokio::time::timeout(timeout, response.into_body().collect())
+            .await
+            .map_err(|_| no_answer(socket, timeout))?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        return Err(error_message(status, &body));
+    }
+    let mut output = BackupOutput::create(target)?;
+    let result = receive_backup(socket, response.into_body(), &mut output, timeout).await;
+    match result {
+        Ok(summary) => {
+            output.commit(target)?;
+            Ok(format!("backup: {summary}"))
+        }
+        Err(message) => {
+            output.abandon();
+            Err(message)
+        }
+    }
+}
+
+async fn receive_backup(
+    socket: &Path,
+    mut body: hyper::body::Incoming,
+    output: &mut BackupOutput,
+    timeout: Duration,
+) -> Result<mmapd::kv::BackupSummary, String> {
+    let mut decoder = mmapd::kv::BackupDecoder::new();
+    loop {
+        let frame = tokio::time::timeout(timeout, body.frame()).await.map_err(|_| {
+            format!(
+                "the node at {} sent nothing for {} s (see --timeout)",
+                socket.display(),
+                timeout.as_secs()
+            )
+        })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| format!("the backup stream broke: {e}"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        decoder
+            .feed(&data, &mut |_, _, _| {})
+            .map_err(|error| format!("the node sent a damaged backup, {error}"))?;
+        output.write(&data)?;
+    }
+    decoder.finish().map_err(|error| format!("the backup stream ended early, {error}"))
+}
+
+fn check_socket(socket: &Path) -> Result<(), String> {
+    match std::fs::metadata(socket) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("no admin socket at {} (is mmapd running? try --socket or --port)", socket.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(format!("permission denied on {} (are you root or in the mmapd group?)", socket.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn connect_error(socket: &Path, error: &hyper_util::client::legacy::Error) -> String {
+    let text = format!("{error:?}");
+    if text.contains("PermissionDenied") {
+        format!("permission denied on {} (are you root or in the mmapd group?)", socket.display())
+    } else if text.contains("ConnectionRefused") {
+        format!("nothing listens on {} (is mmapd running?)", socket.display())
+    } else {
+        format!("cannot reach {}: {error}", socket.display())
+    }
+}
+
+/// The one-line message of an error answer (`{"error": ...}`).
+fn error_message(status: hyper::StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => value["error"].as_str().unwrap_or("request failed").to_owned(),
+        Err(_) => format!("unexpected answer ({status}): {}", String::from_utf8_lossy(body)),
     }
 }
 
@@ -146,6 +450,11 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
             let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             (Method::POST, "/import", Bytes::from(bytes))
         }
+        // Streamed or offline: `main` runs them.
+        Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Inspect { .. }
+        | Command::ForceNewCluster { .. } => return Err(format!("{command:?} is not a request to a node")),
         Command::Member { command: MemberCommand::List { .. } } => (Method::GET, "/members", Bytes::new()),
         Command::Member { command } => (Method::POST, "/members", member_body(command)),
     };
@@ -159,36 +468,13 @@ async fn request(
     path: &str,
     body: Bytes,
 ) -> Result<serde_json::Value, String> {
-    match std::fs::metadata(socket) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "no admin socket at {} (is mmapd running? try --socket or --port)",
-                socket.display()
-            ))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(format!(
-                "permission denied on {} (are you root or in the mmapd group?)",
-                socket.display()
-            ))
-        }
-        _ => {}
-    }
+    check_socket(socket)?;
     let client: Client<UnixConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(UnixConnector);
     let uri: hyper::Uri = Uri::new(socket, path).into();
     let request =
         Request::builder().method(method).uri(uri).body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|error| {
-        let text = format!("{error:?}");
-        if text.contains("PermissionDenied") {
-            format!("permission denied on {} (are you root or in the mmapd group?)", socket.display())
-        } else if text.contains("ConnectionRefused") {
-            format!("nothing listens on {} (is mmapd running?)", socket.display())
-        } else {
-            format!("cannot reach {}: {error}", socket.display())
-        }
-    })?;
+    let response = client.request(request).await.map_err(|error| connect_error(socket, &error))?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     let value: serde_json::Value = serde_json::from_slice(&body)
@@ -340,5 +626,9 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }
         Command::Member { command } => render_member(command, value),
+        Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Inspect { .. }
+        | Command::ForceNewCluster { .. } => value.to_string(),
     }
 }

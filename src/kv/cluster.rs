@@ -177,6 +177,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// The record of a new one-node cluster `id` made from this one, offline
+    /// (`mmapd-admin restore` and `force-new-cluster`): `member` at `address` is its only
+    /// member, a voter that holds the log; every other member, and every id ever
+    /// removed, is removed, so that none of them is accepted back under its old id.
+    pub fn refounded(&self, id: u64, member: MemberId, address: &str) -> Result<Cluster, ClusterError> {
+        if id == 0 || member == 0 {
+            return Err(ClusterError::ZeroId);
+        }
+        if self.removed.contains(&member) {
+            return Err(ClusterError::Removed(member));
+        }
+        let mut removed = self.removed.clone();
+        removed.extend(self.members.keys().copied().filter(|&other| other != member));
+        let kept = Member {
+            address: address.to_owned(),
+            role: MemberRole::Voter,
+            promote_when_caught_up: false,
+            started: true,
+        };
+        Ok(Cluster { id, members: BTreeMap::from([(member, kept)]), removed })
+    }
+
     /// Whether `change` would apply, without applying it.
     pub fn check(&self, change: &MemberChange) -> Result<(), ClusterError> {
         match change {
@@ -417,6 +439,20 @@ mod tests {
         assert!(cluster.members()[&7].promote_when_caught_up);
         cluster.apply(&MemberChange::Promote { id: 7 }).unwrap();
         assert_eq!(cluster.members()[&7].role, MemberRole::Voter);
+    }
+
+    #[test]
+    fn a_refounded_record_keeps_one_member_and_removes_every_other_id() {
+        let mut cluster = three();
+        cluster.apply(&MemberChange::Remove { id: 3 }).unwrap();
+        let refounded = cluster.refounded(0xbeef, 1, "a:2").unwrap();
+        assert_eq!(refounded.id(), 0xbeef);
+        assert_eq!(refounded.members().keys().copied().collect::<Vec<_>>(), [1]);
+        let member = &refounded.members()[&1];
+        assert_eq!((member.address.as_str(), member.role, member.started), ("a:2", MemberRole::Voter, true));
+        assert!(refounded.is_removed(2) && refounded.is_removed(3));
+        assert_eq!(cluster.refounded(0xbeef, 3, "c:1"), Err(ClusterError::Removed(3)));
+        assert_eq!(Cluster::default().refounded(0, 1, "a:1"), Err(ClusterError::ZeroId));
     }
 
     #[test]

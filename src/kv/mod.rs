@@ -6,6 +6,8 @@
 //! - `snapshot`: the map's binary snapshot payload, written and loaded;
 //! - `cluster`: the cluster's own record (its id, members' addresses, removed ids),
 //!   changed by committed entries like the keys;
+//! - `backup`: the backup file of `mmapd-admin backup` (the state at one revision, in
+//!   checksummed chunks), written as a stream and checked on read;
 //! - `legacy`: import of the original's `db.json`;
 //! - `error`: `DecodeError`, shared by command and snapshot decoding.
 //!
@@ -13,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+mod backup;
 mod cluster;
 mod command;
 mod error;
@@ -20,6 +23,10 @@ mod legacy;
 mod snapshot;
 mod state_machine;
 
+pub use backup::{
+    encode_backup, human_bytes, load_backup, verify_backup, BackupDecoder, BackupError, BackupHeader,
+    BackupSummary, ReadBackupError, BACKUP_MAGIC, BACKUP_VERSION,
+};
 pub use cluster::{Cluster, ClusterError, Member, MemberChange, MemberId, MemberRole};
 pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
 pub use error::DecodeError;

@@ -100,6 +100,13 @@ impl StateMachine {
         &self.cluster
     }
 
+    /// Replaces the cluster's record, outside the log: only for a data directory made
+    /// into a new cluster offline (`mmapd-admin restore` and `force-new-cluster`), before
+    /// any node runs from it. A running node changes the record only by applying entries.
+    pub fn replace_cluster(&mut self, cluster: Cluster) {
+        self.cluster = cluster;
+    }
+
     /// Applies a membership change committed at `index` (a configuration entry), or
     /// refuses it and changes nothing but the applied index.
     pub fn apply_member_change(&mut self, index: u64, change: &MemberChange) -> Result<(), ClusterError> {

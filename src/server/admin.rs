@@ -1,6 +1,7 @@
 //! Local administration over a Unix socket (HTTP, served by hyper): `GET /status`,
-//! `POST /msync`, `POST /step-down`, `POST /snapshot`, `POST /import`, and `GET /members`
-//! and `POST /members` (a change, made by the leader: see `api::members`).
+//! `POST /msync`, `POST /step-down`, `POST /snapshot`, `POST /import`, `GET /members`
+//! and `POST /members` (a change, made by the leader: see `api::members`), and
+//! `GET /backup` (streamed: see `server::backup`).
 //!
 //! The socket is created with mode 0660: root and members of the socket's group
 //! (`mmapd` under systemd) may use it; nobody else can connect.
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -57,11 +59,21 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves one admin request.
-pub async fn serve(api: Arc<Api>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match route(&api, request).await {
+pub async fn serve(
+    api: Arc<Api>,
+    request: Request<Incoming>,
+) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    if request.uri().path() == super::backup::PATH {
+        return Ok(match super::backup::serve(&api, &request).await {
+            Ok(response) => response,
+            Err(error) => error.into_response().map(BodyExt::boxed),
+        });
+    }
+    let response = match route(&api, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    })
+    };
+    Ok(response.map(BodyExt::boxed))
 }
 
 async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {

@@ -5,7 +5,7 @@
 //! - `api`: the public HTTP API and the routes peers call, decoding requests into
 //!   commands; `api::error` is the one place errors become HTTP statuses;
 //! - `peer`: the peer transport, both directions, and write forwarding;
-//! - `admin`: the Unix socket of `mmapd-admin`;
+//! - `admin`: the Unix socket of `mmapd-admin`; `backup` its streamed `GET /backup`;
 //! - `driver`: the IO-free driver core, its tokio shell and the disk thread;
 //! - `auth`: client bearer tokens (`--auth-tokens`);
 //! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod driver;
 mod joining;
@@ -221,7 +222,29 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
             Start::Ready { raft: Box::new(raft), members, bootstrap }
         }
     };
+    if let Start::Ready { raft, .. } = &start {
+        warn_if_recorded_elsewhere(&settings, raft.id(), &kv);
+    }
     Ok(Opened { descriptor_limit, settings, store, kv, snapshot, start })
+}
+
+/// A node that advertises another address than the cluster records for it (started
+/// with other flags than before, or from a directory `mmapd-admin restore` wrote for
+/// another address) is told how to fix it: peers and joining nodes use the record.
+fn warn_if_recorded_elsewhere(settings: &Settings, id: NodeId, kv: &StateMachine) {
+    if let Some(member) = kv.cluster().members().get(&id) {
+        if member.address != settings.advertise {
+            tracing::warn!(
+                recorded = %member.address,
+                advertise = %settings.advertise,
+                "this node advertises another address than the cluster records for it; peers and \
+                 joining nodes use the recorded one: start it with --advertise {}, or record the new \
+                 one with `mmapd-admin member update {id:016x} {}`",
+                member.address,
+                settings.advertise,
+            );
+        }
+    }
 }
 
 /// The Raft core of a node with data: its base configuration is the snapshot's if it

@@ -70,12 +70,14 @@ pub struct Identity {
     pub node_id: NodeId,
 }
 
-/// An open, exclusively locked data directory.
+/// An open, locked data directory: exclusively (`open`), or shared to read it (`open_shared`).
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
     /// Held for the lifetime of the `DataDir`; dropping it releases the lock.
     _lock: Flock<File>,
+    /// The lock is exclusive (this process may write), not shared (`open_shared`: read only).
+    exclusive: bool,
 }
 
 impl DataDir {
@@ -108,7 +110,25 @@ impl DataDir {
         if created {
             sync_dir(path)?;
         }
-        Ok(DataDir { path: path.to_path_buf(), _lock: lock })
+        Ok(DataDir { path: path.to_path_buf(), _lock: lock, exclusive: true })
+    }
+
+    /// Opens `path` to read it, changing nothing (`Store::read_only`): takes a shared lock
+    /// on its `LOCK` file, so that no mmapd can start on it meanwhile and none is running
+    /// ([`StoreError::Locked`] otherwise), and creates nothing. A directory without `LOCK`
+    /// was never opened by mmapd and is refused.
+    pub fn open_shared(path: &Path) -> Result<DataDir, StoreError> {
+        if path.is_file() && detect_legacy_json(path)? {
+            return Err(StoreError::LegacyFormat { path: path.to_path_buf() });
+        }
+        let lock_path = path.join(LOCK_FILE_NAME);
+        let lock_file = File::open(&lock_path).map_err(|e| StoreError::io(&lock_path, "open", e))?;
+        let lock = match Flock::lock(lock_file, FlockArg::LockSharedNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { dir: path.to_path_buf() }),
+            Err((_, errno)) => return Err(StoreError::errno(&lock_path, "flock", errno)),
+        };
+        Ok(DataDir { path: path.to_path_buf(), _lock: lock, exclusive: false })
     }
 
     /// The directory.
@@ -142,13 +162,15 @@ impl DataDir {
             let reason = format!("directory holds {existing:?}, asked to write {identity:?}");
             return Err(StoreError::IdentityMismatch { dir: self.path.clone(), reason });
         }
-        let temp = self.path.join("identity.tmp");
-        let mut file = File::create(&temp).map_err(|e| StoreError::io(&temp, "create", e))?;
-        file.write_all(&encode_identity(identity)).map_err(|e| StoreError::io(&temp, "write", e))?;
-        file.sync_all().map_err(|e| StoreError::io(&temp, "fsync", e))?;
-        let path = self.path.join(IDENTITY_FILE_NAME);
-        fs::rename(&temp, &path).map_err(|e| StoreError::io(&path, "rename", e))?;
-        sync_dir(&self.path)
+        self.write_file(IDENTITY_FILE_NAME, &encode_identity(identity))
+    }
+
+    /// Records a new identity durably, whatever the directory held: only for a data
+    /// directory made into a new cluster offline (`mmapd-admin force-new-cluster`),
+    /// never by a running node.
+    pub fn replace_identity(&self, identity: Identity) -> Result<(), StoreError> {
+        assert!(identity.node_id != 0, "node id 0 is reserved");
+        self.write_file(IDENTITY_FILE_NAME, &encode_identity(identity))
     }
 }
 
@@ -183,10 +205,16 @@ impl DataDir {
 
     /// Leaves the removal marker, durably: the node refuses to start from here again.
     pub fn mark_removed(&self, text: &str) -> Result<(), StoreError> {
-        mark_removed(&self.path, text)
+        self.write_file(REMOVED_FILE_NAME, format!("{text}\n").as_bytes())
     }
 
+    /// Panics on a directory opened read-only (`open_shared`): a bug in the caller.
     fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        assert!(
+            self.exclusive,
+            "{}: writing {name} in a data directory opened read-only",
+            self.path.display()
+        );
         write_durably(&self.path, name, bytes)
     }
 }

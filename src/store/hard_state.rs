@@ -84,64 +84,7 @@ impl HardStateFile {
         } else {
             MappedFile::create_with_header(&path, HARD_STATE_FILE_BYTES as u64, &encode_header())?
         };
-        let bytes = file.bytes();
-        super::data_dir::refuse_legacy_json(&path, bytes)?;
-        if bytes.len() != HARD_STATE_FILE_BYTES {
-            return Err(StoreError::corrupt(
-                &path,
-                bytes.len() as u64,
-                "hard-state file has the wrong length",
-            ));
-        }
-        if let Err((offset, reason)) = decode_header(bytes) {
-            return Err(StoreError::corrupt(&path, offset, reason));
-        }
-        let slots = SLOT_OFFSETS.map(|offset| decode_slot(&bytes[offset..offset + SLOT_BYTES]));
-        let (sequence, current, durable_slot) = match slots {
-            [Slot::Valid(s0, h0), Slot::Valid(s1, h1)] => {
-                if s0 == s1 {
-                    return Err(StoreError::corrupt(
-                        &path,
-                        SLOT_OFFSETS[1] as u64,
-                        "both slots have one sequence number",
-                    ));
-                }
-                if s0 > s1 {
-                    (s0, h0, 0)
-                } else {
-                    (s1, h1, 1)
-                }
-            }
-            [Slot::Valid(s, h), other] | [other, Slot::Valid(s, h)] => {
-                let valid = if matches!(slots[0], Slot::Valid(..)) { 0 } else { 1 };
-                if matches!(other, Slot::Invalid) {
-                    let offset = SLOT_OFFSETS[1 - valid];
-                    let warning = format!(
-                        "{}: torn hard-state slot at offset {offset}, kept the previous value",
-                        path.display()
-                    );
-                    tracing::warn!("{warning}");
-                    warnings.push(warning);
-                }
-                (s, h, valid)
-            }
-            [Slot::Zeros, Slot::Zeros] => (0, HardState::default(), 1),
-            [Slot::Zeros, Slot::Invalid] | [Slot::Invalid, Slot::Zeros] => {
-                let warning =
-                    format!("{}: torn first hard-state write, starting from the empty state", path.display());
-                tracing::warn!("{warning}");
-                warnings.push(warning);
-                let torn = if matches!(slots[0], Slot::Invalid) { 0 } else { 1 };
-                (0, HardState::default(), torn)
-            }
-            [Slot::Invalid, Slot::Invalid] => {
-                return Err(StoreError::corrupt(
-                    &path,
-                    SLOT_OFFSETS[0] as u64,
-                    "both hard-state slots are corrupt",
-                ));
-            }
-        };
+        let (sequence, current, durable_slot) = recover(&path, file.bytes(), warnings)?;
         Ok(HardStateFile { file, current, durable: current, sequence, durable_slot, pending: None })
     }
 
@@ -209,6 +152,81 @@ impl HardStateFile {
 
     pub(crate) fn mapped_file(&self) -> &MappedFile {
         &self.file
+    }
+}
+
+/// Recovers the value of a hard-state file's bytes (the rules of `docs/format.md`):
+/// the sequence number, the value and the slot that holds it. Pure but for the
+/// warnings; shared by [`HardStateFile::open`] and [`read_only`].
+fn recover(
+    path: &Path,
+    bytes: &[u8],
+    warnings: &mut Vec<String>,
+) -> Result<(u64, HardState, usize), StoreError> {
+    super::data_dir::refuse_legacy_json(path, bytes)?;
+    if bytes.len() != HARD_STATE_FILE_BYTES {
+        return Err(StoreError::corrupt(path, bytes.len() as u64, "hard-state file has the wrong length"));
+    }
+    if let Err((offset, reason)) = decode_header(bytes) {
+        return Err(StoreError::corrupt(path, offset, reason));
+    }
+    let slots = SLOT_OFFSETS.map(|offset| decode_slot(&bytes[offset..offset + SLOT_BYTES]));
+    let recovered = match slots {
+        [Slot::Valid(s0, h0), Slot::Valid(s1, h1)] => {
+            if s0 == s1 {
+                return Err(StoreError::corrupt(
+                    path,
+                    SLOT_OFFSETS[1] as u64,
+                    "both slots have one sequence number",
+                ));
+            }
+            if s0 > s1 {
+                (s0, h0, 0)
+            } else {
+                (s1, h1, 1)
+            }
+        }
+        [Slot::Valid(s, h), other] | [other, Slot::Valid(s, h)] => {
+            let valid = if matches!(slots[0], Slot::Valid(..)) { 0 } else { 1 };
+            if matches!(other, Slot::Invalid) {
+                let offset = SLOT_OFFSETS[1 - valid];
+                let warning = format!(
+                    "{}: torn hard-state slot at offset {offset}, kept the previous value",
+                    path.display()
+                );
+                tracing::warn!("{warning}");
+                warnings.push(warning);
+            }
+            (s, h, valid)
+        }
+        [Slot::Zeros, Slot::Zeros] => (0, HardState::default(), 1),
+        [Slot::Zeros, Slot::Invalid] | [Slot::Invalid, Slot::Zeros] => {
+            let warning =
+                format!("{}: torn first hard-state write, starting from the empty state", path.display());
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+            let torn = if matches!(slots[0], Slot::Invalid) { 0 } else { 1 };
+            (0, HardState::default(), torn)
+        }
+        [Slot::Invalid, Slot::Invalid] => {
+            return Err(StoreError::corrupt(
+                path,
+                SLOT_OFFSETS[0] as u64,
+                "both hard-state slots are corrupt",
+            ));
+        }
+    };
+    Ok(recovered)
+}
+
+/// The hard state of `dir`, read without changing anything (`Store::read_only`): the
+/// default for a directory without the file, which an open would create.
+pub(crate) fn read_only(dir: &Path, warnings: &mut Vec<String>) -> Result<HardState, StoreError> {
+    let path = dir.join(HARD_STATE_FILE_NAME);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(recover(&path, &bytes, warnings)?.1),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(HardState::default()),
+        Err(error) => Err(StoreError::io(&path, "read", error)),
     }
 }
 

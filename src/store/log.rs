@@ -147,72 +147,23 @@ impl Log {
     ) -> Result<Segment, StoreError> {
         let path = self.dir.join(segment_name(seq));
         let mut file = MappedFile::open(&path)?;
-        let bytes = file.bytes();
-        super::data_dir::refuse_legacy_json(&path, bytes)?;
-        if file.len() % SEGMENT_LENGTH_MULTIPLE_BYTES != 0 {
-            return Err(StoreError::corrupt(
-                &path,
-                file.len(),
-                "file length is not a multiple of 4096: truncated",
-            ));
+        let scanned = scan_segment(&path, file.bytes(), seq, is_last)?;
+        for record in &scanned.records {
+            self.replay_record(record.index, record.term, seq, record.offset as u64);
         }
-        match decode_segment_header(bytes) {
-            Ok(found) if found == seq => {}
-            Ok(_) => {
-                return Err(StoreError::corrupt(&path, 16, "segment number does not match the file name"))
-            }
-            Err(reason) => return Err(StoreError::corrupt(&path, 0, reason)),
-        }
-        let mut offset = SEGMENT_HEADER_BYTES as usize;
-        let bad = loop {
-            match decode_record(&bytes[offset..]) {
-                Ok(record) => {
-                    if record.durable_end > offset as u64 {
-                        break Some((offset, "record claims durability beyond itself"));
-                    }
-                    self.replay_record(record.index, record.term, seq, offset as u64);
-                    offset += record.encoded_len;
-                }
-                Err(RecordError::Zeros) if bytes[offset..].iter().all(|&b| b == 0) => break None,
-                Err(RecordError::Zeros) => break Some((offset, "zeros followed by non-zero bytes")),
-                Err(RecordError::Invalid(reason)) => break Some((offset, reason)),
-            }
-        };
-        if let Some((bad_offset, reason)) = bad {
-            if !is_last {
-                // Segments before the last were synced whole before the next was created.
-                return Err(StoreError::corrupt(&path, bad_offset as u64, reason));
-            }
-            if let Some(proof) = durable_record_after(bytes, bad_offset) {
-                let reason = format!("{reason}; the record at offset {proof} shows these bytes were synced");
-                return Err(StoreError::corrupt(&path, bad_offset as u64, reason));
-            }
-            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(bad_offset, |p| p + 1);
-            warn(
-                warnings,
-                format!(
-                    "{}: torn tail at offset {bad_offset} ({reason}), cut back to the last whole record",
-                    path.display()
-                ),
-            );
-            file.zero(bad_offset as u64..dirty_end as u64);
+        if let Some(torn) = &scanned.torn {
+            warn(warnings, torn.warning(&path, "cut back to the last whole record"));
+            file.zero(torn.offset as u64..torn.dirty_end as u64);
             file.sync()?;
         }
-        let end = offset as u64;
+        let end = scanned.end as u64;
         Ok(Segment { seq, file, write_end: end, durable_end: end })
     }
 
     /// Applies one replayed record to the index: the rule of [`Log::append`], plus a record
     /// that leaves a gap starts the index afresh (the log was reset by a snapshot).
     fn replay_record(&mut self, index: u64, term: u64, segment_seq: u64, offset: u64) {
-        let location = Location { term, segment_seq, offset };
-        if self.locations.is_empty() || index < self.first_index || index > self.last_index() + 1 {
-            self.locations.clear();
-            self.first_index = index;
-        } else {
-            self.locations.truncate((index - self.first_index) as usize);
-        }
-        self.locations.push_back(location);
+        replay(&mut self.first_index, &mut self.locations, index, Location { term, segment_seq, offset });
     }
 
     fn create_segment(&self, seq: u64) -> Result<Segment, StoreError> {
@@ -420,20 +371,231 @@ impl Log {
     /// Drops replayed entries up to `index` from the index only (used at open for the entries
     /// a snapshot covers), and sets where the log continues if none are left.
     pub(crate) fn forget_through(&mut self, index: u64) {
-        if self.locations.is_empty() || index >= self.last_index() {
-            self.locations.clear();
-            self.first_index = self.first_index.max(index + 1);
-            return;
-        }
-        if index >= self.first_index {
-            self.locations.drain(..(index + 1 - self.first_index) as usize);
-            self.first_index = index + 1;
-        }
+        forget_through(&mut self.first_index, &mut self.locations, index);
     }
 
     /// Every mapped file with its unsynced range (for the crash simulation and statistics).
     pub(crate) fn files(&self) -> impl Iterator<Item = &MappedFile> {
         self.segments.iter().map(|s| &s.file)
+    }
+}
+
+/// Where a replayed record goes, the rule of [`Log::append`] (docs/format.md): a record
+/// with index `i` replaces the entry at `i` and drops every entry after it; a record that
+/// leaves a gap starts the index afresh (the log was reset by a snapshot). `items[0]` is
+/// the entry at `*first_index`.
+fn replay<T>(first_index: &mut u64, items: &mut VecDeque<T>, index: u64, item: T) {
+    let next_index = *first_index + items.len() as u64;
+    if items.is_empty() || index < *first_index || index > next_index {
+        items.clear();
+        *first_index = index;
+    } else {
+        items.truncate((index - *first_index) as usize);
+    }
+    items.push_back(item);
+}
+
+/// Drops the entries up to `index` (covered by a snapshot) from an index of replayed
+/// records, and sets where the log continues if none are left.
+fn forget_through<T>(first_index: &mut u64, items: &mut VecDeque<T>, index: u64) {
+    let next_index = *first_index + items.len() as u64;
+    if items.is_empty() || index + 1 >= next_index {
+        items.clear();
+        *first_index = (*first_index).max(index + 1);
+        return;
+    }
+    if index >= *first_index {
+        items.drain(..(index + 1 - *first_index) as usize);
+        *first_index = index + 1;
+    }
+}
+
+/// One record found by [`scan_segment`].
+struct ScannedRecord {
+    index: u64,
+    term: u64,
+    offset: usize,
+}
+
+/// A torn tail found by [`scan_segment`]: bad bytes no completed sync covered.
+struct TornTail {
+    offset: usize,
+    reason: &'static str,
+    /// The end of the non-zero bytes from `offset` (what a repair zeroes).
+    dirty_end: usize,
+}
+
+impl TornTail {
+    fn warning(&self, path: &Path, repair: &str) -> String {
+        format!("{}: torn tail at offset {} ({}), {repair}", path.display(), self.offset, self.reason)
+    }
+}
+
+/// What a segment file's bytes hold.
+struct ScannedSegment {
+    records: Vec<ScannedRecord>,
+    /// Where the records end.
+    end: usize,
+    torn: Option<TornTail>,
+}
+
+/// Reads a segment's bytes by the recovery rules of `docs/format.md`: its records, and
+/// a torn tail if the last segment has one; damage that is not a torn tail is
+/// `Corrupt`. Pure: the caller repairs (or, read-only, reports) the tail.
+fn scan_segment(path: &Path, bytes: &[u8], seq: u64, is_last: bool) -> Result<ScannedSegment, StoreError> {
+    super::data_dir::refuse_legacy_json(path, bytes)?;
+    if bytes.len() as u64 % SEGMENT_LENGTH_MULTIPLE_BYTES != 0 {
+        return Err(StoreError::corrupt(
+            path,
+            bytes.len() as u64,
+            "file length is not a multiple of 4096: truncated",
+        ));
+    }
+    match decode_segment_header(bytes) {
+        Ok(found) if found == seq => {}
+        Ok(_) => return Err(StoreError::corrupt(path, 16, "segment number does not match the file name")),
+        Err(reason) => return Err(StoreError::corrupt(path, 0, reason)),
+    }
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    let bad = loop {
+        match decode_record(&bytes[offset..]) {
+            Ok(record) => {
+                if record.durable_end > offset as u64 {
+                    break Some((offset, "record claims durability beyond itself"));
+                }
+                records.push(ScannedRecord { index: record.index, term: record.term, offset });
+                offset += record.encoded_len;
+            }
+            Err(RecordError::Zeros) if bytes[offset..].iter().all(|&b| b == 0) => break None,
+            Err(RecordError::Zeros) => break Some((offset, "zeros followed by non-zero bytes")),
+            Err(RecordError::Invalid(reason)) => break Some((offset, reason)),
+        }
+    };
+    let Some((bad_offset, reason)) = bad else {
+        return Ok(ScannedSegment { records, end: offset, torn: None });
+    };
+    if !is_last {
+        // Segments before the last were synced whole before the next was created.
+        return Err(StoreError::corrupt(path, bad_offset as u64, reason));
+    }
+    if let Some(proof) = durable_record_after(bytes, bad_offset) {
+        let reason = format!("{reason}; the record at offset {proof} shows these bytes were synced");
+        return Err(StoreError::corrupt(path, bad_offset as u64, reason));
+    }
+    let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(bad_offset, |p| p + 1);
+    Ok(ScannedSegment {
+        records,
+        end: bad_offset,
+        torn: Some(TornTail { offset: bad_offset, reason, dirty_end }),
+    })
+}
+
+/// The log of a data directory read into memory without changing anything
+/// (`Store::read_only`): the same replay as [`Log::open`], with what an open would
+/// repair or remove reported as warnings.
+pub(crate) struct ReadOnlyLog {
+    /// Each live segment's path and bytes.
+    segments: Vec<(PathBuf, Vec<u8>)>,
+    first_index: u64,
+    /// Per entry: its term, segment (position in `segments`) and offset.
+    locations: VecDeque<(u64, usize, usize)>,
+    /// The last segment and where its records end.
+    tail: Option<(PathBuf, u64)>,
+}
+
+impl ReadOnlyLog {
+    /// Reads the segments of `dir` from `first_segment_seq` on.
+    pub(crate) fn read(
+        dir: &Path,
+        first_segment_seq: u64,
+        warnings: &mut Vec<String>,
+    ) -> Result<ReadOnlyLog, StoreError> {
+        let mut seqs = Vec::new();
+        for item in fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
+            let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
+            let name = item.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if let Some(seq) = parse_segment_name(name) {
+                seqs.push(seq);
+            } else if name.strip_suffix(".tmp").and_then(parse_segment_name).is_some() {
+                warnings.push(format!(
+                    "unfinished segment {} (removed at the next start)",
+                    item.path().display()
+                ));
+            }
+        }
+        seqs.sort_unstable();
+        let mut log =
+            ReadOnlyLog { segments: Vec::new(), first_index: 1, locations: VecDeque::new(), tail: None };
+        let live: Vec<u64> = seqs.iter().copied().filter(|&seq| seq >= first_segment_seq).collect();
+        for &seq in seqs.iter().filter(|&&seq| seq < first_segment_seq) {
+            let path = dir.join(segment_name(seq));
+            warnings.push(format!(
+                "segment {} left before the snapshot's log (removed at the next start)",
+                path.display()
+            ));
+        }
+        for (position, &seq) in live.iter().enumerate() {
+            let path = dir.join(segment_name(seq));
+            let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, "read", e))?;
+            let scanned = scan_segment(&path, &bytes, seq, position + 1 == live.len())?;
+            for record in &scanned.records {
+                let location = (record.term, log.segments.len(), record.offset);
+                replay(&mut log.first_index, &mut log.locations, record.index, location);
+            }
+            if let Some(torn) = &scanned.torn {
+                warnings.push(torn.warning(&path, "cut back to the last whole record at the next start"));
+            }
+            log.tail = Some((path.clone(), scanned.end as u64));
+            log.segments.push((path, bytes));
+        }
+        Ok(log)
+    }
+
+    /// The first index held, or `last_index() + 1` if none.
+    pub(crate) fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// The last index held, or `first_index() - 1` if none.
+    pub(crate) fn last_index(&self) -> u64 {
+        self.first_index + self.locations.len() as u64 - 1
+    }
+
+    /// The term of the entry at `index`, if held.
+    pub(crate) fn term(&self, index: u64) -> Option<u64> {
+        let position = index.checked_sub(self.first_index)?;
+        self.locations.get(position as usize).map(|l| l.0)
+    }
+
+    /// The last segment and where its records end, as [`Log::tail`].
+    pub(crate) fn tail(&self, dir: &Path) -> (PathBuf, u64) {
+        self.tail.clone().unwrap_or_else(|| (dir.to_path_buf(), 0))
+    }
+
+    /// As [`Log::forget_through`].
+    pub(crate) fn forget_through(&mut self, index: u64) {
+        forget_through(&mut self.first_index, &mut self.locations, index);
+    }
+
+    /// Every entry held, in order.
+    pub(crate) fn entries(&self) -> Vec<Entry> {
+        let mut index = self.first_index;
+        self.locations
+            .iter()
+            .map(|&(_, segment, offset)| {
+                let record = decode_record(&self.segments[segment].1[offset..]).expect("scanned before");
+                let entry = Entry {
+                    term: record.term,
+                    index,
+                    kind: record.kind,
+                    data: Bytes::copy_from_slice(record.payload),
+                };
+                index += 1;
+                entry
+            })
+            .collect()
     }
 }
 

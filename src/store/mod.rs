@@ -106,32 +106,11 @@ impl Store {
         let first_segment_seq = snapshot.as_ref().map_or(0, |s| s.first_segment_seq);
         let mut log = Log::open(dir, first_segment_seq, log_options, &mut warnings)?;
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
-        if let Some(snapshot) = &snapshot {
-            if let Some(term) = log.term(snapshot.meta.index) {
-                if term != snapshot.meta.term {
-                    let reason = format!(
-                        "log has term {term} at {}, the snapshot says {}",
-                        snapshot.meta.index, snapshot.meta.term
-                    );
-                    return Err(StoreError::corrupt(dir, 0, reason));
-                }
-            }
-        }
+        let meta = snapshot.as_ref().map(|s| &s.meta);
         let commit = hard_state.get().commit;
-        if commit > log.last_index().max(snapshot_index) {
-            // The hard state is synced after the log, so a durable commit index proves the
-            // entries up to it were durable: the missing ones were lost after the fact.
-            let (path, offset) = log.tail();
-            let reason =
-                format!("the hard state commits index {commit} but the log ends at {}", log.last_index());
-            return Err(StoreError::corrupt(path, offset, reason));
-        }
+        check_log(dir, meta, commit, log.term(snapshot_index), log.last_index(), log.tail())?;
         log.forget_through(snapshot_index);
-        if log.first_index() != snapshot_index + 1 {
-            let reason =
-                format!("log starts at {} but the snapshot ends at {snapshot_index}", log.first_index());
-            return Err(StoreError::corrupt(dir, 0, reason));
-        }
+        check_log_start(dir, log.first_index(), snapshot_index)?;
         let entries = log.entries(log.first_index(), log.last_index() + 1)?;
         let newest_term =
             entries.last().map(|e| e.term).max(snapshot.as_ref().map(|s| s.meta.term)).unwrap_or(0);
@@ -156,6 +135,49 @@ impl Store {
             warnings,
         };
         Ok((Store { data_dir, log, hard_state, snapshot_index }, recovered))
+    }
+
+    /// What [`Store::open`] would recover from `dir`, read without changing anything
+    /// (`mmapd-admin inspect`): the same checks, with what an open would repair or remove
+    /// (a torn tail, leftovers, a hard-state term behind the log) in the warnings, and the
+    /// hard state as the open would raise it. Takes a shared lock: fails with
+    /// [`StoreError::Locked`] while a node runs on `dir`, and keeps one from starting.
+    /// Reads the log into memory.
+    pub fn read_only(dir: &Path) -> Result<(DataDir, Recovered), StoreError> {
+        let data_dir = DataDir::open_shared(dir)?;
+        let mut warnings = Vec::new();
+        refuse_legacy_files(dir, &mut warnings)?;
+        let snapshot = snapshot::read_only(dir, &mut warnings)?;
+        let mut hard_state = hard_state::read_only(dir, &mut warnings)?;
+        let first_segment_seq = snapshot.as_ref().map_or(0, |s| s.first_segment_seq);
+        let mut log = log::ReadOnlyLog::read(dir, first_segment_seq, &mut warnings)?;
+        let snapshot_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let meta = snapshot.as_ref().map(|s| &s.meta);
+        let (tail, tail_offset) = log.tail(dir);
+        check_log(
+            dir,
+            meta,
+            hard_state.commit,
+            log.term(snapshot_index),
+            log.last_index(),
+            (&tail, tail_offset),
+        )?;
+        log.forget_through(snapshot_index);
+        check_log_start(dir, log.first_index(), snapshot_index)?;
+        let entries = log.entries();
+        let newest_term = entries.last().map(|e| e.term).max(meta.map(|m| m.term)).unwrap_or(0);
+        if newest_term > hard_state.term {
+            warnings.push(format!(
+                "{}: the log holds term {newest_term} but the hard state only term {}: raised to \
+                 term {newest_term} with no vote at the next start",
+                dir.display(),
+                hard_state.term
+            ));
+            hard_state = HardState { term: newest_term, vote: None, commit: hard_state.commit };
+        }
+        let recovered =
+            Recovered { hard_state, snapshot: snapshot.map(|s| (s.meta, s.data)), entries, warnings };
+        Ok((data_dir, recovered))
     }
 
     /// The locked data directory (identity lives there).
@@ -314,6 +336,32 @@ impl Store {
             self.snapshot_index = meta.index;
             return self.log.compact(meta.index);
         }
+        self.reset_log_to_snapshot(meta, data)
+    }
+
+    /// Makes `meta` this store's snapshot and empties the log, whatever it held: the log
+    /// continues at `meta.index + 1`. For a data directory made into a new cluster
+    /// offline (`mmapd-admin restore` and `force-new-cluster`), never on a running node:
+    /// it drops entries after the snapshot. Crash-safe as [`Store::install_snapshot`]:
+    /// the old snapshot and log, or the new snapshot and an empty log.
+    ///
+    /// A term the durable hard state has not reached is made durable first. Panics if
+    /// `meta.index` is older than the current snapshot.
+    pub fn reset_to_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+        assert!(
+            meta.index >= self.snapshot_index,
+            "resetting to a snapshot at {} older than {}",
+            meta.index,
+            self.snapshot_index
+        );
+        self.hard_state.make_term_durable(meta.term)?;
+        self.reset_log_to_snapshot(meta, data)
+    }
+
+    /// A new segment first, then the snapshot naming it as the log's first, then the
+    /// older segments go: recovery ignores segments before a snapshot's first segment.
+    fn reset_log_to_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+        let dir = self.data_dir.path().to_path_buf();
         let seq = self.log.begin_reset()?;
         snapshot::save(&dir, meta, seq, data)?;
         self.snapshot_index = meta.index;
@@ -340,6 +388,43 @@ impl Store {
             .filter_map(|f| f.unsynced_range().map(|r| (f.path().to_path_buf(), r)))
             .collect()
     }
+}
+
+/// Recovery rules 5 and 6 (`docs/format.md`) on the replayed log, before the entries the
+/// snapshot covers are dropped: the log agrees with the snapshot at its index, and holds
+/// every entry the durable commit index covers.
+fn check_log(
+    dir: &Path,
+    snapshot: Option<&SnapshotMeta>,
+    commit: u64,
+    term_at_snapshot: Option<u64>,
+    last_index: u64,
+    (tail, tail_offset): (&Path, u64),
+) -> Result<(), StoreError> {
+    if let (Some(snapshot), Some(term)) = (snapshot, term_at_snapshot) {
+        if term != snapshot.term {
+            let reason =
+                format!("log has term {term} at {}, the snapshot says {}", snapshot.index, snapshot.term);
+            return Err(StoreError::corrupt(dir, 0, reason));
+        }
+    }
+    let snapshot_index = snapshot.map_or(0, |s| s.index);
+    if commit > last_index.max(snapshot_index) {
+        // The hard state is synced after the log, so a durable commit index proves the
+        // entries up to it were durable: the missing ones were lost after the fact.
+        let reason = format!("the hard state commits index {commit} but the log ends at {last_index}");
+        return Err(StoreError::corrupt(tail, tail_offset, reason));
+    }
+    Ok(())
+}
+
+/// Once the entries a snapshot covers are dropped, the log starts right after it.
+fn check_log_start(dir: &Path, first_index: u64, snapshot_index: u64) -> Result<(), StoreError> {
+    if first_index != snapshot_index + 1 {
+        let reason = format!("log starts at {first_index} but the snapshot ends at {snapshot_index}");
+        return Err(StoreError::corrupt(dir, 0, reason));
+    }
+    Ok(())
 }
 
 /// Refuses a data directory that holds the original's JSON files (`db.json`, the `-log`

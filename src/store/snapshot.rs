@@ -296,17 +296,49 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 /// Loads the newest snapshot, verifying its checksums; removes a leftover temp file and
 /// snapshots older than the newest (a crash between rename and cleanup leaves them).
 pub(crate) fn load(dir: &Path, warnings: &mut Vec<String>) -> Result<Option<LoadedSnapshot>, StoreError> {
-    for item in fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
-        let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
-        if !item.file_name().to_str().is_some_and(is_temp_name) {
-            continue;
-        }
-        let temp = item.path();
+    for temp in temp_files(dir)? {
         let warning = format!("removed unfinished snapshot {}", temp.display());
         tracing::warn!("{warning}");
         warnings.push(warning);
         fs::remove_file(&temp).map_err(|e| StoreError::io(&temp, "remove", e))?;
     }
+    let loaded = read_newest(dir)?;
+    if let Some(loaded) = &loaded {
+        remove_older_than(dir, loaded.meta.index)?;
+    }
+    Ok(loaded)
+}
+
+/// What [`load`] would load, changing nothing: leftovers are only reported.
+pub(crate) fn read_only(
+    dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<LoadedSnapshot>, StoreError> {
+    for temp in temp_files(dir)? {
+        warnings.push(format!("unfinished snapshot {} (removed at the next start)", temp.display()));
+    }
+    let loaded = read_newest(dir)?;
+    for (index, path) in list(dir)? {
+        if loaded.as_ref().is_some_and(|l| l.meta.index != index) {
+            warnings.push(format!("older snapshot {} (removed at the next start)", path.display()));
+        }
+    }
+    Ok(loaded)
+}
+
+fn temp_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut found = Vec::new();
+    for item in fs::read_dir(dir).map_err(|e| StoreError::io(dir, "read directory", e))? {
+        let item = item.map_err(|e| StoreError::io(dir, "read directory", e))?;
+        if item.file_name().to_str().is_some_and(is_temp_name) {
+            found.push(item.path());
+        }
+    }
+    Ok(found)
+}
+
+/// The newest snapshot file, read whole and verified.
+fn read_newest(dir: &Path) -> Result<Option<LoadedSnapshot>, StoreError> {
     let Some((index, path)) = list(dir)?.pop() else {
         return Ok(None);
     };
@@ -317,9 +349,7 @@ pub(crate) fn load(dir: &Path, warnings: &mut Vec<String>) -> Result<Option<Load
         return Err(StoreError::corrupt(&path, INDEX_OFFSET as u64, "index does not match the file name"));
     }
     let (meta, first_segment_seq, data_offset) = (view.meta, view.first_segment_seq, view.data_offset);
-    let loaded = LoadedSnapshot { meta, first_segment_seq, data: Bytes::from(bytes).slice(data_offset..) };
-    remove_older_than(dir, index)?;
-    Ok(Some(loaded))
+    Ok(Some(LoadedSnapshot { meta, first_segment_seq, data: Bytes::from(bytes).slice(data_offset..) }))
 }
 
 #[cfg(test)]

@@ -33,8 +33,58 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
 /// Encoded size of the records `entry` makes for indexes 1..=9 (17-byte payloads).
 const RECORD: usize = 64;
 
+/// Reopens the store, after checking that `Store::read_only` sees what the open then
+/// recovers, changing nothing.
 fn reopen(dir: &Path) -> Recovered {
-    Store::open(dir, small()).unwrap().1
+    let read_only = read_only_unchanged(dir);
+    let opened = Store::open(dir, small());
+    assert_read_only_agrees(&read_only, &opened);
+    opened.unwrap().1
+}
+
+/// Every file of `dir` and its bytes.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+/// `Store::read_only` on `dir` (given a `LOCK` file if the test's directory has none),
+/// checking that it changed no file.
+fn read_only_unchanged(dir: &Path) -> Result<Recovered, StoreError> {
+    if !dir.join(data_dir::LOCK_FILE_NAME).exists() {
+        fs::write(dir.join(data_dir::LOCK_FILE_NAME), b"").unwrap();
+    }
+    let before = files(dir);
+    let read_only = Store::read_only(dir).map(|(_, recovered)| recovered);
+    assert!(files(dir) == before, "Store::read_only changed files in {}", dir.display());
+    read_only
+}
+
+/// What `Store::read_only` saw is what `Store::open` then recovered, or failed with.
+fn assert_read_only_agrees(
+    read_only: &Result<Recovered, StoreError>,
+    opened: &Result<(Store, Recovered), StoreError>,
+) {
+    match (read_only, opened) {
+        (Ok(seen), Ok((_, recovered))) => {
+            assert_eq!(seen.entries, recovered.entries, "read_only saw other entries");
+            assert_eq!(seen.hard_state, recovered.hard_state, "read_only saw another hard state");
+            assert_eq!(seen.snapshot, recovered.snapshot, "read_only saw another snapshot");
+            assert_eq!(
+                seen.warnings.len(),
+                recovered.warnings.len(),
+                "{:?} / {:?}",
+                seen.warnings,
+                recovered.warnings
+            );
+        }
+        (Err(seen), Err(error)) => assert_eq!(seen.to_string(), error.to_string()),
+        (seen, opened) => panic!("read_only: {:?}, open: {:?}", seen.as_ref().err(), opened.as_ref().err()),
+    }
 }
 
 /// Starts node 1 of `voters` from what the store recovered, as the daemon does.
@@ -375,6 +425,21 @@ fn second_store_on_a_directory_is_refused() {
 }
 
 #[test]
+fn read_only_is_refused_while_a_store_is_open_and_keeps_one_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), small()).unwrap();
+    assert!(matches!(Store::read_only(dir.path()), Err(StoreError::Locked { .. })));
+    drop(first);
+    let (data_dir, _) = Store::read_only(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path(), small()), Err(StoreError::Locked { .. })));
+    let second_reader = Store::read_only(dir.path());
+    assert!(second_reader.is_ok(), "readers share the lock: {:?}", second_reader.err());
+    drop(data_dir);
+    let never_opened = tempfile::tempdir().unwrap();
+    assert!(Store::read_only(never_opened.path()).is_err(), "a directory without LOCK");
+}
+
+#[test]
 fn legacy_json_in_the_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("raft.log"), b"\n  [{\"term\": 1}]").unwrap();
@@ -438,7 +503,10 @@ fn written_log(dir: &Path, batches: u64) -> Vec<Entry> {
 /// Opening must fail naming `segment`, or recover a prefix of `written` (with a warning if
 /// anything was cut). It must never panic or return other data.
 fn check_open(dir: &Path, segment: &Path, written: &[Entry]) -> Result<usize, u64> {
-    match Store::open(dir, small()) {
+    let read_only = read_only_unchanged(dir);
+    let opened = Store::open(dir, small());
+    assert_read_only_agrees(&read_only, &opened);
+    match opened {
         Ok((_, recovered)) => {
             let n = recovered.entries.len();
             assert_eq!(recovered.entries[..], written[..n], "recovered entries are not a prefix of the log");
@@ -607,7 +675,10 @@ proptest! {
                 }
                 Op::Reopen => {
                     drop(store);
-                    let (reopened, recovered) = Store::open(dir.path(), small()).unwrap();
+                    let read_only = read_only_unchanged(dir.path());
+                    let opened = Store::open(dir.path(), small());
+                    assert_read_only_agrees(&read_only, &opened);
+                    let (reopened, recovered) = opened.unwrap();
                     store = reopened;
                     prop_assert_eq!(&recovered.entries, &model);
                     prop_assert!(recovered.warnings.is_empty(), "{:?}", recovered.warnings);

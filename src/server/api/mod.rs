@@ -358,7 +358,7 @@ impl Api {
     }
 
     /// Waits for a linearizable read point, unless `consistency=stale` was asked.
-    async fn read_barrier(&self, query: &str) -> Result<(), ApiError> {
+    pub(crate) async fn read_barrier(&self, query: &str) -> Result<(), ApiError> {
         match query_field(query, "consistency")?.as_deref() {
             Some(b"stale") => return Ok(()),
             None | Some(b"linearizable") => {}

@@ -381,6 +381,37 @@ fn member_change_of(change: &ConfChange) -> Option<MemberChange> {
     }
 }
 
+/// Applies one committed entry to the state machine, as every node does, in log order:
+/// a command, the cluster record's side of a configuration change, or a no-op (`None`:
+/// nobody waits for one). Also what `recovery` replays offline.
+pub fn apply_entry(kv: &mut StateMachine, entry: &Entry) -> Option<Result<Outcome, NodeError>> {
+    Some(match entry.kind {
+        EntryKind::Normal => match Command::decode_shared(&entry.data) {
+            Ok(command) => Ok(kv.apply(entry.index, &command)),
+            Err(error) => {
+                // Commands are validated before proposing; every node skips
+                // the same entry the same way, so the replicas stay identical.
+                kv.advance_applied(entry.index);
+                Err(NodeError::Invalid(format!("committed entry does not decode: {error}")))
+            }
+        },
+        EntryKind::Config => match ConfChange::decode(&entry.data).ok().as_ref().and_then(member_change_of) {
+            // Every node refuses the same change the same way: the records stay identical.
+            Some(change) => {
+                Ok(Outcome::Cluster { applied: kv.apply_member_change(entry.index, &change).is_ok() })
+            }
+            None => {
+                kv.advance_applied(entry.index);
+                Ok(Outcome::Cluster { applied: false })
+            }
+        },
+        EntryKind::Noop => {
+            kv.advance_applied(entry.index);
+            return None;
+        }
+    })
+}
+
 /// A received snapshot's state machine, decoded from `data`.
 struct DecodedSnapshot {
     index: u64,
@@ -1102,33 +1133,7 @@ impl DriverCore {
                     self.raft.term()
                 );
                 self.applied_bytes_since_snapshot += entry.data.len() as u64;
-                let outcome = match entry.kind {
-                    EntryKind::Normal => match Command::decode_shared(&entry.data) {
-                        Ok(command) => Ok(kv.apply(entry.index, &command)),
-                        Err(error) => {
-                            // Commands are validated before proposing; every node skips
-                            // the same entry the same way, so the replicas stay identical.
-                            kv.advance_applied(entry.index);
-                            Err(NodeError::Invalid(format!("committed entry does not decode: {error}")))
-                        }
-                    },
-                    EntryKind::Config => {
-                        match ConfChange::decode(&entry.data).ok().as_ref().and_then(member_change_of) {
-                            // Every node refuses the same change the same way: the records stay identical.
-                            Some(change) => Ok(Outcome::Cluster {
-                                applied: kv.apply_member_change(entry.index, &change).is_ok(),
-                            }),
-                            None => {
-                                kv.advance_applied(entry.index);
-                                Ok(Outcome::Cluster { applied: false })
-                            }
-                        }
-                    }
-                    EntryKind::Noop => {
-                        kv.advance_applied(entry.index);
-                        continue;
-                    }
-                };
+                let Some(outcome) = apply_entry(&mut kv, entry) else { continue };
                 if matches!(outcome, Ok(Outcome::Cluster { applied: true })) {
                     self.members_changed = true;
                 }

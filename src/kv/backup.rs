@@ -1,0 +1,700 @@
+//! The backup file of `mmapd-admin backup`: the key-value state at one revision, in
+//! checksummed chunks, so that it is written and checked as a stream in bounded memory
+//! and a damaged file is refused naming the byte offset. The layout is in
+//! `docs/format.md`, "Backup files".
+//!
+//! - [`encode_backup`] serialises a frozen copy of the state machine, handing out the
+//!   header, each chunk (about [`CHUNK_TARGET_BYTES`]) and the trailer as they are done;
+//! - [`BackupDecoder`] checks the same bytes in pieces of any size (pure: no IO), handing
+//!   out each record once its chunk's checksum holds; nothing it hands out may be used
+//!   before [`BackupDecoder::finish`] succeeds (the trailer's file checksum and counts);
+//! - [`verify_backup`] and [`load_backup`] read a file through it.
+
+use std::io::Read;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use imbl::OrdMap;
+
+use super::cluster::Cluster;
+use super::state_machine::{StateMachine, Value};
+
+/// First bytes of a backup file.
+pub const BACKUP_MAGIC: [u8; 8] = *b"MMAPDBAK";
+/// The backup format version written, and the only one read.
+pub const BACKUP_VERSION: u32 = 1;
+/// The file header.
+pub const BACKUP_HEADER_BYTES: usize = 64;
+/// The header of each chunk; its records follow.
+pub const CHUNK_HEADER_BYTES: usize = 24;
+/// The trailer, which ends the file.
+pub const TRAILER_BYTES: usize = 32;
+/// A chunk is closed once its records reach this size (a larger record gets a chunk of
+/// its own): what the writer and a reader hold in memory at a time.
+pub const CHUNK_TARGET_BYTES: usize = 1 << 20;
+/// The most record bytes a chunk may hold: one record of the largest log entry
+/// (`store::record::MAX_PAYLOAD_BYTES`, 64 MiB) fits. Bounds what a reader buffers.
+pub const MAX_CHUNK_DATA_BYTES: usize = 128 << 20;
+/// The smallest record: u32 key length, u64 version, u32 value length.
+const MIN_RECORD_BYTES: usize = 4 + 8 + 4;
+
+const CHUNK_TAG: [u8; 4] = *b"CHNK";
+const TRAILER_TAG: [u8; 4] = *b"DONE";
+
+// Header fields.
+const VERSION_OFFSET: usize = 8;
+const HEADER_CRC_OFFSET: usize = 12;
+const REVISION_OFFSET: usize = 16;
+const CLUSTER_ID_OFFSET: usize = 24;
+const NODE_ID_OFFSET: usize = 32;
+const KEYS_OFFSET: usize = 40;
+const CREATED_OFFSET: usize = 48;
+const HEADER_RESERVED_OFFSET: usize = 56;
+const _: () = assert!(HEADER_RESERVED_OFFSET + 8 == BACKUP_HEADER_BYTES);
+// Chunk header fields.
+const CHUNK_COUNT_OFFSET: usize = 4;
+const CHUNK_LENGTH_OFFSET: usize = 8;
+const CHUNK_DATA_CRC_OFFSET: usize = 12;
+const CHUNK_RESERVED_OFFSET: usize = 16;
+const CHUNK_HEADER_CRC_OFFSET: usize = 20;
+const _: () = assert!(CHUNK_HEADER_CRC_OFFSET + 4 == CHUNK_HEADER_BYTES);
+// Trailer fields.
+const TRAILER_RESERVED_OFFSET: usize = 4;
+const TRAILER_KEYS_OFFSET: usize = 8;
+const TRAILER_CHUNKS_OFFSET: usize = 16;
+const TRAILER_RESERVED_2_OFFSET: usize = 24;
+const TRAILER_CRC_OFFSET: usize = 28;
+const _: () = assert!(TRAILER_CRC_OFFSET + 4 == TRAILER_BYTES);
+const _: () = assert!(MAX_CHUNK_DATA_BYTES <= u32::MAX as usize && CHUNK_TARGET_BYTES < MAX_CHUNK_DATA_BYTES);
+const _: () = assert!(crate::store::record::MAX_PAYLOAD_BYTES + MIN_RECORD_BYTES <= MAX_CHUNK_DATA_BYTES);
+
+/// What the header of a backup says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupHeader {
+    /// The applied index the state was copied at: every key's version is at most this.
+    pub revision: u64,
+    /// The cluster's id (0 if it had none yet).
+    pub cluster_id: u64,
+    /// The node that served the backup.
+    pub node_id: u64,
+    /// Number of keys.
+    pub keys: u64,
+    /// When the copy was taken, in seconds since the Unix epoch.
+    pub created_unix_seconds: u64,
+}
+
+/// A whole backup, written or checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// The header.
+    pub header: BackupHeader,
+    /// The file's length.
+    pub bytes: u64,
+    /// The file's checksum (CRC-32C of every byte before the trailer's checksum field),
+    /// as the trailer holds it.
+    pub crc32c: u32,
+}
+
+impl std::fmt::Display for BackupSummary {
+    /// `revision 48213, 10000 keys, 1.2 MB, crc32c 9f3a0c1d`: what `mmapd-admin backup`
+    /// and `backup --verify` print after `backup: `.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.header.keys;
+        write!(
+            f,
+            "revision {}, {keys} {}, {}, crc32c {:08x}",
+            self.header.revision,
+            if keys == 1 { "key" } else { "keys" },
+            human_bytes(self.bytes),
+            self.crc32c
+        )
+    }
+}
+
+/// A size in decimal units with one decimal (`734 B`, `1.2 MB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Why bytes are not a valid backup: where, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("at byte offset {offset}: {reason}")]
+pub struct BackupError {
+    /// The offset of the damaged frame or field (for a file that ends too early, its
+    /// length).
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn damaged(offset: u64, reason: impl Into<String>) -> BackupError {
+    BackupError { offset, reason: reason.into() }
+}
+
+/// Reading a backup file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBackupError {
+    /// The bytes are not a valid backup.
+    #[error("damaged backup {0}")]
+    Damaged(#[from] BackupError),
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serialises `machine` as a backup served by `node_id`, handing out the header, each
+/// chunk and the trailer, in order, as they are done; stops at the first error `emit`
+/// returns (a reader that went away). Holds one chunk in memory at a time.
+pub fn encode_backup<E>(
+    machine: &StateMachine,
+    node_id: u64,
+    created_unix_seconds: u64,
+    mut emit: impl FnMut(Bytes) -> Result<(), E>,
+) -> Result<BackupSummary, E> {
+    let header = BackupHeader {
+        revision: machine.applied_index(),
+        cluster_id: machine.cluster().id(),
+        node_id,
+        keys: machine.len() as u64,
+        created_unix_seconds,
+    };
+    let mut crc = 0;
+    let mut bytes = 0u64;
+    let mut out = |piece: Bytes, crc: &mut u32, bytes: &mut u64| {
+        *crc = crc32c::crc32c_append(*crc, &piece);
+        *bytes += piece.len() as u64;
+        emit(piece)
+    };
+    out(Bytes::copy_from_slice(&encode_header(&header)), &mut crc, &mut bytes)?;
+    let mut chunk = ChunkBuilder::new();
+    let mut chunks = 0u64;
+    for (key, value) in machine.iter() {
+        chunk.push(key, value);
+        if chunk.data_len() >= CHUNK_TARGET_BYTES {
+            out(chunk.finish(), &mut crc, &mut bytes)?;
+            chunks += 1;
+            chunk = ChunkBuilder::new();
+        }
+    }
+    if chunk.count > 0 {
+        out(chunk.finish(), &mut crc, &mut bytes)?;
+        chunks += 1;
+    }
+    let mut trailer = [0u8; TRAILER_BYTES];
+    trailer[..4].copy_from_slice(&TRAILER_TAG);
+    trailer[TRAILER_KEYS_OFFSET..TRAILER_CHUNKS_OFFSET].copy_from_slice(&header.keys.to_le_bytes());
+    trailer[TRAILER_CHUNKS_OFFSET..TRAILER_RESERVED_2_OFFSET].copy_from_slice(&chunks.to_le_bytes());
+    let file_crc = crc32c::crc32c_append(crc, &trailer[..TRAILER_CRC_OFFSET]);
+    trailer[TRAILER_CRC_OFFSET..].copy_from_slice(&file_crc.to_le_bytes());
+    out(Bytes::copy_from_slice(&trailer), &mut crc, &mut bytes)?;
+    Ok(BackupSummary { header, bytes, crc32c: file_crc })
+}
+
+fn encode_header(header: &BackupHeader) -> [u8; BACKUP_HEADER_BYTES] {
+    let mut bytes = [0u8; BACKUP_HEADER_BYTES];
+    bytes[..8].copy_from_slice(&BACKUP_MAGIC);
+    bytes[VERSION_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&BACKUP_VERSION.to_le_bytes());
+    bytes[REVISION_OFFSET..CLUSTER_ID_OFFSET].copy_from_slice(&header.revision.to_le_bytes());
+    bytes[CLUSTER_ID_OFFSET..NODE_ID_OFFSET].copy_from_slice(&header.cluster_id.to_le_bytes());
+    bytes[NODE_ID_OFFSET..KEYS_OFFSET].copy_from_slice(&header.node_id.to_le_bytes());
+    bytes[KEYS_OFFSET..CREATED_OFFSET].copy_from_slice(&header.keys.to_le_bytes());
+    bytes[CREATED_OFFSET..HEADER_RESERVED_OFFSET].copy_from_slice(&header.created_unix_seconds.to_le_bytes());
+    let crc = header_crc(&bytes);
+    bytes[HEADER_CRC_OFFSET..REVISION_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn header_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(
+        crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]),
+        &bytes[REVISION_OFFSET..BACKUP_HEADER_BYTES],
+    )
+}
+
+/// One chunk being filled: its header's room first, then the records.
+struct ChunkBuilder {
+    buffer: BytesMut,
+    count: u32,
+}
+
+impl ChunkBuilder {
+    fn new() -> ChunkBuilder {
+        let mut buffer = BytesMut::with_capacity(CHUNK_HEADER_BYTES + CHUNK_TARGET_BYTES + 4096);
+        buffer.put_bytes(0, CHUNK_HEADER_BYTES);
+        ChunkBuilder { buffer, count: 0 }
+    }
+
+    fn data_len(&self) -> usize {
+        self.buffer.len() - CHUNK_HEADER_BYTES
+    }
+
+    fn push(&mut self, key: &[u8], value: &Value) {
+        let record_len = MIN_RECORD_BYTES + key.len() + value.data.len();
+        // Every key and value came from one log entry, at most MAX_PAYLOAD_BYTES.
+        assert!(record_len <= MAX_CHUNK_DATA_BYTES, "kv: a {record_len} byte record cannot be backed up");
+        self.buffer.put_u32_le(key.len() as u32);
+        self.buffer.put_slice(key);
+        self.buffer.put_u64_le(value.version);
+        self.buffer.put_u32_le(value.data.len() as u32);
+        self.buffer.put_slice(&value.data);
+        self.count += 1;
+    }
+
+    fn finish(mut self) -> Bytes {
+        let data_len = self.data_len();
+        assert!(data_len <= MAX_CHUNK_DATA_BYTES);
+        let data_crc = crc32c::crc32c(&self.buffer[CHUNK_HEADER_BYTES..]);
+        let header = &mut self.buffer[..CHUNK_HEADER_BYTES];
+        header[..4].copy_from_slice(&CHUNK_TAG);
+        header[CHUNK_COUNT_OFFSET..CHUNK_LENGTH_OFFSET].copy_from_slice(&self.count.to_le_bytes());
+        header[CHUNK_LENGTH_OFFSET..CHUNK_DATA_CRC_OFFSET].copy_from_slice(&(data_len as u32).to_le_bytes());
+        header[CHUNK_DATA_CRC_OFFSET..CHUNK_RESERVED_OFFSET].copy_from_slice(&data_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&header[..CHUNK_HEADER_CRC_OFFSET]);
+        header[CHUNK_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        self.buffer.freeze()
+    }
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+/// Where a [`BackupDecoder`] hands each record: `(key, version, value)`.
+pub type RecordSink<'a> = dyn FnMut(&[u8], u64, &[u8]) + 'a;
+
+/// Checks a backup given in pieces of any size, as it is read or received. Pure: the
+/// caller does the IO. Holds at most one chunk and the piece last given.
+///
+/// After an error the decoder must not be used again.
+#[derive(Debug, Default)]
+pub struct BackupDecoder {
+    /// Bytes received and not yet consumed: part of one frame.
+    buffer: Vec<u8>,
+    /// The file offset of `buffer[0]`. Invariant: every byte before it was checked.
+    offset: u64,
+    /// CRC-32C of the bytes before `offset`.
+    crc: u32,
+    header: Option<BackupHeader>,
+    /// The last key of the last chunk: keys strictly increase across the file.
+    last_key: Option<Vec<u8>>,
+    keys: u64,
+    chunks: u64,
+    /// Set once the trailer checked out.
+    summary: Option<BackupSummary>,
+}
+
+/// How far the bytes at hand go.
+enum Step {
+    /// The frame is not whole yet.
+    Need,
+    /// A frame of this many bytes was checked and consumed.
+    Consumed(usize),
+}
+
+impl BackupDecoder {
+    /// A decoder at the start of a file.
+    pub fn new() -> BackupDecoder {
+        BackupDecoder::default()
+    }
+
+    /// The header, once read.
+    pub fn header(&self) -> Option<&BackupHeader> {
+        self.header.as_ref()
+    }
+
+    /// Takes the next `bytes` of the file. Calls `record(key, version, value)` for every
+    /// record of each chunk whose checksums hold, in file order; whether the file as a
+    /// whole is valid is only known at [`BackupDecoder::finish`].
+    pub fn feed(&mut self, bytes: &[u8], record: &mut RecordSink<'_>) -> Result<(), BackupError> {
+        if self.summary.is_some() {
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            return Err(damaged(self.offset, "bytes after the trailer"));
+        }
+        // Taken out while its frames are checked, which needs `self` mutable.
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.extend_from_slice(bytes);
+        let mut consumed = 0;
+        let result = loop {
+            let at = self.offset + consumed as u64;
+            if self.summary.is_some() {
+                if consumed < buffer.len() {
+                    break Err(damaged(at, "bytes after the trailer"));
+                }
+                break Ok(());
+            }
+            match self.step(&buffer[consumed..], at, record) {
+                Ok(Step::Consumed(len)) => {
+                    self.crc = crc32c::crc32c_append(self.crc, &buffer[consumed..consumed + len]);
+                    consumed += len;
+                }
+                Ok(Step::Need) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        buffer.drain(..consumed);
+        self.buffer = buffer;
+        self.offset += consumed as u64;
+        result
+    }
+
+    /// The trailer's summary if the file ended right after it, else where it ends early.
+    pub fn finish(&self) -> Result<BackupSummary, BackupError> {
+        if let Some(summary) = self.summary {
+            return Ok(summary);
+        }
+        let end = self.offset + self.buffer.len() as u64;
+        let inside = match self.header {
+            None => "the header".to_owned(),
+            Some(_) => format!("the frame that starts at byte offset {}", self.offset),
+        };
+        Err(damaged(end, format!("the file ends inside {inside} (truncated)")))
+    }
+
+    /// Checks the frame at the start of `bytes` (file offset `at`) if it is whole.
+    fn step(&mut self, bytes: &[u8], at: u64, record: &mut RecordSink<'_>) -> Result<Step, BackupError> {
+        let Some(header) = self.header else {
+            if bytes.len() < BACKUP_HEADER_BYTES {
+                return Ok(Step::Need);
+            }
+            self.header = Some(decode_header(&bytes[..BACKUP_HEADER_BYTES])?);
+            return Ok(Step::Consumed(BACKUP_HEADER_BYTES));
+        };
+        if bytes.len() < 4 {
+            return Ok(Step::Need);
+        }
+        match bytes[..4].try_into().expect("4 bytes") {
+            CHUNK_TAG => self.chunk(&header, bytes, at, record),
+            TRAILER_TAG => self.trailer(&header, bytes, at),
+            _ => Err(damaged(at, "not a chunk or the trailer (unknown frame tag)")),
+        }
+    }
+
+    fn chunk(
+        &mut self,
+        header: &BackupHeader,
+        bytes: &[u8],
+        at: u64,
+        record: &mut RecordSink<'_>,
+    ) -> Result<Step, BackupError> {
+        if bytes.len() < CHUNK_HEADER_BYTES {
+            return Ok(Step::Need);
+        }
+        let frame = &bytes[..CHUNK_HEADER_BYTES];
+        if u32_at(frame, CHUNK_HEADER_CRC_OFFSET) != crc32c::crc32c(&frame[..CHUNK_HEADER_CRC_OFFSET]) {
+            return Err(damaged(at, "chunk header checksum mismatch"));
+        }
+        if u32_at(frame, CHUNK_RESERVED_OFFSET) != 0 {
+            return Err(damaged(at + CHUNK_RESERVED_OFFSET as u64, "reserved chunk field is not 0"));
+        }
+        let count = u32_at(frame, CHUNK_COUNT_OFFSET) as usize;
+        let length = u32_at(frame, CHUNK_LENGTH_OFFSET) as usize;
+        if length > MAX_CHUNK_DATA_BYTES {
+            return Err(damaged(at + CHUNK_LENGTH_OFFSET as u64, "chunk longer than the format allows"));
+        }
+        if count == 0 || count > length / MIN_RECORD_BYTES {
+            return Err(damaged(at + CHUNK_COUNT_OFFSET as u64, "record count does not fit the chunk"));
+        }
+        if count as u64 > header.keys - self.keys {
+            return Err(damaged(at + CHUNK_COUNT_OFFSET as u64, "more records than the header's key count"));
+        }
+        if bytes.len() < CHUNK_HEADER_BYTES + length {
+            return Ok(Step::Need);
+        }
+        let data = &bytes[CHUNK_HEADER_BYTES..CHUNK_HEADER_BYTES + length];
+        let data_at = at + CHUNK_HEADER_BYTES as u64;
+        if u32_at(frame, CHUNK_DATA_CRC_OFFSET) != crc32c::crc32c(data) {
+            return Err(damaged(data_at, "chunk data checksum mismatch"));
+        }
+        let mut position = 0;
+        let mut previous: Option<&[u8]> = self.last_key.as_deref();
+        let truncated = |position: usize| damaged(data_at + position as u64, "record runs past its chunk");
+        for _ in 0..count {
+            let record_at = position;
+            let key = take_bytes(data, &mut position).ok_or_else(|| truncated(record_at))?;
+            if previous.is_some_and(|previous| previous >= key) {
+                return Err(damaged(data_at + record_at as u64, "keys not in strictly increasing order"));
+            }
+            previous = Some(key);
+            let version_at = position;
+            let version = data
+                .get(position..position + 8)
+                .map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes")))
+                .ok_or_else(|| truncated(record_at))?;
+            position += 8;
+            if version == 0 || version > header.revision {
+                return Err(damaged(
+                    data_at + version_at as u64,
+                    format!("version {version} outside 1..={} (the revision)", header.revision),
+                ));
+            }
+            let value = take_bytes(data, &mut position).ok_or_else(|| truncated(record_at))?;
+            record(key, version, value);
+        }
+        if position != length {
+            return Err(damaged(data_at + position as u64, "bytes after the chunk's last record"));
+        }
+        self.last_key = previous.map(<[u8]>::to_vec);
+        self.keys += count as u64;
+        self.chunks += 1;
+        Ok(Step::Consumed(CHUNK_HEADER_BYTES + length))
+    }
+
+    fn trailer(&mut self, header: &BackupHeader, bytes: &[u8], at: u64) -> Result<Step, BackupError> {
+        if bytes.len() < TRAILER_BYTES {
+            return Ok(Step::Need);
+        }
+        let trailer = &bytes[..TRAILER_BYTES];
+        if u32_at(trailer, TRAILER_RESERVED_OFFSET) != 0 || u32_at(trailer, TRAILER_RESERVED_2_OFFSET) != 0 {
+            return Err(damaged(at, "reserved trailer field is not 0"));
+        }
+        let (keys, chunks) = (u64_at(trailer, TRAILER_KEYS_OFFSET), u64_at(trailer, TRAILER_CHUNKS_OFFSET));
+        if keys != self.keys || keys != header.keys {
+            return Err(damaged(
+                at + TRAILER_KEYS_OFFSET as u64,
+                format!(
+                    "the file holds {} keys, its header says {}, its trailer {keys}",
+                    self.keys, header.keys
+                ),
+            ));
+        }
+        if chunks != self.chunks {
+            return Err(damaged(
+                at + TRAILER_CHUNKS_OFFSET as u64,
+                format!("the file holds {} chunks, its trailer says {chunks}", self.chunks),
+            ));
+        }
+        // Last: every byte before the trailer is covered by its frame's own checksum, so
+        // once the fields above hold, a mismatch is damage to this field itself.
+        let file_crc = crc32c::crc32c_append(self.crc, &trailer[..TRAILER_CRC_OFFSET]);
+        if u32_at(trailer, TRAILER_CRC_OFFSET) != file_crc {
+            return Err(damaged(at + TRAILER_CRC_OFFSET as u64, "file checksum mismatch"));
+        }
+        let bytes = at + TRAILER_BYTES as u64;
+        self.summary = Some(BackupSummary { header: *header, bytes, crc32c: file_crc });
+        Ok(Step::Consumed(TRAILER_BYTES))
+    }
+}
+
+fn take_bytes<'a>(data: &'a [u8], position: &mut usize) -> Option<&'a [u8]> {
+    let len = u32::from_le_bytes(data.get(*position..*position + 4)?.try_into().ok()?) as usize;
+    let start = *position + 4;
+    let bytes = data.get(start..start.checked_add(len)?)?;
+    *position = start + len;
+    Some(bytes)
+}
+
+fn decode_header(bytes: &[u8]) -> Result<BackupHeader, BackupError> {
+    if bytes[..8] != BACKUP_MAGIC {
+        return Err(damaged(0, "not an mmapd backup (bad magic)"));
+    }
+    let version = u32_at(bytes, VERSION_OFFSET);
+    if version != BACKUP_VERSION {
+        return Err(damaged(
+            VERSION_OFFSET as u64,
+            format!("backup format version {version}; this build reads version {BACKUP_VERSION}"),
+        ));
+    }
+    if u32_at(bytes, HEADER_CRC_OFFSET) != header_crc(bytes) {
+        return Err(damaged(HEADER_CRC_OFFSET as u64, "header checksum mismatch"));
+    }
+    if u64_at(bytes, HEADER_RESERVED_OFFSET) != 0 {
+        return Err(damaged(HEADER_RESERVED_OFFSET as u64, "reserved header field is not 0"));
+    }
+    let revision = u64_at(bytes, REVISION_OFFSET);
+    if revision == 0 {
+        return Err(damaged(REVISION_OFFSET as u64, "revision 0: a backup is taken after the first entry"));
+    }
+    Ok(BackupHeader {
+        revision,
+        cluster_id: u64_at(bytes, CLUSTER_ID_OFFSET),
+        node_id: u64_at(bytes, NODE_ID_OFFSET),
+        keys: u64_at(bytes, KEYS_OFFSET),
+        created_unix_seconds: u64_at(bytes, CREATED_OFFSET),
+    })
+}
+
+/// How much of a file is read at a time.
+const READ_BYTES: usize = 1 << 16;
+
+/// Reads `input` to its end through a [`BackupDecoder`], handing out the records.
+fn read(input: &mut impl Read, record: &mut RecordSink<'_>) -> Result<BackupSummary, ReadBackupError> {
+    let mut decoder = BackupDecoder::new();
+    let mut piece = vec![0u8; READ_BYTES];
+    loop {
+        let read = match input.read(&mut piece) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error.into()),
+        };
+        decoder.feed(&piece[..read], record)?;
+    }
+    Ok(decoder.finish()?)
+}
+
+/// Checks a whole backup without keeping its records: memory stays one chunk.
+pub fn verify_backup(input: &mut impl Read) -> Result<BackupSummary, ReadBackupError> {
+    read(input, &mut |_, _, _| {})
+}
+
+/// Reads a whole backup into a state machine at the backup's revision, with an empty
+/// cluster record (the caller gives it the new cluster's, `StateMachine::replace_cluster`).
+pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine), ReadBackupError> {
+    let mut records = Vec::new();
+    let summary = read(input, &mut |key, version, value| {
+        records.push((Bytes::copy_from_slice(key), Value { data: Bytes::copy_from_slice(value), version }));
+    })?;
+    // Keys strictly increase and versions are within 1..=revision: checked by the decoder.
+    let machine =
+        StateMachine::from_parts(OrdMap::from_iter(records), summary.header.revision, Cluster::default());
+    Ok((summary, machine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{Command, Condition};
+
+    type Record = (Vec<u8>, u64, Vec<u8>);
+
+    fn machine(keys: usize, value_bytes: usize) -> StateMachine {
+        let mut machine = StateMachine::new();
+        machine.apply(1, &Command::Bootstrap { cluster_id: 0xc1, members: vec![(7, "a:1".into())] });
+        for i in 0..keys {
+            let key = Bytes::from(format!("key-{i:06}"));
+            let value = Bytes::from(vec![b'a' + (i % 26) as u8; value_bytes]);
+            machine.apply(i as u64 + 2, &Command::Put { key, value, condition: Condition::None });
+        }
+        machine
+    }
+
+    fn encode(machine: &StateMachine) -> (BackupSummary, Vec<u8>) {
+        let mut file = Vec::new();
+        let summary = encode_backup(machine, 7, 1_700_000_000, |piece| {
+            file.extend_from_slice(&piece);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        (summary, file)
+    }
+
+    fn decode(bytes: &[u8], piece_bytes: usize) -> Result<(BackupSummary, Vec<Record>), BackupError> {
+        let mut decoder = BackupDecoder::new();
+        let mut records = Vec::new();
+        for piece in bytes.chunks(piece_bytes.max(1)) {
+            decoder.feed(piece, &mut |k, v, d| records.push((k.to_vec(), v, d.to_vec())))?;
+        }
+        Ok((decoder.finish()?, records))
+    }
+
+    #[test]
+    fn a_backup_round_trips_in_pieces_of_any_size() {
+        let machine = machine(300, 10);
+        let (summary, file) = encode(&machine);
+        assert_eq!(summary.bytes, file.len() as u64);
+        assert_eq!(summary.header.revision, 301);
+        assert_eq!(summary.header.cluster_id, 0xc1);
+        assert_eq!(summary.header.keys, 300);
+        let expected: Vec<Record> =
+            machine.iter().map(|(k, v)| (k.to_vec(), v.version, v.data.to_vec())).collect();
+        for piece_bytes in [1, 7, 64, 4096, file.len()] {
+            let (decoded, records) = decode(&file, piece_bytes).unwrap();
+            assert_eq!(decoded, summary);
+            assert_eq!(records, expected);
+        }
+        let (loaded_summary, loaded) = load_backup(&mut &file[..]).unwrap();
+        assert_eq!(loaded_summary, summary);
+        assert_eq!(loaded.applied_index(), 301);
+        assert!(loaded.iter().eq(machine.iter()));
+        assert_eq!(loaded.cluster().id(), 0, "the cluster record is the caller's to give");
+    }
+
+    #[test]
+    fn large_states_are_cut_into_chunks_of_about_the_target_size() {
+        let machine = machine(600, 5000);
+        let mut pieces = Vec::new();
+        encode_backup(&machine, 7, 0, |piece| {
+            pieces.push(piece.len());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(pieces.len(), 2 + 3, "header, 3 chunks, trailer: {pieces:?}");
+        assert!(pieces.iter().all(|&len| len <= CHUNK_HEADER_BYTES + CHUNK_TARGET_BYTES + 5100));
+    }
+
+    #[test]
+    fn the_summary_reads_as_the_operator_sees_it() {
+        let header =
+            BackupHeader { revision: 48213, cluster_id: 1, node_id: 2, keys: 10000, created_unix_seconds: 0 };
+        let summary = BackupSummary { header, bytes: 1_234_567, crc32c: 0x9f3a_0c1d };
+        assert_eq!(summary.to_string(), "revision 48213, 10000 keys, 1.2 MB, crc32c 9f3a0c1d");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(999_999), "1.0 MB");
+        assert_eq!(human_bytes(5_000_000_000), "5.0 GB");
+    }
+
+    #[test]
+    fn an_empty_state_is_a_valid_backup() {
+        let mut machine = StateMachine::new();
+        machine.advance_applied(1);
+        let (summary, file) = encode(&machine);
+        assert_eq!(file.len(), BACKUP_HEADER_BYTES + TRAILER_BYTES);
+        assert_eq!(decode(&file, 5).unwrap().0, summary);
+    }
+
+    /// Every flipped byte and every truncation is refused, naming an offset at or before
+    /// the damage (the damaged frame or field), never a panic.
+    #[test]
+    fn every_flipped_byte_and_every_truncation_is_refused_with_its_offset() {
+        let (_, file) = encode(&machine(40, 3));
+        for len in 0..file.len() {
+            let error = decode(&file[..len], 13).expect_err(&format!("truncation to {len} accepted"));
+            assert!(error.offset <= len as u64, "truncation to {len}: {error}");
+        }
+        for position in 0..file.len() {
+            for bit in [0x01, 0x80] {
+                let mut flipped = file.clone();
+                flipped[position] ^= bit;
+                let error = decode(&flipped, 13).expect_err(&format!("flip at {position} accepted"));
+                assert!(error.offset <= position as u64, "flip at {position}: {error}");
+            }
+        }
+        let mut longer = file.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, 13).unwrap_err().offset, file.len() as u64);
+    }
+
+    #[test]
+    fn a_newer_format_version_is_refused_naming_it() {
+        let (_, mut file) = encode(&machine(1, 1));
+        file[VERSION_OFFSET] = 2;
+        let error = decode(&file, 64).unwrap_err();
+        assert_eq!(error.offset, VERSION_OFFSET as u64);
+        assert!(error.reason.contains("version 2") && error.reason.contains("version 1"), "{error}");
+    }
+
+    #[test]
+    fn a_damaged_chunk_length_is_refused_before_anything_is_buffered_for_it() {
+        let (_, mut file) = encode(&machine(3, 1));
+        let length_at = BACKUP_HEADER_BYTES + CHUNK_LENGTH_OFFSET;
+        file[length_at..length_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let error = decode(&file[..BACKUP_HEADER_BYTES + CHUNK_HEADER_BYTES], 64).unwrap_err();
+        assert_eq!(error.offset, BACKUP_HEADER_BYTES as u64, "{error}");
+    }
+}
