@@ -332,6 +332,12 @@ fn a_backup_under_load_restored_into_a_new_cluster_serves_exactly_the_state_at_i
         &address,
     ]);
     assert!(text.starts_with(&format!("restored {}", line.trim_end())), "{text}");
+    // A backup and a restored directory hold all the data: private to their user.
+    let mode = |path: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+    };
+    assert_eq!(mode(&file), 0o600, "backup file");
+    assert_eq!(mode(&restored_dir), 0o700, "restored directory");
     let port_text = restored_port.to_string();
     let mut args = vec!["--port", &port_text, "--data-dir", restored_dir.to_str().unwrap()];
     args.extend(FAST_TIMINGS);

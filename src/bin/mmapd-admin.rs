@@ -146,6 +146,9 @@ enum MemberCommand {
 }
 
 fn main() -> ExitCode {
+    // What the tool writes is a node's whole data (a backup, a restored or forced data
+    // directory): private to its user, as the daemon's own files are.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     let socket = socket_path(&args);
     let timeout = Duration::from_secs(args.timeout);
