@@ -109,6 +109,13 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
         sum(|run| run.snapshots_installed),
         sum(|run| run.transfers)
     ));
+    report(&format!(
+        "simulation: {} members added, {} removed, {} wiped members refused under their old id, {} let back in\n",
+        sum(|run| run.members_added),
+        sum(|run| run.members_removed),
+        sum(|run| run.rejoins_refused),
+        sum(|run| run.rejoins_started)
+    ));
     report(&format!("simulation: took {:.1}s\n", started.elapsed().as_secs_f64()));
     report(&format!(
         "simulation: {} seeds, {} steps, {} faults, {} violations\n",

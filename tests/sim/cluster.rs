@@ -12,16 +12,19 @@
 use super::linearizability::{check_history, Event, Operation, Verdict};
 use super::rng::Rng;
 use bytes::Bytes;
-use mmapd::kv::{Command, StateMachine};
+use mmapd::kv::{Cluster, Command, MemberChange, StateMachine};
 #[cfg(feature = "planted-bugs")]
 use mmapd::raft::PlantedBugs;
 use mmapd::raft::{
-    ConfState, Config, Entry, EntryKind, HardState, InitialState, Message, MessageBody, NodeId, Raft, Role,
-    Snapshot, SnapshotMeta,
+    ConfChange, ConfChangeKind, ConfState, Config, Entry, EntryKind, HardState, InitialState, Message,
+    MessageBody, NodeId, Raft, Role, Snapshot, SnapshotMeta,
 };
 #[cfg(feature = "planted-bugs")]
 use mmapd::server::driver::core::DriverBugs;
-use mmapd::server::driver::core::{Action, Answer, DriverConfig, DriverCore, NodeError, PersistJob, Token};
+use mmapd::server::driver::core::{
+    Action, Answer, DriverConfig, DriverCore, JoinRequest, Joined, NodeError, PersistJob, Token,
+};
+use mmapd::server::driver::start::{decide_start, ProbeAnswer, StartDecision};
 use mmapd::store::{Store, StoreOptions};
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -34,8 +37,13 @@ pub const ELECTION_TICKS: u32 = 10;
 pub const HEARTBEAT_TICKS: u32 = 2;
 /// Steps (message deliveries and Ready rounds) per tick.
 pub const STEPS_PER_TICK: u64 = 4;
-/// Trace lines kept per run, printed when a check fails.
+/// Trace lines kept per run, printed when a check fails (`MMAPD_SIM_TRACE_LINES`
+/// keeps more, for a replay).
 const TRACE_LINES: usize = 300;
+
+fn trace_lines() -> usize {
+    std::env::var("MMAPD_SIM_TRACE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LINES)
+}
 /// Keys of the key-value map: few, so operations conflict.
 const KEYS: u64 = 4;
 /// Client operations in flight at once, so histories stay checkable.
@@ -46,6 +54,11 @@ const READ_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
 /// A client stops waiting for a write after this many ticks; its outcome stays unknown
 /// until the entry's index is committed (by it or by another entry).
 const WRITE_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
+/// A membership request not answered in this many ticks is given up and tried again.
+const PLAN_REQUEST_TIMEOUT_TICKS: u64 = 5 * ELECTION_TICKS as u64;
+/// How long a wiped node waits for its `--peers` to answer before the operator gives up
+/// and replaces it.
+const REJOIN_PATIENCE_TICKS: u64 = 10 * ELECTION_TICKS as u64;
 /// Budget of the linearizability search per key.
 const MAX_LINEARIZABILITY_STATES: usize = 2_000_000;
 
@@ -86,6 +99,8 @@ pub struct Options {
     /// directory, and restart crashed nodes from what the store recovers, checked
     /// against the simulated disk.
     pub real_store: bool,
+    /// Mix membership changes into the faults (see `Plan`).
+    pub membership: bool,
 }
 
 impl Options {
@@ -102,6 +117,7 @@ impl Options {
             pre_vote: seed % 4 != 3,
             bugs: Bugs::default(),
             real_store: false,
+            membership: true,
         }
     }
 }
@@ -128,6 +144,12 @@ pub struct RunReport {
     pub snapshots_installed: u64,
     /// Leadership transfers the leader accepted.
     pub transfers: u64,
+    /// Members added (joins answered), members removed (removals committed), wiped
+    /// nodes refused under their old id, and wiped nodes started under it anyway.
+    pub members_added: u64,
+    pub members_removed: u64,
+    pub rejoins_refused: u64,
+    pub rejoins_started: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -167,6 +189,16 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// An empty data directory whose log starts from configuration `conf` (the
+    /// `--peers` list of a bootstrap, or the base a join answered with).
+    fn empty(conf: ConfState) -> Disk {
+        Disk {
+            hard_state: HardState::default(),
+            snapshot: Snapshot { meta: SnapshotMeta { index: 0, term: 0, conf }, data: Bytes::new() },
+            entries: Vec::new(),
+        }
+    }
+
     fn last_index(&self) -> u64 {
         self.snapshot.meta.index + self.entries.len() as u64
     }
@@ -183,9 +215,31 @@ impl Disk {
     }
 }
 
-/// One simulated server: its driver core (None while crashed) and its disk.
+/// One simulated server: its driver core (None while crashed) and its disk. Its id is
+/// its index in `Sim::nodes` plus one; ids are never reused, and a node stays in the
+/// list after it is removed, so the checks keep seeing it.
 struct Node {
     id: NodeId,
+    /// The `host:port` it advertises (a replacement may take a removed member's).
+    address: String,
+    /// One of the `--peers` list the cluster was bootstrapped from; else it joined.
+    original: bool,
+    /// Stopped for good: it handed out `Action::Removed` (the daemon exits and leaves
+    /// a marker that refuses every later start). Never restarted.
+    removed: bool,
+    /// Its disk is gone (a failed disk, or wiped by an operator): it must never run
+    /// under this id again, and is started only if the production start decision
+    /// lets it (`Plan::Rejoin`).
+    retired: bool,
+    /// Created for a join that has not been answered yet: not started.
+    joining: bool,
+    /// Refusals this node may hand out for messages delivered this step, by sender and
+    /// kind: the sender was removed, or outside this node's configuration, when the
+    /// message arrived (thesis §4.1: a configuration may be stale; §4.2.3).
+    refusals_allowed: HashMap<(NodeId, &'static str), u32>,
+    /// A peer refused its message as from a removed node: it asks the members whether it
+    /// was removed, as the daemon's `joining::confirm_removal` does.
+    removal_hinted: bool,
     core: Option<DriverCore>,
     disk: Disk,
     /// Writes the core handed out that are not on the disk yet, oldest first: a crash
@@ -211,6 +265,16 @@ struct Node {
 }
 
 impl Node {
+    /// A crashed node that may simply be restarted from its disk.
+    fn can_restart(&self) -> bool {
+        self.core.is_none() && !self.removed && !self.retired && !self.joining
+    }
+
+    /// Running, or down but coming back: clients and faults pick among these.
+    fn in_play(&self) -> bool {
+        !self.removed && !self.retired && !self.joining
+    }
+
     fn raft(&self) -> Option<&Raft> {
         self.core.as_ref().map(|core| core.raft())
     }
@@ -282,6 +346,44 @@ struct Weather {
     /// appends, or right after its commit advances): leader churn with uncommitted
     /// entries of several terms is what Figure 8 is made of.
     leader_churn_per_million: u32,
+    /// Chance per tick that an operator starts a membership change (thesis §4.1): add a
+    /// node, promote a learner, remove a follower or the leader, replace a crashed node,
+    /// or try to bring a wiped node back under its old id.
+    membership_per_million: u32,
+    /// Membership changes under way at once (several operators; the cores must refuse
+    /// a change while another is pending).
+    max_plans: usize,
+    /// Ticks an operator waits before trying a refused step again.
+    plan_retry_ticks: u64,
+}
+
+/// A membership change an operator carries through, step by step, with the production
+/// APIs only (`DriverCore::propose_member_change`, `join`, `probe_answer`, and
+/// `driver::start::decide_start`).
+#[derive(Debug)]
+enum Plan {
+    /// Node `i` (a fresh id, an empty disk) asks to join, as `mmapd --join` does; it
+    /// starts with what the leader answers. Promoted automatically unless `learner`.
+    Join { i: usize, learner: bool },
+    /// Remove member `id` (a follower, the leader itself, or a dead node); then, if
+    /// `then_join` is set, add a brand-new node in its place: at the address given, or
+    /// at a new one.
+    Remove { id: NodeId, then_join: Option<Option<String>> },
+    /// Promote learner `id`; given up after a few refusals (it may not catch up).
+    Promote { id: NodeId, attempts: u32 },
+    /// Node `i`'s disk was wiped and it is started again under its old id, as an
+    /// operator who forgot the procedure would: through the `--peers` start decision
+    /// if it was one of the bootstrap members, else through a join at its address.
+    /// Production must refuse (RAFT-NOTES #18); then the operator replaces it.
+    Rejoin { i: usize, answers: BTreeMap<NodeId, ProbeAnswer>, since_tick: u64 },
+}
+
+/// One plan and the request it has in flight.
+struct PlanUnderWay {
+    id: u64,
+    plan: Plan,
+    in_flight: Option<(Token, u64)>,
+    next_try_tick: u64,
 }
 
 /// A proposal whose outcome is not known yet.
@@ -306,6 +408,14 @@ enum Request {
         invoke: u64,
         deadline_tick: u64,
         known_committed: u64,
+    },
+    /// A membership change proposed for plan `plan`.
+    Member {
+        plan: u64,
+    },
+    /// A join asked for plan `plan`.
+    Join {
+        plan: u64,
     },
     Other,
 }
@@ -364,6 +474,26 @@ pub struct Sim {
     transfers: u64,
     violation: Option<Violation>,
     trace: VecDeque<String>,
+    trace_limit: usize,
+    // Membership.
+    /// The `--peers` list the cluster was bootstrapped from: ids 1..=initial_count.
+    initial_count: usize,
+    /// The configuration as of the highest committed index, folded from the committed
+    /// configuration entries with the Raft core's own `ConfChange::apply_to`.
+    committed_conf: ConfState,
+    /// The cluster record as of the highest committed index (the first applier's).
+    committed_cluster: Cluster,
+    /// Every id whose removal is committed: it must never be a member again.
+    ever_removed: HashSet<NodeId>,
+    /// (voter, term) -> candidate of every vote that reached a disk, across all
+    /// incarnations: a wiped node voting again under its old id shows here.
+    votes: HashMap<(NodeId, u64), NodeId>,
+    plans: Vec<PlanUnderWay>,
+    next_plan: u64,
+    pub members_added: u64,
+    pub members_removed: u64,
+    pub rejoins_refused: u64,
+    pub rejoins_started: u64,
 }
 
 /// A hash of a state machine's contents (keys, values and versions).
@@ -377,6 +507,48 @@ fn kv_hash(kv: &StateMachine) -> u64 {
         hash = hash.rotate_left(17);
     }
     hash
+}
+
+/// The address node `id` advertises, unless it took a removed member's.
+fn address_of(id: NodeId) -> String {
+    format!("n{id}:3001")
+}
+
+/// A node that is not started yet, with `disk`.
+fn new_node(id: NodeId, address: String, original: bool, disk: Disk, real_store: bool) -> Node {
+    Node {
+        id,
+        address,
+        original,
+        removed: false,
+        retired: false,
+        joining: false,
+        refusals_allowed: HashMap::new(),
+        removal_hinted: false,
+        core: None,
+        disk,
+        unpersisted: VecDeque::new(),
+        unsaved_snapshot: None,
+        unbuilt_snapshot: None,
+        restart_at_tick: None,
+        clock_stalled_until_tick: 0,
+        crash_after_send_armed: false,
+        crash_after_append_armed: false,
+        crash_after_commit_armed: false,
+        real: real_store.then(new_real_disk),
+    }
+}
+
+/// An empty real store in a new temp directory.
+fn new_real_disk() -> RealDisk {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), REAL_STORE_OPTIONS).expect("open store").0;
+    RealDisk { dir, store: Some(store) }
+}
+
+/// Votes needed in a configuration of `voters` voters.
+fn majority(voters: usize) -> usize {
+    voters / 2 + 1
 }
 
 /// A client's put, as the daemon's API encodes it: key `k<key>`, value the op id, so
@@ -438,7 +610,7 @@ impl Sim {
     /// A fresh cluster: every node starts empty with the same voters.
     pub fn new(options: Options) -> Sim {
         let mut rng = Rng::new(options.seed);
-        let weather = Weather {
+        let mut weather = Weather {
             loss_per_million: 0,
             duplicate_per_million: 0,
             long_delay_per_million: 0,
@@ -456,37 +628,34 @@ impl Sim {
             } else {
                 0
             },
+            membership_per_million: 0,
+            max_plans: 1,
+            plan_retry_ticks: rng.between(1, 10),
         };
+        if options.membership {
+            // One seed in eight runs without membership changes, as the simulator did
+            // before them; one in four is a storm: an operator starts a change nearly
+            // every tick, two at once, and retries at once, so proposals meet new
+            // leaders and pending changes (the moments (e) and (f) are about).
+            match options.seed % 8 {
+                5 => {}
+                2 | 7 => {
+                    weather.membership_per_million = rng.between(100_000, 400_000) as u32;
+                    weather.max_plans = 2;
+                    weather.plan_retry_ticks = 1;
+                }
+                _ => {
+                    weather.membership_per_million = rng.between(2_000, 12_000) as u32;
+                    weather.max_plans = if rng.chance(300_000) { 2 } else { 1 };
+                }
+            }
+        }
         let count = options.nodes;
         let voters: Vec<NodeId> = (1..=count as u64).collect();
-        let empty_snapshot = Snapshot {
-            meta: SnapshotMeta { index: 0, term: 0, conf: ConfState::with_voters(voters.clone()) },
-            data: Bytes::new(),
-        };
+        let conf = ConfState::with_voters(voters.clone());
         let nodes = voters
             .iter()
-            .map(|&id| Node {
-                id,
-                core: None,
-                disk: Disk {
-                    hard_state: HardState::default(),
-                    snapshot: empty_snapshot.clone(),
-                    entries: Vec::new(),
-                },
-                unpersisted: VecDeque::new(),
-                unsaved_snapshot: None,
-                unbuilt_snapshot: None,
-                restart_at_tick: None,
-                clock_stalled_until_tick: 0,
-                crash_after_send_armed: false,
-                crash_after_append_armed: false,
-                crash_after_commit_armed: false,
-                real: options.real_store.then(|| {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    let store = Store::open(dir.path(), REAL_STORE_OPTIONS).expect("open store").0;
-                    RealDisk { dir, store: Some(store) }
-                }),
-            })
+            .map(|&id| new_node(id, address_of(id), true, Disk::empty(conf.clone()), options.real_store))
             .collect();
         let faults_active = options.faults;
         let mut sim = Sim {
@@ -519,7 +688,19 @@ impl Sim {
             snapshots_installed: 0,
             transfers: 0,
             violation: None,
-            trace: VecDeque::with_capacity(TRACE_LINES),
+            trace: VecDeque::with_capacity(trace_lines()),
+            trace_limit: trace_lines().max(1),
+            initial_count: count,
+            committed_conf: conf,
+            committed_cluster: Cluster::default(),
+            ever_removed: HashSet::new(),
+            votes: HashMap::new(),
+            plans: Vec::new(),
+            next_plan: 1,
+            members_added: 0,
+            members_removed: 0,
+            rejoins_refused: 0,
+            rejoins_started: 0,
             options,
         };
         for i in 0..count {
@@ -546,7 +727,7 @@ impl Sim {
     }
 
     fn trace(&mut self, line: impl FnOnce() -> String) {
-        if self.trace.len() == TRACE_LINES {
+        if self.trace.len() >= self.trace_limit {
             self.trace.pop_front();
         }
         let text = line();
@@ -568,27 +749,58 @@ impl Sim {
 
     // ---------------------------------------------------------------- nodes
 
-    fn start_node(&mut self, i: usize) {
-        let config = self.config(self.nodes[i].id);
-        if self.nodes[i].real.is_some() {
-            self.reopen_real_store(i);
-        }
-        let driver_config = DriverConfig {
+    /// Node `i`'s driver settings, as the daemon makes them: a node bootstrapped from
+    /// `--peers` records the bootstrap if it leads first; a node that joined never does.
+    fn driver_config(&self, i: usize) -> DriverConfig {
+        let bootstrap = self.nodes[i]
+            .original
+            .then(|| (0x5eed, (1..=self.initial_count as u64).map(|id| (id, address_of(id))).collect()));
+        DriverConfig {
             snapshot_entries: self.weather.compact_every,
             snapshot_bytes: self.weather.compact_bytes,
             step_down_timeout_ticks: 2 * u64::from(ELECTION_TICKS),
             retry_initial_ticks: 2,
             retry_max_ticks: 20,
-            bootstrap: Some((
-                0x5eed,
-                (1..=self.nodes.len() as u64).map(|id| (id, format!("n{id}:3001"))).collect(),
-            )),
+            bootstrap,
             promote_every_ticks: 10,
             // Unique per incarnation, as the daemon's start time is.
             read_context_start: (self.step << 24) + 1,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: self.options.bugs.driver,
-        };
+        }
+    }
+
+    /// Starts node `i` with an empty disk whose log starts from `base`: a join was
+    /// answered, or the start decision let a wiped node in. A removed id must never be
+    /// let in again (RAFT-NOTES #23); a node removed while it was down may still restart
+    /// from its disk, and is then outside the cluster (thesis §4.2.3).
+    fn start_empty(&mut self, i: usize, base: ConfState) {
+        let id = self.nodes[i].id;
+        if self.ever_removed.contains(&id) {
+            self.violate(
+                "removed id",
+                format!("n{id} is let in with an empty disk, but its removal was committed"),
+            );
+            return;
+        }
+        let real_store = self.options.real_store;
+        let node = &mut self.nodes[i];
+        node.joining = false;
+        node.retired = false;
+        node.disk = Disk::empty(base);
+        if real_store {
+            node.real = Some(new_real_disk());
+        }
+        self.start_node(i);
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        let config = self.config(id);
+        if self.nodes[i].real.is_some() {
+            self.reopen_real_store(i);
+        }
+        let driver_config = self.driver_config(i);
         let node = &mut self.nodes[i];
         let initial = InitialState {
             hard_state: node.disk.hard_state,
@@ -604,7 +816,6 @@ impl Sim {
             Some(snapshot) => StateMachine::load_snapshot_shared(&snapshot.data),
             None => Ok(StateMachine::new()),
         };
-        let id = node.id;
         let kv = match kv {
             Ok(kv) => kv,
             Err(error) => {
@@ -711,10 +922,11 @@ impl Sim {
         });
     }
 
-    /// Restarts a crashed node `id` from its disk.
+    /// Restarts a crashed node `id` from its disk (never a removed node, nor one whose
+    /// disk is gone).
     pub fn restart(&mut self, id: NodeId) {
         let i = (id - 1) as usize;
-        if self.nodes[i].core.is_some() {
+        if !self.nodes[i].can_restart() {
             return;
         }
         self.trace(|| format!("RESTART n{id}"));
@@ -789,6 +1001,9 @@ impl Sim {
     }
 
     fn deliver_due(&mut self) {
+        for node in &mut self.nodes {
+            node.refusals_allowed.clear();
+        }
         while let Some(Reverse(next)) = self.network.peek() {
             if next.deliver_at_step > self.step {
                 break;
@@ -800,8 +1015,21 @@ impl Sim {
                 self.trace(|| format!("drop {} (partition)", describe(&message)));
                 continue;
             }
-            let Some(core) = self.nodes[to].core.as_mut() else { continue };
-            // Refusals come back as actions, checked in `drive`.
+            let Some(core) = self.nodes[to].core.as_ref() else { continue };
+            // Delivered whatever this node's configuration says (thesis §4.1: it may be
+            // stale; a new member hears from a leader it does not know yet). A refusal
+            // comes back as an action, checked in `drive`: allowed only if the sender
+            // was removed, or outside this node's configuration (thesis §4.2.3).
+            let removed = core.kv().read().unwrap().cluster().is_removed(message.from);
+            let outsider = removed || !core.raft().conf_state().is_member(message.from);
+            if removed {
+                // Its transport sees the refusal (403, "removed") and asks the members.
+                self.nodes[from].removal_hinted = true;
+            }
+            if outsider {
+                *self.nodes[to].refusals_allowed.entry((message.from, message.body.name())).or_insert(0) += 1;
+            }
+            let core = self.nodes[to].core.as_mut().unwrap();
             core.step(vec![message.clone()]);
             self.trace(|| format!("deliver {}", describe(&message)));
         }
@@ -933,7 +1161,11 @@ impl Sim {
                 }
                 Action::DropOffLoop(_) | Action::MembersChanged(_) => {}
                 Action::Removed => {
-                    self.violate("membership", format!("n{id} was removed, but the simulator removes no one"))
+                    // A committed configuration dropped this node: it carries out the rest
+                    // of the round and stops for good, as the daemon exits (thesis §4.2.2).
+                    self.nodes[i].removed = true;
+                    let committed = self.nodes[i].raft().map_or(0, |raft| raft.commit_index());
+                    self.trace(|| format!("n{id} was removed (commit {committed}): it stops for good"));
                 }
                 Action::SaveSnapshot { meta, data } => {
                     self.check_snapshot_save(i, &meta);
@@ -947,10 +1179,18 @@ impl Sim {
                 Action::InstalledSnapshot(snapshot) => self.on_installed_snapshot(i, &snapshot),
                 Action::Proposed { token, term, index } => self.on_proposed(token, term, index),
                 Action::Refused { from, kind, reason } => {
-                    self.violate(
-                        "step",
-                        format!("n{id} refused a {kind} from correct peer n{from}: {reason}"),
-                    );
+                    match self.nodes[i].refusals_allowed.get_mut(&(from, kind)) {
+                        Some(allowed) if *allowed > 0 => {
+                            *allowed -= 1;
+                            self.trace(|| {
+                                format!("n{id} refused a {kind} from non-member n{from}: {reason}")
+                            });
+                        }
+                        _ => self.violate(
+                            "step",
+                            format!("n{id} refused a {kind} from correct peer n{from}, a member: {reason}"),
+                        ),
+                    }
                 }
                 Action::Fatal(error) => self.violate("storage", format!("n{id} stopped: {error}")),
             }
@@ -965,7 +1205,20 @@ impl Sim {
                 core.persisted(Ok(()));
             }
         }
+        if self.nodes[i].removed {
+            self.stop_removed(i);
+            return false;
+        }
         true
+    }
+
+    /// A removed node stops: what it did not write is lost, as in a crash, and it is
+    /// never started again.
+    fn stop_removed(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        self.crash(id);
+        self.nodes[i].restart_at_tick = None;
+        self.trace(|| format!("STOP n{id} (removed)"));
     }
 
     /// Armed crashes that interrupt a round of actions. True when the node crashed.
@@ -1085,6 +1338,7 @@ impl Sim {
                 self.violate("hard state", format!("n{id} persisted term {} after term {old}", hard.term));
             }
             self.nodes[i].disk.hard_state = hard;
+            self.check_one_vote_per_term(id, hard);
         }
         self.check_leader_completeness(i, &ready.entries);
         if self.violation.is_none() {
@@ -1113,6 +1367,53 @@ impl Sim {
                     self.violate("log matching", detail);
                 }
             }
+        }
+    }
+
+    /// §5.2: each server votes for at most one candidate in a term; the vote is on its
+    /// disk before it is sent (Figure 2). Kept per id across every incarnation, so a
+    /// node that comes back with an empty disk under its old id and votes again in a
+    /// term it already voted in shows here (RAFT-NOTES #18).
+    fn check_one_vote_per_term(&mut self, id: NodeId, hard: HardState) {
+        let Some(candidate) = hard.vote else { return };
+        match self.votes.get(&(id, hard.term)) {
+            Some(&earlier) if earlier != candidate => {
+                let term = hard.term;
+                self.violate(
+                    "election safety",
+                    format!("n{id} voted for n{earlier} and for n{candidate} in term {term}"),
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.votes.insert((id, hard.term), candidate);
+            }
+        }
+    }
+
+    /// Every committed entry survives in every quorum of the configuration in force
+    /// (§5.4, thesis §4.1): however the configuration changed since, no majority of
+    /// its voters may lack the latest committed entry (by log matching, then every
+    /// earlier one), counting only what is on their disks. A voter whose disk is gone
+    /// and that is not running cannot vote for anyone, so it counts as holding it; once
+    /// it runs again under its old id with an empty disk, it does not.
+    fn check_committed_in_every_quorum(&mut self) {
+        let Some(last) = self.committed.last() else { return };
+        let (index, term) = (self.committed.len() as u64, last.term);
+        let voters = &self.committed_conf.voters;
+        let mut lacking = Vec::new();
+        for &voter in voters {
+            let node = &self.nodes[(voter - 1) as usize];
+            let gone = node.retired && node.core.is_none();
+            if !gone && node.disk.snapshot.meta.index < index && node.disk.term_at(index) != Some(term) {
+                lacking.push(voter);
+            }
+        }
+        if lacking.len() >= majority(voters.len()) {
+            let detail = format!(
+                "committed entry ({index}, t{term}) is on no disk of the quorum {lacking:?} of voters {voters:?}"
+            );
+            self.violate("committed entry lost", detail);
         }
     }
 
@@ -1253,7 +1554,7 @@ impl Sim {
                     if let Err(NodeError::NotLeader(leader)) = &result {
                         self.believed_leader = match leader {
                             Some(leader) => (leader - 1) as usize,
-                            None => self.rng.index(self.nodes.len()),
+                            None => self.pick_node(),
                         };
                     }
                     // The core says it did not take effect: that must stay true.
@@ -1298,6 +1599,8 @@ impl Sim {
                     format!("read {token} served by n{id} at applied {applied}: key {key} = {value:?}")
                 });
             }
+            (Request::Member { plan }, Answer::Proposal(result)) => self.on_member_answer(plan, i, result),
+            (Request::Join { plan }, Answer::Join(result)) => self.on_join_answer(plan, i, result),
             (Request::Other, Answer::StepDown(Ok(_))) => self.transfers += 1,
             (Request::Other, _) => {}
             (_, answer) => self.violate("answer", format!("n{id} answered request {token} with {answer:?}")),
@@ -1368,6 +1671,9 @@ impl Sim {
                 term_bound: self.max_term,
             });
             self.on_first_apply(entry);
+            if entry.kind == EntryKind::Config {
+                self.on_committed_conf_change(entry);
+            }
         }
         // The state after the round's last entry, when the state machine is still there.
         let Some(last) = entries.last() else { return };
@@ -1377,6 +1683,9 @@ impl Sim {
             return;
         }
         let hash = kv_hash(&kv);
+        if last.index == self.committed.len() as u64 {
+            self.committed_cluster = kv.cluster().clone();
+        }
         drop(kv);
         let committed = &mut self.committed[(last.index - 1) as usize];
         match committed.state_hash {
@@ -1386,6 +1695,33 @@ impl Sim {
             }
             Some(_) => {}
         }
+    }
+
+    /// A configuration entry is committed: the configuration in force follows it, as
+    /// the Raft core's does (a change that does not apply changes nothing). A removed id
+    /// must never be added again (RAFT-NOTES #23).
+    fn on_committed_conf_change(&mut self, entry: &Entry) {
+        let Ok(change) = ConfChange::decode(&entry.data) else { return };
+        let Some(next) = change.apply_to(&self.committed_conf) else { return };
+        let (node, index) = (change.node, entry.index);
+        match change.kind {
+            ConfChangeKind::AddLearner if self.ever_removed.contains(&node) => {
+                self.violate("removed id", format!("n{node}, removed before, is added again at {index}"));
+            }
+            ConfChangeKind::Remove => {
+                self.ever_removed.insert(node);
+                self.members_removed += 1;
+            }
+            _ => {}
+        }
+        let (voters, learners) = (next.voters.clone(), next.learners.clone());
+        self.trace(|| {
+            format!(
+                "committed at {index}: {} n{node}: voters {voters:?} learners {learners:?}",
+                change.kind.name()
+            )
+        });
+        self.committed_conf = next;
     }
 
     /// A client learns the outcome of its writes the first time anyone applies an index.
@@ -1489,7 +1825,7 @@ impl Sim {
         let op = self.next_op;
         self.next_op += 1;
         if self.nodes[i].core.is_none() {
-            self.believed_leader = self.rng.index(self.nodes.len());
+            self.believed_leader = self.pick_node();
             return;
         }
         let token = self.next_token;
@@ -1506,7 +1842,7 @@ impl Sim {
     }
 
     fn client_read(&mut self) {
-        let i = self.rng.index(self.nodes.len());
+        let i = self.pick_node();
         let key = self.rng.below(KEYS);
         self.client_read_on(i, key);
     }
@@ -1563,7 +1899,7 @@ impl Sim {
 
     /// An operator asks node `i` for a snapshot now (`mmapd-admin snapshot`).
     fn client_snapshot(&mut self) {
-        let i = self.rng.index(self.nodes.len());
+        let i = self.pick_node();
         let Some(core) = self.nodes[i].core.as_mut() else { return };
         let token = self.next_token;
         self.next_token += 1;
@@ -1573,11 +1909,40 @@ impl Sim {
         self.trace(|| format!("admin: n{id}, snapshot now"));
     }
 
+    /// A client that stops waiting for a write its node has not proposed yet (no leader
+    /// known there) goes away; the daemon then abandons the request (`abandon_all`), so
+    /// it is never proposed: it did not take effect, and must never apply.
+    fn abandon_given_up_writes(&mut self) {
+        let tick = self.tick;
+        let given_up: Vec<u64> = self
+            .pending_writes
+            .iter()
+            .filter(|(_, write)| write.proposed.is_none() && write.give_up_tick <= tick)
+            .map(|(&op, _)| op)
+            .collect();
+        for op in given_up {
+            let token = self
+                .requests
+                .iter()
+                .find(|(_, (_, request))| matches!(request, Request::Write { op: o } if *o == op))
+                .map(|(&token, &(node, _))| (token, node));
+            let Some((token, i)) = token else { continue };
+            let Some(core) = self.nodes[i].core.as_mut() else { continue };
+            core.abandon_all(&HashSet::from([token]));
+            self.requests.remove(&token);
+            let pending = self.pending_writes.remove(&op).unwrap();
+            self.failed_writes.insert(pending.history_index);
+            self.failed_ops.insert(op);
+            let id = self.nodes[i].id;
+            self.trace(|| format!("client: gives up op {op} on n{id}, which never proposed it"));
+        }
+    }
+
     fn clients_act(&mut self) {
         let tick = self.tick;
         let waiting = self.pending_writes.values().filter(|write| write.give_up_tick > tick).count();
         if self.rng.chance(self.weather.propose_per_million) && waiting < MAX_PENDING_WRITES {
-            let target = if self.rng.chance(800_000) { None } else { Some(self.rng.index(self.nodes.len())) };
+            let target = if self.rng.chance(800_000) { None } else { Some(self.pick_node()) };
             let key = self.rng.below(KEYS);
             self.client_write(target, key);
         }
@@ -1598,7 +1963,403 @@ impl Sim {
         });
     }
 
+    // ---------------------------------------------------------- membership
+
+    /// The operators' turn, once per tick: now and then (while faults run) one starts a
+    /// membership change; every change under way moves one step further, in the
+    /// liveness phase too, so that none is left half done.
+    fn operate(&mut self) {
+        if self.faults_active
+            && self.weather.membership_per_million > 0
+            && self.plans.len() < self.weather.max_plans
+            && self.rng.chance(self.weather.membership_per_million)
+        {
+            self.new_plan();
+        }
+        for i in 0..self.nodes.len() {
+            if std::mem::take(&mut self.nodes[i].removal_hinted) {
+                self.confirm_removal(i);
+            }
+        }
+        let mut k = 0;
+        while k < self.plans.len() && self.violation.is_none() {
+            if self.advance_plan(k) {
+                k += 1;
+            } else {
+                let done = self.plans.remove(k);
+                self.trace(|| format!("operator: plan {} done: {:?}", done.id, done.plan));
+            }
+        }
+    }
+
+    /// A node a peer refused as removed asks the members it knows (its own record's)
+    /// and stops if a majority of them answer that it was removed: what the daemon does
+    /// (`joining::confirm_removal`) for a node that never learns its removal from its
+    /// own log (removed while it was down or cut off). One peer's word is not enough.
+    fn confirm_removal(&mut self, i: usize) {
+        let Some(core) = &self.nodes[i].core else { return };
+        let id = self.nodes[i].id;
+        let others: Vec<NodeId> =
+            core.kv().read().unwrap().cluster().members().keys().copied().filter(|&m| m != id).collect();
+        let mut removed = 0;
+        for &other in &others {
+            let j = (other - 1) as usize;
+            if self.blocked[i][j] || self.blocked[j][i] {
+                continue;
+            }
+            if let Some(peer) = &self.nodes[j].core {
+                if matches!(peer.probe_answer(id), ProbeAnswer::Removed { .. }) {
+                    removed += 1;
+                }
+            }
+        }
+        if removed >= others.len() / 2 + 1 {
+            self.trace(|| format!("n{id}: {removed} of {} members answer that it was removed", others.len()));
+            self.nodes[i].removed = true;
+            self.stop_removed(i);
+        }
+    }
+
+    /// Ids some plan under way is about.
+    fn busy_ids(&self) -> HashSet<NodeId> {
+        self.plans
+            .iter()
+            .map(|operation| match &operation.plan {
+                Plan::Join { i, .. } | Plan::Rejoin { i, .. } => self.nodes[*i].id,
+                Plan::Remove { id, .. } | Plan::Promote { id, .. } => *id,
+            })
+            .collect()
+    }
+
+    /// Picks a membership change that keeps the cluster within 3..=5 voters (a node
+    /// being replaced leaves 2 for a while).
+    fn new_plan(&mut self) {
+        let voters = self.committed_conf.voters.clone();
+        let learners = self.committed_conf.learners.clone();
+        let busy = self.busy_ids();
+        let adding = self
+            .plans
+            .iter()
+            .filter(|o| matches!(o.plan, Plan::Join { .. } | Plan::Remove { then_join: Some(_), .. }))
+            .count();
+        let removing = self.plans.iter().filter(|o| matches!(o.plan, Plan::Remove { .. })).count();
+        let leader = self.leader().map(|(id, _)| id);
+        // A disk may be lost only while the voters left can still elect a leader and
+        // remove the dead one (thesis §4.1: a dead member can always be removed, given a
+        // quorum), and while no other change takes voters away.
+        let gone = voters.iter().filter(|&&v| self.nodes[(v - 1) as usize].retired).count();
+        let may_lose_voter =
+            removing == 0 && voters.len() >= 3 && voters.len() - 1 - gone >= majority(voters.len());
+        // Voters that are down and would simply restart from their disk.
+        let crashed: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| self.nodes[(v - 1) as usize].can_restart() && !busy.contains(&v))
+            .collect();
+        let plan = match self.rng.below(12) {
+            // Add a brand-new node (thesis §4.2.1: as a learner, promoted once caught up).
+            0..=2 if voters.len() + learners.len() + adding < 5 => {
+                let i = self.add_node(None);
+                Plan::Join { i, learner: self.rng.chance(200_000) }
+            }
+            3 if voters.len() < 5 => {
+                let free: Vec<NodeId> = learners.iter().copied().filter(|l| !busy.contains(l)).collect();
+                if free.is_empty() {
+                    return;
+                }
+                Plan::Promote { id: free[self.rng.index(free.len())], attempts: 0 }
+            }
+            // Remove a follower, voter or learner.
+            4 | 5 => {
+                let mut followers: Vec<NodeId> =
+                    learners.iter().copied().filter(|l| !busy.contains(l)).collect();
+                if voters.len().saturating_sub(removing) > 3 {
+                    followers.extend(voters.iter().filter(|&&v| Some(v) != leader && !busy.contains(&v)));
+                }
+                if followers.is_empty() {
+                    return;
+                }
+                Plan::Remove { id: followers[self.rng.index(followers.len())], then_join: None }
+            }
+            // Thesis §4.2.2: the leader removes itself, and steps down once it commits.
+            6 if voters.len().saturating_sub(removing) > 3 => match leader {
+                Some(leader) if voters.contains(&leader) && !busy.contains(&leader) => {
+                    Plan::Remove { id: leader, then_join: None }
+                }
+                _ => return,
+            },
+            // A crashed node's disk failed: remove it, add a new node (a new id) in its place,
+            // often at the same address.
+            7 | 8 if may_lose_voter && !crashed.is_empty() => {
+                let id = crashed[self.rng.index(crashed.len())];
+                let i = (id - 1) as usize;
+                self.wipe(i);
+                let address = self.rng.chance(500_000).then(|| self.nodes[i].address.clone());
+                self.trace(|| format!("operator: n{id}'s disk failed: replace it"));
+                Plan::Remove { id, then_join: Some(address) }
+            }
+            // A crashed member that the cluster saw hold the log is wiped and started
+            // again as itself: it must be refused, and is then replaced.
+            9 | 10 if may_lose_voter && !self.plans.iter().any(|o| matches!(o.plan, Plan::Rejoin { .. })) => {
+                let started: Vec<NodeId> = crashed
+                    .iter()
+                    .copied()
+                    .filter(|id| self.committed_cluster.members().get(id).is_some_and(|m| m.started))
+                    .collect();
+                if started.is_empty() {
+                    return;
+                }
+                let id = started[self.rng.index(started.len())];
+                let i = (id - 1) as usize;
+                self.wipe(i);
+                self.trace(|| format!("operator: n{id} is wiped and started again under its old id"));
+                Plan::Rejoin { i, answers: BTreeMap::new(), since_tick: self.tick }
+            }
+            _ => return,
+        };
+        let id = self.next_plan;
+        self.next_plan += 1;
+        self.trace(|| format!("operator: plan {id}: {plan:?}"));
+        self.plans.push(PlanUnderWay { id, plan, in_flight: None, next_try_tick: self.tick });
+    }
+
+    /// A new node with a fresh id and an empty disk, waiting to join at `address`.
+    fn add_node(&mut self, address: Option<String>) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let address = address.unwrap_or_else(|| address_of(id));
+        let conf = ConfState::default();
+        let mut node = new_node(id, address, false, Disk::empty(conf), self.options.real_store);
+        node.joining = true;
+        self.nodes.push(node);
+        for row in &mut self.blocked {
+            row.push(false);
+        }
+        self.blocked.push(vec![false; self.nodes.len()]);
+        (id - 1) as usize
+    }
+
+    /// Node `i` (down) loses its disk: it must never run again under its id.
+    fn wipe(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.core.is_none(), "wiping a running node");
+        node.retired = true;
+        node.restart_at_tick = None;
+        node.disk = Disk::empty(ConfState::default());
+        node.real = None;
+    }
+
+    /// Carries plan `k` one step; false once it is done.
+    fn advance_plan(&mut self, k: usize) -> bool {
+        if let Some((token, since)) = self.plans[k].in_flight {
+            // The request died with its node, or waits for a leader that cannot commit.
+            if self.requests.contains_key(&token) && self.tick < since + PLAN_REQUEST_TIMEOUT_TICKS {
+                return true;
+            }
+            self.requests.remove(&token);
+            self.plans[k].in_flight = None;
+        }
+        if self.tick < self.plans[k].next_try_tick {
+            return true;
+        }
+        match self.plans[k].plan {
+            Plan::Join { i, learner } => {
+                if !self.nodes[i].joining {
+                    return false;
+                }
+                let (address, id) = (self.nodes[i].address.clone(), self.nodes[i].id);
+                self.ask_join(k, JoinRequest { address, learner, candidate_id: id });
+            }
+            Plan::Remove { id, ref then_join } => {
+                if self.ever_removed.contains(&id) {
+                    let Some(address) = then_join.clone() else { return false };
+                    let i = self.add_node(address);
+                    self.plans[k].plan = Plan::Join { i, learner: false };
+                    return true;
+                }
+                self.propose_change(k, MemberChange::Remove { id });
+            }
+            Plan::Promote { id, attempts } => {
+                if attempts >= 5 || !self.committed_conf.is_learner(id) {
+                    return false;
+                }
+                self.propose_change(k, MemberChange::Promote { id });
+            }
+            Plan::Rejoin { i, .. } => return self.rejoin_step(k, i),
+        }
+        true
+    }
+
+    /// Proposes plan `k`'s change on the node that leads in the highest term.
+    fn propose_change(&mut self, k: usize, change: MemberChange) {
+        let Some((leader, _)) = self.leader() else {
+            self.plans[k].next_try_tick = self.tick + self.weather.plan_retry_ticks;
+            return;
+        };
+        let i = (leader - 1) as usize;
+        let token = self.next_token;
+        self.next_token += 1;
+        let plan = self.plans[k].id;
+        self.requests.insert(token, (i, Request::Member { plan }));
+        self.plans[k].in_flight = Some((token, self.tick));
+        self.trace(|| format!("operator: plan {plan}: {change:?} via n{leader}"));
+        self.nodes[i].core.as_mut().unwrap().propose_member_change(token, change);
+    }
+
+    /// Asks a join for plan `k`, of the leader if there is one, else of any running node
+    /// (which names the leader), as `mmapd --join` asks the addresses it is given.
+    fn ask_join(&mut self, k: usize, request: JoinRequest) {
+        let i = match self.leader() {
+            Some((leader, _)) => (leader - 1) as usize,
+            None => self.pick_node(),
+        };
+        if self.nodes[i].core.is_none() {
+            self.plans[k].next_try_tick = self.tick + self.weather.plan_retry_ticks;
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let plan = self.plans[k].id;
+        self.requests.insert(token, (i, Request::Join { plan }));
+        self.plans[k].in_flight = Some((token, self.tick));
+        let via = self.nodes[i].id;
+        self.trace(|| format!("operator: plan {plan}: join {request:?} via n{via}"));
+        self.nodes[i].core.as_mut().unwrap().join(token, request);
+    }
+
+    fn plan_position(&self, plan: u64) -> Option<usize> {
+        self.plans.iter().position(|operation| operation.id == plan)
+    }
+
+    fn on_member_answer(
+        &mut self,
+        plan: u64,
+        i: usize,
+        result: Result<mmapd::server::driver::Applied, NodeError>,
+    ) {
+        let Some(k) = self.plan_position(plan) else { return };
+        self.plans[k].in_flight = None;
+        let via = self.nodes[i].id;
+        self.trace(|| format!("operator: plan {plan}: n{via} answered {result:?}"));
+        if result.is_err() {
+            self.plans[k].next_try_tick = self.tick + self.weather.plan_retry_ticks;
+            if let Plan::Promote { attempts, .. } = &mut self.plans[k].plan {
+                *attempts += 1;
+            }
+        }
+    }
+
+    fn on_join_answer(&mut self, plan: u64, i: usize, result: Result<Joined, NodeError>) {
+        let Some(k) = self.plan_position(plan) else { return };
+        self.plans[k].in_flight = None;
+        let via = self.nodes[i].id;
+        self.trace(|| format!("operator: plan {plan}: n{via} answered the join with {result:?}"));
+        let joining = match self.plans[k].plan {
+            Plan::Join { i, .. } | Plan::Rejoin { i, .. } => i,
+            _ => return,
+        };
+        let id = self.nodes[joining].id;
+        match result {
+            Ok(joined) if joined.id == id => {
+                if matches!(self.plans[k].plan, Plan::Rejoin { .. }) {
+                    self.rejoins_started += 1;
+                    self.trace(|| format!("n{id}, wiped, is let back in under its old id"));
+                } else {
+                    self.members_added += 1;
+                }
+                self.start_empty(joining, joined.base);
+            }
+            Ok(joined) => {
+                let address = self.nodes[joining].address.clone();
+                self.violate(
+                    "join",
+                    format!("n{id} asked to join at {address} and was given id n{}", joined.id),
+                );
+            }
+            Err(NodeError::Invalid(reason))
+                if matches!(self.plans[k].plan, Plan::Rejoin { .. }) && reason.contains("held the log") =>
+            {
+                self.rejoins_refused += 1;
+                let address = self.nodes[joining].address.clone();
+                self.plans[k].plan = Plan::Remove { id, then_join: Some(Some(address)) };
+            }
+            Err(_) => self.plans[k].next_try_tick = self.tick + self.weather.plan_retry_ticks,
+        }
+    }
+
+    /// One round of a wiped node's start under its old id. A bootstrap member asks the
+    /// `--peers` it can reach (`DriverCore::probe_answer`) and follows
+    /// `driver::start::decide_start`, as the daemon does; a member that joined asks the
+    /// leader to join at its address. Refused, the operator replaces it.
+    fn rejoin_step(&mut self, k: usize, i: usize) -> bool {
+        let node = &self.nodes[i];
+        if node.core.is_some() {
+            return false;
+        }
+        let (id, address, original) = (node.id, node.address.clone(), node.original);
+        let Plan::Rejoin { since_tick, .. } = self.plans[k].plan else { unreachable!() };
+        if self.tick > since_tick + REJOIN_PATIENCE_TICKS {
+            self.trace(|| format!("n{id} is still not started: the operator replaces it"));
+            self.plans[k].plan = Plan::Remove { id, then_join: Some(Some(address)) };
+            return true;
+        }
+        if !original {
+            let candidate_id = self.nodes.len() as u64 + 1;
+            self.ask_join(k, JoinRequest { address, learner: false, candidate_id });
+            return true;
+        }
+        let mut heard = Vec::new();
+        for peer in 1..=self.initial_count as u64 {
+            let j = (peer - 1) as usize;
+            if peer == id || self.blocked[i][j] || self.blocked[j][i] {
+                continue;
+            }
+            if let Some(core) = &self.nodes[j].core {
+                heard.push((peer, core.probe_answer(id)));
+            }
+        }
+        let Plan::Rejoin { answers, .. } = &mut self.plans[k].plan else { unreachable!() };
+        // The daemon keeps each peer's latest answer across rounds.
+        answers.extend(heard);
+        let answers: Vec<ProbeAnswer> = answers.values().copied().collect();
+        match decide_start(&self.driver_config(i), self.initial_count, &answers) {
+            StartDecision::Start => {
+                self.rejoins_started += 1;
+                self.trace(|| format!("n{id}, wiped, starts again under its old id (answers {answers:?})"));
+                self.start_empty(i, ConfState::with_voters((1..=self.initial_count as u64).collect()));
+                false
+            }
+            StartDecision::Refuse { reason, .. } => {
+                self.rejoins_refused += 1;
+                self.trace(|| format!("n{id} refuses to start under its old id: {reason}"));
+                self.plans[k].plan = Plan::Remove { id, then_join: Some(Some(address)) };
+                true
+            }
+            StartDecision::Wait { .. } => {
+                self.plans[k].next_try_tick = self.tick + 3;
+                true
+            }
+        }
+    }
+
     // -------------------------------------------------------------- faults
+
+    /// A random member of the committed configuration that is running or coming back
+    /// (not removed, not gone): clients and faults pick among these, as clients follow
+    /// the member list.
+    fn pick_node(&mut self) -> usize {
+        let conf = &self.committed_conf;
+        let candidates: Vec<usize> = conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .map(|&id| (id - 1) as usize)
+            .filter(|&i| self.nodes[i].in_play())
+            .collect();
+        if candidates.is_empty() {
+            return 0;
+        }
+        candidates[self.rng.index(candidates.len())]
+    }
 
     fn live_count(&self) -> usize {
         self.nodes.iter().filter(|node| node.core.is_some()).count()
@@ -1615,7 +2376,7 @@ impl Sim {
                 }
                 let victim = match leader {
                     Some(leader) if self.rng.chance(600_000) => leader,
-                    _ => self.rng.index(n),
+                    _ => self.pick_node(),
                 };
                 let downtime =
                     if self.rng.chance(500_000) { self.rng.between(1, 5) } else { self.rng.between(10, 80) };
@@ -1680,7 +2441,7 @@ impl Sim {
                 });
             }
             7 | 8 => {
-                let i = self.rng.index(n);
+                let i = self.pick_node();
                 self.nodes[i].crash_after_send_armed = true;
                 self.trace(|| format!("ARM n{} to crash after sending a vote, before persisting", i + 1));
             }
@@ -1695,7 +2456,7 @@ impl Sim {
                 self.trace(|| format!("ARM leader n{} to crash right after its commit advances", leader + 1));
             }
             _ => {
-                let Some(crashed) = (0..n).find(|&i| self.nodes[i].core.is_none()) else { return };
+                let Some(crashed) = (0..n).find(|&i| self.nodes[i].can_restart()) else { return };
                 self.restart(self.nodes[crashed].id);
             }
         }
@@ -1721,9 +2482,7 @@ impl Sim {
             self.nodes[i].crash_after_append_armed = false;
             self.nodes[i].crash_after_commit_armed = false;
             self.nodes[i].clock_stalled_until_tick = 0;
-            if self.nodes[i].core.is_none() {
-                self.restart(self.nodes[i].id);
-            }
+            self.restart(self.nodes[i].id);
         }
     }
 
@@ -1743,6 +2502,11 @@ impl Sim {
         }
         if self.step % STEPS_PER_TICK == 0 {
             self.tick += 1;
+            // Before the cores tick: a tick may propose a waiting write, which `drive`
+            // sees only in the next step.
+            if self.options.clients {
+                self.abandon_given_up_writes();
+            }
             if self.faults_active && self.rng.chance(self.weather.fault_per_million) {
                 self.inject_fault();
             }
@@ -1760,8 +2524,10 @@ impl Sim {
                     core.tick();
                 }
             }
+            self.operate();
         }
         self.check_roles();
+        self.check_committed_in_every_quorum();
     }
 
     /// Runs `ticks` ticks, stopping early at a violation.
@@ -1790,13 +2556,16 @@ impl Sim {
 
     /// True when every node is up, agrees on one leader and term, and has applied what
     /// the leader committed.
+    /// Only the members of the leader's configuration count: a removed node is stopped,
+    /// or, if it never learnt of its removal, outside the cluster for good.
     pub fn is_settled(&self) -> bool {
         let Some((leader, term)) = self.leader() else { return false };
-        let leader_commit = self.nodes[(leader - 1) as usize].raft().unwrap().status().commit;
-        self.nodes.iter().all(|node| {
+        let leader_raft = self.nodes[(leader - 1) as usize].raft().unwrap();
+        let leader_commit = leader_raft.commit_index();
+        leader_raft.conf_state().members().all(|member| {
+            let node = &self.nodes[(member - 1) as usize];
             node.raft().is_some_and(|raft| {
-                let status = raft.status();
-                status.term == term && status.leader == Some(leader) && node.state().0 >= leader_commit
+                raft.term() == term && raft.leader() == Some(leader) && node.state().0 >= leader_commit
             })
         })
     }
@@ -1835,15 +2604,49 @@ impl Sim {
             let still: Vec<&u64> =
                 unresolved.iter().filter(|op| self.pending_writes.contains_key(op)).collect();
             let detail = format!(
-                "{} ticks after faults stopped: leader {:?}, settled {}, unresolved proposals {still:?}",
+                "{} ticks after faults stopped: leader {:?}, settled {}, unresolved proposals {still:?}\n{}",
                 self.tick - start_tick,
                 self.leader(),
-                self.is_settled()
+                self.is_settled(),
+                self.describe_nodes()
             );
             self.violate("liveness", detail);
             return;
         }
         self.check_linearizability();
+    }
+
+    /// Every node's state and the plans under way, for a liveness failure.
+    fn describe_nodes(&self) -> String {
+        let mut text = format!(
+            "committed configuration: voters {:?} learners {:?}; plans under way: {:?}",
+            self.committed_conf.voters,
+            self.committed_conf.learners,
+            self.plans.iter().map(|o| &o.plan).collect::<Vec<_>>()
+        );
+        for node in &self.nodes {
+            let state = match node.raft() {
+                Some(raft) => {
+                    let conf = raft.conf_state();
+                    format!(
+                        "{} t{} leader {:?} commit {} last {} voters {:?} learners {:?}",
+                        raft.role().as_str(),
+                        raft.term(),
+                        raft.leader(),
+                        raft.commit_index(),
+                        raft.last_index(),
+                        conf.voters,
+                        conf.learners
+                    )
+                }
+                None => "down".to_string(),
+            };
+            let flags =
+                [(node.removed, " removed"), (node.retired, " disk gone"), (node.joining, " joining")];
+            let flags: String = flags.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
+            let _ = write!(text, "\n    n{} ({}){flags}: {state}", node.id, node.address);
+        }
+        text
     }
 
     /// Runs the whole of `options` and reports.
@@ -1869,6 +2672,10 @@ impl Sim {
                 leaders: 0,
                 snapshots_installed: 0,
                 transfers: 0,
+                members_added: 0,
+                members_removed: 0,
+                rejoins_refused: 0,
+                rejoins_started: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -1897,6 +2704,10 @@ impl Sim {
             leaders: sim.leaders.len() as u64,
             snapshots_installed: sim.snapshots_installed,
             transfers: sim.transfers,
+            members_added: sim.members_added,
+            members_removed: sim.members_removed,
+            rejoins_refused: sim.rejoins_refused,
+            rejoins_started: sim.rejoins_started,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }
