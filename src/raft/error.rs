@@ -110,8 +110,9 @@ pub enum StepError {
         from: NodeId,
     },
     /// A vote or pre-vote request from a node that is not a member of this node's
-    /// configuration: most likely a removed server, which must not disrupt the cluster
-    /// (thesis §4.2.3). See `Raft::step` for why this is safe for new members.
+    /// configuration and whose log is not ahead of this node's: most likely a removed
+    /// server, which must not disrupt the cluster (thesis §4.2.3). See `Raft::step` for
+    /// why this is safe for new members.
     #[error("{kind} from node {from}, which is not a member")]
     VoteRequestFromNonMember {
         /// The message kind.

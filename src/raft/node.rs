@@ -627,12 +627,15 @@ impl Raft {
     /// (AppendEntries, Heartbeat, InstallSnapshot) from a node outside this node's
     /// configuration is *not* refused: a new member hears from a leader it does not know
     /// yet, and learns its configuration from that leader's log; the term rules (§5.1,
-    /// §5.2) protect it from a stale one. A vote request from a non-member *is* refused,
-    /// before its term can touch ours: the sender is either removed, and must not disrupt
-    /// the cluster by forcing terms up (thesis §4.2.3), or was added in a suffix of the
-    /// log this node has not received; then it is a voter only if its promotion
-    /// committed, and another up-to-date voter can still win this node's vote; once a
-    /// leader's log reaches this node, it knows the new member. A learner's vote request
+    /// §5.2) protect it from a stale one. A vote request from a non-member whose log is
+    /// not ahead of this node's *is* refused, before its term can touch ours: such a
+    /// sender knows no configuration this node does not, so it is not a member; most
+    /// likely it was removed, and must not disrupt the cluster by forcing terms up
+    /// (thesis §4.2.3). One whose log is ahead is heard: it may have been added in a
+    /// suffix of the log this node has not received, and be a voter whose vote this node
+    /// is needed for (the simulator found a cluster left without a leader for good when
+    /// such requests were refused; `a_stale_voter_answers_a_vote_request_from_a_member_it_has_not_heard_of`).
+    /// A removed server's log stops at its removal, behind the members'. A learner's vote request
     /// is answered: in a log this node has not received yet it may have been promoted,
     /// and only the candidate decides whose votes count. Answers from learners are
     /// accepted (they update the learner's progress) but never count toward a commit, a
@@ -756,8 +759,16 @@ impl Raft {
         if is_response && !self.conf().is_member(from) && !self.is_departing(from) {
             return Err(StepError::ResponseFromNonMember { kind, from });
         }
-        if matches!(m.body, MessageBody::RequestVote { .. }) && !self.conf().is_member(from) {
-            return Err(StepError::VoteRequestFromNonMember { kind, from });
+        if let MessageBody::RequestVote { last_log_index, last_log_term, .. } = m.body {
+            // A candidate whose log is ahead of ours may hold configurations we have not
+            // received, in which it is a voter: it is heard (thesis §4.1). One that is
+            // not ahead knows no configuration we do not, so it is no member (thesis
+            // §4.2.3: most likely a removed server, which must not disrupt the cluster).
+            let ahead = (last_log_term, last_log_index) != (self.log.last_term(), self.log.last_index())
+                && self.log.is_up_to_date(last_log_index, last_log_term);
+            if !ahead && !self.conf().is_member(from) {
+                return Err(StepError::VoteRequestFromNonMember { kind, from });
+            }
         }
         let out_of_range =
             |field, value| Err(StepError::OutOfRange { kind, from, field, value, limit: MAX_TERM_OR_INDEX });

@@ -615,3 +615,54 @@ fn planted_membership_bugs_skip_their_checks() {
     cluster.run_until(|c| c.nodes[&2].role() == Role::Leader);
     cluster.node(2).propose_conf_change(remove(5)).unwrap();
 }
+
+/// A voter whose configuration is stale (it missed the changes that added a member)
+/// must still answer that member's vote request when the member's log is ahead of its
+/// own: the member may be a voter of a configuration committed in the entries it has
+/// not received. Refused, a cluster whose only other up-to-date voter is gone stays
+/// without a leader for good. The simulator found it: voters {1, 2, 5} after node 2 missed
+/// the removals of 3 and 4 and the addition of 5; node 1's disk then failed, and 5
+/// needed 2's vote, which 2 refused as from a non-member.
+/// Reference: thesis §4.1 ("servers process incoming RPC requests without consulting
+/// their current configurations"), §4.2.3
+#[test]
+fn a_stale_voter_answers_a_vote_request_from_a_member_it_has_not_heard_of() {
+    let mut cluster = Cluster::new(4);
+    cluster.elect(1);
+    cluster.propose(1, "x");
+    cluster.isolate(2);
+    cluster.tolerate_refusals = true;
+    let stale = cluster.nodes[&2].last_index();
+    cluster.node(1).propose_conf_change(remove(4)).unwrap();
+    cluster.stabilize();
+    cluster.add_node(5, ConfState::with_voters(voters(4)));
+    cluster.cut.remove(&(1, 5));
+    cluster.cut.remove(&(5, 1));
+    cluster.node(1).propose_conf_change(add_learner(5)).unwrap();
+    cluster.stabilize();
+    cluster.tick_all(1);
+    cluster.node(1).propose_conf_change(promote(5)).unwrap();
+    cluster.stabilize();
+    cluster.node(1).propose_conf_change(remove(3)).unwrap();
+    cluster.stabilize();
+    cluster.propose(1, "y");
+    assert_eq!(cluster.conf(1).voters, [1, 2, 5]);
+    assert_eq!(cluster.nodes[&1].commit_index(), cluster.nodes[&1].last_index(), "every change committed");
+    assert_eq!(cluster.nodes[&2].last_index(), stale, "node 2 missed every change");
+    assert_eq!(cluster.conf(2).voters, [1, 2, 3, 4]);
+
+    // Node 1's disk fails for good; nodes 3 and 4 are gone (removed). Voters 2 and 5
+    // are a majority of [1, 2, 5]: they must elect a leader.
+    for id in [1, 3, 4] {
+        cluster.nodes.remove(&id);
+    }
+    cluster.heal();
+    for _ in 0..100 {
+        cluster.tick_all(1);
+        if !cluster.leaders().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(cluster.leaders(), [5], "refusals: {:?}", cluster.refusals);
+    assert_eq!(cluster.conf(2).voters, [1, 2, 5], "node 2 learnt the configuration from its new leader");
+}
