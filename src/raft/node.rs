@@ -417,9 +417,12 @@ impl Raft {
     }
 
     fn tick_election(&mut self) {
-        self.election_elapsed += 1;
+        // Counts on while the node cannot campaign (a learner, a node outside its own
+        // configuration, a full disk): it has not heard from a leader, so it is out of
+        // the leader's lease (thesis §4.2.3) and answers vote requests. An election that
+        // starts resets it.
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_election_ticks {
-            self.election_elapsed = 0;
             self.campaign();
         }
     }

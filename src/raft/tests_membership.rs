@@ -666,3 +666,43 @@ fn a_stale_voter_answers_a_vote_request_from_a_member_it_has_not_heard_of() {
     assert_eq!(cluster.leaders(), [5], "refusals: {:?}", cluster.refusals);
     assert_eq!(cluster.conf(2).voters, [1, 2, 5], "node 2 learnt the configuration from its new leader");
 }
+
+/// A node that cannot campaign (here a learner; also a voter missing from its own
+/// stale configuration) and has not heard from a leader for an election timeout is out
+/// of the leader's lease for good: it answers vote requests. Its election timer used to
+/// start over at each timeout as if it had heard from the leader, so it ignored them
+/// for most of each timeout, and for all of it when its random timeout was the minimum:
+/// the simulator found a cluster that never elected a leader again, as the one voter
+/// that could win needed the vote of a promoted node that had not received its promotion.
+/// Reference: thesis §4.2.3 (a server ignores vote requests only within the minimum
+/// election timeout of hearing from a current leader), §4.2.1
+#[test]
+fn a_node_that_cannot_campaign_answers_votes_once_its_leader_is_silent() {
+    let mut cluster = cluster_with_learner();
+    cluster.nodes.remove(&1);
+    let learner = cluster.node(4);
+    assert_eq!(learner.leader(), Some(1));
+    for _ in 0..50 {
+        learner.tick();
+    }
+    let (term, last_index) = (learner.term(), learner.last_index());
+    let last_term = term;
+    take_ready(learner);
+    for tick in 0..30 {
+        learner.tick();
+        let mut request = vote_request(2, 4, term + 1, last_index, last_term);
+        request.body = MessageBody::RequestVote {
+            pre_vote: true,
+            last_log_index: last_index,
+            last_log_term: last_term,
+            transfer: false,
+        };
+        learner.step(request).unwrap();
+        let ready = take_ready(learner);
+        let granted = MessageBody::RequestVoteResponse { pre_vote: true, granted: true };
+        assert!(
+            ready.messages.iter().any(|m| m.to == 2 && m.body == granted),
+            "ignored at tick {tick}: {ready:?}"
+        );
+    }
+}
