@@ -721,7 +721,9 @@ impl Raft {
     }
 
     /// A message from an older term. A deposed leader is told the newer term so it
-    /// steps down; a pre-vote is refused so the pre-candidate learns our term.
+    /// steps down; a (pre-)vote is refused so the (pre-)candidate learns our term (Figure
+    /// 2) and campaigns above it: a candidate behind a voter that does not ask it for its
+    /// vote (its configuration is stale) would otherwise stay behind for good.
     fn handle_stale_message(&mut self, m: &Message) {
         let reply_body = match m.body {
             MessageBody::AppendEntries { .. }
@@ -732,8 +734,8 @@ impl Raft {
                 conflict_term: 0,
                 conflict_index: 0,
             },
-            MessageBody::RequestVote { pre_vote: true, .. } => {
-                MessageBody::RequestVoteResponse { pre_vote: true, granted: false }
+            MessageBody::RequestVote { pre_vote, .. } => {
+                MessageBody::RequestVoteResponse { pre_vote, granted: false }
             }
             _ => return,
         };

@@ -336,6 +336,29 @@ fn node_votes_for_at_most_one_candidate_per_term() {
     assert_eq!(grants, vec![(1, true), (2, false)]);
 }
 
+/// A vote request from an older term is refused with the voter's term, so that the
+/// candidate learns it and campaigns above it. Dropped silently, a candidate whose term
+/// is behind never catches up with a voter that keeps campaigning without asking it
+/// (one whose stale configuration does not list it): without pre-vote the simulator
+/// found two such nodes that never elected a leader again.
+/// Reference: Figure 2 (RequestVote: "Reply false if term < currentTerm"), §5.1
+#[test]
+fn vote_request_from_an_older_term_is_refused_with_the_current_term() {
+    let mut node = new_node(2, 3);
+    node.step(vote_request(1, 2, 5, 0, 0)).unwrap();
+    take_ready(&mut node);
+    node.step(vote_request(3, 2, 3, 9, 2)).unwrap();
+    let ready = take_ready(&mut node);
+    let refused = Message {
+        from: 2,
+        to: 3,
+        term: 5,
+        body: MessageBody::RequestVoteResponse { pre_vote: false, granted: false },
+    };
+    assert_eq!(ready.messages, vec![refused]);
+    assert_eq!((node.term(), node.status().vote), (5, Some(1)), "nothing else changed");
+}
+
 /// The up-to-date check compares the last term first: a longer log with an older
 /// last term loses to a shorter log with a newer one.
 /// Reference: §5.4.1 (RAFT-NOTES #9)
