@@ -408,4 +408,36 @@ mod planted_bugs {
         let bugs = DriverBugs { drop_covered_proposals: true, ..Default::default() };
         find_driver_bug("(g) drop_covered_proposals", bugs);
     }
+
+    /// (e, membership) A configuration change proposed before the leader has committed
+    /// an entry of its own term: an uncommitted change of an earlier leader that this one
+    /// does not hold can still commit, and two configurations with no common majority
+    /// each elect a leader and commit (Ongaro's 2015 correction to single-server changes).
+    // Reference: thesis §4.1; RAFT-NOTES #17, #19.
+    #[test]
+    fn simulator_finds_conf_change_before_commit_in_term() {
+        let bugs = PlantedBugs { conf_change_before_commit_in_term: true, ..Default::default() };
+        find("(e, membership) conf_change_before_commit_in_term", bugs, true);
+    }
+
+    /// (f, membership) A second configuration change while one is not committed: two
+    /// single-server steps at once can leave the old and the new configuration with
+    /// majorities that do not overlap.
+    // Reference: thesis §4.1 (one change at a time), RAFT-NOTES #19.
+    #[test]
+    fn simulator_finds_two_conf_changes_pending_at_once() {
+        let bugs = PlantedBugs { conf_change_while_pending: true, ..Default::default() };
+        find("(f, membership) conf_change_while_pending", bugs, true);
+    }
+
+    /// (g, membership) A member that held the log, wiped, starts again under its old id
+    /// (the `--peers` start decision ignores that the cluster saw it hold the log): with
+    /// an empty log it votes again in terms it voted in, and for candidates that miss
+    /// committed entries; a committed entry is then on no disk of some quorum.
+    // Reference: RAFT-NOTES #18, #23; Figure 2 (votedFor is persistent); thesis §4.1.
+    #[test]
+    fn simulator_finds_wiped_node_rejoining_as_itself() {
+        let bugs = DriverBugs { wiped_node_rejoins_as_itself: true, ..Default::default() };
+        find_driver_bug("(g, membership) wiped_node_rejoins_as_itself", bugs);
+    }
 }
