@@ -112,8 +112,8 @@ pub struct Joined {
     pub cluster_id: u64,
     /// The id the node takes.
     pub id: NodeId,
-    /// The configuration as of the leader's log start (`Raft::log_start_conf`): the
-    /// base the joining node's empty log starts from.
+    /// The configuration as of the leader's log start (`Raft::log_start_conf`), less
+    /// the joining node itself: the base the joining node's empty log starts from.
     pub base: crate::raft::ConfState,
     /// Every member and its address.
     pub members: Vec<(NodeId, String)>,
@@ -676,14 +676,22 @@ impl DriverCore {
         }
     }
 
-    /// The answer to a join that gave the node `id`.
+    /// The answer to a join that gave the node `id`. The base never lists the node:
+    /// it starts outside the configuration and learns that it is a learner from the
+    /// snapshot or the entries it is sent (thesis §4.2.1). Listed (the leader's log
+    /// starts after its learner entry), it would take itself for a former member, and
+    /// an older snapshot from another leader, whose configuration does not hold it yet,
+    /// would make it believe it was removed: it would stop for good.
     fn joined(&self, id: NodeId) -> Joined {
         let kv = self.kv.read().expect("kv lock");
         let cluster = kv.cluster();
+        let mut base = self.raft.log_start_conf().clone();
+        base.voters.retain(|&voter| voter != id);
+        base.learners.retain(|&learner| learner != id);
         Joined {
             cluster_id: cluster.id(),
             id,
-            base: self.raft.log_start_conf().clone(),
+            base,
             members: cluster.members().iter().map(|(id, m)| (*id, m.address.clone())).collect(),
         }
     }

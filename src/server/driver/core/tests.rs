@@ -713,3 +713,59 @@ fn a_new_leader_answers_joins_only_from_a_record_that_is_up_to_date() {
         other => panic!("expected the join under the new id, got {other:?}"),
     }
 }
+
+/// The configuration a join answers with never lists the joining node: it starts
+/// outside the configuration and learns that it is a learner from the snapshot or the
+/// entries it is sent. Listed in its base (the leader's log started after its learner
+/// entry, compacted), it took itself for a former member, and when another leader's
+/// older snapshot arrived first, one whose configuration did not hold it yet, it
+/// believed it had been removed and stopped for good (the simulator found it).
+// Reference: thesis §4.2.1 (a new server joins as a non-voting member), §4.1.
+#[test]
+fn a_joined_node_whose_leader_compacted_past_its_entry_is_not_removed_by_an_older_snapshot() {
+    let mut core = bootstrapped_leader();
+    let request = JoinRequest { address: "10.0.0.9:3001".into(), learner: false, candidate_id: 9 };
+    core.join(5, request.clone());
+    join_answer(&settle(&mut core), 5).expect("answered").expect("joined");
+    core.snapshot(6);
+    settle(&mut core);
+    assert_eq!(core.raft().log_start_conf().learners, [9], "the leader's log starts after the learner entry");
+    core.join(7, request);
+    let joined = join_answer(&settle(&mut core), 7).expect("answered").expect("joined again");
+    assert_eq!(joined.id, 9);
+    assert!(!joined.base.is_member(9), "the base lists the joining node: {:?}", joined.base);
+
+    // The joining node starts as the daemon starts it, and an older snapshot (another
+    // leader's, from before its learner entry) reaches it first.
+    let mut config = Config::new(9);
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 1;
+    let initial = InitialState {
+        hard_state: HardState::default(),
+        snapshot: SnapshotMeta { index: 0, term: 0, conf: joined.base },
+        entries: Vec::new(),
+    };
+    let raft = Raft::new(config, initial).expect("a fresh node");
+    let kv = Arc::new(RwLock::new(StateMachine::new()));
+    let mut joining = DriverCore::new(raft, kv, None, DriverConfig::default());
+    let meta = SnapshotMeta { index: 1, term: 1, conf: ConfState::with_voters(vec![1]) };
+    let term = core.raft().term();
+    let body = MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data: snapshot_data(1) } };
+    joining.step(vec![Message { from: 1, to: 9, term, body }]);
+    let mut removed = false;
+    for _ in 0..10 {
+        joining.poll();
+        for action in joining.take_actions() {
+            match action {
+                Action::Removed => removed = true,
+                Action::Persist(_) => joining.persisted(Ok(())),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(joining.kv().read().unwrap().applied_index(), 1, "the snapshot installed");
+    assert!(
+        !removed && !joining.raft().is_removed(),
+        "a node waiting for its learner entry took itself for removed"
+    );
+}
