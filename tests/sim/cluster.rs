@@ -257,6 +257,10 @@ struct Node {
     crash_after_send_armed: bool,
     /// Crash as soon as it appends entries of its own term as leader.
     crash_after_append_armed: bool,
+    /// Crash as soon as it appends a configuration change of its own term as leader: its
+    /// change is left uncommitted in few logs while the next leader makes its own (the
+    /// moment the leader must first commit an entry of its term, thesis §4.1).
+    crash_after_conf_append_armed: bool,
     /// Crash right after its commit index next advances (as leader), before the
     /// followers hear of it.
     crash_after_commit_armed: bool,
@@ -355,6 +359,9 @@ struct Weather {
     max_plans: usize,
     /// Ticks an operator waits before trying a refused step again.
     plan_retry_ticks: u64,
+    /// Chance that the leader an operator proposes a change to is armed to crash as soon
+    /// as it appends it.
+    conf_crash_per_million: u32,
 }
 
 /// A membership change an operator carries through, step by step, with the production
@@ -536,6 +543,7 @@ fn new_node(id: NodeId, address: String, original: bool, disk: Disk, real_store:
         clock_stalled_until_tick: 0,
         crash_after_send_armed: false,
         crash_after_append_armed: false,
+        crash_after_conf_append_armed: false,
         crash_after_commit_armed: false,
         real: real_store.then(new_real_disk),
     }
@@ -633,6 +641,7 @@ impl Sim {
             membership_per_million: 0,
             max_plans: 1,
             plan_retry_ticks: rng.between(1, 10),
+            conf_crash_per_million: 0,
         };
         if options.membership {
             // One seed in eight runs without membership changes, as the simulator did
@@ -643,12 +652,14 @@ impl Sim {
                 5 => {}
                 2 | 7 => {
                     weather.membership_per_million = rng.between(20_000, 50_000) as u32;
-                    weather.max_plans = 2;
+                    weather.max_plans = 3;
                     weather.plan_retry_ticks = 1;
+                    weather.conf_crash_per_million = rng.between(100_000, 500_000) as u32;
                 }
                 _ => {
                     weather.membership_per_million = rng.between(1_000, 6_000) as u32;
                     weather.max_plans = if rng.chance(300_000) { 2 } else { 1 };
+                    weather.conf_crash_per_million = if rng.chance(500_000) { 100_000 } else { 0 };
                 }
             }
         }
@@ -914,6 +925,7 @@ impl Sim {
         }
         self.nodes[i].crash_after_send_armed = false;
         self.nodes[i].crash_after_append_armed = false;
+        self.nodes[i].crash_after_conf_append_armed = false;
         self.nodes[i].crash_after_commit_armed = false;
         // Its clients' requests die with it; a write it proposed may still commit.
         self.requests.retain(|_, (node, _)| *node != i);
@@ -1239,9 +1251,15 @@ impl Sim {
         // uncommitted entry of a newer term behind (Figure 8).
         let appends_own_entries = persist
             .is_some_and(|job| job.entries.iter().any(|entry| self.leaders.get(&entry.term) == Some(&id)));
+        let appends_own_change = persist.is_some_and(|job| {
+            job.entries
+                .iter()
+                .any(|entry| entry.kind == EntryKind::Config && self.leaders.get(&entry.term) == Some(&id))
+        });
         let node = &self.nodes[i];
         let crash_now = (node.crash_after_send_armed && vote_changed)
-            || (node.crash_after_append_armed && appends_own_entries);
+            || (node.crash_after_append_armed && appends_own_entries)
+            || (node.crash_after_conf_append_armed && appends_own_change);
         let leading = self.leaders.get(&self.max_term) == Some(&id);
         let applies = actions.iter().any(|action| matches!(action, Action::Applied(_)));
         if node.crash_after_commit_armed && leading && applies {
@@ -2122,11 +2140,8 @@ impl Sim {
             // A crashed member that the cluster saw hold the log is wiped and started
             // again as itself: it must be refused, and is then replaced.
             9 | 10 if may_lose_voter && !self.plans.iter().any(|o| matches!(o.plan, Plan::Rejoin { .. })) => {
-                let started: Vec<NodeId> = crashed
-                    .iter()
-                    .copied()
-                    .filter(|id| self.committed_cluster.members().get(id).is_some_and(|m| m.started))
-                    .collect();
+                let started: Vec<NodeId> =
+                    crashed.iter().copied().filter(|&id| self.refusal_is_promised(id)).collect();
                 if started.is_empty() {
                     return;
                 }
@@ -2142,6 +2157,40 @@ impl Sim {
         self.next_plan += 1;
         self.trace(|| format!("operator: plan {id}: {plan:?}"));
         self.plans.push(PlanUnderWay { id, plan, in_flight: None, next_try_tick: self.tick });
+    }
+
+    /// Whether production promises to refuse member `id` if it comes back with an empty
+    /// disk (RAFT-NOTES #18): the cluster's record marks it as having held the log
+    /// (`kv::Member::started`) where its start is decided. A member that joined asks the
+    /// leader, which answers only from a record holding everything committed. A bootstrap
+    /// member decides from the answers of a majority of its `--peers`, each from its own
+    /// applied record: the promise holds once every one it can reach has applied the
+    /// mark, and enough of them are reachable to decide in one round. Before that there
+    /// is a window the daemon does not close (a known limitation, docs/reliability.md):
+    /// peers that have not applied the mark yet, or a minority that holds it, let the
+    /// wiped member back in, and a committed entry it held can be lost (this simulator
+    /// found it, seed 281 before this rule).
+    fn refusal_is_promised(&self, id: NodeId) -> bool {
+        let i = (id - 1) as usize;
+        if !self.committed_cluster.members().get(&id).is_some_and(|m| m.started) {
+            return false;
+        }
+        if !self.nodes[i].original {
+            return true;
+        }
+        let mut answering = 0;
+        for peer in (1..=self.initial_count as u64).filter(|&p| p != id) {
+            let j = (peer - 1) as usize;
+            let Some(core) = &self.nodes[j].core else { continue };
+            if self.blocked[i][j] || self.blocked[j][i] {
+                continue;
+            }
+            if !core.kv().read().unwrap().cluster().members().get(&id).is_some_and(|m| m.started) {
+                return false;
+            }
+            answering += 1;
+        }
+        answering >= majority(self.initial_count) - 1
     }
 
     /// A new node with a fresh id and an empty disk, waiting to join at `address`.
@@ -2223,6 +2272,12 @@ impl Sim {
         self.requests.insert(token, (i, Request::Member { plan }));
         self.plans[k].in_flight = Some((token, self.tick));
         self.trace(|| format!("operator: plan {plan}: {change:?} via n{leader}"));
+        if self.faults_active && self.rng.chance(self.weather.conf_crash_per_million) {
+            self.nodes[i].crash_after_conf_append_armed = true;
+            self.trace(|| {
+                format!("ARM leader n{leader} to crash right after appending a configuration change")
+            });
+        }
         self.nodes[i].core.as_mut().unwrap().propose_member_change(token, change);
     }
 
@@ -2501,6 +2556,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.nodes[i].crash_after_send_armed = false;
             self.nodes[i].crash_after_append_armed = false;
+            self.nodes[i].crash_after_conf_append_armed = false;
             self.nodes[i].crash_after_commit_armed = false;
             self.nodes[i].clock_stalled_until_tick = 0;
             self.restart(self.nodes[i].id);
@@ -2606,7 +2662,13 @@ impl Sim {
         let start_tick = self.tick;
         let first_new_op = self.next_op;
         let mut settled = false;
-        for _ in 0..self.options.liveness_ticks {
+        // Healing does not give back a lost disk: a voter whose disk failed stays gone
+        // until its removal commits, and the others must all agree on a leader (without
+        // pre-vote, those that cannot win keep splitting the vote) and remove it, then
+        // catch up its replacement. Twice the bound then.
+        let gone = self.committed_conf.voters.iter().any(|&v| self.nodes[(v - 1) as usize].retired);
+        let bound = if gone { 2 * self.options.liveness_ticks } else { self.options.liveness_ticks };
+        for _ in 0..bound {
             self.run_ticks(1);
             if self.violation.is_some() {
                 return;
