@@ -362,6 +362,12 @@ struct Weather {
     /// Chance that the leader an operator proposes a change to is armed to crash as soon
     /// as it appends it.
     conf_crash_per_million: u32,
+    /// Chance that a new leader is cut off, with some of the others, from a crashed node
+    /// whose disk holds a configuration change it does not, which comes back at once on
+    /// the other side (see `split_from_uncommitted_change`).
+    split_new_leader_per_million: u32,
+    /// Chance that a node joins as a learner to stay (promoted by an operator later).
+    learner_only_per_million: u32,
 }
 
 /// A membership change an operator carries through, step by step, with the production
@@ -642,6 +648,8 @@ impl Sim {
             max_plans: 1,
             plan_retry_ticks: rng.between(1, 10),
             conf_crash_per_million: 0,
+            split_new_leader_per_million: 0,
+            learner_only_per_million: 200_000,
         };
         if options.membership {
             // One seed in eight runs without membership changes, as the simulator did
@@ -655,6 +663,8 @@ impl Sim {
                     weather.max_plans = 3;
                     weather.plan_retry_ticks = 1;
                     weather.conf_crash_per_million = rng.between(100_000, 500_000) as u32;
+                    weather.split_new_leader_per_million = 500_000;
+                    weather.learner_only_per_million = 500_000;
                 }
                 _ => {
                     weather.membership_per_million = rng.between(1_000, 6_000) as u32;
@@ -1140,6 +1150,9 @@ impl Sim {
                                 self.nodes[i].crash_after_commit_armed = true;
                             }
                         }
+                        if self.faults_active && self.rng.chance(self.weather.split_new_leader_per_million) {
+                            self.split_from_uncommitted_change(i);
+                        }
                     }
                     self.trace(|| {
                         format!(
@@ -1234,6 +1247,76 @@ impl Sim {
         self.crash(id);
         self.nodes[i].restart_at_tick = None;
         self.trace(|| format!("STOP n{id} (removed)"));
+    }
+
+    /// The moment the 2015 correction to single-server changes is about (thesis §4.1): a
+    /// leader crashed right after appending a configuration change, and a new leader that
+    /// does not hold it has just been elected. The network splits at once: the new leader
+    /// keeps one other voter (the one the crashed leader's change removes, if it removes
+    /// one) and the learners (but the one it promotes); the crashed node, restarted at
+    /// once, has the rest. The operator, whose change timed out with the crashed leader,
+    /// asks the new one to remove it. With four voters, the new leader's side is no
+    /// majority of the configuration both changes start from, but may be one of its own:
+    /// a new leader that changes the configuration before it has committed an entry of
+    /// its term lets both sides commit, each with a majority of its own configuration.
+    fn split_from_uncommitted_change(&mut self, leader: usize) {
+        let committed = self.committed.len() as u64;
+        let leader_disk = &self.nodes[leader].disk;
+        let mut change = None;
+        for (j, node) in self.nodes.iter().enumerate() {
+            if !node.can_restart() {
+                continue;
+            }
+            let uncommitted = node.disk.entries.iter().find(|entry| {
+                entry.kind == EntryKind::Config
+                    && entry.index > committed
+                    && leader_disk.term_at(entry.index) != Some(entry.term)
+            });
+            if let Some(entry) = uncommitted.and_then(|entry| ConfChange::decode(&entry.data).ok()) {
+                change = Some((j, entry));
+                break;
+            }
+        }
+        let Some((holder, change)) = change else { return };
+        let (leader_id, holder_id) = (self.nodes[leader].id, self.nodes[holder].id);
+        let conf = self.nodes[leader].raft().unwrap().conf_state().clone();
+        let others: Vec<NodeId> =
+            conf.voters.iter().copied().filter(|&v| v != leader_id && v != holder_id).collect();
+        let kept = match change.kind {
+            ConfChangeKind::Remove if others.contains(&change.node) => Some(change.node),
+            _ if others.is_empty() => None,
+            _ => Some(others[self.rng.index(others.len())]),
+        };
+        let n = self.nodes.len();
+        let mut sides = vec![false; n];
+        sides[leader] = true;
+        for id in kept.into_iter().chain(conf.learners.iter().copied()) {
+            let promoted = change.kind == ConfChangeKind::Promote && change.node == id;
+            sides[(id - 1) as usize] = !promoted;
+        }
+        for from in 0..n {
+            for to in 0..n {
+                self.blocked[from][to] = sides[from] != sides[to];
+            }
+        }
+        self.heal_at_tick = Some(self.tick + self.rng.between(20, 80));
+        self.nodes[holder].restart_at_tick = Some(self.tick + self.rng.between(1, 3));
+        let side: Vec<NodeId> = (0..n).filter(|&j| sides[j]).map(|j| self.nodes[j].id).collect();
+        self.trace(|| {
+            format!(
+                "PARTITION new leader n{leader_id} with {side:?} from n{holder_id}, which holds {} n{} it does not",
+                change.kind.name(),
+                change.node
+            )
+        });
+        let busy = self.busy_ids();
+        if conf.voters.len() >= 4 && conf.is_voter(holder_id) && !busy.contains(&holder_id) {
+            let id = self.next_plan;
+            self.next_plan += 1;
+            let plan = Plan::Remove { id: holder_id, then_join: None };
+            self.trace(|| format!("operator: plan {id}: {plan:?}"));
+            self.plans.push(PlanUnderWay { id, plan, in_flight: None, next_try_tick: self.tick });
+        }
     }
 
     /// Armed crashes that interrupt a round of actions. True when the node crashed.
@@ -2099,7 +2182,7 @@ impl Sim {
             // Add a brand-new node (thesis §4.2.1: as a learner, promoted once caught up).
             0..=2 if voters.len() + learners.len() + adding < 5 => {
                 let i = self.add_node(None);
-                Plan::Join { i, learner: self.rng.chance(200_000) }
+                Plan::Join { i, learner: self.rng.chance(self.weather.learner_only_per_million) }
             }
             3 if voters.len() < 5 => {
                 let free: Vec<NodeId> = learners.iter().copied().filter(|l| !busy.contains(l)).collect();
@@ -2272,7 +2355,9 @@ impl Sim {
         self.requests.insert(token, (i, Request::Member { plan }));
         self.plans[k].in_flight = Some((token, self.tick));
         self.trace(|| format!("operator: plan {plan}: {change:?} via n{leader}"));
-        if self.faults_active && self.rng.chance(self.weather.conf_crash_per_million) {
+        // Only a leader settled in its term: a new one is the other half of the moment.
+        let settled = self.nodes[i].raft().unwrap().committed_in_current_term();
+        if settled && self.faults_active && self.rng.chance(self.weather.conf_crash_per_million) {
             self.nodes[i].crash_after_conf_append_armed = true;
             self.trace(|| {
                 format!("ARM leader n{leader} to crash right after appending a configuration change")
