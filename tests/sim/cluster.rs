@@ -2222,13 +2222,24 @@ impl Sim {
             }
             // A crashed member that the cluster saw hold the log is wiped and started
             // again as itself: it must be refused, and is then replaced.
-            9 | 10 if may_lose_voter && !self.plans.iter().any(|o| matches!(o.plan, Plan::Rejoin { .. })) => {
-                let started: Vec<NodeId> =
-                    crashed.iter().copied().filter(|&id| self.refusal_is_promised(id)).collect();
-                if started.is_empty() {
+            // ... or one that was removed, started again with its `--peers` (RAFT-NOTES #23).
+            9 | 10 if !self.plans.iter().any(|o| matches!(o.plan, Plan::Rejoin { .. })) => {
+                let removed = (0..self.nodes.len()).filter(|&j| {
+                    let node = &self.nodes[j];
+                    node.original
+                        && node.core.is_none()
+                        && !node.retired
+                        && self.ever_removed.contains(&node.id)
+                });
+                let started = crashed.iter().copied().filter(|_| may_lose_voter);
+                let candidates: Vec<NodeId> = started
+                    .chain(removed.map(|j| self.nodes[j].id))
+                    .filter(|&id| !busy.contains(&id) && self.refusal_is_promised(id))
+                    .collect();
+                if candidates.is_empty() {
                     return;
                 }
-                let id = started[self.rng.index(started.len())];
+                let id = candidates[self.rng.index(candidates.len())];
                 let i = (id - 1) as usize;
                 self.wipe(i);
                 self.trace(|| format!("operator: n{id} is wiped and started again under its old id"));
@@ -2243,8 +2254,8 @@ impl Sim {
     }
 
     /// Whether production promises to refuse member `id` if it comes back with an empty
-    /// disk (RAFT-NOTES #18): the cluster's record marks it as having held the log
-    /// (`kv::Member::started`) where its start is decided. A member that joined asks the
+    /// disk (RAFT-NOTES #18, #23): the cluster's record marks it as having held the log
+    /// (`kv::Member::started`), or as removed, where its start is decided. A member that joined asks the
     /// leader, which answers only from a record holding everything committed. A bootstrap
     /// member decides from the answers of a majority of its `--peers`, each from its own
     /// applied record: the promise holds once every one it can reach has applied the
@@ -2255,11 +2266,19 @@ impl Sim {
     /// found it, seed 281 before this rule).
     fn refusal_is_promised(&self, id: NodeId) -> bool {
         let i = (id - 1) as usize;
-        if !self.committed_cluster.members().get(&id).is_some_and(|m| m.started) {
+        let removed = self.ever_removed.contains(&id);
+        let refuses = |cluster: &Cluster| {
+            if removed {
+                cluster.is_removed(id)
+            } else {
+                cluster.members().get(&id).is_some_and(|m| m.started)
+            }
+        };
+        if !refuses(&self.committed_cluster) {
             return false;
         }
         if !self.nodes[i].original {
-            return true;
+            return !removed;
         }
         let mut answering = 0;
         for peer in (1..=self.initial_count as u64).filter(|&p| p != id) {
@@ -2268,7 +2287,7 @@ impl Sim {
             if self.blocked[i][j] || self.blocked[j][i] {
                 continue;
             }
-            if !core.kv().read().unwrap().cluster().members().get(&id).is_some_and(|m| m.started) {
+            if !refuses(core.kv().read().unwrap().cluster()) {
                 return false;
             }
             answering += 1;
