@@ -2120,7 +2120,7 @@ impl Sim {
                 }
             }
         }
-        if removed >= others.len() / 2 + 1 {
+        if removed >= majority(others.len()) {
             self.trace(|| format!("n{id}: {removed} of {} members answer that it was removed", others.len()));
             self.nodes[i].removed = true;
             self.stop_removed(i);
