@@ -1,6 +1,8 @@
 //! Deterministic simulation of mmapd's Raft core: 3- and 5-node clusters under crashes,
-//! partitions, loss, duplication and reordering, with safety, liveness and
-//! linearizability checks after every step. See `sim/cluster.rs` for how it works.
+//! partitions, loss, duplication and reordering, with membership changes (joins,
+//! promotions, removals, replacements, wiped and removed members started again), and
+//! safety, liveness and linearizability checks after every step. See `sim/cluster.rs`
+//! for how it works.
 //!
 //! `cargo test --release --test simulation` runs the CI budget of seeds.
 //! `MMAPD_SIM_SEEDS=N` sets how many seeds; `MMAPD_SIM_SEED=S` replays one seed.
@@ -65,11 +67,13 @@ fn run_seeds(seeds: &[u64], stop_at_first: bool, options: impl Fn(u64) -> Option
     reports
 }
 
-/// The CI run. Checks after every step: election safety (§5.2), log matching (§5.3),
-/// leader completeness (§5.4), state machine safety (§5.4.3), durable-before-reply
-/// (Fig. 2); after healing: liveness (§5.2, thesis §9.6); at the end: linearizability of
-/// the clients' key-value history (thesis §6.3, §6.4).
-// Reference: §5, Figure 2, Figure 3; thesis §6.
+/// The CI run. Checks after every step: election safety (§5.2: one leader per term, one
+/// vote per term and id, across configurations and incarnations), log matching (§5.3),
+/// leader completeness (§5.4), every committed entry on some disk of every quorum of the
+/// configuration in force (thesis §4.1), no removed id let in again, state machine safety
+/// (§5.4.3), durable-before-reply (Fig. 2); after healing: liveness (§5.2, thesis §9.6);
+/// at the end: linearizability of the clients' key-value history (thesis §6.3, §6.4).
+// Reference: §5, Figure 2, Figure 3; thesis §4.1, §4.2.2, §4.2.3, §6.
 #[test]
 fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
     let seeds = seeds();

@@ -8,6 +8,13 @@
 //! one step the simulator delivers the messages that are due (in a random order), lets
 //! every node hand out and handle its `Ready`, lets clients act, injects faults, and
 //! then checks. All randomness comes from one `Rng`, so a seed replays a run exactly.
+//!
+//! Membership changes (`Plan`) are made as an operator makes them, through the production
+//! APIs: `DriverCore::propose_member_change`, `DriverCore::join` (a new node starts with
+//! what the leader answers), and for a wiped node started under its old id,
+//! `DriverCore::probe_answer` and `driver::start::decide_start`. Node ids are never reused:
+//! a node's id is its index in `Sim::nodes` plus one, and removed nodes stay in the list,
+//! so that every check keeps seeing them.
 
 use super::linearizability::{check_history, Event, Operation, Verdict};
 use super::rng::Rng;
