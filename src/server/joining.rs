@@ -153,7 +153,7 @@ pub(crate) async fn bootstrap(
             StartDecision::Wait { answered, needed } => {
                 if first || last_log.elapsed() >= WAITING_LOG_EVERY {
                     tracing::info!(answered, needed, peers = ?peers,
-                        "empty data directory: waiting for a majority of --peers to answer before bootstrapping");
+                        "empty data directory: waiting for a majority of --peers (every other member, once the cluster exists) to answer before starting");
                     last_log = Instant::now();
                     first = false;
                 }

@@ -6,9 +6,11 @@
 //! vote again and elect a leader missing committed entries (RAFT-NOTES #18). So before
 //! a `--peers` bootstrap the node asks its peers whether the cluster already exists
 //! (`DriverCore::probe_answer` is what a running node answers; a node that is itself
-//! new and waiting answers `NoCluster`). It starts only on answers from a majority of
-//! the member list (itself included), never on silence; a cluster that saw it hold the
-//! log, removed it, or does not list it, makes it refuse to start, naming the cluster.
+//! new and waiting answers `NoCluster`). A new cluster starts only on answers from a
+//! majority of the member list (itself included), never on silence; a cluster that saw
+//! it hold the log, removed it, or does not list it, makes it refuse to start, naming
+//! the cluster; a cluster that lists it and never saw it hold the log lets it start
+//! once every other member says so (one record may be stale).
 
 use super::core::DriverConfig;
 
@@ -107,6 +109,22 @@ pub fn decide_start(config: &DriverConfig, members: usize, answers: &[ProbeAnswe
             }
         }
     }
+    // The cluster exists and no answer says this node held the log. A member's record
+    // can lag (it was cut off, or has not applied the mark yet) and the leader learns
+    // that a member holds the log before the mark commits, so one stale record must not
+    // be enough: every other member must say so, not a majority (a majority of stale
+    // records, with the member that knew cut off, let a wiped member vote again and
+    // elect a leader without an entry it had acknowledged: the simulator's seed 281).
+    let exists = answers.iter().any(|answer| matches!(answer, ProbeAnswer::Member { .. }));
+    if exists {
+        let every_other = members.saturating_sub(1);
+        let unstarted = answers.iter().filter(|answer| matches!(answer, ProbeAnswer::Member { .. })).count();
+        return if unstarted >= every_other {
+            StartDecision::Start
+        } else {
+            StartDecision::Wait { answered: unstarted, needed: every_other }
+        };
+    }
     if answered >= needed {
         StartDecision::Start
     } else {
@@ -141,9 +159,20 @@ mod tests {
     }
 
     #[test]
-    fn a_member_whose_first_start_raced_the_others_starts() {
+    fn a_member_whose_first_start_raced_the_others_starts_once_every_other_member_says_so() {
         let unstarted = ProbeAnswer::Member { cluster_id: 7, started: false };
-        assert_eq!(decide(3, &[unstarted]), StartDecision::Start);
+        assert_eq!(decide(3, &[unstarted, unstarted]), StartDecision::Start);
+        // One record can be stale (cut off, or the mark not applied yet): a majority
+        // saying "not started" is not enough once the cluster exists.
+        assert_eq!(decide(3, &[unstarted]), StartDecision::Wait { answered: 1, needed: 2 });
+        assert_eq!(
+            decide(3, &[unstarted, ProbeAnswer::NoCluster]),
+            StartDecision::Wait { answered: 1, needed: 2 }
+        );
+        assert_eq!(
+            decide(5, &[unstarted, unstarted, unstarted]),
+            StartDecision::Wait { answered: 3, needed: 4 }
+        );
     }
 
     #[test]
