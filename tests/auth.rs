@@ -189,3 +189,44 @@ fn sighup_without_tokens_does_not_stop_the_node() {
     });
     assert_eq!(put(single.port(), "/v1/kv/k", b"v").status, 201);
 }
+
+/// Secrets never leave the node: not the cluster secret nor any token appears in
+/// `/status`, `/metrics`, an error answer (even one refusing that very token) or the log.
+#[test]
+fn the_secret_and_the_tokens_never_appear_in_status_metrics_errors_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, "tok-5ec2e7-5ec2e7 write\n");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "sec-5ec2e7-5ec2e7").unwrap();
+    let port = free_ports(1)[0];
+    let port_text = port.to_string();
+    let data_dir = dir.path().join("data");
+    let mut args = vec!["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+    args.extend([
+        "--auth-tokens",
+        tokens.to_str().unwrap(),
+        "--cluster-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    args.extend(FAST_TIMINGS);
+    let mut node = Daemon::new(dir.path(), port, &args);
+    node.start().unwrap();
+    let token = Some("tok-5ec2e7-5ec2e7");
+    wait_for(Duration::from_secs(10), "the node to lead", || {
+        (call(port, "GET", "/status", token, b"").json()["state"] == "leader").then_some(())
+    });
+    assert_eq!(call(port, "PUT", "/v1/kv/k", token, b"v").status, 201);
+    let mut seen = vec![
+        call(port, "GET", "/status", token, b"").text(),
+        call(port, "GET", "/metrics", token, b"").text(),
+        call(port, "GET", "/v1/members", token, b"").text(),
+        call(port, "GET", "/v1/kv/k", Some("tok-5ec2e7-5ec2e8"), b"").text(),
+    ];
+    let wrong_secret = [("X-Mmapd-Cluster-Secret", "sec-5ec2e7-5ec2e8")];
+    seen.push(request(port, "POST", "/raft/messages", &wrong_secret, b"").unwrap().text());
+    seen.push(node.log_text());
+    for text in &seen {
+        assert!(!text.contains("5ec2e7"), "a secret or token left the node: {text}");
+    }
+}
