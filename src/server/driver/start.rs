@@ -115,10 +115,16 @@ pub fn decide_start(config: &DriverConfig, members: usize, answers: &[ProbeAnswe
     // be enough: every other member must say so, not a majority (a majority of stale
     // records, with the member that knew cut off, let a wiped member vote again and
     // elect a leader without an entry it had acknowledged: the simulator's seed 281).
+    // A peer that is itself new and waiting (`NoCluster`) holds no log, so no mark to
+    // lag behind: it counts as saying so (without it, members that started late wait
+    // for each other for good).
     let exists = answers.iter().any(|answer| matches!(answer, ProbeAnswer::Member { .. }));
     if exists {
         let every_other = members.saturating_sub(1);
-        let unstarted = answers.iter().filter(|answer| matches!(answer, ProbeAnswer::Member { .. })).count();
+        let unstarted = answers
+            .iter()
+            .filter(|answer| matches!(answer, ProbeAnswer::Member { .. } | ProbeAnswer::NoCluster))
+            .count();
         return if unstarted >= every_other {
             StartDecision::Start
         } else {
@@ -166,13 +172,18 @@ mod tests {
         // saying "not started" is not enough once the cluster exists.
         assert_eq!(decide(3, &[unstarted]), StartDecision::Wait { answered: 1, needed: 2 });
         assert_eq!(
-            decide(3, &[unstarted, ProbeAnswer::NoCluster]),
+            decide(3, &[unstarted, ProbeAnswer::Pending]),
             StartDecision::Wait { answered: 1, needed: 2 }
         );
         assert_eq!(
             decide(5, &[unstarted, unstarted, unstarted]),
             StartDecision::Wait { answered: 3, needed: 4 }
         );
+        // Two late members of five wait for each other's answers too: each is new and
+        // waiting, holds no log, and so counts (they must not wait for each other for good).
+        let no_cluster = ProbeAnswer::NoCluster;
+        assert_eq!(decide(5, &[unstarted, unstarted, unstarted, no_cluster]), StartDecision::Start);
+        assert_eq!(decide(3, &[unstarted, no_cluster]), StartDecision::Start);
     }
 
     #[test]
