@@ -311,3 +311,38 @@ fn a_hand_started_node_creates_its_data_directory_and_files_private() {
     }
     assert!(files >= 3, "only {files} entries in the data directory");
 }
+
+/// A member whose first start came after the others had bootstrapped starts as itself
+/// once every other member answers that it never held the log; while one of them does
+/// not answer, it waits (that member's record may be the one that knows better), and it
+/// starts once that member is back.
+// Reference: RAFT-NOTES #18
+#[test]
+fn a_late_first_start_waits_for_every_other_member_then_joins_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let node = |i: usize| {
+        let data = dir.path().join(format!("data-{i}"));
+        let mut args = vec!["--port".to_owned(), ports[i].to_string(), "--peers".into(), peers.clone()];
+        args.extend(["--data-dir".to_owned(), data.to_str().unwrap().to_owned()]);
+        args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::new(dir.path(), ports[i], &args)
+    };
+    let (mut first, mut second, mut late) = (node(0), node(1), node(2));
+    first.start().unwrap();
+    second.start().unwrap();
+    wait_for(Duration::from_secs(20), "two of three to bootstrap and take a write", || {
+        (put(ports[0], "/v1/kv/k", b"v").status == 201).then_some(())
+    });
+    second.kill9();
+    late.start().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(ports[2], "/status").status, 503, "started on one member's word: {}", late.log_text());
+    second.start().unwrap();
+    wait_for(Duration::from_secs(20), "the late member to serve the cluster's data", || {
+        (get(ports[2], "/v1/kv/k").text() == "v").then_some(())
+    });
+    assert!(late.is_running());
+}
