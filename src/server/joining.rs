@@ -84,16 +84,28 @@ async fn answer_while_starting(
                 .header_read_timeout(Duration::from_secs(10))
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
             tokio::select! {
-                _ = connection => {}
+                _ = connection.as_mut() => return,
                 _ = stop.changed() => {}
             }
+            // A request under way still gets its answer (a reset would tell the client
+            // nothing); an idle connection is closed cleanly.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(HANDOVER_GRACE, connection).await;
         });
         while connections.try_join_next().is_some() {}
     }
+    // Connections still in the accept queue wait there for the real server.
+    let _ = tokio::time::timeout(HANDOVER_GRACE, async { while connections.join_next().await.is_some() {} })
+        .await;
     connections.abort_all();
     listener
 }
+
+/// How long the starting server lets its connections finish before the real server
+/// takes the listener.
+const HANDOVER_GRACE: Duration = Duration::from_secs(1);
 
 fn starting_answer(path: &str, address: &str) -> Response<Full<Bytes>> {
     let error = "starting: this node is waiting to join or bootstrap its cluster";
