@@ -4,18 +4,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn admin_ok(socket: &Path, args: &[&str]) -> String {
     let mut all = vec!["--socket", socket.to_str().unwrap()];
@@ -23,14 +14,6 @@ fn admin_ok(socket: &Path, args: &[&str]) -> String {
     let output = admin(&all);
     assert!(output.status.success(), "mmapd-admin {args:?} failed: {}{}", stdout(&output), stderr(&output));
     stdout(&output)
-}
-
-/// A failure is a non-zero exit with exactly one line on stderr, naming `expected`.
-fn assert_fails_with_one_line(output: &Output, expected: &str) {
-    assert!(!output.status.success(), "exit 0: {}", stdout(output));
-    let text = stderr(output);
-    assert_eq!(text.trim_end().lines().count(), 1, "not one line: {text:?}");
-    assert!(text.contains(expected), "{text:?} does not mention {expected:?}");
 }
 
 #[test]

@@ -180,6 +180,17 @@ fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_adve
     assert_eq!(status["state"], "starting");
 }
 
+/// Node `i` of a `--peers` cluster on `ports` (loopback), with its data in `dir`.
+fn peers_node(dir: &std::path::Path, ports: &[u16], i: usize) -> Daemon {
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let data = dir.join(format!("data-{i}"));
+    let mut args = vec!["--port".to_owned(), ports[i].to_string(), "--peers".into(), peers];
+    args.extend(["--data-dir".to_owned(), data.to_str().unwrap().to_owned()]);
+    args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::new(dir, ports[i], &args)
+}
+
 /// A node with an empty data directory started with `--peers` never bootstraps on
 /// silence: it waits for a majority of its peers to answer (RAFT-NOTES #18), serving
 /// nothing but probes meanwhile, and starts once they do.
@@ -187,15 +198,7 @@ fn binding_every_interface_without_a_findable_peers_entry_refuses_and_names_adve
 fn a_new_node_waits_for_a_majority_of_its_peers_before_bootstrapping() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
-    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let node = |i: usize| {
-        let data = dir.path().join(format!("data-{i}"));
-        let mut args = vec!["--port".to_owned(), ports[i].to_string(), "--peers".into(), peers.clone()];
-        args.extend(["--data-dir".to_owned(), data.to_str().unwrap().to_owned()]);
-        args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::new(dir.path(), ports[i], &args)
-    };
+    let node = |i: usize| peers_node(dir.path(), &ports, i);
     let mut first = node(0);
     first.start().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -321,15 +324,7 @@ fn a_hand_started_node_creates_its_data_directory_and_files_private() {
 fn a_late_first_start_waits_for_every_other_member_then_joins_as_itself() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
-    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let node = |i: usize| {
-        let data = dir.path().join(format!("data-{i}"));
-        let mut args = vec!["--port".to_owned(), ports[i].to_string(), "--peers".into(), peers.clone()];
-        args.extend(["--data-dir".to_owned(), data.to_str().unwrap().to_owned()]);
-        args.extend(FAST_TIMINGS.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::new(dir.path(), ports[i], &args)
-    };
+    let node = |i: usize| peers_node(dir.path(), &ports, i);
     let (mut first, mut second, mut late) = (node(0), node(1), node(2));
     first.start().unwrap();
     second.start().unwrap();

@@ -519,10 +519,7 @@ fn render_member(command: &MemberCommand, value: &serde_json::Value) -> String {
             let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
             let voters: Vec<String> = value["voters"].as_array().into_iter().flatten().map(text).collect();
             // mmapd refuses members off loopback without a secret (or --insecure-peers).
-            let off_loopback = voters.iter().chain([&address]).any(|a| {
-                a.parse::<std::net::SocketAddr>()
-                    .map_or(!a.starts_with("localhost:"), |a| !a.ip().is_loopback())
-            });
+            let off_loopback = voters.iter().chain([&address]).any(|a| !mmapd::server::cli::is_loopback(a));
             format!(
                 "added learner {id} at {address}{}\nstart it with:\n  mmapd --ip {host} --port {port} --advertise {address} --join {}{}{}",
                 if *learner { "" } else { " (promoted to voter once caught up)" },

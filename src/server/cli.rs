@@ -423,7 +423,7 @@ pub fn member_address(text: &str) -> Result<String, CliError> {
 
 /// Whether a `member_address` is on loopback: an IP in 127.0.0.0/8 or ::1, or the name
 /// `localhost`. Other names count as off loopback (they are resolved only when used).
-fn is_loopback(address: &str) -> bool {
+pub fn is_loopback(address: &str) -> bool {
     match address.parse::<SocketAddr>() {
         Ok(address) => address.ip().is_loopback(),
         Err(_) => address.rsplit_once(':').is_some_and(|(host, _)| host == "localhost"),

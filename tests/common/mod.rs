@@ -320,6 +320,26 @@ impl Drop for Daemon {
 }
 
 /// Runs `mmapd-admin args...` to completion.
+/// What a process printed on standard output.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What a process printed on standard error.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A failure is a non-zero exit with exactly one line on stderr, naming `expected`,
+/// and never a panic.
+pub fn assert_fails_with_one_line(output: &Output, expected: &str) {
+    assert!(!output.status.success(), "exit 0: {}", stdout(output));
+    let text = stderr(output);
+    assert_eq!(text.trim_end().lines().count(), 1, "not one line: {text:?}");
+    assert!(text.contains(expected), "{text:?} does not mention {expected:?}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
 pub fn admin(args: &[&str]) -> Output {
     Command::new(MMAPD_ADMIN)
         .args(args)

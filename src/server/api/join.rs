@@ -72,7 +72,7 @@ pub(crate) fn check_peer_identity(
             "node {sender:016x} was removed from the cluster; a removed id never comes back"
         ));
     }
-    if api.node.shared.address_of(sender).is_none() {
+    if !api.node.shared.is_member(sender) {
         // Not in this node's member list, which may be stale: answer it where it says.
         let address = headers.get(NODE_ADDRESS_HEADER).map(|value| value.to_str().map(member_address));
         match address {

@@ -75,6 +75,11 @@ impl Shared {
         self.members.read().expect("members lock").get(&id).cloned()
     }
 
+    /// Whether `id` is in this node's member list (which may be stale).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.members.read().expect("members lock").contains_key(&id)
+    }
+
     /// How logs name a node: its address, or its id in hex when it is not a member.
     pub fn name(&self, id: NodeId) -> String {
         self.address_of(id).unwrap_or_else(|| format!("{id:016x}"))
