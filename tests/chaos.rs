@@ -82,6 +82,9 @@ struct Totals {
     keys: usize,
     inconclusive: usize,
     anomalies: usize,
+    /// The anomalies' texts (their first lines, seed first): printed again past the
+    /// harness's capture, since CI shows only the start and end of a long output.
+    anomaly_lines: Vec<String>,
     /// Snapshot and forgery counts.
     stats: Stats,
     /// Peer messages the nodes' cores refused (`mmapd_peer_messages_refused_total` at the
@@ -99,6 +102,7 @@ impl Totals {
         self.keys += run.keys;
         self.inconclusive += run.inconclusive;
         self.anomalies += run.anomalies;
+        self.anomaly_lines.extend(run.anomaly_lines.iter().cloned());
         self.stats.add(&run.stats);
         self.refused_by_core += run.refused_by_core;
     }
@@ -267,6 +271,9 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         use std::io::Write as _;
         let mut stderr = std::io::stderr().lock();
         let _ = writeln!(stderr, "{line}");
+        for anomaly in &totals.anomaly_lines {
+            let _ = writeln!(stderr, "chaos: ANOMALY: {anomaly}");
+        }
         let _ = stderr.flush();
     }
     assert!(
@@ -418,6 +425,13 @@ fn one_run(
         keys: findings.keys,
         inconclusive: findings.inconclusive.len(),
         anomalies: anomalies.len(),
+        anomaly_lines: anomalies
+            .iter()
+            .map(|(_, a)| {
+                let first: String = a.lines().next().unwrap_or_default().chars().take(600).collect();
+                format!("seed {seed}: {first}")
+            })
+            .collect(),
         stats,
         refused_by_core,
         ..Totals::default()
