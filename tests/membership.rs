@@ -148,7 +148,9 @@ fn a_removed_member_stops_for_good_and_is_replaced_under_a_new_id() {
     let victim = cluster.others(leader)[0];
     let address = cluster.nodes[victim].address();
     let old_id = cluster.nodes[victim].status().unwrap()["node_id"].as_str().unwrap().to_owned();
-    let socket = cluster.dir.path().join(format!("node-{}", cluster.port(leader))).join("admin.sock");
+    // Through a follower: it pins the address to the id it names now, and forwards that.
+    let bystander = cluster.others(leader)[1];
+    let socket = admin_socket_of(&cluster, cluster.port(bystander));
     let output = admin(&["--socket", socket.to_str().unwrap(), "member", "remove", &address]);
     assert!(output.status.success(), "{output:?}");
 
@@ -179,6 +181,23 @@ fn a_removed_member_stops_for_good_and_is_replaced_under_a_new_id() {
         members["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(listed.len(), 3, "{members}");
     assert!(!listed.contains(&old_id.as_str()), "{members}");
+
+    // A removal forwarded before the replacement but held up until now (a partition that
+    // heals, chaos seed 1796202600002) must not remove the replacement at that address:
+    // forwards name the id, which is removed, and the leader refuses a forward naming an
+    // address.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let late = format!(r#"{{"op":"remove","member":"{old_id}"}}"#);
+    let response = request(cluster.port(leader), "POST", "/raft/members", &[], late.as_bytes()).unwrap();
+    assert_eq!(response.status, 404, "{}", response.text());
+    assert!(response.text().contains("was removed"), "{}", response.text());
+    let by_address = format!(r#"{{"op":"remove","member":"{address}"}}"#);
+    let response =
+        request(cluster.port(leader), "POST", "/raft/members", &[], by_address.as_bytes()).unwrap();
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(response.text().contains("by id"), "{}", response.text());
+    let members = get(port, "/v1/members").json();
+    assert!(members.to_string().contains(&new_id), "the replacement was removed: {members}");
     cluster.nodes[victim] = replacement;
 }
 

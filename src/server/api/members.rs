@@ -171,6 +171,31 @@ impl MemberOp {
         Bytes::from(serde_json::to_vec(&body).expect("a change body serializes"))
     }
 
+    /// The change with a member named by address replaced by the id that `cluster` gives
+    /// that address: an address no member of `cluster` has is an error naming it.
+    pub fn pinned(self, cluster: &Cluster) -> Result<MemberOp, ApiError> {
+        let pin = |target: MemberRef| match target {
+            MemberRef::Address(address) => match cluster.by_address(&address) {
+                Some((id, _)) => Ok(MemberRef::Id(id)),
+                None => Err(ApiError::NoSuchMember(format!(
+                    "no member has address {address} in this node's record (it may lag the leader's: \
+                     retry, or name the member by id)"
+                ))),
+            },
+            id => Ok(id),
+        };
+        Ok(match self {
+            MemberOp::Promote(target) => MemberOp::Promote(pin(target)?),
+            MemberOp::Remove(target) => MemberOp::Remove(pin(target)?),
+            other => other,
+        })
+    }
+
+    /// True when a member is named by its address (`pinned` turns it into an id).
+    fn names_an_address(&self) -> bool {
+        matches!(self, MemberOp::Promote(MemberRef::Address(_)) | MemberOp::Remove(MemberRef::Address(_)))
+    }
+
     fn name(&self) -> &'static str {
         match self {
             MemberOp::Add { .. } => "add",
@@ -219,7 +244,18 @@ fn leader(api: &Api) -> (Role, Option<NodeId>) {
 
 /// The admin socket's change: made here on the leader, else forwarded to the leader
 /// once. Answers what `change_here` answers.
+///
+/// A member named by address is pinned to its id first, from this node's record as the
+/// request arrives: a change may reach the leader late (a forward held up by a partition
+/// arrives when it heals, after its sender gave up), and by then a replacement may listen
+/// at that address under a new id. Pinned, a late removal names the old id, already
+/// removed, and is refused; unpinned, it removed the replacement (chaos seed
+/// 1796202600002). Ids are never reused, so a stale record errs only towards a refusal.
 pub(crate) async fn change(api: &Api, op: MemberOp) -> Result<serde_json::Value, ApiError> {
+    let op = {
+        let kv = api.node.shared.kv.read().expect("kv lock");
+        op.pinned(kv.cluster())?
+    };
     match leader(api) {
         (Role::Leader, _) => change_here(api, op).await,
         (_, Some(leader)) if leader != api.node.id => forward(api, leader, &op).await,
@@ -229,6 +265,13 @@ pub(crate) async fn change(api: &Api, op: MemberOp) -> Result<serde_json::Value,
 
 /// The peer route's change: only the leader makes it, and it is never forwarded again.
 pub(crate) async fn change_from_peer(api: &Api, op: MemberOp) -> Result<serde_json::Value, ApiError> {
+    if op.names_an_address() {
+        return Err(ApiError::BadRequest(
+            "membership change: a forwarded change names its member by id (the node that took the \
+             request resolves the address); the change was not made"
+                .into(),
+        ));
+    }
     if leader(api).0 != Role::Leader {
         return Err(ApiError::Unavailable(
             "not the leader (any more); the change was not made: retry".into(),
