@@ -24,6 +24,7 @@ use super::cli::{node_id, Settings};
 use super::driver::core::{DriverConfig, Joined};
 use super::driver::start::{decide_start, ProbeAnswer, StartDecision};
 use super::peer::transport::{PeerClient, SECRET_HEADER};
+use super::peer::VERSION_HEADER;
 use super::{lifecycle, ServerError};
 
 /// How long one probe or join request may take.
@@ -257,7 +258,10 @@ async fn ask(
     uri: &str,
     body: Option<String>,
 ) -> Result<(StatusCode, Bytes), String> {
-    let mut request = Request::builder().method(method).uri(uri);
+    // The version this node runs, so the leader counts it (`driver::version`): a
+    // member that is about to start must not be taken for an older release.
+    let version = crate::server::driver::version::THIS_VERSION.to_string();
+    let mut request = Request::builder().method(method).uri(uri).header(VERSION_HEADER, version);
     if let Some(secret) = secret {
         request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).map_err(|e| e.to_string())?);
     }

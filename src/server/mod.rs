@@ -42,7 +42,8 @@ use crate::store::{detect_legacy_json, Identity, Origin, Store, StoreError, Stor
 
 use cli::{node_id, Settings};
 use driver::core::{DriverConfig, DriverCore};
-use driver::shell::{DriverParts, Shared};
+use driver::shell::{DriverParts, Shared, SharedVersions};
+use driver::version::{MemberVersions, Version, OLDEST_VERSION, THIS_VERSION};
 
 /// The most client connections served at once, whatever the descriptor limit allows:
 /// each costs memory (hyper's buffers, a task). More wait in the accept queue.
@@ -158,6 +159,8 @@ enum Start {
         raft: Box<Raft>,
         members: HashMap<NodeId, String>,
         bootstrap: Option<(u64, Vec<(NodeId, String)>)>,
+        /// The least version a member may run (`DriverConfig::version_floor`).
+        version_floor: Version,
     },
     /// An empty data directory started with `--peers` (or alone): asks the peers first
     /// (`driver::start`).
@@ -213,13 +216,17 @@ pub fn open(settings: Settings) -> Result<Opened, ServerError> {
             let members: HashMap<NodeId, String> = origin.members.iter().cloned().collect();
             let bootstrap = (!origin.joined).then(|| (identity.cluster_id, origin.members.clone()));
             let raft = restore_raft(&settings, identity.node_id, origin.base, initial, &members)?;
-            Start::Ready { raft: Box::new(raft), members, bootstrap }
+            // An origin is written by this release or a later one: so was every
+            // member's, in a cluster it created or joined.
+            Start::Ready { raft: Box::new(raft), members, bootstrap, version_floor: THIS_VERSION }
         }
         // A data directory from before origins were written: its members are --peers,
         // as they always were, and its cluster id the hash of them.
         (identity, _) => {
+            // Written by a release before versions were reported: its peers may still
+            // run one (a rolling upgrade), until each reports its version.
             let (raft, members, bootstrap) = open_legacy(&settings, &store, identity, initial)?;
-            Start::Ready { raft: Box::new(raft), members, bootstrap }
+            Start::Ready { raft: Box::new(raft), members, bootstrap, version_floor: OLDEST_VERSION }
         }
     };
     if let Start::Ready { raft, .. } = &start {
@@ -402,8 +409,10 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let client = peer::transport::client();
     // A node with an empty data directory asks the cluster first, answering probes
     // meanwhile; then it is a node with data.
-    let (raft, members, bootstrap, listener) = match start {
-        Start::Ready { raft, members, bootstrap } => (*raft, members, bootstrap, listener),
+    let (raft, members, bootstrap, listener, version_floor) = match start {
+        Start::Ready { raft, members, bootstrap, version_floor } => {
+            (*raft, members, bootstrap, listener, version_floor)
+        }
         Start::Bootstrap { initial } => {
             let (listener, outcome) = joining::while_starting(
                 listener,
@@ -425,7 +434,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
             let initial =
                 InitialState { snapshot: SnapshotMeta { conf: base, ..initial.snapshot }, ..initial };
             let raft = build_raft(&settings, id, initial)?;
-            (raft, list.iter().cloned().collect(), Some((cluster_candidate, list)), listener)
+            (raft, list.iter().cloned().collect(), Some((cluster_candidate, list)), listener, THIS_VERSION)
         }
         Start::Join { initial } => {
             let (listener, outcome) = joining::while_starting(
@@ -444,7 +453,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
                 InitialState { snapshot: SnapshotMeta { conf: joined.base, ..initial.snapshot }, ..initial };
             let mut members: HashMap<NodeId, String> = joined.members.into_iter().collect();
             members.insert(joined.id, settings.advertise.clone());
-            (build_raft(&settings, joined.id, initial)?, members, None, listener)
+            (build_raft(&settings, joined.id, initial)?, members, None, listener, THIS_VERSION)
         }
     };
     let id = raft.id();
@@ -464,6 +473,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         cluster_id: cluster_id.clone(),
         disk_full: Mutex::new(None),
         metrics: Default::default(),
+        versions: Mutex::new(SharedVersions::new(MemberVersions::new(id, version_floor))),
     });
     let mapped_bytes = Arc::new(AtomicU64::new(store.mapped_bytes()));
     let data_dir = store.dir().to_path_buf();
@@ -490,6 +500,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         step_down_timeout_ticks: u64::from(settings.election_ticks) * 2,
         read_context_start: nanos_now(),
         bootstrap,
+        version_floor,
         ..DriverConfig::default()
     };
     let core = DriverCore::new(raft, kv, snapshot, driver_config);

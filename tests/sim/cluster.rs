@@ -796,6 +796,8 @@ impl Sim {
             promote_every_ticks: 10,
             // Unique per incarnation, as the daemon's start time is.
             read_context_start: (self.step << 24) + 1,
+            // Every simulated node runs this release, in a cluster it created.
+            version_floor: mmapd::server::driver::version::THIS_VERSION,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: self.options.bugs.driver,
         }

@@ -101,6 +101,11 @@ pub enum ApiError {
     /// A valid token without the grant the request needs.
     #[error("{0}")]
     TokenDenied(String),
+    /// The request needs a feature the cluster version does not have yet (members that
+    /// run an older release lag; `driver::version`): nothing was proposed, retry once
+    /// every member is upgraded.
+    #[error("{0}")]
+    FeatureUnavailable(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -142,9 +147,10 @@ impl ApiError {
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Unauthorized | ApiError::TokenRequired(_) => StatusCode::UNAUTHORIZED,
             ApiError::TokenDenied(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Timeout(..) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::OutcomeUnknown(_)
+            | ApiError::Timeout(..)
+            | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NoSuchMember(_) => StatusCode::NOT_FOUND,
@@ -181,6 +187,7 @@ impl ApiError {
             ApiError::MemberChangeRefused(_) => "member_change_refused",
             ApiError::TokenRequired(_) => "token_required",
             ApiError::TokenDenied(_) => "token_denied",
+            ApiError::FeatureUnavailable(_) => "feature_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -215,6 +222,7 @@ impl ApiError {
                 ApiError::Internal(format!("the leader {address} refused our cluster secret"))
             }
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable") => ApiError::Unavailable(message),
+            (StatusCode::SERVICE_UNAVAILABLE, "feature_unavailable") => ApiError::FeatureUnavailable(message),
             // Timed out, or lost: the leader's message says the outcome is unknown.
             (StatusCode::SERVICE_UNAVAILABLE, _) => {
                 let message =
@@ -294,6 +302,7 @@ mod tests {
             ApiError::MemberChangeRefused("x".into()),
             ApiError::TokenRequired("x"),
             ApiError::TokenDenied("x".into()),
+            ApiError::FeatureUnavailable("x".into()),
         ];
         for error in errors {
             let status = error.status();

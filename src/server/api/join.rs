@@ -29,7 +29,9 @@ use crate::server::cli::member_address;
 use crate::server::driver::core::{JoinRequest, Joined};
 use crate::server::driver::start::ProbeAnswer;
 use crate::server::driver::NodeError;
-use crate::server::peer::{id_header, CLUSTER_ID_HEADER, NODE_ADDRESS_HEADER, NODE_ID_HEADER};
+use crate::server::peer::{
+    id_header, version_header, CLUSTER_ID_HEADER, NODE_ADDRESS_HEADER, NODE_ID_HEADER,
+};
 
 /// The path of the probe.
 pub const CLUSTER_PATH: &str = "/raft/cluster";
@@ -67,6 +69,10 @@ pub(crate) fn check_peer_identity(
         Err(reason) => return refuse(reason),
     };
     let Some(sender) = sender else { return Ok(()) };
+    match version_header(headers) {
+        Ok(version) => api.node.shared.report_version(sender, version),
+        Err(reason) => return refuse(reason),
+    }
     if api.node.shared.kv.read().expect("kv lock").cluster().is_removed(sender) {
         return refuse(format!(
             "node {sender:016x} was removed from the cluster; a removed id never comes back"
@@ -97,6 +103,11 @@ pub(crate) async fn probe(
     let asker = query_field(query, "asker")?
         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(|text| u64::from_str_radix(text, 16).ok()))
         .ok_or_else(|| ApiError::BadRequest("asker=ID (16 hex digits) is required".into()))?;
+    // A node about to start counts towards the cluster version (`driver::version`):
+    // without it, a cluster record waiting for every member's version would wait for a
+    // member that waits for the record.
+    let version = version_header(request.headers()).map_err(ApiError::BadRequest)?;
+    api.node.shared.report_version(asker, version);
     let answer = api.node.probe_answer(asker).await.map_err(node_error)?;
     Ok(json(StatusCode::OK, probe_to_json(answer)))
 }

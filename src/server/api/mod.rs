@@ -30,6 +30,7 @@ pub mod join;
 pub mod members;
 
 use crate::server::auth::{Access, Auth, Need};
+use crate::server::driver::version::{Feature, THIS_VERSION};
 use crate::server::driver::{Applied, DeliverError, NodeError, NodeHandle};
 use crate::server::metrics::{Gauges, PeerGauge};
 use crate::server::peer::stream::{self as peer_stream, StreamEnd};
@@ -572,7 +573,23 @@ impl Api {
             })
             .collect();
         let disk_full = self.node.shared.disk_full.lock().expect("disk_full lock").clone();
+        let shared = &self.node.shared;
+        let member_versions: Vec<serde_json::Value> = shared
+            .member_versions()
+            .into_iter()
+            .map(|(id, version)| {
+                serde_json::json!({"address": self.address_of(Some(id)), "node_id": format!("{id:016x}"), "version": version})
+            })
+            .collect();
+        let features: serde_json::Map<String, serde_json::Value> = Feature::ALL
+            .iter()
+            .map(|&feature| (feature.name().to_owned(), shared.cluster_supports(feature).is_ok().into()))
+            .collect();
         serde_json::json!({
+            "version": THIS_VERSION,
+            "cluster_version": shared.cluster_version(),
+            "member_versions": member_versions,
+            "features": features,
             "id": self.address,
             "address": self.address,
             "node_id": format!("{:016x}", status.id),
@@ -701,6 +718,7 @@ pub(crate) fn node_error(error: NodeError) -> ApiError {
         NodeError::OutcomeUnknown(reason) => ApiError::OutcomeUnknown(reason),
         NodeError::ShuttingDown => ApiError::OutcomeUnknown("the node is shutting down".into()),
         NodeError::Invalid(reason) => ApiError::BadRequest(reason),
+        NodeError::Unsupported(unsupported) => ApiError::FeatureUnavailable(unsupported.to_string()),
     }
 }
 

@@ -36,6 +36,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+use super::version::{feature_of, Feature, MemberVersions, Unsupported, Version};
 use crate::kv::{Command, MemberChange, Outcome, StateMachine};
 use crate::raft::{
     CompactError, ConfChange, ConfChangeError, ConfChangeKind, Entry, EntryKind, HardState, Message,
@@ -68,6 +69,9 @@ pub enum NodeError {
     ShuttingDown,
     /// A command is refused as invalid.
     Invalid(String),
+    /// The request needs a feature some member's version lacks (a rolling upgrade is
+    /// under way): retry once every member is upgraded.
+    Unsupported(super::version::Unsupported),
 }
 
 /// The answer to a committed proposal.
@@ -230,6 +234,12 @@ pub struct DriverConfig {
     /// an old index (a stale read; the simulator found it). The daemon passes the
     /// start time in nanoseconds.
     pub read_context_start: u64,
+    /// The least version any member may run, for members that never reported one
+    /// (`version::MemberVersions`): `THIS_VERSION` for a cluster this release created
+    /// (the data directory has an origin file), `OLDEST_VERSION` for a data directory an
+    /// earlier release wrote. A cluster record, once applied, raises it to the version
+    /// that introduced the record (only a cluster at that version writes one).
+    pub version_floor: super::version::Version,
     /// Bugs to plant, so the simulator can prove it catches them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: DriverBugs,
@@ -249,6 +259,8 @@ pub struct DriverBugs {
     /// Let a node with an empty data directory start under an id the cluster saw hold
     /// the log (a wiped member rejoining as its old self: RAFT-NOTES #18).
     pub wiped_node_rejoins_as_itself: bool,
+    /// Use every feature whatever the members' versions (the cluster version ignored).
+    pub ignore_cluster_version: bool,
 }
 
 impl Default for DriverConfig {
@@ -262,6 +274,7 @@ impl Default for DriverConfig {
             bootstrap: None,
             promote_every_ticks: 10,
             read_context_start: 1,
+            version_floor: super::version::THIS_VERSION,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: DriverBugs::default(),
         }
@@ -351,6 +364,8 @@ pub struct DriverCore {
     started_proposed: (u64, HashSet<NodeId>),
     /// Joins waiting for their learner's entry to apply: token -> the id given.
     joins: HashMap<Token, NodeId>,
+    /// The versions the members reported: what the cluster version is.
+    versions: MemberVersions,
 }
 
 /// The token of requests the core makes itself (the bootstrap record, promotions):
@@ -447,6 +462,7 @@ impl DriverCore {
     ) -> DriverCore {
         let snapshot_index = latest_snapshot.as_ref().map_or(0, |s| s.meta.index);
         let read_context_start = config.read_context_start.max(1);
+        let versions = MemberVersions::new(raft.id(), config.version_floor);
         DriverCore {
             raft,
             config,
@@ -477,6 +493,7 @@ impl DriverCore {
             removed_reported: false,
             started_proposed: (0, HashSet::new()),
             joins: HashMap::new(),
+            versions,
         }
     }
 
@@ -513,6 +530,46 @@ impl DriverCore {
     /// The index of the latest durable snapshot.
     pub fn snapshot_index(&self) -> u64 {
         self.snapshot_index
+    }
+
+    /// `id` reported running `version` (a peer request's `x-mmapd-version`, or its
+    /// absence: `OLDEST_VERSION`).
+    pub fn member_version(&mut self, id: NodeId, version: Version) {
+        self.versions.report(id, version);
+    }
+
+    /// The version members are taken to run: `cluster_version`'s inputs.
+    pub fn member_versions(&self) -> &MemberVersions {
+        &self.versions
+    }
+
+    /// The cluster version: the lowest version over the current configuration's
+    /// members (voters and learners), this node included.
+    pub fn cluster_version(&self) -> Version {
+        self.versions.cluster_version(&self.configuration_members())
+    }
+
+    /// Whether every current member runs a version with `feature`: the one question
+    /// to ask before using something older members would not understand. Err names the
+    /// members that lag.
+    pub fn cluster_supports(&self, feature: Feature) -> Result<(), Unsupported> {
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted_bugs.ignore_cluster_version {
+            return Ok(());
+        }
+        self.versions.supports(feature, &self.configuration_members())
+    }
+
+    fn configuration_members(&self) -> Vec<NodeId> {
+        let conf = self.raft.conf_state();
+        conf.voters.iter().chain(conf.learners.iter()).copied().collect()
+    }
+
+    /// The cluster record is written only by a cluster whose every member has it.
+    fn raise_version_floor_from_record(&mut self) {
+        if self.kv.read().expect("kv lock").cluster().id() != 0 {
+            self.versions.raise_floor(Feature::ClusterRecord.since());
+        }
     }
 
     /// What the caller must do now, in order.
@@ -578,6 +635,16 @@ impl DriverCore {
             self.answer(token, Answer::Proposal(Err(NodeError::NotLeader(leader))));
             return;
         }
+        let feature = match change {
+            MemberChange::UpdateAddress { .. } | MemberChange::Started { .. } => Feature::ClusterRecord,
+            MemberChange::AddLearner { .. } | MemberChange::Promote { .. } | MemberChange::Remove { .. } => {
+                Feature::MembershipChanges
+            }
+        };
+        if let Err(unsupported) = self.cluster_supports(feature) {
+            self.answer(token, Answer::Proposal(Err(NodeError::Unsupported(unsupported))));
+            return;
+        }
         let checked = self.kv.read().expect("kv lock").cluster().check(&change);
         if let Err(error) = checked {
             self.answer(token, Answer::Proposal(Err(NodeError::Invalid(error.to_string()))));
@@ -631,6 +698,10 @@ impl DriverCore {
         if self.raft.role() != Role::Leader {
             let leader = self.raft.leader();
             self.answer(token, Answer::Join(Err(NodeError::NotLeader(leader))));
+            return;
+        }
+        if let Err(unsupported) = self.cluster_supports(Feature::MembershipChanges) {
+            self.answer(token, Answer::Join(Err(NodeError::Unsupported(unsupported))));
             return;
         }
         let existing = {
@@ -726,6 +797,7 @@ impl DriverCore {
         if self.config.bootstrap.is_none()
             || self.bootstrap_proposed_term == term
             || self.kv.read().expect("kv lock").cluster().id() != 0
+            || self.cluster_supports(Feature::ClusterRecord).is_err()
         {
             return;
         }
@@ -745,7 +817,7 @@ impl DriverCore {
         }
         let unmarked: Vec<NodeId> = {
             let kv = self.kv.read().expect("kv lock");
-            if kv.cluster().id() == 0 {
+            if kv.cluster().id() == 0 || self.cluster_supports(Feature::ClusterRecord).is_err() {
                 return;
             }
             kv.cluster().members().iter().filter(|(_, m)| !m.started).map(|(id, _)| *id).collect()
@@ -762,6 +834,9 @@ impl DriverCore {
     /// finds it caught up (thesis §4.2.1); refusals (not caught up, a change pending)
     /// are tried again later.
     fn promote_caught_up_learners(&mut self) {
+        if self.cluster_supports(Feature::MembershipChanges).is_err() {
+            return;
+        }
         let candidates: Vec<NodeId> = {
             let kv = self.kv.read().expect("kv lock");
             kv.cluster()
@@ -785,6 +860,7 @@ impl DriverCore {
         if std::mem::take(&mut self.members_changed) {
             let cluster = self.kv.read().expect("kv lock").cluster().clone();
             self.actions.push(Action::MembersChanged(cluster));
+            self.raise_version_floor_from_record();
         }
         if self.raft.is_removed() && !self.removed_reported {
             self.removed_reported = true;
@@ -836,6 +912,15 @@ impl DriverCore {
         if let Some(error) = self.refusal() {
             self.answer(token, Answer::Proposal(Err(error)));
             return;
+        }
+        if self.raft.role() == Role::Leader {
+            // The leader decides (a follower forwards to it). A command that does not
+            // decode is the state machine's to refuse, as before.
+            let feature = Command::decode_shared(&command).ok().as_ref().and_then(feature_of);
+            if let Some(Err(unsupported)) = feature.map(|feature| self.cluster_supports(feature)) {
+                self.answer(token, Answer::Proposal(Err(NodeError::Unsupported(unsupported))));
+                return;
+            }
         }
         self.start_proposal(command, token);
     }

@@ -5,6 +5,7 @@
 //! - `shell`: the tokio task that owns the core and carries out its actions, and the
 //!   `NodeHandle` the API, the peer transport and the admin socket talk to it with;
 //! - `disk`: the thread that owns the store and does every blocking write;
+//! - `version`: the cluster version, and the features it gates (IO-free);
 //! - `start`: whether a node with an empty data directory may bootstrap (IO-free, run
 //!   by the simulator too).
 
@@ -12,6 +13,7 @@ pub mod core;
 pub(crate) mod disk;
 pub mod shell;
 pub mod start;
+pub mod version;
 
 pub use self::core::{Applied, NodeError};
 pub use disk::PersistStats;

@@ -16,6 +16,7 @@ use crate::raft::{Message, MessageBody, NodeId, Role, SnapshotMeta, Status};
 use super::core::StorageFailure;
 use super::core::{Action, Answer, Applied, DriverCore, NodeError, SharedKv, Token};
 use super::disk::{DiskDone, DiskJob, PersistStats};
+use super::version::{Feature, MemberVersions, Unsupported, Version};
 use crate::server::metrics::Metrics;
 use crate::store::snapshot::WrittenSnapshot;
 
@@ -67,6 +68,28 @@ pub struct Shared {
     pub disk_full: Mutex<Option<String>>,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// The members' versions: reports from peer requests, waiting for the driver, and
+    /// the driver's view of them.
+    pub versions: Mutex<SharedVersions>,
+}
+
+/// The members' versions as the edge and the driver share them.
+#[derive(Debug)]
+pub struct SharedVersions {
+    /// Reports not yet handed to the core (the latest per node). Bounded by the nodes
+    /// that send peer requests; drained at every tick.
+    pub pending: HashMap<NodeId, Version>,
+    /// The core's view after the last tick.
+    pub view: MemberVersions,
+    /// The configuration's members (voters and learners) after the last tick.
+    pub members: Vec<NodeId>,
+}
+
+impl SharedVersions {
+    /// No reports yet.
+    pub fn new(view: MemberVersions) -> SharedVersions {
+        SharedVersions { pending: HashMap::new(), view, members: Vec::new() }
+    }
 }
 
 impl Shared {
@@ -78,6 +101,33 @@ impl Shared {
     /// Whether `id` is in this node's member list (which may be stale).
     pub fn is_member(&self, id: NodeId) -> bool {
         self.members.read().expect("members lock").contains_key(&id)
+    }
+
+    /// A peer request said `id` runs `version`: handed to the core at the next tick.
+    pub fn report_version(&self, id: NodeId, version: Version) {
+        let mut versions = self.versions.lock().expect("versions lock");
+        if versions.view.reported(id) != Some(version) {
+            versions.pending.insert(id, version);
+        }
+    }
+
+    /// The cluster version as the driver saw it at its last tick.
+    pub fn cluster_version(&self) -> Version {
+        let versions = self.versions.lock().expect("versions lock");
+        versions.view.cluster_version(&versions.members)
+    }
+
+    /// Whether the cluster may use `feature`, as the driver saw it at its last tick (the
+    /// leader's core decides again when the request reaches it).
+    pub fn cluster_supports(&self, feature: Feature) -> Result<(), Unsupported> {
+        let versions = self.versions.lock().expect("versions lock");
+        versions.view.supports(feature, &versions.members)
+    }
+
+    /// Each member with the version it reported (`None`: none, an older release).
+    pub fn member_versions(&self) -> Vec<(NodeId, Option<Version>)> {
+        let versions = self.versions.lock().expect("versions lock");
+        versions.members.iter().map(|&id| (id, versions.view.reported(id))).collect()
     }
 
     /// How logs name a node: its address, or its id in hex when it is not a member.
@@ -428,6 +478,7 @@ impl Shell {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
+        self.exchange_versions();
         self.core.tick();
         if self.ticks % ABANDON_SCAN_TICKS == 0 {
             let gone: HashSet<Token> =
@@ -437,6 +488,21 @@ impl Shell {
                 self.core.abandon_all(&gone);
             }
         }
+    }
+
+    /// Hands the versions peers reported to the core, and publishes its view.
+    fn exchange_versions(&mut self) {
+        let mut versions = self.shared.versions.lock().expect("versions lock");
+        for (id, version) in versions.pending.drain() {
+            if self.core.member_versions().reported(id) != Some(version) {
+                tracing::info!(peer = %self.shared.name(id), version, "a peer reports its version");
+            }
+            self.core.member_version(id, version);
+        }
+        versions.view.clone_from(self.core.member_versions());
+        let conf = self.core.raft().conf_state();
+        versions.members.clear();
+        versions.members.extend(conf.voters.iter().chain(conf.learners.iter()));
     }
 
     fn on_request(&mut self, request: Request) {

@@ -24,6 +24,9 @@ pub const NODE_ID_HEADER: &str = "x-mmapd-node-id";
 /// request: a node whose member list is stale (down while members were replaced) can
 /// answer a leader it has not heard of yet (thesis §4.1), as etcd's `X-PeerURLs` lets it.
 pub const NODE_ADDRESS_HEADER: &str = "x-mmapd-node-address";
+/// The header carrying the version the sender runs (`driver::version`, decimal), on
+/// every peer request and probe; absent from releases before it (`OLDEST_VERSION`).
+pub const VERSION_HEADER: &str = "x-mmapd-version";
 
 /// What a node presents on every peer request: the cluster secret, if one is set, its
 /// cluster's id (0 until the bootstrap record is applied here), its own id and address.
@@ -57,7 +60,22 @@ impl Credentials {
         headers.push((HeaderName::from_static(NODE_ID_HEADER), value));
         let value = HeaderValue::from_str(&self.address).map_err(|e| e.to_string())?;
         headers.push((HeaderName::from_static(NODE_ADDRESS_HEADER), value));
+        let value = HeaderValue::from(crate::server::driver::version::THIS_VERSION);
+        headers.push((HeaderName::from_static(VERSION_HEADER), value));
         Ok(headers)
+    }
+}
+
+/// The version a peer request says its sender runs: `OLDEST_VERSION` without the
+/// header (a release before it); Err for one that is not a decimal number.
+pub fn version_header(headers: &HeaderMap) -> Result<crate::server::driver::version::Version, String> {
+    let Some(value) = headers.get(VERSION_HEADER) else {
+        return Ok(crate::server::driver::version::OLDEST_VERSION);
+    };
+    let text = value.to_str().map_err(|_| format!("{VERSION_HEADER} is not text"))?;
+    match text.parse() {
+        Ok(version) if version >= 1 => Ok(version),
+        _ => Err(format!("{VERSION_HEADER} must be a version number, got {text:?}")),
     }
 }
 

@@ -769,3 +769,86 @@ fn a_joined_node_whose_leader_compacted_past_its_entry_is_not_removed_by_an_olde
         "a node waiting for its learner entry took itself for removed"
     );
 }
+
+/// Node 1, elected leader of {1, 2, 3} (node 2's vote), on a data directory an
+/// earlier release wrote: its peers are taken for the oldest version until they report.
+fn legacy_leader_of_three() -> DriverCore {
+    let mut config = Config::new(1);
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 1;
+    config.pre_vote = false;
+    let initial = InitialState {
+        hard_state: HardState::default(),
+        snapshot: SnapshotMeta { index: 0, term: 0, conf: ConfState::with_voters(vec![1, 2, 3]) },
+        entries: Vec::new(),
+    };
+    let raft = Raft::new(config, initial).expect("a fresh node");
+    let kv = Arc::new(RwLock::new(StateMachine::new()));
+    let members = vec![(1, "10.0.0.1:3001".into()), (2, "10.0.0.2:3001".into()), (3, "10.0.0.3:3001".into())];
+    let config = DriverConfig {
+        bootstrap: Some((0xc1, members)),
+        version_floor: crate::server::driver::version::OLDEST_VERSION,
+        ..DriverConfig::default()
+    };
+    let mut core = DriverCore::new(raft, kv, None, config);
+    core.raft.campaign();
+    settle(&mut core);
+    let term = core.raft().term();
+    let granted = MessageBody::RequestVoteResponse { pre_vote: false, granted: true };
+    core.step(vec![Message { from: 2, to: 1, term, body: granted }]);
+    settle(&mut core);
+    assert_eq!(core.raft().role(), Role::Leader);
+    core
+}
+
+/// The cluster record's entries are proposed only once every member reports a version
+/// that applies them: an older member would skip them and its replica would differ.
+#[test]
+fn the_bootstrap_record_waits_until_every_member_reports_a_version_that_has_it() {
+    let mut core = legacy_leader_of_three();
+    let proposed_bootstrap = |core: &mut DriverCore| {
+        core.tick();
+        core.take_actions()
+            .iter()
+            .any(|action| matches!(action, Action::Proposed { token: INTERNAL_TOKEN, .. }))
+    };
+    assert_eq!(core.cluster_version(), 1);
+    assert!(!proposed_bootstrap(&mut core), "proposed with two members of unknown version");
+    core.member_version(2, 2);
+    assert!(!proposed_bootstrap(&mut core), "proposed with member 3 of unknown version");
+    core.member_version(3, 1);
+    assert!(!proposed_bootstrap(&mut core), "proposed with member 3 at version 1");
+    core.member_version(3, 2);
+    assert_eq!(core.cluster_version(), 2);
+    assert!(proposed_bootstrap(&mut core), "not proposed once every member runs version 2");
+}
+
+/// A request for a gated feature is answered at once with the members that lag, and
+/// nothing reaches the log; key-value writes go on.
+#[test]
+fn a_gated_request_is_refused_naming_the_members_that_lag_and_key_value_writes_go_on() {
+    let mut core = legacy_leader_of_three();
+    core.member_version(2, 2);
+    let last = core.raft().last_index();
+    core.propose(7, Command::UpdateMember { id: 2, address: "10.0.0.4:3001".into() }.encode());
+    let change =
+        MemberChange::AddLearner { id: 9, address: "10.0.0.9:3001".into(), promote_when_caught_up: false };
+    core.propose_member_change(8, change);
+    core.join(9, JoinRequest { address: "10.0.0.9:3001".into(), learner: false, candidate_id: 9 });
+    let actions = core.take_actions();
+    for token in [7, 8, 9] {
+        let refusal = actions.iter().find_map(|action| match action {
+            Action::Answer(
+                t,
+                Answer::Proposal(Err(NodeError::Unsupported(u)))
+                | Answer::Join(Err(NodeError::Unsupported(u))),
+            ) if *t == token => Some(u.clone()),
+            _ => None,
+        });
+        let refusal = refusal.unwrap_or_else(|| panic!("request {token} not refused: {actions:?}"));
+        assert_eq!(refusal.lagging, vec![(3, None)], "request {token}");
+    }
+    assert_eq!(core.raft().last_index(), last, "a gated request reached the log");
+    core.propose(10, put("k"));
+    assert!(core.take_actions().iter().any(|a| matches!(a, Action::Proposed { token: 10, .. })));
+}

@@ -1,0 +1,248 @@
+//! The cluster version: which entry kinds and messages the leader may use while the
+//! members run different releases (a rolling upgrade). IO-free; the driver core holds
+//! one `MemberVersions` and the simulator runs it as it is.
+//!
+//! Every node reports the version it runs on each peer request (`x-mmapd-version`,
+//! `peer::VERSION_HEADER`, and on the probe of a node that is about to start). The
+//! *cluster version* is the lowest over the current configuration's members (voters
+//! and learners), this node included; a member that never reported is taken to run
+//! the oldest version it may run (`MemberVersions::floor`): a release before versions
+//! were reported sends no header. A `Feature` is used only once the cluster version
+//! reaches the version that introduced it, so a member that would not understand an
+//! entry never receives one (it would skip it, and its replica would differ from the
+//! others': the rolling-upgrade test proves it).
+//!
+//! Versions, one a release that changed what members must understand:
+//! - 1: v0.1.0 (commit e076101), before versions were reported;
+//! - 2: this release: the cluster record (`Bootstrap`, `UpdateMember`,
+//!   `MemberStarted` commands) and membership changes (configuration entries, learners,
+//!   joins).
+//!
+//! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
+//! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
+//! is decided). A newer feature than `THIS_VERSION` also bumps `THIS_VERSION`.
+
+use std::collections::HashMap;
+
+use crate::kv::Command;
+use crate::raft::NodeId;
+
+/// A release's version as members report it: what entry kinds and messages it knows.
+pub type Version = u32;
+
+/// The version this binary runs.
+pub const THIS_VERSION: Version = 2;
+/// The oldest version a member may run: what a member that never reported runs.
+pub const OLDEST_VERSION: Version = 1;
+const _: () = assert!(OLDEST_VERSION <= THIS_VERSION);
+
+/// Something the leader may only use once every member understands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// The replicated cluster record: `Bootstrap`, `UpdateMember`, `MemberStarted`.
+    ClusterRecord,
+    /// Configuration entries: joins, learners, promotions, removals.
+    MembershipChanges,
+}
+
+impl Feature {
+    /// Every feature, for documentation and `/status`.
+    pub const ALL: [Feature; 2] = [Feature::ClusterRecord, Feature::MembershipChanges];
+
+    /// The version that introduced it.
+    pub const fn since(self) -> Version {
+        match self {
+            Feature::ClusterRecord => 2,
+            Feature::MembershipChanges => 2,
+        }
+    }
+
+    /// Its name in errors, logs and `/status`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Feature::ClusterRecord => "cluster record",
+            Feature::MembershipChanges => "membership changes",
+        }
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Feature::ALL.len() {
+        assert!(Feature::ALL[i].since() <= THIS_VERSION);
+        i += 1;
+    }
+};
+
+/// The feature a command needs, `None` for one every version applies.
+pub fn feature_of(command: &Command) -> Option<Feature> {
+    match command {
+        Command::Put { .. } | Command::Delete { .. } | Command::Import { .. } => None,
+        Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => {
+            Some(Feature::ClusterRecord)
+        }
+    }
+}
+
+/// Why a feature may not be used yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    /// The feature asked for.
+    pub feature: Feature,
+    /// The cluster's version now.
+    pub cluster_version: Version,
+    /// The members below the feature's version, ascending by id, with the version each
+    /// reported (`None`: never reported, taken as the floor).
+    pub lagging: Vec<(NodeId, Option<Version>)>,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lagging: Vec<String> = self
+            .lagging
+            .iter()
+            .map(|(id, version)| match version {
+                Some(version) => format!("{id:016x} (version {version})"),
+                None => format!("{id:016x} (no version reported: an older release)"),
+            })
+            .collect();
+        write!(
+            f,
+            "{} needs cluster version {}; the cluster runs version {} until every member is upgraded: \
+             lagging {}",
+            self.feature.name(),
+            self.feature.since(),
+            self.cluster_version,
+            lagging.join(", ")
+        )
+    }
+}
+
+/// The versions members reported, and the floor for those that did not.
+#[derive(Clone, Debug)]
+pub struct MemberVersions {
+    /// This node's id (it runs `THIS_VERSION`).
+    me: NodeId,
+    /// What each node last reported. Invariant: no value above `Version::MAX`, none
+    /// for `me`.
+    reported: HashMap<NodeId, Version>,
+    /// The least version any member may run: `OLDEST_VERSION`, raised where the data
+    /// directory proves more (see `DriverConfig::version_floor`).
+    floor: Version,
+}
+
+impl MemberVersions {
+    /// No reports yet.
+    pub fn new(me: NodeId, floor: Version) -> MemberVersions {
+        MemberVersions { me, reported: HashMap::new(), floor: floor.clamp(OLDEST_VERSION, THIS_VERSION) }
+    }
+
+    /// `id` runs `version` (its latest report wins: a node may be downgraded too).
+    /// Returns whether anything changed.
+    pub fn report(&mut self, id: NodeId, version: Version) -> bool {
+        if id == self.me {
+            return false;
+        }
+        self.reported.insert(id, version) != Some(version)
+    }
+
+    /// Raises the floor (never lowers it).
+    pub fn raise_floor(&mut self, floor: Version) {
+        self.floor = self.floor.max(floor.min(THIS_VERSION));
+    }
+
+    /// What `id` is taken to run: its report, else the floor.
+    pub fn of(&self, id: NodeId) -> Version {
+        if id == self.me {
+            return THIS_VERSION;
+        }
+        self.reported.get(&id).copied().unwrap_or(self.floor).max(self.floor)
+    }
+
+    /// What `id` reported, if it did.
+    pub fn reported(&self, id: NodeId) -> Option<Version> {
+        if id == self.me {
+            return Some(THIS_VERSION);
+        }
+        self.reported.get(&id).copied()
+    }
+
+    /// The cluster version: the lowest over `members` and this node.
+    pub fn cluster_version(&self, members: &[NodeId]) -> Version {
+        members.iter().map(|&id| self.of(id)).fold(THIS_VERSION, Version::min)
+    }
+
+    /// Whether every one of `members` runs a version with `feature`; Err names the
+    /// ones that lag.
+    pub fn supports(&self, feature: Feature, members: &[NodeId]) -> Result<(), Unsupported> {
+        let mut lagging: Vec<(NodeId, Option<Version>)> = members
+            .iter()
+            .filter(|&&id| self.of(id) < feature.since())
+            .map(|&id| (id, self.reported(id)))
+            .collect();
+        if lagging.is_empty() {
+            return Ok(());
+        }
+        lagging.sort_unstable();
+        lagging.dedup();
+        Err(Unsupported { feature, cluster_version: self.cluster_version(members), lagging })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_version_is_the_lowest_member_and_an_unreported_member_is_the_oldest() {
+        let mut versions = MemberVersions::new(1, OLDEST_VERSION);
+        assert_eq!(versions.cluster_version(&[1]), THIS_VERSION);
+        assert_eq!(versions.cluster_version(&[1, 2, 3]), OLDEST_VERSION);
+        versions.report(2, 2);
+        assert_eq!(versions.cluster_version(&[1, 2, 3]), OLDEST_VERSION);
+        versions.report(3, 2);
+        assert_eq!(versions.cluster_version(&[1, 2, 3]), 2);
+        // A report from outside the configuration does not count; a downgrade does.
+        assert_eq!(versions.cluster_version(&[1, 2, 3]), versions.cluster_version(&[3, 2, 1]));
+        versions.report(3, 1);
+        assert_eq!(versions.cluster_version(&[1, 2, 3]), 1);
+    }
+
+    #[test]
+    fn a_feature_is_refused_naming_every_member_that_lags() {
+        let mut versions = MemberVersions::new(1, OLDEST_VERSION);
+        versions.report(3, 1);
+        let refused = versions.supports(Feature::ClusterRecord, &[1, 2, 3]).unwrap_err();
+        assert_eq!(refused.lagging, vec![(2, None), (3, Some(1))]);
+        assert_eq!(refused.cluster_version, 1);
+        let text = refused.to_string();
+        assert!(text.contains("cluster record needs cluster version 2"), "{text}");
+        assert!(
+            text.contains("0000000000000002 (no version reported")
+                && text.contains("0000000000000003 (version 1)")
+        );
+        versions.report(2, 2);
+        versions.report(3, 2);
+        assert_eq!(versions.supports(Feature::ClusterRecord, &[1, 2, 3]), Ok(()));
+    }
+
+    #[test]
+    fn a_floor_stands_for_members_that_never_reported() {
+        let mut versions = MemberVersions::new(1, THIS_VERSION);
+        assert_eq!(versions.supports(Feature::MembershipChanges, &[1, 2, 3]), Ok(()));
+        let mut legacy = MemberVersions::new(1, OLDEST_VERSION);
+        assert!(legacy.supports(Feature::MembershipChanges, &[1, 2]).is_err());
+        legacy.raise_floor(2);
+        legacy.raise_floor(1);
+        assert_eq!(legacy.supports(Feature::MembershipChanges, &[1, 2]), Ok(()));
+        // A report below the floor does not lower it: the floor is proven by the data.
+        versions.report(2, 1);
+        assert_eq!(versions.of(2), THIS_VERSION);
+    }
+
+    #[test]
+    fn commands_of_the_cluster_record_need_it_and_key_value_commands_need_nothing() {
+        assert_eq!(feature_of(&Command::put("k", b"v".to_vec())), None);
+        assert_eq!(feature_of(&Command::MemberStarted { id: 7 }), Some(Feature::ClusterRecord));
+    }
+}
