@@ -10,7 +10,8 @@
 //! were reported sends no header. A `Feature` is used only once the cluster version
 //! reaches the version that introduced it, so a member that would not understand an
 //! entry never receives one (it would skip it, and its replica would differ from the
-//! others': the rolling-upgrade test proves it).
+//! others': a rolling-upgrade test, not written yet, is to
+//! prove it).
 //!
 //! Versions, one a release that changed what members must understand:
 //! - 1: v0.1.0 (commit e076101), before versions were reported;
