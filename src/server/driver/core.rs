@@ -546,7 +546,7 @@ impl DriverCore {
     /// The cluster version: the lowest version over the current configuration's
     /// members (voters and learners), this node included.
     pub fn cluster_version(&self) -> Version {
-        self.versions.cluster_version(&self.configuration_members())
+        self.versions.cluster_version(self.configuration_members())
     }
 
     /// Whether every current member runs a version with `feature`: the one question
@@ -557,12 +557,13 @@ impl DriverCore {
         if self.config.planted_bugs.ignore_cluster_version {
             return Ok(());
         }
-        self.versions.supports(feature, &self.configuration_members())
+        self.versions.supports(feature, self.configuration_members())
     }
 
-    fn configuration_members(&self) -> Vec<NodeId> {
+    /// The current configuration's voters and learners.
+    fn configuration_members(&self) -> impl Iterator<Item = &NodeId> + Clone {
         let conf = self.raft.conf_state();
-        conf.voters.iter().chain(conf.learners.iter()).copied().collect()
+        conf.voters.iter().chain(conf.learners.iter())
     }
 
     /// The cluster record is written only by a cluster whose every member has it.
@@ -913,9 +914,10 @@ impl DriverCore {
             self.answer(token, Answer::Proposal(Err(error)));
             return;
         }
-        if self.raft.role() == Role::Leader {
-            // The leader decides (a follower forwards to it). A command that does not
-            // decode is the state machine's to refuse, as before.
+        // The leader decides (a follower forwards to it), and only while some member runs
+        // an older release: a write of an upgraded cluster is not decoded twice. A command
+        // that does not decode is the state machine's to refuse, as before.
+        if self.raft.role() == Role::Leader && self.cluster_version() < super::version::THIS_VERSION {
             let feature = Command::decode_shared(&command).ok().as_ref().and_then(feature_of);
             if let Some(Err(unsupported)) = feature.map(|feature| self.cluster_supports(feature)) {
                 self.answer(token, Answer::Proposal(Err(NodeError::Unsupported(unsupported))));

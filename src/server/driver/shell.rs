@@ -492,17 +492,24 @@ impl Shell {
 
     /// Hands the versions peers reported to the core, and publishes its view.
     fn exchange_versions(&mut self) {
-        let mut versions = self.shared.versions.lock().expect("versions lock");
-        for (id, version) in versions.pending.drain() {
-            if self.core.member_versions().reported(id) != Some(version) {
-                tracing::info!(peer = %self.shared.name(id), version, "a peer reports its version");
+        let mut changed = Vec::new();
+        {
+            let mut versions = self.shared.versions.lock().expect("versions lock");
+            for (id, version) in versions.pending.drain() {
+                if self.core.member_versions().reported(id) != Some(version) {
+                    changed.push((id, version));
+                }
+                self.core.member_version(id, version);
             }
-            self.core.member_version(id, version);
+            versions.view.clone_from(self.core.member_versions());
+            let conf = self.core.raft().conf_state();
+            versions.members.clear();
+            versions.members.extend(conf.voters.iter().chain(conf.learners.iter()));
         }
-        versions.view.clone_from(self.core.member_versions());
-        let conf = self.core.raft().conf_state();
-        versions.members.clear();
-        versions.members.extend(conf.voters.iter().chain(conf.learners.iter()));
+        // Named outside the versions lock: naming takes the members lock.
+        for (id, version) in changed {
+            tracing::info!(peer = %self.shared.name(id), version, "a peer reports its version");
+        }
     }
 
     fn on_request(&mut self, request: Request) {

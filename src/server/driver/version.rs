@@ -169,21 +169,25 @@ impl MemberVersions {
     }
 
     /// The cluster version: the lowest over `members` and this node.
-    pub fn cluster_version(&self, members: &[NodeId]) -> Version {
-        members.iter().map(|&id| self.of(id)).fold(THIS_VERSION, Version::min)
+    pub fn cluster_version<'a>(&self, members: impl IntoIterator<Item = &'a NodeId>) -> Version {
+        members.into_iter().map(|&id| self.of(id)).fold(THIS_VERSION, Version::min)
     }
 
     /// Whether every one of `members` runs a version with `feature`; Err names the
-    /// ones that lag.
-    pub fn supports(&self, feature: Feature, members: &[NodeId]) -> Result<(), Unsupported> {
+    /// ones that lag. Allocates only for a refusal.
+    pub fn supports<'a, M>(&self, feature: Feature, members: M) -> Result<(), Unsupported>
+    where
+        M: IntoIterator<Item = &'a NodeId> + Clone,
+    {
+        if members.clone().into_iter().all(|&id| self.of(id) >= feature.since()) {
+            return Ok(());
+        }
         let mut lagging: Vec<(NodeId, Option<Version>)> = members
-            .iter()
+            .clone()
+            .into_iter()
             .filter(|&&id| self.of(id) < feature.since())
             .map(|&id| (id, self.reported(id)))
             .collect();
-        if lagging.is_empty() {
-            return Ok(());
-        }
         lagging.sort_unstable();
         lagging.dedup();
         Err(Unsupported { feature, cluster_version: self.cluster_version(members), lagging })
