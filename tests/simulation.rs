@@ -120,6 +120,11 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
         sum(|run| run.rejoins_refused),
         sum(|run| run.rejoins_started)
     ));
+    let hash_checks = sum(|run| run.hash_checks);
+    report(&format!("simulation: {hash_checks} hash check states checked against the committed state\n"));
+    if !replay && seeds.len() >= 20 {
+        assert!(hash_checks > 0, "no seed ran a hash check: the check of Action::HashState never ran");
+    }
     report(&format!("simulation: took {:.1}s\n", started.elapsed().as_secs_f64()));
     report(&format!(
         "simulation: {} seeds, {} steps, {} faults, {} violations\n",

@@ -100,6 +100,16 @@ enum Command {
         #[arg(long)]
         advertise: Option<String>,
     },
+    /// Check that every member holds the same key-value state: each hashes its state
+    /// at one revision as it applies it (a corruption check, as etcd's HashKV). Exit
+    /// status 0: every member agrees; 3: some member disagrees with the others (its
+    /// data differs: replace it); 4: the members that answered agree, but some did not
+    /// answer; 1: the check could not run.
+    Check {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List, add, promote, remove or update the cluster's members (changes are made by
     /// the leader; a follower forwards them).
     Member {
@@ -152,6 +162,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let socket = socket_path(&args);
     let timeout = Duration::from_secs(args.timeout);
+    if let Command::Check { json } = &args.command {
+        return check(&socket, *json, timeout);
+    }
     let answer = match &args.command {
         Command::Backup { file, verify: true } => verify_backup(file),
         Command::Restore { file, data_dir, advertise } => restore(file, data_dir, advertise),
@@ -189,6 +202,80 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `check`: asks the node to run the check, prints every member's hash; the exit
+/// status says whether they agree (see the subcommand's help).
+fn check(socket: &Path, json: bool, timeout: Duration) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let asked = runtime.block_on(async {
+        tokio::time::timeout(timeout, request(socket, Method::POST, "/check", Bytes::new())).await
+    });
+    let value = match asked {
+        Ok(Ok(value)) => value,
+        Ok(Err(message)) => {
+            eprintln!("mmapd-admin: check: {message}");
+            return ExitCode::from(1);
+        }
+        Err(_) => {
+            eprintln!("mmapd-admin: {}", no_answer(socket, timeout));
+            return ExitCode::from(1);
+        }
+    };
+    println!("{}", if json { value.to_string() } else { check_report(&value) });
+    if !value["disagreeing"].as_array().is_none_or(Vec::is_empty) {
+        ExitCode::from(3)
+    } else if value["consistent"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    }
+}
+
+/// The text of a check's answer: a line a member, then the verdict.
+fn check_report(value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let members = value["members"].as_array().cloned().unwrap_or_default();
+    let revision = text(&value["revision"]);
+    let plural = |n: usize| if n == 1 { "member" } else { "members" };
+    let mut out = format!("check: revision {revision}, {} {}\n", members.len(), plural(members.len()));
+    for member in &members {
+        let (id, address) = (text(&member["id"]), text(&member["address"]));
+        match member.get("error") {
+            Some(error) => out.push_str(&format!("  {id} {address}  no hash: {}\n", text(error))),
+            None => out.push_str(&format!(
+                "  {id} {address}  crc32c {}  {} keys  {}{}\n",
+                text(&member["crc32c"]),
+                text(&member["keys"]),
+                mmapd::kv::human_bytes(member["bytes"].as_u64().unwrap_or(0)),
+                if member["agrees"] == false { "  DISAGREES" } else { "" },
+            )),
+        }
+    }
+    let disagreeing: Vec<String> = value["disagreeing"].as_array().into_iter().flatten().map(text).collect();
+    let unanswered = value["unanswered"].as_u64().unwrap_or(0);
+    if !disagreeing.is_empty() {
+        out.push_str(&format!(
+            "check: {} of {} members DISAGREE with the others at revision {revision}: {} (its data \
+             differs: replace the member from a healthy one)",
+            disagreeing.len(),
+            members.len(),
+            disagreeing.join(", ")
+        ));
+    } else if unanswered > 0 {
+        out.push_str(&format!(
+            "check: the members that answered agree, but {unanswered} of {} did not answer: run it again",
+            members.len()
+        ));
+    } else {
+        let crc = members.first().map(|m| text(&m["crc32c"])).unwrap_or_default();
+        out.push_str(&format!(
+            "check: all {} {} agree at revision {revision} (crc32c {crc})",
+            members.len(),
+            plural(members.len())
+        ));
+    }
+    out
 }
 
 fn no_answer(socket: &Path, timeout: Duration) -> String {
@@ -457,7 +544,8 @@ async fn run(socket: &Path, command: &Command) -> Result<String, String> {
         Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Inspect { .. }
-        | Command::ForceNewCluster { .. } => return Err(format!("{command:?} is not a request to a node")),
+        | Command::ForceNewCluster { .. }
+        | Command::Check { .. } => return Err(format!("{command:?} is not a request to a node")),
         Command::Member { command: MemberCommand::List { .. } } => (Method::GET, "/members", Bytes::new()),
         Command::Member { command } => (Method::POST, "/members", member_body(command)),
     };
@@ -626,7 +714,9 @@ fn render(command: &Command, value: &serde_json::Value) -> String {
             format!("imported {} keys at version {}", text(&value["imported"]), text(&value["version"]))
         }
         Command::Member { command } => render_member(command, value),
-        Command::Backup { .. }
+        Command::Check { json: false } => check_report(value),
+        Command::Check { json: true }
+        | Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Inspect { .. }
         | Command::ForceNewCluster { .. } => value.to_string(),

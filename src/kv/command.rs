@@ -6,13 +6,13 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
-//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck |
 //!
 //! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
 //! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
 //! tag byte (0 = None, 1 = VersionEquals followed by a u64 version, 2 = Absent). For
 //! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
-//! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id.
+//! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id; HashCheck has no body.
 //! Nothing may follow the command.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -29,6 +29,7 @@ const TAG_IMPORT: u8 = 3;
 const TAG_BOOTSTRAP: u8 = 4;
 const TAG_UPDATE_MEMBER: u8 = 5;
 const TAG_MEMBER_STARTED: u8 = 6;
+const TAG_HASH_CHECK: u8 = 7;
 
 const CONDITION_NONE: u8 = 0;
 const CONDITION_VERSION_EQUALS: u8 = 1;
@@ -96,6 +97,10 @@ pub enum Command {
         /// The member.
         id: u64,
     },
+    /// Changes nothing: every node hashes its key-value state as it applies this entry
+    /// (`mmapd-admin check`, a corruption check as etcd's HashKV), so the hashes of all
+    /// members are of the state at one revision.
+    HashCheck,
 }
 
 impl Command {
@@ -150,6 +155,7 @@ impl Command {
                 out.put_u8(TAG_MEMBER_STARTED);
                 out.put_u64_le(*id);
             }
+            Command::HashCheck => out.put_u8(TAG_HASH_CHECK),
         }
         debug_assert_eq!(out.len(), self.encoded_len());
         out.freeze()
@@ -214,6 +220,7 @@ impl Command {
                 Command::UpdateMember { id, address: address.to_owned() }
             }
             TAG_MEMBER_STARTED => Command::MemberStarted { id: reader.u64()? },
+            TAG_HASH_CHECK => Command::HashCheck,
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
         };
         if reader.remaining() != 0 {
@@ -239,6 +246,7 @@ impl Command {
             Command::Bootstrap { members, .. } => header + 8 + super::cluster::members_len(members),
             Command::UpdateMember { address, .. } => header + 8 + 4 + address.len(),
             Command::MemberStarted { .. } => header + 8,
+            Command::HashCheck => header,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   changed by committed entries like the keys;
 //! - `backup`: the backup file of `mmapd-admin backup` (the state at one revision, in
 //!   checksummed chunks), written as a stream and checked on read;
+//! - `hash`: the hash of the key-value state at one revision (`mmapd-admin check`);
 //! - `legacy`: import of the original's `db.json`;
 //! - `error`: `DecodeError`, shared by command and snapshot decoding.
 //!
@@ -19,6 +20,7 @@ mod backup;
 mod cluster;
 mod command;
 mod error;
+mod hash;
 mod legacy;
 mod snapshot;
 mod state_machine;
@@ -30,6 +32,7 @@ pub use backup::{
 pub use cluster::{Cluster, ClusterError, Member, MemberChange, MemberId, MemberRole};
 pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
 pub use error::DecodeError;
+pub use hash::{hash_state, StateHash};
 pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use state_machine::{Outcome, StateMachine, Value, PER_KEY_OVERHEAD_BYTES};

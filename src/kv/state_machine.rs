@@ -55,6 +55,9 @@ pub enum Outcome {
         /// True if it changed the record.
         applied: bool,
     },
+    /// A `Command::HashCheck`: nothing changed; the state as of this index is the one
+    /// every member hashes (`kv::hash_state`).
+    HashCheck,
 }
 
 /// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
@@ -140,6 +143,7 @@ impl StateMachine {
                 let change = MemberChange::Started { id: *id };
                 Outcome::Cluster { applied: self.cluster.apply(&change).is_ok() }
             }
+            Command::HashCheck => Outcome::HashCheck,
         }
     }
 
@@ -221,7 +225,8 @@ impl StateMachine {
             Command::Delete { .. }
             | Command::Bootstrap { .. }
             | Command::UpdateMember { .. }
-            | Command::MemberStarted { .. } => 0,
+            | Command::MemberStarted { .. }
+            | Command::HashCheck => 0,
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
         }
     }

@@ -383,6 +383,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             .prop_map(|(key, value, condition)| Command::Put { key, value, condition }),
         2 => (arb_key(), arb_condition()).prop_map(|(key, condition)| Command::Delete { key, condition }),
         1 => prop::collection::vec((arb_key(), arb_value()), 0..4).prop_map(|pairs| Command::Import { pairs }),
+        1 => Just(Command::HashCheck),
     ]
 }
 
@@ -435,6 +436,7 @@ impl Model {
                 }
                 Outcome::Imported { count: pairs.len(), version: index }
             }
+            Command::HashCheck => Outcome::HashCheck,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Local administration over a Unix socket (HTTP, served by hyper): `GET /status`,
 //! `POST /msync`, `POST /step-down`, `POST /snapshot`, `POST /import`, `GET /members`
-//! and `POST /members` (a change, made by the leader: see `api::members`), and
+//! and `POST /members` (a change, made by the leader: see `api::members`), `POST /check`
+//! (every member's hash of the state at one revision: see `api::check`), and
 //! `GET /backup` (streamed: see `server::backup`).
 //!
 //! The socket is created with mode 0660: root and members of the socket's group
@@ -148,6 +149,10 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
                 }
             }
             Ok(json(serde_json::json!({ "imported": count, "version": version })))
+        }
+        "/check" => {
+            expect(Method::POST, "POST")?;
+            Ok(json(super::api::check::check(api).await?))
         }
         "/members" => match method {
             Method::GET => Ok(json(members::list(api, true).await)),

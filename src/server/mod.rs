@@ -474,6 +474,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         disk_full: Mutex::new(None),
         metrics: Default::default(),
         versions: Mutex::new(SharedVersions::new(MemberVersions::new(id, version_floor))),
+        hashes: Default::default(),
     });
     let mapped_bytes = Arc::new(AtomicU64::new(store.mapped_bytes()));
     let data_dir = store.dir().to_path_buf();

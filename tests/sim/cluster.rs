@@ -157,6 +157,8 @@ pub struct RunReport {
     pub members_removed: u64,
     pub rejoins_refused: u64,
     pub rejoins_started: u64,
+    /// Hash check states handed out by nodes and checked (`Action::HashState`).
+    pub hash_checks: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -475,6 +477,9 @@ pub struct Sim {
     /// (index, term) of every persisted entry -> (kind, data, term of the entry before).
     persisted_entries: HashMap<(u64, u64), (EntryKind, Bytes, u64)>,
     completeness_checked: HashSet<u64>,
+    /// The hash (`kv::hash_state`) each hash check entry's index got, and from whom.
+    check_hashes: HashMap<u64, (u32, NodeId)>,
+    hash_checks: u64,
     // Clients.
     next_op: u64,
     history: Vec<Event<u64, u64>>,
@@ -702,6 +707,8 @@ impl Sim {
             leaders: HashMap::new(),
             max_term: 0,
             committed: Vec::new(),
+            check_hashes: HashMap::new(),
+            hash_checks: 0,
             persisted_entries: HashMap::new(),
             completeness_checked: HashSet::new(),
             next_op: 1,
@@ -1197,6 +1204,7 @@ impl Sim {
                     }
                 }
                 Action::DropOffLoop(_) | Action::MembersChanged(_) => {}
+                Action::HashState { index, machine } => self.on_hash_state(i, index, &machine),
                 Action::Removed => {
                     // A committed configuration dropped this node: it carries out the rest
                     // of the round and stops for good, as the daemon exits (thesis §4.2.2).
@@ -2014,6 +2022,56 @@ impl Sim {
     }
 
     /// An operator asks node `i` for a snapshot now (`mmapd-admin snapshot`).
+    /// An admin asks for a hash check (`mmapd-admin check`) on the believed leader.
+    fn client_hash_check(&mut self) {
+        let i = self.believed_leader;
+        let Some(core) = self.nodes[i].core.as_mut() else { return };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.requests.insert(token, (i, Request::Other));
+        core.propose(token, Command::HashCheck.encode());
+        let id = self.nodes[i].id;
+        self.trace(|| format!("admin: n{id}, hash check"));
+    }
+
+    /// A node handed out its state at a hash check's index to be hashed: it must be the
+    /// state as of exactly that index (the state after it, as the other checks know it),
+    /// and every node's hash of it the same.
+    fn on_hash_state(&mut self, i: usize, index: u64, machine: &StateMachine) {
+        let id = self.nodes[i].id;
+        if machine.applied_index() != index {
+            let at = machine.applied_index();
+            self.violate(
+                "hash check",
+                format!("n{id} handed out its state at {at} for the check at {index}"),
+            );
+            return;
+        }
+        self.hash_checks += 1;
+        let state = kv_hash(machine);
+        if let Some(committed) = self.committed.get_mut((index as usize).wrapping_sub(1)) {
+            match committed.state_hash {
+                Some(known) if known != state => {
+                    self.violate("hash check", format!("n{id}'s state for the check at {index} differs"));
+                    return;
+                }
+                Some(_) => {}
+                None => committed.state_hash = Some(state),
+            }
+        }
+        let crc = mmapd::kv::hash_state(machine).crc32c;
+        match self.check_hashes.get(&index) {
+            Some(&(known, other)) if known != crc => self.violate(
+                "hash check",
+                format!("n{id} hashed the check at {index} as {crc:08x}, n{other} as {known:08x}"),
+            ),
+            Some(_) => {}
+            None => {
+                self.check_hashes.insert(index, (crc, id));
+            }
+        }
+    }
+
     fn client_snapshot(&mut self) {
         let i = self.pick_node();
         let Some(core) = self.nodes[i].core.as_mut() else { return };
@@ -2071,6 +2129,9 @@ impl Sim {
         }
         if self.faults_active && self.rng.chance(self.weather.admin_snapshot_per_million) {
             self.client_snapshot();
+        }
+        if self.rng.chance(self.weather.admin_snapshot_per_million) {
+            self.client_hash_check();
         }
         // Reads whose client gave up: their answer, if it comes, is not served.
         self.requests.retain(|_, (_, request)| match request {
@@ -2871,6 +2932,7 @@ impl Sim {
                 members_removed: 0,
                 rejoins_refused: 0,
                 rejoins_started: 0,
+                hash_checks: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -2903,6 +2965,7 @@ impl Sim {
             members_removed: sim.members_removed,
             rejoins_refused: sim.rejoins_refused,
             rejoins_started: sim.rejoins_started,
+            hash_checks: sim.hash_checks,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }

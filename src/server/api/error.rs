@@ -106,6 +106,9 @@ pub enum ApiError {
     /// every member is upgraded.
     #[error("{0}")]
     FeatureUnavailable(String),
+    /// This node has no hash of its state at the revision asked for (`driver::hashes`).
+    #[error("{0}")]
+    HashUnavailable(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -153,7 +156,7 @@ impl ApiError {
             | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NoSuchMember(_) => StatusCode::NOT_FOUND,
+            ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) => StatusCode::NOT_FOUND,
             ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
@@ -188,6 +191,7 @@ impl ApiError {
             ApiError::TokenRequired(_) => "token_required",
             ApiError::TokenDenied(_) => "token_denied",
             ApiError::FeatureUnavailable(_) => "feature_unavailable",
+            ApiError::HashUnavailable(_) => "hash_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }

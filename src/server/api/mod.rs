@@ -6,8 +6,9 @@
 //! Routes: the original's `POST /set/<key>`, `GET /get/<key>`, `GET /status`; the
 //! `/v1/kv` API; `GET /v1/members` (`members`); `GET /metrics`, `GET /health`; and,
 //! for peers only, `POST /raft/stream` (upgraded to the peer stream),
-//! `POST /raft/messages`, `POST /raft/propose`, `POST /raft/members`, and
-//! `GET /raft/cluster` and `POST /raft/join` (see `join`).
+//! `POST /raft/messages`, `POST /raft/propose`, `POST /raft/members`,
+//! `GET /raft/hash` (a member's state hash, see `check`), and `GET /raft/cluster` and
+//! `POST /raft/join` (see `join`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
 
+pub mod check;
 pub mod error;
 pub mod join;
 pub mod members;
@@ -188,6 +190,10 @@ async fn route(
             let ask_leader = query_field(&query, "local")?.as_deref() != Some(b"1");
             Ok(json(StatusCode::OK, members::list(api, ask_leader).await))
         }
+        check::PEER_PATH => {
+            allow(&method, &[Method::GET], "GET")?;
+            Ok(json(StatusCode::OK, check::peer_hash(api, connection, request.headers(), &query).await?))
+        }
         members::PEER_PATH => {
             allow(&method, &[Method::POST], "POST")?;
             members::check_peer(api, request.headers(), connection.remote)?;
@@ -321,6 +327,8 @@ impl Api {
             Command::Import { pairs } => {
                 pairs.iter().try_for_each(|(key, value)| self.check_key_value(key, value))
             }
+            // Carries nothing; proposing one costs an entry, as any write does.
+            Command::HashCheck => Ok(()),
         }
     }
 
@@ -871,6 +879,7 @@ fn applied_to_json(applied: &Applied) -> serde_json::Value {
             serde_json::json!({ "imported": { "count": count, "version": version } })
         }
         Outcome::Cluster { applied } => serde_json::json!({ "cluster": { "applied": applied } }),
+        Outcome::HashCheck => serde_json::json!("hash_check"),
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }
@@ -886,6 +895,8 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
         Outcome::PreconditionFailed { current_version: p["current_version"].as_u64() }
     } else if outcome == "not_found" {
         Outcome::NotFound
+    } else if outcome == "hash_check" {
+        Outcome::HashCheck
     } else if let Some(i) = outcome.get("imported") {
         Outcome::Imported { count: i["count"].as_u64()? as usize, version: i["version"].as_u64()? }
     } else if let Some(c) = outcome.get("cluster") {
@@ -956,6 +967,7 @@ mod tests {
             Outcome::Imported { count: 10, version: 9 },
             Outcome::Cluster { applied: true },
             Outcome::Cluster { applied: false },
+            Outcome::HashCheck,
         ];
         for outcome in outcomes {
             let applied = Applied { index: 12, outcome };

@@ -189,6 +189,15 @@ pub enum Action {
     InstalledSnapshot(Snapshot),
     /// Drop this off the loop: freeing a large map takes a while.
     DropOffLoop(StateMachine),
+    /// A `Command::HashCheck` was applied at `index`: hash `machine`, a frozen copy of
+    /// the state machine as of exactly that index, off the loop (`kv::hash_state`), and
+    /// keep the result for `mmapd-admin check`.
+    HashState {
+        /// The index of the hash check entry.
+        index: u64,
+        /// The state as of `index` (an O(1) copy).
+        machine: StateMachine,
+    },
     /// A peer message was refused (logged by the caller with its sender).
     Refused {
         /// The sender it claims.
@@ -1229,8 +1238,13 @@ impl DriverCore {
                 );
                 self.applied_bytes_since_snapshot += entry.data.len() as u64;
                 let Some(outcome) = apply_entry(&mut kv, entry) else { continue };
-                if matches!(outcome, Ok(Outcome::Cluster { applied: true })) {
-                    self.members_changed = true;
+                match outcome {
+                    Ok(Outcome::Cluster { applied: true }) => self.members_changed = true,
+                    // Copied before the next entry applies: the state of exactly this index.
+                    Ok(Outcome::HashCheck) => {
+                        self.actions.push(Action::HashState { index: entry.index, machine: kv.clone() })
+                    }
+                    _ => {}
                 }
                 // Waiters at or below this index whose entry was replaced are resolved too.
                 while let Some(waiter) = self.proposals.first_entry() {

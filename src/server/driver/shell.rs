@@ -71,6 +71,8 @@ pub struct Shared {
     /// The members' versions: reports from peer requests, waiting for the driver, and
     /// the driver's view of them.
     pub versions: Mutex<SharedVersions>,
+    /// The state hashes computed at hash check entries (`mmapd-admin check`).
+    pub hashes: super::hashes::StateHashes,
 }
 
 /// The members' versions as the edge and the driver share them.
@@ -628,6 +630,20 @@ impl Shell {
                     }
                 }
                 Action::DropOffLoop(machine) => drop(tokio::task::spawn_blocking(move || drop(machine))),
+                Action::HashState { index, machine } => {
+                    self.shared.hashes.pending(index);
+                    let shared = self.shared.clone();
+                    drop(tokio::task::spawn_blocking(move || {
+                        let hash = crate::kv::hash_state(&machine);
+                        tracing::info!(
+                            revision = index,
+                            crc32c = %format!("{:08x}", hash.crc32c),
+                            keys = hash.keys,
+                            "hashed the key-value state for a check"
+                        );
+                        shared.hashes.record(hash);
+                    }));
+                }
                 Action::Answer(token, answer) => self.answer(token, answer),
                 Action::Proposed { .. } => {}
                 Action::Applied(entries) => self.shared.metrics.applied_entries.add(entries.len() as u64),
@@ -655,6 +671,8 @@ impl Shell {
             }
         }
         *self.shared.status.lock().expect("status lock") = self.core.status();
+        let applied = self.core.kv().read().expect("kv lock").applied_index();
+        self.shared.hashes.handled_through(applied);
         let disk_full = self.core.disk_full().map(str::to_owned);
         let mut shown = self.shared.disk_full.lock().expect("disk_full lock");
         if *shown != disk_full {

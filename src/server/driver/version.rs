@@ -15,9 +15,10 @@
 //!
 //! Versions, one a release that changed what members must understand:
 //! - 1: v0.1.0 (commit e076101), before versions were reported;
-//! - 2: this release: the cluster record (`Bootstrap`, `UpdateMember`,
-//!   `MemberStarted` commands) and membership changes (configuration entries, learners,
-//!   joins).
+//! - 2: the next release (v0.2.0, not tagged yet: every feature added before that tag
+//!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
+//!   `MemberStarted` commands), membership changes (configuration entries, learners,
+//!   joins) and the hash check (`HashCheck`).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
 //! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
@@ -44,17 +45,20 @@ pub enum Feature {
     ClusterRecord,
     /// Configuration entries: joins, learners, promotions, removals.
     MembershipChanges,
+    /// `Command::HashCheck` (`mmapd-admin check`).
+    HashCheck,
 }
 
 impl Feature {
     /// Every feature, for documentation and `/status`.
-    pub const ALL: [Feature; 2] = [Feature::ClusterRecord, Feature::MembershipChanges];
+    pub const ALL: [Feature; 3] = [Feature::ClusterRecord, Feature::MembershipChanges, Feature::HashCheck];
 
     /// The version that introduced it.
     pub const fn since(self) -> Version {
         match self {
             Feature::ClusterRecord => 2,
             Feature::MembershipChanges => 2,
+            Feature::HashCheck => 2,
         }
     }
 
@@ -63,6 +67,7 @@ impl Feature {
         match self {
             Feature::ClusterRecord => "cluster record",
             Feature::MembershipChanges => "membership changes",
+            Feature::HashCheck => "hash check",
         }
     }
 }
@@ -82,6 +87,7 @@ pub fn feature_of(command: &Command) -> Option<Feature> {
         Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => {
             Some(Feature::ClusterRecord)
         }
+        Command::HashCheck => Some(Feature::HashCheck),
     }
 }
 
@@ -249,5 +255,6 @@ mod tests {
     fn commands_of_the_cluster_record_need_it_and_key_value_commands_need_nothing() {
         assert_eq!(feature_of(&Command::put("k", b"v".to_vec())), None);
         assert_eq!(feature_of(&Command::MemberStarted { id: 7 }), Some(Feature::ClusterRecord));
+        assert_eq!(feature_of(&Command::HashCheck), Some(Feature::HashCheck));
     }
 }
