@@ -173,7 +173,7 @@ impl Command {
         let mut reader = ByteReader::new(data);
         let version = reader.u8()?;
         if version != COMMAND_FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion { offset: 0, version });
+            return Err(DecodeError::UnsupportedVersion { offset: 0, version, reads: "version 1" });
         }
         let tag_offset = reader.offset();
         let command = match reader.u8()? {

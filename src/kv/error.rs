@@ -19,12 +19,14 @@ pub enum DecodeError {
         available: usize,
     },
     /// The leading format-version byte is not one this build reads.
-    #[error("unsupported format version {version} at byte {offset}")]
+    #[error("format version {version} at byte {offset} is not one this build reads ({reads}): a newer mmapd wrote it")]
     UnsupportedVersion {
         /// Where the version byte is.
         offset: usize,
         /// The byte found.
         version: u8,
+        /// The versions this build reads, e.g. "version 1".
+        reads: &'static str,
     },
     /// A tag byte (command kind, condition kind) has no meaning.
     #[error("unknown {what} tag {tag} at byte {offset}")]

@@ -93,7 +93,7 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
     let mut reader = ByteReader::new(data);
     let version = reader.u8()?;
     if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_1 {
-        return Err(DecodeError::UnsupportedVersion { offset: 0, version });
+        return Err(DecodeError::UnsupportedVersion { offset: 0, version, reads: "versions 1 and 2" });
     }
     let applied_index = reader.u64()?;
     let count_offset = reader.offset();

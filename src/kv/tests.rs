@@ -329,7 +329,10 @@ fn command_encoding_has_version_and_tag_bytes() {
 #[test]
 fn command_decode_rejects_bad_tags_versions_and_trailing_bytes() {
     assert_eq!(Command::decode(&[]), Err(DecodeError::Truncated { offset: 0, needed: 1, available: 0 }));
-    assert_eq!(Command::decode(&[2, 1]), Err(DecodeError::UnsupportedVersion { offset: 0, version: 2 }));
+    assert_eq!(
+        Command::decode(&[2, 1]),
+        Err(DecodeError::UnsupportedVersion { offset: 0, version: 2, reads: "version 1" })
+    );
     assert_eq!(Command::decode(&[1, 9]), Err(DecodeError::UnknownTag { offset: 1, what: "command", tag: 9 }));
     assert_eq!(
         Command::decode(&[1, 2, 7, 0, 0, 0, 0]),

@@ -146,6 +146,7 @@ impl DataDir {
             Err(e) => return Err(StoreError::io(&path, "read", e)),
         };
         refuse_legacy_json(&path, &bytes)?;
+        StoreError::check_version(&path, "identity", &bytes, &IDENTITY_MAGIC, 8, &[IDENTITY_VERSION])?;
         decode_identity(&bytes)
             .map(Some)
             .map_err(|(offset, reason)| StoreError::corrupt(&path, offset, reason))
@@ -184,6 +185,7 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io(&path, "read", e)),
         };
+        StoreError::check_version(&path, "origin", &bytes, &ORIGIN_MAGIC, 8, &[ORIGIN_VERSION])?;
         decode_origin(&bytes).map(Some).map_err(|(offset, reason)| StoreError::corrupt(&path, offset, reason))
     }
 

@@ -35,6 +35,24 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A file of a format version this build does not read (a newer release wrote it).
+    #[error(
+        "{path}: {what} format version {found} is newer than this build reads (it reads {supported}): \
+         a newer mmapd wrote it, so run that release or a newer one (or byte {offset} of the file is \
+         damaged)"
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// Where the version is in the file.
+        offset: u64,
+        /// The file kind, e.g. "log segment".
+        what: &'static str,
+        /// The version in the file.
+        found: u32,
+        /// The versions this build reads, e.g. "version 1" or "versions 1 and 2".
+        supported: String,
+    },
     /// Another process (or another `Store` in this process) holds the data directory.
     #[error("data directory {dir} is locked by another mmapd process")]
     Locked {
@@ -73,6 +91,42 @@ impl StoreError {
     /// Like [`StoreError::io`] for a nix errno.
     pub(crate) fn errno(path: &Path, operation: &'static str, errno: nix::errno::Errno) -> StoreError {
         StoreError::io(path, operation, io::Error::from(errno))
+    }
+
+    /// Refuses `bytes`, the start of `path`, when they carry `magic` and then, at
+    /// `version_offset`, a format version (u32 LE) above every one in `supported`: a
+    /// file of a newer release (versions only grow) is named as such, not as corrupt.
+    /// Anything else, a version 0 among them, is left to the decoder.
+    pub(crate) fn check_version(
+        path: &Path,
+        what: &'static str,
+        bytes: &[u8],
+        magic: &[u8],
+        version_offset: usize,
+        supported: &[u32],
+    ) -> Result<(), StoreError> {
+        let Some(raw) = bytes.get(version_offset..version_offset + 4) else { return Ok(()) };
+        if !bytes.starts_with(magic) {
+            return Ok(());
+        }
+        let found = u32::from_le_bytes(raw.try_into().expect("four bytes"));
+        if supported.iter().any(|&known| found <= known) {
+            return Ok(());
+        }
+        let supported = match supported {
+            [one] => format!("version {one}"),
+            many => {
+                let listed: Vec<String> = many.iter().map(u32::to_string).collect();
+                format!("versions {}", listed.join(", "))
+            }
+        };
+        Err(StoreError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            offset: version_offset as u64,
+            what,
+            found,
+            supported,
+        })
     }
 
     /// A corrupt-file error.

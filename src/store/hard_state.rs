@@ -167,6 +167,7 @@ fn recover(
     if bytes.len() != HARD_STATE_FILE_BYTES {
         return Err(StoreError::corrupt(path, bytes.len() as u64, "hard-state file has the wrong length"));
     }
+    StoreError::check_version(path, "hard state", bytes, &HARD_STATE_MAGIC, 8, &[HARD_STATE_VERSION])?;
     if let Err((offset, reason)) = decode_header(bytes) {
         return Err(StoreError::corrupt(path, offset, reason));
     }

@@ -451,6 +451,14 @@ fn scan_segment(path: &Path, bytes: &[u8], seq: u64, is_last: bool) -> Result<Sc
             "file length is not a multiple of 4096: truncated",
         ));
     }
+    StoreError::check_version(
+        path,
+        "log segment",
+        bytes,
+        &super::record::SEGMENT_MAGIC,
+        super::record::SEGMENT_VERSION_OFFSET,
+        &[super::record::SEGMENT_VERSION],
+    )?;
     match decode_segment_header(bytes) {
         Ok(found) if found == seq => {}
         Ok(_) => return Err(StoreError::corrupt(path, 16, "segment number does not match the file name")),

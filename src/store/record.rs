@@ -10,7 +10,7 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"MMAPDSEG";
 pub const SEGMENT_VERSION: u32 = 1;
 /// Size of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: u64 = 64;
-const SEGMENT_VERSION_OFFSET: usize = 8;
+pub(crate) const SEGMENT_VERSION_OFFSET: usize = 8;
 const SEGMENT_CRC_OFFSET: usize = 12;
 const SEGMENT_SEQ_OFFSET: usize = 16;
 

@@ -344,6 +344,14 @@ fn read_newest(dir: &Path) -> Result<Option<LoadedSnapshot>, StoreError> {
     };
     let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, "read", e))?;
     super::data_dir::refuse_legacy_json(&path, &bytes)?;
+    StoreError::check_version(
+        &path,
+        "snapshot",
+        &bytes,
+        &SNAPSHOT_MAGIC,
+        VERSION_OFFSET,
+        &[SNAPSHOT_VERSION_WITHOUT_LEARNERS, SNAPSHOT_VERSION],
+    )?;
     let view = decode_snapshot(&bytes).map_err(|e| StoreError::corrupt(&path, e.offset, e.reason))?;
     if view.meta.index != index {
         return Err(StoreError::corrupt(&path, INDEX_OFFSET as u64, "index does not match the file name"));

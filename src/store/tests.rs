@@ -519,7 +519,9 @@ fn check_open(dir: &Path, segment: &Path, written: &[Entry]) -> Result<usize, u6
             }
             Ok(n)
         }
-        Err(StoreError::Corrupt { path, offset, .. }) => {
+        Err(
+            StoreError::Corrupt { path, offset, .. } | StoreError::UnsupportedVersion { path, offset, .. },
+        ) => {
             assert_eq!(path, segment);
             Err(offset)
         }
@@ -873,4 +875,65 @@ fn a_segment_left_by_an_interrupted_compaction_is_harmless() {
     assert!(!path.exists());
     fs::write(path, bytes).unwrap();
     assert_eq!(reopen(dir.path()).entries, entries(251..301, 1));
+}
+
+/// Every file kind of a data directory carries a format version; a version this build
+/// does not read (a newer release's) is refused naming the file, the version found and
+/// the versions read, not reported as corruption.
+#[test]
+fn a_file_of_a_newer_format_version_is_refused_naming_the_file_and_the_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = Store::open(dir.path(), small()).unwrap();
+        store.append(&entries(1..4, 1)).unwrap();
+        store.set_hard_state(&HardState { term: 1, vote: Some(1), commit: 3 }).unwrap();
+        store.sync().unwrap();
+        store.save_snapshot(&meta(3, 1), b"state at 3").unwrap();
+        let data_dir = store.data_dir();
+        data_dir.write_identity(Identity { cluster_id: 7, node_id: 1 }).unwrap();
+        let origin = Origin {
+            joined: false,
+            base: ConfState { voters: vec![1], learners: vec![] },
+            members: vec![(1, "127.0.0.1:3001".into())],
+        };
+        data_dir.write_origin(&origin).unwrap();
+    }
+    let name_of = |prefix: &str| {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|name| name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} file"))
+    };
+    let cases = [
+        (name_of("hardstate"), "hard state", "version 1"),
+        (name_of("log-"), "log segment", "version 1"),
+        (name_of("snapshot-"), "snapshot", "versions 1, 2"),
+        (name_of("identity"), "identity", "version 1"),
+        (name_of("origin"), "origin", "version 1"),
+    ];
+    for (name, what, reads) in cases {
+        let path = dir.path().join(&name);
+        let original = fs::read(&path).unwrap();
+        let mut newer = original.clone();
+        newer[8..12].copy_from_slice(&99u32.to_le_bytes());
+        fs::write(&path, &newer).unwrap();
+        let error = match what {
+            "identity" => DataDir::open(dir.path()).and_then(|d| d.identity()).map(|_| ()),
+            "origin" => DataDir::open(dir.path()).and_then(|d| d.origin()).map(|_| ()),
+            _ => Store::open(dir.path(), small()).map(|_| ()),
+        }
+        .expect_err(&format!("{name} of version 99 must be refused"));
+        match &error {
+            StoreError::UnsupportedVersion { path: p, what: w, found: 99, supported, .. } => {
+                assert_eq!((p, *w, supported.as_str()), (&path, what, reads), "{error}");
+            }
+            other => panic!("{name}: expected UnsupportedVersion, got {other}"),
+        }
+        let message = error.to_string();
+        assert!(message.contains(&name) && message.contains("99") && message.contains(reads), "{message}");
+        fs::write(&path, &original).unwrap();
+    }
+    // Restored, the directory opens again: the refusal changed nothing.
+    Store::open(dir.path(), small()).unwrap();
 }

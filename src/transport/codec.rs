@@ -79,7 +79,11 @@ pub enum CodecError {
         available: usize,
     },
     /// The version byte is not one this build reads.
-    #[error("unsupported wire format version {version} at byte {offset}")]
+    #[error(
+        "wire format version {version} at byte {offset} is not one this build speaks (version {}): \
+         the peer runs a newer mmapd",
+        WIRE_FORMAT_VERSION
+    )]
     UnsupportedVersion {
         /// Where the version byte is.
         offset: usize,
