@@ -82,6 +82,16 @@ pub struct Args {
     #[arg(long, env = "MMAPD_AUTH_TOKENS")]
     pub auth_tokens: Option<PathBuf>,
 
+    /// This node's certificate chain (PEM, its own certificate first): with --tls-key,
+    /// the port serves HTTPS, and plain HTTP on it is answered 400. The certificate must
+    /// name (subjectAltName) the host of this node's advertised address.
+    #[arg(long, env = "MMAPD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Never logged.
+    #[arg(long, env = "MMAPD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Run with peers off loopback and no cluster secret: anyone who reaches the port
     /// can then act as a peer. Only for a network you trust.
     #[arg(long, env = "MMAPD_INSECURE_PEERS")]
@@ -169,6 +179,12 @@ pub enum CliError {
     /// The tokens file is unreadable, readable by others, or malformed.
     #[error("--auth-tokens {0}")]
     AuthTokens(String),
+    /// A TLS file cannot be used, or the TLS flags do not fit together.
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
+    /// The TLS flags do not fit the rest of the configuration.
+    #[error("{0}")]
+    TlsSetup(String),
     /// The cluster secret file is unreadable or empty.
     #[error("cluster secret file {path}: {reason}")]
     Secret {
@@ -196,6 +212,8 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "admin-socket",
         "cluster-secret-file",
         "auth-tokens",
+        "tls-cert",
+        "tls-key",
         "insecure-peers",
         "tick-ms",
         "election-timeout-ms",
@@ -247,6 +265,8 @@ pub struct Settings {
     pub admin_socket: PathBuf,
     /// Cluster secret, if configured.
     pub cluster_secret: Option<Vec<u8>>,
+    /// TLS on the port, if configured (`--tls-cert`), loaded and checked.
+    pub tls: Option<std::sync::Arc<crate::server::tls::Tls>>,
     /// Client tokens, if configured (`--auth-tokens`), loaded and checked.
     pub auth: Option<std::sync::Arc<crate::server::auth::Auth>>,
     /// Length of a tick.
@@ -348,7 +368,9 @@ impl Args {
                 crate::server::auth::Auth::load(path).map_err(CliError::AuthTokens)?,
             )),
         };
+        let tls = self.tls(clustered)?;
         Ok(Settings {
+            tls,
             listen,
             advertise,
             members,
@@ -371,6 +393,20 @@ impl Args {
             snapshot_bytes: self.snapshot_bytes.max(1),
             quota_bytes: self.quota_bytes.unwrap_or_else(default_quota_bytes),
         })
+    }
+}
+
+impl Args {
+    /// Loads the TLS files, if given.
+    fn tls(&self, clustered: bool) -> Result<Option<std::sync::Arc<crate::server::tls::Tls>>, CliError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        if clustered {
+            return Err(CliError::TlsSetup(
+                "TLS between peers is not supported yet: --tls-cert serves a one-node cluster only".into(),
+            ));
+        }
+        let files = crate::server::tls::TlsFiles { cert: cert.clone(), key: key.clone() };
+        Ok(Some(std::sync::Arc::new(crate::server::tls::Tls::load(files)?)))
     }
 }
 

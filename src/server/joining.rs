@@ -40,11 +40,12 @@ const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
 /// error) on SIGTERM or SIGINT. Returns the listener for the real server.
 pub(crate) async fn while_starting<T>(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<super::tls::Tls>>,
     address: &str,
     work: impl Future<Output = Result<T, ServerError>>,
 ) -> (tokio::net::TcpListener, Result<T, ServerError>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(answer_while_starting(listener, Arc::new(address.to_owned()), stop_rx));
+    let server = tokio::spawn(answer_while_starting(listener, tls, Arc::new(address.to_owned()), stop_rx));
     let outcome = tokio::select! {
         outcome = work => outcome,
         () = lifecycle::wait_for_termination() => Err(ServerError::MustNotStart(
@@ -58,12 +59,13 @@ pub(crate) async fn while_starting<T>(
 
 async fn answer_while_starting(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<super::tls::Tls>>,
     address: Arc<String>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::net::TcpListener {
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(_) => {
@@ -75,7 +77,14 @@ async fn answer_while_starting(
         };
         let mut stop = stop.clone();
         let address = address.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
+            // The same port, so the same TLS: a peer's probe arrives over it.
+            let accepted = tokio::select! {
+                accepted = super::tls::accept(tls.as_deref(), stream, remote) => accepted,
+                _ = stop.changed() => None,
+            };
+            let Some((stream, _identity)) = accepted else { return };
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let answer = starting_answer(request.uri().path(), &address);
                 async move { Ok::<_, std::convert::Infallible>(answer) }

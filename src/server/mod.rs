@@ -8,6 +8,8 @@
 //! - `admin`: the Unix socket of `mmapd-admin`; `backup` its streamed `GET /backup`;
 //! - `driver`: the IO-free driver core, its tokio shell and the disk thread;
 //! - `auth`: client bearer tokens (`--auth-tokens`);
+//! - `tls`: TLS on the port (`--tls-cert`): the PEM files, the rustls configuration,
+//!   and accepting a connection (plain HTTP on a TLS port is answered 400);
 //! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
 //!   signals, the watchdog).
 //!
@@ -24,6 +26,7 @@ mod joining;
 mod lifecycle;
 pub mod metrics;
 pub mod peer;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -416,6 +419,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         Start::Bootstrap { initial } => {
             let (listener, outcome) = joining::while_starting(
                 listener,
+                settings.tls.clone(),
                 &settings.advertise,
                 joining::bootstrap(&settings, &client, secret.clone()),
             )
@@ -439,6 +443,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         Start::Join { initial } => {
             let (listener, outcome) = joining::while_starting(
                 listener,
+                settings.tls.clone(),
                 &settings.advertise,
                 joining::join(&settings, &client, secret.clone()),
             )
@@ -530,7 +535,13 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         auth: settings.auth.clone(),
     });
 
-    let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
+    let http_task = tokio::spawn(accept_http(
+        listener,
+        settings.tls.clone(),
+        api.clone(),
+        max_connections,
+        shutdown_rx.clone(),
+    ));
     let admin_task = tokio::spawn(accept_admin(admin_listener, api.clone(), shutdown_rx.clone()));
     tracing::info!(address = %settings.advertise, listen = %settings.listen, node_id = %format!("{id:016x}"), data_dir = %settings.data_dir.display(),
         admin_socket = %settings.admin_socket.display(), members = members.len(), "mmapd ready");
@@ -613,6 +624,7 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 async fn accept_http(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::Tls>>,
     api: Arc<api::Api>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -638,8 +650,16 @@ async fn accept_http(
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         let mut shutdown = shutdown.clone();
-        let client = api::Connection { remote, permit: Arc::new(permit), sender: Default::default() };
+        let tls = tls.clone();
         connections.spawn(async move {
+            // The handshake runs in the connection's task, holding its permit: a slow
+            // or stalled handshake never holds up the accept loop.
+            let accepted = tokio::select! {
+                accepted = tls::accept(tls.as_deref(), stream, remote) => accepted,
+                _ = shutdown.changed() => None,
+            };
+            let Some((stream, _identity)) = accepted else { return };
+            let client = api::Connection { remote, permit: Arc::new(permit), sender: Default::default() };
             let service = service_fn(move |request| api::serve(api.clone(), client.clone(), request));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
