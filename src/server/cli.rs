@@ -92,6 +92,17 @@ pub struct Args {
     #[arg(long, env = "MMAPD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// The CA (PEM) every member's certificate chains to: peers authenticate each
+    /// other with mutual TLS, and a peer's certificate must name the address of the
+    /// member it speaks for. Needed with TLS and more than one member.
+    #[arg(long, env = "MMAPD_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The CA (PEM) clients' certificates must chain to: with it, a client without
+    /// one is refused (403) on every route but /health. Use another CA than --tls-ca.
+    #[arg(long, env = "MMAPD_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
     /// Run with peers off loopback and no cluster secret: anyone who reaches the port
     /// can then act as a peer. Only for a network you trust.
     #[arg(long, env = "MMAPD_INSECURE_PEERS")]
@@ -173,7 +184,8 @@ pub enum CliError {
         "members {0} are not on loopback and no cluster secret is set: anyone who reaches the port \
          could act as a peer (one forged AppendEntries makes a follower serve a value no client \
          wrote). Set --cluster-secret-file (e.g. `openssl rand -hex 32` into a file, the same on \
-         every node), or give --insecure-peers on a network you trust"
+         every node), or mutual TLS (--tls-cert, --tls-key, --tls-ca), or give --insecure-peers on a \
+         network you trust"
     )]
     InsecurePeers(String),
     /// The tokens file is unreadable, readable by others, or malformed.
@@ -214,6 +226,8 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "auth-tokens",
         "tls-cert",
         "tls-key",
+        "tls-ca",
+        "client-ca",
         "insecure-peers",
         "tick-ms",
         "election-timeout-ms",
@@ -355,7 +369,9 @@ impl Args {
             Some(path) => read_secret(path, credentials_dir.as_deref())?,
         };
         let clustered = members.len() > 1 || !join.is_empty();
-        if clustered && cluster_secret.is_none() && !self.insecure_peers {
+        // Mutual TLS authenticates peers as the secret does.
+        let peers_authenticated = cluster_secret.is_some() || self.tls_ca.is_some();
+        if clustered && !peers_authenticated && !self.insecure_peers {
             let exposed: Vec<&str> =
                 members.iter().chain(&join).map(String::as_str).filter(|a| !is_loopback(a)).collect();
             if !exposed.is_empty() {
@@ -368,7 +384,7 @@ impl Args {
                 crate::server::auth::Auth::load(path).map_err(CliError::AuthTokens)?,
             )),
         };
-        let tls = self.tls(clustered)?;
+        let tls = self.tls(clustered, &advertise)?;
         Ok(Settings {
             tls,
             listen,
@@ -397,16 +413,32 @@ impl Args {
 }
 
 impl Args {
-    /// Loads the TLS files, if given.
-    fn tls(&self, clustered: bool) -> Result<Option<std::sync::Arc<crate::server::tls::Tls>>, CliError> {
+    /// Loads the TLS files, if given. A node with peers needs `--tls-ca`, and its own
+    /// certificate must name its advertised address (its peers check it).
+    fn tls(
+        &self,
+        clustered: bool,
+        advertise: &str,
+    ) -> Result<Option<std::sync::Arc<crate::server::tls::Tls>>, CliError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
-        if clustered {
+        if clustered && self.tls_ca.is_none() {
             return Err(CliError::TlsSetup(
-                "TLS between peers is not supported yet: --tls-cert serves a one-node cluster only".into(),
+                "with --tls-cert and peers, give --tls-ca: the CA every member's certificate chains to \
+                 (peers authenticate each other with mutual TLS)"
+                    .into(),
             ));
         }
-        let files = crate::server::tls::TlsFiles { cert: cert.clone(), key: key.clone() };
-        Ok(Some(std::sync::Arc::new(crate::server::tls::Tls::load(files)?)))
+        let files = crate::server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: self.tls_ca.clone(),
+            client_ca: self.client_ca.clone(),
+        };
+        let tls = crate::server::tls::Tls::load(files)?;
+        if clustered {
+            tls.check_names_own_address(advertise)?;
+        }
+        Ok(Some(std::sync::Arc::new(tls)))
     }
 }
 

@@ -24,7 +24,7 @@ use super::cli::{node_id, Settings};
 use super::driver::core::{DriverConfig, Joined};
 use super::driver::start::{decide_start, ProbeAnswer, StartDecision};
 use super::peer::transport::{PeerClient, SECRET_HEADER};
-use super::peer::VERSION_HEADER;
+use super::peer::{NODE_ADDRESS_HEADER, VERSION_HEADER};
 use super::{lifecycle, ServerError};
 
 /// How long one probe or join request may take.
@@ -150,8 +150,9 @@ pub(crate) async fn bootstrap(
         let mut asks = tokio::task::JoinSet::new();
         for peer in &peers {
             let (client, secret, peer) = (client.clone(), secret.clone(), peer.clone());
+            let advertise = settings.advertise.clone();
             asks.spawn(async move {
-                let answer = ask_probe(&client, secret.as_deref(), &peer, me).await;
+                let answer = ask_probe(&client, secret.as_deref(), &advertise, &peer, me).await;
                 (peer, answer)
             });
         }
@@ -188,11 +189,12 @@ pub(crate) async fn bootstrap(
 async fn ask_probe(
     client: &PeerClient,
     secret: Option<&Vec<u8>>,
+    address: &str,
     peer: &str,
     me: u64,
 ) -> Result<ProbeAnswer, String> {
     let uri = format!("http://{peer}{CLUSTER_PATH}?asker={me:016x}");
-    let (status, body) = ask(client, secret, Method::GET, &uri, None).await?;
+    let (status, body) = ask(client, secret, address, Method::GET, &uri, None).await?;
     if status != StatusCode::OK {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
     }
@@ -217,7 +219,9 @@ pub(crate) async fn join(
             let target = targets[tried].clone();
             tried += 1;
             let uri = format!("http://{target}{JOIN_PATH}");
-            let answer = ask(client, secret.as_deref(), Method::POST, &uri, Some(body.clone())).await;
+            let answer =
+                ask(client, secret.as_deref(), &settings.advertise, Method::POST, &uri, Some(body.clone()))
+                    .await;
             let (status, text) = match answer {
                 Ok(answer) => answer,
                 Err(error) => {
@@ -259,10 +263,11 @@ pub(crate) async fn join(
     }
 }
 
-/// One bounded request; the answer's status and body.
+/// One bounded request from the node at `address`; the answer's status and body.
 async fn ask(
     client: &PeerClient,
     secret: Option<&Vec<u8>>,
+    address: &str,
     method: Method,
     uri: &str,
     body: Option<String>,
@@ -271,6 +276,10 @@ async fn ask(
     // member that is about to start must not be taken for an older release.
     let version = crate::server::driver::version::THIS_VERSION.to_string();
     let mut request = Request::builder().method(method).uri(uri).header(VERSION_HEADER, version);
+    // Over TLS the asked node checks that this node's certificate names it.
+    if let Ok(address) = HeaderValue::from_str(address) {
+        request = request.header(NODE_ADDRESS_HEADER, address);
+    }
     if let Some(secret) = secret {
         request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).map_err(|e| e.to_string())?);
     }
@@ -299,6 +308,7 @@ pub(crate) async fn confirm_removal(
     me: u64,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
+    address: String,
 ) {
     while let Some(first) = hints.recv().await {
         let others: Vec<String> = shared
@@ -311,8 +321,8 @@ pub(crate) async fn confirm_removal(
             .collect();
         let mut asks = tokio::task::JoinSet::new();
         for peer in others.clone() {
-            let (client, secret) = (client.clone(), secret.clone());
-            asks.spawn(async move { ask_probe(&client, secret.as_deref(), &peer, me).await });
+            let (client, secret, address) = (client.clone(), secret.clone(), address.clone());
+            asks.spawn(async move { ask_probe(&client, secret.as_deref(), &address, &peer, me).await });
         }
         let mut removed = 0;
         while let Some(answer) = asks.join_next().await {

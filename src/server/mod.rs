@@ -409,7 +409,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         .map_err(|error| ServerError::Driver(format!("cannot install the SIGHUP handler: {error}")))?;
     let reload = tokio::spawn(reload);
     let secret = settings.cluster_secret.clone().map(Arc::new);
-    let client = peer::transport::client();
+    let connector = peer::connect::PeerConnector::new(settings.tls.clone());
+    let client = peer::transport::client(connector.clone());
     // A node with an empty data directory asks the cluster first, answering probes
     // meanwhile; then it is a node with data.
     let (raft, members, bootstrap, listener, version_floor) = match start {
@@ -497,7 +498,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         cluster_id,
     };
     let (removed_hint, removed_hints) = tokio::sync::mpsc::channel(1);
-    let outbox = peer::transport::start(&peers, client.clone(), credentials, peer_timeout, removed_hint);
+    let outbox =
+        peer::transport::start(&peers, client.clone(), connector, credentials, peer_timeout, removed_hint);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
@@ -533,6 +535,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         forwards: Semaphore::new(api::MAX_FORWARDS_IN_FLIGHT),
         outbox,
         auth: settings.auth.clone(),
+        tls: settings.tls.clone(),
     });
 
     let http_task = tokio::spawn(accept_http(
@@ -555,6 +558,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         id,
         api.client.clone(),
         api.secret.clone(),
+        settings.advertise.clone(),
     );
     let mut driver = driver;
     // The driver only ends on shutdown: ending earlier means a broken invariant
@@ -658,8 +662,9 @@ async fn accept_http(
                 accepted = tls::accept(tls.as_deref(), stream, remote) => accepted,
                 _ = shutdown.changed() => None,
             };
-            let Some((stream, _identity)) = accepted else { return };
-            let client = api::Connection { remote, permit: Arc::new(permit), sender: Default::default() };
+            let Some((stream, identity)) = accepted else { return };
+            let client =
+                api::Connection { remote, permit: Arc::new(permit), sender: Default::default(), identity };
             let service = service_fn(move |request| api::serve(api.clone(), client.clone(), request));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
