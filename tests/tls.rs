@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use client::Https;
+use client::{plain_request, Https};
 use common::*;
 use pki::{Ca, Issued};
 
@@ -549,4 +549,130 @@ fn a_tls_node_with_peers_needs_a_ca_and_a_certificate_naming_its_address() {
     let output = run(&["--tls-ca", ca.arg()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("does not name 127.0.0.1"), "{}", stderr(&output));
+}
+
+// ---------------------------------------------------------------- --tls-accept-plain
+
+/// With `--tls-accept-plain` one port serves plain HTTP and HTTPS.
+#[test]
+fn tls_accept_plain_serves_plain_http_and_https_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &["--tls-accept-plain"]);
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", node.port)?["state"] == "leader").then_some(())
+    });
+    assert_eq!(put(node.port, "/v1/kv/plain", b"p").status, 201);
+    assert_eq!(https.put("127.0.0.1", node.port, "/v1/kv/tls", b"t").unwrap().status, 201);
+    assert_eq!(https.get("127.0.0.1", node.port, "/v1/kv/plain").unwrap().text(), "p");
+    assert_eq!(get(node.port, "/v1/kv/tls").text(), "t");
+}
+
+/// `/status` over HTTPS, else over plain HTTP: a node may be either during a switch-over.
+fn status_any(https: &Https, node: &Daemon) -> Option<serde_json::Value> {
+    if let Some(status) = https.status(&node.ip, node.port) {
+        return Some(status);
+    }
+    let response = plain_request(&node.ip, node.port, "GET", "/status", b"").ok()?;
+    (response.status == 200).then(|| response.json())
+}
+
+/// A GET over HTTPS, else over plain HTTP.
+fn get_any(https: &Https, node: &Daemon, path: &str) -> Option<Response> {
+    https
+        .get(&node.ip, node.port, path)
+        .ok()
+        .or_else(|| plain_request(&node.ip, node.port, "GET", path, b"").ok())
+}
+
+fn agreed_leader(https: &Https, nodes: &[Daemon]) -> usize {
+    wait_for(Duration::from_secs(15), "every node to agree on a leader", || {
+        let mut agreed: Option<(String, u64)> = None;
+        for node in nodes {
+            let status = status_any(https, node)?;
+            let seen = (status["leader"].as_str()?.to_owned(), status["term"].as_u64()?);
+            if agreed.get_or_insert_with(|| seen.clone()) != &seen {
+                return None;
+            }
+        }
+        let leader = agreed?.0;
+        nodes.iter().position(|node| node.address() == leader)
+    })
+}
+
+/// The documented switch-over of a running cluster from plain HTTP to TLS: a rolling
+/// restart with `--tls-accept-plain` (each restarted node reaches the plain ones in
+/// plain and is reached by them in plain), then one without (every node speaks TLS
+/// first by then). After every restart the cluster agrees on a leader, takes a write
+/// through the restarted node and serves every write so far on every node with a
+/// linearizable read (which needs each node to reach the leader both ways). At the
+/// end plain HTTP is refused everywhere.
+#[test]
+fn a_running_cluster_switches_to_tls_by_two_rolling_restarts_with_tls_accept_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let https = Https::new(&ca.path, None);
+    let certificates: Vec<Issued> = CLUSTER_IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| ca.issue(dir.path(), &format!("node{i}"), &[ip]))
+        .collect();
+    let ports = free_ports(3);
+    let peers: Vec<String> =
+        CLUSTER_IPS.iter().zip(&ports).map(|(ip, port)| format!("{ip}:{port}")).collect();
+    let peers = peers.join(",");
+    let node = |i: usize, phase: usize| {
+        let port = ports[i].to_string();
+        let data_dir = dir.path().join(format!("node{i}"));
+        let mut args = vec!["--ip", CLUSTER_IPS[i], "--port", &port, "--peers", &peers];
+        args.extend(["--data-dir", data_dir.to_str().unwrap()]);
+        args.extend(FAST_TIMINGS);
+        if phase >= 1 {
+            args.extend(["--tls-cert", certificates[i].cert_arg(), "--tls-key", certificates[i].key_arg()]);
+            args.extend(["--tls-ca", ca.arg()]);
+        }
+        if phase == 1 {
+            args.push("--tls-accept-plain");
+        }
+        Daemon::new(dir.path(), ports[i], &args).with_ip(CLUSTER_IPS[i])
+    };
+    let mut nodes: Vec<Daemon> = (0..3).map(|i| node(i, 0)).collect();
+    nodes.iter_mut().for_each(Daemon::spawn);
+    for node in &mut nodes {
+        node.wait_started().unwrap();
+    }
+    agreed_leader(&https, &nodes);
+    let response = plain_request(&nodes[0].ip, nodes[0].port, "PUT", "/v1/kv/before", b"plain").unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let mut written = vec![("before".to_owned(), "plain".to_owned())];
+    for phase in [1, 2] {
+        for i in 0..3 {
+            nodes[i].signal(nix::sys::signal::Signal::SIGTERM);
+            assert!(nodes[i].wait_exit(Duration::from_secs(10)).success());
+            nodes[i] = node(i, phase);
+            nodes[i].start().unwrap();
+            agreed_leader(&https, &nodes);
+            let key = format!("phase{phase}-node{i}");
+            let response = wait_for(Duration::from_secs(10), "a write through the restarted node", || {
+                let response = https.put(&nodes[i].ip, nodes[i].port, &format!("/v1/kv/{key}"), b"v").ok()?;
+                (response.status == 201).then_some(response)
+            });
+            assert_eq!(response.status, 201);
+            written.push((key, "v".to_owned()));
+            for reader in &nodes {
+                for (key, value) in &written {
+                    let what = format!("{key} on {} in phase {phase}", reader.address());
+                    wait_for(Duration::from_secs(10), &what, || {
+                        let response = get_any(&https, reader, &format!("/v1/kv/{key}"))?;
+                        (response.status == 200 && response.text() == *value).then_some(())
+                    });
+                }
+            }
+        }
+    }
+    for node in &nodes {
+        let response = plain_request(&node.ip, node.port, "GET", "/status", b"").unwrap();
+        assert_eq!(response.status, 400, "{} still takes plain HTTP", node.address());
+    }
 }

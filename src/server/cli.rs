@@ -103,6 +103,12 @@ pub struct Args {
     #[arg(long, env = "MMAPD_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 
+    /// With --tls-cert: take plain HTTP too, and reach peers that do not speak TLS yet
+    /// in plain. For turning TLS on in a running cluster: a rolling restart with it,
+    /// then one without. Plain peers are authenticated by the cluster secret only.
+    #[arg(long, env = "MMAPD_TLS_ACCEPT_PLAIN", requires = "tls_cert")]
+    pub tls_accept_plain: bool,
+
     /// Run with peers off loopback and no cluster secret: anyone who reaches the port
     /// can then act as a peer. Only for a network you trust.
     #[arg(long, env = "MMAPD_INSECURE_PEERS")]
@@ -228,6 +234,7 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "tls-key",
         "tls-ca",
         "client-ca",
+        "tls-accept-plain",
         "insecure-peers",
         "tick-ms",
         "election-timeout-ms",
@@ -369,8 +376,10 @@ impl Args {
             Some(path) => read_secret(path, credentials_dir.as_deref())?,
         };
         let clustered = members.len() > 1 || !join.is_empty();
-        // Mutual TLS authenticates peers as the secret does.
-        let peers_authenticated = cluster_secret.is_some() || self.tls_ca.is_some();
+        // Mutual TLS authenticates peers as the secret does, unless plain peers are
+        // taken too (--tls-accept-plain): they are authenticated by nothing else.
+        let peers_authenticated =
+            cluster_secret.is_some() || (self.tls_ca.is_some() && !self.tls_accept_plain);
         if clustered && !peers_authenticated && !self.insecure_peers {
             let exposed: Vec<&str> =
                 members.iter().chain(&join).map(String::as_str).filter(|a| !is_loopback(a)).collect();
@@ -433,6 +442,7 @@ impl Args {
             key: key.clone(),
             ca: self.tls_ca.clone(),
             client_ca: self.client_ca.clone(),
+            accept_plain: self.tls_accept_plain,
         };
         let tls = crate::server::tls::Tls::load(files)?;
         if clustered {
@@ -824,6 +834,24 @@ mod tests {
         // Loopback peers, or none, need nothing.
         parse(&["--peers", "127.0.0.1:3001,127.0.0.1:3002,localhost:3003"]).resolve(dir.path()).unwrap();
         parse(&["--ip", "0.0.0.0", "--advertise", "10.0.0.9:3001"]).resolve(dir.path()).unwrap();
+    }
+
+    /// Mutual TLS authenticates peers as a secret does, except while plain peers are
+    /// taken too (`--tls-accept-plain`): then members off loopback need the secret.
+    #[test]
+    fn mutual_tls_stands_for_the_secret_except_with_tls_accept_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ["--tls-cert", "/nonexistent/node.pem", "--tls-key", "/nonexistent/node.key"];
+        let peers = ["--peers", "127.0.0.1:3001,10.0.0.2:3001"];
+        let with_ca: Vec<&str> =
+            peers.iter().chain(&tls).copied().chain(["--tls-ca", "/nonexistent/ca.pem"]).collect();
+        // Past the peer check: the (missing) certificate is what stops it.
+        let error = parse(&with_ca).resolve(dir.path()).unwrap_err();
+        assert!(matches!(error, CliError::Tls(_)), "{error}");
+        let mut plain_too = with_ca.clone();
+        plain_too.push("--tls-accept-plain");
+        let error = parse(&plain_too).resolve(dir.path()).unwrap_err();
+        assert!(matches!(error, CliError::InsecurePeers(_)), "{error}");
     }
 
     #[test]

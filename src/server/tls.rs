@@ -21,6 +21,13 @@
 //! So `--client-ca` should be another CA than `--tls-ca`: a client certificate from
 //! the peers' CA that names a member's host could speak for that member.
 //!
+//! **Switching a running cluster to TLS** (`--tls-accept-plain`): the port also takes
+//! plain connections (their peer requests are guarded by the cluster secret only, as
+//! before TLS), and an outgoing connection whose TLS handshake fails for any reason
+//! but a certificate (the peer answered in plain HTTP, or reset) is made again in
+//! plain. A rolling restart with it, then one without, moves every connection to TLS
+//! without a moment in which two members cannot talk.
+//!
 //! Outgoing connections to peers (the peer stream, `POST /raft/*`, forwarded writes
 //! and membership changes, probes and joins, the leader's member view) go through
 //! `PeerConnector`: TLS with this node's certificate, the server's certificate checked
@@ -82,6 +89,10 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
     /// The CA clients' certificates must chain to (`--client-ca`); None: clients need none.
     pub client_ca: Option<PathBuf>,
+    /// `--tls-accept-plain`: the port takes plain connections too, and a connection to
+    /// a peer that does not speak TLS is made again in plain (turning TLS on in a
+    /// running cluster: a rolling restart with it, then one without).
+    pub accept_plain: bool,
 }
 
 /// A TLS file that cannot be used. The message names the flag and the file, and says
@@ -192,6 +203,11 @@ impl Tls {
     /// This node's side of a TLS connection to a peer; None without `--tls-ca`.
     pub(crate) fn connector(&self) -> Option<&tokio_rustls::TlsConnector> {
         self.outgoing.as_ref()
+    }
+
+    /// Whether plain connections are taken too (`--tls-accept-plain`).
+    pub fn accepts_plain(&self) -> bool {
+        self.files.accept_plain
     }
 
     /// Whether clients must present a certificate (`--client-ca` given).
@@ -424,7 +440,9 @@ fn pem_error(error: &rustls::pki_types::pem::Error) -> &'static str {
 /// Who is at the other end of an accepted connection, as far as TLS proved it.
 #[derive(Clone, Debug)]
 pub enum Identity {
-    /// Plain TCP: the node has no TLS.
+    /// Plain TCP: the node has no TLS, or takes plain connections too
+    /// (`--tls-accept-plain`). Peer routes are then guarded by the cluster secret only,
+    /// as without TLS; client routes are refused with `--client-ca`.
     Plain,
     /// TLS, without a client certificate.
     Anonymous,
@@ -465,6 +483,9 @@ pub async fn accept(
             tracing::debug!(peer = %remote, "nothing sent within {HANDSHAKE_TIMEOUT:?}: closed");
             return None;
         }
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD && tls.accepts_plain() {
+        return Some((ServerStream::Plain(tcp), Identity::Plain));
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
         tracing::debug!(peer = %remote, "plain HTTP on the TLS port: answered 400");

@@ -21,7 +21,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::tls::{host_of, Tls};
+use crate::server::tls::{host_of, is_certificate_error, Tls};
 
 /// How long a TCP connect to a peer may take (per address a name resolves to).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,27 +66,31 @@ impl PeerConnector {
     /// Connects to `address`, the resolved form of a member whose address has the
     /// host `host` (a DNS name or an IP address: what the peer's certificate must
     /// name), within `timeout` for TCP and `HANDSHAKE_TIMEOUT` for TLS.
+    ///
+    /// With `--tls-accept-plain`, a handshake that fails for another reason than a
+    /// certificate (a peer that does not speak TLS yet answers the ClientHello in plain
+    /// HTTP, or resets) is followed by a plain connection: the switch-over of a running
+    /// cluster. A certificate refused either way never falls back.
     pub async fn open(
         &self,
         address: SocketAddr,
         host: &str,
         timeout: Duration,
     ) -> Result<PeerStream, ConnectError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| ConnectError::Tcp(format!("{address}: no answer within {timeout:?}")))?
-            .map_err(|e| ConnectError::Tcp(format!("{address}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let Some(connector) = self.tls.as_ref().and_then(|tls| tls.connector()) else {
+        let tcp = tcp_connect(address, timeout).await?;
+        let Some((tls, connector)) = self.tls.as_ref().and_then(|tls| Some((tls, tls.connector()?))) else {
             return Ok(PeerStream::Plain(tcp));
         };
         let handshake_error = |error: String| ConnectError::Handshake { host: host.to_owned(), error };
         let name = ServerName::try_from(host.to_owned()).map_err(|e| handshake_error(e.to_string()))?;
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
-            Ok(Ok(stream)) => Ok(PeerStream::Tls(Box::new(stream))),
-            Ok(Err(error)) => Err(handshake_error(error.to_string())),
-            Err(_) => Err(handshake_error(format!("not finished within {HANDSHAKE_TIMEOUT:?}"))),
-        }
+        let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => return Ok(PeerStream::Tls(Box::new(stream))),
+            Ok(Err(error)) if tls.accepts_plain() && !is_certificate_error(&error) => error,
+            Ok(Err(error)) => return Err(handshake_error(error.to_string())),
+            Err(_) => return Err(handshake_error(format!("not finished within {HANDSHAKE_TIMEOUT:?}"))),
+        };
+        tracing::debug!(peer = %address, %error, "the peer does not speak TLS: connecting in plain (--tls-accept-plain)");
+        Ok(PeerStream::Plain(tcp_connect(address, timeout).await?))
     }
 
     /// Resolves `authority` (`HOST:PORT`) and connects to the first address that
@@ -108,6 +112,16 @@ impl PeerConnector {
         }
         Err(last)
     }
+}
+
+/// A TCP connection to `address` within `timeout`, with Nagle off.
+async fn tcp_connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Tcp(format!("{address}: no answer within {timeout:?}")))?
+        .map_err(|e| ConnectError::Tcp(format!("{address}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 impl tower_service::Service<Uri> for PeerConnector {
