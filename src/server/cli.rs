@@ -82,6 +82,33 @@ pub struct Args {
     #[arg(long, env = "MMAPD_AUTH_TOKENS")]
     pub auth_tokens: Option<PathBuf>,
 
+    /// This node's certificate chain (PEM, its own certificate first): with --tls-key,
+    /// the port serves HTTPS, and plain HTTP on it is answered 400. The certificate must
+    /// name (subjectAltName) the host of this node's advertised address.
+    #[arg(long, env = "MMAPD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Never logged.
+    #[arg(long, env = "MMAPD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA (PEM) every member's certificate chains to: peers authenticate each
+    /// other with mutual TLS, and a peer's certificate must name the address of the
+    /// member it speaks for. Needed with TLS and more than one member.
+    #[arg(long, env = "MMAPD_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The CA (PEM) clients' certificates must chain to: with it, a client without
+    /// one is refused (403) on every route but /health. Use another CA than --tls-ca.
+    #[arg(long, env = "MMAPD_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// With --tls-cert: take plain HTTP too, and reach peers that do not speak TLS yet
+    /// in plain. For turning TLS on in a running cluster: a rolling restart with it,
+    /// then one without. Plain peers are authenticated by the cluster secret only.
+    #[arg(long, env = "MMAPD_TLS_ACCEPT_PLAIN", requires = "tls_cert")]
+    pub tls_accept_plain: bool,
+
     /// Run with peers off loopback and no cluster secret: anyone who reaches the port
     /// can then act as a peer. Only for a network you trust.
     #[arg(long, env = "MMAPD_INSECURE_PEERS")]
@@ -163,12 +190,19 @@ pub enum CliError {
         "members {0} are not on loopback and no cluster secret is set: anyone who reaches the port \
          could act as a peer (one forged AppendEntries makes a follower serve a value no client \
          wrote). Set --cluster-secret-file (e.g. `openssl rand -hex 32` into a file, the same on \
-         every node), or give --insecure-peers on a network you trust"
+         every node), or mutual TLS (--tls-cert, --tls-key, --tls-ca), or give --insecure-peers on a \
+         network you trust"
     )]
     InsecurePeers(String),
     /// The tokens file is unreadable, readable by others, or malformed.
     #[error("--auth-tokens {0}")]
     AuthTokens(String),
+    /// A TLS file cannot be used, or the TLS flags do not fit together.
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
+    /// The TLS flags do not fit the rest of the configuration.
+    #[error("{0}")]
+    TlsSetup(String),
     /// The cluster secret file is unreadable or empty.
     #[error("cluster secret file {path}: {reason}")]
     Secret {
@@ -196,6 +230,11 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "admin-socket",
         "cluster-secret-file",
         "auth-tokens",
+        "tls-cert",
+        "tls-key",
+        "tls-ca",
+        "client-ca",
+        "tls-accept-plain",
         "insecure-peers",
         "tick-ms",
         "election-timeout-ms",
@@ -247,6 +286,8 @@ pub struct Settings {
     pub admin_socket: PathBuf,
     /// Cluster secret, if configured.
     pub cluster_secret: Option<Vec<u8>>,
+    /// TLS on the port, if configured (`--tls-cert`), loaded and checked.
+    pub tls: Option<std::sync::Arc<crate::server::tls::Tls>>,
     /// Client tokens, if configured (`--auth-tokens`), loaded and checked.
     pub auth: Option<std::sync::Arc<crate::server::auth::Auth>>,
     /// Length of a tick.
@@ -335,7 +376,11 @@ impl Args {
             Some(path) => read_secret(path, credentials_dir.as_deref())?,
         };
         let clustered = members.len() > 1 || !join.is_empty();
-        if clustered && cluster_secret.is_none() && !self.insecure_peers {
+        // Mutual TLS authenticates peers as the secret does, unless plain peers are
+        // taken too (--tls-accept-plain): they are authenticated by nothing else.
+        let peers_authenticated =
+            cluster_secret.is_some() || (self.tls_ca.is_some() && !self.tls_accept_plain);
+        if clustered && !peers_authenticated && !self.insecure_peers {
             let exposed: Vec<&str> =
                 members.iter().chain(&join).map(String::as_str).filter(|a| !is_loopback(a)).collect();
             if !exposed.is_empty() {
@@ -348,7 +393,9 @@ impl Args {
                 crate::server::auth::Auth::load(path).map_err(CliError::AuthTokens)?,
             )),
         };
+        let tls = self.tls(clustered, &advertise)?;
         Ok(Settings {
+            tls,
             listen,
             advertise,
             members,
@@ -371,6 +418,37 @@ impl Args {
             snapshot_bytes: self.snapshot_bytes.max(1),
             quota_bytes: self.quota_bytes.unwrap_or_else(default_quota_bytes),
         })
+    }
+}
+
+impl Args {
+    /// Loads the TLS files, if given. A node with peers needs `--tls-ca`, and its own
+    /// certificate must name its advertised address (its peers check it).
+    fn tls(
+        &self,
+        clustered: bool,
+        advertise: &str,
+    ) -> Result<Option<std::sync::Arc<crate::server::tls::Tls>>, CliError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        if clustered && self.tls_ca.is_none() {
+            return Err(CliError::TlsSetup(
+                "with --tls-cert and peers, give --tls-ca: the CA every member's certificate chains to \
+                 (peers authenticate each other with mutual TLS)"
+                    .into(),
+            ));
+        }
+        let files = crate::server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: self.tls_ca.clone(),
+            client_ca: self.client_ca.clone(),
+            accept_plain: self.tls_accept_plain,
+        };
+        let tls = crate::server::tls::Tls::load(files)?;
+        if clustered {
+            tls.check_names_own_address(advertise)?;
+        }
+        Ok(Some(std::sync::Arc::new(tls)))
     }
 }
 
@@ -756,6 +834,24 @@ mod tests {
         // Loopback peers, or none, need nothing.
         parse(&["--peers", "127.0.0.1:3001,127.0.0.1:3002,localhost:3003"]).resolve(dir.path()).unwrap();
         parse(&["--ip", "0.0.0.0", "--advertise", "10.0.0.9:3001"]).resolve(dir.path()).unwrap();
+    }
+
+    /// Mutual TLS authenticates peers as a secret does, except while plain peers are
+    /// taken too (`--tls-accept-plain`): then members off loopback need the secret.
+    #[test]
+    fn mutual_tls_stands_for_the_secret_except_with_tls_accept_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ["--tls-cert", "/nonexistent/node.pem", "--tls-key", "/nonexistent/node.key"];
+        let peers = ["--peers", "127.0.0.1:3001,10.0.0.2:3001"];
+        let with_ca: Vec<&str> =
+            peers.iter().chain(&tls).copied().chain(["--tls-ca", "/nonexistent/ca.pem"]).collect();
+        // Past the peer check: the (missing) certificate is what stops it.
+        let error = parse(&with_ca).resolve(dir.path()).unwrap_err();
+        assert!(matches!(error, CliError::Tls(_)), "{error}");
+        let mut plain_too = with_ca.clone();
+        plain_too.push("--tls-accept-plain");
+        let error = parse(&plain_too).resolve(dir.path()).unwrap_err();
+        assert!(matches!(error, CliError::InsecurePeers(_)), "{error}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::cli::{node_id, Settings};
 use super::driver::core::{DriverConfig, Joined};
 use super::driver::start::{decide_start, ProbeAnswer, StartDecision};
 use super::peer::transport::{PeerClient, SECRET_HEADER};
-use super::peer::VERSION_HEADER;
+use super::peer::{NODE_ADDRESS_HEADER, VERSION_HEADER};
 use super::{lifecycle, ServerError};
 
 /// How long one probe or join request may take.
@@ -40,11 +40,12 @@ const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
 /// error) on SIGTERM or SIGINT. Returns the listener for the real server.
 pub(crate) async fn while_starting<T>(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<super::tls::Tls>>,
     address: &str,
     work: impl Future<Output = Result<T, ServerError>>,
 ) -> (tokio::net::TcpListener, Result<T, ServerError>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(answer_while_starting(listener, Arc::new(address.to_owned()), stop_rx));
+    let server = tokio::spawn(answer_while_starting(listener, tls, Arc::new(address.to_owned()), stop_rx));
     let outcome = tokio::select! {
         outcome = work => outcome,
         () = lifecycle::wait_for_termination() => Err(ServerError::MustNotStart(
@@ -58,12 +59,13 @@ pub(crate) async fn while_starting<T>(
 
 async fn answer_while_starting(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<super::tls::Tls>>,
     address: Arc<String>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::net::TcpListener {
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(_) => {
@@ -75,7 +77,14 @@ async fn answer_while_starting(
         };
         let mut stop = stop.clone();
         let address = address.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
+            // The same port, so the same TLS: a peer's probe arrives over it.
+            let accepted = tokio::select! {
+                accepted = super::tls::accept(tls.as_deref(), stream, remote) => accepted,
+                _ = stop.changed() => None,
+            };
+            let Some((stream, _identity)) = accepted else { return };
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let answer = starting_answer(request.uri().path(), &address);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
@@ -141,8 +150,9 @@ pub(crate) async fn bootstrap(
         let mut asks = tokio::task::JoinSet::new();
         for peer in &peers {
             let (client, secret, peer) = (client.clone(), secret.clone(), peer.clone());
+            let advertise = settings.advertise.clone();
             asks.spawn(async move {
-                let answer = ask_probe(&client, secret.as_deref(), &peer, me).await;
+                let answer = ask_probe(&client, secret.as_deref(), &advertise, &peer, me).await;
                 (peer, answer)
             });
         }
@@ -179,11 +189,12 @@ pub(crate) async fn bootstrap(
 async fn ask_probe(
     client: &PeerClient,
     secret: Option<&Vec<u8>>,
+    address: &str,
     peer: &str,
     me: u64,
 ) -> Result<ProbeAnswer, String> {
     let uri = format!("http://{peer}{CLUSTER_PATH}?asker={me:016x}");
-    let (status, body) = ask(client, secret, Method::GET, &uri, None).await?;
+    let (status, body) = ask(client, secret, address, Method::GET, &uri, None).await?;
     if status != StatusCode::OK {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
     }
@@ -208,7 +219,9 @@ pub(crate) async fn join(
             let target = targets[tried].clone();
             tried += 1;
             let uri = format!("http://{target}{JOIN_PATH}");
-            let answer = ask(client, secret.as_deref(), Method::POST, &uri, Some(body.clone())).await;
+            let answer =
+                ask(client, secret.as_deref(), &settings.advertise, Method::POST, &uri, Some(body.clone()))
+                    .await;
             let (status, text) = match answer {
                 Ok(answer) => answer,
                 Err(error) => {
@@ -250,10 +263,11 @@ pub(crate) async fn join(
     }
 }
 
-/// One bounded request; the answer's status and body.
+/// One bounded request from the node at `address`; the answer's status and body.
 async fn ask(
     client: &PeerClient,
     secret: Option<&Vec<u8>>,
+    address: &str,
     method: Method,
     uri: &str,
     body: Option<String>,
@@ -262,6 +276,10 @@ async fn ask(
     // member that is about to start must not be taken for an older release.
     let version = crate::server::driver::version::THIS_VERSION.to_string();
     let mut request = Request::builder().method(method).uri(uri).header(VERSION_HEADER, version);
+    // Over TLS the asked node checks that this node's certificate names it.
+    if let Ok(address) = HeaderValue::from_str(address) {
+        request = request.header(NODE_ADDRESS_HEADER, address);
+    }
     if let Some(secret) = secret {
         request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).map_err(|e| e.to_string())?);
     }
@@ -290,6 +308,7 @@ pub(crate) async fn confirm_removal(
     me: u64,
     client: PeerClient,
     secret: Option<Arc<Vec<u8>>>,
+    address: String,
 ) {
     while let Some(first) = hints.recv().await {
         let others: Vec<String> = shared
@@ -302,8 +321,8 @@ pub(crate) async fn confirm_removal(
             .collect();
         let mut asks = tokio::task::JoinSet::new();
         for peer in others.clone() {
-            let (client, secret) = (client.clone(), secret.clone());
-            asks.spawn(async move { ask_probe(&client, secret.as_deref(), &peer, me).await });
+            let (client, secret, address) = (client.clone(), secret.clone(), address.clone());
+            asks.spawn(async move { ask_probe(&client, secret.as_deref(), &address, &peer, me).await });
         }
         let mut removed = 0;
         while let Some(answer) = asks.join_next().await {

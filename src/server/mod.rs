@@ -8,6 +8,8 @@
 //! - `admin`: the Unix socket of `mmapd-admin`; `backup` its streamed `GET /backup`;
 //! - `driver`: the IO-free driver core, its tokio shell and the disk thread;
 //! - `auth`: client bearer tokens (`--auth-tokens`);
+//! - `tls`: TLS on the port (`--tls-cert`): the PEM files, the rustls configuration,
+//!   and accepting a connection (plain HTTP on a TLS port is answered 400);
 //! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
 //!   signals, the watchdog).
 //!
@@ -24,6 +26,7 @@ mod joining;
 mod lifecycle;
 pub mod metrics;
 pub mod peer;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -406,7 +409,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         .map_err(|error| ServerError::Driver(format!("cannot install the SIGHUP handler: {error}")))?;
     let reload = tokio::spawn(reload);
     let secret = settings.cluster_secret.clone().map(Arc::new);
-    let client = peer::transport::client();
+    let connector = peer::connect::PeerConnector::new(settings.tls.clone());
+    let client = peer::transport::client(connector.clone());
     // A node with an empty data directory asks the cluster first, answering probes
     // meanwhile; then it is a node with data.
     let (raft, members, bootstrap, listener, version_floor) = match start {
@@ -416,6 +420,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         Start::Bootstrap { initial } => {
             let (listener, outcome) = joining::while_starting(
                 listener,
+                settings.tls.clone(),
                 &settings.advertise,
                 joining::bootstrap(&settings, &client, secret.clone()),
             )
@@ -439,6 +444,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         Start::Join { initial } => {
             let (listener, outcome) = joining::while_starting(
                 listener,
+                settings.tls.clone(),
                 &settings.advertise,
                 joining::join(&settings, &client, secret.clone()),
             )
@@ -493,7 +499,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         cluster_id,
     };
     let (removed_hint, removed_hints) = tokio::sync::mpsc::channel(1);
-    let outbox = peer::transport::start(&peers, client.clone(), credentials, peer_timeout, removed_hint);
+    let outbox =
+        peer::transport::start(&peers, client.clone(), connector, credentials, peer_timeout, removed_hint);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
@@ -529,9 +536,16 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         forwards: Semaphore::new(api::MAX_FORWARDS_IN_FLIGHT),
         outbox,
         auth: settings.auth.clone(),
+        tls: settings.tls.clone(),
     });
 
-    let http_task = tokio::spawn(accept_http(listener, api.clone(), max_connections, shutdown_rx.clone()));
+    let http_task = tokio::spawn(accept_http(
+        listener,
+        settings.tls.clone(),
+        api.clone(),
+        max_connections,
+        shutdown_rx.clone(),
+    ));
     let admin_task = tokio::spawn(accept_admin(admin_listener, api.clone(), shutdown_rx.clone()));
     tracing::info!(address = %settings.advertise, listen = %settings.listen, node_id = %format!("{id:016x}"), data_dir = %settings.data_dir.display(),
         admin_socket = %settings.admin_socket.display(), members = members.len(), "mmapd ready");
@@ -545,6 +559,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         id,
         api.client.clone(),
         api.secret.clone(),
+        settings.advertise.clone(),
     );
     let mut driver = driver;
     // The driver only ends on shutdown: ending earlier means a broken invariant
@@ -614,6 +629,7 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 async fn accept_http(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::Tls>>,
     api: Arc<api::Api>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -639,8 +655,17 @@ async fn accept_http(
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         let mut shutdown = shutdown.clone();
-        let client = api::Connection { remote, permit: Arc::new(permit), sender: Default::default() };
+        let tls = tls.clone();
         connections.spawn(async move {
+            // The handshake runs in the connection's task, holding its permit: a slow
+            // or stalled handshake never holds up the accept loop.
+            let accepted = tokio::select! {
+                accepted = tls::accept(tls.as_deref(), stream, remote) => accepted,
+                _ = shutdown.changed() => None,
+            };
+            let Some((stream, identity)) = accepted else { return };
+            let client =
+                api::Connection { remote, permit: Arc::new(permit), sender: Default::default(), identity };
             let service = service_fn(move |request| api::serve(api.clone(), client.clone(), request));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -165,7 +165,13 @@ pub fn status(port: u16) -> Option<serde_json::Value> {
 }
 
 pub fn accepts_connections(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+    accepts_connections_at("127.0.0.1", port)
+}
+
+/// Whether `ip:port` accepts a TCP connection (another loopback address, 127.0.0.2...).
+pub fn accepts_connections_at(ip: &str, port: u16) -> bool {
+    let address = SocketAddr::new(ip.parse().expect("an IP address"), port);
+    TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
 }
 
 // ---------------------------------------------------------------- processes
@@ -173,6 +179,8 @@ pub fn accepts_connections(port: u16) -> bool {
 /// One `mmapd` process (or the recipe to start it again), killed on drop.
 pub struct Daemon {
     pub port: u16,
+    /// The loopback address it listens on (127.0.0.1 unless `with_ip` says otherwise).
+    pub ip: String,
     /// The working directory the process runs in.
     pub cwd: PathBuf,
     args: Vec<OsString>,
@@ -188,6 +196,7 @@ impl Daemon {
     pub fn new(cwd: &Path, port: u16, args: &[&str]) -> Daemon {
         Daemon {
             port,
+            ip: "127.0.0.1".into(),
             cwd: cwd.to_owned(),
             args: args.iter().map(OsString::from).collect(),
             envs: vec![("RUST_LOG".into(), "info".into())],
@@ -195,6 +204,13 @@ impl Daemon {
             log: cwd.join(format!("mmapd-{port}.log")),
             child: None,
         }
+    }
+
+    /// The process listens on `ip` (pass it `--ip` too): what `wait_started` and
+    /// `address` use.
+    pub fn with_ip(mut self, ip: &str) -> Daemon {
+        self.ip = ip.to_owned();
+        self
     }
 
     pub fn env(mut self, name: &str, value: impl Into<OsString>) -> Daemon {
@@ -253,7 +269,7 @@ impl Daemon {
                 self.child = None;
                 return Err(format!("node {} exited with {status}: {}", self.port, self.log_text()));
             }
-            if accepts_connections(self.port) {
+            if accepts_connections_at(&self.ip, self.port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -303,7 +319,7 @@ impl Daemon {
     }
 
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 }
 

@@ -95,6 +95,10 @@ pub enum ApiError {
     /// transfer in progress, ...): nothing changed.
     #[error("{0}")]
     MemberChangeRefused(String),
+    /// The connection lacks the certificate the route needs: a peer route without a
+    /// certificate from `--tls-ca`, or a client route without one from `--client-ca`.
+    #[error("{0}")]
+    CertificateRequired(String),
     /// A client request without a valid bearer token, on a node with `--auth-tokens`.
     #[error("{0}")]
     TokenRequired(&'static str),
@@ -158,7 +162,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) => StatusCode::NOT_FOUND,
             ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
+            ApiError::PeerRefused(_) | ApiError::CertificateRequired(_) => StatusCode::FORBIDDEN,
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -188,6 +192,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NoSuchMember(_) => "no_such_member",
             ApiError::MemberChangeRefused(_) => "member_change_refused",
+            ApiError::CertificateRequired(_) => "certificate_required",
             ApiError::TokenRequired(_) => "token_required",
             ApiError::TokenDenied(_) => "token_denied",
             ApiError::FeatureUnavailable(_) => "feature_unavailable",

@@ -10,7 +10,9 @@
 //!   loopback address only. A follower answers 421 naming the leader.
 //! - every peer request carries the sender's cluster id and node id
 //!   (`peer::Credentials`): another cluster's id, or a removed id, is refused with 403
-//!   and logged with the remote address. A sender missing from this node's
+//!   and logged with the remote address. Over TLS the sender's certificate must name
+//!   the address of the member it claims to be (`Api::check_speaks_for`), and so must
+//!   a prober's and a joining node's. A sender missing from this node's
 //!   configuration is not refused: that configuration may be stale (thesis §4.1); its
 //!   advertised address (`x-mmapd-node-address`) gets it a sender, so that this node's
 //!   answers reach it (`peer::transport::Outbox::learn_peer`).
@@ -68,7 +70,25 @@ pub(crate) fn check_peer_identity(
         Ok(id) => id,
         Err(reason) => return refuse(reason),
     };
-    let Some(sender) = sender else { return Ok(()) };
+    let Some(sender) = sender else {
+        if matches!(connection.identity, crate::server::tls::Identity::Peer(_)) {
+            return refuse(format!("a peer request over TLS must carry {NODE_ID_HEADER}"));
+        }
+        return Ok(());
+    };
+    if matches!(connection.identity, crate::server::tls::Identity::Peer(_)) {
+        // The certificate must name the member the request speaks for, and the
+        // connection then speaks for that member only (its messages' senders included:
+        // `peer::check_sender`).
+        let claimed = headers.get(NODE_ADDRESS_HEADER).and_then(|value| value.to_str().ok());
+        api.check_speaks_for(connection, Some(sender), claimed)?;
+        let bound = *connection.sender.get_or_init(|| sender);
+        if bound != sender {
+            return refuse(format!(
+                "a request from node {sender:016x} on a connection that speaks for node {bound:016x}"
+            ));
+        }
+    }
     match version_header(headers) {
         Ok(version) => api.node.shared.report_version(sender, version),
         Err(reason) => return refuse(reason),
@@ -95,6 +115,7 @@ pub(crate) fn check_peer_identity(
 /// `GET /raft/cluster?asker=ID`.
 pub(crate) async fn probe(
     api: &Api,
+    connection: &Connection,
     request: &Request<Incoming>,
     query: &str,
 ) -> Result<HttpResponse, ApiError> {
@@ -103,6 +124,9 @@ pub(crate) async fn probe(
     let asker = query_field(query, "asker")?
         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(|text| u64::from_str_radix(text, 16).ok()))
         .ok_or_else(|| ApiError::BadRequest("asker=ID (16 hex digits) is required".into()))?;
+    // The asker's version is counted for it: over TLS, only if its certificate names it.
+    let claimed = request.headers().get(NODE_ADDRESS_HEADER).and_then(|value| value.to_str().ok());
+    api.check_speaks_for(connection, Some(asker), claimed)?;
     // A node about to start counts towards the cluster version (`driver::version`):
     // without it, a cluster record waiting for every member's version would wait for a
     // member that waits for the record.
@@ -171,6 +195,8 @@ pub(crate) async fn join(
         .ok_or_else(|| ApiError::BadRequest("\"address\": \"HOST:PORT\" is required".into()))?;
     let address =
         crate::server::cli::member_address(address).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // Over TLS the new member's certificate must name the address it joins under.
+    api.check_speaks_for(connection, None, Some(&address))?;
     let learner = match value.get("learner") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(learner)) => *learner,

@@ -21,14 +21,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::kv::{Cluster, MemberChange, MemberId, MemberRole, Outcome};
 use crate::raft::{NodeId, Role, Status};
 use crate::server::cli::member_address;
-use crate::server::peer::transport::SECRET_HEADER;
 
 use super::error::ApiError;
 use super::Api;
@@ -394,8 +393,10 @@ async fn forward(api: &Api, leader: NodeId, op: &MemberOp) -> Result<serde_json:
         .method(Method::POST)
         .uri(format!("http://{address}{PEER_PATH}"))
         .header(CONTENT_TYPE, "application/json");
-    if let Some(secret) = &api.secret {
-        request = request.header(SECRET_HEADER, HeaderValue::from_bytes(secret).expect("checked secret"));
+    // The secret, the cluster id and this node's id and address, as on every peer
+    // request: over TLS the leader checks the certificate against them.
+    for (name, value) in api.outbox.credentials().headers().map_err(ApiError::Internal)? {
+        request = request.header(name, value);
     }
     let request = request.body(Full::new(op.encode())).map_err(|e| ApiError::Internal(e.to_string()))?;
     let asked = async {

@@ -9,6 +9,11 @@
 //! `POST /raft/messages`, `POST /raft/propose`, `POST /raft/members`,
 //! `GET /raft/hash` (a member's state hash, see `check`), and `GET /raft/cluster` and
 //! `POST /raft/join` (see `join`).
+//!
+//! With TLS, what the connection's certificate proved (`tls::Identity`) is checked
+//! first: peer routes need a peer's certificate, client routes a client's when
+//! `--client-ca` says so (`tls` explains the split), and every peer request must speak
+//! for a member its certificate names (`Api::check_speaks_for`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,6 +44,7 @@ use crate::server::peer::stream::{self as peer_stream, StreamEnd};
 use crate::server::peer::transport::{
     decode_peer_batch, secret_matches, PeerClient, SECRET_HEADER, SNAPSHOT_TIMEOUT,
 };
+use crate::server::tls::{Identity, Tls};
 use error::ApiError;
 
 /// The most bytes a peer batch may carry (snapshots included).
@@ -80,6 +86,8 @@ pub struct Api {
     pub outbox: crate::server::peer::transport::Outbox,
     /// Client tokens (`--auth-tokens`); None: every client may do everything.
     pub auth: Option<Arc<Auth>>,
+    /// TLS on the port; None: plain HTTP, and every connection is `Identity::Plain`.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// The client connection a request arrived on.
@@ -90,8 +98,11 @@ pub struct Connection {
     /// The connection's share of the connection limit. A peer stream keeps it after its
     /// upgrade, when hyper has let go of the connection but the socket stays open.
     pub permit: Arc<OwnedSemaphorePermit>,
-    /// The node a peer connection speaks for (`peer::check_sender`).
+    /// The node a peer connection speaks for (`peer::check_sender`); over TLS, set by
+    /// the first peer request's sender id once its certificate is checked against it.
     pub sender: Arc<std::sync::OnceLock<NodeId>>,
+    /// What TLS proved about the other end (`tls::Identity`).
+    pub identity: Identity,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -117,6 +128,13 @@ async fn route(
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let method = request.method().clone();
+    // What the connection's certificate allows, before anything else is read: peer
+    // routes need a peer's certificate, client routes a client's with --client-ca.
+    if path.starts_with("/raft/") {
+        api.check_peer_connection(connection)?;
+    } else if path != "/health" {
+        api.check_client_connection(connection)?;
+    }
     if let Some(raw_key) = path.strip_prefix("/set/") {
         // The original's write: POST /set/<key> with a form or query field `value`.
         allow(&method, &[Method::POST, Method::PUT], "POST, PUT")?;
@@ -182,7 +200,7 @@ async fn route(
             allow(&method, &[Method::GET], "GET")?;
             Ok(api.metrics())
         }
-        join::CLUSTER_PATH => join::probe(api, &request, &query).await,
+        join::CLUSTER_PATH => join::probe(api, connection, &request, &query).await,
         join::JOIN_PATH => join::join(api, connection, request).await,
         members::PATH => {
             allow(&method, &[Method::GET], "GET")?;
@@ -197,6 +215,7 @@ async fn route(
         members::PEER_PATH => {
             allow(&method, &[Method::POST], "POST")?;
             members::check_peer(api, request.headers(), connection.remote)?;
+            join::check_peer_identity(api, connection, request.headers())?;
             let op = members::read_op(api, request).await?;
             Ok(json(StatusCode::OK, members::change_from_peer(api, op).await?))
         }
@@ -239,8 +258,9 @@ async fn route(
             let node = api.node.clone();
             let permit = connection.permit.clone();
             let remote = connection.remote;
+            let sender = connection.sender.clone();
             tokio::spawn(async move {
-                let end = peer_stream::receive(on_upgrade, node, remote).await;
+                let end = peer_stream::receive(on_upgrade, node, remote, sender).await;
                 drop(permit);
                 match end {
                     StreamEnd::Malformed(why) => {
@@ -281,6 +301,62 @@ async fn route(
 }
 
 impl Api {
+    /// Refuses a peer route on a connection without a peer's certificate (when the
+    /// node has TLS: `Tls::check_peer_route`).
+    fn check_peer_connection(&self, connection: &Connection) -> Result<(), ApiError> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        tls.check_peer_route(&connection.identity).map_err(|reason| {
+            tracing::warn!(peer = %connection.remote, %reason, "refused a peer request");
+            self.node.shared.metrics.peer_messages_refused.inc();
+            ApiError::CertificateRequired(reason)
+        })
+    }
+
+    /// Refuses a client route on a connection without a client certificate, when
+    /// `--client-ca` requires one (`Tls::check_client_route`).
+    fn check_client_connection(&self, connection: &Connection) -> Result<(), ApiError> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        tls.check_client_route(&connection.identity).map_err(ApiError::CertificateRequired)
+    }
+
+    /// On a connection with a peer's certificate: refuses a request that speaks for a
+    /// member the certificate does not name. The member is `id` at the address the
+    /// cluster record gives it, or, for an id the record does not know (this node's
+    /// record may be stale, or the sender is joining), at `claimed`, the address it
+    /// says it has. Connections without a certificate (plain, with
+    /// `--tls-accept-plain`, or no TLS) are not checked here.
+    pub(crate) fn check_speaks_for(
+        &self,
+        connection: &Connection,
+        id: Option<NodeId>,
+        claimed: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Identity::Peer(certificate) = &connection.identity else { return Ok(()) };
+        let recorded = id.and_then(|id| self.node.shared.address_of(id));
+        let refuse = |reason: String| {
+            tracing::warn!(peer = %connection.remote, %reason, "refused a peer request");
+            self.node.shared.metrics.peer_messages_refused.inc();
+            Err(ApiError::PeerRefused(reason))
+        };
+        let name =
+            |id: Option<NodeId>| id.map_or_else(|| "the sender".to_owned(), |id| format!("node {id:016x}"));
+        let Some(address) = recorded.as_deref().or(claimed) else {
+            return refuse(format!(
+                "a peer request over TLS must name its sender's address: {} has none in this node's record",
+                name(id)
+            ));
+        };
+        if crate::server::tls::certificate_names(certificate, address) {
+            return Ok(());
+        }
+        refuse(format!(
+            "the peer's certificate does not name {}, the address of {} (subjectAltName): one member's \
+             certificate cannot speak for another",
+            crate::server::tls::host_of(address),
+            name(id)
+        ))
+    }
+
     /// Refuses a client request the tokens do not allow (401, 403); with no
     /// `--auth-tokens`, allows everything.
     fn authorize(&self, headers: &HeaderMap, need: Need<'_>) -> Result<(), ApiError> {

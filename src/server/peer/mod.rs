@@ -3,8 +3,10 @@
 //! forwards a follower's client writes to the leader (`POST /raft/propose`); `stream`
 //! is the peer stream itself, sending and receiving length-prefixed frames. The
 //! receiving routes are served by `api` on the same port and hand what they decode to
-//! the driver (`driver::NodeHandle::deliver`).
+//! the driver (`driver::NodeHandle::deliver`). `connect` opens every connection to
+//! another node, over TLS when the node has `--tls-ca`.
 
+pub mod connect;
 pub mod stream;
 pub mod transport;
 

@@ -20,6 +20,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::connect::PeerConnector;
+use crate::raft::Message;
+use crate::transport::codec::{decode_batch, encode_batch};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{CONNECTION, HOST, UPGRADE};
@@ -27,10 +30,6 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-use crate::raft::Message;
-use crate::transport::codec::{decode_batch, encode_batch};
 
 use crate::server::driver::{DeliverError, NodeHandle};
 
@@ -77,20 +76,20 @@ pub struct StreamSender {
 }
 
 impl StreamSender {
-    /// Connects to `address` and upgrades to a peer stream. Every step is bounded by
-    /// `timeout`.
+    /// Connects to `address` (the resolved form of a member address whose host is
+    /// `host`, which a TLS peer's certificate must name) through `connector` and
+    /// upgrades to a peer stream. Every step is bounded by `timeout`.
     pub async fn connect(
+        connector: &PeerConnector,
         address: SocketAddr,
+        host: &str,
         credentials: Option<&super::Credentials>,
         timeout: Duration,
     ) -> Result<Self, StreamError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| StreamError::Connect(format!("no answer within {timeout:?}")))?
-            .map_err(|e| StreamError::Connect(e.to_string()))?;
-        tcp.set_nodelay(true).map_err(|e| StreamError::Connect(e.to_string()))?;
+        let tcp =
+            connector.open(address, host, timeout).await.map_err(|e| StreamError::Connect(e.to_string()))?;
         let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::TcpUserTimeout, &millis)
+        nix::sys::socket::setsockopt(tcp.tcp(), nix::sys::socket::sockopt::TcpUserTimeout, &millis)
             .map_err(|e| StreamError::Connect(format!("TCP_USER_TIMEOUT: {e}")))?;
         let upgrade = async {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -172,12 +171,19 @@ pub enum StreamEnd {
 /// Receives frames from one upgraded connection and hands their messages to the
 /// driver, in order, until the stream ends. Backpressure: while the driver's inbox is
 /// full, this stops reading and TCP flow control slows the sender.
-pub async fn receive(on_upgrade: OnUpgrade, node: NodeHandle, remote: std::net::SocketAddr) -> StreamEnd {
+///
+/// `sender` is the node the connection speaks for (`peer::check_sender`): already set
+/// when TLS proved it at the upgrade, else bound to the first message's sender.
+pub async fn receive(
+    on_upgrade: OnUpgrade,
+    node: NodeHandle,
+    remote: std::net::SocketAddr,
+    sender: std::sync::Arc<std::sync::OnceLock<crate::raft::NodeId>>,
+) -> StreamEnd {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => return StreamEnd::Closed(format!("upgrade failed: {error}")),
     };
-    let sender = std::sync::OnceLock::new();
     let mut mixed = None;
     let end = receive_frames(TokioIo::new(upgraded), RECEIVE_IDLE, |messages| {
         let checked = super::check_sender(&sender, &messages);
@@ -374,7 +380,13 @@ mod tests {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(
             Duration::from_secs(10),
-            StreamSender::connect(address, None, Duration::from_millis(300)),
+            StreamSender::connect(
+                &PeerConnector::plain(),
+                address,
+                "127.0.0.1",
+                None,
+                Duration::from_millis(300),
+            ),
         )
         .await
         .expect("connect hung for 10 s");
@@ -387,7 +399,9 @@ mod tests {
     async fn writing_to_a_peer_that_stopped_reading_fails_within_the_timeout() {
         let (address, server) = black_hole(true).await;
         let timeout = Duration::from_millis(300);
-        let mut sender = StreamSender::connect(address, None, timeout).await.expect("upgrade");
+        let connector = PeerConnector::plain();
+        let mut sender =
+            StreamSender::connect(&connector, address, "127.0.0.1", None, timeout).await.expect("upgrade");
         // 1,000 entries of 1 KiB per frame: the socket buffers fill within a few frames.
         let entries = (1..=1000)
             .map(|index| crate::raft::Entry {

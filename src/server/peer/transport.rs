@@ -23,13 +23,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::transport::codec::{decode_batch, encode_batch};
 
+use super::connect::PeerConnector;
 use super::stream::{self as peer_stream, StreamError, StreamSender};
 use super::Credentials;
 
@@ -62,14 +63,13 @@ const PEER_QUEUE_BATCHES: usize = 4096;
 /// The most messages sent in one request.
 const MAX_BATCH_MESSAGES: usize = 8192;
 
-/// The HTTP client used for peers, with keep-alive connections.
-pub type PeerClient = Client<HttpConnector, Full<Bytes>>;
+/// The HTTP client used for peers, with keep-alive connections. Its URIs name the
+/// member as listed (`http://HOST:PORT/...`, also over TLS: the connector decides, and
+/// checks the peer's certificate against HOST).
+pub type PeerClient = Client<PeerConnector, Full<Bytes>>;
 
-/// Builds the peer HTTP client.
-pub fn client() -> PeerClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+/// Builds the peer HTTP client on `connector`.
+pub fn client(connector: PeerConnector) -> PeerClient {
     Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector)
 }
 
@@ -81,6 +81,7 @@ pub fn client() -> PeerClient {
 pub struct Outbox {
     peers: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
     client: PeerClient,
+    connector: PeerConnector,
     credentials: Credentials,
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
@@ -180,6 +181,7 @@ impl Outbox {
             resolved: None,
             reachability: Reachability::Unknown,
             client: self.client.clone(),
+            connector: self.connector.clone(),
             credentials: self.credentials.clone(),
             timeout: self.timeout,
             removed_hint: self.removed_hint.clone(),
@@ -201,11 +203,12 @@ impl Outbox {
 pub fn start(
     peers: &HashMap<NodeId, String>,
     client: PeerClient,
+    connector: PeerConnector,
     credentials: Credentials,
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
 ) -> Outbox {
-    let outbox = Outbox { peers: Default::default(), client, credentials, timeout, removed_hint };
+    let outbox = Outbox { peers: Default::default(), client, connector, credentials, timeout, removed_hint };
     crate::server::driver::Outbox::set_peers(&outbox, peers);
     outbox
 }
@@ -218,6 +221,8 @@ struct PeerSender {
     resolved: Option<SocketAddr>,
     reachability: Reachability,
     client: PeerClient,
+    /// Opens the peer stream (plain or TLS, as the node is configured).
+    connector: PeerConnector,
     credentials: Credentials,
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
@@ -272,7 +277,15 @@ impl PeerSender {
             };
             if stream.is_none() && !snapshot && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
-                match StreamSender::connect(resolved, Some(&self.credentials), self.timeout).await {
+                let host = crate::server::tls::host_of(&self.address);
+                let connected = StreamSender::connect(
+                    &self.connector,
+                    resolved,
+                    host,
+                    Some(&self.credentials),
+                    self.timeout,
+                );
+                match connected.await {
                     Ok(open) => {
                         tracing::debug!(peer = %self.address, "peer stream open");
                         stream = Some(open);
@@ -292,7 +305,15 @@ impl PeerSender {
                     Err(error) => connect_failure = Some(Failure::Unreachable(error.to_string())),
                 }
             }
-            let uri: hyper::Uri = format!("http://{resolved}/raft/messages").parse().expect("valid uri");
+            // The member's name, not `resolved`: over TLS it is what the peer's
+            // certificate must name (the connector resolves it again).
+            let uri: hyper::Uri = match format!("http://{}/raft/messages", self.address).parse() {
+                Ok(uri) => uri,
+                Err(error) => {
+                    self.failed(&Failure::Unreachable(format!("not a URI authority: {error}")));
+                    continue;
+                }
+            };
             let result = match &mut stream {
                 _ if snapshot => self.post(&uri, &batch, SNAPSHOT_TIMEOUT).await,
                 _ if post_until.is_some() => self.post(&uri, &batch, self.timeout).await,

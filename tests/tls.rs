@@ -1,0 +1,678 @@
+//! TLS on the port (`--tls-cert`, `--tls-key`, `--tls-ca`, `--client-ca`), with real
+//! processes and certificates the test makes itself (tests/tls/pki.rs): HTTPS for
+//! clients, plain HTTP refused with a quick 400, files that cannot be used refused
+//! naming the file and never quoting the key; a 3-node cluster over mutual TLS, a node
+//! with another CA's certificate kept out, a certificate for another address unable to
+//! speak for a member, and `--client-ca` refusing clients without a certificate.
+//!
+//! Nodes of a cluster listen on distinct loopback addresses (127.0.0.1, .2, .3): a
+//! certificate names a host, not a port, so members must differ by host for one
+//! member's certificate to be told from another's.
+
+#[path = "tls/client.rs"]
+mod client;
+mod common;
+#[path = "tls/pki.rs"]
+mod pki;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use client::{plain_request, Https};
+use common::*;
+use pki::{Ca, Issued};
+
+/// Starts one node on `ip` with `args` (plus its port, data directory and the fast
+/// timings) and waits until it accepts connections.
+fn start_node(dir: &std::path::Path, ip: &str, args: &[&str]) -> Daemon {
+    let mut last_error = String::new();
+    for _ in 0..3 {
+        let port = free_ports(1)[0];
+        let port_text = port.to_string();
+        let data_dir = dir.join(format!("data-{ip}-{port}"));
+        let mut all = vec!["--ip", ip, "--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+        all.extend(FAST_TIMINGS);
+        all.extend(args);
+        let mut node = Daemon::new(dir, port, &all).with_ip(ip);
+        match node.start() {
+            Ok(()) => return node,
+            Err(error) => last_error = error,
+        }
+    }
+    panic!("node did not start: {last_error}");
+}
+
+/// A one-node cluster serving HTTPS with a certificate for 127.0.0.1.
+fn single_tls_node(dir: &std::path::Path, ca: &Ca, extra: &[&str]) -> (Daemon, Issued) {
+    let issued = ca.issue(dir, "node", &["127.0.0.1", "localhost"]);
+    let mut args = vec!["--tls-cert", issued.cert_arg(), "--tls-key", issued.key_arg()];
+    args.extend(extra);
+    let node = start_node(dir, "127.0.0.1", &args);
+    (node, issued)
+}
+
+#[test]
+fn a_node_with_a_certificate_serves_https_to_a_client_that_trusts_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, issued) = single_tls_node(dir.path(), &ca, &[]);
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", node.port)?["state"] == "leader").then_some(())
+    });
+    let response = https.put("127.0.0.1", node.port, "/v1/kv/greeting", b"hello").unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let response = https.get("127.0.0.1", node.port, "/v1/kv/greeting").unwrap();
+    assert_eq!((response.status, response.text()), (200, "hello".to_owned()));
+    // A client that trusts another CA does not get through the handshake.
+    let other = Ca::new(dir.path(), "other-ca");
+    assert!(Https::new(&other.path, None).get("127.0.0.1", node.port, "/status").is_err());
+    let log = node.log_text();
+    assert!(!log.contains(issued.key_pem.lines().nth(1).unwrap()), "the key is in the log");
+}
+
+/// Plain HTTP on a TLS port is answered at once with a plain-text 400 that says
+/// HTTPS is needed (not a hang until a handshake timeout), and the connection closes.
+#[test]
+fn plain_http_on_a_tls_port_gets_a_quick_400_saying_https_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &[]);
+    let started = Instant::now();
+    let response = request(node.port, "GET", "/status", &[], b"").expect("an answer, not a reset");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("requires HTTPS"), "{}", response.text());
+    // A write with a body is refused the same way, and changes nothing.
+    let response = request(node.port, "PUT", "/v1/kv/k", &[], &vec![b'x'; 100_000]).expect("an answer");
+    assert_eq!(response.status, 400);
+    let https = Https::new(&ca.path, None);
+    let response = wait_for(Duration::from_secs(5), "an HTTPS answer", || {
+        let response = https.get("127.0.0.1", node.port, "/v1/kv/k").ok()?;
+        (response.status != 503).then_some(response)
+    });
+    assert_eq!(response.status, 404, "{}", response.text());
+}
+
+/// A client that starts a handshake and stops (one byte of a ClientHello) holds one
+/// connection, not the node: others are served meanwhile, and the node closes the
+/// stalled one after its handshake timeout.
+#[test]
+fn a_handshake_that_stops_half_way_does_not_hold_up_other_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &[]);
+    let https = Https::new(&ca.path, None);
+    let mut stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+            tcp.write_all(&[0x16, 0x03, 0x01]).unwrap();
+            tcp
+        })
+        .collect();
+    let garbage = {
+        let mut tcp = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+        tcp.write_all(&[0x16; 64]).unwrap();
+        tcp
+    };
+    for i in 0..5 {
+        let response = https.put("127.0.0.1", node.port, &format!("/v1/kv/k{i}"), b"v").unwrap();
+        assert!(matches!(response.status, 200 | 201), "{}", response.text());
+    }
+    drop(garbage);
+    // The node ends a stalled handshake after its timeout (10 s).
+    let mut first = stalled.remove(0);
+    first.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a stalled handshake was held {:?}",
+        started.elapsed()
+    );
+}
+
+/// A certificate or key that cannot be used stops the start with one line naming the
+/// flag and the file; the key's contents are never printed.
+#[test]
+fn tls_files_that_cannot_be_used_are_refused_naming_the_file_without_quoting_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let good = ca.issue(dir.path(), "good", &["127.0.0.1"]);
+    let other = ca.issue(dir.path(), "other", &["127.0.0.1"]);
+    let garbled = dir.path().join("garbled.key");
+    let mut lines: Vec<&str> = good.key_pem.lines().collect();
+    let secret_line = lines[1].to_owned();
+    lines.insert(2, "not base64 !!!");
+    std::fs::write(&garbled, lines.join("\n")).unwrap();
+    let missing = dir.path().join("missing.pem");
+    let cases: [(&str, &str, &str); 4] = [
+        (good.cert_arg(), ca.arg(), "--tls-key"), // a certificate where the key should be
+        (good.key_arg(), good.key_arg(), "--tls-cert"), // a key where the certificate should be
+        (good.cert_arg(), other.key_arg(), "--tls-key"), // the key of another certificate
+        (good.cert_arg(), garbled.to_str().unwrap(), "--tls-key"), // a damaged key
+    ];
+    for (cert, key, flag) in cases {
+        let output = std::process::Command::new(MMAPD)
+            .args(["--port", "1", "--data-dir"])
+            .arg(dir.path().join("never"))
+            .args(["--tls-cert", cert, "--tls-key", key])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let text = stderr(&output);
+        let named = if flag == "--tls-key" { key } else { cert };
+        assert!(text.contains(flag) && text.contains(named), "{text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+        assert!(!text.contains(&secret_line) && !text.contains("not base64"), "the key is quoted: {text}");
+    }
+    let output = std::process::Command::new(MMAPD)
+        .args(["--port", "1", "--tls-cert", missing.to_str().unwrap(), "--tls-key", good.key_arg()])
+        .output()
+        .unwrap();
+    assert!(stderr(&output).contains("missing.pem"), "{}", stderr(&output));
+    let output = std::process::Command::new(MMAPD)
+        .args(["--port", "1", "--tls-cert", good.cert_arg()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success() && stderr(&output).contains("--tls-key"), "{}", stderr(&output));
+}
+
+// ---------------------------------------------------------------- clusters over mutual TLS
+
+const CLUSTER_IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+
+/// Three nodes on 127.0.0.1, .2 and .3, each with its certificate from `ca` naming its
+/// address, talking to each other over mutual TLS.
+struct TlsCluster {
+    nodes: Vec<Daemon>,
+    certificates: Vec<Issued>,
+    https: Https,
+}
+
+impl TlsCluster {
+    fn start(dir: &std::path::Path, ca: &Ca, extra: &[&str]) -> TlsCluster {
+        let certificates: Vec<Issued> =
+            CLUSTER_IPS.iter().enumerate().map(|(i, ip)| ca.issue(dir, &format!("node{i}"), &[ip])).collect();
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let ports = free_ports(3);
+            let peers: Vec<String> =
+                CLUSTER_IPS.iter().zip(&ports).map(|(ip, port)| format!("{ip}:{port}")).collect();
+            let peers = peers.join(",");
+            let mut nodes: Vec<Daemon> = (0..3)
+                .map(|i| {
+                    let port = ports[i].to_string();
+                    let data_dir = dir.join(format!("node{i}-{port}"));
+                    let mut args = vec!["--ip", CLUSTER_IPS[i], "--port", &port, "--peers", &peers];
+                    args.extend(["--data-dir", data_dir.to_str().unwrap()]);
+                    args.extend([
+                        "--tls-cert",
+                        certificates[i].cert_arg(),
+                        "--tls-key",
+                        certificates[i].key_arg(),
+                    ]);
+                    args.extend(["--tls-ca", ca.arg()]);
+                    args.extend(FAST_TIMINGS);
+                    args.extend(extra);
+                    Daemon::new(dir, ports[i], &args).with_ip(CLUSTER_IPS[i])
+                })
+                .collect();
+            nodes.iter_mut().for_each(Daemon::spawn);
+            match nodes.iter_mut().try_for_each(Daemon::wait_started) {
+                Ok(()) => {
+                    let cluster = TlsCluster { nodes, certificates, https: Https::new(&ca.path, None) };
+                    cluster.wait_for_leader();
+                    return cluster;
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("cluster did not start: {last_error}");
+    }
+
+    fn ip(&self, node: usize) -> &str {
+        &self.nodes[node].ip
+    }
+
+    fn port(&self, node: usize) -> u16 {
+        self.nodes[node].port
+    }
+
+    /// Waits until every node names the same leader at the same term over HTTPS.
+    fn wait_for_leader(&self) -> usize {
+        wait_for(Duration::from_secs(15), "the TLS cluster to agree on a leader", || {
+            let mut agreed: Option<(String, u64)> = None;
+            for node in &self.nodes {
+                let status = self.https.status(&node.ip, node.port)?;
+                let seen = (status["leader"].as_str()?.to_owned(), status["term"].as_u64()?);
+                if agreed.get_or_insert_with(|| seen.clone()) != &seen {
+                    return None;
+                }
+            }
+            let leader = agreed?.0;
+            self.nodes.iter().position(|node| node.address() == leader)
+        })
+    }
+
+    fn members(&self, node: usize) -> Vec<String> {
+        let response = self.https.get(self.ip(node), self.port(node), "/v1/members").unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        let mut members: Vec<String> = response.json()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|member| member["address"].as_str().unwrap().to_owned())
+            .collect();
+        members.sort();
+        members
+    }
+
+    /// No node's log holds a line of any node's private key.
+    fn assert_no_key_in_logs(&self) {
+        for node in &self.nodes {
+            let log = node.log_text();
+            for certificate in &self.certificates {
+                for line in certificate.key_pem.lines().filter(|line| !line.starts_with("-----")) {
+                    assert!(!log.contains(line), "a private key line is in the log of {}", node.address());
+                }
+            }
+        }
+    }
+}
+
+/// A 3-node cluster over mutual TLS elects a leader, and a write through any node
+/// (followers forward it to the leader over TLS) reads back, linearizably, on every
+/// node; `curl --cacert` reads it too, where curl is installed.
+#[test]
+fn a_three_node_tls_cluster_elects_a_leader_and_replicates_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let cluster = TlsCluster::start(dir.path(), &ca, &[]);
+    let https = &cluster.https;
+    for writer in 0..3 {
+        let response =
+            https.put(cluster.ip(writer), cluster.port(writer), &format!("/v1/kv/k{writer}"), b"v").unwrap();
+        assert_eq!(response.status, 201, "node {writer}: {}", response.text());
+        let body = format!("value=hello{writer}");
+        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+        let response = https
+            .request(
+                cluster.ip(writer),
+                cluster.port(writer),
+                "POST",
+                &format!("/set/f{writer}"),
+                &headers,
+                body.as_bytes(),
+            )
+            .unwrap();
+        assert_eq!((response.status, response.text()), (200, format!("hello{writer}")));
+        for reader in 0..3 {
+            let response =
+                https.get(cluster.ip(reader), cluster.port(reader), &format!("/v1/kv/k{writer}")).unwrap();
+            assert_eq!((response.status, response.text()), (200, "v".to_owned()), "node {reader}");
+            let response =
+                https.get(cluster.ip(reader), cluster.port(reader), &format!("/get/f{writer}")).unwrap();
+            assert_eq!(response.text(), format!("hello{writer}"), "node {reader}");
+        }
+    }
+    let expected: Vec<String> = cluster.nodes.iter().map(Daemon::address).collect();
+    assert_eq!(cluster.members(1), expected);
+    // Plain HTTP to a member of the cluster is refused like on a single node.
+    let mut plain = std::net::TcpStream::connect((cluster.ip(2), cluster.port(2))).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain.write_all(b"GET /status HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert_eq!(parse_response(&answer).map(|r| r.status), Some(400), "{}", String::from_utf8_lossy(&answer));
+    match std::process::Command::new("curl").arg("--version").output() {
+        Ok(output) if output.status.success() => {
+            let url = format!("https://{}:{}/v1/kv/k0", cluster.ip(2), cluster.port(2));
+            let output = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "10", "--cacert", ca.arg(), &url])
+                .output()
+                .unwrap();
+            assert_eq!(stdout(&output), "v", "curl: {}", stderr(&output));
+        }
+        _ => eprintln!("curl is not installed: the rustls client's reads above stand for it"),
+    }
+    cluster.assert_no_key_in_logs();
+    let status = https.get(cluster.ip(0), cluster.port(0), "/status").unwrap().text();
+    assert!(
+        !status.contains("PRIVATE KEY") && !status.contains(cluster.certificates[0].key_arg()),
+        "{status}"
+    );
+}
+
+/// The batch a forger sends: a heartbeat from `from` to `to` at term 0, which Raft
+/// ignores as stale whoever sends it, so a test can send it without disturbing the
+/// cluster and tell a refusal (403) from a delivery (204).
+fn stale_heartbeat(from: u64, to: u64) -> Vec<u8> {
+    use mmapd::raft::{Message, MessageBody};
+    let message = Message { from, to, term: 0, body: MessageBody::Heartbeat { commit: 0, context: 0 } };
+    let mut body = Vec::new();
+    mmapd::transport::codec::encode_batch(&[message], &mut body);
+    body
+}
+
+/// Sends `POST /raft/messages` to `node` over `https`, claiming to be `claimed`.
+fn post_messages(
+    https: &Https,
+    cluster: &TlsCluster,
+    node: usize,
+    claimed: usize,
+) -> std::io::Result<Response> {
+    post_messages_from(https, cluster, node, claimed, claimed)
+}
+
+/// `post_messages` whose message says it is from `from`, whatever the headers claim.
+fn post_messages_from(
+    https: &Https,
+    cluster: &TlsCluster,
+    node: usize,
+    claimed: usize,
+    from: usize,
+) -> std::io::Result<Response> {
+    let claimed_address = cluster.nodes[claimed].address();
+    let claimed_id = mmapd::server::cli::node_id(&claimed_address);
+    let from = mmapd::server::cli::node_id(&cluster.nodes[from].address());
+    let to = mmapd::server::cli::node_id(&cluster.nodes[node].address());
+    let id_header = format!("{claimed_id:016x}");
+    let headers = [
+        ("Content-Type", "application/octet-stream"),
+        ("x-mmapd-node-id", id_header.as_str()),
+        ("x-mmapd-node-address", claimed_address.as_str()),
+    ];
+    https.request(
+        cluster.ip(node),
+        cluster.port(node),
+        "POST",
+        "/raft/messages",
+        &headers,
+        &stale_heartbeat(from, to),
+    )
+}
+
+/// A certificate from the cluster's CA that names another address cannot speak for a
+/// member: the node refuses (403, logged) messages claiming to be node 0 over it, and
+/// takes the same messages over node 0's own certificate. A join under an address the
+/// certificate does not name is refused the same way, and changes no member.
+#[test]
+fn a_certificate_that_names_another_address_cannot_speak_for_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let cluster = TlsCluster::start(dir.path(), &ca, &[]);
+    let impostor = ca.issue(dir.path(), "impostor", &["127.0.0.9"]);
+    let as_impostor = Https::new(&ca.path, Some(&impostor));
+    let response = post_messages(&as_impostor, &cluster, 1, 0).unwrap();
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert_eq!(response.json()["code"], "peer_refused");
+    assert!(response.text().contains("does not name 127.0.0.1"), "{}", response.text());
+    wait_for(Duration::from_secs(5), "the refusal in node 1's log", || {
+        cluster.nodes[1]
+            .log_text()
+            .contains("one member's certificate cannot speak for another")
+            .then_some(())
+    });
+    // Node 0's own certificate may speak for node 0: the same batch is delivered.
+    let as_node0 = Https::new(&ca.path, Some(&cluster.certificates[0]));
+    let response = post_messages(&as_node0, &cluster, 1, 0).unwrap();
+    assert_eq!(response.status, 204, "{}", response.text());
+    // ... but not for node 2: neither in the headers nor in the messages it carries.
+    let response = post_messages(&as_node0, &cluster, 1, 2).unwrap();
+    assert_eq!(response.status, 403, "{}", response.text());
+    let response = post_messages_from(&as_node0, &cluster, 1, 0, 2).unwrap();
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(response.text().contains("speaks for node"), "{}", response.text());
+    // A client without a certificate, or with one the CA did not sign, gets no further.
+    let response = post_messages(&cluster.https, &cluster, 1, 0).unwrap();
+    assert_eq!((response.status, response.json()["code"].as_str()), (403, Some("certificate_required")));
+    // A join whose address the certificate does not name.
+    let leader = cluster.wait_for_leader();
+    let body = br#"{"address":"127.0.0.8:4000","learner":true}"#;
+    let headers = [("Content-Type", "application/json")];
+    let response = as_impostor
+        .request(cluster.ip(leader), cluster.port(leader), "POST", "/raft/join", &headers, body)
+        .unwrap();
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert_eq!(cluster.members(leader).len(), 3);
+    cluster.wait_for_leader();
+}
+
+/// A node whose certificate comes from another CA cannot join: the member it asks
+/// refuses it in the handshake, before reading any request, and logs it; the cluster
+/// goes on serving with its three members. A client with such a certificate cannot
+/// send Raft messages either.
+#[test]
+fn a_node_with_a_certificate_from_another_ca_cannot_join_or_send_raft_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let cluster = TlsCluster::start(dir.path(), &ca, &[]);
+    let rogue_ca = Ca::new(dir.path(), "rogue-ca");
+    let rogue = rogue_ca.issue(dir.path(), "rogue", &["127.0.0.4"]);
+    // It trusts the cluster's CA (so it could check the members' certificates), but
+    // its own certificate is another CA's.
+    let both = dir.path().join("both-cas.pem");
+    std::fs::write(
+        &both,
+        std::fs::read_to_string(&ca.path).unwrap() + &std::fs::read_to_string(&rogue_ca.path).unwrap(),
+    )
+    .unwrap();
+    let join = cluster.nodes[0].address();
+    let args = [
+        "--join",
+        &join,
+        "--tls-cert",
+        rogue.cert_arg(),
+        "--tls-key",
+        rogue.key_arg(),
+        "--tls-ca",
+        both.to_str().unwrap(),
+    ];
+    let joiner = start_node(dir.path(), "127.0.0.4", &args);
+    wait_for(Duration::from_secs(10), "node 0 to log the refused handshake", || {
+        cluster.nodes[0].log_text().contains("TLS handshake refused: certificate not accepted").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(joiner.is_running());
+    for node in 0..3 {
+        assert_eq!(cluster.members(node).len(), 3, "node {node}");
+    }
+    let response = cluster.https.put(cluster.ip(1), cluster.port(1), "/v1/kv/still", b"serving").unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let as_rogue = Https::new(&ca.path, Some(&rogue));
+    assert!(
+        post_messages(&as_rogue, &cluster, 2, 0).is_err(),
+        "a rogue certificate got through the handshake"
+    );
+    // The client sees the failure before the node has written its log line.
+    wait_for(Duration::from_secs(5), "node 2 to log the refused handshake", || {
+        cluster.nodes[2].log_text().contains("TLS handshake refused").then_some(())
+    });
+}
+
+/// With `--client-ca`, a client without a certificate is refused (403) on every route
+/// but `/health`, one with a certificate from the client CA is served, and one with a
+/// certificate from an unknown CA fails the handshake. A client certificate is no
+/// peer's: peer routes refuse it.
+#[test]
+fn client_ca_refuses_a_client_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let clients_ca = Ca::new(dir.path(), "clients-ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &["--client-ca", clients_ca.arg()]);
+    let anonymous = Https::new(&ca.path, None);
+    let client = Https::new(&ca.path, Some(&clients_ca.issue(dir.path(), "app", &["app.example"])));
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (client.status("127.0.0.1", node.port)?["state"] == "leader").then_some(())
+    });
+    for (method, path) in [("PUT", "/v1/kv/k"), ("GET", "/v1/kv/k"), ("GET", "/status"), ("GET", "/get/k")] {
+        let response = anonymous.request("127.0.0.1", node.port, method, path, &[], b"v").unwrap();
+        assert_eq!(response.status, 403, "{method} {path}: {}", response.text());
+        assert_eq!(response.json()["code"], "certificate_required");
+    }
+    assert_eq!(anonymous.get("127.0.0.1", node.port, "/health").unwrap().status, 200);
+    assert_eq!(client.put("127.0.0.1", node.port, "/v1/kv/k", b"v").unwrap().status, 201);
+    assert_eq!(client.get("127.0.0.1", node.port, "/v1/kv/k").unwrap().text(), "v");
+    let stranger = Https::new(
+        &ca.path,
+        Some(&Ca::new(dir.path(), "stranger-ca").issue(dir.path(), "s", &["s.example"])),
+    );
+    assert!(stranger.get("127.0.0.1", node.port, "/v1/kv/k").is_err());
+    let response = client
+        .request("127.0.0.1", node.port, "GET", "/raft/cluster?asker=0000000000000001", &[], b"")
+        .unwrap();
+    assert_eq!((response.status, response.json()["code"].as_str()), (403, Some("certificate_required")));
+}
+
+/// TLS with peers needs `--tls-ca`, and a node's certificate must name its own
+/// address: both refused at start with the reason.
+#[test]
+fn a_tls_node_with_peers_needs_a_ca_and_a_certificate_naming_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let wrong = ca.issue(dir.path(), "wrong", &["127.0.0.9"]);
+    let run = |extra: &[&str]| {
+        std::process::Command::new(MMAPD)
+            .args(["--port", "3999", "--peers", "127.0.0.1:3999,127.0.0.2:3999", "--data-dir"])
+            .arg(dir.path().join("never"))
+            .args(["--tls-cert", wrong.cert_arg(), "--tls-key", wrong.key_arg()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--tls-ca"), "{}", stderr(&output));
+    let output = run(&["--tls-ca", ca.arg()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("does not name 127.0.0.1"), "{}", stderr(&output));
+}
+
+// ---------------------------------------------------------------- --tls-accept-plain
+
+/// With `--tls-accept-plain` one port serves plain HTTP and HTTPS.
+#[test]
+fn tls_accept_plain_serves_plain_http_and_https_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &["--tls-accept-plain"]);
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", node.port)?["state"] == "leader").then_some(())
+    });
+    assert_eq!(put(node.port, "/v1/kv/plain", b"p").status, 201);
+    assert_eq!(https.put("127.0.0.1", node.port, "/v1/kv/tls", b"t").unwrap().status, 201);
+    assert_eq!(https.get("127.0.0.1", node.port, "/v1/kv/plain").unwrap().text(), "p");
+    assert_eq!(get(node.port, "/v1/kv/tls").text(), "t");
+}
+
+/// `/status` over HTTPS, else over plain HTTP: a node may be either during a switch-over.
+fn status_any(https: &Https, node: &Daemon) -> Option<serde_json::Value> {
+    if let Some(status) = https.status(&node.ip, node.port) {
+        return Some(status);
+    }
+    let response = plain_request(&node.ip, node.port, "GET", "/status", b"").ok()?;
+    (response.status == 200).then(|| response.json())
+}
+
+/// A GET over HTTPS, else over plain HTTP.
+fn get_any(https: &Https, node: &Daemon, path: &str) -> Option<Response> {
+    https
+        .get(&node.ip, node.port, path)
+        .ok()
+        .or_else(|| plain_request(&node.ip, node.port, "GET", path, b"").ok())
+}
+
+fn agreed_leader(https: &Https, nodes: &[Daemon]) -> usize {
+    wait_for(Duration::from_secs(15), "every node to agree on a leader", || {
+        let mut agreed: Option<(String, u64)> = None;
+        for node in nodes {
+            let status = status_any(https, node)?;
+            let seen = (status["leader"].as_str()?.to_owned(), status["term"].as_u64()?);
+            if agreed.get_or_insert_with(|| seen.clone()) != &seen {
+                return None;
+            }
+        }
+        let leader = agreed?.0;
+        nodes.iter().position(|node| node.address() == leader)
+    })
+}
+
+/// The documented switch-over of a running cluster from plain HTTP to TLS: a rolling
+/// restart with `--tls-accept-plain` (each restarted node reaches the plain ones in
+/// plain and is reached by them in plain), then one without (every node speaks TLS
+/// first by then). After every restart the cluster agrees on a leader, takes a write
+/// through the restarted node and serves every write so far on every node with a
+/// linearizable read (which needs each node to reach the leader both ways). At the
+/// end plain HTTP is refused everywhere.
+#[test]
+fn a_running_cluster_switches_to_tls_by_two_rolling_restarts_with_tls_accept_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let https = Https::new(&ca.path, None);
+    let certificates: Vec<Issued> = CLUSTER_IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| ca.issue(dir.path(), &format!("node{i}"), &[ip]))
+        .collect();
+    let ports = free_ports(3);
+    let peers: Vec<String> =
+        CLUSTER_IPS.iter().zip(&ports).map(|(ip, port)| format!("{ip}:{port}")).collect();
+    let peers = peers.join(",");
+    let node = |i: usize, phase: usize| {
+        let port = ports[i].to_string();
+        let data_dir = dir.path().join(format!("node{i}"));
+        let mut args = vec!["--ip", CLUSTER_IPS[i], "--port", &port, "--peers", &peers];
+        args.extend(["--data-dir", data_dir.to_str().unwrap()]);
+        args.extend(FAST_TIMINGS);
+        if phase >= 1 {
+            args.extend(["--tls-cert", certificates[i].cert_arg(), "--tls-key", certificates[i].key_arg()]);
+            args.extend(["--tls-ca", ca.arg()]);
+        }
+        if phase == 1 {
+            args.push("--tls-accept-plain");
+        }
+        Daemon::new(dir.path(), ports[i], &args).with_ip(CLUSTER_IPS[i])
+    };
+    let mut nodes: Vec<Daemon> = (0..3).map(|i| node(i, 0)).collect();
+    nodes.iter_mut().for_each(Daemon::spawn);
+    for node in &mut nodes {
+        node.wait_started().unwrap();
+    }
+    agreed_leader(&https, &nodes);
+    let response = plain_request(&nodes[0].ip, nodes[0].port, "PUT", "/v1/kv/before", b"plain").unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let mut written = vec![("before".to_owned(), "plain".to_owned())];
+    for phase in [1, 2] {
+        for i in 0..3 {
+            nodes[i].signal(nix::sys::signal::Signal::SIGTERM);
+            assert!(nodes[i].wait_exit(Duration::from_secs(10)).success());
+            nodes[i] = node(i, phase);
+            nodes[i].start().unwrap();
+            agreed_leader(&https, &nodes);
+            let key = format!("phase{phase}-node{i}");
+            let response = wait_for(Duration::from_secs(10), "a write through the restarted node", || {
+                let response = https.put(&nodes[i].ip, nodes[i].port, &format!("/v1/kv/{key}"), b"v").ok()?;
+                (response.status == 201).then_some(response)
+            });
+            assert_eq!(response.status, 201);
+            written.push((key, "v".to_owned()));
+            for reader in &nodes {
+                for (key, value) in &written {
+                    let what = format!("{key} on {} in phase {phase}", reader.address());
+                    wait_for(Duration::from_secs(10), &what, || {
+                        let response = get_any(&https, reader, &format!("/v1/kv/{key}"))?;
+                        (response.status == 200 && response.text() == *value).then_some(())
+                    });
+                }
+            }
+        }
+    }
+    for node in &nodes {
+        let response = plain_request(&node.ip, node.port, "GET", "/status", b"").unwrap();
+        assert_eq!(response.status, 400, "{} still takes plain HTTP", node.address());
+    }
+}
