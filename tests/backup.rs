@@ -33,7 +33,7 @@ fn summary_revision(line: &str) -> u64 {
     revision.parse().unwrap_or_else(|_| panic!("{line:?}"))
 }
 
-/// A backup file's keys: key -> (version, value).
+/// A backup file's keys: key -> (mod_revision, value).
 fn backup_contents(file: &Path) -> (u64, BTreeMap<String, (u64, String)>) {
     let mut input = std::fs::File::open(file).unwrap();
     let (summary, machine) = mmapd::kv::load_backup(&mut input).unwrap();
@@ -41,7 +41,7 @@ fn backup_contents(file: &Path) -> (u64, BTreeMap<String, (u64, String)>) {
         .iter()
         .map(|(k, v)| {
             let key = String::from_utf8(k.to_vec()).unwrap();
-            (key, (v.version, String::from_utf8(v.data.to_vec()).unwrap()))
+            (key, (v.mod_revision, String::from_utf8(v.data.to_vec()).unwrap()))
         })
         .collect();
     (summary.header.revision, keys)

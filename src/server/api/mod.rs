@@ -467,22 +467,22 @@ impl Api {
             self.node.shared.kv.read().expect("kv lock").get(&key).cloned().ok_or(ApiError::NotFound)?;
         let mut response = Response::new(Full::new(value.data));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        response.headers_mut().insert(ETAG, etag(value.version));
+        response.headers_mut().insert(ETAG, etag(value.mod_revision));
         Ok(response)
     }
 
     async fn kv_put(&self, key: Bytes, value: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
         let applied = self.write(Command::Put { key, value, condition }).await?;
         match applied.outcome {
-            Outcome::Written { version, created } => {
+            Outcome::Written { revision: version, created } => {
                 let status = if created { StatusCode::CREATED } else { StatusCode::OK };
                 let mut response =
                     json(status, serde_json::json!({ "version": version, "created": created }));
                 response.headers_mut().insert(ETAG, etag(version));
                 Ok(response)
             }
-            Outcome::PreconditionFailed { current_version } => {
-                Err(ApiError::PreconditionFailed { current: current_version })
+            Outcome::PreconditionFailed { current_mod_revision } => {
+                Err(ApiError::PreconditionFailed { current: current_mod_revision })
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
@@ -491,13 +491,13 @@ impl Api {
     async fn kv_delete(&self, key: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
         let applied = self.write(Command::Delete { key, condition }).await?;
         match applied.outcome {
-            Outcome::Deleted { previous_version } => Ok(json(
+            Outcome::Deleted { previous_mod_revision: previous_version } => Ok(json(
                 StatusCode::OK,
                 serde_json::json!({ "deleted": true, "previous_version": previous_version, "index": applied.index }),
             )),
             Outcome::NotFound => Err(ApiError::NotFound),
-            Outcome::PreconditionFailed { current_version } => {
-                Err(ApiError::PreconditionFailed { current: current_version })
+            Outcome::PreconditionFailed { current_mod_revision } => {
+                Err(ApiError::PreconditionFailed { current: current_mod_revision })
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
@@ -519,13 +519,13 @@ impl Api {
         let kv = self.node.shared.kv.read().expect("kv lock").clone();
         let mut items = Vec::new();
         let mut more = false;
-        for (key, value) in kv.list(&prefix, limit + 1) {
+        for (key, value) in kv.list(&prefix, None, limit + 1) {
             if items.len() == limit {
                 more = true;
                 break;
             }
             let mut item =
-                serde_json::json!({ "key": String::from_utf8_lossy(key), "version": value.version });
+                serde_json::json!({ "key": String::from_utf8_lossy(key), "version": value.mod_revision });
             match std::str::from_utf8(&value.data) {
                 Ok(text) => item["value"] = text.into(),
                 Err(_) => item["value_hex"] = hex(&value.data).into(),
@@ -855,20 +855,23 @@ fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
     Ok(None)
 }
 
+/// The leader's answer to a forwarded write. Its field names are those of earlier
+/// releases (`version` for what is now the revision or `mod_revision`), so that nodes of
+/// either release understand each other during a rolling upgrade.
 fn applied_to_json(applied: &Applied) -> serde_json::Value {
     let outcome = match applied.outcome {
-        Outcome::Written { version, created } => {
-            serde_json::json!({ "written": { "version": version, "created": created } })
+        Outcome::Written { revision, created } => {
+            serde_json::json!({ "written": { "version": revision, "created": created } })
         }
-        Outcome::Deleted { previous_version } => {
-            serde_json::json!({ "deleted": { "previous_version": previous_version } })
+        Outcome::Deleted { previous_mod_revision } => {
+            serde_json::json!({ "deleted": { "previous_version": previous_mod_revision } })
         }
-        Outcome::PreconditionFailed { current_version } => {
-            serde_json::json!({ "precondition_failed": { "current_version": current_version } })
+        Outcome::PreconditionFailed { current_mod_revision } => {
+            serde_json::json!({ "precondition_failed": { "current_version": current_mod_revision } })
         }
         Outcome::NotFound => serde_json::json!("not_found"),
-        Outcome::Imported { count, version } => {
-            serde_json::json!({ "imported": { "count": count, "version": version } })
+        Outcome::Imported { count, revision } => {
+            serde_json::json!({ "imported": { "count": count, "version": revision } })
         }
         Outcome::Cluster { applied } => serde_json::json!({ "cluster": { "applied": applied } }),
     };
@@ -879,15 +882,15 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
     let index = value["index"].as_u64()?;
     let outcome = &value["outcome"];
     let outcome = if let Some(w) = outcome.get("written") {
-        Outcome::Written { version: w["version"].as_u64()?, created: w["created"].as_bool()? }
+        Outcome::Written { revision: w["version"].as_u64()?, created: w["created"].as_bool()? }
     } else if let Some(d) = outcome.get("deleted") {
-        Outcome::Deleted { previous_version: d["previous_version"].as_u64()? }
+        Outcome::Deleted { previous_mod_revision: d["previous_version"].as_u64()? }
     } else if let Some(p) = outcome.get("precondition_failed") {
-        Outcome::PreconditionFailed { current_version: p["current_version"].as_u64() }
+        Outcome::PreconditionFailed { current_mod_revision: p["current_version"].as_u64() }
     } else if outcome == "not_found" {
         Outcome::NotFound
     } else if let Some(i) = outcome.get("imported") {
-        Outcome::Imported { count: i["count"].as_u64()? as usize, version: i["version"].as_u64()? }
+        Outcome::Imported { count: i["count"].as_u64()? as usize, revision: i["version"].as_u64()? }
     } else if let Some(c) = outcome.get("cluster") {
         Outcome::Cluster { applied: c["applied"].as_bool()? }
     } else {
@@ -948,12 +951,12 @@ mod tests {
     #[test]
     fn outcomes_survive_the_forwarding_encoding() {
         let outcomes = [
-            Outcome::Written { version: 7, created: true },
-            Outcome::Deleted { previous_version: 3 },
-            Outcome::PreconditionFailed { current_version: Some(4) },
-            Outcome::PreconditionFailed { current_version: None },
+            Outcome::Written { revision: 7, created: true },
+            Outcome::Deleted { previous_mod_revision: 3 },
+            Outcome::PreconditionFailed { current_mod_revision: Some(4) },
+            Outcome::PreconditionFailed { current_mod_revision: None },
             Outcome::NotFound,
-            Outcome::Imported { count: 10, version: 9 },
+            Outcome::Imported { count: 10, revision: 9 },
             Outcome::Cluster { applied: true },
             Outcome::Cluster { applied: false },
         ];
