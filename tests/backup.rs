@@ -50,7 +50,7 @@ fn backup_contents(file: &Path) -> (u64, BTreeMap<String, (u64, String)>) {
 fn put_version(port: u16, key: &str, value: &str) -> u64 {
     let response = put(port, &format!("/v1/kv/{key}"), value.as_bytes());
     assert!(matches!(response.status, 200 | 201), "PUT {key}: {} {}", response.status, response.text());
-    response.json()["version"].as_u64().unwrap()
+    response.json()["revision"].as_u64().unwrap()
 }
 
 /// The follower is paused while the writes commit and asked for the backup before it
@@ -197,7 +197,7 @@ fn write_load(
                     n += 1;
                     match request(port, "PUT", &format!("/v1/kv/{key}"), &[], value.as_bytes()) {
                         Ok(response) if matches!(response.status, 200 | 201) => {
-                            let version = response.json()["version"].as_u64().unwrap();
+                            let version = response.json()["revision"].as_u64().unwrap();
                             let acknowledged = std::time::Instant::now();
                             writes.push(Write { key, value, version, acknowledged });
                         }
@@ -243,7 +243,7 @@ fn assert_same_state(
     panic!("{what} ({} keys, expected {}): {differences:#?}", actual.len(), expected.len());
 }
 
-/// Every key and value a node serves, with versions, from the list route.
+/// Every key and value a node serves, with its mod_revision, from the list route.
 fn served(port: u16) -> BTreeMap<String, (u64, String)> {
     let listing = get(port, "/v1/kv?limit=10000").json();
     assert_eq!(listing["more"], false, "more than 10000 keys");
@@ -253,7 +253,7 @@ fn served(port: u16) -> BTreeMap<String, (u64, String)> {
         .iter()
         .map(|item| {
             let value = item["value"].as_str().unwrap().to_owned();
-            (item["key"].as_str().unwrap().to_owned(), (item["version"].as_u64().unwrap(), value))
+            (item["key"].as_str().unwrap().to_owned(), (item["mod_revision"].as_u64().unwrap(), value))
         })
         .collect()
 }
@@ -488,7 +488,7 @@ fn served_stale(port: u16) -> BTreeMap<String, (u64, String)> {
         .iter()
         .map(|item| {
             let value = item["value"].as_str().unwrap().to_owned();
-            (item["key"].as_str().unwrap().to_owned(), (item["version"].as_u64().unwrap(), value))
+            (item["key"].as_str().unwrap().to_owned(), (item["mod_revision"].as_u64().unwrap(), value))
         })
         .collect()
 }
