@@ -160,6 +160,16 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
         let offset = named_offset(&stderr(&output));
         assert!(offset <= place, "a truncation to {place} reported at {offset}: {}", stderr(&output));
     }
+    // A format newer than this build's: the line names the file, the version found and
+    // the versions read.
+    let mut newer = bytes.clone();
+    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
+    std::fs::write(&damaged, &newer).unwrap();
+    let output = admin(&["backup", "--verify", damaged_arg]);
+    assert_fails_with_one_line(&output, damaged_arg);
+    let message = stderr(&output);
+    assert!(message.contains("version 3") && message.contains("versions 1 and 2"), "{message}");
+
     let output = admin(&["backup", "--verify", single.dir.path().join("missing").to_str().unwrap()]);
     assert_fails_with_one_line(&output, "cannot read");
     let output = admin(&["backup", "--verify", single.dir.path().to_str().unwrap()]);
