@@ -33,7 +33,7 @@ fn summary_revision(line: &str) -> u64 {
     revision.parse().unwrap_or_else(|_| panic!("{line:?}"))
 }
 
-/// A backup file's keys: key -> (version, value).
+/// A backup file's keys: key -> (mod_revision, value).
 fn backup_contents(file: &Path) -> (u64, BTreeMap<String, (u64, String)>) {
     let mut input = std::fs::File::open(file).unwrap();
     let (summary, machine) = mmapd::kv::load_backup(&mut input).unwrap();
@@ -41,7 +41,7 @@ fn backup_contents(file: &Path) -> (u64, BTreeMap<String, (u64, String)>) {
         .iter()
         .map(|(k, v)| {
             let key = String::from_utf8(k.to_vec()).unwrap();
-            (key, (v.version, String::from_utf8(v.data.to_vec()).unwrap()))
+            (key, (v.mod_revision, String::from_utf8(v.data.to_vec()).unwrap()))
         })
         .collect();
     (summary.header.revision, keys)
@@ -50,7 +50,7 @@ fn backup_contents(file: &Path) -> (u64, BTreeMap<String, (u64, String)>) {
 fn put_version(port: u16, key: &str, value: &str) -> u64 {
     let response = put(port, &format!("/v1/kv/{key}"), value.as_bytes());
     assert!(matches!(response.status, 200 | 201), "PUT {key}: {} {}", response.status, response.text());
-    response.json()["version"].as_u64().unwrap()
+    response.json()["revision"].as_u64().unwrap()
 }
 
 /// The follower is paused while the writes commit and asked for the backup before it
@@ -160,6 +160,16 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
         let offset = named_offset(&stderr(&output));
         assert!(offset <= place, "a truncation to {place} reported at {offset}: {}", stderr(&output));
     }
+    // A format newer than this build's: the line names the file, the version found and
+    // the versions read.
+    let mut newer = bytes.clone();
+    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
+    std::fs::write(&damaged, &newer).unwrap();
+    let output = admin(&["backup", "--verify", damaged_arg]);
+    assert_fails_with_one_line(&output, damaged_arg);
+    let message = stderr(&output);
+    assert!(message.contains("version 3") && message.contains("versions 1 and 2"), "{message}");
+
     let output = admin(&["backup", "--verify", single.dir.path().join("missing").to_str().unwrap()]);
     assert_fails_with_one_line(&output, "cannot read");
     let output = admin(&["backup", "--verify", single.dir.path().to_str().unwrap()]);
@@ -197,7 +207,7 @@ fn write_load(
                     n += 1;
                     match request(port, "PUT", &format!("/v1/kv/{key}"), &[], value.as_bytes()) {
                         Ok(response) if matches!(response.status, 200 | 201) => {
-                            let version = response.json()["version"].as_u64().unwrap();
+                            let version = response.json()["revision"].as_u64().unwrap();
                             let acknowledged = std::time::Instant::now();
                             writes.push(Write { key, value, version, acknowledged });
                         }
@@ -243,7 +253,7 @@ fn assert_same_state(
     panic!("{what} ({} keys, expected {}): {differences:#?}", actual.len(), expected.len());
 }
 
-/// Every key and value a node serves, with versions, from the list route.
+/// Every key and value a node serves, with its mod_revision, from the list route.
 fn served(port: u16) -> BTreeMap<String, (u64, String)> {
     let listing = get(port, "/v1/kv?limit=10000").json();
     assert_eq!(listing["more"], false, "more than 10000 keys");
@@ -253,7 +263,7 @@ fn served(port: u16) -> BTreeMap<String, (u64, String)> {
         .iter()
         .map(|item| {
             let value = item["value"].as_str().unwrap().to_owned();
-            (item["key"].as_str().unwrap().to_owned(), (item["version"].as_u64().unwrap(), value))
+            (item["key"].as_str().unwrap().to_owned(), (item["mod_revision"].as_u64().unwrap(), value))
         })
         .collect()
 }
@@ -488,7 +498,7 @@ fn served_stale(port: u16) -> BTreeMap<String, (u64, String)> {
         .iter()
         .map(|item| {
             let value = item["value"].as_str().unwrap().to_owned();
-            (item["key"].as_str().unwrap().to_owned(), (item["version"].as_u64().unwrap(), value))
+            (item["key"].as_str().unwrap().to_owned(), (item["mod_revision"].as_u64().unwrap(), value))
         })
         .collect()
 }

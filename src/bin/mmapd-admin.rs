@@ -477,7 +477,7 @@ async fn receive_backup(
         let frame = frame.map_err(|e| format!("the backup stream broke: {e}"))?;
         let Ok(data) = frame.into_data() else { continue };
         decoder
-            .feed(&data, &mut |_, _, _| {})
+            .feed(&data, &mut |_| {})
             .map_err(|error| format!("the node sent a damaged backup, {error}"))?;
         output.write(&data)?;
     }

@@ -10,7 +10,7 @@
 //!
 //! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
 //! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
-//! tag byte (0 = None, 1 = VersionEquals followed by a u64 version, 2 = Absent). For
+//! tag byte (0 = None, 1 = VersionEquals followed by a u64 mod_revision, 2 = Absent). For
 //! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
 //! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id; HashCheck has no body.
 //! Nothing may follow the command.
@@ -44,7 +44,8 @@ pub enum Condition {
     /// Unconditional.
     #[default]
     None,
-    /// HTTP `If-Match`: the key exists and its version (ETag) is this one.
+    /// HTTP `If-Match`: the key exists and its `mod_revision` (the ETag) is this one.
+    /// (The name is older than the revisions: the ETag used to be called the version.)
     VersionEquals(u64),
     /// HTTP `If-None-Match: *`: the key does not exist (create-only).
     Absent,

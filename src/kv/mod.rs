@@ -2,7 +2,8 @@
 //!
 //! - `command`: `Command` and `Condition`, and their binary encoding (a Raft entry's payload);
 //! - `state_machine`: `StateMachine`, the ordered map committed commands are applied to,
-//!   with each key's version (ETag) being the log index that last wrote it;
+//!   each key with its `create_revision`, `mod_revision` (the ETag) and `version`, as
+//!   etcd v3 means them; revisions are log indexes;
 //! - `snapshot`: the map's binary snapshot payload, written and loaded;
 //! - `cluster`: the cluster's own record (its id, members' addresses, removed ids),
 //!   changed by committed entries like the keys;

@@ -5,15 +5,28 @@
 //!
 //! | offset | size | field                                            |
 //! |--------|------|--------------------------------------------------|
-//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (2; 1 still loads) |
-//! | 1      | 8    | applied index                                    |
+//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (3; 1 and 2 still load) |
+//! | 1      | 8    | applied index (the store's revision)             |
 //! | 9      | 8    | key count                                        |
 //! | 17     | ...  | `count` records, keys in strictly increasing byte order |
 //!
-//! A record: u32 key length, key, u64 version, u32 value length, value. Every version is
-//! in `1..=applied index`. In version 2 the cluster's record follows the last record
-//! (`kv::cluster`: id, members, removed ids); version 1 ends with the last record and
-//! loads with an empty cluster record. Nothing may follow.
+//! then the cluster's record (`kv::cluster`: id, members, removed ids). Nothing may follow.
+//!
+//! A version 3 record: u32 key length, key, u64 `create_revision`, u64 `mod_revision`,
+//! u64 `version`, u32 value length, value; the three must keep `Value`'s invariants, with
+//! `mod_revision` at most the applied index.
+//!
+//! Versions 1 and 2 (written before keys carried `create_revision` and `version`) still
+//! load. Their record is u32 key length, key, u64 `mod_revision` (then called the
+//! version), u32 value length, value; version 1 has no cluster record and loads with an
+//! empty one. **An approximation:** these formats do not hold when a key was created nor
+//! how often it was written since, so a key loaded from one gets `create_revision =
+//! mod_revision` and `version = 1`, as if its last write had created it; later writes
+//! count on from there, and a key created after the upgrade (or deleted and created
+//! again) is exact. Replicas that loaded old snapshots taken at
+//! different indexes may disagree on these two fields for keys not written since (never
+//! on `mod_revision` or the value); the first snapshot the new release writes keeps
+//! whatever each replica holds.
 
 use std::io::{self, BufWriter, Write};
 
@@ -25,17 +38,21 @@ use super::error::DecodeError;
 use super::state_machine::{StateMachine, Value};
 use crate::byte_reader::ByteReader;
 
-/// The first byte of every snapshot payload.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// The first byte of every snapshot payload written.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
-/// The version before the cluster record was added; still loaded.
+/// Before the cluster record and the key revisions; still loaded.
 const SNAPSHOT_FORMAT_VERSION_1: u8 = 1;
+/// Before the key revisions (`create_revision`, `version`); still loaded.
+const SNAPSHOT_FORMAT_VERSION_2: u8 = 2;
 
 /// Header: version byte, applied index, key count.
 const HEADER_BYTES: usize = 1 + 8 + 8;
-/// The smallest record: empty key and value.
-const MIN_RECORD_BYTES: usize = 4 + 8 + 4;
-const _: () = assert!(MIN_RECORD_BYTES == 16);
+/// The smallest version 3 record: empty key and value, three revisions.
+const MIN_RECORD_BYTES: usize = 4 + 8 + 8 + 8 + 4;
+/// The smallest version 1 or 2 record: empty key and value, one revision.
+const MIN_OLD_RECORD_BYTES: usize = 4 + 8 + 4;
+const _: () = assert!(MIN_RECORD_BYTES == 32 && MIN_OLD_RECORD_BYTES == 16);
 
 impl StateMachine {
     /// Writes the snapshot payload (see the module doc) to `out` and returns the bytes
@@ -49,6 +66,8 @@ impl StateMachine {
         for (key, value) in self.iter() {
             out.write_all(&record_len(key).to_le_bytes())?;
             out.write_all(key)?;
+            out.write_all(&value.create_revision.to_le_bytes())?;
+            out.write_all(&value.mod_revision.to_le_bytes())?;
             out.write_all(&value.version.to_le_bytes())?;
             out.write_all(&record_len(&value.data).to_le_bytes())?;
             out.write_all(&value.data)?;
@@ -92,18 +111,22 @@ fn record_len(bytes: &[u8]) -> u32 {
 fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<StateMachine, DecodeError> {
     let mut reader = ByteReader::new(data);
     let version = reader.u8()?;
-    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_1 {
-        return Err(DecodeError::UnsupportedVersion { offset: 0, version, reads: "versions 1 and 2" });
-    }
+    let min_record_bytes = match version {
+        SNAPSHOT_FORMAT_VERSION => MIN_RECORD_BYTES,
+        SNAPSHOT_FORMAT_VERSION_1 | SNAPSHOT_FORMAT_VERSION_2 => MIN_OLD_RECORD_BYTES,
+        _ => {
+            return Err(DecodeError::UnsupportedVersion { offset: 0, version, reads: "versions 1, 2 and 3" })
+        }
+    };
     let applied_index = reader.u64()?;
     let count_offset = reader.offset();
     let count = reader.u64()?;
     let available = reader.remaining();
-    if count > (available / MIN_RECORD_BYTES) as u64 {
+    if count > (available / min_record_bytes) as u64 {
         return Err(DecodeError::CountTooLarge { offset: count_offset, count, available });
     }
     // Sized from a count already bounded by the input (at most one record per
-    // `MIN_RECORD_BYTES`), so collecting never reallocates.
+    // `min_record_bytes`), so collecting never reallocates.
     let mut records = Vec::with_capacity(count as usize);
     let mut previous_key: Option<&[u8]> = None;
     for _ in 0..count {
@@ -113,16 +136,26 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
             return Err(DecodeError::Invalid { offset: key_offset, reason: "keys not strictly increasing" });
         }
         previous_key = Some(key);
-        let version_offset = reader.offset();
-        let version = reader.u64()?;
-        if version == 0 || version > applied_index {
+        let revisions_offset = reader.offset();
+        let (create_revision, mod_revision, key_version) = if version == SNAPSHOT_FORMAT_VERSION {
+            (reader.u64()?, reader.u64()?, reader.u64()?)
+        } else {
+            // The approximation of the module doc: the last write is taken as the creation.
+            let mod_revision = reader.u64()?;
+            (mod_revision, mod_revision, 1)
+        };
+        let value = read_bytes(&mut reader)?;
+        let value = Value { data: to_bytes(value), create_revision, mod_revision, version: key_version };
+        if mod_revision == 0 || mod_revision > applied_index {
             return Err(DecodeError::Invalid {
-                offset: version_offset,
-                reason: "version outside 1..=applied index",
+                offset: revisions_offset,
+                reason: "mod_revision outside 1..=applied index",
             });
         }
-        let value = read_bytes(&mut reader)?;
-        records.push((to_bytes(key), Value { data: to_bytes(value), version }));
+        if let Some(reason) = value.broken_invariant() {
+            return Err(DecodeError::Invalid { offset: revisions_offset, reason });
+        }
+        records.push((to_bytes(key), value));
     }
     let map = OrdMap::from_iter(records);
     let cluster =

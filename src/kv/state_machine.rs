@@ -9,45 +9,87 @@ use imbl::OrdMap;
 use super::cluster::{Cluster, ClusterError, MemberChange};
 use super::command::{Command, Condition};
 
-/// A stored value and the version the API exposes as its ETag.
+/// A stored value and its revisions, with etcd v3's meanings.
+///
+/// Revisions are Raft log indexes: the store's revision is its applied index, and a
+/// write's revision is the index of the entry that carried it. Entries that change no
+/// key (a failed condition, a no-op, a membership change) take indexes too, so
+/// revisions have gaps; only their order means anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
     /// The value's bytes.
     pub data: Bytes,
-    /// The Raft log index of the command that last wrote the key. Invariant: >= 1 and
-    /// <= the state machine's applied index.
+    /// The revision of the write that created the key, since it was last absent (a
+    /// delete and a new put start again). Invariant: `1 <= create_revision <= mod_revision`.
+    pub create_revision: u64,
+    /// The revision of the write that last changed the key: the API's ETag and the
+    /// condition `Condition::VersionEquals` compares with. Invariant: `create_revision <=
+    /// mod_revision <= ` the state machine's applied index.
+    pub mod_revision: u64,
+    /// How many revisions have written the key since its creation: 1 on create, one more
+    /// with each write after. Invariant: `1 <= version <= mod_revision - create_revision + 1`
+    /// (at most one write a revision: an import that lists a key twice writes it once),
+    /// and `version == 1` exactly when `mod_revision == create_revision`.
     pub version: u64,
 }
 
-/// What applying one command did, for the client waiting on it.
+impl Value {
+    /// A key created at `revision`.
+    pub fn created(data: Bytes, revision: u64) -> Value {
+        Value { data, create_revision: revision, mod_revision: revision, version: 1 }
+    }
+
+    /// The first rule of the field invariants (see the fields) that this value breaks.
+    /// Used by the snapshot and backup loaders to refuse a damaged record, and by
+    /// `StateMachine` to assert on every write.
+    pub fn broken_invariant(&self) -> Option<&'static str> {
+        if self.create_revision == 0 {
+            Some("create_revision is 0")
+        } else if self.create_revision > self.mod_revision {
+            Some("create_revision above mod_revision")
+        } else if self.version == 0 {
+            Some("version is 0")
+        } else if self.version > self.mod_revision - self.create_revision + 1 {
+            Some("version above the revisions since creation")
+        } else if (self.version == 1) != (self.mod_revision == self.create_revision) {
+            Some("version 1 but mod_revision and create_revision differ")
+        } else {
+            None
+        }
+    }
+}
+
+/// What applying one command did, for the client waiting on it. Every revision here is
+/// a log index (see `Value`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The key now holds the new value at `version` (the applying index).
+    /// The key now holds the new value, written at `revision` (the applying index: the
+    /// key's new `mod_revision`, its ETag).
     Written {
-        /// The key's new version.
-        version: u64,
-        /// True when the key did not exist before.
+        /// The revision the write created.
+        revision: u64,
+        /// True when the key did not exist before (its `version` is now 1).
         created: bool,
     },
-    /// The key was removed.
+    /// The key was removed (at the applying index).
     Deleted {
-        /// The version it had.
-        previous_version: u64,
+        /// The `mod_revision` it had.
+        previous_mod_revision: u64,
     },
     /// The condition did not hold; nothing changed.
     PreconditionFailed {
-        /// The key's version, `None` when it does not exist.
-        current_version: Option<u64>,
+        /// The key's `mod_revision`, `None` when it does not exist.
+        current_mod_revision: Option<u64>,
     },
     /// A delete of a key that does not exist, unconditional or `Condition::Absent`
     /// (whose condition holds, leaving nothing to delete); nothing changed.
     NotFound,
-    /// An import wrote `count` pairs, all at `version`.
+    /// An import wrote `count` pairs, all at `revision`.
     Imported {
         /// Pairs written (duplicates counted each time).
         count: usize,
-        /// The version every imported key now has.
-        version: u64,
+        /// The revision the import created: every imported key's `mod_revision`.
+        revision: u64,
     },
     /// A change to the cluster's record: applied, or refused (already bootstrapped, an
     /// unknown member, an address taken) with nothing changed.
@@ -61,7 +103,7 @@ pub enum Outcome {
 }
 
 /// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
-/// handles, the version, and the B-tree node's share (measured in `bench/kv_restart.rs`).
+/// handles, the three revisions, and the B-tree node's share (measured in `bench/kv_restart.rs`).
 pub const PER_KEY_OVERHEAD_BYTES: u64 = 96;
 
 /// The map and how far into the log it has been applied.
@@ -73,8 +115,8 @@ pub const PER_KEY_OVERHEAD_BYTES: u64 = 96;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     map: OrdMap<Bytes, Value>,
-    /// The index of the last entry applied. Invariant: strictly increases with each apply;
-    /// every value's version is <= it.
+    /// The index of the last entry applied: the store's revision. Invariant: strictly
+    /// increases with each apply; every value's `mod_revision` is <= it.
     applied_index: u64,
     /// Sum of key and value lengths. Invariant: equals the sum over `map`.
     payload_bytes: u64,
@@ -127,10 +169,14 @@ impl StateMachine {
             Command::Put { key, value, condition } => self.put(index, key, value, *condition),
             Command::Delete { key, condition } => self.delete(key, *condition),
             Command::Import { pairs } => {
+                // Each pair is a put at the import's revision: a new key is created at it,
+                // an existing one gets its next version; a key listed twice is written
+                // once at that revision (its last value), as `Value::version` counts.
                 for (key, value) in pairs {
-                    self.insert(key.clone(), Value { data: value.clone(), version: index });
+                    let written = written_value(index, self.map.get(key.as_ref()), value.clone());
+                    self.insert(index, key.clone(), written);
                 }
-                Outcome::Imported { count: pairs.len(), version: index }
+                Outcome::Imported { count: pairs.len(), revision: index }
             }
             Command::Bootstrap { cluster_id, members } => {
                 Outcome::Cluster { applied: self.cluster.bootstrap(*cluster_id, members).is_ok() }
@@ -165,15 +211,21 @@ impl StateMachine {
         self.map.get(key)
     }
 
-    /// Up to `limit` keys that start with `prefix`, in byte order. Costs a B-tree descent
-    /// plus the entries returned.
+    /// Up to `limit` keys that start with `prefix`, in byte order, and only those after
+    /// the key `after` if given (a page of a listing continues after the last key of the
+    /// one before). Costs a B-tree descent plus the entries returned.
     pub fn list<'a>(
         &'a self,
         prefix: &'a [u8],
+        after: Option<&'a [u8]>,
         limit: usize,
     ) -> impl Iterator<Item = (&'a Bytes, &'a Value)> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
         self.map
-            .range::<_, [u8]>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, [u8]>((start, Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
             .take(limit)
     }
@@ -185,6 +237,13 @@ impl StateMachine {
 
     /// The index of the last entry applied (0 before any).
     pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The store's revision: the applied index, what a read of this state is "at".
+    /// It increases with every applied entry, so it has gaps where entries changed no
+    /// key; compare revisions, never count them.
+    pub fn revision(&self) -> u64 {
         self.applied_index
     }
 
@@ -232,29 +291,44 @@ impl StateMachine {
     }
 
     fn put(&mut self, index: u64, key: &Bytes, value: &Bytes, condition: Condition) -> Outcome {
-        let current_version = self.map.get(key.as_ref()).map(|value| value.version);
-        if !condition_holds(condition, current_version) {
-            return Outcome::PreconditionFailed { current_version };
+        let current = self.map.get(key.as_ref());
+        let current_mod_revision = current.map(|value| value.mod_revision);
+        if !condition_holds(condition, current_mod_revision) {
+            return Outcome::PreconditionFailed { current_mod_revision };
         }
-        self.insert(key.clone(), Value { data: value.clone(), version: index });
-        Outcome::Written { version: index, created: current_version.is_none() }
+        let written = written_value(index, current, value.clone());
+        self.insert(index, key.clone(), written);
+        Outcome::Written { revision: index, created: current_mod_revision.is_none() }
     }
 
     fn delete(&mut self, key: &[u8], condition: Condition) -> Outcome {
-        let current_version = self.map.get(key).map(|value| value.version);
-        if !condition_holds(condition, current_version) {
-            return Outcome::PreconditionFailed { current_version };
+        let current_mod_revision = self.map.get(key).map(|value| value.mod_revision);
+        if !condition_holds(condition, current_mod_revision) {
+            return Outcome::PreconditionFailed { current_mod_revision };
         }
         match self.map.remove_with_key(key) {
             Some((key, value)) => {
                 self.payload_bytes -= (key.len() + value.data.len()) as u64;
-                Outcome::Deleted { previous_version: value.version }
+                Outcome::Deleted { previous_mod_revision: value.mod_revision }
             }
             None => Outcome::NotFound,
         }
     }
 
-    fn insert(&mut self, key: Bytes, value: Value) {
+    /// Stores `value` under `key`, written by the entry at `index`.
+    ///
+    /// Panics, naming the key and index, if `value` breaks an invariant of `Value` or was
+    /// not written at `index`: `written_value` makes every value, so that is a bug.
+    fn insert(&mut self, index: u64, key: Bytes, value: Value) {
+        if let Some(broken) = value.broken_invariant() {
+            panic!("kv: writing key {key:?} at index {index}: {broken}: {value:?}");
+        }
+        assert!(
+            value.mod_revision == index && index == self.applied_index,
+            "kv: key {key:?} written at index {index} with mod_revision {} (applied index {})",
+            value.mod_revision,
+            self.applied_index
+        );
         let key_len = key.len() as u64;
         let added = key_len + value.data.len() as u64;
         if let Some(old) = self.map.insert(key, value) {
@@ -264,11 +338,29 @@ impl StateMachine {
     }
 }
 
-/// Whether `condition` holds for a key whose current version is `current_version`.
-fn condition_holds(condition: Condition, current_version: Option<u64>) -> bool {
+/// The value a write of `data` at revision `index` leaves, given the key's `current`
+/// value: a new key is created at `index` (version 1); an existing one keeps its
+/// `create_revision` and gets its next version, unless it was already written at
+/// `index` (an import listing the key twice), which is one write.
+fn written_value(index: u64, current: Option<&Value>, data: Bytes) -> Value {
+    match current {
+        None => Value::created(data, index),
+        Some(old) if old.mod_revision == index => Value { data, ..old.clone() },
+        Some(old) => Value {
+            data,
+            create_revision: old.create_revision,
+            mod_revision: index,
+            version: old.version + 1,
+        },
+    }
+}
+
+/// Whether `condition` holds for a key whose current `mod_revision` is
+/// `current_mod_revision` (`None`: absent).
+fn condition_holds(condition: Condition, current_mod_revision: Option<u64>) -> bool {
     match condition {
         Condition::None => true,
-        Condition::VersionEquals(expected) => current_version == Some(expected),
-        Condition::Absent => current_version.is_none(),
+        Condition::VersionEquals(expected) => current_mod_revision == Some(expected),
+        Condition::Absent => current_mod_revision.is_none(),
     }
 }

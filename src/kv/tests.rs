@@ -19,8 +19,34 @@ fn delete_if(key: &str, condition: Condition) -> Command {
     Command::Delete { key: Bytes::copy_from_slice(key.as_bytes()), condition }
 }
 
+/// The key's value and `mod_revision`.
 fn value_of(state: &StateMachine, key: &str) -> Option<(Vec<u8>, u64)> {
-    state.get(key.as_bytes()).map(|value| (value.data.to_vec(), value.version))
+    state.get(key.as_bytes()).map(|value| (value.data.to_vec(), value.mod_revision))
+}
+
+/// The key's `(create_revision, mod_revision, version)`.
+fn revisions_of(state: &StateMachine, key: &str) -> Option<(u64, u64, u64)> {
+    state.get(key.as_bytes()).map(|value| (value.create_revision, value.mod_revision, value.version))
+}
+
+/// A snapshot payload in format 1 or 2 (one revision a key, the `mod_revision`), as
+/// releases before the key revisions wrote it.
+fn old_snapshot_bytes(state: &StateMachine, format_version: u8) -> Vec<u8> {
+    assert!(format_version == 1 || format_version == 2);
+    let mut out = vec![format_version];
+    out.extend_from_slice(&state.applied_index().to_le_bytes());
+    out.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    for (key, value) in state.iter() {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&value.mod_revision.to_le_bytes());
+        out.extend_from_slice(&(value.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&value.data);
+    }
+    if format_version == 2 {
+        state.cluster().encode(&mut out);
+    }
+    out
 }
 
 fn snapshot_bytes(state: &StateMachine) -> Vec<u8> {
@@ -31,12 +57,94 @@ fn snapshot_bytes(state: &StateMachine) -> Vec<u8> {
 }
 
 #[test]
-fn put_sets_version_to_the_applying_index() {
+fn put_sets_mod_revision_to_the_applying_index() {
     let mut state = StateMachine::new();
-    assert_eq!(state.apply(3, &Command::put("a", "1")), Outcome::Written { version: 3, created: true });
-    assert_eq!(state.apply(7, &Command::put("a", "2")), Outcome::Written { version: 7, created: false });
+    assert_eq!(state.apply(3, &Command::put("a", "1")), Outcome::Written { revision: 3, created: true });
+    assert_eq!(state.apply(7, &Command::put("a", "2")), Outcome::Written { revision: 7, created: false });
     assert_eq!(value_of(&state, "a"), Some((b"2".to_vec(), 7)));
     assert_eq!(state.applied_index(), 7);
+    assert_eq!(state.revision(), 7, "the store's revision is the applied index");
+}
+
+/// etcd v3's meanings: `create_revision` is the creating write's revision, `mod_revision`
+/// the last write's, `version` the number of writes since creation (1 on create).
+#[test]
+fn a_key_is_created_at_its_first_write_and_counts_every_write_after() {
+    let mut state = StateMachine::new();
+    state.apply(3, &Command::put("a", "1"));
+    assert_eq!(revisions_of(&state, "a"), Some((3, 3, 1)));
+    state.apply(7, &Command::put("a", "2"));
+    assert_eq!(revisions_of(&state, "a"), Some((3, 7, 2)));
+    state.advance_applied(8);
+    state.apply(9, &Command::put("b", "x"));
+    state.apply(12, &Command::put("a", "2"));
+    assert_eq!(revisions_of(&state, "a"), Some((3, 12, 3)), "a write of the same value counts too");
+    assert_eq!(revisions_of(&state, "b"), Some((9, 9, 1)), "other keys are their own");
+}
+
+#[test]
+fn a_conditional_put_counts_as_a_write_only_when_its_condition_holds() {
+    let mut state = StateMachine::new();
+    state.apply(1, &put_if("a", "1", Condition::Absent));
+    assert_eq!(revisions_of(&state, "a"), Some((1, 1, 1)));
+    state.apply(2, &put_if("a", "x", Condition::Absent));
+    state.apply(3, &put_if("a", "x", Condition::VersionEquals(2)));
+    assert_eq!(revisions_of(&state, "a"), Some((1, 1, 1)), "failed conditions change nothing");
+    state.apply(4, &put_if("a", "2", Condition::VersionEquals(1)));
+    assert_eq!(revisions_of(&state, "a"), Some((1, 4, 2)));
+    state.apply(5, &put_if("a", "3", Condition::VersionEquals(4)));
+    assert_eq!(revisions_of(&state, "a"), Some((1, 5, 3)));
+}
+
+/// A key deleted and written again is a new key: created at that write, version 1.
+#[test]
+fn a_deleted_key_written_again_starts_over_at_version_1() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &Command::put("a", "2"));
+    state.apply(3, &Command::put("a", "3"));
+    assert_eq!(state.apply(4, &Command::delete("a")), Outcome::Deleted { previous_mod_revision: 3 });
+    assert_eq!(revisions_of(&state, "a"), None);
+    assert_eq!(state.apply(6, &Command::put("a", "new")), Outcome::Written { revision: 6, created: true });
+    assert_eq!(revisions_of(&state, "a"), Some((6, 6, 1)));
+    state.apply(7, &Command::put("a", "newer"));
+    assert_eq!(revisions_of(&state, "a"), Some((6, 7, 2)));
+    state.apply(8, &delete_if("a", Condition::VersionEquals(7)));
+    state.apply(9, &put_if("a", "created", Condition::Absent));
+    assert_eq!(revisions_of(&state, "a"), Some((9, 9, 1)), "a conditional delete and create too");
+}
+
+/// An import is a put of each pair at its revision: new keys are created at it, existing
+/// ones get their next version, and a key listed twice is one write (its last value).
+#[test]
+fn an_import_creates_new_keys_updates_existing_ones_and_writes_a_repeated_key_once() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("old", "1"));
+    state.apply(2, &Command::put("old", "2"));
+    let pairs = vec![("old", "3"), ("new", "a"), ("twice", "x"), ("twice", "y")];
+    let pairs = pairs.into_iter().map(|(key, value)| (Bytes::from(key), Bytes::from(value))).collect();
+    assert_eq!(state.apply(5, &Command::Import { pairs }), Outcome::Imported { count: 4, revision: 5 });
+    assert_eq!(revisions_of(&state, "old"), Some((1, 5, 3)));
+    assert_eq!(revisions_of(&state, "new"), Some((5, 5, 1)));
+    assert_eq!(revisions_of(&state, "twice"), Some((5, 5, 1)));
+    assert_eq!(value_of(&state, "twice"), Some((b"y".to_vec(), 5)));
+}
+
+#[test]
+fn every_key_revision_survives_a_snapshot_round_trip() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &Command::put("a", "2"));
+    state.apply(3, &Command::put("b", "1"));
+    state.apply(4, &Command::delete("b"));
+    state.apply(5, &Command::put("b", "2"));
+    state.apply(6, &Command::put("b", "3"));
+    let loaded = StateMachine::load_snapshot(&snapshot_bytes(&state)).unwrap();
+    assert_eq!(revisions_of(&loaded, "a"), Some((1, 2, 2)));
+    assert_eq!(revisions_of(&loaded, "b"), Some((5, 6, 2)));
+    let mut loaded = loaded;
+    loaded.apply(7, &Command::put("a", "3"));
+    assert_eq!(revisions_of(&loaded, "a"), Some((1, 7, 3)), "the count goes on after a restore");
 }
 
 #[test]
@@ -45,12 +153,12 @@ fn if_match_put_succeeds_only_on_the_current_version() {
     state.apply(1, &Command::put("a", "1"));
     assert_eq!(
         state.apply(2, &put_if("a", "stale", Condition::VersionEquals(9))),
-        Outcome::PreconditionFailed { current_version: Some(1) }
+        Outcome::PreconditionFailed { current_mod_revision: Some(1) }
     );
     assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 1)));
     assert_eq!(
         state.apply(3, &put_if("a", "fresh", Condition::VersionEquals(1))),
-        Outcome::Written { version: 3, created: false }
+        Outcome::Written { revision: 3, created: false }
     );
     assert_eq!(value_of(&state, "a"), Some((b"fresh".to_vec(), 3)));
 }
@@ -60,7 +168,7 @@ fn if_match_put_on_a_missing_key_fails_without_creating_it() {
     let mut state = StateMachine::new();
     assert_eq!(
         state.apply(1, &put_if("a", "1", Condition::VersionEquals(1))),
-        Outcome::PreconditionFailed { current_version: None }
+        Outcome::PreconditionFailed { current_mod_revision: None }
     );
     assert!(state.is_empty());
     assert_eq!(state.applied_index(), 1, "a failed command still consumes its index");
@@ -71,11 +179,11 @@ fn if_none_match_put_creates_only() {
     let mut state = StateMachine::new();
     assert_eq!(
         state.apply(1, &put_if("a", "1", Condition::Absent)),
-        Outcome::Written { version: 1, created: true }
+        Outcome::Written { revision: 1, created: true }
     );
     assert_eq!(
         state.apply(2, &put_if("a", "2", Condition::Absent)),
-        Outcome::PreconditionFailed { current_version: Some(1) }
+        Outcome::PreconditionFailed { current_mod_revision: Some(1) }
     );
     assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 1)));
 }
@@ -86,20 +194,20 @@ fn conditional_delete_removes_only_the_matching_version() {
     state.apply(1, &Command::put("a", "1"));
     assert_eq!(
         state.apply(2, &delete_if("a", Condition::VersionEquals(5))),
-        Outcome::PreconditionFailed { current_version: Some(1) }
+        Outcome::PreconditionFailed { current_mod_revision: Some(1) }
     );
     assert_eq!(
         state.apply(3, &delete_if("a", Condition::Absent)),
-        Outcome::PreconditionFailed { current_version: Some(1) }
+        Outcome::PreconditionFailed { current_mod_revision: Some(1) }
     );
     assert_eq!(
         state.apply(4, &delete_if("a", Condition::VersionEquals(1))),
-        Outcome::Deleted { previous_version: 1 }
+        Outcome::Deleted { previous_mod_revision: 1 }
     );
     assert_eq!(state.get(b"a"), None);
     assert_eq!(
         state.apply(5, &delete_if("a", Condition::VersionEquals(1))),
-        Outcome::PreconditionFailed { current_version: None }
+        Outcome::PreconditionFailed { current_mod_revision: None }
     );
 }
 
@@ -116,7 +224,7 @@ fn import_writes_every_pair_at_one_version_and_last_duplicate_wins() {
     state.apply(1, &Command::put("keep", "old"));
     let pairs = vec![("b", "1"), ("a", "2"), ("b", "3")];
     let pairs = pairs.into_iter().map(|(key, value)| (Bytes::from(key), Bytes::from(value))).collect();
-    assert_eq!(state.apply(2, &Command::Import { pairs }), Outcome::Imported { count: 3, version: 2 });
+    assert_eq!(state.apply(2, &Command::Import { pairs }), Outcome::Imported { count: 3, revision: 2 });
     assert_eq!(value_of(&state, "a"), Some((b"2".to_vec(), 2)));
     assert_eq!(value_of(&state, "b"), Some((b"3".to_vec(), 2)));
     assert_eq!(value_of(&state, "keep"), Some((b"old".to_vec(), 1)));
@@ -129,14 +237,35 @@ fn prefix_listing_is_ordered_bounded_and_stops_at_the_prefix() {
     for (index, key) in ["user/3", "user/1", "users", "user/2", "usea", "user0", "v"].iter().enumerate() {
         state.apply(index as u64 + 1, &Command::put(*key, "x"));
     }
-    let keys =
-        |prefix: &[u8], limit| state.list(prefix, limit).map(|(key, _)| key.clone()).collect::<Vec<_>>();
+    let keys = |prefix: &[u8], limit| {
+        state.list(prefix, None, limit).map(|(key, _)| key.clone()).collect::<Vec<_>>()
+    };
     assert_eq!(keys(b"user/", 10), vec!["user/1", "user/2", "user/3"]);
     assert_eq!(keys(b"user/", 2), vec!["user/1", "user/2"]);
     assert_eq!(keys(b"user", 10), vec!["user/1", "user/2", "user/3", "user0", "users"]);
     assert_eq!(keys(b"", 3), vec!["usea", "user/1", "user/2"]);
     assert_eq!(keys(b"w", 10), Vec::<Bytes>::new());
     assert_eq!(keys(b"user/", 0), Vec::<Bytes>::new());
+}
+
+/// A page continues after the last key of the one before: never that key again, never
+/// a key past the prefix, and a cursor before the prefix starts at the prefix.
+#[test]
+fn a_listing_continues_after_the_key_it_is_given() {
+    let mut state = StateMachine::new();
+    for (index, key) in ["user/3", "user/1", "users", "user/2", "usea", "user0", "v"].iter().enumerate() {
+        state.apply(index as u64 + 1, &Command::put(*key, "x"));
+    }
+    let keys = |prefix: &[u8], after: &[u8], limit| {
+        state.list(prefix, Some(after), limit).map(|(key, _)| key.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(b"user/", b"user/1", 10), vec!["user/2", "user/3"]);
+    assert_eq!(keys(b"user/", b"user/1", 1), vec!["user/2"]);
+    assert_eq!(keys(b"user/", b"user/10", 10), vec!["user/2", "user/3"], "a cursor between keys");
+    assert_eq!(keys(b"user/", b"user/3", 10), Vec::<Bytes>::new(), "after the last key");
+    assert_eq!(keys(b"user/", b"a", 2), vec!["user/1", "user/2"], "a cursor before the prefix");
+    assert_eq!(keys(b"user/", b"z", 2), Vec::<Bytes>::new(), "a cursor past the prefix");
+    assert_eq!(keys(b"", b"user0", 10), vec!["users", "v"]);
 }
 
 #[test]
@@ -225,12 +354,58 @@ fn snapshot_of_an_empty_machine_is_the_header_and_an_empty_cluster_record() {
 fn a_version_1_snapshot_still_loads_with_an_empty_cluster_record() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("k", "v"));
-    let mut bytes = snapshot_bytes(&state);
-    bytes.truncate(bytes.len() - 16);
-    bytes[0] = 1;
+    let bytes = old_snapshot_bytes(&state, 1);
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert_eq!(loaded, state);
     assert_eq!(loaded.cluster().id(), 0);
+}
+
+/// Formats 1 and 2 hold one revision a key: it loads as a key created by its last write
+/// (`create_revision = mod_revision`, `version = 1`), the documented approximation.
+#[test]
+fn version_1_and_2_snapshots_load_each_key_as_created_at_its_last_write() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::Bootstrap { cluster_id: 0xc1, members: vec![(7, "a:1".into())] });
+    state.apply(2, &Command::put("a", "1"));
+    state.apply(3, &Command::put("a", "2"));
+    state.apply(4, &Command::put("b", "x"));
+    assert_eq!(revisions_of(&state, "a"), Some((2, 3, 2)));
+    for format_version in [1, 2] {
+        let loaded = StateMachine::load_snapshot(&old_snapshot_bytes(&state, format_version)).unwrap();
+        assert_eq!(revisions_of(&loaded, "a"), Some((3, 3, 1)), "format {format_version}");
+        assert_eq!(revisions_of(&loaded, "b"), Some((4, 4, 1)), "format {format_version}");
+        assert_eq!(value_of(&loaded, "a"), value_of(&state, "a"));
+        assert_eq!(loaded.applied_index(), 4);
+        assert_eq!(loaded.cluster().id(), if format_version == 2 { 0xc1 } else { 0 });
+        let mut loaded = loaded;
+        loaded.apply(5, &Command::put("a", "3"));
+        assert_eq!(revisions_of(&loaded, "a"), Some((3, 5, 2)));
+    }
+}
+
+/// Revisions that break `Value`'s rules are refused at the record's revisions, naming
+/// the rule.
+#[test]
+fn a_snapshot_whose_revisions_break_the_rules_is_refused_naming_the_rule() {
+    let mut state = StateMachine::new();
+    state.apply(4, &Command::put("k", "v"));
+    let bytes = snapshot_bytes(&state);
+    // The record starts at 17: u32 length, "k", then the revisions at 22, 30 and 38.
+    let with = |create: u64, modified: u64, version: u64| {
+        let mut bytes = bytes.clone();
+        bytes[22..30].copy_from_slice(&create.to_le_bytes());
+        bytes[30..38].copy_from_slice(&modified.to_le_bytes());
+        bytes[38..46].copy_from_slice(&version.to_le_bytes());
+        StateMachine::load_snapshot(&bytes)
+    };
+    assert_eq!(with(4, 4, 1).unwrap(), state);
+    let refused = |reason| Err(DecodeError::Invalid { offset: 22, reason });
+    assert_eq!(with(0, 4, 1), refused("create_revision is 0"));
+    assert_eq!(with(5, 4, 1), refused("create_revision above mod_revision"));
+    assert_eq!(with(1, 4, 0), refused("version is 0"));
+    assert_eq!(with(2, 4, 4), refused("version above the revisions since creation"));
+    assert_eq!(with(2, 4, 1), refused("version 1 but mod_revision and create_revision differ"));
+    assert_eq!(with(1, 5, 1), refused("mod_revision outside 1..=applied index"));
 }
 
 #[test]
@@ -272,23 +447,23 @@ fn snapshot_with_unsorted_keys_is_rejected_at_the_second_key() {
     state.apply(1, &Command::put("a", ""));
     state.apply(2, &Command::put("b", ""));
     let mut bytes = snapshot_bytes(&state);
-    // Records start at 17; each is 4 + 1 + 8 + 4 bytes here. Rename "b" to "a".
-    bytes[17 + 17 + 4] = b'a';
+    // Records start at 17; each is 4 + 1 + 24 + 4 bytes here. Rename "b" to "a".
+    bytes[17 + 33 + 4] = b'a';
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        Err(DecodeError::Invalid { offset: 34, reason: "keys not strictly increasing" })
+        Err(DecodeError::Invalid { offset: 50, reason: "keys not strictly increasing" })
     );
 }
 
 #[test]
-fn snapshot_with_a_version_beyond_the_applied_index_is_rejected() {
+fn snapshot_with_a_mod_revision_beyond_the_applied_index_is_rejected() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("a", ""));
     let mut bytes = snapshot_bytes(&state);
-    bytes[1] = 0; // applied index 0 < version 1
+    bytes[1] = 0; // applied index 0 < mod_revision 1
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        Err(DecodeError::Invalid { offset: 22, reason: "version outside 1..=applied index" })
+        Err(DecodeError::Invalid { offset: 22, reason: "mod_revision outside 1..=applied index" })
     );
 }
 
@@ -390,13 +565,28 @@ fn arb_command() -> impl Strategy<Value = Command> {
     ]
 }
 
-/// The model: a hash map, with conditions spelled out case by case.
+/// A key in the model: its value, `create_revision`, `mod_revision` and `version`.
+type ModelValue = (Bytes, u64, u64, u64);
+
+/// The model: a hash map, with conditions and revisions spelled out case by case.
 #[derive(Default)]
 struct Model {
-    map: HashMap<Bytes, (Bytes, u64)>,
+    map: HashMap<Bytes, ModelValue>,
 }
 
 impl Model {
+    /// A write of `value` at `index`: created, or the next version of what is there.
+    fn write(&mut self, index: u64, key: &Bytes, value: &Bytes) {
+        let next = match self.map.get(key) {
+            None => (value.clone(), index, index, 1),
+            Some(&(_, create, modified, version)) if modified == index => {
+                (value.clone(), create, index, version)
+            }
+            Some(&(_, create, _, version)) => (value.clone(), create, index, version + 1),
+        };
+        self.map.insert(key.clone(), next);
+    }
+
     fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
             // The model is of the keys; the cluster record has its own tests.
@@ -404,40 +594,40 @@ impl Model {
                 unreachable!("arb_command makes no cluster commands")
             }
             Command::Put { key, value, condition } => {
-                let current = self.map.get(key).map(|(_, version)| *version);
+                let current = self.map.get(key).map(|&(_, _, modified, _)| modified);
                 let allowed = match (condition, current) {
                     (Condition::None, _) => true,
                     (Condition::Absent, None) => true,
                     (Condition::Absent, Some(_)) => false,
-                    (Condition::VersionEquals(expected), Some(version)) => *expected == version,
+                    (Condition::VersionEquals(expected), Some(modified)) => *expected == modified,
                     (Condition::VersionEquals(_), None) => false,
                 };
                 if !allowed {
-                    return Outcome::PreconditionFailed { current_version: current };
+                    return Outcome::PreconditionFailed { current_mod_revision: current };
                 }
-                self.map.insert(key.clone(), (value.clone(), index));
-                Outcome::Written { version: index, created: current.is_none() }
+                self.write(index, key, value);
+                Outcome::Written { revision: index, created: current.is_none() }
             }
             Command::Delete { key, condition } => {
-                let current = self.map.get(key).map(|(_, version)| *version);
+                let current = self.map.get(key).map(|&(_, _, modified, _)| modified);
                 match (condition, current) {
                     (Condition::None, None) | (Condition::Absent, None) => Outcome::NotFound,
-                    (Condition::None, Some(version)) => {
+                    (Condition::None, Some(modified)) => {
                         self.map.remove(key);
-                        Outcome::Deleted { previous_version: version }
+                        Outcome::Deleted { previous_mod_revision: modified }
                     }
-                    (Condition::VersionEquals(expected), Some(version)) if *expected == version => {
+                    (Condition::VersionEquals(expected), Some(modified)) if *expected == modified => {
                         self.map.remove(key);
-                        Outcome::Deleted { previous_version: version }
+                        Outcome::Deleted { previous_mod_revision: modified }
                     }
-                    _ => Outcome::PreconditionFailed { current_version: current },
+                    _ => Outcome::PreconditionFailed { current_mod_revision: current },
                 }
             }
             Command::Import { pairs } => {
                 for (key, value) in pairs {
-                    self.map.insert(key.clone(), (value.clone(), index));
+                    self.write(index, key, value);
                 }
-                Outcome::Imported { count: pairs.len(), version: index }
+                Outcome::Imported { count: pairs.len(), revision: index }
             }
             Command::HashCheck => Outcome::HashCheck,
         }
@@ -467,22 +657,38 @@ fn applied(history: &[(u64, Command)]) -> StateMachine {
 
 proptest! {
     #[test]
-    fn state_machine_agrees_with_the_model(history in arb_history(), prefix in arb_key(), limit in 0usize..6) {
+    fn state_machine_agrees_with_the_model(
+        history in arb_history(),
+        prefix in arb_key(),
+        after in prop::option::of(arb_key()),
+        limit in 0usize..6,
+    ) {
         let mut state = StateMachine::new();
         let mut model = Model::default();
         for (index, command) in &history {
             prop_assert_eq!(state.apply(*index, command), model.apply(*index, command));
         }
         prop_assert_eq!(state.len(), model.map.len());
-        for (key, (value, version)) in &model.map {
-            prop_assert_eq!(state.get(key), Some(&Value { data: value.clone(), version: *version }));
+        for (key, (value, create_revision, mod_revision, version)) in &model.map {
+            let expected = Value {
+                data: value.clone(),
+                create_revision: *create_revision,
+                mod_revision: *mod_revision,
+                version: *version,
+            };
+            prop_assert_eq!(state.get(key), Some(&expected));
+            prop_assert_eq!(expected.broken_invariant(), None);
         }
-        let payload: usize = model.map.iter().map(|(key, (value, _))| key.len() + value.len()).sum();
+        let payload: usize = model.map.iter().map(|(key, (value, ..))| key.len() + value.len()).sum();
         prop_assert_eq!(state.approximate_bytes(), payload as u64 + PER_KEY_OVERHEAD_BYTES * state.len() as u64);
-        let mut expected: Vec<&Bytes> = model.map.keys().filter(|key| key.starts_with(&prefix)).collect();
+        let mut expected: Vec<&Bytes> = model
+            .map
+            .keys()
+            .filter(|key| key.starts_with(&prefix) && after.as_ref().is_none_or(|after| *key > after))
+            .collect();
         expected.sort();
         expected.truncate(limit);
-        let listed: Vec<&Bytes> = state.list(&prefix, limit).map(|(key, _)| key).collect();
+        let listed: Vec<&Bytes> = state.list(&prefix, after.as_deref(), limit).map(|(key, _)| key).collect();
         prop_assert_eq!(listed, expected);
     }
 

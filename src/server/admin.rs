@@ -143,7 +143,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
                     let applied = api.write(import_command(std::mem::take(&mut chunk))).await?;
                     chunk_bytes = 0;
                     match applied.outcome {
-                        Outcome::Imported { version: v, .. } => version = v,
+                        Outcome::Imported { revision, .. } => version = revision,
                         other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
                     }
                 }

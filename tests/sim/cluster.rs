@@ -523,12 +523,14 @@ pub struct Sim {
     pub rejoins_started: u64,
 }
 
-/// A hash of a state machine's contents (keys, values and versions).
+/// A hash of a state machine's contents (keys, values and each key's three revisions).
 fn kv_hash(kv: &StateMachine) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
     for (key, value) in kv.iter() {
-        for byte in key.iter().chain(value.data.iter()).chain(value.version.to_le_bytes().iter()) {
-            hash ^= u64::from(*byte);
+        let revisions = [value.create_revision, value.mod_revision, value.version];
+        let revisions = revisions.iter().flat_map(|revision| revision.to_le_bytes());
+        for byte in key.iter().copied().chain(value.data.iter().copied()).chain(revisions) {
+            hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
         hash = hash.rotate_left(17);

@@ -28,7 +28,7 @@ pub enum ApiError {
         limit: usize,
     },
     /// The client did not send its whole body in time.
-    #[error("the request body did not arrive within {0:?}")]
+    #[error("the request body did not arrive within {}", duration_text(*.0))]
     BodyTimeout(Duration),
     /// No such key.
     #[error("key not found")]
@@ -40,9 +40,9 @@ pub enum ApiError {
     #[error("method not allowed; allowed: {0}")]
     MethodNotAllowed(&'static str),
     /// If-Match / If-None-Match did not hold.
-    #[error("precondition failed (current version: {current:?})")]
+    #[error("{}", precondition_text(*current))]
     PreconditionFailed {
-        /// The key's version, if it exists.
+        /// The key's `mod_revision` (its ETag), if it exists.
         current: Option<u64>,
     },
     /// A peer request without the right cluster secret.
@@ -57,9 +57,17 @@ pub enum ApiError {
     /// apply a conditional write twice.
     #[error("{0}; the write may or may not have been applied")]
     OutcomeUnknown(String),
-    /// The request waited its whole budget.
-    #[error("timed out after {0:?} waiting for {1}; the write may or may not have been applied")]
+    /// A write waited its whole budget: it may have been proposed, so its outcome is
+    /// unknown.
+    #[error(
+        "timed out after {} waiting for {}; the write may or may not have been applied",
+        duration_text(*.0),
+        .1
+    )]
     Timeout(Duration, &'static str),
+    /// A read waited its whole budget; it changed nothing and may be retried.
+    #[error("timed out after {} waiting for {}; nothing was changed: retry", duration_text(*.0), .1)]
+    ReadTimeout(Duration, &'static str),
     /// Not the leader, on a route that only the leader serves (admin step-down).
     #[error("not the leader (leader: {0})")]
     NotLeader(String),
@@ -157,6 +165,7 @@ impl ApiError {
             ApiError::Unavailable(_)
             | ApiError::OutcomeUnknown(_)
             | ApiError::Timeout(..)
+            | ApiError::ReadTimeout(..)
             | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -182,7 +191,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
-            ApiError::Timeout(..) => "timeout",
+            ApiError::Timeout(..) | ApiError::ReadTimeout(..) => "timeout",
             ApiError::NotLeader(_) => "not_leader",
             ApiError::Storage(_) => "storage",
             ApiError::QuotaExceeded(_) => "quota",
@@ -254,7 +263,10 @@ impl ApiError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match &self {
-            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Timeout(..) => {
+            ApiError::Unavailable(_)
+            | ApiError::OutcomeUnknown(_)
+            | ApiError::Timeout(..)
+            | ApiError::ReadTimeout(..) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::MethodNotAllowed(allowed) => {
@@ -277,9 +289,56 @@ impl ApiError {
     }
 }
 
+/// A duration as a user reads it: `5 s`, `250 ms`, `1.5 s`.
+fn duration_text(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", duration.as_secs_f64())
+    }
+}
+
+/// Why a conditional write was refused, with the key's current ETag.
+fn precondition_text(current_mod_revision: Option<u64>) -> String {
+    match current_mod_revision {
+        Some(revision) => format!(
+            "the condition did not hold: the key's mod_revision (its ETag) is {revision}; nothing was changed"
+        ),
+        None => "the condition did not hold: the key does not exist; nothing was changed".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Messages are sentences for users: no `Some(..)`, no `Duration` debug output, and a
+    /// read that timed out says nothing of a write.
+    #[test]
+    fn error_messages_read_as_sentences_without_debug_output() {
+        let precondition = ApiError::PreconditionFailed { current: Some(4) }.to_string();
+        assert_eq!(
+            precondition,
+            "the condition did not hold: the key's mod_revision (its ETag) is 4; nothing was changed"
+        );
+        let absent = ApiError::PreconditionFailed { current: None }.to_string();
+        assert_eq!(absent, "the condition did not hold: the key does not exist; nothing was changed");
+        let read = ApiError::ReadTimeout(Duration::from_secs(5), "a leader to confirm the read").to_string();
+        assert_eq!(
+            read,
+            "timed out after 5 s waiting for a leader to confirm the read; nothing was changed: retry"
+        );
+        let write = ApiError::Timeout(Duration::from_millis(1500), "the write to commit").to_string();
+        assert_eq!(write, "timed out after 1.5 s waiting for the write to commit; the write may or may not have been applied");
+        let body = ApiError::BodyTimeout(Duration::from_millis(250)).to_string();
+        assert_eq!(body, "the request body did not arrive within 250 ms");
+        for message in [precondition, absent, read, write, body] {
+            assert!(!message.contains("Some(") && !message.contains("None"), "{message}");
+        }
+    }
 
     #[test]
     fn unavailable_answers_503_with_retry_after() {

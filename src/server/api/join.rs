@@ -119,7 +119,7 @@ pub(crate) async fn probe(
     request: &Request<Incoming>,
     query: &str,
 ) -> Result<HttpResponse, ApiError> {
-    allow(request.method(), &[Method::GET], "GET")?;
+    allow(request.method(), &[Method::GET], "GET, HEAD")?;
     api.check_secret(request.headers())?;
     let asker = query_field(query, "asker")?
         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(|text| u64::from_str_radix(text, 16).ok()))

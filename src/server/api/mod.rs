@@ -8,12 +8,23 @@
 //! for peers only, `POST /raft/stream` (upgraded to the peer stream),
 //! `POST /raft/messages`, `POST /raft/propose`, `POST /raft/members`,
 //! `GET /raft/hash` (a member's state hash, see `check`), and `GET /raft/cluster` and
-//! `POST /raft/join` (see `join`).
+//! `POST /raft/join` (see `join`). `HEAD` is served on every `GET` route: the same
+//! answer without its body.
 //!
 //! With TLS, what the connection's certificate proved (`tls::Identity`) is checked
 //! first: peer routes need a peer's certificate, client routes a client's when
 //! `--client-ca` says so (`tls` explains the split), and every peer request must speak
 //! for a member its certificate names (`Api::check_speaks_for`).
+//!
+//! Revisions: every answer to a key read or write, on the `/v1` routes and the
+//! original's alike, has `X-Mmapd-Revision` ([`REVISION_HEADER`]): for a read the
+//! store's revision it read (the applied index), for a write or a delete the revision
+//! it created (its log index), and for a conditional write that was refused, or a
+//! delete of a missing key, the revision it was decided at. Revisions are log indexes:
+//! they increase but have gaps. On one node, linearizable answers never go back; a
+//! `?consistency=stale` read on a lagging follower can be behind what another node
+//! answered. The original's routes keep their bodies and status codes; only the header
+//! is new there.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +45,7 @@ use crate::raft::{NodeId, Role};
 pub mod check;
 pub mod error;
 pub mod join;
+pub mod key_json;
 pub mod members;
 
 use crate::server::auth::{Access, Auth, Need};
@@ -49,9 +61,19 @@ use error::ApiError;
 
 /// The most bytes a peer batch may carry (snapshots included).
 const MAX_PEER_BODY_BYTES: usize = 1 << 30;
-/// The default and largest number of keys a listing returns.
-const DEFAULT_LIST_LIMIT: usize = 100;
-const MAX_LIST_LIMIT: usize = 10_000;
+/// The number of keys a listing page returns unless `limit` says otherwise.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// The most keys a listing page may return: a larger `limit` is refused with 400 (a
+/// client pages with `after` instead). Bounds the memory and time of one answer.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+const _: () = assert!(DEFAULT_LIST_LIMIT <= MAX_LIST_LIMIT);
+/// The store's revision a key read was at, or the revision a write created.
+pub const REVISION_HEADER: &str = "x-mmapd-revision";
+/// On `GET /v1/kv/<key>`: the key's `create_revision` (its `mod_revision` is the ETag).
+pub const CREATE_REVISION_HEADER: &str = "x-mmapd-create-revision";
+/// On `GET /v1/kv/<key>`: the key's `version`, the number of writes since its creation.
+/// (Not `x-mmapd-version`: that is the release a peer runs, `peer::VERSION_HEADER`.)
+pub const KEY_VERSION_HEADER: &str = "x-mmapd-key-version";
 /// The most writes this node forwards to the leader at once: each holds a connection
 /// (a descriptor) to it until the leader answers. More wait for a turn, within their
 /// request timeout.
@@ -114,10 +136,27 @@ pub async fn serve(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
     api.node.shared.metrics.http_requests.inc();
-    Ok(match route(&api, &connection, request).await {
+    // HEAD is GET without the body: routed as GET, then the body is dropped here and its
+    // length kept in Content-Length.
+    let head = request.method() == Method::HEAD;
+    let mut request = request;
+    if head {
+        *request.method_mut() = Method::GET;
+    }
+    let response = match route(&api, &connection, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    })
+    };
+    Ok(if head { without_body(response) } else { response })
+}
+
+/// The answer to a HEAD request: `response`'s status and headers, its body's length in
+/// Content-Length, and no body.
+fn without_body(response: HttpResponse) -> HttpResponse {
+    let (mut parts, body) = response.into_parts();
+    let length = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 async fn route(
@@ -146,16 +185,21 @@ async fn route(
         })?;
         api.check_value(&value)?;
         let value = Bytes::from(value);
-        api.write(Command::Put { key, value: value.clone(), condition: Condition::None }).await?;
-        return Ok(text(StatusCode::OK, value));
+        let applied =
+            api.write(Command::Put { key, value: value.clone(), condition: Condition::None }).await?;
+        return Ok(with_revision(text(StatusCode::OK, value), applied.index));
     }
     if let Some(raw_key) = path.strip_prefix("/get/") {
-        allow(&method, &[Method::GET], "GET")?;
+        allow(&method, &[Method::GET], "GET, HEAD")?;
         let key = api.decode_key(raw_key)?;
         api.authorize(request.headers(), Need::Key(&key, Access::Read))?;
         api.read_barrier(&query).await?;
-        let value = api.node.shared.kv.read().expect("kv lock").get(&key).map(|v| v.data.clone());
-        return value.map(|v| text(StatusCode::OK, v)).ok_or(ApiError::NotFound);
+        let (value, revision) = api.read_key(&key);
+        let response = match value {
+            Some(value) => text(StatusCode::OK, value.data),
+            None => ApiError::NotFound.into_response(),
+        };
+        return Ok(with_revision(response, revision));
     }
     if let Some(raw_key) = path.strip_prefix("/v1/kv/") {
         let key = api.decode_key(raw_key)?;
@@ -183,27 +227,27 @@ async fn route(
     }
     match path.as_str() {
         "/v1/kv" | "/v1/kv/" => {
-            allow(&method, &[Method::GET], "GET")?;
+            allow(&method, &[Method::GET], "GET, HEAD")?;
             let prefix = query_field(&query, "prefix")?.unwrap_or_default();
             api.authorize(request.headers(), Need::Prefix(&prefix, Access::Read))?;
             api.kv_list(&query).await
         }
         "/status" | "/v1/status" => {
-            allow(&method, &[Method::GET], "GET")?;
+            allow(&method, &[Method::GET], "GET, HEAD")?;
             Ok(json(StatusCode::OK, api.status_json()))
         }
         "/health" => {
-            allow(&method, &[Method::GET], "GET")?;
+            allow(&method, &[Method::GET], "GET, HEAD")?;
             api.health()
         }
         "/metrics" => {
-            allow(&method, &[Method::GET], "GET")?;
+            allow(&method, &[Method::GET], "GET, HEAD")?;
             Ok(api.metrics())
         }
         join::CLUSTER_PATH => join::probe(api, connection, &request, &query).await,
         join::JOIN_PATH => join::join(api, connection, request).await,
         members::PATH => {
-            allow(&method, &[Method::GET], "GET")?;
+            allow(&method, &[Method::GET], "GET, HEAD")?;
             // `?local=1`: this node's own view, asking nobody (what a follower asks the leader).
             let ask_leader = query_field(&query, "local")?.as_deref() != Some(b"1");
             Ok(json(StatusCode::OK, members::list(api, ask_leader).await))
@@ -452,7 +496,7 @@ impl Api {
             }
         }
         match tokio::time::timeout(self.request_timeout, self.node.read_barrier()).await {
-            Err(_) => Err(ApiError::Timeout(self.request_timeout, "a leader to confirm the read")),
+            Err(_) => Err(ApiError::ReadTimeout(self.request_timeout, "a leader to confirm the read")),
             Ok(Err(NodeError::NotLeader(leader))) => Err(ApiError::NotLeader(
                 leader.map_or_else(|| "none known".to_owned(), |id| self.node.shared.name(id)),
             )),
@@ -545,28 +589,40 @@ impl Api {
         Err(leader_refusal(status, &value, address, self.request_timeout))
     }
 
+    /// The key's value and the store's revision it was read at, under one lock.
+    fn read_key(&self, key: &[u8]) -> (Option<crate::kv::Value>, u64) {
+        let kv = self.node.shared.kv.read().expect("kv lock");
+        (kv.get(key).cloned(), kv.revision())
+    }
+
     async fn kv_get(&self, key: Bytes, query: &str) -> Result<HttpResponse, ApiError> {
         self.read_barrier(query).await?;
-        let value =
-            self.node.shared.kv.read().expect("kv lock").get(&key).cloned().ok_or(ApiError::NotFound)?;
+        let (value, revision) = self.read_key(&key);
+        let Some(value) = value else {
+            return Ok(with_revision(ApiError::NotFound.into_response(), revision));
+        };
         let mut response = Response::new(Full::new(value.data));
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        response.headers_mut().insert(ETAG, etag(value.version));
-        Ok(response)
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(ETAG, etag(value.mod_revision));
+        headers.insert(CREATE_REVISION_HEADER, HeaderValue::from(value.create_revision));
+        headers.insert(KEY_VERSION_HEADER, HeaderValue::from(value.version));
+        Ok(with_revision(response, revision))
     }
 
     async fn kv_put(&self, key: Bytes, value: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
         let applied = self.write(Command::Put { key, value, condition }).await?;
         match applied.outcome {
-            Outcome::Written { version, created } => {
+            Outcome::Written { revision, created } => {
                 let status = if created { StatusCode::CREATED } else { StatusCode::OK };
                 let mut response =
-                    json(status, serde_json::json!({ "version": version, "created": created }));
-                response.headers_mut().insert(ETAG, etag(version));
-                Ok(response)
+                    json(status, serde_json::json!({ "revision": revision, "created": created }));
+                response.headers_mut().insert(ETAG, etag(revision));
+                Ok(with_revision(response, revision))
             }
-            Outcome::PreconditionFailed { current_version } => {
-                Err(ApiError::PreconditionFailed { current: current_version })
+            Outcome::PreconditionFailed { current_mod_revision } => {
+                let refused = ApiError::PreconditionFailed { current: current_mod_revision };
+                Ok(with_revision(refused.into_response(), applied.index))
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
@@ -574,50 +630,48 @@ impl Api {
 
     async fn kv_delete(&self, key: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
         let applied = self.write(Command::Delete { key, condition }).await?;
-        match applied.outcome {
-            Outcome::Deleted { previous_version } => Ok(json(
+        let response = match applied.outcome {
+            Outcome::Deleted { previous_mod_revision } => json(
                 StatusCode::OK,
-                serde_json::json!({ "deleted": true, "previous_version": previous_version, "index": applied.index }),
-            )),
-            Outcome::NotFound => Err(ApiError::NotFound),
-            Outcome::PreconditionFailed { current_version } => {
-                Err(ApiError::PreconditionFailed { current: current_version })
+                serde_json::json!({
+                    "deleted": true,
+                    "revision": applied.index,
+                    "previous_mod_revision": previous_mod_revision,
+                }),
+            ),
+            Outcome::NotFound => ApiError::NotFound.into_response(),
+            Outcome::PreconditionFailed { current_mod_revision } => {
+                ApiError::PreconditionFailed { current: current_mod_revision }.into_response()
             }
-            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
-        }
+            other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        Ok(with_revision(response, applied.index))
     }
 
+    /// `GET /v1/kv?prefix=P&after=K&limit=N`: a page of the keys under `P` after `K`
+    /// (exclusive), `N` of them at most (`DEFAULT_LIST_LIMIT`, at most `MAX_LIST_LIMIT`),
+    /// read at one revision: `{"items": [...], "more": bool, "revision": R}`. `more`
+    /// says whether keys under `P` follow the last item: the next page is `after=` it.
     async fn kv_list(&self, query: &str) -> Result<HttpResponse, ApiError> {
         let prefix = query_field(query, "prefix")?.unwrap_or_default();
-        let limit = match query_field(query, "limit")? {
-            None => DEFAULT_LIST_LIMIT,
-            Some(raw) => std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|s| s.parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| ApiError::BadRequest("limit must be a positive integer".into()))?
-                .min(MAX_LIST_LIMIT),
-        };
+        let after = query_field(query, "after")?;
+        let limit = list_limit(query_field(query, "limit")?.as_deref())?;
         self.read_barrier(query).await?;
         // An O(1) copy: the list is built without holding the lock the driver applies under.
         let kv = self.node.shared.kv.read().expect("kv lock").clone();
         let mut items = Vec::new();
         let mut more = false;
-        for (key, value) in kv.list(&prefix, limit + 1) {
+        for (key, value) in kv.list(&prefix, after.as_deref(), limit + 1) {
             if items.len() == limit {
                 more = true;
                 break;
             }
-            let mut item =
-                serde_json::json!({ "key": String::from_utf8_lossy(key), "version": value.version });
-            match std::str::from_utf8(&value.data) {
-                Ok(text) => item["value"] = text.into(),
-                Err(_) => item["value_hex"] = hex(&value.data).into(),
-            }
-            items.push(item);
+            items.push(key_json::key_json(key, value));
         }
+        let revision = kv.revision();
         drop(kv);
-        Ok(json(StatusCode::OK, serde_json::json!({ "items": items, "more": more })))
+        let body = serde_json::json!({ "items": items, "more": more, "revision": revision });
+        Ok(with_revision(json(StatusCode::OK, body), revision))
     }
 
     fn address_of(&self, id: Option<NodeId>) -> serde_json::Value {
@@ -792,7 +846,9 @@ fn leader_refusal(
 /// Maps the driver's errors to API errors.
 pub(crate) fn node_error(error: NodeError) -> ApiError {
     match error {
-        NodeError::NotLeader(leader) => ApiError::NotLeader(format!("{leader:?}")),
+        NodeError::NotLeader(leader) => {
+            ApiError::NotLeader(leader.map_or_else(|| "none known".to_owned(), |id| format!("{id:016x}")))
+        }
         NodeError::NoLeader => ApiError::Unavailable("no leader known".into()),
         NodeError::Dropped => {
             ApiError::Unavailable("leadership changed before the write committed; it was not applied".into())
@@ -858,8 +914,32 @@ fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
     }
 }
 
-fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
+/// A listing's `limit`: `DEFAULT_LIST_LIMIT` when absent; refused unless a positive
+/// integer of at most `MAX_LIST_LIMIT` (never cut silently: the client would take a
+/// short page for the end).
+fn list_limit(raw: Option<&[u8]>) -> Result<usize, ApiError> {
+    let Some(raw) = raw else { return Ok(DEFAULT_LIST_LIMIT) };
+    let limit = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .filter(|&limit| limit > 0)
+        .ok_or_else(|| ApiError::BadRequest("limit must be a positive integer".into()))?;
+    if limit > MAX_LIST_LIMIT as u64 {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is more than a page may hold ({MAX_LIST_LIMIT} keys); page with `after=<the last key>`"
+        )));
+    }
+    Ok(limit as usize)
+}
+
+fn etag(mod_revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{mod_revision}\"")).expect("digits are a valid header")
+}
+
+/// `response` with `X-Mmapd-Revision: revision`.
+fn with_revision(mut response: HttpResponse, revision: u64) -> HttpResponse {
+    response.headers_mut().insert(REVISION_HEADER, HeaderValue::from(revision));
+    response
 }
 
 fn text(status: StatusCode, body: Bytes) -> HttpResponse {
@@ -874,10 +954,6 @@ fn json(status: StatusCode, value: serde_json::Value) -> HttpResponse {
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Strict percent-decoding: `%` must be followed by two hex digits.
@@ -939,20 +1015,23 @@ fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
     Ok(None)
 }
 
+/// The leader's answer to a forwarded write. Its field names are those of earlier
+/// releases (`version` for what is now the revision or `mod_revision`), so that nodes of
+/// either release understand each other during a rolling upgrade.
 fn applied_to_json(applied: &Applied) -> serde_json::Value {
     let outcome = match applied.outcome {
-        Outcome::Written { version, created } => {
-            serde_json::json!({ "written": { "version": version, "created": created } })
+        Outcome::Written { revision, created } => {
+            serde_json::json!({ "written": { "version": revision, "created": created } })
         }
-        Outcome::Deleted { previous_version } => {
-            serde_json::json!({ "deleted": { "previous_version": previous_version } })
+        Outcome::Deleted { previous_mod_revision } => {
+            serde_json::json!({ "deleted": { "previous_version": previous_mod_revision } })
         }
-        Outcome::PreconditionFailed { current_version } => {
-            serde_json::json!({ "precondition_failed": { "current_version": current_version } })
+        Outcome::PreconditionFailed { current_mod_revision } => {
+            serde_json::json!({ "precondition_failed": { "current_version": current_mod_revision } })
         }
         Outcome::NotFound => serde_json::json!("not_found"),
-        Outcome::Imported { count, version } => {
-            serde_json::json!({ "imported": { "count": count, "version": version } })
+        Outcome::Imported { count, revision } => {
+            serde_json::json!({ "imported": { "count": count, "version": revision } })
         }
         Outcome::Cluster { applied } => serde_json::json!({ "cluster": { "applied": applied } }),
         Outcome::HashCheck => serde_json::json!("hash_check"),
@@ -964,17 +1043,17 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
     let index = value["index"].as_u64()?;
     let outcome = &value["outcome"];
     let outcome = if let Some(w) = outcome.get("written") {
-        Outcome::Written { version: w["version"].as_u64()?, created: w["created"].as_bool()? }
+        Outcome::Written { revision: w["version"].as_u64()?, created: w["created"].as_bool()? }
     } else if let Some(d) = outcome.get("deleted") {
-        Outcome::Deleted { previous_version: d["previous_version"].as_u64()? }
+        Outcome::Deleted { previous_mod_revision: d["previous_version"].as_u64()? }
     } else if let Some(p) = outcome.get("precondition_failed") {
-        Outcome::PreconditionFailed { current_version: p["current_version"].as_u64() }
+        Outcome::PreconditionFailed { current_mod_revision: p["current_version"].as_u64() }
     } else if outcome == "not_found" {
         Outcome::NotFound
     } else if outcome == "hash_check" {
         Outcome::HashCheck
     } else if let Some(i) = outcome.get("imported") {
-        Outcome::Imported { count: i["count"].as_u64()? as usize, version: i["version"].as_u64()? }
+        Outcome::Imported { count: i["count"].as_u64()? as usize, revision: i["version"].as_u64()? }
     } else if let Some(c) = outcome.get("cluster") {
         Outcome::Cluster { applied: c["applied"].as_bool()? }
     } else {
@@ -1035,12 +1114,12 @@ mod tests {
     #[test]
     fn outcomes_survive_the_forwarding_encoding() {
         let outcomes = [
-            Outcome::Written { version: 7, created: true },
-            Outcome::Deleted { previous_version: 3 },
-            Outcome::PreconditionFailed { current_version: Some(4) },
-            Outcome::PreconditionFailed { current_version: None },
+            Outcome::Written { revision: 7, created: true },
+            Outcome::Deleted { previous_mod_revision: 3 },
+            Outcome::PreconditionFailed { current_mod_revision: Some(4) },
+            Outcome::PreconditionFailed { current_mod_revision: None },
             Outcome::NotFound,
-            Outcome::Imported { count: 10, version: 9 },
+            Outcome::Imported { count: 10, revision: 9 },
             Outcome::Cluster { applied: true },
             Outcome::Cluster { applied: false },
             Outcome::HashCheck,

@@ -74,6 +74,23 @@ pub enum NodeError {
     Unsupported(super::version::Unsupported),
 }
 
+impl std::fmt::Display for NodeError {
+    /// A sentence for users (these end up in HTTP error bodies).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::NotLeader(Some(leader)) => write!(f, "this node is not the leader ({leader:016x} is)"),
+            NodeError::NotLeader(None) => write!(f, "this node is not the leader, and no leader is known"),
+            NodeError::NoLeader => write!(f, "no leader is known"),
+            NodeError::Dropped => write!(f, "another leader's entry replaced the write"),
+            NodeError::OutcomeUnknown(reason) | NodeError::Invalid(reason) => write!(f, "{reason}"),
+            NodeError::DiskFull(error) => write!(f, "the disk is full: {error}"),
+            NodeError::Storage(error) => write!(f, "storage error: {error}"),
+            NodeError::ShuttingDown => write!(f, "the node is shutting down"),
+            NodeError::Unsupported(unsupported) => write!(f, "{unsupported}"),
+        }
+    }
+}
+
 /// The answer to a committed proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -1484,7 +1501,7 @@ impl DriverCore {
     /// commit: their outcome is unknown, not failed.
     fn fail_waiting(&mut self, error: NodeError) {
         for (_, (_, token)) in std::mem::take(&mut self.proposals) {
-            let unknown = NodeError::OutcomeUnknown(format!("{error:?}; the write may still commit"));
+            let unknown = NodeError::OutcomeUnknown(format!("{error}; the write may still commit"));
             self.answer(token, Answer::Proposal(Err(unknown)));
         }
         for (_, token) in std::mem::take(&mut self.proposals_waiting_leader) {
