@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::kv::Command;
+use crate::kv::{Command, MemberChange};
 use crate::raft::NodeId;
 
 /// A release's version as members report it: what entry kinds and messages it knows.
@@ -81,6 +81,17 @@ pub fn feature_of(command: &Command) -> Option<Feature> {
         Command::Put { .. } | Command::Delete { .. } | Command::Import { .. } => None,
         Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => {
             Some(Feature::ClusterRecord)
+        }
+    }
+}
+
+/// The feature a membership change needs: the entry it becomes (a configuration entry,
+/// or a command of the cluster record).
+pub fn feature_of_change(change: &MemberChange) -> Feature {
+    match change {
+        MemberChange::UpdateAddress { .. } | MemberChange::Started { .. } => Feature::ClusterRecord,
+        MemberChange::AddLearner { .. } | MemberChange::Promote { .. } | MemberChange::Remove { .. } => {
+            Feature::MembershipChanges
         }
     }
 }
