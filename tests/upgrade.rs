@@ -12,7 +12,11 @@
 //! The order of the upgrade: the two followers first, one after the other; then the old
 //! leader hands its leadership to an upgraded node (`step-down`) and runs for a while as an
 //! old follower of a new leader; then it is upgraded last. Each node is stopped with
-//! SIGTERM (a leader transfers leadership first) and started again at once.
+//! SIGTERM (a leader transfers leadership first). Snapshots are taken every 200 entries,
+//! and twice a node stays down until the leader has compacted its log past it, so that
+//! it catches up only from a snapshot sent across releases: the first follower from the
+//! old leader, and the old node (restarted on the old binary, as after a crash) from the
+//! new leader.
 //!
 //! The data directories of v0.1.0 name nodes by a hash of their address and the cluster by
 //! a hash of `--peers`; this release keeps those identities for such a directory (the
@@ -48,6 +52,13 @@ const MAX_WRITE_GAP: Duration = Duration::from_secs(10);
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keys per list prefix: below the list route's limit (10,000), so one list reads them all.
 const KEYS_PER_BUCKET: u64 = 4000;
+/// Entries applied between snapshots (a flag both releases take): small, so that every
+/// phase takes several.
+const SNAPSHOT_ENTRIES: &str = "200";
+/// How far past a stopped follower's last index (read just before it stopped) the
+/// leader's log must start for the follower to need a snapshot: far more than the
+/// entries that reach it in the milliseconds it takes to stop.
+const COMPACTION_MARGIN: u64 = 100;
 /// The fewest writes each writer must have acknowledged while the old leader follows a
 /// new one, and after the whole upgrade.
 const WRITES_PER_PHASE: usize = 50;
@@ -164,6 +175,9 @@ fn start_cluster(program: &Path) -> Cluster {
                 let mut args = vec!["--port", &port_text, "--peers", &peers];
                 args.extend(["--data-dir", data_dir.to_str().unwrap()]);
                 args.extend(FAST_TIMINGS);
+                // Snapshots often: the old release writes some that this one loads, and
+                // a lagging follower needs one sent.
+                args.extend(["--snapshot-entries", SNAPSHOT_ENTRIES]);
                 let mut node = Daemon::new(dir.path(), port, &args);
                 node.set_program(program);
                 node
@@ -207,11 +221,9 @@ fn wait_caught_up(cluster: &Cluster, node: usize) {
 /// Stops `node` gracefully (SIGTERM: a leader transfers its leadership first) and starts
 /// this build's binary on the same data directory, port and peers; waits until it is
 /// caught up.
-fn upgrade(cluster: &mut Cluster, node: usize) {
+fn upgrade(cluster: &mut Cluster, node: usize, catch_up: CatchUp) {
     let port = cluster.port(node);
-    cluster.nodes[node].signal(Signal::SIGTERM);
-    let exit = cluster.nodes[node].wait_exit(STEP_TIMEOUT);
-    assert!(exit.success(), "the old node {port} did not stop cleanly on SIGTERM: {exit}");
+    stop(cluster, node, catch_up);
     cluster.nodes[node].set_program(Path::new(MMAPD));
     if let Err(error) = cluster.nodes[node].start() {
         panic!("this release did not start on the previous release's data directory: {error}");
@@ -219,6 +231,39 @@ fn upgrade(cluster: &mut Cluster, node: usize) {
     wait_caught_up(cluster, node);
     let version = status(port).and_then(|s| s["version"].as_u64());
     assert_eq!(version, Some(THIS_VERSION), "node {port} does not run this release");
+    if catch_up == CatchUp::BySnapshot {
+        let log = cluster.nodes[node].log_text();
+        assert!(log.contains("installed a snapshot from the leader"), "no snapshot installed:\n{log}");
+    }
+}
+
+/// How a restarted node catches up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CatchUp {
+    /// From the leader's log (it restarts at once).
+    ByEntries,
+    /// Only from the leader's snapshot: it stays down until the leader's log starts
+    /// after its own end (as after a crash or a reboot under load).
+    BySnapshot,
+}
+
+/// Stops `node` gracefully (SIGTERM: a leader transfers its leadership first); with
+/// `BySnapshot`, returns only once the leader's log starts past the node's end, with a
+/// margin for what reached it in the milliseconds it took to stop.
+fn stop(cluster: &mut Cluster, node: usize, catch_up: CatchUp) {
+    let port = cluster.port(node);
+    let last = status(port).and_then(|s| status_index(&s, "last index"));
+    let last = last.unwrap_or_else(|| panic!("no /status on {port}"));
+    cluster.nodes[node].signal(Signal::SIGTERM);
+    let exit = cluster.nodes[node].wait_exit(STEP_TIMEOUT);
+    assert!(exit.success(), "node {port} did not stop cleanly on SIGTERM: {exit}");
+    if catch_up == CatchUp::BySnapshot {
+        wait_for(STEP_TIMEOUT, &format!("the leader to compact its log past node {port}'s end"), || {
+            let leader = cluster.agreed_leader()?;
+            let first = status_index(&cluster.nodes[leader].status()?, "first index")?;
+            (first > last + COMPACTION_MARGIN).then_some(())
+        });
+    }
 }
 
 fn admin_socket(cluster: &Cluster, node: usize) -> PathBuf {
@@ -443,8 +488,10 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
     // 1. The followers, one at a time.
     let old_leader = cluster.wait_for_leader(STEP_TIMEOUT);
     let followers = cluster.others(old_leader);
-    for &follower in &followers {
-        upgrade(&mut cluster, follower);
+    // The first catches up from the old leader's snapshot (v0.1.0's encoding), the
+    // second from its log.
+    for (&follower, catch_up) in followers.iter().zip([CatchUp::BySnapshot, CatchUp::ByEntries]) {
+        upgrade(&mut cluster, follower, catch_up);
         load.wait_for_more_writes(WRITES_PER_PHASE);
         // An old member (the leader) reports no version: the cluster runs version 1, and a
         // change through the upgraded follower is refused before it is forwarded.
@@ -471,6 +518,11 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
             (response.status == 200).then(|| assert_eq!(response.text(), write.value))
         });
     }
+    // ...and, the old follower down (a crash, a reboot) until the new leader compacted
+    // its log past it, a snapshot it reads.
+    stop(&mut cluster, old_leader, CatchUp::BySnapshot);
+    cluster.nodes[old_leader].start().unwrap_or_else(|e| panic!("the old release did not restart: {e}"));
+    wait_caught_up(&cluster, old_leader);
     // ...and proposes nothing it would not understand: no membership change, and no
     // cluster record (the feature is off in /status).
     let leader_status = status(cluster.port(new_leader)).unwrap();
@@ -482,7 +534,7 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
     assert_membership_change_refused(&cluster, new_leader, &spare);
 
     // 3. The last node.
-    upgrade(&mut cluster, old_leader);
+    upgrade(&mut cluster, old_leader, CatchUp::ByEntries);
     wait_for_cluster_version(&cluster, THIS_VERSION);
     load.wait_for_more_writes(WRITES_PER_PHASE);
 

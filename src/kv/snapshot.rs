@@ -5,7 +5,7 @@
 //!
 //! | offset | size | field                                            |
 //! |--------|------|--------------------------------------------------|
-//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (2; 1 still loads) |
+//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (2), or 1 (written while the cluster record is empty; see `write_snapshot`) |
 //! | 1      | 8    | applied index                                    |
 //! | 9      | 8    | key count                                        |
 //! | 17     | ...  | `count` records, keys in strictly increasing byte order |
@@ -40,9 +40,20 @@ const _: () = assert!(MIN_RECORD_BYTES == 16);
 impl StateMachine {
     /// Writes the snapshot payload (see the module doc) to `out` and returns the bytes
     /// written. Buffers internally, so `out` may be an unbuffered file.
+    ///
+    /// The format is the oldest that holds the state: version 1 while the cluster record
+    /// is empty (a cluster before its bootstrap record, which includes one upgraded from
+    /// v0.1.0 while a member still runs it: the record waits for every member), so that
+    /// such a member can load a snapshot sent to it during a rolling upgrade; version 2
+    /// otherwise. Version 1 loads back with an empty record: nothing is lost.
     pub fn write_snapshot(&self, out: &mut impl Write) -> io::Result<u64> {
         let mut out = BufWriter::with_capacity(1 << 16, out);
-        out.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
+        let cluster = self.encoded_cluster();
+        out.write_all(&[if cluster.is_some() {
+            SNAPSHOT_FORMAT_VERSION
+        } else {
+            SNAPSHOT_FORMAT_VERSION_1
+        }])?;
         out.write_all(&self.applied_index().to_le_bytes())?;
         out.write_all(&(self.len() as u64).to_le_bytes())?;
         let mut written = HEADER_BYTES as u64;
@@ -54,21 +65,31 @@ impl StateMachine {
             out.write_all(&value.data)?;
             written += (MIN_RECORD_BYTES + key.len() + value.data.len()) as u64;
         }
-        let mut cluster = Vec::new();
-        self.cluster().encode(&mut cluster);
-        out.write_all(&cluster)?;
-        written += cluster.len() as u64;
+        if let Some(cluster) = cluster {
+            out.write_all(&cluster)?;
+            written += cluster.len() as u64;
+        }
         out.flush()?;
         Ok(written)
     }
 
     /// The length of `write_snapshot`'s output, exactly, in O(1).
     pub fn snapshot_len(&self) -> usize {
+        let cluster = self.encoded_cluster().map_or(0, |cluster| cluster.len());
+        let records = self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
+        let bytes = HEADER_BYTES as u64 + records + cluster as u64;
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The cluster record as a version-2 snapshot ends with it; `None` while it is empty
+    /// (a version-1 snapshot, which loads with an empty record).
+    fn encoded_cluster(&self) -> Option<Vec<u8>> {
+        if *self.cluster() == Cluster::default() {
+            return None;
+        }
         let mut cluster = Vec::new();
         self.cluster().encode(&mut cluster);
-        let records = self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
-        let bytes = HEADER_BYTES as u64 + records + cluster.len() as u64;
-        usize::try_from(bytes).unwrap_or(usize::MAX)
+        Some(cluster)
     }
 
     /// Loads a snapshot payload, copying each key and value into its own allocation: the

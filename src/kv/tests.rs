@@ -214,23 +214,48 @@ fn snapshot_round_trip_equals_the_map() {
 }
 
 #[test]
-fn snapshot_of_an_empty_machine_is_the_header_and_an_empty_cluster_record() {
+fn snapshot_of_an_empty_machine_is_the_header_alone() {
     let bytes = snapshot_bytes(&StateMachine::new());
-    assert_eq!(bytes.len(), 17 + 16);
+    assert_eq!(bytes.len(), 17);
     assert_eq!(bytes.len(), StateMachine::new().snapshot_len());
     assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), StateMachine::new());
 }
 
+/// A state without a cluster record (before the bootstrap record; during a rolling
+/// upgrade from v0.1.0 it waits for every member) is written in v0.1.0's format,
+/// version 1, byte for byte, so a member still running it loads the snapshot a new
+/// leader sends it.
 #[test]
-fn a_version_1_snapshot_still_loads_with_an_empty_cluster_record() {
+fn a_snapshot_without_a_cluster_record_is_written_in_version_1_for_older_members() {
     let mut state = StateMachine::new();
-    state.apply(1, &Command::put("k", "v"));
-    let mut bytes = snapshot_bytes(&state);
-    bytes.truncate(bytes.len() - 16);
-    bytes[0] = 1;
+    state.apply(3, &Command::put("k", "v"));
+    let bytes = snapshot_bytes(&state);
+    let mut expected = vec![1u8];
+    expected.extend_from_slice(&3u64.to_le_bytes());
+    expected.extend_from_slice(&1u64.to_le_bytes());
+    expected.extend_from_slice(&1u32.to_le_bytes());
+    expected.extend_from_slice(b"k");
+    expected.extend_from_slice(&3u64.to_le_bytes());
+    expected.extend_from_slice(&1u32.to_le_bytes());
+    expected.extend_from_slice(b"v");
+    assert_eq!(bytes, expected);
+    assert_eq!(bytes.len(), state.snapshot_len());
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert_eq!(loaded, state);
     assert_eq!(loaded.cluster().id(), 0);
+}
+
+/// Builds of this release before it wrote version 2 with an empty record: still loads.
+#[test]
+fn a_version_2_snapshot_with_an_empty_cluster_record_still_loads() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("k", "v"));
+    let mut bytes = snapshot_bytes(&state);
+    bytes[0] = 2;
+    let mut empty = Vec::new();
+    state.cluster().encode(&mut empty);
+    bytes.extend_from_slice(&empty);
+    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), state);
 }
 
 #[test]
@@ -254,6 +279,7 @@ fn the_cluster_record_survives_a_snapshot_and_is_applied_once() {
     assert_eq!(state.apply(6, &started), Outcome::Cluster { applied: true });
     assert_eq!(state.apply(7, &Command::MemberStarted { id: 1 }), Outcome::Cluster { applied: false });
     let bytes = snapshot_bytes(&state);
+    assert_eq!(bytes[0], SNAPSHOT_FORMAT_VERSION);
     assert_eq!(bytes.len(), state.snapshot_len());
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert_eq!(loaded, state);
@@ -298,8 +324,8 @@ fn snapshot_with_a_huge_count_is_rejected_before_allocating() {
     bytes[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        // What follows the header is the empty cluster record.
-        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 16 })
+        // Nothing follows the header (version 1: no cluster record).
+        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 0 })
     );
 }
 

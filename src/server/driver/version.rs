@@ -27,6 +27,7 @@ use std::collections::HashMap;
 
 use crate::kv::{Command, MemberChange};
 use crate::raft::NodeId;
+use crate::transport::codec::SnapshotEncoding;
 
 /// A release's version as members report it: what entry kinds and messages it knows.
 pub type Version = u32;
@@ -36,6 +37,19 @@ pub const THIS_VERSION: Version = 2;
 /// The oldest version a member may run: what a member that never reported runs.
 pub const OLDEST_VERSION: Version = 1;
 const _: () = assert!(OLDEST_VERSION <= THIS_VERSION);
+
+/// The first version that reads the checksummed `InstallSnapshot` (wire tags 10 and 11).
+pub const CHECKED_SNAPSHOTS_SINCE: Version = 2;
+
+/// How to encode a snapshot for a peer taken to run `version` (`MemberVersions::of`):
+/// unlike a feature, a per-peer choice of encoding, since each peer decodes its own.
+pub fn snapshot_encoding_for(version: Version) -> SnapshotEncoding {
+    if version >= CHECKED_SNAPSHOTS_SINCE {
+        SnapshotEncoding::Checked
+    } else {
+        SnapshotEncoding::Unchecked
+    }
+}
 
 /// Something the leader may only use once every member understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -254,6 +268,19 @@ mod tests {
         // A report below the floor does not lower it: the floor is proven by the data.
         versions.report(2, 1);
         assert_eq!(versions.of(2), THIS_VERSION);
+    }
+
+    #[test]
+    fn a_peer_that_never_reported_gets_snapshots_it_reads_and_a_reporting_one_checked_ones() {
+        let mut versions = MemberVersions::new(1, OLDEST_VERSION);
+        assert_eq!(snapshot_encoding_for(versions.of(2)), SnapshotEncoding::Unchecked);
+        versions.report(2, 2);
+        assert_eq!(snapshot_encoding_for(versions.of(2)), SnapshotEncoding::Checked);
+        // A data directory of this release proves every member runs it.
+        assert_eq!(
+            snapshot_encoding_for(MemberVersions::new(1, THIS_VERSION).of(2)),
+            SnapshotEncoding::Checked
+        );
     }
 
     #[test]
