@@ -61,7 +61,7 @@ const SNAPSHOT_ENTRIES: &str = "200";
 const COMPACTION_MARGIN: u64 = 100;
 /// The fewest writes each writer must have acknowledged while the old leader follows a
 /// new one, and after the whole upgrade.
-const WRITES_PER_PHASE: usize = 50;
+const WRITES_PER_PHASE: usize = 200;
 
 // ---------------------------------------------------------------- the previous release
 
@@ -460,6 +460,32 @@ fn assert_every_acked_write_on(port: u16, acked: &[Vec<Acked>]) {
     }
 }
 
+/// The identity the previous release wrote in `node`'s data directory: (cluster id,
+/// node id), at offsets 16 and 24 of the `identity` file, little-endian (docs/format.md;
+/// read as bytes, since the running node holds the directory's lock).
+fn identity_file(cluster: &Cluster, node: usize) -> (u64, u64) {
+    let path = cluster.dir.path().join(format!("node-{}", cluster.port(node))).join("identity");
+    let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"MMAPDIDN", "{}", path.display());
+    let u64_at = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap());
+    (u64_at(16), u64_at(24))
+}
+
+/// What either release logs when a peer sends it something it does not read: v0.1.0
+/// for an entry (it skips it: its replica would differ) or a message it refuses, this
+/// release for a batch a peer refused.
+const INCOMPATIBLE: [&str; 3] = ["does not decode", "refused peer message", "unknown message kind"];
+
+/// No node, on either release, met something from a peer it did not read.
+fn assert_no_incompatibility(cluster: &Cluster) {
+    for node in &cluster.nodes {
+        let log = node.log_text();
+        if let Some(line) = log.lines().find(|line| INCOMPATIBLE.iter().any(|text| line.contains(text))) {
+            panic!("node {} met something of the other release it does not read: {line}", node.port);
+        }
+    }
+}
+
 /// Waits until every running node's /status shows cluster version `version`.
 fn wait_for_cluster_version(cluster: &Cluster, version: u64) {
     for node in &cluster.nodes {
@@ -478,6 +504,7 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
     let began = Instant::now();
     let mut cluster = start_cluster(&previous);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let identities: Vec<(u64, u64)> = (0..3).map(|node| identity_file(&cluster, node)).collect();
     // An address for membership changes that nobody listens on: refused anyway while
     // mixed; the learner that joins at the end listens there.
     let spare_port = free_ports(1)[0];
@@ -518,13 +545,9 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
             (response.status == 200).then(|| assert_eq!(response.text(), write.value))
         });
     }
-    // ...and, the old follower down (a crash, a reboot) until the new leader compacted
-    // its log past it, a snapshot it reads.
-    stop(&mut cluster, old_leader, CatchUp::BySnapshot);
-    cluster.nodes[old_leader].start().unwrap_or_else(|e| panic!("the old release did not restart: {e}"));
-    wait_caught_up(&cluster, old_leader);
-    // ...and proposes nothing it would not understand: no membership change, and no
-    // cluster record (the feature is off in /status).
+    // ...and proposes nothing it would not understand: no membership change, no cluster
+    // record (the feature is off in /status, and /v1/members has no cluster id), and the
+    // old follower met nothing it does not read.
     let leader_status = status(cluster.port(new_leader)).unwrap();
     assert_eq!(leader_status["cluster_version"], 1, "{leader_status}");
     assert_eq!(leader_status["features"]["cluster record"], false, "{leader_status}");
@@ -532,6 +555,14 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
         leader_status["member_versions"].as_array().unwrap().iter().find(|m| m["version"].is_null());
     assert_eq!(lagging.map(|m| &m["address"]), Some(&cluster.nodes[old_leader].address().into()));
     assert_membership_change_refused(&cluster, new_leader, &spare);
+    let members = get(cluster.port(new_leader), "/v1/members?local=1").json();
+    assert_eq!(members["cluster_id"], "0000000000000000", "a cluster record while mixed: {members}");
+    assert_no_incompatibility(&cluster);
+    // The old follower, down (a crash, a reboot) until the new leader compacted its log
+    // past it, catches up from a snapshot it reads.
+    stop(&mut cluster, old_leader, CatchUp::BySnapshot);
+    cluster.nodes[old_leader].start().unwrap_or_else(|e| panic!("the old release did not restart: {e}"));
+    wait_caught_up(&cluster, old_leader);
 
     // 3. The last node.
     upgrade(&mut cluster, old_leader, CatchUp::ByEntries);
@@ -558,6 +589,16 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
         assert_every_acked_write_on(port, &acked);
     }
 
+    // The identities v0.1.0 derived from the addresses are kept, and the cluster record
+    // the leader wrote once all were upgraded names the cluster the directories name.
+    for (node, &(cluster_id, node_id)) in identities.iter().enumerate() {
+        assert_eq!(identity_file(&cluster, node), (cluster_id, node_id), "node {}", ports[node]);
+        assert_eq!(status(ports[node]).unwrap()["node_id"], format!("{node_id:016x}"));
+        let members = get(ports[node], "/v1/members?local=1").json();
+        assert_eq!(members["cluster_id"], format!("{cluster_id:016x}"), "{members}");
+        assert_eq!(members["members"].as_array().map(Vec::len), Some(3), "{members}");
+    }
+
     // 4. Upgraded, the cluster takes membership changes: a node joins as a learner under
     // a fresh id and catches up.
     let join = cluster.nodes[0].address();
@@ -573,6 +614,8 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
     let listed = members["members"].as_array().expect("members");
     assert_eq!(listed.len(), 4, "{members}");
     assert_eq!(listed.iter().filter(|m| m["role"] == "learner").count(), 1, "{members}");
+    let learner_id = status(spare_port).unwrap()["node_id"].as_str().unwrap().to_owned();
+    assert!(identities.iter().all(|&(_, id)| format!("{id:016x}") != learner_id), "{members}");
     assert_every_acked_write_on(spare_port, &acked);
 
     // 5. An upgraded node restarts again from its migrated directory.
@@ -588,5 +631,6 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
             (get(port, "/v1/kv/after-upgrade").text() == "done").then_some(())
         });
     }
+    assert_no_incompatibility(&cluster);
     eprintln!("upgrade: done in {:?}", began.elapsed());
 }

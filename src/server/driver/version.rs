@@ -10,14 +10,23 @@
 //! were reported sends no header. A `Feature` is used only once the cluster version
 //! reaches the version that introduced it, so a member that would not understand an
 //! entry never receives one (it would skip it, and its replica would differ from the
-//! others': a rolling-upgrade test, not written yet, is to
-//! prove it).
+//! others'). Encodings are chosen per peer instead, since each peer decodes its own: a
+//! snapshot goes to a member taken to run version 1 in v0.1.0's encoding
+//! (`snapshot_encoding_for`).
+//!
+//! `tests/upgrade.rs` proves it against a build of v0.1.0: a 3-node cluster of it under
+//! client load is upgraded one node at a time (a follower catching up from the old
+//! leader's snapshot, an old follower from a new leader's), membership changes are
+//! refused with 503 `feature_unavailable` while a member runs v0.1.0 and no cluster
+//! record is written, then every node shows cluster version 2, every acknowledged write
+//! is read back from every node, and a node joins. A release that adds a version extends
+//! it (the previous release's commit, built the same way).
 //!
 //! Versions, one a release that changed what members must understand:
 //! - 1: v0.1.0 (commit e076101), before versions were reported;
 //! - 2: this release: the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands) and membership changes (configuration entries, learners,
-//!   joins).
+//!   joins), and the checksummed `InstallSnapshot` (wire tags 10 and 11).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
 //! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
