@@ -5,7 +5,7 @@
 //!
 //! | offset | size | field                                            |
 //! |--------|------|--------------------------------------------------|
-//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (3; 1 and 2 still load) |
+//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (3; 1 and 2 still load), or 1 (written while the cluster record is empty; see `write_snapshot`) |
 //! | 1      | 8    | applied index (the store's revision)             |
 //! | 9      | 8    | key count                                        |
 //! | 17     | ...  | `count` records, keys in strictly increasing byte order |
@@ -57,37 +57,64 @@ const _: () = assert!(MIN_RECORD_BYTES == 32 && MIN_OLD_RECORD_BYTES == 16);
 impl StateMachine {
     /// Writes the snapshot payload (see the module doc) to `out` and returns the bytes
     /// written. Buffers internally, so `out` may be an unbuffered file.
+    ///
+    /// The format is version 1 while the cluster record is empty (a cluster before its
+    /// bootstrap record, which includes one upgraded from v0.1.0 while a member still
+    /// runs it: the record waits for every member), so that such a member can load a
+    /// snapshot sent to it during a rolling upgrade; version 3 otherwise. Version 1 loads
+    /// back with an empty record and with the approximation of the module doc for
+    /// `create_revision` and `version` (such a cluster's keys came from v0.1.0, whose
+    /// snapshots had neither, so it holds the approximation already).
     pub fn write_snapshot(&self, out: &mut impl Write) -> io::Result<u64> {
         let mut out = BufWriter::with_capacity(1 << 16, out);
-        out.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
+        let cluster = self.encoded_cluster();
+        let full = cluster.is_some();
+        out.write_all(&[if full { SNAPSHOT_FORMAT_VERSION } else { SNAPSHOT_FORMAT_VERSION_1 }])?;
         out.write_all(&self.applied_index().to_le_bytes())?;
         out.write_all(&(self.len() as u64).to_le_bytes())?;
         let mut written = HEADER_BYTES as u64;
         for (key, value) in self.iter() {
             out.write_all(&record_len(key).to_le_bytes())?;
             out.write_all(key)?;
-            out.write_all(&value.create_revision.to_le_bytes())?;
-            out.write_all(&value.mod_revision.to_le_bytes())?;
-            out.write_all(&value.version.to_le_bytes())?;
+            if full {
+                out.write_all(&value.create_revision.to_le_bytes())?;
+                out.write_all(&value.mod_revision.to_le_bytes())?;
+                out.write_all(&value.version.to_le_bytes())?;
+            } else {
+                out.write_all(&value.mod_revision.to_le_bytes())?;
+            }
             out.write_all(&record_len(&value.data).to_le_bytes())?;
             out.write_all(&value.data)?;
-            written += (MIN_RECORD_BYTES + key.len() + value.data.len()) as u64;
+            let record = if full { MIN_RECORD_BYTES } else { MIN_OLD_RECORD_BYTES };
+            written += (record + key.len() + value.data.len()) as u64;
         }
-        let mut cluster = Vec::new();
-        self.cluster().encode(&mut cluster);
-        out.write_all(&cluster)?;
-        written += cluster.len() as u64;
+        if let Some(cluster) = cluster {
+            out.write_all(&cluster)?;
+            written += cluster.len() as u64;
+        }
         out.flush()?;
         Ok(written)
     }
 
     /// The length of `write_snapshot`'s output, exactly, in O(1).
     pub fn snapshot_len(&self) -> usize {
+        let cluster = self.encoded_cluster().map(|cluster| cluster.len());
+        let record = if cluster.is_some() { MIN_RECORD_BYTES } else { MIN_OLD_RECORD_BYTES };
+        let cluster = cluster.unwrap_or(0);
+        let records = self.len() as u64 * record as u64 + self.payload_bytes();
+        let bytes = HEADER_BYTES as u64 + records + cluster as u64;
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The cluster record as a version 2 or 3 snapshot ends with it; `None` while it is empty
+    /// (a version-1 snapshot, which loads with an empty record).
+    fn encoded_cluster(&self) -> Option<Vec<u8>> {
+        if *self.cluster() == Cluster::default() {
+            return None;
+        }
         let mut cluster = Vec::new();
         self.cluster().encode(&mut cluster);
-        let records = self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
-        let bytes = HEADER_BYTES as u64 + records + cluster.len() as u64;
-        usize::try_from(bytes).unwrap_or(usize::MAX)
+        Some(cluster)
     }
 
     /// Loads a snapshot payload, copying each key and value into its own allocation: the

@@ -133,18 +133,20 @@ fn an_import_creates_new_keys_updates_existing_ones_and_writes_a_repeated_key_on
 #[test]
 fn every_key_revision_survives_a_snapshot_round_trip() {
     let mut state = StateMachine::new();
-    state.apply(1, &Command::put("a", "1"));
-    state.apply(2, &Command::put("a", "2"));
-    state.apply(3, &Command::put("b", "1"));
-    state.apply(4, &Command::delete("b"));
-    state.apply(5, &Command::put("b", "2"));
-    state.apply(6, &Command::put("b", "3"));
+    // Version 3, which holds every revision, is written once the cluster has its record.
+    state.apply(1, &Command::Bootstrap { cluster_id: 0xc1, members: vec![(7, "a:1".into())] });
+    state.apply(2, &Command::put("a", "1"));
+    state.apply(3, &Command::put("a", "2"));
+    state.apply(4, &Command::put("b", "1"));
+    state.apply(5, &Command::delete("b"));
+    state.apply(6, &Command::put("b", "2"));
+    state.apply(7, &Command::put("b", "3"));
     let loaded = StateMachine::load_snapshot(&snapshot_bytes(&state)).unwrap();
-    assert_eq!(revisions_of(&loaded, "a"), Some((1, 2, 2)));
-    assert_eq!(revisions_of(&loaded, "b"), Some((5, 6, 2)));
+    assert_eq!(revisions_of(&loaded, "a"), Some((2, 3, 2)));
+    assert_eq!(revisions_of(&loaded, "b"), Some((6, 7, 2)));
     let mut loaded = loaded;
-    loaded.apply(7, &Command::put("a", "3"));
-    assert_eq!(revisions_of(&loaded, "a"), Some((1, 7, 3)), "the count goes on after a restore");
+    loaded.apply(8, &Command::put("a", "3"));
+    assert_eq!(revisions_of(&loaded, "a"), Some((2, 8, 3)), "the count goes on after a restore");
 }
 
 #[test]
@@ -343,18 +345,32 @@ fn snapshot_round_trip_equals_the_map() {
 }
 
 #[test]
-fn snapshot_of_an_empty_machine_is_the_header_and_an_empty_cluster_record() {
+fn snapshot_of_an_empty_machine_is_the_header_alone() {
     let bytes = snapshot_bytes(&StateMachine::new());
-    assert_eq!(bytes.len(), 17 + 16);
+    assert_eq!(bytes.len(), 17);
     assert_eq!(bytes.len(), StateMachine::new().snapshot_len());
     assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), StateMachine::new());
 }
 
+/// A state without a cluster record (before the bootstrap record; during a rolling
+/// upgrade from v0.1.0 it waits for every member) is written in v0.1.0's format,
+/// version 1, byte for byte, so a member still running it loads the snapshot a new
+/// leader sends it.
 #[test]
-fn a_version_1_snapshot_still_loads_with_an_empty_cluster_record() {
+fn a_snapshot_without_a_cluster_record_is_written_in_version_1_for_older_members() {
     let mut state = StateMachine::new();
-    state.apply(1, &Command::put("k", "v"));
-    let bytes = old_snapshot_bytes(&state, 1);
+    state.apply(3, &Command::put("k", "v"));
+    let bytes = snapshot_bytes(&state);
+    let mut expected = vec![1u8];
+    expected.extend_from_slice(&3u64.to_le_bytes());
+    expected.extend_from_slice(&1u64.to_le_bytes());
+    expected.extend_from_slice(&1u32.to_le_bytes());
+    expected.extend_from_slice(b"k");
+    expected.extend_from_slice(&3u64.to_le_bytes());
+    expected.extend_from_slice(&1u32.to_le_bytes());
+    expected.extend_from_slice(b"v");
+    assert_eq!(bytes, expected);
+    assert_eq!(bytes.len(), state.snapshot_len());
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert_eq!(loaded, state);
     assert_eq!(loaded.cluster().id(), 0);
@@ -388,6 +404,8 @@ fn version_1_and_2_snapshots_load_each_key_as_created_at_its_last_write() {
 #[test]
 fn a_snapshot_whose_revisions_break_the_rules_is_refused_naming_the_rule() {
     let mut state = StateMachine::new();
+    // Version 3 is written once the cluster has its record.
+    state.apply(3, &Command::Bootstrap { cluster_id: 0xc1, members: vec![(7, "a:1".into())] });
     state.apply(4, &Command::put("k", "v"));
     let bytes = snapshot_bytes(&state);
     // The record starts at 17: u32 length, "k", then the revisions at 22, 30 and 38.
@@ -406,6 +424,19 @@ fn a_snapshot_whose_revisions_break_the_rules_is_refused_naming_the_rule() {
     assert_eq!(with(2, 4, 4), refused("version above the revisions since creation"));
     assert_eq!(with(2, 4, 1), refused("version 1 but mod_revision and create_revision differ"));
     assert_eq!(with(1, 5, 1), refused("mod_revision outside 1..=applied index"));
+}
+
+/// Builds of this release before it wrote version 2 with an empty record: still loads.
+#[test]
+fn a_version_2_snapshot_with_an_empty_cluster_record_still_loads() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("k", "v"));
+    let mut bytes = snapshot_bytes(&state);
+    bytes[0] = 2;
+    let mut empty = Vec::new();
+    state.cluster().encode(&mut empty);
+    bytes.extend_from_slice(&empty);
+    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), state);
 }
 
 #[test]
@@ -429,6 +460,7 @@ fn the_cluster_record_survives_a_snapshot_and_is_applied_once() {
     assert_eq!(state.apply(6, &started), Outcome::Cluster { applied: true });
     assert_eq!(state.apply(7, &Command::MemberStarted { id: 1 }), Outcome::Cluster { applied: false });
     let bytes = snapshot_bytes(&state);
+    assert_eq!(bytes[0], SNAPSHOT_FORMAT_VERSION);
     assert_eq!(bytes.len(), state.snapshot_len());
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert_eq!(loaded, state);
@@ -447,11 +479,13 @@ fn snapshot_with_unsorted_keys_is_rejected_at_the_second_key() {
     state.apply(1, &Command::put("a", ""));
     state.apply(2, &Command::put("b", ""));
     let mut bytes = snapshot_bytes(&state);
-    // Records start at 17; each is 4 + 1 + 24 + 4 bytes here. Rename "b" to "a".
-    bytes[17 + 33 + 4] = b'a';
+    // Without a cluster record this is version 1: records start at 17; each is
+    // 4 + 1 + 8 + 4 bytes here. Rename "b" to "a".
+    assert_eq!(bytes[0], 1);
+    bytes[17 + 17 + 4] = b'a';
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        Err(DecodeError::Invalid { offset: 50, reason: "keys not strictly increasing" })
+        Err(DecodeError::Invalid { offset: 34, reason: "keys not strictly increasing" })
     );
 }
 
@@ -473,8 +507,8 @@ fn snapshot_with_a_huge_count_is_rejected_before_allocating() {
     bytes[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        // What follows the header is the empty cluster record.
-        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 16 })
+        // Nothing follows the header (version 1: no cluster record).
+        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 0 })
     );
 }
 
@@ -647,6 +681,16 @@ fn arb_history() -> impl Strategy<Value = Vec<(u64, Command)>> {
     })
 }
 
+/// `history` applied after a bootstrap record at index 1 (each index one later).
+fn recorded(history: &[(u64, Command)]) -> StateMachine {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::Bootstrap { cluster_id: 0xc1, members: vec![(7, "a:1".into())] });
+    for (index, command) in history {
+        state.apply(*index + 1, command);
+    }
+    state
+}
+
 fn applied(history: &[(u64, Command)]) -> StateMachine {
     let mut state = StateMachine::new();
     for (index, command) in history {
@@ -704,10 +748,26 @@ proptest! {
 
     #[test]
     fn snapshot_load_preserves_everything(history in arb_history()) {
-        let state = applied(&history);
+        // Version 3, with every revision, is written once the cluster has its record.
+        let state = recorded(&history);
         let bytes = snapshot_bytes(&state);
+        prop_assert_eq!(bytes[0], SNAPSHOT_FORMAT_VERSION);
         prop_assert_eq!(&StateMachine::load_snapshot(&bytes).unwrap(), &state);
         prop_assert_eq!(&StateMachine::load_snapshot_shared(&Bytes::from(bytes)).unwrap(), &state);
+    }
+
+    #[test]
+    fn a_snapshot_before_the_record_keeps_every_value_and_mod_revision(history in arb_history()) {
+        // Version 1 (for members of v0.1.0): values and mod_revisions exact, the other
+        // two revisions approximated as the module doc says.
+        let state = applied(&history);
+        let loaded = StateMachine::load_snapshot(&snapshot_bytes(&state)).unwrap();
+        let exact = |m: &StateMachine| -> Vec<(Bytes, Bytes, u64)> {
+            m.iter().map(|(k, v)| (k.clone(), v.data.clone(), v.mod_revision)).collect()
+        };
+        prop_assert_eq!(exact(&loaded), exact(&state));
+        prop_assert_eq!(loaded.applied_index(), state.applied_index());
+        prop_assert!(loaded.iter().all(|(_, v)| v.version == 1 && v.create_revision == v.mod_revision));
     }
 
     #[test]

@@ -499,8 +499,19 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         cluster_id,
     };
     let (removed_hint, removed_hints) = tokio::sync::mpsc::channel(1);
-    let outbox =
-        peer::transport::start(&peers, client.clone(), connector, credentials, peer_timeout, removed_hint);
+    let versions: peer::transport::PeerVersions = {
+        let shared = shared.clone();
+        Arc::new(move |peer| shared.version_of(peer))
+    };
+    let outbox = peer::transport::start(
+        &peers,
+        client.clone(),
+        connector,
+        credentials,
+        peer_timeout,
+        removed_hint,
+        versions,
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,

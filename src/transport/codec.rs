@@ -12,7 +12,9 @@
 //! An `InstallSnapshot` carries a CRC-32C of its metadata and data (kind tag 10), checked
 //! while decoding: a damaged snapshot is refused here, before the Raft core or the disk sees
 //! it. The unchecked form of earlier versions (tag 6) is still decoded, so that a rolling
-//! upgrade keeps working, but never sent. A snapshot whose configuration has learners
+//! upgrade keeps working, and sent only to a peer that runs such a version
+//! (`SnapshotEncoding::Unchecked`: the peer transport decides from the versions peers
+//! report). A snapshot whose configuration has learners
 //! travels as tag 11 (tag 10 with a learner list after the voters); one without learners
 //! still travels as tag 10, so builds that predate learners keep decoding it.
 
@@ -48,7 +50,8 @@ const TAG_APPEND_ENTRIES: u8 = 2;
 const TAG_APPEND_ENTRIES_RESPONSE: u8 = 3;
 const TAG_HEARTBEAT: u8 = 4;
 const TAG_HEARTBEAT_RESPONSE: u8 = 5;
-/// `InstallSnapshot` without a checksum, as earlier versions send it: decoded, never encoded.
+/// `InstallSnapshot` without a checksum, as earlier versions send it: decoded, and
+/// encoded only for a peer of such a version (`SnapshotEncoding::Unchecked`).
 const TAG_INSTALL_SNAPSHOT_UNCHECKED: u8 = 6;
 const TAG_TIMEOUT_NOW: u8 = 7;
 const TAG_READ_INDEX: u8 = 8;
@@ -168,28 +171,56 @@ impl From<Truncated> for CodecError {
     }
 }
 
-/// Appends the encoding of `messages` to `out`.
+/// How an `InstallSnapshot` is encoded: what the receiver's release reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotEncoding {
+    /// With a checksum (tags 10 and 11): this release and later ones.
+    #[default]
+    Checked,
+    /// Without one (tag 6), as v0.1.0 sends and reads it, for a peer that runs v0.1.0
+    /// during a rolling upgrade. A snapshot whose configuration has learners still
+    /// travels as tag 11: tag 6 cannot carry them, and no release before learners could
+    /// use them.
+    Unchecked,
+}
+
+/// Appends the encoding of `messages` to `out`, snapshots `Checked`.
 ///
 /// Panics if the batch breaks a limit (`MAX_MESSAGES_PER_BATCH`, `MAX_ENTRIES_PER_BATCH`,
 /// `MAX_VOTERS`) or a payload exceeds `u32::MAX` bytes: the sender must split batches, and
 /// a batch the receiver would reject is a bug.
 pub fn encode_batch(messages: &[Message], out: &mut Vec<u8>) {
+    encode_batch_with(messages, SnapshotEncoding::Checked, out);
+}
+
+/// `encode_batch`, with snapshots encoded as `snapshots` says.
+pub fn encode_batch_with(messages: &[Message], snapshots: SnapshotEncoding, out: &mut Vec<u8>) {
     let message_count = u32::try_from(messages.len()).ok().filter(|&count| count <= MAX_MESSAGES_PER_BATCH);
     let message_count = message_count
         .unwrap_or_else(|| panic!("codec: batch of {} messages exceeds the limit", messages.len()));
     let entry_count: u64 = messages.iter().map(|message| entries_of(message).len() as u64).sum();
     assert!(entry_count <= MAX_ENTRIES_PER_BATCH, "codec: batch of {entry_count} entries exceeds the limit");
-    out.reserve(encoded_len(messages));
+    out.reserve(encoded_len_with(messages, snapshots));
     out.push(WIRE_FORMAT_VERSION);
     put_u32(out, message_count);
     for message in messages {
-        encode_message(message, out);
+        encode_message(message, snapshots, out);
     }
 }
 
 /// The exact number of bytes `encode_batch` appends for `messages`.
 pub fn encoded_len(messages: &[Message]) -> usize {
-    BATCH_HEADER_BYTES + messages.iter().map(message_len).sum::<usize>()
+    encoded_len_with(messages, SnapshotEncoding::Checked)
+}
+
+/// The exact number of bytes `encode_batch_with` appends for `messages`.
+pub fn encoded_len_with(messages: &[Message], snapshots: SnapshotEncoding) -> usize {
+    BATCH_HEADER_BYTES + messages.iter().map(|message| message_len(message, snapshots)).sum::<usize>()
+}
+
+/// Whether a snapshot goes without a checksum (tag 6).
+fn unchecked(snapshot: &Snapshot, snapshots: SnapshotEncoding) -> bool {
+    snapshots == SnapshotEncoding::Unchecked && snapshot.meta.conf.learners.is_empty()
 }
 
 /// Decodes a batch. Payloads and snapshot data are slices of `data`.
@@ -210,7 +241,7 @@ fn entries_of(message: &Message) -> &[Entry] {
     }
 }
 
-fn message_len(message: &Message) -> usize {
+fn message_len(message: &Message, snapshots: SnapshotEncoding) -> usize {
     MESSAGE_HEADER_BYTES
         + match &message.body {
             MessageBody::RequestVote { .. } => 1 + 8 + 8,
@@ -227,7 +258,8 @@ fn message_len(message: &Message) -> usize {
             MessageBody::InstallSnapshot { snapshot } => {
                 let conf = &snapshot.meta.conf;
                 let learners = if conf.learners.is_empty() { 0 } else { 4 + 8 * conf.learners.len() };
-                8 + 8 + 4 + 8 * conf.voters.len() + learners + 8 + 4 + snapshot.data.len()
+                let checksum = if unchecked(snapshot, snapshots) { 0 } else { 4 };
+                8 + 8 + 4 + 8 * conf.voters.len() + learners + 8 + checksum + snapshot.data.len()
             }
             MessageBody::TimeoutNow => 0,
             MessageBody::ReadIndex { .. } => 8,
@@ -251,7 +283,7 @@ fn flag(set: bool, bit: u8) -> u8 {
     }
 }
 
-fn encode_message(message: &Message, out: &mut Vec<u8>) {
+fn encode_message(message: &Message, snapshots: SnapshotEncoding, out: &mut Vec<u8>) {
     put_u64(out, message.from);
     put_u64(out, message.to);
     put_u64(out, message.term);
@@ -298,7 +330,10 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
         }
         MessageBody::InstallSnapshot { snapshot } => {
             let learners = &snapshot.meta.conf.learners;
-            out.push(if learners.is_empty() {
+            let unchecked = unchecked(snapshot, snapshots);
+            out.push(if unchecked {
+                TAG_INSTALL_SNAPSHOT_UNCHECKED
+            } else if learners.is_empty() {
                 TAG_INSTALL_SNAPSHOT
             } else {
                 TAG_INSTALL_SNAPSHOT_WITH_LEARNERS
@@ -324,7 +359,9 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
                 }
             }
             put_u64(out, snapshot.data.len() as u64);
-            put_u32(out, snapshot_checksum(&out[start..], &snapshot.data));
+            if !unchecked {
+                put_u32(out, snapshot_checksum(&out[start..], &snapshot.data));
+            }
             out.extend_from_slice(&snapshot.data);
         }
         MessageBody::TimeoutNow => out.push(TAG_TIMEOUT_NOW),

@@ -181,6 +181,8 @@ pub struct Daemon {
     pub port: u16,
     /// The loopback address it listens on (127.0.0.1 unless `with_ip` says otherwise).
     pub ip: String,
+    /// The binary it runs: `MMAPD` unless `set_program` chose another (an older release).
+    program: PathBuf,
     /// The working directory the process runs in.
     pub cwd: PathBuf,
     args: Vec<OsString>,
@@ -197,6 +199,7 @@ impl Daemon {
         Daemon {
             port,
             ip: "127.0.0.1".into(),
+            program: PathBuf::from(MMAPD),
             cwd: cwd.to_owned(),
             args: args.iter().map(OsString::from).collect(),
             envs: vec![("RUST_LOG".into(), "info".into())],
@@ -218,6 +221,12 @@ impl Daemon {
         self
     }
 
+    /// Runs `program` instead of this build's `mmapd` from the next start on (the same
+    /// flags, port, directory and log): a binary of another release.
+    pub fn set_program(&mut self, program: &Path) {
+        self.program = program.to_owned();
+    }
+
     /// Runs the process with these descriptor limits (`ulimit -S -n`, `ulimit -H -n`).
     pub fn nofile_limit(mut self, soft: u64, hard: u64) -> Daemon {
         self.nofile_limit = Some((soft, hard));
@@ -229,12 +238,12 @@ impl Daemon {
         assert!(self.child.is_none(), "node {} is already running", self.port);
         let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
         let mut command = match self.nofile_limit {
-            None => Command::new(MMAPD),
+            None => Command::new(&self.program),
             // The shell sets the limits and execs mmapd in its place: same pid.
             Some((soft, hard)) => {
                 let mut shell = Command::new("sh");
                 let script = format!("ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" \"$@\"");
-                shell.args(["-c", &script, MMAPD]);
+                shell.arg("-c").arg(&script).arg(&self.program);
                 shell
             }
         };

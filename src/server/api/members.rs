@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::kv::{Cluster, MemberChange, MemberId, MemberRole, Outcome};
 use crate::raft::{NodeId, Role, Status};
 use crate::server::cli::member_address;
+use crate::server::driver::version::Feature;
 
 use super::error::ApiError;
 use super::Api;
@@ -195,6 +196,15 @@ impl MemberOp {
         matches!(self, MemberOp::Promote(MemberRef::Address(_)) | MemberOp::Remove(MemberRef::Address(_)))
     }
 
+    /// The feature the change needs: `version::feature_of_change` of the change it
+    /// becomes on the leader.
+    pub fn feature(&self) -> Feature {
+        match self {
+            MemberOp::Add { .. } | MemberOp::Promote(_) | MemberOp::Remove(_) => Feature::MembershipChanges,
+            MemberOp::Update { .. } => Feature::ClusterRecord,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             MemberOp::Add { .. } => "add",
@@ -251,6 +261,7 @@ fn leader(api: &Api) -> (Role, Option<NodeId>) {
 /// removed, and is refused; unpinned, it removed the replacement (chaos seed
 /// 1796202600002). Ids are never reused, so a stale record errs only towards a refusal.
 pub(crate) async fn change(api: &Api, op: MemberOp) -> Result<serde_json::Value, ApiError> {
+    check_feature(api, &op)?;
     let op = {
         let kv = api.node.shared.kv.read().expect("kv lock");
         op.pinned(kv.cluster())?
@@ -276,7 +287,21 @@ pub(crate) async fn change_from_peer(api: &Api, op: MemberOp) -> Result<serde_js
             "not the leader (any more); the change was not made: retry".into(),
         ));
     }
+    check_feature(api, &op)?;
     change_here(api, op).await
+}
+
+/// Refuses a change while some member runs a release that would not understand its
+/// entry (503 `feature_unavailable`, naming the members that lag), as this node last saw
+/// the members' versions. Asked before anything else: a follower would otherwise forward
+/// the change to a leader of an older release, which has no route for it (404), and a
+/// leader of this release would answer that the cluster record is not bootstrapped (it
+/// waits for the same members). The leader's core decides again when it proposes.
+fn check_feature(api: &Api, op: &MemberOp) -> Result<(), ApiError> {
+    api.node
+        .shared
+        .cluster_supports(op.feature())
+        .map_err(|unsupported| ApiError::FeatureUnavailable(unsupported.to_string()))
 }
 
 /// Makes the change on this node, the leader: waits for a read barrier (the leader has
@@ -591,6 +616,28 @@ mod tests {
         }
         assert!(MemberRef::parse("0000000000000000").unwrap_err().contains("never a member's"));
         assert!(parse_id("127.0.0.1:3001").is_err());
+    }
+
+    #[test]
+    fn a_change_needs_the_feature_of_the_entry_it_becomes() {
+        use crate::server::driver::version::feature_of_change;
+        let address = "127.0.0.1:3004".to_owned();
+        let pairs = [
+            (
+                MemberOp::Add { address: address.clone(), learner: true },
+                MemberChange::AddLearner { id: 7, address: address.clone(), promote_when_caught_up: false },
+            ),
+            (MemberOp::Promote(MemberRef::Id(7)), MemberChange::Promote { id: 7 }),
+            (MemberOp::Remove(MemberRef::Id(7)), MemberChange::Remove { id: 7 }),
+            (
+                MemberOp::Update { id: 7, address: address.clone() },
+                MemberChange::UpdateAddress { id: 7, address },
+            ),
+        ];
+        for (op, change) in pairs {
+            assert_eq!(op.feature(), feature_of_change(&change), "{op:?}");
+        }
+        assert_eq!(feature_of_change(&MemberChange::Started { id: 7 }), Feature::ClusterRecord);
         assert!(parse_id("000000000000000g").is_err());
     }
 

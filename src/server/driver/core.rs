@@ -36,7 +36,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use super::version::{feature_of, Feature, MemberVersions, Unsupported, Version};
+use super::version::{feature_of, feature_of_change, Feature, MemberVersions, Unsupported, Version};
 use crate::kv::{Command, MemberChange, Outcome, StateMachine};
 use crate::raft::{
     CompactError, ConfChange, ConfChangeError, ConfChangeKind, Entry, EntryKind, HardState, Message,
@@ -662,13 +662,7 @@ impl DriverCore {
             self.answer(token, Answer::Proposal(Err(NodeError::NotLeader(leader))));
             return;
         }
-        let feature = match change {
-            MemberChange::UpdateAddress { .. } | MemberChange::Started { .. } => Feature::ClusterRecord,
-            MemberChange::AddLearner { .. } | MemberChange::Promote { .. } | MemberChange::Remove { .. } => {
-                Feature::MembershipChanges
-            }
-        };
-        if let Err(unsupported) = self.cluster_supports(feature) {
+        if let Err(unsupported) = self.cluster_supports(feature_of_change(&change)) {
             self.answer(token, Answer::Proposal(Err(NodeError::Unsupported(unsupported))));
             return;
         }

@@ -113,6 +113,12 @@ impl Shared {
         }
     }
 
+    /// The version `id` is taken to run, as the driver saw it at its last tick (its
+    /// report, else the floor).
+    pub fn version_of(&self, id: NodeId) -> Version {
+        self.versions.lock().expect("versions lock").view.of(id)
+    }
+
     /// The cluster version as the driver saw it at its last tick.
     pub fn cluster_version(&self) -> Version {
         let versions = self.versions.lock().expect("versions lock");

@@ -10,15 +10,25 @@
 //! were reported sends no header. A `Feature` is used only once the cluster version
 //! reaches the version that introduced it, so a member that would not understand an
 //! entry never receives one (it would skip it, and its replica would differ from the
-//! others': a rolling-upgrade test, not written yet, is to
-//! prove it).
+//! others'). Encodings are chosen per peer instead, since each peer decodes its own: a
+//! snapshot goes to a member taken to run version 1 in v0.1.0's encoding
+//! (`snapshot_encoding_for`).
+//!
+//! `tests/upgrade.rs` proves it against a build of v0.1.0: a 3-node cluster of it under
+//! client load is upgraded one node at a time (a follower catching up from the old
+//! leader's snapshot, an old follower from a new leader's), membership changes are
+//! refused with 503 `feature_unavailable` while a member runs v0.1.0 and no cluster
+//! record is written, then every node shows cluster version 2, every acknowledged write
+//! is read back from every node, and a node joins. A release that adds a version extends
+//! it (the previous release's commit, built the same way).
 //!
 //! Versions, one a release that changed what members must understand:
 //! - 1: v0.1.0 (commit e076101), before versions were reported;
 //! - 2: the next release (v0.2.0, not tagged yet: every feature added before that tag
 //!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands), membership changes (configuration entries, learners,
-//!   joins) and the hash check (`HashCheck`).
+//!   joins), the hash check (`HashCheck`) and the checksummed `InstallSnapshot` (wire
+//!   tags 10 and 11).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
 //! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
@@ -26,8 +36,9 @@
 
 use std::collections::HashMap;
 
-use crate::kv::Command;
+use crate::kv::{Command, MemberChange};
 use crate::raft::NodeId;
+use crate::transport::codec::SnapshotEncoding;
 
 /// A release's version as members report it: what entry kinds and messages it knows.
 pub type Version = u32;
@@ -37,6 +48,19 @@ pub const THIS_VERSION: Version = 2;
 /// The oldest version a member may run: what a member that never reported runs.
 pub const OLDEST_VERSION: Version = 1;
 const _: () = assert!(OLDEST_VERSION <= THIS_VERSION);
+
+/// The first version that reads the checksummed `InstallSnapshot` (wire tags 10 and 11).
+pub const CHECKED_SNAPSHOTS_SINCE: Version = 2;
+
+/// How to encode a snapshot for a peer taken to run `version` (`MemberVersions::of`):
+/// unlike a feature, a per-peer choice of encoding, since each peer decodes its own.
+pub fn snapshot_encoding_for(version: Version) -> SnapshotEncoding {
+    if version >= CHECKED_SNAPSHOTS_SINCE {
+        SnapshotEncoding::Checked
+    } else {
+        SnapshotEncoding::Unchecked
+    }
+}
 
 /// Something the leader may only use once every member understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +112,17 @@ pub fn feature_of(command: &Command) -> Option<Feature> {
             Some(Feature::ClusterRecord)
         }
         Command::HashCheck => Some(Feature::HashCheck),
+    }
+}
+
+/// The feature a membership change needs: the entry it becomes (a configuration entry,
+/// or a command of the cluster record).
+pub fn feature_of_change(change: &MemberChange) -> Feature {
+    match change {
+        MemberChange::UpdateAddress { .. } | MemberChange::Started { .. } => Feature::ClusterRecord,
+        MemberChange::AddLearner { .. } | MemberChange::Promote { .. } | MemberChange::Remove { .. } => {
+            Feature::MembershipChanges
+        }
     }
 }
 
@@ -249,6 +284,19 @@ mod tests {
         // A report below the floor does not lower it: the floor is proven by the data.
         versions.report(2, 1);
         assert_eq!(versions.of(2), THIS_VERSION);
+    }
+
+    #[test]
+    fn a_peer_that_never_reported_gets_snapshots_it_reads_and_a_reporting_one_checked_ones() {
+        let mut versions = MemberVersions::new(1, OLDEST_VERSION);
+        assert_eq!(snapshot_encoding_for(versions.of(2)), SnapshotEncoding::Unchecked);
+        versions.report(2, 2);
+        assert_eq!(snapshot_encoding_for(versions.of(2)), SnapshotEncoding::Checked);
+        // A data directory of this release proves every member runs it.
+        assert_eq!(
+            snapshot_encoding_for(MemberVersions::new(1, THIS_VERSION).of(2)),
+            SnapshotEncoding::Checked
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::raft::{Message, MessageBody, NodeId};
-use crate::transport::codec::{decode_batch, encode_batch};
+use crate::server::driver::version::{snapshot_encoding_for, Version};
+use crate::transport::codec::{decode_batch, encode_batch_with};
 
 use super::connect::PeerConnector;
 use super::stream::{self as peer_stream, StreamError, StreamSender};
@@ -63,6 +64,10 @@ const PEER_QUEUE_BATCHES: usize = 4096;
 /// The most messages sent in one request.
 const MAX_BATCH_MESSAGES: usize = 8192;
 
+/// The version a peer is taken to run (`driver::shell::Shared::version_of`): what it
+/// decodes, where releases differ (a snapshot for v0.1.0 goes without a checksum).
+pub type PeerVersions = Arc<dyn Fn(NodeId) -> Version + Send + Sync>;
+
 /// The HTTP client used for peers, with keep-alive connections. Its URIs name the
 /// member as listed (`http://HOST:PORT/...`, also over TLS: the connector decides, and
 /// checks the peer's certificate against HOST).
@@ -85,6 +90,7 @@ pub struct Outbox {
     credentials: Credentials,
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
+    versions: PeerVersions,
 }
 
 /// One peer's queue, and the address its sender task reaches.
@@ -139,7 +145,7 @@ impl crate::server::driver::Outbox for Outbox {
         for (&id, address) in peers {
             if let std::collections::hash_map::Entry::Vacant(entry) = current.entry(id) {
                 tracing::info!(peer = %address, id = %format!("{id:016x}"), "peer sender started");
-                entry.insert(self.spawn_sender(address));
+                entry.insert(self.spawn_sender(id, address));
             }
         }
     }
@@ -168,15 +174,17 @@ impl Outbox {
             return false;
         }
         tracing::info!(peer = %address, id = %format!("{id:016x}"), "peer sender started for a node this node's member list does not name yet");
-        let mut queue = self.spawn_sender(address);
+        let mut queue = self.spawn_sender(id, address);
         queue.learned = true;
         current.insert(id, queue);
         true
     }
 
-    fn spawn_sender(&self, address: &str) -> PeerQueue {
+    fn spawn_sender(&self, id: NodeId, address: &str) -> PeerQueue {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         let sender = PeerSender {
+            id,
+            versions: self.versions.clone(),
             address: address.to_owned(),
             resolved: None,
             reachability: Reachability::Unknown,
@@ -200,6 +208,8 @@ impl Outbox {
 /// A peer that refuses our messages because it holds our removal sends the peer's
 /// address to `removed_hint`: one peer's word is not enough to stop (it could be
 /// wrong, or lie), so the receiver asks a majority (`joining::confirm_removal`).
+///
+/// `versions` says what each peer runs: a snapshot is encoded so that it decodes it.
 pub fn start(
     peers: &HashMap<NodeId, String>,
     client: PeerClient,
@@ -207,13 +217,19 @@ pub fn start(
     credentials: Credentials,
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
+    versions: PeerVersions,
 ) -> Outbox {
-    let outbox = Outbox { peers: Default::default(), client, connector, credentials, timeout, removed_hint };
+    let outbox =
+        Outbox { peers: Default::default(), client, connector, credentials, timeout, removed_hint, versions };
     crate::server::driver::Outbox::set_peers(&outbox, peers);
     outbox
 }
 
 struct PeerSender {
+    /// The peer's id.
+    id: NodeId,
+    /// What the peer runs, asked at each batch sent by POST (the only path snapshots take).
+    versions: PeerVersions,
     /// The member address, as configured: a host name is resolved at each connection.
     address: String,
     /// What `address` resolved to for the connection in use; None after a failure, so
@@ -407,7 +423,8 @@ impl PeerSender {
     /// Sends one batch as `POST /raft/messages` and waits for its `204`.
     async fn post(&self, uri: &hyper::Uri, batch: &[Message], timeout: Duration) -> Result<(), Failure> {
         let mut body = Vec::new();
-        encode_batch(batch, &mut body);
+        // A peer of v0.1.0 refuses a whole batch with a checksummed snapshot in it.
+        encode_batch_with(batch, snapshot_encoding_for((self.versions)(self.id)), &mut body);
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(uri.clone())

@@ -230,6 +230,35 @@ fn an_unchecked_snapshot_from_an_earlier_version_still_decodes() {
     assert_eq!(decode_batch(Bytes::from(legacy)), Ok(vec![message]));
 }
 
+/// A peer that runs v0.1.0 reads only tag 6 (it refuses the whole batch with "unknown
+/// message kind 10"): `Unchecked` sends it that layout, which this version decodes back.
+/// A configuration with learners still goes as tag 11: tag 6 would drop them.
+#[test]
+fn a_snapshot_for_an_earlier_version_is_sent_unchecked_in_its_layout() {
+    let message = install_snapshot(b"old peer");
+    let mut legacy = encode(std::slice::from_ref(&message)).to_vec();
+    legacy[29] = 6;
+    legacy.drain(SNAPSHOT_CHECKSUM_OFFSET..SNAPSHOT_DATA_OFFSET);
+    let batch = [message.clone(), Message { from: 1, to: 2, term: 3, body: MessageBody::TimeoutNow }];
+    let mut unchecked = Vec::new();
+    encode_batch_with(&batch[..1], SnapshotEncoding::Unchecked, &mut unchecked);
+    assert_eq!(unchecked, legacy);
+    let mut both = Vec::new();
+    encode_batch_with(&batch, SnapshotEncoding::Unchecked, &mut both);
+    assert_eq!(both.len(), encoded_len_with(&batch, SnapshotEncoding::Unchecked));
+    assert_eq!(decode_batch(Bytes::from(both)), Ok(batch.to_vec()));
+
+    let with_learners = install_snapshot_with_learners(vec![9]);
+    let mut out = Vec::new();
+    encode_batch_with(std::slice::from_ref(&with_learners), SnapshotEncoding::Unchecked, &mut out);
+    assert_eq!(out[29], 11, "kind tag");
+    assert_eq!(
+        out.len(),
+        encoded_len_with(std::slice::from_ref(&with_learners), SnapshotEncoding::Unchecked)
+    );
+    assert_eq!(decode_batch(Bytes::from(out)), Ok(vec![with_learners]));
+}
+
 #[test]
 fn unknown_version_and_message_tag_are_rejected_with_offsets() {
     let mut encoded = encode(&[Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow }]).to_vec();
@@ -430,6 +459,16 @@ proptest! {
     #[test]
     fn every_message_kind_round_trips(messages in prop::collection::vec(arb_message(), 0..6)) {
         prop_assert_eq!(decode_batch(encode(&messages)).unwrap(), messages);
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_encoded_for_an_earlier_version(
+        messages in prop::collection::vec(arb_message(), 0..6),
+    ) {
+        let mut out = Vec::new();
+        encode_batch_with(&messages, SnapshotEncoding::Unchecked, &mut out);
+        prop_assert_eq!(out.len(), encoded_len_with(&messages, SnapshotEncoding::Unchecked));
+        prop_assert_eq!(decode_batch(Bytes::from(out)).unwrap(), messages);
     }
 
     #[test]
