@@ -405,7 +405,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let Opened { descriptor_limit, settings, store, kv, snapshot, start } = opened;
     let listener = bind_tcp(settings.listen)
         .map_err(|error| ServerError::Bind { what: settings.listen.to_string(), error })?;
-    let reload = lifecycle::reload_on_hangup(settings.auth.clone())
+    let reload = lifecycle::reload_on_hangup(settings.auth.clone(), settings.tls.clone())
         .map_err(|error| ServerError::Driver(format!("cannot install the SIGHUP handler: {error}")))?;
     let reload = tokio::spawn(reload);
     let secret = settings.cluster_secret.clone().map(Arc::new);

@@ -84,6 +84,22 @@ impl Https {
         })
     }
 
+    /// The certificate the server at `ip:port` presents (DER), after a full handshake
+    /// (which checks it against this client's CA); Err when the handshake fails.
+    pub fn server_certificate(&self, ip: &str, port: u16) -> std::io::Result<Vec<u8>> {
+        let mut tcp = TcpStream::connect((ip, port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let name = ServerName::try_from(ip.to_owned()).map_err(std::io::Error::other)?;
+        let mut connection =
+            rustls::ClientConnection::new(self.config.clone(), name).map_err(std::io::Error::other)?;
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp)?;
+        }
+        let certificates = connection.peer_certificates().ok_or_else(|| std::io::Error::other("none"))?;
+        Ok(certificates[0].as_ref().to_vec())
+    }
+
     pub fn get(&self, ip: &str, port: u16, path: &str) -> std::io::Result<Response> {
         self.request(ip, port, "GET", path, &[], b"")
     }
