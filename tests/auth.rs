@@ -217,6 +217,13 @@ fn the_secret_and_the_tokens_never_appear_in_status_metrics_errors_or_logs() {
         (call(port, "GET", "/status", token, b"").json()["state"] == "leader").then_some(())
     });
     assert_eq!(call(port, "PUT", "/v1/kv/k", token, b"v").status, 201);
+    // `/status` says which protections are on, and never a value.
+    let status = call(port, "GET", "/status", token, b"").json();
+    assert_eq!(
+        status["tls"],
+        serde_json::json!({"enabled": false, "mutual": false, "client_ca": false, "accept_plain": false})
+    );
+    assert_eq!(status["auth"], serde_json::json!({"tokens": true, "cluster_secret": true}));
     let mut seen = vec![
         call(port, "GET", "/status", token, b"").text(),
         call(port, "GET", "/metrics", token, b"").text(),

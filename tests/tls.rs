@@ -196,6 +196,11 @@ struct TlsCluster {
 
 impl TlsCluster {
     fn start(dir: &std::path::Path, ca: &Ca, extra: &[&str]) -> TlsCluster {
+        TlsCluster::start_with(dir, ca, extra, Https::new(&ca.path, None))
+    }
+
+    /// `start`, asking the nodes with `https` (a client certificate, a token).
+    fn start_with(dir: &std::path::Path, ca: &Ca, extra: &[&str], https: Https) -> TlsCluster {
         let certificates: Vec<Issued> =
             CLUSTER_IPS.iter().enumerate().map(|(i, ip)| ca.issue(dir, &format!("node{i}"), &[ip])).collect();
         let mut last_error = String::new();
@@ -225,7 +230,7 @@ impl TlsCluster {
             nodes.iter_mut().for_each(Daemon::spawn);
             match nodes.iter_mut().try_for_each(Daemon::wait_started) {
                 Ok(()) => {
-                    let cluster = TlsCluster { nodes, certificates, https: Https::new(&ca.path, None) };
+                    let cluster = TlsCluster { nodes, certificates, https: https.clone() };
                     cluster.wait_for_leader();
                     return cluster;
                 }
@@ -924,4 +929,110 @@ fn a_cluster_moves_to_a_new_ca_by_sighup_without_a_restart() {
     }
     cluster.certificates = renewed;
     cluster.assert_no_key_in_logs();
+}
+
+// ---------------------------------------------------------------- secrets
+
+/// No secret leaves a node: not the cluster secret, a token or a line of a private
+/// key appears in `/status`, `/metrics`, `/v1/members`, an error answer (even one
+/// refusing a near miss of that very secret), a log (a refused reload's included), the
+/// command line or the environment; the flags that name secrets carry file paths.
+/// `/status` says which protections are on.
+#[test]
+fn no_secret_reaches_status_metrics_errors_logs_or_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let clients_ca = Ca::new(dir.path(), "clients-ca");
+    let secret_file = dir.path().join("cluster-secret");
+    write_private(&secret_file, "secret-5ec7e7-cluster\n");
+    let tokens = dir.path().join("tokens");
+    write_private(&tokens, "token-5ec7e7-ops write\n");
+    let app = clients_ca.issue(dir.path(), "app", &["app.example"]);
+    let https = Https::new(&ca.path, Some(&app)).with_token("token-5ec7e7-ops");
+    let args = [
+        "--cluster-secret-file",
+        secret_file.to_str().unwrap(),
+        "--auth-tokens",
+        tokens.to_str().unwrap(),
+        "--client-ca",
+        clients_ca.arg(),
+    ];
+    let cluster = TlsCluster::start_with(dir.path(), &ca, &args, https.clone());
+    for node in 0..3 {
+        let response =
+            https.put(cluster.ip(node), cluster.port(node), &format!("/v1/kv/k{node}"), b"v").unwrap();
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+    let status = https.status(cluster.ip(0), cluster.port(0)).unwrap();
+    assert_eq!(
+        status["tls"],
+        serde_json::json!({"enabled": true, "mutual": true, "client_ca": true, "accept_plain": false})
+    );
+    assert_eq!(status["auth"], serde_json::json!({"tokens": true, "cluster_secret": true}));
+
+    // A bad key on reload: its error is logged too.
+    let node0_key = std::fs::read_to_string(&cluster.certificates[0].key).unwrap();
+    write_private(&cluster.certificates[0].key, &node0_key.replace('\n', "\n!\n"));
+    hang_up_and_wait_for(&cluster.nodes[0], TLS_REFUSED);
+    write_private(&cluster.certificates[0].key, &node0_key);
+
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let near_misses =
+        [Https::new(&ca.path, Some(&app)).with_token("token-5ec7e7-opx"), Https::new(&ca.path, Some(&app))];
+    let as_node0 = Https::new(&ca.path, Some(&cluster.certificates[0]));
+    for node in 0..3 {
+        let (ip, port) = (cluster.ip(node), cluster.port(node));
+        for path in ["/status", "/metrics", "/v1/members", "/v1/members?local=1", "/v1/kv/k0", "/nope"] {
+            seen.push((format!("{path} on node {node}"), https.get(ip, port, path).unwrap().text()));
+        }
+        for (i, client) in near_misses.iter().enumerate() {
+            let response = client.get(ip, port, "/v1/kv/k0").unwrap();
+            assert_eq!(response.status, 401);
+            seen.push((format!("refused client {i} on node {node}"), response.text()));
+        }
+        for secret in ["secret-5ec7e7-clustex", ""] {
+            let id = format!("{:016x}", mmapd::server::cli::node_id(&cluster.nodes[0].address()));
+            let address = cluster.nodes[0].address();
+            let headers = [
+                ("x-mmapd-cluster-secret", secret),
+                ("x-mmapd-node-id", id.as_str()),
+                ("x-mmapd-node-address", address.as_str()),
+            ];
+            let response = as_node0.request(ip, port, "POST", "/raft/messages", &headers, b"").unwrap();
+            assert_eq!(response.status, 401, "{}", response.text());
+            seen.push((format!("a wrong secret on node {node}"), response.text()));
+        }
+    }
+    for node in &cluster.nodes {
+        seen.push((format!("the log of {}", node.address()), node.log_text()));
+        let read = |what: &str| std::fs::read(format!("/proc/{}/{what}", node.pid())).unwrap();
+        let cmdline = read("cmdline");
+        let words: Vec<String> =
+            cmdline.split(|&b| b == 0).map(|word| String::from_utf8_lossy(word).into_owned()).collect();
+        for flag in
+            ["--cluster-secret-file", "--auth-tokens", "--tls-cert", "--tls-key", "--tls-ca", "--client-ca"]
+        {
+            let at =
+                words.iter().position(|word| word == flag).unwrap_or_else(|| panic!("{flag}: {words:?}"));
+            let value = std::path::Path::new(&words[at + 1]);
+            assert!(value.is_absolute() && value.is_file(), "{flag} {value:?} is not a file path");
+        }
+        seen.push((format!("the command line of {}", node.address()), words.join(" ")));
+        let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+        seen.push((format!("the environment of {}", node.address()), environ));
+    }
+    let key_lines: Vec<String> = cluster
+        .certificates
+        .iter()
+        .flat_map(|issued| issued.key_pem.lines().map(str::to_owned).collect::<Vec<_>>())
+        .chain(app.key_pem.lines().map(str::to_owned))
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    for (what, text) in &seen {
+        assert!(!text.contains("5ec7e7"), "a secret or token is in {what}: {text}");
+        assert!(!text.contains("PRIVATE KEY"), "a key is in {what}");
+        for line in &key_lines {
+            assert!(!text.contains(line.as_str()), "a private key line is in {what}");
+        }
+    }
 }

@@ -14,10 +14,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::common::{parse_response, Response};
 use crate::pki::Issued;
 
-/// Trusts one CA; presents a certificate if given one.
+/// Trusts one CA; presents a certificate if given one; sends a bearer token if given one.
 #[derive(Clone)]
 pub struct Https {
     config: Arc<rustls::ClientConfig>,
+    /// `Authorization: Bearer` on every request (`with_token`).
+    token: Option<String>,
 }
 
 impl Https {
@@ -40,7 +42,13 @@ impl Https {
                 builder.with_client_auth_cert(chain, key).unwrap()
             }
         };
-        Https { config: Arc::new(config) }
+        Https { config: Arc::new(config), token: None }
+    }
+
+    /// The same client, sending `Authorization: Bearer TOKEN` on every request.
+    pub fn with_token(mut self, token: &str) -> Https {
+        self.token = Some(token.to_owned());
+        self
     }
 
     /// One request to `ip:port` (the server's certificate must name `ip`), with
@@ -67,6 +75,9 @@ impl Https {
         );
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
         head.push_str("\r\n");
         let mut message = head.into_bytes();

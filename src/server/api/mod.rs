@@ -665,6 +665,17 @@ impl Api {
                 serde_json::json!({"address": self.address_of(Some(id)), "node_id": format!("{id:016x}"), "version": version})
             })
             .collect();
+        // What protects the node, never a secret: which protections are on.
+        let tls = serde_json::json!({
+            "enabled": self.tls.is_some(),
+            "mutual": self.tls.as_ref().is_some_and(|tls| tls.has_peer_ca()),
+            "client_ca": self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()),
+            "accept_plain": self.tls.as_ref().is_some_and(|tls| tls.accepts_plain()),
+        });
+        let auth = serde_json::json!({
+            "tokens": self.auth.is_some(),
+            "cluster_secret": self.secret.is_some(),
+        });
         let features: serde_json::Map<String, serde_json::Value> = Feature::ALL
             .iter()
             .map(|&feature| (feature.name().to_owned(), shared.cluster_supports(feature).is_ok().into()))
@@ -687,6 +698,8 @@ impl Api {
             "last_index": status.last_index,
             "persisted_index": status.persisted_index,
             "disk_full": disk_full,
+            "tls": tls,
+            "auth": auth,
             "peers": peers,
             // Deprecated spellings, removed in the next release.
             "node id": status.id,
