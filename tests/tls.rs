@@ -1036,3 +1036,53 @@ fn no_secret_reaches_status_metrics_errors_logs_or_the_command_line() {
         }
     }
 }
+
+// ---------------------------------------------------------------- refusals, rate-limited
+
+/// A flood of handshakes with a certificate the node refuses costs one log line per
+/// address per 10 s, not one per handshake: 200 refusals from one address give one
+/// line, all 200 are counted in `/metrics`, the node serves on meanwhile, and the first
+/// refusal after the 10 s gives the next line, counting the 199 not logged.
+#[test]
+fn a_flood_of_refused_handshakes_is_logged_once_per_address_per_interval_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &["--tls-ca", ca.arg()]);
+    let port = node.port;
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", port)?["state"] == "leader").then_some(())
+    });
+    let rogue =
+        Https::new(&ca.path, Some(&Ca::new(dir.path(), "rogue-ca").issue(dir.path(), "r", &["127.0.0.1"])));
+    let refused = |count: u64| {
+        wait_for(Duration::from_secs(10), &format!("{count} refusals in /metrics"), || {
+            let metrics = https.get("127.0.0.1", port, "/metrics").ok()?.text();
+            metrics.contains(&format!("\nmmapd_tls_handshakes_refused_total {count}\n")).then_some(())
+        })
+    };
+    let started = Instant::now();
+    for i in 0..200 {
+        assert!(rogue.get("127.0.0.1", port, "/status").is_err(), "handshake {i} passed");
+    }
+    refused(200);
+    assert!(started.elapsed() < Duration::from_secs(9), "the flood took {:?}", started.elapsed());
+    assert_eq!(log_count(&node, "TLS handshake refused"), 1, "{}", node.log_text());
+    assert_eq!(https.get("127.0.0.1", port, "/health").unwrap().status, 200);
+
+    std::thread::sleep(
+        Duration::from_secs(10).saturating_sub(started.elapsed()) + Duration::from_millis(200),
+    );
+    assert!(rogue.get("127.0.0.1", port, "/status").is_err());
+    refused(201);
+    let log = node.log_text();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("TLS handshake refused")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    // The log is coloured (`ESC [ ... m` between the field and its value): drop those.
+    let mut parts = lines[1].split('\x1b');
+    let mut plain = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        plain.push_str(part.split_once('m').map_or(part, |(_, rest)| rest));
+    }
+    assert!(plain.contains("not_logged_since_last_line=199"), "{plain}");
+}

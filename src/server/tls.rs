@@ -52,11 +52,17 @@
 //! (`--client-ca` or not, `--tls-accept-plain`), are the flags': a restart changes
 //! them.
 //!
+//! A handshake refused over a certificate is logged at most once per address per 10 s,
+//! with a count of those not logged (`log_limit`), and counted in `/metrics`
+//! (`mmapd_tls_handshakes_refused_total`): a flood of bad certificates cannot flood
+//! the log.
+//!
 //! Key material never leaves this module: errors name the file and what is wrong with
 //! it, never its contents, and `Debug` shows paths only.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -71,6 +77,8 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::log_limit::{self, PerAddress, Verdict};
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1,
 /// `ContentType.handshake`): what every ClientHello starts with.
@@ -131,6 +139,11 @@ pub struct Tls {
     /// force when it starts and keeps it: connections made before a reload go on with
     /// the old certificate, new ones get the new.
     current: RwLock<Arc<Loaded>>,
+    /// Handshakes refused over a certificate since start (`/metrics`).
+    refused_handshakes: AtomicU64,
+    /// Which addresses' refusals were logged when: at most one line per address per
+    /// `log_limit::INTERVAL`.
+    refusal_log: PerAddress,
 }
 
 /// The configurations built from one reading of the files.
@@ -160,7 +173,13 @@ impl Tls {
     /// certificate must name its host: its peers would refuse every message otherwise.
     pub fn load(files: TlsFiles, own_address: Option<&str>) -> Result<Tls, TlsError> {
         let loaded = Loaded::read(&files, own_address)?;
-        Ok(Tls { files, own_address: own_address.map(str::to_owned), current: RwLock::new(Arc::new(loaded)) })
+        Ok(Tls {
+            files,
+            own_address: own_address.map(str::to_owned),
+            current: RwLock::new(Arc::new(loaded)),
+            refused_handshakes: AtomicU64::new(0),
+            refusal_log: PerAddress::default(),
+        })
     }
 
     /// Reads the files again (SIGHUP) and puts what they hold in force for new
@@ -180,6 +199,36 @@ impl Tls {
     /// What is in force now.
     fn loaded(&self) -> Arc<Loaded> {
         self.current.read().expect("tls lock").clone()
+    }
+
+    /// Handshakes refused over a certificate since start.
+    pub fn refused_handshakes(&self) -> u64 {
+        self.refused_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Logs a handshake from `remote` refused over a certificate, at most once per
+    /// address per `log_limit::INTERVAL` (the line counts those not logged since the
+    /// last), and counts it.
+    fn log_refusal(&self, remote: std::net::SocketAddr, error: &std::io::Error) {
+        self.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+        match self.refusal_log.check(remote.ip(), std::time::Instant::now()) {
+            Verdict::Quiet => {}
+            Verdict::Log { not_logged, shared: false } => tracing::warn!(
+                peer = %remote,
+                %error,
+                not_logged_since_last_line = not_logged,
+                "TLS handshake refused: certificate not accepted (at most one line per address per {:?})",
+                log_limit::INTERVAL
+            ),
+            Verdict::Log { not_logged, shared: true } => tracing::warn!(
+                peer = %remote,
+                %error,
+                not_logged_since_last_line = not_logged,
+                "TLS handshake refused: certificate not accepted (too many addresses to log each: one \
+                 line per {:?} for all the others)",
+                log_limit::INTERVAL
+            ),
+        }
     }
 
     /// Whether peers talk over TLS (`--tls-ca` given).
@@ -546,7 +595,7 @@ pub async fn accept(
             // A client or peer whose certificate does not chain to our CAs (or that
             // refused ours): a misconfigured node, or someone without the cluster's
             // credentials. Nothing it sent was read.
-            tracing::warn!(peer = %remote, %error, "TLS handshake refused: certificate not accepted");
+            tls.log_refusal(remote, &error);
             None
         }
         Ok(Err(error)) => {

@@ -766,6 +766,7 @@ impl Api {
             kv_data_bytes,
             quota_bytes: self.quota_bytes,
             peers: if status.role == Role::Leader { self.peer_gauges(&status.peers) } else { Vec::new() },
+            tls_handshakes_refused: self.tls.as_ref().map_or(0, |tls| tls.refused_handshakes()),
         };
         let mut response = Response::new(Full::new(Bytes::from(self.node.shared.metrics.render(&gauges))));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
