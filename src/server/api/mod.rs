@@ -212,9 +212,15 @@ async fn route(
             allow(&method, &[Method::GET], "GET")?;
             Ok(json(StatusCode::OK, check::peer_hash(api, connection, request.headers(), &query).await?))
         }
+        members::PEER_PATH if method == Method::GET => {
+            // A follower asking for this node's own view (`members::leader_view`).
+            join::check_membership_peer(api, connection, request.headers(), "member views")?;
+            join::check_peer_identity(api, connection, request.headers())?;
+            Ok(json(StatusCode::OK, members::list(api, false).await))
+        }
         members::PEER_PATH => {
-            allow(&method, &[Method::POST], "POST")?;
-            members::check_peer(api, request.headers(), connection.remote)?;
+            allow(&method, &[Method::GET, Method::POST], "GET, POST")?;
+            join::check_membership_peer(api, connection, request.headers(), "membership changes")?;
             join::check_peer_identity(api, connection, request.headers())?;
             let op = members::read_op(api, request).await?;
             Ok(json(StatusCode::OK, members::change_from_peer(api, op).await?))
