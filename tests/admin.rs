@@ -367,7 +367,13 @@ fn the_members_peer_route_refuses_malformed_bodies_and_requests_without_the_secr
         assert_eq!(response.status, 400, "{}: {}", String::from_utf8_lossy(bad), response.text());
         assert_eq!(response.json()["code"], "bad_request");
     }
-    assert_eq!(request(port, "GET", "/raft/members", &secret, b"").unwrap().status, 405);
+    // GET is a follower asking for this node's own view: with the secret only.
+    assert_eq!(request(port, "GET", "/raft/members", &[], b"").unwrap().status, 401);
+    let view = request(port, "GET", "/raft/members", &secret, b"").unwrap();
+    assert_eq!(view.status, 200, "{}", view.text());
+    assert_eq!(view.json()["members"].as_array().map(Vec::len), Some(1), "{}", view.text());
+    let response = request(port, "PUT", "/raft/members", &secret, good).unwrap();
+    assert_eq!((response.status, response.header("allow")), (405, Some("GET, POST")));
     assert!(
         listed(&members_over_http(port), "127.0.0.1:1").is_none(),
         "a refused request changed the members"

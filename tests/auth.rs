@@ -217,6 +217,13 @@ fn the_secret_and_the_tokens_never_appear_in_status_metrics_errors_or_logs() {
         (call(port, "GET", "/status", token, b"").json()["state"] == "leader").then_some(())
     });
     assert_eq!(call(port, "PUT", "/v1/kv/k", token, b"v").status, 201);
+    // `/status` says which protections are on, and never a value.
+    let status = call(port, "GET", "/status", token, b"").json();
+    assert_eq!(
+        status["tls"],
+        serde_json::json!({"enabled": false, "mutual": false, "client_ca": false, "accept_plain": false})
+    );
+    assert_eq!(status["auth"], serde_json::json!({"tokens": true, "cluster_secret": true}));
     let mut seen = vec![
         call(port, "GET", "/status", token, b"").text(),
         call(port, "GET", "/metrics", token, b"").text(),
@@ -229,4 +236,79 @@ fn the_secret_and_the_tokens_never_appear_in_status_metrics_errors_or_logs() {
     for text in &seen {
         assert!(!text.contains("5ec2e7"), "a secret or token left the node: {text}");
     }
+}
+
+/// A follower shows the leader's view of the members (match index, last contact) with
+/// tokens on: it asks the leader on the peer route `GET /raft/members` with the
+/// cluster secret, which needs no client token (it used to ask `/v1/members?local=1`
+/// without one, got 401 and showed its own view). The peer route refuses a request
+/// without the secret; the public route still needs a token.
+#[test]
+fn a_follower_shows_the_leaders_member_view_with_tokens_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, "ops-0123456789abcdef write\n");
+    let secret = dir.path().join("secret");
+    write_tokens(&secret, "cluster-secret-for-the-view\n");
+    let token = Some("ops-0123456789abcdef");
+    let ports = free_ports(3);
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let mut nodes: Vec<Daemon> = ports
+        .iter()
+        .map(|&port| {
+            let port_text = port.to_string();
+            let data_dir = dir.path().join(format!("node-{port}"));
+            let mut args =
+                vec!["--port", &port_text, "--peers", &peers, "--data-dir", data_dir.to_str().unwrap()];
+            args.extend(["--auth-tokens", tokens.to_str().unwrap()]);
+            args.extend(["--cluster-secret-file", secret.to_str().unwrap()]);
+            args.extend(FAST_TIMINGS);
+            Daemon::new(dir.path(), port, &args)
+        })
+        .collect();
+    nodes.iter_mut().for_each(Daemon::spawn);
+    for node in &mut nodes {
+        node.wait_started().unwrap();
+    }
+    let authorization = [("Authorization", "Bearer ops-0123456789abcdef")];
+    let leader = wait_for(Duration::from_secs(10), "a leader", || {
+        nodes.iter().position(|node| {
+            // Until every node has started, a node answers only its peers' probes.
+            let status = request(node.port, "GET", "/status", &authorization, b"");
+            status.is_ok_and(|status| status.status == 200 && status.json()["state"] == "leader")
+        })
+    });
+    let follower = (leader + 1) % 3;
+    assert_eq!(call(nodes[follower].port, "PUT", "/v1/kv/k", token, b"v").status, 201);
+    let leaders_view = |list: &serde_json::Value| {
+        let members = list["members"].as_array()?;
+        (members.len() == 3
+            && members.iter().all(|member| {
+                member["match_index"].as_u64().is_some_and(|m| m > 0) && member["last_contact_ms"].is_u64()
+            }))
+        .then_some(())
+    };
+    wait_for(Duration::from_secs(5), "the leader's view on the follower", || {
+        let response = call(nodes[follower].port, "GET", "/v1/members", token, b"");
+        (response.status == 200).then(|| response.json()).as_ref().and_then(leaders_view)
+    });
+    // The same through mmapd-admin on the follower's socket (which takes no token).
+    let socket = dir.path().join(format!("node-{}", nodes[follower].port)).join("admin.sock");
+    wait_for(Duration::from_secs(5), "the leader's view through mmapd-admin", || {
+        let output = admin(&["--socket", socket.to_str().unwrap(), "member", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        leaders_view(&list)
+    });
+    // The peer route takes the secret, not a token; the public one a token.
+    let leader_port = nodes[leader].port;
+    assert_eq!(call(leader_port, "GET", "/raft/members", token, b"").status, 401);
+    let with_secret = [("x-mmapd-cluster-secret", "cluster-secret-for-the-view")];
+    let response = request(leader_port, "GET", "/raft/members", &with_secret, b"").unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(leaders_view(&response.json()).is_some(), "{}", response.text());
+    assert_eq!(request(leader_port, "GET", "/v1/members", &with_secret, b"").unwrap().status, 401);
+    assert!(
+        !nodes.iter().any(|node| node.log_text().contains("0123456789abcdef")),
+        "a token reached the log"
+    );
 }

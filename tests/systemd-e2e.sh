@@ -2,7 +2,9 @@
 # End-to-end test of the Debian package under a real systemd: builds the .deb, installs
 # it in a fresh Debian bookworm root, boots that root with systemd-nspawn and drives three
 # mmapd@<port> instances through systemctl, curl and mmapd-admin; then grows the cluster
-# with a fourth (MMAPD_JOIN) and removes the first while a client keeps writing.
+# with a fourth (MMAPD_JOIN) and removes the first while a client keeps writing. A fifth,
+# mmapd@3005, serves HTTPS with its certificate and tokens from /etc/mmapd/tls and takes
+# a new certificate (of a new CA) and new tokens on `systemctl reload`.
 #
 #   bash tests/systemd-e2e.sh        (as root; prints PASS or FAIL or SKIP as its last line)
 #
@@ -11,7 +13,7 @@
 # The bookworm root is made once with debootstrap and cached under $MMAPD_E2E_CACHE
 # (default /var/cache/mmapd-e2e), keyed by ROOT_KEY below; each run boots a fresh copy.
 # The container shares the host's network namespace (nspawn's default without
-# --private-network), so 127.0.0.1:3001 inside is the host's loopback: the ports 3001-3004
+# --private-network), so 127.0.0.1:3001 inside is the host's loopback: the ports 3001-3005
 # must be free on the host.
 #
 # Host without systemd as PID 1: nspawn normally asks the host's systemd (over D-Bus) for
@@ -117,7 +119,7 @@ unit_property() { inside systemctl show -p "$2" --value "mmapd@$1.service"; }
 # ---- preconditions ------------------------------------------------------------------
 
 [ "$(id -u)" -eq 0 ] || skip "it must run as root (debootstrap, chroot, systemd-nspawn)"
-for port in "${PORTS[@]}" 3004; do
+for port in "${PORTS[@]}" 3004 3005; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         skip "port $port is in use on the host (the container shares the host's network)"
     fi
@@ -127,6 +129,7 @@ missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v lintian >/dev/null || missing+=(lintian)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -348,6 +351,95 @@ wait_for 10 reload_logged || fail "mmapd@3001 did not log the SIGHUP of systemct
 [ "$(unit_property 3001 MainPID)" = "$pid_before" ] || fail "systemctl reload restarted mmapd@3001"
 [ "$(unit_property 3001 ActiveState)" = active ] || fail "mmapd@3001 not active after reload"
 
+# ---- TLS: mmapd@3005 serves HTTPS from /etc/mmapd/tls; systemctl reload swaps it ----
+
+# The README's openssl commands ("Security"): a CA, and a node certificate it signs.
+pki="$run_dir/pki"
+mkdir -p "$pki"
+make_ca() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=$1" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+        -keyout "$pki/$1.key" -out "$pki/$1.pem" 2>/dev/null
+}
+# make_node_cert CA NAME: NAME.pem and NAME.key, naming 127.0.0.1, signed by CA.
+make_node_cert() {
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+        -keyout "$pki/$2.key" -out "$pki/$2.csr" 2>/dev/null
+    printf '%s\n' subjectAltName=IP:127.0.0.1,DNS:localhost extendedKeyUsage=serverAuth,clientAuth \
+        keyUsage=critical,digitalSignature basicConstraints=critical,CA:FALSE >"$pki/$2.ext"
+    openssl x509 -req -in "$pki/$2.csr" -CA "$pki/$1.pem" -CAkey "$pki/$1.key" -CAcreateserial \
+        -days 30 -extfile "$pki/$2.ext" -out "$pki/$2.pem" 2>/dev/null
+}
+# install_tls FILE NAME: FILE as /etc/mmapd/tls/NAME, root:mmapd 0640.
+install_tls() {
+    install -m 0640 "$1" "$root/etc/mmapd/tls/$2"
+    inside chown root:mmapd "/etc/mmapd/tls/$2"
+}
+https_code() { # CA TOKEN URL-PATH [curl args]: the HTTP status over HTTPS, 000 if no answer
+    local ca=$1 token=$2 path=$3
+    shift 3
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$pki/$ca.pem" \
+        -H "Authorization: Bearer $token" "$@" "https://127.0.0.1:3005$path" || true
+}
+
+say "TLS: mmapd@3005 with its certificate, key and tokens in /etc/mmapd/tls"
+check_mode /etc/mmapd/tls "750 root:mmapd"
+make_ca e2e-ca-1 || fail "openssl: the first CA"
+make_node_cert e2e-ca-1 node-1 || fail "openssl: the first node certificate"
+install_tls "$pki/node-1.pem" node.pem
+install_tls "$pki/node-1.key" node.key
+printf 'e2e-token-one write\n' >"$pki/tokens"
+install_tls "$pki/tokens" tokens
+check_mode /etc/mmapd/tls/node.key "640 root:mmapd"
+cat >"$root/etc/mmapd/3005.conf" <<'CONF'
+MMAPD_PEERS=127.0.0.1:3005
+MMAPD_TLS_CERT=/etc/mmapd/tls/node.pem
+MMAPD_TLS_KEY=/etc/mmapd/tls/node.key
+MMAPD_AUTH_TOKENS=/etc/mmapd/tls/tokens
+CONF
+inside systemctl start mmapd@3005 || fail "systemctl start mmapd@3005 (TLS) failed"
+healthy_tls() { curl -fsS --max-time 5 --cacert "$pki/$1.pem" https://127.0.0.1:3005/health; }
+wait_for 30 healthy_tls e2e-ca-1 || fail "mmapd@3005 does not answer HTTPS /health with the first CA"
+[ "$(https_code e2e-ca-1 e2e-token-one /v1/kv/tls -X PUT --data-binary one)" = 201 ] ||
+    fail "PUT over HTTPS with the token"
+[ "$(https_code e2e-ca-1 no-such-token /v1/kv/tls)" = 401 ] || fail "a wrong token was not refused with 401"
+plain=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:3005/health || true)
+[ "$plain" = 400 ] || fail "plain HTTP on the TLS port got $plain, want 400"
+
+say "TLS: a new certificate (of a new CA) and new tokens, then systemctl reload mmapd@3005"
+make_ca e2e-ca-2 || fail "openssl: the second CA"
+make_node_cert e2e-ca-2 node-2 || fail "openssl: the second node certificate"
+install_tls "$pki/node-2.pem" node.pem
+install_tls "$pki/node-2.key" node.key
+printf 'e2e-token-two write\n' >"$pki/tokens"
+install_tls "$pki/tokens" tokens
+pid_before=$(unit_property 3005 MainPID)
+inside systemctl reload mmapd@3005 || fail "systemctl reload mmapd@3005 failed"
+tls_reloaded() { journal_of_this_run 3005 | grep -q 'TLS certificate, key and CAs reloaded'; }
+wait_for 10 tls_reloaded || fail "mmapd@3005 did not log the TLS reload"
+[ "$(unit_property 3005 MainPID)" = "$pid_before" ] || fail "systemctl reload restarted mmapd@3005"
+[ "$(https_code e2e-ca-2 e2e-token-two /v1/kv/tls)" = 200 ] ||
+    fail "after reload, the new CA and the new token do not get through"
+[ "$(https_code e2e-ca-1 e2e-token-two /v1/kv/tls)" = 000 ] || fail "after reload, the old certificate is still served"
+[ "$(https_code e2e-ca-2 e2e-token-one /v1/kv/tls)" = 401 ] || fail "after reload, the removed token still works"
+[ "$(curl -sS --max-time 5 --cacert "$pki/e2e-ca-2.pem" -H 'Authorization: Bearer e2e-token-two' \
+    https://127.0.0.1:3005/v1/kv/tls)" = one ] || fail "the value written before the reload is not read back"
+
+say "TLS: a key that does not go with the certificate is refused on reload; the node serves on"
+install_tls "$pki/node-1.key" node.key
+inside systemctl reload mmapd@3005 || fail "systemctl reload mmapd@3005 (bad key) failed"
+tls_refused() { journal_of_this_run 3005 | grep 'a TLS file is refused' | grep -q /etc/mmapd/tls/node.key; }
+wait_for 10 tls_refused || fail "mmapd@3005 did not log the refused key, naming it"
+[ "$(https_code e2e-ca-2 e2e-token-two /health)" = 200 ] || fail "mmapd@3005 stopped serving after a bad key"
+[ "$(unit_property 3005 ActiveState)" = active ] || fail "mmapd@3005 not active after a bad key"
+for key in node-1 node-2; do
+    if journal_of_this_run 3005 | grep -qF -f <(grep -v -- ----- "$pki/$key.key"); then
+        fail "a line of $key.key is in the journal"
+    fi
+done
+if journal_of_this_run 3005 | grep -q 'e2e-token-'; then fail "a token is in the journal"; fi
+inside systemctl stop mmapd@3005 || fail "systemctl stop mmapd@3005"
+
 say "systemctl stop ends with result success"
 inside systemctl stop mmapd@3003 || fail "systemctl stop failed"
 [ "$(unit_property 3003 Result)" = success ] || fail "stop result is $(unit_property 3003 Result)"
@@ -556,4 +648,5 @@ inside dpkg -r mmapd >/dev/null || fail "dpkg -r mmapd"
 [ -f "$root/etc/default/mmapd" ] || fail "dpkg -r removed the conffile /etc/default/mmapd"
 inside dpkg -P mmapd >/dev/null || fail "dpkg -P mmapd"
 [ ! -e "$root/var/lib/mmapd" ] || fail "dpkg -P left /var/lib/mmapd"
+[ -f "$root/etc/mmapd/tls/node.key" ] || fail "dpkg -P deleted /etc/mmapd/tls with keys in it"
 outcome=PASS

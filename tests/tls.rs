@@ -3,7 +3,9 @@
 //! clients, plain HTTP refused with a quick 400, files that cannot be used refused
 //! naming the file and never quoting the key; a 3-node cluster over mutual TLS, a node
 //! with another CA's certificate kept out, a certificate for another address unable to
-//! speak for a member, and `--client-ca` refusing clients without a certificate.
+//! speak for a member, and `--client-ca` refusing clients without a certificate;
+//! SIGHUP putting new certificates, CAs and tokens in force (a bad new file logged and
+//! the old kept), and a running cluster moved to a new CA by SIGHUPs alone.
 //!
 //! Nodes of a cluster listen on distinct loopback addresses (127.0.0.1, .2, .3): a
 //! certificate names a host, not a port, so members must differ by host for one
@@ -194,6 +196,11 @@ struct TlsCluster {
 
 impl TlsCluster {
     fn start(dir: &std::path::Path, ca: &Ca, extra: &[&str]) -> TlsCluster {
+        TlsCluster::start_with(dir, ca, extra, Https::new(&ca.path, None))
+    }
+
+    /// `start`, asking the nodes with `https` (a client certificate, a token).
+    fn start_with(dir: &std::path::Path, ca: &Ca, extra: &[&str], https: Https) -> TlsCluster {
         let certificates: Vec<Issued> =
             CLUSTER_IPS.iter().enumerate().map(|(i, ip)| ca.issue(dir, &format!("node{i}"), &[ip])).collect();
         let mut last_error = String::new();
@@ -223,7 +230,7 @@ impl TlsCluster {
             nodes.iter_mut().for_each(Daemon::spawn);
             match nodes.iter_mut().try_for_each(Daemon::wait_started) {
                 Ok(()) => {
-                    let cluster = TlsCluster { nodes, certificates, https: Https::new(&ca.path, None) };
+                    let cluster = TlsCluster { nodes, certificates, https: https.clone() };
                     cluster.wait_for_leader();
                     return cluster;
                 }
@@ -675,4 +682,407 @@ fn a_running_cluster_switches_to_tls_by_two_rolling_restarts_with_tls_accept_pla
         let response = plain_request(&node.ip, node.port, "GET", "/status", b"").unwrap();
         assert_eq!(response.status, 400, "{} still takes plain HTTP", node.address());
     }
+}
+
+// ---------------------------------------------------------------- reload on SIGHUP
+
+/// How many times `text` is in the node's log.
+fn log_count(node: &Daemon, text: &str) -> usize {
+    node.log_text().matches(text).count()
+}
+
+/// Sends SIGHUP and waits until the node has logged `text` once more than before.
+fn hang_up_and_wait_for(node: &Daemon, text: &str) {
+    let before = log_count(node, text);
+    node.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(Duration::from_secs(10), &format!("{text:?} after SIGHUP"), || {
+        (log_count(node, text) > before).then_some(())
+    });
+}
+
+const TLS_RELOADED: &str = "SIGHUP: TLS certificate, key and CAs reloaded";
+const TLS_REFUSED: &str = "SIGHUP: a TLS file is refused";
+const TOKENS_RELOADED: &str = "SIGHUP: tokens reloaded";
+const TOKENS_REFUSED: &str = "SIGHUP: the tokens file is refused";
+
+fn write_private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `GET /v1/kv/k` over `https` with a bearer token: its status, or None when the
+/// handshake fails.
+fn get_with_token(https: &Https, port: u16, token: &str) -> Option<u16> {
+    let header = format!("Bearer {token}");
+    let response =
+        https.request("127.0.0.1", port, "GET", "/v1/kv/k", &[("Authorization", header.as_str())], b"");
+    response.ok().map(|response| response.status)
+}
+
+/// SIGHUP puts new files in force for new handshakes: the node's certificate is
+/// replaced by one from another CA and the client CA by another, in place (the same
+/// paths), and the tokens file changes. After SIGHUP a new handshake presents the new
+/// certificate (the very one in the file), clients of the new client CA get through
+/// and those of the old one do not, a token added works and one removed gets 401.
+#[test]
+fn sighup_puts_a_new_certificate_client_ca_and_tokens_in_force_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = Ca::new(dir.path(), "old-ca");
+    let old_clients_ca = Ca::new(dir.path(), "old-clients-ca");
+    let client_ca_path = dir.path().join("client-ca.pem");
+    std::fs::copy(&old_clients_ca.path, &client_ca_path).unwrap();
+    let tokens = dir.path().join("tokens");
+    write_private(&tokens, "kept-70ce2d write\nremoved-70ce2d write\n");
+    let (node, old_issued) = single_tls_node(
+        dir.path(),
+        &old_ca,
+        &["--client-ca", client_ca_path.to_str().unwrap(), "--auth-tokens", tokens.to_str().unwrap()],
+    );
+    let port = node.port;
+    let old_client = Https::new(&old_ca.path, Some(&old_clients_ca.issue(dir.path(), "old-app", &["app"])));
+    wait_for(Duration::from_secs(10), "the node to lead", || {
+        let header = "Bearer kept-70ce2d";
+        let response = old_client
+            .request("127.0.0.1", port, "GET", "/status", &[("Authorization", header)], b"")
+            .ok()?;
+        (response.status == 200 && response.json()["state"] == "leader").then_some(())
+    });
+    let header = "Bearer kept-70ce2d";
+    let response =
+        old_client.request("127.0.0.1", port, "PUT", "/v1/kv/k", &[("Authorization", header)], b"v").unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let old_der = old_issued.der();
+    assert_eq!(old_client.server_certificate("127.0.0.1", port).unwrap(), old_der);
+
+    // The new files, in place of the old.
+    let new_ca = Ca::new(dir.path(), "new-ca");
+    let new_clients_ca = Ca::new(dir.path(), "new-clients-ca");
+    let new_issued = new_ca.issue(dir.path(), "node", &["127.0.0.1", "localhost"]);
+    assert_eq!(new_issued.cert, old_issued.cert, "replaced in place");
+    std::fs::copy(&new_clients_ca.path, &client_ca_path).unwrap();
+    write_private(&tokens, "kept-70ce2d write\nadded-70ce2d read\n");
+    // Before the SIGHUP nothing changes: the files are read on SIGHUP only.
+    assert_eq!(old_client.server_certificate("127.0.0.1", port).unwrap(), old_der);
+    assert_eq!(get_with_token(&old_client, port, "removed-70ce2d"), Some(200));
+
+    hang_up_and_wait_for(&node, TLS_RELOADED);
+    let new_client = Https::new(&new_ca.path, Some(&new_clients_ca.issue(dir.path(), "new-app", &["app"])));
+    assert_eq!(new_client.server_certificate("127.0.0.1", port).unwrap(), new_issued.der());
+    assert!(old_client.server_certificate("127.0.0.1", port).is_err(), "the old CA still verifies");
+    // A client certificate of the old client CA no longer passes the handshake.
+    let old_cert_new_trust = Https::new(&new_ca.path, Some(&old_clients_ca.issue(dir.path(), "x", &["app"])));
+    assert_eq!(get_with_token(&old_cert_new_trust, port, "kept-70ce2d"), None);
+    // Nor does no certificate pass the route check.
+    assert_eq!(get_with_token(&Https::new(&new_ca.path, None), port, "kept-70ce2d"), Some(403));
+    wait_for(Duration::from_secs(5), "the tokens reload to be logged", || {
+        node.log_text().contains(TOKENS_RELOADED).then_some(())
+    });
+    assert_eq!(get_with_token(&new_client, port, "kept-70ce2d"), Some(200));
+    assert_eq!(get_with_token(&new_client, port, "added-70ce2d"), Some(200));
+    assert_eq!(get_with_token(&new_client, port, "removed-70ce2d"), Some(401));
+    assert!(!node.log_text().contains("70ce2d"), "a token reached the log");
+    for key in [&old_issued.key_pem, &new_issued.key_pem] {
+        for line in key.lines().filter(|line| !line.starts_with("-----")) {
+            assert!(!node.log_text().contains(line), "a private key line is in the log");
+        }
+    }
+}
+
+/// A new file that cannot be used is refused on SIGHUP, logged naming the file and
+/// never quoting it, and the node goes on serving with what was in force: a key that
+/// does not go with the certificate, a key that is not valid PEM, a certificate that is
+/// gone, a CA file without a certificate; and a tokens file others may read, or with a
+/// bad line, keeps the tokens in force while a good certificate beside it is taken.
+#[test]
+fn a_bad_file_on_sighup_is_logged_naming_it_and_the_node_serves_with_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let ca_path = dir.path().join("trusted.pem");
+    std::fs::copy(&ca.path, &ca_path).unwrap();
+    let tokens = dir.path().join("tokens");
+    write_private(&tokens, "good-b4df11 write\n");
+    let (node, issued) = single_tls_node(
+        dir.path(),
+        &ca,
+        &["--tls-ca", ca_path.to_str().unwrap(), "--auth-tokens", tokens.to_str().unwrap()],
+    );
+    let port = node.port;
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(10), "the node to answer", || get_with_token(&https, port, "good-b4df11"));
+    let old_der = issued.der();
+    let serving_the_old_certificate = || {
+        assert_eq!(https.server_certificate("127.0.0.1", port).unwrap(), old_der);
+        assert_eq!(get_with_token(&https, port, "good-b4df11"), Some(404), "no key k yet: served");
+    };
+
+    let other = ca.issue(dir.path(), "other", &["127.0.0.1"]);
+    let key_text = issued.key_pem.clone();
+    let mut garbled: Vec<&str> = key_text.lines().collect();
+    garbled.insert(2, "not base64 !!!");
+    let garbled = garbled.join("\n");
+    let cert_text = std::fs::read_to_string(&issued.cert).unwrap();
+    // Each case: the file to break and what to put in it (None: remove it).
+    let cases: [(&std::path::Path, Option<&str>); 4] = [
+        (&issued.key, Some(&other.key_pem)), // the key of another certificate
+        (&issued.key, Some(&garbled)),       // a damaged key
+        (&issued.cert, None),                // the certificate gone
+        (&ca_path, Some("no certificate here\n")),
+    ];
+    for (file, contents) in cases {
+        match contents {
+            Some(text) => write_private(file, text),
+            None => std::fs::remove_file(file).unwrap(),
+        }
+        hang_up_and_wait_for(&node, TLS_REFUSED);
+        let log = node.log_text();
+        let line = log.lines().rev().find(|line| line.contains(TLS_REFUSED)).unwrap();
+        assert!(line.contains(file.to_str().unwrap()), "the refusal does not name {file:?}: {line}");
+        serving_the_old_certificate();
+        write_private(&issued.key, &key_text);
+        write_private(&issued.cert, &cert_text);
+        std::fs::copy(&ca.path, &ca_path).unwrap();
+    }
+    for line in key_text.lines().chain(other.key_pem.lines()).filter(|line| !line.starts_with("-----")) {
+        assert!(!node.log_text().contains(line), "a private key line is in the log");
+    }
+    assert!(!node.log_text().contains("not base64"), "the key file is quoted in the log");
+
+    // A bad tokens file does not hold back a good certificate, nor the reverse.
+    let renewed = ca.issue(dir.path(), "node", &["127.0.0.1", "localhost"]);
+    for (text, mode) in [("other-b4df11 write\n", 0o644), ("other-b4df11 sometimes\n", 0o600)] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&tokens, text).unwrap();
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(mode)).unwrap();
+        hang_up_and_wait_for(&node, TOKENS_REFUSED);
+        let log = node.log_text();
+        let line = log.lines().rev().find(|line| line.contains(TOKENS_REFUSED)).unwrap();
+        assert!(line.contains(tokens.to_str().unwrap()), "{line}");
+        assert_eq!(get_with_token(&https, port, "good-b4df11"), Some(404), "the old token is kept");
+        assert_eq!(get_with_token(&https, port, "other-b4df11"), Some(401));
+        assert_eq!(https.server_certificate("127.0.0.1", port).unwrap(), renewed.der(), "TLS reloaded");
+    }
+    assert!(!node.log_text().contains("b4df11"), "a token reached the log");
+    assert!(node.is_running());
+}
+
+/// A running 3-node cluster moves to a new CA by SIGHUPs alone, without losing its
+/// leader or a write: the CA file is first both CAs, then every node's certificate
+/// is one of the new CA, then the CA file is the new CA only. At the end every node
+/// presents its new certificate, a client of the old CA gets through nowhere, and a
+/// restarted node, whose every connection is new, rejoins over the new certificates
+/// both ways (its peers check them against the new CA they reloaded).
+#[test]
+fn a_cluster_moves_to_a_new_ca_by_sighup_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cluster's --tls-ca file is the old CA's own file, rewritten in place below;
+    // `cluster.https` read it at start and trusts the old CA only.
+    let old_ca = Ca::new(dir.path(), "old-ca");
+    let trusted = old_ca.path.clone();
+    let old_pem = std::fs::read_to_string(&trusted).unwrap();
+    let mut cluster = TlsCluster::start(dir.path(), &old_ca, &[]);
+    let new_ca = Ca::new(dir.path(), "new-ca");
+    let new_https = Https::new(&new_ca.path, None);
+    let write_everywhere = |https: &Https, nodes: &[Daemon], tag: &str| {
+        for (i, node) in nodes.iter().enumerate() {
+            let path = format!("/v1/kv/{tag}-{i}");
+            let response = wait_for(Duration::from_secs(10), "a write", || {
+                let response = https.put(&node.ip, node.port, &path, tag.as_bytes()).ok()?;
+                (response.status == 201).then_some(response)
+            });
+            assert_eq!(response.status, 201);
+        }
+    };
+    write_everywhere(&cluster.https, &cluster.nodes, "before");
+
+    let both = old_pem + &std::fs::read_to_string(&new_ca.path).unwrap();
+    std::fs::write(&trusted, both).unwrap();
+    cluster.nodes.iter().for_each(|node| hang_up_and_wait_for(node, TLS_RELOADED));
+    let renewed: Vec<Issued> = CLUSTER_IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| new_ca.issue(dir.path(), &format!("node{i}"), &[ip]))
+        .collect();
+    cluster.nodes.iter().for_each(|node| hang_up_and_wait_for(node, TLS_RELOADED));
+    write_everywhere(&new_https, &cluster.nodes, "renewed");
+    std::fs::copy(&new_ca.path, &trusted).unwrap();
+    cluster.nodes.iter().for_each(|node| hang_up_and_wait_for(node, TLS_RELOADED));
+    write_everywhere(&new_https, &cluster.nodes, "after");
+
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(new_https.server_certificate(&node.ip, node.port).unwrap(), renewed[i].der());
+        assert!(cluster.https.server_certificate(&node.ip, node.port).is_err(), "node {i} takes the old CA");
+    }
+    // Node 2 restarted: new connections both ways, the new certificates only.
+    cluster.nodes[2].signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(cluster.nodes[2].wait_exit(Duration::from_secs(10)).success());
+    cluster.nodes[2].start().unwrap();
+    cluster.https = new_https.clone();
+    cluster.wait_for_leader();
+    write_everywhere(&new_https, &cluster.nodes, "restarted");
+    for tag in ["before", "renewed", "after", "restarted"] {
+        for i in 0..3 {
+            let response =
+                new_https.get(cluster.ip(2), cluster.port(2), &format!("/v1/kv/{tag}-{i}")).unwrap();
+            assert_eq!((response.status, response.text()), (200, tag.to_owned()), "{tag}-{i} on node 2");
+        }
+    }
+    cluster.certificates = renewed;
+    cluster.assert_no_key_in_logs();
+}
+
+// ---------------------------------------------------------------- secrets
+
+/// No secret leaves a node: not the cluster secret, a token or a line of a private
+/// key appears in `/status`, `/metrics`, `/v1/members`, an error answer (even one
+/// refusing a near miss of that very secret), a log (a refused reload's included), the
+/// command line or the environment; the flags that name secrets carry file paths.
+/// `/status` says which protections are on.
+#[test]
+fn no_secret_reaches_status_metrics_errors_logs_or_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let clients_ca = Ca::new(dir.path(), "clients-ca");
+    let secret_file = dir.path().join("cluster-secret");
+    write_private(&secret_file, "secret-5ec7e7-cluster\n");
+    let tokens = dir.path().join("tokens");
+    write_private(&tokens, "token-5ec7e7-ops write\n");
+    let app = clients_ca.issue(dir.path(), "app", &["app.example"]);
+    let https = Https::new(&ca.path, Some(&app)).with_token("token-5ec7e7-ops");
+    let args = [
+        "--cluster-secret-file",
+        secret_file.to_str().unwrap(),
+        "--auth-tokens",
+        tokens.to_str().unwrap(),
+        "--client-ca",
+        clients_ca.arg(),
+    ];
+    let cluster = TlsCluster::start_with(dir.path(), &ca, &args, https.clone());
+    for node in 0..3 {
+        let response =
+            https.put(cluster.ip(node), cluster.port(node), &format!("/v1/kv/k{node}"), b"v").unwrap();
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+    let status = https.status(cluster.ip(0), cluster.port(0)).unwrap();
+    assert_eq!(
+        status["tls"],
+        serde_json::json!({"enabled": true, "mutual": true, "client_ca": true, "accept_plain": false})
+    );
+    assert_eq!(status["auth"], serde_json::json!({"tokens": true, "cluster_secret": true}));
+
+    // A bad key on reload: its error is logged too.
+    let node0_key = std::fs::read_to_string(&cluster.certificates[0].key).unwrap();
+    write_private(&cluster.certificates[0].key, &node0_key.replace('\n', "\n!\n"));
+    hang_up_and_wait_for(&cluster.nodes[0], TLS_REFUSED);
+    write_private(&cluster.certificates[0].key, &node0_key);
+
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let near_misses =
+        [Https::new(&ca.path, Some(&app)).with_token("token-5ec7e7-opx"), Https::new(&ca.path, Some(&app))];
+    let as_node0 = Https::new(&ca.path, Some(&cluster.certificates[0]));
+    for node in 0..3 {
+        let (ip, port) = (cluster.ip(node), cluster.port(node));
+        for path in ["/status", "/metrics", "/v1/members", "/v1/members?local=1", "/v1/kv/k0", "/nope"] {
+            seen.push((format!("{path} on node {node}"), https.get(ip, port, path).unwrap().text()));
+        }
+        for (i, client) in near_misses.iter().enumerate() {
+            let response = client.get(ip, port, "/v1/kv/k0").unwrap();
+            assert_eq!(response.status, 401);
+            seen.push((format!("refused client {i} on node {node}"), response.text()));
+        }
+        for secret in ["secret-5ec7e7-clustex", ""] {
+            let id = format!("{:016x}", mmapd::server::cli::node_id(&cluster.nodes[0].address()));
+            let address = cluster.nodes[0].address();
+            let headers = [
+                ("x-mmapd-cluster-secret", secret),
+                ("x-mmapd-node-id", id.as_str()),
+                ("x-mmapd-node-address", address.as_str()),
+            ];
+            let response = as_node0.request(ip, port, "POST", "/raft/messages", &headers, b"").unwrap();
+            assert_eq!(response.status, 401, "{}", response.text());
+            seen.push((format!("a wrong secret on node {node}"), response.text()));
+        }
+    }
+    for node in &cluster.nodes {
+        seen.push((format!("the log of {}", node.address()), node.log_text()));
+        let read = |what: &str| std::fs::read(format!("/proc/{}/{what}", node.pid())).unwrap();
+        let cmdline = read("cmdline");
+        let words: Vec<String> =
+            cmdline.split(|&b| b == 0).map(|word| String::from_utf8_lossy(word).into_owned()).collect();
+        for flag in
+            ["--cluster-secret-file", "--auth-tokens", "--tls-cert", "--tls-key", "--tls-ca", "--client-ca"]
+        {
+            let at =
+                words.iter().position(|word| word == flag).unwrap_or_else(|| panic!("{flag}: {words:?}"));
+            let value = std::path::Path::new(&words[at + 1]);
+            assert!(value.is_absolute() && value.is_file(), "{flag} {value:?} is not a file path");
+        }
+        seen.push((format!("the command line of {}", node.address()), words.join(" ")));
+        let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+        seen.push((format!("the environment of {}", node.address()), environ));
+    }
+    let key_lines: Vec<String> = cluster
+        .certificates
+        .iter()
+        .flat_map(|issued| issued.key_pem.lines().map(str::to_owned).collect::<Vec<_>>())
+        .chain(app.key_pem.lines().map(str::to_owned))
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    for (what, text) in &seen {
+        assert!(!text.contains("5ec7e7"), "a secret or token is in {what}: {text}");
+        assert!(!text.contains("PRIVATE KEY"), "a key is in {what}");
+        for line in &key_lines {
+            assert!(!text.contains(line.as_str()), "a private key line is in {what}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- refusals, rate-limited
+
+/// A flood of handshakes with a certificate the node refuses costs one log line per
+/// address per 10 s, not one per handshake: 200 refusals from one address give one
+/// line, all 200 are counted in `/metrics`, the node serves on meanwhile, and the first
+/// refusal after the 10 s gives the next line, counting the 199 not logged.
+#[test]
+fn a_flood_of_refused_handshakes_is_logged_once_per_address_per_interval_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &["--tls-ca", ca.arg()]);
+    let port = node.port;
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", port)?["state"] == "leader").then_some(())
+    });
+    let rogue =
+        Https::new(&ca.path, Some(&Ca::new(dir.path(), "rogue-ca").issue(dir.path(), "r", &["127.0.0.1"])));
+    let refused = |count: u64| {
+        wait_for(Duration::from_secs(10), &format!("{count} refusals in /metrics"), || {
+            let metrics = https.get("127.0.0.1", port, "/metrics").ok()?.text();
+            metrics.contains(&format!("\nmmapd_tls_handshakes_refused_total {count}\n")).then_some(())
+        })
+    };
+    let started = Instant::now();
+    for i in 0..200 {
+        assert!(rogue.get("127.0.0.1", port, "/status").is_err(), "handshake {i} passed");
+    }
+    refused(200);
+    assert!(started.elapsed() < Duration::from_secs(9), "the flood took {:?}", started.elapsed());
+    assert_eq!(log_count(&node, "TLS handshake refused"), 1, "{}", node.log_text());
+    assert_eq!(https.get("127.0.0.1", port, "/health").unwrap().status, 200);
+
+    std::thread::sleep(
+        Duration::from_secs(10).saturating_sub(started.elapsed()) + Duration::from_millis(200),
+    );
+    assert!(rogue.get("127.0.0.1", port, "/status").is_err());
+    refused(201);
+    let log = node.log_text();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("TLS handshake refused")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    // The log is coloured (`ESC [ ... m` between the field and its value): drop those.
+    let mut parts = lines[1].split('\x1b');
+    let mut plain = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        plain.push_str(part.split_once('m').map_or(part, |(_, rest)| rest));
+    }
+    assert!(plain.contains("not_logged_since_last_line=199"), "{plain}");
 }

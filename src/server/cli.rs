@@ -444,10 +444,7 @@ impl Args {
             client_ca: self.client_ca.clone(),
             accept_plain: self.tls_accept_plain,
         };
-        let tls = crate::server::tls::Tls::load(files)?;
-        if clustered {
-            tls.check_names_own_address(advertise)?;
-        }
+        let tls = crate::server::tls::Tls::load(files, clustered.then_some(advertise))?;
         Ok(Some(std::sync::Arc::new(tls)))
     }
 }

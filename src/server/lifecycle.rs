@@ -1,12 +1,16 @@
-//! Process lifecycle: sd-notify readiness, status and watchdog, and termination signals.
+//! Process lifecycle: sd-notify readiness, status and watchdog, termination signals, and
+//! SIGHUP, which reloads the TLS files and the client tokens.
 //! Without `NOTIFY_SOCKET` (not under systemd) every notification is a no-op.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::auth::Auth;
 use super::driver::{NodeError, NodeHandle};
+use super::tls::Tls;
 use crate::raft::Role;
 
 /// READY=1: state loaded, both listeners bound.
@@ -51,28 +55,53 @@ pub async fn report_status(node: NodeHandle) {
     }
 }
 
-/// Rereads the client tokens on every SIGHUP (`systemctl reload`): a bad new file is
-/// logged and the tokens in force are kept. Installed before the node is ready, so a
-/// SIGHUP never ends the process (its default action).
+/// Rereads the TLS files (`--tls-cert`, `--tls-key`, `--tls-ca`, `--client-ca`) and the
+/// client tokens (`--auth-tokens`) on every SIGHUP (`systemctl reload`): each is put in
+/// force for new connections and requests if it can be used; a bad new file is logged,
+/// naming it and never quoting it, and what is in force is kept. TLS and tokens are
+/// reloaded apart: a bad tokens file does not hold back a new certificate, nor the
+/// reverse. Installed before the node is ready, so a SIGHUP never ends the process
+/// (its default action).
 pub fn reload_on_hangup(
-    auth: Option<std::sync::Arc<crate::server::auth::Auth>>,
+    auth: Option<Arc<Auth>>,
+    tls: Option<Arc<Tls>>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
         while hangup.recv().await.is_some() {
-            match &auth {
-                None => tracing::info!("SIGHUP: no --auth-tokens, nothing to reload"),
-                Some(auth) => match auth.reload() {
-                    Ok(tokens) => {
-                        tracing::info!(file = %auth.path().display(), tokens, "SIGHUP: tokens reloaded")
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "SIGHUP: the tokens file is refused; the tokens in force are kept")
-                    }
-                },
-            }
+            reload(auth.as_deref(), tls.as_deref());
         }
     })
+}
+
+/// One reload: what `reload_on_hangup` does on a SIGHUP.
+fn reload(auth: Option<&Auth>, tls: Option<&Tls>) {
+    if auth.is_none() && tls.is_none() {
+        tracing::info!("SIGHUP: no --auth-tokens and no TLS, nothing to reload");
+        return;
+    }
+    if let Some(tls) = tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                cert = %tls.files().cert.display(),
+                "SIGHUP: TLS certificate, key and CAs reloaded; new connections use them"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "SIGHUP: a TLS file is refused; the certificate, key and CAs in force are kept"
+            ),
+        }
+    }
+    if let Some(auth) = auth {
+        match auth.reload() {
+            Ok(tokens) => {
+                tracing::info!(file = %auth.path().display(), tokens, "SIGHUP: tokens reloaded")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "SIGHUP: the tokens file is refused; the tokens in force are kept")
+            }
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

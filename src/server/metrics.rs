@@ -144,6 +144,9 @@ pub struct Gauges {
     pub quota_bytes: u64,
     /// On the leader, its followers; empty otherwise.
     pub peers: Vec<PeerGauge>,
+    /// TLS handshakes refused over a certificate since start (a counter, kept by
+    /// `tls::Tls`); 0 without TLS.
+    pub tls_handshakes_refused: u64,
 }
 
 impl Metrics {
@@ -199,6 +202,12 @@ impl Metrics {
             self.peer_messages_refused.get(),
         );
         counter(&mut out, "mmapd_storage_errors_total", "Disk failures", self.storage_errors.get());
+        counter(
+            &mut out,
+            "mmapd_tls_handshakes_refused_total",
+            "TLS handshakes refused over a certificate (logged at most once per address per 10 s)",
+            gauges.tls_handshakes_refused,
+        );
         counter(&mut out, "mmapd_http_requests_total", "HTTP requests", self.http_requests.get());
         self.commit_seconds.render("mmapd_commit_seconds", "Write request to commit and apply", &mut out);
         self.msync_seconds.render("mmapd_msync_seconds", "One msync batch", &mut out);
@@ -271,6 +280,7 @@ mod tests {
             kv_data_bytes: 100,
             quota_bytes: 4096,
             peers: Vec::new(),
+            tls_handshakes_refused: 0,
         };
         let text = metrics.render(&gauges);
         assert!(text.contains("mmapd_msync_seconds_bucket{le=\"0.00025\"} 1"), "{text}");
@@ -293,6 +303,7 @@ mod tests {
             keys: 1,
             kv_data_bytes: 100,
             quota_bytes: 4096,
+            tls_handshakes_refused: 0,
             peers: vec![
                 PeerGauge {
                     address: "127.0.0.1:3002".into(),

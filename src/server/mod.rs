@@ -11,7 +11,7 @@
 //! - `tls`: TLS on the port (`--tls-cert`): the PEM files, the rustls configuration,
 //!   and accepting a connection (plain HTTP on a TLS port is answered 400);
 //! - `cli` (flags, the original's included), `metrics`, `lifecycle` (sd-notify,
-//!   signals, the watchdog).
+//!   signals, the watchdog), `log_limit` (warnings limited per remote address).
 //!
 //! Dependencies run one way: `api` and `admin` use `peer` and `driver`; `peer` uses
 //! `driver`; `driver` uses none of them (it sends through the `driver::Outbox` trait).
@@ -24,6 +24,7 @@ pub mod cli;
 pub mod driver;
 mod joining;
 mod lifecycle;
+mod log_limit;
 pub mod metrics;
 pub mod peer;
 pub mod tls;
@@ -405,7 +406,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let Opened { descriptor_limit, settings, store, kv, snapshot, start } = opened;
     let listener = bind_tcp(settings.listen)
         .map_err(|error| ServerError::Bind { what: settings.listen.to_string(), error })?;
-    let reload = lifecycle::reload_on_hangup(settings.auth.clone())
+    let reload = lifecycle::reload_on_hangup(settings.auth.clone(), settings.tls.clone())
         .map_err(|error| ServerError::Driver(format!("cannot install the SIGHUP handler: {error}")))?;
     let reload = tokio::spawn(reload);
     let secret = settings.cluster_secret.clone().map(Arc::new);

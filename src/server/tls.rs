@@ -41,12 +41,29 @@
 //! handshake together are bounded by `HANDSHAKE_TIMEOUT`, so a client that stops half
 //! way holds its connection slot no longer than one that never sends its headers.
 //!
+//! **Reload** (`Tls::reload`, on SIGHUP): the same files are read again and, if every
+//! one can be used (the certificate parses, the key goes with it, the CAs parse, the
+//! certificate still names the node's address), the new configuration is put in force
+//! for connections made from then on, both ways: the server side hands new clients the
+//! new certificate and checks theirs against the new CAs, and the peer connector
+//! presents it and checks against the new `--tls-ca`. Connections already open keep
+//! what they started with. A file that cannot be used is refused as at start, naming
+//! it, and what was in force stays. Which files, and which checks apply
+//! (`--client-ca` or not, `--tls-accept-plain`), are the flags': a restart changes
+//! them.
+//!
+//! A handshake refused over a certificate is logged at most once per address per 10 s,
+//! with a count of those not logged (`log_limit`), and counted in `/metrics`
+//! (`mmapd_tls_handshakes_refused_total`): a flood of bad certificates cannot flood
+//! the log.
+//!
 //! Key material never leaves this module: errors name the file and what is wrong with
 //! it, never its contents, and `Debug` shows paths only.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -60,6 +77,8 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::log_limit::{self, PerAddress, Verdict};
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1,
 /// `ContentType.handshake`): what every ClientHello starts with.
@@ -108,16 +127,32 @@ pub struct TlsError {
     pub reason: String,
 }
 
-/// The node's TLS configuration, loaded and checked at start.
+/// The node's TLS: which files, and what they held when last read well. The files are
+/// read at start and again on every `reload` (SIGHUP); a reload that fails keeps what
+/// is in force, so a bad new file never takes TLS away from a running node.
 pub struct Tls {
     files: TlsFiles,
+    /// The address this node's own certificate must name (a clustered node's advertised
+    /// address: its peers check it), checked at start and on every reload.
+    own_address: Option<String>,
+    /// What the files held, swapped whole by `reload`. A connection takes the one in
+    /// force when it starts and keeps it: connections made before a reload go on with
+    /// the old certificate, new ones get the new.
+    current: RwLock<Arc<Loaded>>,
+    /// Handshakes refused over a certificate since start (`/metrics`).
+    refused_handshakes: AtomicU64,
+    /// Which addresses' refusals were logged when: at most one line per address per
+    /// `log_limit::INTERVAL`.
+    refusal_log: PerAddress,
+}
+
+/// The configurations built from one reading of the files.
+struct Loaded {
     acceptor: tokio_rustls::TlsAcceptor,
     /// Checks a client certificate against `--tls-ca`: which connections are peers'.
     peer_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// This node's side of a connection to a peer; None without `--tls-ca`.
     outgoing: Option<tokio_rustls::TlsConnector>,
-    /// The first certificate of the chain: this node's own.
-    own_certificate: CertificateDer<'static>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -134,8 +169,119 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl Tls {
     /// Reads and checks the files and builds the server configuration, and with
-    /// `--tls-ca` the client one.
-    pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
+    /// `--tls-ca` the client one. With `own_address` (a node with peers), the
+    /// certificate must name its host: its peers would refuse every message otherwise.
+    pub fn load(files: TlsFiles, own_address: Option<&str>) -> Result<Tls, TlsError> {
+        let loaded = Loaded::read(&files, own_address)?;
+        Ok(Tls {
+            files,
+            own_address: own_address.map(str::to_owned),
+            current: RwLock::new(Arc::new(loaded)),
+            refused_handshakes: AtomicU64::new(0),
+            refusal_log: PerAddress::default(),
+        })
+    }
+
+    /// Reads the files again (SIGHUP) and puts what they hold in force for new
+    /// connections. Err names the file that cannot be used and why (never its
+    /// contents); what was in force stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let loaded = Loaded::read(&self.files, self.own_address.as_deref())?;
+        *self.current.write().expect("tls lock") = Arc::new(loaded);
+        Ok(())
+    }
+
+    /// The files, for logs.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// What is in force now.
+    fn loaded(&self) -> Arc<Loaded> {
+        self.current.read().expect("tls lock").clone()
+    }
+
+    /// Handshakes refused over a certificate since start.
+    pub fn refused_handshakes(&self) -> u64 {
+        self.refused_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Logs a handshake from `remote` refused over a certificate, at most once per
+    /// address per `log_limit::INTERVAL` (the line counts those not logged since the
+    /// last), and counts it.
+    fn log_refusal(&self, remote: std::net::SocketAddr, error: &std::io::Error) {
+        self.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+        match self.refusal_log.check(remote.ip(), std::time::Instant::now()) {
+            Verdict::Quiet => {}
+            Verdict::Log { not_logged, shared: false } => tracing::warn!(
+                peer = %remote,
+                %error,
+                not_logged_since_last_line = not_logged,
+                "TLS handshake refused: certificate not accepted (at most one line per address per {:?})",
+                log_limit::INTERVAL
+            ),
+            Verdict::Log { not_logged, shared: true } => tracing::warn!(
+                peer = %remote,
+                %error,
+                not_logged_since_last_line = not_logged,
+                "TLS handshake refused: certificate not accepted (too many addresses to log each: one \
+                 line per {:?} for all the others)",
+                log_limit::INTERVAL
+            ),
+        }
+    }
+
+    /// Whether peers talk over TLS (`--tls-ca` given).
+    pub fn has_peer_ca(&self) -> bool {
+        self.files.ca.is_some()
+    }
+
+    /// This node's side of a TLS connection to a peer, as the files last read well
+    /// say; None without `--tls-ca`.
+    pub(crate) fn connector(&self) -> Option<tokio_rustls::TlsConnector> {
+        self.loaded().outgoing.clone()
+    }
+
+    /// Whether plain connections are taken too (`--tls-accept-plain`).
+    pub fn accepts_plain(&self) -> bool {
+        self.files.accept_plain
+    }
+
+    /// Whether clients must present a certificate (`--client-ca` given).
+    pub fn requires_client_certificates(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// What a peer route (`/raft/*`) needs from the connection: a peer certificate
+    /// (one chaining to `--tls-ca`). Err says why the connection does not qualify.
+    pub fn check_peer_route(&self, identity: &Identity) -> Result<(), String> {
+        match identity {
+            Identity::Peer(_) | Identity::Plain => Ok(()),
+            _ if !self.has_peer_ca() => {
+                Err("this node has no --tls-ca: it takes no peer requests over TLS".into())
+            }
+            Identity::Anonymous | Identity::Client => {
+                Err("peer requests need a certificate that chains to the cluster's CA (--tls-ca)".into())
+            }
+        }
+    }
+
+    /// What a client route needs from the connection: with `--client-ca`, a client
+    /// certificate (or a peer's). Err says why the connection does not qualify.
+    pub fn check_client_route(&self, identity: &Identity) -> Result<(), String> {
+        match identity {
+            Identity::Client | Identity::Peer(_) => Ok(()),
+            _ if !self.requires_client_certificates() => Ok(()),
+            Identity::Plain | Identity::Anonymous => {
+                Err("this node requires a client certificate that chains to its --client-ca".into())
+            }
+        }
+    }
+}
+
+impl Loaded {
+    /// Reads the files and builds the configurations from them.
+    fn read(files: &TlsFiles, own_address: Option<&str>) -> Result<Loaded, TlsError> {
         let chain = read_certificates("--tls-cert", &files.cert)?;
         let key = read_private_key("--tls-key", &files.key)?;
         let peer_roots = files.ca.as_deref().map(|path| read_roots("--tls-ca", path)).transpose()?;
@@ -172,7 +318,7 @@ impl Tls {
             None => server.with_no_client_auth(),
         };
         let mut server =
-            server.with_single_cert(chain.clone(), key.clone_key()).map_err(|e| key_mismatch(&files, e))?;
+            server.with_single_cert(chain.clone(), key.clone_key()).map_err(|e| key_mismatch(files, e))?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let outgoing = match peer_roots {
             None => None,
@@ -182,80 +328,25 @@ impl Tls {
                     .map_err(version_error)?
                     .with_root_certificates(roots)
                     .with_client_auth_cert(chain.clone(), key)
-                    .map_err(|e| key_mismatch(&files, e))?;
+                    .map_err(|e| key_mismatch(files, e))?;
                 Some(tokio_rustls::TlsConnector::from(Arc::new(client)))
             }
         };
-        Ok(Tls {
-            own_certificate: chain[0].clone(),
-            files,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            peer_verifier,
-            outgoing,
-        })
-    }
-
-    /// Whether peers talk over TLS (`--tls-ca` given).
-    pub fn has_peer_ca(&self) -> bool {
-        self.outgoing.is_some()
-    }
-
-    /// This node's side of a TLS connection to a peer; None without `--tls-ca`.
-    pub(crate) fn connector(&self) -> Option<&tokio_rustls::TlsConnector> {
-        self.outgoing.as_ref()
-    }
-
-    /// Whether plain connections are taken too (`--tls-accept-plain`).
-    pub fn accepts_plain(&self) -> bool {
-        self.files.accept_plain
-    }
-
-    /// Whether clients must present a certificate (`--client-ca` given).
-    pub fn requires_client_certificates(&self) -> bool {
-        self.files.client_ca.is_some()
-    }
-
-    /// Err unless this node's own certificate names the host of `address` (its
-    /// advertised address): its peers check that, and would refuse every message.
-    pub fn check_names_own_address(&self, address: &str) -> Result<(), TlsError> {
-        if certificate_names(&self.own_certificate, address) {
-            return Ok(());
-        }
-        Err(TlsError {
-            flag: "--tls-cert",
-            path: self.files.cert.clone(),
-            reason: format!(
-                "the certificate does not name {} (subjectAltName), the host of this node's address \
-                 {address}: its peers would refuse it",
-                host_of(address)
-            ),
-        })
-    }
-
-    /// What a peer route (`/raft/*`) needs from the connection: a peer certificate
-    /// (one chaining to `--tls-ca`). Err says why the connection does not qualify.
-    pub fn check_peer_route(&self, identity: &Identity) -> Result<(), String> {
-        match identity {
-            Identity::Peer(_) | Identity::Plain => Ok(()),
-            _ if !self.has_peer_ca() => {
-                Err("this node has no --tls-ca: it takes no peer requests over TLS".into())
-            }
-            Identity::Anonymous | Identity::Client => {
-                Err("peer requests need a certificate that chains to the cluster's CA (--tls-ca)".into())
+        // The first certificate of the chain is this node's own.
+        if let Some(address) = own_address {
+            if !certificate_names(&chain[0], address) {
+                return Err(TlsError {
+                    flag: "--tls-cert",
+                    path: files.cert.clone(),
+                    reason: format!(
+                        "the certificate does not name {} (subjectAltName), the host of this node's \
+                         address {address}: its peers would refuse it",
+                        host_of(address)
+                    ),
+                });
             }
         }
-    }
-
-    /// What a client route needs from the connection: with `--client-ca`, a client
-    /// certificate (or a peer's). Err says why the connection does not qualify.
-    pub fn check_client_route(&self, identity: &Identity) -> Result<(), String> {
-        match identity {
-            Identity::Client | Identity::Peer(_) => Ok(()),
-            _ if !self.requires_client_certificates() => Ok(()),
-            Identity::Plain | Identity::Anonymous => {
-                Err("this node requires a client certificate that chains to its --client-ca".into())
-            }
-        }
+        Ok(Loaded { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), peer_verifier, outgoing })
     }
 
     /// What the verified certificate chain of a connection makes it.
@@ -492,16 +583,19 @@ pub async fn accept(
         refuse_plain(tcp).await;
         return None;
     }
-    match tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)).await {
+    // The configuration in force as the handshake starts: a reload meanwhile does not
+    // change what this connection was offered or how its certificate is judged.
+    let loaded = tls.loaded();
+    match tokio::time::timeout_at(deadline, loaded.acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
-            let identity = tls.identity_of(stream.get_ref().1.peer_certificates());
+            let identity = loaded.identity_of(stream.get_ref().1.peer_certificates());
             Some((ServerStream::Tls(Box::new(stream)), identity))
         }
         Ok(Err(error)) if is_certificate_error(&error) => {
             // A client or peer whose certificate does not chain to our CAs (or that
             // refused ours): a misconfigured node, or someone without the cluster's
             // credentials. Nothing it sent was read.
-            tracing::warn!(peer = %remote, %error, "TLS handshake refused: certificate not accepted");
+            tls.log_refusal(remote, &error);
             None
         }
         Ok(Err(error)) => {

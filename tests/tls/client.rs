@@ -14,10 +14,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::common::{parse_response, Response};
 use crate::pki::Issued;
 
-/// Trusts one CA; presents a certificate if given one.
+/// Trusts one CA; presents a certificate if given one; sends a bearer token if given one.
 #[derive(Clone)]
 pub struct Https {
     config: Arc<rustls::ClientConfig>,
+    /// `Authorization: Bearer` on every request (`with_token`).
+    token: Option<String>,
 }
 
 impl Https {
@@ -40,7 +42,13 @@ impl Https {
                 builder.with_client_auth_cert(chain, key).unwrap()
             }
         };
-        Https { config: Arc::new(config) }
+        Https { config: Arc::new(config), token: None }
+    }
+
+    /// The same client, sending `Authorization: Bearer TOKEN` on every request.
+    pub fn with_token(mut self, token: &str) -> Https {
+        self.token = Some(token.to_owned());
+        self
     }
 
     /// One request to `ip:port` (the server's certificate must name `ip`), with
@@ -68,6 +76,9 @@ impl Https {
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
         head.push_str("\r\n");
         let mut message = head.into_bytes();
         message.extend_from_slice(body);
@@ -82,6 +93,22 @@ impl Https {
         parse_response(&raw).ok_or_else(|| {
             std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
         })
+    }
+
+    /// The certificate the server at `ip:port` presents (DER), after a full handshake
+    /// (which checks it against this client's CA); Err when the handshake fails.
+    pub fn server_certificate(&self, ip: &str, port: u16) -> std::io::Result<Vec<u8>> {
+        let mut tcp = TcpStream::connect((ip, port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let name = ServerName::try_from(ip.to_owned()).map_err(std::io::Error::other)?;
+        let mut connection =
+            rustls::ClientConnection::new(self.config.clone(), name).map_err(std::io::Error::other)?;
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp)?;
+        }
+        let certificates = connection.peer_certificates().ok_or_else(|| std::io::Error::other("none"))?;
+        Ok(certificates[0].as_ref().to_vec())
     }
 
     pub fn get(&self, ip: &str, port: u16, path: &str) -> std::io::Result<Response> {

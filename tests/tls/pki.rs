@@ -24,6 +24,12 @@ pub struct Issued {
 }
 
 impl Issued {
+    /// The certificate as DER (what a server presents in its handshake).
+    pub fn der(&self) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(&self.cert).unwrap().as_ref().to_vec()
+    }
+
     pub fn cert_arg(&self) -> &str {
         self.cert.to_str().unwrap()
     }

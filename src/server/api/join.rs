@@ -6,8 +6,10 @@
 //!   cluster secret when one is set.
 //! - `POST /raft/join` with `{"address":"HOST:PORT","learner":false}`: the leader adds
 //!   the node as a learner under a fresh id (`DriverCore::join`) and answers what it
-//!   needs to start. Authenticated by the cluster secret; without one, accepted from a
-//!   loopback address only. A follower answers 421 naming the leader.
+//!   needs to start. Authenticated by the cluster secret; without one, by a member's
+//!   certificate (mutual TLS), else accepted from a loopback address only
+//!   (`check_membership_peer`, as for the other membership routes). A follower answers
+//!   421 naming the leader.
 //! - every peer request carries the sender's cluster id and node id
 //!   (`peer::Credentials`): another cluster's id, or a removed id, is refused with 403
 //!   and logged with the remote address. Over TLS the sender's certificate must name
@@ -17,6 +19,7 @@
 //!   advertised address (`x-mmapd-node-address`) gets it a sender, so that this node's
 //!   answers reach it (`peer::transport::Outbox::learn_peer`).
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use hyper::body::Incoming;
@@ -34,6 +37,7 @@ use crate::server::driver::NodeError;
 use crate::server::peer::{
     id_header, version_header, CLUSTER_ID_HEADER, NODE_ADDRESS_HEADER, NODE_ID_HEADER,
 };
+use crate::server::tls::Identity;
 
 /// The path of the probe.
 pub const CLUSTER_PATH: &str = "/raft/cluster";
@@ -112,6 +116,45 @@ pub(crate) fn check_peer_identity(
     Ok(())
 }
 
+/// The membership's peer routes (`POST /raft/join`, `POST /raft/members`, `GET
+/// /raft/members`): the cluster secret when one is set; without one, a member's
+/// certificate (mutual TLS authenticates the connection as the secret would) or a
+/// loopback address: anyone else who reaches the port could add or change members, or
+/// read them without a token. `what` names the route's business for the refusal.
+pub(crate) fn check_membership_peer(
+    api: &Api,
+    connection: &Connection,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), ApiError> {
+    if api.secret.is_some() {
+        return api.check_secret(headers);
+    }
+    if unauthenticated_peer_allowed(&connection.identity, connection.remote.ip()) {
+        return Ok(());
+    }
+    tracing::warn!(peer = %connection.remote, "refused {what} from another host: no cluster secret is set and the connection has no member's certificate");
+    Err(ApiError::PeerRefused(format!(
+        "{what} from {} need a cluster secret (--cluster-secret-file) or mutual TLS (--tls-ca); without \
+         either they are accepted from loopback only",
+        connection.remote.ip()
+    )))
+}
+
+/// Without a cluster secret, whether a connection may use the membership's peer
+/// routes: one with a member's certificate, or one from a loopback address.
+fn unauthenticated_peer_allowed(identity: &Identity, remote: IpAddr) -> bool {
+    matches!(identity, Identity::Peer(_)) || is_loopback(remote)
+}
+
+/// Loopback, IPv4-mapped addresses included.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
+}
+
 /// `GET /raft/cluster?asker=ID`.
 pub(crate) async fn probe(
     api: &Api,
@@ -176,16 +219,7 @@ pub(crate) async fn join(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     allow(request.method(), &[Method::POST], "POST")?;
-    if api.secret.is_some() {
-        api.check_secret(request.headers())?;
-    } else if !connection.remote.ip().is_loopback() {
-        tracing::warn!(peer = %connection.remote, "refused a join from another host: no cluster secret is set");
-        return Err(ApiError::PeerRefused(
-            "without a cluster secret, joins are accepted from loopback only: set --cluster-secret-file on \
-             every node"
-                .into(),
-        ));
-    }
+    check_membership_peer(api, connection, request.headers(), "joins")?;
     let body = read_body(request, MAX_JOIN_BODY, api.body_timeout).await?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"address\":\"HOST:PORT\"}}: {e}")))?;
@@ -275,6 +309,29 @@ pub fn joined_from_json(value: &Value) -> Result<Joined, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_includes_ipv4_mapped_addresses() {
+        assert!(is_loopback("127.0.0.1".parse().unwrap()));
+        assert!(is_loopback("::1".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("10.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    /// Without a secret, a member's certificate stands for it off loopback (a cluster
+    /// on mutual TLS alone can join and change members across machines); nothing else
+    /// does.
+    #[test]
+    fn without_a_secret_a_members_certificate_or_loopback_may_use_the_membership_routes() {
+        let member = Identity::Peer(std::sync::Arc::new(rustls::pki_types::CertificateDer::from(vec![1])));
+        let other_host: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(unauthenticated_peer_allowed(&member, other_host));
+        for identity in [Identity::Plain, Identity::Anonymous, Identity::Client] {
+            assert!(!unauthenticated_peer_allowed(&identity, other_host), "{identity:?}");
+            assert!(unauthenticated_peer_allowed(&identity, "127.0.0.2".parse().unwrap()), "{identity:?}");
+        }
+    }
 
     #[test]
     fn probe_answers_round_trip_through_json() {

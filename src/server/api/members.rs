@@ -4,7 +4,9 @@
 //!
 //! The list comes from the replicated cluster record, the same on every node; the match
 //! index and the last contact are the leader's view, which a follower asks the leader
-//! for (with `?local=1`, so the leader answers from its own view and asks nobody).
+//! for on the peer route `GET /raft/members` (the leader answers from its own view and
+//! asks nobody; authenticated as every membership peer route, so it needs no client
+//! token). `GET /v1/members?local=1` gives a node's own view to clients.
 //!
 //! A change body is JSON, the same on both routes:
 //! `{"op":"add","address":"HOST:PORT","learner":false}`,
@@ -15,13 +17,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, CONTENT_TYPE};
+use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +36,8 @@ use super::Api;
 
 /// The public route: the member list.
 pub const PATH: &str = "/v1/members";
-/// The peer route a follower forwards a change to the leader on.
+/// The peer route: a follower forwards a change to the leader on it (POST), and asks
+/// the leader for its own view of the members (GET).
 pub const PEER_PATH: &str = "/raft/members";
 /// How long a follower waits for the leader's view of the members.
 const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(1);
@@ -219,30 +221,6 @@ impl MemberOp {
 pub(crate) async fn read_op(api: &Api, request: Request<Incoming>) -> Result<MemberOp, ApiError> {
     let body = super::read_body(request, MAX_BODY_BYTES, api.body_timeout).await?;
     MemberOp::decode(&body)
-}
-
-/// `POST /raft/members` is a peer route: it needs the cluster secret when one is set,
-/// and without one it is served to loopback clients only (anyone who reaches the port
-/// could otherwise change the members).
-pub(crate) fn check_peer(api: &Api, headers: &HeaderMap, remote: SocketAddr) -> Result<(), ApiError> {
-    if api.secret.is_some() {
-        return api.check_secret(headers);
-    }
-    if is_loopback(remote.ip()) {
-        return Ok(());
-    }
-    Err(ApiError::Forbidden(format!(
-        "membership changes from {} need a cluster secret (--cluster-secret-file); without one they \
-         are accepted from loopback only",
-        remote.ip()
-    )))
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
-    }
 }
 
 /// Who this node thinks leads, from the driver's latest role.
@@ -561,28 +539,51 @@ fn unrecorded_members(status: &Status, known: &HashMap<NodeId, String>) -> Vec<R
     rows
 }
 
-/// The leader's `GET /v1/members?local=1`, within `LEADER_VIEW_TIMEOUT`.
+/// The leader's own view of the members, within `LEADER_VIEW_TIMEOUT`: asked on the
+/// peer route `GET /raft/members` with this node's peer credentials (the cluster
+/// secret, its id; over TLS its certificate), so a leader with `--auth-tokens` answers
+/// it as any peer request. A leader of a release before that route answers 405: it is
+/// asked `GET /v1/members?local=1` instead, as those releases did.
 async fn leader_view(api: &Api, leader: NodeId) -> Option<Vec<serde_json::Value>> {
     let address = address_of(api, leader)?;
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("http://{address}{PATH}?local=1"))
-        .body(Full::new(Bytes::new()))
-        .ok()?;
     let asked = async {
-        let response = api.client.request(request).await.ok()?;
-        if response.status() != StatusCode::OK {
-            return None;
+        match ask_view(api, &format!("http://{address}{PEER_PATH}"), true).await {
+            Err(Some(StatusCode::METHOD_NOT_ALLOWED)) => {
+                ask_view(api, &format!("http://{address}{PATH}?local=1"), false).await
+            }
+            answer => answer,
         }
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        value["members"].as_array().cloned()
     };
-    let view = tokio::time::timeout(LEADER_VIEW_TIMEOUT, asked).await.ok().flatten();
-    if view.is_none() {
-        tracing::debug!(leader = %address, "the leader's view of the members could not be had");
+    match tokio::time::timeout(LEADER_VIEW_TIMEOUT, asked).await {
+        Ok(Ok(view)) => Some(view),
+        Ok(Err(status)) => {
+            tracing::debug!(leader = %address, ?status, "the leader's view of the members could not be had");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(leader = %address, "the leader's view of the members: no answer in time");
+            None
+        }
     }
-    view
+}
+
+/// One ask for a member view at `uri`, with the peer credentials if `as_peer`. Err:
+/// the status of an answer that is not 200, or None for no usable answer.
+async fn ask_view(api: &Api, uri: &str, as_peer: bool) -> Result<Vec<serde_json::Value>, Option<StatusCode>> {
+    let mut request = Request::builder().method(Method::GET).uri(uri);
+    if as_peer {
+        for (name, value) in api.outbox.credentials().headers().map_err(|_| None)? {
+            request = request.header(name, value);
+        }
+    }
+    let request = request.body(Full::new(Bytes::new())).map_err(|_| None)?;
+    let response = api.client.request(request).await.map_err(|_| None)?;
+    if response.status() != StatusCode::OK {
+        return Err(Some(response.status()));
+    }
+    let body = response.into_body().collect().await.map_err(|_| None)?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| None)?;
+    value["members"].as_array().cloned().ok_or(None)
 }
 
 #[cfg(test)]
@@ -703,14 +704,5 @@ mod tests {
         let ids: std::collections::HashSet<u64> =
             (0..1000).map(|_| fresh_id(&cluster, &[], random_u64)).collect();
         assert_eq!(ids.len(), 1000, "random ids repeated");
-    }
-
-    #[test]
-    fn loopback_includes_ipv4_mapped_addresses() {
-        assert!(is_loopback("127.0.0.1".parse().unwrap()));
-        assert!(is_loopback("::1".parse().unwrap()));
-        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(!is_loopback("10.0.0.1".parse().unwrap()));
-        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
     }
 }

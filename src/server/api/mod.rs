@@ -256,9 +256,15 @@ async fn route(
             allow(&method, &[Method::GET], "GET")?;
             Ok(json(StatusCode::OK, check::peer_hash(api, connection, request.headers(), &query).await?))
         }
+        members::PEER_PATH if method == Method::GET => {
+            // A follower asking for this node's own view (`members::leader_view`).
+            join::check_membership_peer(api, connection, request.headers(), "member views")?;
+            join::check_peer_identity(api, connection, request.headers())?;
+            Ok(json(StatusCode::OK, members::list(api, false).await))
+        }
         members::PEER_PATH => {
-            allow(&method, &[Method::POST], "POST")?;
-            members::check_peer(api, request.headers(), connection.remote)?;
+            allow(&method, &[Method::GET, Method::POST], "GET, POST")?;
+            join::check_membership_peer(api, connection, request.headers(), "membership changes")?;
             join::check_peer_identity(api, connection, request.headers())?;
             let op = members::read_op(api, request).await?;
             Ok(json(StatusCode::OK, members::change_from_peer(api, op).await?))
@@ -719,6 +725,17 @@ impl Api {
                 serde_json::json!({"address": self.address_of(Some(id)), "node_id": format!("{id:016x}"), "version": version})
             })
             .collect();
+        // What protects the node, never a secret: which protections are on.
+        let tls = serde_json::json!({
+            "enabled": self.tls.is_some(),
+            "mutual": self.tls.as_ref().is_some_and(|tls| tls.has_peer_ca()),
+            "client_ca": self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()),
+            "accept_plain": self.tls.as_ref().is_some_and(|tls| tls.accepts_plain()),
+        });
+        let auth = serde_json::json!({
+            "tokens": self.auth.is_some(),
+            "cluster_secret": self.secret.is_some(),
+        });
         let features: serde_json::Map<String, serde_json::Value> = Feature::ALL
             .iter()
             .map(|&feature| (feature.name().to_owned(), shared.cluster_supports(feature).is_ok().into()))
@@ -741,6 +758,8 @@ impl Api {
             "last_index": status.last_index,
             "persisted_index": status.persisted_index,
             "disk_full": disk_full,
+            "tls": tls,
+            "auth": auth,
             "peers": peers,
             // Deprecated spellings, removed in the next release.
             "node id": status.id,
@@ -807,6 +826,7 @@ impl Api {
             kv_data_bytes,
             quota_bytes: self.quota_bytes,
             peers: if status.role == Role::Leader { self.peer_gauges(&status.peers) } else { Vec::new() },
+            tls_handshakes_refused: self.tls.as_ref().map_or(0, |tls| tls.refused_handshakes()),
         };
         let mut response = Response::new(Full::new(Bytes::from(self.node.shared.metrics.render(&gauges))));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -78,6 +78,7 @@ impl PeerConnector {
         timeout: Duration,
     ) -> Result<PeerStream, ConnectError> {
         let tcp = tcp_connect(address, timeout).await?;
+        // The connector in force now: a reload (SIGHUP) changes it for new connections.
         let Some((tls, connector)) = self.tls.as_ref().and_then(|tls| Some((tls, tls.connector()?))) else {
             return Ok(PeerStream::Plain(tcp));
         };
