@@ -449,6 +449,8 @@ impl Api {
             }
             // Carries nothing; proposing one costs an entry, as any write does.
             Command::HashCheck => Ok(()),
+            // A revision above the applied one compacts to it (`Command::Compact`).
+            Command::Compact { .. } => Ok(()),
         }
     }
 
@@ -1035,6 +1037,9 @@ fn applied_to_json(applied: &Applied) -> serde_json::Value {
         }
         Outcome::Cluster { applied } => serde_json::json!({ "cluster": { "applied": applied } }),
         Outcome::HashCheck => serde_json::json!("hash_check"),
+        Outcome::Compacted { compact_revision, moved } => {
+            serde_json::json!({ "compacted": { "compact_revision": compact_revision, "moved": moved } })
+        }
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }
@@ -1050,6 +1055,8 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
         Outcome::PreconditionFailed { current_mod_revision: p["current_version"].as_u64() }
     } else if outcome == "not_found" {
         Outcome::NotFound
+    } else if let Some(c) = outcome.get("compacted") {
+        Outcome::Compacted { compact_revision: c["compact_revision"].as_u64()?, moved: c["moved"].as_bool()? }
     } else if outcome == "hash_check" {
         Outcome::HashCheck
     } else if let Some(i) = outcome.get("imported") {

@@ -18,7 +18,7 @@
 //! - 2: the next release (v0.2.0, not tagged yet: every feature added before that tag
 //!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands), membership changes (configuration entries, learners,
-//!   joins) and the hash check (`HashCheck`).
+//!   joins), the hash check (`HashCheck`) and the history's compaction (`Compact`).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
 //! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
@@ -47,11 +47,14 @@ pub enum Feature {
     MembershipChanges,
     /// `Command::HashCheck` (`mmapd-admin check`).
     HashCheck,
+    /// `Command::Compact`: the replicated history's compaction (watches).
+    Compaction,
 }
 
 impl Feature {
     /// Every feature, for documentation and `/status`.
-    pub const ALL: [Feature; 3] = [Feature::ClusterRecord, Feature::MembershipChanges, Feature::HashCheck];
+    pub const ALL: [Feature; 4] =
+        [Feature::ClusterRecord, Feature::MembershipChanges, Feature::HashCheck, Feature::Compaction];
 
     /// The version that introduced it.
     pub const fn since(self) -> Version {
@@ -59,6 +62,7 @@ impl Feature {
             Feature::ClusterRecord => 2,
             Feature::MembershipChanges => 2,
             Feature::HashCheck => 2,
+            Feature::Compaction => 2,
         }
     }
 
@@ -68,6 +72,7 @@ impl Feature {
             Feature::ClusterRecord => "cluster record",
             Feature::MembershipChanges => "membership changes",
             Feature::HashCheck => "hash check",
+            Feature::Compaction => "history compaction",
         }
     }
 }
@@ -88,6 +93,7 @@ pub fn feature_of(command: &Command) -> Option<Feature> {
             Some(Feature::ClusterRecord)
         }
         Command::HashCheck => Some(Feature::HashCheck),
+        Command::Compact { .. } => Some(Feature::Compaction),
     }
 }
 
@@ -256,5 +262,6 @@ mod tests {
         assert_eq!(feature_of(&Command::put("k", b"v".to_vec())), None);
         assert_eq!(feature_of(&Command::MemberStarted { id: 7 }), Some(Feature::ClusterRecord));
         assert_eq!(feature_of(&Command::HashCheck), Some(Feature::HashCheck));
+        assert_eq!(feature_of(&Command::Compact { revision: 3 }), Some(Feature::Compaction));
     }
 }
