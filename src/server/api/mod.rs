@@ -43,6 +43,7 @@ use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
 
 pub mod check;
+pub mod compact;
 pub mod error;
 pub mod join;
 pub mod key_json;
@@ -231,6 +232,12 @@ async fn route(
             let prefix = query_field(&query, "prefix")?.unwrap_or_default();
             api.authorize(request.headers(), Need::Prefix(&prefix, Access::Read))?;
             api.kv_list(&query).await
+        }
+        compact::PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.authorize(request.headers(), Need::Prefix(b"", Access::Write))?;
+            let body = read_body(request, 1024, api.body_timeout).await?;
+            compact::compact(api, &body).await
         }
         "/status" | "/v1/status" => {
             allow(&method, &[Method::GET], "GET, HEAD")?;
