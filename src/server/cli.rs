@@ -163,6 +163,11 @@ pub struct Args {
     /// A watch with nothing to say for this long writes a progress line.
     #[arg(long, env = "MMAPD_WATCH_PROGRESS_MS", default_value_t = 5000)]
     pub watch_progress_ms: u64,
+
+    /// Rounds of applied changes a watcher may fall behind by before it is ended as
+    /// slow (a `cancelled` line with the revision to resume from).
+    #[arg(long, env = "MMAPD_WATCH_QUEUE_ROUNDS", default_value_t = 1024)]
+    pub watch_queue_rounds: usize,
     /// Most bytes of key-value data (keys, values and 96 bytes per key); a write that
     /// would pass it gets 507 `quota`, deletes still work. Default: a quarter of
     /// physical memory (2 GiB if unknown).
@@ -259,6 +264,7 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "history-entries",
         "history-bytes",
         "watch-progress-ms",
+        "watch-queue-rounds",
         "quota-bytes",
         "help",
         "version",
@@ -330,6 +336,8 @@ pub struct Settings {
     pub history_bytes: u64,
     /// Idle time after which a watch writes a progress line.
     pub watch_progress: Duration,
+    /// A watcher's queue, in rounds.
+    pub watch_queue_rounds: usize,
     /// The key-value data quota, as `StateMachine::approximate_bytes` counts it.
     pub quota_bytes: u64,
 }
@@ -441,6 +449,7 @@ impl Args {
             history_entries: self.history_entries.max(1),
             history_bytes: self.history_bytes.max(1),
             watch_progress: Duration::from_millis(self.watch_progress_ms.max(1)),
+            watch_queue_rounds: self.watch_queue_rounds.clamp(1, 1 << 20),
             quota_bytes: self.quota_bytes.unwrap_or_else(default_quota_bytes),
         })
     }

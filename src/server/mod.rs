@@ -541,6 +541,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         outbox,
         auth: settings.auth.clone(),
         tls: settings.tls.clone(),
+        watch_progress: settings.watch_progress,
+        watch_queue_rounds: settings.watch_queue_rounds,
     });
 
     let http_task = tokio::spawn(accept_http(

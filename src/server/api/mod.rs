@@ -48,6 +48,7 @@ pub mod error;
 pub mod join;
 pub mod key_json;
 pub mod members;
+pub mod watch;
 
 use crate::server::auth::{Access, Auth, Need};
 use crate::server::driver::version::{Feature, THIS_VERSION};
@@ -111,6 +112,11 @@ pub struct Api {
     pub auth: Option<Arc<Auth>>,
     /// TLS on the port; None: plain HTTP, and every connection is `Identity::Plain`.
     pub tls: Option<Arc<Tls>>,
+    /// An idle watch writes a progress line this often (`--watch-progress-ms`).
+    pub watch_progress: Duration,
+    /// Rounds of changes a watcher's queue holds before it is ended as slow
+    /// (`--watch-queue-rounds`).
+    pub watch_queue_rounds: usize,
 }
 
 /// The client connection a request arrived on.
@@ -130,12 +136,42 @@ pub struct Connection {
 
 type HttpResponse = Response<Full<Bytes>>;
 
+/// A response: a whole body, or a watch's stream.
+pub type ServedResponse = Response<http_body_util::Either<Full<Bytes>, watch::WatchBody>>;
+
 /// Serves one request; never fails at the HTTP level.
 pub async fn serve(
     api: Arc<Api>,
     connection: Connection,
     request: Request<Incoming>,
-) -> Result<HttpResponse, Infallible> {
+) -> Result<ServedResponse, Infallible> {
+    if request.uri().path() == watch::PATH && request.method() == Method::GET {
+        api.node.shared.metrics.http_requests.inc();
+        return Ok(match serve_watch(&api, &connection, &request) {
+            Ok(response) => response.map(http_body_util::Either::Right),
+            Err(error) => error.into_response().map(http_body_util::Either::Left),
+        });
+    }
+    Ok(serve_whole(api, connection, request).await.map(http_body_util::Either::Left))
+}
+
+/// `GET /v1/watch`: checked as every client route, then streamed (`watch`).
+fn serve_watch(
+    api: &Api,
+    connection: &Connection,
+    request: &Request<Incoming>,
+) -> Result<Response<watch::WatchBody>, ApiError> {
+    api.check_client_connection(connection)?;
+    let query = request.uri().query().unwrap_or("");
+    let (watched, is_prefix) = watch::watched(query)?;
+    let need =
+        if is_prefix { Need::Prefix(&watched, Access::Read) } else { Need::Key(&watched, Access::Read) };
+    api.authorize(request.headers(), need)?;
+    watch::watch(api, query, connection.permit.clone())
+}
+
+/// Serves one request with a whole body.
+async fn serve_whole(api: Arc<Api>, connection: Connection, request: Request<Incoming>) -> HttpResponse {
     api.node.shared.metrics.http_requests.inc();
     // HEAD is GET without the body: routed as GET, then the body is dropped here and its
     // length kept in Content-Length.
@@ -148,7 +184,11 @@ pub async fn serve(
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    Ok(if head { without_body(response) } else { response })
+    if head {
+        without_body(response)
+    } else {
+        response
+    }
 }
 
 /// The answer to a HEAD request: `response`'s status and headers, its body's length in
