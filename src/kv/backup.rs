@@ -629,7 +629,8 @@ pub fn verify_backup(input: &mut impl Read) -> Result<BackupSummary, ReadBackupE
 }
 
 /// Reads a whole backup into a state machine at the backup's revision, with an empty
-/// cluster record (the caller gives it the new cluster's, `StateMachine::replace_cluster`).
+/// cluster record (the caller gives it the new cluster's, `StateMachine::replace_cluster`)
+/// and an empty history compacted to the backup's revision.
 pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine), ReadBackupError> {
     let mut records = Vec::new();
     let summary = read(input, &mut |record| {
@@ -643,8 +644,14 @@ pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine
     })?;
     // Keys strictly increase, revisions are within 1..=revision and keep `Value`'s
     // invariants: checked by the decoder.
-    let machine =
-        StateMachine::from_parts(OrdMap::from_iter(records), summary.header.revision, Cluster::default());
+    // A backup holds no history: the restored cluster's starts at the backup's revision.
+    let revision = summary.header.revision;
+    let machine = StateMachine::from_parts(
+        OrdMap::from_iter(records),
+        revision,
+        Cluster::default(),
+        crate::kv::History::starting_at(revision),
+    );
     Ok((summary, machine))
 }
 
@@ -841,6 +848,7 @@ mod tests {
                 OrdMap::from_iter([(Bytes::from_static(b"k"), value)]),
                 8,
                 Cluster::default(),
+                crate::kv::History::starting_at(8),
             );
             let (_, file) = encode(&machine);
             let error = decode(&file, 64).unwrap_err();

@@ -6,13 +6,14 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
-//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck, 8 = Compact |
 //!
 //! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
 //! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
 //! tag byte (0 = None, 1 = VersionEquals followed by a u64 mod_revision, 2 = Absent). For
 //! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
-//! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id; HashCheck has no body.
+//! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id; HashCheck has no body;
+//! for Compact: u64 revision.
 //! Nothing may follow the command.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +31,7 @@ const TAG_BOOTSTRAP: u8 = 4;
 const TAG_UPDATE_MEMBER: u8 = 5;
 const TAG_MEMBER_STARTED: u8 = 6;
 const TAG_HASH_CHECK: u8 = 7;
+const TAG_COMPACT: u8 = 8;
 
 const CONDITION_NONE: u8 = 0;
 const CONDITION_VERSION_EQUALS: u8 = 1;
@@ -102,6 +104,14 @@ pub enum Command {
     /// (`mmapd-admin check`, a corruption check as etcd's HashKV), so the hashes of all
     /// members are of the state at one revision.
     HashCheck,
+    /// Drops the history's events at or below `revision` (`kv::History::compact`; a
+    /// revision above the applied index compacts to it, one at or below the current
+    /// compaction point changes nothing). Through the log, so every node holds the same
+    /// window of history.
+    Compact {
+        /// The new compaction point.
+        revision: u64,
+    },
 }
 
 impl Command {
@@ -157,6 +167,10 @@ impl Command {
                 out.put_u64_le(*id);
             }
             Command::HashCheck => out.put_u8(TAG_HASH_CHECK),
+            Command::Compact { revision } => {
+                out.put_u8(TAG_COMPACT);
+                out.put_u64_le(*revision);
+            }
         }
         debug_assert_eq!(out.len(), self.encoded_len());
         out.freeze()
@@ -222,6 +236,7 @@ impl Command {
             }
             TAG_MEMBER_STARTED => Command::MemberStarted { id: reader.u64()? },
             TAG_HASH_CHECK => Command::HashCheck,
+            TAG_COMPACT => Command::Compact { revision: reader.u64()? },
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
         };
         if reader.remaining() != 0 {
@@ -248,6 +263,7 @@ impl Command {
             Command::UpdateMember { address, .. } => header + 8 + 4 + address.len(),
             Command::MemberStarted { .. } => header + 8,
             Command::HashCheck => header,
+            Command::Compact { .. } => header + 8,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - `state_machine`: `StateMachine`, the ordered map committed commands are applied to,
 //!   each key with its `create_revision`, `mod_revision` (the ETag) and `version`, as
 //!   etcd v3 means them; revisions are log indexes;
+//! - `history`: `History`, every change applied to a key (an `Event`) since the
+//!   compaction point, replicated state that watches replay;
 //! - `snapshot`: the map's binary snapshot payload, written and loaded;
 //! - `cluster`: the cluster's own record (its id, members' addresses, removed ids),
 //!   changed by committed entries like the keys;
@@ -22,6 +24,7 @@ mod cluster;
 mod command;
 mod error;
 mod hash;
+mod history;
 mod legacy;
 mod snapshot;
 mod state_machine;
@@ -34,6 +37,7 @@ pub use cluster::{Cluster, ClusterError, Member, MemberChange, MemberId, MemberR
 pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
 pub use error::DecodeError;
 pub use hash::{hash_state, StateHash};
+pub use history::{Event, EventKind, History, Since, PER_EVENT_OVERHEAD_BYTES};
 pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use state_machine::{Outcome, StateMachine, Value, PER_KEY_OVERHEAD_BYTES};

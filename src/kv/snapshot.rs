@@ -5,16 +5,29 @@
 //!
 //! | offset | size | field                                            |
 //! |--------|------|--------------------------------------------------|
-//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (3; 1 and 2 still load), or 1 (written while the cluster record is empty; see `write_snapshot`) |
+//! | 0      | 1    | format version, `SNAPSHOT_FORMAT_VERSION` (4; 1 to 3 still load; 1 is also written for a v0.1.0 member, see `write_snapshot_v1`) |
 //! | 1      | 8    | applied index (the store's revision)             |
 //! | 9      | 8    | key count                                        |
 //! | 17     | ...  | `count` records, keys in strictly increasing byte order |
 //!
-//! then the cluster's record (`kv::cluster`: id, members, removed ids). Nothing may follow.
+//! then the cluster's record (`kv::cluster`: id, members, removed ids), then (version 4)
+//! the history (`kv::history`). Nothing may follow.
 //!
-//! A version 3 record: u32 key length, key, u64 `create_revision`, u64 `mod_revision`,
+//! The history: u64 `compact_revision` (at most the applied index), u64 event count,
+//! then per event, in order (revisions non-decreasing, above `compact_revision`, at
+//! most the applied index): u64 revision, u8 kind (1 = put, 2 = delete), u8 flags
+//! (bit 0: a previous value follows; always set for a delete), u32 key length, key,
+//! then for a put the value written (u64 `create_revision`, u64 `mod_revision` (equal
+//! to the event's revision), u64 `version`, u32 value length, value), then the
+//! previous value in the same form if flagged.
+//!
+//! A version 3 or 4 record: u32 key length, key, u64 `create_revision`, u64 `mod_revision`,
 //! u64 `version`, u32 value length, value; the three must keep `Value`'s invariants, with
 //! `mod_revision` at most the applied index.
+//!
+//! Versions 1 to 3 (written before the history) load with an empty history whose
+//! compaction point is the snapshot's applied index: nothing before it is held, so a
+//! watch from an earlier revision is refused as compacted, never answered with a gap.
 //!
 //! Versions 1 and 2 (written before keys carried `create_revision` and `version`) still
 //! load. Their record is u32 key length, key, u64 `mod_revision` (then called the
@@ -35,20 +48,33 @@ use imbl::OrdMap;
 
 use super::cluster::Cluster;
 use super::error::DecodeError;
+use super::history::{Event, EventKind, History};
 use super::state_machine::{StateMachine, Value};
 use crate::byte_reader::ByteReader;
 
 /// The first byte of every snapshot payload written.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
 
 /// Before the cluster record and the key revisions; still loaded.
 const SNAPSHOT_FORMAT_VERSION_1: u8 = 1;
 /// Before the key revisions (`create_revision`, `version`); still loaded.
 const SNAPSHOT_FORMAT_VERSION_2: u8 = 2;
+/// Before the history; still loaded.
+const SNAPSHOT_FORMAT_VERSION_3: u8 = 3;
+
+const EVENT_PUT: u8 = 1;
+const EVENT_DELETE: u8 = 2;
+const EVENT_HAS_PREVIOUS: u8 = 1;
+/// An event's fixed part: revision, kind, flags, key length.
+const EVENT_HEADER_BYTES: usize = 8 + 1 + 1 + 4;
+/// A value in an event: three revisions and the length, then the bytes.
+const EVENT_VALUE_BYTES: usize = 8 + 8 + 8 + 4;
+/// The history's header: compaction point, event count.
+const HISTORY_HEADER_BYTES: usize = 8 + 8;
 
 /// Header: version byte, applied index, key count.
 const HEADER_BYTES: usize = 1 + 8 + 8;
-/// The smallest version 3 record: empty key and value, three revisions.
+/// The smallest version 3 or 4 record: empty key and value, three revisions.
 const MIN_RECORD_BYTES: usize = 4 + 8 + 8 + 8 + 4;
 /// The smallest version 1 or 2 record: empty key and value, one revision.
 const MIN_OLD_RECORD_BYTES: usize = 4 + 8 + 4;
@@ -57,40 +83,48 @@ const _: () = assert!(MIN_RECORD_BYTES == 32 && MIN_OLD_RECORD_BYTES == 16);
 impl StateMachine {
     /// Writes the snapshot payload (see the module doc) to `out` and returns the bytes
     /// written. Buffers internally, so `out` may be an unbuffered file.
-    ///
-    /// The format is version 1 while the cluster record is empty (a cluster before its
-    /// bootstrap record, which includes one upgraded from v0.1.0 while a member still
-    /// runs it: the record waits for every member), so that such a member can load a
-    /// snapshot sent to it during a rolling upgrade; version 3 otherwise. Version 1 loads
-    /// back with an empty record and with the approximation of the module doc for
-    /// `create_revision` and `version` (such a cluster's keys came from v0.1.0, whose
-    /// snapshots had neither, so it holds the approximation already).
     pub fn write_snapshot(&self, out: &mut impl Write) -> io::Result<u64> {
         let mut out = BufWriter::with_capacity(1 << 16, out);
-        let cluster = self.encoded_cluster();
-        let full = cluster.is_some();
-        out.write_all(&[if full { SNAPSHOT_FORMAT_VERSION } else { SNAPSHOT_FORMAT_VERSION_1 }])?;
+        out.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
         out.write_all(&self.applied_index().to_le_bytes())?;
         out.write_all(&(self.len() as u64).to_le_bytes())?;
         let mut written = HEADER_BYTES as u64;
         for (key, value) in self.iter() {
             out.write_all(&record_len(key).to_le_bytes())?;
             out.write_all(key)?;
-            if full {
+            out.write_all(&value.create_revision.to_le_bytes())?;
+            out.write_all(&value.mod_revision.to_le_bytes())?;
+            out.write_all(&value.version.to_le_bytes())?;
+            out.write_all(&record_len(&value.data).to_le_bytes())?;
+            out.write_all(&value.data)?;
+            written += (MIN_RECORD_BYTES + key.len() + value.data.len()) as u64;
+        }
+        let mut cluster = Vec::new();
+        self.cluster().encode(&mut cluster);
+        out.write_all(&cluster)?;
+        written += cluster.len() as u64;
+        let history = self.history();
+        out.write_all(&history.compact_revision().to_le_bytes())?;
+        out.write_all(&(history.len() as u64).to_le_bytes())?;
+        written += HISTORY_HEADER_BYTES as u64;
+        for event in history.events().iter() {
+            let kind = match event.kind {
+                EventKind::Put => EVENT_PUT,
+                EventKind::Delete => EVENT_DELETE,
+            };
+            let flags = if event.previous.is_some() { EVENT_HAS_PREVIOUS } else { 0 };
+            out.write_all(&event.revision.to_le_bytes())?;
+            out.write_all(&[kind, flags])?;
+            out.write_all(&record_len(&event.key).to_le_bytes())?;
+            out.write_all(&event.key)?;
+            for value in event.value.iter().chain(event.previous.iter()) {
                 out.write_all(&value.create_revision.to_le_bytes())?;
                 out.write_all(&value.mod_revision.to_le_bytes())?;
                 out.write_all(&value.version.to_le_bytes())?;
-            } else {
-                out.write_all(&value.mod_revision.to_le_bytes())?;
+                out.write_all(&record_len(&value.data).to_le_bytes())?;
+                out.write_all(&value.data)?;
             }
-            out.write_all(&record_len(&value.data).to_le_bytes())?;
-            out.write_all(&value.data)?;
-            let record = if full { MIN_RECORD_BYTES } else { MIN_OLD_RECORD_BYTES };
-            written += (record + key.len() + value.data.len()) as u64;
-        }
-        if let Some(cluster) = cluster {
-            out.write_all(&cluster)?;
-            written += cluster.len() as u64;
+            written += event_len(event);
         }
         out.flush()?;
         Ok(written)
@@ -98,23 +132,36 @@ impl StateMachine {
 
     /// The length of `write_snapshot`'s output, exactly, in O(1).
     pub fn snapshot_len(&self) -> usize {
-        let cluster = self.encoded_cluster().map(|cluster| cluster.len());
-        let record = if cluster.is_some() { MIN_RECORD_BYTES } else { MIN_OLD_RECORD_BYTES };
-        let cluster = cluster.unwrap_or(0);
-        let records = self.len() as u64 * record as u64 + self.payload_bytes();
-        let bytes = HEADER_BYTES as u64 + records + cluster as u64;
+        let mut cluster = Vec::new();
+        self.cluster().encode(&mut cluster);
+        let records = self.len() as u64 * MIN_RECORD_BYTES as u64 + self.payload_bytes();
+        let history = HISTORY_HEADER_BYTES as u64 + self.history().encoded_bytes();
+        let bytes = HEADER_BYTES as u64 + records + cluster.len() as u64 + history;
         usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
-    /// The cluster record as a version 2 or 3 snapshot ends with it; `None` while it is empty
-    /// (a version-1 snapshot, which loads with an empty record).
-    fn encoded_cluster(&self) -> Option<Vec<u8>> {
-        if *self.cluster() == Cluster::default() {
-            return None;
+    /// The payload in version 1, v0.1.0's format, for a member that runs it (the peer
+    /// transport converts a snapshot for such a member during a rolling upgrade): the
+    /// keys with their values and `mod_revision`s only, no cluster record (a cluster
+    /// with a v0.1.0 member has none: the record waits for every member) and no
+    /// history. It loads back with the approximation of the module doc, an empty record
+    /// and an empty history compacted at its revision.
+    pub fn write_snapshot_v1(&self, out: &mut impl Write) -> io::Result<u64> {
+        let mut out = BufWriter::with_capacity(1 << 16, out);
+        out.write_all(&[SNAPSHOT_FORMAT_VERSION_1])?;
+        out.write_all(&self.applied_index().to_le_bytes())?;
+        out.write_all(&(self.len() as u64).to_le_bytes())?;
+        let mut written = HEADER_BYTES as u64;
+        for (key, value) in self.iter() {
+            out.write_all(&record_len(key).to_le_bytes())?;
+            out.write_all(key)?;
+            out.write_all(&value.mod_revision.to_le_bytes())?;
+            out.write_all(&record_len(&value.data).to_le_bytes())?;
+            out.write_all(&value.data)?;
+            written += (MIN_OLD_RECORD_BYTES + key.len() + value.data.len()) as u64;
         }
-        let mut cluster = Vec::new();
-        self.cluster().encode(&mut cluster);
-        Some(cluster)
+        out.flush()?;
+        Ok(written)
     }
 
     /// Loads a snapshot payload, copying each key and value into its own allocation: the
@@ -131,6 +178,12 @@ impl StateMachine {
     }
 }
 
+/// The encoded length of one event of the history.
+pub(super) fn event_len(event: &Event) -> u64 {
+    let values = event.value.iter().count() + event.previous.iter().count();
+    (EVENT_HEADER_BYTES + values * EVENT_VALUE_BYTES) as u64 + event.payload_bytes()
+}
+
 fn record_len(bytes: &[u8]) -> u32 {
     u32::try_from(bytes.len()).unwrap_or_else(|_| panic!("kv: {} byte key or value in map", bytes.len()))
 }
@@ -139,11 +192,9 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
     let mut reader = ByteReader::new(data);
     let version = reader.u8()?;
     let min_record_bytes = match version {
-        SNAPSHOT_FORMAT_VERSION => MIN_RECORD_BYTES,
+        SNAPSHOT_FORMAT_VERSION | SNAPSHOT_FORMAT_VERSION_3 => MIN_RECORD_BYTES,
         SNAPSHOT_FORMAT_VERSION_1 | SNAPSHOT_FORMAT_VERSION_2 => MIN_OLD_RECORD_BYTES,
-        _ => {
-            return Err(DecodeError::UnsupportedVersion { offset: 0, version, reads: "versions 1, 2 and 3" })
-        }
+        _ => return Err(DecodeError::UnsupportedVersion { offset: 0, version, reads: "versions 1 to 4" }),
     };
     let applied_index = reader.u64()?;
     let count_offset = reader.offset();
@@ -164,7 +215,7 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
         }
         previous_key = Some(key);
         let revisions_offset = reader.offset();
-        let (create_revision, mod_revision, key_version) = if version == SNAPSHOT_FORMAT_VERSION {
+        let (create_revision, mod_revision, key_version) = if version >= SNAPSHOT_FORMAT_VERSION_3 {
             (reader.u64()?, reader.u64()?, reader.u64()?)
         } else {
             // The approximation of the module doc: the last write is taken as the creation.
@@ -187,10 +238,95 @@ fn decode_snapshot(data: &[u8], to_bytes: impl Fn(&[u8]) -> Bytes) -> Result<Sta
     let map = OrdMap::from_iter(records);
     let cluster =
         if version == SNAPSHOT_FORMAT_VERSION_1 { Cluster::default() } else { Cluster::decode(&mut reader)? };
+    let history = if version == SNAPSHOT_FORMAT_VERSION {
+        decode_history(&mut reader, applied_index, &to_bytes)?
+    } else {
+        History::starting_at(applied_index)
+    };
     if reader.remaining() != 0 {
         return Err(DecodeError::TrailingBytes { offset: reader.offset(), count: reader.remaining() });
     }
-    Ok(StateMachine::from_parts(map, applied_index, cluster))
+    Ok(StateMachine::from_parts(map, applied_index, cluster, history))
+}
+
+fn decode_history(
+    reader: &mut ByteReader<'_>,
+    applied_index: u64,
+    to_bytes: &impl Fn(&[u8]) -> Bytes,
+) -> Result<History, DecodeError> {
+    let compact_offset = reader.offset();
+    let compact_revision = reader.u64()?;
+    if compact_revision > applied_index {
+        return Err(DecodeError::Invalid {
+            offset: compact_offset,
+            reason: "history compacted past the applied index",
+        });
+    }
+    let count_offset = reader.offset();
+    let count = reader.u64()?;
+    let available = reader.remaining();
+    if count > (available / EVENT_HEADER_BYTES) as u64 {
+        return Err(DecodeError::CountTooLarge { offset: count_offset, count, available });
+    }
+    let mut events = imbl::Vector::new();
+    let mut last = compact_revision;
+    for _ in 0..count {
+        let offset = reader.offset();
+        let revision = reader.u64()?;
+        if revision <= compact_revision || revision < last || revision > applied_index {
+            return Err(DecodeError::Invalid {
+                offset,
+                reason: "history event out of order or outside the compaction point..=applied index",
+            });
+        }
+        last = revision;
+        let kind_offset = reader.offset();
+        let kind = match reader.u8()? {
+            EVENT_PUT => EventKind::Put,
+            EVENT_DELETE => EventKind::Delete,
+            tag => return Err(DecodeError::UnknownTag { offset: kind_offset, what: "history event", tag }),
+        };
+        let flags_offset = reader.offset();
+        let flags = reader.u8()?;
+        if flags & !EVENT_HAS_PREVIOUS != 0 || (kind == EventKind::Delete && flags != EVENT_HAS_PREVIOUS) {
+            return Err(DecodeError::Invalid { offset: flags_offset, reason: "history event flags" });
+        }
+        let key = to_bytes(read_bytes(reader)?);
+        let value = match kind {
+            EventKind::Put => {
+                let value = read_event_value(reader, to_bytes)?;
+                if value.mod_revision != revision {
+                    return Err(DecodeError::Invalid {
+                        offset,
+                        reason: "put event's mod_revision is not its revision",
+                    });
+                }
+                Some(value)
+            }
+            EventKind::Delete => None,
+        };
+        let previous =
+            if flags & EVENT_HAS_PREVIOUS != 0 { Some(read_event_value(reader, to_bytes)?) } else { None };
+        if previous.as_ref().is_some_and(|previous| previous.mod_revision >= revision) {
+            return Err(DecodeError::Invalid { offset, reason: "previous value not older than its event" });
+        }
+        events.push_back(Event { revision, key, kind, value, previous });
+    }
+    Ok(History::from_parts(compact_revision, events))
+}
+
+fn read_event_value(
+    reader: &mut ByteReader<'_>,
+    to_bytes: &impl Fn(&[u8]) -> Bytes,
+) -> Result<Value, DecodeError> {
+    let offset = reader.offset();
+    let (create_revision, mod_revision, version) = (reader.u64()?, reader.u64()?, reader.u64()?);
+    let data = to_bytes(read_bytes(reader)?);
+    let value = Value { data, create_revision, mod_revision, version };
+    match value.broken_invariant() {
+        Some(reason) => Err(DecodeError::Invalid { offset, reason }),
+        None => Ok(value),
+    }
 }
 
 fn read_bytes<'a>(reader: &mut ByteReader<'a>) -> Result<&'a [u8], DecodeError> {

@@ -8,6 +8,7 @@ use imbl::OrdMap;
 
 use super::cluster::{Cluster, ClusterError, MemberChange};
 use super::command::{Command, Condition};
+use super::history::{Event, EventKind, History, PER_EVENT_OVERHEAD_BYTES};
 
 /// A stored value and its revisions, with etcd v3's meanings.
 ///
@@ -100,6 +101,14 @@ pub enum Outcome {
     /// A `Command::HashCheck`: nothing changed; the state as of this index is the one
     /// every member hashes (`kv::hash_state`).
     HashCheck,
+    /// A `Command::Compact`: the history's compaction point is now `compact_revision`.
+    Compacted {
+        /// The compaction point after the command (`History::compact_revision`).
+        compact_revision: u64,
+        /// False when the command asked for a revision at or below the point it had:
+        /// nothing changed.
+        moved: bool,
+    },
 }
 
 /// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
@@ -122,6 +131,9 @@ pub struct StateMachine {
     payload_bytes: u64,
     /// The cluster's own record.
     cluster: Cluster,
+    /// Every change applied to a key since the compaction point. Invariant: its
+    /// events' revisions are at most `applied_index`, and its compaction point too.
+    history: History,
 }
 
 impl StateMachine {
@@ -135,9 +147,15 @@ impl StateMachine {
         map: OrdMap<Bytes, Value>,
         applied_index: u64,
         cluster: Cluster,
+        history: History,
     ) -> StateMachine {
         let payload_bytes = map.iter().map(|(key, value)| (key.len() + value.data.len()) as u64).sum();
-        StateMachine { map, applied_index, payload_bytes, cluster }
+        StateMachine { map, applied_index, payload_bytes, cluster, history }
+    }
+
+    /// The change history (see `kv::history`): what a watch replays.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// The cluster's record.
@@ -167,14 +185,23 @@ impl StateMachine {
         self.advance_applied(index);
         match command {
             Command::Put { key, value, condition } => self.put(index, key, value, *condition),
-            Command::Delete { key, condition } => self.delete(key, *condition),
+            Command::Delete { key, condition } => self.delete(index, key, *condition),
             Command::Import { pairs } => {
                 // Each pair is a put at the import's revision: a new key is created at it,
                 // an existing one gets its next version; a key listed twice is written
                 // once at that revision (its last value), as `Value::version` counts.
+                // One event per key written, in key order, each with the value the key
+                // had before the import: the events of one revision, as a transaction's.
+                let mut previous = std::collections::BTreeMap::new();
                 for (key, value) in pairs {
-                    let written = written_value(index, self.map.get(key.as_ref()), value.clone());
+                    let current = self.map.get(key.as_ref());
+                    previous.entry(key.clone()).or_insert_with(|| current.cloned());
+                    let written = written_value(index, current, value.clone());
                     self.insert(index, key.clone(), written);
+                }
+                for (key, previous) in previous {
+                    let value = self.map.get(&key).cloned();
+                    self.history.push(Event { revision: index, key, kind: EventKind::Put, value, previous });
                 }
                 Outcome::Imported { count: pairs.len(), revision: index }
             }
@@ -190,6 +217,12 @@ impl StateMachine {
                 Outcome::Cluster { applied: self.cluster.apply(&change).is_ok() }
             }
             Command::HashCheck => Outcome::HashCheck,
+            Command::Compact { revision } => {
+                // Bounded by what is applied, the same on every node: the edge refuses a
+                // revision above the current one, but the store may be behind the edge's.
+                let moved = self.history.compact((*revision).min(index));
+                Outcome::Compacted { compact_revision: self.history.compact_revision(), moved }
+            }
         }
     }
 
@@ -262,11 +295,14 @@ impl StateMachine {
         self.payload_bytes
     }
 
-    /// Estimated memory held: key and value bytes plus `PER_KEY_OVERHEAD_BYTES` per key.
-    /// O(1): kept up to date by every apply and by the snapshot loader. This is what
-    /// the daemon's `--quota-bytes` limits, so that many tiny keys count what they cost.
+    /// Estimated memory held: key and value bytes plus `PER_KEY_OVERHEAD_BYTES` per key,
+    /// and the history's (`History::approximate_bytes`: its keys, values and previous
+    /// values, each counted as if not shared with the map, plus
+    /// `PER_EVENT_OVERHEAD_BYTES` per event). O(1): kept up to date by every apply and
+    /// by the snapshot loader. This is what the daemon's `--quota-bytes` limits, so
+    /// that many tiny keys count what they cost.
     pub fn approximate_bytes(&self) -> u64 {
-        self.payload_bytes + self.map.len() as u64 * PER_KEY_OVERHEAD_BYTES
+        self.payload_bytes + self.map.len() as u64 * PER_KEY_OVERHEAD_BYTES + self.history.approximate_bytes()
     }
 
     /// The most that applying `command` now could add to `approximate_bytes()`: the new
@@ -274,18 +310,31 @@ impl StateMachine {
     /// shorter value. Conditions are assumed to hold, and an import that lists a key
     /// twice counts it twice, so this never underestimates. Costs one lookup per key:
     /// the quota check before a proposal.
+    ///
+    /// Every write also adds an event to the history (until a compaction drops it):
+    /// counted here too, so a put of an existing key of the same length still grows.
     pub fn growth_bytes(&self, command: &Command) -> u64 {
-        let growth = |key: &[u8], value: &[u8]| match self.map.get(key) {
-            Some(old) => (value.len() as u64).saturating_sub(old.data.len() as u64),
-            None => (key.len() + value.len()) as u64 + PER_KEY_OVERHEAD_BYTES,
+        let growth = |key: &[u8], value: &[u8]| {
+            let (map, previous) = match self.map.get(key) {
+                Some(old) => {
+                    ((value.len() as u64).saturating_sub(old.data.len() as u64), old.data.len() as u64)
+                }
+                None => ((key.len() + value.len()) as u64 + PER_KEY_OVERHEAD_BYTES, 0),
+            };
+            map + (key.len() + value.len()) as u64 + previous + PER_EVENT_OVERHEAD_BYTES
         };
         match command {
             Command::Put { key, value, .. } => growth(key, value),
-            Command::Delete { .. }
-            | Command::Bootstrap { .. }
+            // The map shrinks by less than the delete event holds (its previous value).
+            Command::Delete { key, .. } => self
+                .map
+                .get(key.as_ref())
+                .map_or(0, |old| (key.len() + old.data.len()) as u64 + PER_EVENT_OVERHEAD_BYTES),
+            Command::Bootstrap { .. }
             | Command::UpdateMember { .. }
             | Command::MemberStarted { .. }
-            | Command::HashCheck => 0,
+            | Command::HashCheck
+            | Command::Compact { .. } => 0,
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
         }
     }
@@ -296,12 +345,20 @@ impl StateMachine {
         if !condition_holds(condition, current_mod_revision) {
             return Outcome::PreconditionFailed { current_mod_revision };
         }
+        let previous = current.cloned();
         let written = written_value(index, current, value.clone());
-        self.insert(index, key.clone(), written);
+        self.insert(index, key.clone(), written.clone());
+        self.history.push(Event {
+            revision: index,
+            key: key.clone(),
+            kind: EventKind::Put,
+            value: Some(written),
+            previous,
+        });
         Outcome::Written { revision: index, created: current_mod_revision.is_none() }
     }
 
-    fn delete(&mut self, key: &[u8], condition: Condition) -> Outcome {
+    fn delete(&mut self, index: u64, key: &[u8], condition: Condition) -> Outcome {
         let current_mod_revision = self.map.get(key).map(|value| value.mod_revision);
         if !condition_holds(condition, current_mod_revision) {
             return Outcome::PreconditionFailed { current_mod_revision };
@@ -309,7 +366,15 @@ impl StateMachine {
         match self.map.remove_with_key(key) {
             Some((key, value)) => {
                 self.payload_bytes -= (key.len() + value.data.len()) as u64;
-                Outcome::Deleted { previous_mod_revision: value.mod_revision }
+                let previous_mod_revision = value.mod_revision;
+                self.history.push(Event {
+                    revision: index,
+                    key,
+                    kind: EventKind::Delete,
+                    value: None,
+                    previous: Some(value),
+                });
+                Outcome::Deleted { previous_mod_revision }
             }
             None => Outcome::NotFound,
         }

@@ -287,15 +287,20 @@ fn advance_applied_moves_the_index_without_changing_the_map() {
     assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 1)));
 }
 
+/// The map's share of `approximate_bytes` (the history's taken out).
+fn map_bytes(state: &StateMachine) -> u64 {
+    state.approximate_bytes() - state.history().approximate_bytes()
+}
+
 #[test]
 fn approximate_bytes_tracks_keys_and_values() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("ab", "1234"));
-    assert_eq!(state.approximate_bytes(), 6 + PER_KEY_OVERHEAD_BYTES);
+    assert_eq!(map_bytes(&state), 6 + PER_KEY_OVERHEAD_BYTES);
     state.apply(2, &Command::put("ab", "1"));
-    assert_eq!(state.approximate_bytes(), 3 + PER_KEY_OVERHEAD_BYTES);
+    assert_eq!(map_bytes(&state), 3 + PER_KEY_OVERHEAD_BYTES);
     state.apply(3, &Command::delete("ab"));
-    assert_eq!(state.approximate_bytes(), 0);
+    assert_eq!(map_bytes(&state), 0);
 }
 
 #[test]
@@ -303,33 +308,40 @@ fn data_bytes_follow_overwrites_deletes_imports_and_a_snapshot_round_trip() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("key", "12345"));
     state.apply(2, &Command::put("other", "x"));
-    assert_eq!(state.approximate_bytes(), 8 + 6 + 2 * PER_KEY_OVERHEAD_BYTES);
+    assert_eq!(map_bytes(&state), 8 + 6 + 2 * PER_KEY_OVERHEAD_BYTES);
     state.apply(3, &Command::put("key", "123456789"));
-    assert_eq!(state.approximate_bytes(), 12 + 6 + 2 * PER_KEY_OVERHEAD_BYTES, "a longer value");
+    assert_eq!(map_bytes(&state), 12 + 6 + 2 * PER_KEY_OVERHEAD_BYTES, "a longer value");
     state.apply(4, &put_if("key", "1", Condition::VersionEquals(1)));
-    assert_eq!(state.approximate_bytes(), 12 + 6 + 2 * PER_KEY_OVERHEAD_BYTES, "a failed condition");
+    assert_eq!(map_bytes(&state), 12 + 6 + 2 * PER_KEY_OVERHEAD_BYTES, "a failed condition");
     state
         .apply(5, &Command::Import { pairs: vec![("other".into(), "yy".into()), ("new".into(), "".into())] });
-    assert_eq!(state.approximate_bytes(), 12 + 7 + 3 + 3 * PER_KEY_OVERHEAD_BYTES, "an import");
+    assert_eq!(map_bytes(&state), 12 + 7 + 3 + 3 * PER_KEY_OVERHEAD_BYTES, "an import");
     let loaded = StateMachine::load_snapshot(&snapshot_bytes(&state)).unwrap();
     assert_eq!(loaded.approximate_bytes(), state.approximate_bytes(), "after a snapshot round trip");
     let shared = StateMachine::load_snapshot_shared(&Bytes::from(snapshot_bytes(&state))).unwrap();
     assert_eq!(shared.approximate_bytes(), state.approximate_bytes());
     state.apply(6, &Command::delete("key"));
     state.apply(7, &Command::delete("absent"));
-    assert_eq!(state.approximate_bytes(), 7 + 3 + 2 * PER_KEY_OVERHEAD_BYTES, "after deletes");
+    assert_eq!(map_bytes(&state), 7 + 3 + 2 * PER_KEY_OVERHEAD_BYTES, "after deletes");
 }
 
 #[test]
 fn growth_bytes_is_what_a_write_would_add() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("key", "12345"));
-    assert_eq!(state.growth_bytes(&Command::put("new", "1")), 4 + PER_KEY_OVERHEAD_BYTES, "a new key");
-    assert_eq!(state.growth_bytes(&Command::put("key", "1234567")), 2, "a longer value");
-    assert_eq!(state.growth_bytes(&Command::put("key", "1")), 0, "a shorter value");
-    assert_eq!(state.growth_bytes(&Command::delete("key")), 0, "a delete");
+    // Every write adds an event too: its key, value, previous value and overhead.
+    let event = |key: u64, value: u64, previous: u64| key + value + previous + PER_EVENT_OVERHEAD_BYTES;
+    assert_eq!(
+        state.growth_bytes(&Command::put("new", "1")),
+        4 + PER_KEY_OVERHEAD_BYTES + event(3, 1, 0),
+        "a new key"
+    );
+    assert_eq!(state.growth_bytes(&Command::put("key", "1234567")), 2 + event(3, 7, 5), "a longer value");
+    assert_eq!(state.growth_bytes(&Command::put("key", "1")), event(3, 1, 5), "a shorter value");
+    assert_eq!(state.growth_bytes(&Command::delete("key")), event(3, 0, 5), "a delete");
+    assert_eq!(state.growth_bytes(&Command::delete("absent")), 0, "a delete of nothing");
     let import = Command::Import { pairs: vec![("key".into(), "123456".into()), ("a".into(), "b".into())] };
-    assert_eq!(state.growth_bytes(&import), 1 + 2 + PER_KEY_OVERHEAD_BYTES);
+    assert_eq!(state.growth_bytes(&import), 1 + event(3, 6, 5) + 2 + PER_KEY_OVERHEAD_BYTES + event(1, 1, 0));
 }
 
 #[test]
@@ -345,22 +357,22 @@ fn snapshot_round_trip_equals_the_map() {
 }
 
 #[test]
-fn snapshot_of_an_empty_machine_is_the_header_alone() {
+fn snapshot_of_an_empty_machine_is_the_header_and_an_empty_cluster_record() {
     let bytes = snapshot_bytes(&StateMachine::new());
-    assert_eq!(bytes.len(), 17);
+    assert_eq!(bytes.len(), 17 + 16 + 16, "header, cluster record, history's compaction point and count");
     assert_eq!(bytes.len(), StateMachine::new().snapshot_len());
     assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), StateMachine::new());
 }
 
-/// A state without a cluster record (before the bootstrap record; during a rolling
-/// upgrade from v0.1.0 it waits for every member) is written in v0.1.0's format,
-/// version 1, byte for byte, so a member still running it loads the snapshot a new
-/// leader sends it.
+/// For a member of v0.1.0 (during a rolling upgrade, a cluster without its record) the
+/// payload is rewritten in v0.1.0's format, version 1, byte for byte, so it loads the
+/// snapshot a new leader sends it.
 #[test]
-fn a_snapshot_without_a_cluster_record_is_written_in_version_1_for_older_members() {
+fn a_snapshot_for_a_v0_1_0_member_is_written_in_version_1_byte_for_byte() {
     let mut state = StateMachine::new();
     state.apply(3, &Command::put("k", "v"));
-    let bytes = snapshot_bytes(&state);
+    let mut bytes = Vec::new();
+    state.write_snapshot_v1(&mut bytes).unwrap();
     let mut expected = vec![1u8];
     expected.extend_from_slice(&3u64.to_le_bytes());
     expected.extend_from_slice(&1u64.to_le_bytes());
@@ -370,9 +382,10 @@ fn a_snapshot_without_a_cluster_record_is_written_in_version_1_for_older_members
     expected.extend_from_slice(&1u32.to_le_bytes());
     expected.extend_from_slice(b"v");
     assert_eq!(bytes, expected);
-    assert_eq!(bytes.len(), state.snapshot_len());
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
-    assert_eq!(loaded, state);
+    assert!(loaded.iter().eq(state.iter()));
+    assert_eq!(loaded.applied_index(), 3);
+    assert_eq!(loaded.history().compact_revision(), 3, "no history before the snapshot");
     assert_eq!(loaded.cluster().id(), 0);
 }
 
@@ -431,12 +444,10 @@ fn a_snapshot_whose_revisions_break_the_rules_is_refused_naming_the_rule() {
 fn a_version_2_snapshot_with_an_empty_cluster_record_still_loads() {
     let mut state = StateMachine::new();
     state.apply(1, &Command::put("k", "v"));
-    let mut bytes = snapshot_bytes(&state);
-    bytes[0] = 2;
-    let mut empty = Vec::new();
-    state.cluster().encode(&mut empty);
-    bytes.extend_from_slice(&empty);
-    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), state);
+    let loaded = StateMachine::load_snapshot(&old_snapshot_bytes(&state, 2)).unwrap();
+    assert!(loaded.iter().eq(state.iter()));
+    assert_eq!(loaded.cluster().id(), 0);
+    assert_eq!(loaded.applied_index(), 1);
 }
 
 #[test]
@@ -479,13 +490,11 @@ fn snapshot_with_unsorted_keys_is_rejected_at_the_second_key() {
     state.apply(1, &Command::put("a", ""));
     state.apply(2, &Command::put("b", ""));
     let mut bytes = snapshot_bytes(&state);
-    // Without a cluster record this is version 1: records start at 17; each is
-    // 4 + 1 + 8 + 4 bytes here. Rename "b" to "a".
-    assert_eq!(bytes[0], 1);
-    bytes[17 + 17 + 4] = b'a';
+    // Records start at 17; each is 4 + 1 + 24 + 4 bytes here. Rename "b" to "a".
+    bytes[17 + 33 + 4] = b'a';
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        Err(DecodeError::Invalid { offset: 34, reason: "keys not strictly increasing" })
+        Err(DecodeError::Invalid { offset: 50, reason: "keys not strictly increasing" })
     );
 }
 
@@ -507,8 +516,8 @@ fn snapshot_with_a_huge_count_is_rejected_before_allocating() {
     bytes[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        // Nothing follows the header (version 1: no cluster record).
-        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 0 })
+        // What follows the header is the empty cluster record and the empty history.
+        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 32 })
     );
 }
 
@@ -596,6 +605,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         2 => (arb_key(), arb_condition()).prop_map(|(key, condition)| Command::Delete { key, condition }),
         1 => prop::collection::vec((arb_key(), arb_value()), 0..4).prop_map(|pairs| Command::Import { pairs }),
         1 => Just(Command::HashCheck),
+        1 => (0u64..200).prop_map(|revision| Command::Compact { revision }),
     ]
 }
 
@@ -606,6 +616,8 @@ type ModelValue = (Bytes, u64, u64, u64);
 #[derive(Default)]
 struct Model {
     map: HashMap<Bytes, ModelValue>,
+    /// The history's compaction point.
+    compact_revision: u64,
 }
 
 impl Model {
@@ -664,6 +676,12 @@ impl Model {
                 Outcome::Imported { count: pairs.len(), revision: index }
             }
             Command::HashCheck => Outcome::HashCheck,
+            Command::Compact { revision } => {
+                let target = (*revision).min(index);
+                let moved = target > self.compact_revision;
+                self.compact_revision = self.compact_revision.max(target);
+                Outcome::Compacted { compact_revision: self.compact_revision, moved }
+            }
         }
     }
 }
@@ -724,7 +742,13 @@ proptest! {
             prop_assert_eq!(expected.broken_invariant(), None);
         }
         let payload: usize = model.map.iter().map(|(key, (value, ..))| key.len() + value.len()).sum();
-        prop_assert_eq!(state.approximate_bytes(), payload as u64 + PER_KEY_OVERHEAD_BYTES * state.len() as u64);
+        prop_assert_eq!(
+            state.approximate_bytes(),
+            payload as u64 + PER_KEY_OVERHEAD_BYTES * state.len() as u64 + state.history().approximate_bytes()
+        );
+        let history_bytes: u64 = state.history().events().iter().map(Event::approximate_bytes).sum();
+        prop_assert_eq!(state.history().approximate_bytes(), history_bytes);
+        prop_assert_eq!(state.history().compact_revision(), model.compact_revision);
         let mut expected: Vec<&Bytes> = model
             .map
             .keys()
@@ -757,17 +781,48 @@ proptest! {
     }
 
     #[test]
-    fn a_snapshot_before_the_record_keeps_every_value_and_mod_revision(history in arb_history()) {
+    fn a_snapshot_for_a_v0_1_0_member_keeps_every_value_and_mod_revision(history in arb_history()) {
         // Version 1 (for members of v0.1.0): values and mod_revisions exact, the other
         // two revisions approximated as the module doc says.
         let state = applied(&history);
-        let loaded = StateMachine::load_snapshot(&snapshot_bytes(&state)).unwrap();
+        let mut v1 = Vec::new();
+        state.write_snapshot_v1(&mut v1).unwrap();
+        let loaded = StateMachine::load_snapshot(&v1).unwrap();
         let exact = |m: &StateMachine| -> Vec<(Bytes, Bytes, u64)> {
             m.iter().map(|(k, v)| (k.clone(), v.data.clone(), v.mod_revision)).collect()
         };
         prop_assert_eq!(exact(&loaded), exact(&state));
         prop_assert_eq!(loaded.applied_index(), state.applied_index());
         prop_assert!(loaded.iter().all(|(_, v)| v.version == 1 && v.create_revision == v.mod_revision));
+    }
+
+    #[test]
+    fn replaying_the_history_rebuilds_the_map_and_each_event_knows_the_value_before_it(
+        history in arb_history(),
+    ) {
+        // Without compactions, the history holds every change since the empty map.
+        let history: Vec<_> =
+            history.into_iter().filter(|(_, command)| !matches!(command, Command::Compact { .. })).collect();
+        let state = applied(&history);
+        let mut replayed: HashMap<Bytes, Value> = HashMap::new();
+        let mut last_revision = 0;
+        for event in state.history().events().iter() {
+            prop_assert!(event.revision >= last_revision, "ordered");
+            last_revision = event.revision;
+            prop_assert_eq!(event.previous.as_ref(), replayed.get(&event.key), "previous of {:?}", event);
+            match event.kind {
+                EventKind::Put => {
+                    let value = event.value.clone().unwrap();
+                    prop_assert_eq!(value.mod_revision, event.revision);
+                    replayed.insert(event.key.clone(), value);
+                }
+                EventKind::Delete => {
+                    prop_assert!(replayed.remove(&event.key).is_some());
+                }
+            }
+        }
+        let expected: HashMap<Bytes, Value> = state.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        prop_assert_eq!(replayed, expected);
     }
 
     #[test]
@@ -806,4 +861,164 @@ proptest! {
         bytes[position] = byte;
         let _ = StateMachine::load_snapshot(&bytes);
     }
+}
+
+// ------------------------------------------------------------------ history
+
+fn events_of(state: &StateMachine, from: u64) -> Vec<(u64, String, EventKind)> {
+    match state.history().events_since(from) {
+        Since::Events(events) => events
+            .iter()
+            .map(|event| (event.revision, String::from_utf8(event.key.to_vec()).unwrap(), event.kind))
+            .collect(),
+        Since::Compacted { compact_revision } => panic!("compacted at {compact_revision}"),
+    }
+}
+
+#[test]
+fn every_applied_change_is_an_event_in_revision_order_and_failed_writes_are_none() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &put_if("a", "2", Condition::Absent)); // fails: no event
+    state.apply(3, &Command::put("b", "1"));
+    state.apply(4, &Command::delete("missing")); // not found: no event
+    state.advance_applied(5);
+    state.apply(6, &Command::put("a", "3"));
+    state.apply(7, &Command::HashCheck);
+    assert_eq!(
+        events_of(&state, 1),
+        vec![
+            (1, "a".into(), EventKind::Put),
+            (3, "b".into(), EventKind::Put),
+            (6, "a".into(), EventKind::Put)
+        ]
+    );
+    assert_eq!(events_of(&state, 4), vec![(6, "a".into(), EventKind::Put)]);
+    assert_eq!(events_of(&state, 7), vec![]);
+    let last = state.history().events().last().unwrap().clone();
+    let value = last.value.unwrap();
+    assert_eq!(
+        (value.data.as_ref(), value.create_revision, value.mod_revision, value.version),
+        (&b"3"[..], 1, 6, 2)
+    );
+    let previous = last.previous.unwrap();
+    assert_eq!((previous.data.as_ref(), previous.mod_revision), (&b"1"[..], 1));
+}
+
+#[test]
+fn a_delete_event_carries_the_value_it_removed_and_no_new_value() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("k", "v"));
+    state.apply(2, &Command::delete("k"));
+    let event = state.history().events().last().unwrap().clone();
+    assert_eq!((event.revision, event.kind, event.value), (2, EventKind::Delete, None));
+    assert_eq!(event.previous.map(|p| (p.data, p.mod_revision)), Some((Bytes::from_static(b"v"), 1)));
+}
+
+#[test]
+fn the_events_of_one_entry_share_its_revision_one_per_key_in_key_order() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("b", "old"));
+    let pairs = ["c", "b", "a", "b"].iter().map(|k| (Bytes::from(k.to_string()), Bytes::from_static(b"x")));
+    state.apply(2, &Command::Import { pairs: pairs.collect() });
+    assert_eq!(
+        events_of(&state, 2),
+        vec![
+            (2, "a".into(), EventKind::Put),
+            (2, "b".into(), EventKind::Put),
+            (2, "c".into(), EventKind::Put)
+        ]
+    );
+    // The key listed twice: one event, whose previous value is the one before the entry.
+    let b = state.history().events().iter().find(|e| e.revision == 2 && e.key == "b").unwrap().clone();
+    assert_eq!(b.previous.unwrap().data, Bytes::from_static(b"old"));
+    assert_eq!(b.value.unwrap().version, 2);
+}
+
+#[test]
+fn compact_is_a_command_that_drops_events_at_or_below_its_revision() {
+    let mut state = StateMachine::new();
+    for index in 1..=5 {
+        state.apply(index, &Command::put(format!("k{index}"), "v"));
+    }
+    let bytes_before = state.approximate_bytes();
+    assert_eq!(
+        state.apply(6, &Command::Compact { revision: 3 }),
+        Outcome::Compacted { compact_revision: 3, moved: true }
+    );
+    assert!(state.approximate_bytes() < bytes_before, "the history counts towards the state's size");
+    assert_eq!(state.history().events_since(3), Since::Compacted { compact_revision: 3 });
+    assert_eq!(events_of(&state, 4).len(), 2);
+    // At or below the point: a no-op that says so.
+    assert_eq!(
+        state.apply(7, &Command::Compact { revision: 2 }),
+        Outcome::Compacted { compact_revision: 3, moved: false }
+    );
+    // Above the applied index: bounded by it, the same on every node.
+    assert_eq!(
+        state.apply(8, &Command::Compact { revision: 100 }),
+        Outcome::Compacted { compact_revision: 8, moved: true }
+    );
+    assert!(state.history().is_empty());
+    assert_eq!(events_of(&state, 9), vec![]);
+}
+
+#[test]
+fn the_history_and_its_compaction_point_survive_a_snapshot_round_trip() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &Command::put("a", "2"));
+    state.apply(3, &Command::delete("a"));
+    state.apply(4, &Command::put("b", vec![0xff, 0]));
+    state.apply(5, &Command::Compact { revision: 1 });
+    let bytes = snapshot_bytes(&state);
+    assert_eq!(bytes[0], 4);
+    assert_eq!(bytes.len(), state.snapshot_len());
+    let loaded = StateMachine::load_snapshot(&bytes).unwrap();
+    assert_eq!(loaded.history(), state.history());
+    assert_eq!(loaded.history().compact_revision(), 1);
+    assert_eq!(loaded.history().len(), 3);
+    assert_eq!(loaded.approximate_bytes(), state.approximate_bytes());
+    assert_eq!(loaded, state);
+}
+
+#[test]
+fn a_snapshot_from_before_the_history_loads_with_an_empty_one_compacted_to_its_revision() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &Command::put("b", "2"));
+    for format_version in [1, 2] {
+        let loaded = StateMachine::load_snapshot(&old_snapshot_bytes(&state, format_version)).unwrap();
+        assert!(loaded.history().is_empty());
+        assert_eq!(loaded.history().events_since(2), Since::Compacted { compact_revision: 2 });
+    }
+    // Version 3: version 4 without the history's part.
+    let mut compacted = state.clone();
+    compacted.apply(3, &Command::Compact { revision: 3 });
+    let mut bytes = snapshot_bytes(&compacted);
+    bytes.truncate(bytes.len() - 16);
+    bytes[0] = 3;
+    let loaded = StateMachine::load_snapshot(&bytes).unwrap();
+    assert!(loaded.history().is_empty());
+    assert_eq!(loaded.history().events_since(3), Since::Compacted { compact_revision: 3 });
+    assert_eq!(loaded.history().events_since(4), Since::Events(Default::default()));
+    assert_eq!(loaded.get(b"b").map(|v| v.mod_revision), Some(2));
+}
+
+#[test]
+fn a_snapshot_whose_history_is_out_of_order_is_refused() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    state.apply(2, &Command::put("b", "2"));
+    let mut bytes = snapshot_bytes(&state);
+    assert!(StateMachine::load_snapshot(&bytes).is_ok());
+    // The history: compaction point, count, then two events of one put each.
+    let event_len = 8 + 1 + 1 + 4 + 1 + (8 * 3 + 4 + 1);
+    let compact_at = bytes.len() - 2 * event_len - 16;
+    bytes[compact_at..compact_at + 8].copy_from_slice(&1u64.to_le_bytes());
+    let error = StateMachine::load_snapshot(&bytes).unwrap_err().to_string();
+    assert!(error.contains("out of order or outside"), "an event at the compaction point: {error}");
+    bytes[compact_at..compact_at + 8].copy_from_slice(&3u64.to_le_bytes());
+    let error = StateMachine::load_snapshot(&bytes).unwrap_err().to_string();
+    assert!(error.contains("compacted past the applied index"), "{error}");
 }

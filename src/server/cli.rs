@@ -150,6 +150,24 @@ pub struct Args {
     /// whatever their count: bounds the log kept in memory.
     #[arg(long, env = "MMAPD_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
     pub snapshot_bytes: u64,
+
+    /// The leader compacts the change history (what watches replay) through the log
+    /// when it holds more than this many events, back to three quarters of it.
+    #[arg(long, env = "MMAPD_HISTORY_ENTRIES", default_value_t = 10_000)]
+    pub history_entries: u64,
+
+    /// ... or more than this many bytes of keys and values (and 128 per event).
+    #[arg(long, env = "MMAPD_HISTORY_BYTES", default_value_t = 64 << 20)]
+    pub history_bytes: u64,
+
+    /// A watch with nothing to say for this long writes a progress line.
+    #[arg(long, env = "MMAPD_WATCH_PROGRESS_MS", default_value_t = 5000)]
+    pub watch_progress_ms: u64,
+
+    /// Rounds of applied changes a watcher may fall behind by before it is ended as
+    /// slow (a `cancelled` line with the revision to resume from).
+    #[arg(long, env = "MMAPD_WATCH_QUEUE_ROUNDS", default_value_t = 1024)]
+    pub watch_queue_rounds: usize,
     /// Most bytes of key-value data (keys, values and 96 bytes per key); a write that
     /// would pass it gets 507 `quota`, deletes still work. Default: a quarter of
     /// physical memory (2 GiB if unknown).
@@ -243,6 +261,10 @@ pub fn normalize_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<Str
         "max-key-bytes",
         "max-value-bytes",
         "snapshot-entries",
+        "history-entries",
+        "history-bytes",
+        "watch-progress-ms",
+        "watch-queue-rounds",
         "quota-bytes",
         "help",
         "version",
@@ -308,6 +330,14 @@ pub struct Settings {
     pub snapshot_entries: u64,
     /// Applied entry bytes between snapshots.
     pub snapshot_bytes: u64,
+    /// History events above which the leader compacts.
+    pub history_entries: u64,
+    /// History bytes above which the leader compacts.
+    pub history_bytes: u64,
+    /// Idle time after which a watch writes a progress line.
+    pub watch_progress: Duration,
+    /// A watcher's queue, in rounds.
+    pub watch_queue_rounds: usize,
     /// The key-value data quota, as `StateMachine::approximate_bytes` counts it.
     pub quota_bytes: u64,
 }
@@ -416,6 +446,10 @@ impl Args {
             max_value_bytes: self.max_value_bytes,
             snapshot_entries: self.snapshot_entries.max(1),
             snapshot_bytes: self.snapshot_bytes.max(1),
+            history_entries: self.history_entries.max(1),
+            history_bytes: self.history_bytes.max(1),
+            watch_progress: Duration::from_millis(self.watch_progress_ms.max(1)),
+            watch_queue_rounds: self.watch_queue_rounds.clamp(1, 1 << 20),
             quota_bytes: self.quota_bytes.unwrap_or_else(default_quota_bytes),
         })
     }

@@ -28,6 +28,7 @@ mod log_limit;
 pub mod metrics;
 pub mod peer;
 pub mod tls;
+pub mod watch_hub;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -482,6 +483,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         metrics: Default::default(),
         versions: Mutex::new(SharedVersions::new(MemberVersions::new(id, version_floor))),
         hashes: Default::default(),
+        watch_hub: Default::default(),
     });
     let mapped_bytes = Arc::new(AtomicU64::new(store.mapped_bytes()));
     let data_dir = store.dir().to_path_buf();
@@ -517,6 +519,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let driver_config = DriverConfig {
         snapshot_entries: settings.snapshot_entries,
         snapshot_bytes: settings.snapshot_bytes,
+        history_entries: settings.history_entries,
+        history_bytes: settings.history_bytes,
         step_down_timeout_ticks: u64::from(settings.election_ticks) * 2,
         read_context_start: nanos_now(),
         bootstrap,
@@ -549,6 +553,8 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         outbox,
         auth: settings.auth.clone(),
         tls: settings.tls.clone(),
+        watch_progress: settings.watch_progress,
+        watch_queue_rounds: settings.watch_queue_rounds,
     });
 
     let http_task = tokio::spawn(accept_http(

@@ -523,17 +523,42 @@ pub struct Sim {
     pub rejoins_started: u64,
 }
 
-/// A hash of a state machine's contents (keys, values and each key's three revisions).
+/// A hash of a state machine's contents (keys, values and each key's three revisions),
+/// and of its change history (the compaction point and every event): the history is
+/// replicated state, so nodes must agree on it as on the keys.
 fn kv_hash(kv: &StateMachine) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for (key, value) in kv.iter() {
-        let revisions = [value.create_revision, value.mod_revision, value.version];
-        let revisions = revisions.iter().flat_map(|revision| revision.to_le_bytes());
-        for byte in key.iter().copied().chain(value.data.iter().copied()).chain(revisions) {
+    let mut mix = |bytes: &mut dyn Iterator<Item = u8>| {
+        for byte in bytes {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
         hash = hash.rotate_left(17);
+    };
+    let value_bytes = |value: &mmapd::kv::Value| {
+        let revisions = [value.create_revision, value.mod_revision, value.version];
+        let mut bytes = value.data.to_vec();
+        bytes.extend(revisions.iter().flat_map(|revision| revision.to_le_bytes()));
+        bytes
+    };
+    for (key, value) in kv.iter() {
+        mix(&mut key.iter().copied().chain(value_bytes(value)));
+    }
+    let history = kv.history();
+    mix(&mut history.compact_revision().to_le_bytes().into_iter());
+    for event in history.events().iter() {
+        let kind = match event.kind {
+            mmapd::kv::EventKind::Put => 1u8,
+            mmapd::kv::EventKind::Delete => 2,
+        };
+        let values: Vec<u8> = event.value.iter().chain(event.previous.iter()).flat_map(value_bytes).collect();
+        mix(&mut event
+            .revision
+            .to_le_bytes()
+            .into_iter()
+            .chain([kind])
+            .chain(event.key.iter().copied())
+            .chain(values));
     }
     hash
 }
@@ -798,6 +823,10 @@ impl Sim {
         DriverConfig {
             snapshot_entries: self.weather.compact_every,
             snapshot_bytes: self.weather.compact_bytes,
+            // Small, so the leaders' automatic compactions run often (derived from the
+            // weather, not drawn: the seeds' scenarios stay what they were).
+            history_entries: self.weather.compact_every,
+            history_bytes: self.weather.compact_bytes * 4,
             step_down_timeout_ticks: 2 * u64::from(ELECTION_TICKS),
             retry_initial_ticks: 2,
             retry_max_ticks: 20,
@@ -1205,7 +1234,7 @@ impl Sim {
                         self.build_snapshot(i);
                     }
                 }
-                Action::DropOffLoop(_) | Action::MembersChanged(_) => {}
+                Action::DropOffLoop(_) | Action::MembersChanged(_) | Action::HistoryRound(_) => {}
                 Action::HashState { index, machine } => self.on_hash_state(i, index, &machine),
                 Action::Removed => {
                     // A committed configuration dropped this node: it carries out the rest

@@ -121,6 +121,13 @@ pub enum ApiError {
     /// This node has no hash of its state at the revision asked for (`driver::hashes`).
     #[error("{0}")]
     HashUnavailable(String),
+    /// A watch from a revision the history no longer holds (at or below its
+    /// compaction point): read the current state and watch from `compact_revision + 1`.
+    #[error("revision is compacted: the history holds only revisions above {compact_revision}")]
+    Compacted {
+        /// The history's compaction point.
+        compact_revision: u64,
+    },
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -174,6 +181,7 @@ impl ApiError {
             ApiError::PeerRefused(_) | ApiError::CertificateRequired(_) => StatusCode::FORBIDDEN,
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -206,6 +214,7 @@ impl ApiError {
             ApiError::TokenDenied(_) => "token_denied",
             ApiError::FeatureUnavailable(_) => "feature_unavailable",
             ApiError::HashUnavailable(_) => "hash_unavailable",
+            ApiError::Compacted { .. } => "compacted",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -257,6 +266,9 @@ impl ApiError {
         let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
         if let ApiError::Misdirected { leader } = &self {
             body["leader"] = serde_json::json!(leader);
+        }
+        if let ApiError::Compacted { compact_revision } = &self {
+            body["compact_revision"] = serde_json::json!(compact_revision);
         }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();

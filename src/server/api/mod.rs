@@ -43,10 +43,12 @@ use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
 
 pub mod check;
+pub mod compact;
 pub mod error;
 pub mod join;
 pub mod key_json;
 pub mod members;
+pub mod watch;
 
 use crate::server::auth::{Access, Auth, Need};
 use crate::server::driver::version::{Feature, THIS_VERSION};
@@ -110,6 +112,11 @@ pub struct Api {
     pub auth: Option<Arc<Auth>>,
     /// TLS on the port; None: plain HTTP, and every connection is `Identity::Plain`.
     pub tls: Option<Arc<Tls>>,
+    /// An idle watch writes a progress line this often (`--watch-progress-ms`).
+    pub watch_progress: Duration,
+    /// Rounds of changes a watcher's queue holds before it is ended as slow
+    /// (`--watch-queue-rounds`).
+    pub watch_queue_rounds: usize,
 }
 
 /// The client connection a request arrived on.
@@ -129,12 +136,42 @@ pub struct Connection {
 
 type HttpResponse = Response<Full<Bytes>>;
 
+/// A response: a whole body, or a watch's stream.
+pub type ServedResponse = Response<http_body_util::Either<Full<Bytes>, watch::WatchBody>>;
+
 /// Serves one request; never fails at the HTTP level.
 pub async fn serve(
     api: Arc<Api>,
     connection: Connection,
     request: Request<Incoming>,
-) -> Result<HttpResponse, Infallible> {
+) -> Result<ServedResponse, Infallible> {
+    if request.uri().path() == watch::PATH && request.method() == Method::GET {
+        api.node.shared.metrics.http_requests.inc();
+        return Ok(match serve_watch(&api, &connection, &request) {
+            Ok(response) => response.map(http_body_util::Either::Right),
+            Err(error) => error.into_response().map(http_body_util::Either::Left),
+        });
+    }
+    Ok(serve_whole(api, connection, request).await.map(http_body_util::Either::Left))
+}
+
+/// `GET /v1/watch`: checked as every client route, then streamed (`watch`).
+fn serve_watch(
+    api: &Api,
+    connection: &Connection,
+    request: &Request<Incoming>,
+) -> Result<Response<watch::WatchBody>, ApiError> {
+    api.check_client_connection(connection)?;
+    let query = request.uri().query().unwrap_or("");
+    let (watched, is_prefix) = watch::watched(query)?;
+    let need =
+        if is_prefix { Need::Prefix(&watched, Access::Read) } else { Need::Key(&watched, Access::Read) };
+    api.authorize(request.headers(), need)?;
+    watch::watch(api, query, connection.permit.clone())
+}
+
+/// Serves one request with a whole body.
+async fn serve_whole(api: Arc<Api>, connection: Connection, request: Request<Incoming>) -> HttpResponse {
     api.node.shared.metrics.http_requests.inc();
     // HEAD is GET without the body: routed as GET, then the body is dropped here and its
     // length kept in Content-Length.
@@ -147,7 +184,11 @@ pub async fn serve(
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    Ok(if head { without_body(response) } else { response })
+    if head {
+        without_body(response)
+    } else {
+        response
+    }
 }
 
 /// The answer to a HEAD request: `response`'s status and headers, its body's length in
@@ -231,6 +272,12 @@ async fn route(
             let prefix = query_field(&query, "prefix")?.unwrap_or_default();
             api.authorize(request.headers(), Need::Prefix(&prefix, Access::Read))?;
             api.kv_list(&query).await
+        }
+        compact::PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.authorize(request.headers(), Need::Prefix(b"", Access::Write))?;
+            let body = read_body(request, 1024, api.body_timeout).await?;
+            compact::compact(api, &body).await
         }
         "/status" | "/v1/status" => {
             allow(&method, &[Method::GET], "GET, HEAD")?;
@@ -455,6 +502,8 @@ impl Api {
             }
             // Carries nothing; proposing one costs an entry, as any write does.
             Command::HashCheck => Ok(()),
+            // A revision above the applied one compacts to it (`Command::Compact`).
+            Command::Compact { .. } => Ok(()),
         }
     }
 
@@ -1055,6 +1104,9 @@ fn applied_to_json(applied: &Applied) -> serde_json::Value {
         }
         Outcome::Cluster { applied } => serde_json::json!({ "cluster": { "applied": applied } }),
         Outcome::HashCheck => serde_json::json!("hash_check"),
+        Outcome::Compacted { compact_revision, moved } => {
+            serde_json::json!({ "compacted": { "compact_revision": compact_revision, "moved": moved } })
+        }
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }
@@ -1070,6 +1122,8 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
         Outcome::PreconditionFailed { current_mod_revision: p["current_version"].as_u64() }
     } else if outcome == "not_found" {
         Outcome::NotFound
+    } else if let Some(c) = outcome.get("compacted") {
+        Outcome::Compacted { compact_revision: c["compact_revision"].as_u64()?, moved: c["moved"].as_bool()? }
     } else if outcome == "hash_check" {
         Outcome::HashCheck
     } else if let Some(i) = outcome.get("imported") {

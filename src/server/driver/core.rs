@@ -37,7 +37,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::version::{feature_of, feature_of_change, Feature, MemberVersions, Unsupported, Version};
-use crate::kv::{Command, MemberChange, Outcome, StateMachine};
+use crate::kv::{Command, MemberChange, Outcome, Since, StateMachine};
 use crate::raft::{
     CompactError, ConfChange, ConfChangeError, ConfChangeKind, Entry, EntryKind, HardState, Message,
     MessageBody, NodeId, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState, Status,
@@ -202,6 +202,9 @@ pub enum Action {
     },
     /// These committed entries were applied to the state machine, in order.
     Applied(Vec<Entry>),
+    /// What the state machine's history gained from an apply or a snapshot install,
+    /// for live watches (`server::watch`): handed out in apply order, never skipped.
+    HistoryRound(HistoryRound),
     /// A snapshot from the leader replaced the state machine.
     InstalledSnapshot(Snapshot),
     /// Drop this off the loop: freeing a large map takes a while.
@@ -232,6 +235,25 @@ pub enum Action {
     /// A committed configuration removed this node: it stops for good (the shell
     /// exits with `EXIT_REMOVED`, which the unit does not restart).
     Removed,
+}
+
+/// The changes one apply (or snapshot install) added to the state machine, in order:
+/// every event with a revision in `after + 1 ..= through` that the history holds.
+/// Consecutive rounds tile the revisions (each one's `after` is the one before's
+/// `through`), so a watcher that has every round has every event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRound {
+    /// The applied index before.
+    pub after: u64,
+    /// The applied index after: the revision through which a watcher that saw this
+    /// round has seen everything.
+    pub through: u64,
+    /// The events of `after + 1 ..= through` (an O(1) share of the history's).
+    pub events: imbl::Vector<crate::kv::Event>,
+    /// Set when events of this range are missing because they were compacted before
+    /// this node held them (a snapshot installed over a gap): every event at or below
+    /// this revision is lost to a watcher that had not seen it. 0: nothing missing.
+    pub missing_through: u64,
 }
 
 /// The core's settings.
@@ -266,10 +288,21 @@ pub struct DriverConfig {
     /// earlier release wrote. A cluster record, once applied, raises it to the version
     /// that introduced the record (only a cluster at that version writes one).
     pub version_floor: super::version::Version,
+    /// A leader proposes a `Command::Compact` when the history holds more events than
+    /// this (`--history-entries`) ...
+    pub history_entries: u64,
+    /// ... or more bytes (`History::approximate_bytes`, `--history-bytes`). It compacts
+    /// to the lowest revision that brings the history to three quarters of both bounds
+    /// (`HISTORY_COMPACT_TO`), so that compactions come in batches, not one per write.
+    pub history_bytes: u64,
     /// Bugs to plant, so the simulator can prove it catches them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: DriverBugs,
 }
+
+/// The share of `--history-entries` and `--history-bytes` an automatic compaction
+/// brings the history back to: (numerator, denominator).
+pub const HISTORY_COMPACT_TO: (u64, u64) = (3, 4);
 
 /// Known driver bugs (each was in the daemon once), compiled only for the simulator's
 /// proofs.
@@ -301,6 +334,8 @@ impl Default for DriverConfig {
             promote_every_ticks: 10,
             read_context_start: 1,
             version_floor: super::version::THIS_VERSION,
+            history_entries: 10_000,
+            history_bytes: 64 << 20,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: DriverBugs::default(),
         }
@@ -392,6 +427,10 @@ pub struct DriverCore {
     joins: HashMap<Token, NodeId>,
     /// The versions the members reported: what the cluster version is.
     versions: MemberVersions,
+    /// The automatic compaction this leader proposed and waits for: (term, index of
+    /// its entry). Invariant: at most one in flight; cleared once the state machine has
+    /// applied `index` or the term moved on (the entry may have been replaced).
+    compaction_in_flight: Option<(u64, u64)>,
 }
 
 /// The token of requests the core makes itself (the bootstrap record, promotions):
@@ -451,6 +490,22 @@ pub fn apply_entry(kv: &mut StateMachine, entry: &Entry) -> Option<Result<Outcom
             return None;
         }
     })
+}
+
+/// What installing `machine` over `current` adds for watchers: the events of the
+/// revisions it skips that its history holds, and the ones it does not hold (compacted
+/// before this node got them) as `missing_through`.
+fn install_round(current: &StateMachine, machine: &StateMachine) -> HistoryRound {
+    let after = current.applied_index();
+    let through = machine.applied_index();
+    let history = machine.history();
+    let first_held = history.compact_revision() + 1;
+    let missing_through = if first_held > after + 1 { history.compact_revision() } else { 0 };
+    let events = match history.events_since(first_held.max(after + 1)) {
+        Since::Events(events) => events,
+        Since::Compacted { .. } => unreachable!("events_since above the compaction point"),
+    };
+    HistoryRound { after, through, events, missing_through }
 }
 
 /// A received snapshot's state machine, decoded from `data`.
@@ -520,6 +575,7 @@ impl DriverCore {
             started_proposed: (0, HashSet::new()),
             joins: HashMap::new(),
             versions,
+            compaction_in_flight: None,
         }
     }
 
@@ -641,6 +697,7 @@ impl DriverCore {
             self.maybe_snapshot(!self.snapshot_waiters.is_empty());
         }
         if role == Role::Leader {
+            self.maybe_compact_history();
             self.maybe_bootstrap();
             if self.config.promote_every_ticks > 0 && self.now_tick % self.config.promote_every_ticks == 0 {
                 self.mark_started_members();
@@ -825,6 +882,45 @@ impl DriverCore {
         let Some((cluster_id, members)) = self.config.bootstrap.clone() else { return };
         self.bootstrap_proposed_term = term;
         self.start_proposal(Command::Bootstrap { cluster_id, members }.encode(), INTERNAL_TOKEN);
+    }
+
+    /// A leader whose history passed `history_entries` or `history_bytes` proposes a
+    /// `Command::Compact` to the revision that brings it back to `HISTORY_COMPACT_TO` of
+    /// both, one at a time: not again until that entry is applied (or the term moved on,
+    /// when it may have been replaced). Checked every tick, so the history passes its
+    /// bound by at most a tick's and a commit's writes. Through the log, so every node
+    /// holds the same window; never a node's local decision.
+    fn maybe_compact_history(&mut self) {
+        let term = self.raft.term();
+        let kv = self.kv.read().expect("kv lock");
+        if let Some((proposed_term, index)) = self.compaction_in_flight {
+            if proposed_term == term && kv.applied_index() < index {
+                return;
+            }
+            self.compaction_in_flight = None;
+        }
+        let history = kv.history();
+        if history.len() as u64 <= self.config.history_entries
+            && history.approximate_bytes() <= self.config.history_bytes
+        {
+            return;
+        }
+        let (numerator, denominator) = HISTORY_COMPACT_TO;
+        let target =
+            |bound: u64| bound / denominator * numerator + bound % denominator * numerator / denominator;
+        let Some(revision) =
+            history.compaction_to_fit(target(self.config.history_entries), target(self.config.history_bytes))
+        else {
+            return;
+        };
+        drop(kv);
+        if self.cluster_supports(Feature::Compaction).is_err() {
+            return;
+        }
+        if let Ok((term, index)) = self.raft.propose(Command::Compact { revision }.encode()) {
+            self.proposals.insert(index, (term, INTERNAL_TOKEN));
+            self.compaction_in_flight = Some((term, index));
+        }
     }
 
     /// Records, through the log, every member this leader sees holding the log (its
@@ -1209,7 +1305,9 @@ impl DriverCore {
             },
         };
         let index = snapshot.meta.index;
+        let round = install_round(&self.kv.read().expect("kv lock"), &machine);
         let replaced = std::mem::replace(&mut *self.kv.write().expect("kv lock"), machine);
+        self.actions.push(Action::HistoryRound(round));
         self.actions.push(Action::DropOffLoop(replaced));
         self.members_changed = true;
         self.snapshot_index = self.snapshot_index.max(index);
@@ -1237,8 +1335,11 @@ impl DriverCore {
             return;
         }
         let mut answers = Vec::new();
+        let mut round =
+            HistoryRound { after: 0, through: 0, events: imbl::Vector::new(), missing_through: 0 };
         {
             let mut kv = self.kv.write().expect("kv lock");
+            round.after = kv.applied_index();
             for entry in &committed {
                 assert_eq!(
                     entry.index,
@@ -1249,6 +1350,16 @@ impl DriverCore {
                 );
                 self.applied_bytes_since_snapshot += entry.data.len() as u64;
                 let Some(outcome) = apply_entry(&mut kv, entry) else { continue };
+                // The entry's events are the history's tail: taken now, before a later
+                // entry of this round could compact them away.
+                if matches!(
+                    outcome,
+                    Ok(Outcome::Written { .. } | Outcome::Deleted { .. } | Outcome::Imported { .. })
+                ) {
+                    if let Since::Events(events) = kv.history().events_since(entry.index) {
+                        round.events.append(events);
+                    }
+                }
                 match outcome {
                     Ok(Outcome::Cluster { applied: true }) => self.members_changed = true,
                     // Copied before the next entry applies: the state of exactly this index.
@@ -1271,11 +1382,13 @@ impl DriverCore {
                     answers.push((token, Answer::Proposal(result)));
                 }
             }
+            round.through = kv.applied_index();
         }
         for (token, answer) in answers {
             self.answer(token, answer);
         }
         self.actions.push(Action::Applied(committed));
+        self.actions.push(Action::HistoryRound(round));
     }
 
     fn release_reads(&mut self) {

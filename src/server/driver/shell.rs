@@ -73,6 +73,8 @@ pub struct Shared {
     pub versions: Mutex<SharedVersions>,
     /// The state hashes computed at hash check entries (`mmapd-admin check`).
     pub hashes: super::hashes::StateHashes,
+    /// The live watchers, fed every round of history the core hands out.
+    pub watch_hub: Arc<crate::server::watch_hub::WatchHub>,
 }
 
 /// The members' versions as the edge and the driver share them.
@@ -653,6 +655,7 @@ impl Shell {
                 Action::Answer(token, answer) => self.answer(token, answer),
                 Action::Proposed { .. } => {}
                 Action::Applied(entries) => self.shared.metrics.applied_entries.add(entries.len() as u64),
+                Action::HistoryRound(round) => self.shared.watch_hub.publish(round),
                 Action::InstalledSnapshot(snapshot) => {
                     let (index, term) = (snapshot.meta.index, snapshot.meta.term);
                     tracing::info!(index, term, "installed a snapshot from the leader");

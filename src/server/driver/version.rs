@@ -27,8 +27,8 @@
 //! - 2: the next release (v0.2.0, not tagged yet: every feature added before that tag
 //!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands), membership changes (configuration entries, learners,
-//!   joins), the hash check (`HashCheck`) and the checksummed `InstallSnapshot` (wire
-//!   tags 10 and 11).
+//!   joins), the hash check (`HashCheck`), the history's compaction (`Compact`) and the
+//!   checksummed `InstallSnapshot` (wire tags 10 and 11).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
 //! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
@@ -71,11 +71,14 @@ pub enum Feature {
     MembershipChanges,
     /// `Command::HashCheck` (`mmapd-admin check`).
     HashCheck,
+    /// `Command::Compact`: the replicated history's compaction (watches).
+    Compaction,
 }
 
 impl Feature {
     /// Every feature, for documentation and `/status`.
-    pub const ALL: [Feature; 3] = [Feature::ClusterRecord, Feature::MembershipChanges, Feature::HashCheck];
+    pub const ALL: [Feature; 4] =
+        [Feature::ClusterRecord, Feature::MembershipChanges, Feature::HashCheck, Feature::Compaction];
 
     /// The version that introduced it.
     pub const fn since(self) -> Version {
@@ -83,6 +86,7 @@ impl Feature {
             Feature::ClusterRecord => 2,
             Feature::MembershipChanges => 2,
             Feature::HashCheck => 2,
+            Feature::Compaction => 2,
         }
     }
 
@@ -92,6 +96,7 @@ impl Feature {
             Feature::ClusterRecord => "cluster record",
             Feature::MembershipChanges => "membership changes",
             Feature::HashCheck => "hash check",
+            Feature::Compaction => "history compaction",
         }
     }
 }
@@ -112,6 +117,7 @@ pub fn feature_of(command: &Command) -> Option<Feature> {
             Some(Feature::ClusterRecord)
         }
         Command::HashCheck => Some(Feature::HashCheck),
+        Command::Compact { .. } => Some(Feature::Compaction),
     }
 }
 
@@ -304,5 +310,6 @@ mod tests {
         assert_eq!(feature_of(&Command::put("k", b"v".to_vec())), None);
         assert_eq!(feature_of(&Command::MemberStarted { id: 7 }), Some(Feature::ClusterRecord));
         assert_eq!(feature_of(&Command::HashCheck), Some(Feature::HashCheck));
+        assert_eq!(feature_of(&Command::Compact { revision: 3 }), Some(Feature::Compaction));
     }
 }

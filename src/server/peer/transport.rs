@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::server::driver::version::{snapshot_encoding_for, Version};
-use crate::transport::codec::{decode_batch, encode_batch_with};
+use crate::transport::codec::{decode_batch, encode_batch_with, SnapshotEncoding};
 
 use super::connect::PeerConnector;
 use super::stream::{self as peer_stream, StreamError, StreamSender};
@@ -423,8 +423,17 @@ impl PeerSender {
     /// Sends one batch as `POST /raft/messages` and waits for its `204`.
     async fn post(&self, uri: &hyper::Uri, batch: &[Message], timeout: Duration) -> Result<(), Failure> {
         let mut body = Vec::new();
-        // A peer of v0.1.0 refuses a whole batch with a checksummed snapshot in it.
-        encode_batch_with(batch, snapshot_encoding_for((self.versions)(self.id)), &mut body);
+        // A peer of v0.1.0 refuses a whole batch with a checksummed snapshot in it, and
+        // reads only the first snapshot payload format.
+        let encoding = snapshot_encoding_for((self.versions)(self.id));
+        let converted;
+        let batch = if encoding == SnapshotEncoding::Unchecked && carries_snapshot(batch) {
+            converted = payloads_for_v1(batch.to_vec()).await.map_err(Failure::Unreachable)?;
+            &converted[..]
+        } else {
+            batch
+        };
+        encode_batch_with(batch, encoding, &mut body);
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(uri.clone())
@@ -465,6 +474,26 @@ pub fn secret_matches(expected: &[u8], presented: Option<&HeaderValue>) -> bool 
 /// Decodes a peer batch, naming the error for the 400 answer.
 pub fn decode_peer_batch(body: Bytes) -> Result<Vec<Message>, String> {
     decode_batch(body).map_err(|e| e.to_string())
+}
+
+/// `batch` with every snapshot payload rewritten in version 1, the only one v0.1.0
+/// reads (`StateMachine::write_snapshot_v1`), off the async threads: it decodes and
+/// writes the whole state. Only a member of v0.1.0 during a rolling upgrade gets it.
+async fn payloads_for_v1(mut batch: Vec<Message>) -> Result<Vec<Message>, String> {
+    tokio::task::spawn_blocking(move || {
+        for message in &mut batch {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
+                let machine = crate::kv::StateMachine::load_snapshot_shared(&snapshot.data)
+                    .map_err(|e| format!("the snapshot at {} does not decode: {e}", snapshot.meta.index))?;
+                let mut payload = Vec::with_capacity(snapshot.data.len());
+                machine.write_snapshot_v1(&mut payload).map_err(|e| e.to_string())?;
+                snapshot.data = Bytes::from(payload);
+            }
+        }
+        Ok(batch)
+    })
+    .await
+    .map_err(|e| format!("converting a snapshot for a v0.1.0 peer: {e}"))?
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@ use super::*;
 use crate::raft::{ConfState, Config, InitialState};
 
 fn core_with(id: NodeId, voters: &[NodeId]) -> DriverCore {
+    core_configured(id, voters, DriverConfig::default())
+}
+
+fn core_configured(id: NodeId, voters: &[NodeId], driver: DriverConfig) -> DriverCore {
     let mut config = Config::new(id);
     config.election_ticks = 10;
     config.heartbeat_ticks = 1;
@@ -16,7 +20,7 @@ fn core_with(id: NodeId, voters: &[NodeId]) -> DriverCore {
     };
     let raft = Raft::new(config, initial).expect("a fresh node");
     let kv = Arc::new(RwLock::new(StateMachine::new()));
-    let config = DriverConfig { retry_initial_ticks: 2, retry_max_ticks: 8, ..DriverConfig::default() };
+    let config = DriverConfig { retry_initial_ticks: 2, retry_max_ticks: 8, ..driver };
     DriverCore::new(raft, kv, None, config)
 }
 
@@ -851,4 +855,162 @@ fn a_gated_request_is_refused_naming_the_members_that_lag_and_key_value_writes_g
     assert_eq!(core.raft().last_index(), last, "a gated request reached the log");
     core.propose(10, put("k"));
     assert!(core.take_actions().iter().any(|a| matches!(a, Action::Proposed { token: 10, .. })));
+}
+
+/// A one-node leader whose history is bounded by `entries` events and `bytes` bytes.
+fn leader_with_history_bound(entries: u64, bytes: u64) -> DriverCore {
+    let mut core = core_configured(
+        1,
+        &[1],
+        DriverConfig { history_entries: entries, history_bytes: bytes, ..DriverConfig::default() },
+    );
+    core.raft.campaign();
+    settle(&mut core);
+    assert_eq!(core.raft().role(), Role::Leader);
+    core
+}
+
+fn history_of(core: &DriverCore) -> (usize, u64, u64) {
+    let kv = core.kv().read().unwrap();
+    (kv.history().len(), kv.history().approximate_bytes(), kv.history().compact_revision())
+}
+
+#[test]
+fn a_leader_compacts_the_history_through_the_log_once_it_passes_its_entry_bound() {
+    let mut core = leader_with_history_bound(8, u64::MAX);
+    for i in 0..8 {
+        core.propose(100 + i, put(&format!("k{i}")));
+        settle(&mut core);
+    }
+    ticks(&mut core, 3);
+    assert_eq!(history_of(&core).0, 8, "compacted at the bound, not past it");
+    core.propose(200, put("k8"));
+    settle(&mut core);
+    let last = core.raft().last_index();
+    ticks(&mut core, 1);
+    assert_eq!(core.raft().last_index(), last + 1, "one entry: the compaction");
+    let (len, _, compact_revision) = history_of(&core);
+    assert_eq!(len, 6, "back to three quarters of the bound");
+    // The no-op at index 1, then puts at 2..=10: the first three are dropped.
+    assert_eq!(compact_revision, 4);
+    let kv = core.kv().read().unwrap();
+    assert!(kv.history().events().iter().all(|event| event.revision > compact_revision));
+}
+
+#[test]
+fn a_leader_compacts_on_history_bytes_too() {
+    let value = vec![b'x'; 1000];
+    let mut core = leader_with_history_bound(u64::MAX, 4000);
+    for i in 0..5 {
+        core.propose(100 + i, Command::put(format!("k{i}"), value.clone()).encode());
+        settle(&mut core);
+        ticks(&mut core, 1);
+        let (_, bytes, _) = history_of(&core);
+        assert!(bytes <= 4000, "write {i}: {bytes} history bytes after a tick");
+    }
+    assert!(history_of(&core).2 > 0, "never compacted");
+}
+
+#[test]
+fn at_most_one_automatic_compaction_is_in_flight() {
+    let mut core = leader_with_history_bound(2, u64::MAX);
+    for i in 0..4 {
+        core.propose(100 + i, put(&format!("k{i}")));
+        settle(&mut core);
+    }
+    // The compaction's entry waits for the disk: ticks must not propose another.
+    let last = core.raft().last_index();
+    for _ in 0..5 {
+        core.tick();
+        core.poll();
+    }
+    assert_eq!(core.raft().last_index(), last + 1, "one compaction proposed while one was in flight");
+    settle(&mut core);
+    for _ in 0..5 {
+        core.persisted(Ok(()));
+        settle(&mut core);
+    }
+    let (len, _, compact_revision) = history_of(&core);
+    assert!(
+        len <= 2 && compact_revision > 0,
+        "the compaction applied: {len} events, point {compact_revision}"
+    );
+}
+
+#[test]
+fn compaction_waits_for_every_member_to_have_it() {
+    let mut core = legacy_leader_of_three();
+    core.member_version(2, 2);
+    core.propose(7, Command::Compact { revision: 1 }.encode());
+    let refused = core.take_actions().iter().any(|action| {
+        matches!(action, Action::Answer(7, Answer::Proposal(Err(NodeError::Unsupported(u)))) if u.feature == Feature::Compaction)
+    });
+    assert!(refused, "a compaction was proposed with member 3 of unknown version");
+}
+
+/// Polls and persists until done, returning the history rounds handed out.
+fn settle_rounds(core: &mut DriverCore) -> Vec<HistoryRound> {
+    let mut rounds = Vec::new();
+    for _ in 0..100 {
+        core.poll();
+        let actions = core.take_actions();
+        if actions.is_empty() {
+            return rounds;
+        }
+        let mut writes = 0;
+        for action in actions {
+            match action {
+                Action::Persist(_) => writes += 1,
+                Action::HistoryRound(round) => rounds.push(round),
+                _ => {}
+            }
+        }
+        for _ in 0..writes {
+            core.persisted(Ok(()));
+        }
+    }
+    panic!("the core did not settle");
+}
+
+#[test]
+fn history_rounds_tile_the_applied_revisions_and_keep_events_a_later_entry_compacts() {
+    let mut core = leader();
+    let start = core.kv().read().unwrap().applied_index();
+    // Three entries committed together: a put, a delete and a compaction of both.
+    core.propose(1, put("a"));
+    core.propose(2, Command::delete("a").encode());
+    core.propose(3, Command::Compact { revision: start + 2 }.encode());
+    let rounds = settle_rounds(&mut core);
+    assert!(!rounds.is_empty());
+    let mut after = start;
+    let mut events = Vec::new();
+    for round in &rounds {
+        assert_eq!(round.after, after, "rounds tile the revisions: {rounds:?}");
+        assert!(round.through > round.after || round.events.is_empty());
+        after = round.through;
+        events.extend(round.events.iter().map(|event| (event.revision, event.kind)));
+        assert_eq!(round.missing_through, 0);
+    }
+    assert_eq!(after, start + 3);
+    assert_eq!(
+        events,
+        vec![(start + 1, crate::kv::EventKind::Put), (start + 2, crate::kv::EventKind::Delete)]
+    );
+    assert_eq!(core.kv().read().unwrap().history().compact_revision(), start + 2);
+}
+
+#[test]
+fn a_snapshot_installed_over_compacted_history_reports_what_is_missing() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    let mut machine = StateMachine::new();
+    for index in 1..=6 {
+        machine.apply(index, &Command::put(format!("k{index}"), "v"));
+    }
+    machine.apply(7, &Command::Compact { revision: 4 });
+    core.step(vec![install_snapshot(1, 2, 1, 7, serialized(&machine))]);
+    let rounds = settle_rounds(&mut core);
+    let round = rounds.iter().find(|round| round.through == 7).expect("a round for the install");
+    assert_eq!((round.after, round.missing_through), (0, 4));
+    let revisions: Vec<u64> = round.events.iter().map(|event| event.revision).collect();
+    assert_eq!(revisions, vec![5, 6], "the events the snapshot holds");
 }

@@ -1,0 +1,383 @@
+//! `GET /v1/watch?key=K` or `?prefix=P`, `&from=R` (inclusive; default: the next
+//! revision), `&prev=true`: a long-lived chunked response of newline-delimited JSON,
+//! one event a line (README and docs/api.md, "Watch").
+//!
+//! How the guarantees are kept:
+//! - **no gap**: the watcher subscribes to the hub (`watch_hub`) *before* it reads the
+//!   history under the kv lock, up to the store's revision H then; every round applied
+//!   after H reaches its queue, or it is marked slow and ended;
+//! - **unique, ordered, never back in time**: it then forwards only events above
+//!   `served_through` (H at first, each round's `through` after), which only grows;
+//! - **atomic**: a round's lines (all events of its revisions) go out as one chunk;
+//! - **never from history not held**: a `from` at or below the compaction point is
+//!   `410 compacted`; a snapshot installed over a compacted gap this watcher had not
+//!   seen ends it (`cancelled`, reason `compacted`);
+//! - **slow**: a full queue ends the watcher, after what its queue holds, with
+//!   `{"type":"cancelled","reason":"slow","resume_from":N}`, N the first revision not
+//!   (entirely) delivered. A client that stops reading altogether for
+//!   `WATCH_STALL_TIMEOUT` loses the connection (the response is cut, not ended).
+//!
+//! A watch keeps its connection, so it holds the connection's permit: watchers count
+//! towards the connection limit.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::{query_field, Api, REVISION_HEADER};
+use crate::kv::{Event, EventKind, Since};
+use crate::server::driver::core::HistoryRound;
+
+/// The route.
+pub const PATH: &str = "/v1/watch";
+
+/// Chunks a watch's body holds while the client is not reading.
+const BODY_CHUNKS: usize = 8;
+
+/// A watch whose client has not read for this long is cut off.
+pub const WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The body of a watch: chunks from the watcher's task, until it ends.
+pub struct WatchBody {
+    chunks: mpsc::Receiver<Bytes>,
+}
+
+impl Body for WatchBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.chunks.poll_recv(context).map(|chunk| chunk.map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+/// Which keys a watch wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Filter {
+    Key(Vec<u8>),
+    Prefix(Vec<u8>),
+}
+
+impl Filter {
+    fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Filter::Key(wanted) => key == wanted.as_slice(),
+            Filter::Prefix(prefix) => key.starts_with(prefix),
+        }
+    }
+}
+
+/// A parsed watch request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct WatchRequest {
+    filter: Filter,
+    /// None: the next revision.
+    from: Option<u64>,
+    prev: bool,
+}
+
+fn parse(query: &str) -> Result<WatchRequest, ApiError> {
+    let filter = match (query_field(query, "key")?, query_field(query, "prefix")?) {
+        (Some(key), None) => Filter::Key(key),
+        (None, Some(prefix)) => Filter::Prefix(prefix),
+        _ => return Err(ApiError::BadRequest("a watch needs exactly one of `key` and `prefix`".into())),
+    };
+    let from = match query_field(query, "from")? {
+        None => None,
+        Some(raw) => Some(
+            std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .filter(|&from| from > 0)
+                .ok_or_else(|| ApiError::BadRequest("`from` must be a positive revision".into()))?,
+        ),
+    };
+    let prev = match query_field(query, "prev")?.as_deref() {
+        None | Some(b"false") | Some(b"0") => false,
+        Some(b"true") | Some(b"1") => true,
+        Some(_) => return Err(ApiError::BadRequest("`prev` must be true or false".into())),
+    };
+    Ok(WatchRequest { filter, from, prev })
+}
+
+/// The key the request's authorization is checked on, and whether it is a prefix.
+pub(crate) fn watched(query: &str) -> Result<(Vec<u8>, bool), ApiError> {
+    Ok(match parse(query)?.filter {
+        Filter::Key(key) => (key, false),
+        Filter::Prefix(prefix) => (prefix, true),
+    })
+}
+
+/// One event's line.
+fn event_line(event: &Event, prev: bool) -> serde_json::Value {
+    let key = String::from_utf8_lossy(&event.key);
+    let mut line = match (&event.kind, &event.value) {
+        (EventKind::Put, Some(value)) => {
+            let mut line = serde_json::json!({
+                "type": "put",
+                "key": key,
+                "revision": event.revision,
+                "create_revision": value.create_revision,
+                "mod_revision": value.mod_revision,
+                "version": value.version,
+            });
+            let (field, text) = super::key_json::value_field(&value.data);
+            line[field] = text.into();
+            line
+        }
+        _ => serde_json::json!({ "type": "delete", "key": key, "revision": event.revision }),
+    };
+    if prev {
+        line["prev"] = match &event.previous {
+            Some(previous) => super::key_json::key_json(&event.key, previous),
+            None => serde_json::Value::Null,
+        };
+    }
+    line
+}
+
+fn push_line(out: &mut Vec<u8>, line: &serde_json::Value) {
+    // Serialising a `Value` cannot fail.
+    out.extend_from_slice(line.to_string().as_bytes());
+    out.push(b'\n');
+}
+
+/// The state of one watcher's stream.
+struct Watcher {
+    request: WatchRequest,
+    /// Every matching event with a revision at or below this has been written.
+    /// Invariant: never decreases.
+    served_through: u64,
+    /// The lowest revision the client wants.
+    from: u64,
+}
+
+impl Watcher {
+    /// The lines for `events`: those above `served_through` and at or above `from`
+    /// that match.
+    fn lines<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for event in events {
+            if event.revision > self.served_through
+                && event.revision >= self.from
+                && self.request.filter.matches(&event.key)
+            {
+                push_line(&mut out, &event_line(event, self.request.prev));
+            }
+        }
+        out
+    }
+
+    /// A round's lines; Err: the watcher must end with this last line.
+    fn round(&mut self, round: &HistoryRound) -> Result<Vec<u8>, serde_json::Value> {
+        if round.missing_through > self.served_through {
+            return Err(serde_json::json!({
+                "type": "cancelled",
+                "reason": "compacted",
+                "compact_revision": round.missing_through,
+            }));
+        }
+        let out = self.lines(round.events.iter());
+        self.served_through = self.served_through.max(round.through);
+        Ok(out)
+    }
+}
+
+/// Serves a watch. `permit` is the connection's share of the limit, held while the
+/// watch runs.
+pub(crate) fn watch(
+    api: &Api,
+    query: &str,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Response<WatchBody>, ApiError> {
+    let request = parse(query)?;
+    // Subscribe first: every round applied after the read below reaches the queue.
+    let subscription = api.node.shared.watch_hub.subscribe(api.watch_queue_rounds);
+    let (head, replay) = {
+        let kv = api.node.shared.kv.read().expect("kv lock");
+        let head = kv.revision();
+        let from = request.from.unwrap_or(head + 1);
+        let replay = if from <= head {
+            match kv.history().events_since(from) {
+                Since::Events(events) => events,
+                Since::Compacted { compact_revision } => {
+                    return Err(ApiError::Compacted { compact_revision });
+                }
+            }
+        } else if from <= kv.history().compact_revision() {
+            return Err(ApiError::Compacted { compact_revision: kv.history().compact_revision() });
+        } else {
+            imbl::Vector::new()
+        };
+        (head, replay)
+    };
+    let from = request.from.unwrap_or(head + 1);
+    let mut watcher = Watcher { request, served_through: 0, from };
+    let first = watcher.lines(replay.iter());
+    watcher.served_through = head;
+    let (chunks, body) = mpsc::channel(BODY_CHUNKS);
+    let progress_every = api.watch_progress;
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut subscription = subscription;
+        let send = |chunk: Vec<u8>| {
+            let chunks = chunks.clone();
+            async move {
+                if chunk.is_empty() {
+                    return true;
+                }
+                matches!(
+                    tokio::time::timeout(WATCH_STALL_TIMEOUT, chunks.send(Bytes::from(chunk))).await,
+                    Ok(Ok(()))
+                )
+            }
+        };
+        if !send(first).await {
+            return;
+        }
+        loop {
+            let round = tokio::select! {
+                round = subscription.rounds.recv() => round,
+                _ = tokio::time::sleep(progress_every) => {
+                    let mut line = Vec::new();
+                    push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.served_through }));
+                    if !send(line).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(round) = round else {
+                // The hub let go: slow (or the node is stopping).
+                if subscription.slow.load(Ordering::Acquire) {
+                    let mut line = Vec::new();
+                    let last = serde_json::json!({
+                        "type": "cancelled",
+                        "reason": "slow",
+                        "resume_from": watcher.served_through + 1,
+                    });
+                    push_line(&mut line, &last);
+                    send(line).await;
+                }
+                return;
+            };
+            match watcher.round(&round) {
+                Ok(lines) => {
+                    if !send(lines).await {
+                        return;
+                    }
+                }
+                Err(last) => {
+                    let mut line = Vec::new();
+                    push_line(&mut line, &last);
+                    send(line).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut response = Response::new(WatchBody { chunks: body });
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(REVISION_HEADER, HeaderValue::from(head));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Value;
+
+    fn put(revision: u64, key: &str) -> Event {
+        Event {
+            revision,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            kind: EventKind::Put,
+            value: Some(Value::created(Bytes::from_static(b"v"), revision)),
+            previous: None,
+        }
+    }
+
+    fn watcher(filter: Filter, served_through: u64, from: u64) -> Watcher {
+        Watcher { request: WatchRequest { filter, from: Some(from), prev: false }, served_through, from }
+    }
+
+    fn revisions(lines: &[u8]) -> Vec<u64> {
+        lines
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                serde_json::from_slice::<serde_json::Value>(line).unwrap()["revision"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_needs_one_of_key_and_prefix_and_a_positive_from() {
+        assert_eq!(parse("key=a").unwrap().filter, Filter::Key(b"a".to_vec()));
+        assert_eq!(
+            parse("prefix=a%2F&from=3&prev=true").unwrap(),
+            WatchRequest { filter: Filter::Prefix(b"a/".to_vec()), from: Some(3), prev: true }
+        );
+        for bad in ["", "key=a&prefix=b", "key=a&from=0", "key=a&from=x", "key=a&prev=maybe"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_round_forwards_only_what_is_above_what_was_served_and_matches() {
+        let mut watcher = watcher(Filter::Prefix(b"a".to_vec()), 4, 1);
+        let events = [put(3, "a1"), put(4, "a2"), put(5, "b"), put(5, "a3"), put(6, "a4")];
+        let round = HistoryRound {
+            after: 2,
+            through: 6,
+            events: events.iter().cloned().collect(),
+            missing_through: 0,
+        };
+        assert_eq!(revisions(&watcher.round(&round).unwrap()), vec![5, 6]);
+        assert_eq!(watcher.served_through, 6);
+        // The same round again (it cannot come twice, but if it did): nothing twice.
+        assert!(watcher.round(&round).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_round_with_history_this_watcher_had_not_seen_missing_ends_it() {
+        let mut watcher = watcher(Filter::Key(b"k".to_vec()), 3, 1);
+        let round = HistoryRound { after: 3, through: 9, events: imbl::Vector::new(), missing_through: 5 };
+        let last = watcher.round(&round).unwrap_err();
+        assert_eq!(last["reason"], "compacted");
+        assert_eq!(last["compact_revision"], 5);
+    }
+
+    #[test]
+    fn event_lines_spell_the_fields_of_the_api() {
+        let line = event_line(&put(7, "k"), false);
+        assert_eq!(
+            line,
+            serde_json::json!({"type":"put","key":"k","value":"v","revision":7,"create_revision":7,"mod_revision":7,"version":1})
+        );
+        let delete = Event {
+            revision: 8,
+            key: Bytes::from_static(b"k"),
+            kind: EventKind::Delete,
+            value: None,
+            previous: Some(Value::created(Bytes::from_static(&[0xff]), 7)),
+        };
+        assert_eq!(event_line(&delete, false), serde_json::json!({"type":"delete","key":"k","revision":8}));
+        assert_eq!(event_line(&delete, true)["prev"]["value_base64"], "/w==");
+    }
+}
