@@ -167,6 +167,21 @@ fn raise_own_descriptor_limit(needed: u64) {
     assert!(hard >= needed, "this test needs {needed} descriptors; the hard limit is {hard}");
 }
 
+/// The client connection limit the node logged at start, and the line.
+fn connection_limit(node: &Daemon) -> (usize, String) {
+    let line = node
+        .log_text()
+        .lines()
+        .find(|line| line.contains("connection limit derived"))
+        .map(str::to_owned)
+        .expect("no connection limit logged");
+    let limit = strip_colours(&line)
+        .split_once("client_connections=")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no client_connections in {line:?}"));
+    (limit, line)
+}
+
 const IDLE_HANDSHAKES: usize = 2000;
 const HALF_HELLOS: usize = 500;
 const GARBAGE: usize = 100;
@@ -194,16 +209,7 @@ fn thousands_of_idle_half_done_and_garbage_tls_connections_leave_the_node_servin
     wait_for(Duration::from_secs(5), "the node to lead", || {
         (https.status("127.0.0.1", port)?["state"] == "leader").then_some(())
     });
-    let line = node
-        .log_text()
-        .lines()
-        .find(|line| line.contains("connection limit derived"))
-        .map(str::to_owned)
-        .expect("no connection limit logged");
-    let limit: usize = strip_colours(&line)
-        .split_once("client_connections=")
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no client_connections in {line:?}"));
+    let (limit, line) = connection_limit(&node);
     assert!(hostile + 16 < limit, "the flood ({hostile}) does not fit the limit {limit}: {line}");
     let (rss_before, threads_before) = rss_and_threads(node.pid());
 
@@ -303,6 +309,72 @@ fn thousands_of_idle_half_done_and_garbage_tls_connections_leave_the_node_servin
     assert!(node.is_running());
     let log = node.log_text();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Past the connection limit: a node whose descriptor limit (600) leaves a few hundred
+/// client connections gets that many idle TLS connections (finished handshakes) and 200
+/// more that send half a ClientHello. Those past the limit wait in the kernel's accept
+/// queue (the node answers them nothing yet); an HTTPS client that comes meanwhile waits
+/// there too, and is served once the node's 10 s timeouts close the idle ones, not
+/// refused or left hanging; the node stays up.
+#[test]
+fn idle_tls_connections_past_the_limit_wait_and_a_client_is_served_when_the_timeouts_free_slots() {
+    raise_own_descriptor_limit(2000);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let issued = ca.issue(dir.path(), "node", &["127.0.0.1"]);
+    let port = free_ports(1)[0];
+    let port_text = port.to_string();
+    let data_dir = dir.path().join("data");
+    let mut args = vec!["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    args.extend(["--tls-cert", issued.cert_arg(), "--tls-key", issued.key_arg()]);
+    let mut node = Daemon::new(dir.path(), port, &args).nofile_limit(600, 600);
+    node.start().unwrap();
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", port)?["state"] == "leader").then_some(())
+    });
+    let (limit, line) = connection_limit(&node);
+    assert!((100..600).contains(&limit), "{line}");
+
+    let started = Instant::now();
+    let idle: Vec<(rustls::ClientConnection, TcpStream)> = (0..limit)
+        .map(|i| https.handshake("127.0.0.1", port).unwrap_or_else(|e| panic!("handshake {i}: {e}")))
+        .collect();
+    let filled = started.elapsed();
+    let hello = https.client_hello("127.0.0.1");
+    let queued: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tcp.write_all(&hello[..hello.len() / 2]).unwrap();
+            tcp
+        })
+        .collect();
+    // Every slot is held: a new client is not answered at once (it waits in the queue)...
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    probe.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    let early = probe.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection past the limit of {limit} was answered at once: {early:?}"
+    );
+    // ...and an HTTPS client is served once the idle ones time out (10 s after they
+    // were opened), within the timeouts and a margin.
+    let response = wait_for(Duration::from_secs(25), "an HTTPS write past the flood", || {
+        https.put("127.0.0.1", port, "/v1/kv/after-the-flood", b"yes").ok()
+    });
+    assert!(matches!(response.status, 200 | 201), "{}", response.text());
+    let served = started.elapsed();
+    assert!(served < filled + Duration::from_secs(20), "served after {served:?} (filled in {filled:?})");
+    assert_eq!(https.get("127.0.0.1", port, "/v1/kv/after-the-flood").unwrap().text(), "yes");
+    eprintln!("limit {limit}: filled in {filled:?}, a client served after {served:?}");
+    drop((idle, queued));
+    assert!(node.is_running());
+    let log = node.log_text();
+    assert!(!log.contains("panicked") && !log.contains("Too many open files"), "{log}");
 }
 
 /// A certificate or key that cannot be used stops the start with one line naming the
