@@ -5,7 +5,10 @@
 //! with another CA's certificate kept out, a certificate for another address unable to
 //! speak for a member, and `--client-ca` refusing clients without a certificate;
 //! SIGHUP putting new certificates, CAs and tokens in force (a bad new file logged and
-//! the old kept), and a running cluster moved to a new CA by SIGHUPs alone.
+//! the old kept), and a running cluster moved to a new CA by SIGHUPs alone. Hostile
+//! input: thousands of idle, half-done and garbage TLS connections within the connection
+//! limit leave the node serving with bounded memory and no new threads, and past the
+//! limit they wait in the accept queue until the timeouts free slots.
 //!
 //! Nodes of a cluster listen on distinct loopback addresses (127.0.0.1, .2, .3): a
 //! certificate names a host, not a port, so members must differ by host for one
