@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of the Debian package under a real systemd: builds the .deb, installs
 # it in a fresh Debian bookworm root, boots that root with systemd-nspawn and drives three
-# mmapd@<port> instances through systemctl, curl and mmapd-admin; then grows the cluster
-# with a fourth (MMAPD_JOIN) and removes the first while a client keeps writing. A fifth,
+# mmapd@<port> instances through systemctl, curl and mmapd-admin; moves them to mutual TLS
+# and tokens from /etc/mmapd/tls (certificates made with openssl here) and reloads one;
+# then grows the cluster with a fourth (MMAPD_JOIN, over TLS) and removes the first while
+# a client keeps writing over HTTPS. A fifth,
 # mmapd@3005, serves HTTPS with its certificate and tokens from /etc/mmapd/tls and takes
 # a new certificate (of a new CA) and new tokens on `systemctl reload`.
 #
@@ -283,7 +285,16 @@ journal_of_this_run 3001 | grep 'connection limit derived' | grep -q 'client_con
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:3001/raft/messages --data-binary x)
 [ "$status" != 401 ] || fail "a peer request was refused for its secret, but no secret is configured"
 
-healthy() { curl -fsS "http://127.0.0.1:$1/health"; }
+# How a client reaches the three-instance cluster: plain HTTP until it moves to mutual TLS
+# and tokens (below), then HTTPS with the cluster CA and a token. ccurl PORT PATH [args].
+scheme=http
+cluster_curl=()
+ccurl() {
+    local port=$1 path=$2
+    shift 2
+    curl -fsS --max-time 5 "${cluster_curl[@]}" "$@" "$scheme://127.0.0.1:$port$path"
+}
+healthy() { ccurl "$1" /health; }
 for port in "${PORTS[@]}"; do
     wait_for 30 healthy "$port" || fail "mmapd@$port not healthy (no leader) within 30 s"
 done
@@ -343,16 +354,6 @@ fi
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:3001/raft/messages --data-binary x)
 [ "$status" = 401 ] || fail "a peer request without the secret got HTTP $status, want 401"
 
-say "systemctl reload (SIGHUP) keeps the node running"
-pid_before=$(unit_property 3001 MainPID)
-inside systemctl reload mmapd@3001 || fail "systemctl reload failed"
-reload_logged() { journal_of_this_run 3001 | grep -q 'SIGHUP: no --auth-tokens'; }
-wait_for 10 reload_logged || fail "mmapd@3001 did not log the SIGHUP of systemctl reload"
-[ "$(unit_property 3001 MainPID)" = "$pid_before" ] || fail "systemctl reload restarted mmapd@3001"
-[ "$(unit_property 3001 ActiveState)" = active ] || fail "mmapd@3001 not active after reload"
-
-# ---- TLS: mmapd@3005 serves HTTPS from /etc/mmapd/tls; systemctl reload swaps it ----
-
 # The README's openssl commands ("Security"): a CA, and a node certificate it signs.
 pki="$run_dir/pki"
 mkdir -p "$pki"
@@ -379,8 +380,67 @@ https_code() { # CA TOKEN URL-PATH [curl args]: the HTTP status over HTTPS, 000 
     local ca=$1 token=$2 path=$3
     shift 3
     curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$pki/$ca.pem" \
-        -H "Authorization: Bearer $token" "$@" "https://127.0.0.1:3005$path" || true
+        -H "Authorization: Bearer $token" "$@" "https://127.0.0.1:${https_port:-3005}$path" || true
 }
+
+# ---- the three instances move to mutual TLS and tokens from /etc/mmapd/tls ----------
+
+say "TLS: mmapd@3001-3003 restart with mutual TLS (a CA of the cluster's) and tokens"
+check_mode /etc/mmapd/tls "750 root:mmapd"
+make_ca e2e-cluster-ca || fail "openssl: the cluster CA"
+make_node_cert e2e-cluster-ca cluster || fail "openssl: the cluster's node certificate"
+install_tls "$pki/e2e-cluster-ca.pem" cluster-ca.pem
+install_tls "$pki/cluster.pem" cluster.pem
+install_tls "$pki/cluster.key" cluster.key
+printf 'e2e-cluster-token write\ne2e-cluster-reader read\n' >"$pki/cluster-tokens"
+install_tls "$pki/cluster-tokens" cluster-tokens
+check_mode /etc/mmapd/tls/cluster.key "640 root:mmapd"
+check_mode /etc/mmapd/tls/cluster-tokens "640 root:mmapd"
+# Every member's own file (mmapd@3004 joins with the same later). The members all listen
+# on 127.0.0.1, so one certificate naming 127.0.0.1 serves for each (a certificate
+# names a host, not a port).
+cluster_tls_conf='MMAPD_TLS_CERT=/etc/mmapd/tls/cluster.pem
+MMAPD_TLS_KEY=/etc/mmapd/tls/cluster.key
+MMAPD_TLS_CA=/etc/mmapd/tls/cluster-ca.pem
+MMAPD_AUTH_TOKENS=/etc/mmapd/tls/cluster-tokens'
+for port in "${PORTS[@]}"; do
+    echo "$cluster_tls_conf" >"$root/etc/mmapd/$port.conf"
+done
+inside systemctl restart mmapd@3001 mmapd@3002 mmapd@3003 || fail "systemctl restart with TLS failed"
+scheme=https
+cluster_curl=(--cacert "$pki/e2e-cluster-ca.pem" -H "Authorization: Bearer e2e-cluster-token")
+for port in "${PORTS[@]}"; do
+    wait_for 30 healthy "$port" || fail "mmapd@$port not healthy over HTTPS after the restart with TLS"
+    plain=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/health" || true)
+    [ "$plain" = 400 ] || fail "plain HTTP on mmapd@$port got $plain, want 400"
+done
+[ "$(ccurl 3003 /get/greeting)" = hello ] || fail "greeting lost by the restart with TLS"
+[ "$(ccurl 3001 /v1/kv/tls-cluster -X PUT --data-binary over-tls -o /dev/null -w '%{http_code}')" = 201 ] ||
+    fail "PUT over HTTPS with the token through 3001"
+for port in 3002 3003; do
+    [ "$(ccurl "$port" /v1/kv/tls-cluster)" = over-tls ] || fail "the write through 3001 is not read over HTTPS on $port"
+done
+[ "$(https_port=3002 https_code e2e-cluster-ca no-such-token /v1/kv/tls-cluster)" = 401 ] || fail "a wrong token was not refused with 401"
+[ "$(https_port=3002 https_code e2e-cluster-ca e2e-cluster-reader /v1/kv/tls-cluster -X PUT --data-binary x)" = 403 ] ||
+    fail "a read token could write"
+# A peer route without a peer certificate is refused before its body is read.
+peer=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$pki/e2e-cluster-ca.pem" \
+    -X POST https://127.0.0.1:3001/raft/messages --data-binary x || true)
+case "$peer" in 401 | 403) ;; *) fail "a peer request without a peer certificate got HTTP $peer, want 401 or 403" ;; esac
+
+say "systemctl reload (SIGHUP) of mmapd@3002 rereads its TLS files and tokens, and it serves on"
+pid_before=$(unit_property 3002 MainPID)
+inside systemctl reload mmapd@3002 || fail "systemctl reload failed"
+reload_logged() { journal_of_this_run 3002 | grep -q 'TLS certificate, key and CAs reloaded'; }
+wait_for 10 reload_logged || fail "mmapd@3002 did not log the TLS reload of systemctl reload"
+journal_of_this_run 3002 | grep -q 'SIGHUP: tokens reloaded' || fail "mmapd@3002 did not log the tokens reload"
+[ "$(unit_property 3002 MainPID)" = "$pid_before" ] || fail "systemctl reload restarted mmapd@3002"
+[ "$(unit_property 3002 ActiveState)" = active ] || fail "mmapd@3002 not active after reload"
+[ "$(ccurl 3002 /v1/kv/after-reload -X PUT --data-binary yes -o /dev/null -w '%{http_code}')" = 201 ] ||
+    fail "PUT through 3002 after its reload"
+[ "$(ccurl 3001 /v1/kv/after-reload)" = yes ] || fail "the write through the reloaded 3002 is not read on 3001"
+
+# ---- TLS: mmapd@3005 serves HTTPS from /etc/mmapd/tls; systemctl reload swaps it ----
 
 say "TLS: mmapd@3005 with its certificate, key and tokens in /etc/mmapd/tls"
 check_mode /etc/mmapd/tls "750 root:mmapd"
@@ -461,7 +521,7 @@ restarted() {
 wait_for 30 restarted || fail "mmapd@3001 was not restarted after SIGKILL"
 say "mmapd@3001: pid $pid_before killed, now $(unit_property 3001 MainPID)"
 wait_for 30 healthy 3001 || fail "mmapd@3001 not healthy after its restart"
-[ "$(curl -fsS http://127.0.0.1:3001/get/after)" = secret ] || fail "data lost after SIGKILL"
+[ "$(ccurl 3001 /get/after)" = secret ] || fail "data lost after SIGKILL"
 
 say "a stalled event loop trips the watchdog (WatchdogSec=2s drop-in, SIGSTOP)"
 mkdir -p "$root/etc/systemd/system/mmapd@3002.service.d"
@@ -527,8 +587,8 @@ writer() {
         while :; do
             read -r -a ports <"$write_ports_file"
             turn=$(((turn + 1) % ${#ports[@]}))
-            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 -X PUT \
-                "http://127.0.0.1:${ports[$turn]}/v1/kv/$key" --data-binary "v$n")
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "${cluster_curl[@]}" -X PUT \
+                "$scheme://127.0.0.1:${ports[$turn]}/v1/kv/$key" --data-binary "v$n")
             case "$code" in 200 | 201) break ;; esac
             echo "$(date +%T.%N) $key through ${ports[$turn]}: HTTP $code" >>"$failures_file"
             [ ! -e "$stop_file" ] || return 0
@@ -561,17 +621,17 @@ more_acked 20
 
 say "mmapd@3004 joins (MMAPD_JOIN in /etc/mmapd/3004.conf)"
 # /etc/default/mmapd sets MMAPD_PEERS for every instance; MMAPD_JOIN in the instance's
-# own file wins over it.
-echo "MMAPD_JOIN=$PEERS" >"$root/etc/mmapd/3004.conf"
+# own file wins over it. It joins over mutual TLS, with the cluster's files.
+printf 'MMAPD_JOIN=%s\n%s\n' "$PEERS" "$cluster_tls_conf" >"$root/etc/mmapd/3004.conf"
 inside systemctl start mmapd@3004 || fail "systemctl start mmapd@3004 failed"
 wait_for 30 lists_voter 3001 127.0.0.1:3004 ||
     fail "127.0.0.1:3004 not a voter within 30 s; members: $(members_of 3001 | tr '\n' ',')"
 four=$(printf '127.0.0.1:%s voter\n' 3001 3002 3003 3004)
 wait_for 10 has_members 3004 "$four" || fail "3004 lists $(members_of 3004 | tr '\n' ','), want four voters"
 say "members: $(members_of 3001 | tr '\n' ',') after $(acked_count) writes"
-[ "$(curl -fsS http://127.0.0.1:3004/get/greeting)" = hello ] || fail "greeting not read through 3004"
-[ "$(curl -fsS http://127.0.0.1:3004/v1/kv/e2e-w000001)" = v1 ] || fail "e2e-w000001 not read through 3004"
-[ "$(curl -fsS 'http://127.0.0.1:3004/v1/kv/color?consistency=stale')" = blue ] ||
+[ "$(ccurl 3004 /get/greeting)" = hello ] || fail "greeting not read through 3004"
+[ "$(ccurl 3004 /v1/kv/e2e-w000001)" = v1 ] || fail "e2e-w000001 not read through 3004"
+[ "$(ccurl 3004 '/v1/kv/color?consistency=stale')" = blue ] ||
     fail "color not in 3004's own copy"
 write_through 3002 3003 3004
 more_acked 20
@@ -615,7 +675,7 @@ cut -d' ' -f1,2 "$acked_file" | sort >"$run_dir/acked.sorted"
 # PORT's pairs "key value" under e2e-w, sorted; $2 is the read consistency.
 stored_pairs() {
     local json objects
-    json=$(curl -fsS "http://127.0.0.1:$1/v1/kv?prefix=e2e-w&limit=10000&consistency=$2") || return 1
+    json=$(ccurl "$1" "/v1/kv?prefix=e2e-w&limit=10000&consistency=$2") || return 1
     grep -q '"more":false' <<<"$json" || return 1
     objects=$(grep -o '{[^{}]*}' <<<"$json") || return 1
     paste -d' ' <(sed -E 's/.*"key":"([^"]*)".*/\1/' <<<"$objects") \

@@ -5,7 +5,10 @@
 //! with another CA's certificate kept out, a certificate for another address unable to
 //! speak for a member, and `--client-ca` refusing clients without a certificate;
 //! SIGHUP putting new certificates, CAs and tokens in force (a bad new file logged and
-//! the old kept), and a running cluster moved to a new CA by SIGHUPs alone.
+//! the old kept), and a running cluster moved to a new CA by SIGHUPs alone. Hostile
+//! input: thousands of idle, half-done and garbage TLS connections within the connection
+//! limit leave the node serving with bounded memory and no new threads, and past the
+//! limit they wait in the accept queue until the timeouts free slots.
 //!
 //! Nodes of a cluster listen on distinct loopback addresses (127.0.0.1, .2, .3): a
 //! certificate names a host, not a port, so members must differ by host for one
@@ -134,6 +137,247 @@ fn a_handshake_that_stops_half_way_does_not_hold_up_other_clients() {
         "a stalled handshake was held {:?}",
         started.elapsed()
     );
+}
+
+/// A log line without its colours (`ESC [ ... m`).
+fn strip_colours(line: &str) -> String {
+    let mut parts = line.split('\x1b');
+    let mut plain = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        plain.push_str(part.split_once('m').map_or(part, |(_, rest)| rest));
+    }
+    plain
+}
+
+/// What `/proc/PID/status` says of a process: (VmRSS in KiB, threads).
+fn rss_and_threads(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (the node's flood
+/// needs more than the common 1024) and fails, rather than skip, if that is too few.
+fn raise_own_descriptor_limit(needed: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(hard >= needed, "this test needs {needed} descriptors; the hard limit is {hard}");
+}
+
+/// The client connection limit the node logged at start, and the line.
+fn connection_limit(node: &Daemon) -> (usize, String) {
+    let line = node
+        .log_text()
+        .lines()
+        .find(|line| line.contains("connection limit derived"))
+        .map(str::to_owned)
+        .expect("no connection limit logged");
+    let limit = strip_colours(&line)
+        .split_once("client_connections=")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no client_connections in {line:?}"));
+    (limit, line)
+}
+
+const IDLE_HANDSHAKES: usize = 2000;
+const HALF_HELLOS: usize = 500;
+const GARBAGE: usize = 100;
+/// What one hostile connection may cost the node in resident memory: rustls's buffers
+/// (a 16 KiB record either way at most while idle), hyper's read buffer (8 KiB before
+/// any request), a task and the socket bookkeeping come to well under this.
+const RSS_PER_CONNECTION_KIB: u64 = 64;
+
+/// Thousands of hostile TLS connections at once (2,000 finished handshakes that send
+/// nothing more, 500 that stop half way through a ClientHello, 100 that send garbage,
+/// half of it looking like a TLS record) fit in the node's connection limit and do not
+/// stop it serving: an HTTPS client writes and reads meanwhile, the node's memory grows
+/// by less than 64 KiB per connection and its threads not at all (a task each, no
+/// thread), and every idle one is closed by the existing 10 s timeouts (the handshake
+/// timeout, hyper's header timeout), with no panic.
+#[test]
+fn thousands_of_idle_half_done_and_garbage_tls_connections_leave_the_node_serving() {
+    let hostile = IDLE_HANDSHAKES + HALF_HELLOS + GARBAGE;
+    raise_own_descriptor_limit(hostile as u64 + 256);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &[]);
+    let port = node.port;
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", port)?["state"] == "leader").then_some(())
+    });
+    let (limit, line) = connection_limit(&node);
+    assert!(hostile + 16 < limit, "the flood ({hostile}) does not fit the limit {limit}: {line}");
+    let (rss_before, threads_before) = rss_and_threads(node.pid());
+
+    let started = Instant::now();
+    // Finished handshakes, from four threads (a handshake costs the node a few ms).
+    let idle: Vec<(rustls::ClientConnection, TcpStream)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let https = https.clone();
+                scope.spawn(move || {
+                    (0..IDLE_HANDSHAKES / 4)
+                        .map(|i| {
+                            https
+                                .handshake("127.0.0.1", port)
+                                .unwrap_or_else(|e| panic!("handshake {i}: {e}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|worker| worker.join().unwrap()).collect()
+    });
+    let handshakes_took = started.elapsed();
+    let hello = https.client_hello("127.0.0.1");
+    assert!(hello.len() > 100 && hello[0] == 0x16, "not a ClientHello: {hello:?}");
+    let half: Vec<TcpStream> = (0..HALF_HELLOS)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tcp.write_all(&hello[..hello.len() / 2]).unwrap();
+            tcp
+        })
+        .collect();
+    // Garbage: half starts as a TLS handshake record and goes on with nonsense, half is
+    // not TLS at all (the node answers that with a 400 and closes).
+    let garbage: Vec<TcpStream> = (0..GARBAGE)
+        .map(|i| {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut bytes: Vec<u8> = (0..512u32).map(|b| (b * 37 + i as u32 * 11) as u8).collect();
+            bytes[0] = if i % 2 == 0 { 0x16 } else { 0x00 };
+            let _ = tcp.write_all(&bytes);
+            tcp
+        })
+        .collect();
+
+    // Served meanwhile, and quickly: the hostile connections hold slots, not the node.
+    for i in 0..10 {
+        let asked = Instant::now();
+        let response = https.put("127.0.0.1", port, &format!("/v1/kv/during-{i}"), b"v").unwrap();
+        assert!(matches!(response.status, 200 | 201), "{}", response.text());
+        let response = https.get("127.0.0.1", port, &format!("/v1/kv/during-{i}")).unwrap();
+        assert_eq!((response.status, response.text()), (200, "v".to_owned()));
+        assert!(asked.elapsed() < Duration::from_secs(2), "a write and read took {:?}", asked.elapsed());
+    }
+    let (rss_during, threads_during) = rss_and_threads(node.pid());
+    let grown = rss_during.saturating_sub(rss_before);
+    assert!(
+        grown < RSS_PER_CONNECTION_KIB * hostile as u64,
+        "VmRSS grew by {grown} KiB for {hostile} connections (from {rss_before} KiB)"
+    );
+    assert!(
+        threads_during <= threads_before + 2,
+        "threads: {threads_before} before, {threads_during} during"
+    );
+    eprintln!(
+        "{IDLE_HANDSHAKES} handshakes in {handshakes_took:?}; VmRSS {rss_before} -> {rss_during} KiB; \
+         threads {threads_before} -> {threads_during}"
+    );
+
+    // Every hostile connection is closed by the node within its timeouts (10 s from
+    // its start, for the last opened), never left open: reading one gets an end.
+    let deadline = started + Duration::from_secs(10) + handshakes_took + Duration::from_secs(5);
+    let closed = |tcp: &mut TcpStream, what: &str| {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        tcp.set_read_timeout(Some(left)).unwrap();
+        let mut sink = [0u8; 4096];
+        loop {
+            match tcp.read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(error) => panic!("{what} still open after {:?}: {error}", started.elapsed()),
+            }
+        }
+    };
+    for (_, mut tcp) in idle {
+        closed(&mut tcp, "an idle TLS connection");
+    }
+    for mut tcp in half {
+        closed(&mut tcp, "a half-sent ClientHello");
+    }
+    for mut tcp in garbage {
+        closed(&mut tcp, "a garbage connection");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    let response = https.get("127.0.0.1", port, "/v1/kv/during-3").unwrap();
+    assert_eq!(response.status, 200);
+    assert!(node.is_running());
+    let log = node.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Past the connection limit: a node whose descriptor limit (600) leaves a few hundred
+/// client connections gets that many idle TLS connections (finished handshakes) and 200
+/// more that send half a ClientHello. Those past the limit wait in the kernel's accept
+/// queue (the node answers them nothing yet); an HTTPS client that comes meanwhile waits
+/// there too, and is served once the node's 10 s timeouts close the idle ones, not
+/// refused or left hanging; the node stays up.
+#[test]
+fn idle_tls_connections_past_the_limit_wait_and_a_client_is_served_when_the_timeouts_free_slots() {
+    raise_own_descriptor_limit(2000);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let issued = ca.issue(dir.path(), "node", &["127.0.0.1"]);
+    let port = free_ports(1)[0];
+    let port_text = port.to_string();
+    let data_dir = dir.path().join("data");
+    let mut args = vec!["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    args.extend(["--tls-cert", issued.cert_arg(), "--tls-key", issued.key_arg()]);
+    let mut node = Daemon::new(dir.path(), port, &args).nofile_limit(600, 600);
+    node.start().unwrap();
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", port)?["state"] == "leader").then_some(())
+    });
+    let (limit, line) = connection_limit(&node);
+    assert!((100..600).contains(&limit), "{line}");
+
+    let started = Instant::now();
+    let idle: Vec<(rustls::ClientConnection, TcpStream)> = (0..limit)
+        .map(|i| https.handshake("127.0.0.1", port).unwrap_or_else(|e| panic!("handshake {i}: {e}")))
+        .collect();
+    let filled = started.elapsed();
+    let hello = https.client_hello("127.0.0.1");
+    let queued: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tcp.write_all(&hello[..hello.len() / 2]).unwrap();
+            tcp
+        })
+        .collect();
+    // Every slot is held: a new client is not answered at once (it waits in the queue)...
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    probe.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    let early = probe.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection past the limit of {limit} was answered at once: {early:?}"
+    );
+    // ...and an HTTPS client is served once the idle ones time out (10 s after they
+    // were opened), within the timeouts and a margin.
+    let response = wait_for(Duration::from_secs(25), "an HTTPS write past the flood", || {
+        https.put("127.0.0.1", port, "/v1/kv/after-the-flood", b"yes").ok()
+    });
+    assert!(matches!(response.status, 200 | 201), "{}", response.text());
+    let served = started.elapsed();
+    assert!(served < filled + Duration::from_secs(20), "served after {served:?} (filled in {filled:?})");
+    assert_eq!(https.get("127.0.0.1", port, "/v1/kv/after-the-flood").unwrap().text(), "yes");
+    eprintln!("limit {limit}: filled in {filled:?}, a client served after {served:?}");
+    drop((idle, queued));
+    assert!(node.is_running());
+    let log = node.log_text();
+    assert!(!log.contains("panicked") && !log.contains("Too many open files"), "{log}");
 }
 
 /// A certificate or key that cannot be used stops the start with one line naming the

@@ -111,6 +111,33 @@ impl Https {
         Ok(certificates[0].as_ref().to_vec())
     }
 
+    /// A connection to `ip:port` that has finished its TLS handshake and sent nothing
+    /// else (an idle client); Err when the connection or the handshake fails.
+    pub fn handshake(&self, ip: &str, port: u16) -> std::io::Result<(rustls::ClientConnection, TcpStream)> {
+        let mut tcp = TcpStream::connect((ip, port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let name = ServerName::try_from(ip.to_owned()).map_err(std::io::Error::other)?;
+        let mut connection =
+            rustls::ClientConnection::new(self.config.clone(), name).map_err(std::io::Error::other)?;
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp)?;
+        }
+        Ok((connection, tcp))
+    }
+
+    /// The bytes of the ClientHello this client would send to `ip` (a real one, to cut
+    /// short).
+    pub fn client_hello(&self, ip: &str) -> Vec<u8> {
+        let name = ServerName::try_from(ip.to_owned()).unwrap();
+        let mut connection = rustls::ClientConnection::new(self.config.clone(), name).unwrap();
+        let mut hello = Vec::new();
+        while connection.wants_write() {
+            connection.write_tls(&mut hello).unwrap();
+        }
+        hello
+    }
+
     pub fn get(&self, ip: &str, port: u16, path: &str) -> std::io::Result<Response> {
         self.request(ip, port, "GET", path, &[], b"")
     }
