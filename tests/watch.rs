@@ -93,10 +93,12 @@ impl Watch {
         }
     }
 
-    /// The next event line (progress lines skipped).
+    /// The next event line (progress lines skipped), within 10 s.
     fn next_event(&mut self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let line = self.next_line(Duration::from_secs(10)).expect("an event within 10 s");
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.next_line(left).expect("an event within 10 s");
             if line["type"] != "progress" {
                 return line;
             }
