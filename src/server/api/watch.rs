@@ -253,18 +253,21 @@ pub(crate) fn watch(
                 )
             }
         };
-        if !send(first).await {
+        // Idle means nothing written to the client: rounds of other keys do not count.
+        let mut last_written = tokio::time::Instant::now();
+        if !first.is_empty() && !send(first).await {
             return;
         }
         loop {
             let round = tokio::select! {
                 round = subscription.rounds.recv() => round,
-                _ = tokio::time::sleep(progress_every) => {
+                _ = tokio::time::sleep_until(last_written + progress_every) => {
                     let mut line = Vec::new();
                     push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.served_through }));
                     if !send(line).await {
                         return;
                     }
+                    last_written = tokio::time::Instant::now();
                     continue;
                 }
             };
@@ -283,10 +286,12 @@ pub(crate) fn watch(
                 return;
             };
             match watcher.round(&round) {
+                Ok(lines) if lines.is_empty() => {}
                 Ok(lines) => {
                     if !send(lines).await {
                         return;
                     }
+                    last_written = tokio::time::Instant::now();
                 }
                 Err(last) => {
                     let mut line = Vec::new();
