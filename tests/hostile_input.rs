@@ -531,21 +531,22 @@ fn a_cluster_secret_that_is_not_a_header_value_is_refused_at_start() {
 }
 
 #[test]
-fn writes_past_the_quota_get_507_quota_and_deletes_make_room() {
-    // Each key below costs 2 + 1000 bytes plus 96 of overhead: three fit in 4096.
-    let single = Single::start(&["--quota-bytes", "4096"]);
+fn writes_past_the_quota_get_507_quota_and_deletes_make_room_once_the_history_is_compacted() {
+    // Each key below costs 2 + 1000 bytes plus 96 of overhead in the map, and its put
+    // event in the change history 2 + 1000 plus 128: three fit in 6700.
+    let single = Single::start(&["--quota-bytes", "6700"]);
     let port = single.port();
     let value = "v".repeat(1000);
     for i in 0..3 {
         assert_eq!(put(port, &format!("/v1/kv/k{i}"), value.as_bytes()).status, 201, "k{i}");
     }
-    assert_eq!(metric(port, "mmapd_quota_bytes"), 4096);
-    assert_eq!(metric(port, "mmapd_kv_data_bytes"), 3 * (2 + 1000 + 96));
+    assert_eq!(metric(port, "mmapd_quota_bytes"), 6700);
+    assert_eq!(metric(port, "mmapd_kv_data_bytes"), 3 * (2 + 1000 + 96) + 3 * (2 + 1000 + 128));
 
     let refused = put(port, "/v1/kv/k3", value.as_bytes());
     assert_eq!(refused.status, 507, "{}", refused.text());
     assert_eq!(refused.json()["code"], "quota");
-    assert!(refused.json()["error"].as_str().unwrap().contains("quota of 4096 bytes"), "{}", refused.text());
+    assert!(refused.json()["error"].as_str().unwrap().contains("quota of 6700 bytes"), "{}", refused.text());
     let form = request(port, "POST", "/set/k3", &[], format!("value={value}").as_bytes()).unwrap();
     assert_eq!(form.status, 507, "the original's /set: {}", form.text());
     assert!(form.text().contains("quota"), "{}", form.text());
@@ -559,13 +560,30 @@ fn writes_past_the_quota_get_507_quota_and_deletes_make_room() {
         forwarded.text()
     );
     assert_eq!(get(port, "/v1/kv/k3").status, 404, "a refused write was stored");
-    // A write that does not grow the data is not refused.
+    // A write that does not grow the map is not refused (its history event is not
+    // counted against the quota).
     assert_eq!(put(port, "/v1/kv/k0", b"short").status, 200);
 
     let deleted = request(port, "DELETE", "/v1/kv/k1", &[], b"").unwrap();
     assert_eq!(deleted.status, 200, "deletes work past the quota: {}", deleted.text());
-    assert_eq!(put(port, "/v1/kv/k3", value.as_bytes()).status, 201, "the delete made room");
-    assert_eq!(metric(port, "mmapd_kv_data_bytes"), (2 + 5 + 96) + 2 * (2 + 1000 + 96));
+    // The delete's event holds the value it removed: room comes once the history is
+    // compacted (by the leader past --history-bytes, or by hand).
+    assert_eq!(put(port, "/v1/kv/k3", value.as_bytes()).status, 507, "the history still holds k1's value");
+    let revision = deleted.json()["revision"].as_u64().unwrap();
+    let compacted =
+        request(port, "POST", "/v1/compact", &[], format!("{{\"revision\":{revision}}}").as_bytes()).unwrap();
+    assert_eq!(
+        (compacted.status, compacted.json()["compacted"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        compacted.text()
+    );
+    assert_eq!(
+        put(port, "/v1/kv/k3", value.as_bytes()).status,
+        201,
+        "the delete and the compaction made room"
+    );
+    assert_eq!(metric(port, "mmapd_kv_data_bytes"), (2 + 5 + 96) + 2 * (2 + 1000 + 96) + (2 + 1000 + 128));
 }
 
 /// `field=<number>` in a log line (tracing's format, with or without colours).

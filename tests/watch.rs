@@ -93,10 +93,12 @@ impl Watch {
         }
     }
 
-    /// The next event line (progress lines skipped).
+    /// The next event line (progress lines skipped), within 10 s.
     fn next_event(&mut self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let line = self.next_line(Duration::from_secs(10)).expect("an event within 10 s");
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.next_line(left).expect("an event within 10 s");
             if line["type"] != "progress" {
                 return line;
             }
@@ -236,11 +238,20 @@ fn a_compacted_from_is_gone_an_idle_watch_gets_progress_and_a_slow_watcher_is_ca
     let answer = request(port, "POST", "/v1/compact", &[], b"{\"revision\":100000}").unwrap();
     assert_eq!(answer.status, 400, "{}", answer.text());
 
-    // Idle: progress lines with the node's revision.
+    // Idle: progress lines with the node's revision, also while other keys change.
     let mut idle = Watch::open(port, "key=nothing");
     let progress = idle.next_line(Duration::from_secs(3)).expect("a progress line");
     assert_eq!(progress["type"], "progress");
     assert!(progress["revision"].as_u64().unwrap() >= point);
+    let busy = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            write(port, "elsewhere", b"v");
+        }
+    });
+    let progress = idle.next_line(Duration::from_millis(1000)).expect("progress while other keys change");
+    assert_eq!(progress["type"], "progress");
+    busy.join().unwrap();
 
     // Slow: a watcher that does not read while large values are written.
     let mut slow = Watch::open(port, "prefix=big%2F");

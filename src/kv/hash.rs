@@ -10,6 +10,10 @@
 //! approximation that depends on where each replica's snapshot was taken (see
 //! `kv::snapshot`), so members that agree on every value could differ there. The
 //! cluster record is not covered either: the members' agreement on membership checks it.
+//! Nor is the change history (`kv::history`): members upgraded from snapshots written
+//! before it (payload versions 1 to 3) start their history at their own snapshot's
+//! revision, so their windows differ until a compaction passes the later one. (The
+//! simulator's own hash, where every node runs this release, covers it.)
 
 use super::state_machine::StateMachine;
 

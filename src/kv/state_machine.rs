@@ -339,6 +339,23 @@ impl StateMachine {
         }
     }
 
+    /// What applying `command` could add to the map's share of `approximate_bytes()`,
+    /// the history's left out: what the quota check asks, so that deletes, and
+    /// overwrites that do not grow a value, still pass at the quota (the history is
+    /// bounded on its own, by the leader's compactions). Never underestimates the map's
+    /// growth, as `growth_bytes`.
+    pub fn map_growth_bytes(&self, command: &Command) -> u64 {
+        let growth = |key: &[u8], value: &[u8]| match self.map.get(key) {
+            Some(old) => (value.len() as u64).saturating_sub(old.data.len() as u64),
+            None => (key.len() + value.len()) as u64 + PER_KEY_OVERHEAD_BYTES,
+        };
+        match command {
+            Command::Put { key, value, .. } => growth(key, value),
+            Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
+            _ => 0,
+        }
+    }
+
     fn put(&mut self, index: u64, key: &Bytes, value: &Bytes, condition: Condition) -> Outcome {
         let current = self.map.get(key.as_ref());
         let current_mod_revision = current.map(|value| value.mod_revision);

@@ -340,6 +340,11 @@ fn growth_bytes_is_what_a_write_would_add() {
     assert_eq!(state.growth_bytes(&Command::put("key", "1")), event(3, 1, 5), "a shorter value");
     assert_eq!(state.growth_bytes(&Command::delete("key")), event(3, 0, 5), "a delete");
     assert_eq!(state.growth_bytes(&Command::delete("absent")), 0, "a delete of nothing");
+    // The quota asks the map's growth only: deletes and shorter values add nothing.
+    assert_eq!(state.map_growth_bytes(&Command::delete("key")), 0);
+    assert_eq!(state.map_growth_bytes(&Command::put("key", "1")), 0);
+    assert_eq!(state.map_growth_bytes(&Command::put("key", "1234567")), 2);
+    assert_eq!(state.map_growth_bytes(&Command::put("new", "1")), 4 + PER_KEY_OVERHEAD_BYTES);
     let import = Command::Import { pairs: vec![("key".into(), "123456".into()), ("a".into(), "b".into())] };
     assert_eq!(state.growth_bytes(&import), 1 + event(3, 6, 5) + 2 + PER_KEY_OVERHEAD_BYTES + event(1, 1, 0));
 }

@@ -185,7 +185,7 @@ impl Metrics {
         gauge(
             &mut out,
             "mmapd_kv_data_bytes",
-            "Key and value bytes plus 96 per key, as the quota counts them",
+            "Key and value bytes plus 96 per key, and the change history, as the quota counts them",
             gauges.kv_data_bytes,
         );
         gauge(&mut out, "mmapd_quota_bytes", "Most key-value data bytes (--quota-bytes)", gauges.quota_bytes);

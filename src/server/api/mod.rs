@@ -513,7 +513,9 @@ impl Api {
     fn check_quota(&self, command: &Command) -> Result<(), ApiError> {
         let (data_bytes, growth_bytes) = {
             let kv = self.node.shared.kv.read().expect("kv lock");
-            (kv.approximate_bytes(), kv.growth_bytes(command))
+            // The history counts in the data, not in a write's growth: it is bounded by the
+            // leader's compactions, and deletes and same-size overwrites must still pass.
+            (kv.approximate_bytes(), kv.map_growth_bytes(command))
         };
         if growth_bytes == 0 || data_bytes.saturating_add(growth_bytes) <= self.quota_bytes {
             return Ok(());

@@ -165,6 +165,18 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// A watcher that read `replay` (the history's events from its `from` on) at
+    /// revision `head`, and the replay's lines. Live rounds forward only what is above
+    /// `head`: a round published between the subscription and the read (which holds
+    /// revisions up to `head`) is not written twice.
+    fn start(request: WatchRequest, head: u64, replay: &imbl::Vector<Event>) -> (Watcher, Vec<u8>) {
+        let from = request.from.unwrap_or(head + 1);
+        let mut watcher = Watcher { request, served_through: 0, from };
+        let first = watcher.lines(replay.iter().filter(|event| event.revision <= head));
+        watcher.served_through = head;
+        (watcher, first)
+    }
+
     /// The lines for `events`: those above `served_through` and at or above `from`
     /// that match.
     fn lines<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
@@ -223,10 +235,7 @@ pub(crate) fn watch(
         };
         (head, replay)
     };
-    let from = request.from.unwrap_or(head + 1);
-    let mut watcher = Watcher { request, served_through: 0, from };
-    let first = watcher.lines(replay.iter());
-    watcher.served_through = head;
+    let (mut watcher, first) = Watcher::start(request, head, &replay);
     let (chunks, body) = mpsc::channel(BODY_CHUNKS);
     let progress_every = api.watch_progress;
     tokio::spawn(async move {
@@ -244,18 +253,21 @@ pub(crate) fn watch(
                 )
             }
         };
-        if !send(first).await {
+        // Idle means nothing written to the client: rounds of other keys do not count.
+        let mut last_written = tokio::time::Instant::now();
+        if !first.is_empty() && !send(first).await {
             return;
         }
         loop {
             let round = tokio::select! {
                 round = subscription.rounds.recv() => round,
-                _ = tokio::time::sleep(progress_every) => {
+                _ = tokio::time::sleep_until(last_written + progress_every) => {
                     let mut line = Vec::new();
                     push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.served_through }));
                     if !send(line).await {
                         return;
                     }
+                    last_written = tokio::time::Instant::now();
                     continue;
                 }
             };
@@ -274,10 +286,12 @@ pub(crate) fn watch(
                 return;
             };
             match watcher.round(&round) {
+                Ok(lines) if lines.is_empty() => {}
                 Ok(lines) => {
                     if !send(lines).await {
                         return;
                     }
+                    last_written = tokio::time::Instant::now();
                 }
                 Err(last) => {
                     let mut line = Vec::new();
@@ -352,6 +366,19 @@ mod tests {
         assert_eq!(watcher.served_through, 6);
         // The same round again (it cannot come twice, but if it did): nothing twice.
         assert!(watcher.round(&round).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_round_that_overlaps_the_replay_writes_only_what_is_above_the_revision_read() {
+        let request = WatchRequest { filter: Filter::Prefix(Vec::new()), from: Some(2), prev: false };
+        let replay: imbl::Vector<Event> = [put(2, "a"), put(5, "b")].into_iter().collect();
+        let (mut watcher, first) = Watcher::start(request, 5, &replay);
+        assert_eq!(revisions(&first), vec![2, 5]);
+        // Published after the subscription, before the read: revisions 4..=6.
+        let events = [put(5, "b"), put(6, "c")];
+        let round =
+            HistoryRound { after: 3, through: 6, events: events.into_iter().collect(), missing_through: 0 };
+        assert_eq!(revisions(&watcher.round(&round).unwrap()), vec![6], "revision 5 twice");
     }
 
     #[test]
