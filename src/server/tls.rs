@@ -544,13 +544,17 @@ pub enum Identity {
     Peer(Arc<CertificateDer<'static>>),
 }
 
-/// A server-side connection: plain TCP or TLS over it.
-pub enum ServerStream {
+/// A connection that is plain TCP or TLS over it; `S` is rustls's server or client
+/// stream (`ServerStream` here, `peer::connect::PeerStream` for outgoing connections).
+pub enum MaybeTls<S> {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<S>),
 }
+
+/// A server-side connection: plain TCP or TLS over it.
+pub type ServerStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Takes an accepted TCP connection through TLS if the node has it: `None` when the
 /// connection must not be served (plain HTTP on a TLS port, answered with `400`; a
@@ -639,24 +643,24 @@ async fn refuse_plain(mut tcp: TcpStream) {
     .await;
 }
 
-impl AsyncRead for ServerStream {
+impl<S: AsyncRead + Unpin> AsyncRead for MaybeTls<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ServerStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            ServerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ServerStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            ServerStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            ServerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -666,29 +670,29 @@ impl AsyncWrite for ServerStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            ServerStream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            ServerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            ServerStream::Plain(tcp) => tcp.is_write_vectored(),
-            ServerStream::Tls(tls) => tls.is_write_vectored(),
+            MaybeTls::Plain(tcp) => tcp.is_write_vectored(),
+            MaybeTls::Tls(tls) => tls.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ServerStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            ServerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ServerStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            ServerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -67,10 +67,10 @@ struct Kept {
     /// Revisions handed out to be hashed, not recorded yet. Bounded by the hash check
     /// entries applied while hashing runs (each is an admin's request).
     pending: BTreeSet<u64>,
-    /// The state machine's applied index when the shell last finished carrying out a
-    /// round of the core's actions: every hash check at or below it that was applied
-    /// entry by entry is pending or recorded. (The state machine's own index moves
-    /// when the core applies, before the shell sees `Action::HashState`.)
+    /// The core's applied index when the shell last finished carrying out a round of
+    /// its actions: every hash check at or below it that was applied entry by entry is
+    /// pending or recorded. (The state machine's own index moves when the core
+    /// applies, before the shell sees `Action::HashState`.)
     handled: u64,
 }
 

@@ -679,9 +679,12 @@ impl Shell {
                 }
             }
         }
-        *self.shared.status.lock().expect("status lock") = self.core.status();
-        let applied = self.core.kv().read().expect("kv lock").applied_index();
-        self.shared.hashes.handled_through(applied);
+        let status = self.core.status();
+        // The core's applied index moves at `advance`, after the entries' actions (hash
+        // checks included) were handed out, or at a snapshot install, past entries never
+        // applied one by one: either way no hash check at or below it is still to come.
+        self.shared.hashes.handled_through(status.applied);
+        *self.shared.status.lock().expect("status lock") = status;
         let disk_full = self.core.disk_full().map(str::to_owned);
         let mut shown = self.shared.disk_full.lock().expect("disk_full lock");
         if *shown != disk_full {

@@ -18,10 +18,9 @@ use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::tls::{host_of, is_certificate_error, Tls};
+use crate::server::tls::{host_of, is_certificate_error, MaybeTls, Tls};
 
 /// How long a TCP connect to a peer may take (per address a name resolves to).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -148,12 +147,7 @@ impl tower_service::Service<Uri> for PeerConnector {
 }
 
 /// A connection to a peer: plain TCP or TLS over it.
-pub enum PeerStream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+pub type PeerStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl PeerStream {
     /// The TCP connection underneath, for socket options.
@@ -168,59 +162,5 @@ impl PeerStream {
 impl Connection for PeerStream {
     fn connected(&self) -> Connected {
         Connected::new()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            PeerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PeerStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            PeerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PeerStream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            PeerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            PeerStream::Plain(tcp) => tcp.is_write_vectored(),
-            PeerStream::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            PeerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            PeerStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
     }
 }
