@@ -504,7 +504,7 @@ impl BackupDecoder {
                     format!("mod_revision {mod_revision} outside 1..={} (the revision)", header.revision),
                 ));
             }
-            let revisions = Value { data: Bytes::new(), create_revision, mod_revision, version };
+            let revisions = Value { data: Bytes::new(), create_revision, mod_revision, version, lease: 0 };
             if let Some(broken) = revisions.broken_invariant() {
                 return Err(damaged(
                     revisions_at,
@@ -639,6 +639,8 @@ pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine
             create_revision: record.create_revision,
             mod_revision: record.mod_revision,
             version: record.version,
+            // A backup holds no leases (docs/format.md): restored keys are attached to none.
+            lease: 0,
         };
         records.push((Bytes::copy_from_slice(record.key), value));
     })?;
@@ -651,7 +653,9 @@ pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine
         revision,
         Cluster::default(),
         crate::kv::History::starting_at(revision),
-    );
+        OrdMap::new(),
+    )
+    .expect("no restored key names a lease");
     Ok((summary, machine))
 }
 
@@ -669,7 +673,7 @@ mod tests {
         for i in 0..keys {
             let key = Bytes::from(format!("key-{i:06}"));
             let value = Bytes::from(vec![b'a' + (i % 26) as u8; value_bytes]);
-            machine.apply(i as u64 + 2, &Command::Put { key, value, condition: Condition::None });
+            machine.apply(i as u64 + 2, &Command::Put { key, value, condition: Condition::None, lease: 0 });
         }
         machine
     }
@@ -843,13 +847,16 @@ mod tests {
     fn revisions_that_break_the_rules_are_refused_at_the_record() {
         let broken = [(5, 4, 1), (0, 4, 1), (2, 4, 1), (2, 4, 4), (4, 4, 2), (1, 4, 0), (1, 9, 1)];
         for (create_revision, mod_revision, version) in broken {
-            let value = Value { data: Bytes::from_static(b"v"), create_revision, mod_revision, version };
+            let value =
+                Value { data: Bytes::from_static(b"v"), create_revision, mod_revision, version, lease: 0 };
             let machine = StateMachine::from_parts(
                 OrdMap::from_iter([(Bytes::from_static(b"k"), value)]),
                 8,
                 Cluster::default(),
                 crate::kv::History::starting_at(8),
-            );
+                OrdMap::new(),
+            )
+            .expect("no key names a lease");
             let (_, file) = encode(&machine);
             let error = decode(&file, 64).unwrap_err();
             let revisions_at = (BACKUP_HEADER_BYTES + CHUNK_HEADER_BYTES + 4 + 1) as u64;

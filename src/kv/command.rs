@@ -6,14 +6,16 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
-//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck, 8 = Compact |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck, 8 = Compact, 9 = LeaseGrant, 10 = LeaseRevoke, 11 = Put with a lease |
 //!
-//! then, for Put: condition, key bytes, value bytes; for Delete: condition, key bytes;
+//! then, for Put: condition, key bytes, value bytes (tag 1 without a lease, as every
+//! release writes it; tag 11 with one: the same, then u64 lease id); for Delete: condition, key bytes;
 //! for Import: u32 pair count, then per pair key bytes, value bytes. A condition is one
 //! tag byte (0 = None, 1 = VersionEquals followed by a u64 mod_revision, 2 = Absent). For
 //! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
 //! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id; HashCheck has no body;
-//! for Compact: u64 revision.
+//! for Compact: u64 revision; for LeaseGrant: u64 id, u64 TTL in seconds; for
+//! LeaseRevoke: u64 id.
 //! Nothing may follow the command.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -32,6 +34,9 @@ const TAG_UPDATE_MEMBER: u8 = 5;
 const TAG_MEMBER_STARTED: u8 = 6;
 const TAG_HASH_CHECK: u8 = 7;
 const TAG_COMPACT: u8 = 8;
+const TAG_LEASE_GRANT: u8 = 9;
+const TAG_LEASE_REVOKE: u8 = 10;
+const TAG_PUT_WITH_LEASE: u8 = 11;
 
 const CONDITION_NONE: u8 = 0;
 const CONDITION_VERSION_EQUALS: u8 = 1;
@@ -57,7 +62,9 @@ pub enum Condition {
 /// the log, applied by `StateMachine::apply`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Sets `key` to `value` if `condition` holds.
+    /// Sets `key` to `value` if `condition` holds, attached to `lease` (0: none; a key
+    /// written without a lease is detached from the one it had, as etcd's put). A lease
+    /// that does not exist when the put applies fails it (`Outcome::LeaseNotFound`).
     Put {
         /// The key.
         key: Bytes,
@@ -65,6 +72,8 @@ pub enum Command {
         value: Bytes,
         /// Checked against the key's current state.
         condition: Condition,
+        /// The lease to attach the key to, 0 for none.
+        lease: u64,
     },
     /// Removes `key` if `condition` holds.
     Delete {
@@ -112,12 +121,29 @@ pub enum Command {
         /// The new compaction point.
         revision: u64,
     },
+    /// Creates lease `id` with a TTL of `ttl_s` seconds (`kv::Lease`), unless one with
+    /// that id exists (`Outcome::LeaseExists`). The id is chosen before proposing (by
+    /// the client, or at random by the node asked), so applying is deterministic.
+    LeaseGrant {
+        /// The lease's id, never 0.
+        id: u64,
+        /// Its TTL in seconds, as granted (already raised to the cluster's minimum).
+        ttl_s: u64,
+    },
+    /// Removes lease `id` and deletes every key attached to it, all at this entry's
+    /// revision (one delete event each, in key order). Proposed by a client (revoke) or
+    /// by the leader when the lease expired: through the log, so every node deletes
+    /// the same keys at the same revision.
+    LeaseRevoke {
+        /// The lease.
+        id: u64,
+    },
 }
 
 impl Command {
     /// An unconditional put.
     pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Command {
-        Command::Put { key: key.into(), value: value.into(), condition: Condition::None }
+        Command::Put { key: key.into(), value: value.into(), condition: Condition::None, lease: 0 }
     }
 
     /// An unconditional delete.
@@ -133,11 +159,14 @@ impl Command {
         let mut out = BytesMut::with_capacity(self.encoded_len());
         out.put_u8(COMMAND_FORMAT_VERSION);
         match self {
-            Command::Put { key, value, condition } => {
-                out.put_u8(TAG_PUT);
+            Command::Put { key, value, condition, lease } => {
+                out.put_u8(if *lease == 0 { TAG_PUT } else { TAG_PUT_WITH_LEASE });
                 put_condition(&mut out, *condition);
                 put_bytes(&mut out, key);
                 put_bytes(&mut out, value);
+                if *lease != 0 {
+                    out.put_u64_le(*lease);
+                }
             }
             Command::Delete { key, condition } => {
                 out.put_u8(TAG_DELETE);
@@ -171,6 +200,15 @@ impl Command {
                 out.put_u8(TAG_COMPACT);
                 out.put_u64_le(*revision);
             }
+            Command::LeaseGrant { id, ttl_s } => {
+                out.put_u8(TAG_LEASE_GRANT);
+                out.put_u64_le(*id);
+                out.put_u64_le(*ttl_s);
+            }
+            Command::LeaseRevoke { id } => {
+                out.put_u8(TAG_LEASE_REVOKE);
+                out.put_u64_le(*id);
+            }
         }
         debug_assert_eq!(out.len(), self.encoded_len());
         out.freeze()
@@ -192,11 +230,25 @@ impl Command {
         }
         let tag_offset = reader.offset();
         let command = match reader.u8()? {
-            TAG_PUT => {
+            tag @ (TAG_PUT | TAG_PUT_WITH_LEASE) => {
                 let condition = read_condition(&mut reader)?;
                 let key = data.slice_ref(read_bytes(&mut reader)?);
                 let value = data.slice_ref(read_bytes(&mut reader)?);
-                Command::Put { key, value, condition }
+                let lease = if tag == TAG_PUT_WITH_LEASE {
+                    let offset = reader.offset();
+                    match reader.u64()? {
+                        0 => {
+                            return Err(DecodeError::Invalid {
+                                offset,
+                                reason: "lease id 0 in a put with a lease",
+                            })
+                        }
+                        lease => lease,
+                    }
+                } else {
+                    0
+                };
+                Command::Put { key, value, condition, lease }
             }
             TAG_DELETE => {
                 let condition = read_condition(&mut reader)?;
@@ -237,6 +289,23 @@ impl Command {
             TAG_MEMBER_STARTED => Command::MemberStarted { id: reader.u64()? },
             TAG_HASH_CHECK => Command::HashCheck,
             TAG_COMPACT => Command::Compact { revision: reader.u64()? },
+            TAG_LEASE_GRANT => {
+                let offset = reader.offset();
+                let id = reader.u64()?;
+                if id == 0 {
+                    return Err(DecodeError::Invalid { offset, reason: "lease id 0" });
+                }
+                let ttl_offset = reader.offset();
+                let ttl_s = reader.u64()?;
+                if ttl_s == 0 || ttl_s > super::lease::MAX_LEASE_TTL_S {
+                    return Err(DecodeError::Invalid {
+                        offset: ttl_offset,
+                        reason: "lease TTL outside 1..=MAX_LEASE_TTL_S",
+                    });
+                }
+                Command::LeaseGrant { id, ttl_s }
+            }
+            TAG_LEASE_REVOKE => Command::LeaseRevoke { id: reader.u64()? },
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
         };
         if reader.remaining() != 0 {
@@ -252,8 +321,9 @@ impl Command {
             Condition::None | Condition::Absent => 1,
         };
         match self {
-            Command::Put { key, value, condition } => {
-                header + condition_len(condition) + 8 + key.len() + value.len()
+            Command::Put { key, value, condition, lease } => {
+                let lease_len = if *lease == 0 { 0 } else { 8 };
+                header + condition_len(condition) + 8 + key.len() + value.len() + lease_len
             }
             Command::Delete { key, condition } => header + condition_len(condition) + 4 + key.len(),
             Command::Import { pairs } => {
@@ -263,7 +333,8 @@ impl Command {
             Command::UpdateMember { address, .. } => header + 8 + 4 + address.len(),
             Command::MemberStarted { .. } => header + 8,
             Command::HashCheck => header,
-            Command::Compact { .. } => header + 8,
+            Command::Compact { .. } | Command::LeaseRevoke { .. } => header + 8,
+            Command::LeaseGrant { .. } => header + 16,
         }
     }
 }

@@ -6,6 +6,8 @@
 //!   etcd v3 means them; revisions are log indexes;
 //! - `history`: `History`, every change applied to a key (an `Event`) since the
 //!   compaction point, replicated state that watches replay;
+//! - `lease`: `Lease`, the replicated lease table's entry (keys deleted together when
+//!   the lease is revoked or expires; time is kept by the leader's driver);
 //! - `snapshot`: the map's binary snapshot payload, written and loaded;
 //! - `cluster`: the cluster's own record (its id, members' addresses, removed ids),
 //!   changed by committed entries like the keys;
@@ -25,6 +27,7 @@ mod command;
 mod error;
 mod hash;
 mod history;
+mod lease;
 mod legacy;
 mod snapshot;
 mod state_machine;
@@ -38,6 +41,7 @@ pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
 pub use error::DecodeError;
 pub use hash::{hash_state, StateHash};
 pub use history::{Event, EventKind, History, Since, PER_EVENT_OVERHEAD_BYTES};
+pub use lease::{Lease, MAX_LEASE_TTL_S, PER_LEASED_KEY_BYTES, PER_LEASE_OVERHEAD_BYTES};
 pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use state_machine::{Outcome, StateMachine, Value, PER_KEY_OVERHEAD_BYTES};

@@ -9,6 +9,7 @@ use imbl::OrdMap;
 use super::cluster::{Cluster, ClusterError, MemberChange};
 use super::command::{Command, Condition};
 use super::history::{Event, EventKind, History, PER_EVENT_OVERHEAD_BYTES};
+use super::lease::{Lease, PER_LEASED_KEY_BYTES, PER_LEASE_OVERHEAD_BYTES};
 
 /// A stored value and its revisions, with etcd v3's meanings.
 ///
@@ -32,12 +33,16 @@ pub struct Value {
     /// (at most one write a revision: an import that lists a key twice writes it once),
     /// and `version == 1` exactly when `mod_revision == create_revision`.
     pub version: u64,
+    /// The lease the key is attached to (deleted when it expires or is revoked), 0 for
+    /// none. Invariant (kept by `StateMachine`): a non-zero lease exists in the state
+    /// machine's lease table and lists this key.
+    pub lease: u64,
 }
 
 impl Value {
     /// A key created at `revision`.
     pub fn created(data: Bytes, revision: u64) -> Value {
-        Value { data, create_revision: revision, mod_revision: revision, version: 1 }
+        Value { data, create_revision: revision, mod_revision: revision, version: 1, lease: 0 }
     }
 
     /// The first rule of the field invariants (see the fields) that this value breaks.
@@ -109,6 +114,28 @@ pub enum Outcome {
         /// nothing changed.
         moved: bool,
     },
+    /// A `Command::LeaseGrant` created the lease.
+    LeaseGranted {
+        /// The lease.
+        id: u64,
+        /// Its TTL, as granted.
+        ttl_s: u64,
+    },
+    /// A `Command::LeaseGrant` named an id a lease already has: nothing changed.
+    LeaseExists {
+        /// The lease.
+        id: u64,
+    },
+    /// A `Command::LeaseRevoke` removed the lease and deleted its keys at this revision.
+    LeaseRevoked {
+        /// Keys deleted.
+        deleted: usize,
+    },
+    /// The lease named (a revoke's, or a put's) does not exist: nothing changed.
+    LeaseNotFound {
+        /// The lease.
+        id: u64,
+    },
 }
 
 /// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
@@ -134,6 +161,11 @@ pub struct StateMachine {
     /// Every change applied to a key since the compaction point. Invariant: its
     /// events' revisions are at most `applied_index`, and its compaction point too.
     history: History,
+    /// The lease table, by id. Invariant: a key is in a lease's key set exactly when
+    /// its `Value::lease` is that lease's id; no lease has id 0.
+    leases: OrdMap<u64, Lease>,
+    /// Keys attached to a lease, summed over `leases`. Invariant: equals that sum.
+    leased_keys: u64,
 }
 
 impl StateMachine {
@@ -143,14 +175,39 @@ impl StateMachine {
     }
 
     /// Builds a state machine from parts already validated by the snapshot loader.
+    ///
+    /// `leases` holds every lease with an empty key set: each key whose `Value::lease`
+    /// is not 0 is attached here. Returns the first key naming a lease not in `leases`.
     pub(super) fn from_parts(
         map: OrdMap<Bytes, Value>,
         applied_index: u64,
         cluster: Cluster,
         history: History,
-    ) -> StateMachine {
+        mut leases: OrdMap<u64, Lease>,
+    ) -> Result<StateMachine, Bytes> {
         let payload_bytes = map.iter().map(|(key, value)| (key.len() + value.data.len()) as u64).sum();
-        StateMachine { map, applied_index, payload_bytes, cluster, history }
+        let mut leased_keys = 0;
+        for (key, value) in map.iter().filter(|(_, value)| value.lease != 0) {
+            let Some(lease) = leases.get_mut(&value.lease) else { return Err(key.clone()) };
+            lease.keys.insert(key.clone());
+            leased_keys += 1;
+        }
+        Ok(StateMachine { map, applied_index, payload_bytes, cluster, history, leases, leased_keys })
+    }
+
+    /// The lease `id`, if it exists.
+    pub fn lease(&self, id: u64) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// Every lease, by id in increasing order.
+    pub fn leases(&self) -> impl Iterator<Item = (u64, &Lease)> {
+        self.leases.iter().map(|(id, lease)| (*id, lease))
+    }
+
+    /// How many leases exist.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
     }
 
     /// The change history (see `kv::history`): what a watch replays.
@@ -184,7 +241,7 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         self.advance_applied(index);
         match command {
-            Command::Put { key, value, condition } => self.put(index, key, value, *condition),
+            Command::Put { key, value, condition, lease } => self.put(index, key, value, *condition, *lease),
             Command::Delete { key, condition } => self.delete(index, key, *condition),
             Command::Import { pairs } => {
                 // Each pair is a put at the import's revision: a new key is created at it,
@@ -192,11 +249,12 @@ impl StateMachine {
                 // once at that revision (its last value), as `Value::version` counts.
                 // One event per key written, in key order, each with the value the key
                 // had before the import: the events of one revision, as a transaction's.
+                // Imported keys are attached to no lease (a put without one).
                 let mut previous = std::collections::BTreeMap::new();
                 for (key, value) in pairs {
                     let current = self.map.get(key.as_ref());
                     previous.entry(key.clone()).or_insert_with(|| current.cloned());
-                    let written = written_value(index, current, value.clone());
+                    let written = written_value(index, current, value.clone(), 0);
                     self.insert(index, key.clone(), written);
                 }
                 for (key, previous) in previous {
@@ -223,7 +281,29 @@ impl StateMachine {
                 let moved = self.history.compact((*revision).min(index));
                 Outcome::Compacted { compact_revision: self.history.compact_revision(), moved }
             }
+            Command::LeaseGrant { id, ttl_s } => {
+                if self.leases.contains_key(id) {
+                    return Outcome::LeaseExists { id: *id };
+                }
+                assert!(*id != 0, "kv: lease id 0 at index {index}: the decoder refuses it");
+                self.leases.insert(*id, Lease::new(*ttl_s));
+                Outcome::LeaseGranted { id: *id, ttl_s: *ttl_s }
+            }
+            Command::LeaseRevoke { id } => self.revoke(index, *id),
         }
+    }
+
+    /// Removes lease `id` and deletes its keys at `index`, in key order, one event each.
+    fn revoke(&mut self, index: u64, id: u64) -> Outcome {
+        let Some(lease) = self.leases.get(&id) else { return Outcome::LeaseNotFound { id } };
+        let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
+        for key in &keys {
+            let removed = self.remove(index, key);
+            assert!(removed.is_some(), "kv: lease {id:016x} lists key {key:?}, which does not exist");
+        }
+        let lease = self.leases.remove(&id).expect("looked up above");
+        assert!(lease.keys.is_empty(), "kv: lease {id:016x} still lists keys after its revoke");
+        Outcome::LeaseRevoked { deleted: keys.len() }
     }
 
     /// Records that entry `index` was applied without a command (a `Noop` or `Config`
@@ -301,8 +381,15 @@ impl StateMachine {
     /// `PER_EVENT_OVERHEAD_BYTES` per event). O(1): kept up to date by every apply and
     /// by the snapshot loader. This is what the daemon's `--quota-bytes` limits, so
     /// that many tiny keys count what they cost.
+    ///
+    /// Leases count too: `PER_LEASE_OVERHEAD_BYTES` each and `PER_LEASED_KEY_BYTES` per
+    /// key attached (the key's bytes are shared with the map).
     pub fn approximate_bytes(&self) -> u64 {
-        self.payload_bytes + self.map.len() as u64 * PER_KEY_OVERHEAD_BYTES + self.history.approximate_bytes()
+        self.payload_bytes
+            + self.map.len() as u64 * PER_KEY_OVERHEAD_BYTES
+            + self.history.approximate_bytes()
+            + self.leases.len() as u64 * PER_LEASE_OVERHEAD_BYTES
+            + self.leased_keys * PER_LEASED_KEY_BYTES
     }
 
     /// The most that applying `command` now could add to `approximate_bytes()`: the new
@@ -324,7 +411,9 @@ impl StateMachine {
             map + (key.len() + value.len()) as u64 + previous + PER_EVENT_OVERHEAD_BYTES
         };
         match command {
-            Command::Put { key, value, .. } => growth(key, value),
+            Command::Put { key, value, lease, .. } => {
+                growth(key, value) + if *lease == 0 { 0 } else { PER_LEASED_KEY_BYTES }
+            }
             // The map shrinks by less than the delete event holds (its previous value).
             Command::Delete { key, .. } => self
                 .map
@@ -335,6 +424,17 @@ impl StateMachine {
             | Command::MemberStarted { .. }
             | Command::HashCheck
             | Command::Compact { .. } => 0,
+            Command::LeaseGrant { .. } => PER_LEASE_OVERHEAD_BYTES,
+            // Deletes, as `Delete` counts them: the events hold the old values.
+            Command::LeaseRevoke { id } => self.lease(*id).map_or(0, |lease| {
+                lease
+                    .keys()
+                    .map(|key| {
+                        let old = self.map.get(key).map_or(0, |old| old.data.len());
+                        (key.len() + old) as u64 + PER_EVENT_OVERHEAD_BYTES
+                    })
+                    .sum()
+            }),
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
         }
     }
@@ -350,20 +450,26 @@ impl StateMachine {
             None => (key.len() + value.len()) as u64 + PER_KEY_OVERHEAD_BYTES,
         };
         match command {
-            Command::Put { key, value, .. } => growth(key, value),
+            Command::Put { key, value, lease, .. } => {
+                growth(key, value) + if *lease == 0 { 0 } else { PER_LEASED_KEY_BYTES }
+            }
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
+            Command::LeaseGrant { .. } => PER_LEASE_OVERHEAD_BYTES,
             _ => 0,
         }
     }
 
-    fn put(&mut self, index: u64, key: &Bytes, value: &Bytes, condition: Condition) -> Outcome {
+    fn put(&mut self, index: u64, key: &Bytes, value: &Bytes, condition: Condition, lease: u64) -> Outcome {
         let current = self.map.get(key.as_ref());
         let current_mod_revision = current.map(|value| value.mod_revision);
         if !condition_holds(condition, current_mod_revision) {
             return Outcome::PreconditionFailed { current_mod_revision };
         }
+        if lease != 0 && !self.leases.contains_key(&lease) {
+            return Outcome::LeaseNotFound { id: lease };
+        }
         let previous = current.cloned();
-        let written = written_value(index, current, value.clone());
+        let written = written_value(index, current, value.clone(), lease);
         self.insert(index, key.clone(), written.clone());
         self.history.push(Event {
             revision: index,
@@ -380,21 +486,40 @@ impl StateMachine {
         if !condition_holds(condition, current_mod_revision) {
             return Outcome::PreconditionFailed { current_mod_revision };
         }
-        match self.map.remove_with_key(key) {
-            Some((key, value)) => {
-                self.payload_bytes -= (key.len() + value.data.len()) as u64;
-                let previous_mod_revision = value.mod_revision;
-                self.history.push(Event {
-                    revision: index,
-                    key,
-                    kind: EventKind::Delete,
-                    value: None,
-                    previous: Some(value),
-                });
-                Outcome::Deleted { previous_mod_revision }
-            }
+        match self.remove(index, key) {
+            Some(previous_mod_revision) => Outcome::Deleted { previous_mod_revision },
             None => Outcome::NotFound,
         }
+    }
+
+    /// Deletes `key` at `index` if it exists: detached from its lease, its delete event
+    /// recorded. Returns the `mod_revision` it had.
+    fn remove(&mut self, index: u64, key: &[u8]) -> Option<u64> {
+        let (key, value) = self.map.remove_with_key(key)?;
+        self.payload_bytes -= (key.len() + value.data.len()) as u64;
+        self.detach(&key, value.lease);
+        let previous_mod_revision = value.mod_revision;
+        self.history.push(Event {
+            revision: index,
+            key,
+            kind: EventKind::Delete,
+            value: None,
+            previous: Some(value),
+        });
+        Some(previous_mod_revision)
+    }
+
+    /// Takes `key` out of lease `lease`'s key set (nothing for lease 0).
+    ///
+    /// Panics if the lease does not exist or does not list the key: `Value::lease`'s
+    /// invariant is broken.
+    fn detach(&mut self, key: &Bytes, lease: u64) {
+        if lease == 0 {
+            return;
+        }
+        let attached = self.leases.get_mut(&lease).is_some_and(|entry| entry.keys.remove(key).is_some());
+        assert!(attached, "kv: key {key:?} names lease {lease:016x}, which does not list it");
+        self.leased_keys -= 1;
     }
 
     /// Stores `value` under `key`, written by the entry at `index`.
@@ -413,26 +538,39 @@ impl StateMachine {
         );
         let key_len = key.len() as u64;
         let added = key_len + value.data.len() as u64;
-        if let Some(old) = self.map.insert(key, value) {
+        let lease = value.lease;
+        if let Some(old) = self.map.insert(key.clone(), value) {
             self.payload_bytes -= key_len + old.data.len() as u64;
+            self.detach(&key, old.lease);
         }
         self.payload_bytes += added;
+        if lease != 0 {
+            let entry = self.leases.get_mut(&lease).unwrap_or_else(|| {
+                panic!(
+                    "kv: key {key:?} written at index {index} with lease {lease:016x}, which does not exist"
+                )
+            });
+            entry.keys.insert(key);
+            self.leased_keys += 1;
+        }
     }
 }
 
 /// The value a write of `data` at revision `index` leaves, given the key's `current`
 /// value: a new key is created at `index` (version 1); an existing one keeps its
 /// `create_revision` and gets its next version, unless it was already written at
-/// `index` (an import listing the key twice), which is one write.
-fn written_value(index: u64, current: Option<&Value>, data: Bytes) -> Value {
+/// `index` (an import listing the key twice), which is one write. It is attached to
+/// `lease` (0: none), whatever lease it had.
+fn written_value(index: u64, current: Option<&Value>, data: Bytes, lease: u64) -> Value {
     match current {
-        None => Value::created(data, index),
-        Some(old) if old.mod_revision == index => Value { data, ..old.clone() },
+        None => Value { lease, ..Value::created(data, index) },
+        Some(old) if old.mod_revision == index => Value { data, lease, ..old.clone() },
         Some(old) => Value {
             data,
             create_revision: old.create_revision,
             mod_revision: index,
             version: old.version + 1,
+            lease,
         },
     }
 }

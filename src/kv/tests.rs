@@ -12,6 +12,7 @@ fn put_if(key: &str, value: &str, condition: Condition) -> Command {
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(value.as_bytes()),
         condition,
+        lease: 0,
     }
 }
 
@@ -32,19 +33,46 @@ fn revisions_of(state: &StateMachine, key: &str) -> Option<(u64, u64, u64)> {
 /// A snapshot payload in format 1 or 2 (one revision a key, the `mod_revision`), as
 /// releases before the key revisions wrote it.
 fn old_snapshot_bytes(state: &StateMachine, format_version: u8) -> Vec<u8> {
-    assert!(format_version == 1 || format_version == 2);
+    assert!((1..=4).contains(&format_version));
+    assert!(state.leases().next().is_none(), "formats before 5 hold no leases");
     let mut out = vec![format_version];
     out.extend_from_slice(&state.applied_index().to_le_bytes());
     out.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    let put_value = |out: &mut Vec<u8>, value: &Value| {
+        out.extend_from_slice(&value.create_revision.to_le_bytes());
+        out.extend_from_slice(&value.mod_revision.to_le_bytes());
+        out.extend_from_slice(&value.version.to_le_bytes());
+        out.extend_from_slice(&(value.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&value.data);
+    };
     for (key, value) in state.iter() {
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
-        out.extend_from_slice(&value.mod_revision.to_le_bytes());
-        out.extend_from_slice(&(value.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&value.data);
+        if format_version >= 3 {
+            put_value(&mut out, value);
+        } else {
+            out.extend_from_slice(&value.mod_revision.to_le_bytes());
+            out.extend_from_slice(&(value.data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&value.data);
+        }
     }
-    if format_version == 2 {
+    if format_version >= 2 {
         state.cluster().encode(&mut out);
+    }
+    if format_version == 4 {
+        let history = state.history();
+        out.extend_from_slice(&history.compact_revision().to_le_bytes());
+        out.extend_from_slice(&(history.len() as u64).to_le_bytes());
+        for event in history.events().iter() {
+            out.extend_from_slice(&event.revision.to_le_bytes());
+            let kind = if event.kind == EventKind::Put { 1 } else { 2 };
+            out.extend_from_slice(&[kind, u8::from(event.previous.is_some())]);
+            out.extend_from_slice(&(event.key.len() as u32).to_le_bytes());
+            out.extend_from_slice(&event.key);
+            for value in event.value.iter().chain(event.previous.iter()) {
+                put_value(&mut out, value);
+            }
+        }
     }
     out
 }
@@ -364,7 +392,11 @@ fn snapshot_round_trip_equals_the_map() {
 #[test]
 fn snapshot_of_an_empty_machine_is_the_header_and_an_empty_cluster_record() {
     let bytes = snapshot_bytes(&StateMachine::new());
-    assert_eq!(bytes.len(), 17 + 16 + 16, "header, cluster record, history's compaction point and count");
+    assert_eq!(
+        bytes.len(),
+        17 + 16 + 16 + 8,
+        "header, cluster record, history's compaction point and count, lease count"
+    );
     assert_eq!(bytes.len(), StateMachine::new().snapshot_len());
     assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), StateMachine::new());
 }
@@ -495,11 +527,11 @@ fn snapshot_with_unsorted_keys_is_rejected_at_the_second_key() {
     state.apply(1, &Command::put("a", ""));
     state.apply(2, &Command::put("b", ""));
     let mut bytes = snapshot_bytes(&state);
-    // Records start at 17; each is 4 + 1 + 24 + 4 bytes here. Rename "b" to "a".
-    bytes[17 + 33 + 4] = b'a';
+    // Records start at 17; each is 4 + 1 + 32 + 4 bytes here. Rename "b" to "a".
+    bytes[17 + 41 + 4] = b'a';
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        Err(DecodeError::Invalid { offset: 50, reason: "keys not strictly increasing" })
+        Err(DecodeError::Invalid { offset: 58, reason: "keys not strictly increasing" })
     );
 }
 
@@ -521,8 +553,9 @@ fn snapshot_with_a_huge_count_is_rejected_before_allocating() {
     bytes[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(
         StateMachine::load_snapshot(&bytes),
-        // What follows the header is the empty cluster record and the empty history.
-        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 32 })
+        // What follows the header is the empty cluster record, the empty history and
+        // the empty lease table.
+        Err(DecodeError::CountTooLarge { offset: 9, count: u64::MAX, available: 40 })
     );
 }
 
@@ -556,7 +589,10 @@ fn command_decode_rejects_bad_tags_versions_and_trailing_bytes() {
         Command::decode(&[2, 1]),
         Err(DecodeError::UnsupportedVersion { offset: 0, version: 2, reads: "version 1" })
     );
-    assert_eq!(Command::decode(&[1, 9]), Err(DecodeError::UnknownTag { offset: 1, what: "command", tag: 9 }));
+    assert_eq!(
+        Command::decode(&[1, 99]),
+        Err(DecodeError::UnknownTag { offset: 1, what: "command", tag: 99 })
+    );
     assert_eq!(
         Command::decode(&[1, 2, 7, 0, 0, 0, 0]),
         Err(DecodeError::UnknownTag { offset: 2, what: "condition", tag: 7 })
@@ -605,8 +641,10 @@ fn arb_value() -> impl Strategy<Value = Bytes> {
 
 fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        4 => (arb_key(), arb_value(), arb_condition())
-            .prop_map(|(key, value, condition)| Command::Put { key, value, condition }),
+        4 => (arb_key(), arb_value(), arb_condition(), prop_oneof![3 => Just(0u64), 1 => 1u64..4])
+            .prop_map(|(key, value, condition, lease)| Command::Put { key, value, condition, lease }),
+        1 => (1u64..4, 1u64..100).prop_map(|(id, ttl_s)| Command::LeaseGrant { id, ttl_s }),
+        1 => (1u64..4).prop_map(|id| Command::LeaseRevoke { id }),
         2 => (arb_key(), arb_condition()).prop_map(|(key, condition)| Command::Delete { key, condition }),
         1 => prop::collection::vec((arb_key(), arb_value()), 0..4).prop_map(|pairs| Command::Import { pairs }),
         1 => Just(Command::HashCheck),
@@ -623,6 +661,10 @@ struct Model {
     map: HashMap<Bytes, ModelValue>,
     /// The history's compaction point.
     compact_revision: u64,
+    /// Each lease's TTL.
+    leases: HashMap<u64, u64>,
+    /// The lease each key is attached to; absent: none.
+    key_leases: HashMap<Bytes, u64>,
 }
 
 impl Model {
@@ -644,7 +686,7 @@ impl Model {
             Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => {
                 unreachable!("arb_command makes no cluster commands")
             }
-            Command::Put { key, value, condition } => {
+            Command::Put { key, value, condition, lease } => {
                 let current = self.map.get(key).map(|&(_, _, modified, _)| modified);
                 let allowed = match (condition, current) {
                     (Condition::None, _) => true,
@@ -656,7 +698,15 @@ impl Model {
                 if !allowed {
                     return Outcome::PreconditionFailed { current_mod_revision: current };
                 }
+                if *lease != 0 && !self.leases.contains_key(lease) {
+                    return Outcome::LeaseNotFound { id: *lease };
+                }
                 self.write(index, key, value);
+                if *lease == 0 {
+                    self.key_leases.remove(key);
+                } else {
+                    self.key_leases.insert(key.clone(), *lease);
+                }
                 Outcome::Written { revision: index, created: current.is_none() }
             }
             Command::Delete { key, condition } => {
@@ -665,10 +715,12 @@ impl Model {
                     (Condition::None, None) | (Condition::Absent, None) => Outcome::NotFound,
                     (Condition::None, Some(modified)) => {
                         self.map.remove(key);
+                        self.key_leases.remove(key);
                         Outcome::Deleted { previous_mod_revision: modified }
                     }
                     (Condition::VersionEquals(expected), Some(modified)) if *expected == modified => {
                         self.map.remove(key);
+                        self.key_leases.remove(key);
                         Outcome::Deleted { previous_mod_revision: modified }
                     }
                     _ => Outcome::PreconditionFailed { current_mod_revision: current },
@@ -677,6 +729,7 @@ impl Model {
             Command::Import { pairs } => {
                 for (key, value) in pairs {
                     self.write(index, key, value);
+                    self.key_leases.remove(key);
                 }
                 Outcome::Imported { count: pairs.len(), revision: index }
             }
@@ -686,6 +739,29 @@ impl Model {
                 let moved = target > self.compact_revision;
                 self.compact_revision = self.compact_revision.max(target);
                 Outcome::Compacted { compact_revision: self.compact_revision, moved }
+            }
+            Command::LeaseGrant { id, ttl_s } => {
+                if self.leases.contains_key(id) {
+                    return Outcome::LeaseExists { id: *id };
+                }
+                self.leases.insert(*id, *ttl_s);
+                Outcome::LeaseGranted { id: *id, ttl_s: *ttl_s }
+            }
+            Command::LeaseRevoke { id } => {
+                if self.leases.remove(id).is_none() {
+                    return Outcome::LeaseNotFound { id: *id };
+                }
+                let keys: Vec<Bytes> = self
+                    .key_leases
+                    .iter()
+                    .filter(|(_, lease)| *lease == id)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in &keys {
+                    self.key_leases.remove(key);
+                    self.map.remove(key);
+                }
+                Outcome::LeaseRevoked { deleted: keys.len() }
             }
         }
     }
@@ -742,6 +818,7 @@ proptest! {
                 create_revision: *create_revision,
                 mod_revision: *mod_revision,
                 version: *version,
+                lease: model.key_leases.get(key).copied().unwrap_or(0),
             };
             prop_assert_eq!(state.get(key), Some(&expected));
             prop_assert_eq!(expected.broken_invariant(), None);
@@ -749,8 +826,26 @@ proptest! {
         let payload: usize = model.map.iter().map(|(key, (value, ..))| key.len() + value.len()).sum();
         prop_assert_eq!(
             state.approximate_bytes(),
-            payload as u64 + PER_KEY_OVERHEAD_BYTES * state.len() as u64 + state.history().approximate_bytes()
+            payload as u64
+                + PER_KEY_OVERHEAD_BYTES * state.len() as u64
+                + state.history().approximate_bytes()
+                + PER_LEASE_OVERHEAD_BYTES * model.leases.len() as u64
+                + PER_LEASED_KEY_BYTES * model.key_leases.len() as u64
         );
+        let mut leases: Vec<(u64, u64, Vec<Bytes>)> = model
+            .leases
+            .iter()
+            .map(|(id, ttl_s)| {
+                let mut keys: Vec<Bytes> =
+                    model.key_leases.iter().filter(|(_, lease)| *lease == id).map(|(key, _)| key.clone()).collect();
+                keys.sort();
+                (*id, *ttl_s, keys)
+            })
+            .collect();
+        leases.sort();
+        let state_leases: Vec<(u64, u64, Vec<Bytes>)> =
+            state.leases().map(|(id, lease)| (id, lease.ttl_s, lease.keys().cloned().collect())).collect();
+        prop_assert_eq!(state_leases, leases);
         let history_bytes: u64 = state.history().events().iter().map(Event::approximate_bytes).sum();
         prop_assert_eq!(state.history().approximate_bytes(), history_bytes);
         prop_assert_eq!(state.history().compact_revision(), model.compact_revision);
@@ -977,8 +1072,10 @@ fn the_history_and_its_compaction_point_survive_a_snapshot_round_trip() {
     state.apply(4, &Command::put("b", vec![0xff, 0]));
     state.apply(5, &Command::Compact { revision: 1 });
     let bytes = snapshot_bytes(&state);
-    assert_eq!(bytes[0], 4);
+    assert_eq!(bytes[0], 5);
     assert_eq!(bytes.len(), state.snapshot_len());
+    // Version 4 (before the leases) loads the same history.
+    assert_eq!(StateMachine::load_snapshot(&old_snapshot_bytes(&state, 4)).unwrap(), state);
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert_eq!(loaded.history(), state.history());
     assert_eq!(loaded.history().compact_revision(), 1);
@@ -997,12 +1094,10 @@ fn a_snapshot_from_before_the_history_loads_with_an_empty_one_compacted_to_its_r
         assert!(loaded.history().is_empty());
         assert_eq!(loaded.history().events_since(2), Since::Compacted { compact_revision: 2 });
     }
-    // Version 3: version 4 without the history's part.
+    // Version 3: with the key revisions, without the history.
     let mut compacted = state.clone();
     compacted.apply(3, &Command::Compact { revision: 3 });
-    let mut bytes = snapshot_bytes(&compacted);
-    bytes.truncate(bytes.len() - 16);
-    bytes[0] = 3;
+    let bytes = old_snapshot_bytes(&compacted, 3);
     let loaded = StateMachine::load_snapshot(&bytes).unwrap();
     assert!(loaded.history().is_empty());
     assert_eq!(loaded.history().events_since(3), Since::Compacted { compact_revision: 3 });
@@ -1017,13 +1112,105 @@ fn a_snapshot_whose_history_is_out_of_order_is_refused() {
     state.apply(2, &Command::put("b", "2"));
     let mut bytes = snapshot_bytes(&state);
     assert!(StateMachine::load_snapshot(&bytes).is_ok());
-    // The history: compaction point, count, then two events of one put each.
-    let event_len = 8 + 1 + 1 + 4 + 1 + (8 * 3 + 4 + 1);
-    let compact_at = bytes.len() - 2 * event_len - 16;
+    // The history: compaction point, count, then two events of one put each; then the
+    // lease table's count.
+    let event_len = 8 + 1 + 1 + 4 + 1 + (8 * 4 + 4 + 1);
+    let compact_at = bytes.len() - 2 * event_len - 16 - 8;
     bytes[compact_at..compact_at + 8].copy_from_slice(&1u64.to_le_bytes());
     let error = StateMachine::load_snapshot(&bytes).unwrap_err().to_string();
     assert!(error.contains("out of order or outside"), "an event at the compaction point: {error}");
     bytes[compact_at..compact_at + 8].copy_from_slice(&3u64.to_le_bytes());
     let error = StateMachine::load_snapshot(&bytes).unwrap_err().to_string();
     assert!(error.contains("compacted past the applied index"), "{error}");
+}
+
+#[test]
+fn revoking_a_lease_deletes_its_keys_at_one_revision_one_event_each_in_key_order() {
+    let mut state = StateMachine::new();
+    assert_eq!(
+        state.apply(1, &Command::LeaseGrant { id: 7, ttl_s: 10 }),
+        Outcome::LeaseGranted { id: 7, ttl_s: 10 }
+    );
+    let leased = |key: &str| Command::Put {
+        key: key.to_owned().into(),
+        value: "v".into(),
+        condition: Condition::None,
+        lease: 7,
+    };
+    state.apply(2, &leased("b"));
+    state.apply(3, &leased("a"));
+    state.apply(4, &Command::put("c", "free"));
+    assert_eq!(
+        state.lease(7).map(|lease| lease.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(state.get(b"a").map(|value| value.lease), Some(7));
+    assert_eq!(state.apply(5, &Command::LeaseRevoke { id: 7 }), Outcome::LeaseRevoked { deleted: 2 });
+    assert!(state.lease(7).is_none());
+    assert_eq!(state.get(b"a"), None);
+    assert_eq!(state.get(b"b"), None);
+    assert_eq!(state.get(b"c").map(|value| value.lease), Some(0));
+    assert_eq!(
+        events_of(&state, 5),
+        vec![(5, "a".to_owned(), EventKind::Delete), (5, "b".to_owned(), EventKind::Delete)]
+    );
+    let Since::Events(events) = state.history().events_since(5) else { panic!("history compacted") };
+    assert_eq!(events[0].previous.as_ref().map(|value| value.lease), Some(7));
+    assert_eq!(state.apply(6, &Command::LeaseRevoke { id: 7 }), Outcome::LeaseNotFound { id: 7 });
+}
+
+#[test]
+fn a_put_naming_a_missing_lease_changes_nothing_and_a_put_without_one_detaches() {
+    let mut state = StateMachine::new();
+    let put = |lease| Command::Put { key: "k".into(), value: "v".into(), condition: Condition::None, lease };
+    assert_eq!(state.apply(1, &put(9)), Outcome::LeaseNotFound { id: 9 });
+    assert_eq!(state.get(b"k"), None);
+    assert!(state.history().is_empty());
+    state.apply(2, &Command::LeaseGrant { id: 9, ttl_s: 5 });
+    assert_eq!(state.apply(2 + 1, &Command::LeaseGrant { id: 9, ttl_s: 50 }), Outcome::LeaseExists { id: 9 });
+    assert_eq!(state.lease(9).map(|lease| lease.ttl_s), Some(5));
+    state.apply(4, &put(9));
+    assert_eq!(state.lease(9).map(Lease::key_count), Some(1));
+    state.apply(5, &put(0));
+    assert_eq!(state.lease(9).map(Lease::key_count), Some(0));
+    assert_eq!(state.apply(6, &Command::LeaseRevoke { id: 9 }), Outcome::LeaseRevoked { deleted: 0 });
+    assert_eq!(state.get(b"k").map(|value| (value.lease, value.version)), Some((0, 2)));
+}
+
+#[test]
+fn a_snapshot_whose_key_names_a_lease_it_does_not_hold_is_refused() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::LeaseGrant { id: 3, ttl_s: 60 });
+    state
+        .apply(2, &Command::Put { key: "k".into(), value: "v".into(), condition: Condition::None, lease: 3 });
+    let mut bytes = snapshot_bytes(&state);
+    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), state);
+    // The lease table is last: count, then (id, ttl). Rename lease 3 to 4.
+    let id_at = bytes.len() - 16;
+    bytes[id_at..id_at + 8].copy_from_slice(&4u64.to_le_bytes());
+    let error = StateMachine::load_snapshot(&bytes).unwrap_err().to_string();
+    assert!(error.contains("names a lease the lease table does not hold"), "{error}");
+    // A TTL of 0 is refused where it is.
+    bytes[id_at..id_at + 8].copy_from_slice(&3u64.to_le_bytes());
+    bytes[id_at + 8..].copy_from_slice(&0u64.to_le_bytes());
+    assert_eq!(
+        StateMachine::load_snapshot(&bytes),
+        Err(DecodeError::Invalid { offset: id_at + 8, reason: "lease TTL outside 1..=MAX_LEASE_TTL_S" })
+    );
+}
+
+#[test]
+fn lease_commands_refuse_id_zero_and_ttls_outside_the_limits() {
+    for (id, ttl_s) in [(0u64, 10u64), (1, 0), (1, MAX_LEASE_TTL_S + 1)] {
+        let mut bytes = Command::LeaseGrant { id: 1, ttl_s: 1 }.encode().to_vec();
+        bytes[2..10].copy_from_slice(&id.to_le_bytes());
+        bytes[10..18].copy_from_slice(&ttl_s.to_le_bytes());
+        assert!(Command::decode(&bytes).is_err(), "lease {id} with TTL {ttl_s} decoded");
+    }
+    let put = Command::Put { key: "k".into(), value: "v".into(), condition: Condition::None, lease: 5 };
+    let mut bytes = put.encode().to_vec();
+    assert_eq!(Command::decode(&bytes), Ok(put));
+    let len = bytes.len();
+    bytes[len - 8..].copy_from_slice(&0u64.to_le_bytes());
+    assert!(Command::decode(&bytes).is_err(), "a put with lease tag 11 and id 0 decoded");
 }

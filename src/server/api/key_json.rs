@@ -50,7 +50,13 @@ mod tests {
 
     #[test]
     fn a_key_carries_its_three_revisions_and_one_value_field() {
-        let value = Value { data: vec![0xc3, 0x28].into(), create_revision: 3, mod_revision: 9, version: 4 };
+        let value = Value {
+            data: vec![0xc3, 0x28].into(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            lease: 0,
+        };
         let item = key_json(b"k", &value);
         assert_eq!(
             item,

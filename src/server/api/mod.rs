@@ -226,8 +226,9 @@ async fn route(
         })?;
         api.check_value(&value)?;
         let value = Bytes::from(value);
-        let applied =
-            api.write(Command::Put { key, value: value.clone(), condition: Condition::None }).await?;
+        let applied = api
+            .write(Command::Put { key, value: value.clone(), condition: Condition::None, lease: 0 })
+            .await?;
         return Ok(with_revision(text(StatusCode::OK, value), applied.index));
     }
     if let Some(raw_key) = path.strip_prefix("/get/") {
@@ -504,6 +505,8 @@ impl Api {
             Command::HashCheck => Ok(()),
             // A revision above the applied one compacts to it (`Command::Compact`).
             Command::Compact { .. } => Ok(()),
+            // The decoder bounds the id and the TTL; a lease's keys were checked when written.
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
         }
     }
 
@@ -668,7 +671,7 @@ impl Api {
     }
 
     async fn kv_put(&self, key: Bytes, value: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
-        let applied = self.write(Command::Put { key, value, condition }).await?;
+        let applied = self.write(Command::Put { key, value, condition, lease: 0 }).await?;
         match applied.outcome {
             Outcome::Written { revision, created } => {
                 let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -1109,6 +1112,12 @@ fn applied_to_json(applied: &Applied) -> serde_json::Value {
         Outcome::Compacted { compact_revision, moved } => {
             serde_json::json!({ "compacted": { "compact_revision": compact_revision, "moved": moved } })
         }
+        Outcome::LeaseGranted { id, ttl_s } => {
+            serde_json::json!({ "lease_granted": { "id": id, "ttl_s": ttl_s } })
+        }
+        Outcome::LeaseExists { id } => serde_json::json!({ "lease_exists": { "id": id } }),
+        Outcome::LeaseRevoked { deleted } => serde_json::json!({ "lease_revoked": { "deleted": deleted } }),
+        Outcome::LeaseNotFound { id } => serde_json::json!({ "lease_not_found": { "id": id } }),
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }
@@ -1132,6 +1141,14 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
         Outcome::Imported { count: i["count"].as_u64()? as usize, revision: i["version"].as_u64()? }
     } else if let Some(c) = outcome.get("cluster") {
         Outcome::Cluster { applied: c["applied"].as_bool()? }
+    } else if let Some(l) = outcome.get("lease_granted") {
+        Outcome::LeaseGranted { id: l["id"].as_u64()?, ttl_s: l["ttl_s"].as_u64()? }
+    } else if let Some(l) = outcome.get("lease_exists") {
+        Outcome::LeaseExists { id: l["id"].as_u64()? }
+    } else if let Some(l) = outcome.get("lease_revoked") {
+        Outcome::LeaseRevoked { deleted: l["deleted"].as_u64()? as usize }
+    } else if let Some(l) = outcome.get("lease_not_found") {
+        Outcome::LeaseNotFound { id: l["id"].as_u64()? }
     } else {
         return None;
     };
@@ -1199,6 +1216,10 @@ mod tests {
             Outcome::Cluster { applied: true },
             Outcome::Cluster { applied: false },
             Outcome::HashCheck,
+            Outcome::LeaseGranted { id: u64::MAX, ttl_s: 30 },
+            Outcome::LeaseExists { id: 0x0123_4567_89ab_cdef },
+            Outcome::LeaseRevoked { deleted: 3 },
+            Outcome::LeaseNotFound { id: 1 },
         ];
         for outcome in outcomes {
             let applied = Applied { index: 12, outcome };

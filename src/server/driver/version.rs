@@ -27,8 +27,9 @@
 //! - 2: the next release (v0.2.0, not tagged yet: every feature added before that tag
 //!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands), membership changes (configuration entries, learners,
-//!   joins), the hash check (`HashCheck`), the history's compaction (`Compact`) and the
-//!   checksummed `InstallSnapshot` (wire tags 10 and 11).
+//!   joins), the hash check (`HashCheck`), the history's compaction (`Compact`),
+//!   leases (`LeaseGrant`, `LeaseRevoke`, a put with a lease) and the checksummed
+//!   `InstallSnapshot` (wire tags 10 and 11).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
 //! in `feature_of` (an exhaustive match, so a new `Command` does not compile until it
@@ -73,12 +74,19 @@ pub enum Feature {
     HashCheck,
     /// `Command::Compact`: the replicated history's compaction (watches).
     Compaction,
+    /// Leases: `LeaseGrant`, `LeaseRevoke` and a put with a lease.
+    Leases,
 }
 
 impl Feature {
     /// Every feature, for documentation and `/status`.
-    pub const ALL: [Feature; 4] =
-        [Feature::ClusterRecord, Feature::MembershipChanges, Feature::HashCheck, Feature::Compaction];
+    pub const ALL: [Feature; 5] = [
+        Feature::ClusterRecord,
+        Feature::MembershipChanges,
+        Feature::HashCheck,
+        Feature::Compaction,
+        Feature::Leases,
+    ];
 
     /// The version that introduced it.
     pub const fn since(self) -> Version {
@@ -87,6 +95,7 @@ impl Feature {
             Feature::MembershipChanges => 2,
             Feature::HashCheck => 2,
             Feature::Compaction => 2,
+            Feature::Leases => 2,
         }
     }
 
@@ -97,6 +106,7 @@ impl Feature {
             Feature::MembershipChanges => "membership changes",
             Feature::HashCheck => "hash check",
             Feature::Compaction => "history compaction",
+            Feature::Leases => "leases",
         }
     }
 }
@@ -112,12 +122,15 @@ const _: () = {
 /// The feature a command needs, `None` for one every version applies.
 pub fn feature_of(command: &Command) -> Option<Feature> {
     match command {
+        // A put with a lease is tag 11, which v0.1.0 does not know.
+        Command::Put { lease, .. } if *lease != 0 => Some(Feature::Leases),
         Command::Put { .. } | Command::Delete { .. } | Command::Import { .. } => None,
         Command::Bootstrap { .. } | Command::UpdateMember { .. } | Command::MemberStarted { .. } => {
             Some(Feature::ClusterRecord)
         }
         Command::HashCheck => Some(Feature::HashCheck),
         Command::Compact { .. } => Some(Feature::Compaction),
+        Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Some(Feature::Leases),
     }
 }
 
