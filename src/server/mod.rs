@@ -555,6 +555,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         tls: settings.tls.clone(),
         watch_progress: settings.watch_progress,
         watch_queue_rounds: settings.watch_queue_rounds,
+        min_lease_ttl_s: api::leases::min_ttl_s(settings.tick * settings.election_ticks),
     });
 
     let http_task = tokio::spawn(accept_http(

@@ -128,6 +128,12 @@ pub enum ApiError {
         /// The history's compaction point.
         compact_revision: u64,
     },
+    /// No lease has the id (never granted, revoked, or expired).
+    #[error("lease {0:016x} not found: it was never granted, was revoked, or expired")]
+    LeaseNotFound(u64),
+    /// A grant named an id a lease already has: nothing changed.
+    #[error("lease {0:016x} already exists")]
+    LeaseExists(u64),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -182,6 +188,8 @@ impl ApiError {
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Compacted { .. } => StatusCode::GONE,
+            ApiError::LeaseNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::LeaseExists(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -215,6 +223,8 @@ impl ApiError {
             ApiError::FeatureUnavailable(_) => "feature_unavailable",
             ApiError::HashUnavailable(_) => "hash_unavailable",
             ApiError::Compacted { .. } => "compacted",
+            ApiError::LeaseNotFound(_) => "lease_not_found",
+            ApiError::LeaseExists(_) => "lease_exists",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -10,7 +10,8 @@ use base64::Engine;
 
 use crate::kv::Value;
 
-/// `{"key", "value" | "value_base64", "create_revision", "mod_revision", "version"}`.
+/// `{"key", "value" | "value_base64", "create_revision", "mod_revision", "version"}`,
+/// and `"lease"` (16 hex digits) when the key is attached to one.
 pub fn key_json(key: &[u8], value: &Value) -> serde_json::Value {
     let mut item = serde_json::json!({
         "key": String::from_utf8_lossy(key),
@@ -20,6 +21,9 @@ pub fn key_json(key: &[u8], value: &Value) -> serde_json::Value {
     });
     let (field, text) = value_field(&value.data);
     item[field] = text.into();
+    if value.lease != 0 {
+        item["lease"] = super::leases::id_text(value.lease).into();
+    }
     item
 }
 

@@ -47,6 +47,7 @@ pub mod compact;
 pub mod error;
 pub mod join;
 pub mod key_json;
+pub mod leases;
 pub mod members;
 pub mod watch;
 
@@ -117,6 +118,8 @@ pub struct Api {
     /// Rounds of changes a watcher's queue holds before it is ended as slow
     /// (`--watch-queue-rounds`).
     pub watch_queue_rounds: usize,
+    /// The least TTL a lease is granted (`leases::min_ttl_s`).
+    pub min_lease_ttl_s: u64,
 }
 
 /// The client connection a request arrived on.
@@ -251,9 +254,13 @@ async fn route(
             Method::GET | Method::HEAD => api.kv_get(key, &query).await,
             Method::PUT | Method::POST => {
                 let condition = condition(request.headers())?;
+                let lease = match query_field(&query, "lease")? {
+                    None => 0,
+                    Some(raw) => leases::parse_id(&String::from_utf8_lossy(&raw))?,
+                };
                 let value = read_body(request, api.max_value_bytes, api.body_timeout).await?;
                 api.check_value(&value)?;
-                api.kv_put(key, value, condition).await
+                api.kv_put(key, value, condition, lease).await
             }
             Method::DELETE => {
                 let condition = condition(request.headers())?;
@@ -273,6 +280,49 @@ async fn route(
             let prefix = query_field(&query, "prefix")?.unwrap_or_default();
             api.authorize(request.headers(), Need::Prefix(&prefix, Access::Read))?;
             api.kv_list(&query).await
+        }
+        leases::PATH => match method {
+            Method::POST => {
+                api.authorize(request.headers(), Need::Prefix(b"", Access::Write))?;
+                let body = read_body(request, 1024, api.body_timeout).await?;
+                leases::grant(api, &body).await
+            }
+            Method::GET | Method::HEAD => {
+                api.authorize(request.headers(), Need::Prefix(b"", Access::Read))?;
+                leases::list(api, &query).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
+        },
+        lease_path if lease_path.starts_with("/v1/leases/") => {
+            let rest = &lease_path["/v1/leases/".len()..];
+            let (raw_id, keepalive) = match rest.strip_suffix("/keepalive") {
+                Some(raw_id) => (raw_id, true),
+                None => (rest, false),
+            };
+            let id = leases::parse_id(raw_id)?;
+            match (&method, keepalive) {
+                (&Method::POST, true) => {
+                    api.authorize(request.headers(), Need::Prefix(b"", Access::Write))?;
+                    leases::ask(api, leases::Ask::Keepalive, id).await
+                }
+                (&Method::GET | &Method::HEAD, false) => {
+                    api.authorize(request.headers(), Need::Prefix(b"", Access::Read))?;
+                    leases::ask(api, leases::Ask::TimeToLive, id).await
+                }
+                (&Method::DELETE, false) => {
+                    api.authorize(request.headers(), Need::Prefix(b"", Access::Write))?;
+                    leases::revoke(api, id).await
+                }
+                (_, true) => Err(ApiError::MethodNotAllowed("POST")),
+                (_, false) => Err(ApiError::MethodNotAllowed("GET, HEAD, DELETE")),
+            }
+        }
+        leases::PEER_PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
+            let body = read_body(request, 1024, api.body_timeout).await?;
+            leases::from_peer(api, &body).await
         }
         compact::PATH => {
             allow(&method, &[Method::POST], "POST")?;
@@ -670,8 +720,14 @@ impl Api {
         Ok(with_revision(response, revision))
     }
 
-    async fn kv_put(&self, key: Bytes, value: Bytes, condition: Condition) -> Result<HttpResponse, ApiError> {
-        let applied = self.write(Command::Put { key, value, condition, lease: 0 }).await?;
+    async fn kv_put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        condition: Condition,
+        lease: u64,
+    ) -> Result<HttpResponse, ApiError> {
+        let applied = self.write(Command::Put { key, value, condition, lease }).await?;
         match applied.outcome {
             Outcome::Written { revision, created } => {
                 let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -683,6 +739,9 @@ impl Api {
             Outcome::PreconditionFailed { current_mod_revision } => {
                 let refused = ApiError::PreconditionFailed { current: current_mod_revision };
                 Ok(with_revision(refused.into_response(), applied.index))
+            }
+            Outcome::LeaseNotFound { id } => {
+                Ok(with_revision(ApiError::LeaseNotFound(id).into_response(), applied.index))
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }

@@ -36,6 +36,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+use super::leases::LeaseClock;
 use super::version::{feature_of, feature_of_change, Feature, MemberVersions, Unsupported, Version};
 use crate::kv::{Command, MemberChange, Outcome, Since, StateMachine};
 use crate::raft::{
@@ -113,6 +114,20 @@ pub enum Answer {
     Snapshot(Result<SnapshotMeta, NodeError>),
     /// To `join`.
     Join(Result<Joined, NodeError>),
+    /// To `lease_keepalive` and `lease_time_to_live`: the lease's state on the leader,
+    /// `None` when it does not exist or has expired.
+    Lease(Result<Option<LeaseState>, NodeError>),
+}
+
+/// A lease as the leader's clock sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The lease.
+    pub id: u64,
+    /// The TTL it was granted, in seconds.
+    pub granted_ttl_s: u64,
+    /// Milliseconds before it expires unless kept alive.
+    pub remaining_ms: u64,
 }
 
 /// A node with an empty data directory asks to join (on the leader).
@@ -431,6 +446,14 @@ pub struct DriverCore {
     /// its entry). Invariant: at most one in flight; cleared once the state machine has
     /// applied `index` or the term moved on (the entry may have been replaced).
     compaction_in_flight: Option<(u64, u64)>,
+    /// The leases' deadlines, while this node leads (`driver::leases`).
+    lease_clock: LeaseClock,
+    /// Keepalives waiting for this leader to confirm it leads, by read context:
+    /// (token, lease id).
+    keepalives_by_context: HashMap<u64, (Token, u64)>,
+    /// Milliseconds of the monotonic clock the shell last reported (`observe_time`):
+    /// the lease clock's time. Invariant: never decreases.
+    now_ms: u64,
 }
 
 /// The token of requests the core makes itself (the bootstrap record, promotions):
@@ -576,7 +599,95 @@ impl DriverCore {
             joins: HashMap::new(),
             versions,
             compaction_in_flight: None,
+            lease_clock: LeaseClock::default(),
+            keepalives_by_context: HashMap::new(),
+            now_ms: 0,
         }
+    }
+
+    /// The time, in milliseconds of a monotonic clock, for the lease clock: the shell
+    /// reports it before each tick (the simulator its simulated time). A smaller value
+    /// than the last is ignored: time never runs back.
+    pub fn observe_time(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Keeps lease `id` alive (thesis §6.4's leadership check first: a deposed leader
+    /// must not extend a lease), answered with `Answer::Lease`: the TTL it now has from
+    /// now, or `None` when it does not exist or expired. Only the leader answers.
+    pub fn lease_keepalive(&mut self, token: Token, id: u64) {
+        if let Some(error) = self.refusal() {
+            self.answer(token, Answer::Lease(Err(error)));
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            self.answer(token, Answer::Lease(Err(NodeError::NotLeader(self.raft.leader()))));
+            return;
+        }
+        let context = self.next_read_context;
+        match self.raft.read_index(context) {
+            Ok(()) => {
+                self.next_read_context += 1;
+                self.keepalives_by_context.insert(context, (token, id));
+            }
+            Err(_) => self.answer(token, Answer::Lease(Err(NodeError::NotLeader(self.raft.leader())))),
+        }
+    }
+
+    /// Lease `id`'s time left, answered at once with `Answer::Lease` by the leader (its
+    /// clock is the only one): `None` when it does not exist or expired.
+    pub fn lease_time_to_live(&mut self, token: Token, id: u64) {
+        if self.raft.role() != Role::Leader {
+            self.answer(token, Answer::Lease(Err(NodeError::NotLeader(self.raft.leader()))));
+            return;
+        }
+        self.sync_lease_clock();
+        let state = self.lease_state(id);
+        self.answer(token, Answer::Lease(Ok(state)));
+    }
+
+    fn lease_state(&self, id: u64) -> Option<LeaseState> {
+        let remaining_ms = self.lease_clock.remaining_ms(id, self.now_ms)?;
+        let granted_ttl_s = self.kv.read().expect("kv lock").lease(id)?.ttl_s;
+        Some(LeaseState { id, granted_ttl_s, remaining_ms })
+    }
+
+    /// While leading, the lease clock's deadlines are of this term and match the table.
+    fn sync_lease_clock(&mut self) {
+        if self.raft.role() == Role::Leader {
+            let kv = self.kv.read().expect("kv lock");
+            self.lease_clock.lead(self.raft.term(), self.now_ms, &kv);
+        } else {
+            self.lease_clock.stop_leading();
+        }
+    }
+
+    /// A leader proposes the revoke of every lease whose deadline passed
+    /// (`driver::leases`), through the log so that every node deletes its keys at one
+    /// revision.
+    fn expire_leases(&mut self) {
+        for id in self.lease_clock.expired(self.now_ms) {
+            match self.raft.propose(Command::LeaseRevoke { id }.encode()) {
+                Ok((term, index)) => {
+                    self.proposals.insert(index, (term, INTERNAL_TOKEN));
+                    self.lease_clock.revoking(id);
+                }
+                // Not leading any more, or a transfer under way: tried again next tick.
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn confirm_keepalive(&mut self, token: Token, id: u64) {
+        if self.raft.role() != Role::Leader {
+            self.answer(token, Answer::Lease(Err(NodeError::NotLeader(self.raft.leader()))));
+            return;
+        }
+        self.sync_lease_clock();
+        let ttl_s = self.kv.read().expect("kv lock").lease(id).map(|lease| lease.ttl_s);
+        let renewed = ttl_s.is_some_and(|ttl_s| self.lease_clock.renew(id, ttl_s, self.now_ms));
+        let state = if renewed { self.lease_state(id) } else { None };
+        self.answer(token, Answer::Lease(Ok(state)));
     }
 
     /// The Raft core, to read its state.
@@ -696,7 +807,9 @@ impl DriverCore {
         if !self.snapshot_waiters.is_empty() || self.snapshot_backoff.failures > 0 {
             self.maybe_snapshot(!self.snapshot_waiters.is_empty());
         }
+        self.sync_lease_clock();
         if role == Role::Leader {
+            self.expire_leases();
             self.maybe_compact_history();
             self.maybe_bootstrap();
             if self.config.promote_every_ticks > 0 && self.now_tick % self.config.promote_every_ticks == 0 {
@@ -1094,6 +1207,7 @@ impl DriverCore {
         self.reads_by_context.retain(|_, token| !tokens.contains(token));
         self.reads_waiting_apply.retain(|(_, token)| !tokens.contains(token));
         self.reads_waiting_leader.retain(|token| !tokens.contains(token));
+        self.keepalives_by_context.retain(|_, (token, _)| !tokens.contains(token));
     }
 
     /// The oldest `Action::Persist` not yet reported is done.
@@ -1277,6 +1391,8 @@ impl DriverCore {
         for read in &ready.read_states {
             if let Some(token) = self.reads_by_context.remove(&read.context) {
                 self.reads_waiting_apply.push((read.index, token));
+            } else if let Some((token, id)) = self.keepalives_by_context.remove(&read.context) {
+                self.confirm_keepalive(token, id);
             }
         }
         self.raft.advance();
@@ -1310,6 +1426,7 @@ impl DriverCore {
         self.actions.push(Action::HistoryRound(round));
         self.actions.push(Action::DropOffLoop(replaced));
         self.members_changed = true;
+        self.lease_clock.mark_changed();
         self.snapshot_index = self.snapshot_index.max(index);
         self.applied_bytes_since_snapshot = 0;
         // Proposals the snapshot covers: whether theirs is the entry at their index is
@@ -1350,18 +1467,19 @@ impl DriverCore {
                 );
                 self.applied_bytes_since_snapshot += entry.data.len() as u64;
                 let Some(outcome) = apply_entry(&mut kv, entry) else { continue };
-                // The entry's events are the history's tail: taken now, before a later
-                // entry of this round could compact them away.
-                if matches!(
-                    outcome,
-                    Ok(Outcome::Written { .. } | Outcome::Deleted { .. } | Outcome::Imported { .. })
-                ) {
+                // The entry's events (any kind of entry may write keys: a put, an
+                // import, a lease's revoke, a transaction) are the history's tail: taken
+                // now, before a later entry of this round could compact them away.
+                if kv.history().events().last().is_some_and(|event| event.revision == entry.index) {
                     if let Since::Events(events) = kv.history().events_since(entry.index) {
                         round.events.append(events);
                     }
                 }
                 match outcome {
                     Ok(Outcome::Cluster { applied: true }) => self.members_changed = true,
+                    Ok(Outcome::LeaseGranted { .. } | Outcome::LeaseRevoked { .. }) => {
+                        self.lease_clock.mark_changed()
+                    }
                     // Copied before the next entry applies: the state of exactly this index.
                     Ok(Outcome::HashCheck) => {
                         self.actions.push(Action::HashState { index: entry.index, machine: kv.clone() })
@@ -1619,6 +1737,9 @@ impl DriverCore {
         reads.append(&mut self.reads_waiting_leader);
         for token in reads {
             self.answer(token, Answer::Read(Err(error.clone())));
+        }
+        for (_, (token, _)) in std::mem::take(&mut self.keepalives_by_context) {
+            self.answer(token, Answer::Lease(Err(error.clone())));
         }
     }
 

@@ -5,6 +5,7 @@
 //! - `shell`: the tokio task that owns the core and carries out its actions, and the
 //!   `NodeHandle` the API, the peer transport and the admin socket talk to it with;
 //! - `hashes`: the state hashes computed at hash check entries, for `mmapd-admin check`;
+//! - `leases`: the leader's lease clock, the deadlines it expires leases by (IO-free);
 //! - `disk`: the thread that owns the store and does every blocking write;
 //! - `version`: the cluster version, and the features it gates (IO-free);
 //! - `start`: whether a node with an empty data directory may bootstrap (IO-free, run
@@ -13,6 +14,7 @@
 pub mod core;
 pub(crate) mod disk;
 pub mod hashes;
+pub mod leases;
 pub mod shell;
 pub mod start;
 pub mod version;

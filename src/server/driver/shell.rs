@@ -14,7 +14,7 @@ use crate::kv::{Command, StateMachine};
 use crate::raft::{Message, MessageBody, NodeId, Role, SnapshotMeta, Status};
 
 use super::core::StorageFailure;
-use super::core::{Action, Answer, Applied, DriverCore, NodeError, SharedKv, Token};
+use super::core::{Action, Answer, Applied, DriverCore, LeaseState, NodeError, SharedKv, Token};
 use super::disk::{DiskDone, DiskJob, PersistStats};
 use super::version::{Feature, MemberVersions, Unsupported, Version};
 use crate::server::metrics::Metrics;
@@ -42,6 +42,8 @@ pub(crate) enum Request {
     Ping { reply: oneshot::Sender<()> },
     Join { request: super::core::JoinRequest, reply: Reply<super::core::Joined> },
     Probe { asker: NodeId, reply: oneshot::Sender<super::start::ProbeAnswer> },
+    LeaseKeepalive { id: u64, reply: Reply<Option<LeaseState>> },
+    LeaseTimeToLive { id: u64, reply: Reply<Option<LeaseState>> },
 }
 
 /// What arrives from peers.
@@ -178,6 +180,17 @@ impl NodeHandle {
     /// Proposes a membership change (on the leader) and waits until it is applied here.
     pub async fn change_members(&self, change: crate::kv::MemberChange) -> Result<Applied, NodeError> {
         self.ask(|reply| Request::ChangeMembers { change, reply }).await
+    }
+
+    /// Keeps lease `id` alive, on the leader (`DriverCore::lease_keepalive`): its state
+    /// after, `None` when it does not exist or expired.
+    pub async fn lease_keepalive(&self, id: u64) -> Result<Option<LeaseState>, NodeError> {
+        self.ask(|reply| Request::LeaseKeepalive { id, reply }).await
+    }
+
+    /// Lease `id`'s time left, on the leader (`DriverCore::lease_time_to_live`).
+    pub async fn lease_time_to_live(&self, id: u64) -> Result<Option<LeaseState>, NodeError> {
+        self.ask(|reply| Request::LeaseTimeToLive { id, reply }).await
     }
 
     /// Waits until a linearizable read may be served from the local state machine
@@ -326,6 +339,7 @@ pub(crate) fn spawn(parts: DriverParts) -> (NodeHandle, tokio::task::JoinHandle<
         core: parts.core,
         tick: parts.tick,
         ticks: 0,
+        started: Instant::now(),
         disk_jobs: parts.disk_jobs,
         disk_done: parts.disk_done,
         persists_started: VecDeque::new(),
@@ -356,6 +370,7 @@ enum Waiting {
     StepDown(Reply<NodeId>),
     Snapshot(Reply<SnapshotMeta>),
     Join(Reply<super::core::Joined>),
+    Lease(Reply<Option<LeaseState>>),
 }
 
 impl Waiting {
@@ -366,6 +381,7 @@ impl Waiting {
             Waiting::StepDown(reply) => reply.is_closed(),
             Waiting::Snapshot(reply) => reply.is_closed(),
             Waiting::Join(reply) => reply.is_closed(),
+            Waiting::Lease(reply) => reply.is_closed(),
         }
     }
 }
@@ -374,6 +390,8 @@ struct Shell {
     core: DriverCore,
     tick: Duration,
     ticks: u64,
+    /// The lease clock's origin: the core is told the milliseconds since (monotonic).
+    started: Instant,
     disk_jobs: std::sync::mpsc::SyncSender<DiskJob>,
     disk_done: mpsc::Receiver<DiskDone>,
     /// When each write handed to the disk was queued, oldest first.
@@ -489,6 +507,7 @@ impl Shell {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.exchange_versions();
+        self.core.observe_time(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
         self.core.tick();
         if self.ticks % ABANDON_SCAN_TICKS == 0 {
             let gone: HashSet<Token> =
@@ -560,6 +579,15 @@ impl Shell {
                 self.core.join(token, request);
             }
             Request::Probe { asker, reply } => drop(reply.send(self.core.probe_answer(asker))),
+            Request::LeaseKeepalive { id, reply } => {
+                self.waiting.insert(token, Waiting::Lease(reply));
+                self.core.lease_keepalive(token, id);
+            }
+            Request::LeaseTimeToLive { id, reply } => {
+                self.waiting.insert(token, Waiting::Lease(reply));
+                self.core.observe_time(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                self.core.lease_time_to_live(token, id);
+            }
         }
     }
 
@@ -741,6 +769,7 @@ impl Shell {
             (Waiting::StepDown(reply), Answer::StepDown(result)) => drop(reply.send(result)),
             (Waiting::Snapshot(reply), Answer::Snapshot(result)) => drop(reply.send(result)),
             (Waiting::Join(reply), Answer::Join(result)) => drop(reply.send(result)),
+            (Waiting::Lease(reply), Answer::Lease(result)) => drop(reply.send(result)),
             (_, answer) => {
                 panic!("node {}: answer {answer:?} to a request of another kind", self.core.raft().id())
             }

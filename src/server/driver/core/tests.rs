@@ -1014,3 +1014,81 @@ fn a_snapshot_installed_over_compacted_history_reports_what_is_missing() {
     let revisions: Vec<u64> = round.events.iter().map(|event| event.revision).collect();
     assert_eq!(revisions, vec![5, 6], "the events the snapshot holds");
 }
+
+fn lease_answer(answers: &[(Token, Answer)], token: Token) -> Option<&Result<Option<LeaseState>, NodeError>> {
+    answers.iter().find(|(t, _)| *t == token).and_then(|(_, answer)| match answer {
+        Answer::Lease(result) => Some(result),
+        _ => None,
+    })
+}
+
+fn tick_at(core: &mut DriverCore, now_ms: u64) -> Vec<(Token, Answer)> {
+    core.observe_time(now_ms);
+    core.tick();
+    settle(core)
+}
+
+#[test]
+fn a_leader_revokes_a_lease_through_the_log_once_its_ttl_has_passed_and_not_before() {
+    let mut core = leader();
+    tick_at(&mut core, 0);
+    core.propose(7, Command::LeaseGrant { id: 5, ttl_s: 2 }.encode());
+    let leased =
+        Command::Put { key: "k".into(), value: "v".into(), condition: crate::kv::Condition::None, lease: 5 };
+    core.propose(8, leased.encode());
+    settle(&mut core);
+    // First seen applied at 100 ms: it lives until 2,100 ms.
+    tick_at(&mut core, 100);
+    let before = core.raft().last_index();
+    tick_at(&mut core, 2_099);
+    assert_eq!(core.raft().last_index(), before, "a lease revoked before its TTL passed");
+    assert!(core.kv().read().unwrap().get(b"k").is_some());
+    tick_at(&mut core, 2_100);
+    assert_eq!(core.raft().last_index(), before + 1, "one revoke proposed");
+    let kv = core.kv().read().unwrap();
+    assert!(kv.lease(5).is_none() && kv.get(b"k").is_none(), "the lease and its key are gone");
+}
+
+#[test]
+fn a_keepalive_confirmed_by_the_leader_restarts_the_ttl_and_an_expired_lease_stays_expired() {
+    let mut core = leader();
+    tick_at(&mut core, 0);
+    core.propose(7, Command::LeaseGrant { id: 5, ttl_s: 2 }.encode());
+    settle(&mut core);
+    tick_at(&mut core, 0);
+    core.observe_time(1_500);
+    core.lease_keepalive(9, 5);
+    let answers = settle(&mut core);
+    assert_eq!(
+        lease_answer(&answers, 9),
+        Some(&Ok(Some(LeaseState { id: 5, granted_ttl_s: 2, remaining_ms: 2_000 })))
+    );
+    let before = core.raft().last_index();
+    tick_at(&mut core, 3_499);
+    assert_eq!(core.raft().last_index(), before, "the keepalive did not extend the lease");
+    core.lease_time_to_live(10, 5);
+    assert_eq!(
+        lease_answer(&settle(&mut core), 10),
+        Some(&Ok(Some(LeaseState { id: 5, granted_ttl_s: 2, remaining_ms: 1 })))
+    );
+    // Expired: the revoke is proposed, and a keepalive now finds nothing to renew.
+    core.observe_time(3_500);
+    core.tick();
+    core.lease_keepalive(11, 5);
+    let answers = settle(&mut core);
+    assert_eq!(lease_answer(&answers, 11), Some(&Ok(None)));
+    assert!(core.kv().read().unwrap().lease(5).is_none());
+    core.lease_keepalive(12, 77);
+    assert_eq!(lease_answer(&settle(&mut core), 12), Some(&Ok(None)), "an unknown lease");
+}
+
+#[test]
+fn a_follower_refuses_keepalives_and_time_to_live_and_keeps_no_deadlines() {
+    let mut core = core_with(2, &[1, 2, 3]);
+    core.lease_keepalive(1, 5);
+    core.lease_time_to_live(2, 5);
+    let answers = settle(&mut core);
+    assert!(matches!(lease_answer(&answers, 1), Some(Err(NodeError::NotLeader(None)))), "{answers:?}");
+    assert!(matches!(lease_answer(&answers, 2), Some(Err(NodeError::NotLeader(None)))), "{answers:?}");
+    assert_eq!(core.lease_clock.term(), 0);
+}
