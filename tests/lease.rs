@@ -35,6 +35,7 @@ fn leases_are_granted_attached_kept_alive_and_revoked_through_any_node() {
     assert_eq!(id.len(), 16);
     let put = call(b, "PUT", &format!("/v1/kv/held?lease={id}"), "v");
     assert!(matches!(put.status, 200 | 201), "{}", put.text());
+    assert_eq!(call(b, "GET", "/v1/kv/held", "").header("x-mmapd-lease"), Some(id.as_str()));
     let listed = call(a, "GET", "/v1/kv?prefix=held", "").json();
     assert_eq!(listed["items"][0]["lease"], id.as_str());
 

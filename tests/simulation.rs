@@ -120,10 +120,16 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
         sum(|run| run.rejoins_refused),
         sum(|run| run.rejoins_started)
     ));
+    let lease_confirmations = sum(|run| run.lease_confirmations);
+    let lease_expiries = sum(|run| run.lease_expiries);
+    report(&format!(
+        "simulation: {lease_confirmations} lease grants and keepalives acknowledged, {lease_expiries} expiries checked against them\n"
+    ));
     let hash_checks = sum(|run| run.hash_checks);
     report(&format!("simulation: {hash_checks} hash check states checked against the committed state\n"));
     if !replay && seeds.len() >= 20 {
         assert!(hash_checks > 0, "no seed ran a hash check: the check of Action::HashState never ran");
+        assert!(lease_expiries > 0, "no lease expired in any seed: the early-expiry check never ran");
     }
     report(&format!("simulation: took {:.1}s\n", started.elapsed().as_secs_f64()));
     report(&format!(
@@ -416,6 +422,16 @@ mod planted_bugs {
     fn simulator_finds_covered_proposals_answered_as_dropped() {
         let bugs = DriverBugs { drop_covered_proposals: true, ..Default::default() };
         find_driver_bug("(g) drop_covered_proposals", bugs);
+    }
+
+    /// (h) A keepalive renewed without the leader confirming it still leads: a deposed
+    /// leader extends a lease the new leader, counting from when it took over, expires
+    /// before the client's acknowledged keepalive said it would.
+    // Reference: thesis §6.4 (leadership confirmed by a heartbeat round), etcd's lessor.
+    #[test]
+    fn simulator_finds_keepalives_renewed_without_confirming_leadership() {
+        let bugs = DriverBugs { keepalive_without_leadership_check: true, ..Default::default() };
+        find_driver_bug("(h) keepalive_without_leadership_check", bugs);
     }
 
     /// (e, membership) A configuration change proposed before the leader has committed

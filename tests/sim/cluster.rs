@@ -19,7 +19,7 @@
 use super::linearizability::{check_history, Event, Operation, Verdict};
 use super::rng::Rng;
 use bytes::Bytes;
-use mmapd::kv::{Cluster, Command, MemberChange, StateMachine};
+use mmapd::kv::{Cluster, Command, Condition, MemberChange, Outcome, StateMachine};
 #[cfg(feature = "planted-bugs")]
 use mmapd::raft::PlantedBugs;
 use mmapd::raft::{
@@ -44,6 +44,9 @@ pub const ELECTION_TICKS: u32 = 10;
 pub const HEARTBEAT_TICKS: u32 = 2;
 /// Steps (message deliveries and Ready rounds) per tick.
 pub const STEPS_PER_TICK: u64 = 4;
+
+/// How often (per step) a lease client acts: a grant, a leased put or a keepalive.
+const LEASE_REQUEST_PER_MILLION: u32 = 20_000;
 /// Trace lines kept per run, printed when a check fails (`MMAPD_SIM_TRACE_LINES`
 /// keeps more, for a replay).
 const TRACE_LINES: usize = 300;
@@ -159,6 +162,9 @@ pub struct RunReport {
     pub rejoins_started: u64,
     /// Hash check states handed out by nodes and checked (`Action::HashState`).
     pub hash_checks: u64,
+    /// Lease grants and keepalives acknowledged, and expiries checked against them.
+    pub lease_confirmations: u64,
+    pub lease_expiries: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -439,6 +445,11 @@ enum Request {
     Join {
         plan: u64,
     },
+    /// A lease's grant or keepalive, invoked at `invoke_tick`.
+    Lease {
+        id: u64,
+        invoke_tick: u64,
+    },
     Other,
 }
 
@@ -521,6 +532,8 @@ pub struct Sim {
     pub members_removed: u64,
     pub rejoins_refused: u64,
     pub rejoins_started: u64,
+    /// The clients' leases, for the check that none expires early.
+    leases: super::leases::Leases,
 }
 
 /// A hash of a state machine's contents (keys, values and each key's three revisions),
@@ -543,6 +556,13 @@ fn kv_hash(kv: &StateMachine) -> u64 {
     };
     for (key, value) in kv.iter() {
         mix(&mut key.iter().copied().chain(value_bytes(value)));
+    }
+    // The lease table is replicated state too: ids, TTLs and the keys attached.
+    for (id, lease) in kv.leases() {
+        mix(&mut id.to_le_bytes().into_iter().chain(lease.ttl_s.to_le_bytes()));
+        for key in lease.keys() {
+            mix(&mut key.iter().copied());
+        }
     }
     let history = kv.history();
     mix(&mut history.compact_revision().to_le_bytes().into_iter());
@@ -736,6 +756,7 @@ impl Sim {
             committed: Vec::new(),
             check_hashes: HashMap::new(),
             hash_checks: 0,
+            leases: Default::default(),
             persisted_entries: HashMap::new(),
             completeness_checked: HashSet::new(),
             next_op: 1,
@@ -1753,6 +1774,16 @@ impl Sim {
             }
             (Request::Member { plan }, Answer::Proposal(result)) => self.on_member_answer(plan, i, result),
             (Request::Join { plan }, Answer::Join(result)) => self.on_join_answer(plan, i, result),
+            (Request::Lease { id, invoke_tick }, Answer::Proposal(Ok(applied))) => {
+                if matches!(applied.outcome, Outcome::LeaseGranted { .. }) {
+                    self.leases.confirmed(id, invoke_tick);
+                }
+            }
+            (Request::Lease { id, invoke_tick }, Answer::Lease(Ok(Some(_)))) => {
+                self.trace(|| format!("lease {id:x} kept alive (invoked at tick {invoke_tick})"));
+                self.leases.confirmed(id, invoke_tick);
+            }
+            (Request::Lease { .. }, Answer::Proposal(_) | Answer::Lease(_)) => {}
             (Request::Other, Answer::StepDown(Ok(_))) => self.transfers += 1,
             (Request::Other, _) => {}
             (_, answer) => self.violate("answer", format!("n{id} answered request {token} with {answer:?}")),
@@ -1878,6 +1909,15 @@ impl Sim {
 
     /// A client learns the outcome of its writes the first time anyone applies an index.
     fn on_first_apply(&mut self, entry: &Entry) {
+        if entry.kind == EntryKind::Normal {
+            if let Ok(Command::LeaseRevoke { id }) = Command::decode(&entry.data) {
+                if let Err(detail) = self.leases.revoked(id, self.tick) {
+                    self.violate("lease expired early", detail);
+                    return;
+                }
+                self.trace(|| format!("lease {id:x} revoked at {}", entry.index));
+            }
+        }
         let applied_op =
             if entry.kind == EntryKind::Normal { decode_put(&entry.data).map(|(op, _)| op) } else { None };
         if let Some(op) = applied_op {
@@ -2054,6 +2094,43 @@ impl Sim {
 
     /// An operator asks node `i` for a snapshot now (`mmapd-admin snapshot`).
     /// An admin asks for a hash check (`mmapd-admin check`) on the believed leader.
+    /// A lease client: grants a lease (1 or 2 s), attaches a key to a live one, or keeps
+    /// one alive, through the node it believes leads (a follower refuses keepalives).
+    fn client_lease(&mut self) {
+        let i = if self.rng.chance(800_000) { self.believed_leader } else { self.pick_node() };
+        if self.nodes[i].core.is_none() {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let invoke_tick = self.tick;
+        let roll = self.rng.below(10);
+        let node = self.nodes[i].id;
+        if roll < 2 {
+            let ttl_s = self.rng.between(1, 3);
+            let keep_until_tick = invoke_tick + self.rng.between(50, 1_500);
+            let Some(id) = self.leases.new_lease(ttl_s, keep_until_tick) else { return };
+            self.requests.insert(token, (i, Request::Lease { id, invoke_tick }));
+            let core = self.nodes[i].core.as_mut().unwrap();
+            core.propose(token, Command::LeaseGrant { id, ttl_s }.encode());
+            self.trace(|| format!("client: n{node}, grant lease {id:x} ({ttl_s} s)"));
+            return;
+        }
+        let pick = self.rng.below(u64::MAX) as usize;
+        let Some(id) = self.leases.live(invoke_tick, |n| pick % n) else { return };
+        let core = self.nodes[i].core.as_mut().unwrap();
+        if roll < 4 {
+            let key = format!("lease-{id:x}-{}", roll);
+            let put =
+                Command::Put { key: key.into(), value: "held".into(), condition: Condition::None, lease: id };
+            self.requests.insert(token, (i, Request::Other));
+            core.propose(token, put.encode());
+        } else {
+            self.requests.insert(token, (i, Request::Lease { id, invoke_tick }));
+            core.lease_keepalive(token, id);
+        }
+    }
+
     fn client_hash_check(&mut self) {
         let i = self.believed_leader;
         let Some(core) = self.nodes[i].core.as_mut() else { return };
@@ -2163,6 +2240,9 @@ impl Sim {
         }
         if self.rng.chance(self.weather.admin_snapshot_per_million) {
             self.client_hash_check();
+        }
+        if self.rng.chance(LEASE_REQUEST_PER_MILLION) {
+            self.client_lease();
         }
         // Reads whose client gave up: their answer, if it comes, is not served.
         self.requests.retain(|_, (_, request)| match request {
@@ -2773,6 +2853,14 @@ impl Sim {
     /// One step: deliver, handle Readies, clients, faults, ticks, checks.
     pub fn run_step(&mut self) {
         self.step += 1;
+        // The cores' monotonic clock (the lease clock's time): it runs for every node,
+        // a node whose ticks stall included (a starved timer, not a stopped clock).
+        let now_ms = self.tick * super::leases::TICK_MS;
+        for node in &mut self.nodes {
+            if let Some(core) = node.core.as_mut() {
+                core.observe_time(now_ms);
+            }
+        }
         self.deliver_due();
         // A node that is down has nothing to hand out.
         let mut order: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].core.is_some()).collect();
@@ -2964,6 +3052,8 @@ impl Sim {
                 rejoins_refused: 0,
                 rejoins_started: 0,
                 hash_checks: 0,
+                lease_confirmations: 0,
+                lease_expiries: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -2997,6 +3087,8 @@ impl Sim {
             rejoins_refused: sim.rejoins_refused,
             rejoins_started: sim.rejoins_started,
             hash_checks: sim.hash_checks,
+            lease_confirmations: sim.leases.confirmed,
+            lease_expiries: sim.leases.expired,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }

@@ -2,8 +2,10 @@
 //!
 //! - `rng`: the one seeded generator every random choice comes from;
 //! - `linearizability`: a history checker independent of the simulator;
+//! - `leases`: the clients' leases and the check that none expires early;
 //! - `cluster`: nodes, simulated network and disks, clients, faults, and the checks.
 
 pub mod cluster;
+pub mod leases;
 pub mod linearizability;
 pub mod rng;

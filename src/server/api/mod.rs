@@ -77,6 +77,8 @@ pub const CREATE_REVISION_HEADER: &str = "x-mmapd-create-revision";
 /// On `GET /v1/kv/<key>`: the key's `version`, the number of writes since its creation.
 /// (Not `x-mmapd-version`: that is the release a peer runs, `peer::VERSION_HEADER`.)
 pub const KEY_VERSION_HEADER: &str = "x-mmapd-key-version";
+/// The lease a key read is attached to (16 hex digits), when it is.
+pub const LEASE_HEADER: &str = "x-mmapd-lease";
 /// The most writes this node forwards to the leader at once: each holds a connection
 /// (a descriptor) to it until the leader answers. More wait for a turn, within their
 /// request timeout.
@@ -717,6 +719,10 @@ impl Api {
         headers.insert(ETAG, etag(value.mod_revision));
         headers.insert(CREATE_REVISION_HEADER, HeaderValue::from(value.create_revision));
         headers.insert(KEY_VERSION_HEADER, HeaderValue::from(value.version));
+        if value.lease != 0 {
+            let lease = HeaderValue::from_str(&leases::id_text(value.lease)).expect("hex digits");
+            headers.insert(LEASE_HEADER, lease);
+        }
         Ok(with_revision(response, revision))
     }
 

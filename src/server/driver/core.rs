@@ -335,6 +335,8 @@ pub struct DriverBugs {
     pub wiped_node_rejoins_as_itself: bool,
     /// Use every feature whatever the members' versions (the cluster version ignored).
     pub ignore_cluster_version: bool,
+    /// Renew a lease on a keepalive without confirming leadership first.
+    pub keepalive_without_leadership_check: bool,
 }
 
 impl Default for DriverConfig {
@@ -622,6 +624,10 @@ impl DriverCore {
         }
         if self.raft.role() != Role::Leader {
             self.answer(token, Answer::Lease(Err(NodeError::NotLeader(self.raft.leader()))));
+            return;
+        }
+        if self.planted_keepalive_without_leadership_check() {
+            self.confirm_keepalive(token, id);
             return;
         }
         let context = self.next_read_context;
@@ -1597,6 +1603,16 @@ impl DriverCore {
     fn planted_release_reads_by_core_applied(&self) -> bool {
         false
     }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_keepalive_without_leadership_check(&self) -> bool {
+        self.config.planted_bugs.keepalive_without_leadership_check
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_keepalive_without_leadership_check(&self) -> bool {
+        false
+    }
+
     #[cfg(feature = "planted-bugs")]
     fn planted_drop_covered_proposals(&self) -> bool {
         self.config.planted_bugs.drop_covered_proposals

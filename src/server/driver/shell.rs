@@ -443,6 +443,7 @@ impl Shell {
                 _ = ticker.tick() => self.on_tick(),
                 _ = self.shutdown.changed() => break,
             }
+            self.observe_time();
             self.core.poll();
             if let Err(error) = self.carry_out() {
                 self.core.shut_down();
@@ -456,6 +457,7 @@ impl Shell {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
+        self.observe_time();
         self.note_leader_contact(&inbound);
         match inbound {
             Inbound::Messages(messages) => self.core.step(messages),
@@ -507,7 +509,7 @@ impl Shell {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.exchange_versions();
-        self.core.observe_time(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        self.observe_time();
         self.core.tick();
         if self.ticks % ABANDON_SCAN_TICKS == 0 {
             let gone: HashSet<Token> =
@@ -541,7 +543,14 @@ impl Shell {
         }
     }
 
+    /// Tells the core the time (its lease clock's), before anything it does: a
+    /// keepalive renews from the time it is confirmed, not the last tick's.
+    fn observe_time(&mut self) {
+        self.core.observe_time(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    }
+
     fn on_request(&mut self, request: Request) {
+        self.observe_time();
         let token = self.next_token;
         self.next_token += 1;
         match request {
@@ -585,13 +594,13 @@ impl Shell {
             }
             Request::LeaseTimeToLive { id, reply } => {
                 self.waiting.insert(token, Waiting::Lease(reply));
-                self.core.observe_time(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
                 self.core.lease_time_to_live(token, id);
             }
         }
     }
 
     fn on_disk_done(&mut self, done: DiskDone) {
+        self.observe_time();
         match done {
             DiskDone::Persisted(result) => {
                 if let Some(started) = self.persists_started.pop_front() {
