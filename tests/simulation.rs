@@ -125,11 +125,20 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
     report(&format!(
         "simulation: {lease_confirmations} lease grants and keepalives acknowledged, {lease_expiries} expiries checked against them\n"
     ));
+    let (watch_rounds, watch_jumps, watch_gaps) =
+        (sum(|run| run.watch_rounds), sum(|run| run.watch_jumps), sum(|run| run.watch_gaps));
+    report(&format!(
+        "simulation: {watch_rounds} rounds of watch events checked against every node's, {watch_jumps} of them snapshot installs, {watch_gaps} declaring a gap\n"
+    ));
     let hash_checks = sum(|run| run.hash_checks);
     report(&format!("simulation: {hash_checks} hash check states checked against the committed state\n"));
     if !replay && seeds.len() >= 20 {
         assert!(hash_checks > 0, "no seed ran a hash check: the check of Action::HashState never ran");
         assert!(lease_expiries > 0, "no lease expired in any seed: the early-expiry check never ran");
+        assert!(
+            watch_jumps > 0,
+            "no snapshot install handed watchers its history: the resumption check never ran"
+        );
     }
     report(&format!("simulation: took {:.1}s\n", started.elapsed().as_secs_f64()));
     report(&format!(
@@ -432,6 +441,15 @@ mod planted_bugs {
     fn simulator_finds_keepalives_renewed_without_confirming_leadership() {
         let bugs = DriverBugs { keepalive_without_leadership_check: true, ..Default::default() };
         find_driver_bug("(h) keepalive_without_leadership_check", bugs);
+    }
+
+    /// (i) A snapshot install that hands watchers its history but one event: a watcher on
+    /// that node misses a change that a watcher on any other node sees.
+    // Reference: etcd's watch guarantees (reliable, resumable).
+    #[test]
+    fn simulator_finds_an_event_dropped_when_a_snapshot_is_installed() {
+        let bugs = DriverBugs { install_round_drops_an_event: true, ..Default::default() };
+        find_driver_bug("(i) install_round_drops_an_event", bugs);
     }
 
     /// (e, membership) A configuration change proposed before the leader has committed

@@ -165,6 +165,11 @@ pub struct RunReport {
     /// Lease grants and keepalives acknowledged, and expiries checked against them.
     pub lease_confirmations: u64,
     pub lease_expiries: u64,
+    /// Rounds of watch events checked, those that skipped revisions (a snapshot's
+    /// install), and those that declared a gap.
+    pub watch_rounds: u64,
+    pub watch_jumps: u64,
+    pub watch_gaps: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -534,6 +539,8 @@ pub struct Sim {
     pub rejoins_started: u64,
     /// The clients' leases, for the check that none expires early.
     leases: super::leases::Leases,
+    /// What every node handed its watchers.
+    watch: super::watch::WatchCheck,
 }
 
 /// A hash of a state machine's contents (keys, values and each key's three revisions),
@@ -757,6 +764,7 @@ impl Sim {
             check_hashes: HashMap::new(),
             hash_checks: 0,
             leases: Default::default(),
+            watch: Default::default(),
             persisted_entries: HashMap::new(),
             completeness_checked: HashSet::new(),
             next_op: 1,
@@ -918,6 +926,7 @@ impl Sim {
         match Raft::new(config, initial) {
             Ok(raft) => {
                 let kv = Arc::new(RwLock::new(kv));
+                self.watch.started(id);
                 self.nodes[i].core = Some(DriverCore::new(raft, kv, snapshot, driver_config));
             }
             Err(error) => self.violate("restart", format!("n{id} refused its own persisted state: {error}")),
@@ -1255,7 +1264,13 @@ impl Sim {
                         self.build_snapshot(i);
                     }
                 }
-                Action::DropOffLoop(_) | Action::MembersChanged(_) | Action::HistoryRound(_) => {}
+                Action::DropOffLoop(_) | Action::MembersChanged(_) => {}
+                Action::HistoryRound(round) => {
+                    let id = self.nodes[i].id;
+                    if let Err(detail) = self.watch.round(id, &round) {
+                        self.violate("watch", detail);
+                    }
+                }
                 Action::HashState { index, machine } => self.on_hash_state(i, index, &machine),
                 Action::Removed => {
                     // A committed configuration dropped this node: it carries out the rest
@@ -3054,6 +3069,9 @@ impl Sim {
                 hash_checks: 0,
                 lease_confirmations: 0,
                 lease_expiries: 0,
+                watch_rounds: 0,
+                watch_jumps: 0,
+                watch_gaps: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -3089,6 +3107,9 @@ impl Sim {
             hash_checks: sim.hash_checks,
             lease_confirmations: sim.leases.confirmed,
             lease_expiries: sim.leases.expired,
+            watch_rounds: sim.watch.rounds,
+            watch_jumps: sim.watch.jumps,
+            watch_gaps: sim.watch.gaps,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }

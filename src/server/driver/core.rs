@@ -337,6 +337,8 @@ pub struct DriverBugs {
     pub ignore_cluster_version: bool,
     /// Renew a lease on a keepalive without confirming leadership first.
     pub keepalive_without_leadership_check: bool,
+    /// Hand watchers a snapshot install's history less its first event.
+    pub install_round_drops_an_event: bool,
 }
 
 impl Default for DriverConfig {
@@ -1427,7 +1429,10 @@ impl DriverCore {
             },
         };
         let index = snapshot.meta.index;
-        let round = install_round(&self.kv.read().expect("kv lock"), &machine);
+        let mut round = install_round(&self.kv.read().expect("kv lock"), &machine);
+        if self.planted_install_round_drops_an_event() && !round.events.is_empty() {
+            round.events.pop_front();
+        }
         let replaced = std::mem::replace(&mut *self.kv.write().expect("kv lock"), machine);
         self.actions.push(Action::HistoryRound(round));
         self.actions.push(Action::DropOffLoop(replaced));
@@ -1603,6 +1608,16 @@ impl DriverCore {
     fn planted_release_reads_by_core_applied(&self) -> bool {
         false
     }
+    #[cfg(feature = "planted-bugs")]
+    fn planted_install_round_drops_an_event(&self) -> bool {
+        self.config.planted_bugs.install_round_drops_an_event
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    fn planted_install_round_drops_an_event(&self) -> bool {
+        false
+    }
+
     #[cfg(feature = "planted-bugs")]
     fn planted_keepalive_without_leadership_check(&self) -> bool {
         self.config.planted_bugs.keepalive_without_leadership_check
