@@ -107,7 +107,7 @@ struct Totals {
     /// Peer messages the nodes' cores refused (`mmapd_peer_messages_refused_total` at the
     /// end; counters restart with a node).
     refused_by_core: u64,
-    /// The watch checker's counts (its anomalies are in `anomalies`).
+    /// The watch checker's counts and anomalies (which are in `anomalies` too).
     watch: watch::WatchFindings,
     /// Runs with TLS, of all.
     tls_runs: usize,
@@ -515,8 +515,8 @@ fn one_run(
         let planted = watch::plant(&mut watch_logs, &history, &how)?;
         eprintln!("chaos: seed {seed}: MMAPD_CHAOS_PLANT_WATCH: {planted}");
     }
-    let mut watch_findings = watch::check(&watch_logs, &history, recovered_target);
-    anomalies.extend(std::mem::take(&mut watch_findings.anomalies));
+    let watch_findings = watch::check(&watch_logs, &history, recovered_target);
+    anomalies.extend(watch_findings.anomalies.iter().cloned());
 
     let client_ops = history.iter().filter(|e| e.client != usize::MAX);
     let mut totals = Totals {
