@@ -84,8 +84,8 @@ const DEFAULT_SECONDS: u64 = 120;
 const RECOVERY: Duration = Duration::from_secs(5);
 /// The range `--snapshot-entries` is drawn from in snapshot runs.
 const SNAPSHOT_ENTRIES: (u64, u64) = (50, 500);
-/// The range `--history-entries` is drawn from in snapshot runs (the default, 10,000, is
-/// more than a 30 s run writes: its watch history would never be compacted).
+/// The range `--history-entries` is drawn from in snapshot runs (with the default,
+/// 10,000, a 30 s run's watch history was never compacted).
 const HISTORY_ENTRIES: (u64, u64) = (200, 1000);
 
 /// What one run did.

@@ -38,8 +38,9 @@ const TIMINGS: [&str; 8] = [
 ];
 
 /// How often an idle watch writes a progress line (the watchers give a connection up
-/// after 2 s of silence: `watch.rs`).
-const WATCH_PROGRESS: [&str; 2] = ["--watch-progress-ms", "300"];
+/// after 2 s of silence), and how far behind a watcher may fall before it is cancelled
+/// as slow (the watchers sometimes stop reading for a while): `watch.rs`.
+const WATCH: [&str; 4] = ["--watch-progress-ms", "300", "--watch-queue-rounds", "64"];
 
 /// The cluster secret every node is started with (and the forger carries).
 pub const SECRET: &str = "chaos-cluster-secret";
@@ -218,7 +219,7 @@ impl Cluster {
             .arg("--cluster-secret-file")
             .arg(&self.secret_file)
             .args(TIMINGS)
-            .args(WATCH_PROGRESS)
+            .args(WATCH)
             .args(&limits)
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")

@@ -4,7 +4,9 @@
 //! on a random node. A connection ends when the node is silent for `IDLE` (the nodes
 //! write a progress line every `--watch-progress-ms`, see `cluster.rs`), when it is cut
 //! or cancelled, or at a random lifetime (so watchers move between nodes in healthy
-//! times too); the watcher then watches again, on another random node, from one past
+//! times too). One connection in four stops reading for `STALL_MS` at a random moment,
+//! so that the node (`--watch-queue-rounds 64`) may cancel it as slow with a
+//! `resume_from`. The watcher then watches again, on another random node, from one past
 //! the last revision it was vouched for: an event's revision, a progress line's, or a
 //! cancellation's `resume_from` less one. Only complete HTTP chunks count (the node
 //! writes each round's lines as one chunk): a chunk cut short by a fault is dropped, and
@@ -61,6 +63,8 @@ const IDLE: Duration = Duration::from_millis(2000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The range of a connection's lifetime, in milliseconds.
 const LIFETIME_MS: (u64, u64) = (300, 6000);
+/// The range of a stall (the watcher not reading), in milliseconds.
+const STALL_MS: (u64, u64) = (500, 3000);
 /// How long after healing the watchers have to reach the last acknowledged write.
 pub const CATCH_UP: Duration = Duration::from_secs(15);
 /// The largest answer head or error body read.
@@ -135,6 +139,8 @@ pub struct Connection {
     pub closed: u64,
     /// The lines of its complete chunks, in order.
     pub lines: Vec<Line>,
+    /// When (ms after opening) it stopped reading, and for how long (ms).
+    pub stall: Option<(u64, u64)>,
     /// How it ended.
     pub end: End,
 }
@@ -196,9 +202,23 @@ pub fn watcher_loop(watcher: usize, shared: &Shared, control: &Control, mut rng:
     let mut next = if watcher == 0 { Some(1) } else { None };
     while !control.stop.load(Ordering::Relaxed) && !caught_up(next, control) {
         let node = rng.index(shared.nodes);
-        let lifetime = Duration::from_millis(rng.between(LIFETIME_MS.0, LIFETIME_MS.1));
-        let connection = watch_once(shared, control, node, next, lifetime);
+        let lifetime_ms = rng.between(LIFETIME_MS.0, LIFETIME_MS.1);
+        let stall =
+            (rng.below(4) == 0).then(|| (rng.between(0, lifetime_ms), rng.between(STALL_MS.0, STALL_MS.1)));
+        let connection = watch_once(shared, control, node, next, Duration::from_millis(lifetime_ms), stall);
         next = next_from(&connection, next);
+        if matches!(connection.end, End::Compacted(_) | End::Cancelled) {
+            let last = connection.lines.last().map(|line| &line.item);
+            eprintln!(
+                "chaos:   {:6.2} s watcher w{watcher} on n{} from {:?}: {:?}{}; on from {}",
+                connection.closed as f64 / 1e6,
+                connection.node + 1,
+                connection.from,
+                connection.end,
+                last.map_or_else(String::new, |item| format!(" ({item:?})")),
+                next.map_or_else(|| "the next revision".into(), |n| n.to_string())
+            );
+        }
         let failed = matches!(connection.end, End::NotConnected(_) | End::Status(..));
         log.connections.push(connection);
         if failed {
@@ -220,10 +240,19 @@ fn watch_once(
     node: usize,
     from: Option<u64>,
     lifetime: Duration,
+    stall: Option<(u64, u64)>,
 ) -> Connection {
     let opened = shared.now();
-    let mut connection =
-        Connection { node, from, head: None, opened, closed: opened, lines: Vec::new(), end: End::Stopped };
+    let mut connection = Connection {
+        node,
+        from,
+        head: None,
+        opened,
+        closed: opened,
+        lines: Vec::new(),
+        stall,
+        end: End::Stopped,
+    };
     connection.end = match stream(shared, control, &mut connection, lifetime) {
         Ok(end) | Err(end) => end,
     };
@@ -243,6 +272,11 @@ fn stream(
         .map_err(|(NoAnswer::NotSent(e) | NoAnswer::Lost(e))| End::NotConnected(e))?;
     let closed = |e: std::io::Error| End::Closed(e.to_string());
     tcp.tcp().set_write_timeout(Some(IDLE)).map_err(closed)?;
+    if connection.stall.is_some() {
+        // A small receive buffer, so that a stall backs up to the node (and its queue)
+        // rather than into this socket.
+        small_receive_buffer(tcp.tcp());
+    }
     tcp.tcp().set_read_timeout(Some(Duration::from_millis(100))).map_err(closed)?;
     let from = connection.from.map_or_else(String::new, |from| format!("&from={from}"));
     let request = format!(
@@ -255,6 +289,7 @@ fn stream(
     let mut next = connection.from;
     let mut chunk = 0usize;
     let mut head_end = None;
+    let mut stalled = false;
     let mut buffer = [0u8; 16 << 10];
     loop {
         // What the bytes so far hold: the head, then whole chunks.
@@ -309,6 +344,17 @@ fn stream(
         if started.elapsed() >= lifetime && head_end.is_some() {
             return Ok(End::Lifetime);
         }
+        if let Some((_, length)) = connection.stall.filter(|&(at, _)| {
+            head_end.is_some() && !stalled && started.elapsed() >= Duration::from_millis(at)
+        }) {
+            stalled = true;
+            let until = Instant::now() + Duration::from_millis(length);
+            while Instant::now() < until && !control.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The silence was this end's.
+            last_byte = Instant::now();
+        }
         if last_byte.elapsed() >= IDLE {
             return Ok(End::Idle);
         }
@@ -322,6 +368,22 @@ fn stream(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Ok(End::Closed(e.to_string())),
         }
+    }
+}
+
+/// Shrinks `tcp`'s receive buffer to a few KiB (best effort).
+fn small_receive_buffer(tcp: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
@@ -405,7 +467,7 @@ pub fn parse_line(text: &[u8]) -> Item {
 /// else the revision it is compacted through (what a watch from 1 is refused with).
 pub fn compacted_through(shared: &Shared, node: usize) -> Option<u64> {
     let control = Control { stop: AtomicBool::new(false), target: AtomicU64::new(0) };
-    let connection = watch_once(shared, &control, node, Some(1), Duration::from_millis(100));
+    let connection = watch_once(shared, &control, node, Some(1), Duration::from_millis(100), None);
     match connection.end {
         End::Compacted(compact_revision) => Some(compact_revision),
         _ => None,
@@ -955,13 +1017,14 @@ pub fn describe(logs: &[WatchLog]) -> String {
         for (ci, c) in log.connections.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "w{} connection {ci}: n{} from {:?} head {:?} {:.3}..{:.3} s, ended {:?}",
+                "w{} connection {ci}: n{} from {:?} head {:?} {:.3}..{:.3} s, stall {:?}, ended {:?}",
                 log.watcher,
                 c.node + 1,
                 c.from,
                 c.head,
                 c.opened as f64 / 1e6,
                 c.closed as f64 / 1e6,
+                c.stall,
                 c.end
             );
             for line in &c.lines {
@@ -1023,7 +1086,16 @@ mod tests {
     }
 
     fn connection(node: usize, from: u64, lines: Vec<Line>) -> Connection {
-        Connection { node, from: Some(from), head: None, opened: 0, closed: 0, lines, end: End::Lifetime }
+        Connection {
+            node,
+            from: Some(from),
+            head: None,
+            opened: 0,
+            closed: 0,
+            lines,
+            stall: None,
+            end: End::Lifetime,
+        }
     }
 
     /// Six acknowledged writes (revisions 2..=7; 4 a delete) and one of unknown outcome.
