@@ -7,10 +7,10 @@
 //! nemesis (`chaos/nemesis.rs`) follows a seeded schedule: partitions (majority/minority,
 //! isolated leader, bridge, ring, one-way), SIGKILL and restart, SIGSTOP/SIGCONT, delay
 //! and packet loss, each healed before the next. Half the runs (chosen by the seed) start
-//! the nodes with a small `--snapshot-entries` and `--history-entries`, kill followers long enough to need
-//! InstallSnapshot, and take admin snapshots at random moments. A side nemesis sends
-//! forged peer messages at random moments (`chaos/forge.rs`). One fault in eight replaces
-//! a member (`chaos/membership.rs`): removed (live, cut off, or killed first), its
+//! the nodes with a small `--snapshot-entries` and `--history-entries`, kill followers
+//! long enough to need InstallSnapshot, and take admin snapshots at random moments. A
+//! side nemesis sends forged peer messages at random moments (`chaos/forge.rs`). One
+//! fault in eight replaces a member (`chaos/membership.rs`): removed (live, cut off, or killed first), its
 //! directory wiped, started again with `--join` under a new id, and sometimes first
 //! under its old identity, which must be refused. Then everything is healed and the run
 //! is checked (`chaos/checks.rs`): every node serves within 5 s, each key's history with
@@ -86,7 +86,7 @@ const RECOVERY: Duration = Duration::from_secs(5);
 const SNAPSHOT_ENTRIES: (u64, u64) = (50, 500);
 /// The range `--history-entries` is drawn from in snapshot runs (with the default,
 /// 10,000, a 30 s run's watch history was never compacted).
-const HISTORY_ENTRIES: (u64, u64) = (200, 1000);
+const HISTORY_ENTRIES: (u64, u64) = (300, 2000);
 
 /// What one run did.
 #[derive(Default)]
@@ -212,9 +212,9 @@ fn preflight() -> Result<(), String> {
 /// of the seed is set, so CI's four consecutive seeds cover 3 and 5 nodes each with and
 /// without), the forged kinds, and member replacements per `MMAPD_CHAOS_MEMBERSHIP`
 /// (`all`, the default, or `none`); with `--snapshot-entries` and `--history-entries`
-/// drawn from the seed. TLS
-/// per `MMAPD_CHAOS_TLS` (`seed`, the default: when the seed is 2 modulo 4, so one of CI's
-/// four consecutive seeds, 3 nodes with snapshots, runs over TLS).
+/// drawn from the seed. TLS per `MMAPD_CHAOS_TLS` (`seed`, the default: when the seed is
+/// 2 modulo 4, so one of CI's four consecutive seeds, 3 nodes with snapshots, runs over
+/// TLS).
 fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<cluster::Compaction>) {
     let snapshots = match std::env::var("MMAPD_CHAOS_SNAPSHOTS").as_deref() {
         Err(_) | Ok("seed") => seed & 2 != 0,
@@ -415,6 +415,8 @@ fn one_run(
                         })
                     })
                     .collect();
+                // Whatever way this thread ends, the watchers stop, so the scope can end.
+                let _stop_watchers = StopOnDrop(&watch_control.stop);
                 let mut side_rng = rng.fork();
                 let (sockets, side_shared, side_stop, side_stats, enter) =
                     (&sockets, &*shared, &side_stop, &mut side_stats, &enter_hub);
@@ -637,6 +639,15 @@ fn final_reads(shared: &Shared) {
             }
             *unreachable = !done;
         }
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

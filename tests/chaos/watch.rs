@@ -4,7 +4,8 @@
 //! on a random node. A connection ends when the node is silent for `IDLE` (the nodes
 //! write a progress line every `--watch-progress-ms`, see `cluster.rs`), when it is cut
 //! or cancelled, or at a random lifetime (so watchers move between nodes in healthy
-//! times too). One connection in four stops reading for `STALL_MS` at a random moment,
+//! times too; a watcher on a node cut off from the others stays, since that node still
+//! writes progress lines, at its own stale revision). One connection in four stops reading for `STALL_MS` at a random moment,
 //! so that the node (`--watch-queue-rounds 64`) may cancel it as slow with a
 //! `resume_from`. The watcher then watches again, on another random node, from one past
 //! the last revision it was vouched for: an event's revision, a progress line's, or a
@@ -268,6 +269,7 @@ fn stream(
     lifetime: Duration,
 ) -> Result<End, End> {
     let started = Instant::now();
+    let mut deadline = started + lifetime;
     let mut tcp = connect(connection.node, CONNECT_TIMEOUT)
         .map_err(|(NoAnswer::NotSent(e) | NoAnswer::Lost(e))| End::NotConnected(e))?;
     let closed = |e: std::io::Error| End::Closed(e.to_string());
@@ -341,7 +343,7 @@ fn stream(
         if control.stop.load(Ordering::Relaxed) || (head_end.is_some() && caught_up(next, control)) {
             return Ok(End::Stopped);
         }
-        if started.elapsed() >= lifetime && head_end.is_some() {
+        if Instant::now() >= deadline && head_end.is_some() {
             return Ok(End::Lifetime);
         }
         if let Some((_, length)) = connection.stall.filter(|&(at, _)| {
@@ -352,8 +354,9 @@ fn stream(
             while Instant::now() < until && !control.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // The silence was this end's.
+            // The silence was this end's; read on for a while (a cancellation may come).
             last_byte = Instant::now();
+            deadline = deadline.max(last_byte + Duration::from_secs(1));
         }
         if last_byte.elapsed() >= IDLE {
             return Ok(End::Idle);
