@@ -7,24 +7,32 @@
 //! nemesis (`chaos/nemesis.rs`) follows a seeded schedule: partitions (majority/minority,
 //! isolated leader, bridge, ring, one-way), SIGKILL and restart, SIGSTOP/SIGCONT, delay
 //! and packet loss, each healed before the next. Half the runs (chosen by the seed) start
-//! the nodes with a small `--snapshot-entries`, kill followers long enough to need
-//! InstallSnapshot, and take admin snapshots at random moments. A side nemesis sends
-//! forged peer messages at random moments (`chaos/forge.rs`). One fault in eight replaces
-//! a member (`chaos/membership.rs`): removed (live, cut off, or killed first), its
+//! the nodes with a small `--snapshot-entries` and `--history-entries`, kill followers
+//! long enough to need InstallSnapshot, and take admin snapshots at random moments. A
+//! side nemesis sends forged peer messages at random moments (`chaos/forge.rs`). One
+//! fault in eight replaces a member (`chaos/membership.rs`): removed (live, cut off, or killed first), its
 //! directory wiped, started again with `--join` under a new id, and sometimes first
 //! under its old identity, which must be refused. Then everything is healed and the run
 //! is checked (`chaos/checks.rs`): every node serves within 5 s, each key's history with
 //! the final reads from every node is linearizable (`chaos/linearizability.rs`), the last
 //! acknowledged write of each key is visible, versions name one value, every node lists
 //! one voter per address and no removed id, no node's log holds a panic and no node
-//! exited without being killed. A failed run writes an HTML timeline and prints its seed
-//! and path.
+//! exited without being killed. Three watchers (`chaos/watch.rs`) follow every change
+//! through the faults, reconnecting to random nodes from one past the last revision they
+//! were vouched for; their logs are checked against the clients' acknowledged writes
+//! (ordered, unique, atomic, reliable, resumable, never back in time on one node). One
+//! run in four (the seed 2 modulo 4) starts every node with TLS for clients and peers and
+//! mutual TLS between nodes, certificates made for the run (`tls/pki.rs`); every
+//! connection of the harness then speaks TLS, and the forger, with no certificate, must
+//! be refused (403). A failed run writes an HTML timeline and prints its seed and path.
 //!
 //! `cargo test --release --test chaos`: 120 s of faults over 4 runs (3 and 5 nodes, with
 //! and without snapshots). `MMAPD_CHAOS_SECONDS=1800`: a soak. `MMAPD_CHAOS_SEED=S` (with
 //! `MMAPD_CHAOS_NODES=N`) replays one run's schedule. `MMAPD_CHAOS_SNAPSHOTS=seed|all|none`,
 //! `MMAPD_CHAOS_FORGE=all|none|garbage|impossible|<kinds>` and
-//! `MMAPD_CHAOS_MEMBERSHIP=all|none` narrow the faults.
+//! `MMAPD_CHAOS_MEMBERSHIP=all|none` narrow the faults; `MMAPD_CHAOS_TLS=seed|all|none`
+//! (default `seed`) picks the TLS runs. `MMAPD_CHAOS_PLANT_WATCH=drop|dup|reorder|back`
+//! plants a bug in a watcher's log before the check, which must report it.
 //!
 //! Needs root (namespaces, nftables): when it cannot run it FAILS, saying why.
 //! `MMAPD_CHAOS_SKIP=1` (never set by CI) skips it explicitly; `MMAPD_CHAOS_LOOPBACK=1`
@@ -46,10 +54,16 @@ mod membership;
 mod nemesis;
 #[path = "chaos/net.rs"]
 mod net;
+// The TLS tests' certificates (rcgen), for the TLS run; not all of it is used here.
+#[allow(dead_code)]
+#[path = "tls/pki.rs"]
+mod pki;
 #[path = "chaos/report.rs"]
 mod report;
 #[path = "chaos/rng.rs"]
 mod rng;
+#[path = "chaos/watch.rs"]
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +84,9 @@ const DEFAULT_SECONDS: u64 = 120;
 const RECOVERY: Duration = Duration::from_secs(5);
 /// The range `--snapshot-entries` is drawn from in snapshot runs.
 const SNAPSHOT_ENTRIES: (u64, u64) = (50, 500);
+/// The range `--history-entries` is drawn from in snapshot runs (with the default,
+/// 10,000, a 30 s run's watch history was never compacted).
+const HISTORY_ENTRIES: (u64, u64) = (300, 2000);
 
 /// What one run did.
 #[derive(Default)]
@@ -90,6 +107,14 @@ struct Totals {
     /// Peer messages the nodes' cores refused (`mmapd_peer_messages_refused_total` at the
     /// end; counters restart with a node).
     refused_by_core: u64,
+    /// The watch checker's counts and anomalies (which are in `anomalies` too).
+    watch: watch::WatchFindings,
+    /// Runs with TLS, of all.
+    tls_runs: usize,
+    runs: usize,
+    /// The highest revision a node's history was compacted through at a run's end, per
+    /// run that compacted.
+    history_compacted: Vec<u64>,
 }
 
 impl Totals {
@@ -105,6 +130,21 @@ impl Totals {
         self.anomaly_lines.extend(run.anomaly_lines.iter().cloned());
         self.stats.add(&run.stats);
         self.refused_by_core += run.refused_by_core;
+        self.watch.add(&run.watch);
+        self.tls_runs += run.tls_runs;
+        self.runs += run.runs;
+        self.history_compacted.extend(run.history_compacted.iter().copied());
+    }
+
+    /// The watch part of a summary line.
+    fn watch_summary(&self) -> String {
+        let compacted = if self.history_compacted.is_empty() {
+            "no history compacted".to_owned()
+        } else {
+            let through: Vec<String> = self.history_compacted.iter().map(u64::to_string).collect();
+            format!("history compacted (--history-entries) through revision {}", through.join(", "))
+        };
+        format!("{} watchers per run, {}; {compacted}", watch::WATCHERS, self.watch.summary())
     }
 
     /// The snapshot and forgery part of a summary line.
@@ -113,7 +153,7 @@ impl Totals {
         format!(
             "snapshots: {} admin ({} failed), {} compactions seen, {} rejoining followers needed \
              InstallSnapshot ({} seen installed); forged: {} sent ({} accepted, {} refused, {} unanswered, \
-             {} skipped), {} refused by the nodes' cores",
+             {} skipped; {} refused 403 over TLS for want of a certificate), {} refused by the nodes' cores",
             s.admin_snapshots,
             s.admin_snapshot_failures,
             s.compactions_seen,
@@ -124,6 +164,7 @@ impl Totals {
             s.forged_refused,
             s.forged_unanswered,
             s.forged_skipped,
+            s.forged_refused_certificate,
             self.refused_by_core
         )
     }
@@ -170,13 +211,22 @@ fn preflight() -> Result<(), String> {
 /// The run's plan: snapshots per `MMAPD_CHAOS_SNAPSHOTS` (`seed`, the default: when bit 1
 /// of the seed is set, so CI's four consecutive seeds cover 3 and 5 nodes each with and
 /// without), the forged kinds, and member replacements per `MMAPD_CHAOS_MEMBERSHIP`
-/// (`all`, the default, or `none`); with `--snapshot-entries` drawn from the seed.
-fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<u64>) {
+/// (`all`, the default, or `none`); with `--snapshot-entries` and `--history-entries`
+/// drawn from the seed. TLS per `MMAPD_CHAOS_TLS` (`seed`, the default: when the seed is
+/// 2 modulo 4, so one of CI's four consecutive seeds, 3 nodes with snapshots, runs over
+/// TLS).
+fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<cluster::Compaction>) {
     let snapshots = match std::env::var("MMAPD_CHAOS_SNAPSHOTS").as_deref() {
         Err(_) | Ok("seed") => seed & 2 != 0,
         Ok("all") => true,
         Ok("none") => false,
         Ok(other) => panic!("MMAPD_CHAOS_SNAPSHOTS={other}: expected seed, all or none"),
+    };
+    let tls = match std::env::var("MMAPD_CHAOS_TLS").as_deref() {
+        Err(_) | Ok("seed") => seed % 4 == 2,
+        Ok("all") => true,
+        Ok("none") => false,
+        Ok(other) => panic!("MMAPD_CHAOS_TLS={other}: expected seed, all or none"),
     };
     let replacements = match std::env::var("MMAPD_CHAOS_MEMBERSHIP").as_deref() {
         Err(_) | Ok("all") => true,
@@ -185,7 +235,9 @@ fn plan(seed: u64, forgeries: &[forge::Forgery]) -> (Plan, Option<u64>) {
     };
     // Its own generator, so the choice leaves the fault schedule's draws alone.
     let entries = Rng::new(seed ^ 0x5A95_4A90).between(SNAPSHOT_ENTRIES.0, SNAPSHOT_ENTRIES.1);
-    (Plan { snapshots, forgeries: forgeries.to_vec(), replacements }, snapshots.then_some(entries))
+    let history = Rng::new(seed ^ 0x4157_0A11).between(HISTORY_ENTRIES.0, HISTORY_ENTRIES.1);
+    let compaction = cluster::Compaction { snapshot_entries: entries, history_entries: history };
+    (Plan { snapshots, forgeries: forgeries.to_vec(), replacements, tls }, snapshots.then_some(compaction))
 }
 
 #[test]
@@ -228,14 +280,19 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
     let mut failures = Vec::new();
     for seed in seeds {
         let nodes = forced_nodes.unwrap_or(if seed % 2 == 0 { 3 } else { 5 });
-        let (plan, snapshot_entries) = plan(seed, &forgeries);
+        let (plan, compaction) = plan(seed, &forgeries);
         eprintln!(
-            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, forging: {}, {}",
-            snapshot_entries.map_or("default snapshots".to_owned(), |n| format!("--snapshot-entries {n}")),
+            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, tls {}, forging: {}{}, {}",
+            compaction.map_or("default snapshots".to_owned(), |c| format!(
+                "--snapshot-entries {} --history-entries {}",
+                c.snapshot_entries, c.history_entries
+            )),
+            if plan.tls { "on" } else { "off" },
             forge::describe(&plan.forgeries),
+            if plan.tls && !plan.forgeries.is_empty() { " (over TLS without a certificate: to be refused)" } else { "" },
             if plan.replacements { "member replacements" } else { "no member replacements" }
         );
-        match one_run(seed, nodes, per_run, &plan, snapshot_entries, &report_dir) {
+        match one_run(seed, nodes, per_run, &plan, compaction, &report_dir) {
             Ok(run) => {
                 if run.anomalies > 0 {
                     failures.push(seed);
@@ -252,10 +309,13 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         );
     }
     let line = format!(
-        "chaos: {} s of faults, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies\n\
+        "chaos: {} s of faults over {} runs ({} with tls on), {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies\n\
+         chaos: {}\n\
          chaos: {}\n\
          chaos: {}",
         totals.fault_seconds,
+        totals.runs,
+        totals.tls_runs,
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
         totals.failed,
@@ -264,7 +324,8 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         totals.keys,
         totals.anomalies,
         totals.faults_summary(),
-        totals.membership_summary()
+        totals.membership_summary(),
+        totals.watch_summary()
     );
     // Straight to stderr, past the test harness's capture, so CI's log shows it.
     {
@@ -294,7 +355,7 @@ fn one_run(
     nodes: usize,
     fault_seconds: u64,
     plan: &Plan,
-    snapshot_entries: Option<u64>,
+    compaction: Option<cluster::Compaction>,
     report_dir: &std::path::Path,
 ) -> Result<Totals, String> {
     let mut rng = Rng::new(seed);
@@ -303,7 +364,8 @@ fn one_run(
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
     let start = Instant::now();
-    let mut cluster = Cluster::start(nodes, network.as_ref(), &run_dir, snapshot_entries, start)?;
+    let mut cluster = Cluster::start(nodes, network.as_ref(), &run_dir, compaction, plan.tls, start)?;
+    client::set_tls(cluster.ca())?;
     let sockets: Vec<PathBuf> = (0..nodes).map(|i| cluster.admin_socket(i)).collect();
     let mut stats = Stats::default();
     let mut side_stats = Stats::default();
@@ -317,6 +379,8 @@ fn one_run(
     });
     let hub = network.as_ref().map(|n| n.hub.clone());
     let enter_hub = || hub.as_deref().map_or(Ok(()), net::enter);
+    let watch_control = watch::Control::default();
+    let mut recovered_target: Option<u64> = None;
 
     let mut anomalies: Vec<(Option<u64>, String)> = Vec::new();
     let timeline = std::thread::scope(|scope| -> Result<_, String> {
@@ -340,6 +404,19 @@ fn one_run(
                         })
                     })
                     .collect();
+                let watchers: Vec<_> = (0..watch::WATCHERS)
+                    .map(|id| {
+                        let (shared, control, enter) = (&*shared, &watch_control, &enter_hub);
+                        // Its own generator, so the watchers leave the fault schedule's draws alone.
+                        let watch_rng = Rng::new(seed ^ 0x3A7C_0000 ^ id as u64);
+                        scope.spawn(move || {
+                            enter().expect("enter hub namespace");
+                            watch::watcher_loop(id, shared, control, watch_rng)
+                        })
+                    })
+                    .collect();
+                // Whatever way this thread ends, the watchers stop, so the scope can end.
+                let _stop_watchers = StopOnDrop(&watch_control.stop);
                 let mut side_rng = rng.fork();
                 let (sockets, side_shared, side_stop, side_stats, enter) =
                     (&sockets, &*shared, &side_stop, &mut side_stats, &enter_hub);
@@ -390,17 +467,36 @@ fn one_run(
                     if let Some(problem) = membership::final_check(nodes, cluster.removed()) {
                         anomalies.push((None, problem));
                     }
+                    // The watchers go on until they reach the last acknowledged write.
+                    let target = last_acknowledged_revision(&shared.history.lock().expect("history lock"));
+                    watch_control.target.store(target, Ordering::Relaxed);
+                    recovered_target = Some(target);
+                    let deadline = Instant::now() + watch::CATCH_UP;
+                    while Instant::now() < deadline && !watchers.iter().all(|w| w.is_finished()) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 } else {
                     // Already a failure; reads from nodes that do not serve would only time out.
                     eprintln!("chaos: seed {seed}: final reads skipped: the cluster did not recover");
                 }
-                Ok((timeline, side_timeline))
+                watch_control.stop.store(true, Ordering::Relaxed);
+                let watch_logs: Vec<watch::WatchLog> = watchers
+                    .into_iter()
+                    .map(|w| w.join())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "a watcher thread panicked".to_string())?;
+                let history_compacted = if recovered {
+                    (0..nodes).filter_map(|node| watch::compacted_through(&shared, node)).max()
+                } else {
+                    None
+                };
+                Ok((timeline, side_timeline, watch_logs, history_compacted))
             })
             .join()
             .map_err(|_| "the controller thread panicked".to_string())?
     })?;
 
-    let (timeline, side_timeline) = timeline;
+    let (timeline, side_timeline, mut watch_logs, history_compacted) = timeline;
     stats.add(&side_stats);
     anomalies.extend(std::mem::take(&mut stats.findings).into_iter().map(|finding| (None, finding)));
     let refused_by_core: u64 = (0..nodes).filter_map(|i| refused_peer_messages(network.as_ref(), i)).sum();
@@ -417,6 +513,12 @@ fn one_run(
     let history = std::mem::take(&mut *shared.history.lock().expect("history lock"));
     let findings = checks::check(&history);
     anomalies.extend(findings.anomalies);
+    if let Some(how) = watch::planted() {
+        let planted = watch::plant(&mut watch_logs, &history, &how)?;
+        eprintln!("chaos: seed {seed}: MMAPD_CHAOS_PLANT_WATCH: {planted}");
+    }
+    let watch_findings = watch::check(&watch_logs, &history, recovered_target);
+    anomalies.extend(watch_findings.anomalies.iter().cloned());
 
     let client_ops = history.iter().filter(|e| e.client != usize::MAX);
     let mut totals = Totals {
@@ -434,6 +536,10 @@ fn one_run(
             .collect(),
         stats,
         refused_by_core,
+        watch: watch_findings,
+        tls_runs: usize::from(plan.tls),
+        runs: 1,
+        history_compacted: history_compacted.into_iter().collect(),
         ..Totals::default()
     };
     let mut timeline = timeline;
@@ -460,6 +566,9 @@ fn one_run(
             logs: &logs,
         };
         let path = report::write(report_dir, &run).map_err(|e| format!("writing the report: {e}"))?;
+        let watch_path = report_dir.join(format!("chaos-seed-{seed}.watch.txt"));
+        std::fs::write(&watch_path, watch::describe(&watch_logs))
+            .map_err(|e| format!("{}: {e}", watch_path.display()))?;
         for (_, anomaly) in &anomalies {
             eprintln!("chaos: seed {seed}: ANOMALY: {anomaly}");
         }
@@ -471,7 +580,8 @@ fn one_run(
         );
     }
     eprintln!(
-        "chaos: seed {seed}: {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies; {}; {}",
+        "chaos: seed {seed}: tls {}, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies; {}; {}; {}",
+        if plan.tls { "on" } else { "off" },
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
         totals.failed,
@@ -480,9 +590,11 @@ fn one_run(
         totals.keys,
         totals.anomalies,
         totals.faults_summary(),
-        totals.membership_summary()
+        totals.membership_summary(),
+        totals.watch_summary()
     );
     drop(network);
+    client::set_tls(None)?;
     Ok(totals)
 }
 
@@ -530,9 +642,29 @@ fn final_reads(shared: &Shared) {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The highest revision a client was acknowledged (0 if none).
+fn last_acknowledged_revision(history: &[client::Event]) -> u64 {
+    history
+        .iter()
+        .filter(|e| e.client != usize::MAX && e.outcome == Outcome::Ok && !matches!(e.request, Request::Read))
+        .filter_map(|e| e.revision)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The replay line's variables beyond the seed and node count.
 fn replay_env(plan: &Plan) -> String {
     let mut env = format!("MMAPD_CHAOS_FORGE={}", forge::describe(&plan.forgeries));
+    env.push_str(if plan.tls { " MMAPD_CHAOS_TLS=all" } else { " MMAPD_CHAOS_TLS=none" });
     if let Ok(snapshots) = std::env::var("MMAPD_CHAOS_SNAPSHOTS") {
         env.push_str(&format!(" MMAPD_CHAOS_SNAPSHOTS={snapshots}"));
     }

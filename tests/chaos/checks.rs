@@ -149,6 +149,7 @@ mod tests {
             request,
             outcome,
             version: None,
+            revision: None,
             detail: String::new(),
         }
     }

@@ -6,12 +6,20 @@
 //! established is a definite failure (nothing was sent), and so is a 503 `starting` (a
 //! node waiting to join or bootstrap, which proposes nothing). Reads that fail constrain
 //! nothing.
+//!
+//! In a TLS run (`set_tls`) every connection of the harness (clients, watchers, the
+//! nemeses' status reads, the forger) speaks TLS, trusting the run's CA and presenting
+//! no certificate: the nodes take clients without one (no `--client-ca`), and refuse
+//! peer routes to such a connection.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::cluster::PORT;
 use super::net::node_ip;
@@ -26,6 +34,105 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 pub const ACTIVE_KEYS: u64 = 6;
 const OPERATIONS_PER_KEY: u64 = 40;
 
+/// The TLS configuration of the current run's connections; `None`: plain HTTP.
+static TLS: RwLock<Option<Arc<rustls::ClientConfig>>> = RwLock::new(None);
+
+/// From now on every connection speaks TLS trusting the CA certificate in `ca` (PEM),
+/// with no client certificate; `None`: plain HTTP.
+pub fn set_tls(ca: Option<&std::path::Path>) -> Result<(), String> {
+    let config = match ca {
+        None => None,
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        }
+    };
+    *TLS.write().expect("tls lock") = config;
+    Ok(())
+}
+
+/// A connection to a node: plain, or TLS with its handshake done.
+pub enum Stream {
+    /// Plain HTTP.
+    Plain(TcpStream),
+    /// TLS (boxed: the connection state is large).
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket underneath (for timeouts).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buffer),
+            Stream::Tls(tls) => match tls.read(buffer) {
+                // A node that closes without close_notify: the end, as for plain HTTP
+                // (an answer cut short is told by its length, not by this).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(bytes),
+            Stream::Tls(tls) => tls.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// Connects to `node` within `timeout` (and, in a TLS run, completes the handshake):
+/// every error is `NotSent`, since no byte of a request has gone yet.
+pub fn connect(node: usize, timeout: Duration) -> Result<Stream, NoAnswer> {
+    let address = SocketAddr::from((node_ip(node), PORT));
+    let not_sent = |e: std::io::Error| NoAnswer::NotSent(format!("connect {address}: {e}"));
+    let mut tcp = TcpStream::connect_timeout(&address, timeout).map_err(not_sent)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = TLS.read().expect("tls lock").clone() else { return Ok(Stream::Plain(tcp)) };
+    tcp.set_read_timeout(Some(timeout)).map_err(not_sent)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(not_sent)?;
+    let name = ServerName::from(std::net::IpAddr::from(node_ip(node)));
+    let mut connection = rustls::ClientConnection::new(config, name)
+        .map_err(|e| NoAnswer::NotSent(format!("TLS to {address}: {e}")))?;
+    let deadline = Instant::now() + timeout;
+    while connection.is_handshaking() {
+        if Instant::now() >= deadline {
+            return Err(NoAnswer::NotSent(format!("TLS handshake with {address}: no answer in {timeout:?}")));
+        }
+        connection
+            .complete_io(&mut tcp)
+            .map_err(|e| NoAnswer::NotSent(format!("TLS handshake with {address}: {e}")))?;
+    }
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(connection, tcp))))
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Answer {
@@ -33,6 +140,8 @@ pub struct Answer {
     pub status: u16,
     /// The version in the ETag header, if any.
     pub version: Option<u64>,
+    /// `X-Mmapd-Revision`, if any.
+    pub revision: Option<u64>,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -67,12 +176,10 @@ pub fn request_within(
     timeout: Duration,
 ) -> Result<Answer, NoAnswer> {
     let address = SocketAddr::from((node_ip(node), PORT));
-    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT.min(timeout))
-        .map_err(|e| NoAnswer::NotSent(format!("connect {address}: {e}")))?;
+    let mut stream = connect(node, CONNECT_TIMEOUT.min(timeout))?;
     let deadline = Instant::now() + timeout;
     let lost = |e: std::io::Error| NoAnswer::Lost(format!("{address}: {e}"));
-    stream.set_write_timeout(Some(timeout)).map_err(lost)?;
-    let _ = stream.set_nodelay(true);
+    stream.tcp().set_write_timeout(Some(timeout)).map_err(lost)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -91,7 +198,7 @@ pub fn request_within(
         if left.is_zero() {
             return Err(NoAnswer::Lost(format!("{address}: no answer in {timeout:?}")));
         }
-        stream.set_read_timeout(Some(left)).map_err(lost)?;
+        stream.tcp().set_read_timeout(Some(left)).map_err(lost)?;
         match stream.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&buffer[..n]),
@@ -113,17 +220,19 @@ fn parse(raw: &[u8]) -> Option<Answer> {
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let mut length = 0;
     let mut version = None;
+    let mut revision = None;
     for line in lines {
         let (name, value) = line.split_once(':')?;
         let value = value.trim();
         match name.to_ascii_lowercase().as_str() {
             "content-length" => length = value.parse().ok()?,
             "etag" => version = value.trim_matches('"').parse().ok(),
+            "x-mmapd-revision" => revision = value.parse().ok(),
             _ => {}
         }
     }
     let body = raw.get(end + 4..end + 4 + length)?.to_vec();
-    Some(Answer { status, version, body })
+    Some(Answer { status, version, revision, body })
 }
 
 /// What a client asked.
@@ -182,6 +291,9 @@ pub struct Event {
     pub outcome: Outcome,
     /// The version in the answer's ETag, if any.
     pub version: Option<u64>,
+    /// The revision in the answer's `X-Mmapd-Revision`, if any (for a write that
+    /// succeeded: the revision it created).
+    pub revision: Option<u64>,
     /// Status or error, for people.
     pub detail: String,
 }
@@ -283,9 +395,9 @@ pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: R
     };
     let complete = shared.now();
     let is_read = matches!(request, Request::Read);
-    let (outcome, version, detail) = match answer {
-        Err(NoAnswer::NotSent(e)) => (Outcome::Failed, None, e),
-        Err(NoAnswer::Lost(e)) => (if is_read { Outcome::Failed } else { Outcome::Unknown }, None, e),
+    let (outcome, version, revision, detail) = match answer {
+        Err(NoAnswer::NotSent(e)) => (Outcome::Failed, None, None, e),
+        Err(NoAnswer::Lost(e)) => (if is_read { Outcome::Failed } else { Outcome::Unknown }, None, None, e),
         Ok(answer) => {
             let detail = format!("{} {}", answer.status, String::from_utf8_lossy(&answer.body).trim());
             let outcome = match (is_read, &request, answer.status) {
@@ -303,8 +415,8 @@ pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: R
                 // Anything else (503, 409, 500) may have been proposed: unknown.
                 (false, _, _) => Outcome::Unknown,
             };
-            (outcome, answer.version, detail)
+            (outcome, answer.version, answer.revision, detail)
         }
     };
-    Event { client, node, key, invoke, complete, request, outcome, version, detail }
+    Event { client, node, key, invoke, complete, request, outcome, version, revision, detail }
 }

@@ -37,11 +37,26 @@ const TIMINGS: [&str; 8] = [
     "2000",
 ];
 
+/// How often an idle watch writes a progress line (the watchers give a connection up
+/// after 2 s of silence), and how far behind a watcher may fall before it is cancelled
+/// as slow (the watchers sometimes stop reading for a while): `watch.rs`.
+const WATCH: [&str; 4] = ["--watch-progress-ms", "300", "--watch-queue-rounds", "64"];
+
 /// The cluster secret every node is started with (and the forger carries).
 pub const SECRET: &str = "chaos-cluster-secret";
 
 /// Log lines kept with an exit nobody caused.
 const EXIT_LOG_LINES: usize = 20;
+
+/// The small limits of a snapshot run: `--snapshot-entries` (the Raft log) and
+/// `--history-entries` (the change history that watches replay).
+#[derive(Clone, Copy, Debug)]
+pub struct Compaction {
+    /// `--snapshot-entries`.
+    pub snapshot_entries: u64,
+    /// `--history-entries`.
+    pub history_entries: u64,
+}
 
 /// A node that exited without being killed.
 #[derive(Clone, Debug)]
@@ -85,8 +100,11 @@ pub struct Cluster {
     secret_file: PathBuf,
     /// Member ids the nemesis removed (never to be seen again).
     removed: Vec<u64>,
-    /// `--snapshot-entries`, when the run sets it.
-    snapshot_entries: Option<u64>,
+    /// `--snapshot-entries` and `--history-entries`, when the run sets them.
+    compaction: Option<Compaction>,
+    /// In a TLS run: the CA's certificate, and each slot's certificate (naming its
+    /// address, for both ends of its connections) and key.
+    tls: Option<(PathBuf, Vec<super::pki::Issued>)>,
     /// When the run began.
     epoch: Instant,
     /// Exits the harness did not cause, in the order found.
@@ -95,17 +113,28 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `count` nodes, one per namespace of `network` (or on loopback without
-    /// one), with files under `dir`, and `--snapshot-entries` when given.
+    /// one), with files under `dir`, and `compaction`'s limits when given. With `tls`,
+    /// every node serves clients and peers over TLS with a certificate of a CA made for
+    /// the run (`--tls-cert`, `--tls-key`), and takes peers only with one of that CA's
+    /// certificates (`--tls-ca`: mutual TLS between nodes); see `ca`.
     pub fn start(
         count: usize,
         network: Option<&Network>,
         dir: &Path,
-        snapshot_entries: Option<u64>,
+        compaction: Option<Compaction>,
+        tls: bool,
         epoch: Instant,
     ) -> Result<Cluster, String> {
         let peers: Vec<String> = (0..count).map(address).collect();
         let secret_file = dir.join("cluster-secret");
         std::fs::write(&secret_file, SECRET).map_err(|e| format!("{}: {e}", secret_file.display()))?;
+        let tls = tls.then(|| {
+            let ca = super::pki::Ca::new(dir, "chaos-ca");
+            let issued = (0..count)
+                .map(|i| ca.issue(dir, &format!("n{}-tls", i + 1), &[&node_ip(i).to_string()]))
+                .collect();
+            (ca.path.clone(), issued)
+        });
         let mut cluster = Cluster {
             nodes: (0..count)
                 .map(|i| Node {
@@ -120,7 +149,8 @@ impl Cluster {
             peers: peers.join(","),
             secret_file,
             removed: Vec::new(),
-            snapshot_entries,
+            compaction,
+            tls,
             epoch,
             exits: Vec::new(),
         };
@@ -128,6 +158,11 @@ impl Cluster {
             cluster.restart(i)?;
         }
         Ok(cluster)
+    }
+
+    /// The run's CA certificate, in a TLS run.
+    pub fn ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(ca, _)| ca.as_path())
     }
 
     /// The number of nodes.
@@ -144,7 +179,14 @@ impl Cluster {
     /// Starts node `i` with `launch`, which need not be its own (a start that must be
     /// refused); its command line stays as it was.
     pub fn spawn(&mut self, i: usize, launch: &Launch) -> Result<(), String> {
-        let snapshot_entries = self.snapshot_entries.map(|n| n.to_string());
+        let limits: Vec<String> = self.compaction.map_or_else(Vec::new, |c| {
+            vec![
+                "--snapshot-entries".into(),
+                c.snapshot_entries.to_string(),
+                "--history-entries".into(),
+                c.history_entries.to_string(),
+            ]
+        });
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} restarted while running", i + 1);
         let stderr = OpenOptions::new()
@@ -167,13 +209,18 @@ impl Cluster {
             Launch::Peers => ["--peers", self.peers.as_str()],
             Launch::Join(addresses) => ["--join", addresses.as_str()],
         };
+        if let Some((ca, issued)) = &self.tls {
+            command.arg("--tls-cert").arg(&issued[i].cert).arg("--tls-key").arg(&issued[i].key);
+            command.arg("--tls-ca").arg(ca);
+        }
         let child = command
             .args(["--ip", &ip, "--port", &port, "--data-dir", &data_dir])
             .args(members)
             .arg("--cluster-secret-file")
             .arg(&self.secret_file)
             .args(TIMINGS)
-            .args(snapshot_entries.iter().flat_map(|n| ["--snapshot-entries", n.as_str()]))
+            .args(WATCH)
+            .args(&limits)
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")

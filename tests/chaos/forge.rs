@@ -20,9 +20,14 @@
 //! `MMAPD_CHAOS_FORGE` picks the kinds: `all` (the default), `none`, `garbage`,
 //! `impossible`, or a comma-separated list of kind names. Impossible kinds travel as a
 //! `POST` or, one time in four, as a frame on a peer stream.
+//!
+//! In a TLS run the forger speaks TLS like every connection of the harness, with no
+//! certificate: the nodes take peers only with one of the cluster's CA (`--tls-ca`), so
+//! every forgery must be refused with 403 before its body is read (`nemesis::side_run`
+//! counts those, and reports anything else as an anomaly).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +35,7 @@ use mmapd::raft::{ConfState, Entry, EntryKind, Message, MessageBody, Snapshot, S
 use mmapd::server::peer::transport::SECRET_HEADER;
 use mmapd::transport::codec::encode_batch;
 
-use super::client::{request_within, NoAnswer};
+use super::client::{connect, request_within, NoAnswer};
 use super::cluster::{PORT, SECRET};
 use super::net::node_ip;
 use super::rng::Rng;
@@ -545,9 +550,9 @@ fn post(node: usize, body: &[u8]) -> Answer {
 fn stream(node: usize, bytes: &[u8]) -> Answer {
     let address = SocketAddr::from((node_ip(node), PORT));
     let attempt = || -> Result<Answer, String> {
-        let mut tcp = TcpStream::connect_timeout(&address, TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-        tcp.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-        tcp.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        let mut tcp = connect(node, TIMEOUT).map_err(|(NoAnswer::NotSent(e) | NoAnswer::Lost(e))| e)?;
+        tcp.tcp().set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        tcp.tcp().set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
         let head = format!(
             "POST /raft/stream HTTP/1.1\r\nHost: {address}\r\nConnection: upgrade\r\nUpgrade: mmapd-peer/1\r\n\
              {SECRET_HEADER}: {SECRET}\r\nContent-Length: 0\r\n\r\n"

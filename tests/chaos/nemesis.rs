@@ -37,6 +37,9 @@ pub struct Plan {
     pub forgeries: Vec<Forgery>,
     /// Replace members (remove, wipe, join again under a new id) among the faults.
     pub replacements: bool,
+    /// The nodes speak TLS to clients and peers, mutual TLS between them; the forger
+    /// speaks TLS with no certificate, so every forgery must be refused (403).
+    pub tls: bool,
 }
 
 /// Counts of what the nemeses did, for the summary.
@@ -66,6 +69,8 @@ pub struct Stats {
     pub forged_unanswered: usize,
     /// Forgeries not sent for want of a leader or follower to send them to.
     pub forged_skipped: usize,
+    /// In a TLS run, forgeries refused with 403 (no peer certificate): what must happen.
+    pub forged_refused_certificate: usize,
     /// Members replaced: removed, wiped, joined again under a new id and a voter again.
     pub replacements: usize,
     /// Of those, the victim was the leader.
@@ -106,6 +111,7 @@ impl Stats {
         self.forged_refused += other.forged_refused;
         self.forged_unanswered += other.forged_unanswered;
         self.forged_skipped += other.forged_skipped;
+        self.forged_refused_certificate += other.forged_refused_certificate;
         self.replacements += other.replacements;
         self.leader_replacements += other.leader_replacements;
         self.replacements_unfinished += other.replacements_unfinished;
@@ -341,6 +347,18 @@ pub fn side_run(
         let description = match kind {
             Some(kind) if !(plan.snapshots && snapshot_roll == 0) => {
                 let sent = forge::send(kind, &mut content, target, &views);
+                if plan.tls {
+                    match sent.answer {
+                        forge::Answer::Refused(403) => stats.forged_refused_certificate += 1,
+                        forge::Answer::Delivered | forge::Answer::Streamed | forge::Answer::Refused(_) => {
+                            stats.findings.push(format!(
+                                "over TLS, a forger with no certificate got past the peer routes' check: {}",
+                                sent.description
+                            ))
+                        }
+                        forge::Answer::Unanswered(_) | forge::Answer::Skipped => {}
+                    }
+                }
                 match sent.answer {
                     forge::Answer::Skipped => stats.forged_skipped += 1,
                     forge::Answer::Delivered | forge::Answer::Streamed => stats.forged_accepted += 1,
