@@ -194,7 +194,11 @@ impl Watcher {
 
     /// A round's lines; Err: the watcher must end with this last line.
     fn round(&mut self, round: &HistoryRound) -> Result<Vec<u8>, serde_json::Value> {
-        if round.missing_through > self.served_through {
+        // Missing are the revisions up to `missing_through`; this watcher needs those
+        // above `served_through` and at or above `from`. A gap wholly below `from` (a
+        // lagging node installing a snapshot under a watch that asked for later
+        // revisions) takes nothing from it.
+        if round.missing_through > self.served_through.max(self.from.saturating_sub(1)) {
             return Err(serde_json::json!({
                 "type": "cancelled",
                 "reason": "compacted",
@@ -388,6 +392,24 @@ mod tests {
         let last = watcher.round(&round).unwrap_err();
         assert_eq!(last["reason"], "compacted");
         assert_eq!(last["compact_revision"], 5);
+    }
+
+    #[test]
+    fn a_gap_below_the_watchers_from_does_not_end_it() {
+        // A lagging node (at 3) serves a watch from 20; a snapshot at 30 arrives whose
+        // history is compacted to 15: nothing the watcher asked for is missing.
+        let mut watcher = watcher(Filter::Key(b"k".to_vec()), 3, 20);
+        let events: Vec<Event> = vec![put(17, "k"), put(22, "k")];
+        let round =
+            HistoryRound { after: 3, through: 30, events: events.into_iter().collect(), missing_through: 15 };
+        let lines = String::from_utf8(watcher.round(&round).unwrap()).unwrap();
+        assert_eq!(lines.lines().count(), 1, "only the event at 22 is at or above from: {lines}");
+        assert!(lines.contains("\"revision\":22"), "{lines}");
+        assert_eq!(watcher.served_through, 30);
+        // The same gap reaching the watcher's from ends it.
+        let mut watcher = self::watcher(Filter::Key(b"k".to_vec()), 3, 15);
+        let round = HistoryRound { after: 3, through: 30, events: imbl::Vector::new(), missing_through: 15 };
+        assert_eq!(watcher.round(&round).unwrap_err()["reason"], "compacted");
     }
 
     #[test]
