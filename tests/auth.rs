@@ -104,6 +104,49 @@ fn key_routes_need_a_token_with_the_right_grant_and_health_stays_open() {
 }
 
 #[test]
+fn lease_routes_need_write_on_every_key_and_reading_them_read_on_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &format!("{TOKENS}all-reader-0123456789 read\n"));
+    let node = node_with_tokens(dir.path(), &tokens, "ops-0123456789abcdef");
+    let port = node.port;
+    let (ops, app, ro, reader) = (
+        Some("ops-0123456789abcdef"),
+        Some("app-0123456789abcdef"),
+        Some("ro-0123456789abcdef"),
+        Some("all-reader-0123456789"),
+    );
+    let grant = br#"{"ttl_s":30}"#;
+    assert_eq!(call(port, "POST", "/v1/leases", None, grant).status, 401);
+    for token in [app, ro, reader] {
+        let refused = call(port, "POST", "/v1/leases", token, grant);
+        assert_eq!(
+            (refused.status, refused.json()["code"].as_str()),
+            (403, Some("token_denied")),
+            "{token:?}"
+        );
+    }
+    let granted = call(port, "POST", "/v1/leases", ops, grant);
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    let id = granted.json()["id"].as_str().unwrap().to_owned();
+    // A key under the app's prefix may be attached by the app.
+    assert_eq!(call(port, "PUT", &format!("/v1/kv/app/held?lease={id}"), app, b"1").status, 201);
+    for (method, path) in
+        [("POST", format!("/v1/leases/{id}/keepalive")), ("DELETE", format!("/v1/leases/{id}"))]
+    {
+        assert_eq!(call(port, method, &path, app, b"").status, 403, "{method} {path} with a prefix token");
+        assert_eq!(call(port, method, &path, reader, b"").status, 403, "{method} {path} with a read token");
+    }
+    assert_eq!(call(port, "GET", &format!("/v1/leases/{id}"), ro, b"").status, 403, "a prefix reader");
+    let seen = call(port, "GET", &format!("/v1/leases/{id}"), reader, b"");
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    assert_eq!(seen.json()["keys"], serde_json::json!(["app/held"]));
+    assert_eq!(call(port, "POST", &format!("/v1/leases/{id}/keepalive"), ops, b"").status, 200);
+    assert_eq!(call(port, "DELETE", &format!("/v1/leases/{id}"), ops, b"").status, 200);
+    assert_eq!(call(port, "GET", "/v1/kv/app/held", app, b"").status, 404, "the revoke kept the key");
+}
+
+#[test]
 fn sighup_rereads_the_tokens_and_a_bad_file_keeps_the_old_ones() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
