@@ -16,10 +16,11 @@
 //! a node's id is its index in `Sim::nodes` plus one, and removed nodes stay in the list,
 //! so that every check keeps seeing them.
 
+use super::bank;
 use super::linearizability::{check_history, Event, Operation, Verdict};
 use super::rng::Rng;
 use bytes::Bytes;
-use mmapd::kv::{Cluster, Command, MemberChange, StateMachine};
+use mmapd::kv::{Cluster, Command, MemberChange, Outcome, StateMachine};
 #[cfg(feature = "planted-bugs")]
 use mmapd::raft::PlantedBugs;
 use mmapd::raft::{
@@ -159,6 +160,8 @@ pub struct RunReport {
     pub rejoins_started: u64,
     /// Hash check states handed out by nodes and checked (`Action::HashState`).
     pub hash_checks: u64,
+    /// Bank transactions acknowledged (`bank`) and checked.
+    pub bank_transactions: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -439,6 +442,11 @@ enum Request {
     Join {
         plan: u64,
     },
+    /// A bank transaction (`bank`): its entry's data, and when it was invoked.
+    Txn {
+        data: Bytes,
+        invoke: u64,
+    },
     Other,
 }
 
@@ -521,6 +529,11 @@ pub struct Sim {
     pub members_removed: u64,
     pub rejoins_refused: u64,
     pub rejoins_started: u64,
+    // Bank transactions (`bank`), with their own generator so the other clients' choices
+    // stay those of the seed without them.
+    bank_rng: Rng,
+    bank_acknowledged: Vec<bank::Acknowledged>,
+    pub bank_transactions: u64,
 }
 
 /// A hash of a state machine's contents (keys, values and each key's three revisions),
@@ -766,6 +779,9 @@ impl Sim {
             members_removed: 0,
             rejoins_refused: 0,
             rejoins_started: 0,
+            bank_rng: Rng::new(options.seed ^ 0xba4c_0000_0000_0001),
+            bank_acknowledged: Vec::new(),
+            bank_transactions: 0,
             options,
         };
         for i in 0..count {
@@ -1751,6 +1767,24 @@ impl Sim {
                     format!("read {token} served by n{id} at applied {applied}: key {key} = {value:?}")
                 });
             }
+            (Request::Txn { data, invoke }, Answer::Proposal(result)) => match result {
+                Ok(applied) => match applied.outcome {
+                    Outcome::Txn(outcome) => {
+                        self.clock += 1;
+                        let index = applied.index;
+                        self.trace(|| format!("bank txn applied at {index}: {outcome:?} (answer from n{id})"));
+                        self.bank_acknowledged.push(bank::Acknowledged {
+                            data,
+                            index,
+                            outcome: (*outcome).clone(),
+                            invoke,
+                            complete: self.clock,
+                        });
+                    }
+                    other => self.violate("bank", format!("n{id} answered a transaction with {other:?}")),
+                },
+                Err(error) => self.trace(|| format!("bank txn {token}: {error:?}")),
+            },
             (Request::Member { plan }, Answer::Proposal(result)) => self.on_member_answer(plan, i, result),
             (Request::Join { plan }, Answer::Join(result)) => self.on_join_answer(plan, i, result),
             (Request::Other, Answer::StepDown(Ok(_))) => self.transfers += 1,
@@ -1996,6 +2030,65 @@ impl Sim {
         self.nodes[i].core.as_mut().unwrap().propose(token, encode_put(op, key));
     }
 
+    /// Now and then a bank client (`bank`) sends a transaction to a random node: the
+    /// accounts' opening, a transfer built from what a random node holds (stale, maybe),
+    /// or an audit of every account.
+    fn bank_client(&mut self) {
+        let in_flight = self.requests.values().filter(|(_, r)| matches!(r, Request::Txn { .. })).count();
+        if in_flight >= 4 || !self.bank_rng.chance(self.weather.propose_per_million / 2) {
+            return;
+        }
+        let i = self.bank_rng.index(self.nodes.len());
+        let seen = self.bank_rng.index(self.nodes.len());
+        let (Some(_), Some(seen_core)) = (&self.nodes[i].core, &self.nodes[seen].core) else { return };
+        let state = seen_core.kv().read().unwrap().clone();
+        let command = if self.bank_rng.chance(300_000) {
+            bank::audit()
+        } else {
+            let rng = &mut self.bank_rng;
+            match bank::transfer(&state, |bound| rng.below(bound)) {
+                Some(transfer) => transfer,
+                None => bank::open(),
+            }
+        };
+        let data = command.encode();
+        let token = self.next_token;
+        self.next_token += 1;
+        self.clock += 1;
+        self.requests.insert(token, (i, Request::Txn { data: data.clone(), invoke: self.clock }));
+        let id = self.nodes[i].id;
+        self.trace(|| format!("client: bank txn {token} via n{id}"));
+        self.nodes[i].core.as_mut().unwrap().propose(token, data);
+    }
+
+    /// The bank's check (`bank::check`) over the whole committed log, and every node
+    /// that applied all of it holds the accounts the ledger ends with.
+    pub fn check_bank(&mut self) {
+        let committed: Vec<Option<&Bytes>> = self
+            .committed
+            .iter()
+            .map(|c| if c.kind == EntryKind::Normal { Some(&c.data) } else { None })
+            .collect();
+        let final_accounts = match bank::check(&committed, &self.bank_acknowledged) {
+            Ok(accounts) => accounts,
+            Err(detail) => return self.violate("bank", detail),
+        };
+        let last = self.committed.len() as u64;
+        for node in &self.nodes {
+            let Some(core) = &node.core else { continue };
+            let kv = core.kv().read().unwrap();
+            if kv.applied_index() != last {
+                continue;
+            }
+            let held = bank::accounts_in(&kv);
+            if held != final_accounts {
+                let detail = format!("n{} holds the accounts {held:?}, the ledger {final_accounts:?}", node.id);
+                drop(kv);
+                return self.violate("bank", detail);
+            }
+        }
+    }
+
     fn client_read(&mut self) {
         let i = self.pick_node();
         let key = self.rng.below(KEYS);
@@ -2164,6 +2257,7 @@ impl Sim {
         if self.rng.chance(self.weather.admin_snapshot_per_million) {
             self.client_hash_check();
         }
+        self.bank_client();
         // Reads whose client gave up: their answer, if it comes, is not served.
         self.requests.retain(|_, (_, request)| match request {
             Request::Read { deadline_tick, .. } => *deadline_tick > tick,
@@ -2901,6 +2995,7 @@ impl Sim {
             return;
         }
         self.check_linearizability();
+        self.check_bank();
     }
 
     /// Every node's state and the plans under way, for a liveness failure.
@@ -2964,6 +3059,7 @@ impl Sim {
                 rejoins_refused: 0,
                 rejoins_started: 0,
                 hash_checks: 0,
+                bank_transactions: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -2997,6 +3093,7 @@ impl Sim {
             rejoins_refused: sim.rejoins_refused,
             rejoins_started: sim.rejoins_started,
             hash_checks: sim.hash_checks,
+            bank_transactions: sim.bank_acknowledged.len() as u64,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }

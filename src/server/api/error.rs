@@ -128,6 +128,10 @@ pub enum ApiError {
         /// The history's compaction point.
         compact_revision: u64,
     },
+    /// A write named a lease that does not exist (never granted, revoked or expired):
+    /// nothing changed.
+    #[error("lease {0:016x} not found: it was never granted, or it was revoked or expired")]
+    LeaseNotFound(u64),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -176,7 +180,9 @@ impl ApiError {
             | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) => StatusCode::NOT_FOUND,
+            ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) | ApiError::LeaseNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::PeerRefused(_) | ApiError::CertificateRequired(_) => StatusCode::FORBIDDEN,
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
@@ -215,6 +221,7 @@ impl ApiError {
             ApiError::FeatureUnavailable(_) => "feature_unavailable",
             ApiError::HashUnavailable(_) => "hash_unavailable",
             ApiError::Compacted { .. } => "compacted",
+            ApiError::LeaseNotFound(_) => "lease_not_found",
             ApiError::Internal(_) => "internal",
         }
     }
