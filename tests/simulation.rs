@@ -130,6 +130,10 @@ fn simulated_clusters_keep_raft_safety_liveness_and_linearizability() {
     report(&format!(
         "simulation: {watch_rounds} rounds of watch events checked against every node's, {watch_jumps} of them snapshot installs, {watch_gaps} declaring a gap\n"
     ));
+    let bank_transactions = sum(|run| run.bank_transactions);
+    report(&format!(
+        "simulation: {bank_transactions} bank transactions acknowledged and checked against the committed log's serial order\n"
+    ));
     let hash_checks = sum(|run| run.hash_checks);
     report(&format!("simulation: {hash_checks} hash check states checked against the committed state\n"));
     if !replay && seeds.len() >= 20 {

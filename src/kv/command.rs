@@ -6,7 +6,7 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 1    | format version, `COMMAND_FORMAT_VERSION` (1)        |
-//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck, 8 = Compact, 9 = LeaseGrant, 10 = LeaseRevoke, 11 = Put with a lease |
+//! | 1      | 1    | tag: 1 = Put, 2 = Delete, 3 = Import, 4 = Bootstrap, 5 = UpdateMember, 6 = MemberStarted, 7 = HashCheck, 8 = Compact, 9 = LeaseGrant, 10 = LeaseRevoke, 11 = Put with a lease, 12 = Txn |
 //!
 //! then, for Put: condition, key bytes, value bytes (tag 1 without a lease, as every
 //! release writes it; tag 11 with one: the same, then u64 lease id); for Delete: condition, key bytes;
@@ -15,12 +15,13 @@
 //! Bootstrap: u64 cluster id, u32 member count, per member u64 id and address bytes; for
 //! UpdateMember: u64 id, address bytes; for MemberStarted: u64 id; HashCheck has no body;
 //! for Compact: u64 revision; for LeaseGrant: u64 id, u64 TTL in seconds; for
-//! LeaseRevoke: u64 id.
+//! LeaseRevoke: u64 id; for Txn: the transaction as `kv::txn`'s module doc lays it out.
 //! Nothing may follow the command.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::DecodeError;
+use super::txn::Txn;
 use crate::byte_reader::ByteReader;
 
 /// The first byte of every encoded command.
@@ -37,6 +38,7 @@ const TAG_COMPACT: u8 = 8;
 const TAG_LEASE_GRANT: u8 = 9;
 const TAG_LEASE_REVOKE: u8 = 10;
 const TAG_PUT_WITH_LEASE: u8 = 11;
+const TAG_TXN: u8 = 12;
 
 const CONDITION_NONE: u8 = 0;
 const CONDITION_VERSION_EQUALS: u8 = 1;
@@ -138,6 +140,9 @@ pub enum Command {
         /// The lease.
         id: u64,
     },
+    /// A transaction (`kv::Txn`): compares, then the ops of one branch, all at this
+    /// entry's revision.
+    Txn(Txn),
 }
 
 impl Command {
@@ -208,6 +213,10 @@ impl Command {
             Command::LeaseRevoke { id } => {
                 out.put_u8(TAG_LEASE_REVOKE);
                 out.put_u64_le(*id);
+            }
+            Command::Txn(txn) => {
+                out.put_u8(TAG_TXN);
+                txn.encode_into(&mut out);
             }
         }
         debug_assert_eq!(out.len(), self.encoded_len());
@@ -306,6 +315,7 @@ impl Command {
                 Command::LeaseGrant { id, ttl_s }
             }
             TAG_LEASE_REVOKE => Command::LeaseRevoke { id: reader.u64()? },
+            TAG_TXN => Command::Txn(Txn::decode(data, &mut reader)?),
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "command", tag }),
         };
         if reader.remaining() != 0 {
@@ -335,6 +345,7 @@ impl Command {
             Command::HashCheck => header,
             Command::Compact { .. } | Command::LeaseRevoke { .. } => header + 8,
             Command::LeaseGrant { .. } => header + 16,
+            Command::Txn(txn) => header + txn.encoded_len(),
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   compaction point, replicated state that watches replay;
 //! - `lease`: `Lease`, the replicated lease table's entry (keys deleted together when
 //!   the lease is revoked or expires; time is kept by the leader's driver);
+//! - `txn`: `Txn`, a transaction (compares, then one branch of ops at one revision),
+//!   its encoding and its evaluation, with etcd v3's semantics;
 //! - `snapshot`: the map's binary snapshot payload, written and loaded;
 //! - `cluster`: the cluster's own record (its id, members' addresses, removed ids),
 //!   changed by committed entries like the keys;
@@ -31,6 +33,7 @@ mod lease;
 mod legacy;
 mod snapshot;
 mod state_machine;
+mod txn;
 
 pub use backup::{
     encode_backup, human_bytes, load_backup, verify_backup, BackupDecoder, BackupError, BackupHeader,
@@ -45,6 +48,9 @@ pub use lease::{Lease, MAX_LEASE_TTL_S, PER_LEASED_KEY_BYTES, PER_LEASE_OVERHEAD
 pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use state_machine::{Outcome, StateMachine, Value, PER_KEY_OVERHEAD_BYTES};
+pub use txn::{
+    Compare, CompareOp, CompareTarget, KeyValue, Txn, TxnOp, TxnOutcome, TxnResponse, MAX_TXN_OPS,
+};
 
 #[cfg(test)]
 mod tests;

@@ -371,8 +371,10 @@ fn decode_history(
         } else {
             None
         };
-        if previous.as_ref().is_some_and(|previous| previous.mod_revision >= revision) {
-            return Err(DecodeError::Invalid { offset, reason: "previous value not older than its event" });
+        // At its revision when an earlier op of the same transaction wrote the key (an
+        // entry the edge refuses, but a forged one still applies: `kv::txn`).
+        if previous.as_ref().is_some_and(|previous| previous.mod_revision > revision) {
+            return Err(DecodeError::Invalid { offset, reason: "previous value newer than its event" });
         }
         events.push_back(Event { revision, key, kind, value, previous });
     }

@@ -10,6 +10,7 @@ use super::cluster::{Cluster, ClusterError, MemberChange};
 use super::command::{Command, Condition};
 use super::history::{Event, EventKind, History, PER_EVENT_OVERHEAD_BYTES};
 use super::lease::{Lease, PER_LEASED_KEY_BYTES, PER_LEASE_OVERHEAD_BYTES};
+use super::txn::{apply_txn, txn_growth_bytes, TxnOutcome};
 
 /// A stored value and its revisions, with etcd v3's meanings.
 ///
@@ -67,7 +68,7 @@ impl Value {
 
 /// What applying one command did, for the client waiting on it. Every revision here is
 /// a log index (see `Value`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The key now holds the new value, written at `revision` (the applying index: the
     /// key's new `mod_revision`, its ETag).
@@ -131,11 +132,15 @@ pub enum Outcome {
         /// Keys deleted.
         deleted: usize,
     },
-    /// The lease named (a revoke's, or a put's) does not exist: nothing changed.
+    /// The lease named (a revoke's, a put's, or one of a transaction's puts) does not
+    /// exist: nothing changed.
     LeaseNotFound {
         /// The lease.
         id: u64,
     },
+    /// A `Command::Txn` ran a branch, all at the applying index (shared: one outcome
+    /// may hold many values).
+    Txn(std::sync::Arc<TxnOutcome>),
 }
 
 /// An estimate of the memory a key costs besides its key and value bytes: two `Bytes`
@@ -290,6 +295,7 @@ impl StateMachine {
                 Outcome::LeaseGranted { id: *id, ttl_s: *ttl_s }
             }
             Command::LeaseRevoke { id } => self.revoke(index, *id),
+            Command::Txn(txn) => apply_txn(self, index, txn),
         }
     }
 
@@ -436,6 +442,7 @@ impl StateMachine {
                     .sum()
             }),
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
+            Command::Txn(txn) => txn_growth_bytes(self, txn).0,
         }
     }
 
@@ -455,6 +462,7 @@ impl StateMachine {
             }
             Command::Import { pairs } => pairs.iter().map(|(key, value)| growth(key, value)).sum(),
             Command::LeaseGrant { .. } => PER_LEASE_OVERHEAD_BYTES,
+            Command::Txn(txn) => txn_growth_bytes(self, txn).1,
             _ => 0,
         }
     }
@@ -468,17 +476,8 @@ impl StateMachine {
         if lease != 0 && !self.leases.contains_key(&lease) {
             return Outcome::LeaseNotFound { id: lease };
         }
-        let previous = current.cloned();
-        let written = written_value(index, current, value.clone(), lease);
-        self.insert(index, key.clone(), written.clone());
-        self.history.push(Event {
-            revision: index,
-            key: key.clone(),
-            kind: EventKind::Put,
-            value: Some(written),
-            previous,
-        });
-        Outcome::Written { revision: index, created: current_mod_revision.is_none() }
+        let created = self.write(index, key, value, lease);
+        Outcome::Written { revision: index, created }
     }
 
     fn delete(&mut self, index: u64, key: &[u8], condition: Condition) -> Outcome {
@@ -492,9 +491,28 @@ impl StateMachine {
         }
     }
 
+    /// Writes `value` to `key` at `index` (the applied index), attached to `lease` (which
+    /// exists), its put event recorded: a put whose condition held. Returns whether the
+    /// key was created.
+    pub(super) fn write(&mut self, index: u64, key: &Bytes, value: &Bytes, lease: u64) -> bool {
+        let current = self.map.get(key.as_ref());
+        let created = current.is_none();
+        let previous = current.cloned();
+        let written = written_value(index, current, value.clone(), lease);
+        self.insert(index, key.clone(), written.clone());
+        self.history.push(Event {
+            revision: index,
+            key: key.clone(),
+            kind: EventKind::Put,
+            value: Some(written),
+            previous,
+        });
+        created
+    }
+
     /// Deletes `key` at `index` if it exists: detached from its lease, its delete event
     /// recorded. Returns the `mod_revision` it had.
-    fn remove(&mut self, index: u64, key: &[u8]) -> Option<u64> {
+    pub(super) fn remove(&mut self, index: u64, key: &[u8]) -> Option<u64> {
         let (key, value) = self.map.remove_with_key(key)?;
         self.payload_bytes -= (key.len() + value.data.len()) as u64;
         self.detach(&key, value.lease);

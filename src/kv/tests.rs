@@ -649,7 +649,46 @@ fn arb_command() -> impl Strategy<Value = Command> {
         1 => prop::collection::vec((arb_key(), arb_value()), 0..4).prop_map(|pairs| Command::Import { pairs }),
         1 => Just(Command::HashCheck),
         1 => (0u64..200).prop_map(|revision| Command::Compact { revision }),
+        3 => arb_txn().prop_map(Command::Txn),
     ]
+}
+
+fn arb_compare() -> impl Strategy<Value = Compare> {
+    let target = prop_oneof![
+        arb_value().prop_map(CompareTarget::Value),
+        (0u64..4).prop_map(CompareTarget::Version),
+        (0u64..40).prop_map(CompareTarget::CreateRevision),
+        (0u64..40).prop_map(CompareTarget::ModRevision),
+        (0u64..4).prop_map(CompareTarget::Lease),
+    ];
+    let op = prop_oneof![
+        Just(CompareOp::Eq),
+        Just(CompareOp::NotEq),
+        Just(CompareOp::Less),
+        Just(CompareOp::Greater)
+    ];
+    (arb_key(), target, op).prop_map(|(key, target, op)| Compare { key, target, op })
+}
+
+/// Ops as they come: a branch may write a key twice (a forged entry; the edge refuses it).
+fn arb_txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        3 => (arb_key(), arb_value(), prop_oneof![4 => Just(0u64), 1 => 1u64..4])
+            .prop_map(|(key, value, lease)| TxnOp::Put { key, value, lease }),
+        1 => arb_key().prop_map(|key| TxnOp::DeleteKey { key }),
+        1 => arb_key().prop_map(|prefix| TxnOp::DeletePrefix { prefix }),
+        2 => arb_key().prop_map(|key| TxnOp::GetKey { key }),
+        2 => (arb_key(), 0u32..4).prop_map(|(prefix, limit)| TxnOp::GetPrefix { prefix, limit }),
+    ]
+}
+
+fn arb_txn() -> impl Strategy<Value = Txn> {
+    (
+        prop::collection::vec(arb_compare(), 0..3),
+        prop::collection::vec(arb_txn_op(), 0..5),
+        prop::collection::vec(arb_txn_op(), 0..3),
+    )
+        .prop_map(|(compare, success, failure)| Txn { compare, success, failure })
 }
 
 /// A key in the model: its value, `create_revision`, `mod_revision` and `version`.
@@ -747,6 +786,7 @@ impl Model {
                 self.leases.insert(*id, *ttl_s);
                 Outcome::LeaseGranted { id: *id, ttl_s: *ttl_s }
             }
+            Command::Txn(txn) => self.apply_txn(index, txn),
             Command::LeaseRevoke { id } => {
                 if self.leases.remove(id).is_none() {
                     return Outcome::LeaseNotFound { id: *id };
@@ -764,6 +804,98 @@ impl Model {
                 Outcome::LeaseRevoked { deleted: keys.len() }
             }
         }
+    }
+}
+
+impl Model {
+    /// The key's value with its revisions and lease, as the state machine's `Value`.
+    fn value(&self, key: &Bytes) -> Option<Value> {
+        self.map.get(key).map(|(data, create_revision, mod_revision, version)| Value {
+            data: data.clone(),
+            create_revision: *create_revision,
+            mod_revision: *mod_revision,
+            version: *version,
+            lease: self.key_leases.get(key).copied().unwrap_or(0),
+        })
+    }
+
+    fn remove(&mut self, key: &Bytes) -> bool {
+        self.key_leases.remove(key);
+        self.map.remove(key).is_some()
+    }
+
+    /// etcd's rules spelled out: every compare must hold; a missing key's numbers are
+    /// 0 and its value compares false; ops in order at one index; a missing lease
+    /// fails it all.
+    fn apply_txn(&mut self, index: u64, txn: &Txn) -> Outcome {
+        let holds = |compare: &Compare| {
+            let current = self.value(&compare.key);
+            let ordering = match (&compare.target, &current) {
+                (CompareTarget::Value(_), None) => return false,
+                (CompareTarget::Value(expected), Some(value)) => value.data.as_ref().cmp(expected.as_ref()),
+                (CompareTarget::Version(n), value) => value.as_ref().map_or(0, |v| v.version).cmp(n),
+                (CompareTarget::CreateRevision(n), value) => {
+                    value.as_ref().map_or(0, |v| v.create_revision).cmp(n)
+                }
+                (CompareTarget::ModRevision(n), value) => value.as_ref().map_or(0, |v| v.mod_revision).cmp(n),
+                (CompareTarget::Lease(n), value) => value.as_ref().map_or(0, |v| v.lease).cmp(n),
+            };
+            match compare.op {
+                CompareOp::Eq => ordering.is_eq(),
+                CompareOp::NotEq => ordering.is_ne(),
+                CompareOp::Less => ordering.is_lt(),
+                CompareOp::Greater => ordering.is_gt(),
+            }
+        };
+        let succeeded = txn.compare.iter().all(holds);
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        for op in ops {
+            if let TxnOp::Put { lease, .. } = op {
+                if *lease != 0 && !self.leases.contains_key(lease) {
+                    return Outcome::LeaseNotFound { id: *lease };
+                }
+            }
+        }
+        let mut responses = Vec::new();
+        for op in ops {
+            let response = match op {
+                TxnOp::Put { key, value, lease } => {
+                    self.write(index, key, value);
+                    if *lease == 0 {
+                        self.key_leases.remove(key);
+                    } else {
+                        self.key_leases.insert(key.clone(), *lease);
+                    }
+                    TxnResponse::Put { revision: index }
+                }
+                TxnOp::DeleteKey { key } => TxnResponse::Deleted { count: u64::from(self.remove(key)) },
+                TxnOp::DeletePrefix { prefix } => {
+                    let keys: Vec<Bytes> =
+                        self.map.keys().filter(|key| key.starts_with(prefix)).cloned().collect();
+                    for key in &keys {
+                        self.remove(key);
+                    }
+                    TxnResponse::Deleted { count: keys.len() as u64 }
+                }
+                TxnOp::GetKey { key } => {
+                    TxnResponse::Get(self.value(key).map(|value| KeyValue { key: key.clone(), value }))
+                }
+                TxnOp::GetPrefix { prefix, limit } => {
+                    let mut keys: Vec<Bytes> =
+                        self.map.keys().filter(|key| key.starts_with(prefix)).cloned().collect();
+                    keys.sort();
+                    let more = keys.len() > *limit as usize;
+                    keys.truncate(*limit as usize);
+                    let items = keys
+                        .into_iter()
+                        .map(|key| KeyValue { value: self.value(&key).expect("listed"), key })
+                        .collect();
+                    TxnResponse::Range { items, more }
+                }
+            };
+            responses.push(response);
+        }
+        Outcome::Txn(std::sync::Arc::new(TxnOutcome { succeeded, responses }))
     }
 }
 
@@ -1213,4 +1345,247 @@ fn lease_commands_refuse_id_zero_and_ttls_outside_the_limits() {
     let len = bytes.len();
     bytes[len - 8..].copy_from_slice(&0u64.to_le_bytes());
     assert!(Command::decode(&bytes).is_err(), "a put with lease tag 11 and id 0 decoded");
+}
+
+fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {
+    Command::Txn(Txn { compare, success, failure })
+}
+
+fn compare(key: &str, target: CompareTarget, op: CompareOp) -> Compare {
+    Compare { key: Bytes::copy_from_slice(key.as_bytes()), target, op }
+}
+
+fn txn_put(key: &str, value: &str) -> TxnOp {
+    TxnOp::Put {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        lease: 0,
+    }
+}
+
+fn txn_outcome(outcome: Outcome) -> TxnOutcome {
+    match outcome {
+        Outcome::Txn(outcome) => (*outcome).clone(),
+        other => panic!("not a transaction's outcome: {other:?}"),
+    }
+}
+
+/// Whether a one-compare transaction on `key` takes its success branch.
+fn holds(state: &mut StateMachine, compare: Compare) -> bool {
+    let index = state.applied_index() + 1;
+    txn_outcome(state.apply(index, &txn(vec![compare], vec![], vec![]))).succeeded
+}
+
+#[test]
+fn a_missing_key_compares_as_zero_and_its_value_compare_is_false_whatever_the_op() {
+    let mut state = StateMachine::new();
+    for op in [CompareOp::Eq, CompareOp::NotEq, CompareOp::Less, CompareOp::Greater] {
+        assert!(!holds(&mut state, compare("gone", CompareTarget::Value("".into()), op)), "{op:?}");
+        assert!(!holds(&mut state, compare("gone", CompareTarget::Value("x".into()), op)), "{op:?}");
+    }
+    for target in [
+        CompareTarget::Version(0),
+        CompareTarget::CreateRevision(0),
+        CompareTarget::ModRevision(0),
+        CompareTarget::Lease(0),
+    ] {
+        assert!(holds(&mut state, compare("gone", target.clone(), CompareOp::Eq)), "{target:?}");
+        assert!(!holds(&mut state, compare("gone", target.clone(), CompareOp::Greater)), "{target:?}");
+        assert!(!holds(&mut state, compare("gone", target, CompareOp::NotEq)));
+    }
+    assert!(holds(&mut state, compare("gone", CompareTarget::ModRevision(1), CompareOp::Less)));
+    // A present key: its fields, the key's on the left.
+    let index = state.applied_index() + 1;
+    state.apply(index, &Command::put("k", "b"));
+    assert!(holds(&mut state, compare("k", CompareTarget::Value("b".into()), CompareOp::Eq)));
+    assert!(holds(&mut state, compare("k", CompareTarget::Value("a".into()), CompareOp::Greater)));
+    assert!(holds(&mut state, compare("k", CompareTarget::Value("ba".into()), CompareOp::Less)));
+    assert!(holds(&mut state, compare("k", CompareTarget::ModRevision(index), CompareOp::Eq)));
+    assert!(holds(&mut state, compare("k", CompareTarget::Version(1), CompareOp::Eq)));
+    assert!(holds(&mut state, compare("k", CompareTarget::CreateRevision(0), CompareOp::Greater)));
+    assert!(holds(&mut state, compare("k", CompareTarget::Lease(0), CompareOp::Eq)));
+}
+
+#[test]
+fn every_compare_must_hold_for_the_success_branch() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("a", "1"));
+    let both = vec![
+        compare("a", CompareTarget::Value("1".into()), CompareOp::Eq),
+        compare("b", CompareTarget::Version(0), CompareOp::NotEq),
+    ];
+    let outcome = txn_outcome(state.apply(2, &txn(both, vec![txn_put("s", "x")], vec![txn_put("f", "y")])));
+    assert_eq!(outcome, TxnOutcome { succeeded: false, responses: vec![TxnResponse::Put { revision: 2 }] });
+    assert!(state.get(b"s").is_none());
+    assert_eq!(state.get(b"f").unwrap().mod_revision, 2);
+}
+
+#[test]
+fn a_transaction_writes_every_key_at_its_one_revision_with_consecutive_events_in_op_order() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("p/1", "old"));
+    state.apply(2, &Command::put("p/2", "old"));
+    state.apply(3, &Command::put("z", "old"));
+    let ops = vec![txn_put("z", "new"), TxnOp::DeletePrefix { prefix: "p/".into() }, txn_put("a", "new")];
+    let outcome = txn_outcome(state.apply(7, &txn(vec![], ops, vec![])));
+    assert_eq!(
+        outcome.responses,
+        vec![
+            TxnResponse::Put { revision: 7 },
+            TxnResponse::Deleted { count: 2 },
+            TxnResponse::Put { revision: 7 }
+        ]
+    );
+    let events: Vec<(u64, &[u8], EventKind)> =
+        state.history().events().iter().skip(3).map(|e| (e.revision, e.key.as_ref(), e.kind)).collect();
+    assert_eq!(
+        events,
+        vec![
+            (7, &b"z"[..], EventKind::Put),
+            (7, &b"p/1"[..], EventKind::Delete),
+            (7, &b"p/2"[..], EventKind::Delete),
+            (7, &b"a"[..], EventKind::Put),
+        ]
+    );
+    assert_eq!(revisions_of(&state, "z"), Some((3, 7, 2)));
+    assert_eq!(revisions_of(&state, "a"), Some((7, 7, 1)));
+    assert_eq!(state.history().events_since(7), Since::Events(state.history().events().clone().slice(3..)));
+}
+
+#[test]
+fn a_get_in_a_transaction_sees_the_writes_of_the_ops_before_it() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("k", "before"));
+    let ops = vec![
+        TxnOp::GetKey { key: "k".into() },
+        txn_put("k", "after"),
+        TxnOp::GetKey { key: "k".into() },
+        TxnOp::DeleteKey { key: "k".into() },
+        TxnOp::GetPrefix { prefix: "".into(), limit: 10 },
+    ];
+    let outcome = txn_outcome(state.apply(4, &txn(vec![], ops, vec![])));
+    let get = |i: usize| match &outcome.responses[i] {
+        TxnResponse::Get(Some(item)) => {
+            (item.value.data.clone(), item.value.mod_revision, item.value.version)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(get(0), (Bytes::from("before"), 1, 1));
+    assert_eq!(get(2), (Bytes::from("after"), 4, 2));
+    assert_eq!(outcome.responses[3], TxnResponse::Deleted { count: 1 });
+    assert_eq!(outcome.responses[4], TxnResponse::Range { items: vec![], more: false });
+}
+
+#[test]
+fn a_put_naming_a_missing_lease_fails_the_whole_transaction_with_nothing_changed() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::LeaseGrant { id: 5, ttl_s: 10 });
+    state.apply(2, &Command::put("a", "1"));
+    let before_history = state.history().len();
+    let ops = vec![
+        txn_put("a", "2"),
+        TxnOp::DeleteKey { key: "a".into() },
+        TxnOp::Put { key: "b".into(), value: "v".into(), lease: 5 },
+        TxnOp::Put { key: "c".into(), value: "v".into(), lease: 6 },
+    ];
+    assert_eq!(state.apply(3, &txn(vec![], ops, vec![])), Outcome::LeaseNotFound { id: 6 });
+    assert_eq!(value_of(&state, "a"), Some((b"1".to_vec(), 2)));
+    assert!(state.get(b"b").is_none() && state.get(b"c").is_none());
+    assert_eq!(state.history().len(), before_history);
+    assert_eq!(state.lease(5).unwrap().key_count(), 0);
+    // With the lease there, the put attaches the key.
+    let outcome =
+        txn_outcome(state.apply(
+            4,
+            &txn(vec![], vec![TxnOp::Put { key: "b".into(), value: "v".into(), lease: 5 }], vec![]),
+        ));
+    assert!(outcome.succeeded);
+    assert_eq!(state.get(b"b").unwrap().lease, 5);
+    assert_eq!(state.lease(5).unwrap().keys().collect::<Vec<_>>(), vec![&Bytes::from("b")]);
+}
+
+#[test]
+fn a_forged_transaction_writing_a_key_twice_applies_deterministically() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::put("k", "v1"));
+    let ops = vec![
+        txn_put("k", "a"),
+        txn_put("k", "b"),
+        TxnOp::DeleteKey { key: "k".into() },
+        txn_put("k", "c"),
+        txn_put("k", "d"),
+    ];
+    let mut other = state.clone();
+    state.apply(2, &txn(vec![], ops.clone(), vec![]));
+    other.apply(2, &txn(vec![], ops, vec![]));
+    assert_eq!(state, other);
+    // Re-created after the delete, written once for the revision: version 1.
+    assert_eq!(revisions_of(&state, "k"), Some((2, 2, 1)));
+    assert_eq!(value_of(&state, "k"), Some((b"d".to_vec(), 2)));
+    let mut twice = StateMachine::new();
+    twice.apply(1, &Command::put("k", "v1"));
+    twice.apply(2, &txn(vec![], vec![txn_put("k", "a"), txn_put("k", "b")], vec![]));
+    assert_eq!(revisions_of(&twice, "k"), Some((1, 2, 2)), "one version for the revision");
+}
+
+#[test]
+fn the_edge_finds_a_key_written_twice_in_one_branch() {
+    let put = |key: &str| txn_put(key, "v");
+    let written_twice =
+        |ops: Vec<TxnOp>| Txn { compare: vec![], success: vec![], failure: ops }.key_written_twice();
+    assert_eq!(written_twice(vec![put("a"), put("b"), put("a")]), Some(Bytes::from("a")));
+    assert_eq!(
+        written_twice(vec![TxnOp::DeletePrefix { prefix: "p".into() }, put("pa")]),
+        Some(Bytes::from("pa"))
+    );
+    assert_eq!(
+        written_twice(vec![put("pa"), TxnOp::DeletePrefix { prefix: "p".into() }]),
+        Some(Bytes::from("pa"))
+    );
+    assert_eq!(written_twice(vec![TxnOp::DeleteKey { key: "a".into() }, put("a")]), Some(Bytes::from("a")));
+    assert_eq!(written_twice(vec![put("a"), put("b"), TxnOp::DeleteKey { key: "c".into() }]), None);
+    assert_eq!(
+        written_twice(vec![TxnOp::DeleteKey { key: "a".into() }, TxnOp::DeletePrefix { prefix: "".into() }]),
+        None
+    );
+    // One branch at a time: each branch may write the same key once.
+    let branches = Txn { compare: vec![], success: vec![put("a")], failure: vec![put("a")] };
+    assert_eq!(branches.key_written_twice(), None);
+}
+
+#[test]
+fn a_snapshot_after_transactions_loads_back_the_same_state() {
+    let mut state = StateMachine::new();
+    state.apply(1, &Command::Bootstrap { cluster_id: 0xc1, members: vec![(7, "a:1".into())] });
+    state.apply(2, &Command::LeaseGrant { id: 3, ttl_s: 10 });
+    state.apply(
+        3,
+        &txn(
+            vec![],
+            vec![txn_put("a", "1"), TxnOp::Put { key: "b".into(), value: vec![0xff].into(), lease: 3 }],
+            vec![],
+        ),
+    );
+    state.apply(
+        4,
+        &txn(
+            vec![compare("a", CompareTarget::Version(1), CompareOp::Eq)],
+            vec![TxnOp::DeleteKey { key: "a".into() }, txn_put("c", "x")],
+            vec![],
+        ),
+    );
+    let bytes = snapshot_bytes(&state);
+    assert_eq!(StateMachine::load_snapshot(&bytes).unwrap(), state);
+    assert_eq!(state.history().len(), 4);
+}
+
+#[test]
+fn a_transaction_decoder_refuses_forged_counts_and_tags_without_panicking() {
+    let mut command = vec![COMMAND_FORMAT_VERSION, 12];
+    command.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(Command::decode(&command), Err(DecodeError::CountTooLarge { offset: 2, .. })));
+    let mut bad_op = vec![COMMAND_FORMAT_VERSION, 12, 0, 0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 0];
+    assert!(matches!(Command::decode(&bad_op), Err(DecodeError::UnknownTag { what: "transaction op", .. })));
+    bad_op.truncate(8);
+    assert!(Command::decode(&bad_op).is_err());
 }

@@ -16,6 +16,7 @@
 //! a node's id is its index in `Sim::nodes` plus one, and removed nodes stay in the list,
 //! so that every check keeps seeing them.
 
+use super::bank;
 use super::linearizability::{check_history, Event, Operation, Verdict};
 use super::rng::Rng;
 use bytes::Bytes;
@@ -170,6 +171,8 @@ pub struct RunReport {
     pub watch_rounds: u64,
     pub watch_jumps: u64,
     pub watch_gaps: u64,
+    /// Bank transactions acknowledged (`bank`) and checked.
+    pub bank_transactions: u64,
     /// The last trace lines (kept for replays).
     pub trace: Vec<String>,
     /// The first violation, with the trace that led to it.
@@ -455,6 +458,11 @@ enum Request {
         id: u64,
         invoke_tick: u64,
     },
+    /// A bank transaction (`bank`): its entry's data, and when it was invoked.
+    Txn {
+        data: Bytes,
+        invoke: u64,
+    },
     Other,
 }
 
@@ -541,6 +549,10 @@ pub struct Sim {
     leases: super::leases::Leases,
     /// What every node handed its watchers.
     watch: super::watch::WatchCheck,
+    // Bank transactions (`bank`), with their own generator so the other clients' choices
+    // stay those of the seed without them.
+    bank_rng: Rng,
+    bank_acknowledged: Vec<bank::Acknowledged>,
 }
 
 /// A hash of a state machine's contents (keys, values and each key's three revisions),
@@ -795,6 +807,8 @@ impl Sim {
             members_removed: 0,
             rejoins_refused: 0,
             rejoins_started: 0,
+            bank_rng: Rng::new(options.seed ^ 0xba4c_0000_0000_0001),
+            bank_acknowledged: Vec::new(),
             options,
         };
         for i in 0..count {
@@ -1787,6 +1801,26 @@ impl Sim {
                     format!("read {token} served by n{id} at applied {applied}: key {key} = {value:?}")
                 });
             }
+            (Request::Txn { data, invoke }, Answer::Proposal(result)) => match result {
+                Ok(applied) => match applied.outcome {
+                    Outcome::Txn(outcome) => {
+                        self.clock += 1;
+                        let index = applied.index;
+                        self.trace(|| {
+                            format!("bank txn applied at {index}: {outcome:?} (answer from n{id})")
+                        });
+                        self.bank_acknowledged.push(bank::Acknowledged {
+                            data,
+                            index,
+                            outcome: (*outcome).clone(),
+                            invoke,
+                            complete: self.clock,
+                        });
+                    }
+                    other => self.violate("bank", format!("n{id} answered a transaction with {other:?}")),
+                },
+                Err(error) => self.trace(|| format!("bank txn {token}: {error:?}")),
+            },
             (Request::Member { plan }, Answer::Proposal(result)) => self.on_member_answer(plan, i, result),
             (Request::Join { plan }, Answer::Join(result)) => self.on_join_answer(plan, i, result),
             (Request::Lease { id, invoke_tick }, Answer::Proposal(Ok(applied))) => {
@@ -2051,6 +2085,66 @@ impl Sim {
         self.nodes[i].core.as_mut().unwrap().propose(token, encode_put(op, key));
     }
 
+    /// Now and then a bank client (`bank`) sends a transaction to a random node: the
+    /// accounts' opening, a transfer built from what a random node holds (stale, maybe),
+    /// or an audit of every account.
+    fn bank_client(&mut self) {
+        let in_flight = self.requests.values().filter(|(_, r)| matches!(r, Request::Txn { .. })).count();
+        if in_flight >= 4 || !self.bank_rng.chance(self.weather.propose_per_million / 2) {
+            return;
+        }
+        let i = self.bank_rng.index(self.nodes.len());
+        let seen = self.bank_rng.index(self.nodes.len());
+        let (Some(_), Some(seen_core)) = (&self.nodes[i].core, &self.nodes[seen].core) else { return };
+        let state = seen_core.kv().read().unwrap().clone();
+        let command = if self.bank_rng.chance(300_000) {
+            bank::audit()
+        } else {
+            let rng = &mut self.bank_rng;
+            match bank::transfer(&state, |bound| rng.below(bound)) {
+                Some(transfer) => transfer,
+                None => bank::open(),
+            }
+        };
+        let data = command.encode();
+        let token = self.next_token;
+        self.next_token += 1;
+        self.clock += 1;
+        self.requests.insert(token, (i, Request::Txn { data: data.clone(), invoke: self.clock }));
+        let id = self.nodes[i].id;
+        self.trace(|| format!("client: bank txn {token} via n{id}"));
+        self.nodes[i].core.as_mut().unwrap().propose(token, data);
+    }
+
+    /// The bank's check (`bank::check`) over the whole committed log, and every node
+    /// that applied all of it holds the accounts the ledger ends with.
+    pub fn check_bank(&mut self) {
+        let committed: Vec<Option<&Bytes>> = self
+            .committed
+            .iter()
+            .map(|c| if c.kind == EntryKind::Normal { Some(&c.data) } else { None })
+            .collect();
+        let final_accounts = match bank::check(&committed, &self.bank_acknowledged) {
+            Ok(accounts) => accounts,
+            Err(detail) => return self.violate("bank", detail),
+        };
+        let last = self.committed.len() as u64;
+        for node in &self.nodes {
+            let Some(core) = &node.core else { continue };
+            let kv = core.kv().read().unwrap();
+            if kv.applied_index() != last {
+                continue;
+            }
+            let held = bank::accounts_in(&kv);
+            if held != final_accounts {
+                let detail =
+                    format!("n{} holds the accounts {held:?}, the ledger {final_accounts:?}", node.id);
+                drop(kv);
+                return self.violate("bank", detail);
+            }
+        }
+    }
+
     fn client_read(&mut self) {
         let i = self.pick_node();
         let key = self.rng.below(KEYS);
@@ -2259,6 +2353,7 @@ impl Sim {
         if self.rng.chance(LEASE_REQUEST_PER_MILLION) {
             self.client_lease();
         }
+        self.bank_client();
         // Reads whose client gave up: their answer, if it comes, is not served.
         self.requests.retain(|_, (_, request)| match request {
             Request::Read { deadline_tick, .. } => *deadline_tick > tick,
@@ -3004,6 +3099,7 @@ impl Sim {
             return;
         }
         self.check_linearizability();
+        self.check_bank();
     }
 
     /// Every node's state and the plans under way, for a liveness failure.
@@ -3072,6 +3168,7 @@ impl Sim {
                 watch_rounds: 0,
                 watch_jumps: 0,
                 watch_gaps: 0,
+                bank_transactions: 0,
                 trace: Vec::new(),
                 violation: Some(violation),
             };
@@ -3110,6 +3207,7 @@ impl Sim {
             watch_rounds: sim.watch.rounds,
             watch_jumps: sim.watch.jumps,
             watch_gaps: sim.watch.gaps,
+            bank_transactions: sim.bank_acknowledged.len() as u64,
             trace: sim.trace.iter().cloned().collect(),
             violation: sim.violation.take(),
         }

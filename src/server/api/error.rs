@@ -182,13 +182,14 @@ impl ApiError {
             | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) => StatusCode::NOT_FOUND,
+            ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) | ApiError::LeaseNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Storage(_) | ApiError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::PeerRefused(_) | ApiError::CertificateRequired(_) => StatusCode::FORBIDDEN,
             ApiError::JoinRefused(_) => StatusCode::CONFLICT,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Compacted { .. } => StatusCode::GONE,
-            ApiError::LeaseNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::LeaseExists(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -49,6 +49,7 @@ pub mod join;
 pub mod key_json;
 pub mod leases;
 pub mod members;
+pub mod txn;
 pub mod watch;
 
 use crate::server::auth::{Access, Auth, Need};
@@ -326,6 +327,17 @@ async fn route(
             let body = read_body(request, 1024, api.body_timeout).await?;
             leases::from_peer(api, &body).await
         }
+        txn::PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            let limit = txn::max_body_bytes(api.max_key_bytes, api.max_value_bytes);
+            let headers = request.headers().clone();
+            let body = read_body(request, limit, api.body_timeout).await?;
+            let parsed = txn::parse(&body)?;
+            for need in txn::needs(&parsed) {
+                api.authorize(&headers, need)?;
+            }
+            txn::serve(api, parsed).await
+        }
         compact::PATH => {
             allow(&method, &[Method::POST], "POST")?;
             api.authorize(request.headers(), Need::Prefix(b"", Access::Write))?;
@@ -429,9 +441,11 @@ async fn route(
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
             join::check_peer_identity(api, connection, request.headers())?;
-            let body =
-                read_body(request, api.max_value_bytes * 2 + api.max_key_bytes + 1024, api.body_timeout)
-                    .await?;
+            // A transaction carries more than a put: up to `txn::max_txn_bytes`.
+            let limit = (api.max_value_bytes * 2 + api.max_key_bytes)
+                .max(txn::max_txn_bytes(api.max_key_bytes, api.max_value_bytes) * 2)
+                + 1024;
+            let body = read_body(request, limit, api.body_timeout).await?;
             let command = Command::decode_shared(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             // The sender should have checked; a peer with other limits, an older
             // version or a forger may not have.
@@ -559,6 +573,7 @@ impl Api {
             Command::Compact { .. } => Ok(()),
             // The decoder bounds the id and the TTL; a lease's keys were checked when written.
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
+            Command::Txn(transaction) => txn::check(self, transaction),
         }
     }
 
@@ -1158,7 +1173,7 @@ fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
 /// releases (`version` for what is now the revision or `mod_revision`), so that nodes of
 /// either release understand each other during a rolling upgrade.
 fn applied_to_json(applied: &Applied) -> serde_json::Value {
-    let outcome = match applied.outcome {
+    let outcome = match &applied.outcome {
         Outcome::Written { revision, created } => {
             serde_json::json!({ "written": { "version": revision, "created": created } })
         }
@@ -1183,6 +1198,7 @@ fn applied_to_json(applied: &Applied) -> serde_json::Value {
         Outcome::LeaseExists { id } => serde_json::json!({ "lease_exists": { "id": id } }),
         Outcome::LeaseRevoked { deleted } => serde_json::json!({ "lease_revoked": { "deleted": deleted } }),
         Outcome::LeaseNotFound { id } => serde_json::json!({ "lease_not_found": { "id": id } }),
+        Outcome::Txn(outcome) => serde_json::json!({ "txn": txn::forwarded_json(outcome) }),
     };
     serde_json::json!({ "index": applied.index, "outcome": outcome })
 }
@@ -1214,6 +1230,8 @@ fn applied_from_json(value: &serde_json::Value) -> Option<Applied> {
         Outcome::LeaseRevoked { deleted: l["deleted"].as_u64()? as usize }
     } else if let Some(l) = outcome.get("lease_not_found") {
         Outcome::LeaseNotFound { id: l["id"].as_u64()? }
+    } else if let Some(t) = outcome.get("txn") {
+        Outcome::Txn(Arc::new(txn::forwarded_from_json(t)?))
     } else {
         return None;
     };
@@ -1285,6 +1303,31 @@ mod tests {
             Outcome::LeaseExists { id: 0x0123_4567_89ab_cdef },
             Outcome::LeaseRevoked { deleted: 3 },
             Outcome::LeaseNotFound { id: 1 },
+            Outcome::Txn(Arc::new(crate::kv::TxnOutcome { succeeded: false, responses: vec![] })),
+            Outcome::Txn(Arc::new(crate::kv::TxnOutcome {
+                succeeded: true,
+                responses: vec![
+                    crate::kv::TxnResponse::Put { revision: 12 },
+                    crate::kv::TxnResponse::Deleted { count: 3 },
+                    crate::kv::TxnResponse::Get(None),
+                    crate::kv::TxnResponse::Get(Some(crate::kv::KeyValue {
+                        key: Bytes::from_static(b"k\xff"),
+                        value: crate::kv::Value {
+                            lease: 7,
+                            version: 2,
+                            create_revision: 3,
+                            ..crate::kv::Value::created(Bytes::from_static(b"\x00\xc3("), 12)
+                        },
+                    })),
+                    crate::kv::TxnResponse::Range {
+                        items: vec![crate::kv::KeyValue {
+                            key: Bytes::from_static(b"a"),
+                            value: crate::kv::Value::created(Bytes::from_static(b"v"), 5),
+                        }],
+                        more: true,
+                    },
+                ],
+            })),
         ];
         for outcome in outcomes {
             let applied = Applied { index: 12, outcome };

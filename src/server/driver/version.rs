@@ -28,7 +28,7 @@
 //!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands), membership changes (configuration entries, learners,
 //!   joins), the hash check (`HashCheck`), the history's compaction (`Compact`),
-//!   leases (`LeaseGrant`, `LeaseRevoke`, a put with a lease) and the checksummed
+//!   leases (`LeaseGrant`, `LeaseRevoke`, a put with a lease), transactions (`Txn`) and the checksummed
 //!   `InstallSnapshot` (wire tags 10 and 11).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm
@@ -76,16 +76,19 @@ pub enum Feature {
     Compaction,
     /// Leases: `LeaseGrant`, `LeaseRevoke` and a put with a lease.
     Leases,
+    /// Transactions: `Command::Txn` (tag 12).
+    Transactions,
 }
 
 impl Feature {
     /// Every feature, for documentation and `/status`.
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::ClusterRecord,
         Feature::MembershipChanges,
         Feature::HashCheck,
         Feature::Compaction,
         Feature::Leases,
+        Feature::Transactions,
     ];
 
     /// The version that introduced it.
@@ -96,6 +99,7 @@ impl Feature {
             Feature::HashCheck => 2,
             Feature::Compaction => 2,
             Feature::Leases => 2,
+            Feature::Transactions => 2,
         }
     }
 
@@ -107,6 +111,7 @@ impl Feature {
             Feature::HashCheck => "hash check",
             Feature::Compaction => "history compaction",
             Feature::Leases => "leases",
+            Feature::Transactions => "transactions",
         }
     }
 }
@@ -131,6 +136,7 @@ pub fn feature_of(command: &Command) -> Option<Feature> {
         Command::HashCheck => Some(Feature::HashCheck),
         Command::Compact { .. } => Some(Feature::Compaction),
         Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Some(Feature::Leases),
+        Command::Txn(_) => Some(Feature::Transactions),
     }
 }
 

@@ -1,0 +1,512 @@
+//! Transactions, with etcd v3's semantics: compares on keys' current state, then the
+//! ops of one branch (`success` if every compare holds, else `failure`), all at one
+//! revision (the entry's index).
+//!
+//! - A compare of a missing key sees `version`, `create_revision`, `mod_revision` and
+//!   `lease` 0; a `Value` compare of a missing key is false whatever its op.
+//! - The branch's ops run in order: a get sees the writes of earlier ops of the same
+//!   transaction (as etcd's). Every write records its history event at the entry's
+//!   revision as it runs, so the events of one transaction are consecutive, in op order,
+//!   and share one revision (a watch's atomicity).
+//! - A put naming a lease that does not exist fails the whole transaction before any op
+//!   runs: nothing changes (`Outcome::LeaseNotFound`, etcd's "lease not found").
+//! - The edge refuses a branch that writes a key twice (`Txn::key_written_twice`), but a
+//!   forged entry that does still applies deterministically: the last write wins and
+//!   the key's version counts once for the revision (`written_value`, as an import).
+//!
+//! Encoding (inside `Command`'s tag 12; integers little-endian, `bytes` = u32 length
+//! then the bytes): u32 compare count, each compare; u32 success op count, each op;
+//! u32 failure op count, each op. A compare: key bytes, op byte (0 `==`, 1 `!=`, 2 `<`,
+//! 3 `>`), target tag (0 value: bytes; 1 version, 2 create_revision, 3 mod_revision,
+//! 4 lease: u64). An op: tag (0 put: key bytes, value bytes, u64 lease, 0 for none;
+//! 1 delete key: key bytes; 2 delete prefix: prefix bytes; 3 get key: key bytes;
+//! 4 get prefix: prefix bytes, u32 limit).
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::DecodeError;
+use super::state_machine::{Outcome, StateMachine, Value};
+use crate::byte_reader::ByteReader;
+
+/// The most compares plus ops (both branches) the HTTP edge accepts in one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The smallest encoded compare: an empty key, op, tag and an empty value.
+const MIN_COMPARE_BYTES: usize = 10;
+/// The smallest encoded op: a tag and an empty key.
+const MIN_OP_BYTES: usize = 5;
+
+const OP_EQ: u8 = 0;
+const OP_NOT_EQ: u8 = 1;
+const OP_LESS: u8 = 2;
+const OP_GREATER: u8 = 3;
+
+const TARGET_VALUE: u8 = 0;
+const TARGET_VERSION: u8 = 1;
+const TARGET_CREATE_REVISION: u8 = 2;
+const TARGET_MOD_REVISION: u8 = 3;
+const TARGET_LEASE: u8 = 4;
+
+const TXN_PUT: u8 = 0;
+const TXN_DELETE_KEY: u8 = 1;
+const TXN_DELETE_PREFIX: u8 = 2;
+const TXN_GET_KEY: u8 = 3;
+const TXN_GET_PREFIX: u8 = 4;
+
+/// A transaction: if every compare holds, `success` runs, else `failure`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// All must hold for `success` to run (none: it runs).
+    pub compare: Vec<Compare>,
+    /// The ops run when every compare holds, in order.
+    pub success: Vec<TxnOp>,
+    /// The ops run otherwise, in order.
+    pub failure: Vec<TxnOp>,
+}
+
+/// One compare: `key`'s `target` field against the target's value, with `op`
+/// (the key's field on the left: `Less` holds when the key's is smaller).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    /// The key compared.
+    pub key: Bytes,
+    /// The field and the value it is compared with.
+    pub target: CompareTarget,
+    /// How they compare.
+    pub op: CompareOp,
+}
+
+/// What a compare looks at, and the value it compares with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    /// The value's bytes, in byte order. False for a missing key, whatever the op.
+    Value(Bytes),
+    /// `Value::version` (0 for a missing key).
+    Version(u64),
+    /// `Value::create_revision` (0 for a missing key).
+    CreateRevision(u64),
+    /// `Value::mod_revision` (0 for a missing key).
+    ModRevision(u64),
+    /// `Value::lease` (0 for a missing key or one without a lease).
+    Lease(u64),
+}
+
+/// A compare's relation, the key's field on the left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    NotEq,
+    /// `<`
+    Less,
+    /// `>`
+    Greater,
+}
+
+impl CompareOp {
+    fn holds(self, ordering: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering;
+        match self {
+            CompareOp::Eq => ordering == Ordering::Equal,
+            CompareOp::NotEq => ordering != Ordering::Equal,
+            CompareOp::Less => ordering == Ordering::Less,
+            CompareOp::Greater => ordering == Ordering::Greater,
+        }
+    }
+}
+
+/// One op of a branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Sets `key` to `value`, attached to `lease` (0: none), as `Command::Put`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+        /// The lease, 0 for none.
+        lease: u64,
+    },
+    /// Removes `key` if it exists.
+    DeleteKey {
+        /// The key.
+        key: Bytes,
+    },
+    /// Removes every key that starts with `prefix`, in key order.
+    DeletePrefix {
+        /// The prefix (empty: every key).
+        prefix: Bytes,
+    },
+    /// Reads `key`.
+    GetKey {
+        /// The key.
+        key: Bytes,
+    },
+    /// Reads up to `limit` keys that start with `prefix`, in key order.
+    GetPrefix {
+        /// The prefix.
+        prefix: Bytes,
+        /// The most keys answered.
+        limit: u32,
+    },
+}
+
+impl TxnOp {
+    /// The key or prefix this op writes, and whether it is a prefix; `None` for a get.
+    pub fn written(&self) -> Option<(&Bytes, bool)> {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::DeleteKey { key } => Some((key, false)),
+            TxnOp::DeletePrefix { prefix } => Some((prefix, true)),
+            TxnOp::GetKey { .. } | TxnOp::GetPrefix { .. } => None,
+        }
+    }
+}
+
+/// A key and its value, as a get answers them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Bytes,
+    /// Its value and revisions.
+    pub value: Value,
+}
+
+/// What one op of the branch taken did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnResponse {
+    /// A put wrote its key at `revision` (the transaction's).
+    Put {
+        /// The transaction's revision.
+        revision: u64,
+    },
+    /// A delete removed `count` keys.
+    Deleted {
+        /// Keys removed.
+        count: u64,
+    },
+    /// A get of a key: its value, `None` when absent.
+    Get(Option<KeyValue>),
+    /// A get of a prefix: the keys in order, and whether more were left out by the limit.
+    Range {
+        /// The keys read.
+        items: Vec<KeyValue>,
+        /// True when more keys start with the prefix than the limit let through.
+        more: bool,
+    },
+}
+
+/// What a transaction did: which branch ran, and one response per op of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// True when every compare held (`success` ran).
+    pub succeeded: bool,
+    /// One per op of the branch taken, in order.
+    pub responses: Vec<TxnResponse>,
+}
+
+impl Txn {
+    /// Compares plus the ops of both branches: what `MAX_TXN_OPS` bounds.
+    pub fn op_count(&self) -> usize {
+        self.compare.len() + self.success.len() + self.failure.len()
+    }
+
+    /// A key that one branch writes twice (two puts of it, a put inside a prefix the
+    /// branch deletes, a delete and a put of it, in either order): the edge refuses such
+    /// a transaction, as etcd does. Two deletes that overlap are allowed (the second
+    /// finds nothing). Quadratic in the branch's writes, at most `MAX_TXN_OPS`.
+    pub fn key_written_twice(&self) -> Option<Bytes> {
+        [&self.success, &self.failure].into_iter().find_map(|ops| {
+            let puts: Vec<&Bytes> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    TxnOp::Put { key, .. } => Some(key),
+                    _ => None,
+                })
+                .collect();
+            for (i, put) in puts.iter().enumerate() {
+                if puts[i + 1..].contains(put) {
+                    return Some((*put).clone());
+                }
+            }
+            ops.iter().find_map(|op| {
+                let overlaps = |key: &Bytes| match op {
+                    TxnOp::DeleteKey { key: deleted } => deleted == key,
+                    TxnOp::DeletePrefix { prefix } => key.starts_with(prefix),
+                    _ => false,
+                };
+                puts.iter().find(|key| overlaps(key)).map(|key| (*key).clone())
+            })
+        })
+    }
+
+    pub(super) fn encode_into(&self, out: &mut BytesMut) {
+        out.put_u32_le(u32_len(self.compare.len()));
+        for compare in &self.compare {
+            put_bytes(out, &compare.key);
+            out.put_u8(match compare.op {
+                CompareOp::Eq => OP_EQ,
+                CompareOp::NotEq => OP_NOT_EQ,
+                CompareOp::Less => OP_LESS,
+                CompareOp::Greater => OP_GREATER,
+            });
+            match &compare.target {
+                CompareTarget::Value(value) => {
+                    out.put_u8(TARGET_VALUE);
+                    put_bytes(out, value);
+                }
+                CompareTarget::Version(n) => put_target(out, TARGET_VERSION, *n),
+                CompareTarget::CreateRevision(n) => put_target(out, TARGET_CREATE_REVISION, *n),
+                CompareTarget::ModRevision(n) => put_target(out, TARGET_MOD_REVISION, *n),
+                CompareTarget::Lease(n) => put_target(out, TARGET_LEASE, *n),
+            }
+        }
+        for ops in [&self.success, &self.failure] {
+            out.put_u32_le(u32_len(ops.len()));
+            for op in ops {
+                match op {
+                    TxnOp::Put { key, value, lease } => {
+                        out.put_u8(TXN_PUT);
+                        put_bytes(out, key);
+                        put_bytes(out, value);
+                        out.put_u64_le(*lease);
+                    }
+                    TxnOp::DeleteKey { key } => {
+                        out.put_u8(TXN_DELETE_KEY);
+                        put_bytes(out, key);
+                    }
+                    TxnOp::DeletePrefix { prefix } => {
+                        out.put_u8(TXN_DELETE_PREFIX);
+                        put_bytes(out, prefix);
+                    }
+                    TxnOp::GetKey { key } => {
+                        out.put_u8(TXN_GET_KEY);
+                        put_bytes(out, key);
+                    }
+                    TxnOp::GetPrefix { prefix, limit } => {
+                        out.put_u8(TXN_GET_PREFIX);
+                        put_bytes(out, prefix);
+                        out.put_u32_le(*limit);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn encoded_len(&self) -> usize {
+        let compares: usize = self
+            .compare
+            .iter()
+            .map(|compare| {
+                4 + compare.key.len()
+                    + 2
+                    + match &compare.target {
+                        CompareTarget::Value(value) => 4 + value.len(),
+                        _ => 8,
+                    }
+            })
+            .sum();
+        let ops: usize = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .map(|op| match op {
+                TxnOp::Put { key, value, .. } => 1 + 8 + key.len() + value.len() + 8,
+                TxnOp::DeleteKey { key } | TxnOp::DeletePrefix { prefix: key } | TxnOp::GetKey { key } => {
+                    1 + 4 + key.len()
+                }
+                TxnOp::GetPrefix { prefix, .. } => 1 + 4 + prefix.len() + 4,
+            })
+            .sum();
+        12 + compares + ops
+    }
+
+    /// Decodes the body of a tag-12 command, keys and values sliced from `data`.
+    pub(super) fn decode(data: &Bytes, reader: &mut ByteReader<'_>) -> Result<Txn, DecodeError> {
+        let count = read_count(reader, MIN_COMPARE_BYTES)?;
+        let mut compare = Vec::with_capacity(count);
+        for _ in 0..count {
+            let key = data.slice_ref(read_bytes(reader)?);
+            let op_offset = reader.offset();
+            let op = match reader.u8()? {
+                OP_EQ => CompareOp::Eq,
+                OP_NOT_EQ => CompareOp::NotEq,
+                OP_LESS => CompareOp::Less,
+                OP_GREATER => CompareOp::Greater,
+                tag => return Err(DecodeError::UnknownTag { offset: op_offset, what: "compare op", tag }),
+            };
+            let target_offset = reader.offset();
+            let target = match reader.u8()? {
+                TARGET_VALUE => CompareTarget::Value(data.slice_ref(read_bytes(reader)?)),
+                TARGET_VERSION => CompareTarget::Version(reader.u64()?),
+                TARGET_CREATE_REVISION => CompareTarget::CreateRevision(reader.u64()?),
+                TARGET_MOD_REVISION => CompareTarget::ModRevision(reader.u64()?),
+                TARGET_LEASE => CompareTarget::Lease(reader.u64()?),
+                tag => {
+                    return Err(DecodeError::UnknownTag {
+                        offset: target_offset,
+                        what: "compare target",
+                        tag,
+                    })
+                }
+            };
+            compare.push(Compare { key, target, op });
+        }
+        let success = decode_ops(data, reader)?;
+        let failure = decode_ops(data, reader)?;
+        Ok(Txn { compare, success, failure })
+    }
+}
+
+fn decode_ops(data: &Bytes, reader: &mut ByteReader<'_>) -> Result<Vec<TxnOp>, DecodeError> {
+    let count = read_count(reader, MIN_OP_BYTES)?;
+    let mut ops = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tag_offset = reader.offset();
+        let op = match reader.u8()? {
+            TXN_PUT => {
+                let key = data.slice_ref(read_bytes(reader)?);
+                let value = data.slice_ref(read_bytes(reader)?);
+                TxnOp::Put { key, value, lease: reader.u64()? }
+            }
+            TXN_DELETE_KEY => TxnOp::DeleteKey { key: data.slice_ref(read_bytes(reader)?) },
+            TXN_DELETE_PREFIX => TxnOp::DeletePrefix { prefix: data.slice_ref(read_bytes(reader)?) },
+            TXN_GET_KEY => TxnOp::GetKey { key: data.slice_ref(read_bytes(reader)?) },
+            TXN_GET_PREFIX => {
+                let prefix = data.slice_ref(read_bytes(reader)?);
+                TxnOp::GetPrefix { prefix, limit: reader.u32()? }
+            }
+            tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "transaction op", tag }),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+/// A u32 count of records at least `min_bytes` each, refused when the rest of the input
+/// could not hold them (so nothing is allocated for a forged count).
+fn read_count(reader: &mut ByteReader<'_>, min_bytes: usize) -> Result<usize, DecodeError> {
+    let offset = reader.offset();
+    let count = reader.u32()?;
+    let available = reader.remaining();
+    if count as usize > available / min_bytes {
+        return Err(DecodeError::CountTooLarge { offset, count: count.into(), available });
+    }
+    Ok(count as usize)
+}
+
+fn u32_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or_else(|_| panic!("transaction field of {len} bytes exceeds u32::MAX"))
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32_le(u32_len(bytes.len()));
+    out.put_slice(bytes);
+}
+
+fn put_target(out: &mut BytesMut, tag: u8, value: u64) {
+    out.put_u8(tag);
+    out.put_u64_le(value);
+}
+
+fn read_bytes<'a>(reader: &mut ByteReader<'a>) -> Result<&'a [u8], DecodeError> {
+    let len = reader.u32()?;
+    Ok(reader.bytes(len.into())?)
+}
+
+/// Whether `compare` holds on `state` as it is.
+fn compare_holds(state: &StateMachine, compare: &Compare) -> bool {
+    let current = state.get(&compare.key);
+    let field = |field: fn(&Value) -> u64| current.map_or(0, field);
+    let ordering = match &compare.target {
+        CompareTarget::Value(expected) => match current {
+            None => return false,
+            Some(value) => value.data.as_ref().cmp(expected.as_ref()),
+        },
+        CompareTarget::Version(expected) => field(|value| value.version).cmp(expected),
+        CompareTarget::CreateRevision(expected) => field(|value| value.create_revision).cmp(expected),
+        CompareTarget::ModRevision(expected) => field(|value| value.mod_revision).cmp(expected),
+        CompareTarget::Lease(expected) => field(|value| value.lease).cmp(expected),
+    };
+    compare.op.holds(ordering)
+}
+
+/// Applies `txn` as the entry at `index` (already `state`'s applied index).
+pub(super) fn apply_txn(state: &mut StateMachine, index: u64, txn: &Txn) -> Outcome {
+    let succeeded = txn.compare.iter().all(|compare| compare_holds(state, compare));
+    let ops = if succeeded { &txn.success } else { &txn.failure };
+    // Leases are neither granted nor revoked inside a transaction: checked once, first.
+    let missing_lease = ops.iter().find_map(|op| match op {
+        TxnOp::Put { lease, .. } if *lease != 0 && state.lease(*lease).is_none() => Some(*lease),
+        _ => None,
+    });
+    if let Some(id) = missing_lease {
+        return Outcome::LeaseNotFound { id };
+    }
+    let responses = run_ops(state, index, ops);
+    Outcome::Txn(Arc::new(TxnOutcome { succeeded, responses }))
+}
+
+/// Runs `ops` in order at `index`, every lease they name existing.
+pub(super) fn run_ops(state: &mut StateMachine, index: u64, ops: &[TxnOp]) -> Vec<TxnResponse> {
+    ops.iter()
+        .map(|op| match op {
+            TxnOp::Put { key, value, lease } => {
+                state.write(index, key, value, *lease);
+                TxnResponse::Put { revision: index }
+            }
+            TxnOp::DeleteKey { key } => {
+                TxnResponse::Deleted { count: u64::from(state.remove(index, key).is_some()) }
+            }
+            TxnOp::DeletePrefix { prefix } => {
+                let keys: Vec<Bytes> =
+                    state.list(prefix, None, usize::MAX).map(|(key, _)| key.clone()).collect();
+                for key in &keys {
+                    state.remove(index, key);
+                }
+                TxnResponse::Deleted { count: keys.len() as u64 }
+            }
+            TxnOp::GetKey { key } => TxnResponse::Get(
+                state.get(key).map(|value| KeyValue { key: key.clone(), value: value.clone() }),
+            ),
+            TxnOp::GetPrefix { prefix, limit } => {
+                let limit = *limit as usize;
+                let mut listed = state.list(prefix, None, limit.saturating_add(1));
+                let items: Vec<KeyValue> = listed
+                    .by_ref()
+                    .take(limit)
+                    .map(|(key, value)| KeyValue { key: key.clone(), value: value.clone() })
+                    .collect();
+                let more = listed.next().is_some();
+                TxnResponse::Range { items, more }
+            }
+        })
+        .collect()
+}
+
+/// The most applying `txn` now could add to `state.approximate_bytes()` (`.0`) and to
+/// its map's share (`.1`, the history left out): each branch run on an O(1) copy of
+/// `state`, its compares assumed to hold, and the larger growth of the two. Costs what
+/// applying costs (a delete of a prefix visits its keys).
+pub(super) fn txn_growth_bytes(state: &StateMachine, txn: &Txn) -> (u64, u64) {
+    let map_bytes = |state: &StateMachine| state.approximate_bytes() - state.history().approximate_bytes();
+    let (before, before_map) = (state.approximate_bytes(), map_bytes(state));
+    [&txn.success, &txn.failure]
+        .into_iter()
+        .filter(|ops| {
+            ops.iter().all(|op| match op {
+                TxnOp::Put { lease, .. } => *lease == 0 || state.lease(*lease).is_some(),
+                _ => true,
+            })
+        })
+        .map(|ops| {
+            let mut copy = state.clone();
+            let index = copy.applied_index() + 1;
+            copy.advance_applied(index);
+            run_ops(&mut copy, index, ops);
+            (copy.approximate_bytes().saturating_sub(before), map_bytes(&copy).saturating_sub(before_map))
+        })
+        .fold((0, 0), |(total, map), (t, m)| (total.max(t), map.max(m)))
+}
