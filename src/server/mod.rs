@@ -333,7 +333,7 @@ fn build_raft(settings: &Settings, id: NodeId, initial: InitialState) -> Result<
     Ok(raft)
 }
 
-/// A random id, never 0: a cluster's id, or a joining node's.
+/// A random id, never 0: a cluster's id, a joining node's, or a lease's.
 pub(crate) fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     loop {

@@ -90,12 +90,7 @@ fn parse_grant(body: &[u8]) -> Result<Grant, ApiError> {
 pub(crate) async fn grant(api: &Api, body: &Bytes) -> Result<HttpResponse, ApiError> {
     let Grant { ttl_s: requested, id } = parse_grant(body)?;
     let ttl_s = requested.max(api.min_lease_ttl_s);
-    let id = id.unwrap_or_else(|| loop {
-        let id = super::members::random_u64();
-        if id != 0 {
-            break id;
-        }
-    });
+    let id = id.unwrap_or_else(crate::server::random_id);
     let applied = api.write(Command::LeaseGrant { id, ttl_s }).await?;
     match applied.outcome {
         Outcome::LeaseGranted { id, ttl_s } => {
