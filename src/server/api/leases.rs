@@ -19,12 +19,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::CONTENT_TYPE;
-use hyper::{Method, Request, StatusCode};
+use hyper::StatusCode;
 
 use super::error::ApiError;
-use super::{json, with_revision, Api, HttpResponse};
+use super::{json, with_revision, Api, HttpResponse, PeerCallError};
 use crate::kv::{Command, Outcome, MAX_LEASE_TTL_S};
 use crate::raft::NodeId;
 use crate::server::driver::core::LeaseState;
@@ -249,35 +247,20 @@ pub(crate) async fn from_peer(api: &Api, body: &Bytes) -> Result<HttpResponse, A
     }
 }
 
-/// Asks the leader's `POST /raft/lease`, once.
+/// Asks the leader's `POST /raft/lease`, once. Asking again is harmless (a keepalive
+/// repeated renews again), so a lost answer is only unavailable.
 async fn forward(api: &Api, leader: NodeId, ask: Ask, id: u64) -> Result<serde_json::Value, ApiError> {
     let Some(address) = api.node.shared.address_of(leader) else {
         return Err(ApiError::Unavailable(format!("leader {leader:016x} has no known address")));
     };
-    let mut request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{address}{PEER_PATH}"))
-        .header(CONTENT_TYPE, "application/json");
-    for (name, value) in api.outbox.credentials().headers().map_err(ApiError::Internal)? {
-        request = request.header(name, value);
-    }
-    let body = serde_json::json!({ "ask": ask.name(), "id": id }).to_string();
-    let request =
-        request.body(Full::new(Bytes::from(body))).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let response = api
-        .client
-        .request(request)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("leader {address} did not answer: {e}")))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("leader {address}: {e}")))?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}")))?;
+    let body = Bytes::from(serde_json::json!({ "ask": ask.name(), "id": id }).to_string());
+    let (status, value) =
+        api.post_peer_json(&address, PEER_PATH, body).await.map_err(|error| match error {
+            PeerCallError::NotSent(reason) | PeerCallError::Lost(reason) => {
+                ApiError::Unavailable(format!("the leader {reason}"))
+            }
+            PeerCallError::Internal(reason) => ApiError::Internal(format!("the leader {reason}")),
+        })?;
     match (status, value["code"].as_str()) {
         (StatusCode::OK, _) => Ok(value),
         (StatusCode::NOT_FOUND, Some("lease_not_found")) => Err(ApiError::LeaseNotFound(id)),

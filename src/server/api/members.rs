@@ -22,7 +22,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +31,7 @@ use crate::server::cli::member_address;
 use crate::server::driver::version::Feature;
 
 use super::error::ApiError;
-use super::Api;
+use super::{Api, PeerCallError};
 
 /// The public route: the member list.
 pub const PATH: &str = "/v1/members";
@@ -392,35 +391,15 @@ async fn forward(api: &Api, leader: NodeId, op: &MemberOp) -> Result<serde_json:
     let Some(address) = address_of(api, leader) else {
         return Err(ApiError::Unavailable(format!("leader {leader:016x} has no known address; retry")));
     };
-    let mut request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{address}{PEER_PATH}"))
-        .header(CONTENT_TYPE, "application/json");
-    // The secret, the cluster id and this node's id and address, as on every peer
-    // request: over TLS the leader checks the certificate against them.
-    for (name, value) in api.outbox.credentials().headers().map_err(ApiError::Internal)? {
-        request = request.header(name, value);
-    }
-    let request = request.body(Full::new(op.encode())).map_err(|e| ApiError::Internal(e.to_string()))?;
     let asked = async {
-        // Only a failure to connect proves the leader never saw the change.
-        let response = api.client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                ApiError::Unavailable(format!("leader {address} unreachable: {e}; the change was not made"))
-            } else {
-                ApiError::OutcomeUnknown(format!("leader {address} did not answer: {e}"))
-            }
-        })?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ApiError::OutcomeUnknown(format!("leader {address}: {e}")))?
-            .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}"))
-        })?;
+        let (status, value) =
+            api.post_peer_json(&address, PEER_PATH, op.encode()).await.map_err(|error| match error {
+                PeerCallError::NotSent(reason) => {
+                    ApiError::Unavailable(format!("leader {reason}; the change was not made"))
+                }
+                PeerCallError::Lost(reason) => ApiError::OutcomeUnknown(format!("leader {reason}")),
+                PeerCallError::Internal(reason) => ApiError::Internal(format!("leader {reason}")),
+            })?;
         if status == StatusCode::OK {
             Ok(value)
         } else {

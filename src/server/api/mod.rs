@@ -716,6 +716,46 @@ impl Api {
         Err(leader_refusal(status, &value, address, self.request_timeout))
     }
 
+    /// POSTs the JSON `body` to `path` on the peer at `address`, with this node's peer
+    /// credentials (the secret, the cluster id, its id and address, as on every peer
+    /// request: over TLS the peer checks the certificate against them), and reads the
+    /// peer's status and JSON answer. The callers' routes (`members`, `leases`) say what
+    /// a lost answer means for them.
+    pub(crate) async fn post_peer_json(
+        &self,
+        address: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, serde_json::Value), PeerCallError> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{address}{path}"))
+            .header(CONTENT_TYPE, "application/json");
+        for (name, value) in self.outbox.credentials().headers().map_err(PeerCallError::Internal)? {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| PeerCallError::Internal(e.to_string()))?;
+        // Only a failure to connect proves the peer never saw the request.
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                PeerCallError::NotSent(format!("{address} unreachable: {e}"))
+            } else {
+                PeerCallError::Lost(format!("{address} did not answer: {e}"))
+            }
+        })?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| PeerCallError::Lost(format!("{address}: {e}")))?
+            .to_bytes();
+        let value = serde_json::from_slice(&body).map_err(|e| {
+            PeerCallError::Internal(format!("{address} answered {status} with bad JSON: {e}"))
+        })?;
+        Ok((status, value))
+    }
+
     /// The key's value and the store's revision it was read at, under one lock.
     fn read_key(&self, key: &[u8]) -> (Option<crate::kv::Value>, u64) {
         let kv = self.node.shared.kv.read().expect("kv lock");
@@ -1167,6 +1207,17 @@ fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
         }
     }
     Ok(None)
+}
+
+/// Why `Api::post_peer_json` has no answer.
+#[derive(Debug)]
+pub(crate) enum PeerCallError {
+    /// The connection failed: the peer never saw the request.
+    NotSent(String),
+    /// Sent, but the answer was lost: the peer may have acted on it.
+    Lost(String),
+    /// The request could not be built, or the answer was not JSON.
+    Internal(String),
 }
 
 /// The leader's answer to a forwarded write. Its field names are those of earlier
