@@ -349,6 +349,22 @@ impl StateMachine {
             .take(limit)
     }
 
+    /// The keys in `[start, end)` in byte order, every key from `start` on when `end`
+    /// is `None` (etcd's ranges). Costs a B-tree descent plus the entries visited.
+    pub fn range<'a>(
+        &'a self,
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Value)> {
+        let upper = match end {
+            // An empty range: `range` panics on a start above the end.
+            Some(end) if end <= start => Bound::Excluded(start),
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.map.range::<_, [u8]>((Bound::Included(start), upper))
+    }
+
     /// Every key and value in byte order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Value)> {
         self.map.iter()

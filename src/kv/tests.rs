@@ -670,6 +670,12 @@ fn arb_compare() -> impl Strategy<Value = Compare> {
     (arb_key(), target, op).prop_map(|(key, target, op)| Compare { key, target, op })
 }
 
+/// The model's range rule, written from etcd's definition rather than shared with the
+/// state machine: `[start, end)`, every key from `start` on without an end.
+fn model_in_range(key: &Bytes, start: &Bytes, end: &Option<Bytes>) -> bool {
+    start.as_ref() <= key.as_ref() && end.as_ref().is_none_or(|end| key.as_ref() < end.as_ref())
+}
+
 /// Ops as they come: a branch may write a key twice (a forged entry; the edge refuses it).
 fn arb_txn_op() -> impl Strategy<Value = TxnOp> {
     prop_oneof![
@@ -679,6 +685,9 @@ fn arb_txn_op() -> impl Strategy<Value = TxnOp> {
         1 => arb_key().prop_map(|prefix| TxnOp::DeletePrefix { prefix }),
         2 => arb_key().prop_map(|key| TxnOp::GetKey { key }),
         2 => (arb_key(), 0u32..4).prop_map(|(prefix, limit)| TxnOp::GetPrefix { prefix, limit }),
+        1 => (arb_key(), prop::option::of(arb_key())).prop_map(|(start, end)| TxnOp::DeleteRange { start, end }),
+        2 => (arb_key(), prop::option::of(arb_key()), 0u32..4)
+            .prop_map(|(start, end, limit)| TxnOp::GetRange { start, end, limit }),
     ]
 }
 
@@ -883,6 +892,26 @@ impl Model {
                 TxnOp::GetPrefix { prefix, limit } => {
                     let mut keys: Vec<Bytes> =
                         self.map.keys().filter(|key| key.starts_with(prefix)).cloned().collect();
+                    keys.sort();
+                    let more = keys.len() > *limit as usize;
+                    keys.truncate(*limit as usize);
+                    let items = keys
+                        .into_iter()
+                        .map(|key| KeyValue { value: self.value(&key).expect("listed"), key })
+                        .collect();
+                    TxnResponse::Range { items, more }
+                }
+                TxnOp::DeleteRange { start, end } => {
+                    let keys: Vec<Bytes> =
+                        self.map.keys().filter(|key| model_in_range(key, start, end)).cloned().collect();
+                    for key in &keys {
+                        self.remove(key);
+                    }
+                    TxnResponse::Deleted { count: keys.len() as u64 }
+                }
+                TxnOp::GetRange { start, end, limit } => {
+                    let mut keys: Vec<Bytes> =
+                        self.map.keys().filter(|key| model_in_range(key, start, end)).cloned().collect();
                     keys.sort();
                     let more = keys.len() > *limit as usize;
                     keys.truncate(*limit as usize);

@@ -20,7 +20,9 @@
 //! 3 `>`), target tag (0 value: bytes; 1 version, 2 create_revision, 3 mod_revision,
 //! 4 lease: u64). An op: tag (0 put: key bytes, value bytes, u64 lease, 0 for none;
 //! 1 delete key: key bytes; 2 delete prefix: prefix bytes; 3 get key: key bytes;
-//! 4 get prefix: prefix bytes, u32 limit).
+//! 4 get prefix: prefix bytes, u32 limit; 5 delete range: start bytes, end; 6 get
+//! range: start bytes, end, u32 limit), where an end is a byte 0 (none: every key from
+//! the start on) or 1 followed by its bytes.
 
 use std::sync::Arc;
 
@@ -54,6 +56,8 @@ const TXN_DELETE_KEY: u8 = 1;
 const TXN_DELETE_PREFIX: u8 = 2;
 const TXN_GET_KEY: u8 = 3;
 const TXN_GET_PREFIX: u8 = 4;
+const TXN_DELETE_RANGE: u8 = 5;
+const TXN_GET_RANGE: u8 = 6;
 
 /// A transaction: if every compare holds, `success` runs, else `failure`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,15 +156,33 @@ pub enum TxnOp {
         /// The most keys answered.
         limit: u32,
     },
+    /// Removes every key in `[start, end)` (etcd's DeleteRange), in key order.
+    DeleteRange {
+        /// The first key of the range.
+        start: Bytes,
+        /// The key after the range; `None`: every key from `start` on.
+        end: Option<Bytes>,
+    },
+    /// Reads up to `limit` keys in `[start, end)` (etcd's Range), in key order.
+    GetRange {
+        /// The first key of the range.
+        start: Bytes,
+        /// The key after the range; `None`: every key from `start` on.
+        end: Option<Bytes>,
+        /// The most keys answered.
+        limit: u32,
+    },
 }
 
 impl TxnOp {
-    /// The key or prefix this op writes, and whether it is a prefix; `None` for a get.
-    pub fn written(&self) -> Option<(&Bytes, bool)> {
+    /// Whether this op writes `key` (a put of it, or a delete whose key, prefix or
+    /// range holds it).
+    pub fn writes(&self, key: &[u8]) -> bool {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::DeleteKey { key } => Some((key, false)),
-            TxnOp::DeletePrefix { prefix } => Some((prefix, true)),
-            TxnOp::GetKey { .. } | TxnOp::GetPrefix { .. } => None,
+            TxnOp::Put { key: written, .. } | TxnOp::DeleteKey { key: written } => written == key,
+            TxnOp::DeletePrefix { prefix } => key.starts_with(prefix),
+            TxnOp::DeleteRange { start, end } => in_range(key, start, end.as_deref()),
+            TxnOp::GetKey { .. } | TxnOp::GetPrefix { .. } | TxnOp::GetRange { .. } => false,
         }
     }
 }
@@ -232,12 +254,8 @@ impl Txn {
                 }
             }
             ops.iter().find_map(|op| {
-                let overlaps = |key: &Bytes| match op {
-                    TxnOp::DeleteKey { key: deleted } => deleted == key,
-                    TxnOp::DeletePrefix { prefix } => key.starts_with(prefix),
-                    _ => false,
-                };
-                puts.iter().find(|key| overlaps(key)).map(|key| (*key).clone())
+                let deletes = |key: &Bytes| !matches!(op, TxnOp::Put { .. }) && op.writes(key);
+                puts.iter().find(|key| deletes(key)).map(|key| (*key).clone())
             })
         })
     }
@@ -290,6 +308,17 @@ impl Txn {
                         put_bytes(out, prefix);
                         out.put_u32_le(*limit);
                     }
+                    TxnOp::DeleteRange { start, end } => {
+                        out.put_u8(TXN_DELETE_RANGE);
+                        put_bytes(out, start);
+                        put_end(out, end.as_deref());
+                    }
+                    TxnOp::GetRange { start, end, limit } => {
+                        out.put_u8(TXN_GET_RANGE);
+                        put_bytes(out, start);
+                        put_end(out, end.as_deref());
+                        out.put_u32_le(*limit);
+                    }
                 }
             }
         }
@@ -318,6 +347,8 @@ impl Txn {
                     1 + 4 + key.len()
                 }
                 TxnOp::GetPrefix { prefix, .. } => 1 + 4 + prefix.len() + 4,
+                TxnOp::DeleteRange { start, end } => 1 + 4 + start.len() + end_len(end.as_deref()),
+                TxnOp::GetRange { start, end, .. } => 1 + 4 + start.len() + end_len(end.as_deref()) + 4,
             })
             .sum();
         12 + compares + ops
@@ -378,6 +409,15 @@ fn decode_ops(data: &Bytes, reader: &mut ByteReader<'_>) -> Result<Vec<TxnOp>, D
                 let prefix = data.slice_ref(read_bytes(reader)?);
                 TxnOp::GetPrefix { prefix, limit: reader.u32()? }
             }
+            TXN_DELETE_RANGE => {
+                let start = data.slice_ref(read_bytes(reader)?);
+                TxnOp::DeleteRange { start, end: read_end(data, reader)? }
+            }
+            TXN_GET_RANGE => {
+                let start = data.slice_ref(read_bytes(reader)?);
+                let end = read_end(data, reader)?;
+                TxnOp::GetRange { start, end, limit: reader.u32()? }
+            }
             tag => return Err(DecodeError::UnknownTag { offset: tag_offset, what: "transaction op", tag }),
         };
         ops.push(op);
@@ -404,6 +444,34 @@ fn u32_len(len: usize) -> u32 {
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_u32_le(u32_len(bytes.len()));
     out.put_slice(bytes);
+}
+
+fn put_end(out: &mut BytesMut, end: Option<&[u8]>) {
+    match end {
+        None => out.put_u8(0),
+        Some(end) => {
+            out.put_u8(1);
+            put_bytes(out, end);
+        }
+    }
+}
+
+fn end_len(end: Option<&[u8]>) -> usize {
+    end.map_or(1, |end| 1 + 4 + end.len())
+}
+
+fn read_end(data: &Bytes, reader: &mut ByteReader<'_>) -> Result<Option<Bytes>, DecodeError> {
+    let offset = reader.offset();
+    match reader.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(data.slice_ref(read_bytes(reader)?))),
+        tag => Err(DecodeError::UnknownTag { offset, what: "range end", tag }),
+    }
+}
+
+/// Whether `key` is in `[start, end)`, every key from `start` on when `end` is `None`.
+pub fn in_range(key: &[u8], start: &[u8], end: Option<&[u8]>) -> bool {
+    key >= start && end.is_none_or(|end| key < end)
 }
 
 fn put_target(out: &mut BytesMut, tag: u8, value: u64) {
@@ -474,6 +542,25 @@ pub(super) fn run_ops(state: &mut StateMachine, index: u64, ops: &[TxnOp]) -> Ve
             TxnOp::GetPrefix { prefix, limit } => {
                 let limit = *limit as usize;
                 let mut listed = state.list(prefix, None, limit.saturating_add(1));
+                let items: Vec<KeyValue> = listed
+                    .by_ref()
+                    .take(limit)
+                    .map(|(key, value)| KeyValue { key: key.clone(), value: value.clone() })
+                    .collect();
+                let more = listed.next().is_some();
+                TxnResponse::Range { items, more }
+            }
+            TxnOp::DeleteRange { start, end } => {
+                let keys: Vec<Bytes> =
+                    state.range(start, end.as_deref()).map(|(key, _)| key.clone()).collect();
+                for key in &keys {
+                    state.remove(index, key);
+                }
+                TxnResponse::Deleted { count: keys.len() as u64 }
+            }
+            TxnOp::GetRange { start, end, limit } => {
+                let limit = *limit as usize;
+                let mut listed = state.range(start, end.as_deref());
                 let items: Vec<KeyValue> = listed
                     .by_ref()
                     .take(limit)

@@ -89,6 +89,14 @@ pub fn parse(body: &[u8]) -> Result<Txn, ApiError> {
     Ok(Txn { compare, success, failure })
 }
 
+/// A prefix or a range's bound is at most a key's size (any bytes; empty is allowed).
+fn check_bound(api: &Api, what: &'static str, bound: &[u8]) -> Result<(), ApiError> {
+    if bound.len() > api.max_key_bytes {
+        return Err(ApiError::TooLarge { what, size: bound.len(), limit: api.max_key_bytes });
+    }
+    Ok(())
+}
+
 fn too_many(count: usize) -> ApiError {
     ApiError::TooLarge { what: "transaction (compares and ops)", size: count, limit: MAX_TXN_OPS }
 }
@@ -246,8 +254,19 @@ pub fn needs(txn: &Txn) -> Vec<Need<'_>> {
         TxnOp::DeletePrefix { prefix } => Need::Prefix(prefix, Access::Write),
         TxnOp::GetKey { key } => Need::Key(key, Access::Read),
         TxnOp::GetPrefix { prefix, .. } => Need::Prefix(prefix, Access::Read),
+        TxnOp::DeleteRange { start, end } => Need::Prefix(range_prefix(start, end.as_deref()), Access::Write),
+        TxnOp::GetRange { start, end, .. } => Need::Prefix(range_prefix(start, end.as_deref()), Access::Read),
     });
     compares.chain(ops).collect()
+}
+
+/// A prefix every key of `[start, end)` starts with: their longest common prefix (any
+/// key between two keys shares the prefix they share), the empty prefix (every key) for
+/// a range without an end. What a token must grant for the range.
+pub fn range_prefix<'a>(start: &'a [u8], end: Option<&[u8]>) -> &'a [u8] {
+    let Some(end) = end else { return &[] };
+    let common = start.iter().zip(end).take_while(|(a, b)| a == b).count();
+    &start[..common]
 }
 
 /// The limits every edge applies to a transaction (`Api::check_command`).
@@ -267,13 +286,11 @@ pub fn check(api: &Api, txn: &Txn) -> Result<(), ApiError> {
             TxnOp::DeleteKey { key } | TxnOp::GetKey { key } => api.check_key(key)?,
             // The empty prefix is every key, as a listing's.
             TxnOp::DeletePrefix { prefix } | TxnOp::GetPrefix { prefix, .. } => {
-                if prefix.len() > api.max_key_bytes {
-                    return Err(ApiError::TooLarge {
-                        what: "prefix",
-                        size: prefix.len(),
-                        limit: api.max_key_bytes,
-                    });
-                }
+                check_bound(api, "prefix", prefix)?
+            }
+            TxnOp::DeleteRange { start, end } | TxnOp::GetRange { start, end, .. } => {
+                check_bound(api, "range start", start)?;
+                check_bound(api, "range end", end.as_deref().unwrap_or_default())?;
             }
         }
     }
@@ -293,6 +310,9 @@ pub fn check(api: &Api, txn: &Txn) -> Result<(), ApiError> {
             | TxnOp::DeletePrefix { prefix: key }
             | TxnOp::GetKey { key }
             | TxnOp::GetPrefix { prefix: key, .. } => key.len() + 4,
+            TxnOp::DeleteRange { start, end } | TxnOp::GetRange { start, end, .. } => {
+                start.len() + end.as_ref().map_or(0, Bytes::len) + 9
+            }
         }))
         .sum();
     let limit = max_txn_bytes(api.max_key_bytes, api.max_value_bytes);
