@@ -22,6 +22,7 @@ pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod driver;
+pub mod etcd;
 mod joining;
 mod lifecycle;
 mod log_limit;
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::sync::{watch, Semaphore};
 
@@ -72,6 +73,9 @@ const PER_PEER_DESCRIPTORS: u64 = 4;
 const LISTEN_BACKLOG: u32 = 1024;
 /// Admin socket connections served at once; more wait in the socket's backlog.
 const MAX_ADMIN_CONNECTIONS: usize = 16;
+/// The most gRPC calls one HTTP/2 connection runs at once (etcd's clients multiplex
+/// every call on one connection; Go's gRPC server allows 100 by default, etcd more).
+const MAX_GRPC_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The exit status of a node that must not run under its id: a committed configuration
 /// removed it, or its data directory is empty and the cluster knows its id. The unit
@@ -685,12 +689,17 @@ async fn accept_http(
             let Some((stream, identity)) = accepted else { return };
             let client =
                 api::Connection { remote, permit: Arc::new(permit), sender: Default::default(), identity };
-            let service = service_fn(move |request| api::serve(api.clone(), client.clone(), request));
-            let connection = hyper::server::conn::http1::Builder::new()
+            let service = service_fn(move |request| api::serve_port(api.clone(), client.clone(), request));
+            // HTTP/1.1 for the HTTP API and the peers, HTTP/2 (with prior knowledge, or
+            // ALPN `h2` over TLS) for etcd's gRPC clients, on the one port.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            builder
+                .http2()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+                .max_concurrent_streams(MAX_GRPC_STREAMS_PER_CONNECTION)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}

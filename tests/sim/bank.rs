@@ -168,6 +168,8 @@ fn is_bank(txn: &Txn) -> bool {
     let key_of = |op: &TxnOp| match op {
         TxnOp::Put { key, .. } | TxnOp::DeleteKey { key } | TxnOp::GetKey { key } => key.clone(),
         TxnOp::DeletePrefix { prefix } | TxnOp::GetPrefix { prefix, .. } => prefix.clone(),
+        // The ledger never writes ranges: a range op is not a bank transaction.
+        TxnOp::DeleteRange { .. } | TxnOp::GetRange { .. } => Bytes::new(),
     };
     txn.compare
         .iter()

@@ -272,6 +272,52 @@ impl ApiError {
         }
     }
 
+    /// The gRPC status for this error (the etcd front, `server::etcd`): etcd's code
+    /// and, where etcd's clients recognise one, etcd's message, with ours after it.
+    pub fn grpc_status(&self) -> tonic::Status {
+        use tonic::Status;
+        let ours = self.to_string();
+        match self {
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed(_) | ApiError::NoRoute => {
+                Status::invalid_argument(ours)
+            }
+            ApiError::TooLarge { .. } => {
+                Status::invalid_argument(format!("etcdserver: request is too large ({ours})"))
+            }
+            ApiError::BodyTimeout(_) | ApiError::ReadTimeout(..) => {
+                Status::unavailable(format!("etcdserver: request timed out ({ours})"))
+            }
+            ApiError::Timeout(..) | ApiError::OutcomeUnknown(_) => Status::unavailable(format!(
+                "etcdserver: request timed out, possibly due to previous leader failure ({ours})"
+            )),
+            ApiError::NotFound => Status::not_found(ours),
+            ApiError::PreconditionFailed { .. } => Status::failed_precondition(ours),
+            ApiError::Unauthorized | ApiError::TokenRequired(_) => Status::unauthenticated(ours),
+            ApiError::TokenDenied(_)
+            | ApiError::Forbidden(_)
+            | ApiError::PeerRefused(_)
+            | ApiError::CertificateRequired(_) => {
+                Status::permission_denied(format!("etcdserver: permission denied ({ours})"))
+            }
+            ApiError::Unavailable(_) | ApiError::NotLeader(_) | ApiError::Misdirected { .. } => {
+                Status::unavailable(format!("etcdserver: no leader ({ours})"))
+            }
+            ApiError::FeatureUnavailable(_) | ApiError::HashUnavailable(_) => Status::unavailable(ours),
+            ApiError::Storage(_) => Status::internal(ours),
+            ApiError::QuotaExceeded(_) => {
+                Status::resource_exhausted(format!("etcdserver: mvcc: database space exceeded ({ours})"))
+            }
+            ApiError::JoinRefused(_) | ApiError::MemberChangeRefused(_) => Status::failed_precondition(ours),
+            ApiError::NoSuchMember(_) => Status::not_found(format!("etcdserver: member not found ({ours})")),
+            ApiError::Compacted { .. } => Status::out_of_range(format!(
+                "etcdserver: mvcc: required revision has been compacted ({ours})"
+            )),
+            ApiError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
+            ApiError::LeaseExists(_) => Status::failed_precondition("etcdserver: lease already exists"),
+            ApiError::Internal(_) => Status::internal(ours),
+        }
+    }
+
     /// The JSON error response: `{"error": "...", "code": "..."}`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });

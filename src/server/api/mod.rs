@@ -145,6 +145,26 @@ type HttpResponse = Response<Full<Bytes>>;
 /// A response: a whole body, or a watch's stream.
 pub type ServedResponse = Response<http_body_util::Either<Full<Bytes>, watch::WatchBody>>;
 
+/// A response on the client port: the HTTP API's, or a gRPC call's (`server::etcd`).
+pub type PortResponse = Response<http_body_util::Either<ServedBody, tonic::body::Body>>;
+
+/// The body of an HTTP API response.
+pub type ServedBody = http_body_util::Either<Full<Bytes>, watch::WatchBody>;
+
+/// Serves one request on the client port: a gRPC call goes to the etcd front, anything
+/// else to the HTTP API. Never fails at the HTTP level.
+pub async fn serve_port(
+    api: Arc<Api>,
+    connection: Connection,
+    request: Request<Incoming>,
+) -> Result<PortResponse, Infallible> {
+    if crate::server::etcd::is_grpc(&request) {
+        let response = crate::server::etcd::serve(api, connection, request).await?;
+        return Ok(response.map(http_body_util::Either::Right));
+    }
+    Ok(serve(api, connection, request).await?.map(http_body_util::Either::Left))
+}
+
 /// Serves one request; never fails at the HTTP level.
 pub async fn serve(
     api: Arc<Api>,
@@ -478,7 +498,7 @@ impl Api {
 
     /// Refuses a client route on a connection without a client certificate, when
     /// `--client-ca` requires one (`Tls::check_client_route`).
-    fn check_client_connection(&self, connection: &Connection) -> Result<(), ApiError> {
+    pub(crate) fn check_client_connection(&self, connection: &Connection) -> Result<(), ApiError> {
         let Some(tls) = &self.tls else { return Ok(()) };
         tls.check_client_route(&connection.identity).map_err(ApiError::CertificateRequired)
     }
@@ -523,7 +543,7 @@ impl Api {
 
     /// Refuses a client request the tokens do not allow (401, 403); with no
     /// `--auth-tokens`, allows everything.
-    fn authorize(&self, headers: &HeaderMap, need: Need<'_>) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap, need: Need<'_>) -> Result<(), ApiError> {
         match &self.auth {
             None => Ok(()),
             Some(auth) => Ok(auth.tokens().check(headers.get(hyper::header::AUTHORIZATION), need)?),

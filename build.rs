@@ -1,0 +1,17 @@
+//! Compiles etcd v3's API (`proto/etcd/*.proto`, our own copies) into Rust for the
+//! etcd front (`server::etcd`). protox parses the files in Rust, so the build needs no
+//! `protoc`: a Debian machine with only cargo builds mmapd as before.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto/etcd"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

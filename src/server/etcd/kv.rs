@@ -1,0 +1,620 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn and Compact, each one command of
+//! the coordination API's state machine (a put, a transaction, a compaction).
+//!
+//! - A range `[key, range_end)`: no `range_end` is the key alone, `"\0"` every key from
+//!   `key` on (so key and range_end both `"\0"` is every key), as etcd's.
+//! - A Range is linearizable (a ReadIndex round) unless `serializable`; at a past
+//!   `revision` it is answered from the replicated history, the same on every node,
+//!   while the history reaches back that far (etcd's "required revision has been
+//!   compacted" beyond it).
+//! - `prev_kv` on Put and DeleteRange becomes a get before the write in the same
+//!   transaction: the previous values are read at the write's revision, atomically.
+//! - `ignore_value` and `ignore_lease` read the key and write it back with a compare
+//!   on its `mod_revision`, again while another writer got in between.
+//! - A Range inside a Txn reads the whole range at the transaction's revision; its
+//!   limit, sort and filters are applied here, as a Range's are.
+//! - Not served: nested transactions and compares over a range (`range_end` on a
+//!   compare) answer `Unimplemented`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use super::proto::etcdserverpb::{
+    compare, kv_server::Kv, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseOp, TxnRequest, TxnResponse,
+};
+use super::proto::mvccpb;
+use super::{invalid, to_i64, Front};
+use crate::kv::TxnResponse as Answer;
+use crate::kv::{
+    Command, Compare, CompareOp, CompareTarget, Condition, KeyValue, Outcome, Since, StateMachine, Txn,
+    TxnOp, TxnOutcome, Value,
+};
+use crate::server::api::error::ApiError;
+use crate::server::api::txn::range_prefix;
+use crate::server::auth::{Access, Need};
+
+/// How often a put with `ignore_value` or `ignore_lease` retries after another write
+/// to its key got in between its read and its write.
+const IGNORE_RETRIES: usize = 16;
+
+/// A key range as etcd spells it, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRange {
+    /// One key.
+    Key(Bytes),
+    /// `[start, end)`; `None`: every key from `start` on.
+    Range(Bytes, Option<Bytes>),
+}
+
+impl KeyRange {
+    /// etcd's rules: an empty `range_end` is the key alone, `"\0"` every key from it on.
+    pub fn of(key: &[u8], range_end: &[u8]) -> KeyRange {
+        match range_end {
+            [] => KeyRange::Key(Bytes::copy_from_slice(key)),
+            [0] => KeyRange::Range(Bytes::copy_from_slice(key), None),
+            end => KeyRange::Range(Bytes::copy_from_slice(key), Some(Bytes::copy_from_slice(end))),
+        }
+    }
+
+    /// What a token must grant to touch it.
+    pub fn need(&self, access: Access) -> Need<'_> {
+        match self {
+            KeyRange::Key(key) => Need::Key(key, access),
+            KeyRange::Range(start, end) => Need::Prefix(range_prefix(start, end.as_deref()), access),
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(wanted) => key == wanted.as_ref(),
+            KeyRange::Range(start, end) => crate::kv::in_range(key, start, end.as_deref()),
+        }
+    }
+
+    /// The keys of the range in `state`, in key order.
+    fn read(&self, state: &StateMachine) -> Vec<KeyValue> {
+        let pair = |(key, value): (&Bytes, &Value)| KeyValue { key: key.clone(), value: value.clone() };
+        match self {
+            KeyRange::Key(key) => state
+                .get(key)
+                .map(|value| KeyValue { key: key.clone(), value: value.clone() })
+                .into_iter()
+                .collect(),
+            KeyRange::Range(start, end) => state.range(start, end.as_deref()).map(pair).collect(),
+        }
+    }
+
+    fn get_op(&self) -> TxnOp {
+        match self {
+            KeyRange::Key(key) => TxnOp::GetKey { key: key.clone() },
+            KeyRange::Range(start, end) => {
+                TxnOp::GetRange { start: start.clone(), end: end.clone(), limit: u32::MAX }
+            }
+        }
+    }
+
+    fn delete_op(&self) -> TxnOp {
+        match self {
+            KeyRange::Key(key) => TxnOp::DeleteKey { key: key.clone() },
+            KeyRange::Range(start, end) => TxnOp::DeleteRange { start: start.clone(), end: end.clone() },
+        }
+    }
+}
+
+/// An etcd `KeyValue` of ours.
+pub fn key_value(pair: &KeyValue, keys_only: bool) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: pair.key.to_vec(),
+        create_revision: to_i64(pair.value.create_revision),
+        mod_revision: to_i64(pair.value.mod_revision),
+        version: to_i64(pair.value.version),
+        value: if keys_only { Vec::new() } else { pair.value.data.to_vec() },
+        lease: pair.value.lease as i64,
+    }
+}
+
+/// The keys of `range` as they were at `revision`: today's, with every change above
+/// `revision` undone from the history's previous values. `revision` must be within the
+/// history (above its compaction point, or at it).
+fn read_at(state: &StateMachine, range: &KeyRange, revision: u64) -> Vec<KeyValue> {
+    let mut keys: BTreeMap<Bytes, Option<Value>> =
+        range.read(state).into_iter().map(|pair| (pair.key, Some(pair.value))).collect();
+    if let Since::Events(events) = state.history().events_since(revision + 1) {
+        // Newest first, so the earliest change above `revision` is the last written.
+        for event in events.iter().rev().filter(|event| range.contains(&event.key)) {
+            keys.insert(event.key.clone(), event.previous.clone());
+        }
+    }
+    keys.into_iter().filter_map(|(key, value)| value.map(|value| KeyValue { key, value })).collect()
+}
+
+/// Applies a Range's limit, sort, filters and `count_only`/`keys_only` to the keys of
+/// its range (in key order).
+fn shape(request: &RangeRequest, mut pairs: Vec<KeyValue>) -> (Vec<mvccpb::KeyValue>, bool, i64) {
+    let count = to_i64(pairs.len() as u64);
+    let bound = |value: i64| u64::try_from(value).unwrap_or(0);
+    let (min_mod, max_mod) = (bound(request.min_mod_revision), bound(request.max_mod_revision));
+    let (min_create, max_create) = (bound(request.min_create_revision), bound(request.max_create_revision));
+    pairs.retain(|pair| {
+        let value = &pair.value;
+        (min_mod == 0 || value.mod_revision >= min_mod)
+            && (max_mod == 0 || value.mod_revision <= max_mod)
+            && (min_create == 0 || value.create_revision >= min_create)
+            && (max_create == 0 || value.create_revision <= max_create)
+    });
+    let order =
+        range_request::SortOrder::try_from(request.sort_order).unwrap_or(range_request::SortOrder::None);
+    let target =
+        range_request::SortTarget::try_from(request.sort_target).unwrap_or(range_request::SortTarget::Key);
+    // etcd sorts ascending by key when only a target is named.
+    let order = match (order, target) {
+        (range_request::SortOrder::None, range_request::SortTarget::Key) => range_request::SortOrder::None,
+        (range_request::SortOrder::None, _) => range_request::SortOrder::Ascend,
+        (order, _) => order,
+    };
+    if order != range_request::SortOrder::None {
+        pairs.sort_by(|a, b| {
+            let ordering = match target {
+                range_request::SortTarget::Key => a.key.cmp(&b.key),
+                range_request::SortTarget::Version => a.value.version.cmp(&b.value.version),
+                range_request::SortTarget::Create => a.value.create_revision.cmp(&b.value.create_revision),
+                range_request::SortTarget::Mod => a.value.mod_revision.cmp(&b.value.mod_revision),
+                range_request::SortTarget::Value => a.value.data.cmp(&b.value.data),
+            };
+            if order == range_request::SortOrder::Descend {
+                ordering.reverse()
+            } else {
+                ordering
+            }
+        });
+    }
+    let limit = usize::try_from(request.limit).unwrap_or(0);
+    let more = limit > 0 && pairs.len() > limit;
+    if more {
+        pairs.truncate(limit);
+    }
+    if request.count_only {
+        return (Vec::new(), more, count);
+    }
+    (pairs.iter().map(|pair| key_value(pair, request.keys_only)).collect(), more, count)
+}
+
+fn check_range_request(request: &RangeRequest) -> Result<(), Status> {
+    if request.limit < 0 {
+        return Err(invalid("a range's limit must not be negative"));
+    }
+    Ok(())
+}
+
+/// What one etcd op of a transaction became: where its answer is among ours.
+enum Planned {
+    Range(RangeRequest),
+    Put { prev: Option<usize> },
+    Delete { prev: Option<usize> },
+}
+
+/// etcd's transaction as ours, and how to read our answers back.
+struct TxnPlan {
+    txn: Txn,
+    success: Vec<(Planned, usize)>,
+    failure: Vec<(Planned, usize)>,
+}
+
+fn compare_of(compare: &super::proto::etcdserverpb::Compare) -> Result<Compare, Status> {
+    if !compare.range_end.is_empty() {
+        return Err(Status::unimplemented(
+            "a compare over a range (range_end) is not served: compare each key",
+        ));
+    }
+    let op = match compare::CompareResult::try_from(compare.result) {
+        Ok(compare::CompareResult::Equal) => CompareOp::Eq,
+        Ok(compare::CompareResult::NotEqual) => CompareOp::NotEq,
+        Ok(compare::CompareResult::Less) => CompareOp::Less,
+        Ok(compare::CompareResult::Greater) => CompareOp::Greater,
+        Err(_) => return Err(invalid(format!("unknown compare result {}", compare.result))),
+    };
+    let number =
+        |value: i64| u64::try_from(value).map_err(|_| invalid("a compare's number must not be negative"));
+    use compare::TargetUnion;
+    let target = match (compare::CompareTarget::try_from(compare.target), &compare.target_union) {
+        (Ok(compare::CompareTarget::Value), Some(TargetUnion::Value(value))) => {
+            CompareTarget::Value(Bytes::copy_from_slice(value))
+        }
+        (Ok(compare::CompareTarget::Value), None) => CompareTarget::Value(Bytes::new()),
+        (Ok(compare::CompareTarget::Version), Some(TargetUnion::Version(n))) => {
+            CompareTarget::Version(number(*n)?)
+        }
+        (Ok(compare::CompareTarget::Version), None) => CompareTarget::Version(0),
+        (Ok(compare::CompareTarget::Create), Some(TargetUnion::CreateRevision(n))) => {
+            CompareTarget::CreateRevision(number(*n)?)
+        }
+        (Ok(compare::CompareTarget::Create), None) => CompareTarget::CreateRevision(0),
+        (Ok(compare::CompareTarget::Mod), Some(TargetUnion::ModRevision(n))) => {
+            CompareTarget::ModRevision(number(*n)?)
+        }
+        (Ok(compare::CompareTarget::Mod), None) => CompareTarget::ModRevision(0),
+        (Ok(compare::CompareTarget::Lease), Some(TargetUnion::Lease(n))) => CompareTarget::Lease(*n as u64),
+        (Ok(compare::CompareTarget::Lease), None) => CompareTarget::Lease(0),
+        _ => return Err(invalid("a compare's target and its value do not match")),
+    };
+    Ok(Compare { key: Bytes::copy_from_slice(&compare.key), target, op })
+}
+
+fn plan_ops(requests: &[RequestOp], ops: &mut Vec<TxnOp>) -> Result<Vec<(Planned, usize)>, Status> {
+    let mut planned = Vec::with_capacity(requests.len());
+    for request in requests {
+        match &request.request {
+            Some(request_op::Request::RequestRange(range)) => {
+                check_range_request(range)?;
+                if range.revision > 0 {
+                    return Err(Status::unimplemented(
+                        "a range at a past revision inside a transaction is not served",
+                    ));
+                }
+                ops.push(KeyRange::of(&range.key, &range.range_end).get_op());
+                planned.push((Planned::Range(range.clone()), ops.len() - 1));
+            }
+            Some(request_op::Request::RequestPut(put)) => {
+                if put.ignore_value || put.ignore_lease {
+                    return Err(Status::unimplemented(
+                        "ignore_value and ignore_lease are not served inside a transaction",
+                    ));
+                }
+                let key = Bytes::copy_from_slice(&put.key);
+                let prev = put.prev_kv.then(|| {
+                    ops.push(TxnOp::GetKey { key: key.clone() });
+                    ops.len() - 1
+                });
+                ops.push(TxnOp::Put {
+                    key,
+                    value: Bytes::copy_from_slice(&put.value),
+                    lease: put.lease as u64,
+                });
+                planned.push((Planned::Put { prev }, ops.len() - 1));
+            }
+            Some(request_op::Request::RequestDeleteRange(delete)) => {
+                let range = KeyRange::of(&delete.key, &delete.range_end);
+                let prev = delete.prev_kv.then(|| {
+                    ops.push(range.get_op());
+                    ops.len() - 1
+                });
+                ops.push(range.delete_op());
+                planned.push((Planned::Delete { prev }, ops.len() - 1));
+            }
+            Some(request_op::Request::RequestTxn(_)) => {
+                return Err(Status::unimplemented("nested transactions are not served"));
+            }
+            None => return Err(invalid("a transaction op without a request")),
+        }
+    }
+    Ok(planned)
+}
+
+fn plan(request: &TxnRequest) -> Result<TxnPlan, Status> {
+    let compare = request.compare.iter().map(compare_of).collect::<Result<Vec<_>, _>>()?;
+    let (mut success_ops, mut failure_ops) = (Vec::new(), Vec::new());
+    let success = plan_ops(&request.success, &mut success_ops)?;
+    let failure = plan_ops(&request.failure, &mut failure_ops)?;
+    Ok(TxnPlan { txn: Txn { compare, success: success_ops, failure: failure_ops }, success, failure })
+}
+
+fn pairs_of(response: &Answer) -> Vec<KeyValue> {
+    match response {
+        Answer::Get(pair) => pair.iter().cloned().collect(),
+        Answer::Range { items, .. } => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn deleted_of(response: &Answer) -> i64 {
+    match response {
+        Answer::Deleted { count } => to_i64(*count),
+        _ => 0,
+    }
+}
+
+impl Front {
+    fn needs_of(txn: &Txn) -> Vec<Need<'_>> {
+        crate::server::api::txn::needs(txn)
+    }
+
+    async fn run_txn(&self, txn: Txn) -> Result<(u64, std::sync::Arc<TxnOutcome>), Status> {
+        if let Some(key) = txn.key_written_twice() {
+            let _ = key;
+            return Err(Status::invalid_argument("etcdserver: duplicate key given in txn request"));
+        }
+        let applied = self.api.write(Command::Txn(txn)).await.map_err(|e| e.grpc_status())?;
+        match applied.outcome {
+            Outcome::Txn(outcome) => Ok((applied.index, outcome)),
+            Outcome::LeaseNotFound { id } => Err(ApiError::LeaseNotFound(id).grpc_status()),
+            other => Err(ApiError::Internal(format!("a transaction applied as {other:?}")).grpc_status()),
+        }
+    }
+
+    fn range_response(&self, request: &RangeRequest, pairs: Vec<KeyValue>, revision: u64) -> RangeResponse {
+        let (kvs, more, count) = shape(request, pairs);
+        RangeResponse { header: self.header(revision), kvs, more, count }
+    }
+
+    fn txn_response(&self, planned: &[(Planned, usize)], outcome: &TxnOutcome, revision: u64) -> TxnResponse {
+        let responses = planned
+            .iter()
+            .map(|(planned, at)| {
+                let ours = &outcome.responses[*at];
+                let response = match planned {
+                    Planned::Range(request) => response_op::Response::ResponseRange(self.range_response(
+                        request,
+                        pairs_of(ours),
+                        revision,
+                    )),
+                    Planned::Put { prev } => response_op::Response::ResponsePut(PutResponse {
+                        header: self.header(revision),
+                        prev_kv: prev.and_then(|at| {
+                            pairs_of(&outcome.responses[at]).first().map(|p| key_value(p, false))
+                        }),
+                    }),
+                    Planned::Delete { prev } => {
+                        response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
+                            header: self.header(revision),
+                            deleted: deleted_of(ours),
+                            prev_kvs: prev.map_or_else(Vec::new, |at| {
+                                pairs_of(&outcome.responses[at]).iter().map(|p| key_value(p, false)).collect()
+                            }),
+                        })
+                    }
+                };
+                ResponseOp { response: Some(response) }
+            })
+            .collect();
+        TxnResponse { header: self.header(revision), succeeded: outcome.succeeded, responses }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for Front {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let range = KeyRange::of(&request.get_ref().key, &request.get_ref().range_end);
+        self.check(&request, &[range.need(Access::Read)])?;
+        let request = request.into_inner();
+        check_range_request(&request)?;
+        if !request.serializable {
+            self.api.read_barrier("").await.map_err(|e| e.grpc_status())?;
+        }
+        // An O(1) copy: read without holding the lock the driver applies under.
+        let state = self.api.node.shared.kv.read().expect("kv lock").clone();
+        let current = state.revision();
+        let pairs = match u64::try_from(request.revision).unwrap_or(0) {
+            0 => range.read(&state),
+            asked if asked > current => {
+                return Err(Status::out_of_range("etcdserver: mvcc: required revision is a future revision"))
+            }
+            asked if asked < state.history().compact_revision() => {
+                return Err(ApiError::Compacted { compact_revision: state.history().compact_revision() }
+                    .grpc_status())
+            }
+            asked => read_at(&state, &range, asked),
+        };
+        Ok(Response::new(self.range_response(&request, pairs, current)))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.check(&request, &[Need::Key(&request.get_ref().key, Access::Write)])?;
+        let mut put = request.into_inner();
+        let key = Bytes::from(std::mem::take(&mut put.key));
+        let lease = put.lease as u64;
+        if put.ignore_value || put.ignore_lease {
+            return self.put_ignoring(key, Bytes::from(put.value.clone()), lease, &put).await;
+        }
+        if !put.prev_kv {
+            let command = Command::Put { key, value: put.value.into(), condition: Condition::None, lease };
+            let applied = self.api.write(command).await.map_err(|e| e.grpc_status())?;
+            return match applied.outcome {
+                Outcome::Written { revision, .. } => {
+                    Ok(Response::new(PutResponse { header: self.header(revision), prev_kv: None }))
+                }
+                Outcome::LeaseNotFound { id } => Err(ApiError::LeaseNotFound(id).grpc_status()),
+                other => Err(ApiError::Internal(format!("a put applied as {other:?}")).grpc_status()),
+            };
+        }
+        let txn = Txn {
+            compare: Vec::new(),
+            success: vec![
+                TxnOp::GetKey { key: key.clone() },
+                TxnOp::Put { key, value: put.value.into(), lease },
+            ],
+            failure: Vec::new(),
+        };
+        let (revision, outcome) = self.run_txn(txn).await?;
+        let prev_kv = pairs_of(&outcome.responses[0]).first().map(|pair| key_value(pair, false));
+        Ok(Response::new(PutResponse { header: self.header(revision), prev_kv }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let range = KeyRange::of(&request.get_ref().key, &request.get_ref().range_end);
+        self.check(&request, &[range.need(Access::Write)])?;
+        let mut ops = Vec::new();
+        if request.get_ref().prev_kv {
+            ops.push(range.get_op());
+        }
+        ops.push(range.delete_op());
+        let txn = Txn { compare: Vec::new(), success: ops, failure: Vec::new() };
+        let (revision, outcome) = self.run_txn(txn).await?;
+        let deleted = deleted_of(outcome.responses.last().expect("the delete's response"));
+        let prev_kvs = if request.get_ref().prev_kv {
+            pairs_of(&outcome.responses[0]).iter().map(|pair| key_value(pair, false)).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(DeleteRangeResponse { header: self.header(revision), deleted, prev_kvs }))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let plan = plan(request.get_ref())?;
+        self.check(&request, &Self::needs_of(&plan.txn))?;
+        let (revision, outcome) = self.run_txn(plan.txn.clone()).await?;
+        let planned = if outcome.succeeded { &plan.success } else { &plan.failure };
+        Ok(Response::new(self.txn_response(planned, &outcome, revision)))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        self.check(&request, &[Need::Prefix(&[], Access::Write)])?;
+        let revision = u64::try_from(request.get_ref().revision).unwrap_or(0);
+        self.api.read_barrier("").await.map_err(|e| e.grpc_status())?;
+        let (current, compacted) = {
+            let kv = self.api.node.shared.kv.read().expect("kv lock");
+            (kv.revision(), kv.history().compact_revision())
+        };
+        if revision > current {
+            return Err(Status::out_of_range("etcdserver: mvcc: required revision is a future revision"));
+        }
+        if revision <= compacted {
+            return Err(ApiError::Compacted { compact_revision: compacted }.grpc_status());
+        }
+        let applied = self.api.write(Command::Compact { revision }).await.map_err(|e| e.grpc_status())?;
+        Ok(Response::new(CompactionResponse { header: self.header(applied.index) }))
+    }
+}
+
+impl Front {
+    /// A put that keeps the key's value (`ignore_value`) or lease (`ignore_lease`): read,
+    /// then write with a compare on the `mod_revision` read, again if it changed.
+    async fn put_ignoring(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        lease: u64,
+        put: &PutRequest,
+    ) -> Result<Response<PutResponse>, Status> {
+        if put.ignore_value && !value.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: value is provided"));
+        }
+        if put.ignore_lease && lease != 0 {
+            return Err(Status::invalid_argument("etcdserver: lease is provided"));
+        }
+        for _ in 0..IGNORE_RETRIES {
+            self.api.read_barrier("").await.map_err(|e| e.grpc_status())?;
+            let current = self.api.node.shared.kv.read().expect("kv lock").get(&key).cloned();
+            let Some(current) = current else {
+                return Err(Status::invalid_argument("etcdserver: key not found"));
+            };
+            let value = if put.ignore_value { current.data.clone() } else { value.clone() };
+            let lease = if put.ignore_lease { current.lease } else { lease };
+            let txn = Txn {
+                compare: vec![Compare {
+                    key: key.clone(),
+                    target: CompareTarget::ModRevision(current.mod_revision),
+                    op: CompareOp::Eq,
+                }],
+                success: vec![TxnOp::Put { key: key.clone(), value, lease }],
+                failure: Vec::new(),
+            };
+            let (revision, outcome) = self.run_txn(txn).await?;
+            if outcome.succeeded {
+                let prev_kv =
+                    put.prev_kv.then(|| key_value(&KeyValue { key: key.clone(), value: current }, false));
+                return Ok(Response::new(PutResponse { header: self.header(revision), prev_kv }));
+            }
+        }
+        Err(Status::aborted("the key kept changing under a put with ignore_value or ignore_lease: retry"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(writes: &[(&str, &str)], deletes_after: &[&str]) -> StateMachine {
+        let mut state = StateMachine::new();
+        let mut index = 0;
+        for (key, value) in writes {
+            index += 1;
+            state.apply(index, &Command::put(key.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        }
+        for key in deletes_after {
+            index += 1;
+            state.apply(index, &Command::delete(key.as_bytes().to_vec()));
+        }
+        state
+    }
+
+    fn keys(pairs: &[KeyValue]) -> Vec<String> {
+        pairs
+            .iter()
+            .map(|pair| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(&pair.key),
+                    String::from_utf8_lossy(&pair.value.data)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn etcd_range_ends_name_one_key_a_range_or_everything_from_the_key() {
+        assert_eq!(KeyRange::of(b"a", b""), KeyRange::Key(Bytes::from_static(b"a")));
+        assert_eq!(KeyRange::of(b"a", b"\0"), KeyRange::Range(Bytes::from_static(b"a"), None));
+        assert_eq!(
+            KeyRange::of(b"a", b"b"),
+            KeyRange::Range(Bytes::from_static(b"a"), Some(Bytes::from_static(b"b")))
+        );
+        let state = state_with(&[("a", "1"), ("a/x", "2"), ("b", "3")], &[]);
+        assert_eq!(keys(&KeyRange::of(b"a", b"b").read(&state)), ["a=1", "a/x=2"]);
+        assert_eq!(keys(&KeyRange::of(b"\0", b"\0").read(&state)), ["a=1", "a/x=2", "b=3"]);
+        assert_eq!(keys(&KeyRange::of(b"b", b"a").read(&state)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_range_at_a_past_revision_undoes_every_later_change() {
+        // Revisions: 1 a=1, 2 b=2, 3 a=3, 4 c=4, 5 delete b.
+        let state = state_with(&[("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")], &["b"]);
+        let all = KeyRange::of(b"\0", b"\0");
+        assert_eq!(keys(&read_at(&state, &all, 1)), ["a=1"]);
+        assert_eq!(keys(&read_at(&state, &all, 2)), ["a=1", "b=2"]);
+        assert_eq!(keys(&read_at(&state, &all, 3)), ["a=3", "b=2"]);
+        assert_eq!(keys(&read_at(&state, &all, 4)), ["a=3", "b=2", "c=4"]);
+        assert_eq!(keys(&read_at(&state, &all, 5)), ["a=3", "c=4"]);
+        let old_a = read_at(&state, &KeyRange::of(b"a", b""), 2);
+        assert_eq!((old_a[0].value.mod_revision, old_a[0].value.version), (1, 1));
+    }
+
+    #[test]
+    fn limits_sorts_and_filters_apply_after_counting_the_range() {
+        let state = state_with(&[("a", "z"), ("b", "y"), ("c", "x")], &[]);
+        let pairs = KeyRange::of(b"\0", b"\0").read(&state);
+        let request = RangeRequest {
+            limit: 2,
+            sort_order: range_request::SortOrder::Descend as i32,
+            sort_target: range_request::SortTarget::Key as i32,
+            ..Default::default()
+        };
+        let (kvs, more, count) = shape(&request, pairs.clone());
+        assert_eq!(
+            (kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), more, count),
+            (vec![b"c".to_vec(), b"b".to_vec()], true, 3)
+        );
+        let request = RangeRequest { min_mod_revision: 2, count_only: true, ..Default::default() };
+        let (kvs, more, count) = shape(&request, pairs.clone());
+        assert_eq!((kvs.len(), more, count), (0, false, 3));
+        let request = RangeRequest {
+            keys_only: true,
+            sort_target: range_request::SortTarget::Value as i32,
+            ..Default::default()
+        };
+        let (kvs, _, _) = shape(&request, pairs);
+        assert_eq!(
+            kvs.iter().map(|kv| (kv.key.clone(), kv.value.len())).collect::<Vec<_>>(),
+            vec![(b"c".to_vec(), 0), (b"b".to_vec(), 0), (b"a".to_vec(), 0)]
+        );
+    }
+}
