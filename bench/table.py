@@ -365,9 +365,12 @@ certificates. A throwaway PKI made with openssl in the run's directory (one CA, 
 P-256; per node a certificate with IP SAN 127.0.0.1, extendedKeyUsage serverAuth and
 clientAuth) serves a second 3-node mmapd cluster (`--tls-cert`, `--tls-key`, `--tls-ca`:
 HTTPS for clients, mutual TLS between peers) and a second 3-node etcd 3.4 (`--cert-file`,
-`--key-file`, `--trusted-ca-file`, and `--peer-cert-file`, `--peer-key-file`,
-`--peer-trusted-ca-file`, `--peer-client-cert-auth`; every URL https). Clients present
-no certificate. "TLS off" is the plain clusters above, run in the same rounds,
+`--key-file`, and `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
+`--peer-client-cert-auth`; every URL, listen, advertise and initial-cluster, https).
+Clients present no certificate (wrk cannot), so neither side checks them: mmapd runs
+without `--client-ca`, and etcd without `--trusted-ca-file`, which in etcd 3.4 turns on
+client-certificate auth whatever `--client-cert-auth` says (etcd issue 11124: with it,
+a client without a certificate has its connection dropped after the handshake). "TLS off" is the plain clusters above, run in the same rounds,
 interleaved (each round: one system TLS on then off, the other off then on). Workloads
 and wrk scripts as above (writes `POST /set` vs `PUT /v2/keys`, linearizable reads), 64
 keep-alive connections, so the handshakes are a negligible part of a run and the cost
