@@ -12,6 +12,7 @@ results are not empty.
 """
 
 import argparse
+import datetime
 import re
 import statistics
 import sys
@@ -315,7 +316,7 @@ a 100-byte value on success, get the key on failure. Every one succeeds (wrk cou
 2xx answers without `"succeeded":true`: none, or a note below); both systems put each
 one through the log.
 
-Command: `bench/run` with `BENCH_TXN=1` (the default) ({args.rounds} rounds x {args.seconds} s
+Command: `bench/run`, {datetime.date.today()}, with `BENCH_TXN=1` (the default) ({args.rounds} rounds x {args.seconds} s
 per run, the first system alternating between rounds; {args.txn_elapsed} s in all).
 Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1, p50 and p99
 below 1 favour mmapd).
@@ -376,7 +377,7 @@ and wrk scripts as above (writes `POST /set` vs `PUT /v2/keys`, linearizable rea
 keep-alive connections, so the handshakes are a negligible part of a run and the cost
 measured is encryption and the TLS layer of each request and of the peer traffic.
 
-Command: `bench/run` with `BENCH_TLS=1` (the default) ({args.rounds} rounds x {args.seconds} s
+Command: `bench/run`, {datetime.date.today()}, with `BENCH_TLS=1` (the default) ({args.rounds} rounds x {args.seconds} s
 per run; {args.tls_elapsed} s in all). Medians over rounds; ratios mmapd / etcd.
 
 Machine: {args.machine}.
