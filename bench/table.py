@@ -4,15 +4,23 @@
 Input: results.tsv lines `round<TAB>workload<TAB>system<TAB>rps=.. p50_us=.. p99_us=..
 requests=.. non2xx=.. socket_errors=..` and memory.tsv lines `system<TAB>node<TAB>VmRSS kB`.
 Figures are medians over rounds; ratios are mmapd / etcd of those medians.
+
+With --txn-results and --tls-results (same line format; bench/run's BENCH_TXN and
+BENCH_TLS sections), also the "## mmapd vs etcd: transactions" and "## mmapd vs etcd:
+TLS" sections, placed after "## mmapd vs etcd"; each section is written only when its
+results are not empty.
 """
 
 import argparse
+import datetime
 import re
 import statistics
 import sys
 from collections import defaultdict
 
 SECTION = "## mmapd vs etcd"
+TXN_SECTION = "## mmapd vs etcd: transactions"
+TLS_SECTION = "## mmapd vs etcd: TLS"
 
 
 def parse_results(path):
@@ -196,17 +204,28 @@ Req/s per round (to judge the noise):
     return body
 
 
-def replace_section(path, text):
+def section_end(lines, start):
+    return next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+
+
+def replace_section(path, text, title=SECTION, after=None):
+    """Replaces the section `title` with `text`; a missing one goes after the section
+    `after` (when there is one), else at the end."""
     try:
         current = open(path).read()
     except FileNotFoundError:
         current = "# Benchmarks\n"
     lines = current.split("\n")
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == title), None)
     if start is None:
-        new = current.rstrip("\n") + "\n\n" + text
+        anchor = next((i for i, line in enumerate(lines) if after and line.strip() == after), None)
+        if anchor is None:
+            new = current.rstrip("\n") + "\n\n" + text
+        else:
+            end = section_end(lines, anchor)
+            new = "\n".join(lines[:end]).rstrip("\n") + "\n\n" + text + "\n" + "\n".join(lines[end:])
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        end = section_end(lines, start)
         new = "\n".join(lines[:start]) + ("\n" if start else "") + text + "\n" + "\n".join(lines[end:])
     open(path, "w").write(new.rstrip("\n") + "\n")
 
@@ -220,13 +239,167 @@ def main():
     parser.add_argument("--elapsed", default="?")
     parser.add_argument("--machine", default="unknown")
     parser.add_argument("--markdown", help="BENCHMARKS.md to update")
+    parser.add_argument("--txn-results", help="bench/run's BENCH_TXN results")
+    parser.add_argument("--txn-elapsed", default="?")
+    parser.add_argument("--tls-results", help="bench/run's BENCH_TLS results")
+    parser.add_argument("--tls-elapsed", default="?")
     args = parser.parse_args()
-    table, goals, memory, notes, spread = build(args)
-    text = section(args, table, goals, memory, notes, spread)
-    print(text)
-    if args.markdown:
-        replace_section(args.markdown, text)
+    sections = []  # (title, text)
+    if has_results(args.results):
+        table, goals, memory, notes, spread = build(args)
+        sections.append((SECTION, section(args, table, goals, memory, notes, spread)))
+    if args.txn_results and has_results(args.txn_results):
+        sections.append((TXN_SECTION, txn_section(args)))
+    if args.tls_results and has_results(args.tls_results):
+        sections.append((TLS_SECTION, tls_section(args)))
+    after = SECTION
+    for title, text in sections:
+        print(text)
+        if args.markdown:
+            replace_section(args.markdown, text, title, after)
+        after = title
+    if args.markdown and sections:
         print(f"updated {args.markdown}", file=sys.stderr)
+
+
+def has_results(path):
+    try:
+        return any(line.strip() for line in open(path))
+    except FileNotFoundError:
+        return False
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else float("nan")
+
+
+def compare_rows(runs, pairs):
+    """Table rows of pairs (label, (workload, system) of the left, (workload, system) of
+    the right): req/s, p50 and p99 of each, and the ratios left / right."""
+    rows, notes, spread = [], [], []
+    for label, left, right in pairs:
+        l, r = runs.get(left, []), runs.get(right, [])
+        if not l or not r:
+            continue
+        lm = {k: median(l, k) for k in ("rps", "p50_us", "p99_us")}
+        rm = {k: median(r, k) for k in ("rps", "p50_us", "p99_us")}
+        problems = [f"{side[1]}: {errors(x)}" for side, x in ((left, l), (right, r)) if errors(x)]
+        for side, x in ((left, l), (right, r)):
+            missed = sum(int(run.get("not_succeeded", 0)) for run in x)
+            if missed:
+                problems.append(f"{side[1]}: {missed} answers without `succeeded: true`")
+        if problems:
+            notes.append(f"- {label}: {'; '.join(problems)}")
+        rows.append(
+            f"| {label}{' **(errors)**' if problems else ''} | {rate(lm['rps'])} | {ms(lm['p50_us'])} | "
+            f"{ms(lm['p99_us'])} | {rate(rm['rps'])} | {ms(rm['p50_us'])} | {ms(rm['p99_us'])} | "
+            f"{ratio(lm['rps'], rm['rps']):.2f}x | {ratio(lm['p50_us'], rm['p50_us']):.2f}x | "
+            f"{ratio(lm['p99_us'], rm['p99_us']):.2f}x |"
+        )
+        spread.append(f"- {label}: {left[1]} {', '.join(rate(x['rps']) for x in l)}; "
+                      f"{right[1]} {', '.join(rate(x['rps']) for x in r)}")
+    return rows, notes, spread
+
+
+def txn_section(args):
+    order, runs = parse_results(args.txn_results)
+    rows, notes, spread = compare_rows(runs, [(w, (w, "mmapd"), (w, "etcd")) for w in order])
+    body = f"""{TXN_SECTION}
+
+`bench/run`'s `BENCH_TXN` section, on the same two 3-node clusters as above (load to the
+leaders): mmapd `POST /v1/txn` against etcd 3.4's v3 JSON gateway `POST /v3/kv/txn` (keys
+and values base64; the gateway hands each request to etcd's gRPC server over a local
+connection, which is part of what etcd's JSON API costs). The transaction
+(`bench/wrk/txn.lua`) is "update if it exists" on a random key of the 10,000 prefilled
+ones (in etcd's v3 keyspace, which is not its v2 one): compare the key's version > 0, put
+a 100-byte value on success, get the key on failure. Every one succeeds (wrk counts the
+2xx answers without `"succeeded":true`: none, or a note below); both systems put each
+one through the log.
+
+Command: `bench/run`, {datetime.date.today()}, with `BENCH_TXN=1` (the default) ({args.rounds} rounds x {args.seconds} s
+per run, the first system alternating between rounds; {args.txn_elapsed} s in all).
+Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1, p50 and p99
+below 1 favour mmapd).
+
+Machine: {args.machine}.
+
+| workload | mmapd req/s | p50 | p99 | etcd req/s | p50 | p99 | req/s mmapd/etcd | p50 mmapd/etcd | p99 mmapd/etcd |
+|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
+{chr(10).join(rows)}
+
+Req/s per round:
+
+{chr(10).join(spread)}
+"""
+    if notes:
+        body += "\nErrors (summed over rounds):\n\n" + "\n".join(notes) + "\n"
+    return body
+
+
+def tls_section(args):
+    order, runs = parse_results(args.tls_results)
+    names = []  # workload names without " TLS on" / " TLS off"
+    for w in order:
+        name = w.rsplit(" TLS ", 1)[0]
+        if name not in names:
+            names.append(name)
+    versus, notes, spread = compare_rows(
+        runs,
+        [(f"{n}, TLS {state}", (f"{n} TLS {state}", "mmapd"), (f"{n} TLS {state}", "etcd"))
+         for n in names for state in ("on", "off")],
+    )
+    cost = []
+    for n in names:
+        cells = []
+        for system in ("mmapd", "etcd"):
+            on, off = runs.get((f"{n} TLS on", system), []), runs.get((f"{n} TLS off", system), [])
+            if not on or not off:
+                cells = None
+                break
+            cells += [f"{ratio(median(on, k), median(off, k)):.2f}x" for k in ("rps", "p50_us", "p99_us")]
+        if cells:
+            cost.append(f"| {n} | " + " | ".join(cells) + " |")
+    body = f"""{TLS_SECTION}
+
+`bench/run`'s `BENCH_TLS` section: TLS on vs off, beside etcd with TLS on, the same
+certificates. A throwaway PKI made with openssl in the run's directory (one CA, ECDSA
+P-256; per node a certificate with IP SAN 127.0.0.1, extendedKeyUsage serverAuth and
+clientAuth) serves a second 3-node mmapd cluster (`--tls-cert`, `--tls-key`, `--tls-ca`:
+HTTPS for clients, mutual TLS between peers) and a second 3-node etcd 3.4 (`--cert-file`,
+`--key-file`, and `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
+`--peer-client-cert-auth`; every URL, listen, advertise and initial-cluster, https).
+Clients present no certificate (wrk cannot), so neither side checks them: mmapd runs
+without `--client-ca`, and etcd without `--trusted-ca-file`, which in etcd 3.4 turns on
+client-certificate auth whatever `--client-cert-auth` says (etcd issue 11124: with it,
+a client without a certificate has its connection dropped after the handshake). "TLS off" is the plain clusters above, run in the same rounds,
+interleaved (each round: one system TLS on then off, the other off then on). Workloads
+and wrk scripts as above (writes `POST /set` vs `PUT /v2/keys`, linearizable reads), 64
+keep-alive connections, so the handshakes are a negligible part of a run and the cost
+measured is encryption and the TLS layer of each request and of the peer traffic.
+
+Command: `bench/run`, {datetime.date.today()}, with `BENCH_TLS=1` (the default) ({args.rounds} rounds x {args.seconds} s
+per run; {args.tls_elapsed} s in all). Medians over rounds; ratios mmapd / etcd.
+
+Machine: {args.machine}.
+
+| workload | mmapd req/s | p50 | p99 | etcd req/s | p50 | p99 | req/s mmapd/etcd | p50 mmapd/etcd | p99 mmapd/etcd |
+|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
+{chr(10).join(versus)}
+
+What TLS costs each system (TLS on / off, medians; req/s below 1 and latencies above 1
+are the cost):
+
+| workload | mmapd req/s | mmapd p50 | mmapd p99 | etcd req/s | etcd p50 | etcd p99 |
+|---|--:|--:|--:|--:|--:|--:|
+{chr(10).join(cost)}
+
+Req/s per round:
+
+{chr(10).join(spread)}
+"""
+    if notes:
+        body += "\nErrors (summed over rounds):\n\n" + "\n".join(notes) + "\n"
+    return body
 
 
 if __name__ == "__main__":

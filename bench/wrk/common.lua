@@ -47,14 +47,16 @@ function M.init()
    math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919)
 end
 
--- One line for bench/table.py: requests/s, latency percentiles in microseconds, errors.
-function M.done(summary, latency, requests)
+-- One line for bench/table.py: requests/s, latency percentiles in microseconds, errors;
+-- `extra`, if given, is appended (more `name=value` fields).
+function M.done(summary, latency, requests, extra)
    local seconds = summary.duration / 1e6
    local errors = summary.errors
    io.write(string.format(
-      "BENCH_RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d non2xx=%d socket_errors=%d\n",
+      "BENCH_RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d non2xx=%d socket_errors=%d%s\n",
       summary.requests / seconds, latency:percentile(50), latency:percentile(99), summary.requests,
-      errors.status, errors.connect + errors.read + errors.write + errors.timeout))
+      errors.status, errors.connect + errors.read + errors.write + errors.timeout,
+      extra and (" " .. extra) or ""))
 end
 
 return M
