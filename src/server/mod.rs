@@ -76,6 +76,9 @@ const MAX_ADMIN_CONNECTIONS: usize = 16;
 /// The most gRPC calls one HTTP/2 connection runs at once (etcd's clients multiplex
 /// every call on one connection; Go's gRPC server allows 100 by default, etcd more).
 const MAX_GRPC_STREAMS_PER_CONNECTION: u32 = 1024;
+/// A connection that sends no request within this is closed (hyper's header timeout,
+/// for HTTP/1.1).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The exit status of a node that must not run under its id: a committed configuration
 /// removed it, or its data directory is empty and the cluster knows its id. The unit
@@ -689,7 +692,14 @@ async fn accept_http(
             let Some((stream, identity)) = accepted else { return };
             let client =
                 api::Connection { remote, permit: Arc::new(permit), sender: Default::default(), identity };
-            let service = service_fn(move |request| api::serve_port(api.clone(), client.clone(), request));
+            // hyper's header timeout starts only once the protocol is known: a connection
+            // that never sends a first request is closed after FIRST_REQUEST_TIMEOUT.
+            let spoke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let heard = spoke.clone();
+            let service = service_fn(move |request| {
+                heard.store(true, std::sync::atomic::Ordering::Relaxed);
+                api::serve_port(api.clone(), client.clone(), request)
+            });
             // HTTP/1.1 for the HTTP API and the peers, HTTP/2 (with prior knowledge, or
             // ALPN `h2` over TLS) for etcd's gRPC clients, on the one port.
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -701,8 +711,15 @@ async fn accept_http(
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
+            let silent = async {
+                tokio::time::sleep(FIRST_REQUEST_TIMEOUT).await;
+                if spoke.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = connection.as_mut() => {}
+                _ = silent => {}
                 _ = shutdown.changed() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
