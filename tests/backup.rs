@@ -371,6 +371,78 @@ fn a_backup_under_load_restored_into_a_new_cluster_serves_exactly_the_state_at_i
     });
 }
 
+fn call(port: u16, method: &str, path: &str, body: &str) -> Response {
+    request(port, method, path, &[], body.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// A lease and its key survive backup and restore (as etcd's `snapshot save` and
+/// `restore` keep them): the restored node lists the key under the lease, its countdown
+/// starts again at the full TTL when the restored node leads, and revoking the lease
+/// deletes the key.
+#[test]
+fn a_restored_cluster_keeps_leases_and_their_keys() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let port = cluster.port(leader);
+    let granted = call(port, "POST", "/v1/leases", r#"{"ttl_s":30}"#);
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    let id = granted.json()["id"].as_str().expect("an id").to_owned();
+    let attached = call(port, "PUT", &format!("/v1/kv/k?lease={id}"), "leased");
+    assert!(matches!(attached.status, 200 | 201), "{}", attached.text());
+    put_version(port, "plain", "no lease");
+    let idle = call(port, "POST", "/v1/leases", r#"{"ttl_s":600,"id":"00000000000000ab"}"#);
+    assert_eq!(idle.status, 201, "a lease with no keys: {}", idle.text());
+    // Let the lease's countdown run, so that a restored one that kept it would show less.
+    std::thread::sleep(Duration::from_secs(4));
+    let before = call(port, "GET", &format!("/v1/leases/{id}"), "").json();
+    assert!(before["ttl_s"].as_u64().unwrap() <= 27, "{before}");
+
+    let file = cluster.dir.path().join("leases.backup");
+    let follower = cluster.others(leader)[0];
+    let socket = socket_of(&cluster, follower);
+    let line = admin_ok(&["--socket", socket.to_str().unwrap(), "backup", file.to_str().unwrap()]);
+    assert!(line.contains(", 2 keys, "), "{line}");
+    let restored_port = free_ports(1)[0];
+    let restored_dir = cluster.dir.path().join("restored");
+    admin_ok(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+        "--advertise",
+        &format!("127.0.0.1:{restored_port}"),
+    ]);
+    let port_text = restored_port.to_string();
+    let mut args = vec!["--port", &port_text, "--data-dir", restored_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    let mut restored = Daemon::new(cluster.dir.path(), restored_port, &args);
+    restored.start().unwrap();
+    wait_for(Duration::from_secs(5), "the restored node to lead", || {
+        (restored.status()?["state"] == "leader").then_some(())
+    });
+
+    let lease = call(restored_port, "GET", &format!("/v1/leases/{id}"), "");
+    assert_eq!(lease.status, 200, "the restored node lost the lease: {}", lease.text());
+    let lease = lease.json();
+    assert_eq!(lease["keys"], serde_json::json!(["k"]), "{lease}");
+    assert_eq!(lease["granted_ttl_s"], 30, "{lease}");
+    let ttl_s = lease["ttl_s"].as_u64().unwrap();
+    assert!(ttl_s >= 28, "the restored lease's countdown did not start again at its full TTL: {lease}");
+    let idle = call(restored_port, "GET", "/v1/leases/00000000000000ab", "").json();
+    assert_eq!((idle["granted_ttl_s"].clone(), idle["keys"].clone()), (600.into(), serde_json::json!([])));
+    let all = call(restored_port, "GET", "/v1/leases", "").json();
+    assert_eq!(all["leases"].as_array().unwrap().len(), 2, "{all}");
+    let value = get(restored_port, "/v1/kv/k");
+    assert_eq!((value.status, value.text()), (200, "leased".to_owned()));
+
+    let revoked = call(restored_port, "DELETE", &format!("/v1/leases/{id}"), "");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json()["deleted"], 1, "{}", revoked.text());
+    assert_eq!(get(restored_port, "/v1/kv/k").status, 404, "revoking the restored lease left its key");
+    assert_eq!(get(restored_port, "/v1/kv/plain").text(), "no lease");
+    assert_eq!(call(restored_port, "GET", &format!("/v1/leases/{id}"), "").status, 404);
+}
+
 #[test]
 fn restore_refuses_a_non_empty_directory_a_damaged_backup_and_a_bad_address() {
     let single = Single::start(&[]);
