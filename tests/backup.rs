@@ -141,9 +141,10 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
     let mut random = Random::from_env_or_clock();
     let damaged = single.dir.path().join("damaged.backup");
     let damaged_arg = damaged.to_str().unwrap();
-    // The header, chunk boundaries and the trailer, then random places.
+    // The header, the (empty) lease table, chunk boundaries and the trailer, then
+    // random places.
     let mut places: Vec<u64> =
-        vec![0, 8, 12, 63, 64, 87, 88, bytes.len() as u64 - 32, bytes.len() as u64 - 1];
+        vec![0, 8, 12, 56, 63, 64, 72, 87, 88, 111, 112, bytes.len() as u64 - 32, bytes.len() as u64 - 1];
     places.extend((0..60).map(|_| random.below(bytes.len() as u64)));
     for &place in &places {
         let mut flipped = bytes.clone();
@@ -163,12 +164,12 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
     // A format newer than this build's: the line names the file, the version found and
     // the versions read.
     let mut newer = bytes.clone();
-    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
+    newer[8..12].copy_from_slice(&4u32.to_le_bytes());
     std::fs::write(&damaged, &newer).unwrap();
     let output = admin(&["backup", "--verify", damaged_arg]);
     assert_fails_with_one_line(&output, damaged_arg);
     let message = stderr(&output);
-    assert!(message.contains("version 3") && message.contains("versions 1 and 2"), "{message}");
+    assert!(message.contains("version 4") && message.contains("versions 1 to 3"), "{message}");
 
     let output = admin(&["backup", "--verify", single.dir.path().join("missing").to_str().unwrap()]);
     assert_fails_with_one_line(&output, "cannot read");
