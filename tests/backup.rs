@@ -141,9 +141,10 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
     let mut random = Random::from_env_or_clock();
     let damaged = single.dir.path().join("damaged.backup");
     let damaged_arg = damaged.to_str().unwrap();
-    // The header, chunk boundaries and the trailer, then random places.
+    // The header, the (empty) lease table, chunk boundaries and the trailer, then
+    // random places.
     let mut places: Vec<u64> =
-        vec![0, 8, 12, 63, 64, 87, 88, bytes.len() as u64 - 32, bytes.len() as u64 - 1];
+        vec![0, 8, 12, 56, 63, 64, 72, 87, 88, 111, 112, bytes.len() as u64 - 32, bytes.len() as u64 - 1];
     places.extend((0..60).map(|_| random.below(bytes.len() as u64)));
     for &place in &places {
         let mut flipped = bytes.clone();
@@ -163,12 +164,12 @@ fn a_damaged_backup_is_refused_with_the_offset_of_the_damage() {
     // A format newer than this build's: the line names the file, the version found and
     // the versions read.
     let mut newer = bytes.clone();
-    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
+    newer[8..12].copy_from_slice(&4u32.to_le_bytes());
     std::fs::write(&damaged, &newer).unwrap();
     let output = admin(&["backup", "--verify", damaged_arg]);
     assert_fails_with_one_line(&output, damaged_arg);
     let message = stderr(&output);
-    assert!(message.contains("version 3") && message.contains("versions 1 and 2"), "{message}");
+    assert!(message.contains("version 4") && message.contains("versions 1 to 3"), "{message}");
 
     let output = admin(&["backup", "--verify", single.dir.path().join("missing").to_str().unwrap()]);
     assert_fails_with_one_line(&output, "cannot read");
@@ -369,6 +370,78 @@ fn a_backup_under_load_restored_into_a_new_cluster_serves_exactly_the_state_at_i
     wait_for(Duration::from_secs(5), "the joined node to serve the data", || {
         (served(joiner_port) == expected).then_some(())
     });
+}
+
+fn call(port: u16, method: &str, path: &str, body: &str) -> Response {
+    request(port, method, path, &[], body.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// A lease and its key survive backup and restore (as etcd's `snapshot save` and
+/// `restore` keep them): the restored node lists the key under the lease, its countdown
+/// starts again at the full TTL when the restored node leads, and revoking the lease
+/// deletes the key.
+#[test]
+fn a_restored_cluster_keeps_leases_and_their_keys() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let port = cluster.port(leader);
+    let granted = call(port, "POST", "/v1/leases", r#"{"ttl_s":30}"#);
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    let id = granted.json()["id"].as_str().expect("an id").to_owned();
+    let attached = call(port, "PUT", &format!("/v1/kv/k?lease={id}"), "leased");
+    assert!(matches!(attached.status, 200 | 201), "{}", attached.text());
+    put_version(port, "plain", "no lease");
+    let idle = call(port, "POST", "/v1/leases", r#"{"ttl_s":600,"id":"00000000000000ab"}"#);
+    assert_eq!(idle.status, 201, "a lease with no keys: {}", idle.text());
+    // Let the lease's countdown run, so that a restored one that kept it would show less.
+    std::thread::sleep(Duration::from_secs(4));
+    let before = call(port, "GET", &format!("/v1/leases/{id}"), "").json();
+    assert!(before["ttl_s"].as_u64().unwrap() <= 27, "{before}");
+
+    let file = cluster.dir.path().join("leases.backup");
+    let follower = cluster.others(leader)[0];
+    let socket = socket_of(&cluster, follower);
+    let line = admin_ok(&["--socket", socket.to_str().unwrap(), "backup", file.to_str().unwrap()]);
+    assert!(line.contains(", 2 keys, "), "{line}");
+    let restored_port = free_ports(1)[0];
+    let restored_dir = cluster.dir.path().join("restored");
+    admin_ok(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+        "--advertise",
+        &format!("127.0.0.1:{restored_port}"),
+    ]);
+    let port_text = restored_port.to_string();
+    let mut args = vec!["--port", &port_text, "--data-dir", restored_dir.to_str().unwrap()];
+    args.extend(FAST_TIMINGS);
+    let mut restored = Daemon::new(cluster.dir.path(), restored_port, &args);
+    restored.start().unwrap();
+    wait_for(Duration::from_secs(5), "the restored node to lead", || {
+        (restored.status()?["state"] == "leader").then_some(())
+    });
+
+    let lease = call(restored_port, "GET", &format!("/v1/leases/{id}"), "");
+    assert_eq!(lease.status, 200, "the restored node lost the lease: {}", lease.text());
+    let lease = lease.json();
+    assert_eq!(lease["keys"], serde_json::json!(["k"]), "{lease}");
+    assert_eq!(lease["granted_ttl_s"], 30, "{lease}");
+    let ttl_s = lease["ttl_s"].as_u64().unwrap();
+    assert!(ttl_s >= 28, "the restored lease's countdown did not start again at its full TTL: {lease}");
+    let idle = call(restored_port, "GET", "/v1/leases/00000000000000ab", "").json();
+    assert_eq!((idle["granted_ttl_s"].clone(), idle["keys"].clone()), (600.into(), serde_json::json!([])));
+    let all = call(restored_port, "GET", "/v1/leases", "").json();
+    assert_eq!(all["leases"].as_array().unwrap().len(), 2, "{all}");
+    let value = get(restored_port, "/v1/kv/k");
+    assert_eq!((value.status, value.text()), (200, "leased".to_owned()));
+
+    let revoked = call(restored_port, "DELETE", &format!("/v1/leases/{id}"), "");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json()["deleted"], 1, "{}", revoked.text());
+    assert_eq!(get(restored_port, "/v1/kv/k").status, 404, "revoking the restored lease left its key");
+    assert_eq!(get(restored_port, "/v1/kv/plain").text(), "no lease");
+    assert_eq!(call(restored_port, "GET", &format!("/v1/leases/{id}"), "").status, 404);
 }
 
 #[test]

@@ -51,9 +51,9 @@ enum Command {
         /// The db.json file.
         file: PathBuf,
     },
-    /// Write a backup of the key-value state at one revision (linearizable: it holds
-    /// every write acknowledged before the command started), from any member, while
-    /// writes go on; or, with --verify, check a backup file without restoring it.
+    /// Write a backup of the key-value state and leases at one revision (linearizable:
+    /// it holds every write acknowledged before the command started), from any member,
+    /// while writes go on; or, with --verify, check a backup file without restoring it.
     Backup {
         /// The backup file (- for standard output, or input with --verify). Written as
         /// FILE.part, synced, then renamed to FILE once checked whole.

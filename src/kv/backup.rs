@@ -10,7 +10,16 @@
 //!   before [`BackupDecoder::finish`] succeeds (the trailer's file checksum and counts);
 //! - [`verify_backup`] and [`load_backup`] read a file through it.
 //!
-//! Format version 2 records each key's `create_revision`, `mod_revision` and `version`.
+//! Format version 3 keeps the leases, as etcd's `snapshot save` does: the header
+//! holds the lease count, a `LEAS` frame right after it holds the lease table (each
+//! lease's id and granted TTL), and each record names its key's lease (0: none). A
+//! restored lease's countdown is not in the file: it starts again at the full TTL when
+//! the restored cluster's leader takes over (`server::driver::leases`, etcd's rule).
+//! The decoder holds the lease table (16 bytes a lease) besides one chunk, to check
+//! that every record's lease is in it.
+//!
+//! Version 2 (written before the leases) records each key's `create_revision`,
+//! `mod_revision` and `version`, and loads with every key attached to no lease.
 //! Version 1 files (written before keys carried the first and last) still load, with
 //! the approximation the snapshot loader makes for its old formats (`kv::snapshot`):
 //! `create_revision = mod_revision`, `version = 1`. A version this build does not know
@@ -22,18 +31,27 @@ use bytes::{BufMut, Bytes, BytesMut};
 use imbl::OrdMap;
 
 use super::cluster::Cluster;
+use super::lease::{Lease, MAX_LEASE_TTL_S};
 use super::state_machine::{StateMachine, Value};
 
 /// First bytes of a backup file.
 pub const BACKUP_MAGIC: [u8; 8] = *b"MMAPDBAK";
 /// The backup format version written.
-pub const BACKUP_VERSION: u32 = 2;
+pub const BACKUP_VERSION: u32 = 3;
 /// The version before keys carried `create_revision` and `version`; still read.
 const BACKUP_VERSION_1: u32 = 1;
+/// The version before the leases; still read.
+const BACKUP_VERSION_2: u32 = 2;
+/// Every version this build reads.
+const READ_VERSIONS: [u32; 3] = [BACKUP_VERSION_1, BACKUP_VERSION_2, BACKUP_VERSION];
 /// The file header.
 pub const BACKUP_HEADER_BYTES: usize = 64;
 /// The header of each chunk; its records follow.
 pub const CHUNK_HEADER_BYTES: usize = 24;
+/// The header of the lease table (version 3); its entries follow.
+pub const LEASE_TABLE_HEADER_BYTES: usize = 24;
+/// One lease in the table: u64 id, u64 granted TTL in seconds.
+pub const LEASE_ENTRY_BYTES: usize = 8 + 8;
 /// The trailer, which ends the file.
 pub const TRAILER_BYTES: usize = 32;
 /// A chunk is closed once its records reach this size (a larger record gets a chunk of
@@ -42,13 +60,17 @@ pub const CHUNK_TARGET_BYTES: usize = 1 << 20;
 /// The most record bytes a chunk may hold: one record of the largest log entry
 /// (`store::record::MAX_PAYLOAD_BYTES`, 64 MiB) fits. Bounds what a reader buffers.
 pub const MAX_CHUNK_DATA_BYTES: usize = 128 << 20;
-/// The smallest record: u32 key length, u64 `create_revision`, `mod_revision` and
-/// `version`, u32 value length.
-const MIN_RECORD_BYTES: usize = 4 + 8 + 8 + 8 + 4;
+/// The smallest record: u32 key length, u64 `create_revision`, `mod_revision`,
+/// `version` and lease, u32 value length.
+const MIN_RECORD_BYTES: usize = 4 + 8 + 8 + 8 + 8 + 4;
+/// The smallest record of a version 2 file: the same without the lease.
+const MIN_RECORD_V2_BYTES: usize = 4 + 8 + 8 + 8 + 4;
 /// The smallest record of a version 1 file: u32 key length, u64 `mod_revision`, u32
 /// value length.
 const MIN_RECORD_V1_BYTES: usize = 4 + 8 + 4;
+const _: () = assert!(MIN_RECORD_BYTES == 40 && MIN_RECORD_V2_BYTES == 32 && MIN_RECORD_V1_BYTES == 16);
 
+const LEASE_TABLE_TAG: [u8; 4] = *b"LEAS";
 const CHUNK_TAG: [u8; 4] = *b"CHNK";
 const TRAILER_TAG: [u8; 4] = *b"DONE";
 
@@ -60,8 +82,15 @@ const CLUSTER_ID_OFFSET: usize = 24;
 const NODE_ID_OFFSET: usize = 32;
 const KEYS_OFFSET: usize = 40;
 const CREATED_OFFSET: usize = 48;
-const HEADER_RESERVED_OFFSET: usize = 56;
-const _: () = assert!(HEADER_RESERVED_OFFSET + 8 == BACKUP_HEADER_BYTES);
+/// The lease count in version 3; reserved, 0, in versions 1 and 2.
+const HEADER_LEASES_OFFSET: usize = 56;
+const _: () = assert!(HEADER_LEASES_OFFSET + 8 == BACKUP_HEADER_BYTES);
+// Lease table header fields.
+const LEASE_TABLE_RESERVED_OFFSET: usize = 4;
+const LEASE_TABLE_COUNT_OFFSET: usize = 8;
+const LEASE_TABLE_DATA_CRC_OFFSET: usize = 16;
+const LEASE_TABLE_HEADER_CRC_OFFSET: usize = 20;
+const _: () = assert!(LEASE_TABLE_HEADER_CRC_OFFSET + 4 == LEASE_TABLE_HEADER_BYTES);
 // Chunk header fields.
 const CHUNK_COUNT_OFFSET: usize = 4;
 const CHUNK_LENGTH_OFFSET: usize = 8;
@@ -82,7 +111,7 @@ const _: () = assert!(crate::store::record::MAX_PAYLOAD_BYTES + MIN_RECORD_BYTES
 /// What the header of a backup says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackupHeader {
-    /// The file's format version: `BACKUP_VERSION`, or 1 for an older file.
+    /// The file's format version: `BACKUP_VERSION`, or 1 or 2 for an older file.
     pub format_version: u32,
     /// The applied index the state was copied at: every key's `mod_revision` is at most
     /// this.
@@ -95,6 +124,8 @@ pub struct BackupHeader {
     pub keys: u64,
     /// When the copy was taken, in seconds since the Unix epoch.
     pub created_unix_seconds: u64,
+    /// Number of leases (0 in a version 1 or 2 file, which holds none).
+    pub leases: u64,
 }
 
 /// A whole backup, written or checked.
@@ -178,8 +209,8 @@ pub fn encode_backup<E>(
     encode_backup_as(BACKUP_VERSION, machine, node_id, created_unix_seconds, emit)
 }
 
-/// `encode_backup` in format `format_version`: `BACKUP_VERSION`, or 1 for the tests of
-/// old files.
+/// `encode_backup` in format `format_version`: `BACKUP_VERSION`, or 1 or 2 for the
+/// tests of old files (which, as those releases did, leave the leases out).
 fn encode_backup_as<E>(
     format_version: u32,
     machine: &StateMachine,
@@ -187,7 +218,8 @@ fn encode_backup_as<E>(
     created_unix_seconds: u64,
     mut emit: impl FnMut(Bytes) -> Result<(), E>,
 ) -> Result<BackupSummary, E> {
-    assert!(format_version == BACKUP_VERSION || format_version == BACKUP_VERSION_1);
+    assert!(READ_VERSIONS.contains(&format_version));
+    let with_leases = format_version >= BACKUP_VERSION;
     let header = BackupHeader {
         format_version,
         revision: machine.applied_index(),
@@ -195,6 +227,7 @@ fn encode_backup_as<E>(
         node_id,
         keys: machine.len() as u64,
         created_unix_seconds,
+        leases: if with_leases { machine.lease_count() as u64 } else { 0 },
     };
     let mut crc = 0;
     let mut bytes = 0u64;
@@ -204,6 +237,9 @@ fn encode_backup_as<E>(
         emit(piece)
     };
     out(Bytes::copy_from_slice(&encode_header(&header)), &mut crc, &mut bytes)?;
+    if with_leases {
+        out(encode_lease_table(machine), &mut crc, &mut bytes)?;
+    }
     let mut chunk = ChunkBuilder::new(format_version);
     let mut chunks = 0u64;
     for (key, value) in machine.iter() {
@@ -236,7 +272,8 @@ fn encode_header(header: &BackupHeader) -> [u8; BACKUP_HEADER_BYTES] {
     bytes[CLUSTER_ID_OFFSET..NODE_ID_OFFSET].copy_from_slice(&header.cluster_id.to_le_bytes());
     bytes[NODE_ID_OFFSET..KEYS_OFFSET].copy_from_slice(&header.node_id.to_le_bytes());
     bytes[KEYS_OFFSET..CREATED_OFFSET].copy_from_slice(&header.keys.to_le_bytes());
-    bytes[CREATED_OFFSET..HEADER_RESERVED_OFFSET].copy_from_slice(&header.created_unix_seconds.to_le_bytes());
+    bytes[CREATED_OFFSET..HEADER_LEASES_OFFSET].copy_from_slice(&header.created_unix_seconds.to_le_bytes());
+    bytes[HEADER_LEASES_OFFSET..].copy_from_slice(&header.leases.to_le_bytes());
     let crc = header_crc(&bytes);
     bytes[HEADER_CRC_OFFSET..REVISION_OFFSET].copy_from_slice(&crc.to_le_bytes());
     bytes
@@ -247,6 +284,33 @@ fn header_crc(bytes: &[u8]) -> u32 {
         crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]),
         &bytes[REVISION_OFFSET..BACKUP_HEADER_BYTES],
     )
+}
+
+/// The `LEAS` frame: every lease of `machine`, by id in increasing order. Holds 16
+/// bytes a lease.
+fn encode_lease_table(machine: &StateMachine) -> Bytes {
+    let count = machine.lease_count();
+    let mut frame = BytesMut::with_capacity(LEASE_TABLE_HEADER_BYTES + count * LEASE_ENTRY_BYTES);
+    frame.put_bytes(0, LEASE_TABLE_HEADER_BYTES);
+    let mut last = 0;
+    for (id, lease) in machine.leases() {
+        // The state machine's invariants; the reader refuses a table that breaks them.
+        assert!(id > last, "kv: lease {id:016x} follows {last:016x} in the lease table");
+        assert!((1..=MAX_LEASE_TTL_S).contains(&lease.ttl_s), "kv: lease {id:016x} has TTL {}", lease.ttl_s);
+        last = id;
+        frame.put_u64_le(id);
+        frame.put_u64_le(lease.ttl_s);
+    }
+    let data_crc = crc32c::crc32c(&frame[LEASE_TABLE_HEADER_BYTES..]);
+    let header = &mut frame[..LEASE_TABLE_HEADER_BYTES];
+    header[..4].copy_from_slice(&LEASE_TABLE_TAG);
+    header[LEASE_TABLE_COUNT_OFFSET..LEASE_TABLE_DATA_CRC_OFFSET]
+        .copy_from_slice(&(count as u64).to_le_bytes());
+    header[LEASE_TABLE_DATA_CRC_OFFSET..LEASE_TABLE_HEADER_CRC_OFFSET]
+        .copy_from_slice(&data_crc.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..LEASE_TABLE_HEADER_CRC_OFFSET]);
+    header[LEASE_TABLE_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    frame.freeze()
 }
 
 /// One chunk being filled: its header's room first, then the records.
@@ -280,6 +344,9 @@ impl ChunkBuilder {
             self.buffer.put_u64_le(value.create_revision);
             self.buffer.put_u64_le(value.mod_revision);
             self.buffer.put_u64_le(value.version);
+            if self.format_version >= BACKUP_VERSION {
+                self.buffer.put_u64_le(value.lease);
+            }
         }
         self.buffer.put_u32_le(value.data.len() as u32);
         self.buffer.put_slice(&value.data);
@@ -309,8 +376,9 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
 }
 
-/// One key of a backup, as a [`BackupDecoder`] hands it out (revisions as in
-/// `kv::Value`; from a version 1 file, approximated as the module doc says).
+/// One key of a backup, as a [`BackupDecoder`] hands it out (revisions and lease as in
+/// `kv::Value`; from a version 1 file, approximated as the module doc says; from a
+/// version 1 or 2 file, attached to no lease).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackupRecord<'a> {
     /// The key.
@@ -321,8 +389,20 @@ pub struct BackupRecord<'a> {
     pub mod_revision: u64,
     /// Writes since its creation.
     pub version: u64,
+    /// The lease it is attached to, 0 for none; a lease of the file's lease table
+    /// ([`BackupDecoder::leases`]).
+    pub lease: u64,
     /// The value.
     pub value: &'a [u8],
+}
+
+/// One lease of a backup's lease table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupLease {
+    /// Its id, never 0.
+    pub id: u64,
+    /// The TTL it was granted, in seconds (1 to `MAX_LEASE_TTL_S`).
+    pub ttl_s: u64,
 }
 
 /// Where a [`BackupDecoder`] hands each record.
@@ -341,6 +421,9 @@ pub struct BackupDecoder {
     /// CRC-32C of the bytes before `offset`.
     crc: u32,
     header: Option<BackupHeader>,
+    /// The lease table, by id in increasing order, once checked (empty for a version 1
+    /// or 2 file, set with its header). Invariant: ids strictly increase, none is 0.
+    leases: Option<Vec<BackupLease>>,
     /// The last key of the last chunk: keys strictly increase across the file.
     last_key: Option<Vec<u8>>,
     keys: u64,
@@ -366,6 +449,13 @@ impl BackupDecoder {
     /// The header, once read.
     pub fn header(&self) -> Option<&BackupHeader> {
         self.header.as_ref()
+    }
+
+    /// The lease table, by id in increasing order, once its frame's checksums hold
+    /// (empty for a version 1 or 2 file). Like the records, not to be used before
+    /// [`BackupDecoder::finish`] succeeds.
+    pub fn leases(&self) -> Option<&[BackupLease]> {
+        self.leases.as_deref()
     }
 
     /// Takes the next `bytes` of the file. Calls `record` for every
@@ -424,17 +514,99 @@ impl BackupDecoder {
             if bytes.len() < BACKUP_HEADER_BYTES {
                 return Ok(Step::Need);
             }
-            self.header = Some(decode_header(&bytes[..BACKUP_HEADER_BYTES])?);
+            let header = decode_header(&bytes[..BACKUP_HEADER_BYTES])?;
+            if header.format_version < BACKUP_VERSION {
+                // Written before the leases: no lease table follows.
+                self.leases = Some(Vec::new());
+            }
+            self.header = Some(header);
             return Ok(Step::Consumed(BACKUP_HEADER_BYTES));
         };
         if bytes.len() < 4 {
             return Ok(Step::Need);
         }
-        match bytes[..4].try_into().expect("4 bytes") {
+        let tag: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+        if self.leases.is_none() {
+            if tag != LEASE_TABLE_TAG {
+                return Err(damaged(at, "no lease table (LEAS frame) right after the version 3 header"));
+            }
+            return self.lease_table(&header, bytes, at);
+        }
+        match tag {
             CHUNK_TAG => self.chunk(&header, bytes, at, record),
             TRAILER_TAG => self.trailer(&header, bytes, at),
+            LEASE_TABLE_TAG => Err(damaged(at, "a second lease table (the one is right after the header)")),
             _ => Err(damaged(at, "not a chunk or the trailer (unknown frame tag)")),
         }
+    }
+
+    /// The `LEAS` frame of a version 3 file: its header, then 16 bytes a lease.
+    fn lease_table(&mut self, header: &BackupHeader, bytes: &[u8], at: u64) -> Result<Step, BackupError> {
+        if bytes.len() < LEASE_TABLE_HEADER_BYTES {
+            return Ok(Step::Need);
+        }
+        let frame = &bytes[..LEASE_TABLE_HEADER_BYTES];
+        if u32_at(frame, LEASE_TABLE_HEADER_CRC_OFFSET)
+            != crc32c::crc32c(&frame[..LEASE_TABLE_HEADER_CRC_OFFSET])
+        {
+            return Err(damaged(at, "lease table header checksum mismatch"));
+        }
+        if u32_at(frame, LEASE_TABLE_RESERVED_OFFSET) != 0 {
+            return Err(damaged(
+                at + LEASE_TABLE_RESERVED_OFFSET as u64,
+                "reserved lease table field is not 0",
+            ));
+        }
+        let count_at = at + LEASE_TABLE_COUNT_OFFSET as u64;
+        let count = u64_at(frame, LEASE_TABLE_COUNT_OFFSET);
+        if count != header.leases {
+            return Err(damaged(
+                count_at,
+                format!("the lease table holds {count} leases, the header says {}", header.leases),
+            ));
+        }
+        // Both counts agree and each is under a checksum; still, nothing is allocated
+        // for them: the frame is buffered as its bytes arrive.
+        let Some(length) = usize::try_from(count).ok().and_then(|count| count.checked_mul(LEASE_ENTRY_BYTES))
+        else {
+            return Err(damaged(count_at, format!("{count} leases: more than this machine can hold")));
+        };
+        let Some(frame_bytes) = length.checked_add(LEASE_TABLE_HEADER_BYTES) else {
+            return Err(damaged(count_at, format!("{count} leases: more than this machine can hold")));
+        };
+        if bytes.len() < frame_bytes {
+            return Ok(Step::Need);
+        }
+        let data = &bytes[LEASE_TABLE_HEADER_BYTES..frame_bytes];
+        let data_at = at + LEASE_TABLE_HEADER_BYTES as u64;
+        if u32_at(frame, LEASE_TABLE_DATA_CRC_OFFSET) != crc32c::crc32c(data) {
+            return Err(damaged(data_at, "lease table checksum mismatch"));
+        }
+        let mut leases = Vec::with_capacity(count as usize);
+        let mut last = 0;
+        for (position, entry) in (0..).step_by(LEASE_ENTRY_BYTES).zip(data.chunks_exact(LEASE_ENTRY_BYTES)) {
+            let entry_at = data_at + position;
+            let (id, ttl_s) = (u64_at(entry, 0), u64_at(entry, 8));
+            if id == 0 {
+                return Err(damaged(entry_at, "lease id 0 in the lease table (0 means no lease)"));
+            }
+            if id <= last {
+                return Err(damaged(
+                    entry_at,
+                    format!("lease ids not strictly increasing ({id:016x} after {last:016x})"),
+                ));
+            }
+            last = id;
+            if !(1..=MAX_LEASE_TTL_S).contains(&ttl_s) {
+                return Err(damaged(
+                    entry_at + 8,
+                    format!("lease {id:016x} has TTL {ttl_s} s, outside 1..={MAX_LEASE_TTL_S}"),
+                ));
+            }
+            leases.push(BackupLease { id, ttl_s });
+        }
+        self.leases = Some(leases);
+        Ok(Step::Consumed(frame_bytes))
     }
 
     fn chunk(
@@ -459,8 +631,11 @@ impl BackupDecoder {
         if length > MAX_CHUNK_DATA_BYTES {
             return Err(damaged(at + CHUNK_LENGTH_OFFSET as u64, "chunk longer than the format allows"));
         }
-        let min_record_bytes =
-            if header.format_version == BACKUP_VERSION_1 { MIN_RECORD_V1_BYTES } else { MIN_RECORD_BYTES };
+        let min_record_bytes = match header.format_version {
+            BACKUP_VERSION_1 => MIN_RECORD_V1_BYTES,
+            BACKUP_VERSION_2 => MIN_RECORD_V2_BYTES,
+            _ => MIN_RECORD_BYTES,
+        };
         if count == 0 || count > length / min_record_bytes {
             return Err(damaged(at + CHUNK_COUNT_OFFSET as u64, "record count does not fit the chunk"));
         }
@@ -475,6 +650,7 @@ impl BackupDecoder {
         if u32_at(frame, CHUNK_DATA_CRC_OFFSET) != crc32c::crc32c(data) {
             return Err(damaged(data_at, "chunk data checksum mismatch"));
         }
+        let leases = self.leases.as_deref().expect("the lease table is read before any chunk");
         let mut position = 0;
         let mut previous: Option<&[u8]> = self.last_key.as_deref();
         let truncated = |position: usize| damaged(data_at + position as u64, "record runs past its chunk");
@@ -514,8 +690,22 @@ impl BackupDecoder {
                     ),
                 ));
             }
+            let lease_at = data_at + position as u64;
+            let lease = if header.format_version >= BACKUP_VERSION {
+                let field = data.get(position..position + 8).ok_or_else(|| truncated(record_at))?;
+                position += 8;
+                u64::from_le_bytes(field.try_into().expect("8 bytes"))
+            } else {
+                0
+            };
+            if lease != 0 && leases.binary_search_by_key(&lease, |entry| entry.id).is_err() {
+                return Err(damaged(
+                    lease_at,
+                    format!("the key names lease {lease:016x}, which the lease table does not hold"),
+                ));
+            }
             let value = take_bytes(data, &mut position).ok_or_else(|| truncated(record_at))?;
-            record(BackupRecord { key, create_revision, mod_revision, version, value });
+            record(BackupRecord { key, create_revision, mod_revision, version, lease, value });
         }
         if position != length {
             return Err(damaged(data_at + position as u64, "bytes after the chunk's last record"));
@@ -575,20 +765,23 @@ fn decode_header(bytes: &[u8]) -> Result<BackupHeader, BackupError> {
         return Err(damaged(0, "not an mmapd backup (bad magic)"));
     }
     let format_version = u32_at(bytes, VERSION_OFFSET);
-    if format_version != BACKUP_VERSION && format_version != BACKUP_VERSION_1 {
+    if !READ_VERSIONS.contains(&format_version) {
         return Err(damaged(
             VERSION_OFFSET as u64,
             format!(
                 "backup format version {format_version}; this build reads versions {BACKUP_VERSION_1} \
-                 and {BACKUP_VERSION} (a newer mmapd wrote it?)"
+                 to {BACKUP_VERSION} (a newer mmapd wrote it?)"
             ),
         ));
     }
     if u32_at(bytes, HEADER_CRC_OFFSET) != header_crc(bytes) {
-        return Err(damaged(HEADER_CRC_OFFSET as u64, "header checksum mismatch"));
+        // Named at the header's start, as a chunk's is: the damage may be anywhere in it
+        // (a flipped version byte can still name a version this build reads).
+        return Err(damaged(0, "header checksum mismatch"));
     }
-    if u64_at(bytes, HEADER_RESERVED_OFFSET) != 0 {
-        return Err(damaged(HEADER_RESERVED_OFFSET as u64, "reserved header field is not 0"));
+    let leases = u64_at(bytes, HEADER_LEASES_OFFSET);
+    if format_version < BACKUP_VERSION && leases != 0 {
+        return Err(damaged(HEADER_LEASES_OFFSET as u64, "reserved header field is not 0"));
     }
     let revision = u64_at(bytes, REVISION_OFFSET);
     if revision == 0 {
@@ -601,14 +794,19 @@ fn decode_header(bytes: &[u8]) -> Result<BackupHeader, BackupError> {
         node_id: u64_at(bytes, NODE_ID_OFFSET),
         keys: u64_at(bytes, KEYS_OFFSET),
         created_unix_seconds: u64_at(bytes, CREATED_OFFSET),
+        leases,
     })
 }
 
 /// How much of a file is read at a time.
 const READ_BYTES: usize = 1 << 16;
 
-/// Reads `input` to its end through a [`BackupDecoder`], handing out the records.
-fn read(input: &mut impl Read, record: &mut RecordSink<'_>) -> Result<BackupSummary, ReadBackupError> {
+/// Reads `input` to its end through a [`BackupDecoder`], handing out the records;
+/// returns the decoder, finished, for its lease table.
+fn read(
+    input: &mut impl Read,
+    record: &mut RecordSink<'_>,
+) -> Result<(BackupSummary, BackupDecoder), ReadBackupError> {
     let mut decoder = BackupDecoder::new();
     let mut piece = vec![0u8; READ_BYTES];
     loop {
@@ -620,32 +818,36 @@ fn read(input: &mut impl Read, record: &mut RecordSink<'_>) -> Result<BackupSumm
         };
         decoder.feed(&piece[..read], record)?;
     }
-    Ok(decoder.finish()?)
+    Ok((decoder.finish()?, decoder))
 }
 
 /// Checks a whole backup without keeping its records: memory stays one chunk.
 pub fn verify_backup(input: &mut impl Read) -> Result<BackupSummary, ReadBackupError> {
-    read(input, &mut |_| {})
+    read(input, &mut |_| {}).map(|(summary, _)| summary)
 }
 
-/// Reads a whole backup into a state machine at the backup's revision, with an empty
-/// cluster record (the caller gives it the new cluster's, `StateMachine::replace_cluster`)
-/// and an empty history compacted to the backup's revision.
+/// Reads a whole backup into a state machine at the backup's revision, with its lease
+/// table and every key attached to its lease, an empty cluster record (the caller gives
+/// it the new cluster's, `StateMachine::replace_cluster`) and an empty history compacted
+/// to the backup's revision.
 pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine), ReadBackupError> {
     let mut records = Vec::new();
-    let summary = read(input, &mut |record| {
+    let (summary, decoder) = read(input, &mut |record| {
         let value = Value {
             data: Bytes::copy_from_slice(record.value),
             create_revision: record.create_revision,
             mod_revision: record.mod_revision,
             version: record.version,
-            // A backup holds no leases (docs/format.md): restored keys are attached to none.
-            lease: 0,
+            lease: record.lease,
         };
         records.push((Bytes::copy_from_slice(record.key), value));
     })?;
     // Keys strictly increase, revisions are within 1..=revision and keep `Value`'s
-    // invariants: checked by the decoder.
+    // invariants, lease ids are not 0 and TTLs in range, and every record's lease is in
+    // the table: checked by the decoder. `from_parts` attaches each key to its lease, so
+    // a key is in a lease's key set exactly when its `Value::lease` names it.
+    let leases = decoder.leases().expect("a finished decoder has read the lease table");
+    let leases = OrdMap::from_iter(leases.iter().map(|lease| (lease.id, Lease::new(lease.ttl_s))));
     // A backup holds no history: the restored cluster's starts at the backup's revision.
     let revision = summary.header.revision;
     let machine = StateMachine::from_parts(
@@ -653,19 +855,19 @@ pub fn load_backup(input: &mut impl Read) -> Result<(BackupSummary, StateMachine
         revision,
         Cluster::default(),
         crate::kv::History::starting_at(revision),
-        OrdMap::new(),
+        leases,
     )
-    .expect("no restored key names a lease");
+    .unwrap_or_else(|key| panic!("kv: restored key {key:?} names a lease the decoder did not check"));
     Ok((summary, machine))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{Command, Condition};
+    use crate::kv::{Command, Condition, Outcome};
 
-    /// Key, (create_revision, mod_revision, version), value.
-    type Record = (Vec<u8>, (u64, u64, u64), Vec<u8>);
+    /// Key, (create_revision, mod_revision, version), lease, value.
+    type Record = (Vec<u8>, (u64, u64, u64), u64, Vec<u8>);
 
     fn machine(keys: usize, value_bytes: usize) -> StateMachine {
         let mut machine = StateMachine::new();
@@ -694,7 +896,7 @@ mod tests {
 
     fn records_of(machine: &StateMachine) -> Vec<Record> {
         let revisions = |v: &Value| (v.create_revision, v.mod_revision, v.version);
-        machine.iter().map(|(k, v)| (k.to_vec(), revisions(v), v.data.to_vec())).collect()
+        machine.iter().map(|(k, v)| (k.to_vec(), revisions(v), v.lease, v.data.to_vec())).collect()
     }
 
     fn decode(bytes: &[u8], piece_bytes: usize) -> Result<(BackupSummary, Vec<Record>), BackupError> {
@@ -705,6 +907,7 @@ mod tests {
                 records.push((
                     r.key.to_vec(),
                     (r.create_revision, r.mod_revision, r.version),
+                    r.lease,
                     r.value.to_vec(),
                 ))
             })?;
@@ -742,7 +945,7 @@ mod tests {
             Ok::<(), ()>(())
         })
         .unwrap();
-        assert_eq!(pieces.len(), 2 + 3, "header, 3 chunks, trailer: {pieces:?}");
+        assert_eq!(pieces.len(), 3 + 3, "header, lease table, 3 chunks, trailer: {pieces:?}");
         assert!(pieces.iter().all(|&len| len <= CHUNK_HEADER_BYTES + CHUNK_TARGET_BYTES + 5100));
     }
 
@@ -755,6 +958,7 @@ mod tests {
             node_id: 2,
             keys: 10000,
             created_unix_seconds: 0,
+            leases: 3,
         };
         let summary = BackupSummary { header, bytes: 1_234_567, crc32c: 0x9f3a_0c1d };
         assert_eq!(summary.to_string(), "revision 48213, 10000 keys, 1.2 MB, crc32c 9f3a0c1d");
@@ -769,7 +973,7 @@ mod tests {
         let mut machine = StateMachine::new();
         machine.advance_applied(1);
         let (summary, file) = encode(&machine);
-        assert_eq!(file.len(), BACKUP_HEADER_BYTES + TRAILER_BYTES);
+        assert_eq!(file.len(), BACKUP_HEADER_BYTES + LEASE_TABLE_HEADER_BYTES + TRAILER_BYTES);
         assert_eq!(decode(&file, 5).unwrap().0, summary);
     }
 
@@ -777,7 +981,7 @@ mod tests {
     /// the damage (the damaged frame or field), never a panic.
     #[test]
     fn every_flipped_byte_and_every_truncation_is_refused_with_its_offset() {
-        let (_, file) = encode(&machine(40, 3));
+        let (_, file) = encode(&leased_machine());
         for len in 0..file.len() {
             let error = decode(&file[..len], 13).expect_err(&format!("truncation to {len} accepted"));
             assert!(error.offset <= len as u64, "truncation to {len}: {error}");
@@ -798,10 +1002,10 @@ mod tests {
     #[test]
     fn a_newer_format_version_is_refused_naming_it_and_the_versions_read() {
         let (_, mut file) = encode(&machine(1, 1));
-        file[VERSION_OFFSET] = 3;
+        file[VERSION_OFFSET] = 4;
         let error = decode(&file, 64).unwrap_err();
         assert_eq!(error.offset, VERSION_OFFSET as u64);
-        assert!(error.reason.contains("version 3") && error.reason.contains("versions 1 and 2"), "{error}");
+        assert!(error.reason.contains("version 4") && error.reason.contains("versions 1 to 3"), "{error}");
     }
 
     /// A key's three revisions survive a backup: updated, deleted and created again,
@@ -817,7 +1021,7 @@ mod tests {
         let (_, file) = encode(&machine);
         let (_, records) = decode(&file, 100).unwrap();
         assert_eq!(records, records_of(&machine));
-        let by_key: Vec<(u64, u64, u64)> = records.iter().map(|(_, revisions, _)| *revisions).collect();
+        let by_key: Vec<(u64, u64, u64)> = records.iter().map(|(_, revisions, _, _)| *revisions).collect();
         assert_eq!(by_key, vec![(2, 11, 3), (13, 13, 1), (4, 14, 2)]);
         let (_, loaded) = load_backup(&mut &file[..]).unwrap();
         assert!(loaded.iter().eq(machine.iter()));
@@ -831,11 +1035,15 @@ mod tests {
         machine.apply(10, &Command::put("key-000000", "updated"));
         let (summary, file) = encode_as(BACKUP_VERSION_1, &machine);
         assert_eq!(summary.header.format_version, 1);
-        assert_eq!(file.len(), encode(&machine).1.len() - 2 * 16, "16 bytes less a record");
+        assert_eq!(
+            file.len(),
+            encode_as(BACKUP_VERSION_2, &machine).1.len() - 2 * 16,
+            "16 bytes less a record"
+        );
         let (decoded, records) = decode(&file, 7).unwrap();
         assert_eq!(decoded, summary);
-        assert_eq!(records[0], (b"key-000000".to_vec(), (10, 10, 1), b"updated".to_vec()));
-        assert_eq!(records[1], (b"key-000001".to_vec(), (3, 3, 1), b"bb".to_vec()));
+        assert_eq!(records[0], (b"key-000000".to_vec(), (10, 10, 1), 0, b"updated".to_vec()));
+        assert_eq!(records[1], (b"key-000001".to_vec(), (3, 3, 1), 0, b"bb".to_vec()));
         let (_, loaded) = load_backup(&mut &file[..]).unwrap();
         assert_eq!(loaded.get(b"key-000000").unwrap(), &Value::created("updated".into(), 10));
         assert_eq!(loaded.applied_index(), 10);
@@ -859,7 +1067,8 @@ mod tests {
             .expect("no key names a lease");
             let (_, file) = encode(&machine);
             let error = decode(&file, 64).unwrap_err();
-            let revisions_at = (BACKUP_HEADER_BYTES + CHUNK_HEADER_BYTES + 4 + 1) as u64;
+            let revisions_at =
+                (BACKUP_HEADER_BYTES + LEASE_TABLE_HEADER_BYTES + CHUNK_HEADER_BYTES + 4 + 1) as u64;
             assert_eq!(error.offset, revisions_at, "({create_revision}, {mod_revision}, {version}): {error}");
         }
     }
@@ -867,9 +1076,352 @@ mod tests {
     #[test]
     fn a_damaged_chunk_length_is_refused_before_anything_is_buffered_for_it() {
         let (_, mut file) = encode(&machine(3, 1));
-        let length_at = BACKUP_HEADER_BYTES + CHUNK_LENGTH_OFFSET;
+        let chunk_at = BACKUP_HEADER_BYTES + LEASE_TABLE_HEADER_BYTES;
+        let length_at = chunk_at + CHUNK_LENGTH_OFFSET;
         file[length_at..length_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let error = decode(&file[..BACKUP_HEADER_BYTES + CHUNK_HEADER_BYTES], 64).unwrap_err();
+        let error = decode(&file[..chunk_at + CHUNK_HEADER_BYTES], 64).unwrap_err();
+        assert_eq!(error.offset, chunk_at as u64, "{error}");
+    }
+
+    /// Three leases, one with two keys, one with one, one with none (a lease outlives
+    /// its keys until it expires), and keys attached to none.
+    fn leased_machine() -> StateMachine {
+        let mut machine = machine(4, 3);
+        machine.apply(10, &Command::LeaseGrant { id: 0xa1, ttl_s: 30 });
+        machine.apply(11, &Command::LeaseGrant { id: 0xb2, ttl_s: 5 });
+        machine.apply(12, &Command::LeaseGrant { id: MAX_LEASE_TTL_S, ttl_s: MAX_LEASE_TTL_S });
+        let put = |key: &'static str, lease| Command::Put {
+            key: key.into(),
+            value: "leased".into(),
+            condition: Condition::None,
+            lease,
+        };
+        machine.apply(13, &put("key-000001", 0xa1));
+        machine.apply(14, &put("key-000003", 0xa1));
+        machine.apply(15, &put("new", 0xb2));
+        machine.apply(16, &put("key-000002", 0));
+        machine
+    }
+
+    /// The lease table and each key's lease as (id, TTL, keys), and the check of the
+    /// state machine's invariant: a key is in a lease's key set exactly when its
+    /// `Value::lease` names it.
+    fn leases_of(machine: &StateMachine) -> Vec<(u64, u64, Vec<Vec<u8>>)> {
+        for (key, value) in machine.iter().filter(|(_, value)| value.lease != 0) {
+            let lease = machine.lease(value.lease).unwrap_or_else(|| panic!("{key:?} names a missing lease"));
+            assert!(
+                lease.keys().any(|listed| listed == key),
+                "lease {:x} does not list {key:?}",
+                value.lease
+            );
+        }
+        let table: Vec<_> = machine
+            .leases()
+            .map(|(id, lease)| (id, lease.ttl_s, lease.keys().map(|key| key.to_vec()).collect::<Vec<_>>()))
+            .collect();
+        for (id, _, keys) in &table {
+            for key in keys {
+                assert_eq!(
+                    machine.get(key).map(|value| value.lease),
+                    Some(*id),
+                    "lease {id:x} lists {key:?}"
+                );
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn a_backup_keeps_the_lease_table_and_every_keys_lease() {
+        let machine = leased_machine();
+        let expected = leases_of(&machine);
+        assert_eq!(expected.len(), 3);
+        assert_eq!(expected[0], (0xa1, 30, vec![b"key-000001".to_vec(), b"key-000003".to_vec()]));
+        let (summary, file) = encode(&machine);
+        assert_eq!((summary.header.format_version, summary.header.leases), (3, 3));
+        assert_eq!(&file[BACKUP_HEADER_BYTES..BACKUP_HEADER_BYTES + 4], b"LEAS");
+        for piece_bytes in [1, 5, 100, file.len()] {
+            let (decoded, records) = decode(&file, piece_bytes).unwrap();
+            assert_eq!(decoded, summary);
+            assert_eq!(records, records_of(&machine));
+        }
+        let (_, mut loaded) = load_backup(&mut &file[..]).unwrap();
+        assert!(loaded.iter().eq(machine.iter()), "keys, revisions or leases differ");
+        assert_eq!(leases_of(&loaded), expected);
+        assert_eq!(loaded.approximate_bytes(), {
+            let history = machine.history().approximate_bytes();
+            machine.approximate_bytes() - history
+        });
+        // The restored table works: a revoke deletes exactly the keys the lease had.
+        let revision = loaded.applied_index() + 1;
+        assert_eq!(
+            loaded.apply(revision, &Command::LeaseRevoke { id: 0xa1 }),
+            Outcome::LeaseRevoked { deleted: 2 }
+        );
+        assert!(loaded.get(b"key-000001").is_none() && loaded.get(b"key-000003").is_none());
+        assert!(loaded.get(b"key-000002").is_some_and(|value| value.lease == 0));
+        assert_eq!(loaded.lease_count(), 2);
+    }
+
+    /// A version 2 file as the release before the leases wrote it (by hand: every byte
+    /// of docs/format.md's version 2 layout) and as this build's writer writes it: both
+    /// load, their keys attached to no lease.
+    #[test]
+    fn a_version_2_backup_still_loads_with_no_leases() {
+        let file = hand_built_old_backup(BACKUP_VERSION_2);
+        let (summary, records) = decode(&file, 3).unwrap();
+        assert_eq!((summary.header.format_version, summary.header.leases, summary.header.keys), (2, 0, 2));
+        assert_eq!(
+            records,
+            vec![
+                (b"a".to_vec(), (3, 7, 2), 0, b"one".to_vec()),
+                (b"bc".to_vec(), (9, 9, 1), 0, b"".to_vec()),
+            ]
+        );
+        let (_, loaded) = load_backup(&mut &file[..]).unwrap();
+        assert_eq!(loaded.applied_index(), 9);
+        assert_eq!(loaded.lease_count(), 0);
+
+        let machine = leased_machine();
+        let (summary, file) = encode_as(BACKUP_VERSION_2, &machine);
+        assert_eq!(summary.header.leases, 0);
+        assert_eq!(
+            &file[BACKUP_HEADER_BYTES..BACKUP_HEADER_BYTES + 4],
+            b"CHNK",
+            "no lease table in version 2"
+        );
+        let (_, loaded) = load_backup(&mut &file[..]).unwrap();
+        assert_eq!(loaded.lease_count(), 0);
+        assert!(loaded.iter().all(|(_, value)| value.lease == 0));
+        let data = |machine: &StateMachine| -> Vec<(Bytes, Bytes, u64)> {
+            machine.iter().map(|(k, v)| (k.clone(), v.data.clone(), v.mod_revision)).collect()
+        };
+        assert_eq!(data(&loaded), data(&machine));
+    }
+
+    #[test]
+    fn a_hand_built_version_1_backup_still_loads() {
+        let file = hand_built_old_backup(BACKUP_VERSION_1);
+        let (summary, records) = decode(&file, 3).unwrap();
+        assert_eq!((summary.header.format_version, summary.header.leases), (1, 0));
+        assert_eq!(
+            records,
+            vec![
+                (b"a".to_vec(), (7, 7, 1), 0, b"one".to_vec()),
+                (b"bc".to_vec(), (9, 9, 1), 0, b"".to_vec()),
+            ]
+        );
+        let (_, loaded) = load_backup(&mut &file[..]).unwrap();
+        assert_eq!(loaded.lease_count(), 0);
+    }
+
+    /// Keys `a` (created 3, written 7, version 2, value `one`) and `bc` (created and
+    /// written 9, empty), revision 9, in format 1 or 2, built from the layout alone.
+    fn hand_built_old_backup(format_version: u32) -> Vec<u8> {
+        let mut file = Vec::new();
+        file.extend_from_slice(b"MMAPDBAK");
+        file.extend_from_slice(&format_version.to_le_bytes());
+        file.extend_from_slice(&[0; 4]); // the header's checksum, below
+        for field in [9u64, 0xc1, 7, 2, 1_700_000_000, 0] {
+            file.extend_from_slice(&field.to_le_bytes());
+        }
+        let mut crc_input = file[..12].to_vec();
+        crc_input.extend_from_slice(&file[16..64]);
+        let crc = crc32c::crc32c(&crc_input);
+        file[12..16].copy_from_slice(&crc.to_le_bytes());
+        let mut records = Vec::new();
+        for (key, revisions, value) in [(&b"a"[..], [3u64, 7, 2], &b"one"[..]), (b"bc", [9, 9, 1], b"")] {
+            records.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            records.extend_from_slice(key);
+            let revisions = if format_version == 1 { &revisions[1..2] } else { &revisions[..] };
+            for revision in revisions {
+                records.extend_from_slice(&revision.to_le_bytes());
+            }
+            records.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            records.extend_from_slice(value);
+        }
+        let mut chunk = Vec::new();
+        chunk.extend_from_slice(b"CHNK");
+        chunk.extend_from_slice(&2u32.to_le_bytes());
+        chunk.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        chunk.extend_from_slice(&crc32c::crc32c(&records).to_le_bytes());
+        chunk.extend_from_slice(&0u32.to_le_bytes());
+        let crc = crc32c::crc32c(&chunk);
+        chunk.extend_from_slice(&crc.to_le_bytes());
+        file.extend_from_slice(&chunk);
+        file.extend_from_slice(&records);
+        file.extend_from_slice(b"DONE");
+        file.extend_from_slice(&0u32.to_le_bytes());
+        file.extend_from_slice(&2u64.to_le_bytes());
+        file.extend_from_slice(&1u64.to_le_bytes());
+        file.extend_from_slice(&0u32.to_le_bytes());
+        let crc = crc32c::crc32c(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        file
+    }
+
+    /// Recomputes the checksums of a version 3 file's header and lease table after its
+    /// bytes were edited, so that what is refused is the edit, not a checksum. Returns
+    /// where the table's entries end, by its count, if that is inside the file.
+    fn reseal_front(file: &mut [u8]) -> Option<usize> {
+        let crc = header_crc(file);
+        file[HEADER_CRC_OFFSET..REVISION_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        let leases_at = BACKUP_HEADER_BYTES;
+        let count = u64_at(file, leases_at + LEASE_TABLE_COUNT_OFFSET);
+        let data_at = leases_at + LEASE_TABLE_HEADER_BYTES;
+        let end = usize::try_from(count)
+            .ok()
+            .and_then(|count| count.checked_mul(LEASE_ENTRY_BYTES)?.checked_add(data_at))
+            .filter(|end| *end <= file.len());
+        if let Some(end) = end {
+            let crc = crc32c::crc32c(&file[data_at..end]);
+            file[leases_at + LEASE_TABLE_DATA_CRC_OFFSET..][..4].copy_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&file[leases_at..leases_at + LEASE_TABLE_HEADER_CRC_OFFSET]);
+        file[leases_at + LEASE_TABLE_HEADER_CRC_OFFSET..][..4].copy_from_slice(&crc.to_le_bytes());
+        end
+    }
+
+    /// `reseal_front`, then the one chunk's checksums and the file's.
+    fn reseal(file: &mut [u8]) {
+        let chunk_at = reseal_front(file).expect("the lease table's count is in range");
+        let length = u32_at(file, chunk_at + CHUNK_LENGTH_OFFSET) as usize;
+        let records_at = chunk_at + CHUNK_HEADER_BYTES;
+        let crc = crc32c::crc32c(&file[records_at..records_at + length]);
+        file[chunk_at + CHUNK_DATA_CRC_OFFSET..][..4].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&file[chunk_at..chunk_at + CHUNK_HEADER_CRC_OFFSET]);
+        file[chunk_at + CHUNK_HEADER_CRC_OFFSET..][..4].copy_from_slice(&crc.to_le_bytes());
+        let end = file.len();
+        let crc = crc32c::crc32c(&file[..end - 4]);
+        file[end - 4..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Edits `leased_machine`'s backup, reseals it, and returns the error and the file.
+    fn refused_after(edit: impl FnOnce(&mut Vec<u8>)) -> BackupError {
+        let (_, mut file) = encode(&leased_machine());
+        decode(&file, 64).expect("the intact file is valid");
+        edit(&mut file);
+        reseal(&mut file);
+        let error = decode(&file, 64).expect_err("an edited file was accepted");
+        let loaded = load_backup(&mut &file[..]).map(|_| ()).unwrap_err();
+        assert!(loaded.to_string().contains(&format!("at byte offset {}", error.offset)), "{loaded}");
+        error
+    }
+
+    /// Where the lease table's entry `index` starts.
+    fn lease_entry_at(index: usize) -> usize {
+        BACKUP_HEADER_BYTES + LEASE_TABLE_HEADER_BYTES + index * LEASE_ENTRY_BYTES
+    }
+
+    /// Where the record of `key` in the one chunk of `leased_machine`'s backup starts its
+    /// lease field.
+    fn lease_field_of(file: &[u8], key: &[u8]) -> usize {
+        let records_at = lease_entry_at(3) + CHUNK_HEADER_BYTES;
+        let key_at = records_at + file[records_at..].windows(key.len()).position(|w| w == key).unwrap();
+        key_at + key.len() + 3 * 8
+    }
+
+    #[test]
+    fn a_damaged_lease_table_is_refused_at_its_checksums() {
+        let (_, file) = encode(&leased_machine());
+        let mut flipped = file.clone();
+        flipped[lease_entry_at(1) + 9] ^= 0x04;
+        let error = decode(&flipped, 64).unwrap_err();
+        assert_eq!(error.offset, lease_entry_at(0) as u64, "{error}");
+        assert!(error.reason.contains("lease table checksum"), "{error}");
+        let mut flipped = file.clone();
+        flipped[BACKUP_HEADER_BYTES + LEASE_TABLE_COUNT_OFFSET] ^= 0x01;
+        let error = decode(&flipped, 64).unwrap_err();
         assert_eq!(error.offset, BACKUP_HEADER_BYTES as u64, "{error}");
+        assert!(error.reason.contains("lease table header checksum"), "{error}");
+    }
+
+    #[test]
+    fn a_lease_table_entry_that_breaks_the_rules_is_refused_at_the_entry() {
+        let error = refused_after(|file| file[lease_entry_at(0)..][..8].copy_from_slice(&0u64.to_le_bytes()));
+        assert_eq!(error.offset, lease_entry_at(0) as u64, "{error}");
+        assert!(error.reason.contains("lease id 0"), "{error}");
+        let error =
+            refused_after(|file| file[lease_entry_at(1)..][..8].copy_from_slice(&0xa1u64.to_le_bytes()));
+        assert_eq!(error.offset, lease_entry_at(1) as u64, "{error}");
+        assert!(error.reason.contains("strictly increasing"), "{error}");
+        for ttl_s in [0, MAX_LEASE_TTL_S + 1] {
+            let error = refused_after(|file| {
+                file[lease_entry_at(2) + 8..][..8].copy_from_slice(&ttl_s.to_le_bytes())
+            });
+            assert_eq!(error.offset, lease_entry_at(2) as u64 + 8, "{error}");
+            assert!(error.reason.contains("TTL"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_record_naming_a_lease_not_in_the_table_is_refused_at_its_lease_field() {
+        let (_, file) = encode(&leased_machine());
+        let at = lease_field_of(&file, b"new");
+        assert_eq!(u64_at(&file, at), 0xb2, "the field found is the lease");
+        let error = refused_after(|file| file[at..at + 8].copy_from_slice(&0xb3u64.to_le_bytes()));
+        assert_eq!(error.offset, at as u64, "{error}");
+        assert!(error.reason.contains("00000000000000b3"), "{error}");
+        // A lease the table holds is fine: the same edit to another lease's id loads.
+        let (_, mut file) = encode(&leased_machine());
+        file[at..at + 8].copy_from_slice(&0xa1u64.to_le_bytes());
+        reseal(&mut file);
+        let (_, loaded) = load_backup(&mut &file[..]).unwrap();
+        assert_eq!(leases_of(&loaded)[0].2.len(), 3);
+    }
+
+    #[test]
+    fn lease_counts_that_do_not_match_are_refused_at_the_count() {
+        // The header says 2 leases, the table 3.
+        let error =
+            refused_after(|file| file[HEADER_LEASES_OFFSET..][..8].copy_from_slice(&2u64.to_le_bytes()));
+        assert_eq!(error.offset, (BACKUP_HEADER_BYTES + LEASE_TABLE_COUNT_OFFSET) as u64, "{error}");
+        assert!(error.reason.contains("holds 3 leases, the header says 2"), "{error}");
+        let with_counts = |count: u64| {
+            let (_, mut file) = encode(&leased_machine());
+            file[HEADER_LEASES_OFFSET..][..8].copy_from_slice(&count.to_le_bytes());
+            file[BACKUP_HEADER_BYTES + LEASE_TABLE_COUNT_OFFSET..][..8].copy_from_slice(&count.to_le_bytes());
+            reseal_front(&mut file);
+            file
+        };
+        // Both say 2 where the table holds 3: the third entry is no frame.
+        let error = decode(&with_counts(2), 64).unwrap_err();
+        assert_eq!(error.offset, lease_entry_at(2) as u64, "{error}");
+        // Both say 4: the table runs into the chunk, whose header is no lease entry.
+        let error = decode(&with_counts(4), 64).unwrap_err();
+        assert!((lease_entry_at(3)..lease_entry_at(4)).contains(&(error.offset as usize)), "{error}");
+        // A count no machine holds, under valid checksums: refused before any buffering.
+        let error = decode(&with_counts(u64::MAX / 4), 64).unwrap_err();
+        assert_eq!(error.offset, (BACKUP_HEADER_BYTES + LEASE_TABLE_COUNT_OFFSET) as u64, "{error}");
+        assert!(error.reason.contains("more than this machine can hold"), "{error}");
+        // A large one that fits: the file ends before the table does.
+        let file = with_counts(1 << 40);
+        let error = decode(&file, 64).unwrap_err();
+        assert_eq!(error.offset, file.len() as u64, "{error}");
+        assert!(error.reason.contains("truncated"), "{error}");
+    }
+
+    #[test]
+    fn a_lease_table_missing_misplaced_or_in_an_old_version_is_refused() {
+        // A version 3 file with its lease table cut out.
+        let (_, file) = encode(&leased_machine());
+        let mut without = file[..BACKUP_HEADER_BYTES].to_vec();
+        without.extend_from_slice(&file[lease_entry_at(3)..]);
+        let error = decode(&without, 64).unwrap_err();
+        assert_eq!(error.offset, BACKUP_HEADER_BYTES as u64, "{error}");
+        assert!(error.reason.contains("no lease table"), "{error}");
+        // A second table after the first.
+        let mut twice = file[..lease_entry_at(3)].to_vec();
+        twice.extend_from_slice(&file[BACKUP_HEADER_BYTES..]);
+        let error = decode(&twice, 64).unwrap_err();
+        assert_eq!(error.offset, lease_entry_at(3) as u64, "{error}");
+        assert!(error.reason.contains("second lease table"), "{error}");
+        // A version 2 header with a lease count: the field is reserved there.
+        let (_, mut old) = encode_as(BACKUP_VERSION_2, &leased_machine());
+        old[HEADER_LEASES_OFFSET] = 1;
+        let crc = header_crc(&old);
+        old[HEADER_CRC_OFFSET..REVISION_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        let error = decode(&old, 64).unwrap_err();
+        assert_eq!(error.offset, HEADER_LEASES_OFFSET as u64, "{error}");
     }
 }

@@ -37,7 +37,7 @@ mod txn;
 
 pub use backup::{
     encode_backup, human_bytes, load_backup, verify_backup, BackupDecoder, BackupError, BackupHeader,
-    BackupSummary, ReadBackupError, BACKUP_MAGIC, BACKUP_VERSION,
+    BackupLease, BackupRecord, BackupSummary, ReadBackupError, BACKUP_MAGIC, BACKUP_VERSION,
 };
 pub use cluster::{Cluster, ClusterError, Member, MemberChange, MemberId, MemberRole};
 pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
