@@ -14,7 +14,8 @@
 //! - `prefix`: every watcher on one prefix (default 100); the writer goes round 1,000
 //!   keys under it, so every write is for every watcher.
 //!
-//! After the writes it waits up to `--drain-s` for what is still on its way; an event
+//! Writes stop after `--seconds` even if fewer than rate x seconds were sent (a system
+//! that cannot keep the rate shows it as a lower `rate`). After the writes it waits up to `--drain-s` for what is still on its way; an event
 //! not received by then is missed; one received later than `--late-ms` is late. Prints
 //! a summary to stderr and one line for bench/run on stdout:
 //! `WATCH_RESULT p50_us=.. p99_us=.. max_us=.. writes=.. rate=.. expected=.. received=..
@@ -207,7 +208,8 @@ async fn run(options: Options) {
             let mut sender = connect(&options.addr).await;
             loop {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= total {
+                // A system that cannot keep the rate writes less, not for longer.
+                if seq >= total || start.elapsed() >= Duration::from_secs(options.seconds) {
                     return;
                 }
                 let due = start + Duration::from_nanos(seq * 1_000_000_000 / options.rate);
@@ -219,7 +221,7 @@ async fn run(options: Options) {
                 let sent_ns = shared.epoch.elapsed().as_nanos() as u64;
                 let mut value = format!("{seq} {sent_ns} ");
                 value.extend(std::iter::repeat_n('x', VALUE_BYTES.saturating_sub(value.len())));
-                let ok = match write(&mut sender, options.system, &key, value.as_bytes()).await {
+                let ok = match write(&mut sender, options.system, &options.addr, &key, value.as_bytes()).await {
                     Ok(ok) => ok,
                     Err(_) => {
                         sender = connect(&options.addr).await;
@@ -331,14 +333,21 @@ fn b64(data: &[u8]) -> String {
 async fn write(
     sender: &mut SendRequest<Full<Bytes>>,
     system: System,
+    addr: &str,
     key: &str,
     value: &[u8],
 ) -> Result<bool, hyper::Error> {
+    // Go's net/http refuses an HTTP/1.1 request without Host.
     let request = match system {
-        System::Mmapd => Request::put(format!("/v1/kv/{key}")).body(Full::new(Bytes::copy_from_slice(value))),
+        System::Mmapd => {
+            Request::put(format!("/v1/kv/{key}")).header("host", addr).body(Full::new(Bytes::copy_from_slice(value)))
+        }
         System::Etcd => {
             let body = format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key.as_bytes()), b64(value));
-            Request::post("/v3/kv/put").header("content-type", "application/json").body(Full::new(Bytes::from(body)))
+            Request::post("/v3/kv/put")
+                .header("host", addr)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
         }
     }
     .unwrap();
@@ -360,10 +369,10 @@ async fn watch(
     let mut sender = connect(&addr).await;
     let request = match (system, &watched) {
         (System::Mmapd, Watched::Key(key)) => {
-            Request::get(format!("/v1/watch?key={}", key.replace('/', "%2F"))).body(Full::default())
+            Request::get(format!("/v1/watch?key={}", key.replace('/', "%2F"))).header("host", &addr).body(Full::default())
         }
         (System::Mmapd, Watched::Prefix(prefix)) => {
-            Request::get(format!("/v1/watch?prefix={}", prefix.replace('/', "%2F"))).body(Full::default())
+            Request::get(format!("/v1/watch?prefix={}", prefix.replace('/', "%2F"))).header("host", &addr).body(Full::default())
         }
         (System::Etcd, watched) => {
             let body = match watched {
@@ -378,7 +387,7 @@ async fn watch(
                     )
                 }
             };
-            Request::post("/v3/watch").header("content-type", "application/json").body(Full::new(Bytes::from(body)))
+            Request::post("/v3/watch").header("host", &addr).header("content-type", "application/json").body(Full::new(Bytes::from(body)))
         }
     }
     .unwrap();
