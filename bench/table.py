@@ -21,6 +21,7 @@ from collections import defaultdict
 SECTION = "## mmapd vs etcd"
 TXN_SECTION = "## mmapd vs etcd: transactions"
 TLS_SECTION = "## mmapd vs etcd: TLS"
+WATCH_SECTION = "## Watch fan-out: mmapd vs etcd"
 
 
 def parse_results(path):
@@ -204,6 +205,86 @@ Req/s per round (to judge the noise):
     return body
 
 
+# ------------------------------------------------------------------ watch fan-out
+WATCH_SHAPES = {"keys": "1,000 watchers, one key each", "prefix": "100 watchers of one prefix"}
+
+
+def parse_watch(path):
+    runs = defaultdict(list)  # (shape, system) -> [dict]
+    for line in open(path):
+        round_, shape, system, fields = line.rstrip("\n").split("\t")
+        runs[(shape, system)].append({k: float(v) for k, v in re.findall(r"(\w+)=(-?[\d.]+)", fields)})
+    return runs
+
+
+def watch_section(args):
+    runs = parse_watch(args.watch_results)
+    rows, spread, goals = [], [], []
+    for shape, label in WATCH_SHAPES.items():
+        m, e = runs.get((shape, "mmapd"), []), runs.get((shape, "etcd"), [])
+        if not m or not e:
+            continue
+        med = {(s, k): median(r, k) for s, r in (("m", m), ("e", e)) for k in ("p50_us", "p99_us", "max_us", "rate")}
+        lost = {s: (sum(int(x["missed"]) for x in r), sum(int(x["late"]) for x in r),
+                    sum(int(x["cancelled"]) for x in r), sum(int(x["expected"]) for x in r))
+                for s, r in (("m", m), ("e", e))}
+
+        def lost_text(s):
+            missed, late, cancelled, expected = lost[s]
+            text = f"{missed:,} / {late:,} of {expected:,}"
+            return text + (f", {cancelled} cancelled" if cancelled else "")
+
+        ratio = med[("m", "p99_us")] / med[("e", "p99_us")] if med[("e", "p99_us")] else float("nan")
+        rows.append(
+            f"| {label} | {med[('m', 'rate')]:,.0f} | {ms(med[('m', 'p50_us')])} | {ms(med[('m', 'p99_us')])} | "
+            f"{ms(med[('m', 'max_us')])} | {lost_text('m')} | {med[('e', 'rate')]:,.0f} | {ms(med[('e', 'p50_us')])} | "
+            f"{ms(med[('e', 'p99_us')])} | {ms(med[('e', 'max_us')])} | {lost_text('e')} | {ratio:.2f}x |"
+        )
+        spread.append(
+            f"- {label}: mmapd {', '.join(ms(x['p99_us']) for x in m)}; etcd {', '.join(ms(x['p99_us']) for x in e)}"
+        )
+        ok = med[("m", "p99_us")] <= 10_000 and lost["m"][0] == 0
+        goals.append(f"| {label}: mmapd p99 <= 10 ms ({ms(med[('m', 'p99_us')])}), nothing missed "
+                     f"| {'met' if ok else '**not met**'} |")
+    table = "\n".join([
+        "| shape | mmapd writes/s | p50 | p99 | max | missed / late of expected | etcd writes/s | p50 | p99 | max "
+        "| missed / late of expected | p99 mmapd/etcd |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        *rows,
+    ])
+    return f"""{WATCH_SECTION}
+
+One mmapd node and one etcd 3.4 member (single nodes, data on the same disk), both up for
+the whole section; `bench/watch_fanout.rs` opens the watch streams (mmapd `GET /v1/watch`,
+etcd `POST /v3/watch` on its JSON gateway), waits until every one is established, then
+writes at {args.watch_rate} writes/s (open loop, 100-byte values carrying their send time;
+mmapd `PUT /v1/kv/<key>`, etcd `POST /v3/kv/put`). Latency is from a write's send to its
+event's arrival at a watcher, over every event at every watcher; "missed" are events not
+received 10 s after the last write, "late" those received more than 1 s after their write.
+The shapes: 1,000 watchers on distinct keys, the writer going round them (each write for
+one watcher); 100 watchers of one prefix, the writer going round 1,000 keys under it (each
+write for all 100: 100,000 events/s). Each watcher is its own HTTP connection.
+
+Command: `bench/run` (`BENCH_WATCH=1`, the default; `BENCH_WATCH_ONLY=1` stops after this
+section): {args.watch_rounds} rounds x {args.watch_seconds} s per run, the first system
+alternating between rounds. Figures are medians over rounds (missed and late are sums).
+
+Machine: {args.machine}.
+
+{table}
+
+Goal (the issue): p99 <= 10 ms at 1,000 writes/s on one node.
+
+| goal | result |
+|---|---|
+{chr(10).join(goals)}
+
+p99 per round (to judge the noise):
+
+{chr(10).join(spread)}
+"""
+
+
 def section_end(lines, start):
     return next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
 
@@ -232,7 +313,7 @@ def replace_section(path, text, title=SECTION, after=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", required=True)
+    parser.add_argument("--results", help="bench/run's results.tsv (the mmapd vs etcd section)")
     parser.add_argument("--memory")
     parser.add_argument("--rounds", default="?")
     parser.add_argument("--seconds", default="?")
@@ -243,6 +324,10 @@ def main():
     parser.add_argument("--txn-elapsed", default="?")
     parser.add_argument("--tls-results", help="bench/run's BENCH_TLS results")
     parser.add_argument("--tls-elapsed", default="?")
+    parser.add_argument("--watch-results", help="bench/run's watch.tsv (the watch fan-out section)")
+    parser.add_argument("--watch-rounds", default="?")
+    parser.add_argument("--watch-seconds", default="?")
+    parser.add_argument("--watch-rate", default="?")
     args = parser.parse_args()
     sections = []  # (title, text)
     if has_results(args.results):
@@ -252,6 +337,8 @@ def main():
         sections.append((TXN_SECTION, txn_section(args)))
     if args.tls_results and has_results(args.tls_results):
         sections.append((TLS_SECTION, tls_section(args)))
+    if args.watch_results and has_results(args.watch_results):
+        sections.append((WATCH_SECTION, watch_section(args)))
     after = SECTION
     for title, text in sections:
         print(text)
@@ -263,6 +350,8 @@ def main():
 
 
 def has_results(path):
+    if not path:
+        return False
     try:
         return any(line.strip() for line in open(path))
     except FileNotFoundError:

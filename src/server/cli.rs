@@ -164,8 +164,8 @@ pub struct Args {
     #[arg(long, env = "MMAPD_WATCH_PROGRESS_MS", default_value_t = 5000)]
     pub watch_progress_ms: u64,
 
-    /// Rounds of applied changes a watcher may fall behind by before it is ended as
-    /// slow (a `cancelled` line with the revision to resume from).
+    /// Rounds of applied changes to its keys a watcher may fall behind by before it is
+    /// ended as slow (a `cancelled` line with the revision to resume from).
     #[arg(long, env = "MMAPD_WATCH_QUEUE_ROUNDS", default_value_t = 1024)]
     pub watch_queue_rounds: usize,
     /// Most bytes of key-value data (keys, values and 96 bytes per key); a write that

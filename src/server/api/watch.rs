@@ -8,7 +8,12 @@
 //!   after H reaches its queue, or it is marked slow and ended;
 //! - **unique, ordered, never back in time**: it then forwards only events above
 //!   `served_through` (H at first, each round's `through` after), which only grows;
+//!   the hub hands it only the rounds with changes for it, so `served_through` also
+//!   moves to a delivery's `after`, and to the last round published when its queue is
+//!   empty as a progress line is written (`Subscription::caught_up_through`);
 //! - **atomic**: a round's lines (all events of its revisions) go out as one chunk;
+//! - **each event's line is made once**: by the first watcher that writes it, shared
+//!   by the others (`watch_hub::SharedEvent`);
 //! - **never from history not held**: a `from` at or below the compaction point is
 //!   `410 compacted`; a snapshot installed over a compacted gap this watcher had not
 //!   seen ends it (`cancelled`, reason `compacted`);
@@ -35,7 +40,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::{query_field, Api, REVISION_HEADER};
 use crate::kv::{Event, EventKind, Since};
-use crate::server::driver::core::HistoryRound;
+use crate::server::watch_hub::{Delivery, Filter};
 
 /// The route.
 pub const PATH: &str = "/v1/watch";
@@ -60,22 +65,6 @@ impl Body for WatchBody {
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.chunks.poll_recv(context).map(|chunk| chunk.map(|chunk| Ok(Frame::data(chunk))))
-    }
-}
-
-/// Which keys a watch wants.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Filter {
-    Key(Vec<u8>),
-    Prefix(Vec<u8>),
-}
-
-impl Filter {
-    fn matches(&self, key: &[u8]) -> bool {
-        match self {
-            Filter::Key(wanted) => key == wanted.as_slice(),
-            Filter::Prefix(prefix) => key.starts_with(prefix),
-        }
     }
 }
 
@@ -154,6 +143,23 @@ fn push_line(out: &mut Vec<u8>, line: &serde_json::Value) {
     out.push(b'\n');
 }
 
+/// One event's line, newline included.
+fn event_line_bytes(event: &Event, prev: bool) -> Bytes {
+    let mut out = Vec::new();
+    push_line(&mut out, &event_line(event, prev));
+    Bytes::from(out)
+}
+
+/// One chunk of `lines` (none: nothing to write); a single line is sent as it is,
+/// shared with the other watchers it goes to.
+fn chunk_of(mut lines: Vec<Bytes>) -> Option<Bytes> {
+    match lines.len() {
+        0 => None,
+        1 => lines.pop(),
+        _ => Some(Bytes::from(lines.concat())),
+    }
+}
+
 /// The state of one watcher's stream.
 struct Watcher {
     request: WatchRequest,
@@ -182,18 +188,26 @@ impl Watcher {
     fn lines<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
         let mut out = Vec::new();
         for event in events {
-            if event.revision > self.served_through
-                && event.revision >= self.from
-                && self.request.filter.matches(&event.key)
-            {
+            if self.wants(event) {
                 push_line(&mut out, &event_line(event, self.request.prev));
             }
         }
         out
     }
 
-    /// A round's lines; Err: the watcher must end with this last line.
-    fn round(&mut self, round: &HistoryRound) -> Result<Vec<u8>, serde_json::Value> {
+    /// Whether `event` is above `served_through`, at or above `from`, and matches (the
+    /// hub matched it already; checked again, it costs little).
+    fn wants(&self, event: &Event) -> bool {
+        event.revision > self.served_through
+            && event.revision >= self.from
+            && self.request.filter.matches(&event.key)
+    }
+
+    /// A delivery's lines; Err: the watcher must end with this last line.
+    fn round(&mut self, delivery: &Delivery) -> Result<Vec<Bytes>, serde_json::Value> {
+        let round = &delivery.round;
+        // Every matching event up to `after` was in an earlier delivery (`Delivery`).
+        self.served_through = self.served_through.max(round.after);
         // Missing are the revisions up to `missing_through`; this watcher needs those
         // above `served_through` and at or above `from`. A gap wholly below `from` (a
         // lagging node installing a snapshot under a watch that asked for later
@@ -205,9 +219,14 @@ impl Watcher {
                 "compact_revision": round.missing_through,
             }));
         }
-        let out = self.lines(round.events.iter());
+        let prev = self.request.prev;
+        let lines = delivery
+            .events()
+            .filter(|shared| self.wants(&shared.event))
+            .map(|shared| shared.line(prev, event_line_bytes))
+            .collect();
         self.served_through = self.served_through.max(round.through);
-        Ok(out)
+        Ok(lines)
     }
 }
 
@@ -220,7 +239,7 @@ pub(crate) fn watch(
 ) -> Result<Response<WatchBody>, ApiError> {
     let request = parse(query)?;
     // Subscribe first: every round applied after the read below reaches the queue.
-    let subscription = api.node.shared.watch_hub.subscribe(api.watch_queue_rounds);
+    let subscription = api.node.shared.watch_hub.subscribe(request.filter.clone(), api.watch_queue_rounds);
     let (head, replay) = {
         let kv = api.node.shared.kv.read().expect("kv lock");
         let head = kv.revision();
@@ -245,30 +264,31 @@ pub(crate) fn watch(
     tokio::spawn(async move {
         let _permit = permit;
         let mut subscription = subscription;
-        let send = |chunk: Vec<u8>| {
+        let send = |chunk: Bytes| {
             let chunks = chunks.clone();
             async move {
                 if chunk.is_empty() {
                     return true;
                 }
-                matches!(
-                    tokio::time::timeout(WATCH_STALL_TIMEOUT, chunks.send(Bytes::from(chunk))).await,
-                    Ok(Ok(()))
-                )
+                matches!(tokio::time::timeout(WATCH_STALL_TIMEOUT, chunks.send(chunk)).await, Ok(Ok(())))
             }
         };
         // Idle means nothing written to the client: rounds of other keys do not count.
         let mut last_written = tokio::time::Instant::now();
-        if !first.is_empty() && !send(first).await {
+        if !first.is_empty() && !send(Bytes::from(first)).await {
             return;
         }
         loop {
             let round = tokio::select! {
                 round = subscription.rounds.recv() => round,
                 _ = tokio::time::sleep_until(last_written + progress_every) => {
+                    // Rounds without changes for this watcher are not handed to it.
+                    if let Some(through) = subscription.caught_up_through() {
+                        watcher.served_through = watcher.served_through.max(through);
+                    }
                     let mut line = Vec::new();
                     push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.served_through }));
-                    if !send(line).await {
+                    if !send(Bytes::from(line)).await {
                         return;
                     }
                     last_written = tokio::time::Instant::now();
@@ -285,14 +305,14 @@ pub(crate) fn watch(
                         "resume_from": watcher.served_through + 1,
                     });
                     push_line(&mut line, &last);
-                    send(line).await;
+                    send(Bytes::from(line)).await;
                 }
                 return;
             };
-            match watcher.round(&round) {
-                Ok(lines) if lines.is_empty() => {}
-                Ok(lines) => {
-                    if !send(lines).await {
+            match watcher.round(&round).map(chunk_of) {
+                Ok(None) => {}
+                Ok(Some(chunk)) => {
+                    if !send(chunk).await {
                         return;
                     }
                     last_written = tokio::time::Instant::now();
@@ -300,7 +320,7 @@ pub(crate) fn watch(
                 Err(last) => {
                     let mut line = Vec::new();
                     push_line(&mut line, &last);
-                    send(line).await;
+                    send(Bytes::from(line)).await;
                     return;
                 }
             }
@@ -319,6 +339,12 @@ pub(crate) fn watch(
 mod tests {
     use super::*;
     use crate::kv::Value;
+    use crate::server::driver::core::HistoryRound;
+
+    /// A watcher's lines for `round`, as one chunk's bytes.
+    fn lines_of(watcher: &mut Watcher, round: HistoryRound) -> Result<Vec<u8>, serde_json::Value> {
+        watcher.round(&Delivery::everything(round)).map(|lines| lines.concat())
+    }
 
     fn put(revision: u64, key: &str) -> Event {
         Event {
@@ -366,10 +392,10 @@ mod tests {
             events: events.iter().cloned().collect(),
             missing_through: 0,
         };
-        assert_eq!(revisions(&watcher.round(&round).unwrap()), vec![5, 6]);
+        assert_eq!(revisions(&lines_of(&mut watcher, round.clone()).unwrap()), vec![5, 6]);
         assert_eq!(watcher.served_through, 6);
         // The same round again (it cannot come twice, but if it did): nothing twice.
-        assert!(watcher.round(&round).unwrap().is_empty());
+        assert!(lines_of(&mut watcher, round).unwrap().is_empty());
     }
 
     #[test]
@@ -382,14 +408,14 @@ mod tests {
         let events = [put(5, "b"), put(6, "c")];
         let round =
             HistoryRound { after: 3, through: 6, events: events.into_iter().collect(), missing_through: 0 };
-        assert_eq!(revisions(&watcher.round(&round).unwrap()), vec![6], "revision 5 twice");
+        assert_eq!(revisions(&lines_of(&mut watcher, round).unwrap()), vec![6], "revision 5 twice");
     }
 
     #[test]
     fn a_round_with_history_this_watcher_had_not_seen_missing_ends_it() {
         let mut watcher = watcher(Filter::Key(b"k".to_vec()), 3, 1);
         let round = HistoryRound { after: 3, through: 9, events: imbl::Vector::new(), missing_through: 5 };
-        let last = watcher.round(&round).unwrap_err();
+        let last = lines_of(&mut watcher, round).unwrap_err();
         assert_eq!(last["reason"], "compacted");
         assert_eq!(last["compact_revision"], 5);
     }
@@ -402,14 +428,14 @@ mod tests {
         let events: Vec<Event> = vec![put(17, "k"), put(22, "k")];
         let round =
             HistoryRound { after: 3, through: 30, events: events.into_iter().collect(), missing_through: 15 };
-        let lines = String::from_utf8(watcher.round(&round).unwrap()).unwrap();
+        let lines = String::from_utf8(lines_of(&mut watcher, round).unwrap()).unwrap();
         assert_eq!(lines.lines().count(), 1, "only the event at 22 is at or above from: {lines}");
         assert!(lines.contains("\"revision\":22"), "{lines}");
         assert_eq!(watcher.served_through, 30);
         // The same gap reaching the watcher's from ends it.
         let mut watcher = self::watcher(Filter::Key(b"k".to_vec()), 3, 15);
         let round = HistoryRound { after: 3, through: 30, events: imbl::Vector::new(), missing_through: 15 };
-        assert_eq!(watcher.round(&round).unwrap_err()["reason"], "compacted");
+        assert_eq!(lines_of(&mut watcher, round).unwrap_err()["reason"], "compacted");
     }
 
     #[test]
