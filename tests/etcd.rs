@@ -147,3 +147,272 @@ fn etcdctl_endpoint_status_and_health_answer_for_every_member() {
     let users = etcdctl(cluster.port(0), &["user", "list"], None).unwrap_err();
     assert!(users.contains("Unimplemented") && users.contains("--auth-tokens"), "{users}");
 }
+
+/// The member id of the node on `port`, as etcd's response headers carry it.
+fn member_id(port: u16) -> u64 {
+    let status = json(port, &["endpoint", "status"]);
+    status[0]["Status"]["header"]["member_id"].as_u64().expect("a member id")
+}
+
+#[test]
+fn etcdctl_snapshot_save_writes_a_backup_that_mmapd_admin_restores() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let follower = cluster.port(cluster.others(leader)[0]);
+    for i in 0..50 {
+        ok(follower, &["put", &format!("snap/{i:02}"), &format!("value {i}")]);
+    }
+    let file = cluster.dir.path().join("saved.db");
+    let saved = ok(follower, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+    // What etcdctl checked before it kept the file: etcd's SHA-256 envelope.
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len() % 512, 32, "{} bytes", bytes.len());
+
+    let port = free_ports(1)[0];
+    let data_dir = cluster.dir.path().join("restored");
+    let advertise = format!("127.0.0.1:{port}");
+    let restored = admin(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--advertise",
+        &advertise,
+    ]);
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let port_text = port.to_string();
+    let mut node = Daemon::new(
+        cluster.dir.path(),
+        port,
+        &["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()],
+    );
+    node.spawn();
+    node.wait_started().unwrap();
+    wait_for(Duration::from_secs(10), "the restored node to lead", || {
+        node.status().is_some_and(|status| status["state"] == "leader").then_some(())
+    });
+    let listed = json(port, &["get", "snap/", "--prefix"]);
+    assert_eq!(listed["count"], 50, "{listed}");
+    assert_eq!(ok(port, &["get", "snap/07", "--print-value-only"]).trim(), "value 7");
+
+    // A damaged file is refused by the restore, naming the offset.
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(&file, &damaged).unwrap();
+    let refused = admin(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        cluster.dir.path().join("again").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("SHA-256"), "{}", stderr(&refused));
+}
+
+#[test]
+fn etcdctl_move_leader_hands_leadership_to_the_member_named_and_refuses_others() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let target = cluster.others(leader)[0];
+    let endpoints: Vec<String> = (0..3).map(|node| format!("127.0.0.1:{}", cluster.port(node))).collect();
+    let all = format!("--endpoints={}", endpoints.join(","));
+    let target_id = format!("{:x}", member_id(cluster.port(target)));
+    // etcdctl finds the leader among the endpoints and asks it.
+    let moved = ok(cluster.port(0), &[&all, "move-leader", &target_id]);
+    assert!(moved.contains("Leadership transferred from") && moved.contains(&target_id), "{moved}");
+    wait_for(Duration::from_secs(10), "the named member to lead", || {
+        (cluster.agreed_leader() == Some(target)).then_some(())
+    });
+    // The leader itself, or an id that is no member: etcd's error, nothing changes.
+    for bad in [target_id.clone(), "1234".to_owned()] {
+        let refused = etcdctl(cluster.port(0), &[&all, "move-leader", &bad], None).unwrap_err();
+        assert!(refused.contains("bad leader transferee"), "{refused}");
+    }
+    // Asked of a follower directly (etcdctl asks only the leader; the gateway can):
+    // etcd's "not leader", FailedPrecondition.
+    let follower = cluster.port(cluster.others(target)[0]);
+    let body = format!(r#"{{"targetID":"{}"}}"#, member_id(follower));
+    let (status, refused) = post(follower, "/v3/maintenance/transfer-leadership", &body);
+    assert_eq!((status, refused["code"].as_u64()), (400, Some(9)), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("not leader"), "{refused}");
+    assert_eq!(cluster.agreed_leader(), Some(target));
+}
+
+#[test]
+fn etcdctl_endpoint_hashkv_agrees_on_every_member_and_tells_revisions_apart() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.port(cluster.wait_for_leader(Duration::from_secs(10)));
+    for i in 0..20 {
+        ok(leader, &["put", &format!("h/{i}"), &i.to_string()]);
+    }
+    let revision = json(leader, &["get", "h/0"])["header"]["revision"].as_u64().unwrap();
+    ok(leader, &["put", "h/0", "changed"]);
+    let endpoints: Vec<String> = (0..3).map(|node| format!("127.0.0.1:{}", cluster.port(node))).collect();
+    let all = format!("--endpoints={}", endpoints.join(","));
+    let rev = format!("--rev={revision}");
+    let hashes = |args: &[&str]| -> Vec<u64> {
+        // Every member applies the last write soon; a member behind answers an older hash.
+        wait_for(Duration::from_secs(10), "every member's hash to agree", || {
+            let rows = json(leader, args);
+            let hashes: Vec<u64> =
+                rows.as_array()?.iter().map(|row| row["HashKV"]["hash"].as_u64().unwrap_or(0)).collect();
+            (hashes.len() == 3 && hashes.iter().all(|&h| h == hashes[0])).then_some(hashes)
+        })
+    };
+    let at_revision = hashes(&[&all, "endpoint", "hashkv", &rev]);
+    let now = hashes(&[&all, "endpoint", "hashkv"]);
+    assert_ne!(at_revision[0], now[0], "the state after a write hashes differently");
+    // A revision past the current one is etcd's error.
+    let future = etcdctl(leader, &["endpoint", "hashkv", "--rev=100000"], None).unwrap_err();
+    assert!(future.contains("future revision"), "{future}");
+}
+
+/// A real etcd (Debian's etcd-server, 3.4), one member, to compare answers with.
+struct RealEtcd {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RealEtcd {
+    fn start() -> RealEtcd {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(2);
+        let (client, peer) =
+            (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+        let child = Command::new("etcd")
+            .args(["--name", "e", "--data-dir", dir.path().join("data").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("e={peer}"), "--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd did not start: is etcd-server installed?");
+        let etcd = RealEtcd { child, port: ports[0], _dir: dir };
+        wait_for(Duration::from_secs(20), "etcd to be healthy", || {
+            request(etcd.port, "GET", "/health", &[], b"")
+                .ok()
+                .filter(|r| r.text().contains("true"))
+                .map(|_| ())
+        });
+        etcd
+    }
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shape of a JSON value: its object keys, recursively (the first element of an
+/// array stands for all), with leaves as their JSON type; what must match between
+/// mmapd's gateway and etcd's where values (ids, revisions) legitimately differ.
+fn shape(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(items) => Value::Array(items.first().map(shape).into_iter().collect()),
+        Value::String(_) => Value::from("string"),
+        Value::Number(_) => Value::from("number"),
+        Value::Bool(_) => Value::from("bool"),
+        Value::Null => Value::Null,
+    }
+}
+
+/// POSTs `body` with curl (etcd's gateway answers errors chunked): the status and the
+/// JSON answer.
+fn post(port: u16, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let output = Command::new("curl")
+        .args(["-s", "-XPOST", "-H", "Content-Type: application/json", "--data-binary", body])
+        .args(["-w", "\n%{http_code}", &url])
+        .output()
+        .expect("curl");
+    let text = stdout(&output);
+    let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or_else(|| panic!("POST {path}: {text}"));
+    let json = serde_json::from_str(json).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"));
+    (status.parse().unwrap(), json)
+}
+
+#[test]
+fn the_json_gateway_answers_what_etcds_gateway_answers() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let follower = cluster.port(cluster.others(leader)[0]);
+    let etcd = RealEtcd::start();
+    let (foo, bar, baz) = (b64("foo"), b64("bar"), b64("baz"));
+    // One script, both systems; (path, body) in order.
+    let script: Vec<(&str, String)> = vec![
+        ("/v3/kv/put", format!(r#"{{"key":"{foo}","value":"{bar}"}}"#)),
+        ("/v3/kv/put", format!(r#"{{"key":"{foo}","value":"{baz}","prev_kv":true}}"#)),
+        ("/v3/kv/range", format!(r#"{{"key":"{foo}"}}"#)),
+        ("/v3/kv/range", format!(r#"{{"key":"{}","range_end":"{}","count_only":true}}"#, b64("a"), b64("z"))),
+        ("/v3/kv/range", format!(r#"{{"key":"{}"}}"#, b64("absent"))),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{foo}","target":"VALUE","result":"EQUAL","value":"{baz}"}}],
+                   "success":[{{"request_put":{{"key":"{foo}","value":"{bar}"}}}}],
+                   "failure":[{{"request_range":{{"key":"{foo}"}}}}]}}"#
+            ),
+        ),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{foo}","target":"VERSION","result":"GREATER","version":"10"}}],
+                   "failure":[{{"request_range":{{"key":"{foo}"}}}}]}}"#
+            ),
+        ),
+        ("/v3/kv/deleterange", format!(r#"{{"key":"{foo}","prev_kv":true}}"#)),
+        ("/v3/maintenance/status", "{}".to_owned()),
+        ("/v3beta/kv/range", format!(r#"{{"key":"{foo}"}}"#)),
+        // Errors: a bad body, a future revision.
+        ("/v3/kv/range", r#"{"key": 5}"#.to_owned()),
+        ("/v3/kv/range", format!(r#"{{"key":"{foo}","revision":"100000"}}"#)),
+    ];
+    for (path, body) in &script {
+        let (ours_status, ours) = post(follower, path, body);
+        let (etcd_status, theirs) = post(etcd.port, path, body);
+        assert_eq!(ours_status, etcd_status, "{path} {body}: mmapd {ours}, etcd {theirs}");
+        let mut ours_shape = shape(&ours);
+        let mut etcd_shape = shape(&theirs);
+        if path.ends_with("/status") {
+            // Fields only one side has: etcd 3.4 reports its bolt file's sizes; mmapd
+            // the mapped files'. Both have version, dbSize, leader, raft fields.
+            for key in ["dbSizeInUse", "errors", "isLearner"] {
+                ours_shape.as_object_mut().unwrap().remove(key);
+                etcd_shape.as_object_mut().unwrap().remove(key);
+            }
+        }
+        if ours_status == 200 {
+            assert_eq!(ours_shape, etcd_shape, "{path} {body}: mmapd {ours}, etcd {theirs}");
+        } else {
+            // grpc-gateway's error: the same code, a message of our own.
+            assert_eq!(ours["code"], theirs["code"], "{path} {body}: mmapd {ours}, etcd {theirs}");
+            assert!(ours["error"].is_string() && ours["message"].is_string(), "{ours}");
+        }
+        // Values that mean the same on both.
+        for pointer in ["/kvs/0/key", "/kvs/0/value", "/count", "/succeeded", "/deleted", "/prev_kv/value"] {
+            assert_eq!(
+                ours.pointer(pointer),
+                theirs.pointer(pointer),
+                "{path} {body} {pointer}: mmapd {ours}, etcd {theirs}"
+            );
+        }
+    }
+    // A snapshot streams `{"result": …}` lines, the last with remaining_bytes 0.
+    // (curl: the answer is chunked.)
+    let url = format!("http://127.0.0.1:{follower}/v3/maintenance/snapshot");
+    let snapshot = Command::new("curl").args(["-sf", "-XPOST", "--data", "{}", &url]).output().expect("curl");
+    assert!(snapshot.status.success(), "{}", stderr(&snapshot));
+    let text = stdout(&snapshot);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|line| line["result"]["blob"].is_string()), "{text}");
+    assert!(lines.last().unwrap()["result"].get("remaining_bytes").is_none(), "0 is left out, as etcd does");
+}

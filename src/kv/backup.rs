@@ -430,6 +430,57 @@ pub struct BackupDecoder {
     chunks: u64,
     /// Set once the trailer checked out.
     summary: Option<BackupSummary>,
+    /// The SHA-256 of every byte through the trailer, for etcd's envelope.
+    envelope: EnvelopeHasher,
+    /// Bytes after the trailer: nothing, or etcd's envelope (at most
+    /// `MAX_ENVELOPE_BYTES`), checked at `finish`.
+    tail: Vec<u8>,
+}
+
+/// What `etcdctl snapshot save` (3.4) requires of a snapshot stream, and mmapd's
+/// Maintenance.Snapshot therefore sends after a backup's trailer: zero bytes up to a
+/// multiple of 512, then the SHA-256 of everything before it (etcd's bolt files are
+/// whole pages, so a stream of 32 past a multiple of 512 has its hash). Restoring such
+/// a file (`mmapd-admin restore`) checks the padding and the hash.
+#[derive(Clone)]
+pub struct EnvelopeHasher {
+    context: ring::digest::Context,
+    bytes: u64,
+}
+
+/// The envelope's alignment and its hash's size.
+const ENVELOPE_ALIGN: u64 = 512;
+const ENVELOPE_HASH_BYTES: usize = 32;
+/// The most bytes an envelope takes: 511 of padding and the hash.
+const MAX_ENVELOPE_BYTES: usize = ENVELOPE_ALIGN as usize - 1 + ENVELOPE_HASH_BYTES;
+
+impl Default for EnvelopeHasher {
+    fn default() -> Self {
+        EnvelopeHasher { context: ring::digest::Context::new(&ring::digest::SHA256), bytes: 0 }
+    }
+}
+
+impl std::fmt::Debug for EnvelopeHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvelopeHasher").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl EnvelopeHasher {
+    /// Takes the next bytes of the backup.
+    pub fn update(&mut self, data: &[u8]) {
+        self.context.update(data);
+        self.bytes += data.len() as u64;
+    }
+
+    /// The envelope that ends the stream: the zero padding, then the hash.
+    pub fn finish(mut self) -> Vec<u8> {
+        let padding = ((ENVELOPE_ALIGN - self.bytes % ENVELOPE_ALIGN) % ENVELOPE_ALIGN) as usize;
+        let mut envelope = vec![0; padding];
+        self.context.update(&envelope);
+        envelope.extend_from_slice(self.context.finish().as_ref());
+        envelope
+    }
 }
 
 /// How far the bytes at hand go.
@@ -463,10 +514,7 @@ impl BackupDecoder {
     /// whole is valid is only known at [`BackupDecoder::finish`].
     pub fn feed(&mut self, bytes: &[u8], record: &mut RecordSink<'_>) -> Result<(), BackupError> {
         if self.summary.is_some() {
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            return Err(damaged(self.offset, "bytes after the trailer"));
+            return self.take_tail(bytes);
         }
         // Taken out while its frames are checked, which needs `self` mutable.
         let mut buffer = std::mem::take(&mut self.buffer);
@@ -475,14 +523,15 @@ impl BackupDecoder {
         let result = loop {
             let at = self.offset + consumed as u64;
             if self.summary.is_some() {
-                if consumed < buffer.len() {
-                    break Err(damaged(at, "bytes after the trailer"));
-                }
-                break Ok(());
+                // Not counted in `offset`, which stays the trailer's end.
+                let result = self.take_tail(&buffer[consumed..]);
+                buffer.truncate(consumed);
+                break result;
             }
             match self.step(&buffer[consumed..], at, record) {
                 Ok(Step::Consumed(len)) => {
                     self.crc = crc32c::crc32c_append(self.crc, &buffer[consumed..consumed + len]);
+                    self.envelope.update(&buffer[consumed..consumed + len]);
                     consumed += len;
                 }
                 Ok(Step::Need) => break Ok(()),
@@ -495,9 +544,49 @@ impl BackupDecoder {
         result
     }
 
-    /// The trailer's summary if the file ended right after it, else where it ends early.
+    /// Bytes after the trailer: held (they can only be etcd's envelope) until
+    /// `finish` checks them.
+    fn take_tail(&mut self, bytes: &[u8]) -> Result<(), BackupError> {
+        if self.tail.len() + bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(damaged(
+                self.offset + self.tail.len() as u64,
+                "bytes after the trailer (more than etcd's snapshot envelope, zero padding to 512 \
+                 bytes and a SHA-256, would take)",
+            ));
+        }
+        self.tail.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The trailer's summary if the file ended right after it (or after etcd's envelope,
+    /// whose padding and hash check out), else where it ends early or goes wrong.
     pub fn finish(&self) -> Result<BackupSummary, BackupError> {
         if let Some(summary) = self.summary {
+            if self.tail.is_empty() {
+                return Ok(summary);
+            }
+            let total = self.offset + self.tail.len() as u64;
+            let Some(padding) = self.tail.len().checked_sub(ENVELOPE_HASH_BYTES) else {
+                return Err(damaged(self.offset, "bytes after the trailer, too few for etcd's envelope"));
+            };
+            if total % ENVELOPE_ALIGN != ENVELOPE_HASH_BYTES as u64 {
+                return Err(damaged(
+                    self.offset,
+                    "bytes after the trailer that do not end at etcd's 512-byte alignment",
+                ));
+            }
+            if let Some(at) = self.tail[..padding].iter().position(|&byte| byte != 0) {
+                return Err(damaged(self.offset + at as u64, "a non-zero byte in etcd's envelope's padding"));
+            }
+            let mut hasher = self.envelope.clone();
+            hasher.update(&self.tail[..padding]);
+            let digest = hasher.context.finish();
+            if digest.as_ref() != &self.tail[padding..] {
+                return Err(damaged(
+                    self.offset + padding as u64,
+                    "the SHA-256 of etcd's envelope does not match the file",
+                ));
+            }
             return Ok(summary);
         }
         let end = self.offset + self.buffer.len() as u64;
@@ -975,6 +1064,49 @@ mod tests {
         let (summary, file) = encode(&machine);
         assert_eq!(file.len(), BACKUP_HEADER_BYTES + LEASE_TABLE_HEADER_BYTES + TRAILER_BYTES);
         assert_eq!(decode(&file, 5).unwrap().0, summary);
+    }
+
+    fn enveloped(file: &[u8]) -> Vec<u8> {
+        let mut hasher = EnvelopeHasher::default();
+        hasher.update(file);
+        let mut enveloped = file.to_vec();
+        enveloped.extend_from_slice(&hasher.finish());
+        enveloped
+    }
+
+    #[test]
+    fn a_backup_in_etcds_snapshot_envelope_loads_and_its_shape_is_what_etcdctl_checks() {
+        let machine = machine(40, 10);
+        let (summary, file) = encode(&machine);
+        let enveloped = enveloped(&file);
+        // etcdctl 3.4's `snapshot save`: size % 512 == 32 (sha256.Size).
+        assert_eq!(enveloped.len() % 512, 32);
+        assert!(enveloped.len() - file.len() <= MAX_ENVELOPE_BYTES);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &enveloped[..enveloped.len() - 32]);
+        assert_eq!(digest.as_ref(), &enveloped[enveloped.len() - 32..]);
+        for piece_bytes in [1, 100, enveloped.len()] {
+            let (decoded, records) = decode(&enveloped, piece_bytes).unwrap();
+            assert_eq!((decoded, records), (summary, records_of(&machine)));
+        }
+    }
+
+    #[test]
+    fn a_damaged_envelope_or_bytes_past_it_are_refused_after_the_trailer() {
+        let (_, file) = encode(&machine(40, 10));
+        let good = enveloped(&file);
+        for position in file.len()..good.len() {
+            let mut flipped = good.clone();
+            flipped[position] ^= 0x10;
+            let error = decode(&flipped, 64).expect_err(&format!("flip at {position} accepted"));
+            assert!(error.offset >= file.len() as u64 && error.offset <= position as u64, "{error}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode(&longer, 64).is_err(), "a byte past the envelope");
+        let mut far_longer = good.clone();
+        far_longer.extend_from_slice(&[0; 600]);
+        assert!(decode(&far_longer, 64).is_err(), "more than an envelope takes");
+        assert!(decode(&good[..good.len() - 1], 64).is_err(), "a truncated envelope");
     }
 
     /// Every flipped byte and every truncation is refused, naming an offset at or before

@@ -33,19 +33,26 @@ pub struct StateHash {
 /// Hashes `machine`'s key-value state. Costs one pass over every key and value: run it
 /// on a frozen copy, off the driver's loop.
 pub fn hash_state(machine: &StateMachine) -> StateHash {
+    let pairs = machine.iter().map(|(key, value)| (&key[..], &value.data[..], value.mod_revision));
+    hash_pairs(pairs, machine.applied_index())
+}
+
+/// The hash of a state given as its (key, value, mod_revision) triples in key order
+/// (as `hash_state`; etcd's HashKV at a past revision hashes a rebuilt state).
+pub fn hash_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8], u64)>, revision: u64) -> StateHash {
     let (mut crc, mut keys, mut bytes) = (0u32, 0u64, 0u64);
-    for (key, value) in machine.iter() {
+    for (key, data, mod_revision) in pairs {
         // Keys and values are bounded far below u32::MAX by the edge; a longer one
         // would still hash deterministically by its truncated length.
         crc = crc32c::crc32c_append(crc, &(key.len() as u32).to_le_bytes());
         crc = crc32c::crc32c_append(crc, key);
-        crc = crc32c::crc32c_append(crc, &(value.data.len() as u32).to_le_bytes());
-        crc = crc32c::crc32c_append(crc, &value.data);
-        crc = crc32c::crc32c_append(crc, &value.mod_revision.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &(data.len() as u32).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, data);
+        crc = crc32c::crc32c_append(crc, &mod_revision.to_le_bytes());
         keys += 1;
-        bytes += (key.len() + value.data.len()) as u64;
+        bytes += (key.len() + data.len()) as u64;
     }
-    StateHash { revision: machine.applied_index(), crc32c: crc, keys, bytes }
+    StateHash { revision, crc32c: crc, keys, bytes }
 }
 
 #[cfg(test)]

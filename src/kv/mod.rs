@@ -37,12 +37,12 @@ mod txn;
 
 pub use backup::{
     encode_backup, human_bytes, load_backup, verify_backup, BackupDecoder, BackupError, BackupHeader,
-    BackupLease, BackupRecord, BackupSummary, ReadBackupError, BACKUP_MAGIC, BACKUP_VERSION,
+    BackupLease, BackupRecord, BackupSummary, EnvelopeHasher, ReadBackupError, BACKUP_MAGIC, BACKUP_VERSION,
 };
 pub use cluster::{Cluster, ClusterError, Member, MemberChange, MemberId, MemberRole};
 pub use command::{Command, Condition, COMMAND_FORMAT_VERSION};
 pub use error::DecodeError;
-pub use hash::{hash_state, StateHash};
+pub use hash::{hash_pairs, hash_state, StateHash};
 pub use history::{Event, EventKind, History, Since, PER_EVENT_OVERHEAD_BYTES};
 pub use lease::{Lease, MAX_LEASE_TTL_S, PER_LEASED_KEY_BYTES, PER_LEASE_OVERHEAD_BYTES};
 pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};

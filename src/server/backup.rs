@@ -63,6 +63,17 @@ pub async fn serve(
     if request.uri().query().is_some() {
         return Err(ApiError::BadRequest(format!("{PATH} takes no parameters")));
     }
+    let (revision, chunks) = start(api).await?;
+    let mut response = Response::new(ChunkBody { chunks }.boxed());
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(REVISION_HEADER, HeaderValue::from(revision));
+    Ok(response)
+}
+
+/// Starts a backup at a linearizable revision: the revision and the channel its chunks
+/// arrive on, in order (the backup is whole when the channel ends; a receiver dropped
+/// early abandons it). Also etcd's Maintenance.Snapshot (`server::etcd`).
+pub async fn start(api: &Api) -> Result<(u64, mpsc::Receiver<Bytes>), ApiError> {
     api.read_barrier("").await?;
     // O(1): shares the map's nodes; the driver's next writes copy the nodes they touch.
     let machine = api.node.shared.kv.read().expect("kv lock").clone();
@@ -78,8 +89,5 @@ pub async fn serve(
             Err(_) => tracing::warn!(revision, "backup abandoned: the reader went away"),
         }
     });
-    let mut response = Response::new(ChunkBody { chunks }.boxed());
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    response.headers_mut().insert(REVISION_HEADER, HeaderValue::from(revision));
-    Ok(response)
+    Ok((revision, chunks))
 }

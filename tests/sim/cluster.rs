@@ -434,6 +434,11 @@ struct PendingWrite {
 
 /// A request a client has in flight with a node's core.
 enum Request {
+    /// A leadership transfer asked of the leader; `to_self`: it named the leader itself,
+    /// which must be refused.
+    Transfer {
+        to_self: bool,
+    },
     Write {
         op: u64,
     },
@@ -1833,7 +1838,15 @@ impl Sim {
                 self.leases.confirmed(id, invoke_tick);
             }
             (Request::Lease { .. }, Answer::Proposal(_) | Answer::Lease(_)) => {}
-            (Request::Other, Answer::StepDown(Ok(_))) => self.transfers += 1,
+            // Refused at once: never started (a timeout), never reported done.
+            (
+                Request::Transfer { to_self: true },
+                Answer::StepDown(result @ (Ok(_) | Err(NodeError::NoLeader))),
+            ) => {
+                self.violate("transfer", format!("n{id} took up a leadership transfer to itself: {result:?}"))
+            }
+            (Request::Transfer { .. }, Answer::StepDown(Ok(_))) => self.transfers += 1,
+            (Request::Transfer { .. }, Answer::StepDown(Err(_))) => {}
             (Request::Other, _) => {}
             (_, answer) => self.violate("answer", format!("n{id} answered request {token} with {answer:?}")),
         }
@@ -2196,9 +2209,16 @@ impl Sim {
         let i = (leader - 1) as usize;
         let token = self.next_token;
         self.next_token += 1;
-        self.requests.insert(token, (i, Request::Other));
-        self.trace(|| format!("client: n{leader}, step down"));
-        self.nodes[i].core.as_mut().unwrap().step_down(token);
+        // Half the transfers name their target (etcd's MoveLeader), any node id: the
+        // leader itself, a learner or a removed node must be refused, never obeyed.
+        let to = if self.rng.chance(500_000) {
+            Some(self.rng.index(self.nodes.len()) as NodeId + 1)
+        } else {
+            None
+        };
+        self.requests.insert(token, (i, Request::Transfer { to_self: to == Some(leader) }));
+        self.trace(|| format!("client: n{leader}, step down to {to:?}"));
+        self.nodes[i].core.as_mut().unwrap().step_down(token, to);
     }
 
     /// An operator asks node `i` for a snapshot now (`mmapd-admin snapshot`).

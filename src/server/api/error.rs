@@ -103,6 +103,10 @@ pub enum ApiError {
     /// transfer in progress, ...): nothing changed.
     #[error("{0}")]
     MemberChangeRefused(String),
+    /// A leadership transfer (etcd's MoveLeader) refused: this node does not lead
+    /// (`not_leader`), or the target is not another voter.
+    #[error("{}: {reason}", if *not_leader { "etcdserver: not leader" } else { "etcdserver: bad leader transferee" })]
+    TransferRefused { not_leader: bool, reason: String },
     /// The connection lacks the certificate the route needs: a peer route without a
     /// certificate from `--tls-ca`, or a client route without one from `--client-ca`.
     #[error("{0}")]
@@ -180,7 +184,9 @@ impl ApiError {
             | ApiError::Timeout(..)
             | ApiError::ReadTimeout(..)
             | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) => StatusCode::CONFLICT,
+            ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) | ApiError::TransferRefused { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) | ApiError::LeaseNotFound(_) => {
                 StatusCode::NOT_FOUND
@@ -218,6 +224,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NoSuchMember(_) => "no_such_member",
             ApiError::MemberChangeRefused(_) => "member_change_refused",
+            ApiError::TransferRefused { .. } => "transfer_refused",
             ApiError::CertificateRequired(_) => "certificate_required",
             ApiError::TokenRequired(_) => "token_required",
             ApiError::TokenDenied(_) => "token_denied",
@@ -240,6 +247,24 @@ impl ApiError {
             NodeError::NotLeader(_) | NodeError::NoLeader | NodeError::Dropped => ApiError::Unavailable(
                 "leadership changed before the membership change committed; it was not made: retry".into(),
             ),
+            other => super::node_error(other),
+        }
+    }
+
+    /// A leadership transfer's failure in the driver (etcd's MoveLeader).
+    pub fn from_transfer(error: NodeError) -> ApiError {
+        match error {
+            NodeError::Invalid(reason) => ApiError::TransferRefused { not_leader: false, reason },
+            NodeError::NotLeader(leader) => ApiError::TransferRefused {
+                not_leader: true,
+                reason: match leader {
+                    Some(leader) => format!("ask the leader, {leader:x}"),
+                    None => "no leader is known".into(),
+                },
+            },
+            NodeError::NoLeader => {
+                ApiError::Unavailable("the leadership transfer did not finish in time".into())
+            }
             other => super::node_error(other),
         }
     }
@@ -307,7 +332,9 @@ impl ApiError {
             ApiError::QuotaExceeded(_) => {
                 Status::resource_exhausted(format!("etcdserver: mvcc: database space exceeded ({ours})"))
             }
-            ApiError::JoinRefused(_) | ApiError::MemberChangeRefused(_) => Status::failed_precondition(ours),
+            ApiError::JoinRefused(_)
+            | ApiError::MemberChangeRefused(_)
+            | ApiError::TransferRefused { .. } => Status::failed_precondition(ours),
             ApiError::NoSuchMember(_) => Status::not_found(format!("etcdserver: member not found ({ours})")),
             ApiError::Compacted { .. } => Status::out_of_range(format!(
                 "etcdserver: mvcc: required revision has been compacted ({ours})"

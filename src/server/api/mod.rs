@@ -162,6 +162,10 @@ pub async fn serve_port(
         let response = crate::server::etcd::serve(api, connection, request).await?;
         return Ok(response.map(http_body_util::Either::Right));
     }
+    if crate::server::etcd::gateway::is_gateway(&request) {
+        let response = crate::server::etcd::gateway::serve(api, connection, request).await?;
+        return Ok(response.map(http_body_util::Either::Right));
+    }
     Ok(serve(api, connection, request).await?.map(http_body_util::Either::Left))
 }
 

@@ -1174,8 +1174,10 @@ impl DriverCore {
         self.start_read(token);
     }
 
-    /// Hands leadership to the most up-to-date follower (thesis §3.10).
-    pub fn step_down(&mut self, token: Token) {
+    /// Hands leadership to `to`, or with `None` to the most up-to-date follower
+    /// (thesis §3.10). A `to` that is this node, a learner or not a member is refused
+    /// (`NodeError::Invalid`), as is a call on a node that does not lead.
+    pub fn step_down(&mut self, token: Token, to: Option<NodeId>) {
         if let Some(error) = &self.fatal {
             let error = NodeError::Storage(error.clone());
             self.answer(token, Answer::StepDown(Err(error)));
@@ -1186,7 +1188,7 @@ impl DriverCore {
             self.answer(token, Answer::StepDown(Err(NodeError::NotLeader(leader))));
             return;
         }
-        let Some(target) = self.raft.most_up_to_date_follower() else {
+        let Some(target) = to.or_else(|| self.raft.most_up_to_date_follower()) else {
             let error = NodeError::Invalid("no follower to hand leadership to".into());
             self.answer(token, Answer::StepDown(Err(error)));
             return;

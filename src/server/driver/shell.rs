@@ -36,7 +36,7 @@ pub(crate) enum Request {
     Propose { command: Bytes, reply: Reply<Applied> },
     ChangeMembers { change: crate::kv::MemberChange, reply: Reply<Applied> },
     Read { reply: Reply<()> },
-    StepDown { reply: Reply<NodeId> },
+    StepDown { to: Option<NodeId>, reply: Reply<NodeId> },
     Snapshot { reply: Reply<SnapshotMeta> },
     Msync { reply: Reply<PersistStats> },
     Ping { reply: oneshot::Sender<()> },
@@ -201,7 +201,13 @@ impl NodeHandle {
 
     /// Transfers leadership to the most up-to-date follower; returns it.
     pub async fn step_down(&self) -> Result<NodeId, NodeError> {
-        self.ask(|reply| Request::StepDown { reply }).await
+        self.ask(|reply| Request::StepDown { to: None, reply }).await
+    }
+
+    /// Hands leadership to `to` (etcd's MoveLeader); refused unless this node leads
+    /// and `to` is another voter.
+    pub async fn move_leader(&self, to: NodeId) -> Result<NodeId, NodeError> {
+        self.ask(|reply| Request::StepDown { to: Some(to), reply }).await
     }
 
     /// Takes a snapshot now and compacts the log.
@@ -567,9 +573,9 @@ impl Shell {
                 self.waiting.insert(token, Waiting::Read(reply));
                 self.core.read(token);
             }
-            Request::StepDown { reply } => {
+            Request::StepDown { to, reply } => {
                 self.waiting.insert(token, Waiting::StepDown(reply));
-                self.core.step_down(token);
+                self.core.step_down(token, to);
             }
             Request::Snapshot { reply } => {
                 self.waiting.insert(token, Waiting::Snapshot(reply));

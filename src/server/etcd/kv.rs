@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 use super::proto::etcdserverpb::{
     compare, kv_server::Kv, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseOp, TxnRequest, TxnResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use super::proto::mvccpb;
 use super::{invalid, to_i64, Front};
@@ -130,6 +130,25 @@ fn read_at(state: &StateMachine, range: &KeyRange, revision: u64) -> Vec<KeyValu
         }
     }
     keys.into_iter().filter_map(|(key, value)| value.map(|value| KeyValue { key, value })).collect()
+}
+
+/// The keys of `range` at etcd's `revision` (0: now), with etcd's errors for a
+/// revision above the current one or below the history's compaction point.
+pub(super) fn range_at(
+    state: &StateMachine,
+    range: &KeyRange,
+    revision: i64,
+) -> Result<Vec<KeyValue>, Status> {
+    match u64::try_from(revision).unwrap_or(0) {
+        0 => Ok(range.read(state)),
+        asked if asked > state.revision() => {
+            Err(Status::out_of_range("etcdserver: mvcc: required revision is a future revision"))
+        }
+        asked if asked < state.history().compact_revision() => {
+            Err(ApiError::Compacted { compact_revision: state.history().compact_revision() }.grpc_status())
+        }
+        asked => Ok(read_at(state, range, asked)),
+    }
 }
 
 /// Applies a Range's limit, sort, filters and `count_only`/`keys_only` to the keys of
@@ -341,25 +360,26 @@ impl Front {
     }
 
     fn txn_response(&self, planned: &[(Planned, usize)], outcome: &TxnOutcome, revision: u64) -> TxnResponse {
+        // etcd's responses inside a transaction carry the revision alone in their header.
+        let inner = Some(ResponseHeader { revision: to_i64(revision), ..Default::default() });
         let responses = planned
             .iter()
             .map(|(planned, at)| {
                 let ours = &outcome.responses[*at];
                 let response = match planned {
-                    Planned::Range(request) => response_op::Response::ResponseRange(self.range_response(
-                        request,
-                        pairs_of(ours),
-                        revision,
-                    )),
+                    Planned::Range(request) => response_op::Response::ResponseRange(RangeResponse {
+                        header: inner,
+                        ..self.range_response(request, pairs_of(ours), revision)
+                    }),
                     Planned::Put { prev } => response_op::Response::ResponsePut(PutResponse {
-                        header: self.header(revision),
+                        header: inner,
                         prev_kv: prev.and_then(|at| {
                             pairs_of(&outcome.responses[at]).first().map(|p| key_value(p, false))
                         }),
                     }),
                     Planned::Delete { prev } => {
                         response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
-                            header: self.header(revision),
+                            header: inner,
                             deleted: deleted_of(ours),
                             prev_kvs: prev.map_or_else(Vec::new, |at| {
                                 pairs_of(&outcome.responses[at]).iter().map(|p| key_value(p, false)).collect()
@@ -386,19 +406,8 @@ impl Kv for Front {
         }
         // An O(1) copy: read without holding the lock the driver applies under.
         let state = self.api.node.shared.kv.read().expect("kv lock").clone();
-        let current = state.revision();
-        let pairs = match u64::try_from(request.revision).unwrap_or(0) {
-            0 => range.read(&state),
-            asked if asked > current => {
-                return Err(Status::out_of_range("etcdserver: mvcc: required revision is a future revision"))
-            }
-            asked if asked < state.history().compact_revision() => {
-                return Err(ApiError::Compacted { compact_revision: state.history().compact_revision() }
-                    .grpc_status())
-            }
-            asked => read_at(&state, &range, asked),
-        };
-        Ok(Response::new(self.range_response(&request, pairs, current)))
+        let pairs = range_at(&state, &range, request.revision)?;
+        Ok(Response::new(self.range_response(&request, pairs, state.revision())))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

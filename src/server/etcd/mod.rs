@@ -3,7 +3,8 @@
 //! content type come here (`is_grpc`); everything else is the HTTP API's.
 //!
 //! Parts: `proto` (the generated messages and services), `kv` (Range, Put,
-//! DeleteRange, Txn, Compact), `maintenance` (Status). A call to a service or method
+//! DeleteRange, Txn, Compact), `maintenance` (Status, Snapshot, MoveLeader, HashKV, …),
+//! `gateway` (the `/v3/*` JSON gateway, through these same handlers). A call to a service or method
 //! not served answers `Unimplemented` with a sentence saying what to use instead
 //! (the Auth service: mmapd's tokens). What is served, and how it differs from etcd,
 //! is in docs/etcd.md.
@@ -16,10 +17,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tonic::codegen::Service;
 
+pub mod gateway;
 pub mod kv;
 pub mod maintenance;
 pub mod proto;
@@ -84,11 +85,15 @@ pub fn to_i64(value: u64) -> i64 {
 
 /// Serves one gRPC call. Never fails at the HTTP level: a call nobody serves gets a
 /// gRPC `Unimplemented` status.
-pub async fn serve(
+pub async fn serve<B>(
     api: Arc<Api>,
     connection: Connection,
-    mut request: Request<Incoming>,
-) -> Result<Response<tonic::body::Body>, Infallible> {
+    mut request: Request<B>,
+) -> Result<Response<tonic::body::Body>, Infallible>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     api.node.shared.metrics.http_requests.inc();
     let limit = max_message_bytes(&api);
     request.extensions_mut().insert(connection);
@@ -100,12 +105,17 @@ pub async fn serve(
         "etcdserverpb.Maintenance" => {
             MaintenanceServer::new(front).max_decoding_message_size(limit).call(request).await
         }
-        "etcdserverpb.Auth" => Ok(unimplemented(
-            "etcd's users and roles are not served: mmapd's client tokens (--auth-tokens) replace \
-             them; pass a token as `authorization: Bearer TOKEN` metadata (docs/etcd.md)",
-        )),
+        "etcdserverpb.Auth" => Ok(auth_unimplemented().into_http()),
         _ => Ok(unimplemented(&format!("mmapd does not serve {path} (docs/etcd.md lists what it serves)"))),
     }
+}
+
+/// The Auth service's answer to every call (gRPC and gateway).
+pub(crate) fn auth_unimplemented() -> tonic::Status {
+    tonic::Status::unimplemented(
+        "etcd's users and roles are not served: mmapd's client tokens (--auth-tokens) replace \
+         them; pass a token as `authorization: Bearer TOKEN` metadata (docs/etcd.md)",
+    )
 }
 
 fn unimplemented(message: &str) -> Response<tonic::body::Body> {
