@@ -368,6 +368,24 @@ fn the_json_gateway_answers_what_etcds_gateway_answers() {
                    "failure":[{{"request_range":{{"key":"{foo}"}}}}]}}"#
             ),
         ),
+        // Nested: the inner compare holds (foo is bar), then fails (foo is baz now).
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{foo}","target":"VERSION","result":"GREATER","version":"0"}}],
+                   "success":[{{"request_txn":{{"compare":[{{"key":"{foo}","target":"VALUE","result":"EQUAL","value":"{bar}"}}],
+                       "success":[{{"request_put":{{"key":"{foo}","value":"{baz}","prev_kv":true}}}}],
+                       "failure":[{{"request_range":{{"key":"{foo}"}}}}]}}}},
+                     {{"request_range":{{"key":"{foo}"}}}}]}}"#
+            ),
+        ),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"success":[{{"request_txn":{{"compare":[{{"key":"{foo}","target":"VALUE","result":"EQUAL","value":"{bar}"}}],
+                       "failure":[{{"request_range":{{"key":"{foo}"}}}}]}}}}]}}"#
+            ),
+        ),
         ("/v3/kv/deleterange", format!(r#"{{"key":"{foo}","prev_kv":true}}"#)),
         ("/v3/maintenance/status", "{}".to_owned()),
         ("/v3beta/kv/range", format!(r#"{{"key":"{foo}"}}"#)),
@@ -397,7 +415,18 @@ fn the_json_gateway_answers_what_etcds_gateway_answers() {
             assert!(ours["error"].is_string() && ours["message"].is_string(), "{ours}");
         }
         // Values that mean the same on both.
-        for pointer in ["/kvs/0/key", "/kvs/0/value", "/count", "/succeeded", "/deleted", "/prev_kv/value"] {
+        for pointer in [
+            "/kvs/0/key",
+            "/kvs/0/value",
+            "/count",
+            "/succeeded",
+            "/deleted",
+            "/prev_kv/value",
+            "/responses/0/response_txn/succeeded",
+            "/responses/0/response_txn/responses/0/response_put/prev_kv/value",
+            "/responses/0/response_txn/responses/0/response_range/kvs/0/value",
+            "/responses/1/response_range/kvs/0/value",
+        ] {
             assert_eq!(
                 ours.pointer(pointer),
                 theirs.pointer(pointer),

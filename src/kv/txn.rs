@@ -484,6 +484,14 @@ fn read_bytes<'a>(reader: &mut ByteReader<'a>) -> Result<&'a [u8], DecodeError> 
     Ok(reader.bytes(len.into())?)
 }
 
+impl Compare {
+    /// Whether this compare holds on `state` as it is: what a transaction's apply
+    /// decides by (also the etcd front's, for a nested transaction's path).
+    pub fn holds(&self, state: &StateMachine) -> bool {
+        compare_holds(state, self)
+    }
+}
+
 /// Whether `compare` holds on `state` as it is.
 fn compare_holds(state: &StateMachine, compare: &Compare) -> bool {
     let current = state.get(&compare.key);

@@ -13,8 +13,13 @@
 //!   on its `mod_revision`, again while another writer got in between.
 //! - A Range inside a Txn reads the whole range at the transaction's revision; its
 //!   limit, sort and filters are applied here, as a Range's are.
-//! - Not served: nested transactions and compares over a range (`range_end` on a
-//!   compare) answer `Unimplemented`.
+//! - A nested transaction: etcd decides all of a tree's compares on the state before
+//!   it, so its path is chosen on a linearizable read and the flat transaction of the
+//!   chosen ops runs guarded by the compared keys' `mod_revision`s (`plan_nested`);
+//!   again while a guard fails. At most `MAX_TXN_DEPTH` levels.
+//! - Not served: compares over a range (`range_end` on a compare): `Unimplemented`.
+//!   A guard cannot see a key appear inside the range, so this front cannot decide
+//!   one exactly outside the state machine.
 
 use std::collections::BTreeMap;
 
@@ -37,8 +42,8 @@ use crate::server::api::error::ApiError;
 use crate::server::api::txn::range_prefix;
 use crate::server::auth::{Access, Need};
 
-/// How often a put with `ignore_value` or `ignore_lease` retries after another write
-/// to its key got in between its read and its write.
+/// How often a put with `ignore_value` or `ignore_lease`, or a nested transaction,
+/// retries after another write to a key it read got in between its read and its write.
 const IGNORE_RETRIES: usize = 16;
 
 /// A key range as etcd spells it, decoded.
@@ -212,9 +217,23 @@ fn check_range_request(request: &RangeRequest) -> Result<(), Status> {
 /// What one etcd op of a transaction became: where its answer is among ours.
 enum Planned {
     Range(RangeRequest),
-    Put { prev: Option<usize> },
-    Delete { prev: Option<usize> },
+    Put {
+        prev: Option<usize>,
+    },
+    Delete {
+        prev: Option<usize>,
+    },
+    /// A nested transaction: whether its compares held, and its chosen branch's ops.
+    Txn {
+        succeeded: bool,
+        ops: Vec<(Planned, usize)>,
+    },
 }
+
+/// How deep transactions may nest, and how many ops a whole tree may hold (etcd's
+/// default `--max-txn-ops`).
+const MAX_TXN_DEPTH: usize = 8;
+const MAX_TXN_TREE_OPS: usize = 128;
 
 /// etcd's transaction as ours, and how to read our answers back.
 struct TxnPlan {
@@ -263,7 +282,19 @@ fn compare_of(compare: &super::proto::etcdserverpb::Compare) -> Result<Compare, 
     Ok(Compare { key: Bytes::copy_from_slice(&compare.key), target, op })
 }
 
-fn plan_ops(requests: &[RequestOp], ops: &mut Vec<TxnOp>) -> Result<Vec<(Planned, usize)>, Status> {
+/// A tree's choice made on one state: where its nested transactions went, and the
+/// compares that keep that choice true (each compared key's `mod_revision` as read).
+struct Chosen<'a> {
+    state: &'a StateMachine,
+    guards: Vec<Compare>,
+}
+
+fn plan_ops(
+    requests: &[RequestOp],
+    ops: &mut Vec<TxnOp>,
+    chosen: &mut Option<Chosen<'_>>,
+    depth: usize,
+) -> Result<Vec<(Planned, usize)>, Status> {
     let mut planned = Vec::with_capacity(requests.len());
     for request in requests {
         match &request.request {
@@ -304,8 +335,28 @@ fn plan_ops(requests: &[RequestOp], ops: &mut Vec<TxnOp>) -> Result<Vec<(Planned
                 ops.push(range.delete_op());
                 planned.push((Planned::Delete { prev }, ops.len() - 1));
             }
-            Some(request_op::Request::RequestTxn(_)) => {
-                return Err(Status::unimplemented("nested transactions are not served"));
+            Some(request_op::Request::RequestTxn(nested)) => {
+                if depth >= MAX_TXN_DEPTH {
+                    return Err(invalid(format!("transactions nest at most {MAX_TXN_DEPTH} deep")));
+                }
+                let Some(choosing) = chosen.as_mut() else {
+                    // Found while planning a flat transaction: the caller plans again
+                    // with a state to choose on.
+                    return Err(Status::aborted(NESTED));
+                };
+                let compares = nested.compare.iter().map(compare_of).collect::<Result<Vec<_>, _>>()?;
+                let succeeded = compares.iter().all(|compare| compare.holds(choosing.state));
+                for compare in &compares {
+                    let current = choosing.state.get(&compare.key).map_or(0, |value| value.mod_revision);
+                    choosing.guards.push(Compare {
+                        key: compare.key.clone(),
+                        target: CompareTarget::ModRevision(current),
+                        op: CompareOp::Eq,
+                    });
+                }
+                let branch = if succeeded { &nested.success } else { &nested.failure };
+                let planned_ops = plan_ops(branch, ops, chosen, depth + 1)?;
+                planned.push((Planned::Txn { succeeded, ops: planned_ops }, 0));
             }
             None => return Err(invalid("a transaction op without a request")),
         }
@@ -313,12 +364,66 @@ fn plan_ops(requests: &[RequestOp], ops: &mut Vec<TxnOp>) -> Result<Vec<(Planned
     Ok(planned)
 }
 
+/// The status message `plan_ops` stops a flat plan with when it meets a nested
+/// transaction.
+const NESTED: &str = "a nested transaction";
+
+/// A transaction without nested ones, as ours: the state machine picks the branch.
+/// `Err(Aborted(NESTED))` if it nests.
 fn plan(request: &TxnRequest) -> Result<TxnPlan, Status> {
     let compare = request.compare.iter().map(compare_of).collect::<Result<Vec<_>, _>>()?;
     let (mut success_ops, mut failure_ops) = (Vec::new(), Vec::new());
-    let success = plan_ops(&request.success, &mut success_ops)?;
-    let failure = plan_ops(&request.failure, &mut failure_ops)?;
+    let success = plan_ops(&request.success, &mut success_ops, &mut None, 1)?;
+    let failure = plan_ops(&request.failure, &mut failure_ops, &mut None, 1)?;
     Ok(TxnPlan { txn: Txn { compare, success: success_ops, failure: failure_ops }, success, failure })
+}
+
+/// A nested transaction's plan: the flat transaction, whether the top level's compares
+/// held, and the chosen ops by level.
+type NestedPlan = (Txn, bool, Vec<(Planned, usize)>);
+
+/// A transaction with nested ones, planned on `state`: etcd decides every compare of
+/// the tree on the state before the transaction, so the path through it is chosen
+/// here, and the flat transaction of the chosen ops runs only if every compared key
+/// is as it was read (its `mod_revision` unchanged; 0: still absent). Then the state
+/// machine's answer is the one etcd's would be; otherwise the caller plans again.
+/// Returns the flat transaction (compares: the guards; success: the chosen ops) and
+/// the top level's choice.
+fn plan_nested(state: &StateMachine, request: &TxnRequest) -> Result<NestedPlan, Status> {
+    let mut chosen = Some(Chosen { state, guards: Vec::new() });
+    let nested = RequestOp { request: Some(request_op::Request::RequestTxn(request.clone())) };
+    let mut ops = Vec::new();
+    let mut planned = plan_ops(std::slice::from_ref(&nested), &mut ops, &mut chosen, 0)?;
+    let Some((Planned::Txn { succeeded, ops: planned_ops }, _)) = planned.pop() else {
+        return Err(Status::internal("a nested plan without its transaction"));
+    };
+    let mut guards = chosen.map(|chosen| chosen.guards).unwrap_or_default();
+    guards.sort_by(|a, b| a.key.cmp(&b.key));
+    guards.dedup_by(|a, b| a.key == b.key);
+    Ok((Txn { compare: guards, success: ops, failure: Vec::new() }, succeeded, planned_ops))
+}
+
+/// Every compare and op of a tree, both branches at every level: what a token must
+/// allow (as etcd checks the whole request), and the size the tree may have.
+fn whole_tree(request: &TxnRequest, txn: &mut Txn, depth: usize) -> Result<(), Status> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(invalid(format!("transactions nest at most {MAX_TXN_DEPTH} deep")));
+    }
+    for compare in &request.compare {
+        txn.compare.push(compare_of(compare)?);
+    }
+    for op in request.success.iter().chain(&request.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestTxn(nested)) => whole_tree(nested, txn, depth + 1)?,
+            _ => {
+                plan_ops(std::slice::from_ref(op), &mut txn.success, &mut None, depth)?;
+            }
+        }
+    }
+    if txn.compare.len() + txn.success.len() > MAX_TXN_TREE_OPS * 2 {
+        return Err(invalid("etcdserver: too many operations in txn request"));
+    }
+    Ok(())
 }
 
 fn pairs_of(response: &Answer) -> Vec<KeyValue> {
@@ -360,37 +465,52 @@ impl Front {
     }
 
     fn txn_response(&self, planned: &[(Planned, usize)], outcome: &TxnOutcome, revision: u64) -> TxnResponse {
+        let responses = self.txn_responses(planned, outcome, revision);
+        TxnResponse { header: self.header(revision), succeeded: outcome.succeeded, responses }
+    }
+
+    /// The responses of one level of a (possibly nested) transaction's chosen ops.
+    fn txn_responses(
+        &self,
+        planned: &[(Planned, usize)],
+        outcome: &TxnOutcome,
+        revision: u64,
+    ) -> Vec<ResponseOp> {
         // etcd's responses inside a transaction carry the revision alone in their header.
         let inner = Some(ResponseHeader { revision: to_i64(revision), ..Default::default() });
-        let responses = planned
+        let answer = |at: usize| &outcome.responses[at];
+        planned
             .iter()
             .map(|(planned, at)| {
-                let ours = &outcome.responses[*at];
                 let response = match planned {
                     Planned::Range(request) => response_op::Response::ResponseRange(RangeResponse {
                         header: inner,
-                        ..self.range_response(request, pairs_of(ours), revision)
+                        ..self.range_response(request, pairs_of(answer(*at)), revision)
                     }),
                     Planned::Put { prev } => response_op::Response::ResponsePut(PutResponse {
                         header: inner,
-                        prev_kv: prev.and_then(|at| {
-                            pairs_of(&outcome.responses[at]).first().map(|p| key_value(p, false))
-                        }),
+                        prev_kv: prev
+                            .and_then(|at| pairs_of(answer(at)).first().map(|p| key_value(p, false))),
                     }),
                     Planned::Delete { prev } => {
                         response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
                             header: inner,
-                            deleted: deleted_of(ours),
+                            deleted: deleted_of(answer(*at)),
                             prev_kvs: prev.map_or_else(Vec::new, |at| {
-                                pairs_of(&outcome.responses[at]).iter().map(|p| key_value(p, false)).collect()
+                                pairs_of(answer(at)).iter().map(|p| key_value(p, false)).collect()
                             }),
                         })
                     }
+                    // etcd 3.4 leaves a nested transaction's header empty.
+                    Planned::Txn { succeeded, ops } => response_op::Response::ResponseTxn(TxnResponse {
+                        header: Some(ResponseHeader::default()),
+                        succeeded: *succeeded,
+                        responses: self.txn_responses(ops, outcome, revision),
+                    }),
                 };
                 ResponseOp { response: Some(response) }
             })
-            .collect();
-        TxnResponse { header: self.header(revision), succeeded: outcome.succeeded, responses }
+            .collect()
     }
 }
 
@@ -465,7 +585,15 @@ impl Kv for Front {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let plan = plan(request.get_ref())?;
+        let plan = match plan(request.get_ref()) {
+            Err(status) if status.code() == tonic::Code::Aborted && status.message() == NESTED => {
+                let mut whole = Txn::default();
+                whole_tree(request.get_ref(), &mut whole, 1)?;
+                self.check(&request, &Self::needs_of(&whole))?;
+                return self.nested_txn(request.get_ref()).await;
+            }
+            plan => plan?,
+        };
         self.check(&request, &Self::needs_of(&plan.txn))?;
         let (revision, outcome) = self.run_txn(plan.txn.clone()).await?;
         let planned = if outcome.succeeded { &plan.success } else { &plan.failure };
@@ -495,6 +623,26 @@ impl Kv for Front {
 }
 
 impl Front {
+    /// A transaction with nested ones (`plan_nested`): planned on a linearizable read
+    /// of the state, run if no compared key changed meanwhile, else planned again.
+    async fn nested_txn(&self, request: &TxnRequest) -> Result<Response<TxnResponse>, Status> {
+        for _ in 0..IGNORE_RETRIES {
+            self.api.read_barrier("").await.map_err(|e| e.grpc_status())?;
+            let state = self.api.node.shared.kv.read().expect("kv lock").clone();
+            let (txn, succeeded, planned) = plan_nested(&state, request)?;
+            let (revision, outcome) = self.run_txn(txn).await?;
+            if outcome.succeeded {
+                let responses = self.txn_responses(&planned, &outcome, revision);
+                return Ok(Response::new(TxnResponse {
+                    header: self.header(revision),
+                    succeeded,
+                    responses,
+                }));
+            }
+        }
+        Err(Status::aborted("the keys a nested transaction compares kept changing: retry"))
+    }
+
     /// A put that keeps the key's value (`ignore_value`) or lease (`ignore_lease`): read,
     /// then write with a compare on the `mod_revision` read, again if it changed.
     async fn put_ignoring(
@@ -581,6 +729,79 @@ mod tests {
         assert_eq!(keys(&KeyRange::of(b"a", b"b").read(&state)), ["a=1", "a/x=2"]);
         assert_eq!(keys(&KeyRange::of(b"\0", b"\0").read(&state)), ["a=1", "a/x=2", "b=3"]);
         assert_eq!(keys(&KeyRange::of(b"b", b"a").read(&state)), Vec::<String>::new());
+    }
+
+    fn nested(compare_key: &str, equals: &str, put_key: &str) -> TxnRequest {
+        use super::super::proto::etcdserverpb::{Compare as EtcdCompare, PutRequest};
+        let compare = EtcdCompare {
+            key: compare_key.as_bytes().to_vec(),
+            target: compare::CompareTarget::Value as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Value(equals.as_bytes().to_vec())),
+            ..Default::default()
+        };
+        let put = |key: &str| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let inner =
+            TxnRequest { compare: vec![compare], success: vec![put(put_key)], failure: vec![put("failed")] };
+        TxnRequest {
+            compare: Vec::new(),
+            success: vec![RequestOp { request: Some(request_op::Request::RequestTxn(inner)) }],
+            failure: Vec::new(),
+        }
+    }
+
+    // A nested transaction's path is chosen on the state read, so the flat transaction
+    // must not run once a key compared on the way has changed.
+    #[test]
+    fn a_nested_transactions_path_holds_only_while_its_compared_keys_are_unchanged() {
+        let state = state_with(&[("a", "1")], &[]);
+        let (txn, succeeded, planned) = plan_nested(&state, &nested("a", "1", "b")).unwrap();
+        assert!(succeeded);
+        assert!(matches!(&planned[..], [(Planned::Txn { succeeded: true, ops }, _)] if ops.len() == 1));
+        assert_eq!(txn.success, vec![TxnOp::Put { key: "b".into(), value: "x".into(), lease: 0 }]);
+        // Unchanged: it runs.
+        let mut same = state.clone();
+        let index = same.applied_index() + 1;
+        same.apply(index, &Command::Txn(txn.clone()));
+        assert!(same.get(b"b").is_some());
+        // `a` changed (or went and came back) since: the guards fail, nothing is written.
+        for change in [Command::put("a", "2"), Command::put("a", "1"), Command::delete("a")] {
+            let mut changed = state.clone();
+            let index = changed.applied_index() + 1;
+            changed.apply(index, &change);
+            changed.apply(index + 1, &Command::Txn(txn.clone()));
+            assert!(changed.get(b"b").is_none() && changed.get(b"failed").is_none(), "after {change:?}");
+        }
+        // A compared key that is absent is guarded as absent.
+        let (txn, succeeded, _) = plan_nested(&state, &nested("missing", "1", "b")).unwrap();
+        assert!(!succeeded, "an absent key's value compare is false");
+        let mut created = state.clone();
+        let index = created.applied_index() + 1;
+        created.apply(index, &Command::put("missing", "1"));
+        created.apply(index + 1, &Command::Txn(txn));
+        assert!(created.get(b"failed").is_none(), "the absent key appeared: the path must be chosen again");
+    }
+
+    #[test]
+    fn a_flat_plan_stops_at_a_nested_transaction_and_trees_are_bounded() {
+        let request = nested("a", "1", "b");
+        assert_eq!(plan(&request).err().map(|s| s.message().to_owned()).as_deref(), Some(NESTED));
+        let mut deep = nested("a", "1", "b");
+        for _ in 0..MAX_TXN_DEPTH {
+            deep = TxnRequest {
+                success: vec![RequestOp { request: Some(request_op::Request::RequestTxn(deep)) }],
+                ..Default::default()
+            };
+        }
+        let state = state_with(&[("a", "1")], &[]);
+        assert!(plan_nested(&state, &deep).is_err());
+        assert!(whole_tree(&deep, &mut Txn::default(), 1).is_err());
     }
 
     #[test]
