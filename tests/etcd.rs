@@ -269,46 +269,6 @@ fn etcdctl_endpoint_hashkv_agrees_on_every_member_and_tells_revisions_apart() {
     assert!(future.contains("future revision"), "{future}");
 }
 
-/// A real etcd (Debian's etcd-server, 3.4), one member, to compare answers with.
-struct RealEtcd {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RealEtcd {
-    fn start() -> RealEtcd {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(2);
-        let (client, peer) =
-            (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
-        let child = Command::new("etcd")
-            .args(["--name", "e", "--data-dir", dir.path().join("data").to_str().unwrap()])
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("e={peer}"), "--log-level", "error"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd did not start: is etcd-server installed?");
-        let etcd = RealEtcd { child, port: ports[0], _dir: dir };
-        wait_for(Duration::from_secs(20), "etcd to be healthy", || {
-            request(etcd.port, "GET", "/health", &[], b"")
-                .ok()
-                .filter(|r| r.text().contains("true"))
-                .map(|_| ())
-        });
-        etcd
-    }
-}
-
-impl Drop for RealEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The shape of a JSON value: its object keys, recursively (the first element of an
 /// array stands for all), with leaves as their JSON type; what must match between
 /// mmapd's gateway and etcd's where values (ids, revisions) legitimately differ.

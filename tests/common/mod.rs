@@ -499,3 +499,45 @@ impl Single {
         self.dir.path().join("data/admin.sock")
     }
 }
+
+// ---------------------------------------------------------------- a real etcd
+
+/// A real etcd (Debian's etcd-server, 3.4), one member, to compare answers with.
+pub struct RealEtcd {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RealEtcd {
+    pub fn start() -> RealEtcd {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(2);
+        let (client, peer) =
+            (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "e", "--data-dir", dir.path().join("data").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("e={peer}"), "--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd did not start: is etcd-server installed?");
+        let etcd = RealEtcd { child, port: ports[0], _dir: dir };
+        wait_for(Duration::from_secs(20), "etcd to be healthy", || {
+            request(etcd.port, "GET", "/health", &[], b"")
+                .ok()
+                .filter(|r| r.text().contains("true"))
+                .map(|_| ())
+        });
+        etcd
+    }
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
