@@ -21,6 +21,7 @@ from collections import defaultdict
 SECTION = "## mmapd vs etcd"
 TXN_SECTION = "## mmapd vs etcd: transactions"
 TLS_SECTION = "## mmapd vs etcd: TLS"
+GRPC_SECTION = "## mmapd vs etcd: the etcd v3 gRPC API"
 WATCH_SECTION = "## Watch fan-out: mmapd vs etcd"
 
 
@@ -51,9 +52,12 @@ def rate(rps):
 
 
 def errors(runs):
-    non2xx = sum(int(r["non2xx"]) for r in runs)
-    socket = sum(int(r["socket_errors"]) for r in runs)
+    non2xx = sum(int(r.get("non2xx", 0)) for r in runs)
+    socket = sum(int(r.get("socket_errors", 0)) for r in runs)
+    failed = sum(int(r.get("errors", 0)) for r in runs)  # bench/grpc_load.rs: failed calls
     parts = []
+    if failed:
+        parts.append(f"{failed} failed calls" if failed > 0 else "no result")
     if non2xx:
         parts.append(f"{non2xx} non-2xx")
     if socket:
@@ -324,6 +328,8 @@ def main():
     parser.add_argument("--txn-elapsed", default="?")
     parser.add_argument("--tls-results", help="bench/run's BENCH_TLS results")
     parser.add_argument("--tls-elapsed", default="?")
+    parser.add_argument("--grpc-results", help="bench/run's BENCH_GRPC results")
+    parser.add_argument("--grpc-elapsed", default="?")
     parser.add_argument("--watch-results", help="bench/run's watch.tsv (the watch fan-out section)")
     parser.add_argument("--watch-rounds", default="?")
     parser.add_argument("--watch-seconds", default="?")
@@ -337,6 +343,8 @@ def main():
         sections.append((TXN_SECTION, txn_section(args)))
     if args.tls_results and has_results(args.tls_results):
         sections.append((TLS_SECTION, tls_section(args)))
+    if args.grpc_results and has_results(args.grpc_results):
+        sections.append((GRPC_SECTION, grpc_section(args)))
     if args.watch_results and has_results(args.watch_results):
         sections.append((WATCH_SECTION, watch_section(args)))
     after = SECTION
@@ -407,6 +415,38 @@ one through the log.
 
 Command: `bench/run`, {datetime.date.today()}, with `BENCH_TXN=1` (the default) ({args.rounds} rounds x {args.seconds} s
 per run, the first system alternating between rounds; {args.txn_elapsed} s in all).
+Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1, p50 and p99
+below 1 favour mmapd).
+
+Machine: {args.machine}.
+
+| workload | mmapd req/s | p50 | p99 | etcd req/s | p50 | p99 | req/s mmapd/etcd | p50 mmapd/etcd | p99 mmapd/etcd |
+|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
+{chr(10).join(rows)}
+
+Req/s per round:
+
+{chr(10).join(spread)}
+"""
+    if notes:
+        body += "\nErrors (summed over rounds):\n\n" + "\n".join(notes) + "\n"
+    return body
+
+
+def grpc_section(args):
+    order, runs = parse_results(args.grpc_results)
+    rows, notes, spread = compare_rows(runs, [(w, (w, "mmapd"), (w, "etcd")) for w in order])
+    body = f"""{GRPC_SECTION}
+
+`bench/run`'s `BENCH_GRPC` section, on the same two 3-node clusters as above (load to the
+leaders): etcd's v3 gRPC KV API on both, mmapd's etcd front against etcd 3.4 itself,
+driven by `bench/grpc_load.rs` (our own tonic client over hyper's HTTP/2, one connection
+per 16 clients): `Put` of a random key of 100,000 and linearizable `Range` of one of
+10,000 written first, 8-byte keys and 256-byte values as etcd's published benchmark
+setup, closed loop.
+
+Command: `bench/run`, {datetime.date.today()}, with `BENCH_GRPC=1` (the default) ({args.rounds} rounds x {args.seconds} s
+per run, the first system alternating between rounds; {args.grpc_elapsed} s in all).
 Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1, p50 and p99
 below 1 favour mmapd).
 
