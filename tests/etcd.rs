@@ -405,3 +405,27 @@ fn the_json_gateway_answers_what_etcds_gateway_answers() {
     assert!(!lines.is_empty() && lines.iter().all(|line| line["result"]["blob"].is_string()), "{text}");
     assert!(lines.last().unwrap()["result"].get("remaining_bytes").is_none(), "0 is left out, as etcd does");
 }
+
+// An etcd client connects at start and may make its first call much later: an HTTP/2
+// connection that sent its preface is not closed as silent (a connection that sends
+// nothing is: tests/tls.rs).
+#[test]
+fn an_http2_connection_idle_after_its_preface_stays_open_past_the_silence_timeout() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(1, &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", cluster.port(0))).unwrap();
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags).
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    // The server's SETTINGS (and its ack of ours) are waiting; the connection is open:
+    // a read returns them, then times out rather than seeing the end of the stream.
+    let mut buffer = [0u8; 4096];
+    let first = stream.read(&mut buffer).expect("the server's frames");
+    assert!(first > 0, "the connection was closed");
+    let later = stream.read(&mut buffer);
+    assert!(
+        matches!(&later, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "the connection ended: {later:?}"
+    );
+}

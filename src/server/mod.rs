@@ -23,6 +23,7 @@ pub mod backup;
 pub mod cli;
 pub mod driver;
 pub mod etcd;
+mod first_bytes;
 mod joining;
 mod lifecycle;
 mod log_limit;
@@ -76,8 +77,8 @@ const MAX_ADMIN_CONNECTIONS: usize = 16;
 /// The most gRPC calls one HTTP/2 connection runs at once (etcd's clients multiplex
 /// every call on one connection; Go's gRPC server allows 100 by default, etcd more).
 const MAX_GRPC_STREAMS_PER_CONNECTION: u32 = 1024;
-/// A connection that sends no request within this is closed (hyper's header timeout,
-/// for HTTP/1.1).
+/// A connection that sends not a byte within this is closed (then hyper's HTTP/1.1
+/// header timeout and HTTP/2 keepalive take over).
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The exit status of a node that must not run under its id: a committed configuration
@@ -693,13 +694,9 @@ async fn accept_http(
             let client =
                 api::Connection { remote, permit: Arc::new(permit), sender: Default::default(), identity };
             // hyper's header timeout starts only once the protocol is known: a connection
-            // that never sends a first request is closed after FIRST_REQUEST_TIMEOUT.
-            let spoke = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let heard = spoke.clone();
-            let service = service_fn(move |request| {
-                heard.store(true, std::sync::atomic::Ordering::Relaxed);
-                api::serve_port(api.clone(), client.clone(), request)
-            });
+            // that sends nothing is closed after FIRST_REQUEST_TIMEOUT (`first_bytes`).
+            let (stream, spoke) = first_bytes::FirstBytes::new(stream);
+            let service = service_fn(move |request| api::serve_port(api.clone(), client.clone(), request));
             // HTTP/1.1 for the HTTP API and the peers, HTTP/2 (with prior knowledge, or
             // ALPN `h2` over TLS) for etcd's gRPC clients, on the one port.
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
