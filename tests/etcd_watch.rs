@@ -595,3 +595,204 @@ fn raw_watch_streams_answer_as_etcds_field_by_field() {
     assert_eq!(theirs_progress.iter().map(|r| r.watch_id).collect::<Vec<_>>(), [0, -1, 0]);
     assert_eq!(ours_progress, theirs_progress);
 }
+
+/// A frame whose prefix says `compressed` and `length`, followed by `bytes`.
+fn raw_frame(compressed: u8, length: u32, bytes: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(compressed);
+    out.put_u32(length);
+    out.put_slice(bytes);
+    out.freeze()
+}
+
+#[test]
+fn bad_and_oversized_watch_requests_end_their_stream_with_a_status_and_the_node_serves_on() {
+    let node = Single::start(&[]);
+    let endpoint = format!("127.0.0.1:{}", node.port());
+    let runtime = runtime();
+    runtime.block_on(async {
+        let valid = frames(&[creating(create("k", ""))]);
+        for (what, tail) in [
+            ("not a WatchRequest", raw_frame(0, 4, &[0xff; 4])),
+            ("a 64 MiB message", raw_frame(0, 64 << 20, &[])),
+            ("a compressed message", raw_frame(1, 2, &[0x0a, 0x00])),
+            ("a message cut short", raw_frame(0, 100, &[0x0a; 3])),
+        ] {
+            let body: Bytes = [valid.clone(), tail].concat().into();
+            let mut call = Call::open(&endpoint, &[], body, None).await;
+            let seen = call.read(2, Duration::from_secs(10)).await;
+            assert!(seen.len() == 1 && seen[0].created, "{what}: {seen:?}");
+            let (code, message) =
+                call.status.clone().unwrap_or_else(|| panic!("{what}: the stream did not end"));
+            assert!(code != "0" && code.parse::<i32>().is_ok(), "{what}: {code} {message}");
+        }
+
+        // Extreme values of every field: answered, never a panic.
+        let requests = [
+            creating(WatchCreateRequest { watch_id: i64::MAX, start_revision: i64::MAX, ..create("k", "") }),
+            creating(WatchCreateRequest { watch_id: -3, ..create("k", "") }),
+            creating(WatchCreateRequest {
+                start_revision: i64::MIN,
+                filters: vec![-1, 99],
+                ..create("", "")
+            }),
+            creating(WatchCreateRequest {
+                key: vec![0xff; 1 << 20],
+                range_end: vec![0],
+                ..Default::default()
+            }),
+            canceling(i64::MIN),
+            canceling(-1),
+            progress(),
+        ];
+        let mut call = Call::open(&endpoint, &[], frames(&requests), None).await;
+        let seen = call.read(6, Duration::from_secs(10)).await;
+        let summary: Vec<(i64, bool, bool)> =
+            seen.iter().map(|r| (r.watch_id, r.created, r.canceled)).collect();
+        assert_eq!(
+            summary,
+            [
+                (i64::MAX, true, false),
+                (-1, true, true),
+                (0, true, false),
+                (1, true, false),
+                (-1, false, false)
+            ],
+            "{seen:?}"
+        );
+        assert!(seen[1].cancel_reason.contains("negative"), "{:?}", seen[1]);
+
+        // The 1001st watch of a stream is refused; the thousand before it are served.
+        let many: Vec<WatchRequest> =
+            (0..1001).map(|index| creating(create(&format!("many/{index}"), ""))).collect();
+        let mut call = Call::open(&endpoint, &[], frames(&many), None).await;
+        let seen = call.read(1001, Duration::from_secs(20)).await;
+        assert_eq!(seen.len(), 1001);
+        assert!(seen[..1000]
+            .iter()
+            .enumerate()
+            .all(|(id, r)| r.created && !r.canceled && r.watch_id == id as i64));
+        assert!(seen[1000].canceled && seen[1000].cancel_reason.contains("1000"), "{:?}", seen[1000]);
+        ok(&endpoint, &["put", "many/999", "x"]);
+        let event = call.read(1, Duration::from_secs(10)).await;
+        assert_eq!((event[0].watch_id, event[0].events.len()), (999, 1), "{event:?}");
+    });
+    // The node serves on: a put, a get and a new watch.
+    assert!(node.node.is_running());
+    ok(&endpoint, &["put", "after", "1"]);
+    assert_eq!(ok(&endpoint, &["get", "after"]), "after\n1\n");
+    let dir = tempfile::tempdir().unwrap();
+    let watcher = Watcher::start(dir.path(), "after", &endpoint, &["--rev=1", "after"]);
+    assert_eq!(watcher.output_of(3), "PUT\nafter\n1\n");
+}
+
+/// Reads from `call` until `count` events came or the call ended (or 30 s passed).
+async fn read_events(call: &mut Call, count: usize) -> Vec<WatchResponse> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut responses: Vec<WatchResponse> = Vec::new();
+    while responses.iter().map(|r| r.events.len()).sum::<usize>() < count
+        && !responses.iter().any(|r| r.canceled)
+        && call.status.is_none()
+        && Instant::now() < deadline
+    {
+        responses.extend(call.read(1, Duration::from_secs(1)).await);
+    }
+    responses
+}
+
+/// The keys of the events of `responses`, in order, and whether their revisions rise.
+fn keys_in_order(responses: &[WatchResponse]) -> (Vec<String>, bool) {
+    let events: Vec<_> = responses.iter().flat_map(|r| &r.events).collect();
+    let keys =
+        events.iter().map(|e| String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into_owned()).collect();
+    let revisions: Vec<i64> = events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+    (keys, revisions.windows(2).all(|pair| pair[0] < pair[1]))
+}
+
+#[test]
+fn a_client_that_stops_reading_catches_up_from_the_history_or_is_canceled_when_it_is_compacted() {
+    const WRITES: usize = 300;
+    let value = vec![b'v'; 100];
+    for (history_entries, catches_up) in [("10000", true), ("40", false)] {
+        let node = Single::start(&["--watch-queue-rounds", "2", "--history-entries", history_entries]);
+        let endpoint = format!("127.0.0.1:{}", node.port());
+        let runtime = runtime();
+        runtime.block_on(async {
+            // A 1 KiB window: the server's sends stop after a few responses the test
+            // does not read, its queue fills, and the hub drops the watch as slow.
+            let body = frames(&[creating(create("slow/", "slow0"))]);
+            let mut call = Call::open(&endpoint, &[], body, Some(1024)).await;
+            assert!(call.read(1, Duration::from_secs(10)).await[0].created);
+            for index in 0..WRITES {
+                let written = put(node.port(), &format!("/v1/kv/slow/{index:03}"), &value);
+                assert!(written.status / 100 == 2, "{}", written.text());
+            }
+            let responses = read_events(&mut call, WRITES).await;
+            let (keys, rising) = keys_in_order(&responses);
+            assert!(rising, "revisions go up, each once");
+            let expected: Vec<String> = (0..keys.len()).map(|index| format!("slow/{index:03}")).collect();
+            assert_eq!(keys, expected, "every write from the first, in order, none twice");
+            if catches_up {
+                assert_eq!(keys.len(), WRITES, "{:?}", responses.last());
+                assert!(!responses.iter().any(|r| r.canceled));
+            } else {
+                let last = responses.last().expect("responses");
+                assert!(last.canceled && last.compact_revision > 0, "{last:?}");
+                assert!(keys.len() < WRITES, "the history was compacted under the slow watch");
+                // Nothing it was sent is at or above the first revision still held.
+                let sent_through = responses
+                    .iter()
+                    .flat_map(|r| &r.events)
+                    .last()
+                    .unwrap()
+                    .kv
+                    .as_ref()
+                    .unwrap()
+                    .mod_revision;
+                assert!(sent_through < last.compact_revision, "{sent_through} {last:?}");
+            }
+        });
+        assert!(node.node.is_running());
+    }
+}
+
+#[test]
+fn a_watch_needs_a_token_that_may_read_its_range() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops-0123456789abcdef write\napp-0123456789abcdef read app/\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_ports(1)[0];
+    let (port_text, data_dir) = (port.to_string(), dir.path().join("data"));
+    let mut args = vec!["--port", &port_text, "--data-dir", data_dir.to_str().unwrap()];
+    args.extend(["--auth-tokens", tokens.to_str().unwrap()]);
+    args.extend(FAST_TIMINGS);
+    let mut node = Daemon::new(dir.path(), port, &args);
+    node.start().unwrap();
+    wait_for(Duration::from_secs(10), "the node to lead", || {
+        let ops = [("Authorization", "Bearer ops-0123456789abcdef")];
+        let status = request(port, "GET", "/status", &ops, b"").ok()?;
+        (status.status == 200 && status.json()["state"] == "leader").then_some(())
+    });
+    let endpoint = format!("127.0.0.1:{port}");
+    let runtime = runtime();
+    runtime.block_on(async {
+        let body = || frames(&[creating(create("app/", "app0"))]);
+        let mut anonymous = Call::open(&endpoint, &[], body(), None).await;
+        assert!(anonymous.read(1, Duration::from_secs(5)).await.is_empty());
+        assert_eq!(anonymous.status.as_ref().map(|(code, _)| code.as_str()), Some("16"), "Unauthenticated");
+        let requests = [
+            creating(create("app/", "app0")),
+            creating(create("app/a", "app/c")),
+            creating(create("other", "")),
+            creating(create("", "\0")),
+        ];
+        let app = [("authorization", "Bearer app-0123456789abcdef")];
+        let mut call = Call::open(&endpoint, &app, frames(&requests), None).await;
+        let seen = call.read(4, Duration::from_secs(5)).await;
+        let summary: Vec<(i64, bool)> = seen.iter().map(|r| (r.watch_id, r.canceled)).collect();
+        assert_eq!(summary, [(0, false), (1, false), (-1, true), (-1, true)], "{seen:?}");
+        assert!(!seen[2].cancel_reason.is_empty() && !seen[2].cancel_reason.contains("0123456789abcdef"));
+    });
+}

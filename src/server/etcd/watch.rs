@@ -50,6 +50,7 @@ use super::proto::mvccpb;
 use super::{max_message_bytes, to_i64, Front};
 use crate::kv::{Event, EventKind, KeyValue};
 use crate::server::api::error::ApiError;
+use crate::server::api::txn::range_prefix;
 use crate::server::api::watch::{subscribe_and_read, Cursor, Started, WATCH_STALL_TIMEOUT};
 use crate::server::auth::{Access, Need};
 use crate::server::watch_hub::{Delivery, Filter, Subscription};
@@ -124,28 +125,14 @@ impl Spec {
         !filtered && self.range.contains(&event.key)
     }
 
-    /// The hub's filter for the range: its key, its prefix when it is one, else a
-    /// prefix every key of it starts with (the watch drops the rest).
+    /// The hub's filter for the range: its key, or the longest prefix all its keys
+    /// share (a prefix range's prefix; the watch drops the rest of a wider one).
     fn hub_filter(&self) -> Filter {
         match &self.range {
             KeyRange::Key(key) => Filter::Key(key.to_vec()),
-            KeyRange::Range(start, end) => match end {
-                Some(end) if prefix_end(start).as_deref() == Some(end.as_ref()) => {
-                    Filter::Prefix(start.to_vec())
-                }
-                end => Filter::Prefix(crate::server::api::txn::range_prefix(start, end.as_deref()).to_vec()),
-            },
+            KeyRange::Range(start, end) => Filter::Prefix(range_prefix(start, end.as_deref()).to_vec()),
         }
     }
-}
-
-/// The end of the range of keys that start with `prefix` (etcd's `GetPrefixRangeEnd`);
-/// None when every key from `prefix` on does (it is all `0xff`).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let last = prefix.iter().rposition(|&byte| byte < 0xff)?;
-    let mut end = prefix[..=last].to_vec();
-    end[last] += 1;
-    Some(end)
 }
 
 /// An event as etcd's: a delete's `kv` is the key and the delete's revision.
@@ -621,13 +608,12 @@ mod tests {
     }
 
     #[test]
-    fn prefix_ends_increment_the_last_byte_below_ff() {
-        assert_eq!(prefix_end(b"a/"), Some(b"a0".to_vec()));
-        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff"), None);
-        // A range "\xff" to "\0" (every key from it on) is not a prefix: covered by "".
+    fn a_range_from_a_key_on_is_watched_through_the_empty_prefix() {
         let spec = Spec::of(&create(b"\xff", b"\0")).unwrap();
         assert_eq!(spec.hub_filter(), Filter::Prefix(Vec::new()));
+        assert!(!spec.matches(&put(1, "\u{7f}", None)), "below the range's first key");
+        let spec = Spec::of(&create(b"m", b"\0")).unwrap();
+        assert!(spec.matches(&put(1, "z", None)) && !spec.matches(&put(1, "a", None)));
     }
 
     #[test]
