@@ -260,12 +260,24 @@ pub fn needs(txn: &Txn) -> Vec<Need<'_>> {
     compares.chain(ops).collect()
 }
 
-/// A prefix every key of `[start, end)` starts with: their longest common prefix (any
-/// key between two keys shares the prefix they share), the empty prefix (every key) for
-/// a range without an end. What a token must grant for the range.
+/// The longest prefix every key of `[start, end)` starts with, the empty prefix (every
+/// key) for a range without an end: what a token must grant for the range. Every key
+/// of the range lies between `start` and the range's last key, the largest key below
+/// `end`, so it shares the prefix those two share (any key between two keys does). The
+/// last key below `end` is `end` without its last byte when that byte is 0, else `end`
+/// with its last byte one less followed by endless `0xff`: so the range of a prefix
+/// (`app/` to `app0`, etcd's `--prefix`) needs the prefix itself, `app/`.
 pub fn range_prefix<'a>(start: &'a [u8], end: Option<&[u8]>) -> &'a [u8] {
-    let Some(end) = end else { return &[] };
-    let common = start.iter().zip(end).take_while(|(a, b)| a == b).count();
+    let Some((&last, head)) = end.and_then(|end| end.split_last()) else { return &[] };
+    let below_end = |index: usize| -> Option<u8> {
+        match index.cmp(&head.len()) {
+            std::cmp::Ordering::Less => Some(head[index]),
+            std::cmp::Ordering::Equal => (last > 0).then(|| last - 1),
+            std::cmp::Ordering::Greater => (last > 0).then_some(0xff),
+        }
+    };
+    let common =
+        start.iter().enumerate().take_while(|&(index, &byte)| below_end(index) == Some(byte)).count();
     &start[..common]
 }
 
@@ -447,6 +459,23 @@ pub fn forwarded_from_json(json: &serde_json::Value) -> Option<TxnOutcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_needs_the_longest_prefix_all_its_keys_share() {
+        let prefix = |start: &'static [u8], end: Option<&'static [u8]>| range_prefix(start, end);
+        // etcd's --prefix: the range of a prefix needs the prefix itself.
+        assert_eq!(prefix(b"app/", Some(b"app0")), b"app/");
+        assert_eq!(prefix(b"a\xff", Some(b"b")), b"a\xff");
+        assert_eq!(prefix(b"a/b", Some(b"a/d")), b"a/");
+        assert_eq!(prefix(b"a", Some(b"b")), b"a");
+        // An end with a last 0 byte: the key before it is the last of the range.
+        assert_eq!(prefix(b"ab", Some(b"ab\0")), b"ab");
+        assert_eq!(prefix(b"ab", Some(b"ac\0")), b"a");
+        // No end, an empty one, an inverted range: every key.
+        assert_eq!(prefix(b"app/", None), b"");
+        assert_eq!(prefix(b"app/", Some(b"")), b"");
+        assert_eq!(prefix(b"b", Some(b"a")), b"");
+    }
 
     #[test]
     fn a_transaction_body_parses_into_its_compares_and_ops() {

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::{query_field, Api, REVISION_HEADER};
 use crate::kv::{Event, EventKind, Since};
-use crate::server::watch_hub::{Delivery, Filter};
+use crate::server::watch_hub::{Delivery, Filter, SharedEvent, Subscription};
 
 /// The route.
 pub const PATH: &str = "/v1/watch";
@@ -160,73 +160,153 @@ fn chunk_of(mut lines: Vec<Bytes>) -> Option<Bytes> {
     }
 }
 
-/// The state of one watcher's stream.
-struct Watcher {
-    request: WatchRequest,
-    /// Every matching event with a revision at or below this has been written.
+/// Where a watcher stands in the revisions: what it has served and the lowest
+/// revision it wants. The rules of "no gap, nothing twice, never back in time" (the
+/// module doc), shared by this watch and etcd's (`server::etcd::watch`); each says
+/// which events it wants with its own `matches` (the hub's filter may be wider).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    /// Every matching event with a revision at or below this has been served.
     /// Invariant: never decreases.
-    served_through: u64,
+    pub served_through: u64,
     /// The lowest revision the client wants.
-    from: u64,
+    pub from: u64,
 }
 
-impl Watcher {
-    /// A watcher that read `replay` (the history's events from its `from` on) at
-    /// revision `head`, and the replay's lines. Live rounds forward only what is above
-    /// `head`: a round published between the subscription and the read (which holds
-    /// revisions up to `head`) is not written twice.
-    fn start(request: WatchRequest, head: u64, replay: &imbl::Vector<Event>) -> (Watcher, Vec<u8>) {
-        let from = request.from.unwrap_or(head + 1);
-        let mut watcher = Watcher { request, served_through: 0, from };
-        let first = watcher.lines(replay.iter().filter(|event| event.revision <= head));
-        watcher.served_through = head;
-        (watcher, first)
+/// History a watcher had not seen is gone: every event at or below `missing_through`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Gap {
+    pub missing_through: u64,
+}
+
+impl Cursor {
+    /// A watcher from `from` (None: the revision after `head`), nothing served yet.
+    pub fn new(from: Option<u64>, head: u64) -> Cursor {
+        Cursor { served_through: 0, from: from.unwrap_or(head + 1) }
     }
 
-    /// The lines for `events`: those above `served_through` and at or above `from`
-    /// that match.
-    fn lines<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
-        let mut out = Vec::new();
-        for event in events {
-            if self.wants(event) {
-                push_line(&mut out, &event_line(event, self.request.prev));
-            }
-        }
-        out
+    /// Whether `event` is above `served_through`, at or above `from`, and `matches`.
+    pub fn wants(&self, event: &Event, matches: impl Fn(&Event) -> bool) -> bool {
+        event.revision > self.served_through && event.revision >= self.from && matches(event)
     }
 
-    /// Whether `event` is above `served_through`, at or above `from`, and matches (the
-    /// hub matched it already; checked again, it costs little).
-    fn wants(&self, event: &Event) -> bool {
-        event.revision > self.served_through
-            && event.revision >= self.from
-            && self.request.filter.matches(&event.key)
+    /// The events of `replay` (the history read at revision `head`) to serve, in
+    /// order. Live rounds forward only what is above `head` once `advance(head)` is
+    /// called: a round published between the subscription and the read is not served
+    /// twice.
+    pub fn replayed<'a, M: Fn(&Event) -> bool + 'a>(
+        self,
+        head: u64,
+        replay: &'a imbl::Vector<Event>,
+        matches: M,
+    ) -> impl Iterator<Item = &'a Event> + 'a {
+        replay.iter().filter(move |event| event.revision <= head && self.wants(event, &matches))
     }
 
-    /// A delivery's lines; Err: the watcher must end with this last line.
-    fn round(&mut self, delivery: &Delivery) -> Result<Vec<Bytes>, serde_json::Value> {
+    /// Every matching event through `through` has been served.
+    pub fn advance(&mut self, through: u64) {
+        self.served_through = self.served_through.max(through);
+    }
+
+    /// A delivery's events to serve; Err: history this watcher needed is missing, and
+    /// it must end.
+    pub fn round<'a>(
+        &mut self,
+        delivery: &'a Delivery,
+        matches: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<&'a SharedEvent>, Gap> {
         let round = &delivery.round;
         // Every matching event up to `after` was in an earlier delivery (`Delivery`).
-        self.served_through = self.served_through.max(round.after);
+        self.advance(round.after);
         // Missing are the revisions up to `missing_through`; this watcher needs those
         // above `served_through` and at or above `from`. A gap wholly below `from` (a
         // lagging node installing a snapshot under a watch that asked for later
         // revisions) takes nothing from it.
         if round.missing_through > self.served_through.max(self.from.saturating_sub(1)) {
-            return Err(serde_json::json!({
+            return Err(Gap { missing_through: round.missing_through });
+        }
+        let events = delivery.events().filter(|shared| self.wants(&shared.event, &matches)).collect();
+        self.advance(round.through);
+        Ok(events)
+    }
+
+    /// Moves `served_through` to the last round published if the watcher has taken
+    /// every delivery (rounds without changes for it are not handed to it); whether it
+    /// had.
+    pub fn catch_up(&mut self, subscription: &Subscription) -> bool {
+        match subscription.caught_up_through() {
+            Some(through) => {
+                self.advance(through);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A watcher subscribed to the hub, and the history it must replay first.
+pub(crate) struct Started {
+    pub subscription: Subscription,
+    /// The store's revision when the history was read.
+    pub head: u64,
+    /// The history's events from the watcher's `from` on (up to `head`, and perhaps a
+    /// few rounds past it, which `Cursor::replayed` leaves to the live rounds).
+    pub replay: imbl::Vector<Event>,
+}
+
+/// Subscribes `filter` to the hub, *then* reads the history from `from` (None: the
+/// next revision) under the kv lock: every round applied after the read reaches the
+/// subscription's queue, or it is marked slow. `Compacted` when `from` is at or below
+/// the history's compaction point.
+pub(crate) fn subscribe_and_read(api: &Api, filter: Filter, from: Option<u64>) -> Result<Started, ApiError> {
+    let subscription = api.node.shared.watch_hub.subscribe(filter, api.watch_queue_rounds);
+    let kv = api.node.shared.kv.read().expect("kv lock");
+    let head = kv.revision();
+    let from = from.unwrap_or(head + 1);
+    let replay = if from <= head {
+        match kv.history().events_since(from) {
+            Since::Events(events) => events,
+            Since::Compacted { compact_revision } => return Err(ApiError::Compacted { compact_revision }),
+        }
+    } else if from <= kv.history().compact_revision() {
+        return Err(ApiError::Compacted { compact_revision: kv.history().compact_revision() });
+    } else {
+        imbl::Vector::new()
+    };
+    drop(kv);
+    Ok(Started { subscription, head, replay })
+}
+
+/// The state of one watcher's stream.
+struct Watcher {
+    request: WatchRequest,
+    cursor: Cursor,
+}
+
+impl Watcher {
+    /// A watcher that read `replay` at revision `head`, and the replay's lines.
+    fn start(request: WatchRequest, head: u64, replay: &imbl::Vector<Event>) -> (Watcher, Vec<u8>) {
+        let mut cursor = Cursor::new(request.from, head);
+        let mut first = Vec::new();
+        for event in cursor.replayed(head, replay, |event| request.filter.matches(&event.key)) {
+            push_line(&mut first, &event_line(event, request.prev));
+        }
+        cursor.advance(head);
+        (Watcher { request, cursor }, first)
+    }
+
+    /// A delivery's lines; Err: the watcher must end with this last line.
+    fn round(&mut self, delivery: &Delivery) -> Result<Vec<Bytes>, serde_json::Value> {
+        let filter = &self.request.filter;
+        let events = self.cursor.round(delivery, |event| filter.matches(&event.key)).map_err(|gap| {
+            serde_json::json!({
                 "type": "cancelled",
                 "reason": "compacted",
-                "compact_revision": round.missing_through,
-            }));
-        }
+                "compact_revision": gap.missing_through,
+            })
+        })?;
         let prev = self.request.prev;
-        let lines = delivery
-            .events()
-            .filter(|shared| self.wants(&shared.event))
-            .map(|shared| shared.line(prev, event_line_bytes))
-            .collect();
-        self.served_through = self.served_through.max(round.through);
-        Ok(lines)
+        Ok(events.into_iter().map(|shared| shared.line(prev, event_line_bytes)).collect())
     }
 }
 
@@ -238,26 +318,8 @@ pub(crate) fn watch(
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response<WatchBody>, ApiError> {
     let request = parse(query)?;
-    // Subscribe first: every round applied after the read below reaches the queue.
-    let subscription = api.node.shared.watch_hub.subscribe(request.filter.clone(), api.watch_queue_rounds);
-    let (head, replay) = {
-        let kv = api.node.shared.kv.read().expect("kv lock");
-        let head = kv.revision();
-        let from = request.from.unwrap_or(head + 1);
-        let replay = if from <= head {
-            match kv.history().events_since(from) {
-                Since::Events(events) => events,
-                Since::Compacted { compact_revision } => {
-                    return Err(ApiError::Compacted { compact_revision });
-                }
-            }
-        } else if from <= kv.history().compact_revision() {
-            return Err(ApiError::Compacted { compact_revision: kv.history().compact_revision() });
-        } else {
-            imbl::Vector::new()
-        };
-        (head, replay)
-    };
+    let Started { subscription, head, replay } =
+        subscribe_and_read(api, request.filter.clone(), request.from)?;
     let (mut watcher, first) = Watcher::start(request, head, &replay);
     let (chunks, body) = mpsc::channel(BODY_CHUNKS);
     let progress_every = api.watch_progress;
@@ -283,11 +345,9 @@ pub(crate) fn watch(
                 round = subscription.rounds.recv() => round,
                 _ = tokio::time::sleep_until(last_written + progress_every) => {
                     // Rounds without changes for this watcher are not handed to it.
-                    if let Some(through) = subscription.caught_up_through() {
-                        watcher.served_through = watcher.served_through.max(through);
-                    }
+                    watcher.cursor.catch_up(&subscription);
                     let mut line = Vec::new();
-                    push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.served_through }));
+                    push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.cursor.served_through }));
                     if !send(Bytes::from(line)).await {
                         return;
                     }
@@ -302,7 +362,7 @@ pub(crate) fn watch(
                     let last = serde_json::json!({
                         "type": "cancelled",
                         "reason": "slow",
-                        "resume_from": watcher.served_through + 1,
+                        "resume_from": watcher.cursor.served_through + 1,
                     });
                     push_line(&mut line, &last);
                     send(Bytes::from(line)).await;
@@ -357,7 +417,10 @@ mod tests {
     }
 
     fn watcher(filter: Filter, served_through: u64, from: u64) -> Watcher {
-        Watcher { request: WatchRequest { filter, from: Some(from), prev: false }, served_through, from }
+        Watcher {
+            request: WatchRequest { filter, from: Some(from), prev: false },
+            cursor: Cursor { served_through, from },
+        }
     }
 
     fn revisions(lines: &[u8]) -> Vec<u64> {
@@ -393,7 +456,7 @@ mod tests {
             missing_through: 0,
         };
         assert_eq!(revisions(&lines_of(&mut watcher, round.clone()).unwrap()), vec![5, 6]);
-        assert_eq!(watcher.served_through, 6);
+        assert_eq!(watcher.cursor.served_through, 6);
         // The same round again (it cannot come twice, but if it did): nothing twice.
         assert!(lines_of(&mut watcher, round).unwrap().is_empty());
     }
@@ -431,7 +494,7 @@ mod tests {
         let lines = String::from_utf8(lines_of(&mut watcher, round).unwrap()).unwrap();
         assert_eq!(lines.lines().count(), 1, "only the event at 22 is at or above from: {lines}");
         assert!(lines.contains("\"revision\":22"), "{lines}");
-        assert_eq!(watcher.served_through, 30);
+        assert_eq!(watcher.cursor.served_through, 30);
         // The same gap reaching the watcher's from ends it.
         let mut watcher = self::watcher(Filter::Key(b"k".to_vec()), 3, 15);
         let round = HistoryRound { after: 3, through: 30, events: imbl::Vector::new(), missing_through: 15 };

@@ -73,7 +73,8 @@ impl KeyRange {
         }
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
         match self {
             KeyRange::Key(wanted) => key == wanted.as_ref(),
             KeyRange::Range(start, end) => crate::kv::in_range(key, start, end.as_deref()),

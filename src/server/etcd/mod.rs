@@ -3,8 +3,9 @@
 //! content type come here (`is_grpc`); everything else is the HTTP API's.
 //!
 //! Parts: `proto` (the generated messages and services), `kv` (Range, Put,
-//! DeleteRange, Txn, Compact), `maintenance` (Status, Snapshot, MoveLeader, HashKV, …),
-//! `gateway` (the `/v3/*` JSON gateway, through these same handlers). A call to a service or method
+//! DeleteRange, Txn, Compact), `watch` (the Watch stream), `maintenance` (Status,
+//! Snapshot, MoveLeader, HashKV, …), `gateway` (the `/v3/*` JSON gateway, through these
+//! same handlers). A call to a service or method
 //! not served answers `Unimplemented` with a sentence saying what to use instead
 //! (the Auth service: mmapd's tokens). What is served, and how it differs from etcd,
 //! is in docs/etcd.md.
@@ -24,10 +25,13 @@ pub mod gateway;
 pub mod kv;
 pub mod maintenance;
 pub mod proto;
+pub mod watch;
 
 use crate::server::api::{error::ApiError, Api, Connection};
 use crate::server::auth::Need;
-use proto::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer, ResponseHeader};
+use proto::etcdserverpb::{
+    kv_server::KvServer, maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
+};
 
 /// The most bytes one gRPC request message may carry: etcd's default request limit
 /// (1.5 MiB) plus room for the envelope, or a value of the node's largest size.
@@ -102,6 +106,7 @@ where
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
     match service {
         "etcdserverpb.KV" => KvServer::new(front).max_decoding_message_size(limit).call(request).await,
+        "etcdserverpb.Watch" => WatchServer::new(front).max_decoding_message_size(limit).call(request).await,
         "etcdserverpb.Maintenance" => {
             MaintenanceServer::new(front).max_decoding_message_size(limit).call(request).await
         }
