@@ -92,9 +92,3 @@ impl Maintenance for Front {
         ))
     }
 }
-
-impl Front {
-    fn revision(&self) -> u64 {
-        self.api.node.shared.kv.read().expect("kv lock").revision()
-    }
-}

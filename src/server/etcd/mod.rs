@@ -3,7 +3,9 @@
 //! content type come here (`is_grpc`); everything else is the HTTP API's.
 //!
 //! Parts: `proto` (the generated messages and services), `kv` (Range, Put,
-//! DeleteRange, Txn, Compact), `maintenance` (Status). A call to a service or method
+//! DeleteRange, Txn, Compact), `lease` (LeaseGrant, LeaseRevoke, LeaseKeepAlive,
+//! LeaseTimeToLive, LeaseLeases), `cluster` (MemberList, MemberAdd, MemberRemove,
+//! MemberUpdate, MemberPromote), `maintenance` (Status). A call to a service or method
 //! not served answers `Unimplemented` with a sentence saying what to use instead
 //! (the Auth service: mmapd's tokens). What is served, and how it differs from etcd,
 //! is in docs/etcd.md.
@@ -20,13 +22,18 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tonic::codegen::Service;
 
+pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod proto;
 
 use crate::server::api::{error::ApiError, Api, Connection};
 use crate::server::auth::Need;
-use proto::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer, ResponseHeader};
+use proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, ResponseHeader,
+};
 
 /// The most bytes one gRPC request message may carry: etcd's default request limit
 /// (1.5 MiB) plus room for the envelope, or a value of the node's largest size.
@@ -50,6 +57,11 @@ pub struct Front {
 }
 
 impl Front {
+    /// The store's revision now.
+    fn revision(&self) -> u64 {
+        self.api.node.shared.kv.read().expect("kv lock").revision()
+    }
+
     fn header(&self, revision: u64) -> Option<ResponseHeader> {
         let shared = &self.api.node.shared;
         let status = shared.status.lock().expect("status lock");
@@ -97,6 +109,10 @@ pub async fn serve(
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
     match service {
         "etcdserverpb.KV" => KvServer::new(front).max_decoding_message_size(limit).call(request).await,
+        "etcdserverpb.Lease" => LeaseServer::new(front).max_decoding_message_size(limit).call(request).await,
+        "etcdserverpb.Cluster" => {
+            ClusterServer::new(front).max_decoding_message_size(limit).call(request).await
+        }
         "etcdserverpb.Maintenance" => {
             MaintenanceServer::new(front).max_decoding_message_size(limit).call(request).await
         }
