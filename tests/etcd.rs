@@ -1,7 +1,10 @@
 //! The etcd v3 front on real `mmapd` processes, driven by Debian's `etcdctl` (package
 //! `etcd-client`, 3.4): what an etcd user types works against a 3-node cluster, and
-//! every node answers the same. `.ci/run` installs etcdctl; without it this test fails
-//! (it never passes without having run).
+//! every node answers the same. Where it is cheap, what etcdctl prints against mmapd is
+//! compared with what it prints against a real etcd 3.4 (package `etcd-server`) started
+//! in the same test, field by field where values legitimately differ (ids, revisions).
+//! `.ci/run` installs both; without them this test fails (it never passes without
+//! having run).
 
 mod common;
 
