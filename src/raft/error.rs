@@ -201,7 +201,7 @@ pub enum ProposeError {
 }
 
 /// Why a configuration change was refused. A refusal changes nothing.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ConfChangeError {
     /// Only the leader changes the configuration; `leader` is who this node thinks leads.
     #[error("not the leader (leader: {leader:?})")]

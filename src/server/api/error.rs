@@ -107,6 +107,19 @@ pub enum ApiError {
     /// (`not_leader`), or the target is not another voter.
     #[error("{}: {reason}", if *not_leader { "etcdserver: not leader" } else { "etcdserver: bad leader transferee" })]
     TransferRefused { not_leader: bool, reason: String },
+    /// A member's URLs that do not name one address (etcd's Cluster service): nothing
+    /// changed.
+    #[error("{0}")]
+    BadMemberUrls(String),
+    /// A promotion refused because the learner's log is not close to the leader's yet
+    /// (thesis §4.2.1): a `MemberChangeRefused` that etcd's clients know by its own
+    /// error. Nothing changed; retry once it has caught up.
+    #[error("{0}")]
+    LearnerNotCaughtUp(String),
+    /// A promotion of a member that is not a learner: a `MemberChangeRefused` that
+    /// etcd's clients know by its own error.
+    #[error("{0}")]
+    NotALearner(String),
     /// The connection lacks the certificate the route needs: a peer route without a
     /// certificate from `--tls-ca`, or a client route without one from `--client-ca`.
     #[error("{0}")]
@@ -138,6 +151,9 @@ pub enum ApiError {
     /// A grant named an id a lease already has: nothing changed.
     #[error("lease {0:016x} already exists")]
     LeaseExists(u64),
+    /// A grant asked for more than `kv::MAX_LEASE_TTL_S` (etcd's `MaxLeaseTTL`).
+    #[error("ttl_s {0} is above the most a lease may have, {max}", max = crate::kv::MAX_LEASE_TTL_S)]
+    LeaseTtlTooLarge(u64),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -171,7 +187,9 @@ impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::LeaseTtlTooLarge(_) | ApiError::BadMemberUrls(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
@@ -184,9 +202,11 @@ impl ApiError {
             | ApiError::Timeout(..)
             | ApiError::ReadTimeout(..)
             | ApiError::FeatureUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotLeader(_) | ApiError::MemberChangeRefused(_) | ApiError::TransferRefused { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::NotLeader(_)
+            | ApiError::MemberChangeRefused(_)
+            | ApiError::LearnerNotCaughtUp(_)
+            | ApiError::NotALearner(_)
+            | ApiError::TransferRefused { .. } => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NoSuchMember(_) | ApiError::HashUnavailable(_) | ApiError::LeaseNotFound(_) => {
                 StatusCode::NOT_FOUND
@@ -204,7 +224,9 @@ impl ApiError {
     /// A short machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::LeaseTtlTooLarge(_) | ApiError::BadMemberUrls(_) => {
+                "bad_request"
+            }
             ApiError::TooLarge { .. } => "too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::NotFound => "not_found",
@@ -223,7 +245,11 @@ impl ApiError {
             ApiError::Misdirected { .. } => "misdirected",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NoSuchMember(_) => "no_such_member",
-            ApiError::MemberChangeRefused(_) => "member_change_refused",
+            // The two refusals etcd names apart keep the HTTP code of every refusal; the
+            // body's `refusal` field tells them apart (`refusal`, `from_leader`).
+            ApiError::MemberChangeRefused(_) | ApiError::LearnerNotCaughtUp(_) | ApiError::NotALearner(_) => {
+                "member_change_refused"
+            }
             ApiError::TransferRefused { .. } => "transfer_refused",
             ApiError::CertificateRequired(_) => "certificate_required",
             ApiError::TokenRequired(_) => "token_required",
@@ -242,8 +268,16 @@ impl ApiError {
     /// up, a transfer in progress, ...). Leadership lost before the change committed
     /// means it was not made: 503, retry.
     pub fn from_member_change(error: NodeError) -> ApiError {
+        use crate::raft::ConfChangeError;
         match error {
             NodeError::Invalid(reason) => ApiError::MemberChangeRefused(reason),
+            NodeError::ConfChange(refusal @ ConfChangeError::LearnerNotCaughtUp { .. }) => {
+                ApiError::LearnerNotCaughtUp(refusal.to_string())
+            }
+            NodeError::ConfChange(refusal @ ConfChangeError::NotALearner { .. }) => {
+                ApiError::NotALearner(refusal.to_string())
+            }
+            NodeError::ConfChange(refusal) => ApiError::MemberChangeRefused(refusal.to_string()),
             NodeError::NotLeader(_) | NodeError::NoLeader | NodeError::Dropped => ApiError::Unavailable(
                 "leadership changed before the membership change committed; it was not made: retry".into(),
             ),
@@ -273,7 +307,11 @@ impl ApiError {
     pub fn from_leader(status: StatusCode, value: &serde_json::Value, address: &str) -> ApiError {
         let message = value["error"].as_str().unwrap_or("unknown").to_owned();
         match (status, value["code"].as_str().unwrap_or("")) {
-            (StatusCode::CONFLICT, "member_change_refused") => ApiError::MemberChangeRefused(message),
+            (StatusCode::CONFLICT, "member_change_refused") => match value[REFUSAL_FIELD].as_str() {
+                Some(LEARNER_NOT_CAUGHT_UP) => ApiError::LearnerNotCaughtUp(message),
+                Some(NOT_A_LEARNER) => ApiError::NotALearner(message),
+                _ => ApiError::MemberChangeRefused(message),
+            },
             (StatusCode::NOT_FOUND, "no_such_member") => ApiError::NoSuchMember(message),
             (StatusCode::BAD_REQUEST, _) => {
                 ApiError::BadRequest(format!("the leader {address} refused: {message}"))
@@ -309,6 +347,9 @@ impl ApiError {
             ApiError::TooLarge { .. } => {
                 Status::invalid_argument(format!("etcdserver: request is too large ({ours})"))
             }
+            ApiError::BadMemberUrls(_) => {
+                Status::invalid_argument(format!("etcdserver: given member URLs are invalid ({ours})"))
+            }
             ApiError::BodyTimeout(_) | ApiError::ReadTimeout(..) => {
                 Status::unavailable(format!("etcdserver: request timed out ({ours})"))
             }
@@ -335,13 +376,33 @@ impl ApiError {
             ApiError::JoinRefused(_)
             | ApiError::MemberChangeRefused(_)
             | ApiError::TransferRefused { .. } => Status::failed_precondition(ours),
+            // etcd's exact messages: its clients know these by them (a promotion loop
+            // retries on the first), and ours would make them unknown errors.
+            ApiError::LearnerNotCaughtUp(_) => Status::failed_precondition(
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            ApiError::NotALearner(_) => {
+                Status::failed_precondition("etcdserver: can only promote a learner member")
+            }
             ApiError::NoSuchMember(_) => Status::not_found(format!("etcdserver: member not found ({ours})")),
             ApiError::Compacted { .. } => Status::out_of_range(format!(
                 "etcdserver: mvcc: required revision has been compacted ({ours})"
             )),
             ApiError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
             ApiError::LeaseExists(_) => Status::failed_precondition("etcdserver: lease already exists"),
+            ApiError::LeaseTtlTooLarge(_) => Status::out_of_range("etcdserver: too large lease TTL"),
             ApiError::Internal(_) => Status::internal(ours),
+        }
+    }
+
+    /// Which refusal of a membership change this is, for the ones etcd names apart:
+    /// carried in the error body's `refusal` field, so that a follower that forwarded
+    /// the change knows it again (`from_leader`).
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            ApiError::LearnerNotCaughtUp(_) => Some(LEARNER_NOT_CAUGHT_UP),
+            ApiError::NotALearner(_) => Some(NOT_A_LEARNER),
+            _ => None,
         }
     }
 
@@ -353,6 +414,9 @@ impl ApiError {
         }
         if let ApiError::Compacted { compact_revision } = &self {
             body["compact_revision"] = serde_json::json!(compact_revision);
+        }
+        if let Some(refusal) = self.refusal() {
+            body[REFUSAL_FIELD] = refusal.into();
         }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
@@ -384,6 +448,11 @@ impl ApiError {
         response
     }
 }
+
+/// The error body's field that names a refusal of a membership change, and its values.
+const REFUSAL_FIELD: &str = "refusal";
+const LEARNER_NOT_CAUGHT_UP: &str = "learner_not_caught_up";
+const NOT_A_LEARNER: &str = "not_a_learner";
 
 /// A duration as a user reads it: `5 s`, `250 ms`, `1.5 s`.
 fn duration_text(duration: Duration) -> String {
@@ -516,5 +585,62 @@ mod tests {
         assert!(matches!(timeout, ApiError::OutcomeUnknown(_)), "{timeout:?}");
         assert_eq!(timeout.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(matches!(forwarded(ApiError::BadRequest("bad".into())), ApiError::BadRequest(_)));
+    }
+
+    /// The two refusals etcd's clients know by name keep the HTTP answer of every
+    /// refusal (409 `member_change_refused`), are told apart by the body's `refusal`,
+    /// and stay themselves when a follower forwarded the change.
+    #[test]
+    fn promotion_refusals_etcd_names_survive_a_forward_and_answer_etcds_errors() {
+        use crate::raft::ConfChangeError;
+        let behind =
+            ApiError::from_member_change(NodeError::ConfChange(ConfChangeError::LearnerNotCaughtUp {
+                match_index: 3,
+                last_index: 90,
+            }));
+        let voter =
+            ApiError::from_member_change(NodeError::ConfChange(ConfChangeError::NotALearner { node: 7 }));
+        let pending =
+            ApiError::from_member_change(NodeError::ConfChange(ConfChangeError::ChangePending { index: 4 }));
+        assert!(matches!(pending, ApiError::MemberChangeRefused(_)), "{pending:?}");
+        for (error, etcd) in [
+            (behind, "etcdserver: can only promote a learner member which is in sync with leader"),
+            (voter, "etcdserver: can only promote a learner member"),
+        ] {
+            assert_eq!((error.status(), error.code()), (StatusCode::CONFLICT, "member_change_refused"));
+            let kind = std::mem::discriminant(&error);
+            let response = error.into_response();
+            let status = response.status();
+            let body = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(http_body_util::BodyExt::collect(response.into_body()))
+                .unwrap()
+                .to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let again = ApiError::from_leader(status, &value, "127.0.0.1:3001");
+            assert_eq!(std::mem::discriminant(&again), kind, "{again:?} from {value}");
+            let status = again.grpc_status();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(status.message(), etcd);
+        }
+    }
+
+    #[test]
+    fn lease_errors_answer_etcds_codes_and_messages() {
+        let cases = [
+            (ApiError::LeaseNotFound(5), tonic::Code::NotFound, "etcdserver: requested lease not found"),
+            (ApiError::LeaseExists(5), tonic::Code::FailedPrecondition, "etcdserver: lease already exists"),
+            (
+                ApiError::LeaseTtlTooLarge(9_000_000_001),
+                tonic::Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = error.grpc_status();
+            assert_eq!((status.code(), status.message()), (code, message), "{error:?}");
+        }
+        assert_eq!(ApiError::LeaseTtlTooLarge(1).status(), StatusCode::BAD_REQUEST);
     }
 }

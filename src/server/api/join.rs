@@ -148,7 +148,7 @@ fn unauthenticated_peer_allowed(identity: &Identity, remote: IpAddr) -> bool {
 }
 
 /// Loopback, IPv4-mapped addresses included.
-fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
@@ -249,6 +249,7 @@ pub(crate) async fn join(
             Err(ApiError::Misdirected { leader: leader.and_then(|id| api.node.shared.address_of(id)) })
         }
         Err(NodeError::Invalid(reason)) => Err(ApiError::JoinRefused(reason)),
+        Err(error @ NodeError::ConfChange(_)) => Err(ApiError::JoinRefused(error.to_string())),
         Err(error) => Err(node_error(error)),
     }
 }

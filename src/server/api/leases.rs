@@ -69,11 +69,6 @@ fn parse_grant(body: &[u8]) -> Result<Grant, ApiError> {
                 "the body must be {\"ttl_s\": N[, \"id\": \"<16 hex>\"]}, N a positive integer".into(),
             )
         })?;
-    if ttl_s > MAX_LEASE_TTL_S {
-        return Err(ApiError::BadRequest(format!(
-            "ttl_s {ttl_s} is above the most a lease may have, {MAX_LEASE_TTL_S}"
-        )));
-    }
     let id = match value.get("id") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(text)) => Some(parse_id(text)?),
@@ -84,52 +79,100 @@ fn parse_grant(body: &[u8]) -> Result<Grant, ApiError> {
     Ok(Grant { ttl_s, id })
 }
 
-/// `POST /v1/leases`.
-pub(crate) async fn grant(api: &Api, body: &Bytes) -> Result<HttpResponse, ApiError> {
-    let Grant { ttl_s: requested, id } = parse_grant(body)?;
-    let ttl_s = requested.max(api.min_lease_ttl_s);
-    let id = id.unwrap_or_else(crate::server::random_id);
+/// A server-chosen lease id: random, in `1..=i64::MAX`, as etcd chooses them (etcd's
+/// clients take an id for an `int64`, and print a negative one with a minus sign).
+pub(crate) fn random_lease_id() -> u64 {
+    loop {
+        let id = crate::server::random_id() & i64::MAX as u64;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// The TTL a grant asking for `requested_ttl_s` gets: at least `min_ttl_s` (as etcd
+/// raises a TTL to its minimum), and never more than `MAX_LEASE_TTL_S`.
+pub(crate) fn granted_ttl_s(requested_ttl_s: u64, min_ttl_s: u64) -> Result<u64, ApiError> {
+    if requested_ttl_s > MAX_LEASE_TTL_S {
+        return Err(ApiError::LeaseTtlTooLarge(requested_ttl_s));
+    }
+    Ok(requested_ttl_s.max(min_ttl_s))
+}
+
+/// A lease granted: its id and TTL, and the revision its grant was applied at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Granted {
+    /// The lease.
+    pub id: u64,
+    /// The TTL it has, in seconds (perhaps raised from the one asked for).
+    pub ttl_s: u64,
+    /// The grant's revision.
+    pub revision: u64,
+}
+
+/// Grants lease `id` (never 0) with `requested_ttl_s`, raised to the least TTL this
+/// cluster grants: what `POST /v1/leases` and etcd's LeaseGrant do.
+pub(crate) async fn grant_lease(api: &Api, id: u64, requested_ttl_s: u64) -> Result<Granted, ApiError> {
+    let ttl_s = granted_ttl_s(requested_ttl_s, api.min_lease_ttl_s)?;
     let applied = api.write(Command::LeaseGrant { id, ttl_s }).await?;
     match applied.outcome {
-        Outcome::LeaseGranted { id, ttl_s } => {
-            let mut body = serde_json::json!({ "id": id_text(id), "ttl_s": ttl_s });
-            if ttl_s != requested {
-                body["requested_ttl_s"] = requested.into();
-                body["note"] = format!(
-                    "the TTL was raised to {ttl_s} s, the least this cluster grants (1.5 times its election timeout)"
-                )
-                .into();
-            }
-            Ok(with_revision(json(StatusCode::CREATED, body), applied.index))
-        }
+        Outcome::LeaseGranted { id, ttl_s } => Ok(Granted { id, ttl_s, revision: applied.index }),
         Outcome::LeaseExists { id } => Err(ApiError::LeaseExists(id)),
         other => Err(ApiError::Internal(format!("the grant applied as {other:?}"))),
     }
 }
 
-/// `DELETE /v1/leases/ID`.
-pub(crate) async fn revoke(api: &Api, id: u64) -> Result<HttpResponse, ApiError> {
+/// `POST /v1/leases`.
+pub(crate) async fn grant(api: &Api, body: &Bytes) -> Result<HttpResponse, ApiError> {
+    let Grant { ttl_s: requested, id } = parse_grant(body)?;
+    let granted = grant_lease(api, id.unwrap_or_else(random_lease_id), requested).await?;
+    let mut body = serde_json::json!({ "id": id_text(granted.id), "ttl_s": granted.ttl_s });
+    if granted.ttl_s != requested {
+        body["requested_ttl_s"] = requested.into();
+        body["note"] = format!(
+            "the TTL was raised to {} s, the least this cluster grants (1.5 times its election timeout)",
+            granted.ttl_s
+        )
+        .into();
+    }
+    Ok(with_revision(json(StatusCode::CREATED, body), granted.revision))
+}
+
+/// Revokes lease `id`, deleting its keys in one revision: how many it deleted, and
+/// that revision. What `DELETE /v1/leases/ID` and etcd's LeaseRevoke do.
+pub(crate) async fn revoke_lease(api: &Api, id: u64) -> Result<(usize, u64), ApiError> {
     let applied = api.write(Command::LeaseRevoke { id }).await?;
     match applied.outcome {
-        Outcome::LeaseRevoked { deleted } => {
-            let body = serde_json::json!({ "revoked": true, "deleted": deleted, "revision": applied.index });
-            Ok(with_revision(json(StatusCode::OK, body), applied.index))
-        }
+        Outcome::LeaseRevoked { deleted } => Ok((deleted, applied.index)),
         Outcome::LeaseNotFound { id } => Err(ApiError::LeaseNotFound(id)),
         other => Err(ApiError::Internal(format!("the revoke applied as {other:?}"))),
     }
 }
 
-/// `GET /v1/leases`.
-pub(crate) async fn list(api: &Api, query: &str) -> Result<HttpResponse, ApiError> {
+/// `DELETE /v1/leases/ID`.
+pub(crate) async fn revoke(api: &Api, id: u64) -> Result<HttpResponse, ApiError> {
+    let (deleted, revision) = revoke_lease(api, id).await?;
+    let body = serde_json::json!({ "revoked": true, "deleted": deleted, "revision": revision });
+    Ok(with_revision(json(StatusCode::OK, body), revision))
+}
+
+/// Every lease, `(id, granted TTL in seconds)` in id order, and the revision they were
+/// read at, after the read barrier `query` asks for. What `GET /v1/leases` and etcd's
+/// LeaseLeases list.
+pub(crate) async fn leases(api: &Api, query: &str) -> Result<(Vec<(u64, u64)>, u64), ApiError> {
     api.read_barrier(query).await?;
     let kv = api.node.shared.kv.read().expect("kv lock");
-    let leases: Vec<serde_json::Value> = kv
-        .leases()
-        .map(|(id, lease)| serde_json::json!({ "id": id_text(id), "granted_ttl_s": lease.ttl_s }))
+    let leases = kv.leases().map(|(id, lease)| (id, lease.ttl_s)).collect();
+    Ok((leases, kv.revision()))
+}
+
+/// `GET /v1/leases`.
+pub(crate) async fn list(api: &Api, query: &str) -> Result<HttpResponse, ApiError> {
+    let (leases, revision) = leases(api, query).await?;
+    let leases: Vec<serde_json::Value> = leases
+        .into_iter()
+        .map(|(id, ttl_s)| serde_json::json!({ "id": id_text(id), "granted_ttl_s": ttl_s }))
         .collect();
-    let revision = kv.revision();
-    drop(kv);
     Ok(with_revision(
         json(StatusCode::OK, serde_json::json!({ "leases": leases, "revision": revision })),
         revision,
@@ -154,8 +197,16 @@ impl Ask {
     }
 }
 
-/// A keepalive or a time-to-live: asked here if this node leads, else of the leader.
+/// `POST /v1/leases/ID/keepalive` and `GET /v1/leases/ID`: `ask_leader`'s answer.
 pub(crate) async fn ask(api: &Api, ask: Ask, id: u64) -> Result<HttpResponse, ApiError> {
+    ask_leader(api, ask, id).await.map(|body| json(StatusCode::OK, body))
+}
+
+/// A keepalive or a time-to-live: asked here if this node leads, else of the leader.
+/// The leader's answer, `{"id","ttl_s"}` for a keepalive (the TTL it has again from
+/// now), with `"granted_ttl_s"` and `"keys"` for a time-to-live. What the lease routes
+/// and etcd's LeaseKeepAlive and LeaseTimeToLive ask.
+pub(crate) async fn ask_leader(api: &Api, ask: Ask, id: u64) -> Result<serde_json::Value, ApiError> {
     let deadline = tokio::time::Instant::now() + api.request_timeout;
     loop {
         let attempt = async {
@@ -182,7 +233,7 @@ pub(crate) async fn ask(api: &Api, ask: Ask, id: u64) -> Result<HttpResponse, Ap
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Ok(Err(ApiError::Unavailable(message))) => return Err(ApiError::Unavailable(message)),
-            Ok(result) => return result.map(|body| json(StatusCode::OK, body)),
+            Ok(result) => return result,
         }
     }
 }
@@ -302,7 +353,25 @@ mod tests {
         ] {
             assert!(parse_grant(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        assert!(parse_grant(br#"{"ttl_s":9000000001}"#).is_err());
+    }
+
+    #[test]
+    fn a_granted_ttl_is_raised_to_the_least_and_refused_above_the_most() {
+        assert_eq!(granted_ttl_s(0, 2).unwrap(), 2);
+        assert_eq!(granted_ttl_s(1, 2).unwrap(), 2);
+        assert_eq!(granted_ttl_s(60, 2).unwrap(), 60);
+        assert_eq!(granted_ttl_s(MAX_LEASE_TTL_S, 2).unwrap(), MAX_LEASE_TTL_S);
+        let refused = granted_ttl_s(MAX_LEASE_TTL_S + 1, 2).unwrap_err();
+        assert!(matches!(refused, ApiError::LeaseTtlTooLarge(9_000_000_001)), "{refused:?}");
+        assert_eq!(refused.to_string(), "ttl_s 9000000001 is above the most a lease may have, 9000000000");
+    }
+
+    #[test]
+    fn server_chosen_lease_ids_are_positive_int64s() {
+        for _ in 0..1000 {
+            let id = random_lease_id();
+            assert!(id != 0 && i64::try_from(id).is_ok(), "{id:016x}");
+        }
     }
 
     #[test]

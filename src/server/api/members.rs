@@ -250,6 +250,14 @@ pub(crate) async fn change(api: &Api, op: MemberOp) -> Result<serde_json::Value,
     }
 }
 
+/// The member a change answered by `change` was about: its `"id"`.
+pub(crate) fn changed_id(answer: &serde_json::Value) -> Result<MemberId, ApiError> {
+    answer["id"]
+        .as_str()
+        .and_then(|id| parse_id(id).ok())
+        .ok_or_else(|| ApiError::Internal(format!("a membership change answered without an id: {answer}")))
+}
+
 /// The peer route's change: only the leader makes it, and it is never forwarded again.
 pub(crate) async fn change_from_peer(api: &Api, op: MemberOp) -> Result<serde_json::Value, ApiError> {
     if op.names_an_address() {
@@ -421,20 +429,25 @@ fn address_of(api: &Api, id: NodeId) -> Option<String> {
 }
 
 /// One row of the list.
-struct Row {
-    id: MemberId,
-    address: String,
-    role: MemberRole,
+pub(crate) struct Row {
+    /// The member.
+    pub id: MemberId,
+    /// Where peers and clients reach it.
+    pub address: String,
+    /// Whether it votes.
+    pub role: MemberRole,
+    /// The leader saw it hold the log (`kv::Member::started`).
+    pub started: bool,
     match_index: Option<u64>,
     last_contact_ms: Option<u64>,
 }
 
-/// The member list (`GET /v1/members`). On a follower, with `ask_leader`, the match
-/// index and last contact come from the leader's own view; null if it cannot be asked.
-pub(crate) async fn list(api: &Api, ask_leader: bool) -> serde_json::Value {
+/// The members as this node's record has them, in id order, and the cluster's id;
+/// before the record is bootstrapped (cluster id 0), the members this node knows of
+/// (`unrecorded_members`). What `GET /v1/members` and etcd's MemberList list.
+pub(crate) fn rows(api: &Api, status: &Status) -> (u64, Vec<Row>) {
     let shared = &api.node.shared;
-    let status = shared.status.lock().expect("status lock").clone();
-    let (cluster_id, mut rows) = {
+    let (cluster_id, rows) = {
         let kv = shared.kv.read().expect("kv lock");
         let cluster = kv.cluster();
         let rows: Vec<Row> = cluster
@@ -444,6 +457,7 @@ pub(crate) async fn list(api: &Api, ask_leader: bool) -> serde_json::Value {
                 id: *id,
                 address: m.address.clone(),
                 role: m.role,
+                started: m.started,
                 match_index: None,
                 last_contact_ms: None,
             })
@@ -451,8 +465,17 @@ pub(crate) async fn list(api: &Api, ask_leader: bool) -> serde_json::Value {
         (cluster.id(), rows)
     };
     if cluster_id == 0 {
-        rows = unrecorded_members(&status, &shared.members.read().expect("members lock"));
+        return (0, unrecorded_members(status, &shared.members.read().expect("members lock")));
     }
+    (cluster_id, rows)
+}
+
+/// The member list (`GET /v1/members`). On a follower, with `ask_leader`, the match
+/// index and last contact come from the leader's own view; null if it cannot be asked.
+pub(crate) async fn list(api: &Api, ask_leader: bool) -> serde_json::Value {
+    let shared = &api.node.shared;
+    let status = shared.status.lock().expect("status lock").clone();
+    let (cluster_id, mut rows) = rows(api, &status);
     if status.role == Role::Leader {
         for row in &mut rows {
             if row.id == status.id {
@@ -502,6 +525,7 @@ fn unrecorded_members(status: &Status, known: &HashMap<NodeId, String>) -> Vec<R
         id,
         address: name(id),
         role,
+        started: false,
         match_index: None,
         last_contact_ms: None,
     };

@@ -1076,6 +1076,7 @@ pub(crate) fn node_error(error: NodeError) -> ApiError {
         NodeError::OutcomeUnknown(reason) => ApiError::OutcomeUnknown(reason),
         NodeError::ShuttingDown => ApiError::OutcomeUnknown("the node is shutting down".into()),
         NodeError::Invalid(reason) => ApiError::BadRequest(reason),
+        NodeError::ConfChange(error) => ApiError::BadRequest(error.to_string()),
         NodeError::Unsupported(unsupported) => ApiError::FeatureUnavailable(unsupported.to_string()),
     }
 }

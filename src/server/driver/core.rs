@@ -70,6 +70,10 @@ pub enum NodeError {
     ShuttingDown,
     /// A command is refused as invalid.
     Invalid(String),
+    /// The Raft core refused a membership change (a change pending, the last voter, a
+    /// learner not caught up, ...): nothing changed. Kept typed so that the edge can
+    /// name the refusal (etcd's front has its own errors for two of them).
+    ConfChange(ConfChangeError),
     /// The request needs a feature some member's version lacks (a rolling upgrade is
     /// under way): retry once every member is upgraded.
     Unsupported(super::version::Unsupported),
@@ -88,6 +92,7 @@ impl std::fmt::Display for NodeError {
             NodeError::Storage(error) => write!(f, "storage error: {error}"),
             NodeError::ShuttingDown => write!(f, "the node is shutting down"),
             NodeError::Unsupported(unsupported) => write!(f, "{unsupported}"),
+            NodeError::ConfChange(error) => write!(f, "{error}"),
         }
     }
 }
@@ -876,7 +881,7 @@ impl DriverCore {
             Err(ConfChangeError::NotLeader { leader }) => {
                 self.answer(token, Answer::Proposal(Err(NodeError::NotLeader(leader))));
             }
-            Err(error) => self.answer(token, Answer::Proposal(Err(NodeError::Invalid(error.to_string())))),
+            Err(error) => self.answer(token, Answer::Proposal(Err(NodeError::ConfChange(error)))),
         }
     }
 

@@ -157,9 +157,3 @@ impl Maintenance for Front {
         Ok(Response::new(MoveLeaderResponse { header: self.header(self.revision()) }))
     }
 }
-
-impl Front {
-    fn revision(&self) -> u64 {
-        self.api.node.shared.kv.read().expect("kv lock").revision()
-    }
-}

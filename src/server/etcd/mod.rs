@@ -3,7 +3,9 @@
 //! content type come here (`is_grpc`); everything else is the HTTP API's.
 //!
 //! Parts: `proto` (the generated messages and services), `kv` (Range, Put,
-//! DeleteRange, Txn, Compact), `watch` (the Watch stream), `maintenance` (Status,
+//! DeleteRange, Txn, Compact), `watch` (the Watch stream), `lease` (LeaseGrant,
+//! LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases), `cluster` (MemberList,
+//! MemberAdd, MemberRemove, MemberUpdate, MemberPromote), `maintenance` (Status,
 //! Snapshot, MoveLeader, HashKV, …), `gateway` (the `/v3/*` JSON gateway, through these
 //! same handlers). A call to a service or method
 //! not served answers `Unimplemented` with a sentence saying what to use instead
@@ -21,8 +23,10 @@ use std::sync::Arc;
 use hyper::{Request, Response};
 use tonic::codegen::Service;
 
+pub mod cluster;
 pub mod gateway;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod proto;
 pub mod watch;
@@ -30,7 +34,8 @@ pub mod watch;
 use crate::server::api::{error::ApiError, Api, Connection};
 use crate::server::auth::Need;
 use proto::etcdserverpb::{
-    kv_server::KvServer, maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
 };
 
 /// The most bytes one gRPC request message may carry: etcd's default request limit
@@ -55,6 +60,11 @@ pub struct Front {
 }
 
 impl Front {
+    /// The store's revision now.
+    fn revision(&self) -> u64 {
+        self.api.node.shared.kv.read().expect("kv lock").revision()
+    }
+
     fn header(&self, revision: u64) -> Option<ResponseHeader> {
         let shared = &self.api.node.shared;
         let status = shared.status.lock().expect("status lock");
@@ -107,6 +117,10 @@ where
     match service {
         "etcdserverpb.KV" => KvServer::new(front).max_decoding_message_size(limit).call(request).await,
         "etcdserverpb.Watch" => WatchServer::new(front).max_decoding_message_size(limit).call(request).await,
+        "etcdserverpb.Lease" => LeaseServer::new(front).max_decoding_message_size(limit).call(request).await,
+        "etcdserverpb.Cluster" => {
+            ClusterServer::new(front).max_decoding_message_size(limit).call(request).await
+        }
         "etcdserverpb.Maintenance" => {
             MaintenanceServer::new(front).max_decoding_message_size(limit).call(request).await
         }
