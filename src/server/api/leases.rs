@@ -15,6 +15,10 @@
 //! the leader's `POST /raft/lease`; a keepalive is answered once the leader has
 //! confirmed it still leads. Granting, keeping alive and revoking need write access to
 //! every key (a lease's keys are any keys); reading one, read access to every key.
+//!
+//! etcd's Lease service (`server::etcd::lease`) calls the same functions: `grant_lease`,
+//! `revoke_lease`, `leases` and `ask_leader`. A server-chosen id is in `1..=i64::MAX`,
+//! as etcd's are, whichever front granted it.
 
 use std::time::Duration;
 

@@ -14,6 +14,9 @@
 //! `{"op":"update","id":"ID","address":"HOST:PORT"}`; an ID is 16 hex digits. The leader
 //! resolves addresses against its record after a read barrier, so it decides on the
 //! record as committed, and proposes one single-server change (thesis §4.1).
+//!
+//! etcd's Cluster service (`server::etcd::cluster`) lists `rows` and makes its changes
+//! with `change`, as the admin socket does.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
