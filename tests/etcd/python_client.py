@@ -34,3 +34,20 @@ say("txn failed", succeeded, client.get("py/b"))
 say("delete", client.delete("py/a"), client.delete("py/a"))
 client.put("py/c", "x")
 say("delete prefix", client.delete_prefix("py/").deleted)
+lease = client.lease(60)
+client.put("py/leased", "v", lease=lease)
+say("lease", lease.granted_ttl, sorted(lease.keys))
+say("lease refreshed", [r.TTL for r in client.refresh_lease(lease.id)])
+lease.revoke()
+say("lease revoked", client.get("py/leased"), lease.remaining_ttl)
+say("status", client.status().version[:3])
+events, cancel = client.watch_prefix("py/w/")
+client.put("py/w/1", "a")
+client.delete("py/w/1")
+seen = []
+for event in events:
+    seen.append((type(event).__name__, event.key, event.value))
+    if len(seen) == 2:
+        break
+cancel()
+say("watch", seen)
