@@ -399,11 +399,7 @@ def compare_rows(runs, pairs):
 
 
 def txn_section(args):
-    order, runs = parse_results(args.txn_results)
-    rows, notes, spread = compare_rows(runs, [(w, (w, "mmapd"), (w, "etcd")) for w in order])
-    body = f"""{TXN_SECTION}
-
-`bench/run`'s `BENCH_TXN` section, on the same two 3-node clusters as above (load to the
+    intro = """`bench/run`'s `BENCH_TXN` section, on the same two 3-node clusters as above (load to the
 leaders): mmapd `POST /v1/txn` against etcd 3.4's v3 JSON gateway `POST /v3/kv/txn` (keys
 and values base64; the gateway hands each request to etcd's gRPC server over a local
 connection, which is part of what etcd's JSON API costs). The transaction
@@ -411,42 +407,31 @@ connection, which is part of what etcd's JSON API costs). The transaction
 ones (in etcd's v3 keyspace, which is not its v2 one): compare the key's version > 0, put
 a 100-byte value on success, get the key on failure. Every one succeeds (wrk counts the
 2xx answers without `"succeeded":true`: none, or a note below); both systems put each
-one through the log.
-
-Command: `bench/run`, {datetime.date.today()}, with `BENCH_TXN=1` (the default) ({args.rounds} rounds x {args.seconds} s
-per run, the first system alternating between rounds; {args.txn_elapsed} s in all).
-Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1, p50 and p99
-below 1 favour mmapd).
-
-Machine: {args.machine}.
-
-| workload | mmapd req/s | p50 | p99 | etcd req/s | p50 | p99 | req/s mmapd/etcd | p50 mmapd/etcd | p99 mmapd/etcd |
-|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
-{chr(10).join(rows)}
-
-Req/s per round:
-
-{chr(10).join(spread)}
-"""
-    if notes:
-        body += "\nErrors (summed over rounds):\n\n" + "\n".join(notes) + "\n"
-    return body
+one through the log."""
+    return versus_section(TXN_SECTION, args.txn_results, intro, "BENCH_TXN", args.txn_elapsed, args)
 
 
 def grpc_section(args):
-    order, runs = parse_results(args.grpc_results)
-    rows, notes, spread = compare_rows(runs, [(w, (w, "mmapd"), (w, "etcd")) for w in order])
-    body = f"""{GRPC_SECTION}
-
-`bench/run`'s `BENCH_GRPC` section, on the same two 3-node clusters as above (load to the
+    intro = """`bench/run`'s `BENCH_GRPC` section, on the same two 3-node clusters as above (load to the
 leaders): etcd's v3 gRPC KV API on both, mmapd's etcd front against etcd 3.4 itself,
 driven by `bench/grpc_load.rs` (our own tonic client over hyper's HTTP/2, one connection
 per 16 clients): `Put` of a random key of 100,000 and linearizable `Range` of one of
 10,000 written first, 8-byte keys and 256-byte values as etcd's published benchmark
-setup, closed loop.
+setup, closed loop."""
+    return versus_section(GRPC_SECTION, args.grpc_results, intro, "BENCH_GRPC", args.grpc_elapsed, args)
 
-Command: `bench/run`, {datetime.date.today()}, with `BENCH_GRPC=1` (the default) ({args.rounds} rounds x {args.seconds} s
-per run, the first system alternating between rounds; {args.grpc_elapsed} s in all).
+
+def versus_section(title, results, intro, flag, elapsed, args):
+    """A section of mmapd-vs-etcd rows from a results file: `intro`, the command, the
+    table of medians and ratios, and each round's req/s."""
+    order, runs = parse_results(results)
+    rows, notes, spread = compare_rows(runs, [(w, (w, "mmapd"), (w, "etcd")) for w in order])
+    body = f"""{title}
+
+{intro}
+
+Command: `bench/run`, {datetime.date.today()}, with `{flag}=1` (the default) ({args.rounds} rounds x {args.seconds} s
+per run, the first system alternating between rounds; {elapsed} s in all).
 Figures are medians over rounds; ratios are mmapd / etcd (req/s above 1, p50 and p99
 below 1 favour mmapd).
 
