@@ -275,46 +275,6 @@ fn runtime() -> tokio::runtime::Runtime {
 
 // ---------------------------------------------------------------- a real etcd
 
-/// `etcd` 3.4 on loopback, in a temporary directory, killed on drop.
-struct RealEtcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RealEtcd {
-    fn start(extra: &[&str]) -> RealEtcd {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(2);
-        let client = format!("http://127.0.0.1:{}", ports[0]);
-        let peer = format!("http://127.0.0.1:{}", ports[1]);
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "solo", "--data-dir", dir.path().join("data").to_str().unwrap()])
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("solo={peer}")])
-            .args(extra)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("etcd did not start: is etcd-server installed?");
-        let endpoint = format!("127.0.0.1:{}", ports[0]);
-        let etcd = RealEtcd { child, endpoint, _dir: dir };
-        wait_for(Duration::from_secs(20), "etcd to answer", || {
-            etcdctl(&etcd.endpoint, &["get", "x"], None).ok()
-        });
-        etcd
-    }
-}
-
-impl Drop for RealEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------- the scripts
 
 /// The writes every watch script makes, in order; `del k` and the transaction are one
@@ -388,7 +348,7 @@ fn etcdctl_watches_print_what_they_print_against_a_real_etcd() {
     std::fs::create_dir_all(&ours_dir).unwrap();
     std::fs::create_dir_all(&theirs_dir).unwrap();
     let (ours, from) = watch_script(&ours_dir, &endpoints, &writer);
-    let etcd = RealEtcd::start(&[]);
+    let etcd = RealEtcd::start();
     let (theirs, _) = watch_script(&theirs_dir, std::slice::from_ref(&etcd.endpoint), &etcd.endpoint);
     for (((name, args, expected), ours), theirs) in WATCHES.iter().zip(&ours).zip(&theirs) {
         assert_eq!(
@@ -498,7 +458,7 @@ fn several_watches_on_one_stream_and_progress_requests_print_as_against_etcd() {
     let writer = format!("127.0.0.1:{}", cluster.port(leader));
     let dir = tempfile::tempdir().unwrap();
     let ours = interactive_script(dir.path(), &follower, &writer);
-    let etcd = RealEtcd::start(&[]);
+    let etcd = RealEtcd::start();
     let etcd_dir = dir.path().join("etcd");
     std::fs::create_dir_all(&etcd_dir).unwrap();
     let theirs = interactive_script(&etcd_dir, &etcd.endpoint, &etcd.endpoint);
@@ -568,7 +528,7 @@ fn raw_watch_streams_answer_as_etcds_field_by_field() {
     let follower = format!("127.0.0.1:{}", cluster.port(cluster.others(leader)[0]));
     let writer = format!("127.0.0.1:{}", cluster.port(leader));
     let (ours, ours_progress) = raw_script(&follower, &writer);
-    let etcd = RealEtcd::start(&["--experimental-watch-progress-notify-interval", "300ms"]);
+    let etcd = RealEtcd::start_with(&["--experimental-watch-progress-notify-interval", "300ms"]);
     let (theirs, theirs_progress) = raw_script(&etcd.endpoint, &etcd.endpoint);
     // What etcd answered is what the test expects of it.
     let shape = |seen: &std::collections::BTreeMap<i64, Vec<WatchResponse>>| -> Vec<(i64, Vec<usize>)> {

@@ -502,29 +502,41 @@ impl Single {
 
 // ---------------------------------------------------------------- a real etcd
 
-/// A real etcd (Debian's etcd-server, 3.4), one member, to compare answers with.
+/// A real etcd (Debian's etcd-server, 3.4), one member on loopback in its own
+/// directory (its log in `etcd.log` there), to compare answers with. Killed on drop.
 pub struct RealEtcd {
     child: std::process::Child,
     pub port: u16,
+    /// `127.0.0.1:PORT`, as etcdctl's `--endpoints` takes it.
+    pub endpoint: String,
     _dir: tempfile::TempDir,
 }
 
 impl RealEtcd {
     pub fn start() -> RealEtcd {
+        RealEtcd::start_with(&[])
+    }
+
+    /// `start`, with `extra` flags for etcd.
+    pub fn start_with(extra: &[&str]) -> RealEtcd {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2);
         let (client, peer) =
             (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
         let child = std::process::Command::new("etcd")
             .args(["--name", "e", "--data-dir", dir.path().join("data").to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("e={peer}"), "--log-level", "error"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .args(["--initial-cluster", &format!("e={peer}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log"))
+            .stderr(log)
             .spawn()
             .expect("etcd did not start: is etcd-server installed?");
-        let etcd = RealEtcd { child, port: ports[0], _dir: dir };
+        let endpoint = format!("127.0.0.1:{}", ports[0]);
+        let etcd = RealEtcd { child, port: ports[0], endpoint, _dir: dir };
         wait_for(Duration::from_secs(20), "etcd to be healthy", || {
             request(etcd.port, "GET", "/health", &[], b"")
                 .ok()

@@ -79,12 +79,15 @@ impl Maintenance for Front {
         let state = self.api.node.shared.kv.read().expect("kv lock").clone();
         // One pass over every key: off the runtime's threads.
         let hashed = tokio::task::spawn_blocking(move || {
-            let all = KeyRange::of(b"\0", b"\0");
-            let pairs = range_at(&state, &all, asked)?;
-            let revision = if asked > 0 { asked.unsigned_abs() } else { state.revision() };
-            let triples =
-                pairs.iter().map(|pair| (&pair.key[..], &pair.value.data[..], pair.value.mod_revision));
-            let hash = crate::kv::hash_pairs(triples, revision);
+            let hash = if asked <= 0 {
+                // Now: `mmapd-admin check`'s hash of the state itself, no copy of its keys.
+                crate::kv::hash_state(&state)
+            } else {
+                let pairs = range_at(&state, &KeyRange::of(b"\0", b"\0"), asked)?;
+                let triples =
+                    pairs.iter().map(|pair| (&pair.key[..], &pair.value.data[..], pair.value.mod_revision));
+                crate::kv::hash_pairs(triples, asked.unsigned_abs())
+            };
             Ok::<_, Status>((hash, state.history().compact_revision(), state.revision()))
         })
         .await
