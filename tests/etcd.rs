@@ -349,6 +349,54 @@ fn the_json_gateway_answers_what_etcds_gateway_answers() {
                        "failure":[{{"request_range":{{"key":"{foo}"}}}}]}}}}]}}"#
             ),
         ),
+        // Compares over a range: every key in it must match; none: as one missing key.
+        ("/v3/kv/put", format!(r#"{{"key":"{}","value":"{bar}"}}"#, b64("r/1"))),
+        ("/v3/kv/put", format!(r#"{{"key":"{}","value":"{bar}"}}"#, b64("r/2"))),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{r}","range_end":"{r_end}","target":"VALUE","result":"EQUAL","value":"{bar}"}}],
+                   "success":[{{"request_put":{{"key":"{r2}","value":"{baz}"}}}}]}}"#,
+                r = b64("r/"),
+                r_end = b64("r0"),
+                r2 = b64("r/2")
+            ),
+        ),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{r}","range_end":"{r_end}","target":"VALUE","result":"EQUAL","value":"{bar}"}}],
+                   "failure":[{{"request_range":{{"key":"{r2}"}}}}]}}"#,
+                r = b64("r/"),
+                r_end = b64("r0"),
+                r2 = b64("r/2")
+            ),
+        ),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{s}","range_end":"{s_end}","target":"VALUE","result":"NOT_EQUAL","value":"{bar}"}}]}}"#,
+                s = b64("s/"),
+                s_end = b64("s0")
+            ),
+        ),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"compare":[{{"key":"{r}","range_end":"AA==","target":"VERSION","result":"GREATER","version":"0"}}]}}"#,
+                r = b64("r/")
+            ),
+        ),
+        (
+            "/v3/kv/txn",
+            format!(
+                r#"{{"success":[{{"request_txn":{{"compare":[{{"key":"{r}","range_end":"{r_end}","target":"MOD","result":"LESS","mod_revision":"1000000"}}],
+                       "success":[{{"request_range":{{"key":"{r2}"}}}}]}}}}]}}"#,
+                r = b64("r/"),
+                r_end = b64("r0"),
+                r2 = b64("r/2")
+            ),
+        ),
         ("/v3/kv/deleterange", format!(r#"{{"key":"{foo}","prev_kv":true}}"#)),
         ("/v3/maintenance/status", "{}".to_owned()),
         ("/v3beta/kv/range", format!(r#"{{"key":"{foo}"}}"#)),

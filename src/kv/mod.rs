@@ -49,7 +49,8 @@ pub use legacy::{import_command, parse_legacy_db_json, LegacyImportError};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use state_machine::{Outcome, StateMachine, Value, PER_KEY_OVERHEAD_BYTES};
 pub use txn::{
-    in_range, Compare, CompareOp, CompareTarget, KeyValue, Txn, TxnOp, TxnOutcome, TxnResponse, MAX_TXN_OPS,
+    in_range, Compare, CompareOp, CompareSpan, CompareTarget, KeyValue, Txn, TxnOp, TxnOutcome, TxnResponse,
+    MAX_TXN_OPS,
 };
 
 #[cfg(test)]

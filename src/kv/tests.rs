@@ -667,7 +667,11 @@ fn arb_compare() -> impl Strategy<Value = Compare> {
         Just(CompareOp::Less),
         Just(CompareOp::Greater)
     ];
-    (arb_key(), target, op).prop_map(|(key, target, op)| Compare { key, target, op })
+    let span = prop_oneof![
+        3 => Just(CompareSpan::Key),
+        1 => prop::option::of(arb_key()).prop_map(CompareSpan::Range),
+    ];
+    (arb_key(), span, target, op).prop_map(|(key, span, target, op)| Compare { key, span, target, op })
 }
 
 /// The model's range rule, written from etcd's definition rather than shared with the
@@ -833,27 +837,41 @@ impl Model {
         self.map.remove(key).is_some()
     }
 
+    /// One compare's target and op on one key's value (`None`: missing).
+    fn holds_on(&self, compare: &Compare, current: Option<Value>) -> bool {
+        let ordering = match (&compare.target, &current) {
+            (CompareTarget::Value(_), None) => return false,
+            (CompareTarget::Value(expected), Some(value)) => value.data.as_ref().cmp(expected.as_ref()),
+            (CompareTarget::Version(n), value) => value.as_ref().map_or(0, |v| v.version).cmp(n),
+            (CompareTarget::CreateRevision(n), value) => {
+                value.as_ref().map_or(0, |v| v.create_revision).cmp(n)
+            }
+            (CompareTarget::ModRevision(n), value) => value.as_ref().map_or(0, |v| v.mod_revision).cmp(n),
+            (CompareTarget::Lease(n), value) => value.as_ref().map_or(0, |v| v.lease).cmp(n),
+        };
+        match compare.op {
+            CompareOp::Eq => ordering.is_eq(),
+            CompareOp::NotEq => ordering.is_ne(),
+            CompareOp::Less => ordering.is_lt(),
+            CompareOp::Greater => ordering.is_gt(),
+        }
+    }
+
     /// etcd's rules spelled out: every compare must hold; a missing key's numbers are
     /// 0 and its value compares false; ops in order at one index; a missing lease
     /// fails it all.
     fn apply_txn(&mut self, index: u64, txn: &Txn) -> Outcome {
-        let holds = |compare: &Compare| {
-            let current = self.value(&compare.key);
-            let ordering = match (&compare.target, &current) {
-                (CompareTarget::Value(_), None) => return false,
-                (CompareTarget::Value(expected), Some(value)) => value.data.as_ref().cmp(expected.as_ref()),
-                (CompareTarget::Version(n), value) => value.as_ref().map_or(0, |v| v.version).cmp(n),
-                (CompareTarget::CreateRevision(n), value) => {
-                    value.as_ref().map_or(0, |v| v.create_revision).cmp(n)
+        // Over a range: every key in it, or one missing key when it holds none.
+        let holds = |compare: &Compare| match &compare.span {
+            CompareSpan::Key => self.holds_on(compare, self.value(&compare.key)),
+            CompareSpan::Range(end) => {
+                let keys: Vec<&Bytes> =
+                    self.map.keys().filter(|key| in_range(key, &compare.key, end.as_deref())).collect();
+                if keys.is_empty() {
+                    self.holds_on(compare, None)
+                } else {
+                    keys.into_iter().all(|key| self.holds_on(compare, self.value(key)))
                 }
-                (CompareTarget::ModRevision(n), value) => value.as_ref().map_or(0, |v| v.mod_revision).cmp(n),
-                (CompareTarget::Lease(n), value) => value.as_ref().map_or(0, |v| v.lease).cmp(n),
-            };
-            match compare.op {
-                CompareOp::Eq => ordering.is_eq(),
-                CompareOp::NotEq => ordering.is_ne(),
-                CompareOp::Less => ordering.is_lt(),
-                CompareOp::Greater => ordering.is_gt(),
             }
         };
         let succeeded = txn.compare.iter().all(holds);
@@ -1381,7 +1399,7 @@ fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Comma
 }
 
 fn compare(key: &str, target: CompareTarget, op: CompareOp) -> Compare {
-    Compare { key: Bytes::copy_from_slice(key.as_bytes()), target, op }
+    Compare { span: CompareSpan::Key, key: Bytes::copy_from_slice(key.as_bytes()), target, op }
 }
 
 fn txn_put(key: &str, value: &str) -> TxnOp {
@@ -1433,6 +1451,38 @@ fn a_missing_key_compares_as_zero_and_its_value_compare_is_false_whatever_the_op
     assert!(holds(&mut state, compare("k", CompareTarget::Version(1), CompareOp::Eq)));
     assert!(holds(&mut state, compare("k", CompareTarget::CreateRevision(0), CompareOp::Greater)));
     assert!(holds(&mut state, compare("k", CompareTarget::Lease(0), CompareOp::Eq)));
+}
+
+fn over(start: &str, end: Option<&str>, target: CompareTarget, op: CompareOp) -> Compare {
+    let end = end.map(|end| Bytes::copy_from_slice(end.as_bytes()));
+    Compare { key: Bytes::copy_from_slice(start.as_bytes()), span: CompareSpan::Range(end), target, op }
+}
+
+// etcd's applyCompare: a compare over a range holds when it holds for every key in
+// it; a range without keys compares as one missing key.
+#[test]
+fn a_compare_over_a_range_holds_only_when_it_holds_for_every_key_in_it() {
+    let mut state = StateMachine::new();
+    for (index, (key, value)) in
+        [("a/1", "x"), ("a/2", "x"), ("a/3", "y"), ("b", "x")].into_iter().enumerate()
+    {
+        state.apply(index as u64 + 1, &Command::put(key, value));
+    }
+    let x = || CompareTarget::Value("x".into());
+    assert!(holds(&mut state, over("a/1", Some("a/3"), x(), CompareOp::Eq)), "a/1 and a/2 are x");
+    assert!(!holds(&mut state, over("a/", Some("a0"), x(), CompareOp::Eq)), "a/3 is y");
+    assert!(holds(&mut state, over("a/", Some("a0"), CompareTarget::Version(1), CompareOp::Eq)));
+    assert!(holds(&mut state, over("a/", Some("a0"), CompareTarget::ModRevision(4), CompareOp::Less)));
+    assert!(!holds(&mut state, over("a/", Some("a0"), CompareTarget::ModRevision(3), CompareOp::Less)));
+    // No end: every key from the start on, `b` included.
+    assert!(!holds(&mut state, over("a/3", None, CompareTarget::Value("y".into()), CompareOp::Eq)));
+    assert!(holds(&mut state, over("a/3", None, CompareTarget::CreateRevision(2), CompareOp::Greater)));
+    // No keys in the range: as one missing key.
+    assert!(!holds(&mut state, over("c", Some("d"), CompareTarget::Value("".into()), CompareOp::NotEq)));
+    assert!(holds(&mut state, over("c", None, CompareTarget::Version(0), CompareOp::Eq)));
+    assert!(holds(&mut state, over("b", Some("a"), CompareTarget::CreateRevision(0), CompareOp::Eq)));
+    // The same compare over one key looks at that key alone.
+    assert!(holds(&mut state, compare("a/1", x(), CompareOp::Eq)));
 }
 
 #[test]

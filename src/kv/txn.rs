@@ -4,6 +4,9 @@
 //!
 //! - A compare of a missing key sees `version`, `create_revision`, `mod_revision` and
 //!   `lease` 0; a `Value` compare of a missing key is false whatever its op.
+//! - A compare over a range (`CompareSpan::Range`, etcd's compare with a `range_end`)
+//!   holds when it holds for every key in the range, and over a range without keys as
+//!   over one missing key, as etcd's `applyCompare` decides it.
 //! - The branch's ops run in order: a get sees the writes of earlier ops of the same
 //!   transaction (as etcd's). Every write records its history event at the entry's
 //!   revision as it runs, so the events of one transaction are consecutive, in op order,
@@ -17,8 +20,9 @@
 //! Encoding (inside `Command`'s tag 12; integers little-endian, `bytes` = u32 length
 //! then the bytes): u32 compare count, each compare; u32 success op count, each op;
 //! u32 failure op count, each op. A compare: key bytes, op byte (0 `==`, 1 `!=`, 2 `<`,
-//! 3 `>`), target tag (0 value: bytes; 1 version, 2 create_revision, 3 mod_revision,
-//! 4 lease: u64). An op: tag (0 put: key bytes, value bytes, u64 lease, 0 for none;
+//! 3 `>`; plus 0x10 for a compare over a range), target tag (0 value: bytes;
+//! 1 version, 2 create_revision, 3 mod_revision, 4 lease: u64), then for a compare over
+//! a range its end. An op: tag (0 put: key bytes, value bytes, u64 lease, 0 for none;
 //! 1 delete key: key bytes; 2 delete prefix: prefix bytes; 3 get key: key bytes;
 //! 4 get prefix: prefix bytes, u32 limit; 5 delete range: start bytes, end; 6 get
 //! range: start bytes, end, u32 limit), where an end is a byte 0 (none: every key from
@@ -44,6 +48,9 @@ const OP_EQ: u8 = 0;
 const OP_NOT_EQ: u8 = 1;
 const OP_LESS: u8 = 2;
 const OP_GREATER: u8 = 3;
+/// Set in a compare's op byte when the compare is over a range: its end follows the
+/// target. A decoder without ranges refuses the byte as an unknown op.
+const OP_RANGE_FLAG: u8 = 0x10;
 
 const TARGET_VALUE: u8 = 0;
 const TARGET_VERSION: u8 = 1;
@@ -71,15 +78,30 @@ pub struct Txn {
 }
 
 /// One compare: `key`'s `target` field against the target's value, with `op`
-/// (the key's field on the left: `Less` holds when the key's is smaller).
+/// (the key's field on the left: `Less` holds when the key's is smaller); or, over a
+/// range (`span`), every key's in `[key, end)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
-    /// The key compared.
+    /// The key compared, or the first key of the range.
     pub key: Bytes,
+    /// The key alone, or a range from it.
+    pub span: CompareSpan,
     /// The field and the value it is compared with.
     pub target: CompareTarget,
     /// How they compare.
     pub op: CompareOp,
+}
+
+/// Which keys a compare looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CompareSpan {
+    /// The compare's key alone.
+    #[default]
+    Key,
+    /// Every key in `[key, end)`; `None`: every key from `key` on (etcd's compare with
+    /// a `range_end`). It holds when it holds for every key in the range; over a range
+    /// without keys, as over one missing key (so a `Value` compare is false).
+    Range(Option<Bytes>),
 }
 
 /// What a compare looks at, and the value it compares with.
@@ -264,12 +286,17 @@ impl Txn {
         out.put_u32_le(u32_len(self.compare.len()));
         for compare in &self.compare {
             put_bytes(out, &compare.key);
-            out.put_u8(match compare.op {
+            let op = match compare.op {
                 CompareOp::Eq => OP_EQ,
                 CompareOp::NotEq => OP_NOT_EQ,
                 CompareOp::Less => OP_LESS,
                 CompareOp::Greater => OP_GREATER,
-            });
+            };
+            let flag = match compare.span {
+                CompareSpan::Key => 0,
+                CompareSpan::Range(_) => OP_RANGE_FLAG,
+            };
+            out.put_u8(op | flag);
             match &compare.target {
                 CompareTarget::Value(value) => {
                     out.put_u8(TARGET_VALUE);
@@ -279,6 +306,9 @@ impl Txn {
                 CompareTarget::CreateRevision(n) => put_target(out, TARGET_CREATE_REVISION, *n),
                 CompareTarget::ModRevision(n) => put_target(out, TARGET_MOD_REVISION, *n),
                 CompareTarget::Lease(n) => put_target(out, TARGET_LEASE, *n),
+            }
+            if let CompareSpan::Range(end) = &compare.span {
+                put_end(out, end.as_deref());
             }
         }
         for ops in [&self.success, &self.failure] {
@@ -335,6 +365,10 @@ impl Txn {
                         CompareTarget::Value(value) => 4 + value.len(),
                         _ => 8,
                     }
+                    + match &compare.span {
+                        CompareSpan::Key => 0,
+                        CompareSpan::Range(end) => end_len(end.as_deref()),
+                    }
             })
             .sum();
         let ops: usize = self
@@ -361,12 +395,13 @@ impl Txn {
         for _ in 0..count {
             let key = data.slice_ref(read_bytes(reader)?);
             let op_offset = reader.offset();
-            let op = match reader.u8()? {
+            let tag = reader.u8()?;
+            let op = match tag & !OP_RANGE_FLAG {
                 OP_EQ => CompareOp::Eq,
                 OP_NOT_EQ => CompareOp::NotEq,
                 OP_LESS => CompareOp::Less,
                 OP_GREATER => CompareOp::Greater,
-                tag => return Err(DecodeError::UnknownTag { offset: op_offset, what: "compare op", tag }),
+                _ => return Err(DecodeError::UnknownTag { offset: op_offset, what: "compare op", tag }),
             };
             let target_offset = reader.offset();
             let target = match reader.u8()? {
@@ -383,7 +418,12 @@ impl Txn {
                     })
                 }
             };
-            compare.push(Compare { key, target, op });
+            let span = if tag & OP_RANGE_FLAG == 0 {
+                CompareSpan::Key
+            } else {
+                CompareSpan::Range(read_end(data, reader)?)
+            };
+            compare.push(Compare { key, span, target, op });
         }
         let success = decode_ops(data, reader)?;
         let failure = decode_ops(data, reader)?;
@@ -492,9 +532,23 @@ impl Compare {
     }
 }
 
-/// Whether `compare` holds on `state` as it is.
+/// Whether `compare` holds on `state` as it is: on its key, or on every key of its
+/// range (etcd's `applyCompare`: a range without keys is compared as one missing key).
 fn compare_holds(state: &StateMachine, compare: &Compare) -> bool {
-    let current = state.get(&compare.key);
+    match &compare.span {
+        CompareSpan::Key => holds_on(compare, state.get(&compare.key)),
+        CompareSpan::Range(end) => {
+            let mut keys = state.range(&compare.key, end.as_deref()).peekable();
+            if keys.peek().is_none() {
+                return holds_on(compare, None);
+            }
+            keys.all(|(_, value)| holds_on(compare, Some(value)))
+        }
+    }
+}
+
+/// Whether `compare`'s target and op hold on one key's value (`None`: missing).
+fn holds_on(compare: &Compare, current: Option<&Value>) -> bool {
     let field = |field: fn(&Value) -> u64| current.map_or(0, field);
     let ordering = match &compare.target {
         CompareTarget::Value(expected) => match current {

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use mmapd::kv::{
-    Command, Compare, CompareOp, CompareTarget, StateMachine, Txn, TxnOp, TxnOutcome, TxnResponse,
+    Command, Compare, CompareOp, CompareSpan, CompareTarget, StateMachine, Txn, TxnOp, TxnOutcome,
+    TxnResponse,
 };
 
 /// How many accounts.
@@ -51,6 +52,7 @@ fn audit_op() -> TxnOp {
 pub fn open() -> Command {
     Command::Txn(Txn {
         compare: vec![Compare {
+            span: CompareSpan::Key,
             key: account(0),
             target: CompareTarget::CreateRevision(0),
             op: CompareOp::Eq,
@@ -82,6 +84,7 @@ pub fn transfer(state: &StateMachine, mut pick: impl FnMut(u64) -> u64) -> Optio
     let amount = if from_balance == 0 { 0 } else { 1 + pick(from_balance) };
     let amount = amount.min(from_balance);
     let unchanged = |key: Bytes, revision: u64| Compare {
+        span: CompareSpan::Key,
         key,
         target: CompareTarget::ModRevision(revision),
         op: CompareOp::Eq,

@@ -26,8 +26,8 @@ use super::error::ApiError;
 use super::key_json::key_json;
 use super::{json, with_revision, Api, HttpResponse, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::kv::{
-    Command, Compare, CompareOp, CompareTarget, KeyValue, Outcome, Txn, TxnOp, TxnOutcome, TxnResponse,
-    Value, MAX_TXN_OPS,
+    Command, Compare, CompareOp, CompareSpan, CompareTarget, KeyValue, Outcome, Txn, TxnOp, TxnOutcome,
+    TxnResponse, Value, MAX_TXN_OPS,
 };
 use crate::server::auth::{Access, Need};
 
@@ -188,7 +188,7 @@ fn parse_compare(i: usize, value: &serde_json::Value) -> Result<Compare, ApiErro
             )))
         }
     };
-    Ok(Compare { key: bytes_of(key), target, op })
+    Ok(Compare { span: CompareSpan::Key, key: bytes_of(key), target, op })
 }
 
 fn parse_op(branch: &str, i: usize, value: &serde_json::Value) -> Result<TxnOp, ApiError> {
@@ -248,7 +248,10 @@ fn parse_op(branch: &str, i: usize, value: &serde_json::Value) -> Result<TxnOp, 
 /// Every key and prefix the transaction touches, with the access it needs: read for
 /// compares and gets, write for puts and deletes.
 pub fn needs(txn: &Txn) -> Vec<Need<'_>> {
-    let compares = txn.compare.iter().map(|compare| Need::Key(&compare.key, Access::Read));
+    let compares = txn.compare.iter().map(|compare| match &compare.span {
+        CompareSpan::Key => Need::Key(&compare.key, Access::Read),
+        CompareSpan::Range(end) => Need::Prefix(range_prefix(&compare.key, end.as_deref()), Access::Read),
+    });
     let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
         TxnOp::Put { key, .. } | TxnOp::DeleteKey { key } => Need::Key(key, Access::Write),
         TxnOp::DeletePrefix { prefix } => Need::Prefix(prefix, Access::Write),
@@ -287,7 +290,13 @@ pub fn check(api: &Api, txn: &Txn) -> Result<(), ApiError> {
         return Err(too_many(txn.op_count()));
     }
     for compare in &txn.compare {
-        api.check_key(&compare.key)?;
+        match &compare.span {
+            CompareSpan::Key => api.check_key(&compare.key)?,
+            CompareSpan::Range(end) => {
+                check_bound(api, "range start", &compare.key)?;
+                check_bound(api, "range end", end.as_deref().unwrap_or_default())?;
+            }
+        }
         if let CompareTarget::Value(value) = &compare.target {
             api.check_value(value)?;
         }
@@ -314,6 +323,10 @@ pub fn check(api: &Api, txn: &Txn) -> Result<(), ApiError> {
                 + match &compare.target {
                     CompareTarget::Value(value) => value.len(),
                     _ => 8,
+                }
+                + match &compare.span {
+                    CompareSpan::Range(Some(end)) => end.len(),
+                    _ => 0,
                 }
         })
         .chain(txn.success.iter().chain(&txn.failure).map(|op| match op {
@@ -489,13 +502,24 @@ mod tests {
         assert_eq!(
             txn.compare,
             vec![
-                Compare { key: "a".into(), target: CompareTarget::ModRevision(0), op: CompareOp::Eq },
                 Compare {
+                    span: CompareSpan::Key,
+                    key: "a".into(),
+                    target: CompareTarget::ModRevision(0),
+                    op: CompareOp::Eq
+                },
+                Compare {
+                    span: CompareSpan::Key,
                     key: "b".into(),
                     target: CompareTarget::Value(vec![0xff].into()),
                     op: CompareOp::Greater
                 },
-                Compare { key: "c".into(), target: CompareTarget::Lease(0xff), op: CompareOp::NotEq },
+                Compare {
+                    span: CompareSpan::Key,
+                    key: "c".into(),
+                    target: CompareTarget::Lease(0xff),
+                    op: CompareOp::NotEq
+                },
             ]
         );
         assert_eq!(

@@ -28,7 +28,8 @@
 //!   is a version 2 feature): the cluster record (`Bootstrap`, `UpdateMember`,
 //!   `MemberStarted` commands), membership changes (configuration entries, learners,
 //!   joins), the hash check (`HashCheck`), the history's compaction (`Compact`),
-//!   leases (`LeaseGrant`, `LeaseRevoke`, a put with a lease), transactions (`Txn`) and the checksummed
+//!   leases (`LeaseGrant`, `LeaseRevoke`, a put with a lease), transactions (`Txn`, with
+//!   compares over a range: op byte flag 0x10) and the checksummed
 //!   `InstallSnapshot` (wire tags 10 and 11).
 //!
 //! Gating a new command is one line: a `Feature` variant with its `since`, and its arm

@@ -17,9 +17,10 @@
 //!   it, so its path is chosen on a linearizable read and the flat transaction of the
 //!   chosen ops runs guarded by the compared keys' `mod_revision`s (`plan_nested`);
 //!   again while a guard fails. At most `MAX_TXN_DEPTH` levels.
-//! - Not served: compares over a range (`range_end` on a compare): `Unimplemented`.
-//!   A guard cannot see a key appear inside the range, so this front cannot decide
-//!   one exactly outside the state machine.
+//! - A compare over a range (`range_end`) is the state machine's (`CompareSpan::Range`):
+//!   it holds when it holds for every key in the range. Inside a nested transaction it
+//!   is guarded by each key's `mod_revision` and by no key of the range written after
+//!   the read (`guard`), at most `MAX_GUARDED_KEYS` keys.
 
 use std::collections::BTreeMap;
 
@@ -35,8 +36,8 @@ use super::proto::mvccpb;
 use super::{invalid, to_i64, Front};
 use crate::kv::TxnResponse as Answer;
 use crate::kv::{
-    Command, Compare, CompareOp, CompareTarget, Condition, KeyValue, Outcome, Since, StateMachine, Txn,
-    TxnOp, TxnOutcome, Value,
+    Command, Compare, CompareOp, CompareSpan, CompareTarget, Condition, KeyValue, Outcome, Since,
+    StateMachine, Txn, TxnOp, TxnOutcome, Value,
 };
 use crate::server::api::error::ApiError;
 use crate::server::api::txn::range_prefix;
@@ -244,11 +245,10 @@ struct TxnPlan {
 }
 
 fn compare_of(compare: &super::proto::etcdserverpb::Compare) -> Result<Compare, Status> {
-    if !compare.range_end.is_empty() {
-        return Err(Status::unimplemented(
-            "a compare over a range (range_end) is not served: compare each key",
-        ));
-    }
+    let (key, span) = match KeyRange::of(&compare.key, &compare.range_end) {
+        KeyRange::Key(key) => (key, CompareSpan::Key),
+        KeyRange::Range(start, end) => (start, CompareSpan::Range(end)),
+    };
     let op = match compare::CompareResult::try_from(compare.result) {
         Ok(compare::CompareResult::Equal) => CompareOp::Eq,
         Ok(compare::CompareResult::NotEqual) => CompareOp::NotEq,
@@ -280,7 +280,7 @@ fn compare_of(compare: &super::proto::etcdserverpb::Compare) -> Result<Compare, 
         (Ok(compare::CompareTarget::Lease), None) => CompareTarget::Lease(0),
         _ => return Err(invalid("a compare's target and its value do not match")),
     };
-    Ok(Compare { key: Bytes::copy_from_slice(&compare.key), target, op })
+    Ok(Compare { key, span, target, op })
 }
 
 /// A tree's choice made on one state: where its nested transactions went, and the
@@ -348,12 +348,7 @@ fn plan_ops(
                 let compares = nested.compare.iter().map(compare_of).collect::<Result<Vec<_>, _>>()?;
                 let succeeded = compares.iter().all(|compare| compare.holds(choosing.state));
                 for compare in &compares {
-                    let current = choosing.state.get(&compare.key).map_or(0, |value| value.mod_revision);
-                    choosing.guards.push(Compare {
-                        key: compare.key.clone(),
-                        target: CompareTarget::ModRevision(current),
-                        op: CompareOp::Eq,
-                    });
+                    guard(choosing, compare)?;
                 }
                 let branch = if succeeded { &nested.success } else { &nested.failure };
                 let planned_ops = plan_ops(branch, ops, chosen, depth + 1)?;
@@ -363,6 +358,46 @@ fn plan_ops(
         }
     }
     Ok(planned)
+}
+
+/// The most keys the guards of a nested transaction's compares over ranges may name:
+/// each is a compare of the flat transaction, which holds at most `MAX_TXN_OPS`.
+const MAX_GUARDED_KEYS: usize = crate::kv::MAX_TXN_OPS / 2;
+
+/// Adds the compares that keep `compare`'s keys as `choosing.state` has them: one
+/// key's `mod_revision` (0: still absent); over a range, each key's in it (a delete
+/// changes no other key) and no key of the range written after the state's revision
+/// (a put, including a new key's, gets a later `mod_revision`).
+fn guard(choosing: &mut Chosen<'_>, compare: &Compare) -> Result<(), Status> {
+    let unchanged = |key: &Bytes, mod_revision: u64| Compare {
+        key: key.clone(),
+        span: CompareSpan::Key,
+        target: CompareTarget::ModRevision(mod_revision),
+        op: CompareOp::Eq,
+    };
+    match &compare.span {
+        CompareSpan::Key => {
+            let current = choosing.state.get(&compare.key).map_or(0, |value| value.mod_revision);
+            choosing.guards.push(unchanged(&compare.key, current));
+        }
+        CompareSpan::Range(end) => {
+            for (key, value) in choosing.state.range(&compare.key, end.as_deref()) {
+                if choosing.guards.len() >= MAX_GUARDED_KEYS {
+                    return Err(Status::invalid_argument(format!(
+                        "a nested transaction's compares over ranges may hold at most {MAX_GUARDED_KEYS} keys"
+                    )));
+                }
+                choosing.guards.push(unchanged(key, value.mod_revision));
+            }
+            choosing.guards.push(Compare {
+                key: compare.key.clone(),
+                span: compare.span.clone(),
+                target: CompareTarget::ModRevision(choosing.state.revision() + 1),
+                op: CompareOp::Less,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The status message `plan_ops` stops a flat plan with when it meets a nested
@@ -399,8 +434,16 @@ fn plan_nested(state: &StateMachine, request: &TxnRequest) -> Result<NestedPlan,
         return Err(Status::internal("a nested plan without its transaction"));
     };
     let mut guards = chosen.map(|chosen| chosen.guards).unwrap_or_default();
-    guards.sort_by(|a, b| a.key.cmp(&b.key));
-    guards.dedup_by(|a, b| a.key == b.key);
+    // The same key may be guarded twice (two compares of it, or a compare of it and a
+    // range holding it): equal guards are adjacent once sorted by key and span.
+    guards.sort_by_key(|guard| {
+        let span = match &guard.span {
+            CompareSpan::Key => None,
+            CompareSpan::Range(end) => Some(end.clone()),
+        };
+        (guard.key.clone(), span)
+    });
+    guards.dedup();
     Ok((Txn { compare: guards, success: ops, failure: Vec::new() }, succeeded, planned_ops))
 }
 
@@ -669,6 +712,7 @@ impl Front {
             let lease = if put.ignore_lease { current.lease } else { lease };
             let txn = Txn {
                 compare: vec![Compare {
+                    span: CompareSpan::Key,
                     key: key.clone(),
                     target: CompareTarget::ModRevision(current.mod_revision),
                     op: CompareOp::Eq,
@@ -733,7 +777,7 @@ mod tests {
     }
 
     fn nested(compare_key: &str, equals: &str, put_key: &str) -> TxnRequest {
-        use super::super::proto::etcdserverpb::{Compare as EtcdCompare, PutRequest};
+        use super::super::proto::etcdserverpb::Compare as EtcdCompare;
         let compare = EtcdCompare {
             key: compare_key.as_bytes().to_vec(),
             target: compare::CompareTarget::Value as i32,
@@ -741,6 +785,13 @@ mod tests {
             target_union: Some(compare::TargetUnion::Value(equals.as_bytes().to_vec())),
             ..Default::default()
         };
+        nested_with(compare, put_key)
+    }
+
+    /// A transaction whose one op is a nested one: `compare`, then a put of `put_key`
+    /// on success or of `failed` on failure.
+    fn nested_with(compare: super::super::proto::etcdserverpb::Compare, put_key: &str) -> TxnRequest {
+        use super::super::proto::etcdserverpb::PutRequest;
         let put = |key: &str| RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: key.as_bytes().to_vec(),
@@ -788,6 +839,51 @@ mod tests {
         created.apply(index, &Command::put("missing", "1"));
         created.apply(index + 1, &Command::Txn(txn));
         assert!(created.get(b"failed").is_none(), "the absent key appeared: the path must be chosen again");
+    }
+
+    /// `[a/, a0)` compared: every key's create_revision > 0 (false over no keys).
+    fn nested_over_prefix_a() -> TxnRequest {
+        use super::super::proto::etcdserverpb::Compare as EtcdCompare;
+        let compare = EtcdCompare {
+            key: b"a/".to_vec(),
+            range_end: b"a0".to_vec(),
+            target: compare::CompareTarget::Create as i32,
+            result: compare::CompareResult::Greater as i32,
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+        };
+        nested_with(compare, "b")
+    }
+
+    fn applied_after(state: &StateMachine, change: Option<&Command>, txn: &Txn) -> StateMachine {
+        let mut state = state.clone();
+        let index = state.applied_index() + 1;
+        if let Some(change) = change {
+            state.apply(index, change);
+        }
+        state.apply(index + 1, &Command::Txn(txn.clone()));
+        state
+    }
+
+    // A compare over a range decides on every key in it, so the nested path holds only
+    // while no key of the range changed, went away or appeared.
+    #[test]
+    fn a_nested_compare_over_a_range_holds_only_while_no_key_of_the_range_changed() {
+        let state = state_with(&[("a/1", "1"), ("a/2", "2"), ("z", "0")], &[]);
+        let (txn, _, planned) = plan_nested(&state, &nested_over_prefix_a()).unwrap();
+        assert!(matches!(&planned[..], [(Planned::Txn { succeeded: true, .. }, _)]));
+        assert!(applied_after(&state, None, &txn).get(b"b").is_some(), "unchanged: it runs");
+        assert!(applied_after(&state, Some(&Command::put("z", "1")), &txn).get(b"b").is_some());
+        for change in [Command::put("a/1", "1"), Command::delete("a/2"), Command::put("a/3", "3")] {
+            let after = applied_after(&state, Some(&change), &txn);
+            assert!(after.get(b"b").is_none() && after.get(b"failed").is_none(), "after {change:?}");
+        }
+        // Over no keys the compare fails, until a key appears in the range.
+        let empty = state_with(&[("z", "0")], &[]);
+        let (txn, _, planned) = plan_nested(&empty, &nested_over_prefix_a()).unwrap();
+        assert!(matches!(&planned[..], [(Planned::Txn { succeeded: false, .. }, _)]));
+        assert!(applied_after(&empty, None, &txn).get(b"failed").is_some());
+        let appeared = applied_after(&empty, Some(&Command::put("a/x", "1")), &txn);
+        assert!(appeared.get(b"failed").is_none(), "a key appeared in the range: choose again");
     }
 
     #[test]
