@@ -151,6 +151,12 @@ pub struct Args {
     #[arg(long, env = "MMAPD_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
     pub snapshot_bytes: u64,
 
+    /// A snapshot goes to a follower in chunks of at most this many bytes (4096 to
+    /// 67108864), each its own peer request: a transfer cut short resumes from the
+    /// last chunk the follower holds.
+    #[arg(long, env = "MMAPD_SNAPSHOT_CHUNK_BYTES", default_value_t = crate::server::peer::snapshot::DEFAULT_CHUNK_BYTES)]
+    pub snapshot_chunk_bytes: usize,
+
     /// The leader compacts the change history (what watches replay) through the log
     /// when it holds more than this many events, back to three quarters of it.
     #[arg(long, env = "MMAPD_HISTORY_ENTRIES", default_value_t = 10_000)]
@@ -330,6 +336,8 @@ pub struct Settings {
     pub snapshot_entries: u64,
     /// Applied entry bytes between snapshots.
     pub snapshot_bytes: u64,
+    /// Largest snapshot chunk sent to a follower.
+    pub snapshot_chunk_bytes: usize,
     /// History events above which the leader compacts.
     pub history_entries: u64,
     /// History bytes above which the leader compacts.
@@ -446,6 +454,10 @@ impl Args {
             max_value_bytes: self.max_value_bytes,
             snapshot_entries: self.snapshot_entries.max(1),
             snapshot_bytes: self.snapshot_bytes.max(1),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.clamp(
+                crate::server::peer::snapshot::MIN_CHUNK_BYTES,
+                crate::server::peer::snapshot::MAX_CHUNK_BYTES,
+            ),
             history_entries: self.history_entries.max(1),
             history_bytes: self.history_bytes.max(1),
             watch_progress: Duration::from_millis(self.watch_progress_ms.max(1)),

@@ -110,8 +110,23 @@ pub struct Metrics {
     pub leader_contact_gap_max: MaxSeconds,
     /// Time to serialise and write a snapshot, off the driver's loop.
     pub snapshot_build_seconds: Histogram,
+    /// Snapshot chunks received from a leader and written to the staging file.
+    pub snapshot_chunks_received: Counter,
+    /// Snapshot bytes received in chunks.
+    pub snapshot_chunk_bytes_received: Counter,
+    /// Chunked snapshot transfers that continued from bytes already held (a sender
+    /// came back after a lost connection, or another leader sent the same snapshot).
+    pub snapshot_transfers_resumed: Counter,
+    /// Snapshots received whole in chunks and handed to the driver.
+    pub snapshot_transfers_completed: Counter,
     /// When a delivery from each peer last arrived.
     peer_contact: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl AsRef<Metrics> for Metrics {
+    fn as_ref(&self) -> &Metrics {
+        self
+    }
 }
 
 /// One follower's replication, as the leader sees it, for the per-peer gauges.
@@ -202,6 +217,30 @@ impl Metrics {
             self.peer_messages_refused.get(),
         );
         counter(&mut out, "mmapd_storage_errors_total", "Disk failures", self.storage_errors.get());
+        counter(
+            &mut out,
+            "mmapd_snapshot_chunks_received_total",
+            "Snapshot chunks received from a leader",
+            self.snapshot_chunks_received.get(),
+        );
+        counter(
+            &mut out,
+            "mmapd_snapshot_chunk_bytes_received_total",
+            "Snapshot bytes received in chunks",
+            self.snapshot_chunk_bytes_received.get(),
+        );
+        counter(
+            &mut out,
+            "mmapd_snapshot_transfers_resumed_total",
+            "Chunked snapshot transfers continued from bytes already received",
+            self.snapshot_transfers_resumed.get(),
+        );
+        counter(
+            &mut out,
+            "mmapd_snapshot_transfers_completed_total",
+            "Snapshots received whole in chunks",
+            self.snapshot_transfers_completed.get(),
+        );
         counter(
             &mut out,
             "mmapd_tls_handshakes_refused_total",

@@ -522,6 +522,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         peer_timeout,
         removed_hint,
         versions,
+        settings.snapshot_chunk_bytes,
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver_config = DriverConfig {
@@ -544,7 +545,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         outbox: Box::new(outbox.clone()),
         shared,
         shutdown: shutdown_rx.clone(),
-        data_dir,
+        data_dir: data_dir.clone(),
     });
     let api = Arc::new(api::Api {
         node: node.clone(),
@@ -564,6 +565,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         watch_progress: settings.watch_progress,
         watch_queue_rounds: settings.watch_queue_rounds,
         min_lease_ttl_s: api::leases::min_ttl_s(settings.tick * settings.election_ticks),
+        incoming: peer::snapshot::Receiver::new(data_dir),
     });
 
     let http_task = tokio::spawn(accept_http(

@@ -227,6 +227,27 @@ impl MappedFile {
     }
 }
 
+/// Maps the whole of `file` (at `path`, for errors) read-only and private, as `Bytes`
+/// that keep the mapping alive: a received snapshot served from its file instead of
+/// from memory (`incoming`). An empty file is empty `Bytes` (mmap refuses length 0).
+///
+/// The caller must never write to or truncate the file again; it may unlink it (the
+/// mapping keeps the inode).
+pub(crate) fn map_read_only(path: &Path, file: &File) -> Result<bytes::Bytes, StoreError> {
+    let len = file.metadata().map_err(|e| StoreError::io(path, "stat", e))?.len();
+    if len == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    // SAFETY: the file is one this process created under the data directory's lock and
+    // wrote whole before this call (`IncomingSnapshot::finish`); nothing in mmapd writes
+    // to or truncates it afterwards, so the mapped bytes do not change while any `Bytes`
+    // of them lives. Another program truncating it would SIGBUS us, as for every store
+    // file (module docs: "Who may touch the files").
+    let map = unsafe { MmapOptions::new().map_copy_read_only(file) }
+        .map_err(|e| StoreError::io(path, "mmap", e))?;
+    Ok(bytes::Bytes::from_owner(map))
+}
+
 /// Sets the file length to `new_len` and reserves its blocks; on failure restores `old_len`.
 fn reserve(path: &Path, file: &File, old_len: u64, new_len: u64) -> Result<(), StoreError> {
     #[cfg(test)]

@@ -3,7 +3,8 @@
 //!
 //! Layout: `mapped` is the mapped file (all of the crate's `unsafe`); `record` encodes and
 //! decodes log records (pure); `log` keeps segments and the index; `hard_state` the two-slot
-//! term/vote/commit file; `snapshot` the snapshot files; `data_dir` the lock, the identity
+//! term/vote/commit file; `snapshot` the snapshot files; `incoming` a snapshot being
+//! received in chunks; `data_dir` the lock, the identity
 //! and the refusal of legacy JSON; `error` the error type. The byte formats and recovery
 //! rules are in `docs/format.md`.
 //!
@@ -23,6 +24,7 @@
 mod data_dir;
 mod error;
 mod hard_state;
+mod incoming;
 mod log;
 #[allow(unsafe_code)]
 mod mapped;
@@ -36,6 +38,7 @@ use bytes::Bytes;
 
 pub use data_dir::{detect_legacy_json, looks_like_legacy_json, mark_removed, DataDir, Identity, Origin};
 pub use error::StoreError;
+pub use incoming::IncomingSnapshot;
 
 use crate::raft::{Entry, HardState, SnapshotMeta};
 use hard_state::HardStateFile;

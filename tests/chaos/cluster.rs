@@ -49,7 +49,8 @@ pub const SECRET: &str = "chaos-cluster-secret";
 const EXIT_LOG_LINES: usize = 20;
 
 /// The small limits of a snapshot run: `--snapshot-entries` (the Raft log) and
-/// `--history-entries` (the change history that watches replay).
+/// `--history-entries` (the change history that watches replay); such a run also sends
+/// snapshots in the smallest chunks (`--snapshot-chunk-bytes 4096`).
 #[derive(Clone, Copy, Debug)]
 pub struct Compaction {
     /// `--snapshot-entries`.
@@ -185,6 +186,10 @@ impl Cluster {
                 c.snapshot_entries.to_string(),
                 "--history-entries".into(),
                 c.history_entries.to_string(),
+                // The smallest chunk: every snapshot install crosses in many chunks,
+                // so faults cut transfers half way and they must resume.
+                "--snapshot-chunk-bytes".into(),
+                "4096".into(),
             ]
         });
         let node = &mut self.nodes[i];

@@ -6,7 +6,8 @@
 //! Routes: the original's `POST /set/<key>`, `GET /get/<key>`, `GET /status`; the
 //! `/v1/kv` API; `GET /v1/members` (`members`); `GET /metrics`, `GET /health`; and,
 //! for peers only, `POST /raft/stream` (upgraded to the peer stream),
-//! `POST /raft/messages`, `POST /raft/propose`, `POST /raft/members`,
+//! `POST /raft/messages`, `POST /raft/snapshot/chunk` and `/raft/snapshot/install`
+//! (`snapshot`), `POST /raft/propose`, `POST /raft/members`,
 //! `GET /raft/hash` (a member's state hash, see `check`), and `GET /raft/cluster` and
 //! `POST /raft/join` (see `join`). `HEAD` is served on every `GET` route: the same
 //! answer without its body.
@@ -49,6 +50,7 @@ pub mod join;
 pub mod key_json;
 pub mod leases;
 pub mod members;
+mod snapshot;
 pub mod txn;
 pub mod watch;
 
@@ -123,6 +125,8 @@ pub struct Api {
     pub watch_queue_rounds: usize,
     /// The least TTL a lease is granted (`leases::min_ttl_s`).
     pub min_lease_ttl_s: u64,
+    /// The snapshot being received in chunks from a leader (`peer::snapshot`).
+    pub incoming: crate::server::peer::snapshot::Receiver,
 }
 
 /// The client connection a request arrived on.
@@ -417,16 +421,19 @@ async fn route(
                 tracing::warn!(peer = %connection.remote, %reason, "refused a peer batch");
                 return Err(ApiError::BadRequest(reason));
             }
-            api.node.deliver(messages).await.map_err(|error| match error {
-                DeliverError::ShuttingDown => ApiError::Unavailable("shutting down".into()),
-                DeliverError::Refused(reason) => {
-                    tracing::warn!(peer = %connection.remote, %reason, "refused a peer message");
-                    ApiError::BadRequest(reason)
-                }
-            })?;
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            Ok(response)
+            deliver(api, connection, messages).await
+        }
+        crate::server::peer::snapshot::CHUNK_PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
+            snapshot::chunk(api, request).await
+        }
+        crate::server::peer::snapshot::INSTALL_PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
+            snapshot::install(api, connection, request).await
         }
         peer_stream::PATH => {
             allow(&method, &[Method::POST], "POST")?;
@@ -1087,6 +1094,24 @@ fn allow(method: &Method, allowed: &[Method], names: &'static str) -> Result<(),
     } else {
         Err(ApiError::MethodNotAllowed(names))
     }
+}
+
+/// Hands a peer's messages to the driver; `204`, or why they were refused.
+async fn deliver(
+    api: &Api,
+    connection: &Connection,
+    messages: Vec<crate::raft::Message>,
+) -> Result<HttpResponse, ApiError> {
+    api.node.deliver(messages).await.map_err(|error| match error {
+        DeliverError::ShuttingDown => ApiError::Unavailable("shutting down".into()),
+        DeliverError::Refused(reason) => {
+            tracing::warn!(peer = %connection.remote, %reason, "refused a peer message");
+            ApiError::BadRequest(reason)
+        }
+    })?;
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
 }
 
 async fn read_body(request: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {

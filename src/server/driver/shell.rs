@@ -98,6 +98,12 @@ impl SharedVersions {
     }
 }
 
+impl AsRef<crate::server::metrics::Metrics> for Shared {
+    fn as_ref(&self) -> &crate::server::metrics::Metrics {
+        &self.metrics
+    }
+}
+
 impl Shared {
     /// A member's advertised address, if it is a member.
     pub fn address_of(&self, id: NodeId) -> Option<String> {

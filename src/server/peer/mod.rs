@@ -1,12 +1,14 @@
 //! The peer transport, both directions: `transport` sends Raft messages to each peer
 //! (batches on the peer stream, snapshots and fallbacks by `POST /raft/messages`) and
 //! forwards a follower's client writes to the leader (`POST /raft/propose`); `stream`
-//! is the peer stream itself, sending and receiving length-prefixed frames. The
+//! is the peer stream itself, sending and receiving length-prefixed frames; `snapshot`
+//! the chunked snapshot transfer's rules and its receiving end. The
 //! receiving routes are served by `api` on the same port and hand what they decode to
 //! the driver (`driver::NodeHandle::deliver`). `connect` opens every connection to
 //! another node, over TLS when the node has `--tls-ca`.
 
 pub mod connect;
+pub mod snapshot;
 pub mod stream;
 pub mod transport;
 

@@ -1,8 +1,9 @@
 //! Peer RPC: Raft messages travel in batches on one long-lived peer stream per peer
 //! (`peer_stream`: `POST /raft/stream` upgraded to length-prefixed frames); batches
-//! that carry a snapshot, and batches for a peer that does not speak the stream, go as
-//! `POST /raft/messages` on a keep-alive HTTP/1.1 connection. A follower forwards a
-//! client's write to the leader with `POST /raft/propose`.
+//! for a peer that does not speak the stream go as `POST /raft/messages` on a keep-alive
+//! HTTP/1.1 connection. An InstallSnapshot goes beside them, in chunks (`snapshot`), on
+//! its own task, so heartbeats keep flowing while a large snapshot crosses. A follower
+//! forwards a client's write to the leader with `POST /raft/propose`.
 //!
 //! One task per peer sends one batch at a time, so messages stay in order; while a
 //! write is under way the next batch accumulates (pipelining by batching). Messages
@@ -32,6 +33,7 @@ use crate::server::driver::version::{snapshot_encoding_for, Version};
 use crate::transport::codec::{decode_batch, encode_batch_with, SnapshotEncoding};
 
 use super::connect::PeerConnector;
+use super::snapshot::{self as peer_snapshot, TransferId};
 use super::stream::{self as peer_stream, StreamError, StreamSender};
 use super::Credentials;
 
@@ -91,6 +93,8 @@ pub struct Outbox {
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
     versions: PeerVersions,
+    /// The largest snapshot chunk sent (`--snapshot-chunk-bytes`).
+    chunk_bytes: usize,
 }
 
 /// One peer's queue, and the address its sender task reaches.
@@ -193,6 +197,8 @@ impl Outbox {
             credentials: self.credentials.clone(),
             timeout: self.timeout,
             removed_hint: self.removed_hint.clone(),
+            chunk_bytes: self.chunk_bytes,
+            transfer: None,
         };
         tokio::spawn(sender.run(rx));
         PeerQueue { address: address.to_owned(), queue: tx, learned: false }
@@ -202,14 +208,17 @@ impl Outbox {
 /// Starts one sender task per peer; returns the outbox feeding them.
 ///
 /// `timeout` bounds each request: a connection into a partition can swallow a request
-/// without an error for minutes, and everything queued behind it would be lost. Batches
-/// that carry a snapshot get `SNAPSHOT_TIMEOUT` instead.
+/// without an error for minutes, and everything queued behind it would be lost. A
+/// snapshot chunk gets that plus its bytes at 1 MiB/s; a whole snapshot (to a peer
+/// without chunks) and the install that ends a transfer get `SNAPSHOT_TIMEOUT`.
 ///
 /// A peer that refuses our messages because it holds our removal sends the peer's
 /// address to `removed_hint`: one peer's word is not enough to stop (it could be
 /// wrong, or lie), so the receiver asks a majority (`joining::confirm_removal`).
 ///
 /// `versions` says what each peer runs: a snapshot is encoded so that it decodes it.
+/// `chunk_bytes` bounds each request of a snapshot transfer.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     peers: &HashMap<NodeId, String>,
     client: PeerClient,
@@ -218,9 +227,18 @@ pub fn start(
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
     versions: PeerVersions,
+    chunk_bytes: usize,
 ) -> Outbox {
-    let outbox =
-        Outbox { peers: Default::default(), client, connector, credentials, timeout, removed_hint, versions };
+    let outbox = Outbox {
+        peers: Default::default(),
+        client,
+        connector,
+        credentials,
+        timeout,
+        removed_hint,
+        versions,
+        chunk_bytes,
+    };
     crate::server::driver::Outbox::set_peers(&outbox, peers);
     outbox
 }
@@ -242,6 +260,9 @@ struct PeerSender {
     credentials: Credentials,
     timeout: Duration,
     removed_hint: mpsc::Sender<String>,
+    chunk_bytes: usize,
+    /// The snapshot transfer under way to this peer, if any: one at a time.
+    transfer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How long a batch carrying a snapshot may take.
@@ -252,9 +273,16 @@ const POST_FALLBACK: Duration = Duration::from_secs(30);
 
 impl PeerSender {
     /// Sends batches in order: on the peer stream when it is up, by `POST` when the
-    /// batch carries a snapshot (a long transfer must not hold up heartbeats, and
-    /// gets its own timeout) or when the peer does not speak the stream.
+    /// peer does not speak the stream. An InstallSnapshot leaves the batch for its own
+    /// transfer task (a long transfer must not hold up heartbeats).
     async fn run(mut self, mut queue: mpsc::Receiver<Vec<Message>>) {
+        self.send_batches(&mut queue).await;
+        if let Some(transfer) = self.transfer.take() {
+            transfer.abort();
+        }
+    }
+
+    async fn send_batches(&mut self, queue: &mut mpsc::Receiver<Vec<Message>>) {
         let mut failures = 0u32;
         let mut stream: Option<StreamSender> = None;
         let mut post_until: Option<Instant> = None;
@@ -280,7 +308,12 @@ impl PeerSender {
                     Err(_) => break,
                 }
             }
-            let snapshot = carries_snapshot(&batch);
+            if let Some(snapshot) = take_snapshot(&mut batch) {
+                self.start_transfer(snapshot);
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             let mut connect_failure = None;
             let resolved = match self.resolve().await {
                 Ok(resolved) => resolved,
@@ -291,7 +324,7 @@ impl PeerSender {
                     continue;
                 }
             };
-            if stream.is_none() && !snapshot && post_until.is_none_or(|until| Instant::now() >= until) {
+            if stream.is_none() && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
                 let host = crate::server::tls::host_of(&self.address);
                 let connected = StreamSender::connect(
@@ -331,8 +364,7 @@ impl PeerSender {
                 }
             };
             let result = match &mut stream {
-                _ if snapshot => self.post(&uri, &batch, SNAPSHOT_TIMEOUT).await,
-                _ if post_until.is_some() => self.post(&uri, &batch, self.timeout).await,
+                _ if post_until.is_some() => self.poster().post(&uri, &batch, self.timeout).await,
                 Some(open) => open.send(&batch).await.map_err(|e| {
                     stream = None;
                     Failure::Unreachable(e.to_string())
@@ -420,6 +452,67 @@ impl PeerSender {
         }
     }
 
+    /// What a request to this peer needs, for this task or a transfer's.
+    fn poster(&self) -> Poster {
+        Poster {
+            id: self.id,
+            address: self.address.clone(),
+            client: self.client.clone(),
+            credentials: self.credentials.clone(),
+            versions: self.versions.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// Sends `message` (an InstallSnapshot) on a task of its own, unless a transfer to
+    /// this peer is under way: then it is dropped, and Raft sends it again after an
+    /// election timeout in the snapshot state if the follower still needs it.
+    fn start_transfer(&mut self, message: Message) {
+        if self.transfer.as_ref().is_some_and(|transfer| !transfer.is_finished()) {
+            tracing::debug!(peer = %self.address, "a snapshot transfer is under way: this InstallSnapshot waits for Raft to resend it");
+            return;
+        }
+        let poster = self.poster();
+        let chunk_bytes = self.chunk_bytes;
+        self.transfer = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            match poster.send_snapshot(message, chunk_bytes).await {
+                Ok(sent) => tracing::info!(peer = %poster.address, index = sent.index, bytes = sent.len,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent"),
+                Err(failure) => {
+                    let (status, error) = match &failure {
+                        Failure::Refused(status, text) => (Some(*status), text.clone()),
+                        Failure::Unreachable(error) => (None, error.clone()),
+                    };
+                    tracing::warn!(peer = %poster.address, ?status, %error, "snapshot transfer stopped; it resumes when Raft sends the snapshot again");
+                }
+            }
+        }));
+    }
+}
+
+/// What one peer request needs: the transfer task's copy of its sender's parts.
+#[derive(Clone)]
+struct Poster {
+    id: NodeId,
+    address: String,
+    client: PeerClient,
+    credentials: Credentials,
+    versions: PeerVersions,
+    /// The peer timeout (twice the election timeout).
+    timeout: Duration,
+}
+
+/// The slowest link a chunk is given time for: a chunk may take the peer timeout plus
+/// its bytes at this rate, so a transfer to a follower that stopped answering fails in
+/// seconds (and resumes when Raft sends the snapshot again), not after minutes.
+const MIN_CHUNK_BYTES_PER_SECOND: u64 = 1 << 20;
+
+/// The most `409` answers in a row a transfer takes before it gives up (the follower
+/// replaced the transfer under it: another leader's snapshot, most likely).
+const MAX_CHUNK_CONFLICTS: u32 = 3;
+
+impl Poster {
     /// Sends one batch as `POST /raft/messages` and waits for its `204`.
     async fn post(&self, uri: &hyper::Uri, batch: &[Message], timeout: Duration) -> Result<(), Failure> {
         let mut body = Vec::new();
@@ -434,14 +527,143 @@ impl PeerSender {
             batch
         };
         encode_batch_with(batch, encoding, &mut body);
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .header(CONTENT_TYPE, "application/octet-stream");
+        match self.request(uri.clone(), &[], Bytes::from(body), timeout).await? {
+            (StatusCode::NO_CONTENT, _) => Ok(()),
+            (status, text) => Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned())),
+        }
+    }
+
+    /// Sends an InstallSnapshot in chunks (`peer::snapshot`): asks what the follower
+    /// holds of it, sends the rest, then the message without its data. A peer that does
+    /// not know the chunk routes (404), or runs v0.1.0, gets the whole batch by `POST
+    /// /raft/messages`. Returns the transfer sent.
+    async fn send_snapshot(&self, mut message: Message, chunk_bytes: usize) -> Result<TransferId, Failure> {
+        let MessageBody::InstallSnapshot { snapshot } = &mut message.body else {
+            return Err(Failure::Unreachable(format!("{} is not an InstallSnapshot", message.body.name())));
+        };
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let whole = |message: Message, len: u64| async move {
+            let uri = self.uri("/raft/messages")?;
+            self.post(&uri, &[message], SNAPSHOT_TIMEOUT).await?;
+            Ok(TransferId { index, term, len, crc: 0 })
+        };
+        if snapshot_encoding_for((self.versions)(self.id)) == SnapshotEncoding::Unchecked {
+            let len = snapshot.data.len() as u64;
+            return whole(message, len).await;
+        }
+        let data = std::mem::take(&mut snapshot.data);
+        let id = {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || TransferId::of(index, term, &data))
+                .await
+                .map_err(|e| Failure::Unreachable(format!("checksumming the snapshot: {e}")))?
+        };
+        let mut offset = match self.chunk(id, 0, Bytes::new()).await {
+            Ok(Ok(held)) => held,
+            Err(Failure::Refused(status, _))
+                if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                tracing::info!(peer = %self.address, "peer does not take snapshots in chunks; sending it whole");
+                if let MessageBody::InstallSnapshot { snapshot } = &mut message.body {
+                    snapshot.data = data;
+                }
+                return whole(message, id.len).await;
+            }
+            Ok(Err(held)) => held,
+            Err(failure) => return Err(failure),
+        };
+        if offset > 0 {
+            tracing::info!(peer = %self.address, index, held = offset, of = id.len, "resuming a snapshot transfer");
+        }
+        let mut conflicts = 0;
+        while offset < id.len {
+            let end = (offset + chunk_bytes.max(1) as u64).min(id.len);
+            let chunk = data.slice(offset as usize..end as usize);
+            let held = match self.chunk(id, offset, chunk).await? {
+                Ok(held) => held,
+                Err(held) => {
+                    conflicts += 1;
+                    if conflicts > MAX_CHUNK_CONFLICTS {
+                        return Err(Failure::Unreachable(format!(
+                            "the peer keeps answering 409 (holds {held} bytes of {})",
+                            id.len
+                        )));
+                    }
+                    held
+                }
+            };
+            if held > id.len {
+                return Err(Failure::Unreachable(format!(
+                    "the peer says it holds {held} bytes of {}",
+                    id.len
+                )));
+            }
+            offset = held;
+        }
+        let mut body = Vec::new();
+        encode_batch_with(std::slice::from_ref(&message), SnapshotEncoding::Checked, &mut body);
+        let uri = self.uri(peer_snapshot::INSTALL_PATH)?;
+        let transfer = [(peer_snapshot::TRANSFER_HEADER, id.header_value())];
+        match self.request(uri, &transfer, Bytes::from(body), SNAPSHOT_TIMEOUT).await? {
+            (StatusCode::NO_CONTENT, _) => Ok(id),
+            (status, text) => Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned())),
+        }
+    }
+
+    /// Sends one chunk (none: a probe). Ok(Ok(held)): taken, the peer holds `held`
+    /// bytes; Ok(Err(held)): 409, it holds `held` bytes, continue from there.
+    async fn chunk(&self, id: TransferId, offset: u64, chunk: Bytes) -> Result<Result<u64, u64>, Failure> {
+        let uri = self.uri(peer_snapshot::CHUNK_PATH)?;
+        let headers = [
+            (peer_snapshot::TRANSFER_HEADER, id.header_value()),
+            (peer_snapshot::OFFSET_HEADER, offset.to_string()),
+        ];
+        let timeout =
+            self.timeout + Duration::from_secs_f64(chunk.len() as f64 / MIN_CHUNK_BYTES_PER_SECOND as f64);
+        let (status, text) = self.request(uri, &headers, chunk, timeout).await?;
+        let held = || {
+            std::str::from_utf8(&text).ok().and_then(|text| text.trim().parse::<u64>().ok()).ok_or_else(
+                || {
+                    Failure::Unreachable(format!(
+                        "{status} without a byte count: {:?}",
+                        String::from_utf8_lossy(&text)
+                    ))
+                },
+            )
+        };
+        match status {
+            StatusCode::OK => Ok(Ok(held()?)),
+            StatusCode::CONFLICT => Ok(Err(held()?)),
+            _ => Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned())),
+        }
+    }
+
+    /// `path` on this peer, named by its member address (over TLS, what its certificate
+    /// must name; the connector resolves it).
+    fn uri(&self, path: &str) -> Result<hyper::Uri, Failure> {
+        format!("http://{}{path}", self.address)
+            .parse()
+            .map_err(|error| Failure::Unreachable(format!("not a URI authority: {error}")))
+    }
+
+    /// One `POST` with the peer credentials and `headers`; the status and body, or why
+    /// there was none within `timeout`.
+    async fn request(
+        &self,
+        uri: hyper::Uri,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), Failure> {
+        let mut request =
+            Request::builder().method(Method::POST).uri(uri).header(CONTENT_TYPE, "application/octet-stream");
         for (name, value) in self.credentials.headers().map_err(Failure::Unreachable)? {
             request = request.header(name, value);
         }
-        let request = request.body(Full::new(Bytes::from(body))).expect("valid request");
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request.body(Full::new(body)).map_err(|e| Failure::Unreachable(e.to_string()))?;
         let answer = tokio::time::timeout(timeout, async {
             let response = self.client.request(request).await?;
             let status = response.status();
@@ -450,14 +672,24 @@ impl PeerSender {
         })
         .await;
         match answer {
-            Ok(Ok((status, _))) if status == StatusCode::NO_CONTENT => Ok(()),
-            Ok(Ok((status, text))) => {
-                Err(Failure::Refused(status, String::from_utf8_lossy(&text).into_owned()))
-            }
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(Failure::Unreachable(error.to_string())),
             Err(_) => Err(Failure::Unreachable(format!("no answer within {timeout:?}"))),
         }
     }
+}
+
+/// Takes the InstallSnapshot messages out of `batch`; returns the last (a batch for one
+/// peer holds one at most in practice; an older one is superseded by it).
+fn take_snapshot(batch: &mut Vec<Message>) -> Option<Message> {
+    if !carries_snapshot(batch) {
+        return None;
+    }
+    let (snapshots, rest): (Vec<Message>, Vec<Message>) = std::mem::take(batch)
+        .into_iter()
+        .partition(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }));
+    *batch = rest;
+    snapshots.into_iter().last()
 }
 
 /// True when the batch carries a snapshot (the driver core attached its data).
