@@ -709,13 +709,16 @@ fn final_reads(shared: &Shared, api: ApiMode, seed: u64) {
     let mut keys: Vec<u64> = shared.history.lock().expect("history lock").iter().map(|e| e.key).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut unreachable = vec![false; shared.nodes];
+    // Per node and API: a node's gRPC side may fail where its HTTP side serves.
+    let mut unreachable = vec![[false; 2]; shared.nodes];
     for key in keys {
+        let key_api = api.api(seed, key);
         for (node, unreachable) in unreachable.iter_mut().enumerate() {
+            let unreachable = &mut unreachable[usize::from(key_api == Api::Grpc)];
             let attempts = if *unreachable { 1 } else { 10 };
             let mut done = false;
             for attempt in 0..attempts {
-                let event = match (api.api(seed, key), grpc.as_mut()) {
+                let event = match (key_api, grpc.as_mut()) {
                     (Api::Grpc, Some(grpc)) => grpc.perform(shared, usize::MAX, node, key, Request::Read),
                     _ => client::perform(shared, usize::MAX, node, key, Request::Read),
                 };

@@ -511,8 +511,11 @@ impl Client {
         let invoke = shared.now();
         let is_read = matches!(request, Request::Read);
         let Client { runtime, channels, .. } = self;
-        let answer =
-            runtime.block_on(tokio::time::timeout(ANSWER_TIMEOUT, call(channels, node, key, &request)));
+        // In the runtime's context throughout: a connection dropped below aborts its task.
+        let _context = runtime.enter();
+        let answer = runtime.block_on(async {
+            tokio::time::timeout(ANSWER_TIMEOUT, call(channels, node, key, &request)).await
+        });
         let complete = shared.now();
         let reply = match answer {
             Ok(Ok(reply)) => reply,
