@@ -103,8 +103,8 @@ struct Totals {
     ok: usize,
     failed: usize,
     unknown: usize,
-    /// Of the operations (final reads included), those over gRPC: ok (or rejected, or
-    /// read), failed, unknown.
+    /// Of the clients' operations, those over gRPC: ok (or rejected, or read), failed,
+    /// unknown.
     grpc_ok: usize,
     grpc_failed: usize,
     grpc_unknown: usize,
@@ -605,7 +605,7 @@ fn one_run(
             _ => totals.ok += 1,
         }
     }
-    for event in history.iter().filter(|e| e.api == Api::Grpc) {
+    for event in history.iter().filter(|e| e.client != usize::MAX && e.api == Api::Grpc) {
         match event.outcome {
             Outcome::Failed => totals.grpc_failed += 1,
             Outcome::Unknown => totals.grpc_unknown += 1,
