@@ -24,15 +24,21 @@
 //! run in four (the seed 2 modulo 4) starts every node with TLS for clients and peers and
 //! mutual TLS between nodes, certificates made for the run (`tls/pki.rs`); every
 //! connection of the harness then speaks TLS, and the forger, with no certificate, must
-//! be refused (403). A failed run writes an HTML timeline and prints its seed and path.
+//! be refused (403). Clients and watchers speak the HTTP API or etcd's v3 gRPC API
+//! (`chaos/grpc.rs`: Range, Put, Txn and DeleteRange for the same operations, the Watch
+//! stream for the same watch), both in every run by default, into the same checkers. A
+//! failed run writes an HTML timeline and prints its seed and path.
 //!
 //! `cargo test --release --test chaos`: 120 s of faults over 4 runs (3 and 5 nodes, with
 //! and without snapshots). `MMAPD_CHAOS_SECONDS=1800`: a soak. `MMAPD_CHAOS_SEED=S` (with
 //! `MMAPD_CHAOS_NODES=N`) replays one run's schedule. `MMAPD_CHAOS_SNAPSHOTS=seed|all|none`,
 //! `MMAPD_CHAOS_FORGE=all|none|garbage|impossible|<kinds>` and
 //! `MMAPD_CHAOS_MEMBERSHIP=all|none` narrow the faults; `MMAPD_CHAOS_TLS=seed|all|none`
-//! (default `seed`) picks the TLS runs. `MMAPD_CHAOS_PLANT_WATCH=drop|dup|reorder|back`
-//! plants a bug in a watcher's log before the check, which must report it.
+//! (default `seed`) picks the TLS runs. `MMAPD_CHAOS_API=mixed|http|grpc` (default
+//! `mixed`: alternate clients and watchers on each) picks the API.
+//! `MMAPD_CHAOS_PLANT_WATCH=drop|dup|reorder|back` plants a bug in a watcher's log before
+//! the check, and `MMAPD_CHAOS_PLANT_GRPC=drop-event|stale-read` one in the gRPC adapter
+//! during the run: the checkers must report it.
 //!
 //! Needs root (namespaces, nftables): when it cannot run it FAILS, saying why.
 //! `MMAPD_CHAOS_SKIP=1` (never set by CI) skips it explicitly; `MMAPD_CHAOS_LOOPBACK=1`
@@ -46,6 +52,8 @@ mod client;
 mod cluster;
 #[path = "chaos/forge.rs"]
 mod forge;
+#[path = "chaos/grpc.rs"]
+mod grpc;
 #[path = "chaos/linearizability.rs"]
 mod linearizability;
 #[path = "chaos/membership.rs"]
@@ -70,7 +78,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Outcome, Request, Shared};
+use client::{Api, ApiMode, Outcome, Request, Shared};
 use cluster::Cluster;
 use nemesis::{Plan, Stats};
 use net::Network;
@@ -95,6 +103,11 @@ struct Totals {
     ok: usize,
     failed: usize,
     unknown: usize,
+    /// Of the clients' operations, those over gRPC: ok (or rejected, or read), failed,
+    /// unknown.
+    grpc_ok: usize,
+    grpc_failed: usize,
+    grpc_unknown: usize,
     faults: usize,
     keys: usize,
     inconclusive: usize,
@@ -123,6 +136,9 @@ impl Totals {
         self.ok += run.ok;
         self.failed += run.failed;
         self.unknown += run.unknown;
+        self.grpc_ok += run.grpc_ok;
+        self.grpc_failed += run.grpc_failed;
+        self.grpc_unknown += run.grpc_unknown;
         self.faults += run.faults;
         self.keys += run.keys;
         self.inconclusive += run.inconclusive;
@@ -134,6 +150,18 @@ impl Totals {
         self.tls_runs += run.tls_runs;
         self.runs += run.runs;
         self.history_compacted.extend(run.history_compacted.iter().copied());
+    }
+
+    /// The gRPC part of a summary line.
+    fn grpc_summary(&self) -> String {
+        format!(
+            "over gRPC: {} ops ({} ok / {} failed / {} unknown), {} watch events",
+            self.grpc_ok + self.grpc_failed + self.grpc_unknown,
+            self.grpc_ok,
+            self.grpc_failed,
+            self.grpc_unknown,
+            self.watch.grpc_events
+        )
     }
 
     /// The watch part of a summary line.
@@ -262,6 +290,13 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         "namespaces"
     };
     let forgeries = forge::enabled().unwrap_or_else(|e| panic!("chaos: {e}"));
+    let api = ApiMode::from_env().unwrap_or_else(|e| panic!("chaos: {e}"));
+    let plant = grpc::PlantKind::from_env().unwrap_or_else(|e| panic!("chaos: {e}"));
+    if plant.is_some() && api == ApiMode::Http {
+        panic!(
+            "chaos: MMAPD_CHAOS_PLANT_GRPC needs gRPC clients and watchers: MMAPD_CHAOS_API=mixed or grpc"
+        );
+    }
     let total_seconds = env_u64("MMAPD_CHAOS_SECONDS").unwrap_or(DEFAULT_SECONDS);
     let forced_nodes = env_u64("MMAPD_CHAOS_NODES").map(|n| n as usize);
     let per_run = if total_seconds > 300 { 60 } else { 30 }.min(total_seconds.max(1));
@@ -282,17 +317,18 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         let nodes = forced_nodes.unwrap_or(if seed % 2 == 0 { 3 } else { 5 });
         let (plan, compaction) = plan(seed, &forgeries);
         eprintln!(
-            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, tls {}, forging: {}{}, {}",
+            "chaos: seed {seed}: {nodes} nodes ({mode}), {per_run} s of faults, {}, tls {}, api {}, forging: {}{}, {}",
             compaction.map_or("default snapshots".to_owned(), |c| format!(
                 "--snapshot-entries {} --history-entries {}",
                 c.snapshot_entries, c.history_entries
             )),
             if plan.tls { "on" } else { "off" },
+            api.name(),
             forge::describe(&plan.forgeries),
             if plan.tls && !plan.forgeries.is_empty() { " (over TLS without a certificate: to be refused)" } else { "" },
             if plan.replacements { "member replacements" } else { "no member replacements" }
         );
-        match one_run(seed, nodes, per_run, &plan, compaction, &report_dir) {
+        match one_run(seed, nodes, per_run, &plan, compaction, (api, plant), &report_dir) {
             Ok(run) => {
                 if run.anomalies > 0 {
                     failures.push(seed);
@@ -309,17 +345,19 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         );
     }
     let line = format!(
-        "chaos: {} s of faults over {} runs ({} with tls on), {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys checked, {} anomalies\n\
+        "chaos: {} s of faults over {} runs ({} with tls on), api {}, {} ops ({} ok / {} failed / {} unknown; {}), {} faults, {} keys checked, {} anomalies\n\
          chaos: {}\n\
          chaos: {}\n\
          chaos: {}",
         totals.fault_seconds,
         totals.runs,
         totals.tls_runs,
+        api.name(),
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
         totals.failed,
         totals.unknown,
+        totals.grpc_summary(),
         totals.faults,
         totals.keys,
         totals.anomalies,
@@ -342,6 +380,16 @@ fn chaos_histories_are_linearizable_and_the_cluster_recovers() {
         "chaos: anomalies in seeds {failures:?} (reports in {})",
         report_dir.display()
     );
+    // Each run checks this too; a test that passed with the gRPC path idle proves nothing.
+    if api != ApiMode::Http {
+        assert!(
+            totals.grpc_ok > 0 && totals.watch.grpc_events > 0,
+            "chaos: MMAPD_CHAOS_API={}, but {} gRPC operations succeeded and {} watch events came over gRPC",
+            api.name(),
+            totals.grpc_ok,
+            totals.watch.grpc_events
+        );
+    }
 }
 
 fn nix_is_root() -> bool {
@@ -350,14 +398,18 @@ fn nix_is_root() -> bool {
 }
 
 /// One run: start, load, faults, heal, check. Err only when the harness itself fails.
+/// `apis`: which API each client and watcher speaks, and the bug planted in the gRPC
+/// adapter, if any.
 fn one_run(
     seed: u64,
     nodes: usize,
     fault_seconds: u64,
     plan: &Plan,
     compaction: Option<cluster::Compaction>,
+    apis: (ApiMode, Option<grpc::PlantKind>),
     report_dir: &std::path::Path,
 ) -> Result<Totals, String> {
+    let (api_mode, plant) = apis;
     let mut rng = Rng::new(seed);
     let network = if net::LOOPBACK.load(Ordering::Relaxed) { None } else { Some(Network::create(nodes)?) };
     let run_dir = report_dir.join(format!("run-{seed}"));
@@ -376,6 +428,7 @@ fn one_run(
         begun: AtomicU64::new(0),
         history: Mutex::new(Vec::new()),
         nodes,
+        plant: grpc::Plant::new(plant),
     });
     let hub = network.as_ref().map(|n| n.hub.clone());
     let enter_hub = || hub.as_deref().map_or(Ok(()), net::enter);
@@ -398,9 +451,10 @@ fn one_run(
                         let shared = Arc::clone(&shared);
                         let client_rng = rng.fork();
                         let enter = &enter_hub;
+                        let api = api_mode.api(seed, id as u64);
                         scope.spawn(move || {
                             enter().expect("enter hub namespace");
-                            client::client_loop(id, shared, client_rng)
+                            client::client_loop(id, api, shared, client_rng)
                         })
                     })
                     .collect();
@@ -409,9 +463,10 @@ fn one_run(
                         let (shared, control, enter) = (&*shared, &watch_control, &enter_hub);
                         // Its own generator, so the watchers leave the fault schedule's draws alone.
                         let watch_rng = Rng::new(seed ^ 0x3A7C_0000 ^ id as u64);
+                        let api = api_mode.api(seed, id as u64);
                         scope.spawn(move || {
                             enter().expect("enter hub namespace");
-                            watch::watcher_loop(id, shared, control, watch_rng)
+                            watch::watcher_loop(id, api, shared, control, watch_rng)
                         })
                     })
                     .collect();
@@ -463,7 +518,7 @@ fn one_run(
                 }
                 let timeline = timeline?;
                 if recovered {
-                    final_reads(&shared);
+                    final_reads(&shared, api_mode, seed);
                     if let Some(problem) = membership::final_check(nodes, cluster.removed()) {
                         anomalies.push((None, problem));
                     }
@@ -519,6 +574,12 @@ fn one_run(
     }
     let watch_findings = watch::check(&watch_logs, &history, recovered_target);
     anomalies.extend(watch_findings.anomalies.iter().cloned());
+    if let Some(kind) = plant {
+        let done = shared.plant.done.lock().expect("plant lock").clone();
+        let done =
+            done.ok_or_else(|| format!("MMAPD_CHAOS_PLANT_GRPC={}: nothing allowed it", kind.name()))?;
+        eprintln!("chaos: seed {seed}: MMAPD_CHAOS_PLANT_GRPC: planted {}: {done}", kind.name());
+    }
 
     let client_ops = history.iter().filter(|e| e.client != usize::MAX);
     let mut totals = Totals {
@@ -526,14 +587,6 @@ fn one_run(
         faults: timeline.len(),
         keys: findings.keys,
         inconclusive: findings.inconclusive.len(),
-        anomalies: anomalies.len(),
-        anomaly_lines: anomalies
-            .iter()
-            .map(|(_, a)| {
-                let first: String = a.lines().next().unwrap_or_default().chars().take(600).collect();
-                format!("seed {seed}: {first}")
-            })
-            .collect(),
         stats,
         refused_by_core,
         watch: watch_findings,
@@ -552,6 +605,36 @@ fn one_run(
             _ => totals.ok += 1,
         }
     }
+    for event in history.iter().filter(|e| e.client != usize::MAX && e.api == Api::Grpc) {
+        match event.outcome {
+            Outcome::Failed => totals.grpc_failed += 1,
+            Outcome::Unknown => totals.grpc_unknown += 1,
+            _ => totals.grpc_ok += 1,
+        }
+    }
+    // A run meant to speak gRPC in which no gRPC call succeeded or no event came over a
+    // gRPC watch did not test it (a refused TLS handshake would look just like that).
+    if api_mode != ApiMode::Http && (totals.grpc_ok == 0 || totals.watch.grpc_events == 0) {
+        let text = format!(
+            "MMAPD_CHAOS_API={}, but the gRPC path did not run: {} gRPC operations succeeded ({} failed, {} \
+             unknown), {} watch events came over gRPC ({} gRPC watch connections)",
+            api_mode.name(),
+            totals.grpc_ok,
+            totals.grpc_failed,
+            totals.grpc_unknown,
+            totals.watch.grpc_events,
+            totals.watch.grpc_connections
+        );
+        anomalies.push((None, text));
+    }
+    totals.anomalies = anomalies.len();
+    totals.anomaly_lines = anomalies
+        .iter()
+        .map(|(_, a)| {
+            let first: String = a.lines().next().unwrap_or_default().chars().take(600).collect();
+            format!("seed {seed}: {first}")
+        })
+        .collect();
     let logs: Vec<PathBuf> = (1..=nodes).map(|n| run_dir.join(format!("n{n}.stderr"))).collect();
     if anomalies.is_empty() {
         let _ = std::fs::remove_dir_all(&run_dir);
@@ -564,6 +647,7 @@ fn one_run(
             timeline: &timeline,
             anomalies: &anomalies,
             logs: &logs,
+            grpc_summary: format!("chaos: api {}, {}", api_mode.name(), totals.grpc_summary()),
         };
         let path = report::write(report_dir, &run).map_err(|e| format!("writing the report: {e}"))?;
         let watch_path = report_dir.join(format!("chaos-seed-{seed}.watch.txt"));
@@ -580,12 +664,13 @@ fn one_run(
         );
     }
     eprintln!(
-        "chaos: seed {seed}: tls {}, {} ops ({} ok / {} failed / {} unknown), {} faults, {} keys, {} anomalies; {}; {}; {}",
+        "chaos: seed {seed}: tls {}, {} ops ({} ok / {} failed / {} unknown; {}), {} faults, {} keys, {} anomalies; {}; {}; {}",
         if plan.tls { "on" } else { "off" },
         totals.ok + totals.failed + totals.unknown,
         totals.ok,
         totals.failed,
         totals.unknown,
+        totals.grpc_summary(),
         totals.faults,
         totals.keys,
         totals.anomalies,
@@ -616,18 +701,27 @@ fn wait_until_all_serve(nodes: usize, limit: Duration) -> Option<Duration> {
 
 /// Reads every key the clients touched from every node, retrying failures, and adds the
 /// reads to the history (client `usize::MAX`). A node that failed every attempt on one
-/// key gets one attempt per key after that (a dead node must not stall the run).
-fn final_reads(shared: &Shared) {
+/// key gets one attempt per key after that (a dead node must not stall the run). Each
+/// key's reads are over the API `api` gives its number (in a mixed run, half of them
+/// over gRPC).
+fn final_reads(shared: &Shared, api: ApiMode, seed: u64) {
+    let mut grpc = (api != ApiMode::Http).then(grpc::Client::new);
     let mut keys: Vec<u64> = shared.history.lock().expect("history lock").iter().map(|e| e.key).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut unreachable = vec![false; shared.nodes];
+    // Per node and API: a node's gRPC side may fail where its HTTP side serves.
+    let mut unreachable = vec![[false; 2]; shared.nodes];
     for key in keys {
+        let key_api = api.api(seed, key);
         for (node, unreachable) in unreachable.iter_mut().enumerate() {
+            let unreachable = &mut unreachable[usize::from(key_api == Api::Grpc)];
             let attempts = if *unreachable { 1 } else { 10 };
             let mut done = false;
             for attempt in 0..attempts {
-                let event = client::perform(shared, usize::MAX, node, key, Request::Read);
+                let event = match (key_api, grpc.as_mut()) {
+                    (Api::Grpc, Some(grpc)) => grpc.perform(shared, usize::MAX, node, key, Request::Read),
+                    _ => client::perform(shared, usize::MAX, node, key, Request::Read),
+                };
                 done = event.outcome != Outcome::Failed;
                 shared.history.lock().expect("history lock").push(event);
                 if done {
@@ -673,6 +767,11 @@ fn replay_env(plan: &Plan) -> String {
     }
     if env_flag("MMAPD_CHAOS_LOOPBACK") {
         env.push_str(" MMAPD_CHAOS_LOOPBACK=1");
+    }
+    for name in ["MMAPD_CHAOS_API", "MMAPD_CHAOS_PLANT_GRPC"] {
+        if let Ok(value) = std::env::var(name) {
+            env.push_str(&format!(" {name}={value}"));
+        }
     }
     env
 }

@@ -22,6 +22,7 @@ mod pki;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::{plain_request, Https};
@@ -776,6 +777,85 @@ fn client_ca_refuses_a_client_without_a_certificate() {
         .request("127.0.0.1", node.port, "GET", "/raft/cluster?asker=0000000000000001", &[], b"")
         .unwrap();
     assert_eq!((response.status, response.json()["code"].as_str()), (403, Some("certificate_required")));
+}
+
+/// tonic's client over one hyper HTTP/2 connection (as bench/grpc_load.rs).
+#[derive(Clone)]
+struct Http2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<hyper::Request<tonic::body::Body>> for Http2 {
+    type Response = hyper::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: hyper::Request<tonic::body::Body>) -> Self::Future {
+        let mut sender = self.0.clone();
+        Box::pin(async move { sender.send_request(request).await })
+    }
+}
+
+/// A TLS handshake with `127.0.0.1:port` offering `alpn`: the protocol agreed, and the
+/// stream.
+async fn handshake_offering(
+    ca: &Ca,
+    port: u16,
+    alpn: &[&[u8]],
+) -> std::io::Result<(Option<Vec<u8>>, tokio_rustls::client::TlsStream<tokio::net::TcpStream>)> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca.path).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+    Ok((tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec), tls))
+}
+
+/// etcd's gRPC clients offer ALPN `h2` alone over TLS: the handshake agrees on it and
+/// the etcd front serves them on the port. A client offering HTTP/1.1 as well keeps
+/// HTTP/1.1, as before the front existed.
+#[test]
+fn a_grpc_client_offering_only_h2_over_tls_is_served_and_one_offering_both_keeps_http1() {
+    use mmapd::server::etcd::proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let (node, _) = single_tls_node(dir.path(), &ca, &[]);
+    let https = Https::new(&ca.path, None);
+    wait_for(Duration::from_secs(5), "the node to lead", || {
+        (https.status("127.0.0.1", node.port)?["state"] == "leader").then_some(())
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (agreed, _) = handshake_offering(&ca, node.port, &[b"h2", b"http/1.1"]).await.unwrap();
+        assert_eq!(agreed.as_deref(), Some(&b"http/1.1"[..]));
+        let (agreed, tls) = handshake_offering(&ca, node.port, &[b"h2"]).await.expect("an h2-only handshake");
+        assert_eq!(agreed.as_deref(), Some(&b"h2"[..]));
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let origin: hyper::Uri = format!("https://127.0.0.1:{}", node.port).parse().unwrap();
+        let mut kv = KvClient::with_origin(Http2(sender), origin);
+        let put = PutRequest { key: b"over-h2".to_vec(), value: b"yes".to_vec(), ..Default::default() };
+        kv.put(put).await.expect("a Put over TLS");
+        let range = kv.range(RangeRequest { key: b"over-h2".to_vec(), ..Default::default() }).await.unwrap();
+        assert_eq!(range.get_ref().kvs[0].value, b"yes");
+    });
 }
 
 /// TLS with peers needs `--tls-ca`, and a node's certificate must name its own

@@ -319,7 +319,10 @@ impl Loaded {
         };
         let mut server =
             server.with_single_cert(chain.clone(), key.clone_key()).map_err(|e| key_mismatch(files, e))?;
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/1.1 first: a client that offers both (curl, browsers) keeps it, as before
+        // the etcd front; `h2` for etcd's gRPC clients, which offer only h2 and, with
+        // HTTP/1.1 alone here, were refused the handshake (no_application_protocol).
+        server.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
         let outgoing = match peer_roots {
             None => None,
             Some(roots) => {

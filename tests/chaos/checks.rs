@@ -151,6 +151,7 @@ mod tests {
             version: None,
             revision: None,
             detail: String::new(),
+            api: super::super::client::Api::Http,
         }
     }
 

@@ -11,6 +11,9 @@
 //! nemeses' status reads, the forger) speaks TLS, trusting the run's CA and presenting
 //! no certificate: the nodes take clients without one (no `--client-ca`), and refuse
 //! peer routes to such a connection.
+//!
+//! A client speaks the HTTP API or etcd's gRPC API (`Api`, `MMAPD_CHAOS_API`): the same
+//! operations, recorded the same way; the gRPC side is `grpc.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,6 +39,11 @@ const OPERATIONS_PER_KEY: u64 = 40;
 
 /// The TLS configuration of the current run's connections; `None`: plain HTTP.
 static TLS: RwLock<Option<Arc<rustls::ClientConfig>>> = RwLock::new(None);
+
+/// The current run's TLS configuration (`None`: plain), for the gRPC connections.
+pub fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
+    TLS.read().expect("tls lock").clone()
+}
 
 /// From now on every connection speaks TLS trusting the CA certificate in `ca` (PEM),
 /// with no client certificate; `None`: plain HTTP.
@@ -235,6 +243,59 @@ fn parse(raw: &[u8]) -> Option<Answer> {
     Some(Answer { status, version, revision, body })
 }
 
+/// The API a client or watcher speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// The HTTP API (`/v1/kv`, `/v1/watch`).
+    Http,
+    /// etcd's v3 gRPC API (KV and Watch), on the same port.
+    Grpc,
+}
+
+/// `MMAPD_CHAOS_API`: which APIs a run's clients and watchers speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiMode {
+    /// Both in every run (the default): alternately by client and watcher number.
+    Mixed,
+    /// The HTTP API only.
+    Http,
+    /// The gRPC API only.
+    Grpc,
+}
+
+impl ApiMode {
+    /// From `MMAPD_CHAOS_API` (unset: `mixed`).
+    pub fn from_env() -> Result<ApiMode, String> {
+        match std::env::var("MMAPD_CHAOS_API").as_deref() {
+            Err(_) | Ok("mixed") => Ok(ApiMode::Mixed),
+            Ok("http") => Ok(ApiMode::Http),
+            Ok("grpc") => Ok(ApiMode::Grpc),
+            Ok(other) => Err(format!("MMAPD_CHAOS_API={other}: expected mixed, http or grpc")),
+        }
+    }
+
+    /// The API of client (or watcher, or final read's key) number `index` in the run
+    /// of `seed`: in a mixed run they alternate, starting with the seed's parity, so
+    /// that either API gets the first watcher (the one from revision 1).
+    pub fn api(self, seed: u64, index: u64) -> Api {
+        match self {
+            ApiMode::Http => Api::Http,
+            ApiMode::Grpc => Api::Grpc,
+            ApiMode::Mixed if (seed.wrapping_add(index)) % 2 == 0 => Api::Http,
+            ApiMode::Mixed => Api::Grpc,
+        }
+    }
+
+    /// The variable's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiMode::Mixed => "mixed",
+            ApiMode::Http => "http",
+            ApiMode::Grpc => "grpc",
+        }
+    }
+}
+
 /// What a client asked.
 #[derive(Clone, Debug)]
 pub enum Request {
@@ -296,6 +357,8 @@ pub struct Event {
     pub revision: Option<u64>,
     /// Status or error, for people.
     pub detail: String,
+    /// The API it was sent on.
+    pub api: Api,
 }
 
 /// What the clients share.
@@ -310,6 +373,8 @@ pub struct Shared {
     pub history: Mutex<Vec<Event>>,
     /// The run's nodes.
     pub nodes: usize,
+    /// The bug planted in the gRPC adapter, if any (`MMAPD_CHAOS_PLANT_GRPC`).
+    pub plant: super::grpc::Plant,
 }
 
 impl Shared {
@@ -319,8 +384,10 @@ impl Shared {
     }
 }
 
-/// A client thread's loop: random operations on random nodes until told to stop.
-pub fn client_loop(id: usize, shared: Arc<Shared>, mut rng: Rng) {
+/// A client thread's loop: random operations on random nodes, on `api`, until told to
+/// stop.
+pub fn client_loop(id: usize, api: Api, shared: Arc<Shared>, mut rng: Rng) {
+    let mut grpc = (api == Api::Grpc).then(super::grpc::Client::new);
     // Versions this client last saw, per key, with the value they came with.
     let mut known: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
     let mut sequence = 0u64;
@@ -341,7 +408,10 @@ pub fn client_loop(id: usize, shared: Arc<Shared>, mut rng: Rng) {
             80..=89 => Request::Create(value),
             _ => Request::Delete,
         };
-        let event = perform(&shared, id, node, key, request);
+        let event = match grpc.as_mut() {
+            Some(grpc) => grpc.perform(&shared, id, node, key, request),
+            None => perform(&shared, id, node, key, request),
+        };
         match (&event.request, &event.outcome, event.version) {
             (Request::Read, Outcome::Read(Some(v)), Some(version)) => {
                 known.insert(key, (version, *v));
@@ -371,7 +441,7 @@ fn is_starting(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|value| value["code"] == "starting")
 }
 
-/// Performs one request and records it.
+/// Performs one request over HTTP and records it.
 pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: Request) -> Event {
     let path = format!("/v1/kv/k{key}");
     let invoke = shared.now();
@@ -418,5 +488,5 @@ pub fn perform(shared: &Shared, client: usize, node: usize, key: u64, request: R
             (outcome, answer.version, answer.revision, detail)
         }
     };
-    Event { client, node, key, invoke, complete, request, outcome, version, revision, detail }
+    Event { client, node, key, invoke, complete, request, outcome, version, revision, detail, api: Api::Http }
 }

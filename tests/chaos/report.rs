@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::client::{Event, Outcome};
+use super::client::{Api, Event, Outcome};
 use super::nemesis::FaultRecord;
 
 /// What the report shows.
@@ -24,6 +24,8 @@ pub struct Run<'a> {
     pub anomalies: &'a [(Option<u64>, String)],
     /// The nodes' stderr files.
     pub logs: &'a [PathBuf],
+    /// What went over gRPC (operations by outcome, watch events), for people.
+    pub grpc_summary: String,
 }
 
 fn escape(text: &str) -> String {
@@ -31,8 +33,12 @@ fn escape(text: &str) -> String {
 }
 
 fn describe(event: &Event) -> String {
+    let api = match event.api {
+        Api::Http => "http",
+        Api::Grpc => "grpc",
+    };
     format!(
-        "k{} on n{}: {:?} -> {:?} [{}] ({:.3}..{:.3} s)",
+        "k{} on n{} ({api}): {:?} -> {:?} [{}] ({:.3}..{:.3} s)",
         event.key,
         event.node + 1,
         event.request,
@@ -49,7 +55,7 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
     let html_path = dir.join(format!("chaos-seed-{}.html", run.seed));
     let text_path = dir.join(format!("chaos-seed-{}.history.txt", run.seed));
 
-    let mut text = String::new();
+    let mut text = format!("{}\n", run.grpc_summary);
     for fault in run.timeline {
         let _ = writeln!(
             text,
@@ -144,11 +150,13 @@ pub fn write(dir: &Path, run: &Run) -> std::io::Result<PathBuf> {
         "<!doctype html><meta charset='utf-8'><title>mmapd chaos seed {seed}</title><body style='font-family:sans-serif'>\
          <h1>mmapd chaos: seed {seed}, {nodes} nodes</h1>\
          <p>Replay the schedule: <code>MMAPD_CHAOS_SEED={seed} MMAPD_CHAOS_NODES={nodes} {env} cargo test --release --test chaos</code></p>\
+         <p>{grpc}</p>\
          <p>Bars: blue read, green acknowledged, grey 412/404, red failed, orange unknown; black outline: a key with an anomaly; \
          red bands: faults, purple lines: admin snapshots and forged messages (hover for details). Full history: <code>{text}</code></p><h2>Anomalies</h2><ul>",
         seed = run.seed,
         nodes = run.nodes,
         env = escape(&run.replay_env),
+        grpc = escape(&run.grpc_summary),
         text = text_path.display()
     );
     for (_, anomaly) in run.anomalies {

@@ -43,6 +43,10 @@
 //! `MMAPD_CHAOS_PLANT_WATCH=drop|dup|reorder|back` alters one watcher's log before the
 //! check (drops an acknowledged event, repeats an event, swaps two events, adds a
 //! progress line back in time): a planted bug the checker must report, to prove itself.
+//!
+//! A watcher speaks the HTTP API or etcd's gRPC Watch (`Api`, `MMAPD_CHAOS_API`): the
+//! gRPC side (`grpc.rs`) turns each response into lines of one chunk, so the checker
+//! holds both to the same guarantees.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -50,7 +54,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::client::{connect, Event, NoAnswer, Outcome, Request, Shared};
+use super::client::{connect, Api, Event, NoAnswer, Outcome, Request, Shared};
 use super::cluster::address;
 use super::rng::Rng;
 
@@ -111,6 +115,9 @@ pub enum End {
     NotConnected(String),
     /// An answer other than 200 (the status and body); `410` is `Compacted`.
     Status(u16, String),
+    /// gRPC: the call answered a status, or the create was refused (`created` and
+    /// `canceled` at once): no stream.
+    Refused(String),
     /// `410 compacted` with this `compact_revision`.
     Compacted(u64),
     /// 200, then silence for `IDLE`.
@@ -144,13 +151,15 @@ pub struct Connection {
     pub stall: Option<(u64, u64)>,
     /// How it ended.
     pub end: End,
+    /// The API it spoke.
+    pub api: Api,
 }
 
 impl Connection {
     /// The first revision it asked for, once the node answered 200.
     fn start(&self) -> Option<u64> {
         match self.end {
-            End::NotConnected(_) | End::Status(..) | End::Compacted(_) => None,
+            End::NotConnected(_) | End::Status(..) | End::Refused(_) | End::Compacted(_) => None,
             _ => self.from.or(self.head.map(|head| head + 1)),
         }
     }
@@ -197,8 +206,10 @@ fn next_from(connection: &Connection, next: Option<u64>) -> Option<u64> {
     Some(next)
 }
 
-/// A watcher's loop: watch, and watch again elsewhere, until told to stop or caught up.
-pub fn watcher_loop(watcher: usize, shared: &Shared, control: &Control, mut rng: Rng) -> WatchLog {
+/// A watcher's loop: watch on `api`, and watch again elsewhere, until told to stop or
+/// caught up.
+pub fn watcher_loop(watcher: usize, api: Api, shared: &Shared, control: &Control, mut rng: Rng) -> WatchLog {
+    let grpc = (api == Api::Grpc).then(super::grpc::Watcher::new);
     let mut log = WatchLog { watcher, connections: Vec::new() };
     let mut next = if watcher == 0 { Some(1) } else { None };
     while !control.stop.load(Ordering::Relaxed) && !caught_up(next, control) {
@@ -206,13 +217,15 @@ pub fn watcher_loop(watcher: usize, shared: &Shared, control: &Control, mut rng:
         let lifetime_ms = rng.between(LIFETIME_MS.0, LIFETIME_MS.1);
         let stall =
             (rng.below(4) == 0).then(|| (rng.between(0, lifetime_ms), rng.between(STALL_MS.0, STALL_MS.1)));
-        let connection = watch_once(shared, control, node, next, Duration::from_millis(lifetime_ms), stall);
+        let lifetime = Duration::from_millis(lifetime_ms);
+        let connection = watch_once(shared, control, node, next, lifetime, stall, grpc.as_ref());
         next = next_from(&connection, next);
         if matches!(connection.end, End::Compacted(_) | End::Cancelled) {
             let last = connection.lines.last().map(|line| &line.item);
             eprintln!(
-                "chaos:   {:6.2} s watcher w{watcher} on n{} from {:?}: {:?}{}; on from {}",
+                "chaos:   {:6.2} s watcher w{watcher} ({:?}) on n{} from {:?}: {:?}{}; on from {}",
                 connection.closed as f64 / 1e6,
+                connection.api,
                 connection.node + 1,
                 connection.from,
                 connection.end,
@@ -220,7 +233,7 @@ pub fn watcher_loop(watcher: usize, shared: &Shared, control: &Control, mut rng:
                 next.map_or_else(|| "the next revision".into(), |n| n.to_string())
             );
         }
-        let failed = matches!(connection.end, End::NotConnected(_) | End::Status(..));
+        let failed = matches!(connection.end, End::NotConnected(_) | End::Status(..) | End::Refused(_));
         log.connections.push(connection);
         if failed {
             std::thread::sleep(Duration::from_millis(50));
@@ -229,12 +242,14 @@ pub fn watcher_loop(watcher: usize, shared: &Shared, control: &Control, mut rng:
     log
 }
 
-fn caught_up(next: Option<u64>, control: &Control) -> bool {
+/// Whether a watcher whose next revision is `next` has reached the controller's target.
+pub fn caught_up(next: Option<u64>, control: &Control) -> bool {
     let target = control.target.load(Ordering::Relaxed);
     target != u64::MAX && next.is_some_and(|next| next > target)
 }
 
-/// One watch on `node` from `from`, for at most `lifetime`.
+/// One watch on `node` from `from`, for at most `lifetime`: over gRPC with `grpc`, else
+/// over HTTP.
 fn watch_once(
     shared: &Shared,
     control: &Control,
@@ -242,6 +257,7 @@ fn watch_once(
     from: Option<u64>,
     lifetime: Duration,
     stall: Option<(u64, u64)>,
+    grpc: Option<&super::grpc::Watcher>,
 ) -> Connection {
     let opened = shared.now();
     let mut connection = Connection {
@@ -253,9 +269,13 @@ fn watch_once(
         lines: Vec::new(),
         stall,
         end: End::Stopped,
+        api: if grpc.is_some() { Api::Grpc } else { Api::Http },
     };
-    connection.end = match stream(shared, control, &mut connection, lifetime) {
-        Ok(end) | Err(end) => end,
+    connection.end = match grpc {
+        Some(grpc) => grpc.stream(shared, control, &mut connection, lifetime),
+        None => match stream(shared, control, &mut connection, lifetime) {
+            Ok(end) | Err(end) => end,
+        },
     };
     connection.closed = shared.now();
     connection
@@ -375,8 +395,7 @@ fn stream(
 }
 
 /// Shrinks `tcp`'s receive buffer to a few KiB (best effort).
-fn small_receive_buffer(tcp: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
+pub fn small_receive_buffer(tcp: &impl std::os::fd::AsRawFd) {
     let size: libc::c_int = 4096;
     // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
     unsafe {
@@ -470,7 +489,7 @@ pub fn parse_line(text: &[u8]) -> Item {
 /// else the revision it is compacted through (what a watch from 1 is refused with).
 pub fn compacted_through(shared: &Shared, node: usize) -> Option<u64> {
     let control = Control { stop: AtomicBool::new(false), target: AtomicU64::new(0) };
-    let connection = watch_once(shared, &control, node, Some(1), Duration::from_millis(100), None);
+    let connection = watch_once(shared, &control, node, Some(1), Duration::from_millis(100), None, None);
     match connection.end {
         End::Compacted(compact_revision) => Some(compact_revision),
         _ => None,
@@ -500,6 +519,12 @@ pub struct WatchFindings {
     pub acknowledged_checked: usize,
     /// Writes of unknown outcome that a watcher saw.
     pub unknown_seen: usize,
+    /// Of the connections, those over gRPC.
+    pub grpc_connections: usize,
+    /// Of the streams, those over gRPC.
+    pub grpc_streams: usize,
+    /// Of the events, those received over gRPC.
+    pub grpc_events: usize,
 }
 
 impl WatchFindings {
@@ -515,6 +540,9 @@ impl WatchFindings {
         self.excused.extend(other.excused.iter().copied());
         self.acknowledged_checked += other.acknowledged_checked;
         self.unknown_seen += other.unknown_seen;
+        self.grpc_connections += other.grpc_connections;
+        self.grpc_streams += other.grpc_streams;
+        self.grpc_events += other.grpc_events;
     }
 
     /// The summary's words.
@@ -523,12 +551,15 @@ impl WatchFindings {
         let windows: Vec<String> =
             self.excused.iter().take(6).map(|(w, from, to)| format!("w{w}: {from}..={to}")).collect();
         format!(
-            "watch: {} connections ({} streams), {} events, {} progress lines, {} cancelled, {} acknowledged \
-             writes checked, {} writes of unknown outcome seen, {} answered 410 compacted (excused: {} \
-             revisions{}), {} anomalies",
+            "watch: {} connections ({} streams), {} events (over gRPC: {} connections, {} streams, {} events), \
+             {} progress lines, {} cancelled, {} acknowledged writes checked, {} writes of unknown outcome seen, \
+             {} answered 410 compacted (excused: {} revisions{}), {} anomalies",
             self.connections,
             self.streams,
             self.events,
+            self.grpc_connections,
+            self.grpc_streams,
+            self.grpc_events,
             self.progress,
             self.cancelled,
             self.acknowledged_checked,
@@ -670,8 +701,11 @@ fn check_one(
     let (mut connections, mut streams, mut events, mut progress_lines, mut cancelled, mut compacted) =
         (0, 0, 0, 0, 0, 0);
     let mut unknown_seen = 0;
+    let (mut grpc_connections, mut grpc_streams, mut grpc_events) = (0, 0, 0);
     for (ci, connection) in log.connections.iter().enumerate() {
         connections += 1;
+        let grpc = connection.api == Api::Grpc;
+        grpc_connections += usize::from(grpc);
         if let End::Compacted(compact_revision) = connection.end {
             compacted += 1;
             let from = connection.from.unwrap_or(1);
@@ -690,6 +724,7 @@ fn check_one(
         }
         let Some(start) = connection.start() else { continue };
         streams += 1;
+        grpc_streams += usize::from(grpc);
         first_from.get_or_insert(start);
         // On this connection: the highest progress line, and the highest event.
         let mut progress: Option<u64> = None;
@@ -699,6 +734,7 @@ fn check_one(
                 Item::Event { revision, key, change } => {
                     let revision = *revision;
                     events += 1;
+                    grpc_events += usize::from(grpc);
                     let key_number = key_number(key);
                     if revision < start {
                         anomaly(
@@ -927,6 +963,9 @@ fn check_one(
     findings.excused.extend(excused.iter().map(|&(from, to)| (w, from, to)));
     findings.acknowledged_checked += checked;
     findings.unknown_seen += unknown_seen;
+    findings.grpc_connections += grpc_connections;
+    findings.grpc_streams += grpc_streams;
+    findings.grpc_events += grpc_events;
 }
 
 /// Adds an anomaly, at most `MAX_PER_WATCHER` per watcher (then one line saying so).
@@ -1020,8 +1059,9 @@ pub fn describe(logs: &[WatchLog]) -> String {
         for (ci, c) in log.connections.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "w{} connection {ci}: n{} from {:?} head {:?} {:.3}..{:.3} s, stall {:?}, ended {:?}",
+                "w{} connection {ci} ({:?}): n{} from {:?} head {:?} {:.3}..{:.3} s, stall {:?}, ended {:?}",
                 log.watcher,
+                c.api,
                 c.node + 1,
                 c.from,
                 c.head,
@@ -1061,6 +1101,7 @@ mod tests {
             version: Some(revision),
             revision: Some(revision),
             detail: String::new(),
+            api: Api::Http,
         }
     }
 
@@ -1098,6 +1139,7 @@ mod tests {
             lines,
             stall: None,
             end: End::Lifetime,
+            api: Api::Http,
         }
     }
 
