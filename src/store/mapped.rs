@@ -248,6 +248,22 @@ pub(crate) fn map_read_only(path: &Path, file: &File) -> Result<bytes::Bytes, St
     Ok(bytes::Bytes::from_owner(map))
 }
 
+/// Gives the calling thread the least CPU priority (nice 19), for a thread that only
+/// serialises a snapshot: on a busy machine the node's loop, its disk thread and its
+/// peers' come first. On Linux the nice value belongs to the thread (NPTL), so the rest
+/// of the process keeps its own; the thread cannot raise it again without
+/// `CAP_SYS_NICE`, so only a thread that exits afterwards should call this.
+pub fn lower_thread_priority() -> std::io::Result<()> {
+    // SAFETY: setpriority takes integers only and touches no memory of ours; `who` 0
+    // with PRIO_PROCESS names the calling thread.
+    let result = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Sets the file length to `new_len` and reserves its blocks; on failure restores `old_len`.
 fn reserve(path: &Path, file: &File, old_len: u64, new_len: u64) -> Result<(), StoreError> {
     #[cfg(test)]

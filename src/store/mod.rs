@@ -39,6 +39,7 @@ use bytes::Bytes;
 pub use data_dir::{detect_legacy_json, looks_like_legacy_json, mark_removed, DataDir, Identity, Origin};
 pub use error::StoreError;
 pub use incoming::IncomingSnapshot;
+pub use mapped::lower_thread_priority;
 
 use crate::raft::{Entry, HardState, SnapshotMeta};
 use hard_state::HardStateFile;
