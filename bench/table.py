@@ -22,6 +22,7 @@ SECTION = "## mmapd vs etcd"
 TXN_SECTION = "## mmapd vs etcd: transactions"
 TLS_SECTION = "## mmapd vs etcd: TLS"
 GRPC_SECTION = "## mmapd vs etcd: the etcd v3 gRPC API"
+LARGE_SECTION = "## mmapd vs etcd: large values"
 WATCH_SECTION = "## Watch fan-out: mmapd vs etcd"
 
 
@@ -69,6 +70,24 @@ def mb(kb):
     """VmRSS, with RssAnon + RssFile when recorded."""
     rss, anon, file = kb[:3]
     return f"{rss / 1024:.0f} MB" + (f" ({anon / 1024:.0f} + {file / 1024:.0f})" if anon or file else "")
+
+
+def memory_rows(path):
+    """The table of a memory.tsv: each node's VmRSS, mmapd beside etcd, leaders first."""
+    memory = ["| node | mmapd VmRSS (anon + file) | etcd VmRSS (anon + file) |", "|---|--:|--:|"]
+    if path:
+        by_system = defaultdict(list)
+        for line in open(path):
+            system, node, *kb = line.rstrip("\n").split("\t")
+            by_system[system].append((node, [int(k) for k in kb] + [0, 0]))
+        for nodes in by_system.values():
+            nodes.sort(key=lambda node: not node[0].endswith("leader"))
+        for (m_node, m_kb), (e_node, e_kb) in zip(by_system["mmapd"], by_system["etcd"]):
+            role = m_node.split()[1] if m_node.split()[1] == e_node.split()[1] else f"{m_node} / {e_node}"
+            memory.append(f"| {role} | {mb(m_kb)} | {mb(e_kb)} |")
+        totals = [sum(kb[0] for _, kb in by_system[s]) / 1024 for s in ("mmapd", "etcd")]
+        memory.append(f"| total | {totals[0]:.0f} MB | {totals[1]:.0f} MB |")
+    return memory
 
 
 def build(args):
@@ -151,19 +170,7 @@ def build(args):
         goals.append(goal(f"local reads c=64: >= 1.5x etcd ({s['ratio_rps']:.2f}x) and >= 0.5x the hyper "
                           f"ceiling ({of_ceiling:.2f}x)", s["ratio_rps"] >= 1.5 and of_ceiling >= 0.5))
 
-    memory = ["| node | mmapd VmRSS (anon + file) | etcd VmRSS (anon + file) |", "|---|--:|--:|"]
-    if args.memory:
-        by_system = defaultdict(list)
-        for line in open(args.memory):
-            system, node, *kb = line.rstrip("\n").split("\t")
-            by_system[system].append((node, [int(k) for k in kb] + [0, 0]))
-        for nodes in by_system.values():
-            nodes.sort(key=lambda node: not node[0].endswith("leader"))
-        for (m_node, m_kb), (e_node, e_kb) in zip(by_system["mmapd"], by_system["etcd"]):
-            role = m_node.split()[1] if m_node.split()[1] == e_node.split()[1] else f"{m_node} / {e_node}"
-            memory.append(f"| {role} | {mb(m_kb)} | {mb(e_kb)} |")
-        totals = [sum(kb[0] for _, kb in by_system[s]) / 1024 for s in ("mmapd", "etcd")]
-        memory.append(f"| total | {totals[0]:.0f} MB | {totals[1]:.0f} MB |")
+    memory = memory_rows(args.memory)
 
     return "\n".join(lines), "\n".join(goals), "\n".join(memory), notes, spread
 
@@ -330,6 +337,9 @@ def main():
     parser.add_argument("--tls-elapsed", default="?")
     parser.add_argument("--grpc-results", help="bench/run's BENCH_GRPC results")
     parser.add_argument("--grpc-elapsed", default="?")
+    parser.add_argument("--large-results", help="bench/run's BENCH_LARGE results")
+    parser.add_argument("--large-memory", help="bench/run's BENCH_LARGE memory.tsv")
+    parser.add_argument("--large-elapsed", default="?")
     parser.add_argument("--watch-results", help="bench/run's watch.tsv (the watch fan-out section)")
     parser.add_argument("--watch-rounds", default="?")
     parser.add_argument("--watch-seconds", default="?")
@@ -345,6 +355,8 @@ def main():
         sections.append((TLS_SECTION, tls_section(args)))
     if args.grpc_results and has_results(args.grpc_results):
         sections.append((GRPC_SECTION, grpc_section(args)))
+    if args.large_results and has_results(args.large_results):
+        sections.append((LARGE_SECTION, large_section(args)))
     if args.watch_results and has_results(args.watch_results):
         sections.append((WATCH_SECTION, watch_section(args)))
     after = SECTION
@@ -419,6 +431,26 @@ per 16 clients): `Put` of a random key of 100,000 and linearizable `Range` of on
 10,000 written first, 8-byte keys and 256-byte values as etcd's published benchmark
 setup, closed loop."""
     return versus_section(GRPC_SECTION, args.grpc_results, intro, "BENCH_GRPC", args.grpc_elapsed, args)
+
+
+def large_section(args):
+    intro = """`bench/run`'s `BENCH_LARGE` section, on the same two 3-node clusters as above (load to
+the leaders): writes of 64 KiB values over 1,000 keys and of 1 MiB values over 100 keys
+(etcd's request limit is 1.5 MiB), 16 connections, `bench/wrk/write_large.lua` (mmapd
+`POST /set`, etcd `PUT /v2/keys`, both a form field `value`)."""
+    body = versus_section(LARGE_SECTION, args.large_results, intro, "BENCH_LARGE", args.large_elapsed, args)
+    order, runs = parse_results(args.large_results)
+    sizes = {"write 64 KiB c=16": 65536, "write 1 MiB c=16": 1 << 20}
+    lines = []
+    for workload in order:
+        size = sizes.get(workload)
+        m, e = median(runs.get((workload, "mmapd"), []), "rps"), median(runs.get((workload, "etcd"), []), "rps")
+        if size and m is not None and e is not None:
+            lines.append(f"- {workload}: mmapd {m * size / 1e6:,.0f} MB/s, etcd {e * size / 1e6:,.0f} MB/s of values")
+    body += "\nThroughput of values (median req/s times the value size):\n\n" + "\n".join(lines) + "\n"
+    body += ("\nResident memory (VmRSS) of every node after the last large-value run:\n\n"
+             + "\n".join(memory_rows(args.large_memory)) + "\n")
+    return body
 
 
 def versus_section(title, results, intro, flag, elapsed, args):
