@@ -252,7 +252,9 @@ pub(crate) fn map_read_only(path: &Path, file: &File) -> Result<bytes::Bytes, St
 /// serialises a snapshot: on a busy machine the node's loop, its disk thread and its
 /// peers' come first. On Linux the nice value belongs to the thread (NPTL), so the rest
 /// of the process keeps its own; the thread cannot raise it again without
-/// `CAP_SYS_NICE`, so only a thread that exits afterwards should call this.
+/// `CAP_SYS_NICE`, so only a thread that exits afterwards should call this. Under the
+/// packaged unit `SystemCallFilter=~@resources` refuses it (EPERM): the thread keeps its
+/// priority there, and the caller only logs it.
 pub fn lower_thread_priority() -> std::io::Result<()> {
     // SAFETY: setpriority takes integers only and touches no memory of ours; `who` 0
     // with PRIO_PROCESS names the calling thread.
