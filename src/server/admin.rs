@@ -124,7 +124,12 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Full<By
                 .await
                 .map_err(|e| ApiError::BadRequest(format!("reading the file: {e}")))?
                 .to_bytes();
-            let pairs = parse_legacy_db_json(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            // Parsing up to 1 GiB takes seconds: off the async workers, which also run the
+            // driver and the peer senders (a worker held that long delays heartbeats).
+            let pairs = tokio::task::spawn_blocking(move || parse_legacy_db_json(&body))
+                .await
+                .map_err(|e| ApiError::Internal(format!("parsing the file: {e}")))?
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             for (key, value) in &pairs {
                 api.check_key_value(key.as_bytes(), value.as_bytes())?;
             }
