@@ -509,31 +509,25 @@ impl Shell {
     /// Serialises and writes a snapshot on a thread of its own at the least CPU priority
     /// (`store::lower_thread_priority`), then reports back: on a busy machine a large
     /// snapshot takes the cores the loop and the disk thread leave, not theirs. Without a
-    /// new thread (out of threads), on tokio's blocking pool at the usual priority.
+    /// new thread (out of threads), the build fails and the core backs off.
     fn build_snapshot(&self, meta: SnapshotMeta, machine: StateMachine) {
         let (dir, done, metrics) = (self.data_dir.clone(), self.built_tx.clone(), self.shared.clone());
-        let job = Arc::new(Mutex::new(Some((meta, machine))));
-        let work = {
-            let job = job.clone();
-            move |niced: bool| {
-                let Some((meta, machine)) = job.lock().expect("snapshot job lock").take() else { return };
-                if niced {
-                    if let Err(error) = crate::store::lower_thread_priority() {
-                        tracing::debug!(%error, "the snapshot thread keeps its priority");
-                    }
-                }
-                let started = Instant::now();
-                let result = super::disk::build_snapshot(&dir, &meta, machine);
-                metrics.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
-                // The loop is gone if this fails: nothing waits for the snapshot.
-                let _ = done.blocking_send((meta, result));
+        let job_meta = meta.clone();
+        let work = move || {
+            if let Err(error) = crate::store::lower_thread_priority() {
+                tracing::debug!(%error, "the snapshot thread keeps its priority");
             }
+            let started = Instant::now();
+            let result = super::disk::build_snapshot(&dir, &job_meta, machine);
+            metrics.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
+            // The loop is gone if this fails: nothing waits for the snapshot.
+            let _ = done.blocking_send((job_meta, result));
         };
-        let own = work.clone();
-        if let Err(error) = std::thread::Builder::new().name("mmapd-snapshot".into()).spawn(move || own(true))
-        {
-            tracing::warn!(%error, "cannot start a snapshot thread; building it on the blocking pool");
-            tokio::task::spawn_blocking(move || work(false));
+        if let Err(error) = std::thread::Builder::new().name("mmapd-snapshot".into()).spawn(work) {
+            // A failed build: the core backs off and tries again. The channel is empty
+            // (one build at a time, and the last one's result was taken).
+            let failure = StorageFailure::Other(format!("cannot start a snapshot thread: {error}"));
+            let _ = self.built_tx.try_send((meta, Err(failure)));
         }
     }
 

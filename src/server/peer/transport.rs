@@ -187,15 +187,17 @@ impl Outbox {
     fn spawn_sender(&self, id: NodeId, address: &str) -> PeerQueue {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         let sender = PeerSender {
-            id,
-            versions: self.versions.clone(),
-            address: address.to_owned(),
+            poster: Poster {
+                id,
+                address: address.to_owned(),
+                client: self.client.clone(),
+                credentials: self.credentials.clone(),
+                versions: self.versions.clone(),
+                timeout: self.timeout,
+            },
             resolved: None,
             reachability: Reachability::Unknown,
-            client: self.client.clone(),
             connector: self.connector.clone(),
-            credentials: self.credentials.clone(),
-            timeout: self.timeout,
             removed_hint: self.removed_hint.clone(),
             chunk_bytes: self.chunk_bytes,
             transfer: None,
@@ -244,21 +246,14 @@ pub fn start(
 }
 
 struct PeerSender {
-    /// The peer's id.
-    id: NodeId,
-    /// What the peer runs, asked at each batch sent by POST (the only path snapshots take).
-    versions: PeerVersions,
-    /// The member address, as configured: a host name is resolved at each connection.
-    address: String,
-    /// What `address` resolved to for the connection in use; None after a failure, so
-    /// the next connection resolves again.
+    /// The peer, and what a request to it needs (shared with its transfer task).
+    poster: Poster,
+    /// What the member address resolved to for the connection in use; None after a
+    /// failure, so the next connection resolves again.
     resolved: Option<SocketAddr>,
     reachability: Reachability,
-    client: PeerClient,
     /// Opens the peer stream (plain or TLS, as the node is configured).
     connector: PeerConnector,
-    credentials: Credentials,
-    timeout: Duration,
     removed_hint: mpsc::Sender<String>,
     chunk_bytes: usize,
     /// The snapshot transfer under way to this peer, if any: one at a time.
@@ -286,7 +281,7 @@ impl PeerSender {
         let mut failures = 0u32;
         let mut stream: Option<StreamSender> = None;
         let mut post_until: Option<Instant> = None;
-        let keepalive = peer_stream::KEEPALIVE.min(self.timeout / 2);
+        let keepalive = peer_stream::KEEPALIVE.min(self.poster.timeout / 2);
         loop {
             let mut batch = match tokio::time::timeout(keepalive, queue.recv()).await {
                 Ok(Some(batch)) => batch,
@@ -295,7 +290,7 @@ impl PeerSender {
                 Err(_) => {
                     if let Some(open) = &mut stream {
                         if let Err(error) = open.send(&[]).await {
-                            tracing::debug!(peer = %self.address, %error, "peer stream keepalive failed");
+                            tracing::debug!(peer = %self.poster.address, %error, "peer stream keepalive failed");
                             stream = None;
                         }
                     }
@@ -326,23 +321,23 @@ impl PeerSender {
             };
             if stream.is_none() && post_until.is_none_or(|until| Instant::now() >= until) {
                 post_until = None;
-                let host = crate::server::tls::host_of(&self.address);
+                let host = crate::server::tls::host_of(&self.poster.address);
                 let connected = StreamSender::connect(
                     &self.connector,
                     resolved,
                     host,
-                    Some(&self.credentials),
-                    self.timeout,
+                    Some(&self.poster.credentials),
+                    self.poster.timeout,
                 );
                 match connected.await {
                     Ok(open) => {
-                        tracing::debug!(peer = %self.address, "peer stream open");
+                        tracing::debug!(peer = %self.poster.address, "peer stream open");
                         stream = Some(open);
                     }
                     Err(StreamError::Refused { status, body })
                         if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
                     {
-                        tracing::info!(peer = %self.address, %status, %body,
+                        tracing::info!(peer = %self.poster.address, %status, %body,
                             "peer does not speak the peer stream; sending by POST for now");
                         post_until = Some(Instant::now() + POST_FALLBACK);
                     }
@@ -356,15 +351,15 @@ impl PeerSender {
             }
             // The member's name, not `resolved`: over TLS it is what the peer's
             // certificate must name (the connector resolves it again).
-            let uri: hyper::Uri = match format!("http://{}/raft/messages", self.address).parse() {
+            let uri = match self.poster.uri("/raft/messages") {
                 Ok(uri) => uri,
-                Err(error) => {
-                    self.failed(&Failure::Unreachable(format!("not a URI authority: {error}")));
+                Err(failure) => {
+                    self.failed(&failure);
                     continue;
                 }
             };
             let result = match &mut stream {
-                _ if post_until.is_some() => self.poster().post(&uri, &batch, self.timeout).await,
+                _ if post_until.is_some() => self.poster.post(&uri, &batch, self.poster.timeout).await,
                 Some(open) => open.send(&batch).await.map_err(|e| {
                     stream = None;
                     Failure::Unreachable(e.to_string())
@@ -381,11 +376,11 @@ impl PeerSender {
                     // it holds this node's removal).
                     self.answered();
                     if status == StatusCode::FORBIDDEN && text.contains(REMOVED_REFUSAL) {
-                        let _ = self.removed_hint.try_send(self.address.clone());
+                        let _ = self.removed_hint.try_send(self.poster.address.clone());
                     }
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(peer = %self.address, %status, body = %text, "peer refused messages");
+                        tracing::warn!(peer = %self.poster.address, %status, body = %text, "peer refused messages");
                     }
                     // A refusal repeats until someone acts (a secret fixed, a removal
                     // confirmed): do not hammer the peer meanwhile; Raft resends.
@@ -408,16 +403,21 @@ impl PeerSender {
         if let Some(resolved) = self.resolved {
             return Ok(resolved);
         }
-        let lookup = tokio::time::timeout(self.timeout, tokio::net::lookup_host(self.address.as_str())).await;
+        let lookup =
+            tokio::time::timeout(self.poster.timeout, tokio::net::lookup_host(self.poster.address.as_str()))
+                .await;
         let resolved = match lookup {
             Ok(Ok(mut addresses)) => addresses.next(),
             Ok(Err(error)) => return Err(Failure::Unreachable(format!("does not resolve: {error}"))),
             Err(_) => {
-                return Err(Failure::Unreachable(format!("does not resolve within {:?}", self.timeout)))
+                return Err(Failure::Unreachable(format!(
+                    "does not resolve within {:?}",
+                    self.poster.timeout
+                )))
             }
         };
         let resolved = resolved.ok_or_else(|| Failure::Unreachable("resolves to no address".into()))?;
-        tracing::debug!(peer = %self.address, %resolved, "peer address resolved");
+        tracing::debug!(peer = %self.poster.address, %resolved, "peer address resolved");
         self.resolved = Some(resolved);
         Ok(resolved)
     }
@@ -426,7 +426,7 @@ impl PeerSender {
     fn answered(&mut self) {
         if let Reachability::Silent(since) = self.reachability {
             let silent_ms = since.elapsed().as_millis() as u64;
-            tracing::info!(peer = %self.address, silent_ms, "peer answering again");
+            tracing::info!(peer = %self.poster.address, silent_ms, "peer answering again");
         }
         self.reachability = Reachability::Answering;
     }
@@ -441,26 +441,14 @@ impl PeerSender {
         };
         match self.reachability {
             Reachability::Silent(_) => {
-                tracing::debug!(peer = %self.address, %error, "peer still not answering")
+                tracing::debug!(peer = %self.poster.address, %error, "peer still not answering")
             }
             Reachability::Answering | Reachability::Unknown => {
-                tracing::warn!(peer = %self.address, %error, "peer not answering")
+                tracing::warn!(peer = %self.poster.address, %error, "peer not answering")
             }
         }
         if !matches!(self.reachability, Reachability::Silent(_)) {
             self.reachability = Reachability::Silent(Instant::now());
-        }
-    }
-
-    /// What a request to this peer needs, for this task or a transfer's.
-    fn poster(&self) -> Poster {
-        Poster {
-            id: self.id,
-            address: self.address.clone(),
-            client: self.client.clone(),
-            credentials: self.credentials.clone(),
-            versions: self.versions.clone(),
-            timeout: self.timeout,
         }
     }
 
@@ -469,10 +457,10 @@ impl PeerSender {
     /// election timeout in the snapshot state if the follower still needs it.
     fn start_transfer(&mut self, message: Message) {
         if self.transfer.as_ref().is_some_and(|transfer| !transfer.is_finished()) {
-            tracing::debug!(peer = %self.address, "a snapshot transfer is under way: this InstallSnapshot waits for Raft to resend it");
+            tracing::debug!(peer = %self.poster.address, "a snapshot transfer is under way: this InstallSnapshot waits for Raft to resend it");
             return;
         }
-        let poster = self.poster();
+        let poster = self.poster.clone();
         let chunk_bytes = self.chunk_bytes;
         self.transfer = Some(tokio::spawn(async move {
             let started = Instant::now();
@@ -491,13 +479,16 @@ impl PeerSender {
     }
 }
 
-/// What one peer request needs: the transfer task's copy of its sender's parts.
+/// One peer and what a request to it needs: its sender's, cloned for a transfer task.
 #[derive(Clone)]
 struct Poster {
+    /// The peer's id.
     id: NodeId,
+    /// The member address, as configured: a host name is resolved at each connection.
     address: String,
     client: PeerClient,
     credentials: Credentials,
+    /// What the peer runs, asked at each batch sent by POST.
     versions: PeerVersions,
     /// The peer timeout (twice the election timeout).
     timeout: Duration,
@@ -580,7 +571,10 @@ impl Poster {
             let end = (offset + chunk_bytes.max(1) as u64).min(id.len);
             let chunk = data.slice(offset as usize..end as usize);
             let held = match self.chunk(id, offset, chunk).await? {
-                Ok(held) => held,
+                Ok(held) => {
+                    conflicts = 0;
+                    held
+                }
                 Err(held) => {
                     conflicts += 1;
                     if conflicts > MAX_CHUNK_CONFLICTS {
