@@ -37,6 +37,59 @@ fn writes_on_any_node_read_back_on_every_node() {
     assert_eq!(get(cluster.port(1), "/get/never-written").status, 404);
 }
 
+/// Writes sent to a follower by many clients at once reach the leader in batches
+/// (`POST /raft/propose-batch`, far fewer requests than writes), and every one is
+/// acknowledged with its own revision and reads back on the leader.
+#[test]
+fn concurrent_writes_through_a_follower_are_forwarded_in_batches_and_each_applies() {
+    const CLIENTS: usize = 32;
+    const WRITES_EACH: usize = 25;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(20));
+    let follower = cluster.others(leader)[0];
+    let port = cluster.port(follower);
+    let revisions = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let revisions = revisions.clone();
+            std::thread::spawn(move || {
+                for n in 0..WRITES_EACH {
+                    let response =
+                        put(port, &format!("/v1/kv/fwd-{client}-{n}"), format!("{client}.{n}").as_bytes());
+                    assert_eq!(response.status, 201, "write {client}.{n}: {}", response.text());
+                    let revision: u64 = response.header("X-Mmapd-Revision").unwrap().parse().unwrap();
+                    revisions.lock().unwrap().push((format!("fwd-{client}-{n}"), revision));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let revisions = revisions.lock().unwrap().clone();
+    assert_eq!(revisions.len(), CLIENTS * WRITES_EACH);
+    // Each write was answered with its own entry's revision: the one the leader
+    // stored it at (its ETag), with the value it sent.
+    let leader_port = cluster.port(leader);
+    for (key, revision) in &revisions {
+        let response = get(leader_port, &format!("/v1/kv/{key}"));
+        let (client, n) = key["fwd-".len()..].split_once('-').unwrap();
+        assert_eq!((response.status, response.text()), (200, format!("{client}.{n}")));
+        assert_eq!(response.header("ETag"), Some(format!("\"{revision}\"").as_str()), "{key}");
+    }
+    let metrics = get(port, "/metrics").text();
+    let counter = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let (writes, batches) = (counter("mmapd_forwarded_writes_total"), counter("mmapd_forward_batches_total"));
+    assert_eq!(writes, (CLIENTS * WRITES_EACH) as u64, "{metrics}");
+    assert!(batches * 2 <= writes, "{writes} writes went in {batches} batches: not batched");
+}
+
 /// The original README's three commands, as written, with the member list in
 /// `config.json` in the working directory, form a cluster that replicates.
 #[test]

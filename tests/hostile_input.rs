@@ -173,7 +173,7 @@ fn garbage_bytes_on_the_tcp_port_are_refused_and_the_node_lives_on() {
 fn huge_content_length_with_a_tiny_body_is_refused_at_once() {
     let single = seeded_node();
     let port = single.port();
-    for path in ["/v1/kv/x", "/set/x", "/raft/messages", "/raft/propose"] {
+    for path in ["/v1/kv/x", "/set/x", "/raft/messages", "/raft/propose", "/raft/propose-batch"] {
         let started = Instant::now();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n{}: {SECRET}\r\n\r\ntiny",
@@ -269,6 +269,7 @@ fn peer_route_refuses_garbage_and_truncated_batches_with_400() {
     for garbage in [&b""[..], b"garbage", &[0xff; 64]] {
         assert_eq!(request(port, "POST", "/raft/messages", &secret, garbage).unwrap().status, 400);
         assert_eq!(request(port, "POST", "/raft/propose", &secret, garbage).unwrap().status, 400);
+        assert_eq!(request(port, "POST", "/raft/propose-batch", &secret, garbage).unwrap().status, 400);
     }
     assert_alive_and_intact(&single);
 }
@@ -388,7 +389,14 @@ fn peer_routes_refuse_a_missing_or_wrong_cluster_secret_with_401() {
     let port = single.port();
     let wrong = [("X-Mmapd-Cluster-Secret", "s3cret-of-the-clusteR")];
     let short = [("X-Mmapd-Cluster-Secret", "s3cret")];
-    for path in ["/raft/messages", "/raft/propose", "/raft/stream", "/raft/join", "/raft/members"] {
+    for path in [
+        "/raft/messages",
+        "/raft/propose",
+        "/raft/propose-batch",
+        "/raft/stream",
+        "/raft/join",
+        "/raft/members",
+    ] {
         assert_eq!(request(port, "POST", path, &[], b"garbage").unwrap().status, 401, "{path} without");
         assert_eq!(request(port, "POST", path, &wrong, b"garbage").unwrap().status, 401, "{path} wrong");
         assert_eq!(request(port, "POST", path, &short, b"garbage").unwrap().status, 401, "{path} short");
@@ -691,4 +699,68 @@ fn the_unit_sets_a_descriptor_limit_that_leaves_the_full_connection_cap() {
     let limit: u64 = values[0].parse().expect("LimitNOFILE= is one number: soft and hard alike");
     // 8192 client connections plus the reserve of a 7-node cluster (about 500).
     assert!(limit >= 8192 + 1024, "LimitNOFILE={limit} caps the connections below 8192");
+}
+
+/// A batch of forwarded writes in the wire format `api::forward` documents: a `u32`
+/// count, then each command with its `u32` length, big-endian.
+fn forward_batch(commands: &[Command]) -> Vec<u8> {
+    let mut body = (commands.len() as u32).to_be_bytes().to_vec();
+    for command in commands {
+        let encoded = command.encode();
+        body.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        body.extend_from_slice(&encoded);
+    }
+    body
+}
+
+/// A batch of forwarded writes is answered write by write: one refused (a bad key, a
+/// value over the limit, bytes that are no command) does not refuse the others, and a
+/// malformed batch (cut, trailing bytes, a count past the limit) is refused whole with
+/// 400, applying nothing.
+#[test]
+fn a_batch_of_forwarded_writes_is_answered_write_by_write_and_a_malformed_one_is_refused_whole() {
+    let single = seeded_node();
+    let port = single.port();
+    let secret = [("X-Mmapd-Cluster-Secret", SECRET)];
+    let keys_before = metric(port, "mmapd_keys");
+    let commands = [
+        Command::put("batch-a", "1"),
+        Command::put("", "x"),
+        Command::put("batch-b", "2"),
+        Command::put("big", vec![b'v'; MAX_VALUE_BYTES + 1]),
+        Command::delete("batch-never-written"),
+    ];
+    let mut body = forward_batch(&commands);
+    // A sixth entry whose bytes are no command.
+    body[..4].copy_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(&3u32.to_be_bytes());
+    body.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    let response = request(port, "POST", "/raft/propose-batch", &secret, &body).unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer = response.json();
+    let statuses: Vec<u64> =
+        answer["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 400, 200, 413, 200, 400], "{answer}");
+    assert!(answer["results"][0]["body"]["outcome"]["written"]["created"].as_bool().unwrap(), "{answer}");
+    assert_eq!(answer["results"][4]["body"]["outcome"], "not_found", "{answer}");
+    assert_eq!(get(port, "/v1/kv/batch-a").text(), "1");
+    assert_eq!(get(port, "/v1/kv/batch-b").text(), "2");
+    assert_eq!(metric(port, "mmapd_keys"), keys_before + 2);
+
+    let good = forward_batch(&[Command::put("batch-c", "3")]);
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let too_many = (257u32).to_be_bytes().to_vec();
+    for (what, bad) in [
+        ("cut in the length", &good[..6]),
+        ("cut in the command", &good[..good.len() - 1]),
+        ("trailing bytes", &trailing[..]),
+        ("a count past the limit", &too_many[..]),
+        ("a count of 0", &[0, 0, 0, 0][..]),
+    ] {
+        let response = request(port, "POST", "/raft/propose-batch", &secret, bad).unwrap();
+        assert_eq!(response.status, 400, "{what}: {}", response.text());
+    }
+    assert_eq!(get(port, "/v1/kv/batch-c").status, 404, "a refused batch applied a write");
+    assert_alive_and_intact(&single);
 }

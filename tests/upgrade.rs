@@ -524,6 +524,12 @@ fn a_cluster_of_the_previous_release_upgraded_one_node_at_a_time_keeps_every_ack
         // change through the upgraded follower is refused before it is forwarded.
         assert_eq!(status(cluster.port(follower)).unwrap()["cluster_version"], 1);
         assert_membership_change_refused(&cluster, follower, &spare);
+        // A write through the upgraded follower reaches the old leader, which has no
+        // batch route (404): it is forwarded alone, as the old release expects.
+        let key = format!("/v1/kv/forwarded-by-{follower}");
+        let response = request(cluster.port(follower), "PUT", &key, &[], b"to the old leader").unwrap();
+        assert_eq!(response.status, 201, "a write forwarded to the old leader: {}", response.text());
+        assert_eq!(get(cluster.port(old_leader), &key).text(), "to the old leader");
     }
 
     // 2. The old leader hands leadership to an upgraded node and follows it.

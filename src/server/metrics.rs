@@ -119,6 +119,10 @@ pub struct Metrics {
     pub snapshot_transfers_resumed: Counter,
     /// Snapshots received whole in chunks and handed to the driver.
     pub snapshot_transfers_completed: Counter,
+    /// Batches of forwarded writes sent to a leader (`api::forward`).
+    pub forward_batches: Counter,
+    /// Writes forwarded to a leader in those batches.
+    pub forwarded_writes: Counter,
     /// When a delivery from each peer last arrived.
     peer_contact: Mutex<HashMap<NodeId, Instant>>,
 }
@@ -217,6 +221,18 @@ impl Metrics {
             self.peer_messages_refused.get(),
         );
         counter(&mut out, "mmapd_storage_errors_total", "Disk failures", self.storage_errors.get());
+        counter(
+            &mut out,
+            "mmapd_forward_batches_total",
+            "Batches of forwarded writes sent to the leader",
+            self.forward_batches.get(),
+        );
+        counter(
+            &mut out,
+            "mmapd_forwarded_writes_total",
+            "Writes forwarded to the leader in batches",
+            self.forwarded_writes.get(),
+        );
         counter(
             &mut out,
             "mmapd_snapshot_chunks_received_total",

@@ -390,7 +390,11 @@ fn open_descriptors() -> u64 {
 /// How many client connections the descriptor limit allows, after the reserves.
 fn client_connection_limit(descriptor_limit: u64, peers: usize) -> Result<usize, ServerError> {
     let open = open_descriptors();
-    let forwards = if peers == 0 { 0 } else { api::MAX_FORWARDS_IN_FLIGHT as u64 };
+    let forwards = if peers == 0 {
+        0
+    } else {
+        (api::MAX_FORWARDS_IN_FLIGHT + api::forward::MAX_BATCHES_IN_FLIGHT) as u64
+    };
     let reserved = STORE_RESERVE_DESCRIPTORS
         + PER_PEER_DESCRIPTORS * peers as u64
         + forwards
@@ -550,7 +554,7 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
     let api = Arc::new(api::Api {
         node: node.clone(),
         address: settings.advertise.clone(),
-        client,
+        client: client.clone(),
         secret,
         request_timeout: settings.request_timeout,
         body_timeout: settings.body_timeout,
@@ -558,7 +562,12 @@ pub async fn serve(opened: Opened) -> Result<(), ServerError> {
         max_value_bytes: settings.max_value_bytes,
         mapped_bytes,
         quota_bytes: settings.quota_bytes,
-        forwards: Semaphore::new(api::MAX_FORWARDS_IN_FLIGHT),
+        forwarder: api::forward::Forwarder::start(api::forward::Link::new(
+            client.clone(),
+            outbox.clone(),
+            node.clone(),
+            settings.request_timeout,
+        )),
         outbox,
         auth: settings.auth.clone(),
         tls: settings.tls.clone(),

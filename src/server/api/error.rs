@@ -12,7 +12,7 @@ use crate::kv::ClusterError;
 use crate::server::driver::NodeError;
 
 /// Everything a request can fail with, from parsing to consensus.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ApiError {
     /// The request is malformed (bad percent-encoding, bad form, bad header).
     #[error("{0}")]
@@ -406,18 +406,25 @@ impl ApiError {
         }
     }
 
-    /// The JSON error response: `{"error": "...", "code": "..."}`.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    /// The JSON body of the error response: `{"error": "...", "code": "..."}`, and
+    /// what some errors add.
+    pub fn body_json(&self) -> serde_json::Value {
         let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
-        if let ApiError::Misdirected { leader } = &self {
+        if let ApiError::Misdirected { leader } = self {
             body["leader"] = serde_json::json!(leader);
         }
-        if let ApiError::Compacted { compact_revision } = &self {
+        if let ApiError::Compacted { compact_revision } = self {
             body["compact_revision"] = serde_json::json!(compact_revision);
         }
         if let Some(refusal) = self.refusal() {
             body[REFUSAL_FIELD] = refusal.into();
         }
+        body
+    }
+
+    /// The JSON error response: `body_json`, with its status and headers.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = self.body_json();
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();

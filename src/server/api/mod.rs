@@ -38,7 +38,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::kv::{Command, Condition, Outcome};
 use crate::raft::{NodeId, Role};
@@ -46,6 +46,7 @@ use crate::raft::{NodeId, Role};
 pub mod check;
 pub mod compact;
 pub mod error;
+pub mod forward;
 pub mod join;
 pub mod key_json;
 pub mod leases;
@@ -82,9 +83,9 @@ pub const CREATE_REVISION_HEADER: &str = "x-mmapd-create-revision";
 pub const KEY_VERSION_HEADER: &str = "x-mmapd-key-version";
 /// The lease a key read is attached to (16 hex digits), when it is.
 pub const LEASE_HEADER: &str = "x-mmapd-lease";
-/// The most writes this node forwards to the leader at once: each holds a connection
-/// (a descriptor) to it until the leader answers. More wait for a turn, within their
-/// request timeout.
+/// The most writes this node forwards to the leader at once one by one (to a leader
+/// without batches, `forward`): each holds a connection (a descriptor) to it until the
+/// leader answers. More wait for a turn, within their request timeout.
 pub const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 
 /// What the API needs besides the node.
@@ -110,8 +111,8 @@ pub struct Api {
     pub mapped_bytes: Arc<AtomicU64>,
     /// Most key-value data, as `StateMachine::approximate_bytes` counts it.
     pub quota_bytes: u64,
-    /// Turns to forward a write: `MAX_FORWARDS_IN_FLIGHT` of them.
-    pub forwards: Semaphore,
+    /// Writes for the leader, sent to it in batches (`forward`).
+    pub forwarder: forward::Forwarder,
     /// The peer senders, to reach a sender this node's member list does not name yet.
     pub outbox: crate::server::peer::transport::Outbox,
     /// Client tokens (`--auth-tokens`); None: every client may do everything.
@@ -472,20 +473,23 @@ async fn route(
             allow(&method, &[Method::POST], "POST")?;
             api.check_secret(request.headers())?;
             join::check_peer_identity(api, connection, request.headers())?;
-            // A transaction carries more than a put: up to `txn::max_txn_bytes`.
-            let limit = (api.max_value_bytes * 2 + api.max_key_bytes)
-                .max(txn::max_txn_bytes(api.max_key_bytes, api.max_value_bytes) * 2)
-                + 1024;
-            let body = read_body(request, limit, api.body_timeout).await?;
-            let command = Command::decode_shared(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            // The sender should have checked; a peer with other limits, an older
-            // version or a forger may not have.
-            if let Err(error) = api.check_command(&command).and_then(|()| api.check_quota(&command)) {
-                tracing::warn!(peer = %connection.remote, %error, "forwarded write refused");
-                return Err(error);
-            }
-            let applied = api.propose_here(&command).await?;
+            let body = read_body(request, api.forwarded_command_limit(), api.body_timeout).await?;
+            let applied = api.propose_forwarded(connection, &body).await?;
             Ok(json(StatusCode::OK, applied_to_json(&applied)))
+        }
+        forward::PATH => {
+            allow(&method, &[Method::POST], "POST")?;
+            api.check_secret(request.headers())?;
+            join::check_peer_identity(api, connection, request.headers())?;
+            let limit = forward::MAX_BATCH_BYTES
+                + api.forwarded_command_limit()
+                + 4 * (forward::MAX_BATCH_COMMANDS + 1);
+            let body = read_body(request, limit, api.body_timeout).await?;
+            let commands = forward::decode_batch(&body).map_err(ApiError::BadRequest)?;
+            let proposals = commands.iter().map(|command| api.propose_forwarded(connection, command));
+            let results = futures_util::future::join_all(proposals).await;
+            let results: Vec<_> = results.iter().map(forward::result_to_json).collect();
+            Ok(json(StatusCode::OK, serde_json::json!({ "results": results })))
         }
         "/" => Ok(text(
             StatusCode::OK,
@@ -673,7 +677,9 @@ impl Api {
         loop {
             let attempt = async {
                 match self.node.propose(&command).await {
-                    Err(NodeError::NotLeader(Some(leader))) => self.forward(leader, encoded.clone()).await,
+                    Err(NodeError::NotLeader(Some(leader))) => {
+                        self.forwarder.forward(leader, encoded.clone()).await
+                    }
                     other => other.map_err(node_error),
                 }
             };
@@ -696,6 +702,27 @@ impl Api {
         }
     }
 
+    /// The largest forwarded command: a transaction carries more than a put, up to
+    /// `txn::max_txn_bytes`.
+    fn forwarded_command_limit(&self) -> usize {
+        (self.max_value_bytes * 2 + self.max_key_bytes)
+            .max(txn::max_txn_bytes(self.max_key_bytes, self.max_value_bytes) * 2)
+            + 1024
+    }
+
+    /// The leader's side of a forwarded write: decodes and checks it, then proposes it
+    /// here.
+    async fn propose_forwarded(&self, connection: &Connection, body: &Bytes) -> Result<Applied, ApiError> {
+        let command = Command::decode_shared(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        // The sender should have checked; a peer with other limits, an older version or
+        // a forger may not have.
+        if let Err(error) = self.check_command(&command).and_then(|()| self.check_quota(&command)) {
+            tracing::warn!(peer = %connection.remote, %error, "forwarded write refused");
+            return Err(error);
+        }
+        self.propose_here(&command).await
+    }
+
     /// Proposes on this node only (the leader's side of a forwarded write).
     async fn propose_here(&self, command: &Command) -> Result<Applied, ApiError> {
         match tokio::time::timeout(self.request_timeout, self.node.propose(command)).await {
@@ -703,48 +730,6 @@ impl Api {
             Ok(Err(NodeError::NotLeader(_))) => Err(ApiError::Unavailable("not the leader any more".into())),
             Ok(result) => result.map_err(node_error),
         }
-    }
-
-    async fn forward(&self, leader: NodeId, command: Bytes) -> Result<Applied, ApiError> {
-        let Some(address) = self.node.shared.address_of(leader) else {
-            return Err(ApiError::Unavailable(format!("leader {leader:016x} has no known address")));
-        };
-        let address = &address;
-        // Waiting for a turn is inside the caller's request timeout; nothing was sent yet.
-        let _turn = self.forwards.acquire().await.expect("the forward semaphore is never closed");
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://{address}/raft/propose"))
-            .header(CONTENT_TYPE, "application/octet-stream");
-        // The secret, the cluster id and this node's id and address, as on every peer request.
-        for (name, value) in self.outbox.credentials().headers().map_err(ApiError::Internal)? {
-            request = request.header(name, value);
-        }
-        let request = request.body(Full::new(command)).map_err(|e| ApiError::Internal(e.to_string()))?;
-        // Only a failure to connect proves the leader never saw the write; once it was
-        // sent, a lost answer leaves the outcome unknown and it must not be retried.
-        let response = self.client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                ApiError::Unavailable(format!("leader {address} unreachable: {e}"))
-            } else {
-                ApiError::OutcomeUnknown(format!("leader {address} did not answer: {e}"))
-            }
-        })?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ApiError::OutcomeUnknown(format!("leader {address}: {e}")))?
-            .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}"))
-        })?;
-        if status == StatusCode::OK {
-            return applied_from_json(&value)
-                .ok_or_else(|| ApiError::Internal(format!("leader {address} answered {value}")));
-        }
-        Err(leader_refusal(status, &value, address, self.request_timeout))
     }
 
     /// POSTs the JSON `body` to `path` on the peer at `address`, with this node's peer
