@@ -287,3 +287,28 @@ fn a_compacted_from_is_gone_an_idle_watch_gets_progress_and_a_slow_watcher_is_ca
         .collect();
     assert_eq!(rest, revisions[delivered.len()..].to_vec());
 }
+
+/// A watch from past the node's revision (a member still catching up, or a client
+/// that read a newer revision elsewhere) gets no progress line until the node reaches
+/// the revision before its `from`: a progress revision below it would read as a point
+/// to resume from that repeats what the client had. Found by the chaos test, on a
+/// member that had just joined under a new id (revision 0) and a gRPC watch from 12240.
+#[test]
+fn a_watch_from_past_the_nodes_revision_gets_no_progress_until_the_node_reaches_it() {
+    let cluster = Cluster::start(1, &["--watch-progress-ms", "100"]);
+    let port = cluster.port(0);
+    let now = write(port, "before", b"v");
+    let from = now + 20;
+    let mut ahead = Watch::open(port, &format!("key=ahead&from={from}"));
+    assert_eq!(ahead.status, 200);
+    // Five progress intervals with the node behind `from`: nothing.
+    let line = ahead.next_line(Duration::from_millis(500));
+    assert!(line.is_none(), "a line while the node is at {now}, below {from}: {line:?}");
+    let mut last = now;
+    while last + 1 < from {
+        last = write(port, "elsewhere", b"v");
+    }
+    let progress = ahead.next_line(Duration::from_secs(3)).expect("progress once the node reached from - 1");
+    assert_eq!(progress["type"], "progress", "{progress}");
+    assert!(progress["revision"].as_u64().unwrap() + 1 >= from, "{progress} for a watch from {from}");
+}

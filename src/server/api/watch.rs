@@ -229,6 +229,14 @@ impl Cursor {
         self.advance(round.through);
         Ok(events)
     }
+    /// The revision a progress notification may report: what has been served through,
+    /// once that reaches the revision before `from`. A watch from past this node's
+    /// revision (a member still catching up, a new one above all) is told nothing until
+    /// then: etcd sends progress only to watchers in sync, and a client that takes a
+    /// progress revision as the point to resume from would get events it had again.
+    pub fn progress(&self) -> Option<u64> {
+        (self.served_through.saturating_add(1) >= self.from).then_some(self.served_through)
+    }
 
     /// Moves `served_through` to the last round published if the watcher has taken
     /// every delivery (rounds without changes for it are not handed to it); whether it
@@ -346,10 +354,12 @@ pub(crate) fn watch(
                 _ = tokio::time::sleep_until(last_written + progress_every) => {
                     // Rounds without changes for this watcher are not handed to it.
                     watcher.cursor.catch_up(&subscription);
-                    let mut line = Vec::new();
-                    push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": watcher.cursor.served_through }));
-                    if !send(Bytes::from(line)).await {
-                        return;
+                    if let Some(revision) = watcher.cursor.progress() {
+                        let mut line = Vec::new();
+                        push_line(&mut line, &serde_json::json!({ "type": "progress", "revision": revision }));
+                        if !send(Bytes::from(line)).await {
+                            return;
+                        }
                     }
                     last_written = tokio::time::Instant::now();
                     continue;
@@ -421,6 +431,26 @@ mod tests {
             request: WatchRequest { filter, from: Some(from), prev: false },
             cursor: Cursor { served_through, from },
         }
+    }
+
+    #[test]
+    fn progress_is_reported_only_once_served_through_reaches_the_revision_before_from() {
+        // A watch from 100 on a node at revision 0 (a member that just joined): nothing.
+        let mut cursor = Cursor::new(Some(100), 0);
+        assert_eq!(cursor.progress(), None);
+        cursor.advance(98);
+        assert_eq!(cursor.progress(), None);
+        cursor.advance(99);
+        assert_eq!(cursor.progress(), Some(99));
+        cursor.advance(150);
+        assert_eq!(cursor.progress(), Some(150));
+        // A watch of what comes next, or from the start, is in sync at once.
+        assert_eq!(Cursor::new(None, 40).progress(), None, "nothing served yet: served_through 0 < 40");
+        let mut next = Cursor::new(None, 40);
+        next.advance(40);
+        assert_eq!(next.progress(), Some(40));
+        assert_eq!(Cursor::new(Some(1), 0).progress(), Some(0));
+        assert_eq!(Cursor::new(Some(0), 0).progress(), Some(0));
     }
 
     fn revisions(lines: &[u8]) -> Vec<u64> {

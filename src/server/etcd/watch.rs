@@ -21,7 +21,10 @@
 //! - `progress_notify`: an empty response with the revision the watch has been served
 //!   through, every `--watch-progress-ms` (etcd: 10 minutes) if nothing was sent to it
 //!   in between; a `progress_request`: one such response with `watch_id` -1 for the
-//!   stream, at the revision every watch of it has been served through;
+//!   stream, at the revision every watch of it has been served through (always
+//!   answered, as etcd 3.4 does). No `progress_notify` is sent for a watch from past
+//!   this node's revision until the node reaches the revision before its start (etcd's
+//!   unsynced watchers get none either; `Cursor::progress`);
 //! - `cancel_request`: a response with `canceled`; an unknown id, an empty request and
 //!   a half-closed stream are ignored.
 //!
@@ -479,7 +482,9 @@ impl WatchStream {
                 continue;
             }
             if watching.cursor.catch_up(&watching.subscription) {
-                due.push((id, watching.cursor.served_through));
+                if let Some(revision) = watching.cursor.progress() {
+                    due.push((id, revision));
+                }
             }
         }
         for (id, revision) in due {
