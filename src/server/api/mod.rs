@@ -676,7 +676,7 @@ impl Api {
         let encoded = command.encode();
         loop {
             let attempt = async {
-                match self.node.propose(&command).await {
+                match self.node.propose_encoded(encoded.clone()).await {
                     Err(NodeError::NotLeader(Some(leader))) => {
                         self.forwarder.forward(leader, encoded.clone()).await
                     }

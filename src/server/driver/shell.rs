@@ -179,7 +179,11 @@ pub enum DeliverError {
 impl NodeHandle {
     /// Proposes a command and waits until it is committed and applied here.
     pub async fn propose(&self, command: &Command) -> Result<Applied, NodeError> {
-        let command = command.encode();
+        self.propose_encoded(command.encode()).await
+    }
+
+    /// `propose`, for a command the caller has encoded already (`Command::encode`).
+    pub async fn propose_encoded(&self, command: Bytes) -> Result<Applied, NodeError> {
         self.ask(|reply| Request::Propose { command, reply }).await
     }
 
