@@ -1488,10 +1488,8 @@ impl DriverCore {
                 // The entry's events (any kind of entry may write keys: a put, an
                 // import, a lease's revoke, a transaction) are the history's tail: taken
                 // now, before a later entry of this round could compact them away.
-                if kv.history().events().last().is_some_and(|event| event.revision == entry.index) {
-                    if let Since::Events(events) = kv.history().events_since(entry.index) {
-                        round.events.append(events);
-                    }
+                for event in kv.history().tail_at(entry.index) {
+                    round.events.push_back(event.clone());
                 }
                 match outcome {
                     Ok(Outcome::Cluster { applied: true }) => self.members_changed = true,
