@@ -462,6 +462,21 @@ impl StateMachine {
         }
     }
 
+    /// The most `map_growth_bytes` can be for `command` whatever the map holds, without
+    /// a lookup (a put as if its key were new); `None` for commands it does not bound.
+    /// Far from the quota this is enough to pass a write.
+    pub fn map_growth_bound(command: &Command) -> Option<u64> {
+        match command {
+            Command::Put { key, value, lease, .. } => Some(
+                (key.len() + value.len()) as u64
+                    + PER_KEY_OVERHEAD_BYTES
+                    + if *lease == 0 { 0 } else { PER_LEASED_KEY_BYTES },
+            ),
+            Command::Delete { .. } => Some(0),
+            _ => None,
+        }
+    }
+
     /// What applying `command` could add to the map's share of `approximate_bytes()`,
     /// the history's left out: what the quota check asks, so that deletes, and
     /// overwrites that do not grow a value, still pass at the quota (the history is
@@ -492,7 +507,8 @@ impl StateMachine {
         if lease != 0 && !self.leases.contains_key(&lease) {
             return Outcome::LeaseNotFound { id: lease };
         }
-        let created = self.write(index, key, value, lease);
+        let previous = current.cloned();
+        let created = self.write_over(index, key, value, lease, previous);
         Outcome::Written { revision: index, created }
     }
 
@@ -511,10 +527,22 @@ impl StateMachine {
     /// exists), its put event recorded: a put whose condition held. Returns whether the
     /// key was created.
     pub(super) fn write(&mut self, index: u64, key: &Bytes, value: &Bytes, lease: u64) -> bool {
-        let current = self.map.get(key.as_ref());
-        let created = current.is_none();
-        let previous = current.cloned();
-        let written = written_value(index, current, value.clone(), lease);
+        let previous = self.map.get(key.as_ref()).cloned();
+        self.write_over(index, key, value, lease, previous)
+    }
+
+    /// `write`, given the key's current value `previous` (looked up by the caller, one
+    /// lookup fewer).
+    fn write_over(
+        &mut self,
+        index: u64,
+        key: &Bytes,
+        value: &Bytes,
+        lease: u64,
+        previous: Option<Value>,
+    ) -> bool {
+        let created = previous.is_none();
+        let written = written_value(index, previous.as_ref(), value.clone(), lease);
         self.insert(index, key.clone(), written.clone());
         self.history.push(Event {
             revision: index,

@@ -373,6 +373,18 @@ fn growth_bytes_is_what_a_write_would_add() {
     assert_eq!(state.map_growth_bytes(&Command::put("key", "1")), 0);
     assert_eq!(state.map_growth_bytes(&Command::put("key", "1234567")), 2);
     assert_eq!(state.map_growth_bytes(&Command::put("new", "1")), 4 + PER_KEY_OVERHEAD_BYTES);
+    // The bound without a lookup is never below the exact growth: a new key's.
+    for command in [
+        Command::put("key", "1"),
+        Command::put("key", "1234567"),
+        Command::put("new", "1"),
+        Command::delete("key"),
+        Command::delete("absent"),
+    ] {
+        let bound = StateMachine::map_growth_bound(&command).unwrap();
+        assert!(bound >= state.map_growth_bytes(&command), "{command:?}: bound {bound}");
+    }
+    assert_eq!(StateMachine::map_growth_bound(&Command::put("new", "1")), Some(4 + PER_KEY_OVERHEAD_BYTES));
     let import = Command::Import { pairs: vec![("key".into(), "123456".into()), ("a".into(), "b".into())] };
     assert_eq!(state.growth_bytes(&import), 1 + event(3, 6, 5) + 2 + PER_KEY_OVERHEAD_BYTES + event(1, 1, 0));
 }

@@ -618,9 +618,15 @@ impl Api {
     fn check_quota(&self, command: &Command) -> Result<(), ApiError> {
         let (data_bytes, growth_bytes) = {
             let kv = self.node.shared.kv.read().expect("kv lock");
+            let data_bytes = kv.approximate_bytes();
+            // Far from the quota, the most a put can add says enough without a lookup.
+            let bound = crate::kv::StateMachine::map_growth_bound(command);
+            if bound.is_some_and(|bound| bound == 0 || data_bytes.saturating_add(bound) <= self.quota_bytes) {
+                return Ok(());
+            }
             // The history counts in the data, not in a write's growth: it is bounded by the
             // leader's compactions, and deletes and same-size overwrites must still pass.
-            (kv.approximate_bytes(), kv.map_growth_bytes(command))
+            (data_bytes, kv.map_growth_bytes(command))
         };
         if growth_bytes == 0 || data_bytes.saturating_add(growth_bytes) <= self.quota_bytes {
             return Ok(());
