@@ -205,32 +205,11 @@ impl Link {
         body: Bytes,
         count: usize,
     ) -> Result<Vec<Result<Applied, ApiError>>, BatchError> {
-        let request = self.request(address, PATH, body).map_err(BatchError::All)?;
-        // The leader answers within its request timeout; past that and a margin, the
-        // batch's outcome is unknown.
-        let wait = self.request_timeout + Duration::from_secs(1);
-        let response = match tokio::time::timeout(wait, self.client.request(request)).await {
-            Err(_) => {
-                return Err(BatchError::All(ApiError::OutcomeUnknown(format!(
-                    "leader {address} did not answer in {wait:?}"
-                ))))
-            }
-            Ok(response) => response.map_err(|e| BatchError::All(lost_or_unsent(address, &e)))?,
-        };
-        let status = response.status();
-        let body = tokio::time::timeout(wait, response.into_body().collect())
-            .await
-            .map_err(|_| BatchError::All(ApiError::OutcomeUnknown(format!("leader {address}: answer cut"))))?
-            .map_err(|e| BatchError::All(ApiError::OutcomeUnknown(format!("leader {address}: {e}"))))?
-            .to_bytes();
+        let (status, body) = self.post(address, PATH, body).await.map_err(BatchError::All)?;
         if status == StatusCode::NOT_FOUND {
             return Err(BatchError::NoRoute);
         }
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            BatchError::All(ApiError::Internal(format!(
-                "leader {address} answered {status} with bad JSON: {e}"
-            )))
-        })?;
+        let value = answer_json(address, status, &body).map_err(BatchError::All)?;
         if status != StatusCode::OK {
             // The whole batch was refused before anything was proposed (a bad secret, a
             // bad body).
@@ -256,7 +235,20 @@ impl Link {
     /// One write on `POST /raft/propose`: a leader without batches.
     async fn post_one(&self, address: &str, command: Bytes) -> Result<Applied, ApiError> {
         let _turn = self.singles.acquire().await.expect("the forward semaphore is never closed");
-        let request = self.request(address, "/raft/propose", command)?;
+        let (status, body) = self.post(address, "/raft/propose", command).await?;
+        let value = answer_json(address, status, &body)?;
+        if status == StatusCode::OK {
+            return applied_from_json(&value)
+                .ok_or_else(|| ApiError::Internal(format!("leader {address} answered {value}")));
+        }
+        Err(leader_refusal(status, &value, address, self.request_timeout))
+    }
+
+    /// POSTs `body` to the leader's `path` and reads the whole answer. The leader
+    /// answers within its request timeout; past that and a margin, or once the request
+    /// was sent and its answer lost, the outcome is unknown.
+    async fn post(&self, address: &str, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ApiError> {
+        let request = self.request(address, path, body)?;
         let wait = self.request_timeout + Duration::from_secs(1);
         let response = tokio::time::timeout(wait, self.client.request(request))
             .await
@@ -268,14 +260,7 @@ impl Link {
             .map_err(|_| ApiError::OutcomeUnknown(format!("leader {address}: answer cut")))?
             .map_err(|e| ApiError::OutcomeUnknown(format!("leader {address}: {e}")))?
             .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}"))
-        })?;
-        if status == StatusCode::OK {
-            return applied_from_json(&value)
-                .ok_or_else(|| ApiError::Internal(format!("leader {address} answered {value}")));
-        }
-        Err(leader_refusal(status, &value, address, self.request_timeout))
+        Ok((status, body))
     }
 
     /// A POST of `body` to the leader's `path`, with this node's peer credentials (the
@@ -308,6 +293,12 @@ fn lost_or_unsent(address: &str, error: &hyper_util::client::legacy::Error) -> A
     } else {
         ApiError::OutcomeUnknown(format!("leader {address} did not answer: {error}"))
     }
+}
+
+/// The leader's answer as JSON; one that is not is the leader's fault (500 here).
+fn answer_json(address: &str, status: StatusCode, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::Internal(format!("leader {address} answered {status} with bad JSON: {e}")))
 }
 
 fn answer_all(batch: Vec<Forward>, error: &ApiError) {
